@@ -1,0 +1,31 @@
+//! Map names (as the datapath declares them and bpffs pins them) and sizes.
+
+/// `HashMap<u32 addr_be, Endpoint>`: endpoints by IPv4 address.
+pub const ENDPOINTS_BY_IP: &str = "DNET_EP_BY_IP";
+/// `HashMap<u32 ifindex, Endpoint>`: endpoints by host-side veth ifindex.
+pub const ENDPOINTS_BY_IF: &str = "DNET_EP_BY_IF";
+/// `Array<Network>`, indexed by network id.
+pub const NETWORKS: &str = "DNET_NETWORKS";
+/// `LpmTrie<[u8; 4], u32 net_id>`: which network a subnet belongs to.
+pub const SUBNETS: &str = "DNET_SUBNETS";
+/// `Array<NetMembers>`, indexed by network id.
+pub const NET_MEMBERS: &str = "DNET_NET_MEMBERS";
+/// `PerCpuArray<EndpointStats>`, indexed by endpoint slot.
+pub const STATS: &str = "DNET_STATS";
+
+/// Every map the datapath declares.
+pub const ALL: [&str; 6] = [
+    ENDPOINTS_BY_IP,
+    ENDPOINTS_BY_IF,
+    NETWORKS,
+    SUBNETS,
+    NET_MEMBERS,
+    STATS,
+];
+
+/// Most endpoints one daemon serves (and endpoint map entries).
+pub const MAX_ENDPOINTS: u32 = 8192;
+/// Network ids run from 1 to `MAX_NETWORKS - 1` (0 is never used).
+pub const MAX_NETWORKS: u32 = 1024;
+/// Stats slots; slot 0 counts what belongs to no endpoint.
+pub const STATS_SLOTS: u32 = MAX_ENDPOINTS + 1;

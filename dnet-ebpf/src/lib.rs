@@ -1,0 +1,21 @@
+//! dnet's datapath, as library modules the entry points in `main.rs` call.
+//!
+//! One module per concern: `ptr` (bounds-checked packet access), `eth`,
+//! `arp`, `ipv4` (headers), `maps` (the maps), `stats` (counters and drops),
+//! `lxc` (the container-facing programs).
+#![no_std]
+
+pub mod arp;
+pub mod eth;
+pub mod ipv4;
+pub mod lxc;
+pub mod maps;
+pub mod ptr;
+pub mod stats;
+
+/// TC verdicts (`include/uapi/linux/pkt_cls.h`).
+pub mod verdict {
+    pub const TC_ACT_OK: i32 = 0;
+    pub const TC_ACT_SHOT: i32 = 2;
+    pub const TC_ACT_REDIRECT: i32 = 7;
+}

@@ -1,0 +1,249 @@
+//! The programs on a container's host-side veth: what the container sends
+//! (tcx ingress) and what the host stack sends into it (tcx egress).
+//!
+//! From the container, in order:
+//! 1. the frame's source MAC must be the endpoint's own;
+//! 2. ARP requests are answered here, for the gateway and for the network's
+//!    endpoints; any other ARP is dropped, so a container cannot poison a
+//!    neighbour's cache;
+//! 3. IPv4 must carry the endpoint's own source address;
+//! 4. broadcast and multicast fan out to the network's other members;
+//! 5. a destination endpoint of the same network gets the packet straight
+//!    into its namespace (`bpf_redirect_peer`); one of another network, or an
+//!    unused address of a dnet subnet, is dropped;
+//! 6. anything else (the gateway, the host, the outside) goes up the host stack.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_redirect, bpf_redirect_peer},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use dnet_common::{
+    DropReason, Endpoint, Network,
+    network::{MAX_FANOUT, NET_F_INTERNAL, NET_F_NO_ICC},
+};
+
+use crate::{
+    arp::{ARPOP_REPLY, ARPOP_REQUEST, ArpHdr},
+    eth::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, mac_eq},
+    ipv4::{self, Ipv4Hdr},
+    maps::{EP_BY_IF, EP_BY_IP, NET_MEMBERS, NETWORKS, SUBNETS},
+    ptr::ptr_at,
+    stats::{count_drops, count_rx, count_tx, drop},
+    verdict::{TC_ACT_OK, TC_ACT_REDIRECT},
+};
+
+/// The interface the packet is on.
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: `ctx.skb.skb` is the context pointer the kernel passed to the
+    // program; reading a field of `__sk_buff` is the access the verifier
+    // rewrites into a read of the real skb.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+fn endpoint_of(ifindex: u32) -> Option<Endpoint> {
+    // SAFETY: map values are only read here; a concurrent update from
+    // userspace replaces the value whole, and `Endpoint` is plain data.
+    unsafe { EP_BY_IF.get(&ifindex).copied() }
+}
+
+#[inline(always)]
+fn endpoint_at(addr_be: u32) -> Option<Endpoint> {
+    // SAFETY: as in `endpoint_of`.
+    unsafe { EP_BY_IP.get(&addr_be).copied() }
+}
+
+/// tcx ingress of the host-side veth.
+#[inline(always)]
+pub fn from_container(ctx: &TcContext) -> i32 {
+    let Some(ep) = endpoint_of(ifindex(ctx)) else {
+        return drop(0, DropReason::UnknownEndpoint);
+    };
+    count_rx(ep.slot, ctx.len());
+    match try_from_container(ctx, &ep) {
+        Ok(verdict) => verdict,
+        Err(reason) => drop(ep.slot, reason),
+    }
+}
+
+/// tcx egress of the host-side veth: counts what the host delivers.
+#[inline(always)]
+pub fn to_container(ctx: &TcContext) -> i32 {
+    if let Some(ep) = endpoint_of(ifindex(ctx)) {
+        count_tx(ep.slot, ctx.len());
+    }
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).map_err(|_| DropReason::Malformed)?;
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    let eth = unsafe { &mut *eth };
+    if !mac_eq(&eth.src, &ep.mac) {
+        return Err(DropReason::SpoofedMac);
+    }
+    match eth.proto() {
+        ETH_P_IP => from_container_ipv4(ctx, ep, eth),
+        ETH_P_ARP => arp_respond(ctx, ep, eth),
+        ETH_P_IPV6 => Err(DropReason::Ipv6),
+        _ => Err(DropReason::UnknownL3),
+    }
+}
+
+#[inline(always)]
+fn network(net_id: u32) -> Result<&'static Network, DropReason> {
+    NETWORKS
+        .get(net_id)
+        .filter(|n| n.active != 0)
+        .ok_or(DropReason::UnknownEndpoint)
+}
+
+/// Answers an ARP request in place and sends the reply back to the asker.
+#[inline(always)]
+fn arp_respond(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Result<i32, DropReason> {
+    let arp: *mut ArpHdr = ptr_at(ctx, ETH_HLEN).map_err(|_| DropReason::Malformed)?;
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    let arp = unsafe { &mut *arp };
+    if !arp.is_ipv4_over_ether() {
+        return Err(DropReason::Malformed);
+    }
+    if arp.op() != ARPOP_REQUEST {
+        return Err(DropReason::ArpReply);
+    }
+    let spa = arp.spa_be;
+    let tpa = arp.tpa_be;
+    if !mac_eq(&arp.sha, &ep.mac) || spa != ep.addr_be {
+        return Err(DropReason::ArpSpoofed);
+    }
+    if tpa == spa {
+        // Gratuitous ARP: announces rather than asks.
+        return Err(DropReason::ArpReply);
+    }
+    let net = network(ep.net_id)?;
+    let mac = if tpa == net.gateway_be {
+        net.gateway_mac
+    } else {
+        match endpoint_at(tpa) {
+            Some(t) if t.net_id == ep.net_id => t.mac,
+            _ => return Err(DropReason::ArpUnknownTarget),
+        }
+    };
+    arp.op_be = ARPOP_REPLY.to_be();
+    arp.tha = arp.sha;
+    arp.tpa_be = spa;
+    arp.sha = mac;
+    arp.spa_be = tpa;
+    eth.dst = eth.src;
+    eth.src = mac;
+    // SAFETY: a helper call with plain integer arguments.
+    Ok(unsafe { bpf_redirect(ep.ifindex, 0) } as i32)
+}
+
+#[inline(always)]
+fn from_container_ipv4(
+    ctx: &TcContext,
+    ep: &Endpoint,
+    eth: &mut EthHdr,
+) -> Result<i32, DropReason> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).map_err(|_| DropReason::Malformed)?;
+    // SAFETY: `ptr_at` checked that the fixed header lies inside the packet.
+    let ip = unsafe { &*ip };
+    // Checked against the whole packet, not the linear part, so that GSO
+    // packets with paged data pass.
+    let avail = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+    if !ip.is_valid(avail) {
+        return Err(DropReason::Malformed);
+    }
+    if ip.saddr_be != ep.addr_be {
+        return Err(DropReason::SpoofedIp);
+    }
+    let daddr = ip.daddr_be;
+    let net = network(ep.net_id)?;
+
+    let broadcast = net.subnet_be | !net.mask_be;
+    if daddr == broadcast || daddr == ipv4::LIMITED_BROADCAST_BE || ipv4::is_multicast(daddr) {
+        return fan_out(ctx, ep, net);
+    }
+
+    if let Some(dst) = endpoint_at(daddr) {
+        if dst.net_id != ep.net_id {
+            return Err(DropReason::CrossNetwork);
+        }
+        if net.flags & NET_F_NO_ICC != 0 {
+            return Err(DropReason::IccDisabled);
+        }
+        eth.dst = dst.mac;
+        count_tx(dst.slot, ctx.len());
+        // SAFETY: a helper call with plain integer arguments.
+        let verdict = unsafe { bpf_redirect_peer(dst.ifindex, 0) } as i32;
+        return if verdict == TC_ACT_REDIRECT {
+            Ok(verdict)
+        } else {
+            Err(DropReason::RedirectFailed)
+        };
+    }
+
+    if let Some(owner) = SUBNETS.get(Key::new(32, daddr)) {
+        let owner = *owner;
+        if daddr == net.gateway_be {
+            return Ok(TC_ACT_OK);
+        }
+        if owner != ep.net_id {
+            // Another network's gateway is a host address like any other.
+            if network(owner)
+                .map(|n| n.gateway_be == daddr)
+                .unwrap_or(false)
+            {
+                return outside(net);
+            }
+            return Err(DropReason::CrossNetwork);
+        }
+        return Err(DropReason::NoEndpoint);
+    }
+    outside(net)
+}
+
+/// A destination beyond the network: up the host stack, unless the network
+/// is internal.
+#[inline(always)]
+fn outside(net: &Network) -> Result<i32, DropReason> {
+    if net.flags & NET_F_INTERNAL != 0 {
+        return Err(DropReason::Internal);
+    }
+    Ok(TC_ACT_OK)
+}
+
+/// Broadcast and multicast: a copy to every other member of the network, up
+/// to `MAX_FANOUT`, then up the host stack as a bridge would.
+#[inline(always)]
+fn fan_out(ctx: &TcContext, ep: &Endpoint, net: &Network) -> Result<i32, DropReason> {
+    if net.flags & NET_F_NO_ICC != 0 {
+        return Ok(TC_ACT_OK);
+    }
+    let Some(members) = NET_MEMBERS.get(ep.net_id) else {
+        return Ok(TC_ACT_OK);
+    };
+    let count = members.count as usize;
+    for i in 0..MAX_FANOUT {
+        if i >= count {
+            break;
+        }
+        let target = members.ifindex[i];
+        if target == 0 || target == ep.ifindex {
+            continue;
+        }
+        // A failed copy (a member going away) is not this packet's fault.
+        let _ = ctx.clone_redirect(target, 0);
+    }
+    if count > MAX_FANOUT {
+        count_drops(
+            ep.slot,
+            DropReason::FanoutLimit,
+            (count - MAX_FANOUT) as u64,
+        );
+    }
+    Ok(TC_ACT_OK)
+}

@@ -1,0 +1,39 @@
+//! Making sure the daemon's pin folder is on a bpffs.
+
+use std::{fs, io, path::Path};
+
+use nix::{mount::MsFlags, sys::statfs::BPF_FS_MAGIC};
+
+use super::DatapathError;
+
+fn on_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
+}
+
+/// Creates `dir` on a bpffs. When it is under `/sys/fs/bpf` and that is not
+/// mounted (a fresh machine), bpffs is mounted there, as systemd would;
+/// elsewhere a bpffs is mounted at `dir` itself.
+pub fn ensure_mounted(dir: &Path) -> Result<(), DatapathError> {
+    let std_root = Path::new("/sys/fs/bpf");
+    let mount_at = |at: &Path| -> Result<(), DatapathError> {
+        nix::mount::mount(Some("bpf"), at, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(
+            |e| DatapathError::Io {
+                op: "mount bpffs at",
+                path: at.to_owned(),
+                source: io::Error::from(e),
+            },
+        )
+    };
+    if dir.starts_with(std_root) && std_root.is_dir() && !on_bpffs(std_root) {
+        mount_at(std_root)?;
+    }
+    fs::create_dir_all(dir).map_err(|source| DatapathError::Io {
+        op: "create",
+        path: dir.to_owned(),
+        source,
+    })?;
+    if !on_bpffs(dir) {
+        mount_at(dir)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,471 @@
+//! The datapath: the one module that talks to aya.
+//!
+//! It loads the eBPF object embedded at build time, pins the maps under the
+//! daemon's bpffs folder (`<bpffs>/maps/NAME`) so that a restarted daemon
+//! adopts them, attaches the programs to interfaces with tcx links pinned at
+//! `<bpffs>/links/IFNAME-ingress|egress` (forwarding goes on while the daemon
+//! is down), and reads and writes the maps.
+
+mod bpffs;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    fs, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    programs::{SchedClassifier, TcAttachType, links::FdLink},
+    util::nr_cpus,
+};
+pub use bpffs::ensure_mounted;
+use dnet_common::{Endpoint, EndpointStats, NetMembers, Network, addr::ipv4_be, maps as m};
+use ipnetwork::Ipv4Network;
+
+/// The eBPF object, built from `dnet-ebpf` by `build.rs`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dnet"));
+
+/// Program names (the entry points in `dnet-ebpf/src/main.rs`).
+pub const PROG_FROM_CONTAINER: &str = "lxc_from_container";
+pub const PROG_TO_CONTAINER: &str = "lxc_to_container";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("link of {name}: {source}")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("pin {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("object has no {0}")]
+    Missing(&'static str),
+}
+
+type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |e| DatapathError::Map {
+        name,
+        source: Box::new(e),
+    }
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
+    move |e| DatapathError::Program {
+        name,
+        source: Box::new(e),
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DatapathError + 'a {
+    move |source| DatapathError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A program as `dnet info` shows it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ProgramSummary {
+    pub name: String,
+    pub id: u32,
+    pub tag: String,
+    pub attach: String,
+}
+
+/// A map as `dnet info` shows it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MapSummary {
+    pub name: String,
+    pub id: u32,
+    pub max_entries: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<PathBuf>,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    /// The daemon's bpffs folder; `None` loads unpinned (tests).
+    pins: Option<PathBuf>,
+    /// Links of an unpinned datapath, kept alive here instead of in bpffs.
+    held_links: Vec<FdLink>,
+}
+
+impl Datapath {
+    /// Loads the object and every program, so that a verifier rejection
+    /// fails here. With `pins`, maps are pinned there (reused if present).
+    pub fn load(pins: Option<&Path>) -> Result<Datapath> {
+        let mut loader = EbpfLoader::new();
+        let map_paths: Vec<(&'static str, PathBuf)> = match pins {
+            Some(dir) => {
+                let maps_dir = dir.join("maps");
+                fs::create_dir_all(&maps_dir).map_err(io_err("create", &maps_dir))?;
+                fs::create_dir_all(dir.join("links"))
+                    .map_err(io_err("create", &dir.join("links")))?;
+                m::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
+        for name in [PROG_FROM_CONTAINER, PROG_TO_CONTAINER] {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::Missing(name))?
+                .try_into()
+                .map_err(prog_err(name))?;
+            p.load().map_err(prog_err(name))?;
+        }
+        Ok(Datapath {
+            ebpf,
+            pins: pins.map(Path::to_owned),
+            held_links: Vec::new(),
+        })
+    }
+
+    fn link_pin(&self, ifname: &str, dir: &str) -> Option<PathBuf> {
+        self.pins
+            .as_ref()
+            .map(|p| p.join("links").join(format!("{ifname}-{dir}")))
+    }
+
+    /// Attaches the container programs to a host-side veth (tcx ingress and
+    /// egress) and pins the links. Replaces stale pins of the same name.
+    pub fn attach_endpoint(&mut self, ifname: &str) -> Result<()> {
+        for (prog, kind, dir) in [
+            (PROG_FROM_CONTAINER, TcAttachType::Ingress, "ingress"),
+            (PROG_TO_CONTAINER, TcAttachType::Egress, "egress"),
+        ] {
+            let pin = self.link_pin(ifname, dir);
+            if let Some(pin) = &pin {
+                remove_if_exists(pin)?;
+            }
+            let p: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or(DatapathError::Missing(prog))?
+                .try_into()
+                .map_err(prog_err(prog))?;
+            let id = p.attach(ifname, kind).map_err(prog_err(prog))?;
+            let link: FdLink = p
+                .take_link(id)
+                .map_err(prog_err(prog))?
+                .try_into()
+                .map_err(|e| DatapathError::Link {
+                    name: prog,
+                    source: Box::new(e),
+                })?;
+            match pin {
+                Some(pin) => {
+                    link.pin(&pin).map_err(|e| DatapathError::Pin {
+                        path: pin.clone(),
+                        source: Box::new(e),
+                    })?;
+                }
+                None => self.held_links.push(link),
+            }
+        }
+        Ok(())
+    }
+
+    /// The container programs are attached to `ifname` and their links pinned.
+    pub fn endpoint_attached(&self, ifname: &str) -> bool {
+        let attached = |kind, name| {
+            SchedClassifier::query_tcx(ifname, kind)
+                .is_ok_and(|(_, progs)| progs.iter().any(|p| p.name_as_str() == Some(name)))
+        };
+        let pinned = |dir| self.link_pin(ifname, dir).is_none_or(|p| p.exists());
+        attached(TcAttachType::Ingress, PROG_FROM_CONTAINER)
+            && attached(TcAttachType::Egress, PROG_TO_CONTAINER)
+            && pinned("ingress")
+            && pinned("egress")
+    }
+
+    /// Detaches from `ifname` by removing the link pins. (Deleting the
+    /// interface detaches too; this removes what would be left in bpffs.)
+    pub fn detach_endpoint(&mut self, ifname: &str) -> Result<()> {
+        for dir in ["ingress", "egress"] {
+            if let Some(pin) = self.link_pin(ifname, dir) {
+                remove_if_exists(&pin)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Interfaces with pinned links.
+    pub fn pinned_interfaces(&self) -> Result<Vec<String>> {
+        let Some(dir) = self.pins.as_ref().map(|p| p.join("links")) else {
+            return Ok(Vec::new());
+        };
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .map_err(io_err("read", &dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().into_string().ok()?;
+                n.strip_suffix("-ingress")
+                    .or_else(|| n.strip_suffix("-egress"))
+                    .map(str::to_owned)
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or(DatapathError::Missing(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or(DatapathError::Missing(name))
+    }
+
+    /// Writes a network's entry, its subnet, and empties its member list.
+    pub fn set_network(&mut self, dp_id: u32, subnet: Ipv4Network, net: &Network) -> Result<()> {
+        let mut a: Array<&mut MapData, Network> =
+            Array::try_from(self.map_mut(m::NETWORKS)?).map_err(map_err(m::NETWORKS))?;
+        a.set(dp_id, net, 0).map_err(map_err(m::NETWORKS))?;
+        let mut t: LpmTrie<&mut MapData, u32, u32> =
+            LpmTrie::try_from(self.map_mut(m::SUBNETS)?).map_err(map_err(m::SUBNETS))?;
+        t.insert(&subnet_key(subnet), dp_id, 0)
+            .map_err(map_err(m::SUBNETS))?;
+        Ok(())
+    }
+
+    /// The network entry at `dp_id`.
+    pub fn network(&self, dp_id: u32) -> Result<Network> {
+        let a: Array<&MapData, Network> =
+            Array::try_from(self.map(m::NETWORKS)?).map_err(map_err(m::NETWORKS))?;
+        a.get(&dp_id, 0).map_err(map_err(m::NETWORKS))
+    }
+
+    /// Removes a network's entries.
+    pub fn clear_network(&mut self, dp_id: u32, subnet: Option<Ipv4Network>) -> Result<()> {
+        let mut a: Array<&mut MapData, Network> =
+            Array::try_from(self.map_mut(m::NETWORKS)?).map_err(map_err(m::NETWORKS))?;
+        a.set(dp_id, Network::default(), 0)
+            .map_err(map_err(m::NETWORKS))?;
+        let mut mem: Array<&mut MapData, NetMembers> =
+            Array::try_from(self.map_mut(m::NET_MEMBERS)?).map_err(map_err(m::NET_MEMBERS))?;
+        mem.set(dp_id, NetMembers::default(), 0)
+            .map_err(map_err(m::NET_MEMBERS))?;
+        if let Some(subnet) = subnet {
+            let mut t: LpmTrie<&mut MapData, u32, u32> =
+                LpmTrie::try_from(self.map_mut(m::SUBNETS)?).map_err(map_err(m::SUBNETS))?;
+            match t.remove(&subnet_key(subnet)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(m::SUBNETS)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Subnets in the LPM map, with their network ids.
+    pub fn subnets(&self) -> Result<Vec<(Ipv4Network, u32)>> {
+        let t: LpmTrie<&MapData, u32, u32> =
+            LpmTrie::try_from(self.map(m::SUBNETS)?).map_err(map_err(m::SUBNETS))?;
+        t.iter()
+            .map(|r| {
+                r.map(|(k, v)| {
+                    let net = Ipv4Network::new(
+                        dnet_common::addr::ipv4_from_be(k.data()),
+                        k.prefix_len() as u8,
+                    )
+                    .expect("prefix from the kernel is valid");
+                    (net, v)
+                })
+                .map_err(map_err(m::SUBNETS))
+            })
+            .collect()
+    }
+
+    /// Who gets a network's broadcasts: the host-side ifindexes of its
+    /// endpoints (the first `MAX_FANOUT`), and how many there are.
+    pub fn set_members(&mut self, dp_id: u32, ifindexes: &[u32]) -> Result<()> {
+        let mut v = NetMembers {
+            count: ifindexes.len() as u32,
+            ..Default::default()
+        };
+        for (slot, i) in v.ifindex.iter_mut().zip(ifindexes) {
+            *slot = *i;
+        }
+        let mut a: Array<&mut MapData, NetMembers> =
+            Array::try_from(self.map_mut(m::NET_MEMBERS)?).map_err(map_err(m::NET_MEMBERS))?;
+        a.set(dp_id, v, 0).map_err(map_err(m::NET_MEMBERS))
+    }
+
+    pub fn members(&self, dp_id: u32) -> Result<NetMembers> {
+        let a: Array<&MapData, NetMembers> =
+            Array::try_from(self.map(m::NET_MEMBERS)?).map_err(map_err(m::NET_MEMBERS))?;
+        a.get(&dp_id, 0).map_err(map_err(m::NET_MEMBERS))
+    }
+
+    /// Writes an endpoint into both endpoint maps.
+    pub fn set_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
+        for name in [m::ENDPOINTS_BY_IP, m::ENDPOINTS_BY_IF] {
+            let key = if name == m::ENDPOINTS_BY_IP {
+                ep.addr_be
+            } else {
+                ep.ifindex
+            };
+            let mut h: HashMap<&mut MapData, u32, Endpoint> =
+                HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            h.insert(key, ep, 0).map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    /// Removes an endpoint from both maps; missing entries are fine.
+    pub fn clear_endpoint(&mut self, addr: Option<Ipv4Addr>, ifindex: Option<u32>) -> Result<()> {
+        for (name, key) in [
+            (m::ENDPOINTS_BY_IP, addr.map(ipv4_be)),
+            (m::ENDPOINTS_BY_IF, ifindex),
+        ] {
+            let Some(key) = key else { continue };
+            let mut h: HashMap<&mut MapData, u32, Endpoint> =
+                HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            match h.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries of an endpoint map (`ENDPOINTS_BY_IP` or `ENDPOINTS_BY_IF`).
+    pub fn endpoints(&self, name: &'static str) -> Result<Vec<(u32, Endpoint)>> {
+        let h: HashMap<&MapData, u32, Endpoint> =
+            HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        h.iter().map(|r| r.map_err(map_err(name))).collect()
+    }
+
+    /// Zeroes a stats slot (before an endpoint takes it).
+    pub fn reset_stats(&mut self, slot: u32) -> Result<()> {
+        let cpus = nr_cpus().map_err(|(_, e)| io_err("count CPUs", Path::new("/sys"))(e))?;
+        let zero = PerCpuValues::try_from(vec![EndpointStats::default(); cpus])
+            .map_err(|e| io_err("build per-CPU value", Path::new(""))(e))?;
+        let mut a: PerCpuArray<&mut MapData, EndpointStats> =
+            PerCpuArray::try_from(self.map_mut(m::STATS)?).map_err(map_err(m::STATS))?;
+        a.set(slot, zero, 0).map_err(map_err(m::STATS))
+    }
+
+    /// A stats slot, summed over CPUs.
+    pub fn stats(&self, slot: u32) -> Result<EndpointStats> {
+        let a: PerCpuArray<&MapData, EndpointStats> =
+            PerCpuArray::try_from(self.map(m::STATS)?).map_err(map_err(m::STATS))?;
+        let per_cpu = a.get(&slot, 0).map_err(map_err(m::STATS))?;
+        let mut sum = EndpointStats::default();
+        for s in per_cpu.iter() {
+            sum.rx_packets += s.rx_packets;
+            sum.rx_bytes += s.rx_bytes;
+            sum.tx_packets += s.tx_packets;
+            sum.tx_bytes += s.tx_bytes;
+            for (d, x) in sum.drops.iter_mut().zip(s.drops.iter()) {
+                *d += x;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// The loaded programs, for `dnet info`.
+    pub fn programs(&self) -> Vec<ProgramSummary> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                let attach = match name {
+                    PROG_FROM_CONTAINER => "tcx ingress, host-side veth",
+                    PROG_TO_CONTAINER => "tcx egress, host-side veth",
+                    _ => "",
+                };
+                Some(ProgramSummary {
+                    name: name.to_owned(),
+                    id: info.id(),
+                    tag: format!("{:016x}", info.tag()),
+                    attach: attach.to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// The maps, for `dnet info`.
+    pub fn maps(&self) -> Vec<MapSummary> {
+        let mut v: Vec<MapSummary> = self
+            .ebpf
+            .maps()
+            .filter_map(|(name, map)| {
+                let data = match map {
+                    aya::maps::Map::Array(d)
+                    | aya::maps::Map::HashMap(d)
+                    | aya::maps::Map::LruHashMap(d)
+                    | aya::maps::Map::LpmTrie(d)
+                    | aya::maps::Map::PerCpuArray(d)
+                    | aya::maps::Map::PerCpuHashMap(d) => d,
+                    _ => return None,
+                };
+                let info = data.info().ok()?;
+                Some(MapSummary {
+                    name: name.to_owned(),
+                    id: info.id(),
+                    max_entries: info.max_entries(),
+                    pinned: self.pins.as_ref().map(|p| p.join("maps").join(name)),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The program, for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self, name: &str) -> Option<&SchedClassifier> {
+        self.ebpf.program(name)?.try_into().ok()
+    }
+}
+
+fn subnet_key(subnet: Ipv4Network) -> Key<u32> {
+    Key::new(subnet.prefix() as u32, ipv4_be(subnet.network()))
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", path)(e)),
+    }
+}

@@ -1,0 +1,502 @@
+//! Links, addresses, routes and neighbours through rtnetlink, in one
+//! namespace per [`Netlink`] handle.
+//!
+//! A handle for another namespace is made by opening its netlink socket on a
+//! thread inside that namespace ([`Netlink::open_in`]); afterwards the socket
+//! stays bound to it and the work goes on from the daemon's own threads.
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::Path,
+};
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    AddressFamily,
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    neighbour::{NeighbourFlags, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+};
+use rtnetlink::{
+    Handle, LinkDummy, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::link::MacVlanMode,
+};
+
+use crate::netns::{self, NetnsError};
+
+/// The route protocol number dnet marks its routes with (`ip route` shows
+/// `proto 213`), so that it can find and remove exactly its own.
+pub const RTPROT_DNET: u8 = 213;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink {op}: {source}")]
+    Request {
+        op: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+impl NetlinkError {
+    /// The kernel answered with this errno.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request {
+                source: rtnetlink::Error::NetlinkError(m),
+                ..
+            } => m.code.map(|c| -c.get()),
+            _ => None,
+        }
+    }
+}
+
+fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let op = op.into();
+    move |source| NetlinkError::Request { op, source }
+}
+
+/// What dnet needs to know of a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
+    pub alias: Option<String>,
+    pub kind: Option<String>,
+    pub up: bool,
+    pub loopback: bool,
+}
+
+impl Link {
+    fn from_message(m: &LinkMessage) -> Link {
+        let mut l = Link {
+            index: m.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: 0,
+            alias: None,
+            kind: None,
+            up: m.header.flags.contains(LinkFlags::Up),
+            loopback: m.header.flags.contains(LinkFlags::Loopback),
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n.clone(),
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    l.mac = Some(a.as_slice().try_into().expect("six bytes"))
+                }
+                LinkAttribute::Mtu(m) => l.mtu = *m,
+                LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            l.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
+/// An IPv4 route as dnet sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub oif: Option<u32>,
+    pub kind: RouteType,
+    pub protocol: RouteProtocol,
+    pub table: u32,
+}
+
+/// The peer end of a new veth pair, made directly in another namespace.
+pub struct VethPeer<'a> {
+    pub name: &'a str,
+    pub netns: &'a OwnedFd,
+    pub mac: [u8; 6],
+}
+
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// A handle in the calling thread's namespace. Needs a tokio runtime.
+    pub fn open() -> Result<Netlink, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A handle in the namespace at `path`.
+    pub async fn open_in(path: &Path) -> Result<Netlink, NetlinkError> {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle) = netns::run_in(path, move || {
+            let _guard = rt.enter();
+            rtnetlink::new_connection().map(|(c, h, _)| (c, h))
+        })?
+        .map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(req("list links"))?;
+        Ok(msgs.iter().map(Link::from_message).collect())
+    }
+
+    /// The link called `name`, if there is one.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let r: Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute()
+            .try_collect()
+            .await;
+        match r {
+            Ok(msgs) => Ok(msgs.first().map(Link::from_message)),
+            Err(e) => {
+                let e = req(format!("get link {name}"))(e);
+                if e.errno() == Some(libc::ENODEV) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Makes a veth pair whose peer is born in another namespace (so no
+    /// rename or move is needed), both ends with the given MACs and MTU.
+    pub async fn add_veth(
+        &self,
+        name: &str,
+        mac: [u8; 6],
+        mtu: u32,
+        alias: &str,
+        peer: VethPeer<'_>,
+    ) -> Result<(), NetlinkError> {
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.name.to_owned())
+            .address(peer.mac.to_vec())
+            .mtu(mtu)
+            .setns_by_fd(peer.netns.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(name, peer.name)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .address(mac.to_vec())
+            .mtu(mtu)
+            .alias(alias)
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(req(format!("add veth {name}")))
+    }
+
+    /// Makes a dummy link (holds a bridge network's gateway address).
+    pub async fn add_dummy(
+        &self,
+        name: &str,
+        mac: [u8; 6],
+        alias: &str,
+    ) -> Result<(), NetlinkError> {
+        let msg = LinkDummy::new(name)
+            .address(mac.to_vec())
+            .alias(alias)
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(req(format!("add dummy {name}")))
+    }
+
+    /// Makes a macvlan child of `parent` directly in another namespace.
+    pub async fn add_macvlan(
+        &self,
+        name: &str,
+        parent: u32,
+        mode: MacVlanMode,
+        mac: [u8; 6],
+        mtu: u32,
+        netns: Option<&OwnedFd>,
+    ) -> Result<(), NetlinkError> {
+        let mut b = LinkMacVlan::new(name, parent, mode)
+            .address(mac.to_vec())
+            .mtu(mtu);
+        if let Some(ns) = netns {
+            b = b.setns_by_fd(ns.as_raw_fd());
+        }
+        self.handle
+            .link()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(req(format!("add macvlan {name}")))
+    }
+
+    pub async fn del_link(&self, index: u32) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(req(format!("delete link {index}")))
+    }
+
+    /// Deletes the link called `name`; a missing link is not an error.
+    pub async fn del_link_named(&self, name: &str) -> Result<(), NetlinkError> {
+        match self.link(name).await? {
+            Some(l) => match self.del_link(l.index).await {
+                Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+                r => r,
+            },
+            None => Ok(()),
+        }
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(req(format!("set link {index} up")))
+    }
+
+    /// Adds `ip/prefix` (with its broadcast address) to a link.
+    pub async fn add_address(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .address()
+            .add(index, ip.into(), prefix)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add address {ip}/{prefix}")))
+    }
+
+    /// IPv4 addresses of a link (or of every link), with their prefixes.
+    pub async fn addresses(
+        &self,
+        index: Option<u32>,
+    ) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
+        use netlink_packet_route::address::AddressAttribute;
+        let mut r = self.handle.address().get();
+        if let Some(i) = index {
+            r = r.set_link_index_filter(i);
+        }
+        let msgs: Vec<_> = r
+            .execute()
+            .try_collect()
+            .await
+            .map_err(req("list addresses"))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.family == AddressFamily::Inet)
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
+                        Some((m.header.index, *ip, m.header.prefix_len))
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// Adds (or replaces) a route marked as dnet's.
+    pub async fn add_route(&self, route: RouteSpec) -> Result<(), NetlinkError> {
+        let what = format!("add route {}/{}", route.dst, route.prefix);
+        self.handle
+            .route()
+            .add(route.message())
+            .replace()
+            .execute()
+            .await
+            .map_err(req(what))
+    }
+
+    /// Deletes a route; a missing route is not an error.
+    pub async fn del_route(&self, route: RouteSpec) -> Result<(), NetlinkError> {
+        let what = format!("delete route {}/{}", route.dst, route.prefix);
+        match self.handle.route().del(route.message()).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = req(what)(e);
+                if e.errno() == Some(libc::ESRCH) || e.errno() == Some(libc::ENOENT) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// IPv4 routes of the main table.
+    pub async fn routes(&self) -> Result<Vec<Route>, NetlinkError> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(req("list routes"))?;
+        Ok(msgs
+            .iter()
+            .map(|m| {
+                let mut r = Route {
+                    dst: Ipv4Addr::UNSPECIFIED,
+                    prefix: m.header.destination_prefix_length,
+                    oif: None,
+                    kind: m.header.kind,
+                    protocol: m.header.protocol,
+                    table: m.header.table as u32,
+                };
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = *d,
+                        RouteAttribute::Oif(o) => r.oif = Some(*o),
+                        RouteAttribute::Table(t) => r.table = *t,
+                        _ => {}
+                    }
+                }
+                r
+            })
+            .collect())
+    }
+
+    /// A permanent neighbour entry: the host never ARPs for a container.
+    pub async fn add_neighbour(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .neighbours()
+            .add(index, ip.into())
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .flags(NeighbourFlags::empty())
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add neighbour {ip}")))
+    }
+}
+
+/// A route to add or delete.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteSpec {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub kind: RouteType,
+    pub oif: Option<u32>,
+    pub gateway: Option<Ipv4Addr>,
+    pub pref_src: Option<Ipv4Addr>,
+    /// Mark the route as dnet's (`proto 213`).
+    pub dnet: bool,
+}
+
+impl RouteSpec {
+    /// `dst/prefix dev oif` (scope link).
+    pub fn device(dst: Ipv4Addr, prefix: u8, oif: u32) -> RouteSpec {
+        RouteSpec {
+            dst,
+            prefix,
+            kind: RouteType::Unicast,
+            oif: Some(oif),
+            gateway: None,
+            pref_src: None,
+            dnet: true,
+        }
+    }
+
+    /// `default via gw` (used inside containers).
+    pub fn default_via(gateway: Ipv4Addr) -> RouteSpec {
+        RouteSpec {
+            dst: Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+            kind: RouteType::Unicast,
+            oif: None,
+            gateway: Some(gateway),
+            pref_src: None,
+            dnet: false,
+        }
+    }
+
+    /// `unreachable dst/prefix`.
+    pub fn unreachable(dst: Ipv4Addr, prefix: u8) -> RouteSpec {
+        RouteSpec {
+            dst,
+            prefix,
+            kind: RouteType::Unreachable,
+            oif: None,
+            gateway: None,
+            pref_src: None,
+            dnet: true,
+        }
+    }
+
+    fn message(&self) -> RouteMessage {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(self.dst, self.prefix)
+            .kind(self.kind);
+        if self.dnet {
+            b = b.protocol(RouteProtocol::Other(RTPROT_DNET));
+        }
+        if let Some(o) = self.oif {
+            b = b.output_interface(o);
+        }
+        if let Some(g) = self.gateway {
+            b = b.gateway(g);
+        }
+        if let Some(s) = self.pref_src {
+            b = b.pref_source(s);
+        }
+        if self.oif.is_some() && self.gateway.is_none() {
+            b = b.scope(RouteScope::Link);
+        }
+        if self.kind != RouteType::Unicast {
+            b = b.scope(RouteScope::Universe);
+        }
+        b.build()
+    }
+}
+
+/// `InfoKind` by name, for callers that only need to compare kinds.
+pub fn kind_name(kind: &InfoKind) -> String {
+    kind.to_string()
+}

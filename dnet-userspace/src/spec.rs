@@ -1,0 +1,273 @@
+//! Parsing and validation of what users type: names, publish specs, driver
+//! options. Pure logic.
+
+use std::{fmt, net::Ipv4Addr, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error(
+        "invalid {kind} name {name:?}: use 1 to 64 characters from [a-zA-Z0-9_.-], starting with a letter or digit"
+    )]
+    Name { kind: &'static str, name: String },
+    #[error("invalid publish spec {spec:?}: {why}")]
+    Publish { spec: String, why: String },
+    #[error("invalid option {0:?}: expected KEY=VALUE")]
+    Option(String),
+}
+
+/// Checks a network or container name (Docker's rule, bounded length).
+pub fn validate_name(kind: &'static str, name: &str) -> Result<(), SpecError> {
+    let mut chars = name.chars();
+    let ok = name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::Name {
+            kind,
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// `KEY=VALUE`.
+pub fn parse_option(s: &str) -> Result<(String, String), SpecError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(SpecError::Option(s.to_owned())),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+/// One `-p` argument: a run of `count` consecutive host ports mapped to as
+/// many consecutive container ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// Host address the ports are published on; `None` is every address.
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub count: u16,
+    pub proto: Proto,
+}
+
+impl PortMapping {
+    /// Host ports covered.
+    pub fn host_ports(&self) -> std::ops::RangeInclusive<u16> {
+        self.host_port..=self.host_port + (self.count - 1)
+    }
+
+    /// The two mappings claim a common host port.
+    pub fn clashes_with(&self, other: &PortMapping) -> bool {
+        let ips_meet = match (self.host_ip, other.host_ip) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        let a = self.host_ports();
+        let b = other.host_ports();
+        self.proto == other.proto && ips_meet && a.start() <= b.end() && b.start() <= a.end()
+    }
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ip = self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        if self.count == 1 {
+            write!(
+                f,
+                "{ip}:{}->{}/{}",
+                self.host_port,
+                self.container_port,
+                self.proto.as_str()
+            )
+        } else {
+            write!(
+                f,
+                "{ip}:{}-{}->{}-{}/{}",
+                self.host_port,
+                self.host_port + (self.count - 1),
+                self.container_port,
+                self.container_port + (self.count - 1),
+                self.proto.as_str()
+            )
+        }
+    }
+}
+
+impl FromStr for PortMapping {
+    type Err = SpecError;
+
+    /// `[HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp]`, each port a number or
+    /// a range `A-B`; both ranges must be as long.
+    fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let err = |why: &str| SpecError::Publish {
+            spec: spec.to_owned(),
+            why: why.to_owned(),
+        };
+        let (ports, proto) = match spec.rsplit_once('/') {
+            Some((p, "tcp")) => (p, Proto::Tcp),
+            Some((p, "udp")) => (p, Proto::Udp),
+            Some((_, other)) => {
+                return Err(err(&format!("unknown protocol {other:?} (use tcp or udp)")));
+            }
+            None => (spec, Proto::Tcp),
+        };
+        let parts: Vec<&str> = ports.split(':').collect();
+        let (host_ip, host, container) = match parts.as_slice() {
+            [h, c] => (None, *h, *c),
+            [ip, h, c] => {
+                let ip: Ipv4Addr = ip
+                    .parse()
+                    .map_err(|_| err(&format!("{ip:?} is not an IPv4 address")))?;
+                (Some(ip), *h, *c)
+            }
+            _ => return Err(err("expected [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]")),
+        };
+        let (hs, he) = parse_port_range(host).map_err(|w| err(&w))?;
+        let (cs, ce) = parse_port_range(container).map_err(|w| err(&w))?;
+        if he - hs != ce - cs {
+            return Err(err("host and container port ranges differ in length"));
+        }
+        Ok(PortMapping {
+            host_ip: host_ip.filter(|ip| !ip.is_unspecified()),
+            host_port: hs,
+            container_port: cs,
+            count: he - hs + 1,
+            proto,
+        })
+    }
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let port = |p: &str| -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("{p:?} is not a port (1-65535)")),
+            Ok(n) => Ok(n),
+        }
+    };
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (port(a)?, port(b)?);
+            if a > b {
+                return Err(format!("range {s:?} runs backwards"));
+            }
+            Ok((a, b))
+        }
+        None => {
+            let p = port(s)?;
+            Ok((p, p))
+        }
+    }
+}
+
+/// A boolean option value as Docker accepts it.
+pub fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("option {key}: {value:?} is not true or false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "web-1", "my_net.2", "A9"] {
+            assert_eq!(validate_name("network", ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "-x", ".x", "a b", "a/b", "ü", &"x".repeat(65)] {
+            assert!(validate_name("network", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn publish_specs() {
+        let p: PortMapping = "8080:80".parse().unwrap();
+        assert_eq!(
+            p,
+            PortMapping {
+                host_ip: None,
+                host_port: 8080,
+                container_port: 80,
+                count: 1,
+                proto: Proto::Tcp
+            }
+        );
+        let p: PortMapping = "127.0.0.1:53:5353/udp".parse().unwrap();
+        assert_eq!(p.host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(p.proto, Proto::Udp);
+        let p: PortMapping = "8000-8010:9000-9010".parse().unwrap();
+        assert_eq!((p.host_port, p.container_port, p.count), (8000, 9000, 11));
+        assert_eq!(p.to_string(), "0.0.0.0:8000-8010->9000-9010/tcp");
+        let p: PortMapping = "0.0.0.0:1:2".parse().unwrap();
+        assert_eq!(p.host_ip, None);
+    }
+
+    #[test]
+    fn bad_publish_specs() {
+        for bad in [
+            "80",
+            "a:80",
+            "0:80",
+            "65536:80",
+            "1:2:3:4",
+            "300.1.1.1:80:80",
+            "80:80/sctp",
+            "8000-8010:80",
+            "8010-8000:8010-8000",
+            "",
+        ] {
+            assert!(bad.parse::<PortMapping>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn clashes() {
+        let a: PortMapping = "8000-8010:8000-8010".parse().unwrap();
+        let b: PortMapping = "127.0.0.1:8010:80".parse().unwrap();
+        let c: PortMapping = "8010:80/udp".parse().unwrap();
+        let d: PortMapping = "8011:80".parse().unwrap();
+        assert!(a.clashes_with(&b) && b.clashes_with(&a));
+        assert!(!a.clashes_with(&c));
+        assert!(!a.clashes_with(&d));
+        let e: PortMapping = "127.0.0.2:8010:80".parse().unwrap();
+        assert!(!b.clashes_with(&e));
+    }
+
+    #[test]
+    fn options() {
+        assert_eq!(parse_option("mtu=1400"), Ok(("mtu".into(), "1400".into())));
+        assert!(parse_option("mtu").is_err());
+        assert!(parse_option("=1").is_err());
+        assert_eq!(parse_bool("icc", "false"), Ok(false));
+        assert!(parse_bool("icc", "maybe").is_err());
+    }
+}
