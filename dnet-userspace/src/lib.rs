@@ -1,6 +1,11 @@
 //! dnet's control plane: the daemon, the CLI and everything between them.
 
+pub mod api;
+pub mod cli;
 pub mod datapath;
+pub mod driver;
+pub mod engine;
+pub mod error;
 pub mod ipam;
 pub mod model;
 pub mod netlink;

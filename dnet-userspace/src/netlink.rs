@@ -14,12 +14,13 @@ use std::{
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     AddressFamily,
+    address::AddressAttribute,
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{NeighbourFlags, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
 };
 use rtnetlink::{
-    Handle, LinkDummy, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::link::MacVlanMode,
 };
 
@@ -106,6 +107,15 @@ impl Link {
         }
         l
     }
+}
+
+/// An IPv4 address of a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    pub index: u32,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub label: Option<String>,
 }
 
 /// An IPv4 route as dnet sees it.
@@ -206,33 +216,29 @@ impl Netlink {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .address(mac.to_vec())
             .mtu(mtu)
-            .alias(alias)
             .build();
         self.handle
             .link()
             .add(msg)
             .execute()
             .await
-            .map_err(req(format!("add veth {name}")))
+            .map_err(req(format!("add veth {name}")))?;
+        // The kernel ignores IFLA_IFALIAS when it creates a link.
+        let index = self.link(name).await?.map(|l| l.index).ok_or_else(|| {
+            NetlinkError::Socket(std::io::Error::other(format!("veth {name} vanished")))
+        })?;
+        self.set_alias(index, alias).await
     }
 
-    /// Makes a dummy link (holds a bridge network's gateway address).
-    pub async fn add_dummy(
-        &self,
-        name: &str,
-        mac: [u8; 6],
-        alias: &str,
-    ) -> Result<(), NetlinkError> {
-        let msg = LinkDummy::new(name)
-            .address(mac.to_vec())
-            .alias(alias)
-            .build();
+    /// Sets a link's alias (`ip link set ... alias`): dnet marks its links so.
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).alias(alias).build();
         self.handle
             .link()
-            .add(msg)
+            .set(msg)
             .execute()
             .await
-            .map_err(req(format!("add dummy {name}")))
+            .map_err(req(format!("set alias of link {index}")))
     }
 
     /// Makes a macvlan child of `parent` directly in another namespace.
@@ -289,28 +295,58 @@ impl Netlink {
             .map_err(req(format!("set link {index} up")))
     }
 
-    /// Adds `ip/prefix` (with its broadcast address) to a link.
+    /// Adds `ip/prefix` (with its broadcast address) to a link, with an
+    /// optional label (`lo:dnet`).
     pub async fn add_address(
         &self,
         index: u32,
         ip: Ipv4Addr,
         prefix: u8,
+        label: Option<&str>,
     ) -> Result<(), NetlinkError> {
-        self.handle
+        let mut r = self
+            .handle
             .address()
             .add(index, ip.into(), prefix)
-            .replace()
-            .execute()
+            .replace();
+        if let Some(l) = label {
+            r.message_mut()
+                .attributes
+                .push(AddressAttribute::Label(l.to_owned()));
+        }
+        r.execute()
             .await
             .map_err(req(format!("add address {ip}/{prefix}")))
     }
 
-    /// IPv4 addresses of a link (or of every link), with their prefixes.
-    pub async fn addresses(
+    /// Removes an address; a missing one is not an error.
+    pub async fn del_address(
         &self,
-        index: Option<u32>,
-    ) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
-        use netlink_packet_route::address::AddressAttribute;
+        index: u32,
+        ip: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = netlink_packet_route::address::AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.index = index;
+        msg.header.prefix_len = prefix;
+        msg.attributes.push(AddressAttribute::Local(ip.into()));
+        msg.attributes.push(AddressAttribute::Address(ip.into()));
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = req(format!("delete address {ip}/{prefix}"))(e);
+                if e.errno() == Some(libc::EADDRNOTAVAIL) || e.errno() == Some(libc::ENOENT) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// IPv4 addresses of a link (or of every link).
+    pub async fn addresses(&self, index: Option<u32>) -> Result<Vec<Address>, NetlinkError> {
         let mut r = self.handle.address().get();
         if let Some(i) = index {
             r = r.set_link_index_filter(i);
@@ -324,11 +360,19 @@ impl Netlink {
             .iter()
             .filter(|m| m.header.family == AddressFamily::Inet)
             .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
-                        Some((m.header.index, *ip, m.header.prefix_len))
-                    }
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => Some(*ip),
                     _ => None,
+                })?;
+                let label = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Label(l) => Some(l.clone()),
+                    _ => None,
+                });
+                Some(Address {
+                    index: m.header.index,
+                    ip,
+                    prefix: m.header.prefix_len,
+                    label,
                 })
             })
             .collect())
@@ -474,9 +518,11 @@ impl RouteSpec {
         let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(self.dst, self.prefix)
             .kind(self.kind);
-        if self.dnet {
-            b = b.protocol(RouteProtocol::Other(RTPROT_DNET));
-        }
+        b = b.protocol(if self.dnet {
+            RouteProtocol::Other(RTPROT_DNET)
+        } else {
+            RouteProtocol::Boot
+        });
         if let Some(o) = self.oif {
             b = b.output_interface(o);
         }

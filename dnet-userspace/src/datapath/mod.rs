@@ -111,7 +111,7 @@ pub struct MapSummary {
     pub name: String,
     pub id: u32,
     pub max_entries: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned: Option<PathBuf>,
 }
 
@@ -206,9 +206,11 @@ impl Datapath {
 
     /// The container programs are attached to `ifname` and their links pinned.
     pub fn endpoint_attached(&self, ifname: &str) -> bool {
-        let attached = |kind, name| {
+        // The kernel keeps the first 15 bytes of a program's name.
+        let attached = |kind, name: &str| {
+            let kernel_name = &name[..name.len().min(15)];
             SchedClassifier::query_tcx(ifname, kind)
-                .is_ok_and(|(_, progs)| progs.iter().any(|p| p.name_as_str() == Some(name)))
+                .is_ok_and(|(_, progs)| progs.iter().any(|p| p.name_as_str() == Some(kernel_name)))
         };
         let pinned = |dir| self.link_pin(ifname, dir).is_none_or(|p| p.exists());
         attached(TcAttachType::Ingress, PROG_FROM_CONTAINER)
@@ -288,10 +290,7 @@ impl Datapath {
         if let Some(subnet) = subnet {
             let mut t: LpmTrie<&mut MapData, u32, u32> =
                 LpmTrie::try_from(self.map_mut(m::SUBNETS)?).map_err(map_err(m::SUBNETS))?;
-            match t.remove(&subnet_key(subnet)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(m::SUBNETS)(e)),
-            }
+            absent_is_fine(t.remove(&subnet_key(subnet))).map_err(map_err(m::SUBNETS))?;
         }
         Ok(())
     }
@@ -360,10 +359,7 @@ impl Datapath {
             let Some(key) = key else { continue };
             let mut h: HashMap<&mut MapData, u32, Endpoint> =
                 HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-            match h.remove(&key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(name)(e)),
-            }
+            absent_is_fine(h.remove(&key)).map_err(map_err(name))?;
         }
         Ok(())
     }
@@ -455,6 +451,19 @@ impl Datapath {
     /// The program, for `BPF_PROG_TEST_RUN`.
     pub fn program(&self, name: &str) -> Option<&SchedClassifier> {
         self.ebpf.program(name)?.try_into().ok()
+    }
+}
+
+/// A delete of a missing key succeeds: the entry is gone either way.
+fn absent_is_fine(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        r => r,
     }
 }
 

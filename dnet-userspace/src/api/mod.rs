@@ -1,0 +1,194 @@
+//! The HTTP/JSON API on the daemon's Unix socket: request and response
+//! bodies, the server and the client.
+//!
+//! Paths are versioned (`/v1/...`). Errors are `{"message": "..."}` with the
+//! status of [`crate::error::Error::status`].
+
+pub mod client;
+pub mod server;
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    datapath::{MapSummary, ProgramSummary},
+    model::{DriverKind, Ipam, MacAddr},
+    spec::PortMapping,
+};
+
+/// `POST /v1/networks`. Values stay text so that the daemon alone parses
+/// and reports them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NetworkCreate {
+    pub name: String,
+    #[serde(default)]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub subnet: Option<String>,
+    #[serde(default)]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub ip_range: Option<String>,
+    #[serde(default)]
+    pub internal: bool,
+    /// `KEY=VALUE` each.
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+/// A network as `network ls` and `network inspect` show it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetworkView {
+    pub id: String,
+    pub name: String,
+    pub driver: DriverKind,
+    pub created: u64,
+    pub predefined: bool,
+    pub internal: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<Ipam>,
+    pub options: BTreeMap<String, String>,
+    /// Where the gateway address lives (bridge: the `lo:dnet` label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_link: Option<String>,
+    pub containers: Vec<AttachedView>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A container's endpoint in a network.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachedView {
+    pub container: String,
+    pub container_id: String,
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ifname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// `POST /v1/containers`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ContainerCreate {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// `-p` specs as typed.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// With `detach`, the daemon starts this command in the container.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub detach: bool,
+    /// A foreground `dnet run`: the CLI's pid. The daemon removes the
+    /// container when that process is gone.
+    #[serde(default)]
+    pub owner_pid: Option<u32>,
+}
+
+/// `POST /v1/networks/{net}/connect`: a container by name, or a namespace
+/// by path (another runtime's container).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    #[serde(default)]
+    pub container: Option<String>,
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// Name for a container made from `netns`.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub ip: Option<String>,
+}
+
+/// `POST /v1/networks/{net}/disconnect`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DisconnectRequest {
+    pub container: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// A foreground container, or one attached from another runtime.
+    Attached,
+    Running,
+    Exited,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerView {
+    pub id: String,
+    pub name: String,
+    pub created: u64,
+    /// The namespace to enter (`dnet run`, `dnet exec`).
+    pub netns_path: PathBuf,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub command: Vec<String>,
+    pub networks: Vec<AttachedView>,
+    pub ports: Vec<PortMapping>,
+}
+
+/// `GET /v1/info`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Info {
+    pub version: String,
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink_addr: Option<Ipv4Addr>,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub networks: usize,
+    pub containers: usize,
+    pub programs: Vec<ProgramSummary>,
+    pub maps: Vec<MapSummary>,
+}
+
+/// `GET /v1/stats`: one row per endpoint, plus what belongs to none.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatsView {
+    pub endpoints: Vec<EndpointStatsView>,
+    /// Drops not tied to an endpoint, by reason.
+    pub unattributed_drops: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EndpointStatsView {
+    pub container: String,
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Drops by reason; reasons with no drops are left out.
+    pub drops: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+}

@@ -1,0 +1,182 @@
+//! The API server: axum over the daemon's Unix socket.
+
+use std::{future::Future, path::Path, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Path as UrlPath, Query, State, rejection::JsonRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+
+use super::{ConnectRequest, ContainerCreate, DisconnectRequest, ErrorBody, NetworkCreate};
+use crate::{engine::Engine, error::Error};
+
+/// An engine error as an HTTP response.
+struct ApiError(Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError(Error::Invalid(format!(
+            "bad request body: {}",
+            r.body_text()
+        )))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!("{}", self.0);
+        }
+        (
+            status,
+            Json(ErrorBody {
+                message: self.0.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+type Api<T> = Result<Json<T>, ApiError>;
+type Engine_ = State<Arc<Engine>>;
+
+/// The routes, over an engine.
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/networks", get(networks).post(create_network))
+        .route("/v1/networks/{name}", get(network).delete(remove_network))
+        .route("/v1/networks/{name}/connect", post(connect))
+        .route("/v1/networks/{name}/disconnect", post(disconnect))
+        .route("/v1/containers", get(containers).post(create_container))
+        .route(
+            "/v1/containers/{name}",
+            get(container).delete(remove_container),
+        )
+        .route("/v1/stats", get(stats))
+        .fallback(|| async {
+            ApiError(Error::NotFound(
+                "no such API path (this daemon serves /v1/...)".into(),
+            ))
+        })
+        .with_state(engine)
+}
+
+/// Serves the API on `socket` until `shutdown` completes.
+pub async fn serve(
+    engine: Arc<Engine>,
+    socket: &Path,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    }
+    tracing::info!(socket = %socket.display(), "API listening");
+    axum::serve(listener, router(engine))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn info(State(e): Engine_) -> Api<super::Info> {
+    Ok(Json(e.info().await))
+}
+
+async fn networks(State(e): Engine_) -> Api<Vec<super::NetworkView>> {
+    Ok(Json(e.networks().await))
+}
+
+async fn create_network(
+    State(e): Engine_,
+    body: Result<Json<NetworkCreate>, JsonRejection>,
+) -> Result<(StatusCode, Json<super::NetworkView>), ApiError> {
+    let Json(req) = body?;
+    Ok((StatusCode::CREATED, Json(e.create_network(req).await?)))
+}
+
+async fn network(State(e): Engine_, UrlPath(name): UrlPath<String>) -> Api<super::NetworkView> {
+    Ok(Json(e.network(&name).await?))
+}
+
+async fn remove_network(
+    State(e): Engine_,
+    UrlPath(name): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    e.remove_network(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn connect(
+    State(e): Engine_,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<ConnectRequest>, JsonRejection>,
+) -> Api<super::ContainerView> {
+    let Json(req) = body?;
+    Ok(Json(e.connect(&name, req).await?))
+}
+
+async fn disconnect(
+    State(e): Engine_,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<DisconnectRequest>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(req) = body?;
+    e.disconnect(&name, req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn containers(State(e): Engine_) -> Api<Vec<super::ContainerView>> {
+    Ok(Json(e.containers().await))
+}
+
+async fn create_container(
+    State(e): Engine_,
+    body: Result<Json<ContainerCreate>, JsonRejection>,
+) -> Result<(StatusCode, Json<super::ContainerView>), ApiError> {
+    let Json(req) = body?;
+    Ok((StatusCode::CREATED, Json(e.create_container(req).await?)))
+}
+
+async fn container(State(e): Engine_, UrlPath(name): UrlPath<String>) -> Api<super::ContainerView> {
+    Ok(Json(e.container(&name).await?))
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn remove_container(
+    State(e): Engine_,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<RemoveQuery>,
+) -> Result<StatusCode, ApiError> {
+    e.remove_container(&name, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stats(State(e): Engine_) -> Api<super::StatsView> {
+    Ok(Json(e.stats().await?))
+}

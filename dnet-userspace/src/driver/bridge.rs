@@ -1,0 +1,369 @@
+//! The bridge driver, without a bridge: Docker's default network model with
+//! the kernel bridge and iptables replaced by the eBPF datapath.
+//!
+//! Per network: the gateway address as a /32 on `lo` (label `lo:dnet`), so
+//! host services can listen on it without a link of its own; an
+//! `unreachable` route for the subnet, so host traffic to an unused address
+//! never leaves through the uplink; and the network's entries in the
+//! datapath maps.
+//!
+//! Per endpoint: a veth pair whose container end is born in the container's
+//! namespace as `eth0` (address, Docker MAC, default route via the gateway)
+//! and whose host end `vethXXXXXXX` carries the gateway MAC (so frames to the
+//! gateway reach the host stack), the container programs (tcx), a /32 route
+//! and a permanent neighbour entry (the host never ARPs for a container).
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use dnet_common::{
+    Endpoint as DpEndpoint, Network as DpNetwork,
+    addr::{docker_mac, ipv4_be},
+    maps::ENDPOINTS_BY_IF,
+    network::{NET_F_INTERNAL, NET_F_NO_ICC},
+};
+
+use super::{Attachment, Ctx, Driver, check_mtu, check_options, keep};
+use crate::{
+    conflict,
+    datapath::Datapath,
+    error::{Error, Result},
+    model::{Ipam, Network, State},
+    netlink::{Netlink, RouteSpec, VethPeer},
+    netns, spec,
+};
+
+pub struct Bridge;
+
+const OPTIONS: &[&str] = &["mtu", "icc"];
+
+/// The label of gateway addresses on `lo`: marks them as dnet's.
+pub const GATEWAY_LABEL: &str = "lo:dnet";
+
+/// A new host-side veth name, as Docker makes them.
+pub fn veth_name() -> String {
+    format!("veth{:07x}", rand::random::<u32>() & 0x0fff_ffff)
+}
+
+fn ep_alias(container_id: &str) -> String {
+    format!("dnet:ep:{container_id}")
+}
+
+fn ipam(net: &Network) -> Result<Ipam> {
+    net.ipam
+        .ok_or_else(|| Error::Invalid(format!("network {} has no addresses", net.name)))
+}
+
+fn icc(net: &Network) -> bool {
+    net.options
+        .get("icc")
+        .and_then(|v| spec::parse_bool("icc", v).ok())
+        .unwrap_or(true)
+}
+
+/// The network as the datapath sees it.
+fn dp_network(net: &Network) -> Result<DpNetwork> {
+    let ipam = ipam(net)?;
+    let mut flags = 0;
+    if !icc(net) {
+        flags |= NET_F_NO_ICC;
+    }
+    if net.internal {
+        flags |= NET_F_INTERNAL;
+    }
+    Ok(DpNetwork {
+        subnet_be: ipv4_be(ipam.subnet.network()),
+        mask_be: ipv4_be(ipam.subnet.mask()),
+        gateway_be: ipv4_be(ipam.gateway),
+        flags,
+        gateway_mac: docker_mac(ipam.gateway),
+        active: 1,
+        _pad: 0,
+    })
+}
+
+fn sysctl_disable_ipv6(ifname: &str) -> Result<()> {
+    Ok(netns::sysctl(
+        &format!("net/ipv6/conf/{ifname}/disable_ipv6"),
+        "1",
+    )?)
+}
+
+/// Rewrites a network's broadcast member list from the endpoint map.
+pub fn refresh_members(dp: &mut Datapath, dp_id: u32) -> Result<()> {
+    let mut members: Vec<u32> = dp
+        .endpoints(ENDPOINTS_BY_IF)?
+        .into_iter()
+        .filter(|(_, e)| e.net_id == dp_id)
+        .map(|(ifindex, _)| ifindex)
+        .collect();
+    members.sort_unstable();
+    Ok(dp.set_members(dp_id, &members)?)
+}
+
+/// The endpoint's entry, as it should be in both endpoint maps.
+fn dp_endpoint(a: &Attachment<'_>, ifindex: u32) -> Result<DpEndpoint> {
+    let ep = a.endpoint;
+    let (Some(ip), Some(mac), Some(slot)) = (ep.ip, ep.mac, ep.slot) else {
+        return Err(Error::Invalid(
+            "bridge endpoint without address, MAC or slot".into(),
+        ));
+    };
+    Ok(DpEndpoint {
+        ifindex,
+        addr_be: ipv4_be(ip),
+        net_id: a.network.dp_id,
+        slot,
+        mac: mac.0,
+        _pad: [0; 2],
+    })
+}
+
+#[async_trait]
+impl Driver for Bridge {
+    async fn validate(&self, _ctx: &Ctx, _state: &State, net: &Network) -> Result<()> {
+        check_options(net, OPTIONS)?;
+        check_mtu(net)?;
+        if let Some(v) = net.options.get("icc") {
+            spec::parse_bool("icc", v).map_err(Error::Invalid)?;
+        }
+        Ok(())
+    }
+
+    async fn create_network(&self, ctx: &mut Ctx, net: &Network) -> Result<()> {
+        let ipam = ipam(net)?;
+        let lo = loopback(&ctx.nl).await?;
+        ctx.nl
+            .add_address(lo, ipam.gateway, 32, Some(GATEWAY_LABEL))
+            .await?;
+        ctx.nl
+            .add_route(RouteSpec::unreachable(
+                ipam.subnet.network(),
+                ipam.subnet.prefix(),
+            ))
+            .await?;
+        ctx.dp
+            .set_network(net.dp_id, ipam.subnet, &dp_network(net)?)?;
+        refresh_members(&mut ctx.dp, net.dp_id)?;
+        Ok(())
+    }
+
+    async fn delete_network(&self, ctx: &mut Ctx, net: &Network) -> Vec<Error> {
+        let mut errors = Vec::new();
+        if let Some(ipam) = net.ipam {
+            match loopback(&ctx.nl).await {
+                Ok(lo) => keep(&mut errors, ctx.nl.del_address(lo, ipam.gateway, 32).await),
+                Err(e) => errors.push(e),
+            }
+            keep(
+                &mut errors,
+                ctx.nl
+                    .del_route(RouteSpec::unreachable(
+                        ipam.subnet.network(),
+                        ipam.subnet.prefix(),
+                    ))
+                    .await,
+            );
+        }
+        keep(
+            &mut errors,
+            ctx.dp.clear_network(net.dp_id, net.ipam.map(|i| i.subnet)),
+        );
+        errors
+    }
+
+    async fn network_ok(&self, ctx: &Ctx, net: &Network) -> bool {
+        let (Ok(ipam), Ok(want)) = (ipam(net), dp_network(net)) else {
+            return false;
+        };
+        let Ok(lo) = loopback(&ctx.nl).await else {
+            return false;
+        };
+        let has_gw = ctx.nl.addresses(Some(lo)).await.is_ok_and(|a| {
+            a.iter().any(|a| {
+                a.ip == ipam.gateway && a.prefix == 32 && a.label.as_deref() == Some(GATEWAY_LABEL)
+            })
+        });
+        let has_route = ctx.nl.routes().await.is_ok_and(|rs| {
+            rs.iter().any(|r| {
+                r.dst == ipam.subnet.network()
+                    && r.prefix == ipam.subnet.prefix()
+                    && r.kind == netlink_packet_route::route::RouteType::Unreachable
+            })
+        });
+        has_gw && has_route && ctx.dp.network(net.dp_id).is_ok_and(|n| n == want)
+    }
+
+    async fn attach(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
+        let r = attach(ctx, a).await;
+        if r.is_err() {
+            for e in self.detach(ctx, a).await {
+                tracing::warn!("cleaning up a failed attach: {e}");
+            }
+        }
+        r
+    }
+
+    async fn detach(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Vec<Error> {
+        let mut errors = Vec::new();
+        let ep = a.endpoint;
+        let Some(host_ifname) = ep.host_ifname.as_deref() else {
+            return errors;
+        };
+        match ctx.nl.link(host_ifname).await {
+            Ok(Some(l)) => {
+                keep(&mut errors, ctx.dp.clear_endpoint(ep.ip, Some(l.index)));
+                // Deleting one end deletes the pair, its routes and neighbours,
+                // and detaches the programs.
+                keep(&mut errors, ctx.nl.del_link(l.index).await);
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e.into()),
+        }
+        // Entries the link no longer explains (a half-made attach, or a
+        // link deleted behind the daemon's back).
+        if let Some(ip) = ep.ip {
+            keep(&mut errors, forget_address(&mut ctx.dp, ip));
+        }
+        keep(&mut errors, ctx.dp.detach_endpoint(host_ifname));
+        keep(&mut errors, refresh_members(&mut ctx.dp, a.network.dp_id));
+        errors
+    }
+
+    async fn endpoint_ok(&self, ctx: &Ctx, a: &Attachment<'_>) -> bool {
+        let Some(host_ifname) = a.endpoint.host_ifname.as_deref() else {
+            return false;
+        };
+        let Ok(Some(link)) = ctx.nl.link(host_ifname).await else {
+            return false;
+        };
+        let Ok(want) = dp_endpoint(a, link.index) else {
+            return false;
+        };
+        let in_map = |name| {
+            ctx.dp.endpoints(name).is_ok_and(|es| {
+                es.iter()
+                    .any(|(k, e)| *e == want && (*k == want.ifindex || *k == want.addr_be))
+            })
+        };
+        let checks = [
+            (
+                "alias",
+                link.alias.as_deref() == Some(ep_alias(&a.container.id).as_str()),
+            ),
+            ("up", link.up),
+            (
+                "by-ifindex entry",
+                in_map(dnet_common::maps::ENDPOINTS_BY_IF),
+            ),
+            (
+                "by-address entry",
+                in_map(dnet_common::maps::ENDPOINTS_BY_IP),
+            ),
+            ("programs attached", ctx.dp.endpoint_attached(host_ifname)),
+        ];
+        match checks.iter().find(|(_, ok)| !ok) {
+            Some((what, _)) => {
+                tracing::debug!(veth = host_ifname, alias = ?link.alias, "endpoint not whole: {what}");
+                false
+            }
+            None => true,
+        }
+    }
+}
+
+/// The loopback's ifindex (1 in every namespace, but asked, not assumed).
+pub async fn loopback(nl: &Netlink) -> Result<u32> {
+    nl.links()
+        .await?
+        .into_iter()
+        .find(|l| l.loopback)
+        .map(|l| l.index)
+        .ok_or_else(|| conflict!("no loopback interface"))
+}
+
+/// Removes every map entry for `ip`, whatever interface it names.
+fn forget_address(dp: &mut Datapath, ip: std::net::Ipv4Addr) -> Result<()> {
+    let addr = ipv4_be(ip);
+    for (ifindex, e) in dp.endpoints(ENDPOINTS_BY_IF)? {
+        if e.addr_be == addr {
+            dp.clear_endpoint(None, Some(ifindex))?;
+        }
+    }
+    Ok(dp.clear_endpoint(Some(ip), None)?)
+}
+
+async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
+    let ipam = ipam(a.network)?;
+    let ep = a.endpoint;
+    let (Some(ip), Some(mac), Some(host_ifname), Some(ifname)) = (
+        ep.ip,
+        ep.mac,
+        ep.host_ifname.as_deref(),
+        ep.ifname.as_deref(),
+    ) else {
+        return Err(Error::Invalid("bridge endpoint is incomplete".into()));
+    };
+    let mtu = ctx.mtu(a.network);
+    let ns = netns::open(a.netns)?;
+    ctx.nl
+        .add_veth(
+            host_ifname,
+            docker_mac(ipam.gateway),
+            mtu,
+            &ep_alias(&a.container.id),
+            VethPeer {
+                name: ifname,
+                netns: &ns,
+                mac: mac.0,
+            },
+        )
+        .await?;
+    let host = ctx
+        .nl
+        .link(host_ifname)
+        .await?
+        .ok_or_else(|| conflict!("veth {host_ifname} vanished"))?;
+    sysctl_disable_ipv6(host_ifname)?;
+
+    // The programs and map entries come first: no frame crosses the pair
+    // before the datapath knows the endpoint.
+    let dp_ep = dp_endpoint(a, host.index)?;
+    ctx.dp.reset_stats(dp_ep.slot)?;
+    ctx.dp.set_endpoint(&dp_ep)?;
+    ctx.dp.attach_endpoint(host_ifname)?;
+    refresh_members(&mut ctx.dp, a.network.dp_id)?;
+
+    ctx.nl.add_neighbour(host.index, ip, mac.0).await?;
+    ctx.nl.set_up(host.index).await?;
+    let mut route = RouteSpec::device(ip, 32, host.index);
+    route.pref_src = Some(ipam.gateway);
+    ctx.nl.add_route(route).await?;
+
+    configure_container_side(a.netns, ifname, ip, ipam, a.primary).await
+}
+
+/// Address, link state and default route inside the container.
+async fn configure_container_side(
+    netns_path: &Path,
+    ifname: &str,
+    ip: std::net::Ipv4Addr,
+    ipam: Ipam,
+    primary: bool,
+) -> Result<()> {
+    let name = ifname.to_owned();
+    // A namespace dnet did not make may have IPv6 on by default.
+    netns::run_in(netns_path, move || sysctl_disable_ipv6(&name))??;
+    let cnl = Netlink::open_in(netns_path).await?;
+    let link = cnl
+        .link(ifname)
+        .await?
+        .ok_or_else(|| conflict!("{ifname} is missing in the container"))?;
+    cnl.add_address(link.index, ip, ipam.subnet.prefix(), None)
+        .await?;
+    cnl.set_up(link.index).await?;
+    if primary {
+        cnl.add_route(RouteSpec::default_via(ipam.gateway)).await?;
+    }
+    Ok(())
+}

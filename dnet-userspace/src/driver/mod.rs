@@ -1,0 +1,144 @@
+//! Network drivers behind one trait, and the factory that picks one by name.
+//!
+//! The engine owns the state and the order of operations (validate, make
+//! the kernel objects, commit); a driver only makes and removes its kernel
+//! objects. `detach` and `delete_network` keep going after a failure and
+//! return every error they met, so a half-made endpoint is always removed
+//! whole.
+
+mod bridge;
+mod host;
+mod macvlan;
+mod none;
+
+use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
+
+use async_trait::async_trait;
+
+use crate::{
+    datapath::Datapath,
+    error::{Error, Result},
+    model::{Container, DriverKind, Endpoint, Network, State},
+    netlink::{Link, Netlink},
+};
+
+pub use bridge::{GATEWAY_LABEL, loopback, refresh_members, veth_name};
+
+/// What drivers work with: the daemon namespace's netlink handle, the
+/// datapath and the uplink.
+pub struct Ctx {
+    pub nl: Netlink,
+    pub dp: Datapath,
+    pub uplink: Option<Link>,
+}
+
+impl Ctx {
+    /// The MTU a network's interfaces get: `-o mtu=N`, else the uplink's.
+    pub fn mtu(&self, net: &Network) -> u32 {
+        net.options
+            .get("mtu")
+            .and_then(|m| m.parse().ok())
+            .or(self.uplink.as_ref().map(|u| u.mtu))
+            .unwrap_or(1500)
+    }
+}
+
+/// One endpoint being attached or detached, with what it belongs to.
+pub struct Attachment<'a> {
+    pub container: &'a Container,
+    pub endpoint: &'a Endpoint,
+    pub network: &'a Network,
+    /// The container's namespace.
+    pub netns: &'a Path,
+    /// The container's first endpoint: it gets the default route.
+    pub primary: bool,
+}
+
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// Checks a new network's options and what it needs of the kernel (a
+    /// parent link, say). Changes nothing.
+    async fn validate(&self, ctx: &Ctx, state: &State, net: &Network) -> Result<()>;
+
+    /// Addresses IPAM must never hand out in this network.
+    async fn reserved(&self, _ctx: &Ctx, _net: &Network) -> Result<BTreeSet<Ipv4Addr>> {
+        Ok(BTreeSet::new())
+    }
+
+    /// Makes the network's kernel objects (idempotent).
+    async fn create_network(&self, ctx: &mut Ctx, net: &Network) -> Result<()>;
+
+    /// Removes the network's kernel objects; missing ones are fine.
+    async fn delete_network(&self, ctx: &mut Ctx, net: &Network) -> Vec<Error>;
+
+    /// The network's kernel objects are all there.
+    async fn network_ok(&self, ctx: &Ctx, net: &Network) -> bool;
+
+    /// Makes the endpoint's interface in the container and everything the
+    /// host needs for it. Leaves nothing behind on failure.
+    async fn attach(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()>;
+
+    /// Removes what `attach` made; missing pieces are fine.
+    async fn detach(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Vec<Error>;
+
+    /// The endpoint's kernel objects are all there and current.
+    async fn endpoint_ok(&self, ctx: &Ctx, a: &Attachment<'_>) -> bool;
+
+    /// Driver-specific lines for `network inspect`.
+    fn notes(&self, _net: &Network) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The driver for a kind.
+pub fn driver(kind: DriverKind) -> &'static dyn Driver {
+    match kind {
+        DriverKind::Bridge => &bridge::Bridge,
+        DriverKind::Macvlan => &macvlan::Macvlan,
+        DriverKind::Host => &host::Host,
+        DriverKind::None => &none::NoneDriver,
+    }
+}
+
+/// Options a driver accepts; anything else is an error that names them.
+pub fn check_options(net: &Network, known: &[&str]) -> Result<()> {
+    for k in net.options.keys() {
+        if !known.contains(&k.as_str()) {
+            return Err(Error::Invalid(if known.is_empty() {
+                format!(
+                    "unknown option {k:?}: the {} driver takes no options",
+                    net.driver
+                )
+            } else {
+                format!(
+                    "unknown option {k:?} for the {} driver (known: {})",
+                    net.driver,
+                    known.join(", ")
+                )
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// The `mtu` option, if set, is a number the kernel accepts on Ethernet.
+pub fn check_mtu(net: &Network) -> Result<()> {
+    if let Some(m) = net.options.get("mtu") {
+        match m.parse::<u32>() {
+            Ok(n) if (68..=65535).contains(&n) => {}
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "invalid mtu {m:?}: use a number from 68 to 65535"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Collects the error of a teardown step and keeps going.
+pub(crate) fn keep<T>(errors: &mut Vec<Error>, r: std::result::Result<T, impl Into<Error>>) {
+    if let Err(e) = r {
+        errors.push(e.into());
+    }
+}

@@ -1,0 +1,1020 @@
+//! The engine: the daemon's state and every operation on it.
+//!
+//! Each change follows one pattern, so that the state on disk and the
+//! kernel always agree after a crash (see `reconcile`):
+//! 1. validate against a copy of the state; bad input changes nothing;
+//! 2. make the kernel objects; on failure remove what was made;
+//! 3. commit the new state atomically; on failure remove the objects.
+//!
+//! Removals commit first and tear down after. A crash between the two steps
+//! leaves objects the state does not know, which the next start removes.
+//!
+//! Operations are serialised by one lock; they take milliseconds.
+
+mod process;
+mod reconcile;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Mutex as StdMutex},
+    time::Duration,
+};
+
+use dnet_common::DropReason;
+use ipnetwork::Ipv4Network;
+use tokio::sync::Mutex;
+
+use crate::{
+    api::{
+        AttachedView, ConnectRequest, ContainerCreate, ContainerView, DisconnectRequest,
+        EndpointStatsView, Info, NetworkCreate, NetworkView, StatsView, Status,
+    },
+    conflict,
+    datapath::{self, Datapath},
+    driver::{self, Attachment, Ctx},
+    error::{Error, Result},
+    invalid,
+    ipam::{self, Pool},
+    model::{
+        Container, DriverKind, Endpoint, Ipam, MacAddr, Netns, Network, Process, State, new_id, now,
+    },
+    netlink::{Netlink, RTPROT_DNET},
+    netns, not_found,
+    spec::{self, PortMapping},
+    store::Store,
+};
+
+/// Where one daemon instance keeps its things. Two instances with different
+/// folders (in two sandboxes) never share anything.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The uplink; `None` picks the interface of the default route.
+    pub uplink: Option<String>,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+}
+
+impl Config {
+    fn netns_dir(&self) -> PathBuf {
+        self.state_dir.join("netns")
+    }
+    fn log_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+}
+
+pub struct Engine {
+    inner: Mutex<Inner>,
+    /// Exit codes of detached processes the daemon started, by pid.
+    exits: Arc<StdMutex<HashMap<u32, i32>>>,
+}
+
+struct Inner {
+    cfg: Config,
+    state: State,
+    store: Store,
+    ctx: Ctx,
+}
+
+/// The predefined networks, as Docker has them.
+const PREDEFINED: [(&str, DriverKind); 3] = [
+    ("bridge", DriverKind::Bridge),
+    ("host", DriverKind::Host),
+    ("none", DriverKind::None),
+];
+
+impl Engine {
+    /// Opens the state, loads the datapath (a verifier rejection fails
+    /// here), brings the kernel in line with the state, and starts the
+    /// reaper of finished containers.
+    pub async fn start(cfg: Config) -> Result<Arc<Engine>> {
+        let store = Store::open(&cfg.state_dir)?;
+        let state = store.load()?;
+        datapath::ensure_mounted(&cfg.bpffs)?;
+        let dp = Datapath::load(Some(&cfg.bpffs))?;
+        let nl = Netlink::open()?;
+        let uplink = match &cfg.uplink {
+            Some(name) => Some(
+                nl.link(name)
+                    .await?
+                    .ok_or_else(|| invalid!("uplink {name:?} does not exist"))?,
+            ),
+            None => default_route_link(&nl).await?,
+        };
+        match &uplink {
+            Some(u) => tracing::info!(uplink = %u.name, mtu = u.mtu, "uplink"),
+            None => tracing::warn!("no uplink: no default route and no --uplink"),
+        }
+        let mut inner = Inner {
+            cfg,
+            state,
+            store,
+            ctx: Ctx { nl, dp, uplink },
+        };
+        inner.ensure_predefined().await?;
+        inner.reconcile().await?;
+        let engine = Arc::new(Engine {
+            inner: Mutex::new(inner),
+            exits: Arc::new(StdMutex::new(HashMap::new())),
+        });
+        let weak = Arc::downgrade(&engine);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(engine) = weak.upgrade() else { break };
+                if let Err(e) = engine.reap().await {
+                    tracing::warn!("reaping containers: {e}");
+                }
+            }
+        });
+        Ok(engine)
+    }
+
+    pub async fn info(&self) -> Info {
+        let inner = self.inner.lock().await;
+        let uplink_addr = match &inner.ctx.uplink {
+            Some(u) => inner
+                .ctx
+                .nl
+                .addresses(Some(u.index))
+                .await
+                .ok()
+                .and_then(|a| a.first().map(|a| a.ip)),
+            None => None,
+        };
+        Info {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uplink: inner.ctx.uplink.as_ref().map(|u| u.name.clone()),
+            uplink_addr,
+            state_dir: inner.cfg.state_dir.clone(),
+            bpffs: inner.cfg.bpffs.clone(),
+            networks: inner.state.networks.len(),
+            containers: inner.state.containers.len(),
+            programs: inner.ctx.dp.programs(),
+            maps: inner.ctx.dp.maps(),
+        }
+    }
+
+    pub async fn create_network(&self, req: NetworkCreate) -> Result<NetworkView> {
+        let mut inner = self.inner.lock().await;
+        let net = inner.create_network(req, false).await?;
+        Ok(inner.network_view(&net))
+    }
+
+    pub async fn networks(&self) -> Vec<NetworkView> {
+        let inner = self.inner.lock().await;
+        let mut v: Vec<NetworkView> = inner
+            .state
+            .networks
+            .values()
+            .map(|n| inner.network_view(n))
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub async fn network(&self, key: &str) -> Result<NetworkView> {
+        let inner = self.inner.lock().await;
+        let net = inner.find_network(key)?;
+        Ok(inner.network_view(net))
+    }
+
+    pub async fn remove_network(&self, key: &str) -> Result<()> {
+        self.inner.lock().await.remove_network(key).await
+    }
+
+    pub async fn connect(&self, net: &str, req: ConnectRequest) -> Result<ContainerView> {
+        let mut inner = self.inner.lock().await;
+        let id = inner.connect(net, req).await?;
+        Ok(inner.container_view(&inner.state.containers[&id]))
+    }
+
+    pub async fn disconnect(&self, net: &str, req: DisconnectRequest) -> Result<()> {
+        self.inner.lock().await.disconnect(net, req).await
+    }
+
+    pub async fn create_container(&self, req: ContainerCreate) -> Result<ContainerView> {
+        let mut inner = self.inner.lock().await;
+        let id = inner.create_container(req, &self.exits).await?;
+        Ok(inner.container_view(&inner.state.containers[&id]))
+    }
+
+    pub async fn containers(&self) -> Vec<ContainerView> {
+        let inner = self.inner.lock().await;
+        let mut v: Vec<ContainerView> = inner
+            .state
+            .containers
+            .values()
+            .map(|c| inner.container_view(c))
+            .collect();
+        v.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
+        v
+    }
+
+    pub async fn container(&self, key: &str) -> Result<ContainerView> {
+        let inner = self.inner.lock().await;
+        let c = inner.find_container(key)?;
+        Ok(inner.container_view(c))
+    }
+
+    pub async fn remove_container(&self, key: &str, force: bool) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        let c = inner.find_container(key)?.clone();
+        if let Some(p) = &c.process
+            && process::alive(p)
+            && !force
+        {
+            return Err(conflict!(
+                "container {} is running: stop it first or use `dnet rm -f`",
+                c.name
+            ));
+        }
+        inner.remove_container(&c.id).await
+    }
+
+    pub async fn stats(&self) -> Result<StatsView> {
+        let inner = self.inner.lock().await;
+        let st = &inner.state;
+        let mut endpoints = Vec::new();
+        for c in st.containers.values() {
+            for e in &c.endpoints {
+                let Some(slot) = e.slot else { continue };
+                let s = inner.ctx.dp.stats(slot)?;
+                endpoints.push(EndpointStatsView {
+                    container: c.name.clone(),
+                    network: st
+                        .networks
+                        .get(&e.network_id)
+                        .map(|n| n.name.clone())
+                        .unwrap_or_default(),
+                    ifname: e.ifname.clone(),
+                    ip: e.ip,
+                    rx_packets: s.rx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_packets: s.tx_packets,
+                    tx_bytes: s.tx_bytes,
+                    drops: drops_by_reason(&s.drops),
+                });
+            }
+        }
+        endpoints.sort_by(|a, b| (&a.container, &a.network).cmp(&(&b.container, &b.network)));
+        let global = inner.ctx.dp.stats(0)?;
+        Ok(StatsView {
+            endpoints,
+            unattributed_drops: drops_by_reason(&global.drops),
+        })
+    }
+
+    /// Removes foreground containers whose `dnet run` is gone, and notes
+    /// the exit of detached processes.
+    async fn reap(&self) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        let orphans: Vec<String> = inner
+            .state
+            .containers
+            .values()
+            .filter(|c| c.owner.as_ref().is_some_and(|o| !process::alive(o)))
+            .map(|c| c.id.clone())
+            .collect();
+        for id in orphans {
+            tracing::info!(container = %id, "its dnet run is gone: removing");
+            inner.remove_container(&id).await?;
+        }
+        let exited: Vec<(String, i32)> = inner
+            .state
+            .containers
+            .values()
+            .filter_map(|c| {
+                let p = c.process.as_ref()?;
+                if p.exit_code.is_some() || process::alive(p) {
+                    return None;
+                }
+                let code = self.exits.lock().expect("exits lock").remove(&p.pid);
+                Some((c.id.clone(), code.unwrap_or(-1)))
+            })
+            .collect();
+        if !exited.is_empty() {
+            let mut st = inner.state.clone();
+            for (id, code) in exited {
+                if let Some(p) = st.containers.get_mut(&id).and_then(|c| c.process.as_mut()) {
+                    p.exit_code = Some(code);
+                }
+            }
+            inner.commit(st)?;
+        }
+        Ok(())
+    }
+}
+
+fn drops_by_reason(drops: &[u64]) -> BTreeMap<String, u64> {
+    drops
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| {
+            let name = DropReason::from_code(i as u32)
+                .map(|r| r.name().to_owned())
+                .unwrap_or_else(|| format!("reason-{i}"));
+            (name, *n)
+        })
+        .collect()
+}
+
+/// The link of the default route, if there is one.
+async fn default_route_link(nl: &Netlink) -> Result<Option<crate::netlink::Link>> {
+    let routes = nl.routes().await?;
+    let Some(oif) = routes
+        .iter()
+        .find(|r| r.prefix == 0 && r.table == 254 && r.oif.is_some())
+        .and_then(|r| r.oif)
+    else {
+        return Ok(None);
+    };
+    Ok(nl.links().await?.into_iter().find(|l| l.index == oif))
+}
+
+fn parse_net(what: &str, s: &str) -> Result<Ipv4Network> {
+    let net: Ipv4Network = s
+        .parse()
+        .map_err(|_| invalid!("invalid {what} {s:?}: expected an IPv4 CIDR such as 10.1.0.0/16"))?;
+    Ok(net)
+}
+
+fn parse_ip(what: &str, s: &str) -> Result<Ipv4Addr> {
+    s.parse()
+        .map_err(|_| invalid!("invalid {what} {s:?}: expected an IPv4 address"))
+}
+
+impl Inner {
+    /// Makes `state` the committed state.
+    fn commit(&mut self, state: State) -> Result<()> {
+        self.store.commit(&state)?;
+        self.state = state;
+        Ok(())
+    }
+
+    fn find_network(&self, key: &str) -> Result<&Network> {
+        self.state
+            .find_network(key)
+            .ok_or_else(|| not_found!("network {key:?} not found"))
+    }
+
+    fn find_container(&self, key: &str) -> Result<&Container> {
+        self.state
+            .find_container(key)
+            .ok_or_else(|| not_found!("container {key:?} not found"))
+    }
+
+    /// Subnets routed where the daemon runs (its own routes aside).
+    async fn routed_subnets(&self) -> Result<Vec<Ipv4Network>> {
+        Ok(self
+            .ctx
+            .nl
+            .routes()
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r.table == 254
+                    && r.prefix > 0
+                    && r.protocol != netlink_packet_route::route::RouteProtocol::Other(RTPROT_DNET)
+            })
+            .filter_map(|r| Ipv4Network::new(r.dst, r.prefix).ok())
+            .collect())
+    }
+
+    async fn ensure_predefined(&mut self) -> Result<()> {
+        for (name, driver) in PREDEFINED {
+            if self.state.network_by_name(name).is_none() {
+                tracing::info!(network = name, "creating the predefined network");
+                self.create_network(
+                    NetworkCreate {
+                        name: name.to_owned(),
+                        driver: Some(driver.as_str().to_owned()),
+                        ..Default::default()
+                    },
+                    true,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_network(&mut self, req: NetworkCreate, predefined: bool) -> Result<Network> {
+        spec::validate_name("network", &req.name)?;
+        if self.state.network_by_name(&req.name).is_some() {
+            return Err(conflict!("network {:?} already exists", req.name));
+        }
+        let driver_kind: DriverKind = req
+            .driver
+            .as_deref()
+            .unwrap_or("bridge")
+            .parse()
+            .map_err(Error::Invalid)?;
+        if !predefined && matches!(driver_kind, DriverKind::Host | DriverKind::None) {
+            return Err(invalid!(
+                "only one network with the {driver_kind} driver exists: the predefined {driver_kind:?} network"
+            ));
+        }
+        let mut options = BTreeMap::new();
+        for o in &req.options {
+            let (k, v) = spec::parse_option(o)?;
+            options.insert(k, v);
+        }
+        let ipam = match driver_kind {
+            DriverKind::Bridge | DriverKind::Macvlan => {
+                Some(self.choose_ipam(&req, driver_kind).await?)
+            }
+            DriverKind::Host | DriverKind::None => {
+                if req.subnet.is_some() || req.gateway.is_some() || req.ip_range.is_some() {
+                    return Err(invalid!("the {driver_kind} driver takes no addresses"));
+                }
+                None
+            }
+        };
+        let dp_id = if driver_kind == DriverKind::Bridge {
+            self.state
+                .free_dp_id(dnet_common::maps::MAX_NETWORKS)
+                .ok_or_else(|| conflict!("too many networks"))?
+        } else {
+            0
+        };
+        let net = Network {
+            id: new_id(),
+            name: req.name.clone(),
+            driver: driver_kind,
+            created: now(),
+            predefined,
+            internal: req.internal,
+            ipam,
+            options,
+            dp_id,
+        };
+        let driver = driver::driver(driver_kind);
+        driver.validate(&self.ctx, &self.state, &net).await?;
+        if let Err(e) = driver.create_network(&mut self.ctx, &net).await {
+            for e in driver.delete_network(&mut self.ctx, &net).await {
+                tracing::warn!("cleaning up a failed network create: {e}");
+            }
+            return Err(e);
+        }
+        let mut st = self.state.clone();
+        st.networks.insert(net.id.clone(), net.clone());
+        if let Err(e) = self.commit(st) {
+            for e in driver.delete_network(&mut self.ctx, &net).await {
+                tracing::warn!("cleaning up a failed network create: {e}");
+            }
+            return Err(e);
+        }
+        tracing::info!(network = %net.name, id = %&net.id[..12], driver = %driver_kind, "network created");
+        Ok(net)
+    }
+
+    /// The subnet, gateway and range of a new network, checked against the
+    /// other networks and the routes where the daemon runs.
+    async fn choose_ipam(&self, req: &NetworkCreate, kind: DriverKind) -> Result<Ipam> {
+        let others: Vec<(String, Ipv4Network)> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| n.ipam.map(|i| (n.name.clone(), i.subnet)))
+            .collect();
+        // A macvlan network is the LAN's own subnet: the parent's route to
+        // it is expected, not a clash.
+        let routes = if kind == DriverKind::Bridge {
+            self.routed_subnets().await?
+        } else {
+            Vec::new()
+        };
+        let subnet = match &req.subnet {
+            Some(s) => parse_net("subnet", s)?,
+            None => {
+                if req.gateway.is_some() || req.ip_range.is_some() {
+                    return Err(invalid!("--gateway and --ip-range need --subnet"));
+                }
+                if kind == DriverKind::Macvlan {
+                    return Err(invalid!(
+                        "a macvlan network needs --subnet (the parent LAN's)"
+                    ));
+                }
+                let mut taken: Vec<Ipv4Network> = others.iter().map(|(_, s)| *s).collect();
+                taken.extend(&routes);
+                ipam::next_free_subnet(&taken).ok_or_else(|| {
+                    conflict!("no free subnet left in the default pools: give --subnet")
+                })?
+            }
+        };
+        let gateway = req
+            .gateway
+            .as_deref()
+            .map(|g| parse_ip("gateway", g))
+            .transpose()?;
+        let range = req
+            .ip_range
+            .as_deref()
+            .map(|r| parse_net("ip-range", r))
+            .transpose()?;
+        let pool = Pool::new(subnet, gateway, range)?;
+        if let Some((name, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
+            return Err(conflict!(
+                "subnet {} overlaps {s} of network {name:?}",
+                pool.subnet
+            ));
+        }
+        if let Some(r) = routes.iter().find(|r| r.overlaps(pool.subnet)) {
+            return Err(conflict!(
+                "subnet {} overlaps the route to {r} where the daemon runs",
+                pool.subnet
+            ));
+        }
+        Ok(Ipam {
+            subnet: pool.subnet,
+            gateway: pool.gateway,
+            ip_range: range.map(|_| pool.range),
+        })
+    }
+
+    async fn remove_network(&mut self, key: &str) -> Result<()> {
+        let net = self.find_network(key)?.clone();
+        if net.predefined {
+            return Err(Error::Forbidden(format!(
+                "{} is a predefined network and cannot be removed",
+                net.name
+            )));
+        }
+        let users: Vec<String> = self
+            .state
+            .endpoints_of(&net.id)
+            .map(|(c, _)| c.name.clone())
+            .collect();
+        if !users.is_empty() {
+            return Err(conflict!(
+                "network {} has active endpoints (containers: {}): remove or disconnect them first",
+                net.name,
+                users.join(", ")
+            ));
+        }
+        let mut st = self.state.clone();
+        st.networks.remove(&net.id);
+        self.commit(st)?;
+        for e in driver::driver(net.driver)
+            .delete_network(&mut self.ctx, &net)
+            .await
+        {
+            tracing::warn!(network = %net.name, "removing: {e}");
+        }
+        tracing::info!(network = %net.name, "network removed");
+        Ok(())
+    }
+
+    /// A new endpoint of `net` for container `c` (address, MAC, names).
+    async fn new_endpoint(
+        &self,
+        net: &Network,
+        c: &Container,
+        ip: Option<&str>,
+    ) -> Result<Endpoint> {
+        let mut ep = Endpoint {
+            network_id: net.id.clone(),
+            ifname: None,
+            host_ifname: None,
+            ip: None,
+            mac: None,
+            slot: None,
+        };
+        let Some(ipam) = net.ipam else {
+            if ip.is_some() {
+                return Err(invalid!(
+                    "network {} has no addresses to choose from",
+                    net.name
+                ));
+            }
+            return Ok(ep);
+        };
+        let requested = ip.map(|s| parse_ip("--ip", s)).transpose()?;
+        let pool = Pool::new(ipam.subnet, Some(ipam.gateway), ipam.ip_range)?;
+        let mut used = self.state.used_addresses(&net.id);
+        used.extend(driver::driver(net.driver).reserved(&self.ctx, net).await?);
+        let addr = pool.allocate(&used, requested)?;
+        let n = (0..)
+            .find(|i| {
+                !c.endpoints
+                    .iter()
+                    .any(|e| e.ifname.as_deref() == Some(&format!("eth{i}")))
+            })
+            .expect("a free interface name");
+        ep.ifname = Some(format!("eth{n}"));
+        ep.ip = Some(addr);
+        ep.mac = Some(MacAddr(dnet_common::addr::docker_mac(addr)));
+        let used_slots = self.state.used_slots();
+        ep.slot = Some(
+            (1..=dnet_common::maps::MAX_ENDPOINTS)
+                .find(|s| !used_slots.contains(s))
+                .ok_or_else(|| conflict!("too many endpoints"))?,
+        );
+        if net.driver == DriverKind::Bridge {
+            let links = self.ctx.nl.links().await?;
+            let taken = |n: &str| {
+                links.iter().any(|l| l.name == n)
+                    || self.state.containers.values().any(|c| {
+                        c.endpoints
+                            .iter()
+                            .any(|e| e.host_ifname.as_deref() == Some(n))
+                    })
+            };
+            let name = std::iter::repeat_with(driver::veth_name)
+                .take(100)
+                .find(|n| !taken(n))
+                .ok_or_else(|| conflict!("no free veth name"))?;
+            ep.host_ifname = Some(name);
+        }
+        Ok(ep)
+    }
+
+    fn netns_path(&self, c: &Container) -> PathBuf {
+        match &c.netns {
+            Netns::Owned { path } | Netns::External { path, .. } => path.clone(),
+            Netns::Host => netns::own_path(),
+        }
+    }
+
+    async fn attach(&mut self, c: &Container, ep: &Endpoint) -> Result<()> {
+        let net = self.state.networks[&ep.network_id].clone();
+        let path = self.netns_path(c);
+        let a = Attachment {
+            container: c,
+            endpoint: ep,
+            network: &net,
+            netns: &path,
+            primary: c.endpoints.first().map(|e| &e.network_id) == Some(&ep.network_id),
+        };
+        driver::driver(net.driver).attach(&mut self.ctx, &a).await
+    }
+
+    async fn detach(&mut self, c: &Container, ep: &Endpoint) {
+        let Some(net) = self.state.networks.get(&ep.network_id).cloned() else {
+            return;
+        };
+        let path = self.netns_path(c);
+        let a = Attachment {
+            container: c,
+            endpoint: ep,
+            network: &net,
+            netns: &path,
+            primary: false,
+        };
+        for e in driver::driver(net.driver).detach(&mut self.ctx, &a).await {
+            tracing::warn!(container = %c.name, network = %net.name, "detaching: {e}");
+        }
+    }
+
+    async fn create_container(
+        &mut self,
+        req: ContainerCreate,
+        exits: &Arc<StdMutex<HashMap<u32, i32>>>,
+    ) -> Result<String> {
+        let id = new_id();
+        let name = req
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("ctr-{}", &id[..8]));
+        spec::validate_name("container", &name)?;
+        if self
+            .state
+            .find_container(&name)
+            .is_some_and(|c| c.name == name)
+        {
+            return Err(conflict!("container name {name:?} is already in use"));
+        }
+        let net = self
+            .find_network(req.network.as_deref().unwrap_or("bridge"))?
+            .clone();
+        let ports = self.check_ports(&req.publish, &net)?;
+        if req.detach && req.command.is_empty() {
+            return Err(invalid!("a detached container needs a command"));
+        }
+        let owner = match req.owner_pid {
+            Some(pid) => Some(Process {
+                pid,
+                start_time: process::start_time(pid)
+                    .ok_or_else(|| invalid!("owner process {pid} is not running"))?,
+                command: req.command.clone(),
+                exit_code: None,
+                log: PathBuf::new(),
+            }),
+            None => None,
+        };
+        let netns = match net.driver {
+            DriverKind::Host => Netns::Host,
+            _ => Netns::Owned {
+                path: self.cfg.netns_dir().join(&id),
+            },
+        };
+        let mut c = Container {
+            id: id.clone(),
+            name,
+            created: now(),
+            netns,
+            endpoints: Vec::new(),
+            ports,
+            process: None,
+            owner,
+        };
+        let ep = self.new_endpoint(&net, &c, req.ip.as_deref()).await?;
+        c.endpoints.push(ep.clone());
+
+        // Kernel objects, then the commit; undone on any failure.
+        if let Netns::Owned { path } = &c.netns {
+            netns::create(path)?;
+        }
+        let made = async {
+            self.attach(&c, &ep).await?;
+            if req.detach {
+                let path = self.netns_path(&c);
+                let log = self.cfg.log_dir().join(format!("{id}.log"));
+                let mut child = process::spawn(&path, &req.command, &log)?;
+                let pid = child
+                    .id()
+                    .ok_or_else(|| invalid!("the command exited at once"))?;
+                c.process = Some(Process {
+                    pid,
+                    start_time: process::start_time(pid).unwrap_or(0),
+                    command: req.command.clone(),
+                    exit_code: None,
+                    log,
+                });
+                let exits = exits.clone();
+                tokio::spawn(async move {
+                    let code = match child.wait().await {
+                        Ok(s) => s.code().unwrap_or_else(|| {
+                            use std::os::unix::process::ExitStatusExt as _;
+                            128 + s.signal().unwrap_or(0)
+                        }),
+                        Err(_) => -1,
+                    };
+                    exits.lock().expect("exits lock").insert(pid, code);
+                });
+            }
+            let mut st = self.state.clone();
+            st.containers.insert(id.clone(), c.clone());
+            self.commit(st)
+        }
+        .await;
+        if let Err(e) = made {
+            self.teardown_container(&c).await;
+            return Err(e);
+        }
+        tracing::info!(container = %c.name, id = %&id[..12], network = %net.name, ip = ?ep.ip, "container created");
+        Ok(id)
+    }
+
+    /// Parses `-p` specs and checks them against the network and the ports
+    /// already published.
+    fn check_ports(&self, specs: &[String], net: &Network) -> Result<Vec<PortMapping>> {
+        let ports: Vec<PortMapping> = specs
+            .iter()
+            .map(|s| s.parse::<PortMapping>())
+            .collect::<std::result::Result<_, _>>()?;
+        if ports.is_empty() {
+            return Ok(ports);
+        }
+        if net.driver != DriverKind::Bridge {
+            return Err(invalid!(
+                "ports can only be published on a bridge network ({} uses the {} driver)",
+                net.name,
+                net.driver
+            ));
+        }
+        if net.internal {
+            return Err(invalid!(
+                "network {} is internal: it cannot publish ports",
+                net.name
+            ));
+        }
+        for (i, p) in ports.iter().enumerate() {
+            if let Some(q) = ports[..i].iter().find(|q| q.clashes_with(p)) {
+                return Err(conflict!("published ports {q} and {p} overlap"));
+            }
+            for c in self.state.containers.values() {
+                if let Some(q) = c.ports.iter().find(|q| q.clashes_with(p)) {
+                    return Err(conflict!(
+                        "port {p} is already published by container {} ({q})",
+                        c.name
+                    ));
+                }
+            }
+        }
+        Ok(ports)
+    }
+
+    /// Removes a container's kernel objects and processes (not its record).
+    async fn teardown_container(&mut self, c: &Container) {
+        if let Some(p) = &c.process {
+            process::kill(p);
+        }
+        for ep in c.endpoints.iter().rev() {
+            self.detach(c, ep).await;
+        }
+        if let Netns::Owned { path } = &c.netns {
+            process::kill_all_in(path);
+            if let Err(e) = netns::remove(path) {
+                tracing::warn!(container = %c.name, "removing its namespace: {e}");
+            }
+        }
+    }
+
+    async fn remove_container(&mut self, id: &str) -> Result<()> {
+        let c = self.state.containers[id].clone();
+        let mut st = self.state.clone();
+        st.containers.remove(id);
+        self.commit(st)?;
+        self.teardown_container(&c).await;
+        tracing::info!(container = %c.name, "container removed");
+        Ok(())
+    }
+
+    async fn connect(&mut self, net_key: &str, req: ConnectRequest) -> Result<String> {
+        let net = self.find_network(net_key)?.clone();
+        if matches!(net.driver, DriverKind::Host | DriverKind::None) {
+            return Err(invalid!(
+                "cannot connect to the {} network: a container joins it only when it is made",
+                net.name
+            ));
+        }
+        let mut c = match (&req.container, &req.netns) {
+            (Some(name), None) => self.find_container(name)?.clone(),
+            (None, Some(path)) => self.external_container(path, req.name.as_deref())?,
+            _ => return Err(invalid!("give either a container or --netns")),
+        };
+        if matches!(c.netns, Netns::Host)
+            || c.endpoints.iter().any(|e| {
+                self.state
+                    .networks
+                    .get(&e.network_id)
+                    .is_some_and(|n| n.driver == DriverKind::None)
+            })
+        {
+            return Err(invalid!(
+                "container {} uses the host or none network and cannot join others",
+                c.name
+            ));
+        }
+        if c.endpoints.iter().any(|e| e.network_id == net.id) {
+            return Err(conflict!(
+                "container {} is already connected to network {}",
+                c.name,
+                net.name
+            ));
+        }
+        let ep = self.new_endpoint(&net, &c, req.ip.as_deref()).await?;
+        c.endpoints.push(ep.clone());
+        self.attach(&c, &ep).await?;
+        let mut st = self.state.clone();
+        st.containers.insert(c.id.clone(), c.clone());
+        if let Err(e) = self.commit(st) {
+            self.detach(&c, &ep).await;
+            return Err(e);
+        }
+        tracing::info!(container = %c.name, network = %net.name, "connected");
+        Ok(c.id)
+    }
+
+    /// A container record for a namespace made by someone else.
+    fn external_container(&self, path: &str, name: Option<&str>) -> Result<Container> {
+        let path = PathBuf::from(path);
+        if !netns::is_netns(&path) {
+            return Err(invalid!("{} is not a network namespace", path.display()));
+        }
+        let (dev, ino) = netns::identity(&path)?;
+        if let Some(c) = self.state.containers.values().find(|c| match &c.netns {
+            Netns::External { dev: d, ino: i, .. } => (*d, *i) == (dev, ino),
+            Netns::Owned { path: p } => netns::identity(p).ok() == Some((dev, ino)),
+            Netns::Host => netns::identity(&netns::own_path()).ok() == Some((dev, ino)),
+        }) {
+            return Ok(c.clone());
+        }
+        let id = new_id();
+        let name = name
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("ns-{}", &id[..8]));
+        spec::validate_name("container", &name)?;
+        if self.state.containers.values().any(|c| c.name == name) {
+            return Err(conflict!("container name {name:?} is already in use"));
+        }
+        Ok(Container {
+            id,
+            name,
+            created: now(),
+            netns: Netns::External { path, dev, ino },
+            endpoints: Vec::new(),
+            ports: Vec::new(),
+            process: None,
+            owner: None,
+        })
+    }
+
+    async fn disconnect(&mut self, net_key: &str, req: DisconnectRequest) -> Result<()> {
+        let net = self.find_network(net_key)?.clone();
+        let c = self.find_container(&req.container)?.clone();
+        let Some(ep) = c.endpoints.iter().find(|e| e.network_id == net.id).cloned() else {
+            return Err(not_found!(
+                "container {} is not connected to network {}",
+                c.name,
+                net.name
+            ));
+        };
+        if matches!(net.driver, DriverKind::Host | DriverKind::None) {
+            return Err(invalid!(
+                "a container cannot leave the {} network",
+                net.name
+            ));
+        }
+        let mut st = self.state.clone();
+        let gone = {
+            let sc = st.containers.get_mut(&c.id).expect("present");
+            sc.endpoints.retain(|e| e.network_id != net.id);
+            // A namespace attached from another runtime exists here only
+            // for its endpoints.
+            matches!(sc.netns, Netns::External { .. }) && sc.endpoints.is_empty()
+        };
+        if gone {
+            st.containers.remove(&c.id);
+        }
+        self.commit(st)?;
+        self.detach(&c, &ep).await;
+        tracing::info!(container = %c.name, network = %net.name, "disconnected");
+        Ok(())
+    }
+
+    fn attached_view(&self, c: &Container, e: &Endpoint) -> AttachedView {
+        let net = self.state.networks.get(&e.network_id);
+        AttachedView {
+            container: c.name.clone(),
+            container_id: c.id.clone(),
+            network: net.map(|n| n.name.clone()).unwrap_or_default(),
+            ifname: e.ifname.clone(),
+            host_ifname: e.host_ifname.clone(),
+            ip: e.ip,
+            prefix: net
+                .and_then(|n| n.ipam)
+                .map(|i| i.subnet.prefix())
+                .filter(|_| e.ip.is_some()),
+            mac: e.mac,
+            gateway: net
+                .and_then(|n| n.ipam)
+                .map(|i| i.gateway)
+                .filter(|_| e.ip.is_some()),
+        }
+    }
+
+    fn network_view(&self, n: &Network) -> NetworkView {
+        NetworkView {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            driver: n.driver,
+            created: n.created,
+            predefined: n.predefined,
+            internal: n.internal,
+            ipam: n.ipam,
+            options: n.options.clone(),
+            gateway_link: (n.driver == DriverKind::Bridge)
+                .then(|| driver::GATEWAY_LABEL.to_owned()),
+            containers: self
+                .state
+                .endpoints_of(&n.id)
+                .map(|(c, e)| self.attached_view(c, e))
+                .collect(),
+            notes: driver::driver(n.driver).notes(n),
+        }
+    }
+
+    fn container_view(&self, c: &Container) -> ContainerView {
+        let (status, exit_code, pid, command) = match (&c.process, &c.owner) {
+            (Some(p), _) if process::alive(p) => {
+                (Status::Running, None, Some(p.pid), p.command.clone())
+            }
+            (Some(p), _) => (Status::Exited, p.exit_code, None, p.command.clone()),
+            (None, Some(o)) => (Status::Attached, None, None, o.command.clone()),
+            (None, None) => (Status::Attached, None, None, Vec::new()),
+        };
+        ContainerView {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            created: c.created,
+            netns_path: self.netns_path(c),
+            status,
+            exit_code,
+            pid,
+            command,
+            networks: c
+                .endpoints
+                .iter()
+                .map(|e| self.attached_view(c, e))
+                .collect(),
+            ports: c.ports.clone(),
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Container processes: starting a detached command inside a namespace,
+//! telling whether a recorded process still lives, and killing what runs in
+//! a namespace.
+
+use std::{
+    fs,
+    os::{fd::AsFd as _, unix::process::CommandExt as _},
+    path::Path,
+    process::Stdio,
+};
+
+use nix::{sched::CloneFlags, sys::signal::Signal, unistd::Pid};
+
+use crate::{
+    error::{Error, Result},
+    model::Process,
+    netns,
+};
+
+/// Start time of a live (not zombie) process, in clock ticks since boot.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command may hold spaces and parentheses: fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // rest[0] is field 3 (state); start time is field 22.
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(22 - 3)?.parse().ok()
+}
+
+/// The recorded process is still the one running under its pid.
+pub fn alive(p: &Process) -> bool {
+    start_time(p.pid) == Some(p.start_time)
+}
+
+/// Starts `command` inside the namespace at `netns_path`, in a session of
+/// its own, output appended to `log`. Returns the running child.
+pub fn spawn(netns_path: &Path, command: &[String], log: &Path) -> Result<tokio::process::Child> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| Error::Invalid("no command to run".into()))?;
+    let ns = netns::open(netns_path)?;
+    if let Some(dir) = log.parent() {
+        fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+    }
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(Error::io(format!("open {}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(Error::io(format!("open {}", log.display())))?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: between fork and exec the closure only makes two syscalls
+    // (setns on an fd opened before the fork, setsid); it allocates nothing
+    // and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+    tokio::process::Command::from(cmd)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|e| Error::Invalid(format!("cannot start {program:?}: {e}")))
+}
+
+/// Sends SIGKILL to the recorded process if it is still the same one.
+pub fn kill(p: &Process) {
+    if alive(p) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
+    }
+}
+
+/// Kills every process whose network namespace is the one at `netns_path`.
+pub fn kill_all_in(netns_path: &Path) {
+    let Ok((dev, ino)) = netns::identity(netns_path) else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid as u32 == std::process::id() {
+            continue;
+        }
+        if netns::identity(&e.path().join("ns/net")).ok() == Some((dev, ino)) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_start_time_is_readable_and_stable() {
+        let me = std::process::id();
+        let t = start_time(me).expect("own stat");
+        assert_eq!(start_time(me), Some(t));
+        assert!(alive(&Process {
+            pid: me,
+            start_time: t,
+            command: vec![],
+            exit_code: None,
+            log: "/dev/null".into(),
+        }));
+        assert!(!alive(&Process {
+            pid: me,
+            start_time: t + 1,
+            command: vec![],
+            exit_code: None,
+            log: "/dev/null".into(),
+        }));
+    }
+}

@@ -1,0 +1,216 @@
+//! Bringing the kernel in line with the state, at every start.
+//!
+//! What the state holds and the kernel lacks is made again; what dnet made
+//! (marked by link aliases `dnet:...`, route protocol 213, pins under its
+//! bpffs folder, namespaces under its state folder, map entries) and the
+//! state no longer holds is removed. What still matches is left untouched,
+//! so forwarding does not stop while a restarted daemon adopts its pins.
+
+use std::collections::HashSet;
+
+use dnet_common::{addr::ipv4_be, maps as m};
+use netlink_packet_route::route::{RouteProtocol, RouteType};
+
+use super::{Inner, process};
+use crate::{
+    driver::{self, Attachment},
+    error::Result,
+    model::{DriverKind, Netns},
+    netlink::{RTPROT_DNET, RouteSpec},
+    netns,
+};
+
+impl Inner {
+    pub(super) async fn reconcile(&mut self) -> Result<()> {
+        for net in self.state.networks.values().cloned().collect::<Vec<_>>() {
+            let d = driver::driver(net.driver);
+            if !d.network_ok(&self.ctx, &net).await {
+                tracing::info!(network = %net.name, "making its kernel objects again");
+                if let Err(e) = d.create_network(&mut self.ctx, &net).await {
+                    tracing::error!(network = %net.name, "cannot restore: {e}");
+                }
+            }
+        }
+
+        let mut st = self.state.clone();
+        for c in self.state.containers.values().cloned().collect::<Vec<_>>() {
+            match &c.netns {
+                Netns::Owned { path } if !netns::is_netns(path) => {
+                    // The namespace is gone (a reboot): a new one, and the
+                    // endpoints below are made again in it.
+                    tracing::info!(container = %c.name, "its namespace is gone: making a new one");
+                    let _ = netns::remove(path);
+                    netns::create(path)?;
+                }
+                Netns::External { path, dev, ino }
+                    if !netns::is_netns(path)
+                        || netns::identity(path).ok() != Some((*dev, *ino)) =>
+                {
+                    tracing::info!(container = %c.name, "its namespace is gone: forgetting it");
+                    for ep in &c.endpoints {
+                        self.detach(&c, ep).await;
+                    }
+                    st.containers.remove(&c.id);
+                    continue;
+                }
+                _ => {}
+            }
+            let path = self.netns_path(&c);
+            for (i, ep) in c.endpoints.iter().enumerate() {
+                let Some(net) = self.state.networks.get(&ep.network_id).cloned() else {
+                    continue;
+                };
+                let a = Attachment {
+                    container: &c,
+                    endpoint: ep,
+                    network: &net,
+                    netns: &path,
+                    primary: i == 0,
+                };
+                let d = driver::driver(net.driver);
+                if !d.endpoint_ok(&self.ctx, &a).await {
+                    tracing::info!(container = %c.name, network = %net.name, "making its endpoint again");
+                    for e in d.detach(&mut self.ctx, &a).await {
+                        tracing::debug!("clearing the old endpoint: {e}");
+                    }
+                    if let Err(e) = d.attach(&mut self.ctx, &a).await {
+                        tracing::error!(container = %c.name, network = %net.name, "cannot restore: {e}");
+                    }
+                }
+            }
+        }
+        if st != self.state {
+            self.commit(st)?;
+        }
+        self.collect_garbage().await
+    }
+
+    /// Removes what dnet made and the state does not hold.
+    async fn collect_garbage(&mut self) -> Result<()> {
+        let st = &self.state;
+        let veths: HashSet<String> = st
+            .containers
+            .values()
+            .flat_map(|c| c.endpoints.iter().filter_map(|e| e.host_ifname.clone()))
+            .collect();
+        let bridges: Vec<_> = st
+            .networks
+            .values()
+            .filter(|n| n.driver == DriverKind::Bridge)
+            .cloned()
+            .collect();
+        for l in self.ctx.nl.links().await? {
+            let Some(alias) = l.alias.as_deref() else {
+                continue;
+            };
+            if alias.starts_with("dnet:ep:") && !veths.contains(&l.name) {
+                tracing::info!(link = %l.name, "removing a link dnet no longer uses");
+                self.ctx.nl.del_link(l.index).await?;
+            }
+        }
+
+        let lo = driver::loopback(&self.ctx.nl).await?;
+        for a in self.ctx.nl.addresses(Some(lo)).await? {
+            if a.label.as_deref() == Some(driver::GATEWAY_LABEL)
+                && !bridges
+                    .iter()
+                    .any(|n| n.ipam.is_some_and(|i| i.gateway == a.ip))
+            {
+                tracing::info!(address = %a.ip, "removing a gateway address dnet no longer uses");
+                self.ctx.nl.del_address(lo, a.ip, a.prefix).await?;
+            }
+        }
+
+        for r in self.ctx.nl.routes().await? {
+            if r.protocol == RouteProtocol::Other(RTPROT_DNET)
+                && r.kind == RouteType::Unreachable
+                && !bridges.iter().any(|n| {
+                    n.ipam.is_some_and(|i| {
+                        i.subnet.network() == r.dst && i.subnet.prefix() == r.prefix
+                    })
+                })
+            {
+                tracing::info!(route = %format!("{}/{}", r.dst, r.prefix), "removing a route dnet no longer uses");
+                self.ctx
+                    .nl
+                    .del_route(RouteSpec::unreachable(r.dst, r.prefix))
+                    .await?;
+            }
+        }
+
+        // Datapath entries.
+        let ips: HashSet<u32> = st
+            .containers
+            .values()
+            .flat_map(|c| c.endpoints.iter())
+            .filter(|e| e.host_ifname.is_some())
+            .filter_map(|e| e.ip.map(ipv4_be))
+            .collect();
+        let live_ifindexes: HashSet<u32> = self
+            .ctx
+            .nl
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| veths.contains(&l.name))
+            .map(|l| l.index)
+            .collect();
+        for (addr, _) in self.ctx.dp.endpoints(m::ENDPOINTS_BY_IP)? {
+            if !ips.contains(&addr) {
+                self.ctx
+                    .dp
+                    .clear_endpoint(Some(dnet_common::addr::ipv4_from_be(addr)), None)?;
+            }
+        }
+        for (ifindex, _) in self.ctx.dp.endpoints(m::ENDPOINTS_BY_IF)? {
+            if !live_ifindexes.contains(&ifindex) {
+                self.ctx.dp.clear_endpoint(None, Some(ifindex))?;
+            }
+        }
+        for (subnet, id) in self.ctx.dp.subnets()? {
+            if !bridges
+                .iter()
+                .any(|n| n.dp_id == id && n.ipam.is_some_and(|i| i.subnet == subnet))
+            {
+                self.ctx.dp.clear_network(id, Some(subnet))?;
+            }
+        }
+        for id in 1..m::MAX_NETWORKS {
+            if self.ctx.dp.network(id).is_ok_and(|n| n.active != 0)
+                && !bridges.iter().any(|n| n.dp_id == id)
+            {
+                self.ctx.dp.clear_network(id, None)?;
+            }
+        }
+        for ifname in self.ctx.dp.pinned_interfaces()? {
+            if !veths.contains(&ifname) {
+                self.ctx.dp.detach_endpoint(&ifname)?;
+            }
+        }
+        for n in &bridges {
+            driver::refresh_members(&mut self.ctx.dp, n.dp_id)?;
+        }
+
+        // Namespaces under the state folder that no container owns.
+        let owned: HashSet<_> = st
+            .containers
+            .values()
+            .filter_map(|c| match &c.netns {
+                Netns::Owned { path } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        let dir = self.cfg.netns_dir();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let path = e.path();
+                if !owned.contains(&path) {
+                    tracing::info!(netns = %path.display(), "removing a namespace dnet no longer uses");
+                    process::kill_all_in(&path);
+                    netns::remove(&path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
