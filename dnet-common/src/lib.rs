@@ -9,7 +9,7 @@
 //!   they sit in the packet (fields end in `_be`), MACs are `[u8; 6]`;
 //! - structs are append-only: a retired field stays as reserved, offsets never
 //!   move, so a daemon can adopt maps pinned by an older one.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod addr;
 pub mod drop;
@@ -25,3 +25,22 @@ pub use drop::DropReason;
 pub use endpoint::Endpoint;
 pub use network::{NetMembers, Network};
 pub use stats::EndpointStats;
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use crate::{Endpoint, EndpointStats, NetMembers, Network};
+
+    /// The layouts are part of the pinned-map ABI: a change here is a break.
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<Endpoint>(), 24);
+        assert_eq!(size_of::<Network>(), 24);
+        assert_eq!(size_of::<NetMembers>(), 8 + 4 * crate::network::MAX_FANOUT);
+        assert_eq!(
+            size_of::<EndpointStats>(),
+            32 + 8 * crate::drop::DROP_REASON_SLOTS
+        );
+    }
+}

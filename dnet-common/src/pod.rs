@@ -12,22 +12,3 @@ unsafe impl aya::Pod for Network {}
 unsafe impl aya::Pod for NetMembers {}
 // SAFETY: as above.
 unsafe impl aya::Pod for EndpointStats {}
-
-#[cfg(test)]
-mod tests {
-    use core::mem::size_of;
-
-    use super::*;
-
-    /// The layouts are part of the pinned-map ABI: a change here is a break.
-    #[test]
-    fn layouts_have_no_hidden_padding() {
-        assert_eq!(size_of::<Endpoint>(), 24);
-        assert_eq!(size_of::<Network>(), 24);
-        assert_eq!(size_of::<NetMembers>(), 8 + 4 * crate::network::MAX_FANOUT);
-        assert_eq!(
-            size_of::<EndpointStats>(),
-            32 + 8 * crate::drop::DROP_REASON_SLOTS
-        );
-    }
-}

@@ -1,1 +1,498 @@
+//! The sandbox for dnet's scenario tests, demo and benchmark.
+//!
+//! A [`Sandbox`] is a "host" network namespace whose uplink `eth0` is one
+//! end of a veth pair, the other end in a "world" namespace that plays the
+//! outside network (198.18.0.0/24, the benchmarking range). A dnet daemon
+//! runs inside the host namespace with its own state folder, socket and
+//! bpffs folder, entered with `nsenter --net` (`ip netns exec` would hide
+//! bpffs). Names are unique per process and sandbox, so sandboxes run in
+//! parallel; `Drop` removes everything, also after a panic.
+//!
+//! Nothing here touches the machine's own network namespace.
 
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// The world side of the uplink.
+pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The host's uplink address.
+pub const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The `dnet` binary under test: `$DNET_BIN`, else the workspace's debug build.
+pub fn dnet_bin() -> PathBuf {
+    std::env::var_os("DNET_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/dnet"))
+}
+
+/// The `conntest` binary: `$CONNTEST_BIN`, else next to `dnet`.
+pub fn conntest_bin() -> PathBuf {
+    std::env::var_os("CONNTEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dnet_bin().with_file_name("conntest"))
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// Runs a command, returning its output; panics only if it cannot start.
+pub fn sh(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn sh_ok(program: &str, args: &[&str]) -> String {
+    let o = sh(program, args);
+    assert!(
+        o.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Waits until `f` is true or `timeout` passes; returns whether it became true.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Sandbox {
+    /// Unique name: `dnt<pid>x<n>`.
+    pub name: String,
+    pub host_ns: String,
+    pub world_ns: String,
+    /// The daemon's folder: state, socket, log.
+    pub dir: PathBuf,
+    pub bpffs: PathBuf,
+    daemon: Option<Child>,
+    /// Background processes started in the sandbox (servers), killed on drop.
+    children: Vec<Child>,
+}
+
+impl Sandbox {
+    /// A new sandbox with its daemon running.
+    pub fn new() -> Sandbox {
+        let mut sb = Sandbox::without_daemon();
+        sb.start_daemon();
+        sb
+    }
+
+    /// The namespaces and folders, no daemon yet.
+    pub fn without_daemon() -> Sandbox {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("dnt{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&name);
+        let sb = Sandbox {
+            host_ns: format!("{name}h"),
+            world_ns: format!("{name}w"),
+            bpffs: PathBuf::from("/sys/fs/bpf").join(&name),
+            dir,
+            name,
+            daemon: None,
+            children: Vec::new(),
+        };
+        fs::create_dir_all(&sb.dir).expect("sandbox folder");
+        sh_ok("ip", &["netns", "add", &sb.host_ns]);
+        sh_ok("ip", &["netns", "add", &sb.world_ns]);
+        let (h, w) = (sb.host_ns.as_str(), sb.world_ns.as_str());
+        sh_ok(
+            "ip",
+            &[
+                "-n", h, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", w,
+            ],
+        );
+        sh_ok(
+            "ip",
+            &[
+                "-n",
+                h,
+                "addr",
+                "add",
+                &format!("{UPLINK_IP}/24"),
+                "dev",
+                "eth0",
+            ],
+        );
+        sh_ok(
+            "ip",
+            &[
+                "-n",
+                w,
+                "addr",
+                "add",
+                &format!("{WORLD_IP}/24"),
+                "dev",
+                "eth0",
+            ],
+        );
+        for ns in [h, w] {
+            sh_ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
+            sh_ok("ip", &["-n", ns, "link", "set", "eth0", "up"]);
+        }
+        sh_ok(
+            "ip",
+            &[
+                "-n",
+                h,
+                "route",
+                "add",
+                "default",
+                "via",
+                &WORLD_IP.to_string(),
+            ],
+        );
+        sb
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("dnet.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    /// `/run/netns/<name>` of the host namespace.
+    pub fn host_netns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.host_ns)
+    }
+
+    pub fn world_netns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.world_ns)
+    }
+
+    /// Starts the daemon inside the host namespace and waits for its API.
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("daemon log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.host_netns_path().display()))
+            .arg(dnet_bin())
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--log-level")
+            .arg("dnet=debug,info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start the daemon");
+        self.daemon = Some(child);
+        let up = wait_until(Duration::from_secs(30), || {
+            if let Some(c) = self.daemon.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("daemon exited with {status}:\n{}", self.log_tail(40));
+            }
+            self.dnet(&["info"]).status.success()
+        });
+        assert!(up, "daemon did not answer:\n{}", self.log_tail(40));
+    }
+
+    /// Kills the daemon with `signal` (SIGKILL for a crash) and reaps it.
+    pub fn stop_daemon(&mut self, signal: i32) {
+        if let Some(mut c) = self.daemon.take() {
+            // SAFETY: sending a signal to our own child by pid.
+            unsafe {
+                libc::kill(c.id() as i32, signal);
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// The daemon's pid, if it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Runs `dnet` against this sandbox's daemon.
+    pub fn dnet(&self, args: &[&str]) -> Output {
+        Command::new(dnet_bin())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run dnet")
+    }
+
+    /// Runs `dnet`, which must succeed; returns stdout.
+    pub fn dnet_ok(&self, args: &[&str]) -> String {
+        let o = self.dnet(args);
+        assert!(
+            o.status.success(),
+            "dnet {args:?} failed ({}): {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs `dnet`, which must fail; returns stderr.
+    pub fn dnet_err(&self, args: &[&str]) -> String {
+        let o = self.dnet(args);
+        assert!(
+            !o.status.success(),
+            "dnet {args:?} succeeded but should fail: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// `dnet ... --format json`, parsed.
+    pub fn dnet_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["--format", "json"]);
+        serde_json::from_str(&self.dnet_ok(&a)).expect("JSON from dnet")
+    }
+
+    /// Runs a command inside the host namespace.
+    pub fn in_host(&self, program: &str, args: &[&str]) -> Output {
+        in_netns(&self.host_netns_path(), program, args)
+    }
+
+    /// Runs a command inside the world namespace.
+    pub fn in_world(&self, program: &str, args: &[&str]) -> Output {
+        in_netns(&self.world_netns_path(), program, args)
+    }
+
+    /// Runs conntest inside a container (`dnet exec`); returns its output.
+    pub fn conntest_in(&self, container: &str, args: &[&str]) -> Output {
+        let ct = conntest_bin();
+        let mut a = vec!["exec", container, "--", ct.to_str().expect("utf-8 path")];
+        a.extend(args);
+        self.dnet(&a)
+    }
+
+    /// Starts a detached container running a conntest server.
+    pub fn server(&self, name: &str, network: &str, proto: &str, port: u16) {
+        let ct = conntest_bin();
+        let port = port.to_string();
+        self.dnet_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            network,
+            "--",
+            ct.to_str().expect("utf-8 path"),
+            "serve",
+            proto,
+            &port,
+        ]);
+    }
+
+    /// Starts a background process in a namespace, killed when the sandbox goes.
+    pub fn spawn_in(&mut self, netns: &Path, program: &str, args: &[&str]) {
+        let c = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn in namespace");
+        self.children.push(c);
+    }
+
+    /// `ip -j` output of the host namespace, parsed.
+    pub fn host_ip_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["-j", "-n", self.host_ns.as_str()];
+        a.extend(args);
+        serde_json::from_str(&sh_ok("ip", &a)).expect("ip -j")
+    }
+
+    /// Names of the host namespace's links.
+    pub fn host_links(&self) -> Vec<String> {
+        self.host_ip_json(&["link", "show"])
+            .as_array()
+            .expect("links")
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Files under the daemon's bpffs folder (pins), sorted.
+    pub fn pins(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["maps", "links"] {
+            if let Ok(rd) = fs::read_dir(self.bpffs.join(sub)) {
+                out.extend(
+                    rd.flatten()
+                        .map(|e| format!("{sub}/{}", e.file_name().to_string_lossy())),
+                );
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Namespaces the daemon made (files under its state folder).
+    pub fn netns_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.state_dir().join("netns"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The committed state file, parsed.
+    pub fn state(&self) -> serde_json::Value {
+        fs::read_to_string(self.state_dir().join("state.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Everything that tells the host namespace's network apart: links,
+    /// addresses, routes, pins, namespaces, state. Equal snapshots mean
+    /// nothing changed.
+    pub fn snapshot(&self) -> String {
+        let norm = |s: String| -> String {
+            // Counters and timers move on their own; keep the structure.
+            s.lines()
+                .filter(|l| !l.contains("valid_lft"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let h = self.host_ns.as_str();
+        [
+            norm(sh_ok("ip", &["-n", h, "-o", "link", "show"])),
+            norm(sh_ok("ip", &["-n", h, "-o", "addr", "show"])),
+            sh_ok("ip", &["-n", h, "route", "show", "table", "all"]),
+            self.pins().join("\n"),
+            self.netns_files().join("\n"),
+            serde_json::to_string_pretty(&self.state()).unwrap_or_default(),
+        ]
+        .join("\n---\n")
+    }
+}
+
+/// Runs a command inside the namespace at `netns` (`nsenter --net`).
+pub fn in_netns(netns: &Path, program: &str, args: &[&str]) -> Output {
+    Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("nsenter")
+}
+
+/// Mount points under `dir`, deepest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v.dedup();
+    v
+}
+
+/// Kills every process whose network namespace is the one at `path`.
+fn kill_in_netns(path: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(m) = fs::metadata(path) else { return };
+    let id = (m.dev(), m.ino());
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(n) = fs::metadata(e.path().join("ns/net"))
+            && (n.dev(), n.ino()) == id
+        {
+            // SAFETY: sending a signal by pid.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- daemon log of {} ---\n{}", self.name, self.log_tail(60));
+        }
+        // Containers first, through the daemon, while it runs.
+        if self.daemon.is_some() {
+            let ps = self.dnet(&["ps", "-q"]);
+            for id in String::from_utf8_lossy(&ps.stdout).split_whitespace() {
+                let _ = self.dnet(&["rm", "-f", id]);
+            }
+        }
+        self.stop_daemon(libc::SIGTERM);
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Whatever the daemon left (a test may have killed it mid-way).
+        for m in mounts_under(&self.dir) {
+            kill_in_netns(&m);
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for ns in [&self.host_ns, &self.world_ns] {
+            let p = PathBuf::from("/run/netns").join(ns);
+            kill_in_netns(&p);
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = fs::remove_dir_all(&self.bpffs);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,675 @@
+//! The foundation: CLI, drivers none and host, predefined networks, bad
+//! input, crash safety, two daemons side by side. Each test makes its own
+//! sandbox and drives the real `dnet` binary.
+
+use std::time::Duration;
+
+use dnet_sandbox::{Sandbox, sh_ok, wait_until};
+use serde_json::Value;
+
+#[test]
+fn none_network_has_only_loopback() {
+    let sb = Sandbox::new();
+    let out = sb.dnet_ok(&["run", "--network", "none", "--", "ip", "-o", "link"]);
+    let names: Vec<&str> = out.lines().filter_map(|l| l.split(": ").nth(1)).collect();
+    assert_eq!(names, ["lo"], "{out}");
+    assert!(out.contains("UP"), "lo is up: {out}");
+}
+
+#[test]
+fn host_network_runs_in_the_daemons_namespace() {
+    let sb = Sandbox::new();
+    let out = sb.dnet_ok(&["run", "--network", "host", "--", "ip", "-o", "link"]);
+    let mut inside: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_owned())
+        .collect();
+    inside.sort();
+    let mut host = sb.host_links();
+    host.sort();
+    assert_eq!(inside, host);
+    assert!(inside.contains(&"eth0".to_owned()));
+}
+
+#[test]
+fn the_commands_exit_code_is_dnets_and_the_container_goes() {
+    let sb = Sandbox::new();
+    for (net, code) in [("bridge", 7), ("none", 0), ("host", 3)] {
+        let o = sb.dnet(&[
+            "run",
+            "--network",
+            net,
+            "--",
+            "sh",
+            "-c",
+            &format!("exit {code}"),
+        ]);
+        assert_eq!(o.status.code(), Some(code), "{net}");
+    }
+    let o = sb.dnet(&["run", "--", "/no/such/program"]);
+    assert_eq!(o.status.code(), Some(127));
+    assert_eq!(
+        sb.dnet_ok(&["ps", "-q"]),
+        "",
+        "foreground containers are removed"
+    );
+    assert!(sb.netns_files().is_empty());
+}
+
+#[test]
+fn predefined_networks_exist_and_stay() {
+    let sb = Sandbox::new();
+    let nets = sb.dnet_json(&["network", "ls"]);
+    let by_name = |n: &str| {
+        nets.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == n)
+            .cloned()
+    };
+    let bridge = by_name("bridge").expect("bridge");
+    assert_eq!(bridge["driver"], "bridge");
+    assert_eq!(bridge["ipam"]["subnet"], "172.17.0.0/16");
+    assert_eq!(bridge["ipam"]["gateway"], "172.17.0.1");
+    assert_eq!(by_name("host").unwrap()["driver"], "host");
+    assert_eq!(by_name("none").unwrap()["driver"], "none");
+    for n in ["bridge", "host", "none"] {
+        let e = sb.dnet_err(&["network", "rm", n]);
+        assert!(
+            e.contains("predefined network and cannot be removed"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn default_bridge_avoids_a_routed_range() {
+    let mut sb = Sandbox::without_daemon();
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "route",
+            "add",
+            "172.17.0.0/16",
+            "via",
+            "198.18.0.1",
+        ],
+    );
+    sb.start_daemon();
+    let bridge = sb.dnet_json(&["network", "inspect", "bridge"]);
+    assert_eq!(bridge[0]["ipam"]["subnet"], "172.18.0.0/16");
+    // A new network without --subnet takes the next free range.
+    sb.dnet_ok(&["network", "create", "n1"]);
+    assert_eq!(
+        sb.dnet_json(&["network", "inspect", "n1"])[0]["ipam"]["subnet"],
+        "172.19.0.0/16"
+    );
+}
+
+#[test]
+fn ipam_hands_out_the_lowest_free_address_and_never_twice() {
+    let sb = Sandbox::new();
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.30.0.0/24",
+        "--ip-range",
+        "10.30.0.16/28",
+        "n",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "a",
+        "--network",
+        "n",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "b",
+        "--network",
+        "n",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "s",
+        "--network",
+        "n",
+        "--ip",
+        "10.30.0.200",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let ip = |name: &str| {
+        sb.dnet_json(&["ps"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["networks"][0]["ip"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(ip("a"), "10.30.0.16");
+    assert_eq!(ip("b"), "10.30.0.17");
+    assert_eq!(ip("s"), "10.30.0.200");
+    sb.dnet_ok(&["rm", "-f", "a"]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c",
+        "--network",
+        "n",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(ip("c"), "10.30.0.16", "a freed address is reused");
+    // The container sees its address and Docker's MAC.
+    let out = sb.dnet_ok(&["exec", "c", "--", "ip", "-j", "addr", "show", "eth0"]);
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j[0]["address"], "02:42:0a:1e:00:10");
+    assert_eq!(j[0]["addr_info"][0]["local"], "10.30.0.16");
+    assert_eq!(j[0]["addr_info"][0]["prefixlen"], 24);
+}
+
+/// Every bad input: a clear error, and nothing changed anywhere.
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let sb = Sandbox::new();
+    // What the cases clash with.
+    sb.dnet_ok(&["network", "create", "--subnet", "10.5.0.0/16", "net1"]);
+    sb.dnet_ok(&["network", "create", "--subnet", "10.7.0.0/30", "tiny"]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c1",
+        "--network",
+        "net1",
+        "--ip",
+        "10.5.0.10",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c2",
+        "--network",
+        "tiny",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    sb.dnet_ok(&[
+        "run", "-d", "--name", "web", "-p", "8080:80", "--", "sleep", "300",
+    ]);
+
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["network", "create", "--subnet", "10.0.0.0/33", "x"],
+            "invalid subnet \"10.0.0.0/33\"",
+        ),
+        (
+            &["network", "create", "--subnet", "nonsense", "x"],
+            "invalid subnet \"nonsense\"",
+        ),
+        (
+            &["network", "create", "--subnet", "10.0.0.1/24", "x"],
+            "host bits are set",
+        ),
+        (
+            &["network", "create", "--subnet", "10.0.0.0/31", "x"],
+            "/30 or shorter",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "--subnet",
+                "10.0.0.0/24",
+                "--gateway",
+                "10.0.1.1",
+                "x",
+            ],
+            "gateway 10.0.1.1 is not a usable address of subnet 10.0.0.0/24",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "--subnet",
+                "10.0.0.0/24",
+                "--gateway",
+                "gw",
+                "x",
+            ],
+            "invalid gateway \"gw\"",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "--subnet",
+                "10.0.0.0/24",
+                "--ip-range",
+                "10.0.1.0/25",
+                "x",
+            ],
+            "ip-range 10.0.1.0/25 is not inside subnet 10.0.0.0/24",
+        ),
+        (
+            &["network", "create", "--gateway", "10.0.0.1", "x"],
+            "need --subnet",
+        ),
+        (
+            &["network", "create", "--subnet", "10.5.1.0/24", "x"],
+            "overlaps 10.5.0.0/16 of network \"net1\"",
+        ),
+        (
+            &["network", "create", "--subnet", "198.18.0.0/16", "x"],
+            "overlaps the route to 198.18.0.0/24",
+        ),
+        (
+            &["network", "create", "net1"],
+            "network \"net1\" already exists",
+        ),
+        (
+            &["network", "create", "bridge"],
+            "network \"bridge\" already exists",
+        ),
+        (
+            &["network", "create", "bad name"],
+            "invalid network name \"bad name\"",
+        ),
+        (
+            &["network", "create", "-d", "overlay", "x"],
+            "unknown driver \"overlay\"",
+        ),
+        (
+            &["network", "create", "-d", "host", "x"],
+            "only one network with the host driver",
+        ),
+        (
+            &["network", "create", "-o", "foo=bar", "x"],
+            "unknown option \"foo\" for the bridge driver",
+        ),
+        (
+            &["network", "create", "-o", "mtu=abc", "x"],
+            "invalid mtu \"abc\"",
+        ),
+        (
+            &["network", "create", "-o", "icc=maybe", "x"],
+            "is not true or false",
+        ),
+        (
+            &["network", "create", "-o", "novalue", "x"],
+            "expected KEY=VALUE",
+        ),
+        (
+            &["network", "rm", "net1"],
+            "network net1 has active endpoints (containers: c1)",
+        ),
+        (
+            &["network", "rm", "bridge"],
+            "bridge is a predefined network",
+        ),
+        (&["network", "rm", "nosuch"], "network \"nosuch\" not found"),
+        (
+            &["network", "inspect", "nosuch"],
+            "network \"nosuch\" not found",
+        ),
+        (
+            &["network", "connect", "nosuch", "c1"],
+            "network \"nosuch\" not found",
+        ),
+        (
+            &["network", "connect", "net1", "nosuch"],
+            "container \"nosuch\" not found",
+        ),
+        (
+            &["network", "connect", "net1", "c1"],
+            "already connected to network net1",
+        ),
+        (
+            &["network", "connect", "host", "c1"],
+            "cannot connect to the host network",
+        ),
+        (
+            &["network", "connect", "net1", "--netns", "/nonexistent"],
+            "/nonexistent is not a network namespace",
+        ),
+        (
+            &["network", "disconnect", "bridge", "c1"],
+            "container c1 is not connected to network bridge",
+        ),
+        (
+            &["run", "--network", "nosuch", "--", "true"],
+            "network \"nosuch\" not found",
+        ),
+        (
+            &[
+                "run",
+                "--network",
+                "net1",
+                "--ip",
+                "10.99.0.5",
+                "--",
+                "true",
+            ],
+            "address 10.99.0.5 is not a usable address of subnet 10.5.0.0/16",
+        ),
+        (
+            &["run", "--network", "net1", "--ip", "10.5.0.1", "--", "true"],
+            "address 10.5.0.1 is the network's gateway",
+        ),
+        (
+            &[
+                "run",
+                "--network",
+                "net1",
+                "--ip",
+                "10.5.0.10",
+                "--",
+                "true",
+            ],
+            "address 10.5.0.10 is already in use",
+        ),
+        (
+            &["run", "--network", "net1", "--ip", "ten", "--", "true"],
+            "invalid --ip \"ten\"",
+        ),
+        (
+            &["run", "--network", "tiny", "--", "true"],
+            "no free address left in 10.7.0.0/30",
+        ),
+        (
+            &["run", "--name", "c1", "--", "true"],
+            "container name \"c1\" is already in use",
+        ),
+        (
+            &["run", "--name=-bad", "--", "true"],
+            "invalid container name \"-bad\"",
+        ),
+        (
+            &["run", "-p", "99999:80", "--", "true"],
+            "invalid publish spec \"99999:80\"",
+        ),
+        (
+            &["run", "-p", "80", "--", "true"],
+            "invalid publish spec \"80\"",
+        ),
+        (
+            &["run", "-p", "8000-8010:80", "--", "true"],
+            "port ranges differ in length",
+        ),
+        (
+            &["run", "-p", "8080:81", "--", "true"],
+            "port 0.0.0.0:8080->81/tcp is already published by container web",
+        ),
+        (
+            &["run", "-p", "9000:80", "-p", "9000:81", "--", "true"],
+            "overlap",
+        ),
+        (
+            &["run", "--network", "none", "-p", "9000:80", "--", "true"],
+            "ports can only be published on a bridge network",
+        ),
+        (&["rm", "nosuch"], "container \"nosuch\" not found"),
+        (
+            &["rm", "c1"],
+            "container c1 is running: stop it first or use `dnet rm -f`",
+        ),
+        (
+            &["exec", "nosuch", "--", "true"],
+            "container \"nosuch\" not found",
+        ),
+    ];
+    for (args, want) in cases {
+        let before = sb.snapshot();
+        let err = sb.dnet_err(args);
+        assert!(
+            err.contains(want),
+            "dnet {args:?}: expected {want:?} in {err:?}"
+        );
+        assert!(!err.contains("Error: Error"), "doubled prefix: {err}");
+        let after = sb.snapshot();
+        assert_eq!(before, after, "dnet {args:?} changed something");
+    }
+    // `dnet run` reports its own failures with 125, as `docker run` does.
+    assert_eq!(
+        sb.dnet(&["run", "--network", "nosuch", "--", "true"])
+            .status
+            .code(),
+        Some(125)
+    );
+}
+
+/// The committed state, `ip` and bpffs agree: every kernel object dnet made
+/// belongs to a record and every record's objects are there.
+fn assert_consistent(sb: &Sandbox) {
+    let st = sb.state();
+    let containers = st["containers"].as_object().cloned().unwrap_or_default();
+    let networks = st["networks"].as_object().cloned().unwrap_or_default();
+    let mut veths: Vec<String> = containers
+        .values()
+        .flat_map(|c| c["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["host_ifname"].as_str().map(str::to_owned))
+        .collect();
+    veths.sort();
+    let links = sb.host_ip_json(&["-d", "link", "show"]);
+    let mut dnet_links: Vec<String> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| {
+            l["ifalias"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("dnet:ep:"))
+        })
+        .map(|l| l["ifname"].as_str().unwrap().to_owned())
+        .collect();
+    dnet_links.sort();
+    assert_eq!(dnet_links, veths, "veths in the kernel vs the state");
+
+    let mut ns_files = sb.netns_files();
+    ns_files.sort();
+    let mut owned: Vec<String> = containers
+        .values()
+        .filter(|c| c["netns"]["kind"] == "owned")
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    owned.sort();
+    assert_eq!(ns_files, owned, "namespaces vs the state");
+
+    let mut gateways: Vec<String> = networks
+        .values()
+        .filter(|n| n["driver"] == "bridge")
+        .map(|n| n["ipam"]["gateway"].as_str().unwrap().to_owned())
+        .collect();
+    gateways.sort();
+    let addrs = sb.host_ip_json(&["addr", "show", "lo"]);
+    let mut lo_gw: Vec<String> = addrs[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["label"] == "lo:dnet")
+        .map(|a| a["local"].as_str().unwrap().to_owned())
+        .collect();
+    lo_gw.sort();
+    assert_eq!(lo_gw, gateways, "gateway addresses vs the state");
+
+    let routes = sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "route",
+            "show",
+            "proto",
+            "213",
+            "type",
+            "unreachable",
+        ],
+    );
+    let mut unreachable: Vec<String> = routes
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .collect();
+    unreachable.sort();
+    let mut subnets: Vec<String> = networks
+        .values()
+        .filter(|n| n["driver"] == "bridge")
+        .map(|n| n["ipam"]["subnet"].as_str().unwrap().to_owned())
+        .collect();
+    subnets.sort();
+    assert_eq!(unreachable, subnets, "subnet routes vs the state");
+
+    let mut pinned: Vec<String> = sb
+        .pins()
+        .iter()
+        .filter_map(|p| p.strip_prefix("links/"))
+        .filter_map(|p| p.rsplit_once('-').map(|(n, _)| n.to_owned()))
+        .collect();
+    pinned.sort();
+    pinned.dedup();
+    assert_eq!(pinned, veths, "pinned links vs the state");
+}
+
+#[test]
+fn networks_and_allocations_survive_kill_and_restart() {
+    let mut sb = Sandbox::new();
+    sb.dnet_ok(&["network", "create", "--subnet", "10.40.0.0/24", "n"]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "a",
+        "--network",
+        "n",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    sb.dnet_ok(&["run", "-d", "--name", "b", "--", "sleep", "300"]);
+    let before_nets = sb.dnet_ok(&["network", "ls"]);
+    let before_ps = sb.dnet_ok(&["ps"]);
+    sb.stop_daemon(libc::SIGKILL);
+    sb.start_daemon();
+    assert_eq!(sb.dnet_ok(&["network", "ls"]), before_nets);
+    assert_eq!(sb.dnet_ok(&["ps"]), before_ps);
+    assert_consistent(&sb);
+    // Allocations persisted: the next container gets the next address.
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c",
+        "--network",
+        "n",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let c = sb
+        .dnet_json(&["ps"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "c")
+        .cloned()
+        .unwrap();
+    assert_eq!(c["networks"][0]["ip"], "10.40.0.3");
+}
+
+/// Kills the daemon in the middle of operations, again and again: after
+/// each restart every network and container is there whole or not at all.
+#[test]
+fn an_interrupted_operation_is_whole_or_absent() {
+    let mut sb = Sandbox::new();
+    let mut outcomes = [0u32; 2];
+    for i in 0..12u32 {
+        let net = format!("k{i}");
+        let subnet = format!("10.81.{i}.0/24");
+        let ctr = format!("c{i}");
+        let sock = sb.socket();
+        let spawn = |args: &[&str]| {
+            std::process::Command::new(dnet_sandbox::dnet_bin())
+                .arg("--socket")
+                .arg(&sock)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut a = spawn(&["network", "create", "--subnet", &subnet, &net]);
+        let mut b = spawn(&["run", "-d", "--name", &ctr, "--", "sleep", "300"]);
+        // Spread the kill over the operations' whole length.
+        std::thread::sleep(Duration::from_millis(u64::from(i) * 10));
+        sb.stop_daemon(libc::SIGKILL);
+        let _ = a.wait();
+        let _ = b.wait();
+        sb.start_daemon();
+        assert_consistent(&sb);
+        let has_net = sb.dnet(&["network", "inspect", &net]).status.success();
+        let has_ctr = sb.dnet(&["exec", &ctr, "--", "true"]).status.success();
+        outcomes[0] += has_net as u32;
+        outcomes[1] += has_ctr as u32;
+        if has_ctr {
+            // Whole: it reaches its gateway.
+            let o = sb.conntest_in(&ctr, &["ping", "172.17.0.1"]);
+            assert!(
+                o.status.success(),
+                "{ctr} kept after a crash cannot reach its gateway"
+            );
+        }
+    }
+    eprintln!(
+        "kept after the kill: {} networks, {} containers of 12",
+        outcomes[0], outcomes[1]
+    );
+}
+
+#[test]
+fn two_daemons_run_side_by_side() {
+    let a = Sandbox::new();
+    let b = Sandbox::new();
+    for sb in [&a, &b] {
+        sb.dnet_ok(&["run", "-d", "--name", "x", "--", "sleep", "300"]);
+    }
+    for sb in [&a, &b] {
+        let ps = sb.dnet_json(&["ps"]);
+        assert_eq!(ps.as_array().unwrap().len(), 1);
+        assert_eq!(ps[0]["networks"][0]["ip"], "172.17.0.2");
+        let o = sb.conntest_in("x", &["ping", "172.17.0.1"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_ne!(a.pins(), Vec::<String>::new());
+    assert!(a.bpffs != b.bpffs);
+    // Each daemon sees only its own.
+    assert_eq!(a.dnet_json(&["info"])["containers"], 1);
+    assert_eq!(b.dnet_json(&["info"])["containers"], 1);
+    let _ = wait_until(Duration::from_millis(1), || true);
+}
