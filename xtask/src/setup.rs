@@ -1,0 +1,140 @@
+//! `cargo xtask setup`: idempotent, so every other task runs it first.
+//!
+//! - `rust-src`, for `-Z build-std=core` on the BPF target;
+//! - bpf-linker 0.13, built against the LLVM that ships with rustc (the two
+//!   must share a major version, and no Debian package has LLVM 22): into
+//!   `.tools/bin`, linked through `.tools/llvm/lib`;
+//! - the Debian packages the tests and the demo call.
+
+use std::{fs, path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::run_cmd;
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// (command, Debian package) the suites and the demo need.
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("ping", "iputils-ping"),
+];
+
+pub fn run(root: &Path) -> anyhow::Result<()> {
+    rust_src()?;
+    bpf_linker(root)?;
+    packages(PACKAGES)?;
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let o = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !o.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(String::from_utf8(o.stdout)?)
+}
+
+fn sysroot() -> anyhow::Result<String> {
+    Ok(output(Command::new("rustc").args(["--print", "sysroot"]))?
+        .trim()
+        .to_owned())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let lib = Path::new(&sysroot()?).join("lib/rustlib/src/rust/library/core");
+    if lib.is_dir() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the rust-src component");
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src"]))
+}
+
+fn bpf_linker(root: &Path) -> anyhow::Result<()> {
+    let tools = root.join(".tools");
+    let bin = tools.join("bin/bpf-linker");
+    if bin.is_file()
+        && Command::new(&bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    // The LLVM major version and the shared library rustc ships.
+    let vv = output(Command::new("rustc").arg("-vV"))?;
+    let llvm = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("rustc -vV names no LLVM version")?;
+    let major = llvm.split('.').next().context("LLVM version")?;
+    let sysroot_lib = Path::new(&sysroot()?).join("lib");
+    let libllvm = fs::read_dir(&sysroot_lib)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM") && n.contains(".so"))
+        })
+        // The real library, not the small linker script beside it.
+        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .context("no libLLVM in the toolchain")?;
+    let prefix = tools.join("llvm");
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib)?;
+    for name in ["libLLVM.so".into(), libllvm.file_name().unwrap().to_owned()] {
+        let link = lib.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)?;
+    }
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (a few minutes)"
+    );
+    run_cmd(
+        Command::new(env!("CARGO"))
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .arg("--root")
+            .arg(&tools)
+            .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+/// Installs the Debian packages whose commands are missing.
+pub fn packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(cmd, _)| !on_path(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
