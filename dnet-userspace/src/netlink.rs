@@ -296,13 +296,15 @@ impl Netlink {
     }
 
     /// Adds `ip/prefix` (with its broadcast address) to a link, with an
-    /// optional label (`lo:dnet`).
+    /// optional label (`lo:dnet`), and without the subnet's connected route
+    /// when `noprefixroute`.
     pub async fn add_address(
         &self,
         index: u32,
         ip: Ipv4Addr,
         prefix: u8,
         label: Option<&str>,
+        noprefixroute: bool,
     ) -> Result<(), NetlinkError> {
         let mut r = self
             .handle
@@ -313,6 +315,11 @@ impl Netlink {
             r.message_mut()
                 .attributes
                 .push(AddressAttribute::Label(l.to_owned()));
+        }
+        if noprefixroute {
+            r.message_mut().attributes.push(AddressAttribute::Flags(
+                netlink_packet_route::address::AddressFlags::Noprefixroute,
+            ));
         }
         r.execute()
             .await
@@ -488,13 +495,14 @@ impl RouteSpec {
         }
     }
 
-    /// `default via gw` (used inside containers).
-    pub fn default_via(gateway: Ipv4Addr) -> RouteSpec {
+    /// `dst/prefix via gw dev oif onlink` (inside containers: the gateway
+    /// is the next hop even for the container's own subnet).
+    pub fn via(dst: Ipv4Addr, prefix: u8, gateway: Ipv4Addr, oif: u32) -> RouteSpec {
         RouteSpec {
-            dst: Ipv4Addr::UNSPECIFIED,
-            prefix: 0,
+            dst,
+            prefix,
             kind: RouteType::Unicast,
-            oif: None,
+            oif: Some(oif),
             gateway: Some(gateway),
             pref_src: None,
             dnet: false,
@@ -527,7 +535,7 @@ impl RouteSpec {
             b = b.output_interface(o);
         }
         if let Some(g) = self.gateway {
-            b = b.gateway(g);
+            b = b.gateway(g).onlink();
         }
         if let Some(s) = self.pref_src {
             b = b.pref_source(s);

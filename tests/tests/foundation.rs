@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dnet_sandbox::{Sandbox, sh_ok, wait_until};
+use dnet_sandbox::{Sandbox, assert_consistent, sh_ok, wait_until};
 use serde_json::Value;
 
 #[test]
@@ -464,97 +464,6 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
             .code(),
         Some(125)
     );
-}
-
-/// The committed state, `ip` and bpffs agree: every kernel object dnet made
-/// belongs to a record and every record's objects are there.
-fn assert_consistent(sb: &Sandbox) {
-    let st = sb.state();
-    let containers = st["containers"].as_object().cloned().unwrap_or_default();
-    let networks = st["networks"].as_object().cloned().unwrap_or_default();
-    let mut veths: Vec<String> = containers
-        .values()
-        .flat_map(|c| c["endpoints"].as_array().cloned().unwrap_or_default())
-        .filter_map(|e| e["host_ifname"].as_str().map(str::to_owned))
-        .collect();
-    veths.sort();
-    let links = sb.host_ip_json(&["-d", "link", "show"]);
-    let mut dnet_links: Vec<String> = links
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| {
-            l["ifalias"]
-                .as_str()
-                .is_some_and(|a| a.starts_with("dnet:ep:"))
-        })
-        .map(|l| l["ifname"].as_str().unwrap().to_owned())
-        .collect();
-    dnet_links.sort();
-    assert_eq!(dnet_links, veths, "veths in the kernel vs the state");
-
-    let mut ns_files = sb.netns_files();
-    ns_files.sort();
-    let mut owned: Vec<String> = containers
-        .values()
-        .filter(|c| c["netns"]["kind"] == "owned")
-        .map(|c| c["id"].as_str().unwrap().to_owned())
-        .collect();
-    owned.sort();
-    assert_eq!(ns_files, owned, "namespaces vs the state");
-
-    let mut gateways: Vec<String> = networks
-        .values()
-        .filter(|n| n["driver"] == "bridge")
-        .map(|n| n["ipam"]["gateway"].as_str().unwrap().to_owned())
-        .collect();
-    gateways.sort();
-    let addrs = sb.host_ip_json(&["addr", "show", "lo"]);
-    let mut lo_gw: Vec<String> = addrs[0]["addr_info"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["label"] == "lo:dnet")
-        .map(|a| a["local"].as_str().unwrap().to_owned())
-        .collect();
-    lo_gw.sort();
-    assert_eq!(lo_gw, gateways, "gateway addresses vs the state");
-
-    let routes = sh_ok(
-        "ip",
-        &[
-            "-n",
-            &sb.host_ns,
-            "route",
-            "show",
-            "proto",
-            "213",
-            "type",
-            "unreachable",
-        ],
-    );
-    let mut unreachable: Vec<String> = routes
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        .collect();
-    unreachable.sort();
-    let mut subnets: Vec<String> = networks
-        .values()
-        .filter(|n| n["driver"] == "bridge")
-        .map(|n| n["ipam"]["subnet"].as_str().unwrap().to_owned())
-        .collect();
-    subnets.sort();
-    assert_eq!(unreachable, subnets, "subnet routes vs the state");
-
-    let mut pinned: Vec<String> = sb
-        .pins()
-        .iter()
-        .filter_map(|p| p.strip_prefix("links/"))
-        .filter_map(|p| p.rsplit_once('-').map(|(n, _)| n.to_owned()))
-        .collect();
-    pinned.sort();
-    pinned.dedup();
-    assert_eq!(pinned, veths, "pinned links vs the state");
 }
 
 #[test]

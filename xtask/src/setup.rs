@@ -19,6 +19,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("ping", "iputils-ping"),
+    ("nft", "nftables"),
+    ("arping", "iputils-arping"),
 ];
 
 pub fn run(root: &Path) -> anyhow::Result<()> {

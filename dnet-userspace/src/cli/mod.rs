@@ -70,6 +70,11 @@ pub enum Command {
 pub const EXIT_DNET_FAILED: u8 = 125;
 
 pub fn main() -> ExitCode {
+    // Output piped into `head` ends quietly, as for other command-line tools.
+    // SAFETY: resetting a signal disposition before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Command::Daemon(args) = &cli.command {
         return daemon::run(args, &cli.socket);

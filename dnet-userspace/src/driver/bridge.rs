@@ -134,7 +134,7 @@ impl Driver for Bridge {
         let ipam = ipam(net)?;
         let lo = loopback(&ctx.nl).await?;
         ctx.nl
-            .add_address(lo, ipam.gateway, 32, Some(GATEWAY_LABEL))
+            .add_address(lo, ipam.gateway, 32, Some(GATEWAY_LABEL), false)
             .await?;
         ctx.nl
             .add_route(RouteSpec::unreachable(
@@ -343,7 +343,15 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     configure_container_side(a.netns, ifname, ip, ipam, a.primary).await
 }
 
-/// Address, link state and default route inside the container.
+/// Address, link state and routes inside the container.
+///
+/// The address keeps the subnet's prefix and broadcast (as on docker0), but
+/// the subnet is routed through the gateway instead of on-link: every packet
+/// leaves with the gateway's MAC and the datapath sets the peer's. A
+/// container then needs one neighbour entry, not one per peer; the kernel's
+/// neighbour table is shared by all namespaces (`gc_thresh3`, 1024 by
+/// default), and a full mesh of a few dozen on-link containers overflows it.
+/// ARP for a peer is still answered, for tools that ask.
 async fn configure_container_side(
     netns_path: &Path,
     ifname: &str,
@@ -359,11 +367,24 @@ async fn configure_container_side(
         .link(ifname)
         .await?
         .ok_or_else(|| conflict!("{ifname} is missing in the container"))?;
-    cnl.add_address(link.index, ip, ipam.subnet.prefix(), None)
+    cnl.add_address(link.index, ip, ipam.subnet.prefix(), None, true)
         .await?;
     cnl.set_up(link.index).await?;
+    cnl.add_route(RouteSpec::via(
+        ipam.subnet.network(),
+        ipam.subnet.prefix(),
+        ipam.gateway,
+        link.index,
+    ))
+    .await?;
     if primary {
-        cnl.add_route(RouteSpec::default_via(ipam.gateway)).await?;
+        cnl.add_route(RouteSpec::via(
+            std::net::Ipv4Addr::UNSPECIFIED,
+            0,
+            ipam.gateway,
+            link.index,
+        ))
+        .await?;
     }
     Ok(())
 }

@@ -7,7 +7,11 @@
 //!   conntest serve tcp|udp [IP:]PORT      serve until killed
 //!   conntest tcp IP:PORT [--timeout S]    print what the server saw; exit 0
 //!   conntest udp IP:PORT [--timeout S]      when it answered, 1 otherwise
-//!   conntest ping IP [--timeout S] [--count N] [--size N]
+//!                [--broadcast]            (to a broadcast address)
+//!                [--count N --interval S] N requests in a row; all must be
+//!                                         answered (a loss test)
+//!   conntest ping IP... [--timeout S] [--count N] [--size N]
+//!                                         every address must answer
 //!   conntest connections IP:PORT --count N  N TCP connections at once; all
 //!                                           answered or exit 1
 //!
@@ -67,19 +71,32 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ["udp", a, ..] => {
-            println!("{}", udp_once(addr(a)?, timeout)?);
+            let count: u32 = flag(args, "--count", 0)?;
+            let broadcast = args.iter().any(|a| a == "--broadcast");
+            if count > 0 {
+                let interval = Duration::from_secs_f64(flag(args, "--interval", 0.01)?);
+                return udp_series(addr(a)?, count, interval, timeout);
+            }
+            println!("{}", udp_once(addr(a)?, timeout, broadcast)?);
             Ok(())
         }
-        ["ping", ip, ..] => {
-            let ip: Ipv4Addr = ip.parse()?;
+        ["ping", ..] => {
+            let ips: Vec<Ipv4Addr> = args[1..]
+                .iter()
+                .take_while(|a| !a.starts_with("--"))
+                .map(|a| a.parse())
+                .collect::<Result<_, _>>()?;
+            anyhow::ensure!(!ips.is_empty(), "ping needs an address");
             let count: u16 = flag(args, "--count", 1)?;
             let size: usize = flag(args, "--size", 56)?;
             for seq in 0..count {
-                let rtt = ping(ip, seq, size, timeout)?;
-                println!(
-                    "reply from {ip}: seq={seq} time={:.3} ms",
-                    rtt.as_secs_f64() * 1e3
-                );
+                for ip in &ips {
+                    let rtt = ping(*ip, seq, size, timeout)?;
+                    println!(
+                        "reply from {ip}: seq={seq} time={:.3} ms",
+                        rtt.as_secs_f64() * 1e3
+                    );
+                }
             }
             Ok(())
         }
@@ -133,8 +150,9 @@ fn tcp_once(a: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
     Ok(line.trim().to_owned())
 }
 
-fn udp_once(a: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+fn udp_once(a: SocketAddr, timeout: Duration, broadcast: bool) -> anyhow::Result<String> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.set_broadcast(broadcast)?;
     s.set_read_timeout(Some(timeout / 3))?;
     let mut buf = [0u8; 512];
     // Three tries: UDP may lose the first datagram while ARP resolves.
@@ -145,6 +163,30 @@ fn udp_once(a: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
         }
     }
     anyhow::bail!("no answer from {a}")
+}
+
+/// `count` numbered requests, one after the other; fails unless every one
+/// is answered.
+fn udp_series(
+    a: SocketAddr,
+    count: u32,
+    interval: Duration,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 512];
+    let mut lost = 0;
+    for i in 0..count {
+        s.send_to(format!("{i}\n").as_bytes(), a)?;
+        if s.recv_from(&mut buf).is_err() {
+            lost += 1;
+        }
+        std::thread::sleep(interval);
+    }
+    println!("{} of {count} answered", count - lost);
+    anyhow::ensure!(lost == 0, "{lost} of {count} requests lost");
+    Ok(())
 }
 
 fn connections(a: SocketAddr, count: usize, timeout: Duration) -> anyhow::Result<()> {

@@ -1,0 +1,554 @@
+//! The bridge driver without a bridge: the eBPF datapath between
+//! containers, the gateway and the host, in a sandbox, with real traffic.
+
+use std::{process::Command, time::Duration};
+
+use dnet_sandbox::{Sandbox, assert_consistent, conntest_bin, sh_ok, wait_until};
+use serde_json::Value;
+
+fn ct() -> String {
+    conntest_bin().to_str().unwrap().to_owned()
+}
+
+/// The container's IPv4 on its first interface.
+fn ip_of(sb: &Sandbox, name: &str) -> String {
+    let c = sb.dnet_json(&["ps"]);
+    c.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()["networks"][0]["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn ok(o: &std::process::Output) -> bool {
+    o.status.success()
+}
+
+fn out(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Drops of one reason for one container, from `dnet stats --format json`.
+fn drops(sb: &Sandbox, container: &str, reason: &str) -> u64 {
+    let s = sb.dnet_json(&["stats"]);
+    s["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["container"] == container)
+        .map(|e| e["drops"][reason].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn the_first_container_looks_as_on_docker0() {
+    let sb = Sandbox::new();
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    let addr: Value =
+        serde_json::from_str(&sb.dnet_ok(&["exec", "a", "--", "ip", "-j", "addr", "show", "eth0"]))
+            .unwrap();
+    let eth0 = &addr[0];
+    assert_eq!(eth0["ifname"], "eth0");
+    assert_eq!(eth0["address"], "02:42:ac:11:00:02");
+    assert_eq!(eth0["mtu"], 1500, "the uplink's MTU");
+    let v4: Vec<&Value> = eth0["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["family"] == "inet")
+        .collect();
+    assert_eq!(v4.len(), 1);
+    assert_eq!(v4[0]["local"], "172.17.0.2");
+    assert_eq!(v4[0]["prefixlen"], 16);
+    assert_eq!(v4[0]["broadcast"], "172.17.255.255");
+    assert!(
+        !eth0["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["family"] == "inet6"),
+        "no IPv6 on eth0: {eth0}"
+    );
+    let routes: Value =
+        serde_json::from_str(&sb.dnet_ok(&["exec", "a", "--", "ip", "-j", "route"])).unwrap();
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == "172.17.0.1" && r["dev"] == "eth0"),
+        "{routes}"
+    );
+    let v6 = sb.dnet_ok(&[
+        "exec",
+        "a",
+        "--",
+        "cat",
+        "/proc/sys/net/ipv6/conf/eth0/disable_ipv6",
+    ]);
+    assert_eq!(v6.trim(), "1");
+
+    // No bridge, no netfilter: the host namespace has no link of kind
+    // bridge and no nftables rules.
+    let links = sb.host_ip_json(&["-d", "link", "show"]);
+    for l in links.as_array().unwrap() {
+        assert_ne!(l["linkinfo"]["info_kind"], "bridge", "{l}");
+    }
+    let nft = sb.in_host("nft", &["list", "ruleset"]);
+    assert!(ok(&nft), "{}", out(&nft));
+    assert_eq!(
+        String::from_utf8_lossy(&nft.stdout).trim(),
+        "",
+        "no nftables rules"
+    );
+    // The host side: veth named as Docker's, the container programs on tcx.
+    let veth = sb.dnet_json(&["ps"])[0]["networks"][0]["host_ifname"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(veth.len() == 11 && veth.starts_with("veth"), "{veth}");
+    assert!(sb.pins().contains(&format!("links/{veth}-ingress")));
+    assert!(sb.pins().contains(&format!("links/{veth}-egress")));
+}
+
+#[test]
+fn mtu_follows_the_uplink_or_the_option() {
+    let mut sb = Sandbox::without_daemon();
+    sh_ok(
+        "ip",
+        &["-n", &sb.host_ns, "link", "set", "eth0", "mtu", "1450"],
+    );
+    sb.start_daemon();
+    sb.dnet_ok(&["network", "create", "-o", "mtu=1400", "small"]);
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "b",
+        "--network",
+        "small",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let mtu = |c: &str| -> u64 {
+        let j: Value = serde_json::from_str(
+            &sb.dnet_ok(&["exec", c, "--", "ip", "-j", "link", "show", "eth0"]),
+        )
+        .unwrap();
+        j[0]["mtu"].as_u64().unwrap()
+    };
+    assert_eq!(mtu("a"), 1450);
+    assert_eq!(mtu("b"), 1400);
+}
+
+#[test]
+fn containers_reach_each_other_by_ping_tcp_and_udp_both_ways() {
+    let sb = Sandbox::new();
+    sb.server("a", "bridge", "tcp", 80);
+    sb.server("b", "bridge", "tcp", 80);
+    sb.server("ua", "bridge", "udp", 53);
+    sb.server("ub", "bridge", "udp", 53);
+    let (a, b, ua, ub) = (
+        ip_of(&sb, "a"),
+        ip_of(&sb, "b"),
+        ip_of(&sb, "ua"),
+        ip_of(&sb, "ub"),
+    );
+    for (from, to, from_ip) in [("a", &b, &a), ("b", &a, &b)] {
+        let o = sb.conntest_in(from, &["ping", to]);
+        assert!(ok(&o), "ping {from} -> {to}: {}", out(&o));
+        let o = sb.conntest_in(from, &["tcp", &format!("{to}:80")]);
+        assert!(ok(&o), "tcp {from} -> {to}: {}", out(&o));
+        // The server saw the client's own address: nothing in between rewrites it.
+        assert!(
+            String::from_utf8_lossy(&o.stdout).starts_with(&format!("{from_ip}:")),
+            "{}",
+            out(&o)
+        );
+    }
+    for (from, to) in [("ua", &ub), ("ub", &ua)] {
+        let o = sb.conntest_in(from, &["udp", &format!("{to}:53")]);
+        assert!(ok(&o), "udp {from} -> {to}: {}", out(&o));
+    }
+    // Peers are reached through the gateway's MAC (one neighbour entry per
+    // container); asked directly, the datapath answers with a peer's own MAC.
+    let neigh = sb.dnet_ok(&["exec", "a", "--", "ip", "neigh", "show"]);
+    assert!(
+        neigh.contains("172.17.0.1 dev eth0 lladdr 02:42:ac:11:00:01"),
+        "{neigh}"
+    );
+    let o = sb.dnet(&["exec", "a", "--", "arping", "-c", "1", "-I", "eth0", &b]);
+    assert!(
+        ok(&o) && out(&o).contains("[02:42:AC:11:00:03]"),
+        "{}",
+        out(&o)
+    );
+    // Both directions counted.
+    let s = sb.dnet_json(&["stats"]);
+    let row = s["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["container"] == "a")
+        .unwrap()
+        .clone();
+    assert!(
+        row["rx_packets"].as_u64().unwrap() > 0 && row["tx_packets"].as_u64().unwrap() > 0,
+        "{row}"
+    );
+}
+
+#[test]
+fn gateway_and_host_reach_containers_and_back() {
+    let mut sb = Sandbox::new();
+    sb.server("web", "bridge", "tcp", 80);
+    sb.server("dns", "bridge", "udp", 53);
+    let (web, dns) = (ip_of(&sb, "web"), ip_of(&sb, "dns"));
+    // A host service listening on the gateway address.
+    let host_ns = sb.host_netns_path();
+    sb.spawn_in(&host_ns, &ct(), &["serve", "tcp", "172.17.0.1:9000"]);
+    let ok_soon = |sb: &Sandbox, args: &[&str]| {
+        wait_until(Duration::from_secs(5), || ok(&sb.conntest_in("web", args)))
+    };
+    assert!(ok_soon(&sb, &["ping", "172.17.0.1"]));
+    assert!(
+        ok_soon(&sb, &["tcp", "172.17.0.1:9000"]),
+        "host service on the gateway"
+    );
+    // The host reaches every container.
+    let h = |args: &[&str]| sb.in_host(&ct(), args);
+    assert!(ok(&h(&["ping", &web, &dns])));
+    let o = h(&["tcp", &format!("{web}:80")]);
+    assert!(ok(&o), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("172.17.0.1:"),
+        "the host speaks from the gateway address: {}",
+        out(&o)
+    );
+    assert!(ok(&h(&["udp", &format!("{dns}:53")])));
+    // An unused address of the subnet never leaves through the uplink.
+    let o = sb.in_host("ip", &["route", "get", "172.17.0.77"]);
+    assert!(
+        !ok(&o) && out(&o).contains("No route to host"),
+        "{}",
+        out(&o)
+    );
+    let o = h(&["ping", "172.17.0.77", "--timeout", "0.5"]);
+    assert!(!ok(&o));
+}
+
+#[test]
+fn networks_are_isolated_and_the_drop_is_counted() {
+    let sb = Sandbox::new();
+    sb.dnet_ok(&["network", "create", "--subnet", "10.10.0.0/24", "blue"]);
+    sb.server("red1", "bridge", "tcp", 80);
+    sb.server("blue1", "blue", "tcp", 80);
+    sb.server("blue2", "blue", "tcp", 80);
+    let (red1, blue1) = (ip_of(&sb, "red1"), ip_of(&sb, "blue1"));
+    assert!(
+        ok(&sb.conntest_in("blue2", &["tcp", &format!("{blue1}:80")])),
+        "same network works"
+    );
+    let o = sb.conntest_in("red1", &["tcp", &format!("{blue1}:80"), "--timeout", "0.5"]);
+    assert!(!ok(&o), "bridge -> blue must fail");
+    let o = sb.conntest_in("blue1", &["ping", &red1, "--timeout", "0.5"]);
+    assert!(!ok(&o), "blue -> bridge must fail");
+    assert!(drops(&sb, "red1", "cross-network") > 0);
+    assert!(drops(&sb, "blue1", "cross-network") > 0);
+    // Each network's gateway is a host address like any other.
+    assert!(ok(&sb.conntest_in("blue1", &["ping", "172.17.0.1"])));
+}
+
+#[test]
+fn icc_false_keeps_containers_apart_but_not_from_the_gateway() {
+    let mut sb = Sandbox::new();
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "-o",
+        "icc=false",
+        "--subnet",
+        "10.11.0.0/24",
+        "lonely",
+    ]);
+    sb.server("x", "lonely", "tcp", 80);
+    sb.server("y", "lonely", "tcp", 80);
+    let y = ip_of(&sb, "y");
+    let o = sb.conntest_in("x", &["tcp", &format!("{y}:80"), "--timeout", "0.5"]);
+    assert!(!ok(&o));
+    assert!(drops(&sb, "x", "icc-disabled") > 0);
+    assert!(ok(&sb.conntest_in("x", &["ping", "10.11.0.1"])));
+    let host_ns = sb.host_netns_path();
+    sb.spawn_in(&host_ns, &ct(), &["serve", "tcp", "198.18.0.2:7000"]);
+    assert!(wait_until(Duration::from_secs(5), || ok(
+        &sb.conntest_in("x", &["tcp", "198.18.0.2:7000"])
+    )));
+}
+
+#[test]
+fn broadcast_reaches_the_other_members() {
+    let sb = Sandbox::new();
+    sb.server("listener", "bridge", "udp", 5353);
+    sb.dnet_ok(&["run", "-d", "--name", "talker", "--", "sleep", "300"]);
+    let o = sb.conntest_in("talker", &["udp", "172.17.255.255:5353", "--broadcast"]);
+    assert!(ok(&o), "subnet broadcast: {}", out(&o));
+    let talker = ip_of(&sb, "talker");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with(&format!("{talker}:")),
+        "{}",
+        out(&o)
+    );
+    let o = sb.conntest_in("talker", &["udp", "255.255.255.255:5353", "--broadcast"]);
+    assert!(ok(&o), "limited broadcast: {}", out(&o));
+}
+
+#[test]
+fn a_container_that_changes_its_own_ip_or_mac_is_dropped_and_counted() {
+    let sb = Sandbox::new();
+    sb.server("victim", "bridge", "udp", 53);
+    sb.dnet_ok(&["run", "-d", "--name", "liar", "--", "sleep", "300"]);
+    let victim = ip_of(&sb, "victim");
+    assert!(
+        ok(&sb.conntest_in("liar", &["udp", &format!("{victim}:53")])),
+        "honest first"
+    );
+    let sh = |cmd: &str| sb.dnet_ok(&["exec", "liar", "--", "sh", "-c", cmd]);
+    // A gratuitous ARP for its own address is an announcement: dropped.
+    let _ = sb.dnet(&[
+        "exec",
+        "liar",
+        "--",
+        "arping",
+        "-c",
+        "1",
+        "-U",
+        "-I",
+        "eth0",
+        "172.17.0.3",
+    ]);
+    assert!(drops(&sb, "liar", "arp-reply-from-container") > 0);
+    // A new address, with the victim's MAC already known (no ARP needed).
+    sh(
+        "ip addr flush dev eth0 && ip addr add 172.17.0.50/16 dev eth0 && ip route add default via 172.17.0.1",
+    );
+    sh(&format!(
+        "ip neigh replace {victim} lladdr 02:42:ac:11:00:02 dev eth0 nud permanent"
+    ));
+    let o = sb.conntest_in(
+        "liar",
+        &["udp", &format!("{victim}:53"), "--timeout", "0.5"],
+    );
+    assert!(!ok(&o));
+    assert!(drops(&sb, "liar", "spoofed-ip") > 0);
+    // Its own address back, another MAC.
+    sh(
+        "ip addr flush dev eth0 && ip addr add 172.17.0.3/16 dev eth0 && ip link set eth0 address 02:42:00:00:00:99",
+    );
+    let o = sb.conntest_in(
+        "liar",
+        &["udp", &format!("{victim}:53"), "--timeout", "0.5"],
+    );
+    assert!(!ok(&o));
+    assert!(drops(&sb, "liar", "spoofed-mac") > 0);
+}
+
+#[test]
+fn ipv6_is_dropped_with_its_reason() {
+    let sb = Sandbox::new();
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    // Turning IPv6 on makes the kernel send router and neighbour
+    // solicitations at once.
+    sb.dnet_ok(&[
+        "exec",
+        "a",
+        "--",
+        "sh",
+        "-c",
+        "echo 0 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6",
+    ]);
+    assert!(wait_until(Duration::from_secs(10), || drops(
+        &sb, "a", "ipv6"
+    ) > 0));
+}
+
+#[test]
+fn removing_an_endpoint_leaves_nothing_behind() {
+    let sb = Sandbox::new();
+    let empty = sb.snapshot();
+    sb.dnet_ok(&["network", "create", "--subnet", "10.12.0.0/24", "n"]);
+    let with_net = sb.snapshot();
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "a",
+        "--network",
+        "n",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    sb.dnet_ok(&["network", "connect", "bridge", "a"]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "b",
+        "--network",
+        "n",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert_consistent(&sb);
+    sb.dnet_ok(&["network", "disconnect", "bridge", "a"]);
+    assert_consistent(&sb);
+    sb.dnet_ok(&["rm", "-f", "a", "b"]);
+    assert_consistent(&sb);
+    let routes = sh_ok("ip", &["-n", &sb.host_ns, "route"]);
+    assert!(
+        !routes.contains("10.12.0.2 ") && !routes.contains("172.17.0.2 "),
+        "{routes}"
+    );
+    let neigh = sh_ok("ip", &["-n", &sb.host_ns, "neigh"]);
+    assert!(!neigh.contains("10.12.0."), "{neigh}");
+    // Compare without the state file, which now holds the network.
+    let strip = |s: &str| {
+        s.split("\n---\n")
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    assert_eq!(strip(&sb.snapshot()), strip(&with_net));
+    sb.dnet_ok(&["network", "rm", "n"]);
+    assert_eq!(strip(&sb.snapshot()), strip(&empty));
+}
+
+#[test]
+fn endpoints_come_and_go_without_disturbing_a_flow() {
+    let sb = Sandbox::new();
+    sb.server("srv", "bridge", "udp", 53);
+    sb.dnet_ok(&["run", "-d", "--name", "cli", "--", "sleep", "300"]);
+    let srv = ip_of(&sb, "srv");
+    let flow = Command::new(dnet_sandbox::dnet_bin())
+        .arg("--socket")
+        .arg(sb.socket())
+        .args([
+            "exec",
+            "cli",
+            "--",
+            &ct(),
+            "udp",
+            &format!("{srv}:53"),
+            "--count",
+            "300",
+            "--interval",
+            "0.01",
+            "--timeout",
+            "1",
+        ])
+        .output();
+    let churn = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            for i in 0..5 {
+                let n = format!("churn{i}");
+                sb.dnet_ok(&["run", "-d", "--name", &n, "--", "sleep", "300"]);
+                sb.dnet_ok(&["rm", "-f", &n]);
+            }
+        });
+        h.join()
+    });
+    churn.expect("churn");
+    let o = flow.expect("flow");
+    assert!(ok(&o), "{}", out(&o));
+}
+
+#[test]
+fn a_flow_survives_kill_9_and_a_restart_of_the_daemon() {
+    let mut sb = Sandbox::new();
+    sb.server("srv", "bridge", "udp", 53);
+    sb.dnet_ok(&["run", "-d", "--name", "cli", "--", "sleep", "300"]);
+    let srv = ip_of(&sb, "srv");
+    let cli_pid = sb
+        .dnet_json(&["ps"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "cli")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let before = sb.pins();
+    // The flow runs in the container's namespace without the daemon's help.
+    let flow = Command::new("nsenter")
+        .args(["-t", &cli_pid.to_string(), "-n"])
+        .args([
+            &ct(),
+            "udp",
+            &format!("{srv}:53"),
+            "--count",
+            "400",
+            "--interval",
+            "0.01",
+            "--timeout",
+            "1",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    sb.stop_daemon(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(500));
+    sb.start_daemon();
+    let o = flow.wait_with_output().unwrap();
+    assert!(ok(&o), "lost packets across the restart: {}", out(&o));
+    assert_eq!(
+        sb.pins(),
+        before,
+        "the restarted daemon adopted the pins as they were"
+    );
+    assert!(
+        !sb.log_tail(100).contains("making its endpoint again"),
+        "{}",
+        sb.log_tail(30)
+    );
+}
+
+#[test]
+fn fifty_containers_on_one_network_all_reach_each_other() {
+    let sb = Sandbox::new();
+    let n = 50;
+    for i in 0..n {
+        sb.dnet_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("c{i}"),
+            "--",
+            "sleep",
+            "600",
+        ]);
+    }
+    let ips: Vec<String> = (0..n).map(|i| format!("172.17.0.{}", i + 2)).collect();
+    for i in 0..n {
+        let others: Vec<&str> = ips
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, s)| s.as_str())
+            .collect();
+        let mut args = vec!["ping"];
+        args.extend(others);
+        let o = sb.conntest_in(&format!("c{i}"), &args);
+        assert!(ok(&o), "c{i}: {}", out(&o));
+    }
+    assert_consistent(&sb);
+}
