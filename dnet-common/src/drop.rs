@@ -37,6 +37,18 @@ pub enum DropReason {
     RedirectFailed = 13,
     /// Traffic to or from outside an `--internal` network.
     Internal = 14,
+    /// No free NAT port for a new flow.
+    NatPortsExhausted = 15,
+    /// An IPv4 fragment on a translated path (NAT needs the ports).
+    Fragment = 16,
+    /// TTL ran out where the datapath routes.
+    TtlExceeded = 17,
+    /// No route out for a translated flow.
+    NoRoute = 18,
+    /// A protocol or ICMP type the NAT does not translate.
+    NatUnsupported = 19,
+    /// The conntrack map refused a new entry.
+    CtFull = 20,
 }
 
 /// Number of drop reasons; the size of the per-endpoint drop counter array.
@@ -46,7 +58,7 @@ pub const DROP_REASON_SLOTS: usize = 32;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Malformed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
@@ -62,6 +74,12 @@ impl DropReason {
         DropReason::UnknownEndpoint,
         DropReason::RedirectFailed,
         DropReason::Internal,
+        DropReason::NatPortsExhausted,
+        DropReason::Fragment,
+        DropReason::TtlExceeded,
+        DropReason::NoRoute,
+        DropReason::NatUnsupported,
+        DropReason::CtFull,
     ];
 
     /// The stable, user-visible name (`dnet stats` prints it).
@@ -82,6 +100,12 @@ impl DropReason {
             DropReason::UnknownEndpoint => "unknown-endpoint",
             DropReason::RedirectFailed => "redirect-failed",
             DropReason::Internal => "internal-network",
+            DropReason::NatPortsExhausted => "nat-ports-exhausted",
+            DropReason::Fragment => "fragment",
+            DropReason::TtlExceeded => "ttl-exceeded",
+            DropReason::NoRoute => "no-route",
+            DropReason::NatUnsupported => "nat-unsupported",
+            DropReason::CtFull => "conntrack-full",
         }
     }
 

@@ -12,9 +12,11 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod addr;
+pub mod csum;
 pub mod drop;
 pub mod endpoint;
 pub mod maps;
+pub mod nat;
 pub mod network;
 pub mod stats;
 
@@ -23,6 +25,7 @@ mod pod;
 
 pub use drop::DropReason;
 pub use endpoint::Endpoint;
+pub use nat::{Config, CtEntry, CtKey, Service, ServiceKey, SockRev, SockRevKey};
 pub use network::{NetMembers, Network};
 pub use stats::EndpointStats;
 
@@ -40,7 +43,14 @@ mod tests {
         assert_eq!(size_of::<NetMembers>(), 8 + 4 * crate::network::MAX_FANOUT);
         assert_eq!(
             size_of::<EndpointStats>(),
-            32 + 8 * crate::drop::DROP_REASON_SLOTS
+            40 + 8 * crate::drop::DROP_REASON_SLOTS
         );
+        assert_eq!(size_of::<crate::CtKey>(), 16);
+        assert_eq!(size_of::<crate::CtEntry>(), 40);
+        assert_eq!(size_of::<crate::ServiceKey>(), 8);
+        assert_eq!(size_of::<crate::Service>(), 8);
+        assert_eq!(size_of::<crate::Config>(), 24);
+        assert_eq!(size_of::<crate::SockRevKey>(), 16);
+        assert_eq!(size_of::<crate::SockRev>(), 8);
     }
 }

@@ -13,15 +13,36 @@ pub const NET_MEMBERS: &str = "DNET_NET_MEMBERS";
 /// `PerCpuArray<EndpointStats>`, indexed by endpoint slot.
 pub const STATS: &str = "DNET_STATS";
 
+/// `LruHashMap<CtKey, CtEntry>`: connection tracking and NAT, both directions.
+pub const CT: &str = "DNET_CT";
+/// `HashMap<ServiceKey, Service>`: published ports.
+pub const SERVICES: &str = "DNET_SERVICES";
+/// `Array<Config>`, one entry.
+pub const CONFIG: &str = "DNET_CONFIG";
+/// `LruHashMap<SockRevKey, SockRev>`: what host sockets asked for, so that
+/// replies read as coming from the published port.
+pub const SOCK_REVNAT: &str = "DNET_SOCK_REVNAT";
+
 /// Every map the datapath declares.
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 10] = [
     ENDPOINTS_BY_IP,
     ENDPOINTS_BY_IF,
     NETWORKS,
     SUBNETS,
     NET_MEMBERS,
     STATS,
+    CT,
+    SERVICES,
+    CONFIG,
+    SOCK_REVNAT,
 ];
+
+/// Default size of the conntrack map (entries; a flow takes two).
+pub const CT_ENTRIES: u32 = 131_072;
+/// Most published ports.
+pub const MAX_SERVICES: u32 = 65_536;
+/// Host sockets remembered by the socket hooks.
+pub const SOCK_REVNAT_ENTRIES: u32 = 65_536;
 
 /// Most endpoints one daemon serves (and endpoint map entries).
 pub const MAX_ENDPOINTS: u32 = 8192;

@@ -1,6 +1,9 @@
 //! `aya::Pod` for the map types, so userspace can read and write them.
 
-use crate::{Endpoint, EndpointStats, NetMembers, Network};
+use crate::{
+    Config, CtEntry, CtKey, Endpoint, EndpointStats, NetMembers, Network, Service, ServiceKey,
+    SockRev, SockRevKey,
+};
 
 // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and integer
 // arrays with explicit padding fields, so every bit pattern is a valid value and
@@ -12,3 +15,17 @@ unsafe impl aya::Pod for Network {}
 unsafe impl aya::Pod for NetMembers {}
 // SAFETY: as above.
 unsafe impl aya::Pod for EndpointStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CtKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CtEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ServiceKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Service {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Config {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SockRevKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SockRev {}

@@ -16,6 +16,8 @@ pub struct EndpointStats {
     pub tx_bytes: u64,
     /// Dropped packets by [`crate::DropReason`] code.
     pub drops: [u64; DROP_REASON_SLOTS],
+    /// Packets of the endpoint's flows that NAT rewrote (either direction).
+    pub translated: u64,
 }
 
 impl Default for EndpointStats {
@@ -26,6 +28,7 @@ impl Default for EndpointStats {
             tx_packets: 0,
             tx_bytes: 0,
             drops: [0; DROP_REASON_SLOTS],
+            translated: 0,
         }
     }
 }

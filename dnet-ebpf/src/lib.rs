@@ -1,16 +1,22 @@
 //! dnet's datapath, as library modules the entry points in `main.rs` call.
 //!
 //! One module per concern: `ptr` (bounds-checked packet access), `eth`,
-//! `arp`, `ipv4` (headers), `maps` (the maps), `stats` (counters and drops),
-//! `lxc` (the container-facing programs).
+//! `arp`, `ipv4`, `l4` (headers and tuples), `maps` (the maps), `stats`
+//! (counters and drops), `nat` (conntrack, rewriting, delivery), `lxc` (the
+//! container-facing programs), `host` (the uplink program), `sock` (the
+//! socket hooks for host access to published ports).
 #![no_std]
 
 pub mod arp;
 pub mod eth;
+pub mod host;
 pub mod ipv4;
+pub mod l4;
 pub mod lxc;
 pub mod maps;
+pub mod nat;
 pub mod ptr;
+pub mod sock;
 pub mod stats;
 
 /// TC verdicts (`include/uapi/linux/pkt_cls.h`).

@@ -11,7 +11,12 @@
 //! 5. a destination endpoint of the same network gets the packet straight
 //!    into its namespace (`bpf_redirect_peer`); one of another network, or an
 //!    unused address of a dnet subnet, is dropped;
-//! 6. anything else (the gateway, the host, the outside) goes up the host stack.
+//! 6. a packet of a translated flow (an answer to a published port, an
+//!    outbound flow already under way) is rewritten and delivered;
+//! 7. the gateway and other host addresses go up the host stack; a
+//!    published port on the uplink's address is reached by hairpin NAT;
+//! 8. the world, through the uplink, gets a new flow translated to the
+//!    uplink's address (source NAT), unless the network is internal.
 
 use aya_ebpf::{
     helpers::generated::{bpf_redirect, bpf_redirect_peer},
@@ -27,9 +32,11 @@ use crate::{
     arp::{ARPOP_REPLY, ARPOP_REQUEST, ArpHdr},
     eth::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, mac_eq},
     ipv4::{self, Ipv4Hdr},
+    l4::{self, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Parsed},
     maps::{EP_BY_IF, EP_BY_IP, NET_MEMBERS, NETWORKS, SUBNETS},
+    nat::{self, Route},
     ptr::ptr_at,
-    stats::{count_drops, count_rx, count_tx, drop},
+    stats::{count_drops, count_rx, count_translated, count_tx, drop},
     verdict::{TC_ACT_OK, TC_ACT_REDIRECT},
 };
 
@@ -186,6 +193,25 @@ fn from_container_ipv4(
         };
     }
 
+    // Beyond the network: flows the datapath translates come first.
+    let ipc = *ip;
+    let parsed = l4::parse(ctx, ETH_HLEN, &ipc);
+    match &parsed {
+        Parsed::Flow(key, l4) => {
+            if let Some(e) = nat::lookup(key, l4.tcp_flags) {
+                return nat::translate_and_deliver(ctx, l4, key, &e);
+            }
+        }
+        Parsed::IcmpError(off) => {
+            // An error about a flow from the world to a published port.
+            let v = nat::icmp_error(ctx, *off)?;
+            if v != TC_ACT_OK {
+                return Ok(v);
+            }
+        }
+        _ => {}
+    }
+
     if let Some(owner) = SUBNETS.get(Key::new(32, daddr)) {
         let owner = *owner;
         if daddr == net.gateway_be {
@@ -203,11 +229,48 @@ fn from_container_ipv4(
         }
         return Err(DropReason::NoEndpoint);
     }
-    outside(net)
+    outside(net)?;
+    let Some(cfg) = nat::config() else {
+        // No uplink: the host stack decides.
+        return Ok(TC_ACT_OK);
+    };
+    if daddr == cfg.uplink_addr_be {
+        // Hairpin: a published port of the host, from a container.
+        if let Parsed::Flow(key, l4) = &parsed
+            && (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
+            && let Some(svc) = nat::service(daddr, key.dport_be, key.proto)
+        {
+            let backend = nat::endpoint_at(svc.backend_be).ok_or(DropReason::NoEndpoint)?;
+            let e = nat::new_hairpin(&cfg, key, &backend, svc.backend_port_be, l4.tcp_flags)?;
+            return nat::translate_and_deliver(ctx, l4, key, &e);
+        }
+        return Ok(TC_ACT_OK);
+    }
+    let route = nat::route(ctx, ep.ifindex, ipc.saddr_be, daddr, ipc.proto);
+    match route {
+        Route::Local => return Ok(TC_ACT_OK),
+        Route::None => return Err(DropReason::NoRoute),
+        Route::Out { ifindex, .. } if ifindex != cfg.uplink_ifindex => return Ok(TC_ACT_OK),
+        Route::Out { .. } => {}
+    }
+    // Out through the uplink: a new flow, translated to the uplink's address.
+    match parsed {
+        Parsed::Flow(key, l4) => {
+            if key.proto == IPPROTO_ICMP && l4.icmp_type != ICMP_ECHO {
+                return Err(DropReason::NatUnsupported);
+            }
+            let e = nat::new_snat(&cfg, &key, l4.tcp_flags)?;
+            nat::rewrite(ctx, ETH_HLEN, &l4, &key, &e)?;
+            count_translated(ep.slot);
+            nat::forward(ctx, &route)
+        }
+        Parsed::Fragment => Err(DropReason::Fragment),
+        Parsed::Truncated => Err(DropReason::Malformed),
+        Parsed::IcmpError(_) | Parsed::Other => Err(DropReason::NatUnsupported),
+    }
 }
 
-/// A destination beyond the network: up the host stack, unless the network
-/// is internal.
+/// A destination beyond the network: refused on an internal network.
 #[inline(always)]
 fn outside(net: &Network) -> Result<i32, DropReason> {
     if net.flags & NET_F_INTERNAL != 0 {

@@ -2,7 +2,10 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 
 /// tcx ingress of a container's host-side veth: traffic the container sends.
 #[classifier]
@@ -15,6 +18,37 @@ pub fn lxc_from_container(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lxc_to_container(ctx: TcContext) -> i32 {
     dnet_ebpf::lxc::to_container(&ctx)
+}
+
+/// tcx ingress of the uplink: answers of translated flows and new flows to
+/// published ports.
+#[classifier]
+pub fn host_from_uplink(ctx: TcContext) -> i32 {
+    dnet_ebpf::host::from_uplink(&ctx)
+}
+
+/// The host's own `connect()` to a published port.
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    dnet_ebpf::sock::to_backend(&ctx)
+}
+
+/// The host's own `sendmsg()` to a published port.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    dnet_ebpf::sock::to_backend(&ctx)
+}
+
+/// Answers to the host's sockets read as coming from the published port.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    dnet_ebpf::sock::from_backend(&ctx)
+}
+
+/// `getpeername()` of such a socket shows the published port.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    dnet_ebpf::sock::from_backend(&ctx)
 }
 
 #[cfg(not(test))]

@@ -3,11 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dnet_common::{
-    Endpoint, EndpointStats, NetMembers, Network,
-    maps::{MAX_ENDPOINTS, MAX_NETWORKS, STATS_SLOTS},
+    Config, CtEntry, CtKey, Endpoint, EndpointStats, NetMembers, Network, Service, ServiceKey,
+    SockRev, SockRevKey,
+    maps::{
+        CT_ENTRIES, MAX_ENDPOINTS, MAX_NETWORKS, MAX_SERVICES, SOCK_REVNAT_ENTRIES, STATS_SLOTS,
+    },
 };
 
 #[map(name = "DNET_EP_BY_IP")]
@@ -27,3 +30,18 @@ pub static NET_MEMBERS: Array<NetMembers> = Array::with_max_entries(MAX_NETWORKS
 
 #[map(name = "DNET_STATS")]
 pub static STATS: PerCpuArray<EndpointStats> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
+
+/// Both directions of every translated flow; the daemon sets the size
+/// (`--ct-entries`) and collects expired entries.
+#[map(name = "DNET_CT")]
+pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_ENTRIES, 0);
+
+#[map(name = "DNET_SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+#[map(name = "DNET_CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "DNET_SOCK_REVNAT")]
+pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRev> =
+    LruHashMap::with_max_entries(SOCK_REVNAT_ENTRIES, 0);

@@ -51,3 +51,14 @@ pub fn drop(slot: u32, reason: DropReason) -> i32 {
     count_drops(slot, reason, 1);
     TC_ACT_SHOT
 }
+
+/// Counts a packet of the endpoint's flows that NAT rewrote.
+#[inline(always)]
+pub fn count_translated(slot: u32) {
+    if let Some(s) = STATS.get_ptr_mut(slot) {
+        // SAFETY: as in `count_rx`.
+        unsafe {
+            (*s).translated += 1;
+        }
+    }
+}

@@ -19,11 +19,17 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
-    programs::{SchedClassifier, TcAttachType, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+    },
     util::nr_cpus,
 };
 pub use bpffs::ensure_mounted;
-use dnet_common::{Endpoint, EndpointStats, NetMembers, Network, addr::ipv4_be, maps as m};
+use dnet_common::{
+    Config, CtEntry, CtKey, Endpoint, EndpointStats, NetMembers, Network, Service, ServiceKey,
+    addr::ipv4_be, maps as m,
+};
 use ipnetwork::Ipv4Network;
 
 /// The eBPF object, built from `dnet-ebpf` by `build.rs`.
@@ -32,6 +38,15 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Program names (the entry points in `dnet-ebpf/src/main.rs`).
 pub const PROG_FROM_CONTAINER: &str = "lxc_from_container";
 pub const PROG_TO_CONTAINER: &str = "lxc_to_container";
+pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
+/// The socket hooks, with the operation each is attached to.
+pub const SOCK_PROGS: [&str; 4] = [
+    "sock_connect4",
+    "sock_sendmsg4",
+    "sock_recvmsg4",
+    "sock_getpeername4",
+];
+const TC_PROGS: [&str; 3] = [PROG_FROM_CONTAINER, PROG_TO_CONTAINER, PROG_FROM_UPLINK];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -132,8 +147,9 @@ impl Datapath {
             Some(dir) => {
                 let maps_dir = dir.join("maps");
                 fs::create_dir_all(&maps_dir).map_err(io_err("create", &maps_dir))?;
-                fs::create_dir_all(dir.join("links"))
-                    .map_err(io_err("create", &dir.join("links")))?;
+                for sub in ["links", "host"] {
+                    fs::create_dir_all(dir.join(sub)).map_err(io_err("create", &dir.join(sub)))?;
+                }
                 m::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect()
             }
             None => Vec::new(),
@@ -144,8 +160,16 @@ impl Datapath {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
-        for name in [PROG_FROM_CONTAINER, PROG_TO_CONTAINER] {
+        for name in TC_PROGS {
             let p: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::Missing(name))?
+                .try_into()
+                .map_err(prog_err(name))?;
+            p.load().map_err(prog_err(name))?;
+        }
+        for name in SOCK_PROGS {
+            let p: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
                 .ok_or(DatapathError::Missing(name))?
                 .try_into()
@@ -202,6 +226,155 @@ impl Datapath {
             }
         }
         Ok(())
+    }
+
+    /// Pins `link` at `pin` (replacing a stale pin), or keeps it here when
+    /// the datapath is unpinned.
+    fn keep_link(&mut self, link: FdLink, pin: Option<PathBuf>) -> Result<()> {
+        match pin {
+            Some(pin) => {
+                link.pin(&pin).map_err(|e| DatapathError::Pin {
+                    path: pin.clone(),
+                    source: Box::new(e),
+                })?;
+            }
+            None => self.held_links.push(link),
+        }
+        Ok(())
+    }
+
+    fn host_pin(&self, name: &str) -> Option<PathBuf> {
+        self.pins.as_ref().map(|p| p.join("host").join(name))
+    }
+
+    /// Attaches the uplink program (tcx ingress), unless it already is.
+    pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
+        if self.uplink_attached(ifname) {
+            return Ok(());
+        }
+        let pin = self.host_pin("uplink-ingress");
+        if let Some(pin) = &pin {
+            remove_if_exists(pin)?;
+        }
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROG_FROM_UPLINK)
+            .ok_or(DatapathError::Missing(PROG_FROM_UPLINK))?
+            .try_into()
+            .map_err(prog_err(PROG_FROM_UPLINK))?;
+        let id = p
+            .attach(ifname, TcAttachType::Ingress)
+            .map_err(prog_err(PROG_FROM_UPLINK))?;
+        let link: FdLink = p
+            .take_link(id)
+            .map_err(prog_err(PROG_FROM_UPLINK))?
+            .try_into()
+            .map_err(|e| DatapathError::Link {
+                name: PROG_FROM_UPLINK,
+                source: Box::new(e),
+            })?;
+        self.keep_link(link, pin)
+    }
+
+    /// The uplink program is attached to `ifname` and pinned.
+    pub fn uplink_attached(&self, ifname: &str) -> bool {
+        let name = &PROG_FROM_UPLINK[..PROG_FROM_UPLINK.len().min(15)];
+        SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+            .is_ok_and(|(_, progs)| progs.iter().any(|p| p.name_as_str() == Some(name)))
+            && self.host_pin("uplink-ingress").is_none_or(|p| p.exists())
+    }
+
+    /// Attaches the socket hooks to the cgroup v2 hierarchy at `cgroup`,
+    /// alongside any other programs there (other daemons' included), unless
+    /// their pinned links already exist.
+    pub fn attach_sock_hooks(&mut self, cgroup: &Path) -> Result<()> {
+        let dir = fs::File::open(cgroup).map_err(io_err("open", cgroup))?;
+        for name in SOCK_PROGS {
+            let pin = self.host_pin(name);
+            if let Some(pin) = &pin {
+                if PinnedLink::from_pin(pin).is_ok() {
+                    continue;
+                }
+                remove_if_exists(pin)?;
+            }
+            let p: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::Missing(name))?
+                .try_into()
+                .map_err(prog_err(name))?;
+            let id = p
+                .attach(&dir, CgroupAttachMode::AllowMultiple)
+                .map_err(prog_err(name))?;
+            let link: FdLink = p
+                .take_link(id)
+                .map_err(prog_err(name))?
+                .try_into()
+                .map_err(|e| DatapathError::Link {
+                    name,
+                    source: Box::new(e),
+                })?;
+            self.keep_link(link, pin)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the NAT configuration.
+    pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        let mut a: Array<&mut MapData, Config> =
+            Array::try_from(self.map_mut(m::CONFIG)?).map_err(map_err(m::CONFIG))?;
+        a.set(0, cfg, 0).map_err(map_err(m::CONFIG))
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        let a: Array<&MapData, Config> =
+            Array::try_from(self.map(m::CONFIG)?).map_err(map_err(m::CONFIG))?;
+        a.get(&0, 0).map_err(map_err(m::CONFIG))
+    }
+
+    /// Publishes a port.
+    pub fn set_service(&mut self, key: &ServiceKey, svc: &Service) -> Result<()> {
+        let mut h: HashMap<&mut MapData, ServiceKey, Service> =
+            HashMap::try_from(self.map_mut(m::SERVICES)?).map_err(map_err(m::SERVICES))?;
+        h.insert(key, svc, 0).map_err(map_err(m::SERVICES))
+    }
+
+    /// Unpublishes a port; a missing one is fine.
+    pub fn clear_service(&mut self, key: &ServiceKey) -> Result<()> {
+        let mut h: HashMap<&mut MapData, ServiceKey, Service> =
+            HashMap::try_from(self.map_mut(m::SERVICES)?).map_err(map_err(m::SERVICES))?;
+        absent_is_fine(h.remove(key)).map_err(map_err(m::SERVICES))
+    }
+
+    pub fn services(&self) -> Result<Vec<(ServiceKey, Service)>> {
+        let h: HashMap<&MapData, ServiceKey, Service> =
+            HashMap::try_from(self.map(m::SERVICES)?).map_err(map_err(m::SERVICES))?;
+        h.iter().map(|r| r.map_err(map_err(m::SERVICES))).collect()
+    }
+
+    /// Every conntrack entry.
+    pub fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+        let h: HashMap<&MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.map(m::CT)?).map_err(map_err(m::CT))?;
+        // An LRU map may drop an entry between two steps of the walk.
+        Ok(h.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Removes conntrack entries; missing ones are fine.
+    pub fn ct_remove(&mut self, keys: &[CtKey]) -> Result<()> {
+        let mut h: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.map_mut(m::CT)?).map_err(map_err(m::CT))?;
+        for k in keys {
+            absent_is_fine(h.remove(k)).map_err(map_err(m::CT))?;
+        }
+        Ok(())
+    }
+
+    /// Inserts a conntrack entry (tests, and nothing else).
+    pub fn ct_insert(&mut self, key: &CtKey, e: &CtEntry) -> Result<()> {
+        let mut h: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.map_mut(m::CT)?).map_err(map_err(m::CT))?;
+        h.insert(key, e, 0).map_err(map_err(m::CT))
     }
 
     /// The container programs are attached to `ifname` and their links pinned.
@@ -392,6 +565,7 @@ impl Datapath {
             sum.rx_bytes += s.rx_bytes;
             sum.tx_packets += s.tx_packets;
             sum.tx_bytes += s.tx_bytes;
+            sum.translated += s.translated;
             for (d, x) in sum.drops.iter_mut().zip(s.drops.iter()) {
                 *d += x;
             }
@@ -408,6 +582,11 @@ impl Datapath {
                 let attach = match name {
                     PROG_FROM_CONTAINER => "tcx ingress, host-side veth",
                     PROG_TO_CONTAINER => "tcx egress, host-side veth",
+                    PROG_FROM_UPLINK => "tcx ingress, uplink",
+                    "sock_connect4" => "cgroup connect4",
+                    "sock_sendmsg4" => "cgroup sendmsg4",
+                    "sock_recvmsg4" => "cgroup recvmsg4",
+                    "sock_getpeername4" => "cgroup getpeername4",
                     _ => "",
                 };
                 Some(ProgramSummary {
@@ -429,6 +608,7 @@ impl Datapath {
                 let data = match map {
                     aya::maps::Map::Array(d)
                     | aya::maps::Map::HashMap(d)
+                    | aya::maps::Map::PerCpuLruHashMap(d)
                     | aya::maps::Map::LruHashMap(d)
                     | aya::maps::Map::LpmTrie(d)
                     | aya::maps::Map::PerCpuArray(d)

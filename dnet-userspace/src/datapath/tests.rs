@@ -421,3 +421,484 @@ fn a_packet_on_an_unknown_interface_is_dropped() {
         assert_eq!(drops(&fx.dp, 0, DropReason::UnknownEndpoint), 1);
     });
 }
+
+// ---- NAT: the rewritten bytes and every checksum, both directions. ----
+
+use dnet_common::{Config, Service, ServiceKey, csum};
+
+const UPLINK: &str = "198.18.0.2";
+const WORLD: &str = "198.18.0.1";
+const WORLD_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+/// Runs a command in the calling thread's namespace (a forked child keeps
+/// the namespace of the thread that forks it).
+fn ip_cmd(args: &str) {
+    let o = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .expect("ip");
+    assert!(
+        o.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn ifindex(name: &str) -> u32 {
+    nix::net::if_::if_nametoindex(name).expect("ifindex")
+}
+
+/// The fixture plus an uplink `up0` (198.18.0.2/24, default route via the
+/// world at 198.18.0.1 whose MAC is known) and the NAT config.
+fn nat_fixture(port_min: u16, port_max: u16) -> Fixture {
+    let mut fx = fixture(0);
+    ip_cmd("link add up0 type veth peer name up1");
+    ip_cmd("addr add 198.18.0.2/24 dev up0");
+    ip_cmd("link set up0 up");
+    ip_cmd("link set up1 up");
+    ip_cmd("route add default via 198.18.0.1");
+    ip_cmd("neigh replace 198.18.0.1 lladdr 02:00:00:00:00:01 dev up0 nud permanent");
+    // As on a container's host-side veth: the route lookup wants forwarding
+    // on the interface the packet arrived on (here loopback).
+    std::fs::write("/proc/sys/net/ipv4/conf/lo/forwarding", "1").unwrap();
+    fx.dp
+        .set_config(&Config {
+            uplink_ifindex: ifindex("up0"),
+            uplink_addr_be: ipv4_be(ip(UPLINK)),
+            nat_port_min: port_min,
+            nat_port_max: port_max,
+            _pad: 0,
+            netns_cookie: 0,
+        })
+        .unwrap();
+    fx
+}
+
+fn run_prog(dp: &Datapath, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+    let prog = dp.program(prog).unwrap();
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
+/// A TCP segment with the given flags, checksums right.
+fn tcp(src_mac: [u8; 6], dst_mac: [u8; 6], s: (&str, u16), d: (&str, u16), flags: u8) -> Vec<u8> {
+    let (s_ip, d_ip) = (ip(s.0), ip(d.0));
+    let mut seg = Vec::new();
+    seg.extend_from_slice(&s.1.to_be_bytes());
+    seg.extend_from_slice(&d.1.to_be_bytes());
+    seg.extend_from_slice(&1u32.to_be_bytes());
+    seg.extend_from_slice(&0u32.to_be_bytes());
+    seg.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    seg.extend_from_slice(b"ping");
+    let c = l4_checksum(s_ip, d_ip, 6, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    ip_frame(src_mac, dst_mac, s_ip, d_ip, 6, &seg)
+}
+
+/// An IPv4/UDP frame; `zero_csum` leaves the UDP checksum out (0).
+fn udp_to(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    s: (&str, u16),
+    d: (&str, u16),
+    zero_csum: bool,
+) -> Vec<u8> {
+    let (s_ip, d_ip) = (ip(s.0), ip(d.0));
+    let mut seg = Vec::new();
+    seg.extend_from_slice(&s.1.to_be_bytes());
+    seg.extend_from_slice(&d.1.to_be_bytes());
+    seg.extend_from_slice(&12u16.to_be_bytes());
+    seg.extend_from_slice(&[0, 0]);
+    seg.extend_from_slice(b"dnet");
+    if !zero_csum {
+        let c = l4_checksum(s_ip, d_ip, 17, &seg);
+        seg[6..8].copy_from_slice(&c.to_be_bytes());
+    }
+    ip_frame(src_mac, dst_mac, s_ip, d_ip, 17, &seg)
+}
+
+fn icmp_echo(src_mac: [u8; 6], dst_mac: [u8; 6], s: &str, d: &str, typ: u8, id: u16) -> Vec<u8> {
+    let mut m = vec![typ, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&7u16.to_be_bytes());
+    m.extend_from_slice(b"abcdefgh");
+    let c = csum::checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    ip_frame(src_mac, dst_mac, ip(s), ip(d), 1, &m)
+}
+
+fn ip_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    s: Ipv4Addr,
+    d: Ipv4Addr,
+    proto: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let tot = 20 + payload.len();
+    let mut iph = vec![0x45, 0];
+    iph.extend_from_slice(&(tot as u16).to_be_bytes());
+    iph.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+    iph.extend_from_slice(&s.octets());
+    iph.extend_from_slice(&d.octets());
+    let c = csum::checksum(&iph);
+    iph[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = eth(dst_mac, src_mac, 0x0800);
+    f.extend_from_slice(&iph);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn l4_checksum(s: Ipv4Addr, d: Ipv4Addr, proto: u8, seg: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&s.octets());
+    pseudo.extend_from_slice(&d.octets());
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    csum::fold(csum::sum(seg, csum::sum(&pseudo, 0)))
+}
+
+/// A parsed view of an output frame, with every checksum verified.
+#[derive(Debug)]
+struct Pkt {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    saddr: Ipv4Addr,
+    daddr: Ipv4Addr,
+    ttl: u8,
+    /// Source and destination ports (ICMP echo: the identifier twice).
+    sport: u16,
+    dport: u16,
+    l4: Vec<u8>,
+}
+
+fn parse_checked(f: &[u8]) -> Pkt {
+    let iph = &f[14..34];
+    assert_eq!(csum::checksum(iph), 0, "IPv4 header checksum");
+    let saddr = Ipv4Addr::new(iph[12], iph[13], iph[14], iph[15]);
+    let daddr = Ipv4Addr::new(iph[16], iph[17], iph[18], iph[19]);
+    let tot = u16::from_be_bytes([iph[2], iph[3]]) as usize;
+    let l4 = f[34..14 + tot].to_vec();
+    let (sport, dport) = match iph[9] {
+        6 => {
+            assert_eq!(l4_checksum(saddr, daddr, 6, &l4), 0, "TCP checksum");
+            (
+                u16::from_be_bytes([l4[0], l4[1]]),
+                u16::from_be_bytes([l4[2], l4[3]]),
+            )
+        }
+        17 => {
+            if l4[6..8] != [0, 0] {
+                assert_eq!(l4_checksum(saddr, daddr, 17, &l4), 0, "UDP checksum");
+            }
+            (
+                u16::from_be_bytes([l4[0], l4[1]]),
+                u16::from_be_bytes([l4[2], l4[3]]),
+            )
+        }
+        1 => {
+            assert_eq!(csum::checksum(&l4), 0, "ICMP checksum");
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            (id, id)
+        }
+        p => panic!("protocol {p}"),
+    };
+    Pkt {
+        dst_mac: f[0..6].try_into().unwrap(),
+        src_mac: f[6..12].try_into().unwrap(),
+        saddr,
+        daddr,
+        ttl: iph[8],
+        sport,
+        dport,
+        l4,
+    }
+}
+
+/// up0's MAC (asked of `ip`: /sys shows the namespace that mounted it).
+fn up0_mac() -> [u8; 6] {
+    let o = std::process::Command::new("ip")
+        .args(["-j", "link", "show", "up0"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m: crate::model::MacAddr = v[0]["address"].as_str().unwrap().parse().unwrap();
+    m.0
+}
+
+#[test]
+fn outbound_udp_is_translated_to_the_uplink_and_back() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let frame = udp_to(fx.a.mac, GW_MAC, ("172.17.0.2", 4000), (WORLD, 53), false);
+        let (v, out) = run(&fx.dp, &frame);
+        assert_eq!(v, REDIRECT, "out through the uplink");
+        let p = parse_checked(&out);
+        assert_eq!(p.saddr, ip(UPLINK));
+        assert_eq!(p.daddr, ip(WORLD));
+        assert!((50000..=50009).contains(&p.sport), "NAT port {}", p.sport);
+        assert_eq!(p.dport, 53);
+        assert_eq!(p.ttl, 63, "routed: TTL down by one");
+        assert_eq!(p.dst_mac, WORLD_MAC);
+        assert_eq!(p.src_mac, up0_mac());
+        assert_eq!(
+            fx.dp.conntrack().unwrap().len(),
+            2,
+            "one entry per direction"
+        );
+        assert_eq!(fx.dp.stats(1).unwrap().translated, 1);
+
+        // The answer, on the uplink, back into the container.
+        let reply = udp_to(WORLD_MAC, up0_mac(), (WORLD, 53), (UPLINK, p.sport), false);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &reply);
+        assert_eq!(v, REDIRECT);
+        let b = parse_checked(&back);
+        assert_eq!((b.saddr, b.sport), (ip(WORLD), 53));
+        assert_eq!((b.daddr, b.dport), (ip("172.17.0.2"), 4000));
+        assert_eq!(b.dst_mac, fx.a.mac);
+        assert_eq!(b.src_mac, GW_MAC);
+        assert_eq!(b.ttl, 63);
+        assert_eq!(fx.dp.stats(1).unwrap().translated, 2);
+        // A second packet of the flow takes the same port.
+        let (_, again) = run(&fx.dp, &frame);
+        assert_eq!(parse_checked(&again).sport, p.sport);
+    });
+}
+
+#[test]
+fn a_zero_udp_checksum_stays_zero() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let frame = udp_to(fx.a.mac, GW_MAC, ("172.17.0.2", 4000), (WORLD, 53), true);
+        let (v, out) = run(&fx.dp, &frame);
+        assert_eq!(v, REDIRECT);
+        let p = parse_checked(&out);
+        assert_eq!(&p.l4[6..8], &[0, 0]);
+        let reply = udp_to(WORLD_MAC, up0_mac(), (WORLD, 53), (UPLINK, p.sport), true);
+        let (_, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &reply);
+        assert_eq!(&parse_checked(&back).l4[6..8], &[0, 0]);
+    });
+}
+
+#[test]
+fn outbound_tcp_keeps_its_checksum_and_state() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let syn = tcp(fx.a.mac, GW_MAC, ("172.17.0.2", 40000), (WORLD, 80), 0x02);
+        let (v, out) = run(&fx.dp, &syn);
+        assert_eq!(v, REDIRECT);
+        let p = parse_checked(&out);
+        assert_eq!(p.saddr, ip(UPLINK));
+        let synack = tcp(WORLD_MAC, up0_mac(), (WORLD, 80), (UPLINK, p.sport), 0x12);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &synack);
+        assert_eq!(v, REDIRECT);
+        let b = parse_checked(&back);
+        assert_eq!((b.daddr, b.dport), (ip("172.17.0.2"), 40000));
+        let ct = fx.dp.conntrack().unwrap();
+        let fwd = ct
+            .iter()
+            .find(|(k, _)| k.saddr_be == ipv4_be(ip("172.17.0.2")))
+            .unwrap();
+        let rev = ct
+            .iter()
+            .find(|(k, _)| k.saddr_be == ipv4_be(ip(WORLD)))
+            .unwrap();
+        assert_eq!(fwd.1.tcp_seen, 0x02);
+        assert_eq!(rev.1.tcp_seen, 0x12);
+    });
+}
+
+#[test]
+fn ping_is_translated_by_its_identifier() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let req = icmp_echo(fx.a.mac, GW_MAC, "172.17.0.2", WORLD, 8, 0x1234);
+        let (v, out) = run(&fx.dp, &req);
+        assert_eq!(v, REDIRECT);
+        let p = parse_checked(&out);
+        assert_eq!(p.saddr, ip(UPLINK));
+        assert!((50000..=50009).contains(&p.sport), "identifier {}", p.sport);
+        let rep = icmp_echo(WORLD_MAC, up0_mac(), WORLD, UPLINK, 0, p.sport);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &rep);
+        assert_eq!(v, REDIRECT);
+        let b = parse_checked(&back);
+        assert_eq!(b.daddr, ip("172.17.0.2"));
+        assert_eq!(b.dport, 0x1234);
+    });
+}
+
+#[test]
+fn an_icmp_error_about_a_translated_flow_is_translated_back_inner_header_included() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let frame = udp_to(fx.a.mac, GW_MAC, ("172.17.0.2", 4000), (WORLD, 53), false);
+        let (_, out) = run(&fx.dp, &frame);
+        let p = parse_checked(&out);
+        // Port unreachable, quoting the translated datagram (IP header and
+        // the whole UDP message), from the world.
+        let quoted = &out[14..];
+        let mut m = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(quoted);
+        let c = csum::checksum(&m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        let err = ip_frame(WORLD_MAC, up0_mac(), ip(WORLD), ip(UPLINK), 1, &m);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &err);
+        assert_eq!(v, REDIRECT, "into the container");
+        let b = parse_checked(&back); // outer IPv4 and ICMP checksums
+        assert_eq!(b.daddr, ip("172.17.0.2"));
+        let inner = &b.l4[8..];
+        assert_eq!(csum::checksum(&inner[..20]), 0, "inner IPv4 checksum");
+        assert_eq!(
+            &inner[12..16],
+            &[172, 17, 0, 2],
+            "inner source is the container again"
+        );
+        assert_eq!(
+            u16::from_be_bytes([inner[20], inner[21]]),
+            4000,
+            "inner source port"
+        );
+        let iudp = &inner[20..];
+        assert_eq!(
+            l4_checksum(ip("172.17.0.2"), ip(WORLD), 17, iudp),
+            0,
+            "inner UDP checksum"
+        );
+        assert_eq!(u16::from_be_bytes([inner[22], inner[23]]), 53);
+        assert_ne!(p.sport, 4000, "the quoted port was the NAT port");
+    });
+}
+
+#[test]
+fn a_published_port_reaches_its_container_and_the_answer_leaves_as_the_port() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        fx.dp
+            .set_service(
+                &ServiceKey {
+                    addr_be: 0,
+                    port_be: 8080u16.to_be(),
+                    proto: 6,
+                    _pad: 0,
+                },
+                &Service {
+                    backend_be: ipv4_be(ip("172.17.0.2")),
+                    backend_port_be: 80u16.to_be(),
+                    _pad: 0,
+                },
+            )
+            .unwrap();
+        let syn = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 8080), 0x02);
+        let (v, inn) = run_prog(&fx.dp, PROG_FROM_UPLINK, &syn);
+        assert_eq!(v, REDIRECT);
+        let p = parse_checked(&inn);
+        assert_eq!(
+            (p.saddr, p.sport),
+            (ip(WORLD), 33333),
+            "the container sees the client"
+        );
+        assert_eq!((p.daddr, p.dport), (ip("172.17.0.2"), 80));
+        assert_eq!(p.dst_mac, fx.a.mac);
+        // The container answers; it leaves as the published port.
+        let synack = tcp(fx.a.mac, GW_MAC, ("172.17.0.2", 80), (WORLD, 33333), 0x12);
+        let (v, out) = run(&fx.dp, &synack);
+        assert_eq!(v, REDIRECT);
+        let o = parse_checked(&out);
+        assert_eq!((o.saddr, o.sport), (ip(UPLINK), 8080));
+        assert_eq!((o.daddr, o.dport), (ip(WORLD), 33333));
+        // Another port is not published: the host's.
+        let other = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 9090), 0x02);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &other).0, OK);
+    });
+}
+
+#[test]
+fn hairpin_reaches_a_published_port_from_a_container() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        fx.dp
+            .set_service(
+                &ServiceKey {
+                    addr_be: 0,
+                    port_be: 8080u16.to_be(),
+                    proto: 6,
+                    _pad: 0,
+                },
+                &Service {
+                    backend_be: ipv4_be(ip("172.17.0.2")),
+                    backend_port_be: 80u16.to_be(),
+                    _pad: 0,
+                },
+            )
+            .unwrap();
+        // A to its own published port.
+        let syn = tcp(
+            fx.a.mac,
+            GW_MAC,
+            ("172.17.0.2", 40000),
+            (UPLINK, 8080),
+            0x02,
+        );
+        let (v, out) = run(&fx.dp, &syn);
+        assert_eq!(v, REDIRECT);
+        let p = parse_checked(&out);
+        assert_eq!(p.saddr, ip("172.17.0.1"), "from the backend's gateway");
+        assert_eq!((p.daddr, p.dport), (ip("172.17.0.2"), 80));
+        // The answer to the gateway goes back as the published port.
+        let synack = tcp(
+            fx.a.mac,
+            GW_MAC,
+            ("172.17.0.2", 80),
+            ("172.17.0.1", p.sport),
+            0x12,
+        );
+        let (v, back) = run(&fx.dp, &synack);
+        assert_eq!(v, REDIRECT);
+        let b = parse_checked(&back);
+        assert_eq!((b.saddr, b.sport), (ip(UPLINK), 8080));
+        assert_eq!((b.daddr, b.dport), (ip("172.17.0.2"), 40000));
+    });
+}
+
+#[test]
+fn when_nat_ports_run_out_a_new_flow_fails_and_old_ones_go_on() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50001);
+        let flow = |sport| udp_to(fx.a.mac, GW_MAC, ("172.17.0.2", sport), (WORLD, 53), false);
+        assert_eq!(run(&fx.dp, &flow(1001)).0, REDIRECT);
+        assert_eq!(run(&fx.dp, &flow(1002)).0, REDIRECT);
+        assert_eq!(run(&fx.dp, &flow(1003)).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::NatPortsExhausted), 1);
+        assert_eq!(
+            run(&fx.dp, &flow(1001)).0,
+            REDIRECT,
+            "established flows continue"
+        );
+        // Another destination reuses the ports (the reply tuple differs).
+        let other = udp_to(fx.a.mac, GW_MAC, ("172.17.0.2", 1003), (WORLD, 54), false);
+        assert_eq!(run(&fx.dp, &other).0, REDIRECT);
+    });
+}
+
+#[test]
+fn fragments_on_the_nat_path_are_dropped_with_their_reason() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let mut frame = udp_to(fx.a.mac, GW_MAC, ("172.17.0.2", 4000), (WORLD, 53), false);
+        frame[20] = 0x20; // MF
+        let c = csum::checksum(&{
+            let mut h = frame[14..34].to_vec();
+            h[10] = 0;
+            h[11] = 0;
+            h
+        });
+        frame[24..26].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(run(&fx.dp, &frame).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::Fragment), 1);
+    });
+}

@@ -1,0 +1,233 @@
+//! Connection tracking and NAT: the tuples the datapath keys flows by, what
+//! it rewrites them to, published ports, and its configuration.
+//!
+//! A flow has two entries, one per direction, each keyed by the tuple as it
+//! arrives at the program that looks it up, and each saying what to rewrite
+//! and where to deliver:
+//!
+//! | flow | entry keyed by | rewrite | deliver |
+//! |---|---|---|---|
+//! | container C to the world R (SNAT to uplink U, port n) | C:c → R:r | source U:n | out the uplink |
+//! | | R:r → U:n | destination C:c | into C |
+//! | world X to a published port U:h of C:c (DNAT) | X:x → U:h | destination C:c | into C |
+//! | | C:c → X:x | source U:h | out the uplink |
+//! | hairpin: container A to U:h of B:b (gateway G of B, port n) | A:a → U:h | source G:n, destination B:b | into B |
+//! | | B:b → G:n | source U:h, destination A:a | into A |
+//!
+//! ICMP echo uses its identifier as a port: the source port of requests and
+//! the destination port of replies, so that a reply's key is its request's
+//! key reversed.
+
+/// Key of [`crate::maps::CT`]: a packet's tuple. Ports in network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl CtKey {
+    /// The key of the packets that answer this one.
+    pub const fn reversed(&self) -> CtKey {
+        CtKey {
+            saddr_be: self.daddr_be,
+            daddr_be: self.saddr_be,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Rewrite the source address and port.
+pub const CT_F_SNAT: u16 = 1 << 0;
+/// Rewrite the destination address and port.
+pub const CT_F_DNAT: u16 = 1 << 1;
+/// Deliver into the endpoint that owns the new destination; otherwise out
+/// the uplink.
+pub const CT_F_TO_ENDPOINT: u16 = 1 << 2;
+/// This entry is the reply direction of its flow.
+pub const CT_F_REPLY: u16 = 1 << 3;
+/// The flow was opened towards a published port (DNAT or hairpin).
+pub const CT_F_PUBLISHED: u16 = 1 << 4;
+
+/// TCP flags as they sit in the header's 14th byte.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Value of [`crate::maps::CT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    pub new_saddr_be: u32,
+    pub new_daddr_be: u32,
+    pub new_sport_be: u16,
+    pub new_dport_be: u16,
+    /// `CT_F_*`.
+    pub flags: u16,
+    /// TCP flags seen in this direction, OR-ed together.
+    pub tcp_seen: u8,
+    pub _pad: u8,
+    /// The container of the flow (whose counters count it, and whose
+    /// removal removes it).
+    pub endpoint_be: u32,
+    /// `bpf_ktime_get_ns()` when the flow was made.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last packet, to the second: the datapath
+    /// writes it only when a second has passed, to spare the map.
+    pub last_seen_ns: u64,
+}
+
+/// Key of [`crate::maps::SERVICES`]: a published port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// The host address it is published on; 0 for every address.
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`crate::maps::SERVICES`]: where a published port leads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    pub backend_be: u32,
+    pub backend_port_be: u16,
+    pub _pad: u16,
+}
+
+/// Value of [`crate::maps::CONFIG`] (one entry, index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// The uplink's ifindex; 0 when there is none (no NAT).
+    pub uplink_ifindex: u32,
+    /// The address flows are translated to.
+    pub uplink_addr_be: u32,
+    /// NAT source ports, host order, inclusive.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    pub _pad: u32,
+    /// `SO_NETNS_COOKIE` of the daemon's namespace: the socket hooks act
+    /// there only.
+    pub netns_cookie: u64,
+}
+
+/// How many candidate ports a new flow tries before giving up.
+pub const NAT_PORT_PROBES: u32 = 32;
+
+/// Key of [`crate::maps::SOCK_REVNAT`]: a host socket that was pointed at a
+/// published port's backend, and that backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub backend_be: u32,
+    pub backend_port_be: u16,
+    pub _pad: u16,
+}
+
+/// Value of [`crate::maps::SOCK_REVNAT`]: the address the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRev {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+
+/// The NAT port the `n`-th probe of a flow whose tuple hashes to `hash`
+/// tries, in a range of `size` ports starting at `min`. Pure so that both
+/// sides (and a unit test) agree.
+#[inline(always)]
+pub const fn nat_port_candidate(hash: u32, n: u32, min: u16, size: u32) -> u16 {
+    if size == 0 {
+        return min;
+    }
+    (min as u32 + (hash.wrapping_add(n)) % size) as u16
+}
+
+/// A cheap mixing hash of a tuple (the start of its port probe sequence).
+#[inline(always)]
+pub const fn tuple_hash(k: &CtKey) -> u32 {
+    let mut h = k.saddr_be ^ k.daddr_be.rotate_left(7);
+    h ^= ((k.sport_be as u32) << 16 | k.dport_be as u32).rotate_left(13);
+    h ^= k.proto as u32;
+    // Final avalanche (from murmur3's fmix32).
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reversed_twice_is_the_key() {
+        let k = CtKey {
+            saddr_be: 1,
+            daddr_be: 2,
+            sport_be: 3,
+            dport_be: 4,
+            proto: 6,
+            _pad: [0; 3],
+        };
+        assert_eq!(k.reversed().reversed(), k);
+        assert_eq!(k.reversed().saddr_be, 2);
+        assert_eq!(k.reversed().sport_be, 4);
+    }
+
+    #[test]
+    fn probes_stay_in_range_and_cover_small_ranges() {
+        let (min, size) = (50000u16, 10u32);
+        let mut seen = [false; 10];
+        for n in 0..size {
+            let p = nat_port_candidate(0xdead_beef, n, min, size);
+            assert!((min..min + size as u16).contains(&p));
+            seen[(p - min) as usize] = true;
+        }
+        assert!(
+            seen.iter().all(|s| *s),
+            "every port of a small range is tried"
+        );
+        for h in [0, 1, u32::MAX, 12345] {
+            let p = nat_port_candidate(h, 31, 1024, 64512);
+            assert!(p >= 1024);
+        }
+    }
+
+    #[test]
+    fn the_hash_spreads_neighbouring_tuples() {
+        let base = CtKey {
+            saddr_be: u32::from_ne_bytes([172, 17, 0, 2]),
+            daddr_be: u32::from_ne_bytes([198, 18, 0, 1]),
+            sport_be: 40000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let mut starts = std::collections::BTreeSet::new();
+        for i in 0..100u16 {
+            let k = CtKey {
+                sport_be: (40000 + i).to_be(),
+                ..base
+            };
+            starts.insert(nat_port_candidate(tuple_hash(&k), 0, 40000, 20000));
+        }
+        assert!(starts.len() > 90, "only {} distinct starts", starts.len());
+    }
+}

@@ -1,0 +1,158 @@
+//! The transport layer as NAT sees it: a packet's tuple and where its ports
+//! and checksum sit.
+
+use aya_ebpf::programs::TcContext;
+use dnet_common::CtKey;
+
+use crate::{ipv4::Ipv4Hdr, ptr::ptr_at};
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+pub const ICMP_ECHOREPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETERPROB: u8 = 12;
+
+/// Where a tuple's L4 fields are.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    /// Offset of the L4 header from the packet start.
+    pub off: usize,
+    /// Offset of the L4 checksum field.
+    pub csum_off: usize,
+    /// Offset of the field that holds the "source port" of the tuple (for
+    /// ICMP echo: the identifier; the echo request's source, the reply's
+    /// destination).
+    pub sport_off: usize,
+    pub dport_off: usize,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
+    /// ICMP type (0 for other protocols).
+    pub icmp_type: u8,
+}
+
+/// What parsing found.
+pub enum Parsed {
+    /// A TCP or UDP segment, or an ICMP echo request or reply.
+    Flow(CtKey, L4),
+    /// An ICMP error (destination unreachable, time exceeded, parameter
+    /// problem): the offset of its ICMP header.
+    IcmpError(usize),
+    /// A fragment other than the first, or a first fragment: no usable ports.
+    Fragment,
+    /// Another protocol or ICMP type.
+    Other,
+    /// Headers cut short.
+    Truncated,
+}
+
+#[inline(always)]
+fn is_fragment(ip: &Ipv4Hdr) -> bool {
+    // MF set, or a fragment offset: only whole datagrams carry both ports.
+    u16::from_be(ip.frag_off_be) & 0x3fff != 0
+}
+
+/// The tuple of the IPv4 packet whose header is at `ip_off`.
+#[inline(always)]
+pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
+    if is_fragment(ip) {
+        return Parsed::Fragment;
+    }
+    let off = ip_off + ip.hlen();
+    let mut key = CtKey {
+        saddr_be: ip.saddr_be,
+        daddr_be: ip.daddr_be,
+        sport_be: 0,
+        dport_be: 0,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    match ip.proto {
+        IPPROTO_TCP => {
+            let Ok(p) = ptr_at::<[u8; 20]>(ctx, off) else {
+                return Parsed::Truncated;
+            };
+            // SAFETY: `ptr_at` checked the bytes are in the packet.
+            let h = unsafe { &*p };
+            key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
+            key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
+            Parsed::Flow(
+                key,
+                L4 {
+                    off,
+                    csum_off: off + 16,
+                    sport_off: off,
+                    dport_off: off + 2,
+                    tcp_flags: h[13],
+                    icmp_type: 0,
+                },
+            )
+        }
+        IPPROTO_UDP => {
+            let Ok(p) = ptr_at::<[u8; 8]>(ctx, off) else {
+                return Parsed::Truncated;
+            };
+            // SAFETY: as above.
+            let h = unsafe { &*p };
+            key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
+            key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
+            Parsed::Flow(
+                key,
+                L4 {
+                    off,
+                    csum_off: off + 6,
+                    sport_off: off,
+                    dport_off: off + 2,
+                    tcp_flags: 0,
+                    icmp_type: 0,
+                },
+            )
+        }
+        IPPROTO_ICMP => {
+            let Ok(p) = ptr_at::<[u8; 8]>(ctx, off) else {
+                return Parsed::Truncated;
+            };
+            // SAFETY: as above.
+            let h = unsafe { &*p };
+            let id = u16::from_ne_bytes([h[4], h[5]]);
+            match h[0] {
+                ICMP_ECHO => {
+                    key.sport_be = id;
+                    Parsed::Flow(
+                        key,
+                        L4 {
+                            off,
+                            csum_off: off + 2,
+                            sport_off: off + 4,
+                            dport_off: off + 4,
+                            tcp_flags: 0,
+                            icmp_type: ICMP_ECHO,
+                        },
+                    )
+                }
+                ICMP_ECHOREPLY => {
+                    key.dport_be = id;
+                    Parsed::Flow(
+                        key,
+                        L4 {
+                            off,
+                            csum_off: off + 2,
+                            sport_off: off + 4,
+                            dport_off: off + 4,
+                            tcp_flags: 0,
+                            icmp_type: ICMP_ECHOREPLY,
+                        },
+                    )
+                }
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB => {
+                    Parsed::IcmpError(off)
+                }
+                _ => Parsed::Other,
+            }
+        }
+        _ => Parsed::Other,
+    }
+}
