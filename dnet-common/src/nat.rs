@@ -62,6 +62,9 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
+/// For protocols other than TCP, the bit of [`CtEntry::tcp_seen`] that says
+/// a packet went this way.
+pub const CT_SEEN: u8 = 0x80;
 
 /// Value of [`crate::maps::CT`].
 #[repr(C)]
@@ -73,7 +76,8 @@ pub struct CtEntry {
     pub new_dport_be: u16,
     /// `CT_F_*`.
     pub flags: u16,
-    /// TCP flags seen in this direction, OR-ed together.
+    /// TCP flags seen in this direction, OR-ed together; for UDP and ICMP,
+    /// [`CT_SEEN`] once a packet went this way.
     pub tcp_seen: u8,
     pub _pad: u8,
     /// The container of the flow (whose counters count it, and whose

@@ -2,7 +2,7 @@
 //! and checksum sit.
 
 use aya_ebpf::programs::TcContext;
-use dnet_common::CtKey;
+use dnet_common::{CtKey, nat::CT_SEEN};
 
 use crate::{ipv4::Ipv4Hdr, ptr::ptr_at};
 
@@ -28,7 +28,7 @@ pub struct L4 {
     /// destination).
     pub sport_off: usize,
     pub dport_off: usize,
-    /// TCP flags (0 for other protocols).
+    /// TCP flags; `CT_SEEN` for other protocols (what conntrack records).
     pub tcp_flags: u8,
     /// ICMP type (0 for other protocols).
     pub icmp_type: u8,
@@ -106,7 +106,7 @@ pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
                     csum_off: off + 6,
                     sport_off: off,
                     dport_off: off + 2,
-                    tcp_flags: 0,
+                    tcp_flags: CT_SEEN,
                     icmp_type: 0,
                 },
             )
@@ -128,7 +128,7 @@ pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
                             csum_off: off + 2,
                             sport_off: off + 4,
                             dport_off: off + 4,
-                            tcp_flags: 0,
+                            tcp_flags: CT_SEEN,
                             icmp_type: ICMP_ECHO,
                         },
                     )
@@ -142,7 +142,7 @@ pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
                             csum_off: off + 2,
                             sport_off: off + 4,
                             dport_off: off + 4,
-                            tcp_flags: 0,
+                            tcp_flags: CT_SEEN,
                             icmp_type: ICMP_ECHOREPLY,
                         },
                     )

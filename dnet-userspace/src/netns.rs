@@ -202,3 +202,33 @@ fn set_up(ifname: &str) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `SO_NETNS_COOKIE` of the calling thread's network namespace: the id BPF
+/// programs see from `bpf_get_netns_cookie`.
+pub fn cookie() -> Result<u64, NetnsError> {
+    use std::os::fd::AsRawFd as _;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(sys("socket"))?;
+    let mut v: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for the kernel to write; the socket is ours.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut v as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(sys("SO_NETNS_COOKIE")(nix::Error::last()));
+    }
+    Ok(v)
+}

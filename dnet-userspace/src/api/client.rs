@@ -114,6 +114,12 @@ impl Client {
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.call(Method::DELETE, path, None).await.map(|_| ())
     }
+
+    /// A DELETE whose answer has a body.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let b = self.call(Method::DELETE, path, None).await?;
+        serde_json::from_slice(&b).map_err(proto)
+    }
 }
 
 /// Percent-encodes a path segment (names are plain, but be safe).

@@ -184,6 +184,9 @@ pub struct EndpointStatsView {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Packets of the endpoint's flows that NAT rewrote.
+    #[serde(default)]
+    pub translated: u64,
     /// Drops by reason; reasons with no drops are left out.
     pub drops: BTreeMap<String, u64>,
 }

@@ -66,6 +66,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(container).delete(remove_container),
         )
         .route("/v1/stats", get(stats))
+        .route("/v1/conntrack", get(conntrack).delete(flush_conntrack))
         .fallback(|| async {
             ApiError(Error::NotFound(
                 "no such API path (this daemon serves /v1/...)".into(),
@@ -179,4 +180,19 @@ async fn remove_container(
 
 async fn stats(State(e): Engine_) -> Api<super::StatsView> {
     Ok(Json(e.stats().await?))
+}
+
+async fn conntrack(State(e): Engine_) -> Api<Vec<crate::engine::conntrack::FlowView>> {
+    Ok(Json(e.conntrack().await?))
+}
+
+#[derive(serde::Serialize)]
+struct Flushed {
+    entries: usize,
+}
+
+async fn flush_conntrack(State(e): Engine_) -> Api<Flushed> {
+    Ok(Json(Flushed {
+        entries: e.flush_conntrack().await?,
+    }))
 }

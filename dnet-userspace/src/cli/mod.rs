@@ -1,6 +1,7 @@
 //! The `dnet` command line: one file per command. Every command but
 //! `daemon` talks to the daemon over its API socket.
 
+mod conntrack;
 mod daemon;
 mod exec;
 mod info;
@@ -62,8 +63,11 @@ pub enum Command {
     Rm(rm::Args),
     /// Show the daemon, its uplink, programs and maps.
     Info,
-    /// Show per-endpoint packets, bytes and drops by reason.
+    /// Show per-endpoint packets, bytes, translated packets and drops by reason.
     Stats,
+    /// The datapath's connection tracking (NAT) table.
+    #[command(subcommand)]
+    Conntrack(conntrack::Command),
 }
 
 /// Exit code when dnet itself fails (as `docker run`'s 125).
@@ -100,6 +104,7 @@ pub fn main() -> ExitCode {
             Command::Rm(args) => rm::run(args, &client).await,
             Command::Info => info::run(&client, cli.format).await,
             Command::Stats => stats::run(&client, cli.format).await,
+            Command::Conntrack(cmd) => conntrack::run(cmd, &client, cli.format).await,
         }
     });
     match r {

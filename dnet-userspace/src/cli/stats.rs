@@ -19,6 +19,7 @@ pub async fn run(client: &Client, format: Format) -> anyhow::Result<ExitCode> {
         "RX BYTES",
         "TX PKTS",
         "TX BYTES",
+        "NAT PKTS",
         "DROPS",
     ]);
     for e in &s.endpoints {
@@ -31,6 +32,7 @@ pub async fn run(client: &Client, format: Format) -> anyhow::Result<ExitCode> {
             e.rx_bytes.to_string(),
             e.tx_packets.to_string(),
             e.tx_bytes.to_string(),
+            e.translated.to_string(),
             if drops.is_empty() {
                 "-".into()
             } else {

@@ -142,7 +142,13 @@ impl Datapath {
     /// Loads the object and every program, so that a verifier rejection
     /// fails here. With `pins`, maps are pinned there (reused if present).
     pub fn load(pins: Option<&Path>) -> Result<Datapath> {
+        Datapath::load_with(pins, m::CT_ENTRIES)
+    }
+
+    /// As [`Datapath::load`], with the conntrack map's size.
+    pub fn load_with(pins: Option<&Path>, ct_entries: u32) -> Result<Datapath> {
         let mut loader = EbpfLoader::new();
+        loader.map_max_entries(m::CT, ct_entries);
         let map_paths: Vec<(&'static str, PathBuf)> = match pins {
             Some(dir) => {
                 let maps_dir = dir.join("maps");
@@ -285,7 +291,7 @@ impl Datapath {
     }
 
     /// Attaches the socket hooks to the cgroup v2 hierarchy at `cgroup`,
-    /// alongside any other programs there (other daemons' included), unless
+    /// beside any other programs there (other daemons' included), unless
     /// their pinned links already exist.
     pub fn attach_sock_hooks(&mut self, cgroup: &Path) -> Result<()> {
         let dir = fs::File::open(cgroup).map_err(io_err("open", cgroup))?;
@@ -303,8 +309,11 @@ impl Datapath {
                 .ok_or(DatapathError::Missing(name))?
                 .try_into()
                 .map_err(prog_err(name))?;
+            // A cgroup link always sits beside the cgroup's other programs
+            // (the kernel attaches links with BPF_F_ALLOW_MULTI) and refuses
+            // any flag, so the "single" mode here means: no flags.
             let id = p
-                .attach(&dir, CgroupAttachMode::AllowMultiple)
+                .attach(&dir, CgroupAttachMode::Single)
                 .map_err(prog_err(name))?;
             let link: FdLink = p
                 .take_link(id)

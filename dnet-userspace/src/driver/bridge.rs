@@ -325,6 +325,11 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         .await?
         .ok_or_else(|| conflict!("veth {host_ifname} vanished"))?;
     sysctl_disable_ipv6(host_ifname)?;
+    // The datapath's route lookups (bpf_fib_lookup) for the container's
+    // packets want forwarding on the interface they arrived on. The kernel
+    // forwards nothing itself: every packet it sees from here is local or
+    // already steered by the datapath.
+    netns::sysctl(&format!("net/ipv4/conf/{host_ifname}/forwarding"), "1")?;
 
     // The programs and map entries come first: no frame crosses the pair
     // before the datapath knows the endpoint.

@@ -11,8 +11,13 @@
 //!
 //! Operations are serialised by one lock; they take milliseconds.
 
+pub mod conntrack;
+mod nat;
+mod ports;
 mod process;
 mod reconcile;
+
+pub use nat::NatOptions;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -41,8 +46,7 @@ use crate::{
         Container, DriverKind, Endpoint, Ipam, MacAddr, Netns, Network, Process, State, new_id, now,
     },
     netlink::{Netlink, RTPROT_DNET},
-    netns, not_found,
-    spec::{self, PortMapping},
+    netns, not_found, spec,
     store::Store,
 };
 
@@ -54,6 +58,7 @@ pub struct Config {
     pub uplink: Option<String>,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
+    pub nat: NatOptions,
 }
 
 impl Config {
@@ -93,7 +98,7 @@ impl Engine {
         let store = Store::open(&cfg.state_dir)?;
         let state = store.load()?;
         datapath::ensure_mounted(&cfg.bpffs)?;
-        let dp = Datapath::load(Some(&cfg.bpffs))?;
+        let dp = Datapath::load_with(Some(&cfg.bpffs), cfg.nat.ct_entries)?;
         let nl = Netlink::open()?;
         let uplink = match &cfg.uplink {
             Some(name) => Some(
@@ -113,8 +118,10 @@ impl Engine {
             store,
             ctx: Ctx { nl, dp, uplink },
         };
+        inner.setup_nat().await?;
         inner.ensure_predefined().await?;
         inner.reconcile().await?;
+        let gc_interval = inner.cfg.nat.gc_interval;
         let engine = Arc::new(Engine {
             inner: Mutex::new(inner),
             exits: Arc::new(StdMutex::new(HashMap::new())),
@@ -126,6 +133,18 @@ impl Engine {
                 let Some(engine) = weak.upgrade() else { break };
                 if let Err(e) = engine.reap().await {
                     tracing::warn!("reaping containers: {e}");
+                }
+            }
+        });
+        let weak = Arc::downgrade(&engine);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(gc_interval).await;
+                let Some(engine) = weak.upgrade() else { break };
+                match engine.inner.lock().await.collect_flows() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(entries = n, "expired flows collected"),
+                    Err(e) => tracing::warn!("collecting expired flows: {e}"),
                 }
             }
         });
@@ -256,6 +275,7 @@ impl Engine {
                     rx_bytes: s.rx_bytes,
                     tx_packets: s.tx_packets,
                     tx_bytes: s.tx_bytes,
+                    translated: s.translated,
                     drops: drops_by_reason(&s.drops),
                 });
             }
@@ -266,6 +286,32 @@ impl Engine {
             endpoints,
             unattributed_drops: drops_by_reason(&global.drops),
         })
+    }
+
+    /// The translated flows.
+    pub async fn conntrack(&self) -> Result<Vec<conntrack::FlowView>> {
+        let inner = self.inner.lock().await;
+        let entries = inner.ctx.dp.conntrack()?;
+        let now = conntrack::now_ns();
+        let t = inner.cfg.nat.timeouts;
+        Ok(conntrack::flows(&entries)
+            .iter()
+            .map(|f| conntrack::view(f, now, &t))
+            .collect())
+    }
+
+    /// Empties the conntrack table; returns how many entries went.
+    pub async fn flush_conntrack(&self) -> Result<usize> {
+        let mut inner = self.inner.lock().await;
+        let keys: Vec<_> = inner
+            .ctx
+            .dp
+            .conntrack()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        inner.ctx.dp.ct_remove(&keys)?;
+        Ok(keys.len())
     }
 
     /// Removes foreground containers whose `dnet run` is gone, and notes
@@ -732,6 +778,7 @@ impl Inner {
         }
         let made = async {
             self.attach(&c, &ep).await?;
+            self.publish(&c)?;
             if req.detach {
                 let path = self.netns_path(&c);
                 let log = self.cfg.log_dir().join(format!("{id}.log"));
@@ -771,50 +818,14 @@ impl Inner {
         Ok(id)
     }
 
-    /// Parses `-p` specs and checks them against the network and the ports
-    /// already published.
-    fn check_ports(&self, specs: &[String], net: &Network) -> Result<Vec<PortMapping>> {
-        let ports: Vec<PortMapping> = specs
-            .iter()
-            .map(|s| s.parse::<PortMapping>())
-            .collect::<std::result::Result<_, _>>()?;
-        if ports.is_empty() {
-            return Ok(ports);
-        }
-        if net.driver != DriverKind::Bridge {
-            return Err(invalid!(
-                "ports can only be published on a bridge network ({} uses the {} driver)",
-                net.name,
-                net.driver
-            ));
-        }
-        if net.internal {
-            return Err(invalid!(
-                "network {} is internal: it cannot publish ports",
-                net.name
-            ));
-        }
-        for (i, p) in ports.iter().enumerate() {
-            if let Some(q) = ports[..i].iter().find(|q| q.clashes_with(p)) {
-                return Err(conflict!("published ports {q} and {p} overlap"));
-            }
-            for c in self.state.containers.values() {
-                if let Some(q) = c.ports.iter().find(|q| q.clashes_with(p)) {
-                    return Err(conflict!(
-                        "port {p} is already published by container {} ({q})",
-                        c.name
-                    ));
-                }
-            }
-        }
-        Ok(ports)
-    }
-
     /// Removes a container's kernel objects and processes (not its record).
     async fn teardown_container(&mut self, c: &Container) {
         if let Some(p) = &c.process {
             process::kill(p);
         }
+        self.unpublish(c);
+        let addrs: Vec<Ipv4Addr> = c.endpoints.iter().filter_map(|e| e.ip).collect();
+        self.forget_flows(&addrs);
         for ep in c.endpoints.iter().rev() {
             self.detach(c, ep).await;
         }

@@ -87,7 +87,7 @@ impl Inner {
 
     /// Removes what dnet made and the state does not hold.
     async fn collect_garbage(&mut self) -> Result<()> {
-        let st = &self.state;
+        let st = self.state.clone();
         let veths: HashSet<String> = st
             .containers
             .values()
@@ -190,6 +190,21 @@ impl Inner {
         for n in &bridges {
             driver::refresh_members(&mut self.ctx.dp, n.dp_id)?;
         }
+        self.sync_services()?;
+        // Flows of containers the state no longer holds.
+        let known: Vec<std::net::Ipv4Addr> = st
+            .containers
+            .values()
+            .flat_map(|c| c.endpoints.iter().filter_map(|e| e.ip))
+            .collect();
+        let entries = self.ctx.dp.conntrack()?;
+        let known_be: HashSet<u32> = known.iter().map(|a| ipv4_be(*a)).collect();
+        let stale: Vec<_> = entries
+            .iter()
+            .filter(|(_, e)| !known_be.contains(&e.endpoint_be))
+            .map(|(k, _)| *k)
+            .collect();
+        self.ctx.dp.ct_remove(&stale)?;
 
         // Namespaces under the state folder that no container owns.
         let owned: HashSet<_> = st

@@ -1,0 +1,382 @@
+//! Reading the datapath's conntrack map: pairing the two entries of a flow,
+//! the TCP state, when a flow expires, and the view `dnet conntrack ls`
+//! shows. Pure logic over the entries, so it is unit-tested without a
+//! kernel.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use dnet_common::{
+    CtEntry, CtKey,
+    addr::ipv4_from_be,
+    nat::{
+        CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY, CT_F_SNAT, CT_SEEN, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN,
+    },
+};
+use serde::{Deserialize, Serialize};
+
+/// How long an idle flow lives, by protocol and state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn: Duration,
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+    pub icmp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn: Duration::from_secs(60),
+            tcp_established: Duration::from_secs(6 * 3600),
+            tcp_closing: Duration::from_secs(30),
+            udp: Duration::from_secs(60),
+            icmp: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowState {
+    /// TCP: a SYN went out, nothing came back yet.
+    SynSent,
+    /// TCP: answered.
+    Established,
+    /// TCP: FIN both ways, or a RST.
+    Closing,
+    /// UDP or ICMP: seen one way only.
+    Unreplied,
+    /// UDP or ICMP: seen both ways.
+    Replied,
+}
+
+/// A flow: its first entry (the direction that opened it) and, when
+/// present, its reply entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub key: CtKey,
+    pub entry: CtEntry,
+    pub reply: Option<(CtKey, CtEntry)>,
+}
+
+/// The tuple a packet keyed `k` has after `e` rewrote it.
+pub fn translated(k: &CtKey, e: &CtEntry) -> CtKey {
+    let mut t = *k;
+    if e.flags & CT_F_SNAT != 0 {
+        t.saddr_be = e.new_saddr_be;
+        t.sport_be = e.new_sport_be;
+    }
+    if e.flags & CT_F_DNAT != 0 {
+        t.daddr_be = e.new_daddr_be;
+        t.dport_be = e.new_dport_be;
+    }
+    t
+}
+
+/// The key of the other direction of the flow `k` belongs to.
+pub fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
+    translated(k, e).reversed()
+}
+
+/// Groups entries into flows. An entry whose partner is missing (the LRU
+/// dropped it) becomes a flow of its own.
+pub fn flows(entries: &[(CtKey, CtEntry)]) -> Vec<Flow> {
+    let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
+    let mut out = Vec::new();
+    for (k, e) in entries {
+        let p = partner(k, e);
+        let partner = by_key.get(&p).map(|pe| (p, *pe));
+        if e.flags & CT_F_REPLY != 0 {
+            // Listed with its opening entry, unless that is gone.
+            if partner.is_none() {
+                out.push(Flow {
+                    key: *k,
+                    entry: *e,
+                    reply: None,
+                });
+            }
+            continue;
+        }
+        out.push(Flow {
+            key: *k,
+            entry: *e,
+            reply: partner,
+        });
+    }
+    out.sort_by_key(|f| f.entry.created_ns);
+    out
+}
+
+pub fn state(f: &Flow) -> FlowState {
+    let fwd = f.entry.tcp_seen;
+    let rev = f.reply.map(|(_, e)| e.tcp_seen).unwrap_or(0);
+    if f.key.proto == 6 {
+        if (fwd | rev) & TCP_RST != 0 || (fwd & TCP_FIN != 0 && rev & TCP_FIN != 0) {
+            FlowState::Closing
+        } else if rev & (TCP_SYN | TCP_ACK) != 0 || fwd & TCP_ACK != 0 {
+            FlowState::Established
+        } else {
+            FlowState::SynSent
+        }
+    } else if rev & CT_SEEN != 0 {
+        FlowState::Replied
+    } else {
+        FlowState::Unreplied
+    }
+}
+
+pub fn timeout(f: &Flow, t: &Timeouts) -> Duration {
+    match (f.key.proto, state(f)) {
+        (6, FlowState::SynSent) => t.tcp_syn,
+        (6, FlowState::Closing) => t.tcp_closing,
+        (6, _) => t.tcp_established,
+        (1, _) => t.icmp,
+        _ => t.udp,
+    }
+}
+
+/// When the flow was last used (either way), in `bpf_ktime_get_ns` time.
+pub fn last_seen(f: &Flow) -> u64 {
+    f.entry
+        .last_seen_ns
+        .max(f.reply.map(|(_, e)| e.last_seen_ns).unwrap_or(0))
+}
+
+/// Keys of the flows idle beyond their timeout at `now_ns` (both entries).
+pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64, t: &Timeouts) -> Vec<CtKey> {
+    let mut keys = Vec::new();
+    for f in flows(entries) {
+        let idle = now_ns.saturating_sub(last_seen(&f));
+        if idle > timeout(&f, t).as_nanos() as u64 {
+            keys.push(f.key);
+            if let Some((k, _)) = f.reply {
+                keys.push(k);
+            }
+        }
+    }
+    keys
+}
+
+/// Keys of the entries that involve any of `addrs` (a container's).
+pub fn keys_of(entries: &[(CtKey, CtEntry)], addrs: &[Ipv4Addr]) -> Vec<CtKey> {
+    let be: Vec<u32> = addrs
+        .iter()
+        .map(|a| dnet_common::addr::ipv4_be(*a))
+        .collect();
+    entries
+        .iter()
+        .filter(|(k, e)| {
+            [
+                k.saddr_be,
+                k.daddr_be,
+                e.new_saddr_be,
+                e.new_daddr_be,
+                e.endpoint_be,
+            ]
+            .iter()
+            .any(|a| be.contains(a))
+        })
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+/// One flow as `dnet conntrack ls` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FlowView {
+    pub proto: String,
+    /// `snat` (a container to the world), `dnat` (the world to a published
+    /// port) or `hairpin` (a container to a published port).
+    pub kind: String,
+    /// The tuple as the flow's first packet was sent.
+    pub original: Tuple,
+    /// The same packet after translation.
+    pub translated: Tuple,
+    pub state: FlowState,
+    pub age_secs: u64,
+    pub expires_in_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Tuple {
+    pub src: String,
+    pub dst: String,
+}
+
+fn endpoint(addr_be: u32, port_be: u16, proto: u8) -> String {
+    let a = ipv4_from_be(addr_be);
+    if proto == 1 {
+        // ICMP: the identifier.
+        if port_be == 0 {
+            a.to_string()
+        } else {
+            format!("{a} id {}", u16::from_be(port_be))
+        }
+    } else {
+        format!("{a}:{}", u16::from_be(port_be))
+    }
+}
+
+fn tuple(k: &CtKey) -> Tuple {
+    Tuple {
+        src: endpoint(k.saddr_be, k.sport_be, k.proto),
+        dst: endpoint(k.daddr_be, k.dport_be, k.proto),
+    }
+}
+
+pub fn view(f: &Flow, now_ns: u64, t: &Timeouts) -> FlowView {
+    let e = &f.entry;
+    let kind = match (
+        e.flags & CT_F_SNAT != 0,
+        e.flags & CT_F_DNAT != 0,
+        e.flags & CT_F_PUBLISHED != 0,
+    ) {
+        (true, true, _) => "hairpin",
+        (_, true, true) => "dnat",
+        (true, false, _) => "snat",
+        _ if e.flags & CT_F_REPLY != 0 => "reply",
+        _ => "other",
+    };
+    let idle = now_ns.saturating_sub(last_seen(f));
+    let ttl = (timeout(f, t).as_nanos() as u64).saturating_sub(idle);
+    FlowView {
+        proto: match f.key.proto {
+            6 => "tcp".into(),
+            17 => "udp".into(),
+            1 => "icmp".into(),
+            p => p.to_string(),
+        },
+        kind: kind.into(),
+        original: tuple(&f.key),
+        translated: tuple(&translated(&f.key, e)),
+        state: state(f),
+        age_secs: now_ns.saturating_sub(e.created_ns) / 1_000_000_000,
+        expires_in_secs: ttl / 1_000_000_000,
+    }
+}
+
+/// `bpf_ktime_get_ns()` as userspace reads it.
+pub fn now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use dnet_common::{addr::ipv4_be, nat::CT_F_TO_ENDPOINT};
+
+    use super::*;
+
+    fn ip(s: &str) -> u32 {
+        ipv4_be(s.parse().unwrap())
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    /// An outbound UDP flow 172.17.0.2:4000 -> 198.18.0.1:53 translated to
+    /// 198.18.0.2:50000, as the datapath makes it.
+    fn snat_pair(created: u64, reply_seen: Option<u64>) -> Vec<(CtKey, CtEntry)> {
+        let fk = CtKey {
+            saddr_be: ip("172.17.0.2"),
+            daddr_be: ip("198.18.0.1"),
+            sport_be: 4000u16.to_be(),
+            dport_be: 53u16.to_be(),
+            proto: 17,
+            _pad: [0; 3],
+        };
+        let fe = CtEntry {
+            new_saddr_be: ip("198.18.0.2"),
+            new_sport_be: 50000u16.to_be(),
+            flags: CT_F_SNAT,
+            endpoint_be: ip("172.17.0.2"),
+            created_ns: created,
+            last_seen_ns: created,
+            ..Default::default()
+        };
+        let rk = partner(&fk, &fe);
+        let re = CtEntry {
+            new_daddr_be: ip("172.17.0.2"),
+            new_dport_be: 4000u16.to_be(),
+            flags: CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_REPLY,
+            endpoint_be: ip("172.17.0.2"),
+            created_ns: created,
+            last_seen_ns: reply_seen.unwrap_or(created),
+            ..Default::default()
+        };
+        vec![(fk, fe), (rk, re)]
+    }
+
+    #[test]
+    fn the_two_directions_pair_up() {
+        let es = snat_pair(10 * S, None);
+        let (rk, _) = es[1];
+        assert_eq!(rk.saddr_be, ip("198.18.0.1"));
+        assert_eq!(rk.daddr_be, ip("198.18.0.2"));
+        assert_eq!(u16::from_be(rk.dport_be), 50000);
+        let fs = flows(&es);
+        assert_eq!(fs.len(), 1);
+        assert_eq!(fs[0].reply.map(|r| r.0), Some(rk));
+        let v = view(&fs[0], 12 * S, &Timeouts::default());
+        assert_eq!(v.kind, "snat");
+        assert_eq!(v.original.src, "172.17.0.2:4000");
+        assert_eq!(v.translated.src, "198.18.0.2:50000");
+        assert_eq!(v.translated.dst, "198.18.0.1:53");
+        assert_eq!(v.age_secs, 2);
+        assert_eq!(v.expires_in_secs, 58);
+    }
+
+    #[test]
+    fn idle_flows_expire_by_the_later_direction() {
+        let t = Timeouts {
+            udp: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let es = snat_pair(10 * S, Some(14 * S));
+        assert!(
+            expired(&es, 18 * S, &t).is_empty(),
+            "the reply kept it alive"
+        );
+        assert_eq!(expired(&es, 20 * S, &t).len(), 2, "both entries go");
+    }
+
+    #[test]
+    fn tcp_states_follow_the_flags() {
+        let mut es = snat_pair(0, None);
+        for e in &mut es {
+            e.0.proto = 6;
+        }
+        // Pairing uses the key after the change.
+        let rk = partner(&es[0].0, &es[0].1);
+        es[1].0 = rk;
+        es[0].1.tcp_seen = TCP_SYN;
+        assert_eq!(state(&flows(&es)[0]), FlowState::SynSent);
+        es[1].1.tcp_seen = TCP_SYN | TCP_ACK;
+        assert_eq!(state(&flows(&es)[0]), FlowState::Established);
+        es[0].1.tcp_seen |= TCP_FIN;
+        assert_eq!(state(&flows(&es)[0]), FlowState::Established, "half closed");
+        es[1].1.tcp_seen |= TCP_FIN;
+        assert_eq!(state(&flows(&es)[0]), FlowState::Closing);
+        let t = Timeouts::default();
+        assert_eq!(timeout(&flows(&es)[0], &t), t.tcp_closing);
+    }
+
+    #[test]
+    fn an_orphaned_reply_entry_still_expires() {
+        let es = snat_pair(0, None);
+        let only_reply = vec![es[1]];
+        assert_eq!(flows(&only_reply).len(), 1);
+        assert_eq!(
+            expired(&only_reply, 3600 * S, &Timeouts::default()).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_containers_entries_are_found_by_any_of_its_addresses() {
+        let es = snat_pair(0, None);
+        assert_eq!(keys_of(&es, &["172.17.0.2".parse().unwrap()]).len(), 2);
+        assert!(keys_of(&es, &["172.17.0.3".parse().unwrap()]).is_empty());
+    }
+}

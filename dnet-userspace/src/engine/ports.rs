@@ -1,0 +1,209 @@
+//! Published ports: checking a request against the host and the other
+//! containers, and keeping the datapath's service map equal to the state.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket},
+};
+
+use dnet_common::{Service, ServiceKey, addr::ipv4_be};
+
+use super::Inner;
+use crate::{
+    conflict,
+    error::{Error, Result},
+    invalid,
+    model::{Container, DriverKind, Network, State},
+    spec::{PortMapping, Proto},
+};
+
+/// The service entries a container's published ports need.
+pub fn services_of(c: &Container) -> Vec<(ServiceKey, Service)> {
+    let Some(ip) = c
+        .endpoints
+        .iter()
+        .find_map(|e| e.host_ifname.as_ref().and(e.ip))
+    else {
+        return Vec::new();
+    };
+    let mut v = Vec::new();
+    for m in &c.ports {
+        for i in 0..m.count {
+            v.push((
+                ServiceKey {
+                    addr_be: m.host_ip.map(ipv4_be).unwrap_or(0),
+                    port_be: (m.host_port + i).to_be(),
+                    proto: m.proto.number(),
+                    _pad: 0,
+                },
+                Service {
+                    backend_be: ipv4_be(ip),
+                    backend_port_be: (m.container_port + i).to_be(),
+                    _pad: 0,
+                },
+            ));
+        }
+    }
+    v
+}
+
+/// Every service entry the state asks for.
+pub fn services_of_state(st: &State) -> BTreeMap<(u32, u16, u8), Service> {
+    st.containers
+        .values()
+        .flat_map(services_of)
+        .map(|(k, s)| ((k.addr_be, k.port_be, k.proto), s))
+        .collect()
+}
+
+/// Can the host give this port away? A process listening on it (or an
+/// address the host does not have) says no, as `docker-proxy`'s bind
+/// would.
+fn host_port_free(ip: Option<Ipv4Addr>, port: u16, proto: Proto) -> Result<()> {
+    let addr = SocketAddrV4::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port);
+    let r = match proto {
+        Proto::Tcp => TcpListener::bind(addr).map(drop),
+        Proto::Udp => UdpSocket::bind(addr).map(drop),
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(conflict!(
+            "host port {port}/{} is in use on this host",
+            proto.as_str()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            Err(invalid!("{} is not an address of this host", addr.ip()))
+        }
+        Err(e) => Err(Error::io(format!("checking host port {addr}"))(e)),
+    }
+}
+
+impl Inner {
+    /// Parses `-p` specs and checks them against the network, the ports
+    /// already published and the host's own sockets.
+    pub(super) fn check_ports(&self, specs: &[String], net: &Network) -> Result<Vec<PortMapping>> {
+        let ports: Vec<PortMapping> = specs
+            .iter()
+            .map(|s| s.parse::<PortMapping>())
+            .collect::<std::result::Result<_, _>>()?;
+        if ports.is_empty() {
+            return Ok(ports);
+        }
+        if net.driver != DriverKind::Bridge {
+            return Err(invalid!(
+                "ports can only be published on a bridge network ({} uses the {} driver)",
+                net.name,
+                net.driver
+            ));
+        }
+        if net.internal {
+            return Err(invalid!(
+                "network {} is internal: it cannot publish ports",
+                net.name
+            ));
+        }
+        for (i, p) in ports.iter().enumerate() {
+            if let Some(q) = ports[..i].iter().find(|q| q.clashes_with(p)) {
+                return Err(conflict!("published ports {q} and {p} overlap"));
+            }
+            for c in self.state.containers.values() {
+                if let Some(q) = c.ports.iter().find(|q| q.clashes_with(p)) {
+                    return Err(conflict!(
+                        "port {p} is already published by container {} ({q})",
+                        c.name
+                    ));
+                }
+            }
+        }
+        for p in &ports {
+            for port in p.host_ports() {
+                host_port_free(p.host_ip, port, p.proto)?;
+            }
+        }
+        Ok(ports)
+    }
+
+    /// Publishes a container's ports in the datapath.
+    pub(super) fn publish(&mut self, c: &Container) -> Result<()> {
+        for (k, s) in services_of(c) {
+            self.ctx.dp.set_service(&k, &s)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a container's ports from the datapath.
+    pub(super) fn unpublish(&mut self, c: &Container) {
+        for (k, _) in services_of(c) {
+            if let Err(e) = self.ctx.dp.clear_service(&k) {
+                tracing::warn!(container = %c.name, "unpublishing: {e}");
+            }
+        }
+    }
+
+    /// Makes the service map equal to the state's ports.
+    pub(super) fn sync_services(&mut self) -> Result<()> {
+        let want = services_of_state(&self.state);
+        for (k, s) in self.ctx.dp.services()? {
+            if want.get(&(k.addr_be, k.port_be, k.proto)) != Some(&s) {
+                self.ctx.dp.clear_service(&k)?;
+            }
+        }
+        let have: BTreeMap<(u32, u16, u8), Service> = self
+            .ctx
+            .dp
+            .services()?
+            .into_iter()
+            .map(|(k, s)| ((k.addr_be, k.port_be, k.proto), s))
+            .collect();
+        for ((addr_be, port_be, proto), s) in want {
+            if have.get(&(addr_be, port_be, proto)) != Some(&s) {
+                let k = ServiceKey {
+                    addr_be,
+                    port_be,
+                    proto,
+                    _pad: 0,
+                };
+                self.ctx.dp.set_service(&k, &s)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, Netns};
+
+    #[test]
+    fn a_range_becomes_one_service_per_port() {
+        let c = Container {
+            id: "c".into(),
+            name: "c".into(),
+            created: 0,
+            netns: Netns::Host,
+            endpoints: vec![Endpoint {
+                network_id: "n".into(),
+                ifname: Some("eth0".into()),
+                host_ifname: Some("veth0000001".into()),
+                ip: Some("172.17.0.2".parse().unwrap()),
+                mac: None,
+                slot: Some(1),
+            }],
+            ports: vec![
+                "8000-8002:9000-9002".parse().unwrap(),
+                "127.0.0.1:53:5353/udp".parse().unwrap(),
+            ],
+            process: None,
+            owner: None,
+        };
+        let s = services_of(&c);
+        assert_eq!(s.len(), 4);
+        assert_eq!(u16::from_be(s[2].0.port_be), 8002);
+        assert_eq!(u16::from_be(s[2].1.backend_port_be), 9002);
+        assert_eq!(s[2].0.addr_be, 0);
+        assert_eq!(s[3].0.addr_be, ipv4_be("127.0.0.1".parse().unwrap()));
+        assert_eq!(s[3].0.proto, 17);
+        assert_eq!(s[3].1.backend_be, ipv4_be("172.17.0.2".parse().unwrap()));
+    }
+}
