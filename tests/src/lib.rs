@@ -90,6 +90,8 @@ pub struct Sandbox {
     pub dir: PathBuf,
     pub bpffs: PathBuf,
     daemon: Option<Child>,
+    /// Extra `dnet daemon` flags.
+    daemon_args: Vec<String>,
     /// Background processes started in the sandbox (servers), killed on drop.
     children: Vec<Child>,
 }
@@ -98,6 +100,14 @@ impl Sandbox {
     /// A new sandbox with its daemon running.
     pub fn new() -> Sandbox {
         let mut sb = Sandbox::without_daemon();
+        sb.start_daemon();
+        sb
+    }
+
+    /// A sandbox whose daemon runs with extra flags.
+    pub fn with_daemon_args(args: &[&str]) -> Sandbox {
+        let mut sb = Sandbox::without_daemon();
+        sb.daemon_args = args.iter().map(|a| a.to_string()).collect();
         sb.start_daemon();
         sb
     }
@@ -114,6 +124,7 @@ impl Sandbox {
             dir,
             name,
             daemon: None,
+            daemon_args: Vec::new(),
             children: Vec::new(),
         };
         fs::create_dir_all(&sb.dir).expect("sandbox folder");
@@ -210,6 +221,7 @@ impl Sandbox {
             .arg(&self.bpffs)
             .arg("--log-level")
             .arg("dnet=debug,info")
+            .args(&self.daemon_args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

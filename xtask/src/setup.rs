@@ -21,6 +21,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
     ("arping", "iputils-arping"),
+    ("conntrack", "conntrack"),
 ];
 
 pub fn run(root: &Path) -> anyhow::Result<()> {

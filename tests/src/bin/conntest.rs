@@ -8,6 +8,7 @@
 //!   conntest tcp IP:PORT [--timeout S]    print what the server saw; exit 0
 //!   conntest udp IP:PORT [--timeout S]      when it answered, 1 otherwise
 //!                [--broadcast]            (to a broadcast address)
+//!                [--bind PORT]            from this source port
 //!                [--count N --interval S] N requests in a row; all must be
 //!                                         answered (a loss test)
 //!   conntest ping IP... [--timeout S] [--count N] [--size N]
@@ -77,7 +78,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 let interval = Duration::from_secs_f64(flag(args, "--interval", 0.01)?);
                 return udp_series(addr(a)?, count, interval, timeout);
             }
-            println!("{}", udp_once(addr(a)?, timeout, broadcast)?);
+            let bind_port: u16 = flag(args, "--bind", 0)?;
+            println!("{}", udp_once(addr(a)?, timeout, broadcast, bind_port)?);
             Ok(())
         }
         ["ping", ..] => {
@@ -150,16 +152,32 @@ fn tcp_once(a: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
     Ok(line.trim().to_owned())
 }
 
-fn udp_once(a: SocketAddr, timeout: Duration, broadcast: bool) -> anyhow::Result<String> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+/// One request over a connected socket (so that an ICMP port unreachable
+/// comes back as "connection refused"), or a broadcast one.
+fn udp_once(
+    a: SocketAddr,
+    timeout: Duration,
+    broadcast: bool,
+    bind_port: u16,
+) -> anyhow::Result<String> {
+    let s = UdpSocket::bind(("0.0.0.0", bind_port))?;
     s.set_broadcast(broadcast)?;
     s.set_read_timeout(Some(timeout / 3))?;
+    if !broadcast {
+        s.connect(a)?;
+    }
     let mut buf = [0u8; 512];
     // Three tries: UDP may lose the first datagram while ARP resolves.
     for _ in 0..3 {
-        s.send_to(b"hello\n", a)?;
-        if let Ok((n, _)) = s.recv_from(&mut buf) {
-            return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+        if broadcast {
+            s.send_to(b"hello\n", a)?;
+        } else {
+            s.send(b"hello\n")?;
+        }
+        match s.recv_from(&mut buf) {
+            Ok((n, _)) => return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(e.into()),
+            Err(_) => {}
         }
     }
     anyhow::bail!("no answer from {a}")

@@ -1,0 +1,705 @@
+//! North-south in eBPF: outbound NAT, published ports, hairpin and host
+//! access, with the datapath's own conntrack; servers in the world
+//! namespace, real traffic, the real `dnet` binary.
+
+use std::{process::Command, time::Duration};
+
+use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP, conntest_bin, in_netns, sh_ok, wait_until};
+use serde_json::Value;
+
+fn ct() -> String {
+    conntest_bin().to_str().unwrap().to_owned()
+}
+
+fn ok(o: &std::process::Output) -> bool {
+    o.status.success()
+}
+
+fn out(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// Starts conntest servers in the world namespace.
+fn world_servers(sb: &mut Sandbox, tcp: &[u16], udp: &[u16]) {
+    let w = sb.world_netns_path();
+    for p in tcp {
+        sb.spawn_in(&w, &ct(), &["serve", "tcp", &p.to_string()]);
+    }
+    for p in udp {
+        sb.spawn_in(&w, &ct(), &["serve", "udp", &p.to_string()]);
+    }
+    // Ready when a host-side client gets an answer.
+    for p in tcp {
+        let a = format!("{WORLD_IP}:{p}");
+        assert!(wait_until(Duration::from_secs(5), || ok(
+            &sb.in_host(&ct(), &["tcp", &a])
+        )));
+    }
+}
+
+fn drops(sb: &Sandbox, container: &str, reason: &str) -> u64 {
+    let s = sb.dnet_json(&["stats"]);
+    s["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["container"] == container)
+        .map(|e| e["drops"][reason].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn flows(sb: &Sandbox) -> Vec<Value> {
+    sb.dnet_json(&["conntrack", "ls"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// No netfilter rule in the host namespace, and no kernel conntrack entry
+/// for dnet's flows: the NAT happened in eBPF.
+fn assert_no_netfilter(sb: &Sandbox) {
+    let nft = sb.in_host("nft", &["list", "ruleset"]);
+    assert!(ok(&nft), "{}", out(&nft));
+    assert_eq!(stdout(&nft), "", "no nftables rules in the host namespace");
+    let o = sb.in_host("conntrack", &["-L"]);
+    let listing = stdout(&o);
+    assert!(
+        !listing.contains("172.17.") && !listing.contains(&UPLINK_IP.to_string()),
+        "kernel conntrack holds dnet's flows: {listing}"
+    );
+}
+
+#[test]
+fn containers_reach_the_world_as_the_uplink_address() {
+    let mut sb = Sandbox::new();
+    world_servers(&mut sb, &[80], &[53]);
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    let seen = |o: std::process::Output| {
+        assert!(ok(&o), "{}", out(&o));
+        stdout(&o)
+    };
+    let tcp = seen(sb.conntest_in("a", &["tcp", &format!("{WORLD_IP}:80")]));
+    assert!(
+        tcp.starts_with(&format!("{UPLINK_IP}:")),
+        "the world sees the uplink: {tcp}"
+    );
+    let udp = seen(sb.conntest_in("a", &["udp", &format!("{WORLD_IP}:53")]));
+    assert!(udp.starts_with(&format!("{UPLINK_IP}:")), "{udp}");
+    seen(sb.conntest_in("a", &["ping", &WORLD_IP.to_string()]));
+    // The flows are in dnet's table, translated to the uplink.
+    let f = flows(&sb);
+    for proto in ["tcp", "udp", "icmp"] {
+        let x = f
+            .iter()
+            .find(|x| x["proto"] == proto)
+            .unwrap_or_else(|| panic!("no {proto} flow: {f:?}"));
+        assert_eq!(x["kind"], "snat");
+        assert!(
+            x["original"]["src"]
+                .as_str()
+                .unwrap()
+                .starts_with("172.17.0.2")
+        );
+        assert!(
+            x["translated"]["src"]
+                .as_str()
+                .unwrap()
+                .starts_with(&UPLINK_IP.to_string())
+        );
+    }
+    let s = sb.dnet_json(&["stats"]);
+    assert!(
+        s["endpoints"][0]["translated"].as_u64().unwrap() >= 6,
+        "{s}"
+    );
+    assert_no_netfilter(&sb);
+}
+
+#[test]
+fn published_ports_reach_the_container_with_the_clients_address() {
+    let sb = Sandbox::new();
+    let ctb = ct();
+    sb.dnet_ok(&[
+        "run", "-d", "--name", "web", "-p", "8080:80", "--", &ctb, "serve", "tcp", "80",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "dns",
+        "-p",
+        "5353:53/udp",
+        "--",
+        &ctb,
+        "serve",
+        "udp",
+        "53",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "many",
+        "-p",
+        "9000-9004:7000-7004",
+        "--",
+        "sh",
+        "-c",
+        &format!("for p in 7000 7001 7002 7003 7004; do {ctb} serve tcp $p & done; wait"),
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "bound",
+        "-p",
+        &format!("{UPLINK_IP}:8081:80"),
+        "--",
+        &ctb,
+        "serve",
+        "tcp",
+        "80",
+    ]);
+    let w = |args: &[&str]| sb.in_world(&ctb, args);
+    let up = UPLINK_IP.to_string();
+    assert!(wait_until(Duration::from_secs(5), || ok(&w(&[
+        "tcp",
+        &format!("{up}:8080")
+    ]))));
+    let o = w(&["tcp", &format!("{up}:8080")]);
+    assert!(
+        stdout(&o).starts_with(&format!("{WORLD_IP}:")),
+        "the container sees the client: {}",
+        out(&o)
+    );
+    let o = w(&["udp", &format!("{up}:5353")]);
+    assert!(
+        ok(&o) && stdout(&o).starts_with(&format!("{WORLD_IP}:")),
+        "{}",
+        out(&o)
+    );
+    for p in 9000..=9004 {
+        assert!(
+            wait_until(Duration::from_secs(5), || ok(&w(&[
+                "tcp",
+                &format!("{up}:{p}")
+            ]))),
+            "range port {p}"
+        );
+    }
+    assert!(
+        ok(&w(&["tcp", &format!("{up}:8081")])),
+        "bound to the uplink address"
+    );
+    // An unpublished port is the host's (nothing listens: refused).
+    let o = w(&["tcp", &format!("{up}:8099"), "--timeout", "1"]);
+    assert!(!ok(&o) && out(&o).contains("refused"), "{}", out(&o));
+    let f = flows(&sb);
+    assert!(
+        f.iter()
+            .any(|x| x["kind"] == "dnat" && x["translated"]["dst"] == "172.17.0.2:80"),
+        "{f:?}"
+    );
+    // Removing the container removes its ports and its flows.
+    sb.dnet_ok(&["rm", "-f", "web"]);
+    let o = w(&["tcp", &format!("{up}:8080"), "--timeout", "1"]);
+    assert!(!ok(&o), "unpublished with its container");
+    assert!(
+        !flows(&sb)
+            .iter()
+            .any(|x| x["translated"]["dst"] == "172.17.0.2:80")
+    );
+    assert_no_netfilter(&sb);
+}
+
+#[test]
+fn hairpin_reaches_a_published_port_from_containers() {
+    let sb = Sandbox::new();
+    let ctb = ct();
+    sb.dnet_ok(&[
+        "run", "-d", "--name", "web", "-p", "8080:80", "--", &ctb, "serve", "tcp", "80",
+    ]);
+    sb.dnet_ok(&["network", "create", "--subnet", "10.20.0.0/24", "other"]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "client",
+        "--network",
+        "other",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let up = UPLINK_IP.to_string();
+    let target = format!("{up}:8080");
+    assert!(
+        wait_until(Duration::from_secs(5), || ok(
+            &sb.conntest_in("web", &["tcp", &target])
+        )),
+        "its own port"
+    );
+    let o = sb.conntest_in("client", &["tcp", &target]);
+    assert!(
+        ok(&o),
+        "another container's port, from another network: {}",
+        out(&o)
+    );
+    assert!(
+        stdout(&o).starts_with("172.17.0.1:"),
+        "the backend sees its gateway: {}",
+        out(&o)
+    );
+    assert!(flows(&sb).iter().any(|x| x["kind"] == "hairpin"));
+}
+
+#[test]
+fn the_host_reaches_published_ports_without_a_proxy_and_other_namespaces_are_left_alone() {
+    let mut sb = Sandbox::new();
+    let ctb = ct();
+    sb.dnet_ok(&[
+        "run", "-d", "--name", "web", "-p", "8080:80", "--", &ctb, "serve", "tcp", "80",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "dns",
+        "-p",
+        "5353:53/udp",
+        "--",
+        &ctb,
+        "serve",
+        "udp",
+        "53",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "local",
+        "-p",
+        "127.0.0.1:8082:80",
+        "--",
+        &ctb,
+        "serve",
+        "tcp",
+        "80",
+    ]);
+    let h = |args: &[&str]| sb.in_host(&ctb, args);
+    let up = UPLINK_IP.to_string();
+    for a in [
+        format!("{up}:8080"),
+        "127.0.0.1:8080".to_owned(),
+        "127.0.0.1:8082".to_owned(),
+    ] {
+        assert!(
+            wait_until(Duration::from_secs(5), || ok(&h(&["tcp", &a]))),
+            "host to {a}"
+        );
+    }
+    let o = h(&["udp", "127.0.0.1:5353"]);
+    assert!(
+        ok(&o),
+        "host UDP to 127.0.0.1, answer read as from the port: {}",
+        out(&o)
+    );
+    // No proxy process, no route_localnet.
+    let ps = sh_ok("ps", &["-eo", "comm"]);
+    assert!(!ps.contains("proxy"), "{ps}");
+    let rl = sb.in_host("cat", &["/proc/sys/net/ipv4/conf/all/route_localnet"]);
+    assert_eq!(stdout(&rl), "0");
+    // A 127.0.0.1-only port is not reachable from the world.
+    let o = sb.in_world(&ctb, &["tcp", &format!("{up}:8082"), "--timeout", "1"]);
+    assert!(
+        !ok(&o),
+        "127.0.0.1:8082 must not be reachable from the world"
+    );
+    // The socket hook sits on the machine-wide cgroup, but acts only in the
+    // daemon's namespace: in the world namespace, 127.0.0.1:8080 is the
+    // world's own (a server of its own answers; no container is involved).
+    let w = sb.world_netns_path();
+    sb.spawn_in(&w, &ctb, &["serve", "tcp", "127.0.0.1:8080"]);
+    assert!(wait_until(Duration::from_secs(5), || ok(&in_netns(
+        &w,
+        &ctb,
+        &["tcp", "127.0.0.1:8080"]
+    ))));
+    let o = in_netns(&w, &ctb, &["tcp", "127.0.0.1:8080"]);
+    assert!(
+        stdout(&o).starts_with("127.0.0.1:"),
+        "left alone: {}",
+        out(&o)
+    );
+    // And in the machine's own namespace too: nothing listens there, so refused.
+    let o = Command::new(&ctb)
+        .args(["tcp", "127.0.0.1:8080", "--timeout", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        !ok(&o),
+        "the machine's own namespace is left alone: {}",
+        out(&o)
+    );
+}
+
+#[test]
+fn publishing_a_busy_or_taken_port_is_refused_and_changes_nothing() {
+    let mut sb = Sandbox::new();
+    let h = sb.host_netns_path();
+    sb.spawn_in(&h, &ct(), &["serve", "tcp", "7777"]);
+    assert!(wait_until(Duration::from_secs(5), || ok(
+        &sb.in_host(&ct(), &["tcp", "127.0.0.1:7777"])
+    )));
+    sb.dnet_ok(&[
+        "run", "-d", "--name", "web", "-p", "8080:80", "--", "sleep", "300",
+    ]);
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--subnet",
+        "10.21.0.0/24",
+        "closed",
+    ]);
+    for (args, want) in [
+        (
+            vec!["run", "-p", "7777:80", "--", "true"],
+            "host port 7777/tcp is in use on this host",
+        ),
+        (
+            vec!["run", "-p", "8080:81", "--", "true"],
+            "already published by container web",
+        ),
+        (
+            vec!["run", "-p", "10.9.9.9:8090:80", "--", "true"],
+            "10.9.9.9 is not an address of this host",
+        ),
+        (
+            vec!["run", "--network", "closed", "-p", "8091:80", "--", "true"],
+            "internal: it cannot publish ports",
+        ),
+    ] {
+        let before = sb.snapshot();
+        let e = sb.dnet_err(&args);
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert_eq!(before, sb.snapshot(), "{args:?} changed something");
+    }
+}
+
+#[test]
+fn internal_networks_have_no_outbound() {
+    let mut sb = Sandbox::new();
+    world_servers(&mut sb, &[80], &[]);
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--subnet",
+        "10.22.0.0/24",
+        "closed",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "x",
+        "--network",
+        "closed",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let o = sb.conntest_in("x", &["tcp", &format!("{WORLD_IP}:80"), "--timeout", "1"]);
+    assert!(!ok(&o));
+    assert!(drops(&sb, "x", "internal-network") > 0);
+    assert!(
+        ok(&sb.conntest_in("x", &["ping", "10.22.0.1"])),
+        "the gateway stays reachable"
+    );
+    assert!(flows(&sb).is_empty());
+}
+
+#[test]
+fn when_the_nat_ports_run_out_the_next_flow_fails_and_established_ones_continue() {
+    let mut sb = Sandbox::with_daemon_args(&["--nat-ports", "50000-50004"]);
+    world_servers(&mut sb, &[], &[53]);
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    let to = format!("{WORLD_IP}:53");
+    for sport in 1001..=1005 {
+        let o = sb.conntest_in("a", &["udp", &to, "--bind", &sport.to_string()]);
+        assert!(ok(&o), "flow {sport}: {}", out(&o));
+        let port: u16 = stdout(&o).rsplit(':').next().unwrap().parse().unwrap();
+        assert!(
+            (50000..=50004).contains(&port),
+            "NAT port {port} outside the range"
+        );
+    }
+    let o = sb.conntest_in("a", &["udp", &to, "--bind", "1006", "--timeout", "1"]);
+    assert!(!ok(&o), "a sixth flow has no port");
+    assert!(drops(&sb, "a", "nat-ports-exhausted") > 0);
+    let o = sb.conntest_in("a", &["udp", &to, "--bind", "1003"]);
+    assert!(ok(&o), "an established flow goes on: {}", out(&o));
+    // The NAT ports are reserved from the host's own ephemeral ports.
+    let r = sb.in_host("cat", &["/proc/sys/net/ipv4/ip_local_reserved_ports"]);
+    assert!(stdout(&r).contains("50000-50004"), "{}", out(&r));
+}
+
+#[test]
+fn expired_flows_are_collected() {
+    let mut sb = Sandbox::with_daemon_args(&["--ct-timeout-udp", "1", "--ct-gc-interval", "1"]);
+    world_servers(&mut sb, &[], &[53]);
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    assert!(ok(&sb.conntest_in("a", &["udp", &format!("{WORLD_IP}:53")])));
+    assert!(
+        flows(&sb).iter().any(|f| f["proto"] == "udp"),
+        "the flow is there"
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || flows(&sb).is_empty()),
+        "and then collected"
+    );
+    sb.dnet_ok(&["conntrack", "flush"]);
+}
+
+#[test]
+fn a_thousand_concurrent_flows_from_ten_containers_are_all_translated() {
+    let mut sb = Sandbox::new();
+    world_servers(&mut sb, &[80], &[]);
+    for i in 0..10 {
+        sb.dnet_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("c{i}"),
+            "--",
+            "sleep",
+            "300",
+        ]);
+    }
+    let to = format!("{WORLD_IP}:80");
+    let children: Vec<_> = (0..10)
+        .map(|i| {
+            Command::new(dnet_sandbox::dnet_bin())
+                .arg("--socket")
+                .arg(sb.socket())
+                .args([
+                    "exec",
+                    &format!("c{i}"),
+                    "--",
+                    &ct(),
+                    "connections",
+                    &to,
+                    "--count",
+                    "100",
+                    "--timeout",
+                    "10",
+                ])
+                .output()
+        })
+        .collect();
+    for (i, c) in children.into_iter().enumerate() {
+        let o = c.unwrap();
+        assert!(ok(&o), "c{i}: {}", out(&o));
+        assert!(
+            stdout(&o).contains("100 connections answered"),
+            "{}",
+            out(&o)
+        );
+    }
+    let f = flows(&sb);
+    assert!(
+        f.iter().filter(|x| x["proto"] == "tcp").count() >= 1000,
+        "{} flows",
+        f.len()
+    );
+}
+
+#[test]
+fn a_translated_flow_survives_kill_9_and_a_restart() {
+    let mut sb = Sandbox::new();
+    world_servers(&mut sb, &[], &[53]);
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    let pid = sb.dnet_json(&["ps"])[0]["pid"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let flow = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid,
+            "-n",
+            &ct(),
+            "udp",
+            &format!("{WORLD_IP}:53"),
+            "--count",
+            "300",
+            "--interval",
+            "0.01",
+            "--timeout",
+            "1",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    sb.stop_daemon(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(400));
+    sb.start_daemon();
+    let o = flow.wait_with_output().unwrap();
+    assert!(ok(&o), "lost answers across the restart: {}", out(&o));
+    assert!(
+        flows(&sb).iter().any(|x| x["proto"] == "udp"),
+        "the flow survived in the pinned map"
+    );
+}
+
+/// A router in the world towards a "far" network 203.0.113.0/24 whose link
+/// has an MTU of 1280: ICMP errors about translated flows come back.
+fn far_network(sb: &Sandbox) -> String {
+    let far = format!("{}f", sb.name);
+    sh_ok("ip", &["netns", "add", &far]);
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.world_ns,
+            "link",
+            "add",
+            "eth1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &far,
+        ],
+    );
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.world_ns,
+            "addr",
+            "add",
+            "203.0.113.1/24",
+            "dev",
+            "eth1",
+        ],
+    );
+    sh_ok(
+        "ip",
+        &["-n", &far, "addr", "add", "203.0.113.2/24", "dev", "eth0"],
+    );
+    for (ns, dev) in [(sb.world_ns.as_str(), "eth1"), (far.as_str(), "eth0")] {
+        sh_ok("ip", &["-n", ns, "link", "set", dev, "mtu", "1280", "up"]);
+    }
+    sh_ok("ip", &["-n", &far, "link", "set", "lo", "up"]);
+    sh_ok(
+        "ip",
+        &["-n", &far, "route", "add", "default", "via", "203.0.113.1"],
+    );
+    sh_ok(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &sb.world_ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+    );
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            &WORLD_IP.to_string(),
+        ],
+    );
+    far
+}
+
+struct NsGuard(String);
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_back() {
+    let mut sb = Sandbox::new();
+    world_servers(&mut sb, &[], &[53]);
+    let _far = NsGuard(far_network(&sb));
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    // Port unreachable: the world has nothing on UDP 9.
+    let o = sb.conntest_in("a", &["udp", &format!("{WORLD_IP}:9"), "--timeout", "2"]);
+    assert!(
+        !ok(&o) && out(&o).contains("Connection refused"),
+        "port unreachable reached the socket: {}",
+        out(&o)
+    );
+    // Time exceeded: TTL 2 dies at the world's router, one hop past dnet.
+    let o = sb.dnet(&[
+        "exec",
+        "a",
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-t",
+        "2",
+        "203.0.113.2",
+    ]);
+    assert!(out(&o).contains("Time to live exceeded"), "{}", out(&o));
+    // Fragmentation needed: the far link's MTU is 1280; the container learns it.
+    let _ = sb.dnet(&[
+        "exec",
+        "a",
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-M",
+        "do",
+        "-s",
+        "1400",
+        "203.0.113.2",
+    ]);
+    let r = sb.dnet_ok(&["exec", "a", "--", "ip", "route", "get", "203.0.113.2"]);
+    assert!(r.contains("mtu 1280"), "path MTU learned through dnet: {r}");
+    let o = sb.dnet(&[
+        "exec",
+        "a",
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-M",
+        "do",
+        "-s",
+        "1252",
+        "203.0.113.2",
+    ]);
+    assert!(ok(&o), "a packet that fits gets through: {}", out(&o));
+}
