@@ -90,6 +90,11 @@ pub struct Network {
     pub options: BTreeMap<String, String>,
     /// Index of the network in the datapath's maps (bridge), 0 for none.
     pub dp_id: u32,
+    /// The host's own address in the network (macvlan with `host_access`:
+    /// the address of the host's interface on the parent). IPAM never hands
+    /// it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_address: Option<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,6 +324,7 @@ mod tests {
                 }),
                 options: BTreeMap::new(),
                 dp_id: 1,
+                host_address: None,
             },
         );
         s.containers.insert(

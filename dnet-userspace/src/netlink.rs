@@ -15,7 +15,9 @@ use futures::TryStreamExt as _;
 use netlink_packet_route::{
     AddressFamily,
     address::AddressAttribute,
-    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{
+        InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    },
     neighbour::{NeighbourFlags, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
 };
@@ -73,6 +75,27 @@ pub struct Link {
     pub kind: Option<String>,
     pub up: bool,
     pub loopback: bool,
+    /// The link it is stacked on (`IFLA_LINK`: a macvlan's parent, a veth's
+    /// peer), as an ifindex of the namespace the parent lives in.
+    pub parent: Option<u32>,
+    /// A macvlan's mode.
+    pub macvlan_mode: Option<MacVlanMode>,
+    /// The kernel's counters of the link.
+    pub stats: Option<LinkStats>,
+}
+
+/// A link's counters (`ip -s link`), from the link's own point of view:
+/// `rx` is what it received, `tx` what it sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_dropped: u64,
+    pub rx_errors: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_dropped: u64,
+    pub tx_errors: u64,
 }
 
 impl Link {
@@ -86,6 +109,9 @@ impl Link {
             kind: None,
             up: m.header.flags.contains(LinkFlags::Up),
             loopback: m.header.flags.contains(LinkFlags::Loopback),
+            parent: None,
+            macvlan_mode: None,
+            stats: None,
         };
         for a in &m.attributes {
             match a {
@@ -95,10 +121,30 @@ impl Link {
                 }
                 LinkAttribute::Mtu(m) => l.mtu = *m,
                 LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
+                LinkAttribute::Link(p) => l.parent = Some(*p),
+                LinkAttribute::Stats64(s) => {
+                    l.stats = Some(LinkStats {
+                        rx_packets: s.rx_packets,
+                        rx_bytes: s.rx_bytes,
+                        rx_dropped: s.rx_dropped,
+                        rx_errors: s.rx_errors,
+                        tx_packets: s.tx_packets,
+                        tx_bytes: s.tx_bytes,
+                        tx_dropped: s.tx_dropped,
+                        tx_errors: s.tx_errors,
+                    })
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            l.kind = Some(k.to_string());
+                        match i {
+                            LinkInfo::Kind(k) => l.kind = Some(k.to_string()),
+                            LinkInfo::Data(InfoData::MacVlan(d)) => {
+                                l.macvlan_mode = d.iter().find_map(|a| match a {
+                                    InfoMacVlan::Mode(m) => Some(*m),
+                                    _ => None,
+                                });
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -239,6 +285,19 @@ impl Netlink {
             .execute()
             .await
             .map_err(req(format!("set alias of link {index}")))
+    }
+
+    /// Sets a link's MAC address.
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(req(format!("set the MAC of link {index}")))
     }
 
     /// Makes a macvlan child of `parent` directly in another namespace.

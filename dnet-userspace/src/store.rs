@@ -125,6 +125,7 @@ mod tests {
                 ipam: None,
                 options: Default::default(),
                 dp_id: 0,
+                host_address: None,
             },
         );
         store.commit(&s).unwrap();

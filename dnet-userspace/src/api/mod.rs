@@ -52,6 +52,9 @@ pub struct NetworkView {
     /// Where the gateway address lives (bridge: the `lo:dnet` label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_link: Option<String>,
+    /// The host's own address in the network (macvlan `host_access`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_address: Option<Ipv4Addr>,
     pub containers: Vec<AttachedView>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,

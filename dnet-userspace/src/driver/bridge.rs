@@ -121,7 +121,7 @@ fn dp_endpoint(a: &Attachment<'_>, ifindex: u32) -> Result<DpEndpoint> {
 
 #[async_trait]
 impl Driver for Bridge {
-    async fn validate(&self, _ctx: &Ctx, _state: &State, net: &Network) -> Result<()> {
+    async fn validate(&self, _ctx: &Ctx, _state: &State, net: &mut Network) -> Result<()> {
         check_options(net, OPTIONS)?;
         check_mtu(net)?;
         if let Some(v) = net.options.get("icc") {

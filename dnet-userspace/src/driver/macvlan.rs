@@ -1,42 +1,860 @@
-//! The macvlan driver (its own issue): not built yet.
+//! The macvlan driver: containers as hosts of the parent's LAN, each with a
+//! MAC address of its own.
+//!
+//! Per endpoint: a macvlan child of the parent, born in the container's
+//! namespace under its final name (`eth0`), with the Docker MAC (`02:42` +
+//! IPv4), an address of the LAN's subnet (on-link, as any host of the LAN)
+//! and a default route via the LAN's router (the network's gateway). The
+//! child carries the alias `dnet:mv:NETWORK-ID`, so that what a crash leaves
+//! in a container can be told from what the user made there.
+//!
+//! No eBPF: the kernel's macvlan driver switches frames between the parent
+//! and its children by destination MAC, and (in `bridge` mode) between the
+//! children themselves. There is no dnet policy to enforce between hosts of
+//! a LAN, so nothing of the datapath is in the way.
+//!
+//! The kernel never hands a frame the parent sends to a child of the same
+//! parent, nor the other way round: the host cannot reach its own macvlan
+//! containers through the parent. `-o host_access=true` gives the host a
+//! macvlan interface of its own on the parent (`mvhost-XXXXXXXX`, alias
+//! `dnet:net:NETWORK-ID`) with an address of the network, and a /32 route per
+//! container through it. Only per-container routes: the subnet stays routed
+//! on the parent, so the host's own traffic to the LAN (its router included)
+//! does not move.
+//!
+//! Per network there is nothing else to make: the parent and the subnet
+//! belong to the LAN.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use async_trait::async_trait;
+use dnet_common::addr::docker_mac;
+use netlink_packet_route::route::RouteProtocol;
+use rtnetlink::packet_route::link::MacVlanMode;
 
-use super::{Attachment, Ctx, Driver};
+use super::{Attachment, Counters, Ctx, Driver, check_mtu, check_options, keep};
 use crate::{
+    conflict,
     error::{Error, Result},
-    model::{Network, State},
+    invalid,
+    ipam::Pool,
+    model::{Container, DriverKind, Ipam, Network, State},
+    netlink::{Link, Netlink, RTPROT_DNET, RouteSpec},
+    netns, spec,
 };
 
 pub struct Macvlan;
 
+const OPTIONS: &[&str] = &["parent", "macvlan_mode", "host_access", "mtu"];
+
+/// The alias prefix of the host's own interface on a parent (`host_access`).
+const HOST_LINK_ALIAS: &str = "dnet:net:";
+/// The alias prefix of the children in containers.
+const CHILD_ALIAS: &str = "dnet:mv:";
+
+/// How the kernel switches between the children of one parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Children reach each other inside the kernel.
+    Bridge,
+    /// Children never reach each other.
+    Private,
+    /// Everything goes out to the LAN's switch, which must send frames for
+    /// another child back (hairpin).
+    Vepa,
+    /// One child takes the parent over.
+    Passthru,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Result<Mode> {
+        match s {
+            "bridge" => Ok(Mode::Bridge),
+            "private" => Ok(Mode::Private),
+            "vepa" => Ok(Mode::Vepa),
+            "passthru" => Ok(Mode::Passthru),
+            _ => Err(invalid!(
+                "invalid macvlan_mode {s:?}: use bridge, private, vepa or passthru"
+            )),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Bridge => "bridge",
+            Mode::Private => "private",
+            Mode::Vepa => "vepa",
+            Mode::Passthru => "passthru",
+        }
+    }
+
+    fn kernel(self) -> MacVlanMode {
+        match self {
+            Mode::Bridge => MacVlanMode::Bridge,
+            Mode::Private => MacVlanMode::Private,
+            Mode::Vepa => MacVlanMode::Vepa,
+            Mode::Passthru => MacVlanMode::Passthrough,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A macvlan network's settings, read from its options (which `validate`
+/// completed and checked when the network was made).
+struct Settings<'a> {
+    parent: &'a str,
+    mode: Mode,
+    host_access: bool,
+    mtu: Option<u32>,
+}
+
+fn settings(net: &Network) -> Result<Settings<'_>> {
+    let parent = net
+        .options
+        .get("parent")
+        .ok_or_else(|| invalid!("macvlan network {} has no parent", net.name))?;
+    let mode = Mode::parse(
+        net.options
+            .get("macvlan_mode")
+            .map(String::as_str)
+            .unwrap_or("bridge"),
+    )?;
+    let host_access = match net.options.get("host_access") {
+        Some(v) => spec::parse_bool("host_access", v).map_err(Error::Invalid)?,
+        None => false,
+    };
+    let mtu = net.options.get("mtu").and_then(|m| m.parse().ok());
+    Ok(Settings {
+        parent,
+        mode,
+        host_access,
+        mtu,
+    })
+}
+
+fn ipam(net: &Network) -> Result<Ipam> {
+    net.ipam
+        .ok_or_else(|| invalid!("network {} has no addresses", net.name))
+}
+
+/// The host's own interface on the parent (`host_access`).
+fn host_link_name(net: &Network) -> String {
+    format!("mvhost-{}", &net.id[..8])
+}
+
+fn host_link_alias(net: &Network) -> String {
+    format!("{HOST_LINK_ALIAS}{}", net.id)
+}
+
+fn child_alias(net: &Network) -> String {
+    format!("{CHILD_ALIAS}{}", net.id)
+}
+
+/// The parent, which must exist.
+async fn parent(ctx: &Ctx, net: &Network, name: &str) -> Result<Link> {
+    ctx.nl.link(name).await?.ok_or_else(|| {
+        conflict!(
+            "parent interface {name:?} of network {} does not exist",
+            net.name
+        )
+    })
+}
+
+/// IPv4 addresses configured on a link.
+async fn addresses_of(nl: &Netlink, index: u32) -> Result<BTreeSet<Ipv4Addr>> {
+    Ok(nl
+        .addresses(Some(index))
+        .await?
+        .into_iter()
+        .map(|a| a.ip)
+        .collect())
+}
+
+/// The route from the host to one container through its host interface.
+fn host_route(ip: Ipv4Addr, host_link: u32, host_address: Ipv4Addr) -> RouteSpec {
+    let mut r = RouteSpec::device(ip, 32, host_link);
+    r.pref_src = Some(host_address);
+    r
+}
+
+/// The child of an endpoint, if the link called `ifname` in the container
+/// is one: it carries the network's alias, or (an attach that failed before
+/// the alias was set) it is a macvlan on the network's parent.
+fn is_child(l: &Link, net: &Network, parent: Option<u32>) -> bool {
+    l.alias.as_deref() == Some(child_alias(net).as_str())
+        || (l.kind.as_deref() == Some("macvlan") && parent.is_some() && l.parent == parent)
+}
+
 #[async_trait]
 impl Driver for Macvlan {
-    async fn validate(&self, _ctx: &Ctx, _state: &State, _net: &Network) -> Result<()> {
-        Err(Error::Invalid(
-            "the macvlan driver is not available yet".into(),
+    async fn validate(&self, ctx: &Ctx, state: &State, net: &mut Network) -> Result<()> {
+        check_options(net, OPTIONS)?;
+        check_mtu(net)?;
+        if net.internal {
+            return Err(invalid!(
+                "a macvlan network cannot be --internal: its containers are hosts of the parent's LAN"
+            ));
+        }
+        // Defaults are written into the options, so the network keeps the
+        // parent it was made on even if the uplink changes.
+        if !net.options.contains_key("parent") {
+            let Some(uplink) = &ctx.uplink else {
+                return Err(invalid!(
+                    "a macvlan network needs -o parent=IFACE: the daemon has no uplink to default to"
+                ));
+            };
+            net.options.insert("parent".into(), uplink.name.clone());
+        }
+        let mode = Mode::parse(
+            net.options
+                .get("macvlan_mode")
+                .map(String::as_str)
+                .unwrap_or("bridge"),
+        )?;
+        net.options
+            .insert("macvlan_mode".into(), mode.as_str().into());
+        if let Some(v) = net.options.get("host_access") {
+            spec::parse_bool("host_access", v).map_err(Error::Invalid)?;
+        }
+        let s = settings(net)?;
+        let parent_name = s.parent.to_owned();
+        if parent_name.is_empty() {
+            return Err(invalid!("-o parent= needs an interface name"));
+        }
+        let Some(parent) = ctx.nl.link(&parent_name).await? else {
+            return Err(invalid!("parent interface {parent_name:?} does not exist"));
+        };
+        if parent.loopback {
+            return Err(invalid!(
+                "parent {parent_name} is a loopback interface: a macvlan needs an Ethernet parent"
+            ));
+        }
+        if parent.mac.is_none() {
+            return Err(invalid!(
+                "parent {parent_name} is not an Ethernet interface"
+            ));
+        }
+        if parent
+            .alias
+            .as_deref()
+            .is_some_and(|a| a.starts_with("dnet:"))
+        {
+            return Err(invalid!(
+                "parent {parent_name} is an interface dnet made, not a LAN's"
+            ));
+        }
+        if !parent.up {
+            return Err(conflict!(
+                "parent {parent_name} is down: bring it up first (ip link set {parent_name} up)"
+            ));
+        }
+        if let Some(mtu) = s.mtu
+            && mtu > parent.mtu
+        {
+            return Err(invalid!(
+                "mtu {mtu} is larger than the MTU of parent {parent_name} ({})",
+                parent.mtu
+            ));
+        }
+        let ipam = ipam(net)?;
+        let others: Vec<(&Network, Settings<'_>)> = state
+            .networks
+            .values()
+            .filter(|o| o.driver == DriverKind::Macvlan && o.id != net.id)
+            .filter_map(|o| settings(o).ok().map(|s| (o, s)))
+            .collect();
+        for (other, o) in &others {
+            let same_parent = o.parent == parent_name;
+            if let Some(oi) = other.ipam
+                && oi.subnet.overlaps(ipam.subnet)
+            {
+                return Err(if same_parent {
+                    conflict!(
+                        "subnet {} overlaps {} of macvlan network {:?} on the same parent {parent_name}",
+                        ipam.subnet,
+                        oi.subnet,
+                        other.name
+                    )
+                } else {
+                    conflict!(
+                        "subnet {} overlaps {} of network {:?}",
+                        ipam.subnet,
+                        oi.subnet,
+                        other.name
+                    )
+                });
+            }
+        }
+        for (other, o) in &others {
+            if o.parent == parent_name && (mode == Mode::Passthru || o.mode == Mode::Passthru) {
+                return Err(conflict!(
+                    "parent {parent_name} is used by macvlan network {:?}: a passthru network needs its parent to itself",
+                    other.name
+                ));
+            }
+        }
+        if s.host_access {
+            if mode != Mode::Bridge {
+                return Err(invalid!(
+                    "host_access=true needs macvlan_mode=bridge: in {mode} mode the host's own macvlan interface could not reach the containers either"
+                ));
+            }
+            let name = host_link_name(net);
+            if ctx.nl.link(&name).await?.is_some() {
+                return Err(conflict!("an interface named {name} already exists"));
+            }
+            let pool = Pool::new(ipam.subnet, Some(ipam.gateway), ipam.ip_range)?;
+            let used = addresses_of(&ctx.nl, parent.index).await?;
+            net.host_address = Some(pool.allocate(&used, None)?);
+        }
+        Ok(())
+    }
+
+    /// The addresses of the parent, and the host's own.
+    async fn reserved(&self, ctx: &Ctx, net: &Network) -> Result<BTreeSet<Ipv4Addr>> {
+        let s = settings(net)?;
+        let parent = parent(ctx, net, s.parent).await?;
+        let mut r = addresses_of(&ctx.nl, parent.index).await?;
+        r.extend(net.host_address);
+        Ok(r)
+    }
+
+    async fn check_endpoint(
+        &self,
+        ctx: &Ctx,
+        state: &State,
+        net: &Network,
+        _container: &Container,
+    ) -> Result<()> {
+        let s = settings(net)?;
+        parent(ctx, net, s.parent).await?;
+        if s.mode == Mode::Passthru
+            && let Some((c, _)) = state.endpoints_of(&net.id).next()
+        {
+            return Err(conflict!(
+                "network {} uses macvlan_mode=passthru: its parent {} carries one container, and {} has it",
+                net.name,
+                s.parent,
+                c.name
+            ));
+        }
+        Ok(())
+    }
+
+    async fn create_network(&self, ctx: &mut Ctx, net: &Network) -> Result<()> {
+        let s = settings(net)?;
+        if !s.host_access {
+            return Ok(());
+        }
+        let addr = net
+            .host_address
+            .ok_or_else(|| invalid!("network {} has host access but no host address", net.name))?;
+        let parent = parent(ctx, net, s.parent).await?;
+        let name = host_link_name(net);
+        let mac = docker_mac(addr);
+        match ctx.nl.link(&name).await? {
+            Some(l) if l.alias.as_deref() == Some(host_link_alias(net).as_str()) => {
+                if l.parent != Some(parent.index) || l.mac != Some(mac) {
+                    ctx.nl.del_link(l.index).await?;
+                    make_host_link(ctx, net, &name, &parent, mac, s.mtu).await?;
+                }
+            }
+            Some(_) => {
+                return Err(conflict!(
+                    "an interface named {name} already exists and is not dnet's"
+                ));
+            }
+            None => make_host_link(ctx, net, &name, &parent, mac, s.mtu).await?,
+        }
+        let l = ctx
+            .nl
+            .link(&name)
+            .await?
+            .ok_or_else(|| conflict!("{name} vanished"))?;
+        // Answer ARP for its own address only, and ask from it: otherwise it
+        // would answer for every host address on the LAN next to the parent,
+        // and the LAN could learn its MAC for the host's uplink address.
+        for (key, value) in [
+            (format!("net/ipv6/conf/{name}/disable_ipv6"), "1"),
+            (format!("net/ipv4/conf/{name}/arp_ignore"), "1"),
+            (format!("net/ipv4/conf/{name}/arp_announce"), "2"),
+        ] {
+            netns::sysctl(&key, value)?;
+        }
+        ctx.nl.add_address(l.index, addr, 32, None, false).await?;
+        ctx.nl.set_up(l.index).await?;
+        Ok(())
+    }
+
+    async fn delete_network(&self, ctx: &mut Ctx, net: &Network) -> Vec<Error> {
+        let mut errors = Vec::new();
+        // Deleting the host's interface deletes its routes too.
+        match ctx.nl.link(&host_link_name(net)).await {
+            Ok(Some(l)) if l.alias.as_deref() == Some(host_link_alias(net).as_str()) => {
+                keep(&mut errors, ctx.nl.del_link(l.index).await);
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(e.into()),
+        }
+        errors
+    }
+
+    async fn network_ok(&self, ctx: &Ctx, net: &Network) -> bool {
+        let Ok(s) = settings(net) else { return false };
+        if !s.host_access {
+            return true;
+        }
+        let (Some(addr), Ok(Some(parent)), Ok(Some(l))) = (
+            net.host_address,
+            ctx.nl.link(s.parent).await,
+            ctx.nl.link(&host_link_name(net)).await,
+        ) else {
+            return false;
+        };
+        l.alias.as_deref() == Some(host_link_alias(net).as_str())
+            && l.parent == Some(parent.index)
+            && l.mac == Some(docker_mac(addr))
+            && l.up
+            && addresses_of(&ctx.nl, l.index)
+                .await
+                .is_ok_and(|a| a.contains(&addr))
+    }
+
+    async fn attach(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
+        let r = attach(ctx, a).await;
+        if r.is_err() {
+            for e in self.detach(ctx, a).await {
+                tracing::warn!("cleaning up a failed attach: {e}");
+            }
+        }
+        r
+    }
+
+    async fn detach(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Vec<Error> {
+        let mut errors = Vec::new();
+        let ep = a.endpoint;
+        let s = match settings(a.network) {
+            Ok(s) => s,
+            Err(e) => return vec![e],
+        };
+        if let (true, Some(ip), Some(host)) = (s.host_access, ep.ip, a.network.host_address) {
+            match ctx.nl.link(&host_link_name(a.network)).await {
+                Ok(Some(l)) => keep(
+                    &mut errors,
+                    ctx.nl.del_route(host_route(ip, l.index, host)).await,
+                ),
+                Ok(None) => {}
+                Err(e) => errors.push(e.into()),
+            }
+        }
+        // The child goes with a namespace that ends, but a namespace ends
+        // only when nothing holds it any more: delete it now.
+        let Some(ifname) = ep.ifname.as_deref() else {
+            return errors;
+        };
+        if !netns::is_netns(a.netns) {
+            return errors;
+        }
+        let parent = ctx.nl.link(s.parent).await.ok().flatten().map(|l| l.index);
+        match Netlink::open_in(a.netns).await {
+            Ok(cnl) => match cnl.link(ifname).await {
+                Ok(Some(l)) if is_child(&l, a.network, parent) => {
+                    keep(&mut errors, cnl.del_link(l.index).await)
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(e.into()),
+            },
+            Err(e) => errors.push(e.into()),
+        }
+        errors
+    }
+
+    async fn endpoint_ok(&self, ctx: &Ctx, a: &Attachment<'_>) -> bool {
+        match endpoint_problem(ctx, a).await {
+            None => true,
+            Some(what) => {
+                tracing::debug!(
+                    container = %a.container.name,
+                    network = %a.network.name,
+                    "endpoint not whole: {what}"
+                );
+                false
+            }
+        }
+    }
+
+    /// Read from the kernel's own counters of the child, over netlink in the
+    /// container's namespace, rather than from a counting TC program on it.
+    /// The macvlan driver already counts, per CPU, every frame the child
+    /// sends and receives, those it hands straight to another child in
+    /// bridge mode included (they never cross the parent, so no program on
+    /// the parent would see them), and every frame it drops. A TC program
+    /// would count the same frames again, cost each of them a program run,
+    /// and need its own attachment and pins in every container's namespace;
+    /// the datapath counts bridge endpoints itself only because there it
+    /// also decides their drops. Nothing of dnet drops a macvlan frame, so
+    /// the drops are the kernel's, named by direction.
+    async fn stats(&self, _ctx: &Ctx, a: &Attachment<'_>) -> Result<Option<Counters>> {
+        let Some(ifname) = a.endpoint.ifname.as_deref() else {
+            return Ok(None);
+        };
+        let link = match Netlink::open_in(a.netns).await {
+            Ok(cnl) => cnl.link(ifname).await,
+            Err(e) => Err(e),
+        };
+        let st = match link {
+            Ok(Some(l)) if l.alias.as_deref() == Some(child_alias(a.network).as_str()) => {
+                l.stats.unwrap_or_default()
+            }
+            Ok(_) => {
+                tracing::warn!(container = %a.container.name, network = %a.network.name, "stats: the endpoint's {ifname} is missing");
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::warn!(container = %a.container.name, network = %a.network.name, "stats: {e}");
+                return Ok(None);
+            }
+        };
+        // The link counts from the container's side; `dnet stats` counts
+        // from the network's port: what the child sent is the port's rx.
+        let drops = [
+            ("send-dropped", st.tx_dropped),
+            ("send-errors", st.tx_errors),
+            ("receive-dropped", st.rx_dropped),
+            ("receive-errors", st.rx_errors),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| (k.to_owned(), n))
+        .collect();
+        Ok(Some(Counters {
+            rx_packets: st.tx_packets,
+            rx_bytes: st.tx_bytes,
+            tx_packets: st.rx_packets,
+            tx_bytes: st.rx_bytes,
+            translated: 0,
+            drops,
+        }))
+    }
+
+    fn notes(&self, net: &Network) -> Vec<String> {
+        let Ok(s) = settings(net) else {
+            return Vec::new();
+        };
+        let mut notes = Vec::new();
+        match (s.host_access, net.host_address) {
+            (true, Some(addr)) => notes.push(format!(
+                "the host reaches this network's containers through {}, its own macvlan interface on {}, at {addr}; the containers reach the host at {addr}",
+                host_link_name(net),
+                s.parent
+            )),
+            _ => notes.push(format!(
+                "the host cannot reach this network's containers, nor they the host, through the parent {}: the kernel never passes frames between a parent and its macvlan interfaces. -o host_access=true gives the host a macvlan interface of its own on {} so that it can",
+                s.parent, s.parent
+            )),
+        }
+        match s.mode {
+            Mode::Bridge => {}
+            Mode::Private => notes.push(
+                "macvlan_mode=private: the containers of this network cannot reach each other"
+                    .into(),
+            ),
+            Mode::Vepa => notes.push(format!(
+                "macvlan_mode=vepa: traffic between the containers goes out through {} and reaches the other container only if the LAN's switch sends it back (hairpin)",
+                s.parent
+            )),
+            Mode::Passthru => notes.push(format!(
+                "macvlan_mode=passthru: one container takes {} over (promiscuous, the container's MAC set on the parent and restored by the kernel when it goes); the host cannot use {} meanwhile",
+                s.parent, s.parent
+            )),
+        }
+        notes
+    }
+}
+
+async fn make_host_link(
+    ctx: &Ctx,
+    net: &Network,
+    name: &str,
+    parent: &Link,
+    mac: [u8; 6],
+    mtu: Option<u32>,
+) -> Result<()> {
+    ctx.nl
+        .add_macvlan(
+            name,
+            parent.index,
+            MacVlanMode::Bridge,
+            mac,
+            mtu.unwrap_or(parent.mtu),
+            None,
+        )
+        .await?;
+    let l = ctx
+        .nl
+        .link(name)
+        .await?
+        .ok_or_else(|| conflict!("{name} vanished"))?;
+    // The kernel ignores IFLA_IFALIAS when it creates a link.
+    ctx.nl.set_alias(l.index, &host_link_alias(net)).await?;
+    Ok(())
+}
+
+async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
+    let s = settings(a.network)?;
+    let ipam = ipam(a.network)?;
+    let ep = a.endpoint;
+    let (Some(ip), Some(mac), Some(ifname)) = (ep.ip, ep.mac, ep.ifname.as_deref()) else {
+        return Err(invalid!("macvlan endpoint is incomplete"));
+    };
+    let parent = parent(ctx, a.network, s.parent).await?;
+    let ns = netns::open(a.netns)?;
+    let made = ctx
+        .nl
+        .add_macvlan(
+            ifname,
+            parent.index,
+            s.mode.kernel(),
+            mac.0,
+            s.mtu.unwrap_or(parent.mtu),
+            Some(&ns),
+        )
+        .await;
+    if let Err(e) = made {
+        // The kernel refuses a macvlan next to a passthru one, and a
+        // passthru one next to any other, with EINVAL.
+        return Err(if e.errno() == Some(libc::EINVAL) {
+            conflict!(
+                "cannot make a {} macvlan on {}: a passthru macvlan takes its parent alone, and {} has another macvlan interface or a passthru one ({e})",
+                s.mode,
+                s.parent,
+                s.parent
+            )
+        } else {
+            e.into()
+        });
+    }
+    let cnl = Netlink::open_in(a.netns).await?;
+    let link = cnl
+        .link(ifname)
+        .await?
+        .ok_or_else(|| conflict!("{ifname} is missing in the container"))?;
+    cnl.set_alias(link.index, &child_alias(a.network)).await?;
+    if link.mac != Some(mac.0) {
+        // Passthru: the kernel gives the child the parent's MAC, and setting
+        // the child's sets the parent's (the kernel puts the parent's back
+        // when the child goes).
+        cnl.set_mac(link.index, mac.0).await?;
+    }
+    // A namespace dnet did not make may have IPv6 on by default; off before
+    // the link is up, so that it says nothing on the LAN.
+    let name = ifname.to_owned();
+    netns::run_in(a.netns, move || {
+        netns::sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1")
+    })??;
+    cnl.add_address(link.index, ip, ipam.subnet.prefix(), None, false)
+        .await?;
+    cnl.set_up(link.index).await?;
+    if a.primary {
+        cnl.add_route(RouteSpec::via(
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            ipam.gateway,
+            link.index,
         ))
+        .await?;
     }
-    async fn create_network(&self, _ctx: &mut Ctx, _net: &Network) -> Result<()> {
-        Err(Error::Invalid(
-            "the macvlan driver is not available yet".into(),
-        ))
+    if s.host_access {
+        let host = a
+            .network
+            .host_address
+            .ok_or_else(|| invalid!("network {} has no host address", a.network.name))?;
+        let l = ctx
+            .nl
+            .link(&host_link_name(a.network))
+            .await?
+            .ok_or_else(|| {
+                conflict!(
+                    "the host's interface on {} for network {} is missing",
+                    s.parent,
+                    a.network.name
+                )
+            })?;
+        ctx.nl.add_route(host_route(ip, l.index, host)).await?;
     }
-    async fn delete_network(&self, _ctx: &mut Ctx, _net: &Network) -> Vec<Error> {
-        Vec::new()
+    Ok(())
+}
+
+/// What is wrong with an endpoint, if anything: the child in the container
+/// with its name, alias, parent, mode, MAC and address, up, the default
+/// route of the primary endpoint, and the host's route with host access.
+async fn endpoint_problem(ctx: &Ctx, a: &Attachment<'_>) -> Option<&'static str> {
+    let Ok(s) = settings(a.network) else {
+        return Some("settings");
+    };
+    let ep = a.endpoint;
+    let (Some(ip), Some(mac), Some(ifname), Ok(ipam)) =
+        (ep.ip, ep.mac, ep.ifname.as_deref(), ipam(a.network))
+    else {
+        return Some("incomplete record");
+    };
+    let Ok(Some(parent)) = ctx.nl.link(s.parent).await else {
+        return Some("parent missing");
+    };
+    let Ok(cnl) = Netlink::open_in(a.netns).await else {
+        return Some("namespace");
+    };
+    let Ok(Some(l)) = cnl.link(ifname).await else {
+        return Some("child missing");
+    };
+    let checks = [
+        (
+            "alias",
+            l.alias.as_deref() == Some(child_alias(a.network).as_str()),
+        ),
+        ("kind", l.kind.as_deref() == Some("macvlan")),
+        ("parent", l.parent == Some(parent.index)),
+        ("mode", l.macvlan_mode == Some(s.mode.kernel())),
+        ("mac", l.mac == Some(mac.0)),
+        ("up", l.up),
+    ];
+    if let Some((what, _)) = checks.iter().find(|(_, ok)| !ok) {
+        return Some(what);
     }
-    async fn network_ok(&self, _ctx: &Ctx, _net: &Network) -> bool {
-        true
+    let has_addr = cnl.addresses(Some(l.index)).await.is_ok_and(|v| {
+        v.iter()
+            .any(|x| x.ip == ip && x.prefix == ipam.subnet.prefix())
+    });
+    if !has_addr {
+        return Some("address");
     }
-    async fn attach(&self, _ctx: &mut Ctx, _a: &Attachment<'_>) -> Result<()> {
-        Err(Error::Invalid(
-            "the macvlan driver is not available yet".into(),
-        ))
+    if a.primary
+        && !cnl
+            .routes()
+            .await
+            .is_ok_and(|rs| rs.iter().any(|r| r.prefix == 0 && r.oif == Some(l.index)))
+    {
+        return Some("default route");
     }
-    async fn detach(&self, _ctx: &mut Ctx, _a: &Attachment<'_>) -> Vec<Error> {
-        Vec::new()
+    if s.host_access {
+        let Ok(Some(h)) = ctx.nl.link(&host_link_name(a.network)).await else {
+            return Some("host interface");
+        };
+        let routed = ctx.nl.routes().await.is_ok_and(|rs| {
+            rs.iter()
+                .any(|r| r.dst == ip && r.prefix == 32 && r.oif == Some(h.index))
+        });
+        if !routed {
+            return Some("host route");
+        }
     }
-    async fn endpoint_ok(&self, _ctx: &Ctx, _a: &Attachment<'_>) -> bool {
-        true
+    None
+}
+
+/// Removes what the macvlan driver made and the state no longer explains:
+/// host interfaces of networks that are gone or have no host access, their
+/// routes to containers that are gone, and children in the containers'
+/// namespaces that no endpoint explains (a crash between making one and
+/// the commit). `containers` pairs each container with its namespace.
+pub async fn collect_garbage(
+    ctx: &Ctx,
+    state: &State,
+    containers: &[(Container, PathBuf)],
+) -> Result<()> {
+    let host_links: Vec<(&Network, Ipv4Addr)> = state
+        .networks
+        .values()
+        .filter(|n| n.driver == DriverKind::Macvlan)
+        .filter(|n| settings(n).is_ok_and(|s| s.host_access))
+        .filter_map(|n| n.host_address.map(|a| (n, a)))
+        .collect();
+    let links = ctx.nl.links().await?;
+    for l in &links {
+        let Some(id) = l
+            .alias
+            .as_deref()
+            .and_then(|a| a.strip_prefix(HOST_LINK_ALIAS))
+        else {
+            continue;
+        };
+        if !host_links
+            .iter()
+            .any(|(n, _)| n.id == id && host_link_name(n) == l.name)
+        {
+            tracing::info!(link = %l.name, "removing a host interface dnet no longer uses");
+            ctx.nl.del_link(l.index).await?;
+        }
+    }
+    let routes = ctx.nl.routes().await?;
+    for (net, host) in &host_links {
+        let Some(h) = links.iter().find(|l| l.name == host_link_name(net)) else {
+            continue;
+        };
+        let ips: BTreeSet<Ipv4Addr> = state.used_addresses(&net.id);
+        for r in &routes {
+            if r.oif == Some(h.index)
+                && r.prefix == 32
+                && r.protocol == RouteProtocol::Other(RTPROT_DNET)
+                && !ips.contains(&r.dst)
+            {
+                tracing::info!(route = %r.dst, "removing a host route dnet no longer uses");
+                ctx.nl.del_route(host_route(r.dst, h.index, *host)).await?;
+            }
+        }
+    }
+    for (c, path) in containers {
+        if !netns::is_netns(path) {
+            continue;
+        }
+        // One namespace that cannot be read does not stop the daemon.
+        if let Err(e) = collect_children(c, path).await {
+            tracing::warn!(container = %c.name, "looking for macvlan interfaces dnet no longer uses: {e}");
+        }
+    }
+    Ok(())
+}
+
+async fn collect_children(c: &Container, path: &Path) -> Result<()> {
+    let cnl = Netlink::open_in(path).await?;
+    for l in cnl.links().await? {
+        let Some(net_id) = l.alias.as_deref().and_then(|a| a.strip_prefix(CHILD_ALIAS)) else {
+            continue;
+        };
+        let explained = c
+            .endpoints
+            .iter()
+            .any(|e| e.network_id == net_id && e.ifname.as_deref() == Some(l.name.as_str()));
+        if !explained {
+            tracing::info!(container = %c.name, link = %l.name, "removing a macvlan interface dnet no longer uses");
+            cnl.del_link(l.index).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_print() {
+        for m in ["bridge", "private", "vepa", "passthru"] {
+            assert_eq!(Mode::parse(m).unwrap().as_str(), m);
+        }
+        assert_eq!(
+            Mode::parse("source").unwrap_err().to_string(),
+            "invalid macvlan_mode \"source\": use bridge, private, vepa or passthru"
+        );
+        assert_eq!(Mode::Passthru.kernel(), MacVlanMode::Passthrough);
     }
 }

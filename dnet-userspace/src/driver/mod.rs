@@ -11,9 +11,14 @@ mod host;
 mod macvlan;
 mod none;
 
-use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+};
 
 use async_trait::async_trait;
+use dnet_common::DropReason;
 
 use crate::{
     datapath::Datapath,
@@ -23,6 +28,7 @@ use crate::{
 };
 
 pub use bridge::{GATEWAY_LABEL, loopback, refresh_members, veth_name};
+pub use macvlan::collect_garbage as collect_macvlan_garbage;
 
 /// What drivers work with: the daemon namespace's netlink handle, the
 /// datapath and the uplink.
@@ -54,11 +60,39 @@ pub struct Attachment<'a> {
     pub primary: bool,
 }
 
+/// One endpoint's counters as `dnet stats` shows them, from the point of
+/// view of the network's port the container plugs into (as a switch counts):
+/// `rx` is what the container sent, `tx` what was delivered to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Packets NAT rewrote (bridge endpoints; 0 where there is no NAT).
+    pub translated: u64,
+    /// Drops by reason; reasons with no drops are left out.
+    pub drops: BTreeMap<String, u64>,
+}
+
 #[async_trait]
 pub trait Driver: Send + Sync {
     /// Checks a new network's options and what it needs of the kernel (a
-    /// parent link, say). Changes nothing.
-    async fn validate(&self, ctx: &Ctx, state: &State, net: &Network) -> Result<()>;
+    /// parent link, say), and fills in what the driver derives for it (the
+    /// options' defaults, say). Changes nothing in the kernel.
+    async fn validate(&self, ctx: &Ctx, state: &State, net: &mut Network) -> Result<()>;
+
+    /// Checks that `container` may get a new endpoint in `net`, before
+    /// anything is made for it.
+    async fn check_endpoint(
+        &self,
+        _ctx: &Ctx,
+        _state: &State,
+        _net: &Network,
+        _container: &Container,
+    ) -> Result<()> {
+        Ok(())
+    }
 
     /// Addresses IPAM must never hand out in this network.
     async fn reserved(&self, _ctx: &Ctx, _net: &Network) -> Result<BTreeSet<Ipv4Addr>> {
@@ -84,6 +118,23 @@ pub trait Driver: Send + Sync {
     /// The endpoint's kernel objects are all there and current.
     async fn endpoint_ok(&self, ctx: &Ctx, a: &Attachment<'_>) -> bool;
 
+    /// The endpoint's counters; `None` for an endpoint without any. By
+    /// default, the datapath's per-endpoint slot.
+    async fn stats(&self, ctx: &Ctx, a: &Attachment<'_>) -> Result<Option<Counters>> {
+        let Some(slot) = a.endpoint.slot else {
+            return Ok(None);
+        };
+        let s = ctx.dp.stats(slot)?;
+        Ok(Some(Counters {
+            rx_packets: s.rx_packets,
+            rx_bytes: s.rx_bytes,
+            tx_packets: s.tx_packets,
+            tx_bytes: s.tx_bytes,
+            translated: s.translated,
+            drops: drops_by_reason(&s.drops),
+        }))
+    }
+
     /// Driver-specific lines for `network inspect`.
     fn notes(&self, _net: &Network) -> Vec<String> {
         Vec::new()
@@ -98,6 +149,21 @@ pub fn driver(kind: DriverKind) -> &'static dyn Driver {
         DriverKind::Host => &host::Host,
         DriverKind::None => &none::NoneDriver,
     }
+}
+
+/// The datapath's drop counters by reason name, the zero ones left out.
+pub fn drops_by_reason(drops: &[u64]) -> BTreeMap<String, u64> {
+    drops
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| {
+            let name = DropReason::from_code(i as u32)
+                .map(|r| r.name().to_owned())
+                .unwrap_or_else(|| format!("reason-{i}"));
+            (name, *n)
+        })
+        .collect()
 }
 
 /// Options a driver accepts; anything else is an error that names them.

@@ -13,7 +13,7 @@ pub struct NoneDriver;
 
 #[async_trait]
 impl Driver for NoneDriver {
-    async fn validate(&self, _ctx: &Ctx, _state: &State, net: &Network) -> Result<()> {
+    async fn validate(&self, _ctx: &Ctx, _state: &State, net: &mut Network) -> Result<()> {
         check_options(net, &[])
     }
     async fn create_network(&self, _ctx: &mut Ctx, _net: &Network) -> Result<()> {

@@ -27,7 +27,6 @@ use std::{
     time::Duration,
 };
 
-use dnet_common::DropReason;
 use ipnetwork::Ipv4Network;
 use tokio::sync::Mutex;
 
@@ -259,16 +258,24 @@ impl Engine {
         let st = &inner.state;
         let mut endpoints = Vec::new();
         for c in st.containers.values() {
+            let path = inner.netns_path(c);
             for e in &c.endpoints {
-                let Some(slot) = e.slot else { continue };
-                let s = inner.ctx.dp.stats(slot)?;
+                let Some(net) = st.networks.get(&e.network_id) else {
+                    continue;
+                };
+                let a = Attachment {
+                    container: c,
+                    endpoint: e,
+                    network: net,
+                    netns: &path,
+                    primary: false,
+                };
+                let Some(s) = driver::driver(net.driver).stats(&inner.ctx, &a).await? else {
+                    continue;
+                };
                 endpoints.push(EndpointStatsView {
                     container: c.name.clone(),
-                    network: st
-                        .networks
-                        .get(&e.network_id)
-                        .map(|n| n.name.clone())
-                        .unwrap_or_default(),
+                    network: net.name.clone(),
                     ifname: e.ifname.clone(),
                     ip: e.ip,
                     rx_packets: s.rx_packets,
@@ -276,7 +283,7 @@ impl Engine {
                     tx_packets: s.tx_packets,
                     tx_bytes: s.tx_bytes,
                     translated: s.translated,
-                    drops: drops_by_reason(&s.drops),
+                    drops: s.drops,
                 });
             }
         }
@@ -284,7 +291,7 @@ impl Engine {
         let global = inner.ctx.dp.stats(0)?;
         Ok(StatsView {
             endpoints,
-            unattributed_drops: drops_by_reason(&global.drops),
+            unattributed_drops: driver::drops_by_reason(&global.drops),
         })
     }
 
@@ -353,20 +360,6 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-fn drops_by_reason(drops: &[u64]) -> BTreeMap<String, u64> {
-    drops
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n > 0)
-        .map(|(i, n)| {
-            let name = DropReason::from_code(i as u32)
-                .map(|r| r.name().to_owned())
-                .unwrap_or_else(|| format!("reason-{i}"));
-            (name, *n)
-        })
-        .collect()
 }
 
 /// The link of the default route, if there is one.
@@ -488,7 +481,7 @@ impl Inner {
         } else {
             0
         };
-        let net = Network {
+        let mut net = Network {
             id: new_id(),
             name: req.name.clone(),
             driver: driver_kind,
@@ -498,9 +491,10 @@ impl Inner {
             ipam,
             options,
             dp_id,
+            host_address: None,
         };
         let driver = driver::driver(driver_kind);
-        driver.validate(&self.ctx, &self.state, &net).await?;
+        driver.validate(&self.ctx, &self.state, &mut net).await?;
         if let Err(e) = driver.create_network(&mut self.ctx, &net).await {
             for e in driver.delete_network(&mut self.ctx, &net).await {
                 tracing::warn!("cleaning up a failed network create: {e}");
@@ -522,10 +516,13 @@ impl Inner {
     /// The subnet, gateway and range of a new network, checked against the
     /// other networks and the routes where the daemon runs.
     async fn choose_ipam(&self, req: &NetworkCreate, kind: DriverKind) -> Result<Ipam> {
+        // Two macvlan networks are checked by the driver, which knows their
+        // parents and says so.
         let others: Vec<(String, Ipv4Network)> = self
             .state
             .networks
             .values()
+            .filter(|n| !(kind == DriverKind::Macvlan && n.driver == DriverKind::Macvlan))
             .filter_map(|n| n.ipam.map(|i| (n.name.clone(), i.subnet)))
             .collect();
         // A macvlan network is the LAN's own subnet: the parent's route to
@@ -641,6 +638,9 @@ impl Inner {
             return Ok(ep);
         };
         let requested = ip.map(|s| parse_ip("--ip", s)).transpose()?;
+        driver::driver(net.driver)
+            .check_endpoint(&self.ctx, &self.state, net, c)
+            .await?;
         let pool = Pool::new(ipam.subnet, Some(ipam.gateway), ipam.ip_range)?;
         let mut used = self.state.used_addresses(&net.id);
         used.extend(driver::driver(net.driver).reserved(&self.ctx, net).await?);
@@ -655,13 +655,15 @@ impl Inner {
         ep.ifname = Some(format!("eth{n}"));
         ep.ip = Some(addr);
         ep.mac = Some(MacAddr(dnet_common::addr::docker_mac(addr)));
-        let used_slots = self.state.used_slots();
-        ep.slot = Some(
-            (1..=dnet_common::maps::MAX_ENDPOINTS)
-                .find(|s| !used_slots.contains(s))
-                .ok_or_else(|| conflict!("too many endpoints"))?,
-        );
         if net.driver == DriverKind::Bridge {
+            // The datapath counts bridge endpoints in a slot of its per-CPU
+            // map; other drivers count otherwise (`Driver::stats`).
+            let used_slots = self.state.used_slots();
+            ep.slot = Some(
+                (1..=dnet_common::maps::MAX_ENDPOINTS)
+                    .find(|s| !used_slots.contains(s))
+                    .ok_or_else(|| conflict!("too many endpoints"))?,
+            );
             let links = self.ctx.nl.links().await?;
             let taken = |n: &str| {
                 links.iter().any(|l| l.name == n)
@@ -993,6 +995,7 @@ impl Inner {
             options: n.options.clone(),
             gateway_link: (n.driver == DriverKind::Bridge)
                 .then(|| driver::GATEWAY_LABEL.to_owned()),
+            host_address: n.host_address,
             containers: self
                 .state
                 .endpoints_of(&n.id)

@@ -1,7 +1,8 @@
 //! Bringing the kernel in line with the state, at every start.
 //!
 //! What the state holds and the kernel lacks is made again; what dnet made
-//! (marked by link aliases `dnet:...`, route protocol 213, pins under its
+//! (marked by link aliases `dnet:...`, in the daemon's namespace and, for
+//! macvlan children, in the containers', route protocol 213, pins under its
 //! bpffs folder, namespaces under its state folder, map entries) and the
 //! state no longer holds is removed. What still matches is left untouched,
 //! so forwarding does not stop while a restarted daemon adopts its pins.
@@ -205,6 +206,14 @@ impl Inner {
             .map(|(k, _)| *k)
             .collect();
         self.ctx.dp.ct_remove(&stale)?;
+
+        let containers: Vec<_> = st
+            .containers
+            .values()
+            .filter(|c| !matches!(c.netns, Netns::Host))
+            .map(|c| (c.clone(), self.netns_path(c)))
+            .collect();
+        driver::collect_macvlan_garbage(&self.ctx, &st, &containers).await?;
 
         // Namespaces under the state folder that no container owns.
         let owned: HashSet<_> = st

@@ -12,10 +12,12 @@ pub struct Args {
     /// Driver: bridge or macvlan.
     #[arg(short = 'd', long, default_value = "bridge")]
     driver: String,
-    /// Subnet in CIDR form (default: the next free range, as Docker picks).
+    /// Subnet in CIDR form (default: the next free range, as Docker picks;
+    /// macvlan: required, the parent LAN's).
     #[arg(long)]
     subnet: Option<String>,
-    /// Gateway (default: the subnet's first address).
+    /// Gateway (default: the subnet's first address; macvlan: the LAN's
+    /// router).
     #[arg(long)]
     gateway: Option<String>,
     /// Range that automatic addresses come from (inside the subnet).

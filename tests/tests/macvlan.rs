@@ -1,0 +1,945 @@
+//! The macvlan driver: containers as hosts of the uplink's LAN, each with a
+//! MAC address of its own. In the sandbox the parent is the host
+//! namespace's `eth0` (a veth) and the world namespace plays the LAN
+//! (198.18.0.0/24: the world's router at .1, the host at .2).
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP, conntest_bin, in_netns, sh_ok, wait_until};
+use serde_json::Value;
+
+const LAN: &str = "198.18.0.0/24";
+
+fn ct() -> String {
+    conntest_bin().to_str().unwrap().to_owned()
+}
+
+fn ok(o: &Output) -> bool {
+    o.status.success()
+}
+
+fn out(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `dnet network create -d macvlan --subnet SUBNET [ARGS...] NAME`; returns
+/// the network as `network inspect` shows it.
+fn macvlan(sb: &Sandbox, name: &str, subnet: &str, args: &[&str]) -> Value {
+    let mut a = vec!["network", "create", "-d", "macvlan", "--subnet", subnet];
+    a.extend(args);
+    a.push(name);
+    sb.dnet_ok(&a);
+    inspect(sb, name)
+}
+
+fn inspect(sb: &Sandbox, name: &str) -> Value {
+    sb.dnet_json(&["network", "inspect", name])[0].clone()
+}
+
+fn run_on(sb: &Sandbox, name: &str, network: &str) {
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        network,
+        "--",
+        "sleep",
+        "300",
+    ]);
+}
+
+/// The container's endpoint in `network`, as `dnet ps` shows it.
+fn endpoint(sb: &Sandbox, name: &str, network: &str) -> Value {
+    sb.dnet_json(&["ps"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["network"] == network)
+        .unwrap_or_else(|| panic!("{name} is not on {network}"))
+        .clone()
+}
+
+/// `ip -j -d ARGS` inside a container, parsed.
+fn ip_in(sb: &Sandbox, container: &str, args: &[&str]) -> Value {
+    let mut a = vec!["exec", container, "--", "ip", "-j", "-d"];
+    a.extend(args);
+    serde_json::from_str(&sb.dnet_ok(&a)).expect("ip -j")
+}
+
+fn ip_world(sb: &Sandbox, args: &[&str]) -> Value {
+    let mut a = vec!["-j", "-n", sb.world_ns.as_str()];
+    a.extend(args);
+    serde_json::from_str(&sh_ok("ip", &a)).expect("ip -j")
+}
+
+fn mac_of_host_link(sb: &Sandbox, ifname: &str) -> String {
+    sb.host_ip_json(&["link", "show", ifname])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A second uplink `eth1` between the host and the world, the world at
+/// `world_ip` on its end; the host's end is up without an address.
+fn second_lan(sb: &Sandbox, world_ip: &str) {
+    let (h, w) = (sb.host_ns.as_str(), sb.world_ns.as_str());
+    sh_ok(
+        "ip",
+        &[
+            "-n", h, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1", "netns", w,
+        ],
+    );
+    sh_ok("ip", &["-n", w, "addr", "add", world_ip, "dev", "eth1"]);
+    sh_ok("ip", &["-n", w, "link", "set", "eth1", "up"]);
+    sh_ok("ip", &["-n", h, "link", "set", "eth1", "up"]);
+}
+
+/// Every network namespace on the machine that a process is in or that is
+/// mounted somewhere (`/run/netns`, dnet's state folders), one path each.
+fn all_namespaces() -> Vec<PathBuf> {
+    let mut seen = BTreeSet::new();
+    let mut paths = Vec::new();
+    let mut consider = |p: PathBuf| {
+        if let Ok(m) = fs::metadata(&p)
+            && seen.insert((m.dev(), m.ino()))
+        {
+            paths.push(p);
+        }
+    };
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_ok() {
+            consider(e.path().join("ns/net"));
+        }
+    }
+    for l in fs::read_to_string("/proc/self/mountinfo").unwrap().lines() {
+        // Fields: ... mount-point ... - fstype source ...
+        let f: Vec<&str> = l.split(' ').collect();
+        let fstype = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1));
+        if fstype == Some(&"nsfs") {
+            consider(PathBuf::from(f[4]));
+        }
+    }
+    paths
+}
+
+/// Links in any namespace whose alias contains `needle` (a network id),
+/// as `namespace: ifname`.
+fn links_with_alias_anywhere(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for ns in all_namespaces() {
+        let o = in_netns(&ns, "ip", &["-j", "link", "show"]);
+        let Ok(links) = serde_json::from_slice::<Value>(&o.stdout) else {
+            continue;
+        };
+        for l in links.as_array().into_iter().flatten() {
+            if l["ifalias"].as_str().is_some_and(|a| a.contains(needle)) {
+                found.push(format!("{}: {}", ns.display(), l["ifname"]));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_container_is_a_host_of_the_lan_with_its_own_mac() {
+    let mut sb = Sandbox::new();
+    // No -o: the parent is the daemon's uplink, the mode bridge.
+    let net = macvlan(&sb, "lan", LAN, &["--gateway", "198.18.0.1"]);
+    assert_eq!(net["options"]["parent"], "eth0", "{net}");
+    assert_eq!(net["options"]["macvlan_mode"], "bridge", "{net}");
+    sb.server("a", "lan", "tcp", 80);
+
+    // The first address after the gateway (.1) and the parent's own (.2).
+    let ep = endpoint(&sb, "a", "lan");
+    assert_eq!(ep["ip"], "198.18.0.3", "{ep}");
+    assert_eq!(ep["mac"], "02:42:c6:12:00:03", "{ep}");
+    let eth0 = &ip_in(&sb, "a", &["addr", "show", "eth0"])[0];
+    assert_eq!(eth0["ifname"], "eth0");
+    assert_eq!(eth0["address"], "02:42:c6:12:00:03", "{eth0}");
+    assert_eq!(eth0["linkinfo"]["info_kind"], "macvlan", "{eth0}");
+    assert_eq!(eth0["linkinfo"]["info_data"]["mode"], "bridge", "{eth0}");
+    assert_eq!(eth0["mtu"], 1500, "the parent's MTU");
+    let addrs = eth0["addr_info"].as_array().unwrap();
+    assert_eq!(addrs.len(), 1, "one IPv4 address and no IPv6: {eth0}");
+    assert_eq!(addrs[0]["family"], "inet");
+    assert_eq!(addrs[0]["local"], "198.18.0.3");
+    assert_eq!(addrs[0]["prefixlen"], 24);
+    let routes = ip_in(&sb, "a", &["route"]);
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == "198.18.0.1" && r["dev"] == "eth0"),
+        "{routes}"
+    );
+
+    // The LAN reaches the container at its own address, no NAT on the way:
+    // the server sees the world's address, and the world has learnt the
+    // container's own MAC.
+    let o = sb.in_world(&ct(), &["tcp", "198.18.0.3:80"]);
+    assert!(ok(&o), "world -> container: {}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with(&format!("{WORLD_IP}:")),
+        "{}",
+        out(&o)
+    );
+    let neigh = ip_world(&sb, &["neigh", "show", "198.18.0.3"]);
+    assert_eq!(neigh[0]["lladdr"], "02:42:c6:12:00:03", "{neigh}");
+
+    // And the container reaches the LAN from its own address.
+    let world_ns = sb.world_netns_path();
+    sb.spawn_in(&world_ns, &ct(), &["serve", "tcp", "198.18.0.1:7000"]);
+    let mut last = None;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let o = sb.conntest_in("a", &["tcp", "198.18.0.1:7000"]);
+            let good = ok(&o);
+            last = Some(o);
+            good
+        }),
+        "container -> world: {}",
+        out(last.as_ref().unwrap())
+    );
+    assert!(
+        String::from_utf8_lossy(&last.unwrap().stdout).starts_with("198.18.0.3:"),
+        "the world sees the container's own address"
+    );
+
+    // Nothing of it in the host namespace: no link, no route, no pin.
+    let links = sb.host_ip_json(&["-d", "link", "show"]);
+    for l in links.as_array().unwrap() {
+        assert_ne!(l["linkinfo"]["info_kind"], "macvlan", "{l}");
+    }
+    let routes = sh_ok("ip", &["-n", &sb.host_ns, "route"]);
+    assert!(!routes.contains("198.18.0.3"), "{routes}");
+    assert!(
+        sb.pins().iter().all(|p| !p.starts_with("links/")),
+        "{:?}",
+        sb.pins()
+    );
+}
+
+#[test]
+fn bridge_mode_containers_reach_each_other_and_private_mode_ones_cannot() {
+    let sb = Sandbox::new();
+    // A second subnet on the same LAN, for the private network; the world's
+    // router has an address in it too.
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.world_ns,
+            "addr",
+            "add",
+            "198.18.1.1/24",
+            "dev",
+            "eth0",
+        ],
+    );
+    macvlan(&sb, "lan", LAN, &["-o", "parent=eth0"]);
+    let private = macvlan(
+        &sb,
+        "priv",
+        "198.18.1.0/24",
+        &["-o", "parent=eth0", "-o", "macvlan_mode=private"],
+    );
+    assert!(
+        private["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("cannot reach each other")),
+        "{private}"
+    );
+    sb.server("a", "lan", "tcp", 80);
+    sb.server("b", "lan", "udp", 53);
+    sb.server("p1", "priv", "tcp", 80);
+    sb.server("p2", "priv", "tcp", 80);
+    let p1 = ip_in(&sb, "p1", &["link", "show", "eth0"]);
+    assert_eq!(p1[0]["linkinfo"]["info_data"]["mode"], "private", "{p1}");
+
+    // Bridge mode: straight from one child to the other, both ways.
+    for (from, to) in [("a", "198.18.0.4"), ("b", "198.18.0.3")] {
+        let o = sb.conntest_in(from, &["ping", to]);
+        assert!(ok(&o), "ping {from} -> {to}: {}", out(&o));
+    }
+    let o = sb.conntest_in("b", &["tcp", "198.18.0.3:80"]);
+    assert!(ok(&o), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("198.18.0.4:"),
+        "{}",
+        out(&o)
+    );
+    let o = sb.conntest_in("a", &["udp", "198.18.0.4:53"]);
+    assert!(ok(&o), "{}", out(&o));
+
+    // Private mode: the LAN is reachable, the neighbour is not.
+    assert_eq!(endpoint(&sb, "p2", "priv")["ip"], "198.18.1.3");
+    let o = sb.conntest_in("p1", &["ping", "198.18.1.1"]);
+    assert!(ok(&o), "private -> LAN: {}", out(&o));
+    let o = sb.conntest_in("p1", &["ping", "198.18.1.3", "--timeout", "0.5"]);
+    assert!(!ok(&o), "private -> private must fail: {}", out(&o));
+    let o = sb.conntest_in("p2", &["tcp", "198.18.1.2:80", "--timeout", "0.5"]);
+    assert!(!ok(&o), "private -> private must fail: {}", out(&o));
+}
+
+#[test]
+fn the_host_reaches_its_containers_only_with_host_access() {
+    let mut sb = Sandbox::new();
+    let net = macvlan(&sb, "lan", LAN, &["-o", "parent=eth0"]);
+    let notes = net["notes"].to_string();
+    assert!(
+        notes.contains("the host cannot reach this network's containers")
+            && notes.contains("host_access=true"),
+        "{net}"
+    );
+    assert!(net.get("host_address").is_none(), "{net}");
+    sb.server("a", "lan", "tcp", 80);
+    let h = |args: &[&str]| sb.in_host(&ct(), args);
+    assert!(
+        ok(&sb.in_world(&ct(), &["ping", "198.18.0.3"])),
+        "the LAN does"
+    );
+    let o = h(&["ping", "198.18.0.3", "--timeout", "0.5"]);
+    assert!(!ok(&o), "the host cannot reach its child: {}", out(&o));
+    sb.dnet_ok(&["rm", "-f", "a"]);
+    sb.dnet_ok(&["network", "rm", "lan"]);
+
+    // With host access: an interface of the host's own on the parent, with
+    // the first free address of the network.
+    let eth0_mac = mac_of_host_link(&sb, "eth0");
+    let net = macvlan(&sb, "lan", LAN, &["-o", "host_access=true"]);
+    assert_eq!(net["host_address"], "198.18.0.3", "{net}");
+    let id = net["id"].as_str().unwrap();
+    let shim = format!("mvhost-{}", &id[..8]);
+    assert!(net["notes"].to_string().contains(&shim), "{net}");
+    let l = &sb.host_ip_json(&["-d", "addr", "show", &shim])[0];
+    assert_eq!(l["linkinfo"]["info_kind"], "macvlan", "{l}");
+    assert_eq!(l["linkinfo"]["info_data"]["mode"], "bridge", "{l}");
+    assert_eq!(l["address"], "02:42:c6:12:00:03", "{l}");
+    assert_eq!(l["ifalias"], format!("dnet:net:{id}"), "{l}");
+    let addrs = l["addr_info"].as_array().unwrap();
+    assert_eq!(addrs.len(), 1, "{l}");
+    assert_eq!(
+        (addrs[0]["local"].as_str(), addrs[0]["prefixlen"].as_u64()),
+        (Some("198.18.0.3"), Some(32))
+    );
+
+    sb.server("a", "lan", "tcp", 80);
+    sb.server("b", "lan", "udp", 53);
+    assert_eq!(endpoint(&sb, "a", "lan")["ip"], "198.18.0.4");
+    assert!(ok(&h(&["ping", "198.18.0.4", "198.18.0.5"])));
+    let o = h(&["tcp", "198.18.0.4:80"]);
+    assert!(ok(&o), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("198.18.0.3:"),
+        "the host speaks from its address on the network: {}",
+        out(&o)
+    );
+    assert!(ok(&h(&["udp", "198.18.0.5:53"])));
+    // The containers reach a host service at the host's address.
+    let host_ns = sb.host_netns_path();
+    sb.spawn_in(&host_ns, &ct(), &["serve", "tcp", "198.18.0.3:9000"]);
+    assert!(wait_until(Duration::from_secs(5), || ok(
+        &sb.conntest_in("a", &["tcp", "198.18.0.3:9000"])
+    )));
+
+    // The host's own way to the LAN has not moved, and the LAN still knows
+    // the host's uplink address by the uplink's MAC.
+    let get = |ip: &str| sh_ok("ip", &["-n", &sb.host_ns, "route", "get", ip]);
+    assert!(get("198.18.0.1").contains("dev eth0 src 198.18.0.2"));
+    assert!(get("198.18.0.77").contains("dev eth0 src 198.18.0.2"));
+    assert!(get("198.18.0.4").contains(&format!("dev {shim} src 198.18.0.3")));
+    // The host's interface on the parent hears the LAN's ARP requests too,
+    // and must answer only for its own address.
+    let o = sb.in_world(
+        "arping",
+        &["-c", "2", "-w", "2", "-I", "eth0", &UPLINK_IP.to_string()],
+    );
+    let macs: BTreeSet<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_once('[')?
+                .1
+                .split_once(']')
+                .map(|m| m.0.to_lowercase())
+        })
+        .collect();
+    assert_eq!(macs, BTreeSet::from([eth0_mac.clone()]), "{}", out(&o));
+
+    // A container's route goes with it, the interface with the network.
+    sb.dnet_ok(&["rm", "-f", "a"]);
+    let routes = sh_ok("ip", &["-n", &sb.host_ns, "route"]);
+    assert!(!routes.contains("198.18.0.4"), "{routes}");
+    assert!(routes.contains("198.18.0.5"), "{routes}");
+    sb.dnet_ok(&["rm", "-f", "b"]);
+    sb.dnet_ok(&["network", "rm", "lan"]);
+    assert!(!sb.host_links().contains(&shim));
+}
+
+#[test]
+fn stats_show_macvlan_endpoints_with_their_drops() {
+    let sb = Sandbox::new();
+    macvlan(&sb, "lan", LAN, &[]);
+    sb.server("a", "lan", "udp", 53);
+    let row = || -> Value {
+        sb.dnet_json(&["stats"])["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["container"] == "a")
+            .cloned()
+            .expect("a row for the macvlan endpoint")
+    };
+    let n = |r: &Value, k: &str| r[k].as_u64().unwrap();
+    let o = sb.in_world(
+        &ct(),
+        &[
+            "udp",
+            "198.18.0.3:53",
+            "--count",
+            "20",
+            "--interval",
+            "0.01",
+        ],
+    );
+    assert!(ok(&o), "{}", out(&o));
+    let r = row();
+    assert_eq!(r["network"], "lan");
+    assert_eq!(r["ip"], "198.18.0.3");
+    for k in ["rx_packets", "tx_packets"] {
+        assert!(n(&r, k) >= 20, "{k}: {r}");
+    }
+    for k in ["rx_bytes", "tx_bytes"] {
+        assert!(n(&r, k) >= 20 * 42, "{k}: {r}");
+    }
+
+    // Direction: broadcasts from the LAN are delivered to the container
+    // (tx, as a switch port counts) and it sends nothing back.
+    for _ in 0..3 {
+        let _ = sb.in_world(
+            &ct(),
+            &["udp", "198.18.0.255:9", "--broadcast", "--timeout", "0.2"],
+        );
+    }
+    let after = row();
+    let delivered = n(&after, "tx_packets") - n(&r, "tx_packets");
+    let sent = n(&after, "rx_packets") - n(&r, "rx_packets");
+    assert!(delivered >= 3 && sent < delivered, "{r} -> {after}");
+
+    // Drops: with a parent that drops everything it is handed (a queue of
+    // length 0), what the container sends is counted as dropped.
+    assert!(after["drops"].as_object().unwrap().is_empty(), "{after}");
+    sh_ok(
+        "tc",
+        &[
+            "-n",
+            &sb.host_ns,
+            "qdisc",
+            "add",
+            "dev",
+            "eth0",
+            "root",
+            "pfifo",
+            "limit",
+            "0",
+        ],
+    );
+    let o = sb.conntest_in("a", &["ping", "198.18.0.1", "--timeout", "0.5"]);
+    assert!(!ok(&o));
+    let dropped = row();
+    assert!(
+        dropped["drops"]["send-dropped"].as_u64().unwrap_or(0) > 0,
+        "{dropped}"
+    );
+    // The table shows the row too.
+    let table = sb.dnet_ok(&["stats"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("a "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        line.contains("lan") && line.contains("198.18.0.3") && line.contains("send-dropped="),
+        "{table}"
+    );
+}
+
+#[test]
+fn passthru_gives_the_parent_to_one_container() {
+    let sb = Sandbox::new();
+    second_lan(&sb, "198.19.0.1/24");
+    let eth1_mac = mac_of_host_link(&sb, "eth1");
+    let net = macvlan(
+        &sb,
+        "pt",
+        "198.19.0.0/24",
+        &["-o", "parent=eth1", "-o", "macvlan_mode=passthru"],
+    );
+    assert!(net["notes"].to_string().contains("passthru"), "{net}");
+    sb.server("a", "pt", "tcp", 80);
+    let l = &ip_in(&sb, "a", &["addr", "show", "eth0"])[0];
+    assert_eq!(l["linkinfo"]["info_data"]["mode"], "passthru", "{l}");
+    assert_eq!(l["address"], "02:42:c6:13:00:02", "{l}");
+    assert_eq!(l["addr_info"][0]["local"], "198.19.0.2", "{l}");
+    // The kernel sets a passthru child's MAC on the parent.
+    assert_eq!(mac_of_host_link(&sb, "eth1"), "02:42:c6:13:00:02");
+    let o = sb.in_world(&ct(), &["tcp", "198.19.0.2:80"]);
+    assert!(ok(&o), "{}", out(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("198.19.0.1:"));
+
+    // A second endpoint: a clear error, nothing changed.
+    sb.dnet_ok(&["run", "-d", "--name", "c", "--", "sleep", "300"]);
+    let want = "network pt uses macvlan_mode=passthru: its parent eth1 carries one container, and a has it";
+    for args in [
+        &["run", "--network", "pt", "--", "true"][..],
+        &["network", "connect", "pt", "c"],
+    ] {
+        let before = sb.snapshot();
+        let err = sb.dnet_err(args);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(before, sb.snapshot(), "{args:?} changed something");
+    }
+
+    // Gone, the parent has its own MAC again and takes another container.
+    sb.dnet_ok(&["rm", "-f", "a"]);
+    assert_eq!(mac_of_host_link(&sb, "eth1"), eth1_mac);
+    sb.dnet_ok(&["network", "connect", "pt", "c"]);
+    let l = &ip_in(&sb, "c", &["link", "show", "eth1"])[0];
+    assert_eq!(l["linkinfo"]["info_data"]["mode"], "passthru", "{l}");
+    assert!(ok(&sb.conntest_in("c", &["ping", "198.19.0.1"])));
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let sb = Sandbox::new();
+    // What the cases clash with: a network on eth0, a link that is down, a
+    // second LAN with a passthru network.
+    macvlan(&sb, "lan", LAN, &["-o", "parent=eth0"]);
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "link",
+            "add",
+            "down0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "down0p",
+        ],
+    );
+    second_lan(&sb, "198.19.0.1/24");
+    macvlan(
+        &sb,
+        "pt",
+        "198.19.0.0/24",
+        &["-o", "parent=eth1", "-o", "macvlan_mode=passthru"],
+    );
+    run_on(&sb, "c1", "lan");
+
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["-o", "parent=nosuch", "--subnet", "10.30.0.0/24"],
+            "parent interface \"nosuch\" does not exist",
+        ),
+        (
+            &["-o", "parent=", "--subnet", "10.30.0.0/24"],
+            "-o parent= needs an interface name",
+        ),
+        (
+            &["-o", "parent=lo", "--subnet", "10.30.0.0/24"],
+            "parent lo is a loopback interface",
+        ),
+        (
+            &["-o", "parent=down0", "--subnet", "10.30.0.0/24"],
+            "parent down0 is down",
+        ),
+        (
+            &["-o", "parent=eth0", "--subnet", "198.18.0.128/25"],
+            "subnet 198.18.0.128/25 overlaps 198.18.0.0/24 of macvlan network \"lan\" on the same parent eth0",
+        ),
+        (
+            // The default parent is the uplink: the same parent.
+            &["--subnet", "198.18.0.0/16"],
+            "subnet 198.18.0.0/16 overlaps 198.18.0.0/24 of macvlan network \"lan\" on the same parent eth0",
+        ),
+        (
+            &["-o", "parent=eth1", "--subnet", "198.18.0.0/24"],
+            "subnet 198.18.0.0/24 overlaps 198.18.0.0/24 of network \"lan\"",
+        ),
+        (
+            &["--subnet", "172.17.0.0/24"],
+            "overlaps 172.17.0.0/16 of network \"bridge\"",
+        ),
+        (
+            &["--subnet", "10.30.0.0/24", "--gateway", "10.31.0.1"],
+            "gateway 10.31.0.1 is not a usable address of subnet 10.30.0.0/24",
+        ),
+        (&[], "a macvlan network needs --subnet"),
+        (
+            &["--subnet", "10.30.0.0/24", "-o", "macvlan_mode=source"],
+            "invalid macvlan_mode \"source\": use bridge, private, vepa or passthru",
+        ),
+        (
+            &[
+                "--subnet",
+                "10.30.0.0/24",
+                "-o",
+                "parent=eth0",
+                "-o",
+                "macvlan_mode=passthru",
+            ],
+            "parent eth0 is used by macvlan network \"lan\": a passthru network needs its parent to itself",
+        ),
+        (
+            &["--subnet", "10.30.0.0/24", "-o", "parent=eth1"],
+            "parent eth1 is used by macvlan network \"pt\": a passthru network needs its parent to itself",
+        ),
+        (
+            &["--subnet", "10.30.0.0/24", "-o", "host_access=maybe"],
+            "option host_access: \"maybe\" is not true or false",
+        ),
+        (
+            &[
+                "--subnet",
+                "10.30.0.0/24",
+                "-o",
+                "host_access=true",
+                "-o",
+                "macvlan_mode=private",
+            ],
+            "host_access=true needs macvlan_mode=bridge",
+        ),
+        (
+            &["--subnet", "10.30.0.0/24", "-o", "mtu=9000"],
+            "mtu 9000 is larger than the MTU of parent eth0 (1500)",
+        ),
+        (
+            &["--subnet", "10.30.0.0/24", "--internal"],
+            "a macvlan network cannot be --internal",
+        ),
+        (
+            &["--subnet", "10.30.0.0/24", "-o", "icc=false"],
+            "unknown option \"icc\" for the macvlan driver (known: parent, macvlan_mode, host_access, mtu)",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut a = vec!["network", "create", "-d", "macvlan"];
+        a.extend(*args);
+        a.push("x");
+        let before = sb.snapshot();
+        let err = sb.dnet_err(&a);
+        assert!(
+            err.contains(want),
+            "dnet {a:?}: expected {want:?} in {err:?}"
+        );
+        assert_eq!(before, sb.snapshot(), "dnet {a:?} changed something");
+    }
+
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "run",
+                "--network",
+                "lan",
+                "--ip",
+                "198.18.0.2",
+                "--",
+                "true",
+            ],
+            "address 198.18.0.2 is already in use",
+        ),
+        (
+            &[
+                "run",
+                "--network",
+                "lan",
+                "--ip",
+                "198.18.0.1",
+                "--",
+                "true",
+            ],
+            "address 198.18.0.1 is the network's gateway",
+        ),
+        (
+            &[
+                "run",
+                "--network",
+                "lan",
+                "--ip",
+                "198.18.0.3",
+                "--",
+                "true",
+            ],
+            "address 198.18.0.3 is already in use",
+        ),
+        (
+            &["run", "--network", "lan", "-p", "80:80", "--", "true"],
+            "ports can only be published on a bridge network (lan uses the macvlan driver)",
+        ),
+        (
+            &["network", "connect", "lan", "c1"],
+            "container c1 is already connected to network lan",
+        ),
+        (
+            &["network", "rm", "lan"],
+            "network lan has active endpoints (containers: c1)",
+        ),
+    ];
+    for (args, want) in cases {
+        let before = sb.snapshot();
+        let err = sb.dnet_err(args);
+        assert!(
+            err.contains(want),
+            "dnet {args:?}: expected {want:?} in {err:?}"
+        );
+        assert_eq!(before, sb.snapshot(), "dnet {args:?} changed something");
+    }
+}
+
+#[test]
+fn without_an_uplink_a_macvlan_network_needs_a_parent() {
+    let mut sb = Sandbox::without_daemon();
+    sh_ok("ip", &["-n", &sb.host_ns, "route", "del", "default"]);
+    sb.start_daemon();
+    let before = sb.snapshot();
+    let err = sb.dnet_err(&["network", "create", "-d", "macvlan", "--subnet", LAN, "x"]);
+    assert!(
+        err.contains(
+            "a macvlan network needs -o parent=IFACE: the daemon has no uplink to default to"
+        ),
+        "{err}"
+    );
+    assert_eq!(before, sb.snapshot());
+    let net = macvlan(&sb, "x", LAN, &["-o", "parent=eth0"]);
+    assert_eq!(net["options"]["parent"], "eth0");
+}
+
+#[test]
+fn endpoints_and_networks_leave_nothing_behind() {
+    let sb = Sandbox::new();
+    let empty = sb.snapshot();
+    let net = macvlan(&sb, "lan", LAN, &["-o", "host_access=true"]);
+    let id = net["id"].as_str().unwrap().to_owned();
+    run_on(&sb, "a", "lan");
+    // A bridge container joins the LAN as its second interface.
+    sb.dnet_ok(&["run", "-d", "--name", "b", "--", "sleep", "300"]);
+    sb.dnet_ok(&["network", "connect", "lan", "b"]);
+    let eth1 = &ip_in(&sb, "b", &["addr", "show", "eth1"])[0];
+    assert_eq!(eth1["linkinfo"]["info_kind"], "macvlan", "{eth1}");
+    assert_eq!(eth1["address"], "02:42:c6:12:00:05", "{eth1}");
+    assert_eq!(eth1["addr_info"][0]["local"], "198.18.0.5", "{eth1}");
+    // Its default route stays on the bridge network.
+    let routes = ip_in(&sb, "b", &["route"]);
+    let default: Vec<&Value> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["dst"] == "default")
+        .collect();
+    assert_eq!(default.len(), 1, "{routes}");
+    assert_eq!(default[0]["dev"], "eth0", "{routes}");
+    assert!(ok(
+        &sb.conntest_in("b", &["ping", "198.18.0.1", "198.18.0.4"])
+    ));
+    assert_eq!(links_with_alias_anywhere(&id).len(), 3, "a, b and the host");
+
+    sb.dnet_ok(&["network", "disconnect", "lan", "b"]);
+    let links = sb.dnet_ok(&["exec", "b", "--", "ip", "-o", "link"]);
+    assert!(!links.contains("eth1"), "{links}");
+    sb.dnet_ok(&["rm", "-f", "a", "b"]);
+    sb.dnet_ok(&["network", "rm", "lan"]);
+    let strip = |s: &str| {
+        s.split("\n---\n")
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    assert_eq!(strip(&sb.snapshot()), strip(&empty));
+    // No macvlan interface of the network in any namespace of the machine.
+    assert_eq!(links_with_alias_anywhere(&id), Vec::<String>::new());
+}
+
+#[test]
+fn a_restart_keeps_healthy_endpoints_and_mends_the_rest() {
+    let mut sb = Sandbox::new();
+    let net = macvlan(&sb, "lan", LAN, &["-o", "host_access=true"]);
+    let id = net["id"].as_str().unwrap().to_owned();
+    sb.server("a", "lan", "udp", 53);
+    sb.server("b", "lan", "tcp", 80);
+    let ifindex =
+        |sb: &Sandbox, c: &str| ip_in(sb, c, &["link", "show", "eth0"])[0]["ifindex"].clone();
+    let a_index = ifindex(&sb, "a");
+
+    // A flow from the LAN goes on while the daemon is killed and restarted.
+    let flow = Command::new("nsenter")
+        .arg(format!("--net={}", sb.world_netns_path().display()))
+        .args([
+            &ct(),
+            "udp",
+            "198.18.0.4:53",
+            "--count",
+            "300",
+            "--interval",
+            "0.01",
+            "--timeout",
+            "1",
+        ])
+        .spawn()
+        .unwrap();
+    sb.stop_daemon(libc::SIGKILL);
+    sb.start_daemon();
+    let o = flow.wait_with_output().unwrap();
+    assert!(ok(&o), "{}", out(&o));
+    assert!(
+        !sb.log_tail(200).contains("making its endpoint again")
+            && !sb.log_tail(200).contains("making its kernel objects again"),
+        "{}",
+        sb.log_tail(40)
+    );
+    assert_eq!(
+        ifindex(&sb, "a"),
+        a_index,
+        "a healthy endpoint is left alone"
+    );
+
+    // Break b's endpoint, and leave what a crash would: a child in a that no
+    // endpoint explains, and a host interface of a network that is gone.
+    sb.dnet_ok(&["exec", "b", "--", "ip", "link", "del", "eth0"]);
+    let a_ns = endpoint_netns(&sb, "a");
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "link",
+            "add",
+            "stray",
+            "link",
+            "eth0",
+            "type",
+            "macvlan",
+            "mode",
+            "bridge",
+        ],
+    );
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "link",
+            "set",
+            "stray",
+            "alias",
+            &format!("dnet:mv:{id}"),
+        ],
+    );
+    // Move it into a as eth7 (as `network connect` would have made it).
+    let a_pid = container_pid(&sb, "a");
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "link",
+            "set",
+            "stray",
+            "netns",
+            &a_pid.to_string(),
+            "name",
+            "eth7",
+        ],
+    );
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "link",
+            "add",
+            "mvhost-deadbeef",
+            "link",
+            "eth0",
+            "type",
+            "macvlan",
+        ],
+    );
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "link",
+            "set",
+            "mvhost-deadbeef",
+            "alias",
+            "dnet:net:deadbeef",
+        ],
+    );
+    sb.stop_daemon(libc::SIGKILL);
+    sb.start_daemon();
+    assert!(
+        sb.log_tail(200).contains("making its endpoint again"),
+        "{}",
+        sb.log_tail(40)
+    );
+    let eth0 = &ip_in(&sb, "b", &["addr", "show", "eth0"])[0];
+    assert_eq!(eth0["address"], "02:42:c6:12:00:05", "{eth0}");
+    assert_eq!(eth0["addr_info"][0]["local"], "198.18.0.5", "{eth0}");
+    assert!(ok(&sb.in_world(&ct(), &["tcp", "198.18.0.5:80"])));
+    assert!(
+        ok(&sb.in_host(&ct(), &["tcp", "198.18.0.5:80"])),
+        "host route"
+    );
+    let links = in_netns(&a_ns, "ip", &["-o", "link"]);
+    assert!(!out(&links).contains("eth7"), "{}", out(&links));
+    assert!(!sb.host_links().contains(&"mvhost-deadbeef".to_owned()));
+    assert_eq!(ifindex(&sb, "a"), a_index);
+}
+
+/// The namespace file of a container.
+fn endpoint_netns(sb: &Sandbox, name: &str) -> PathBuf {
+    let c = sb.dnet_json(&["ps"]);
+    PathBuf::from(
+        c.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["netns_path"]
+            .as_str()
+            .unwrap(),
+    )
+}
+
+fn container_pid(sb: &Sandbox, name: &str) -> u64 {
+    sb.dnet_json(&["ps"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap()
+}
