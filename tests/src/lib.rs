@@ -522,6 +522,67 @@ pub fn assert_consistent(sb: &Sandbox) {
     assert_eq!(pinned, veths, "pinned links vs the state");
 }
 
+/// The conntest binary's path, as an argument.
+pub fn ct() -> String {
+    conntest_bin().to_str().expect("utf-8 path").to_owned()
+}
+
+/// The command succeeded.
+pub fn ok(o: &Output) -> bool {
+    o.status.success()
+}
+
+/// stdout and stderr together, for messages.
+pub fn out(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// stdout, trimmed.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+impl Sandbox {
+    /// A container's IPv4 on its first interface.
+    pub fn ip_of(&self, name: &str) -> String {
+        let ps = self.dnet_json(&["ps"]);
+        let c = ps
+            .as_array()
+            .expect("containers")
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no container {name}"));
+        c["networks"][0]["ip"]
+            .as_str()
+            .expect("an address")
+            .to_owned()
+    }
+
+    /// Drops of one reason for one container (`dnet stats --format json`).
+    pub fn drops(&self, container: &str, reason: &str) -> u64 {
+        let s = self.dnet_json(&["stats"]);
+        s["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .filter(|e| e["container"] == container)
+            .map(|e| e["drops"][reason].as_u64().unwrap_or(0))
+            .sum()
+    }
+
+    /// `dnet conntrack ls --format json`.
+    pub fn flows(&self) -> Vec<serde_json::Value> {
+        self.dnet_json(&["conntrack", "ls"])
+            .as_array()
+            .expect("flows")
+            .clone()
+    }
+}
+
 /// Runs a command inside the namespace at `netns` (`nsenter --net`).
 pub fn in_netns(netns: &Path, program: &str, args: &[&str]) -> Output {
     Command::new("nsenter")

@@ -3,49 +3,8 @@
 
 use std::{process::Command, time::Duration};
 
-use dnet_sandbox::{Sandbox, assert_consistent, conntest_bin, sh_ok, wait_until};
+use dnet_sandbox::{Sandbox, assert_consistent, ct, ok, out, sh_ok, wait_until};
 use serde_json::Value;
-
-fn ct() -> String {
-    conntest_bin().to_str().unwrap().to_owned()
-}
-
-/// The container's IPv4 on its first interface.
-fn ip_of(sb: &Sandbox, name: &str) -> String {
-    let c = sb.dnet_json(&["ps"]);
-    c.as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap()["networks"][0]["ip"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-fn ok(o: &std::process::Output) -> bool {
-    o.status.success()
-}
-
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Drops of one reason for one container, from `dnet stats --format json`.
-fn drops(sb: &Sandbox, container: &str, reason: &str) -> u64 {
-    let s = sb.dnet_json(&["stats"]);
-    s["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["container"] == container)
-        .map(|e| e["drops"][reason].as_u64().unwrap_or(0))
-        .sum()
-}
 
 #[test]
 fn the_first_container_looks_as_on_docker0() {
@@ -157,12 +116,7 @@ fn containers_reach_each_other_by_ping_tcp_and_udp_both_ways() {
     sb.server("b", "bridge", "tcp", 80);
     sb.server("ua", "bridge", "udp", 53);
     sb.server("ub", "bridge", "udp", 53);
-    let (a, b, ua, ub) = (
-        ip_of(&sb, "a"),
-        ip_of(&sb, "b"),
-        ip_of(&sb, "ua"),
-        ip_of(&sb, "ub"),
-    );
+    let (a, b, ua, ub) = (sb.ip_of("a"), sb.ip_of("b"), sb.ip_of("ua"), sb.ip_of("ub"));
     for (from, to, from_ip) in [("a", &b, &a), ("b", &a, &b)] {
         let o = sb.conntest_in(from, &["ping", to]);
         assert!(ok(&o), "ping {from} -> {to}: {}", out(&o));
@@ -212,7 +166,7 @@ fn gateway_and_host_reach_containers_and_back() {
     let mut sb = Sandbox::new();
     sb.server("web", "bridge", "tcp", 80);
     sb.server("dns", "bridge", "udp", 53);
-    let (web, dns) = (ip_of(&sb, "web"), ip_of(&sb, "dns"));
+    let (web, dns) = (sb.ip_of("web"), sb.ip_of("dns"));
     // A host service listening on the gateway address.
     let host_ns = sb.host_netns_path();
     sb.spawn_in(&host_ns, &ct(), &["serve", "tcp", "172.17.0.1:9000"]);
@@ -253,7 +207,7 @@ fn networks_are_isolated_and_the_drop_is_counted() {
     sb.server("red1", "bridge", "tcp", 80);
     sb.server("blue1", "blue", "tcp", 80);
     sb.server("blue2", "blue", "tcp", 80);
-    let (red1, blue1) = (ip_of(&sb, "red1"), ip_of(&sb, "blue1"));
+    let (red1, blue1) = (sb.ip_of("red1"), sb.ip_of("blue1"));
     assert!(
         ok(&sb.conntest_in("blue2", &["tcp", &format!("{blue1}:80")])),
         "same network works"
@@ -262,8 +216,8 @@ fn networks_are_isolated_and_the_drop_is_counted() {
     assert!(!ok(&o), "bridge -> blue must fail");
     let o = sb.conntest_in("blue1", &["ping", &red1, "--timeout", "0.5"]);
     assert!(!ok(&o), "blue -> bridge must fail");
-    assert!(drops(&sb, "red1", "cross-network") > 0);
-    assert!(drops(&sb, "blue1", "cross-network") > 0);
+    assert!(sb.drops("red1", "cross-network") > 0);
+    assert!(sb.drops("blue1", "cross-network") > 0);
     // Each network's gateway is a host address like any other.
     assert!(ok(&sb.conntest_in("blue1", &["ping", "172.17.0.1"])));
 }
@@ -282,10 +236,10 @@ fn icc_false_keeps_containers_apart_but_not_from_the_gateway() {
     ]);
     sb.server("x", "lonely", "tcp", 80);
     sb.server("y", "lonely", "tcp", 80);
-    let y = ip_of(&sb, "y");
+    let y = sb.ip_of("y");
     let o = sb.conntest_in("x", &["tcp", &format!("{y}:80"), "--timeout", "0.5"]);
     assert!(!ok(&o));
-    assert!(drops(&sb, "x", "icc-disabled") > 0);
+    assert!(sb.drops("x", "icc-disabled") > 0);
     assert!(ok(&sb.conntest_in("x", &["ping", "10.11.0.1"])));
     let host_ns = sb.host_netns_path();
     sb.spawn_in(&host_ns, &ct(), &["serve", "tcp", "198.18.0.2:7000"]);
@@ -301,7 +255,7 @@ fn broadcast_reaches_the_other_members() {
     sb.dnet_ok(&["run", "-d", "--name", "talker", "--", "sleep", "300"]);
     let o = sb.conntest_in("talker", &["udp", "172.17.255.255:5353", "--broadcast"]);
     assert!(ok(&o), "subnet broadcast: {}", out(&o));
-    let talker = ip_of(&sb, "talker");
+    let talker = sb.ip_of("talker");
     assert!(
         String::from_utf8_lossy(&o.stdout).starts_with(&format!("{talker}:")),
         "{}",
@@ -316,7 +270,7 @@ fn a_container_that_changes_its_own_ip_or_mac_is_dropped_and_counted() {
     let sb = Sandbox::new();
     sb.server("victim", "bridge", "udp", 53);
     sb.dnet_ok(&["run", "-d", "--name", "liar", "--", "sleep", "300"]);
-    let victim = ip_of(&sb, "victim");
+    let victim = sb.ip_of("victim");
     assert!(
         ok(&sb.conntest_in("liar", &["udp", &format!("{victim}:53")])),
         "honest first"
@@ -335,7 +289,7 @@ fn a_container_that_changes_its_own_ip_or_mac_is_dropped_and_counted() {
         "eth0",
         "172.17.0.3",
     ]);
-    assert!(drops(&sb, "liar", "arp-reply-from-container") > 0);
+    assert!(sb.drops("liar", "arp-reply-from-container") > 0);
     // A new address, with the victim's MAC already known (no ARP needed).
     sh(
         "ip addr flush dev eth0 && ip addr add 172.17.0.50/16 dev eth0 && ip route add default via 172.17.0.1",
@@ -348,7 +302,7 @@ fn a_container_that_changes_its_own_ip_or_mac_is_dropped_and_counted() {
         &["udp", &format!("{victim}:53"), "--timeout", "0.5"],
     );
     assert!(!ok(&o));
-    assert!(drops(&sb, "liar", "spoofed-ip") > 0);
+    assert!(sb.drops("liar", "spoofed-ip") > 0);
     // Its own address back, another MAC.
     sh(
         "ip addr flush dev eth0 && ip addr add 172.17.0.3/16 dev eth0 && ip link set eth0 address 02:42:00:00:00:99",
@@ -358,7 +312,7 @@ fn a_container_that_changes_its_own_ip_or_mac_is_dropped_and_counted() {
         &["udp", &format!("{victim}:53"), "--timeout", "0.5"],
     );
     assert!(!ok(&o));
-    assert!(drops(&sb, "liar", "spoofed-mac") > 0);
+    assert!(sb.drops("liar", "spoofed-mac") > 0);
 }
 
 #[test]
@@ -375,9 +329,9 @@ fn ipv6_is_dropped_with_its_reason() {
         "-c",
         "echo 0 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6",
     ]);
-    assert!(wait_until(Duration::from_secs(10), || drops(
-        &sb, "a", "ipv6"
-    ) > 0));
+    assert!(wait_until(Duration::from_secs(10), || sb
+        .drops("a", "ipv6")
+        > 0));
 }
 
 #[test]
@@ -438,7 +392,7 @@ fn endpoints_come_and_go_without_disturbing_a_flow() {
     let sb = Sandbox::new();
     sb.server("srv", "bridge", "udp", 53);
     sb.dnet_ok(&["run", "-d", "--name", "cli", "--", "sleep", "300"]);
-    let srv = ip_of(&sb, "srv");
+    let srv = sb.ip_of("srv");
     let flow = Command::new(dnet_sandbox::dnet_bin())
         .arg("--socket")
         .arg(sb.socket())
@@ -477,7 +431,7 @@ fn a_flow_survives_kill_9_and_a_restart_of_the_daemon() {
     let mut sb = Sandbox::new();
     sb.server("srv", "bridge", "udp", 53);
     sb.dnet_ok(&["run", "-d", "--name", "cli", "--", "sleep", "300"]);
-    let srv = ip_of(&sb, "srv");
+    let srv = sb.ip_of("srv");
     let cli_pid = sb
         .dnet_json(&["ps"])
         .as_array()

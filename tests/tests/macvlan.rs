@@ -4,34 +4,14 @@
 //! (198.18.0.0/24: the world's router at .1, the host at .2).
 
 use std::{
-    collections::BTreeSet,
-    fs,
-    os::unix::fs::MetadataExt as _,
-    path::PathBuf,
-    process::{Command, Output},
+    collections::BTreeSet, fs, os::unix::fs::MetadataExt as _, path::PathBuf, process::Command,
     time::Duration,
 };
 
-use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP, conntest_bin, in_netns, sh_ok, wait_until};
+use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP, ct, in_netns, ok, out, sh_ok, wait_until};
 use serde_json::Value;
 
 const LAN: &str = "198.18.0.0/24";
-
-fn ct() -> String {
-    conntest_bin().to_str().unwrap().to_owned()
-}
-
-fn ok(o: &Output) -> bool {
-    o.status.success()
-}
-
-fn out(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// `dnet network create -d macvlan --subnet SUBNET [ARGS...] NAME`; returns
 /// the network as `network inspect` shows it.

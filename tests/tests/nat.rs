@@ -4,28 +4,9 @@
 
 use std::{process::Command, time::Duration};
 
-use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP, conntest_bin, in_netns, sh_ok, wait_until};
-use serde_json::Value;
-
-fn ct() -> String {
-    conntest_bin().to_str().unwrap().to_owned()
-}
-
-fn ok(o: &std::process::Output) -> bool {
-    o.status.success()
-}
-
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
+use dnet_sandbox::{
+    Sandbox, UPLINK_IP, WORLD_IP, ct, in_netns, ok, out, sh_ok, stdout, wait_until,
+};
 
 /// Starts conntest servers in the world namespace.
 fn world_servers(sb: &mut Sandbox, tcp: &[u16], udp: &[u16]) {
@@ -43,24 +24,6 @@ fn world_servers(sb: &mut Sandbox, tcp: &[u16], udp: &[u16]) {
             &sb.in_host(&ct(), &["tcp", &a])
         )));
     }
-}
-
-fn drops(sb: &Sandbox, container: &str, reason: &str) -> u64 {
-    let s = sb.dnet_json(&["stats"]);
-    s["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["container"] == container)
-        .map(|e| e["drops"][reason].as_u64().unwrap_or(0))
-        .sum()
-}
-
-fn flows(sb: &Sandbox) -> Vec<Value> {
-    sb.dnet_json(&["conntrack", "ls"])
-        .as_array()
-        .unwrap()
-        .clone()
 }
 
 /// No netfilter rule in the host namespace, and no kernel conntrack entry
@@ -95,7 +58,7 @@ fn containers_reach_the_world_as_the_uplink_address() {
     assert!(udp.starts_with(&format!("{UPLINK_IP}:")), "{udp}");
     seen(sb.conntest_in("a", &["ping", &WORLD_IP.to_string()]));
     // The flows are in dnet's table, translated to the uplink.
-    let f = flows(&sb);
+    let f = sb.flows();
     for proto in ["tcp", "udp", "icmp"] {
         let x = f
             .iter()
@@ -202,7 +165,7 @@ fn published_ports_reach_the_container_with_the_clients_address() {
     // An unpublished port is the host's (nothing listens: refused).
     let o = w(&["tcp", &format!("{up}:8099"), "--timeout", "1"]);
     assert!(!ok(&o) && out(&o).contains("refused"), "{}", out(&o));
-    let f = flows(&sb);
+    let f = sb.flows();
     assert!(
         f.iter()
             .any(|x| x["kind"] == "dnat" && x["translated"]["dst"] == "172.17.0.2:80"),
@@ -213,7 +176,7 @@ fn published_ports_reach_the_container_with_the_clients_address() {
     let o = w(&["tcp", &format!("{up}:8080"), "--timeout", "1"]);
     assert!(!ok(&o), "unpublished with its container");
     assert!(
-        !flows(&sb)
+        !sb.flows()
             .iter()
             .any(|x| x["translated"]["dst"] == "172.17.0.2:80")
     );
@@ -258,7 +221,7 @@ fn hairpin_reaches_a_published_port_from_containers() {
         "the backend sees its gateway: {}",
         out(&o)
     );
-    assert!(flows(&sb).iter().any(|x| x["kind"] == "hairpin"));
+    assert!(sb.flows().iter().any(|x| x["kind"] == "hairpin"));
 }
 
 #[test]
@@ -420,12 +383,12 @@ fn internal_networks_have_no_outbound() {
     ]);
     let o = sb.conntest_in("x", &["tcp", &format!("{WORLD_IP}:80"), "--timeout", "1"]);
     assert!(!ok(&o));
-    assert!(drops(&sb, "x", "internal-network") > 0);
+    assert!(sb.drops("x", "internal-network") > 0);
     assert!(
         ok(&sb.conntest_in("x", &["ping", "10.22.0.1"])),
         "the gateway stays reachable"
     );
-    assert!(flows(&sb).is_empty());
+    assert!(sb.flows().is_empty());
 }
 
 #[test]
@@ -445,7 +408,7 @@ fn when_the_nat_ports_run_out_the_next_flow_fails_and_established_ones_continue(
     }
     let o = sb.conntest_in("a", &["udp", &to, "--bind", "1006", "--timeout", "1"]);
     assert!(!ok(&o), "a sixth flow has no port");
-    assert!(drops(&sb, "a", "nat-ports-exhausted") > 0);
+    assert!(sb.drops("a", "nat-ports-exhausted") > 0);
     let o = sb.conntest_in("a", &["udp", &to, "--bind", "1003"]);
     assert!(ok(&o), "an established flow goes on: {}", out(&o));
     // The NAT ports are reserved from the host's own ephemeral ports.
@@ -460,11 +423,11 @@ fn expired_flows_are_collected() {
     sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
     assert!(ok(&sb.conntest_in("a", &["udp", &format!("{WORLD_IP}:53")])));
     assert!(
-        flows(&sb).iter().any(|f| f["proto"] == "udp"),
+        sb.flows().iter().any(|f| f["proto"] == "udp"),
         "the flow is there"
     );
     assert!(
-        wait_until(Duration::from_secs(15), || flows(&sb).is_empty()),
+        wait_until(Duration::from_secs(15), || sb.flows().is_empty()),
         "and then collected"
     );
     sb.dnet_ok(&["conntrack", "flush"]);
@@ -515,7 +478,7 @@ fn a_thousand_concurrent_flows_from_ten_containers_are_all_translated() {
             out(&o)
         );
     }
-    let f = flows(&sb);
+    let f = sb.flows();
     assert!(
         f.iter().filter(|x| x["proto"] == "tcp").count() >= 1000,
         "{} flows",
@@ -556,7 +519,7 @@ fn a_translated_flow_survives_kill_9_and_a_restart() {
     let o = flow.wait_with_output().unwrap();
     assert!(ok(&o), "lost answers across the restart: {}", out(&o));
     assert!(
-        flows(&sb).iter().any(|x| x["proto"] == "udp"),
+        sb.flows().iter().any(|x| x["proto"] == "udp"),
         "the flow survived in the pinned map"
     );
 }

@@ -231,17 +231,6 @@ fn connections(a: SocketAddr, count: usize, timeout: Duration) -> anyhow::Result
     Ok(())
 }
 
-fn checksum(b: &[u8]) -> u16 {
-    let mut sum: u32 = b
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// One ICMP echo over a raw socket (needs CAP_NET_RAW).
 fn ping(ip: Ipv4Addr, seq: u16, size: usize, timeout: Duration) -> anyhow::Result<Duration> {
     use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn};
@@ -256,7 +245,7 @@ fn ping(ip: Ipv4Addr, seq: u16, size: usize, timeout: Duration) -> anyhow::Resul
     pkt.extend_from_slice(&id.to_be_bytes());
     pkt.extend_from_slice(&seq.to_be_bytes());
     pkt.extend((0..size).map(|i| i as u8));
-    let c = checksum(&pkt);
+    let c = dnet_common::csum::checksum(&pkt);
     pkt[2..4].copy_from_slice(&c.to_be_bytes());
     let dst = SockaddrIn::from(SocketAddrV4::new(ip, 0));
     let start = Instant::now();
