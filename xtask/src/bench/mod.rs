@@ -348,6 +348,25 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let defs = metric_defs(&ports, plan.endpoints, plan.publish);
     let mut r = Results::new(defs, plan.rounds);
     let skip = |g: &str| args.skip.iter().any(|s| s == g);
+    // Skipped groups: every side says so (ids start with ew, ns, pp, cp).
+    let skipped: Vec<String> = r
+        .defs
+        .iter()
+        .map(|d| d.id.clone())
+        .filter(|id| {
+            skip(
+                id.split('_')
+                    .next()
+                    .unwrap_or("")
+                    .trim_end_matches(|c: char| c.is_ascii_digit()),
+            )
+        })
+        .collect();
+    for id in skipped {
+        for side in 0..3 {
+            r.set_na(&id, side, "skipped (--skip)");
+        }
+    }
 
     // Rounds of every measurement but the published ports.
     let tasks: Vec<Task> = [
@@ -378,18 +397,6 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 let out = run_task(task, &ctx, env.as_mut(), &plan);
                 record(&mut r, side, &labels[side], measured, task.metrics(), out);
             }
-        }
-    }
-    for m in [
-        "ew_tcp",
-        "ew_tcp_cpu",
-        "ew_udp",
-        "ew_rr_p50",
-        "ew_rr_p99",
-        "ew_cps",
-    ] {
-        if skip("ew") {
-            r.set_na(m, 0, "skipped");
         }
     }
 
