@@ -279,21 +279,24 @@ pub fn svg(path: &Path, meta: &Meta, r: &Results, ports: &[u32]) -> anyhow::Resu
         })
         .collect();
     let n = bars.len().max(1);
-    let xmax = bars
+    // Ratios multiply: a log axis, bars from docker0's 1× to the figure.
+    let all: Vec<f64> = bars
         .iter()
         .flat_map(|(_, a, b)| [*a, *b])
         .flatten()
-        .fold(1.5f64, f64::max)
-        * 1.1;
+        .filter(|x| *x > 0.0)
+        .collect();
+    let xmax = all.iter().copied().fold(2.0f64, f64::max) * 1.3;
+    let xmin = all.iter().copied().fold(0.5f64, f64::min) * 0.8;
     let mut chart = ChartBuilder::on(&left)
         .margin(12)
         .caption(
-            "relative to docker0 (higher is better; 1 = docker0)",
+            "relative to docker0 (higher is better; 1× = docker0; log scale)",
             ("sans-serif", 15),
         )
         .x_label_area_size(30)
         .y_label_area_size(300)
-        .build_cartesian_2d(0f64..xmax, -0.5f64..(n as f64 - 0.5))
+        .build_cartesian_2d((xmin..xmax).log_scale(), -0.5f64..(n as f64 - 0.5))
         .map_err(|e| err(&e))?;
     let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
     chart
@@ -309,6 +312,7 @@ pub fn svg(path: &Path, meta: &Meta, r: &Results, ports: &[u32]) -> anyhow::Resu
             labels.get(n - 1 - i as usize).cloned().unwrap_or_default()
         })
         .x_desc("× docker0")
+        .x_label_formatter(&|x| format!("{}×", fmt_value(*x)))
         .draw()
         .map_err(|e| err(&e))?;
     for (i, (_, dn, li)) in bars.iter().enumerate() {

@@ -175,7 +175,7 @@ pub fn metric_defs(ports: &[u32], endpoints: usize, publish: u32) -> Vec<MetricD
         MetricDef::new(
             "cp_unpublish",
             ControlPlane,
-            "remove it".to_owned(),
+            "remove that container".to_owned(),
             "s",
             false,
         ),
