@@ -320,7 +320,7 @@ pub fn svg(path: &Path, meta: &Meta, r: &Results, ports: &[u32]) -> anyhow::Resu
         if let Some(v) = dn {
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [(0.0, y + 0.02), (*v, y + 0.38)],
+                    [(1.0, y + 0.02), (*v, y + 0.38)],
                     BLUE.filled(),
                 )))
                 .map_err(|e| err(&e))?;
@@ -328,7 +328,7 @@ pub fn svg(path: &Path, meta: &Meta, r: &Results, ports: &[u32]) -> anyhow::Resu
         if let Some(v) = li {
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [(0.0, y - 0.38), (*v, y - 0.02)],
+                    [(1.0, y - 0.38), (*v, y - 0.02)],
                     GREY.filled(),
                 )))
                 .map_err(|e| err(&e))?;
