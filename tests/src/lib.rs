@@ -594,7 +594,7 @@ pub fn in_netns(netns: &Path, program: &str, args: &[&str]) -> Output {
 }
 
 /// Mount points under `dir`, deepest first.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut v: Vec<PathBuf> = info
         .lines()
@@ -607,7 +607,7 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Kills every process whose network namespace is the one at `path`.
-fn kill_in_netns(path: &Path) {
+pub fn kill_in_netns(path: &Path) {
     use std::os::unix::fs::MetadataExt as _;
     let Ok(m) = fs::metadata(path) else { return };
     let id = (m.dev(), m.ino());

@@ -1,6 +1,7 @@
 //! `cargo xtask setup | build | run | test`: what a fresh machine needs,
 //! and the project's main jobs. See README.md.
 
+mod bench;
 mod run;
 mod setup;
 mod test;
@@ -37,6 +38,10 @@ enum Task {
     /// Set up, build, and run every suite: unit tests, eBPF programs on
     /// hand-made packets, and the namespace scenarios.
     Test(test::Args),
+    /// Benchmark dnet side by side with real docker0 and the physical
+    /// limit, in sandbox namespaces (as root; installs what it needs).
+    /// Writes a table to stdout and JSON and SVG under target/bench/.
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Run(args) => run::run(&root, &args),
         Task::Test(args) => test::run(&root, &args),
+        Task::Bench(args) => bench::run(&root, &args),
     }
 }
 

@@ -1,0 +1,231 @@
+//! dnet's side: its daemon in a sandbox (host and world namespaces), two
+//! containers on the default `bridge` network for east-west, and the
+//! world's servers for north-south.
+
+use std::{net::Ipv4Addr, path::PathBuf, time::Instant};
+
+use anyhow::{Context as _, bail};
+use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP};
+use serde_json::Value;
+
+use super::{
+    env::{self, CpFigures, Env, FILLER_FIRST, Miss, Outcome, PP_PORT, PUBLISH_FIRST, Tools},
+    sys::{self, Procs, in_netns},
+};
+
+pub struct DnetEnv {
+    // Fields drop in order: servers first, the sandbox (daemon, namespaces) last.
+    procs: Procs,
+    pp_procs: Procs,
+    sb: Sandbox,
+    tools: Tools,
+    pin: bool,
+    ew_client: PathBuf,
+    ew_server: Ipv4Addr,
+    nat: Option<String>,
+    published: Option<String>,
+    cp_ready: usize,
+}
+
+/// A container's namespace path and address, from `dnet ps --format json`.
+fn find(ps: &Value, name: &str) -> anyhow::Result<(PathBuf, Option<Ipv4Addr>)> {
+    let c = ps
+        .as_array()
+        .context("dnet ps: not a list")?
+        .iter()
+        .find(|c| c["name"] == name)
+        .with_context(|| format!("dnet ps has no {name}"))?;
+    let ns = c["netns_path"]
+        .as_str()
+        .map(PathBuf::from)
+        .or_else(|| {
+            c["pid"]
+                .as_u64()
+                .map(|p| PathBuf::from(format!("/proc/{p}/ns/net")))
+        })
+        .with_context(|| format!("{name} has no namespace"))?;
+    let ip = c["networks"][0]["ip"].as_str().and_then(|s| s.parse().ok());
+    Ok((ns, ip))
+}
+
+impl DnetEnv {
+    pub fn new(tools: &Tools, pin: bool) -> anyhow::Result<DnetEnv> {
+        // Sandbox reads the binaries from DNET_BIN / CONNTEST_BIN (set by
+        // the caller to the release builds).
+        let sb = std::panic::catch_unwind(Sandbox::new)
+            .map_err(|_| anyhow::anyhow!("the dnet sandbox did not start (see above)"))?;
+        let mut e = DnetEnv {
+            procs: Procs::default(),
+            pp_procs: Procs::default(),
+            sb,
+            tools: tools.clone(),
+            pin,
+            ew_client: PathBuf::new(),
+            ew_server: Ipv4Addr::UNSPECIFIED,
+            nat: None,
+            published: None,
+            cp_ready: 0,
+        };
+        e.dnet(&["run", "-d", "--name", "srv", "--", "sleep", "1000000"])?;
+        e.dnet(&["run", "-d", "--name", "cli", "--", "sleep", "1000000"])?;
+        let ps = e.ps()?;
+        let (srv_ns, srv_ip) = find(&ps, "srv")?;
+        let (cli_ns, _) = find(&ps, "cli")?;
+        e.ew_server = srv_ip.context("srv has no address")?;
+        e.ew_client = cli_ns;
+        env::start_servers(&mut e.procs, &srv_ns, tools, pin, true)?;
+        env::start_world_servers(&mut e.procs, &e.sb.world_netns_path(), tools, pin)?;
+        sys::client_sysctls(&e.ew_client)?;
+        sys::client_sysctls(&e.sb.world_netns_path())?;
+        if let Err(Miss::Na(why)) = env::probe_nat(&e.ew_client, tools, WORLD_IP, UPLINK_IP) {
+            e.nat = Some(why);
+        }
+        Ok(e)
+    }
+
+    fn dnet(&self, args: &[&str]) -> anyhow::Result<String> {
+        let o = self.sb.dnet(args);
+        if !o.status.success() {
+            bail!(
+                "dnet {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    fn ps(&self) -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(
+            &self.dnet(&["ps", "--format", "json"])?,
+        )?)
+    }
+
+    /// Seconds to run `dnet ARGS` for each name in turn.
+    fn timed(&self, names: &[String], args: impl Fn(&str) -> Vec<String>) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        for n in names {
+            let a = args(n);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            self.dnet(&a)?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    }
+}
+
+impl Env for DnetEnv {
+    fn label(&self) -> String {
+        "dnet".into()
+    }
+    fn describe(&self) -> String {
+        "dnet (release build): its daemon in a sandbox host namespace, containers on the default bridge network".into()
+    }
+    fn conntrack_netns(&self) -> Vec<PathBuf> {
+        vec![self.sb.host_netns_path()]
+    }
+    fn east_west(&self) -> (PathBuf, Ipv4Addr) {
+        (self.ew_client.clone(), self.ew_server)
+    }
+    fn north_south(&self) -> Outcome<(PathBuf, Ipv4Addr)> {
+        match &self.nat {
+            Some(why) => Err(Miss::Na(why.clone())),
+            None => Ok((self.ew_client.clone(), WORLD_IP)),
+        }
+    }
+    fn world(&self) -> PathBuf {
+        self.sb.world_netns_path()
+    }
+
+    fn pp_setup(&mut self, others: u32) -> Outcome<(Ipv4Addr, u16)> {
+        if let Some(why) = &self.published {
+            return Err(Miss::Na(why.clone()));
+        }
+        if others > 0 {
+            let spec = format!(
+                "{UPLINK_IP}:{FILLER_FIRST}-{last}:{FILLER_FIRST}-{last}",
+                last = FILLER_FIRST as u32 + others - 1
+            );
+            self.dnet(&[
+                "run", "-d", "--name", "ppfill", "-p", &spec, "--", "sleep", "1000000",
+            ])?;
+        }
+        let spec = format!("{UPLINK_IP}:{PP_PORT}:{PP_PORT}");
+        self.dnet(&[
+            "run", "-d", "--name", "pp", "-p", &spec, "--", "sleep", "1000000",
+        ])?;
+        let (ns, _) = find(&self.ps()?, "pp")?;
+        let cpu = env::server_cpu(self.pin);
+        self.pp_procs.spawn(in_netns(
+            &ns,
+            cpu,
+            self.tools.connrate(),
+            &["serve", &PP_PORT.to_string()],
+        ))?;
+        env::wait_listening(&ns, PP_PORT)?;
+        if !env::probe_published(&self.world(), &self.tools, UPLINK_IP, PP_PORT) {
+            let why = "n/a (not built yet): the world cannot reach a published port".to_owned();
+            self.published = Some(why.clone());
+            return Err(Miss::Na(why));
+        }
+        Ok((UPLINK_IP, PP_PORT))
+    }
+
+    fn pp_teardown(&mut self) -> anyhow::Result<()> {
+        self.pp_procs.kill_all();
+        let ps = self.ps()?;
+        for n in ["pp", "ppfill"] {
+            if find(&ps, n).is_ok() {
+                self.dnet(&["rm", "-f", n])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn control_plane(&mut self, n: usize, ports: u32) -> Outcome<CpFigures> {
+        // Containers for connect/disconnect: made once, then detached.
+        let conn: Vec<String> = (0..n).map(|i| format!("cn{i}")).collect();
+        while self.cp_ready < n {
+            let name = &conn[self.cp_ready];
+            self.dnet(&["run", "-d", "--name", name, "--", "sleep", "1000000"])?;
+            self.dnet(&["network", "disconnect", "bridge", name])?;
+            self.cp_ready += 1;
+        }
+        let run: Vec<String> = (0..n).map(|i| format!("cp{i}")).collect();
+        let t_run = self.timed(&run, |c| {
+            ["run", "-d", "--name", c, "--", "sleep", "1000000"]
+                .map(String::from)
+                .to_vec()
+        })?;
+        let t_rm = self.timed(&run, |c| ["rm", "-f", c].map(String::from).to_vec())?;
+        let t_conn = self.timed(&conn, |c| {
+            ["network", "connect", "bridge", c]
+                .map(String::from)
+                .to_vec()
+        })?;
+        let t_disc = self.timed(&conn, |c| {
+            ["network", "disconnect", "bridge", c]
+                .map(String::from)
+                .to_vec()
+        })?;
+        let spec = format!(
+            "{UPLINK_IP}:{PUBLISH_FIRST}-{last}:{PUBLISH_FIRST}-{last}",
+            last = PUBLISH_FIRST as u32 + ports - 1
+        );
+        let start = Instant::now();
+        self.dnet(&[
+            "run", "-d", "--name", "pub", "-p", &spec, "--", "sleep", "1000000",
+        ])?;
+        let t_pub = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        self.dnet(&["rm", "-f", "pub"])?;
+        let t_unpub = start.elapsed().as_secs_f64();
+        Ok(vec![
+            ("cp_attach", t_run),
+            ("cp_detach", t_rm),
+            ("cp_connect", t_conn),
+            ("cp_disconnect", t_disc),
+            ("cp_publish", t_pub),
+            ("cp_unpublish", t_unpub),
+        ])
+    }
+}

@@ -1,0 +1,154 @@
+//! One measurement each: the load tools run inside a namespace, bounded in
+//! time (their own duration, and a kill past a margin) and in count.
+
+use std::{net::Ipv4Addr, path::Path, time::Duration};
+
+use anyhow::Context as _;
+
+use super::{
+    env::{self, CONNRATE_PORT, IPERF_PORT, SOCKPERF_PORT, Tools},
+    parse,
+    sys::{self, in_netns},
+};
+
+/// What every measurement needs.
+pub struct Ctx {
+    pub tools: Tools,
+    /// Seconds per throughput / latency / connection-rate run.
+    pub secs: f64,
+    pub pin: bool,
+    /// At most this many connections per connection-rate run.
+    pub max_conns: u64,
+}
+
+impl Ctx {
+    fn limit(&self) -> Duration {
+        Duration::from_secs_f64(self.secs + 30.0)
+    }
+    fn secs_arg(&self) -> String {
+        format!("{}", self.secs.ceil().max(1.0) as u64)
+    }
+}
+
+fn read_stat() -> anyhow::Result<(u64, u64)> {
+    parse::proc_stat_busy(&std::fs::read_to_string("/proc/stat")?)
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// TCP bulk throughput (Gbit/s, receiver side) and the host's CPU seconds
+/// per gigabyte moved (all CPUs, from `/proc/stat`, over the run).
+pub fn tcp_stream(ctx: &Ctx, client: &Path, server: Ipv4Addr) -> anyhow::Result<(f64, f64)> {
+    let mut args = vec![
+        "-c".to_owned(),
+        server.to_string(),
+        "-p".into(),
+        IPERF_PORT.to_string(),
+        "-t".into(),
+        ctx.secs_arg(),
+        "-J".into(),
+    ];
+    if ctx.secs >= 3.0 {
+        // Leave slow start out.
+        args.extend(["-O".into(), "1".into()]);
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let before = read_stat()?;
+    let out = sys::run_bounded(
+        in_netns(client, env::client_cpu(ctx.pin), "iperf3", &a),
+        ctx.limit(),
+    )?;
+    let after = read_stat()?;
+    let t = parse::iperf3_tcp(&String::from_utf8_lossy(&out.stdout))?;
+    let busy_s = (after.0 - before.0) as f64 / clk_tck();
+    let gb = t.bytes / 1e9;
+    let cpu_per_gb = if gb > 0.0 { busy_s / gb } else { f64::NAN };
+    Ok((t.bits_per_second / 1e9, cpu_per_gb))
+}
+
+/// 64-byte UDP datagrams delivered per second (thousands), iperf3 sending
+/// as fast as it can.
+pub fn udp_pps(ctx: &Ctx, client: &Path, server: Ipv4Addr) -> anyhow::Result<f64> {
+    let (s, p, t) = (server.to_string(), IPERF_PORT.to_string(), ctx.secs_arg());
+    let a = [
+        "-c", &s, "-p", &p, "-t", &t, "-u", "-l", "64", "-b", "0", "-J",
+    ];
+    let out = sys::run_bounded(
+        in_netns(client, env::client_cpu(ctx.pin), "iperf3", &a),
+        ctx.limit(),
+    )?;
+    Ok(parse::iperf3_udp_pps(&String::from_utf8_lossy(&out.stdout))? / 1e3)
+}
+
+/// TCP request/response latency (sockperf ping-pong, 64-byte messages,
+/// full round trip), p50 and p99 in microseconds.
+pub fn rr_latency(ctx: &Ctx, client: &Path, server: Ipv4Addr) -> anyhow::Result<parse::Latency> {
+    let (s, p, t) = (
+        server.to_string(),
+        SOCKPERF_PORT.to_string(),
+        ctx.secs_arg(),
+    );
+    let a = [
+        "pp",
+        "--tcp",
+        "-i",
+        &s,
+        "-p",
+        &p,
+        "-t",
+        &t,
+        "-m",
+        "64",
+        "--full-rtt",
+    ];
+    let out = sys::run_bounded(
+        in_netns(client, env::client_cpu(ctx.pin), "sockperf", &a),
+        ctx.limit(),
+    )?;
+    parse::sockperf(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| String::from_utf8_lossy(&out.stderr).trim().to_owned())
+}
+
+/// Connections per second (connect, one byte each way, close) with two
+/// closed loops, and their latency.
+pub fn conn_rate(
+    ctx: &Ctx,
+    client: &Path,
+    ip: Ipv4Addr,
+    port: u16,
+) -> anyhow::Result<parse::ConnRate> {
+    let target = format!("{ip}:{port}");
+    let (s, m) = (format!("{}", ctx.secs), ctx.max_conns.to_string());
+    let a = [
+        "run",
+        &target,
+        "--seconds",
+        &s,
+        "--max",
+        &m,
+        "--workers",
+        "2",
+        "--timeout",
+        "1",
+    ];
+    let out = sys::run_bounded(
+        in_netns(client, env::client_cpu(ctx.pin), ctx.tools.connrate(), &a),
+        ctx.limit(),
+    )?;
+    let c = parse::connrate(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| String::from_utf8_lossy(&out.stderr).trim().to_owned())?;
+    anyhow::ensure!(
+        c.errors <= c.requests / 100.0,
+        "{} of {} connections failed",
+        c.errors,
+        c.requests + c.errors
+    );
+    Ok(c)
+}
+
+/// The east-west connection-rate server's port.
+pub const CPS_PORT: u16 = CONNRATE_PORT;
