@@ -454,7 +454,7 @@ fn a_flow_survives_kill_9_and_a_restart_of_the_daemon() {
             "--interval",
             "0.01",
             "--timeout",
-            "1",
+            "3",
         ])
         .spawn()
         .unwrap();

@@ -508,7 +508,7 @@ fn a_translated_flow_survives_kill_9_and_a_restart() {
             "--interval",
             "0.01",
             "--timeout",
-            "1",
+            "3",
         ])
         .spawn()
         .unwrap();

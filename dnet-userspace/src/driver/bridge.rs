@@ -98,6 +98,19 @@ pub fn refresh_members(dp: &mut Datapath, dp_id: u32) -> Result<()> {
         .map(|(ifindex, _)| ifindex)
         .collect();
     members.sort_unstable();
+    // Unchanged lists are not rewritten: a rewrite races with the fan-out
+    // reading it.
+    let now = dp.members(dp_id)?;
+    let count = now.count as usize;
+    let same = count == members.len()
+        && now
+            .ifindex
+            .iter()
+            .take(count.min(now.ifindex.len()))
+            .eq(members.iter().take(now.ifindex.len()));
+    if same {
+        return Ok(());
+    }
     Ok(dp.set_members(dp_id, &members)?)
 }
 

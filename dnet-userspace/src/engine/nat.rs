@@ -92,7 +92,11 @@ impl Inner {
                 None => tracing::warn!(uplink = %u.name, "the uplink has no IPv4 address: no NAT"),
             }
         }
-        self.ctx.dp.set_config(&cfg)?;
+        // A restarted daemon leaves a matching config alone: a rewrite races
+        // with the programs reading it.
+        if self.ctx.dp.config().ok() != Some(cfg) {
+            self.ctx.dp.set_config(&cfg)?;
+        }
         match cgroup2_root() {
             Some(root) => self.ctx.dp.attach_sock_hooks(&root)?,
             None => tracing::warn!(
