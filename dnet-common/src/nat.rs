@@ -90,6 +90,34 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
 }
 
+/// The tuple a packet keyed `k` has after `e` rewrote it.
+#[inline(always)]
+pub const fn translated(k: &CtKey, e: &CtEntry) -> CtKey {
+    let mut t = *k;
+    if e.flags & CT_F_SNAT != 0 {
+        t.saddr_be = e.new_saddr_be;
+        t.sport_be = e.new_sport_be;
+    }
+    if e.flags & CT_F_DNAT != 0 {
+        t.daddr_be = e.new_daddr_be;
+        t.dport_be = e.new_dport_be;
+    }
+    t
+}
+
+/// The key of the other direction of the flow `k` belongs to.
+#[inline(always)]
+pub const fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
+    translated(k, e).reversed()
+}
+
+/// A TCP flow is over when either side reset it or both sent their FIN
+/// (flags as [`CtEntry::tcp_seen`] holds them, one per direction).
+#[inline(always)]
+pub const fn tcp_closed(a: u8, b: u8) -> bool {
+    (a | b) & TCP_RST != 0 || (a & TCP_FIN != 0 && b & TCP_FIN != 0)
+}
+
 /// Key of [`crate::maps::SERVICES`]: a published port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -179,6 +207,39 @@ pub const fn tuple_hash(k: &CtKey) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flows_entries_name_each_other() {
+        let fk = CtKey {
+            saddr_be: 1,
+            daddr_be: 2,
+            sport_be: 3,
+            dport_be: 4,
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let fe = CtEntry {
+            new_saddr_be: 9,
+            new_sport_be: 8,
+            flags: CT_F_SNAT,
+            ..Default::default()
+        };
+        let rk = partner(&fk, &fe);
+        assert_eq!(
+            (rk.saddr_be, rk.daddr_be, rk.sport_be, rk.dport_be),
+            (2, 9, 4, 8)
+        );
+        let re = CtEntry {
+            new_daddr_be: 1,
+            new_dport_be: 3,
+            flags: CT_F_DNAT | CT_F_REPLY,
+            ..Default::default()
+        };
+        assert_eq!(partner(&rk, &re), fk);
+        assert!(tcp_closed(TCP_RST, 0));
+        assert!(!tcp_closed(TCP_FIN, TCP_ACK));
+        assert!(tcp_closed(TCP_FIN | TCP_ACK, TCP_FIN));
+    }
 
     #[test]
     fn reversed_twice_is_the_key() {

@@ -20,13 +20,13 @@ use dnet_common::{
     Config, CtEntry, CtKey, DropReason, Endpoint, ServiceKey,
     nat::{
         CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY, CT_F_SNAT, CT_F_TO_ENDPOINT, NAT_PORT_PROBES,
-        TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, nat_port_candidate, tuple_hash,
+        TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, nat_port_candidate, partner, tcp_closed, tuple_hash,
     },
 };
 
 use crate::{
     eth::ETH_HLEN,
-    l4::{IPPROTO_ICMP, IPPROTO_UDP, L4},
+    l4::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L4},
     maps::{CONFIG, CT, EP_BY_IP, NETWORKS, SERVICES},
     stats::{count_translated, count_tx},
     verdict::{TC_ACT_OK, TC_ACT_REDIRECT},
@@ -157,7 +157,11 @@ fn claim_port(
             proto: key.proto,
             _pad: [0; 3],
         };
-        if CT.insert(&rkey, reply, BPF_NOEXIST as u64).is_ok() {
+        if CT.insert(&rkey, reply, BPF_NOEXIST as u64).is_ok()
+            || (key.proto == IPPROTO_TCP
+                && reclaim(&rkey)
+                && CT.insert(&rkey, reply, BPF_NOEXIST as u64).is_ok())
+        {
             let mut fwd = *forward;
             fwd.new_sport_be = port_be;
             if CT.insert(key, &fwd, 0).is_err() {
@@ -168,6 +172,31 @@ fn claim_port(
         }
     }
     Err(DropReason::NatPortsExhausted)
+}
+
+/// Frees the port of the TCP flow whose reply is keyed `rkey` if that flow
+/// is over (a RST, or a FIN each way), so a closed connection's port serves
+/// a new one at once, as Linux reuses a TIME_WAIT tuple for a new SYN.
+/// Without it, short connections to one server would hold every port of
+/// the range for the closing timeout.
+#[inline(always)]
+fn reclaim(rkey: &CtKey) -> bool {
+    // SAFETY: read-only map access to plain data (copied out).
+    let Some(old) = (unsafe { CT.get(rkey) }).copied() else {
+        // Gone meanwhile: the caller's insert may now succeed.
+        return true;
+    };
+    let fkey = partner(rkey, &old);
+    // SAFETY: as above.
+    let fwd_seen = unsafe { CT.get(&fkey) }
+        .map(|e| e.tcp_seen)
+        .unwrap_or(TCP_RST);
+    if !tcp_closed(old.tcp_seen, fwd_seen) {
+        return false;
+    }
+    let _ = CT.remove(&fkey);
+    let _ = CT.remove(rkey);
+    true
 }
 
 /// A new flow from a container to the world, translated to the uplink's

@@ -902,3 +902,32 @@ fn fragments_on_the_nat_path_are_dropped_with_their_reason() {
         assert_eq!(drops(&fx.dp, 1, DropReason::Fragment), 1);
     });
 }
+
+#[test]
+fn a_closed_tcp_flows_port_serves_the_next_flow_at_once() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50001);
+        let syn = |sport| tcp(fx.a.mac, GW_MAC, ("172.17.0.2", sport), (WORLD, 80), 0x02);
+        let (_, o1) = run(&fx.dp, &syn(1001));
+        let p1 = parse_checked(&o1).sport;
+        assert_eq!(run(&fx.dp, &syn(1002)).0, REDIRECT);
+        assert_eq!(run(&fx.dp, &syn(1003)).0, SHOT, "both ports taken");
+        // Flow 1001 closes: a FIN each way.
+        let fin_out = tcp(fx.a.mac, GW_MAC, ("172.17.0.2", 1001), (WORLD, 80), 0x11);
+        assert_eq!(run(&fx.dp, &fin_out).0, REDIRECT);
+        assert_eq!(
+            run(&fx.dp, &syn(1003)).0,
+            SHOT,
+            "half closed: the port is still in use"
+        );
+        let fin_in = tcp(WORLD_MAC, up0_mac(), (WORLD, 80), (UPLINK, p1), 0x11);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &fin_in).0, REDIRECT);
+        let (v, o3) = run(&fx.dp, &syn(1003));
+        assert_eq!(v, REDIRECT, "the closed flow's port is reused");
+        assert_eq!(parse_checked(&o3).sport, p1);
+        // The old flow's entries are gone, the new flow's in place.
+        let ct = fx.dp.conntrack().unwrap();
+        assert_eq!(ct.len(), 4);
+        assert!(!ct.iter().any(|(k, _)| u16::from_be(k.sport_be) == 1001));
+    });
+}

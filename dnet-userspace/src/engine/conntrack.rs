@@ -9,8 +9,7 @@ use dnet_common::{
     CtEntry, CtKey,
     addr::ipv4_from_be,
     nat::{
-        CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY, CT_F_SNAT, CT_SEEN, TCP_ACK, TCP_FIN, TCP_RST,
-        TCP_SYN,
+        CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY, CT_F_SNAT, CT_SEEN, TCP_ACK, TCP_SYN, tcp_closed,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -61,24 +60,7 @@ pub struct Flow {
     pub reply: Option<(CtKey, CtEntry)>,
 }
 
-/// The tuple a packet keyed `k` has after `e` rewrote it.
-pub fn translated(k: &CtKey, e: &CtEntry) -> CtKey {
-    let mut t = *k;
-    if e.flags & CT_F_SNAT != 0 {
-        t.saddr_be = e.new_saddr_be;
-        t.sport_be = e.new_sport_be;
-    }
-    if e.flags & CT_F_DNAT != 0 {
-        t.daddr_be = e.new_daddr_be;
-        t.dport_be = e.new_dport_be;
-    }
-    t
-}
-
-/// The key of the other direction of the flow `k` belongs to.
-pub fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
-    translated(k, e).reversed()
-}
+pub use dnet_common::nat::{partner, translated};
 
 /// Groups entries into flows. An entry whose partner is missing (the LRU
 /// dropped it) becomes a flow of its own.
@@ -113,7 +95,7 @@ pub fn state(f: &Flow) -> FlowState {
     let fwd = f.entry.tcp_seen;
     let rev = f.reply.map(|(_, e)| e.tcp_seen).unwrap_or(0);
     if f.key.proto == 6 {
-        if (fwd | rev) & TCP_RST != 0 || (fwd & TCP_FIN != 0 && rev & TCP_FIN != 0) {
+        if tcp_closed(fwd, rev) {
             FlowState::Closing
         } else if rev & (TCP_SYN | TCP_ACK) != 0 || fwd & TCP_ACK != 0 {
             FlowState::Established
@@ -265,7 +247,10 @@ pub fn now_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use dnet_common::{addr::ipv4_be, nat::CT_F_TO_ENDPOINT};
+    use dnet_common::{
+        addr::ipv4_be,
+        nat::{CT_F_TO_ENDPOINT, TCP_FIN},
+    };
 
     use super::*;
 
