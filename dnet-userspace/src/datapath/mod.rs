@@ -6,6 +6,7 @@
 //! `<bpffs>/links/IFNAME-ingress|egress` (forwarding goes on while the daemon
 //! is down), and reads and writes the maps.
 
+mod batch;
 mod bpffs;
 #[cfg(test)]
 mod tests;
@@ -13,6 +14,7 @@ mod tests;
 use std::{
     fs, io,
     net::Ipv4Addr,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -363,10 +365,10 @@ impl Datapath {
 
     /// Every conntrack entry.
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>> {
-        let h: HashMap<&MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.map(m::CT)?).map_err(map_err(m::CT))?;
-        // An LRU map may drop an entry between two steps of the walk.
-        Ok(h.iter().filter_map(|r| r.ok()).collect())
+        let aya::maps::Map::LruHashMap(data) = self.map(m::CT)? else {
+            return Err(DatapathError::Missing(m::CT));
+        };
+        batch::lookup_all(data.fd().as_fd(), 4096).map_err(io_err("read", Path::new(m::CT)))
     }
 
     /// Removes conntrack entries; missing ones are fine.

@@ -931,3 +931,42 @@ fn a_closed_tcp_flows_port_serves_the_next_flow_at_once() {
         assert!(!ct.iter().any(|(k, _)| u16::from_be(k.sport_be) == 1001));
     });
 }
+
+#[test]
+fn the_conntrack_table_is_read_whole_in_batches() {
+    in_fresh_netns(|| {
+        let mut dp = Datapath::load(None).unwrap();
+        let n = 10_000u32;
+        for i in 0..n {
+            let k = dnet_common::CtKey {
+                saddr_be: i,
+                daddr_be: 7,
+                sport_be: 1,
+                dport_be: 2,
+                proto: 6,
+                _pad: [0; 3],
+            };
+            let e = dnet_common::CtEntry {
+                endpoint_be: i,
+                ..Default::default()
+            };
+            dp.ct_insert(&k, &e).unwrap();
+        }
+        let all = dp.conntrack().unwrap();
+        assert_eq!(
+            all.len(),
+            n as usize,
+            "more than one batch of 4,096, every entry once"
+        );
+        let mut seen: Vec<u32> = all
+            .iter()
+            .map(|(k, e)| {
+                assert_eq!(k.saddr_be, e.endpoint_be);
+                k.saddr_be
+            })
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), n as usize);
+    });
+}
