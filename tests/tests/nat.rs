@@ -449,28 +449,44 @@ fn a_thousand_concurrent_flows_from_ten_containers_are_all_translated() {
         ]);
     }
     let to = format!("{WORLD_IP}:80");
+    // Each container opens 100 connections and keeps them open a while.
     let children: Vec<_> = (0..10)
         .map(|i| {
             Command::new(dnet_sandbox::dnet_bin())
                 .arg("--socket")
                 .arg(sb.socket())
-                .args([
-                    "exec",
-                    &format!("c{i}"),
-                    "--",
-                    &ct(),
-                    "connections",
-                    &to,
-                    "--count",
-                    "100",
-                    "--timeout",
-                    "10",
-                ])
-                .output()
+                .args(["exec", &format!("c{i}"), "--", &ct(), "connections", &to])
+                .args(["--count", "100", "--timeout", "10", "--hold", "8"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
+    // All 1,000 at once in dnet's table, each with a NAT port of its own.
+    let open = |f: &[serde_json::Value]| {
+        f.iter()
+            .filter(|x| x["proto"] == "tcp" && x["state"] == "established")
+            .count()
+    };
+    let mut flows = Vec::new();
+    let all_open = wait_until(Duration::from_secs(30), || {
+        flows = sb.flows();
+        open(&flows) >= 1000
+    });
+    assert!(all_open, "{} established flows at most", open(&flows));
+    let ports: std::collections::BTreeSet<&str> = flows
+        .iter()
+        .filter(|x| x["proto"] == "tcp")
+        .map(|x| x["translated"]["src"].as_str().unwrap())
+        .collect();
+    assert!(
+        ports.len() >= 1000,
+        "{} distinct translated sources",
+        ports.len()
+    );
     for (i, c) in children.into_iter().enumerate() {
-        let o = c.unwrap();
+        let o = c.wait_with_output().unwrap();
         assert!(ok(&o), "c{i}: {}", out(&o));
         assert!(
             stdout(&o).contains("100 connections answered"),
@@ -478,12 +494,6 @@ fn a_thousand_concurrent_flows_from_ten_containers_are_all_translated() {
             out(&o)
         );
     }
-    let f = sb.flows();
-    assert!(
-        f.iter().filter(|x| x["proto"] == "tcp").count() >= 1000,
-        "{} flows",
-        f.len()
-    );
 }
 
 #[test]

@@ -14,7 +14,7 @@
 //!   conntest ping IP... [--timeout S] [--count N] [--size N]
 //!                                         every address must answer
 //!   conntest connections IP:PORT --count N  N TCP connections at once; all
-//!                                           answered or exit 1
+//!                [--hold S]               answered or exit 1; kept open S s
 //!
 //! Every client call is bounded by its timeout (3 s by default).
 
@@ -104,7 +104,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         ["connections", a, ..] => {
             let count: usize = flag(args, "--count", 100)?;
-            connections(addr(a)?, count, timeout)
+            let hold = Duration::from_secs_f64(flag(args, "--hold", 0.0)?);
+            connections(addr(a)?, count, timeout, hold)
         }
         _ => anyhow::bail!(
             "usage: conntest serve tcp|udp [IP:]PORT | tcp IP:PORT | udp IP:PORT | ping IP | connections IP:PORT --count N"
@@ -207,7 +208,12 @@ fn udp_series(
     Ok(())
 }
 
-fn connections(a: SocketAddr, count: usize, timeout: Duration) -> anyhow::Result<()> {
+fn connections(
+    a: SocketAddr,
+    count: usize,
+    timeout: Duration,
+    hold: Duration,
+) -> anyhow::Result<()> {
     let mut open = Vec::with_capacity(count);
     for _ in 0..count {
         let mut s = TcpStream::connect_timeout(&a, timeout)?;
@@ -228,6 +234,8 @@ fn connections(a: SocketAddr, count: usize, timeout: Duration) -> anyhow::Result
         count - seen.len()
     );
     println!("{count} connections answered");
+    // Kept open a while, so that others can look at them all at once.
+    std::thread::sleep(hold);
     Ok(())
 }
 
