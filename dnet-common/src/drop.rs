@@ -49,6 +49,8 @@ pub enum DropReason {
     NatUnsupported = 19,
     /// The conntrack map refused a new entry.
     CtFull = 20,
+    /// A TCP segment other than a SYN for a flow the datapath does not know.
+    CtNoFlow = 21,
 }
 
 /// Number of drop reasons; the size of the per-endpoint drop counter array.
@@ -58,7 +60,7 @@ pub const DROP_REASON_SLOTS: usize = 32;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::Malformed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
@@ -80,6 +82,7 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::NatUnsupported,
         DropReason::CtFull,
+        DropReason::CtNoFlow,
     ];
 
     /// The stable, user-visible name (`dnet stats` prints it).
@@ -106,6 +109,7 @@ impl DropReason {
             DropReason::NoRoute => "no-route",
             DropReason::NatUnsupported => "nat-unsupported",
             DropReason::CtFull => "conntrack-full",
+            DropReason::CtNoFlow => "conntrack-no-flow",
         }
     }
 

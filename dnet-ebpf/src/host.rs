@@ -53,7 +53,9 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             if let Some(e) = nat::lookup(&key, l4.tcp_flags) {
                 return nat::translate_and_deliver(ctx, &l4, &key, &e);
             }
-            if key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP {
+            if (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
+                && nat::opens_flow(key.proto, l4.tcp_flags)
+            {
                 if let Some(svc) = nat::service(key.daddr_be, key.dport_be, key.proto) {
                     let e = nat::new_dnat(&key, svc.backend_be, svc.backend_port_be, l4.tcp_flags)?;
                     return nat::translate_and_deliver(ctx, &l4, &key, &e);
@@ -61,7 +63,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             Ok(TC_ACT_OK)
         }
-        Parsed::IcmpError(off) => nat::icmp_error(ctx, off),
+        Parsed::IcmpError(off) => nat::icmp_error(ctx, off, None),
         // Fragments and other protocols are the host's (a translated flow
         // never fragments: containers get the uplink's MTU and do PMTU
         // discovery).

@@ -34,7 +34,7 @@ use crate::{
     ipv4::{self, Ipv4Hdr},
     l4::{self, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Parsed},
     maps::{EP_BY_IF, EP_BY_IP, NET_MEMBERS, NETWORKS, SUBNETS},
-    nat::{self, Route},
+    nat::{self, Route, RouteQuery},
     ptr::ptr_at,
     stats::{count_drops, count_rx, count_translated, count_tx, drop},
     verdict::{TC_ACT_OK, TC_ACT_REDIRECT},
@@ -204,7 +204,7 @@ fn from_container_ipv4(
         }
         Parsed::IcmpError(off) => {
             // An error about a flow from the world to a published port.
-            let v = nat::icmp_error(ctx, *off)?;
+            let v = nat::icmp_error(ctx, *off, Some(ep.addr_be))?;
             if v != TC_ACT_OK {
                 return Ok(v);
             }
@@ -238,19 +238,31 @@ fn from_container_ipv4(
         // Hairpin: a published port of the host, from a container.
         if let Parsed::Flow(key, l4) = &parsed
             && (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
+            && nat::opens_flow(key.proto, l4.tcp_flags)
             && let Some(svc) = nat::service(daddr, key.dport_be, key.proto)
         {
             let backend = nat::endpoint_at(svc.backend_be).ok_or(DropReason::NoEndpoint)?;
-            let e = nat::new_hairpin(&cfg, key, &backend, svc.backend_port_be, l4.tcp_flags)?;
+            let e = nat::new_hairpin(key, &backend, svc.backend_port_be, l4.tcp_flags)?;
             return nat::translate_and_deliver(ctx, l4, key, &e);
         }
         return Ok(TC_ACT_OK);
     }
-    let route = nat::route(ctx, ep.ifindex, ipc.saddr_be, daddr, ipc.proto);
+    let route = nat::route(
+        ctx,
+        &RouteQuery {
+            iif: ep.ifindex,
+            saddr_be: ipc.saddr_be,
+            daddr_be: daddr,
+            proto: ipc.proto,
+        },
+    );
     match route {
         Route::Local => return Ok(TC_ACT_OK),
         Route::None => return Err(DropReason::NoRoute),
-        Route::Out { ifindex, .. } if ifindex != cfg.uplink_ifindex => return Ok(TC_ACT_OK),
+        // dnet forwards, and translates, through the uplink only.
+        Route::Out { ifindex, .. } if ifindex != cfg.uplink_ifindex => {
+            return Err(DropReason::NoRoute);
+        }
         Route::Out { .. } => {}
     }
     // Out through the uplink: a new flow, translated to the uplink's address.
@@ -258,6 +270,13 @@ fn from_container_ipv4(
         Parsed::Flow(key, l4) => {
             if key.proto == IPPROTO_ICMP && l4.icmp_type != ICMP_ECHO {
                 return Err(DropReason::NatUnsupported);
+            }
+            if !nat::opens_flow(key.proto, l4.tcp_flags) {
+                return Err(DropReason::CtNoFlow);
+            }
+            // A TTL that would run out here takes no port.
+            if ipc.ttl <= 1 {
+                return Err(DropReason::TtlExceeded);
             }
             let e = nat::new_snat(&cfg, &key, l4.tcp_flags)?;
             nat::rewrite(ctx, ETH_HLEN, &l4, &key, &e)?;

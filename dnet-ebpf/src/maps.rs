@@ -45,3 +45,8 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "DNET_SOCK_REVNAT")]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRev> =
     LruHashMap::with_max_entries(SOCK_REVNAT_ENTRIES, 0);
+
+/// Scratch space for `bpf_fib_lookup`'s parameters (one per CPU), which do
+/// not fit on the container program's stack beside everything else.
+#[map(name = "DNET_FIB_SCRATCH")]
+pub static FIB_SCRATCH: PerCpuArray<crate::nat::FibParams> = PerCpuArray::with_max_entries(1, 0);

@@ -27,7 +27,7 @@ use dnet_common::{
 use crate::{
     eth::ETH_HLEN,
     l4::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L4},
-    maps::{CONFIG, CT, EP_BY_IP, NETWORKS, SERVICES},
+    maps::{CONFIG, CT, EP_BY_IP, FIB_SCRATCH, NETWORKS, SERVICES},
     stats::{count_translated, count_tx},
     verdict::{TC_ACT_OK, TC_ACT_REDIRECT},
 };
@@ -72,14 +72,32 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
             (*e).last_seen_ns = t;
         }
         let seen = (*e).tcp_seen;
-        if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && seen & (TCP_FIN | TCP_RST) != 0 {
-            // A new connection on the tuple of a closed one.
-            (*e).tcp_seen = tcp_flags;
-        } else if seen | tcp_flags != seen {
+        if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            // A new connection on the tuple of a closed one: both directions
+            // start over, or the old FIN/RST would mark the new one closed.
+            let p = CT.get_ptr_mut(partner(key, &*e));
+            let other = p.map(|p| (*p).tcp_seen).unwrap_or(0);
+            if tcp_closed(seen, other) {
+                (*e).tcp_seen = tcp_flags;
+                if let Some(p) = p {
+                    (*p).tcp_seen = 0;
+                }
+                return Some(*e);
+            }
+        }
+        if seen | tcp_flags != seen {
             (*e).tcp_seen = seen | tcp_flags;
         }
         Some(*e)
     }
+}
+
+/// A TCP segment that may open a flow: a SYN without ACK. Anything else
+/// with no flow (a stray ACK, a spoofed segment) opens none, so it cannot
+/// take a port or push live flows out of the LRU table.
+#[inline(always)]
+pub fn opens_flow(proto: u8, tcp_flags: u8) -> bool {
+    proto != IPPROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// A published port, by the address it was sent to or by any address.
@@ -128,7 +146,8 @@ fn entry(
 
 /// Claims a NAT port for a flow whose reply will come from `peer`:`peer_port`
 /// to `nat_addr`: the reply entry is inserted only if its key is free, so
-/// two flows never share a reply tuple. Returns the forward entry.
+/// two flows never share a reply tuple. Returns the forward entry as the
+/// map holds it.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn claim_port(
@@ -139,7 +158,7 @@ fn claim_port(
     peer_port_be: u16,
     reply: &CtEntry,
     forward: &CtEntry,
-) -> Result<u16, DropReason> {
+) -> Result<CtEntry, DropReason> {
     let size = (cfg.nat_port_max as u32).saturating_sub(cfg.nat_port_min as u32) + 1;
     let hash = tuple_hash(key);
     let icmp = key.proto == IPPROTO_ICMP;
@@ -164,11 +183,16 @@ fn claim_port(
         {
             let mut fwd = *forward;
             fwd.new_sport_be = port_be;
-            if CT.insert(key, &fwd, 0).is_err() {
+            if CT.insert(key, &fwd, BPF_NOEXIST as u64).is_err() {
                 let _ = CT.remove(&rkey);
-                return Err(DropReason::CtFull);
+                // Another CPU made this flow meanwhile: take its entry.
+                // SAFETY: read-only map access to plain data (copied out).
+                return match unsafe { CT.get(key) } {
+                    Some(e) => Ok(*e),
+                    None => Err(DropReason::CtFull),
+                };
             }
-            return Ok(port_be);
+            return Ok(fwd);
         }
     }
     Err(DropReason::NatPortsExhausted)
@@ -188,10 +212,13 @@ fn reclaim(rkey: &CtKey) -> bool {
     };
     let fkey = partner(rkey, &old);
     // SAFETY: as above.
-    let fwd_seen = unsafe { CT.get(&fkey) }
-        .map(|e| e.tcp_seen)
-        .unwrap_or(TCP_RST);
-    if !tcp_closed(old.tcp_seen, fwd_seen) {
+    let closed = match unsafe { CT.get(&fkey) } {
+        Some(f) => tcp_closed(old.tcp_seen, f.tcp_seen),
+        // Half a flow: another CPU may be between its two inserts, so only
+        // an orphan older than a second is taken.
+        None => now().saturating_sub(old.created_ns) > NSEC_PER_SEC,
+    };
+    if !closed {
         return false;
     }
     let _ = CT.remove(&fkey);
@@ -221,7 +248,7 @@ pub fn new_snat(cfg: &Config, key: &CtKey, tcp_flags: u8) -> Result<CtEntry, Dro
         key.saddr_be,
         tcp_flags,
     );
-    let port = claim_port(
+    claim_port(
         cfg,
         key,
         cfg.uplink_addr_be,
@@ -229,11 +256,7 @@ pub fn new_snat(cfg: &Config, key: &CtKey, tcp_flags: u8) -> Result<CtEntry, Dro
         key.dport_be,
         &reply,
         &fwd,
-    )?;
-    Ok(CtEntry {
-        new_sport_be: port,
-        ..fwd
-    })
+    )
 }
 
 /// A new flow from the world to a published port.
@@ -284,12 +307,12 @@ pub fn new_dnat(
 /// backend's answer comes back through the datapath.
 #[inline(always)]
 pub fn new_hairpin(
-    cfg: &Config,
     key: &CtKey,
     backend: &Endpoint,
     backend_port_be: u16,
     tcp_flags: u8,
 ) -> Result<CtEntry, DropReason> {
+    let cfg = &config().ok_or(DropReason::NoRoute)?;
     let gw = NETWORKS
         .get(backend.net_id)
         .map(|n| n.gateway_be)
@@ -313,11 +336,7 @@ pub fn new_hairpin(
         backend.addr_be,
         tcp_flags,
     );
-    let port = claim_port(cfg, key, gw, backend.addr_be, backend_port_be, &reply, &fwd)?;
-    Ok(CtEntry {
-        new_sport_be: port,
-        ..fwd
-    })
+    claim_port(cfg, key, gw, backend.addr_be, backend_port_be, &reply, &fwd)
 }
 
 #[inline(always)]
@@ -430,6 +449,15 @@ pub fn to_endpoint(ctx: &TcContext, addr_be: u32) -> Result<i32, DropReason> {
     }
 }
 
+/// What [`route`] looks up.
+pub struct RouteQuery {
+    /// The interface the packet arrived on.
+    pub iif: u32,
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub proto: u8,
+}
+
 /// Where the routing table sends `daddr`.
 pub enum Route {
     /// Out of `ifindex`; the MACs are known when `macs` holds them.
@@ -447,7 +475,7 @@ pub enum Route {
 /// to grow: the helper refuses a buffer smaller than the kernel's struct,
 /// and the bindings' copy predates `mark`.
 #[repr(C)]
-struct FibParams {
+pub struct FibParams {
     family: u8,
     l4_protocol: u8,
     sport: u16,
@@ -469,33 +497,42 @@ struct FibParams {
 /// helper insists, and the lookup then honours policy routing as the
 /// kernel would for that packet).
 #[inline(always)]
-pub fn route(ctx: &TcContext, iif: u32, saddr_be: u32, daddr_be: u32, proto: u8) -> Route {
-    let mut p = FibParams {
-        family: AF_INET,
-        l4_protocol: proto,
-        sport: 0,
-        dport: 0,
-        tot_len: 0,
-        ifindex: iif,
-        tos: 0,
-        src: [saddr_be, 0, 0, 0],
-        dst: [daddr_be, 0, 0, 0],
-        vlan_or_tbid: 0,
-        smac: [0; 6],
-        dmac: [0; 6],
-        mark: 0,
-        _reserved: [0; 3],
+pub fn route(ctx: &TcContext, q: &RouteQuery) -> Route {
+    // The parameters live in a per-CPU scratch slot, not on the stack: the
+    // container program's 512 bytes are spoken for.
+    let Some(p) = FIB_SCRATCH.get_ptr_mut(0) else {
+        return Route::None;
     };
-    // SAFETY: the helper reads and writes only `p`, whose size it is given
-    // and which is at least the kernel's `struct bpf_fib_lookup`.
+    // SAFETY: `p` is this CPU's slot of a live per-CPU array; nothing else
+    // runs on this CPU while the program does. The helper reads and writes
+    // only the struct, whose size it is given and which is at least the
+    // kernel's `struct bpf_fib_lookup`.
     let rc = unsafe {
+        *p = FibParams {
+            family: AF_INET,
+            l4_protocol: q.proto,
+            sport: 0,
+            dport: 0,
+            tot_len: 0,
+            ifindex: q.iif,
+            tos: 0,
+            src: [q.saddr_be, 0, 0, 0],
+            dst: [q.daddr_be, 0, 0, 0],
+            vlan_or_tbid: 0,
+            smac: [0; 6],
+            dmac: [0; 6],
+            mark: 0,
+            _reserved: [0; 3],
+        };
         fib_lookup_helper(
             ctx.as_ptr(),
-            (&mut p as *mut FibParams).cast::<bpf_fib_lookup>(),
+            p.cast::<bpf_fib_lookup>(),
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
     };
+    // SAFETY: as above; the helper has written its answer.
+    let p = unsafe { &*p };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => Route::Out {
             ifindex: p.ifindex,
@@ -564,7 +601,15 @@ fn deliver(ctx: &TcContext, key: &CtKey, e: &CtEntry) -> Result<i32, DropReason>
     } else {
         key.saddr_be
     };
-    let r = route(ctx, ingress_ifindex(ctx), saddr, daddr, key.proto);
+    let r = route(
+        ctx,
+        &RouteQuery {
+            iif: ingress_ifindex(ctx),
+            saddr_be: saddr,
+            daddr_be: daddr,
+            proto: key.proto,
+        },
+    );
     if let Some(ep) = endpoint_at(e.endpoint_be) {
         count_translated(ep.slot);
     }
@@ -574,10 +619,11 @@ fn deliver(ctx: &TcContext, key: &CtKey, e: &CtEntry) -> Result<i32, DropReason>
 /// An ICMP error (at `icmp_off`) about a translated flow, translated back:
 /// the outer address and the quoted inner header, with the outer IPv4, the
 /// inner IPv4, the inner L4 and the ICMP checksums kept right. Path-MTU
-/// discovery and "port unreachable" then reach the container. Returns the
+/// discovery and "port unreachable" then reach the container. `from` is the
+/// sending container's address (`None` from the uplink). Returns the
 /// verdict, or `TC_ACT_OK` when the error is about no flow of dnet's.
 #[inline(always)]
-pub fn icmp_error(ctx: &TcContext, icmp_off: usize) -> Result<i32, DropReason> {
+pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result<i32, DropReason> {
     let ip_off = ETH_HLEN;
     let inner_off = icmp_off + 8;
     let ivihl: u8 = err(ctx.load(inner_off))?;
@@ -621,6 +667,14 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize) -> Result<i32, DropReason> {
     let Some(e) = lookup(&key, 0) else {
         return Ok(TC_ACT_OK);
     };
+    // From a container, only an error about a flow of its own, sent to the
+    // flow's peer: a container must not speak into others' flows.
+    if let Some(addr) = from {
+        let outer_daddr: u32 = err(ctx.load(ip_off + 16))?;
+        if e.endpoint_be != addr || outer_daddr != isaddr {
+            return Err(DropReason::NatUnsupported);
+        }
+    }
     let icmp_csum = icmp_off + 2;
     // The inner L4 checksum, when quoted (UDP's may be zero: left alone).
     let l4_csum_off = match proto {
@@ -674,7 +728,15 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize) -> Result<i32, DropReason> {
     }
     let saddr: u32 = err(ctx.load(ip_off + 12))?;
     let daddr: u32 = err(ctx.load(ip_off + 16))?;
-    let r = route(ctx, ingress_ifindex(ctx), saddr, daddr, IPPROTO_ICMP);
+    let r = route(
+        ctx,
+        &RouteQuery {
+            iif: ingress_ifindex(ctx),
+            saddr_be: saddr,
+            daddr_be: daddr,
+            proto: IPPROTO_ICMP,
+        },
+    );
     forward(ctx, &r)
 }
 

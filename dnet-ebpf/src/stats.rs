@@ -34,9 +34,14 @@ pub fn count_tx(slot: u32, bytes: u32) {
 #[inline(always)]
 pub fn count_drops(slot: u32, reason: DropReason, n: u64) {
     if let Some(s) = STATS.get_ptr_mut(slot) {
-        let i = reason as usize;
-        // SAFETY: as in `count_rx`; `i` is a `DropReason` code, all of which
-        // are below `DROP_REASON_SLOTS` (a unit test in dnet-common checks it).
+        let code = reason as u32;
+        // The reason may come back from a BPF subprogram through the stack;
+        // the compiler knows it is a valid `DropReason` and would drop the
+        // bounds check, but the verifier does not, so the code is read
+        // opaquely and checked.
+        // SAFETY: a read of a local.
+        let i = unsafe { core::ptr::read_volatile(&code) } as usize;
+        // SAFETY: as in `count_rx`.
         unsafe {
             if let Some(c) = (*s).drops.get_mut(i) {
                 *c += n;

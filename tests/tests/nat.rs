@@ -344,7 +344,11 @@ fn publishing_a_busy_or_taken_port_is_refused_and_changes_nothing() {
         ),
         (
             vec!["run", "-p", "10.9.9.9:8090:80", "--", "true"],
-            "10.9.9.9 is not an address of this host",
+            "ports can be published on the uplink's address (198.18.0.2), on a loopback address or on all addresses, not on 10.9.9.9",
+        ),
+        (
+            vec!["run", "-p", "172.17.0.1:8092:80", "--", "true"],
+            "not on 172.17.0.1",
         ),
         (
             vec!["run", "--network", "closed", "-p", "8091:80", "--", "true"],

@@ -26,9 +26,14 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every entry of the hash map behind `fd`, `chunk` at a time. `K` and `V`
-/// must be the map's key and value types (plain data of the map's sizes).
-pub fn lookup_all<K: Copy + Default, V: Copy + Default>(
+/// Every entry of the hash map behind `fd`, `chunk` at a time.
+///
+/// # Safety
+///
+/// `K` and `V` must be the map's key and value types: plain data (every
+/// bit pattern valid) of exactly the map's key and value sizes, or the
+/// kernel writes past the buffers or leaves invalid values in them.
+pub unsafe fn lookup_all<K: Copy + Default, V: Copy + Default>(
     fd: BorrowedFd<'_>,
     chunk: usize,
 ) -> io::Result<Vec<(K, V)>> {

@@ -368,7 +368,10 @@ impl Datapath {
         let aya::maps::Map::LruHashMap(data) = self.map(m::CT)? else {
             return Err(DatapathError::Missing(m::CT));
         };
-        batch::lookup_all(data.fd().as_fd(), 4096).map_err(io_err("read", Path::new(m::CT)))
+        // SAFETY: DNET_CT is a hash map of `CtKey` keys and `CtEntry`
+        // values (the layout test in dnet-common pins their sizes).
+        unsafe { batch::lookup_all(data.fd().as_fd(), 4096) }
+            .map_err(io_err("read", Path::new(m::CT)))
     }
 
     /// Removes conntrack entries; missing ones are fine.
@@ -379,6 +382,29 @@ impl Datapath {
             absent_is_fine(h.remove(k)).map_err(map_err(m::CT))?;
         }
         Ok(())
+    }
+
+    /// Removes each entry whose `created_ns` is still the one given (an
+    /// entry made meanwhile under the same key stays); returns how many went.
+    pub fn ct_remove_if_created(&mut self, keys: &[(CtKey, u64)]) -> Result<usize> {
+        let mut h: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.map_mut(m::CT)?).map_err(map_err(m::CT))?;
+        let mut n = 0;
+        for (k, created) in keys {
+            if h.get(k, 0).is_ok_and(|e| e.created_ns == *created) {
+                absent_is_fine(h.remove(k)).map_err(map_err(m::CT))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Removes a subnet from the LPM map only (its id may be another
+    /// network's now); a missing entry is fine.
+    pub fn clear_subnet(&mut self, subnet: Ipv4Network) -> Result<()> {
+        let mut t: LpmTrie<&mut MapData, u32, u32> =
+            LpmTrie::try_from(self.map_mut(m::SUBNETS)?).map_err(map_err(m::SUBNETS))?;
+        absent_is_fine(t.remove(&subnet_key(subnet))).map_err(map_err(m::SUBNETS))
     }
 
     /// Inserts a conntrack entry (tests, and nothing else).

@@ -970,3 +970,116 @@ fn the_conntrack_table_is_read_whole_in_batches() {
         assert_eq!(seen.len(), n as usize);
     });
 }
+
+#[test]
+fn a_container_cannot_speak_into_another_containers_flow_with_an_icmp_error() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        // B's outbound UDP flow 172.17.0.3:4000 -> world:53, as 198.18.0.2:50005.
+        let rkey = dnet_common::CtKey {
+            saddr_be: ipv4_be(ip(WORLD)),
+            daddr_be: ipv4_be(ip(UPLINK)),
+            sport_be: 53u16.to_be(),
+            dport_be: 50005u16.to_be(),
+            proto: 17,
+            _pad: [0; 3],
+        };
+        let rev = dnet_common::CtEntry {
+            new_daddr_be: ipv4_be(ip("172.17.0.3")),
+            new_dport_be: 4000u16.to_be(),
+            flags: dnet_common::nat::CT_F_DNAT
+                | dnet_common::nat::CT_F_TO_ENDPOINT
+                | dnet_common::nat::CT_F_REPLY,
+            endpoint_be: ipv4_be(ip("172.17.0.3")),
+            ..Default::default()
+        };
+        fx.dp.ct_insert(&rkey, &rev).unwrap();
+        // A forges a port unreachable quoting B's translated datagram.
+        let quoted = udp_to(WORLD_MAC, up0_mac(), (UPLINK, 50005), (WORLD, 53), false);
+        let mut m = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&quoted[14..]);
+        let c = csum::checksum(&m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        let forged = ip_frame(fx.a.mac, GW_MAC, ip("172.17.0.2"), ip(WORLD), 1, &m);
+        assert_eq!(run(&fx.dp, &forged).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::NatUnsupported), 1);
+        assert_eq!(
+            fx.dp.stats(fx.b.slot).unwrap().tx_packets,
+            0,
+            "nothing reached B"
+        );
+    });
+}
+
+#[test]
+fn only_a_syn_opens_a_tcp_flow() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        let ack = tcp(fx.a.mac, GW_MAC, ("172.17.0.2", 40000), (WORLD, 80), 0x10);
+        assert_eq!(run(&fx.dp, &ack).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtNoFlow), 1);
+        assert!(fx.dp.conntrack().unwrap().is_empty(), "no port taken");
+        // From the world, a stray ACK to a published port is the host's.
+        fx.dp
+            .set_service(
+                &ServiceKey {
+                    addr_be: 0,
+                    port_be: 8080u16.to_be(),
+                    proto: 6,
+                    _pad: 0,
+                },
+                &Service {
+                    backend_be: ipv4_be(ip("172.17.0.2")),
+                    backend_port_be: 80u16.to_be(),
+                    _pad: 0,
+                },
+            )
+            .unwrap();
+        let stray = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 8080), 0x10);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &stray).0, OK);
+        assert!(fx.dp.conntrack().unwrap().is_empty());
+        // A packet whose TTL would run out at dnet's hop takes no port.
+        let mut syn = tcp(fx.a.mac, GW_MAC, ("172.17.0.2", 40001), (WORLD, 80), 0x02);
+        let old = u16::from_be_bytes([syn[22], syn[23]]);
+        syn[22] = 1;
+        let c = csum::replace2(
+            u16::from_be_bytes([syn[24], syn[25]]),
+            old,
+            u16::from_be_bytes([syn[22], syn[23]]),
+        );
+        syn[24..26].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(run(&fx.dp, &syn).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::TtlExceeded), 1);
+        assert!(fx.dp.conntrack().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn a_new_connection_on_a_reset_tuple_starts_both_directions_over() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let syn = tcp(fx.a.mac, GW_MAC, ("172.17.0.2", 40000), (WORLD, 80), 0x02);
+        let (_, out) = run(&fx.dp, &syn);
+        let p = parse_checked(&out).sport;
+        let rst = tcp(WORLD_MAC, up0_mac(), (WORLD, 80), (UPLINK, p), 0x14);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &rst).0, REDIRECT);
+        // The container connects again from the same port.
+        let (v, again) = run(&fx.dp, &syn);
+        assert_eq!(v, REDIRECT);
+        assert_eq!(parse_checked(&again).sport, p, "the same flow, reopened");
+        let ct = fx.dp.conntrack().unwrap();
+        let rev = ct
+            .iter()
+            .find(|(k, _)| k.saddr_be == ipv4_be(ip(WORLD)))
+            .unwrap();
+        assert_eq!(
+            rev.1.tcp_seen, 0,
+            "the old RST no longer marks the flow closed"
+        );
+        let fwd = ct
+            .iter()
+            .find(|(k, _)| k.saddr_be == ipv4_be(ip("172.17.0.2")))
+            .unwrap();
+        assert_eq!(fwd.1.tcp_seen, 0x02);
+    });
+}

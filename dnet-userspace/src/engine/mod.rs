@@ -826,11 +826,12 @@ impl Inner {
             process::kill(p);
         }
         self.unpublish(c);
-        let addrs: Vec<Ipv4Addr> = c.endpoints.iter().filter_map(|e| e.ip).collect();
-        self.forget_flows(&addrs);
         for ep in c.endpoints.iter().rev() {
             self.detach(c, ep).await;
         }
+        // After the endpoints: no flow of the container can start after this.
+        let addrs: Vec<Ipv4Addr> = c.endpoints.iter().filter_map(|e| e.ip).collect();
+        self.forget_flows(&addrs);
         if let Netns::Owned { path } = &c.netns {
             process::kill_all_in(path);
             if let Err(e) = netns::remove(path) {
@@ -958,6 +959,14 @@ impl Inner {
         }
         self.commit(st)?;
         self.detach(&c, &ep).await;
+        // Its published ports now lead to its next bridge address, if any;
+        // the flows of the address it left go.
+        if let Err(e) = self.sync_services() {
+            tracing::warn!(container = %c.name, "republishing: {e}");
+        }
+        if let Some(ip) = ep.ip {
+            self.forget_flows(&[ip]);
+        }
         tracing::info!(container = %c.name, network = %net.name, "disconnected");
         Ok(())
     }

@@ -110,8 +110,12 @@ impl Inner {
     pub(super) fn collect_flows(&mut self) -> Result<usize> {
         let entries = self.ctx.dp.conntrack()?;
         let keys = conntrack::expired(&entries, conntrack::now_ns(), &self.cfg.nat.timeouts);
-        self.ctx.dp.ct_remove(&keys)?;
-        Ok(keys.len())
+        // The datapath may have handed a key to a new flow since the read
+        // (a closed TCP flow's port is reused at once): such keys stay.
+        let created: std::collections::HashMap<_, _> =
+            entries.iter().map(|(k, e)| (*k, e.created_ns)).collect();
+        let judged: Vec<_> = keys.iter().map(|k| (*k, created[k])).collect();
+        Ok(self.ctx.dp.ct_remove_if_created(&judged)?)
     }
 
     /// Removes the flows of a container's addresses.

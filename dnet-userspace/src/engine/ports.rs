@@ -115,7 +115,30 @@ impl Inner {
                 }
             }
         }
+        // The datapath answers on the uplink's address and the host's
+        // sockets on loopback: a port on any other address would never be
+        // reached.
+        let uplink = self
+            .ctx
+            .dp
+            .config()
+            .ok()
+            .filter(|c| c.uplink_ifindex != 0)
+            .map(|c| dnet_common::addr::ipv4_from_be(c.uplink_addr_be));
         for p in &ports {
+            if let Some(ip) = p.host_ip
+                && !ip.is_loopback()
+                && Some(ip) != uplink
+            {
+                return Err(match uplink {
+                    Some(u) => invalid!(
+                        "ports can be published on the uplink's address ({u}), on a loopback address or on all addresses, not on {ip}"
+                    ),
+                    None => invalid!(
+                        "without an uplink, ports can be published on a loopback address only, not on {ip}"
+                    ),
+                });
+            }
             for port in p.host_ports() {
                 host_port_free(p.host_ip, port, p.proto)?;
             }

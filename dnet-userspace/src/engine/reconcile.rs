@@ -169,10 +169,16 @@ impl Inner {
             }
         }
         for (subnet, id) in self.ctx.dp.subnets()? {
-            if !bridges
+            if bridges
                 .iter()
                 .any(|n| n.dp_id == id && n.ipam.is_some_and(|i| i.subnet == subnet))
             {
+                continue;
+            }
+            if bridges.iter().any(|n| n.dp_id == id) {
+                // The id is another network's now: only the subnet goes.
+                self.ctx.dp.clear_subnet(subnet)?;
+            } else {
                 self.ctx.dp.clear_network(id, Some(subnet))?;
             }
         }
