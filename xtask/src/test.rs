@@ -1,7 +1,7 @@
 //! `cargo xtask test`: every suite, then a check that nothing was left
 //! behind in the machine's own namespace.
 
-use std::{path::Path, process::Command};
+use std::{collections::BTreeSet, path::Path, process::Command};
 
 use anyhow::bail;
 
@@ -20,6 +20,16 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     }
     setup::run(root)?;
     let bin = build(root, false)?;
+    // Only what appears during this run counts: a machine may carry
+    // leftovers of an earlier, interrupted run (those are reported, not
+    // blamed on these suites).
+    let before = leftovers();
+    if !before.is_empty() {
+        eprintln!(
+            "note: already present before the suites (not removed): {}",
+            before.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
     let result = run_cmd(
         Command::new(env!("CARGO"))
             .current_dir(root)
@@ -28,36 +38,33 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             .env("DNET_BIN", bin.join("dnet"))
             .env("CONNTEST_BIN", bin.join("conntest")),
     );
-    let leaks = leftovers();
+    let leaks: Vec<String> = leftovers().difference(&before).cloned().collect();
     if !leaks.is_empty() {
-        bail!("the suites left things behind: {}", leaks.join("; "));
+        bail!("the suites left things behind: {}", leaks.join(", "));
     }
     result
 }
 
-/// Sandbox namespaces and pins that outlived the suites.
-fn leftovers() -> Vec<String> {
-    let mut v = Vec::new();
+/// Sandbox namespaces and bpffs folders (the suites' names start with
+/// `dnt`) present in the machine's own view.
+fn leftovers() -> BTreeSet<String> {
+    let mut v = BTreeSet::new();
     if let Ok(o) = Command::new("ip").args(["netns", "list"]).output() {
-        let ns: Vec<String> = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with("dnt"))
-            .map(str::to_owned)
-            .collect();
-        if !ns.is_empty() {
-            v.push(format!("namespaces {}", ns.join(" ")));
-        }
+        v.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|n| n.starts_with("dnt"))
+                .map(|n| format!("namespace {n}")),
+        );
     }
     if let Ok(rd) = std::fs::read_dir("/sys/fs/bpf") {
-        let pins: Vec<String> = rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("dnt"))
-            .collect();
-        if !pins.is_empty() {
-            v.push(format!("bpffs folders {}", pins.join(" ")));
-        }
+        v.extend(
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("dnt"))
+                .map(|n| format!("bpffs folder {n}")),
+        );
     }
     v
 }
