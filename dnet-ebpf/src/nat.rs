@@ -20,7 +20,7 @@ use dnet_common::{
     Config, CtEntry, CtKey, DropReason, Endpoint, ServiceKey,
     nat::{
         CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY, CT_F_SNAT, CT_F_TO_ENDPOINT, NAT_PORT_PROBES,
-        TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, nat_port_candidate, partner, tcp_closed, tuple_hash,
+        TCP_ACK, TCP_SYN, nat_port_candidate, partner, tcp_closed, tuple_hash,
     },
 };
 
