@@ -62,6 +62,12 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
+/// The TCP flags conntrack keeps; the others (PSH, URG, ECE, CWR) are
+/// cleared when the header is read, so their bits are free for ours.
+pub const TCP_TRACKED: u8 = TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK;
+/// In [`CtEntry::tcp_seen`]: this direction sent an ACK after the other
+/// direction's FIN went by, its last word on a closing connection.
+pub const CT_FIN_ACKED: u8 = 0x40;
 /// For protocols other than TCP, the bit of [`CtEntry::tcp_seen`] that says
 /// a packet went this way.
 pub const CT_SEEN: u8 = 0x80;
@@ -116,6 +122,15 @@ pub const fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
 #[inline(always)]
 pub const fn tcp_closed(a: u8, b: u8) -> bool {
     (a | b) & TCP_RST != 0 || (a & TCP_FIN != 0 && b & TCP_FIN != 0)
+}
+
+/// A TCP flow whose tuple, NAT port included, may serve a new connection:
+/// reset, or closed with a FIN each way and each FIN acknowledged. Until the
+/// last ACK has gone by, the peer that sent the second FIN still holds the
+/// tuple (LAST_ACK) and would answer a new SYN on it with a challenge ACK.
+#[inline(always)]
+pub const fn tcp_reusable(a: u8, b: u8) -> bool {
+    (a | b) & TCP_RST != 0 || a & b & CT_FIN_ACKED != 0
 }
 
 /// Key of [`crate::maps::SERVICES`]: a published port.
@@ -207,6 +222,22 @@ pub const fn tuple_hash(k: &CtKey) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_flow_is_reusable_only_once_the_last_ack_went_by() {
+        let (a, b) = (TCP_SYN | TCP_ACK, TCP_SYN | TCP_ACK);
+        assert!(!tcp_closed(a, b) && !tcp_reusable(a, b));
+        // A FIN each way: closing, but the second FIN is not acknowledged.
+        let (a, b) = (a | TCP_FIN, b | TCP_FIN | CT_FIN_ACKED);
+        assert!(tcp_closed(a, b));
+        assert!(!tcp_reusable(a, b), "the peer is still in LAST_ACK");
+        assert!(tcp_reusable(a | CT_FIN_ACKED, b));
+        // A reset ends it at once, from either side.
+        assert!(tcp_reusable(TCP_SYN | TCP_RST, TCP_SYN | TCP_ACK));
+        assert!(tcp_reusable(TCP_SYN, TCP_RST));
+        // Our bits are outside the flags conntrack keeps.
+        assert_eq!(TCP_TRACKED & (CT_FIN_ACKED | CT_SEEN), 0);
+    }
 
     #[test]
     fn a_flows_entries_name_each_other() {

@@ -2,7 +2,10 @@
 //! and checksum sit.
 
 use aya_ebpf::programs::TcContext;
-use dnet_common::{CtKey, nat::CT_SEEN};
+use dnet_common::{
+    CtKey,
+    nat::{CT_SEEN, TCP_TRACKED},
+};
 
 use crate::{ipv4::Ipv4Hdr, ptr::ptr_at};
 
@@ -28,7 +31,8 @@ pub struct L4 {
     /// destination).
     pub sport_off: usize,
     pub dport_off: usize,
-    /// TCP flags; `CT_SEEN` for other protocols (what conntrack records).
+    /// TCP flags conntrack keeps (`TCP_TRACKED`); `CT_SEEN` for other
+    /// protocols.
     pub tcp_flags: u8,
     /// ICMP type (0 for other protocols).
     pub icmp_type: u8,
@@ -86,7 +90,7 @@ pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
                     csum_off: off + 16,
                     sport_off: off,
                     dport_off: off + 2,
-                    tcp_flags: h[13],
+                    tcp_flags: h[13] & TCP_TRACKED,
                     icmp_type: 0,
                 },
             )

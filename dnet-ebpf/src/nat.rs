@@ -19,8 +19,9 @@ use aya_ebpf::{
 use dnet_common::{
     Config, CtEntry, CtKey, DropReason, Endpoint, ServiceKey,
     nat::{
-        CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY, CT_F_SNAT, CT_F_TO_ENDPOINT, NAT_PORT_PROBES,
-        TCP_ACK, TCP_SYN, nat_port_candidate, partner, tcp_closed, tuple_hash,
+        CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY, CT_F_SNAT, CT_F_TO_ENDPOINT, CT_FIN_ACKED,
+        NAT_PORT_PROBES, TCP_ACK, TCP_FIN, TCP_SYN, nat_port_candidate, partner, tcp_closed,
+        tcp_reusable, tuple_hash,
     },
 };
 
@@ -85,8 +86,20 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
                 return Some(*e);
             }
         }
-        if seen | tcp_flags != seen {
-            (*e).tcp_seen = seen | tcp_flags;
+        let mut add = tcp_flags;
+        if add & TCP_ACK != 0 && (seen | add) & TCP_FIN != 0 && seen & CT_FIN_ACKED == 0 {
+            // Closing from this side: an ACK after the other side's FIN is
+            // this side's last word (one more lookup, on a flow's last
+            // packets only).
+            if CT
+                .get(&partner(key, &*e))
+                .is_some_and(|p| p.tcp_seen & TCP_FIN != 0)
+            {
+                add |= CT_FIN_ACKED;
+            }
+        }
+        if seen | add != seen {
+            (*e).tcp_seen = seen | add;
         }
         Some(*e)
     }
@@ -199,8 +212,9 @@ fn claim_port(
 }
 
 /// Frees the port of the TCP flow whose reply is keyed `rkey` if that flow
-/// is over (a RST, or a FIN each way), so a closed connection's port serves
-/// a new one at once, as Linux reuses a TIME_WAIT tuple for a new SYN.
+/// is over (a RST, or a FIN each way and the last ACK), so a closed
+/// connection's port serves a new one at once, as Linux reuses a TIME_WAIT
+/// tuple for a new SYN.
 /// Without it, short connections to one server would hold every port of
 /// the range for the closing timeout.
 #[inline(always)]
@@ -213,7 +227,7 @@ fn reclaim(rkey: &CtKey) -> bool {
     let fkey = partner(rkey, &old);
     // SAFETY: as above.
     let closed = match unsafe { CT.get(&fkey) } {
-        Some(f) => tcp_closed(old.tcp_seen, f.tcp_seen),
+        Some(f) => tcp_reusable(old.tcp_seen, f.tcp_seen),
         // Half a flow: another CPU may be between its two inserts, so only
         // an orphan older than a second is taken.
         None => now().saturating_sub(old.created_ns) > NSEC_PER_SEC,

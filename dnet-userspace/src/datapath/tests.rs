@@ -912,7 +912,7 @@ fn a_closed_tcp_flows_port_serves_the_next_flow_at_once() {
         let p1 = parse_checked(&o1).sport;
         assert_eq!(run(&fx.dp, &syn(1002)).0, REDIRECT);
         assert_eq!(run(&fx.dp, &syn(1003)).0, SHOT, "both ports taken");
-        // Flow 1001 closes: a FIN each way.
+        // Flow 1001 closes: a FIN each way, then the last ACK.
         let fin_out = tcp(fx.a.mac, GW_MAC, ("172.17.0.2", 1001), (WORLD, 80), 0x11);
         assert_eq!(run(&fx.dp, &fin_out).0, REDIRECT);
         assert_eq!(
@@ -922,6 +922,15 @@ fn a_closed_tcp_flows_port_serves_the_next_flow_at_once() {
         );
         let fin_in = tcp(WORLD_MAC, up0_mac(), (WORLD, 80), (UPLINK, p1), 0x11);
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &fin_in).0, REDIRECT);
+        assert_eq!(
+            run(&fx.dp, &syn(1003)).0,
+            SHOT,
+            "a FIN each way, but the server waits for the last ACK on that tuple"
+        );
+        let last_ack = tcp(fx.a.mac, GW_MAC, ("172.17.0.2", 1001), (WORLD, 80), 0x10);
+        let (v, o) = run(&fx.dp, &last_ack);
+        assert_eq!(v, REDIRECT, "the last ACK still finds its flow");
+        assert_eq!(parse_checked(&o).sport, p1);
         let (v, o3) = run(&fx.dp, &syn(1003));
         assert_eq!(v, REDIRECT, "the closed flow's port is reused");
         assert_eq!(parse_checked(&o3).sport, p1);
