@@ -629,6 +629,61 @@ pub fn kill_in_netns(path: &Path) {
     }
 }
 
+/// The pid in a sandbox name of ours, `dnt<pid>x…` (tests, demo, bench's
+/// dnet side) or `dnb<pid>x…` (the bench's other sides).
+pub fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name
+        .strip_prefix("dnt")
+        .or_else(|| name.strip_prefix("dnb"))?;
+    let (pid, _) = rest.split_once('x')?;
+    pid.parse().ok()
+}
+
+/// Removes what sandboxes of runs that are gone left behind: a run killed
+/// with SIGKILL, or a machine restarted in the middle of one, never ran its
+/// `Drop`. A sandbox is stale when no process has the pid in its name;
+/// its processes, mounts, namespaces and folders go. Returns the names it
+/// removed.
+pub fn reap_stale() -> Vec<String> {
+    let me = std::process::id();
+    let stale = |n: &str| {
+        owner_pid(n).is_some_and(|p| p != me && !Path::new(&format!("/proc/{p}")).exists())
+    };
+    let names = |dir: &str| -> Vec<String> {
+        fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| stale(n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut removed = Vec::new();
+    for name in names(&std::env::temp_dir().to_string_lossy()) {
+        let dir = std::env::temp_dir().join(&name);
+        for m in mounts_under(&dir) {
+            kill_in_netns(&m);
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if fs::remove_dir_all(&dir).is_ok() {
+            removed.push(dir.display().to_string());
+        }
+    }
+    for name in names("/run/netns") {
+        kill_in_netns(&Path::new("/run/netns").join(&name));
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        removed.push(format!("netns {name}"));
+    }
+    for name in names("/sys/fs/bpf") {
+        let dir = Path::new("/sys/fs/bpf").join(&name);
+        if fs::remove_dir_all(&dir).is_ok() {
+            removed.push(dir.display().to_string());
+        }
+    }
+    removed
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -658,5 +713,19 @@ impl Drop for Sandbox {
         }
         let _ = fs::remove_dir_all(&self.bpffs);
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_pid;
+
+    #[test]
+    fn owner_pid_reads_our_sandbox_names_only() {
+        assert_eq!(owner_pid("dnt29480x0h"), Some(29480));
+        assert_eq!(owner_pid("dnb12x4lw"), Some(12));
+        assert_eq!(owner_pid("dnt29480"), None);
+        assert_eq!(owner_pid("dntx1"), None);
+        assert_eq!(owner_pid("docker"), None);
     }
 }

@@ -582,3 +582,60 @@ fn two_daemons_run_side_by_side() {
     assert_eq!(b.dnet_json(&["info"])["containers"], 1);
     let _ = wait_until(Duration::from_millis(1), || true);
 }
+
+#[test]
+fn what_a_killed_run_left_is_reaped_by_the_next() {
+    // A run that died without its Drop: its pid is gone, its namespace
+    // (with a process in it), a mount of that namespace under its folder
+    // and its bpffs folder are still there.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let name = format!("dnt{pid}x0");
+    let ns = format!("{name}h");
+    let dir = std::env::temp_dir().join(&name);
+    let bpffs = std::path::Path::new("/sys/fs/bpf").join(&name);
+    sh_ok("ip", &["netns", "add", &ns]);
+    let mut lingering = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "sleep", "600"])
+        .spawn()
+        .unwrap();
+    let netns_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    let ours = netns_of(std::process::id());
+    assert!(wait_until(Duration::from_secs(5), || netns_of(
+        lingering.id()
+    ) != ours));
+    std::fs::create_dir_all(dir.join("state/netns")).unwrap();
+    let nsfile = dir.join("state/netns/c1");
+    std::fs::write(&nsfile, "").unwrap();
+    sh_ok(
+        "mount",
+        &[
+            "--bind",
+            &format!("/run/netns/{ns}"),
+            nsfile.to_str().unwrap(),
+        ],
+    );
+    std::fs::create_dir_all(bpffs.join("maps")).unwrap();
+    let live = Sandbox::without_daemon();
+
+    let removed = dnet_sandbox::reap_stale();
+
+    assert!(removed.contains(&format!("netns {ns}")), "{removed:?}");
+    assert!(!std::path::Path::new(&format!("/run/netns/{ns}")).exists());
+    assert!(!dir.exists() && !bpffs.exists(), "{removed:?}");
+    assert!(dnet_sandbox::mounts_under(&dir).is_empty());
+    assert!(
+        wait_until(Duration::from_secs(5), || matches!(
+            lingering.try_wait(),
+            Ok(Some(_))
+        )),
+        "the process in the stale namespace is killed"
+    );
+    // A sandbox whose run is alive is left alone.
+    assert!(
+        !removed.iter().any(|r| r.contains(&live.name)),
+        "{removed:?}"
+    );
+    assert!(live.host_netns_path().exists() && live.dir.exists());
+}

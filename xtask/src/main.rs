@@ -65,6 +65,14 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// Removes what sandboxes of killed runs left behind (their `Drop` never
+/// ran), before a run makes its own.
+pub fn reap_stale() {
+    for r in dnet_sandbox::reap_stale() {
+        eprintln!("xtask: removed what a killed run left: {r}");
+    }
+}
+
 /// Runs a command to completion; fails with its name if it fails.
 pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd

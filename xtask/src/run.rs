@@ -45,6 +45,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         std::env::set_var("DNET_BIN", &dnet);
         std::env::set_var("CONNTEST_BIN", bin.join("conntest"));
     }
+    crate::reap_stale();
     let sb = Sandbox::new();
     let ct = bin.join("conntest");
     let (d, c) = (dnet.display(), ct.display());

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, path::Path, process::Command};
 
 use anyhow::bail;
 
-use crate::{build, run_cmd, setup};
+use crate::{build, reap_stale, run_cmd, setup};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,6 +23,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     // Only what appears during this run counts: a machine may carry
     // leftovers of an earlier, interrupted run (those are reported, not
     // blamed on these suites).
+    reap_stale();
     let before = leftovers();
     if !before.is_empty() {
         eprintln!(

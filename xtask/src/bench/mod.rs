@@ -258,6 +258,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         bail!("the bench makes network namespaces and runs Docker: run as root");
     }
     sys::catch_signals();
+    crate::reap_stale();
     setup::run(root)?;
     setup::packages(PACKAGES)?;
     let want_docker = args.docker != DockerMode::Model;

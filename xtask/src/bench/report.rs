@@ -354,7 +354,7 @@ pub fn svg(path: &Path, meta: &Meta, r: &Results, ports: &[u32]) -> anyhow::Resu
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], GREY.filled()));
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .draw()
