@@ -240,6 +240,11 @@ impl Sandbox {
         assert!(up, "daemon did not answer:\n{}", self.log_tail(40));
     }
 
+    /// The extra `dnet daemon` flags of the next start.
+    pub fn set_daemon_args(&mut self, args: &[&str]) {
+        self.daemon_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     /// Kills the daemon with `signal` (SIGKILL for a crash) and reaps it.
     pub fn stop_daemon(&mut self, signal: i32) {
         if let Some(mut c) = self.daemon.take() {

@@ -421,6 +421,32 @@ fn when_the_nat_ports_run_out_the_next_flow_fails_and_established_ones_continue(
 }
 
 #[test]
+fn a_pinned_conntrack_table_keeps_its_size_and_the_daemon_says_so() {
+    let ct_size = |sb: &Sandbox| {
+        let info = sb.dnet_json(&["info"]);
+        info["maps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "DNET_CT")
+            .map(|m| m["max_entries"].as_u64().unwrap())
+            .unwrap()
+    };
+    let mut sb = Sandbox::with_daemon_args(&["--ct-entries", "4096"]);
+    assert_eq!(ct_size(&sb), 4096);
+    assert!(!sb.log_tail(200).contains("pinned conntrack table"));
+    sb.stop_daemon(libc::SIGTERM);
+    sb.set_daemon_args(&["--ct-entries", "8192"]);
+    sb.start_daemon();
+    assert_eq!(ct_size(&sb), 4096, "the pinned map is kept, flows with it");
+    let log = sb.log_tail(200);
+    assert!(
+        log.contains("the pinned conntrack table has 4096 entries, not the 8192 of --ct-entries"),
+        "{log}"
+    );
+}
+
+#[test]
 fn expired_flows_are_collected() {
     let mut sb = Sandbox::with_daemon_args(&["--ct-timeout-udp", "1", "--ct-gc-interval", "1"]);
     world_servers(&mut sb, &[], &[53]);
