@@ -477,6 +477,61 @@ fn a_flow_survives_kill_9_and_a_restart_of_the_daemon() {
 }
 
 #[test]
+fn a_restarted_daemon_puts_missing_programs_back_in_place() {
+    let mut sb = Sandbox::new();
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.dnet_ok(&["run", "-d", "--name", "b", "--", "sleep", "300"]);
+    let b = sb.ip_of("b");
+    let veth = sb
+        .dnet_json(&["ps"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "a")
+        .unwrap()["networks"][0]["host_ifname"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ifindex = |sb: &Sandbox| sb.host_ip_json(&["link", "show", &veth])[0]["ifindex"].clone();
+    let before = ifindex(&sb);
+    let pins = sb.pins();
+    // With the daemon down, a's ingress link goes (its pin held it).
+    sb.stop_daemon(libc::SIGKILL);
+    let pin = sb.bpffs.join(format!("links/{veth}-ingress"));
+    std::fs::remove_file(&pin).unwrap();
+    sb.start_daemon();
+    assert_eq!(sb.pins(), pins, "the link is pinned again");
+    assert_eq!(
+        ifindex(&sb),
+        before,
+        "the endpoint was kept, not made again"
+    );
+    let log = sb.log_tail(100);
+    assert!(log.contains("attaching this build's programs"), "{log}");
+    assert!(!log.contains("making its endpoint again"), "{log}");
+    // rx: what the datapath received from a, counted by its ingress program.
+    let sent = |sb: &Sandbox| {
+        let s = sb.dnet_json(&["stats"]);
+        s["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["container"] == "a")
+            .unwrap()["rx_packets"]
+            .as_u64()
+            .unwrap()
+    };
+    let n = sent(&sb);
+    let o = sb.dnet(&["exec", "a", "--", "ping", "-c", "2", "-W", "2", &b]);
+    assert!(ok(&o), "{}", out(&o));
+    assert!(
+        sent(&sb) >= n + 2,
+        "a's packets go through its program again"
+    );
+    assert_consistent(&sb);
+}
+
+#[test]
 fn fifty_containers_on_one_network_all_reach_each_other() {
     let sb = Sandbox::new();
     let n = 50;

@@ -198,49 +198,71 @@ impl Datapath {
     }
 
     /// Attaches the container programs to a host-side veth (tcx ingress and
-    /// egress) and pins the links. Replaces stale pins of the same name.
+    /// egress) and pins the links, where this build's are not there yet; a
+    /// stale link or another build's program is swapped for this build's.
     pub fn attach_endpoint(&mut self, ifname: &str) -> Result<()> {
         for (prog, kind, dir) in [
             (PROG_FROM_CONTAINER, TcAttachType::Ingress, "ingress"),
             (PROG_TO_CONTAINER, TcAttachType::Egress, "egress"),
         ] {
             let pin = self.link_pin(ifname, dir);
-            if let Some(pin) = &pin {
-                remove_if_exists(pin)?;
+            if pin.as_ref().is_none_or(|p| p.exists()) && self.tcx_current(ifname, kind, prog) {
+                continue;
             }
-            let p: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(prog)
-                .ok_or(DatapathError::Missing(prog))?
-                .try_into()
-                .map_err(prog_err(prog))?;
-            let id = p.attach(ifname, kind).map_err(prog_err(prog))?;
-            let link: FdLink = p
-                .take_link(id)
-                .map_err(prog_err(prog))?
-                .try_into()
-                .map_err(|e| DatapathError::Link {
-                    name: prog,
-                    source: Box::new(e),
-                })?;
-            match pin {
-                Some(pin) => {
-                    link.pin(&pin).map_err(|e| DatapathError::Pin {
-                        path: pin.clone(),
-                        source: Box::new(e),
-                    })?;
-                }
-                None => self.held_links.push(link),
-            }
+            self.attach_tcx(ifname, kind, prog, pin)?;
         }
         Ok(())
     }
 
-    /// Pins `link` at `pin` (replacing a stale pin), or keeps it here when
-    /// the datapath is unpinned.
+    /// Attaches `prog` to `ifname` at `kind` and pins the link at `pin`
+    /// (see [`Datapath::keep_link`] for the swap).
+    fn attach_tcx(
+        &mut self,
+        ifname: &str,
+        kind: TcAttachType,
+        prog: &'static str,
+        pin: Option<PathBuf>,
+    ) -> Result<()> {
+        // tcx refuses one program twice at a hook: if this very program is
+        // there already (beside a program of another build), the link pinned
+        // at `pin` goes first.
+        let id = self
+            .ebpf
+            .program(prog)
+            .and_then(|p| p.info().ok())
+            .map(|i| i.id());
+        if let Some(pin) = &pin
+            && SchedClassifier::query_tcx(ifname, kind)
+                .is_ok_and(|(_, progs)| progs.iter().any(|p| Some(p.id()) == id))
+        {
+            remove_if_exists(pin)?;
+        }
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or(DatapathError::Missing(prog))?
+            .try_into()
+            .map_err(prog_err(prog))?;
+        let id = p.attach(ifname, kind).map_err(prog_err(prog))?;
+        let link: FdLink = p
+            .take_link(id)
+            .map_err(prog_err(prog))?
+            .try_into()
+            .map_err(|e| DatapathError::Link {
+                name: prog,
+                source: Box::new(e),
+            })?;
+        self.keep_link(link, pin)
+    }
+
+    /// Pins `link` at `pin`, or keeps it here when the datapath is unpinned.
+    /// A link already pinned there (a stale one, or another build's program)
+    /// is unpinned, and so detached, only now that the new one is attached
+    /// beside it: every packet meets one of the two during the swap.
     fn keep_link(&mut self, link: FdLink, pin: Option<PathBuf>) -> Result<()> {
         match pin {
             Some(pin) => {
+                remove_if_exists(&pin)?;
                 link.pin(&pin).map_err(|e| DatapathError::Pin {
                     path: pin.clone(),
                     source: Box::new(e),
@@ -255,41 +277,63 @@ impl Datapath {
         self.pins.as_ref().map(|p| p.join("host").join(name))
     }
 
-    /// Attaches the uplink program (tcx ingress), unless it already is.
+    /// Attaches the uplink program (tcx ingress), unless this build's
+    /// already is.
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
         if self.uplink_attached(ifname) {
             return Ok(());
         }
         let pin = self.host_pin("uplink-ingress");
-        if let Some(pin) = &pin {
-            remove_if_exists(pin)?;
-        }
-        let p: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(PROG_FROM_UPLINK)
-            .ok_or(DatapathError::Missing(PROG_FROM_UPLINK))?
-            .try_into()
-            .map_err(prog_err(PROG_FROM_UPLINK))?;
-        let id = p
-            .attach(ifname, TcAttachType::Ingress)
-            .map_err(prog_err(PROG_FROM_UPLINK))?;
-        let link: FdLink = p
-            .take_link(id)
-            .map_err(prog_err(PROG_FROM_UPLINK))?
-            .try_into()
-            .map_err(|e| DatapathError::Link {
-                name: PROG_FROM_UPLINK,
-                source: Box::new(e),
-            })?;
-        self.keep_link(link, pin)
+        self.attach_tcx(ifname, TcAttachType::Ingress, PROG_FROM_UPLINK, pin)
     }
 
-    /// The uplink program is attached to `ifname` and pinned.
+    /// The uplink program, as this build loaded it, is attached to `ifname`
+    /// and pinned.
     pub fn uplink_attached(&self, ifname: &str) -> bool {
-        let name = &PROG_FROM_UPLINK[..PROG_FROM_UPLINK.len().min(15)];
-        SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
-            .is_ok_and(|(_, progs)| progs.iter().any(|p| p.name_as_str() == Some(name)))
+        self.tcx_current(ifname, TcAttachType::Ingress, PROG_FROM_UPLINK)
             && self.host_pin("uplink-ingress").is_none_or(|p| p.exists())
+    }
+
+    /// The tag (a hash of the instructions) of program `name` as this
+    /// build loaded it.
+    fn tag(&self, name: &str) -> Option<u64> {
+        self.ebpf.program(name)?.info().ok().map(|i| i.tag())
+    }
+
+    /// Program `name` is attached to `ifname` at `kind`, and every program
+    /// of that name there is this build's: a daemon of another version left
+    /// its own, which must be swapped.
+    fn tcx_current(&self, ifname: &str, kind: TcAttachType, name: &str) -> bool {
+        let Some(tag) = self.tag(name) else {
+            return false;
+        };
+        // The kernel keeps the first 15 bytes of a program's name.
+        let kernel_name = &name[..name.len().min(15)];
+        SchedClassifier::query_tcx(ifname, kind).is_ok_and(|(_, progs)| {
+            let mut ours = progs
+                .iter()
+                .filter(|p| p.name_as_str() == Some(kernel_name))
+                .peekable();
+            ours.peek().is_some() && ours.all(|p| p.tag() == tag)
+        })
+    }
+
+    /// The link pinned at `pin` runs program `name` as this build loaded it.
+    fn pinned_link_current(&self, pin: &Path, name: &str) -> bool {
+        let Some(tag) = self.tag(name) else {
+            return false;
+        };
+        let Ok(link) = PinnedLink::from_pin(pin) else {
+            return false;
+        };
+        // Dropping this handle closes a file descriptor; the pin holds the link.
+        let Ok(info) = FdLink::from(link).info() else {
+            return false;
+        };
+        let id = info.program_id();
+        aya::programs::loaded_programs()
+            .flatten()
+            .any(|p| p.id() == id && p.tag() == tag)
     }
 
     /// Attaches the socket hooks to the cgroup v2 hierarchy at `cgroup`,
@@ -299,11 +343,10 @@ impl Datapath {
         let dir = fs::File::open(cgroup).map_err(io_err("open", cgroup))?;
         for name in SOCK_PROGS {
             let pin = self.host_pin(name);
-            if let Some(pin) = &pin {
-                if PinnedLink::from_pin(pin).is_ok() {
-                    continue;
-                }
-                remove_if_exists(pin)?;
+            if let Some(pin) = &pin
+                && self.pinned_link_current(pin, name)
+            {
+                continue;
             }
             let p: &mut CgroupSockAddr = self
                 .ebpf
@@ -414,17 +457,12 @@ impl Datapath {
         h.insert(key, e, 0).map_err(map_err(m::CT))
     }
 
-    /// The container programs are attached to `ifname` and their links pinned.
+    /// The container programs, as this build loaded them, are attached to
+    /// `ifname` and their links pinned.
     pub fn endpoint_attached(&self, ifname: &str) -> bool {
-        // The kernel keeps the first 15 bytes of a program's name.
-        let attached = |kind, name: &str| {
-            let kernel_name = &name[..name.len().min(15)];
-            SchedClassifier::query_tcx(ifname, kind)
-                .is_ok_and(|(_, progs)| progs.iter().any(|p| p.name_as_str() == Some(kernel_name)))
-        };
         let pinned = |dir| self.link_pin(ifname, dir).is_none_or(|p| p.exists());
-        attached(TcAttachType::Ingress, PROG_FROM_CONTAINER)
-            && attached(TcAttachType::Egress, PROG_TO_CONTAINER)
+        self.tcx_current(ifname, TcAttachType::Ingress, PROG_FROM_CONTAINER)
+            && self.tcx_current(ifname, TcAttachType::Egress, PROG_TO_CONTAINER)
             && pinned("ingress")
             && pinned("egress")
     }

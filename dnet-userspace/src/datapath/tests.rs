@@ -1092,3 +1092,156 @@ fn a_new_connection_on_a_reset_tuple_starts_both_directions_over() {
         assert_eq!(fwd.1.tcp_seen, 0x02);
     });
 }
+
+/// `bpf(2)` with `attr`; what it returns, or a failed test.
+fn bpf_raw<T>(cmd: libc::c_long, attr: &mut T) -> i64 {
+    // SAFETY: `attr` is a live, properly laid out `bpf_attr` prefix of the
+    // size passed, and the kernel only reads it for these commands.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    assert!(r >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
+    r
+}
+
+/// `bpf(2)` for a command that returns a new file descriptor.
+fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    let fd = bpf_raw(cmd, attr);
+    // SAFETY: the kernel just returned this descriptor to us alone.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// What a daemon of another build leaves on a veth: a program of the same
+/// name (here one that drops everything), attached with tcx at ingress and
+/// its link pinned where this build pins its own.
+fn attach_other_build(ifname: &str, pin: &Path) {
+    use std::os::fd::AsRawFd as _;
+    #[repr(C)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+    }
+    #[repr(C)]
+    struct LinkCreate {
+        prog_fd: u32,
+        target_ifindex: u32,
+        attach_type: u32,
+        flags: u32,
+        relative_fd: u32,
+        _pad: u32,
+        expected_revision: u64,
+    }
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    // r0 = TC_ACT_SHOT; exit
+    let insns: [u64; 2] = [0xb7 | (2u64 << 32), 0x95];
+    let license = c"GPL";
+    let mut name = [0u8; 16];
+    name[..15].copy_from_slice(&PROG_FROM_CONTAINER.as_bytes()[..15]);
+    let prog = bpf_fd(
+        5, // BPF_PROG_LOAD
+        &mut ProgLoad {
+            prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
+            insn_cnt: 2,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: 0,
+            log_size: 0,
+            log_buf: 0,
+            kern_version: 0,
+            prog_flags: 0,
+            prog_name: name,
+        },
+    );
+    let link = bpf_fd(
+        28, // BPF_LINK_CREATE
+        &mut LinkCreate {
+            prog_fd: prog.as_raw_fd() as u32,
+            target_ifindex: nix::net::if_::if_nametoindex(ifname).unwrap(),
+            attach_type: 46, // BPF_TCX_INGRESS
+            flags: 0,
+            relative_fd: 0,
+            _pad: 0,
+            expected_revision: 0,
+        },
+    );
+    let _ = fs::remove_file(pin);
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).unwrap();
+    bpf_raw(
+        6, // BPF_OBJ_PIN
+        &mut ObjPin {
+            pathname: path.as_ptr() as u64,
+            bpf_fd: link.as_raw_fd() as u32,
+            file_flags: 0,
+        },
+    );
+}
+
+#[test]
+fn programs_of_another_build_are_swapped_in_place() {
+    struct Pins(PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/dnet-test-{}-swap",
+        std::process::id()
+    )));
+    let dir = pins.0.clone();
+    in_fresh_netns(move || {
+        let ip = |args: &[&str]| {
+            let o = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "ip {args:?}: {o:?}");
+        };
+        ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+        ip(&["link", "set", "v0", "up"]);
+        ip(&["link", "set", "v1", "up"]);
+        let mut dp = Datapath::load(Some(&dir)).unwrap();
+        dp.attach_endpoint("v0").unwrap();
+        assert!(dp.endpoint_attached("v0"));
+
+        attach_other_build("v0", &dir.join("links/v0-ingress"));
+        let ingress = || {
+            SchedClassifier::query_tcx("v0", TcAttachType::Ingress)
+                .unwrap()
+                .1
+                .iter()
+                .map(|p| p.tag())
+                .collect::<Vec<_>>()
+        };
+        let ours = dp.tag(PROG_FROM_CONTAINER).unwrap();
+        assert_eq!(ingress().len(), 1, "the other build's link replaced ours");
+        assert_ne!(ingress(), [ours]);
+        assert!(
+            !dp.endpoint_attached("v0"),
+            "a program of the same name from another build is not ours"
+        );
+
+        dp.attach_endpoint("v0").unwrap();
+        assert_eq!(ingress(), [ours], "swapped: ours alone");
+        assert!(dp.endpoint_attached("v0"));
+    });
+}

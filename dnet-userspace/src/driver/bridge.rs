@@ -243,6 +243,19 @@ impl Driver for Bridge {
         errors
     }
 
+    async fn refresh(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
+        let Some(host_ifname) = a.endpoint.host_ifname.as_deref() else {
+            return Ok(());
+        };
+        if matches!(ctx.nl.link(host_ifname).await, Ok(Some(_)))
+            && !ctx.dp.endpoint_attached(host_ifname)
+        {
+            tracing::info!(veth = host_ifname, "attaching this build's programs");
+            ctx.dp.attach_endpoint(host_ifname)?;
+        }
+        Ok(())
+    }
+
     async fn endpoint_ok(&self, ctx: &Ctx, a: &Attachment<'_>) -> bool {
         let Some(host_ifname) = a.endpoint.host_ifname.as_deref() else {
             return false;

@@ -118,6 +118,13 @@ pub trait Driver: Send + Sync {
     /// The endpoint's kernel objects are all there and current.
     async fn endpoint_ok(&self, ctx: &Ctx, a: &Attachment<'_>) -> bool;
 
+    /// Brings what can change in place up to this build, without touching
+    /// the endpoint's links (a daemon upgrade swaps the datapath programs
+    /// of live endpoints here). Missing pieces are left to `endpoint_ok`.
+    async fn refresh(&self, _ctx: &mut Ctx, _a: &Attachment<'_>) -> Result<()> {
+        Ok(())
+    }
+
     /// The endpoint's counters; `None` for an endpoint without any. By
     /// default, the datapath's per-endpoint slot.
     async fn stats(&self, ctx: &Ctx, a: &Attachment<'_>) -> Result<Option<Counters>> {

@@ -69,6 +69,9 @@ impl Inner {
                     primary: i == 0,
                 };
                 let d = driver::driver(net.driver);
+                if let Err(e) = d.refresh(&mut self.ctx, &a).await {
+                    tracing::warn!(container = %c.name, network = %net.name, "cannot refresh its endpoint: {e}");
+                }
                 if !d.endpoint_ok(&self.ctx, &a).await {
                     tracing::info!(container = %c.name, network = %net.name, "making its endpoint again");
                     for e in d.detach(&mut self.ctx, &a).await {
