@@ -65,6 +65,9 @@ pub const TCP_ACK: u8 = 0x10;
 /// The TCP flags conntrack keeps; the others (PSH, URG, ECE, CWR) are
 /// cleared when the header is read, so their bits are free for ours.
 pub const TCP_TRACKED: u8 = TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK;
+/// In [`CtEntry::tcp_seen`]: the other direction's FIN went by (set by
+/// that FIN on this direction's entry).
+pub const CT_PEER_FIN: u8 = 0x20;
 /// In [`CtEntry::tcp_seen`]: this direction sent an ACK after the other
 /// direction's FIN went by, its last word on a closing connection.
 pub const CT_FIN_ACKED: u8 = 0x40;
@@ -130,7 +133,8 @@ pub const fn tcp_closed(a: u8, b: u8) -> bool {
 /// tuple (LAST_ACK) and would answer a new SYN on it with a challenge ACK.
 #[inline(always)]
 pub const fn tcp_reusable(a: u8, b: u8) -> bool {
-    (a | b) & TCP_RST != 0 || a & b & CT_FIN_ACKED != 0
+    const DONE: u8 = TCP_FIN | CT_FIN_ACKED;
+    (a | b) & TCP_RST != 0 || (a & DONE == DONE && b & DONE == DONE)
 }
 
 /// Key of [`crate::maps::SERVICES`]: a published port.
@@ -228,15 +232,20 @@ mod tests {
         let (a, b) = (TCP_SYN | TCP_ACK, TCP_SYN | TCP_ACK);
         assert!(!tcp_closed(a, b) && !tcp_reusable(a, b));
         // A FIN each way: closing, but the second FIN is not acknowledged.
-        let (a, b) = (a | TCP_FIN, b | TCP_FIN | CT_FIN_ACKED);
+        let (a, b) = (
+            a | TCP_FIN | CT_PEER_FIN,
+            b | TCP_FIN | CT_PEER_FIN | CT_FIN_ACKED,
+        );
         assert!(tcp_closed(a, b));
         assert!(!tcp_reusable(a, b), "the peer is still in LAST_ACK");
         assert!(tcp_reusable(a | CT_FIN_ACKED, b));
+        // An acknowledgement without a FIN of its own is not the end.
+        assert!(!tcp_reusable(TCP_ACK | CT_FIN_ACKED, b));
         // A reset ends it at once, from either side.
         assert!(tcp_reusable(TCP_SYN | TCP_RST, TCP_SYN | TCP_ACK));
         assert!(tcp_reusable(TCP_SYN, TCP_RST));
         // Our bits are outside the flags conntrack keeps.
-        assert_eq!(TCP_TRACKED & (CT_FIN_ACKED | CT_SEEN), 0);
+        assert_eq!(TCP_TRACKED & (CT_PEER_FIN | CT_FIN_ACKED | CT_SEEN), 0);
     }
 
     #[test]

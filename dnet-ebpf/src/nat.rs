@@ -20,8 +20,8 @@ use dnet_common::{
     Config, CtEntry, CtKey, DropReason, Endpoint, ServiceKey,
     nat::{
         CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY, CT_F_SNAT, CT_F_TO_ENDPOINT, CT_FIN_ACKED,
-        NAT_PORT_PROBES, TCP_ACK, TCP_FIN, TCP_SYN, nat_port_candidate, partner, tcp_closed,
-        tcp_reusable, tuple_hash,
+        CT_PEER_FIN, NAT_PORT_PROBES, TCP_ACK, TCP_FIN, TCP_SYN, nat_port_candidate, partner,
+        tcp_closed, tcp_reusable, tuple_hash,
     },
 };
 
@@ -66,8 +66,11 @@ pub fn endpoint_at(addr_be: u32) -> Option<Endpoint> {
 pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
     let e = CT.get_ptr_mut(key)?;
     let t = now();
-    // SAFETY: `e` points into a live map value; the datapath writes only
-    // these two fields, and a torn read of a timestamp is harmless.
+    // SAFETY: `e` (and the partner entry below) point into live map values.
+    // The datapath writes only `last_seen_ns` and `tcp_seen`, both plain
+    // data: a torn timestamp is harmless, and a `tcp_seen` bit lost to a
+    // concurrent write on another CPU only keeps a closed flow's port held
+    // until the closing timeout.
     unsafe {
         if t.saturating_sub((*e).last_seen_ns) > NSEC_PER_SEC {
             (*e).last_seen_ns = t;
@@ -87,16 +90,19 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
             }
         }
         let mut add = tcp_flags;
-        if add & TCP_ACK != 0 && (seen | add) & TCP_FIN != 0 && seen & CT_FIN_ACKED == 0 {
-            // Closing from this side: an ACK after the other side's FIN is
-            // this side's last word (one more lookup, on a flow's last
-            // packets only).
-            if CT
-                .get(&partner(key, &*e))
-                .is_some_and(|p| p.tcp_seen & TCP_FIN != 0)
-            {
-                add |= CT_FIN_ACKED;
+        if add & TCP_FIN != 0 && seen & TCP_FIN == 0 {
+            // This side's first FIN: the other side's next ACK is its last
+            // word. Noted on the other side's entry (one more lookup, once
+            // per direction of a flow).
+            if let Some(p) = CT.get_ptr_mut(partner(key, &*e)) {
+                (*p).tcp_seen |= CT_PEER_FIN;
             }
+        }
+        if add & TCP_ACK != 0 && seen & (CT_PEER_FIN | CT_FIN_ACKED) == CT_PEER_FIN {
+            // Follows the order packets reach the datapath, not ACK numbers:
+            // a FIN lost beyond it can make a port reusable early, as a lost
+            // last ACK keeps one held until the closing timeout.
+            add |= CT_FIN_ACKED;
         }
         if seen | add != seen {
             (*e).tcp_seen = seen | add;

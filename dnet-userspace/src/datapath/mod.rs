@@ -257,16 +257,24 @@ impl Datapath {
 
     /// Pins `link` at `pin`, or keeps it here when the datapath is unpinned.
     /// A link already pinned there (a stale one, or another build's program)
-    /// is unpinned, and so detached, only now that the new one is attached
-    /// beside it: every packet meets one of the two during the swap.
+    /// goes only once the new one, attached beside it, is pinned: the new
+    /// pin is made beside the old and renamed over it, so every packet meets
+    /// one of the two programs, and a failure leaves the old one in place.
     fn keep_link(&mut self, link: FdLink, pin: Option<PathBuf>) -> Result<()> {
         match pin {
             Some(pin) => {
-                remove_if_exists(&pin)?;
-                link.pin(&pin).map_err(|e| DatapathError::Pin {
-                    path: pin.clone(),
+                // (bpffs refuses names with a dot.)
+                let new = PathBuf::from(format!("{}-new", pin.display()));
+                remove_if_exists(&new)?;
+                // On failure the new link is dropped, and so detached.
+                link.pin(&new).map_err(|e| DatapathError::Pin {
+                    path: new.clone(),
                     source: Box::new(e),
                 })?;
+                if let Err(e) = fs::rename(&new, &pin) {
+                    let _ = fs::remove_file(&new);
+                    return Err(io_err("rename", &pin)(e));
+                }
             }
             None => self.held_links.push(link),
         }

@@ -1094,9 +1094,14 @@ fn a_new_connection_on_a_reset_tuple_starts_both_directions_over() {
 }
 
 /// `bpf(2)` with `attr`; what it returns, or a failed test.
-fn bpf_raw<T>(cmd: libc::c_long, attr: &mut T) -> i64 {
-    // SAFETY: `attr` is a live, properly laid out `bpf_attr` prefix of the
-    // size passed, and the kernel only reads it for these commands.
+///
+/// # Safety
+/// `attr` must be a `bpf_attr` prefix laid out as the kernel expects for
+/// `cmd`, and every pointer in it must be valid for what `cmd` does with it
+/// for the length of the call.
+unsafe fn bpf_raw<T>(cmd: libc::c_long, attr: &mut T) -> i64 {
+    // SAFETY: the caller's contract; `attr` lives across the call and its
+    // size is the one passed.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -1110,9 +1115,13 @@ fn bpf_raw<T>(cmd: libc::c_long, attr: &mut T) -> i64 {
 }
 
 /// `bpf(2)` for a command that returns a new file descriptor.
-fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> std::os::fd::OwnedFd {
+///
+/// # Safety
+/// As [`bpf_raw`].
+unsafe fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd as _;
-    let fd = bpf_raw(cmd, attr);
+    // SAFETY: the caller's contract.
+    let fd = unsafe { bpf_raw(cmd, attr) };
     // SAFETY: the kernel just returned this descriptor to us alone.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
 }
@@ -1156,43 +1165,54 @@ fn attach_other_build(ifname: &str, pin: &Path) {
     let license = c"GPL";
     let mut name = [0u8; 16];
     name[..15].copy_from_slice(&PROG_FROM_CONTAINER.as_bytes()[..15]);
-    let prog = bpf_fd(
-        5, // BPF_PROG_LOAD
-        &mut ProgLoad {
-            prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
-            insn_cnt: 2,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: 0,
-            log_size: 0,
-            log_buf: 0,
-            kern_version: 0,
-            prog_flags: 0,
-            prog_name: name,
-        },
-    );
-    let link = bpf_fd(
-        28, // BPF_LINK_CREATE
-        &mut LinkCreate {
-            prog_fd: prog.as_raw_fd() as u32,
-            target_ifindex: nix::net::if_::if_nametoindex(ifname).unwrap(),
-            attach_type: 46, // BPF_TCX_INGRESS
-            flags: 0,
-            relative_fd: 0,
-            _pad: 0,
-            expected_revision: 0,
-        },
-    );
+    // Each attr below is the kernel's layout for its command (x86_64 and
+    // arm64), with every field set.
+    // SAFETY: `insns` and `license` outlive the call.
+    let prog = unsafe {
+        bpf_fd(
+            5, // BPF_PROG_LOAD
+            &mut ProgLoad {
+                prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
+                insn_cnt: 2,
+                insns: insns.as_ptr() as u64,
+                license: license.as_ptr() as u64,
+                log_level: 0,
+                log_size: 0,
+                log_buf: 0,
+                kern_version: 0,
+                prog_flags: 0,
+                prog_name: name,
+            },
+        )
+    };
+    // SAFETY: no pointers; `prog` is a live program descriptor.
+    let link = unsafe {
+        bpf_fd(
+            28, // BPF_LINK_CREATE
+            &mut LinkCreate {
+                prog_fd: prog.as_raw_fd() as u32,
+                target_ifindex: nix::net::if_::if_nametoindex(ifname).unwrap(),
+                attach_type: 46, // BPF_TCX_INGRESS
+                flags: 0,
+                relative_fd: 0,
+                _pad: 0,
+                expected_revision: 0,
+            },
+        )
+    };
     let _ = fs::remove_file(pin);
     let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).unwrap();
-    bpf_raw(
-        6, // BPF_OBJ_PIN
-        &mut ObjPin {
-            pathname: path.as_ptr() as u64,
-            bpf_fd: link.as_raw_fd() as u32,
-            file_flags: 0,
-        },
-    );
+    // SAFETY: `path` outlives the call; `link` is a live link descriptor.
+    unsafe {
+        bpf_raw(
+            6, // BPF_OBJ_PIN
+            &mut ObjPin {
+                pathname: path.as_ptr() as u64,
+                bpf_fd: link.as_raw_fd() as u32,
+                file_flags: 0,
+            },
+        )
+    };
 }
 
 #[test]
