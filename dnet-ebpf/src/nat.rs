@@ -20,8 +20,8 @@ use dnet_common::{
     Config, CtEntry, CtKey, DropReason, Endpoint, ServiceKey,
     nat::{
         CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY, CT_F_SNAT, CT_F_TO_ENDPOINT, CT_FIN_ACKED,
-        CT_PEER_FIN, NAT_PORT_PROBES, TCP_ACK, TCP_FIN, TCP_SYN, nat_port_candidate, partner,
-        tcp_closed, tcp_reusable, tuple_hash,
+        CT_PEER_FIN, NAT_PORT_PROBES, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, nat_port_candidate,
+        partner, tcp_closed, tcp_reusable, tuple_hash,
     },
 };
 
@@ -35,6 +35,12 @@ use crate::{
 
 const AF_INET: u8 = 2;
 const NSEC_PER_SEC: u64 = 1_000_000_000;
+/// How long a closed TCP flow keeps its port after its last packet (the
+/// last ACK, or the RST). That packet and a new flow's SYN on the same tuple
+/// may reach the peer out of order when two CPUs forward them; a SYN that
+/// comes first meets the old connection and is answered with a challenge
+/// ACK, which costs the new connect a SYN retransmit (1 s).
+const REUSE_GRACE_NS: u64 = NSEC_PER_SEC / 20;
 
 /// The NAT configuration, when there is an uplink to translate to.
 #[inline(always)]
@@ -106,6 +112,10 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
         }
         if seen | add != seen {
             (*e).tcp_seen = seen | add;
+            if add & !seen & (TCP_RST | CT_FIN_ACKED) != 0 {
+                // The flow's end, timed: its port waits REUSE_GRACE_NS.
+                (*e).last_seen_ns = t;
+            }
         }
         Some(*e)
     }
@@ -218,9 +228,9 @@ fn claim_port(
 }
 
 /// Frees the port of the TCP flow whose reply is keyed `rkey` if that flow
-/// is over (a RST, or a FIN each way and the last ACK), so a closed
-/// connection's port serves a new one at once, as Linux reuses a TIME_WAIT
-/// tuple for a new SYN.
+/// is over (a RST, or a FIN each way and the last ACK) since
+/// [`REUSE_GRACE_NS`], so a closed connection's port serves a new one
+/// almost at once, as Linux reuses a TIME_WAIT tuple for a new SYN.
 /// Without it, short connections to one server would hold every port of
 /// the range for the closing timeout.
 #[inline(always)]
@@ -233,7 +243,10 @@ fn reclaim(rkey: &CtKey) -> bool {
     let fkey = partner(rkey, &old);
     // SAFETY: as above.
     let closed = match unsafe { CT.get(&fkey) } {
-        Some(f) => tcp_reusable(old.tcp_seen, f.tcp_seen),
+        Some(f) => {
+            tcp_reusable(old.tcp_seen, f.tcp_seen)
+                && now().saturating_sub(old.last_seen_ns.max(f.last_seen_ns)) > REUSE_GRACE_NS
+        }
         // Half a flow: another CPU may be between its two inserts, so only
         // an orphan older than a second is taken.
         None => now().saturating_sub(old.created_ns) > NSEC_PER_SEC,

@@ -931,6 +931,9 @@ fn a_closed_tcp_flows_port_serves_the_next_flow_at_once() {
         let (v, o) = run(&fx.dp, &last_ack);
         assert_eq!(v, REDIRECT, "the last ACK still finds its flow");
         assert_eq!(parse_checked(&o).sport, p1);
+        // The port waits REUSE_GRACE_NS (50 ms) after the last ACK, for
+        // that ACK to reach the server before a new SYN does.
+        std::thread::sleep(std::time::Duration::from_millis(60));
         let (v, o3) = run(&fx.dp, &syn(1003));
         assert_eq!(v, REDIRECT, "the closed flow's port is reused");
         assert_eq!(parse_checked(&o3).sport, p1);
