@@ -140,6 +140,10 @@ pub struct Datapath {
     held_links: Vec<FdLink>,
 }
 
+/// The suffix of a link pinned beside the one it replaces, before it is
+/// renamed over it (bpffs refuses names with a dot).
+const NEW_PIN: &str = "-new";
+
 impl Datapath {
     /// Loads the object and every program, so that a verifier rejection
     /// fails here. With `pins`, maps are pinned there (reused if present).
@@ -156,7 +160,15 @@ impl Datapath {
                 let maps_dir = dir.join("maps");
                 fs::create_dir_all(&maps_dir).map_err(io_err("create", &maps_dir))?;
                 for sub in ["links", "host"] {
-                    fs::create_dir_all(dir.join(sub)).map_err(io_err("create", &dir.join(sub)))?;
+                    let d = dir.join(sub);
+                    fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+                    // A swap cut short by a crash leaves its new pin (see
+                    // `keep_link`); the old one is still in place.
+                    for e in fs::read_dir(&d).map_err(io_err("read", &d))?.flatten() {
+                        if e.file_name().to_string_lossy().ends_with(NEW_PIN) {
+                            remove_if_exists(&e.path())?;
+                        }
+                    }
                 }
                 m::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect()
             }
@@ -263,8 +275,7 @@ impl Datapath {
     fn keep_link(&mut self, link: FdLink, pin: Option<PathBuf>) -> Result<()> {
         match pin {
             Some(pin) => {
-                // (bpffs refuses names with a dot.)
-                let new = PathBuf::from(format!("{}-new", pin.display()));
+                let new = PathBuf::from(format!("{}{NEW_PIN}", pin.display()));
                 remove_if_exists(&new)?;
                 // On failure the new link is dropped, and so detached.
                 link.pin(&new).map_err(|e| DatapathError::Pin {
@@ -308,9 +319,11 @@ impl Datapath {
         self.ebpf.program(name)?.info().ok().map(|i| i.tag())
     }
 
-    /// Program `name` is attached to `ifname` at `kind`, and every program
-    /// of that name there is this build's: a daemon of another version left
-    /// its own, which must be swapped.
+    /// Program `name`, as this build loaded it, is attached to `ifname` at
+    /// `kind`: one of another build's (a daemon of another version left it)
+    /// must be swapped. A program whose link was just unpinned may still be
+    /// listed beside it for a moment (the kernel releases links from a work
+    /// queue), so this asks for ours, not for ours alone.
     fn tcx_current(&self, ifname: &str, kind: TcAttachType, name: &str) -> bool {
         let Some(tag) = self.tag(name) else {
             return false;
@@ -318,11 +331,9 @@ impl Datapath {
         // The kernel keeps the first 15 bytes of a program's name.
         let kernel_name = &name[..name.len().min(15)];
         SchedClassifier::query_tcx(ifname, kind).is_ok_and(|(_, progs)| {
-            let mut ours = progs
+            progs
                 .iter()
-                .filter(|p| p.name_as_str() == Some(kernel_name))
-                .peekable();
-            ours.peek().is_some() && ours.all(|p| p.tag() == tag)
+                .any(|p| p.name_as_str() == Some(kernel_name) && p.tag() == tag)
         })
     }
 
