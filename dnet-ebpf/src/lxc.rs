@@ -242,7 +242,7 @@ fn from_container_ipv4(
             && let Some(svc) = nat::service(daddr, key.dport_be, key.proto)
         {
             let backend = nat::endpoint_at(svc.backend_be).ok_or(DropReason::NoEndpoint)?;
-            let e = nat::new_hairpin(key, &backend, svc.backend_port_be, l4.tcp_flags)?;
+            let e = nat::new_hairpin(&cfg, key, &backend, svc.backend_port_be, l4.tcp_flags)?;
             return nat::translate_and_deliver(ctx, l4, key, &e);
         }
         return Ok(TC_ACT_OK);

@@ -340,12 +340,12 @@ pub fn new_dnat(
 /// backend's answer comes back through the datapath.
 #[inline(always)]
 pub fn new_hairpin(
+    cfg: &Config,
     key: &CtKey,
     backend: &Endpoint,
     backend_port_be: u16,
     tcp_flags: u8,
 ) -> Result<CtEntry, DropReason> {
-    let cfg = &config().ok_or(DropReason::NoRoute)?;
     let gw = NETWORKS
         .get(backend.net_id)
         .map(|n| n.gateway_be)

@@ -557,15 +557,19 @@ pub fn stdout(o: &Output) -> String {
 
 impl Sandbox {
     /// A container's IPv4 on its first interface.
-    pub fn ip_of(&self, name: &str) -> String {
+    /// Container `name` as `dnet ps --format json` shows it.
+    pub fn container(&self, name: &str) -> serde_json::Value {
         let ps = self.dnet_json(&["ps"]);
-        let c = ps
-            .as_array()
+        ps.as_array()
             .expect("containers")
             .iter()
             .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no container {name}"));
-        c["networks"][0]["ip"]
+            .cloned()
+            .unwrap_or_else(|| panic!("no container {name}"))
+    }
+
+    pub fn ip_of(&self, name: &str) -> String {
+        self.container(name)["networks"][0]["ip"]
             .as_str()
             .expect("an address")
             .to_owned()

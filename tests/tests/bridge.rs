@@ -432,15 +432,7 @@ fn a_flow_survives_kill_9_and_a_restart_of_the_daemon() {
     sb.server("srv", "bridge", "udp", 53);
     sb.dnet_ok(&["run", "-d", "--name", "cli", "--", "sleep", "300"]);
     let srv = sb.ip_of("srv");
-    let cli_pid = sb
-        .dnet_json(&["ps"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "cli")
-        .unwrap()["pid"]
-        .as_u64()
-        .unwrap();
+    let cli_pid = sb.container("cli")["pid"].as_u64().unwrap();
     let before = sb.pins();
     // The flow runs in the container's namespace without the daemon's help.
     let flow = Command::new("nsenter")
@@ -482,13 +474,7 @@ fn a_restarted_daemon_puts_missing_programs_back_in_place() {
     sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
     sb.dnet_ok(&["run", "-d", "--name", "b", "--", "sleep", "300"]);
     let b = sb.ip_of("b");
-    let veth = sb
-        .dnet_json(&["ps"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "a")
-        .unwrap()["networks"][0]["host_ifname"]
+    let veth = sb.container("a")["networks"][0]["host_ifname"]
         .as_str()
         .unwrap()
         .to_owned();

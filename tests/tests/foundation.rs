@@ -156,17 +156,7 @@ fn ipam_hands_out_the_lowest_free_address_and_never_twice() {
         "sleep",
         "300",
     ]);
-    let ip = |name: &str| {
-        sb.dnet_json(&["ps"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap()["networks"][0]["ip"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let ip = |name: &str| sb.ip_of(name);
     assert_eq!(ip("a"), "10.30.0.16");
     assert_eq!(ip("b"), "10.30.0.17");
     assert_eq!(ip("s"), "10.30.0.200");
@@ -501,15 +491,7 @@ fn networks_and_allocations_survive_kill_and_restart() {
         "sleep",
         "300",
     ]);
-    let c = sb
-        .dnet_json(&["ps"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "c")
-        .cloned()
-        .unwrap();
-    assert_eq!(c["networks"][0]["ip"], "10.40.0.3");
+    assert_eq!(sb.container("c")["networks"][0]["ip"], "10.40.0.3");
 }
 
 /// Kills the daemon in the middle of operations, again and again: after

@@ -43,12 +43,7 @@ fn run_on(sb: &Sandbox, name: &str, network: &str) {
 
 /// The container's endpoint in `network`, as `dnet ps` shows it.
 fn endpoint(sb: &Sandbox, name: &str, network: &str) -> Value {
-    sb.dnet_json(&["ps"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no container {name}"))["networks"]
+    sb.container(name)["networks"]
         .as_array()
         .unwrap()
         .iter()
@@ -901,25 +896,9 @@ fn a_restart_keeps_healthy_endpoints_and_mends_the_rest() {
 
 /// The namespace file of a container.
 fn endpoint_netns(sb: &Sandbox, name: &str) -> PathBuf {
-    let c = sb.dnet_json(&["ps"]);
-    PathBuf::from(
-        c.as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap()["netns_path"]
-            .as_str()
-            .unwrap(),
-    )
+    PathBuf::from(sb.container(name)["netns_path"].as_str().unwrap())
 }
 
 fn container_pid(sb: &Sandbox, name: &str) -> u64 {
-    sb.dnet_json(&["ps"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap()["pid"]
-        .as_u64()
-        .unwrap()
+    sb.container(name)["pid"].as_u64().unwrap()
 }

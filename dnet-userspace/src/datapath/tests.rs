@@ -621,6 +621,22 @@ fn parse_checked(f: &[u8]) -> Pkt {
 }
 
 /// up0's MAC (asked of `ip`: /sys shows the namespace that mounted it).
+/// Publishes TCP port 8080, on every address, to A (172.17.0.2) port 80.
+fn publish_8080_to_a(dp: &mut Datapath) {
+    let key = ServiceKey {
+        addr_be: 0,
+        port_be: 8080u16.to_be(),
+        proto: 6,
+        _pad: 0,
+    };
+    let svc = Service {
+        backend_be: ipv4_be(ip("172.17.0.2")),
+        backend_port_be: 80u16.to_be(),
+        _pad: 0,
+    };
+    dp.set_service(&key, &svc).unwrap();
+}
+
 fn up0_mac() -> [u8; 6] {
     let o = std::process::Command::new("ip")
         .args(["-j", "link", "show", "up0"])
@@ -778,21 +794,7 @@ fn an_icmp_error_about_a_translated_flow_is_translated_back_inner_header_include
 fn a_published_port_reaches_its_container_and_the_answer_leaves_as_the_port() {
     in_fresh_netns(|| {
         let mut fx = nat_fixture(50000, 50009);
-        fx.dp
-            .set_service(
-                &ServiceKey {
-                    addr_be: 0,
-                    port_be: 8080u16.to_be(),
-                    proto: 6,
-                    _pad: 0,
-                },
-                &Service {
-                    backend_be: ipv4_be(ip("172.17.0.2")),
-                    backend_port_be: 80u16.to_be(),
-                    _pad: 0,
-                },
-            )
-            .unwrap();
+        publish_8080_to_a(&mut fx.dp);
         let syn = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 8080), 0x02);
         let (v, inn) = run_prog(&fx.dp, PROG_FROM_UPLINK, &syn);
         assert_eq!(v, REDIRECT);
@@ -821,21 +823,7 @@ fn a_published_port_reaches_its_container_and_the_answer_leaves_as_the_port() {
 fn hairpin_reaches_a_published_port_from_a_container() {
     in_fresh_netns(|| {
         let mut fx = nat_fixture(50000, 50009);
-        fx.dp
-            .set_service(
-                &ServiceKey {
-                    addr_be: 0,
-                    port_be: 8080u16.to_be(),
-                    proto: 6,
-                    _pad: 0,
-                },
-                &Service {
-                    backend_be: ipv4_be(ip("172.17.0.2")),
-                    backend_port_be: 80u16.to_be(),
-                    _pad: 0,
-                },
-            )
-            .unwrap();
+        publish_8080_to_a(&mut fx.dp);
         // A to its own published port.
         let syn = tcp(
             fx.a.mac,
@@ -904,7 +892,7 @@ fn fragments_on_the_nat_path_are_dropped_with_their_reason() {
 }
 
 #[test]
-fn a_closed_tcp_flows_port_serves_the_next_flow_at_once() {
+fn a_closed_tcp_flows_port_serves_the_next_flow_after_its_last_ack() {
     in_fresh_netns(|| {
         let fx = nat_fixture(50000, 50001);
         let syn = |sport| tcp(fx.a.mac, GW_MAC, ("172.17.0.2", sport), (WORLD, 80), 0x02);
@@ -1032,21 +1020,7 @@ fn only_a_syn_opens_a_tcp_flow() {
         assert_eq!(drops(&fx.dp, 1, DropReason::CtNoFlow), 1);
         assert!(fx.dp.conntrack().unwrap().is_empty(), "no port taken");
         // From the world, a stray ACK to a published port is the host's.
-        fx.dp
-            .set_service(
-                &ServiceKey {
-                    addr_be: 0,
-                    port_be: 8080u16.to_be(),
-                    proto: 6,
-                    _pad: 0,
-                },
-                &Service {
-                    backend_be: ipv4_be(ip("172.17.0.2")),
-                    backend_port_be: 80u16.to_be(),
-                    _pad: 0,
-                },
-            )
-            .unwrap();
+        publish_8080_to_a(&mut fx.dp);
         let stray = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 8080), 0x10);
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &stray).0, OK);
         assert!(fx.dp.conntrack().unwrap().is_empty());
