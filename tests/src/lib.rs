@@ -10,6 +10,9 @@
 //!
 //! Nothing here touches the machine's own network namespace.
 
+pub mod bpf;
+pub mod leaks;
+
 use std::{
     fs,
     net::Ipv4Addr,
@@ -92,12 +95,16 @@ pub struct Sandbox {
     daemon: Option<Child>,
     /// Extra `dnet daemon` flags.
     daemon_args: Vec<String>,
+    /// Extra environment of the daemon (`DNET_CRASH_AT`, say).
+    daemon_env: Vec<(String, String)>,
     /// Background processes started in the sandbox (servers), killed on drop.
     children: Vec<Child>,
 }
 
 impl Sandbox {
     /// A new sandbox with its daemon running.
+    // Not `Default`: making one starts a daemon.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Sandbox {
         let mut sb = Sandbox::without_daemon();
         sb.start_daemon();
@@ -115,6 +122,7 @@ impl Sandbox {
     /// The namespaces and folders, no daemon yet.
     pub fn without_daemon() -> Sandbox {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        leaks::record_pid(std::process::id());
         let name = format!("dnt{}x{n}", std::process::id());
         let dir = std::env::temp_dir().join(&name);
         let sb = Sandbox {
@@ -125,6 +133,7 @@ impl Sandbox {
             name,
             daemon: None,
             daemon_args: Vec::new(),
+            daemon_env: Vec::new(),
             children: Vec::new(),
         };
         fs::create_dir_all(&sb.dir).expect("sandbox folder");
@@ -222,6 +231,7 @@ impl Sandbox {
             .arg("--log-level")
             .arg("dnet=debug,info")
             .args(&self.daemon_args)
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -243,6 +253,28 @@ impl Sandbox {
     /// The extra `dnet daemon` flags of the next start.
     pub fn set_daemon_args(&mut self, args: &[&str]) {
         self.daemon_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// The extra environment of the daemon's next start (replaces the last).
+    pub fn set_daemon_env(&mut self, env: &[(&str, &str)]) {
+        self.daemon_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// Waits (bounded) for the daemon to exit by itself; its exit status,
+    /// or `None` if it still runs.
+    pub fn wait_daemon_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.daemon.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            status.is_some()
+        });
+        if status.is_some() {
+            self.daemon = None;
+        }
+        status
     }
 
     /// Kills the daemon with `signal` (SIGKILL for a crash) and reaps it.
@@ -452,20 +484,28 @@ pub fn assert_consistent(sb: &Sandbox) {
         .filter_map(|e| e["host_ifname"].as_str().map(str::to_owned))
         .collect();
     veths.sort();
+    // Every veth of the host namespace but the sandbox's uplink, whatever
+    // its alias (dnet sets it in a second call, after the pair exists).
     let links = sb.host_ip_json(&["-d", "link", "show"]);
     let mut dnet_links: Vec<String> = links
         .as_array()
         .unwrap()
         .iter()
-        .filter(|l| {
-            l["ifalias"]
-                .as_str()
-                .is_some_and(|a| a.starts_with("dnet:ep:"))
-        })
+        .filter(|l| l["linkinfo"]["info_kind"] == "veth" && l["ifname"] != "eth0")
         .map(|l| l["ifname"].as_str().unwrap().to_owned())
         .collect();
     dnet_links.sort();
     assert_eq!(dnet_links, veths, "veths in the kernel vs the state");
+    for l in links.as_array().unwrap() {
+        if veths.iter().any(|v| l["ifname"] == v.as_str()) {
+            assert!(
+                l["ifalias"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("dnet:ep:")),
+                "a veth of the state without its alias: {l}"
+            );
+        }
+    }
 
     let mut ns_files = sb.netns_files();
     ns_files.sort();
@@ -643,8 +683,12 @@ pub fn kill_in_netns(path: &Path) {
 }
 
 /// The pid in a sandbox name of ours, `dnt<pid>x…` (tests, demo, bench's
-/// dnet side) or `dnb<pid>x…` (the bench's other sides).
+/// dnet side) or `dnb<pid>x…` (the bench's other sides), or in the bpffs
+/// folder of a datapath test, `dnet-test-<pid>-…`.
 pub fn owner_pid(name: &str) -> Option<u32> {
+    if let Some(rest) = name.strip_prefix("dnet-test-") {
+        return rest.split_once('-')?.0.parse().ok();
+    }
     let rest = name
         .strip_prefix("dnt")
         .or_else(|| name.strip_prefix("dnb"))?;
@@ -658,9 +702,16 @@ pub fn owner_pid(name: &str) -> Option<u32> {
 /// its processes, mounts, namespaces and folders go. Returns the names it
 /// removed.
 pub fn reap_stale() -> Vec<String> {
+    reap_stale_where(|_| true)
+}
+
+/// [`reap_stale`] for the stale names that `filter` accepts only (a test
+/// reaps what it made, and leaves other leftovers to the leak check).
+pub fn reap_stale_where(filter: impl Fn(&str) -> bool) -> Vec<String> {
     let me = std::process::id();
     let stale = |n: &str| {
-        owner_pid(n).is_some_and(|p| p != me && !Path::new(&format!("/proc/{p}")).exists())
+        filter(n)
+            && owner_pid(n).is_some_and(|p| p != me && !Path::new(&format!("/proc/{p}")).exists())
     };
     let names = |dir: &str| -> Vec<String> {
         fs::read_dir(dir)
@@ -739,6 +790,8 @@ mod tests {
         assert_eq!(owner_pid("dnb12x4lw"), Some(12));
         assert_eq!(owner_pid("dnt29480"), None);
         assert_eq!(owner_pid("dntx1"), None);
+        assert_eq!(owner_pid("dnet-test-31-swap"), Some(31));
+        assert_eq!(owner_pid("dnet-test-swap"), None);
         assert_eq!(owner_pid("docker"), None);
     }
 }

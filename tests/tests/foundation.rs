@@ -494,53 +494,92 @@ fn networks_and_allocations_survive_kill_and_restart() {
     assert_eq!(sb.container("c")["networks"][0]["ip"], "10.40.0.3");
 }
 
-/// Kills the daemon in the middle of operations, again and again: after
-/// each restart every network and container is there whole or not at all.
+/// Stops the daemon (SIGKILL, from inside: `DNET_CRASH_AT`) at each step
+/// where a crash could split an operation: after its kernel objects are
+/// made and before the commit, after a removal's commit and before its
+/// teardown, between a veth's creation and its alias. After each restart
+/// the operation is whole or absent, the kernel agrees with the state, and
+/// the same operation then succeeds.
 #[test]
 fn an_interrupted_operation_is_whole_or_absent() {
     let mut sb = Sandbox::new();
-    let mut outcomes = [0u32; 2];
-    for i in 0..12u32 {
-        let net = format!("k{i}");
-        let subnet = format!("10.81.{i}.0/24");
-        let ctr = format!("c{i}");
-        let sock = sb.socket();
-        let spawn = |args: &[&str]| {
-            std::process::Command::new(dnet_sandbox::dnet_bin())
-                .arg("--socket")
-                .arg(&sock)
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        };
-        let mut a = spawn(&["network", "create", "--subnet", &subnet, &net]);
-        let mut b = spawn(&["run", "-d", "--name", &ctr, "--", "sleep", "300"]);
-        // Spread the kill over the operations' whole length.
-        std::thread::sleep(Duration::from_millis(u64::from(i) * 10));
-        sb.stop_daemon(libc::SIGKILL);
-        let _ = a.wait();
-        let _ = b.wait();
+    // What the removals act on.
+    sb.dnet_ok(&["network", "create", "--subnet", "10.81.0.0/24", "gone"]);
+    sb.dnet_ok(&["network", "create", "--subnet", "10.81.1.0/24", "side"]);
+    sb.dnet_ok(&["run", "-d", "--name", "old", "--", "sleep", "300"]);
+    sb.dnet_ok(&["network", "connect", "side", "old"]);
+    sb.dnet_ok(&["run", "-d", "--name", "keep", "--", "sleep", "300"]);
+    let new_net = ["network", "create", "--subnet", "10.81.2.0/24", "n"];
+    let new_ctr = ["run", "-d", "--name", "c", "--", "sleep", "300"];
+    let has_net = |sb: &Sandbox, n: &str| sb.dnet(&["network", "inspect", n]).status.success();
+    let has_ctr = |sb: &Sandbox, c: &str| sb.dnet(&["exec", c, "--", "true"]).status.success();
+    let nets_of = |sb: &Sandbox, c: &str| -> Vec<String> {
+        sb.container(c)["networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["network"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let cases: &[(&str, &[&str])] = &[
+        ("network-create:made", &new_net),
+        ("container-create:made", &new_ctr),
+        ("veth:created", &new_ctr),
+        ("connect:made", &["network", "connect", "side", "keep"]),
+        ("container-remove:committed", &["rm", "-f", "old"]),
+        ("disconnect:committed", &["network", "disconnect", "bridge", "keep"]),
+        ("network-remove:committed", &["network", "rm", "gone"]),
+    ];
+    for (point, op) in cases {
+        sb.stop_daemon(libc::SIGTERM);
+        sb.set_daemon_env(&[("DNET_CRASH_AT", point)]);
+        sb.start_daemon();
+        let o = sb.dnet(op);
+        assert!(!o.status.success(), "{point}: {op:?} answered: {o:?}");
+        let status = sb
+            .wait_daemon_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{point}: the daemon did not stop there"));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "{point}: {status}\n{}",
+            sb.log_tail(20)
+        );
+        sb.set_daemon_env(&[]);
         sb.start_daemon();
         assert_consistent(&sb);
-        let has_net = sb.dnet(&["network", "inspect", &net]).status.success();
-        let has_ctr = sb.dnet(&["exec", &ctr, "--", "true"]).status.success();
-        outcomes[0] += has_net as u32;
-        outcomes[1] += has_ctr as u32;
-        if has_ctr {
-            // Whole: it reaches its gateway.
-            let o = sb.conntest_in(&ctr, &["ping", "172.17.0.1"]);
-            assert!(
-                o.status.success(),
-                "{ctr} kept after a crash cannot reach its gateway"
-            );
+        match *point {
+            "network-create:made" => {
+                assert!(!has_net(&sb, "n"), "{point}: half a network kept");
+                sb.dnet_ok(&new_net);
+                sb.dnet_ok(&["network", "rm", "n"]);
+            }
+            "container-create:made" | "veth:created" => {
+                assert!(!has_ctr(&sb, "c"), "{point}: half a container kept");
+                sb.dnet_ok(&new_ctr);
+                let o = sb.conntest_in("c", &["ping", "172.17.0.1"]);
+                assert!(o.status.success(), "{point}: made again, it reaches its gateway");
+                sb.dnet_ok(&["rm", "-f", "c"]);
+            }
+            "connect:made" => {
+                assert_eq!(nets_of(&sb, "keep"), ["bridge"], "{point}");
+                sb.dnet_ok(op);
+                assert_eq!(nets_of(&sb, "keep"), ["bridge", "side"], "{point}");
+            }
+            "container-remove:committed" => {
+                assert!(!has_ctr(&sb, "old"), "{point}: removed, then back");
+            }
+            "disconnect:committed" => {
+                assert_eq!(nets_of(&sb, "keep"), ["side"], "{point}");
+            }
+            "network-remove:committed" => {
+                assert!(!has_net(&sb, "gone"), "{point}: removed, then back");
+                sb.dnet_ok(&["network", "create", "--subnet", "10.81.0.0/24", "gone"]);
+            }
+            _ => unreachable!(),
         }
+        assert_consistent(&sb);
     }
-    eprintln!(
-        "kept after the kill: {} networks, {} containers of 12",
-        outcomes[0], outcomes[1]
-    );
 }
 
 #[test]
