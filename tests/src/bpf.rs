@@ -253,8 +253,9 @@ pub fn cgroup_programs(dir: &Path) -> io::Result<Vec<(&'static str, u32)>> {
         };
         // SAFETY: the layout of BPF_PROG_QUERY's attr; the kernel writes at
         // most `prog_cnt` ids into `ids`, which outlives the call.
-        unsafe { bpf(BPF_PROG_QUERY, &mut attr) }
-            .map_err(|e| io::Error::new(e.kind(), format!("query {name} on {}: {e}", dir.display())))?;
+        unsafe { bpf(BPF_PROG_QUERY, &mut attr) }.map_err(|e| {
+            io::Error::new(e.kind(), format!("query {name} on {}: {e}", dir.display()))
+        })?;
         let n = (attr.prog_cnt as usize).min(ids.len());
         out.extend(ids[..n].iter().map(|id| (name, *id)));
     }

@@ -66,7 +66,10 @@ pub fn recorded_pids(run_dir: &Path) -> io::Result<BTreeSet<u32>> {
     for e in rd {
         let name = e?.file_name();
         let pid = name.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{name:?} in {}", pids.display()))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{name:?} in {}", pids.display()),
+            )
         })?;
         out.insert(pid);
     }
@@ -175,7 +178,11 @@ fn sandbox_entry(path: &Path, named_dirs: &[PathBuf]) -> Option<(PathBuf, u32)> 
 }
 
 /// Mounts under entries of `named_dirs` named after one of `pids`.
-pub fn leaked_mounts(mounts: &[Mount], named_dirs: &[PathBuf], pids: &BTreeSet<u32>) -> Vec<String> {
+pub fn leaked_mounts(
+    mounts: &[Mount],
+    named_dirs: &[PathBuf],
+    pids: &BTreeSet<u32>,
+) -> Vec<String> {
     mounts
         .iter()
         .filter(|m| sandbox_entry(&m.point, named_dirs).is_some_and(|(_, p)| pids.contains(&p)))
@@ -230,7 +237,10 @@ fn read_proc(pid: u32) -> io::Result<Option<Proc>> {
         r => r?,
     };
     let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/stat"),
+        ));
     };
     let comm = stat[open + 1..close].to_owned();
     let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
@@ -251,7 +261,12 @@ fn read_proc(pid: u32) -> io::Result<Option<Proc>> {
         Ok(b) => b,
         Err(e) if gone(&e) => Vec::new(),
         Err(e) if denied(&e) => return Ok(None),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("/proc/{pid}/environ: {e}"))),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("/proc/{pid}/environ: {e}"),
+            ));
+        }
     };
     let prefix = format!("{RUN_DIR_ENV}=");
     let run_dir = environ
@@ -334,7 +349,10 @@ impl Run {
                     "process {} ({}{})",
                     p.pid,
                     p.comm,
-                    p.exe.as_ref().map(|e| format!(", {}", e.display())).unwrap_or_default()
+                    p.exe
+                        .as_ref()
+                        .map(|e| format!(", {}", e.display()))
+                        .unwrap_or_default()
                 ));
             }
         }
@@ -409,8 +427,14 @@ pub fn machine_view(watch: &Watch) -> io::Result<MachineView> {
     let mut parts = BTreeMap::new();
     parts.insert("link".to_owned(), ip_lines(&["-d", "link", "show"])?);
     parts.insert("address".to_owned(), ip_lines(&["addr", "show"])?);
-    parts.insert("route".to_owned(), ip_lines(&["-4", "route", "show", "table", "all"])?);
-    parts.insert("route6".to_owned(), ip_lines(&["-6", "route", "show", "table", "all"])?);
+    parts.insert(
+        "route".to_owned(),
+        ip_lines(&["-4", "route", "show", "table", "all"])?,
+    );
+    parts.insert(
+        "route6".to_owned(),
+        ip_lines(&["-6", "route", "show", "table", "all"])?,
+    );
     parts.insert("rule".to_owned(), ip_lines(&["rule", "show"])?);
     let mut paths = BTreeSet::new();
     for p in &watch.machine_paths {
@@ -471,7 +495,11 @@ pub fn foreign(ours: &BTreeSet<u32>) -> Foreign {
                 continue;
             }
             for sub in ["host", "links"] {
-                for pin in fs::read_dir(e.path().join(sub)).into_iter().flatten().flatten() {
+                for pin in fs::read_dir(e.path().join(sub))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
                     if let Ok(id) = crate::bpf::link_prog_id(&pin.path()) {
                         f.programs.insert(id);
                     }
@@ -586,7 +614,9 @@ mod tests {
             .insert("route".into(), BTreeSet::from(["default via x".to_owned()]));
         before.cgroup_programs.insert(("connect4".into(), 7));
         let mut after = before.clone();
-        assert!(machine_changes(&before, &after, &Foreign::default(), &Foreign::default()).is_empty());
+        assert!(
+            machine_changes(&before, &after, &Foreign::default(), &Foreign::default()).is_empty()
+        );
         after
             .parts
             .get_mut("route")

@@ -99,6 +99,8 @@ pub struct Sandbox {
     daemon_env: Vec<(String, String)>,
     /// Background processes started in the sandbox (servers), killed on drop.
     children: Vec<Child>,
+    /// More namespaces of the sandbox ([`Sandbox::add_netns`]).
+    extra_ns: Vec<String>,
 }
 
 impl Sandbox {
@@ -135,6 +137,7 @@ impl Sandbox {
             daemon_args: Vec::new(),
             daemon_env: Vec::new(),
             children: Vec::new(),
+            extra_ns: Vec::new(),
         };
         fs::create_dir_all(&sb.dir).expect("sandbox folder");
         sh_ok("ip", &["netns", "add", &sb.host_ns]);
@@ -199,6 +202,16 @@ impl Sandbox {
 
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("daemon.log")
+    }
+
+    /// A new, empty namespace `<name><suffix>` (loopback up) that goes
+    /// with the sandbox: another runtime's container, a far network.
+    pub fn add_netns(&mut self, suffix: &str) -> PathBuf {
+        let ns = format!("{}{suffix}", self.name);
+        sh_ok("ip", &["netns", "add", &ns]);
+        self.extra_ns.push(ns.clone());
+        sh_ok("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        PathBuf::from("/run/netns").join(ns)
     }
 
     /// `/run/netns/<name>` of the host namespace.
@@ -268,7 +281,10 @@ impl Sandbox {
     pub fn wait_daemon_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let mut status = None;
         wait_until(timeout, || {
-            status = self.daemon.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            status = self
+                .daemon
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             status.is_some()
         });
         if status.is_some() {
@@ -770,7 +786,10 @@ impl Drop for Sandbox {
             kill_in_netns(&m);
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
-        for ns in [&self.host_ns, &self.world_ns] {
+        for ns in [&self.host_ns, &self.world_ns]
+            .into_iter()
+            .chain(&self.extra_ns)
+        {
             let p = PathBuf::from("/run/netns").join(ns);
             kill_in_netns(&p);
             let _ = Command::new("ip").args(["netns", "del", ns]).output();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dnet_sandbox::{Sandbox, assert_consistent, sh_ok, wait_until};
+use dnet_sandbox::{Sandbox, assert_consistent, in_netns, ok, out, sh_ok, stdout, wait_until};
 use serde_json::Value;
 
 #[test]
@@ -509,6 +509,13 @@ fn an_interrupted_operation_is_whole_or_absent() {
     sb.dnet_ok(&["run", "-d", "--name", "old", "--", "sleep", "300"]);
     sb.dnet_ok(&["network", "connect", "side", "old"]);
     sb.dnet_ok(&["run", "-d", "--name", "keep", "--", "sleep", "300"]);
+    // A namespace of another runtime: dnet removes nothing of it but its
+    // own links, so a veth cut short there must be found by the daemon.
+    let ext = sb.add_netns("e");
+    let ext_s = ext.to_str().unwrap().to_owned();
+    let attach_ext = [
+        "network", "connect", "bridge", "--netns", &ext_s, "--name", "ext",
+    ];
     let new_net = ["network", "create", "--subnet", "10.81.2.0/24", "n"];
     let new_ctr = ["run", "-d", "--name", "c", "--", "sleep", "300"];
     let has_net = |sb: &Sandbox, n: &str| sb.dnet(&["network", "inspect", n]).status.success();
@@ -525,9 +532,13 @@ fn an_interrupted_operation_is_whole_or_absent() {
         ("network-create:made", &new_net),
         ("container-create:made", &new_ctr),
         ("veth:created", &new_ctr),
+        ("veth:created", &attach_ext),
         ("connect:made", &["network", "connect", "side", "keep"]),
         ("container-remove:committed", &["rm", "-f", "old"]),
-        ("disconnect:committed", &["network", "disconnect", "bridge", "keep"]),
+        (
+            "disconnect:committed",
+            &["network", "disconnect", "bridge", "keep"],
+        ),
         ("network-remove:committed", &["network", "rm", "gone"]),
     ];
     for (point, op) in cases {
@@ -554,11 +565,28 @@ fn an_interrupted_operation_is_whole_or_absent() {
                 sb.dnet_ok(&new_net);
                 sb.dnet_ok(&["network", "rm", "n"]);
             }
+            "veth:created" if op[0] == "network" => {
+                assert!(!has_ctr(&sb, "ext"), "{point}: half an attachment kept");
+                let links = in_netns(&ext, "ip", &["-o", "link"]);
+                assert!(ok(&links), "{}", out(&links));
+                assert_eq!(
+                    stdout(&links).lines().count(),
+                    1,
+                    "{point}: {}",
+                    out(&links)
+                );
+                sb.dnet_ok(op);
+                assert!(has_ctr(&sb, "ext"));
+                sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);
+            }
             "container-create:made" | "veth:created" => {
                 assert!(!has_ctr(&sb, "c"), "{point}: half a container kept");
                 sb.dnet_ok(&new_ctr);
                 let o = sb.conntest_in("c", &["ping", "172.17.0.1"]);
-                assert!(o.status.success(), "{point}: made again, it reaches its gateway");
+                assert!(
+                    o.status.success(),
+                    "{point}: made again, it reaches its gateway"
+                );
                 sb.dnet_ok(&["rm", "-f", "c"]);
             }
             "connect:made" => {

@@ -70,11 +70,14 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
 /// build does).
 fn clippy(root: &Path) -> anyhow::Result<()> {
     eprintln!("xtask: clippy");
-    run_cmd(
-        Command::new(env!("CARGO"))
-            .current_dir(root)
-            .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
-    )?;
+    run_cmd(Command::new(env!("CARGO")).current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run_cmd(
         Command::new(env!("CARGO"))
             .current_dir(root)
@@ -147,11 +150,7 @@ fn suites(root: &Path, args: &Args, bin: &Path, run_dir: &Path) -> anyhow::Resul
         }
     }
     ran.success = child.wait()?.success();
-    let _ = writeln!(
-        out,
-        "xtask: {} passed, {} failed",
-        ran.passed, ran.failed
-    );
+    let _ = writeln!(out, "xtask: {} passed, {} failed", ran.passed, ran.failed);
     Ok(ran)
 }
 
@@ -217,7 +216,9 @@ mod tests {
             Some((12, 0))
         );
         assert_eq!(
-            test_result("test result: FAILED. 4 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out"),
+            test_result(
+                "test result: FAILED. 4 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out"
+            ),
             Some((4, 2))
         );
         assert_eq!(test_result("running 3 tests"), None);
