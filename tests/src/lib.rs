@@ -427,7 +427,7 @@ impl Sandbox {
     /// Files under the daemon's bpffs folder (pins), sorted.
     pub fn pins(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for sub in ["maps", "links"] {
+        for sub in ["maps", "links", "host"] {
             if let Ok(rd) = fs::read_dir(self.bpffs.join(sub)) {
                 out.extend(
                     rd.flatten()
@@ -460,9 +460,30 @@ impl Sandbox {
             .unwrap_or(serde_json::Value::Null)
     }
 
+    /// The contents of every pinned map but the counters (`DNET_STATS`),
+    /// read from bpffs without the daemon: services, endpoints by address
+    /// and by interface, members, networks, subnets, conntrack entries,
+    /// the config. One section per map, entries sorted.
+    pub fn map_contents(&self) -> String {
+        let mut out = Vec::new();
+        for name in dnet_common::maps::ALL {
+            if name == dnet_common::maps::STATS {
+                continue;
+            }
+            let path = self.bpffs.join("maps").join(name);
+            if !path.exists() {
+                continue;
+            }
+            let dump =
+                bpf::map_dump(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+            out.push(format!("{name}:\n{dump}"));
+        }
+        out.join("\n")
+    }
+
     /// Everything that tells the host namespace's network apart: links,
-    /// addresses, routes, pins, namespaces, state. Equal snapshots mean
-    /// nothing changed.
+    /// addresses, routes, pins, namespaces, map contents, the reserved
+    /// ports, and (last) the state. Equal snapshots mean nothing changed.
     pub fn snapshot(&self) -> String {
         let norm = |s: String| -> String {
             // Lifetimes count down on their own; keep the rest of the line.
@@ -482,6 +503,12 @@ impl Sandbox {
             sh_ok("ip", &["-n", h, "-4", "route", "show", "table", "all"]),
             self.pins().join("\n"),
             self.netns_files().join("\n"),
+            self.map_contents(),
+            {
+                let o = self.in_host("cat", &["/proc/sys/net/ipv4/ip_local_reserved_ports"]);
+                assert!(o.status.success(), "reserved ports: {o:?}");
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            },
             serde_json::to_string_pretty(&self.state()).unwrap_or_default(),
         ]
         .join("\n---\n")
