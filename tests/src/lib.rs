@@ -374,10 +374,11 @@ impl Sandbox {
         self.dnet(&a)
     }
 
-    /// Starts a detached container running a conntest server.
+    /// Starts a detached container running a conntest server, and waits
+    /// until it listens.
     pub fn server(&self, name: &str, network: &str, proto: &str, port: u16) {
         let ct = conntest_bin();
-        let port = port.to_string();
+        let port_s = port.to_string();
         self.dnet_ok(&[
             "run",
             "-d",
@@ -389,8 +390,55 @@ impl Sandbox {
             ct.to_str().expect("utf-8 path"),
             "serve",
             proto,
-            &port,
+            &port_s,
         ]);
+        self.wait_server(name, proto, port);
+    }
+
+    /// Waits (bounded) until a server listens on `proto` `port` in
+    /// container `name`.
+    pub fn wait_server(&self, name: &str, proto: &str, port: u16) {
+        wait_listening(&self.netns_of(name), proto, port);
+    }
+
+    /// The namespace file of container `name`.
+    pub fn netns_of(&self, name: &str) -> PathBuf {
+        PathBuf::from(
+            self.container(name)["netns_path"]
+                .as_str()
+                .expect("a namespace path"),
+        )
+    }
+
+    /// Packets `ifname` received in the namespace at `netns` (the kernel's
+    /// counter, read without the daemon): a client's `eth0` counts the
+    /// answers that reach it.
+    pub fn rx_packets(&self, netns: &Path, ifname: &str) -> u64 {
+        let o = in_netns(netns, "ip", &["-j", "-s", "link", "show", "dev", ifname]);
+        assert!(o.status.success(), "ip -s link show {ifname}: {o:?}");
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("ip -j");
+        j[0]["stats64"]["rx"]["packets"]
+            .as_u64()
+            .expect("rx packets")
+    }
+
+    /// Kills the daemon with SIGKILL while a flow runs, and restarts it:
+    /// `packets` (a kernel counter of the flow's answers) must grow before the
+    /// kill (the flow runs) and while the daemon is down (it runs without
+    /// the daemon). The flow must last long enough for both.
+    pub fn kill_9_and_restart_during_flow(&mut self, mut packets: impl FnMut(&Sandbox) -> u64) {
+        let p0 = packets(self);
+        assert!(
+            wait_until(Duration::from_secs(10), || packets(self) >= p0 + 20),
+            "the flow does not run"
+        );
+        self.stop_daemon(libc::SIGKILL);
+        let p1 = packets(self);
+        assert!(
+            wait_until(Duration::from_secs(10), || packets(self) >= p1 + 20),
+            "the flow stopped with the daemon"
+        );
+        self.start_daemon();
     }
 
     /// Starts a background process in a namespace, killed when the sandbox goes.
@@ -679,6 +727,40 @@ impl Sandbox {
     }
 }
 
+/// Whether a socket of `proto` (`tcp` or `udp`) listens on `port` in the
+/// namespace at `netns` (its `/proc/net/{tcp,udp}`, read from inside).
+pub fn listening(netns: &Path, proto: &str, port: u16) -> bool {
+    let table = match proto {
+        "tcp" => "/proc/net/tcp",
+        "udp" => "/proc/net/udp",
+        _ => panic!("unknown protocol {proto}"),
+    };
+    let o = in_netns(netns, "cat", &[table]);
+    assert!(
+        o.status.success(),
+        "reading {table} in {}: {o:?}",
+        netns.display()
+    );
+    // local_address is ADDR:PORT in hex; TCP LISTEN is state 0A, a bound
+    // UDP socket 07.
+    let state = if proto == "tcp" { "0A" } else { "07" };
+    String::from_utf8_lossy(&o.stdout).lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3
+            && f[1].rsplit(':').next() == Some(format!("{port:04X}").as_str())
+            && f[3] == state
+    })
+}
+
+/// Waits (bounded) until a server listens; panics if none does.
+pub fn wait_listening(netns: &Path, proto: &str, port: u16) {
+    assert!(
+        wait_until(Duration::from_secs(10), || listening(netns, proto, port)),
+        "nothing listens on {proto} {port} in {}",
+        netns.display()
+    );
+}
+
 /// Runs a command inside the namespace at `netns` (`nsenter --net`).
 pub fn in_netns(netns: &Path, program: &str, args: &[&str]) -> Output {
     Command::new("nsenter")
@@ -702,25 +784,31 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Kills every process whose network namespace is the one at `path`.
-pub fn kill_in_netns(path: &Path) {
+/// The processes whose network namespace is the one at `path`.
+pub fn pids_in_netns(path: &Path) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt as _;
-    let Ok(m) = fs::metadata(path) else { return };
+    let Ok(m) = fs::metadata(path) else {
+        return Vec::new();
+    };
     let id = (m.dev(), m.ino());
     let Ok(rd) = fs::read_dir("/proc") else {
-        return;
+        return Vec::new();
     };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(n) = fs::metadata(e.path().join("ns/net"))
-            && (n.dev(), n.ino()) == id
-        {
-            // SAFETY: sending a signal by pid.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+    rd.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let n = fs::metadata(e.path().join("ns/net")).ok()?;
+            ((n.dev(), n.ino()) == id).then_some(pid)
+        })
+        .collect()
+}
+
+/// Kills every process whose network namespace is the one at `path`.
+pub fn kill_in_netns(path: &Path) {
+    for pid in pids_in_netns(path) {
+        // SAFETY: sending a signal by pid.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
         }
     }
 }

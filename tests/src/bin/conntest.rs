@@ -15,6 +15,7 @@
 //!                                         every address must answer
 //!   conntest connections IP:PORT --count N  N TCP connections at once; all
 //!                [--hold S]               answered or exit 1; kept open S s
+//!                [--hold-while PATH]      (at most), or while PATH exists
 //!
 //! Every client call is bounded by its timeout (3 s by default).
 
@@ -105,7 +106,15 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         ["connections", a, ..] => {
             let count: usize = flag(args, "--count", 100)?;
             let hold = Duration::from_secs_f64(flag(args, "--hold", 0.0)?);
-            connections(addr(a)?, count, timeout, hold)
+            let hold_while: Option<String> = match args.iter().position(|a| a == "--hold-while") {
+                Some(i) => Some(
+                    args.get(i + 1)
+                        .cloned()
+                        .ok_or_else(|| anyhow::anyhow!("--hold-while needs a path"))?,
+                ),
+                None => None,
+            };
+            connections(addr(a)?, count, timeout, hold, hold_while.as_deref())
         }
         _ => anyhow::bail!(
             "usage: conntest serve tcp|udp [IP:]PORT | tcp IP:PORT | udp IP:PORT | ping IP | connections IP:PORT --count N"
@@ -213,6 +222,7 @@ fn connections(
     count: usize,
     timeout: Duration,
     hold: Duration,
+    hold_while: Option<&str>,
 ) -> anyhow::Result<()> {
     let mut open = Vec::with_capacity(count);
     for _ in 0..count {
@@ -234,8 +244,12 @@ fn connections(
         count - seen.len()
     );
     println!("{count} connections answered");
-    // Kept open a while, so that others can look at them all at once.
-    std::thread::sleep(hold);
+    // Kept open a while, so that others can look at them all at once:
+    // `hold` at most, and with `hold_while` only while that file exists.
+    let start = Instant::now();
+    while start.elapsed() < hold && hold_while.is_none_or(|p| std::path::Path::new(p).exists()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(())
 }
 
