@@ -771,12 +771,14 @@ pub fn in_netns(netns: &Path, program: &str, args: &[&str]) -> Output {
         .expect("nsenter")
 }
 
-/// Mount points under `dir`, deepest first.
+/// Mount points under `dir`, deepest first (none if mountinfo cannot be
+/// read: cleanup goes on, and the leak check, which fails on that, tells).
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut v: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+    let mut v: Vec<PathBuf> = leaks::parse_mountinfo(&info)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.point)
         .filter(|p| p.starts_with(dir))
         .collect();
     v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
