@@ -884,7 +884,15 @@ pub fn reap_stale_where(filter: impl Fn(&str) -> bool) -> Vec<String> {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- daemon log of {} ---\n{}", self.name, self.log_tail(60));
+            // Not eprintln!: a closed stderr must not panic in a panic,
+            // which would abort before the cleanup below.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "--- daemon log of {} ---\n{}",
+                self.name,
+                self.log_tail(60)
+            );
         }
         // Containers first, through the daemon, while it runs.
         if self.daemon.is_some() {
