@@ -46,8 +46,9 @@ unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
     }
 }
 
-/// Opens the object pinned at `path` (read-only for a map).
-fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+/// Opens the object pinned at `path`, with `file_flags` (`BPF_F_RDONLY`
+/// for a map; a link takes none).
+fn obj_get(path: &Path, file_flags: u32) -> io::Result<OwnedFd> {
     #[repr(C)]
     struct ObjGet {
         pathname: u64,
@@ -61,7 +62,7 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let mut attr = ObjGet {
         pathname: c.as_ptr() as u64,
         bpf_fd: 0,
-        file_flags: BPF_F_RDONLY,
+        file_flags,
         path_fd: 0,
         _pad: 0,
     };
@@ -119,7 +120,7 @@ pub fn map_entries(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         value_or_next: u64,
         flags: u64,
     }
-    let fd = obj_get(path)?;
+    let fd = obj_get(path, BPF_F_RDONLY)?;
     let i = info(&fd)?;
     // struct bpf_map_info { type, id, key_size, value_size, ... }
     let (kind, key_size, value_size) = (u32_at(&i, 0), u32_at(&i, 8), u32_at(&i, 12));
@@ -182,11 +183,28 @@ pub fn map_dump(path: &Path) -> io::Result<String> {
         .join("\n"))
 }
 
-/// The id of the program that the link pinned at `path` runs.
+/// The id of the program that the link pinned at `path` runs; an error
+/// for any other pinned object (a map, a program).
 pub fn link_prog_id(path: &Path) -> io::Result<u32> {
-    let fd = obj_get(path)?;
-    // struct bpf_link_info { type, id, prog_id, ... }
-    Ok(u32_at(&info(&fd)?, 8))
+    // Nothing is done through the descriptor but reading its fdinfo.
+    let fd = obj_get(path, 0)?;
+    // The kernel names what the descriptor holds in its fdinfo: a link
+    // has `link_type:` and `prog_id:` lines.
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    let field = |k: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_owned())
+    };
+    match (field("link_type:"), field("prog_id:")) {
+        (Some(_), Some(id)) => id
+            .parse()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("prog_id {id:?}"))),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a link", path.display()),
+        )),
+    }
 }
 
 /// Cgroup attach types (`enum bpf_attach_type`) that a program can hold on

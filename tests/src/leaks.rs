@@ -17,8 +17,9 @@
 //!   links, addresses, routes (IPv4 and IPv6, every table), the programs
 //!   attached to the cgroup v2 root (where the daemon's socket hooks sit),
 //!   the paths of [`Watch::machine_paths`], and processes named in
-//!   [`Watch::process_names`]. A cgroup program is another run's when a
-//!   link pinned in that run's bpffs folder holds it.
+//!   [`Watch::process_names`]. A cgroup program is someone else's when a
+//!   link pinned in bpffs outside this run's folders holds it (another
+//!   run's sandbox, a daemon of another engineer or of a runtime).
 //!
 //! Stray processes of this run are found by what ties them to it, never by
 //! a machine-wide name search: the run's own `dnet` and `conntest`
@@ -476,37 +477,45 @@ pub fn machine_view(watch: &Watch) -> io::Result<MachineView> {
     })
 }
 
-/// What belongs to sandboxes of other runs (pids not in `ours`): the
-/// programs their pinned links hold and their network namespaces. Their
-/// folders may go while this looks; what cannot be read is not theirs
-/// (and so counts against the run).
+/// What belongs to others (anything not named after a pid in `ours`):
+/// the programs that links pinned anywhere else in bpffs hold (other runs'
+/// sandboxes, another engineer's daemon, a runtime), and the network
+/// namespaces of other runs' sandboxes. Their folders may go while this
+/// looks; what cannot be read is not theirs (and so counts against the
+/// run).
 #[derive(Clone, Debug, Default)]
 pub struct Foreign {
     pub programs: BTreeSet<u32>,
     pub netns: BTreeSet<(u64, u64)>,
 }
 
+/// Links pinned under `dir` (to `depth` levels): the programs they hold.
+fn pinned_programs(dir: &Path, depth: u32, out: &mut BTreeSet<u32>) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() && depth > 0 => pinned_programs(&path, depth - 1, out),
+            Ok(t) if t.is_file() => {
+                if let Ok(id) = crate::bpf::link_prog_id(&path) {
+                    out.insert(id);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 pub fn foreign(ours: &BTreeSet<u32>) -> Foreign {
     let mut f = Foreign::default();
-    let theirs = |n: &str| owner_pid(n).is_some_and(|p| !ours.contains(&p));
+    let not_ours = |n: &str| owner_pid(n).is_none_or(|p| !ours.contains(&p));
     if let Ok(rd) = fs::read_dir("/sys/fs/bpf") {
         for e in rd.flatten() {
-            if !e.file_name().to_str().is_some_and(theirs) {
-                continue;
-            }
-            for sub in ["host", "links"] {
-                for pin in fs::read_dir(e.path().join(sub))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    if let Ok(id) = crate::bpf::link_prog_id(&pin.path()) {
-                        f.programs.insert(id);
-                    }
-                }
+            if e.file_name().to_str().is_some_and(not_ours) {
+                pinned_programs(&e.path(), 3, &mut f.programs);
             }
         }
     }
+    let theirs = |n: &str| owner_pid(n).is_some_and(|p| !ours.contains(&p));
     if let Ok(rd) = fs::read_dir("/run/netns") {
         for e in rd.flatten() {
             if e.file_name().to_str().is_some_and(theirs)

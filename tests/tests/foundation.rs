@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dnet_sandbox::{
     Sandbox, assert_consistent, ct, in_netns,
-    leaks::{Run, Watch},
+    leaks::{self, Run, Watch},
     ok, out, sh_ok, stdout, wait_until,
 };
 use serde_json::Value;
@@ -659,6 +659,17 @@ fn two_daemons_run_side_by_side() {
     // a's hook to act in b's namespace, 127.0.0.1:8080 there would lead to
     // 172.17.0.2:80, where b's container does not listen (and b's to port
     // 81 in a's).
+    let root = leaks::machine_view(&Watch::default())
+        .unwrap()
+        .cgroup_programs;
+    for sb in [&a, &b] {
+        let id = dnet_sandbox::bpf::link_prog_id(&sb.bpffs.join("host/sock_connect4")).unwrap();
+        assert!(
+            root.contains(&("connect4".to_owned(), id)),
+            "{}'s hook {id} on the cgroup root: {root:?}",
+            sb.name
+        );
+    }
     let host_to_8080 = |sb: &Sandbox| sb.in_host(&ct(), &["tcp", "127.0.0.1:8080"]);
     for sb in [&a, &b] {
         let o = host_to_8080(sb);
