@@ -675,7 +675,8 @@ fn two_daemons_run_side_by_side() {
         let o = host_to_8080(sb);
         assert!(ok(&o), "{}: {}", sb.name, out(&o));
     }
-    // One daemon stopped, its hooks go, and the other's still work.
+    // With a's daemon stopped (its pinned hooks stay, as its forwarding
+    // does), b's host still reaches its own container.
     a.stop_daemon(libc::SIGTERM);
     let o = host_to_8080(&b);
     assert!(ok(&o), "{}", out(&o));

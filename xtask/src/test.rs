@@ -48,19 +48,25 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let check = leak_check(&run, &watch, &baseline);
     let _ = std::fs::remove_dir_all(&run_dir);
     let ran = result?;
-    check?;
+    // Every verdict, not only the first.
+    let mut failed = Vec::new();
+    if ran.failed > 0 || !ran.success {
+        failed.push(format!(
+            "the suites failed: {} passed, {} failed (see above)",
+            ran.passed, ran.failed
+        ));
+    }
     if ran.tests == 0 && !ran.listing {
-        bail!(
+        failed.push(format!(
             "no test ran: the filter {:?} matches none",
             args.rest.join(" ")
-        );
+        ));
     }
-    if ran.failed > 0 || !ran.success {
-        bail!(
-            "the suites failed: {} passed, {} failed (see above)",
-            ran.passed,
-            ran.failed
-        );
+    if let Err(e) = check {
+        failed.push(format!("{e:#}"));
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\n"));
     }
     Ok(())
 }
