@@ -1,6 +1,8 @@
 //! Entry points, one per attach point. Each is a thin call into the library.
-#![no_std]
-#![no_main]
+// Built for the BPF target; on the host (`cargo clippy --workspace`) it is
+// an ordinary crate with an empty `main`, so that lints see it too.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier},
@@ -51,13 +53,16 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
     dnet_ebpf::sock::from_backend(&ctx)
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     // SAFETY: BPF programs cannot panic; the verifier rejects any path that
     // could reach this, so it is never executed.
     unsafe { core::hint::unreachable_unchecked() }
 }
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

@@ -269,6 +269,7 @@ impl Netlink {
             .execute()
             .await
             .map_err(req(format!("add veth {name}")))?;
+        crate::engine::crash::point("veth:created");
         // The kernel ignores IFLA_IFALIAS when it creates a link.
         let index = self.link(name).await?.map(|l| l.index).ok_or_else(|| {
             NetlinkError::Socket(std::io::Error::other(format!("veth {name} vanished")))

@@ -10,6 +10,9 @@
 //!
 //! Nothing here touches the machine's own network namespace.
 
+pub mod bpf;
+pub mod leaks;
+
 use std::{
     fs,
     net::Ipv4Addr,
@@ -92,12 +95,18 @@ pub struct Sandbox {
     daemon: Option<Child>,
     /// Extra `dnet daemon` flags.
     daemon_args: Vec<String>,
+    /// Extra environment of the daemon (`DNET_CRASH_AT`, say).
+    daemon_env: Vec<(String, String)>,
     /// Background processes started in the sandbox (servers), killed on drop.
     children: Vec<Child>,
+    /// More namespaces of the sandbox ([`Sandbox::add_netns`]).
+    extra_ns: Vec<String>,
 }
 
 impl Sandbox {
     /// A new sandbox with its daemon running.
+    // Not `Default`: making one starts a daemon.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Sandbox {
         let mut sb = Sandbox::without_daemon();
         sb.start_daemon();
@@ -115,6 +124,7 @@ impl Sandbox {
     /// The namespaces and folders, no daemon yet.
     pub fn without_daemon() -> Sandbox {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        leaks::record_pid(std::process::id());
         let name = format!("dnt{}x{n}", std::process::id());
         let dir = std::env::temp_dir().join(&name);
         let sb = Sandbox {
@@ -125,7 +135,9 @@ impl Sandbox {
             name,
             daemon: None,
             daemon_args: Vec::new(),
+            daemon_env: Vec::new(),
             children: Vec::new(),
+            extra_ns: Vec::new(),
         };
         fs::create_dir_all(&sb.dir).expect("sandbox folder");
         sh_ok("ip", &["netns", "add", &sb.host_ns]);
@@ -192,6 +204,16 @@ impl Sandbox {
         self.dir.join("daemon.log")
     }
 
+    /// A new, empty namespace `<name><suffix>` (loopback up) that goes
+    /// with the sandbox: another runtime's container, a far network.
+    pub fn add_netns(&mut self, suffix: &str) -> PathBuf {
+        let ns = format!("{}{suffix}", self.name);
+        sh_ok("ip", &["netns", "add", &ns]);
+        self.extra_ns.push(ns.clone());
+        sh_ok("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        PathBuf::from("/run/netns").join(ns)
+    }
+
     /// `/run/netns/<name>` of the host namespace.
     pub fn host_netns_path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.host_ns)
@@ -222,6 +244,7 @@ impl Sandbox {
             .arg("--log-level")
             .arg("dnet=debug,info")
             .args(&self.daemon_args)
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -243,6 +266,31 @@ impl Sandbox {
     /// The extra `dnet daemon` flags of the next start.
     pub fn set_daemon_args(&mut self, args: &[&str]) {
         self.daemon_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// The extra environment of the daemon's next start (replaces the last).
+    pub fn set_daemon_env(&mut self, env: &[(&str, &str)]) {
+        self.daemon_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// Waits (bounded) for the daemon to exit by itself; its exit status,
+    /// or `None` if it still runs.
+    pub fn wait_daemon_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self
+                .daemon
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            status.is_some()
+        });
+        if status.is_some() {
+            self.daemon = None;
+        }
+        status
     }
 
     /// Kills the daemon with `signal` (SIGKILL for a crash) and reaps it.
@@ -326,10 +374,11 @@ impl Sandbox {
         self.dnet(&a)
     }
 
-    /// Starts a detached container running a conntest server.
+    /// Starts a detached container running a conntest server, and waits
+    /// until it listens.
     pub fn server(&self, name: &str, network: &str, proto: &str, port: u16) {
         let ct = conntest_bin();
-        let port = port.to_string();
+        let port_s = port.to_string();
         self.dnet_ok(&[
             "run",
             "-d",
@@ -341,8 +390,55 @@ impl Sandbox {
             ct.to_str().expect("utf-8 path"),
             "serve",
             proto,
-            &port,
+            &port_s,
         ]);
+        self.wait_server(name, proto, port);
+    }
+
+    /// Waits (bounded) until a server listens on `proto` `port` in
+    /// container `name`.
+    pub fn wait_server(&self, name: &str, proto: &str, port: u16) {
+        wait_listening(&self.netns_of(name), proto, port);
+    }
+
+    /// The namespace file of container `name`.
+    pub fn netns_of(&self, name: &str) -> PathBuf {
+        PathBuf::from(
+            self.container(name)["netns_path"]
+                .as_str()
+                .expect("a namespace path"),
+        )
+    }
+
+    /// Packets `ifname` received in the namespace at `netns` (the kernel's
+    /// counter, read without the daemon): a client's `eth0` counts the
+    /// answers that reach it.
+    pub fn rx_packets(&self, netns: &Path, ifname: &str) -> u64 {
+        let o = in_netns(netns, "ip", &["-j", "-s", "link", "show", "dev", ifname]);
+        assert!(o.status.success(), "ip -s link show {ifname}: {o:?}");
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("ip -j");
+        j[0]["stats64"]["rx"]["packets"]
+            .as_u64()
+            .expect("rx packets")
+    }
+
+    /// Kills the daemon with SIGKILL while a flow runs, and restarts it:
+    /// `packets` (a kernel counter of the flow's answers) must grow before the
+    /// kill (the flow runs) and while the daemon is down (it runs without
+    /// the daemon). The flow must last long enough for both.
+    pub fn kill_9_and_restart_during_flow(&mut self, mut packets: impl FnMut(&Sandbox) -> u64) {
+        let p0 = packets(self);
+        assert!(
+            wait_until(Duration::from_secs(10), || packets(self) >= p0 + 20),
+            "the flow does not run"
+        );
+        self.stop_daemon(libc::SIGKILL);
+        let p1 = packets(self);
+        assert!(
+            wait_until(Duration::from_secs(10), || packets(self) >= p1 + 20),
+            "the flow stopped with the daemon"
+        );
+        self.start_daemon();
     }
 
     /// Starts a background process in a namespace, killed when the sandbox goes.
@@ -379,7 +475,7 @@ impl Sandbox {
     /// Files under the daemon's bpffs folder (pins), sorted.
     pub fn pins(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for sub in ["maps", "links"] {
+        for sub in ["maps", "links", "host"] {
             if let Ok(rd) = fs::read_dir(self.bpffs.join(sub)) {
                 out.extend(
                     rd.flatten()
@@ -412,9 +508,30 @@ impl Sandbox {
             .unwrap_or(serde_json::Value::Null)
     }
 
+    /// The contents of every pinned map but the counters (`DNET_STATS`),
+    /// read from bpffs without the daemon: services, endpoints by address
+    /// and by interface, members, networks, subnets, conntrack entries,
+    /// the config. One section per map, entries sorted.
+    pub fn map_contents(&self) -> String {
+        let mut out = Vec::new();
+        for name in dnet_common::maps::ALL {
+            if name == dnet_common::maps::STATS {
+                continue;
+            }
+            let path = self.bpffs.join("maps").join(name);
+            if !path.exists() {
+                continue;
+            }
+            let dump =
+                bpf::map_dump(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+            out.push(format!("{name}:\n{dump}"));
+        }
+        out.join("\n")
+    }
+
     /// Everything that tells the host namespace's network apart: links,
-    /// addresses, routes, pins, namespaces, state. Equal snapshots mean
-    /// nothing changed.
+    /// addresses, routes, pins, namespaces, map contents, the reserved
+    /// ports, and (last) the state. Equal snapshots mean nothing changed.
     pub fn snapshot(&self) -> String {
         let norm = |s: String| -> String {
             // Lifetimes count down on their own; keep the rest of the line.
@@ -434,6 +551,12 @@ impl Sandbox {
             sh_ok("ip", &["-n", h, "-4", "route", "show", "table", "all"]),
             self.pins().join("\n"),
             self.netns_files().join("\n"),
+            self.map_contents(),
+            {
+                let o = self.in_host("cat", &["/proc/sys/net/ipv4/ip_local_reserved_ports"]);
+                assert!(o.status.success(), "reserved ports: {o:?}");
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            },
             serde_json::to_string_pretty(&self.state()).unwrap_or_default(),
         ]
         .join("\n---\n")
@@ -452,20 +575,28 @@ pub fn assert_consistent(sb: &Sandbox) {
         .filter_map(|e| e["host_ifname"].as_str().map(str::to_owned))
         .collect();
     veths.sort();
+    // Every veth of the host namespace but the sandbox's uplink, whatever
+    // its alias (dnet sets it in a second call, after the pair exists).
     let links = sb.host_ip_json(&["-d", "link", "show"]);
     let mut dnet_links: Vec<String> = links
         .as_array()
         .unwrap()
         .iter()
-        .filter(|l| {
-            l["ifalias"]
-                .as_str()
-                .is_some_and(|a| a.starts_with("dnet:ep:"))
-        })
+        .filter(|l| l["linkinfo"]["info_kind"] == "veth" && l["ifname"] != "eth0")
         .map(|l| l["ifname"].as_str().unwrap().to_owned())
         .collect();
     dnet_links.sort();
     assert_eq!(dnet_links, veths, "veths in the kernel vs the state");
+    for l in links.as_array().unwrap() {
+        if veths.iter().any(|v| l["ifname"] == v.as_str()) {
+            assert!(
+                l["ifalias"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("dnet:ep:")),
+                "a veth of the state without its alias: {l}"
+            );
+        }
+    }
 
     let mut ns_files = sb.netns_files();
     ns_files.sort();
@@ -596,6 +727,40 @@ impl Sandbox {
     }
 }
 
+/// Whether a socket of `proto` (`tcp` or `udp`) listens on `port` in the
+/// namespace at `netns` (its `/proc/net/{tcp,udp}`, read from inside).
+pub fn listening(netns: &Path, proto: &str, port: u16) -> bool {
+    let table = match proto {
+        "tcp" => "/proc/net/tcp",
+        "udp" => "/proc/net/udp",
+        _ => panic!("unknown protocol {proto}"),
+    };
+    let o = in_netns(netns, "cat", &[table]);
+    assert!(
+        o.status.success(),
+        "reading {table} in {}: {o:?}",
+        netns.display()
+    );
+    // local_address is ADDR:PORT in hex; TCP LISTEN is state 0A, a bound
+    // UDP socket 07.
+    let state = if proto == "tcp" { "0A" } else { "07" };
+    String::from_utf8_lossy(&o.stdout).lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3
+            && f[1].rsplit(':').next() == Some(format!("{port:04X}").as_str())
+            && f[3] == state
+    })
+}
+
+/// Waits (bounded) until a server listens; panics if none does.
+pub fn wait_listening(netns: &Path, proto: &str, port: u16) {
+    assert!(
+        wait_until(Duration::from_secs(10), || listening(netns, proto, port)),
+        "nothing listens on {proto} {port} in {}",
+        netns.display()
+    );
+}
+
 /// Runs a command inside the namespace at `netns` (`nsenter --net`).
 pub fn in_netns(netns: &Path, program: &str, args: &[&str]) -> Output {
     Command::new("nsenter")
@@ -606,12 +771,14 @@ pub fn in_netns(netns: &Path, program: &str, args: &[&str]) -> Output {
         .expect("nsenter")
 }
 
-/// Mount points under `dir`, deepest first.
+/// Mount points under `dir`, deepest first (none if mountinfo cannot be
+/// read: cleanup goes on, and the leak check, which fails on that, tells).
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut v: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+    let mut v: Vec<PathBuf> = leaks::parse_mountinfo(&info)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.point)
         .filter(|p| p.starts_with(dir))
         .collect();
     v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -619,32 +786,42 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Kills every process whose network namespace is the one at `path`.
-pub fn kill_in_netns(path: &Path) {
+/// The processes whose network namespace is the one at `path`.
+pub fn pids_in_netns(path: &Path) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt as _;
-    let Ok(m) = fs::metadata(path) else { return };
+    let Ok(m) = fs::metadata(path) else {
+        return Vec::new();
+    };
     let id = (m.dev(), m.ino());
     let Ok(rd) = fs::read_dir("/proc") else {
-        return;
+        return Vec::new();
     };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(n) = fs::metadata(e.path().join("ns/net"))
-            && (n.dev(), n.ino()) == id
-        {
-            // SAFETY: sending a signal by pid.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+    rd.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let n = fs::metadata(e.path().join("ns/net")).ok()?;
+            ((n.dev(), n.ino()) == id).then_some(pid)
+        })
+        .collect()
+}
+
+/// Kills every process whose network namespace is the one at `path`.
+pub fn kill_in_netns(path: &Path) {
+    for pid in pids_in_netns(path) {
+        // SAFETY: sending a signal by pid.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
         }
     }
 }
 
 /// The pid in a sandbox name of ours, `dnt<pid>x…` (tests, demo, bench's
-/// dnet side) or `dnb<pid>x…` (the bench's other sides).
+/// dnet side) or `dnb<pid>x…` (the bench's other sides), or in the bpffs
+/// folder of a datapath test, `dnet-test-<pid>-…`.
 pub fn owner_pid(name: &str) -> Option<u32> {
+    if let Some(rest) = name.strip_prefix("dnet-test-") {
+        return rest.split_once('-')?.0.parse().ok();
+    }
     let rest = name
         .strip_prefix("dnt")
         .or_else(|| name.strip_prefix("dnb"))?;
@@ -658,9 +835,16 @@ pub fn owner_pid(name: &str) -> Option<u32> {
 /// its processes, mounts, namespaces and folders go. Returns the names it
 /// removed.
 pub fn reap_stale() -> Vec<String> {
+    reap_stale_where(|_| true)
+}
+
+/// [`reap_stale`] for the stale names that `filter` accepts only (a test
+/// reaps what it made, and leaves other leftovers to the leak check).
+pub fn reap_stale_where(filter: impl Fn(&str) -> bool) -> Vec<String> {
     let me = std::process::id();
     let stale = |n: &str| {
-        owner_pid(n).is_some_and(|p| p != me && !Path::new(&format!("/proc/{p}")).exists())
+        filter(n)
+            && owner_pid(n).is_some_and(|p| p != me && !Path::new(&format!("/proc/{p}")).exists())
     };
     let names = |dir: &str| -> Vec<String> {
         fs::read_dir(dir)
@@ -700,7 +884,15 @@ pub fn reap_stale() -> Vec<String> {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- daemon log of {} ---\n{}", self.name, self.log_tail(60));
+            // Not eprintln!: a closed stderr must not panic in a panic,
+            // which would abort before the cleanup below.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "--- daemon log of {} ---\n{}",
+                self.name,
+                self.log_tail(60)
+            );
         }
         // Containers first, through the daemon, while it runs.
         if self.daemon.is_some() {
@@ -719,7 +911,10 @@ impl Drop for Sandbox {
             kill_in_netns(&m);
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
-        for ns in [&self.host_ns, &self.world_ns] {
+        for ns in [&self.host_ns, &self.world_ns]
+            .into_iter()
+            .chain(&self.extra_ns)
+        {
             let p = PathBuf::from("/run/netns").join(ns);
             kill_in_netns(&p);
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
@@ -739,6 +934,8 @@ mod tests {
         assert_eq!(owner_pid("dnb12x4lw"), Some(12));
         assert_eq!(owner_pid("dnt29480"), None);
         assert_eq!(owner_pid("dntx1"), None);
+        assert_eq!(owner_pid("dnet-test-31-swap"), Some(31));
+        assert_eq!(owner_pid("dnet-test-swap"), None);
         assert_eq!(owner_pid("docker"), None);
     }
 }

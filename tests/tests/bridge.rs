@@ -276,8 +276,19 @@ fn a_container_that_changes_its_own_ip_or_mac_is_dropped_and_counted() {
         "honest first"
     );
     let sh = |cmd: &str| sb.dnet_ok(&["exec", "liar", "--", "sh", "-c", cmd]);
+    let honest = |r: &str| sb.drops("liar", r);
+    let (arp0, ip0, mac0) = (
+        honest("arp-reply-from-container"),
+        honest("spoofed-ip"),
+        honest("spoofed-mac"),
+    );
+    assert_eq!(
+        (arp0, ip0, mac0),
+        (0, 0, 0),
+        "an honest container drops nothing"
+    );
     // A gratuitous ARP for its own address is an announcement: dropped.
-    let _ = sb.dnet(&[
+    let o = sb.dnet(&[
         "exec",
         "liar",
         "--",
@@ -289,7 +300,8 @@ fn a_container_that_changes_its_own_ip_or_mac_is_dropped_and_counted() {
         "eth0",
         "172.17.0.3",
     ]);
-    assert!(sb.drops("liar", "arp-reply-from-container") > 0);
+    assert!(ok(&o), "arping ran: {}", out(&o));
+    assert!(sb.drops("liar", "arp-reply-from-container") > arp0);
     // A new address, with the victim's MAC already known (no ARP needed).
     sh(
         "ip addr flush dev eth0 && ip addr add 172.17.0.50/16 dev eth0 && ip route add default via 172.17.0.1",
@@ -302,7 +314,7 @@ fn a_container_that_changes_its_own_ip_or_mac_is_dropped_and_counted() {
         &["udp", &format!("{victim}:53"), "--timeout", "0.5"],
     );
     assert!(!ok(&o));
-    assert!(sb.drops("liar", "spoofed-ip") > 0);
+    assert!(sb.drops("liar", "spoofed-ip") > ip0);
     // Its own address back, another MAC.
     sh(
         "ip addr flush dev eth0 && ip addr add 172.17.0.3/16 dev eth0 && ip link set eth0 address 02:42:00:00:00:99",
@@ -312,7 +324,7 @@ fn a_container_that_changes_its_own_ip_or_mac_is_dropped_and_counted() {
         &["udp", &format!("{victim}:53"), "--timeout", "0.5"],
     );
     assert!(!ok(&o));
-    assert!(sb.drops("liar", "spoofed-mac") > 0);
+    assert!(sb.drops("liar", "spoofed-mac") > mac0);
 }
 
 #[test]
@@ -375,13 +387,9 @@ fn removing_an_endpoint_leaves_nothing_behind() {
     );
     let neigh = sh_ok("ip", &["-n", &sb.host_ns, "neigh"]);
     assert!(!neigh.contains("10.12.0."), "{neigh}");
-    // Compare without the state file, which now holds the network.
-    let strip = |s: &str| {
-        s.split("\n---\n")
-            .take(5)
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    };
+    // Compare without the state file (the last part), which now holds
+    // the network.
+    let strip = |s: &str| s.rsplit_once("\n---\n").expect("parts").0.to_owned();
     assert_eq!(strip(&sb.snapshot()), strip(&with_net));
     sb.dnet_ok(&["network", "rm", "n"]);
     assert_eq!(strip(&sb.snapshot()), strip(&empty));
@@ -393,7 +401,11 @@ fn endpoints_come_and_go_without_disturbing_a_flow() {
     sb.server("srv", "bridge", "udp", 53);
     sb.dnet_ok(&["run", "-d", "--name", "cli", "--", "sleep", "300"]);
     let srv = sb.ip_of("srv");
-    let flow = Command::new(dnet_sandbox::dnet_bin())
+    // A flow that runs until the churn is over (bounded by its count),
+    // started before it.
+    let run = sb.dir.join("flow-runs");
+    std::fs::write(&run, "").unwrap();
+    let mut flow = Command::new(dnet_sandbox::dnet_bin())
         .arg("--socket")
         .arg(sb.socket())
         .args([
@@ -404,25 +416,42 @@ fn endpoints_come_and_go_without_disturbing_a_flow() {
             "udp",
             &format!("{srv}:53"),
             "--count",
-            "300",
+            "3000",
             "--interval",
             "0.01",
             "--timeout",
             "1",
+            "--while",
+            run.to_str().unwrap(),
         ])
-        .output();
-    let churn = std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            for i in 0..5 {
-                let n = format!("churn{i}");
-                sb.dnet_ok(&["run", "-d", "--name", &n, "--", "sleep", "300"]);
-                sb.dnet_ok(&["rm", "-f", &n]);
-            }
-        });
-        h.join()
-    });
-    churn.expect("churn");
-    let o = flow.expect("flow");
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cli = sb.netns_of("cli");
+    let answers = |sb: &Sandbox| sb.rx_packets(&cli, "eth0");
+    let a0 = answers(&sb);
+    assert!(
+        wait_until(Duration::from_secs(10), || answers(&sb) >= a0 + 20),
+        "the flow runs"
+    );
+    for i in 0..5 {
+        let n = format!("churn{i}");
+        sb.dnet_ok(&["run", "-d", "--name", &n, "--", "sleep", "300"]);
+        sb.dnet_ok(&["rm", "-f", &n]);
+    }
+    // The churn happened while the flow ran, and it goes on after it.
+    assert!(
+        flow.try_wait().unwrap().is_none(),
+        "the flow ended before the churn did"
+    );
+    let a1 = answers(&sb);
+    assert!(
+        wait_until(Duration::from_secs(10), || answers(&sb) >= a1 + 20),
+        "the flow goes on after the churn"
+    );
+    std::fs::remove_file(&run).unwrap();
+    let o = flow.wait_with_output().unwrap();
     assert!(ok(&o), "{}", out(&o));
 }
 
@@ -442,18 +471,18 @@ fn a_flow_survives_kill_9_and_a_restart_of_the_daemon() {
             "udp",
             &format!("{srv}:53"),
             "--count",
-            "400",
+            "1500",
             "--interval",
             "0.01",
             "--timeout",
             "3",
         ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    sb.stop_daemon(libc::SIGKILL);
-    std::thread::sleep(Duration::from_millis(500));
-    sb.start_daemon();
+    let cli = sb.netns_of("cli");
+    sb.kill_9_and_restart_during_flow(|sb| sb.rx_packets(&cli, "eth0"));
     let o = flow.wait_with_output().unwrap();
     assert!(ok(&o), "lost packets across the restart: {}", out(&o));
     assert_eq!(

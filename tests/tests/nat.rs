@@ -5,7 +5,8 @@
 use std::{process::Command, time::Duration};
 
 use dnet_sandbox::{
-    Sandbox, UPLINK_IP, WORLD_IP, ct, in_netns, ok, out, sh_ok, stdout, wait_until,
+    Sandbox, UPLINK_IP, WORLD_IP, ct, in_netns, ok, out, pids_in_netns, sh_ok, stdout,
+    wait_listening, wait_until,
 };
 
 /// Starts conntest servers in the world namespace.
@@ -17,33 +18,74 @@ fn world_servers(sb: &mut Sandbox, tcp: &[u16], udp: &[u16]) {
     for p in udp {
         sb.spawn_in(&w, &ct(), &["serve", "udp", &p.to_string()]);
     }
-    // Ready when a host-side client gets an answer.
+    // Ready when they listen (UDP ones too: a datagram sent before the
+    // bind is lost), and a host-side client gets an answer.
     for p in tcp {
+        wait_listening(&w, "tcp", *p);
         let a = format!("{WORLD_IP}:{p}");
         assert!(wait_until(Duration::from_secs(5), || ok(
             &sb.in_host(&ct(), &["tcp", &a])
         )));
     }
+    for p in udp {
+        wait_listening(&w, "udp", *p);
+    }
 }
 
-/// No netfilter rule in the host namespace, and no kernel conntrack entry
-/// for dnet's flows: the NAT happened in eBPF.
-fn assert_no_netfilter(sb: &Sandbox) {
+/// The name of the nftables table [`track_in_kernel`] adds.
+const PROBE: &str = "dnetprobe";
+
+/// Turns the kernel's conntrack on in the host namespace: it tracks
+/// nothing in a namespace where no rule needs it, so without this an empty
+/// `conntrack -L` would prove nothing. Checks first that dnet made no
+/// netfilter rule; call it before the flows under test.
+fn track_in_kernel(sb: &Sandbox) {
     let nft = sb.in_host("nft", &["list", "ruleset"]);
     assert!(ok(&nft), "{}", out(&nft));
     assert_eq!(stdout(&nft), "", "no nftables rules in the host namespace");
+    let rules = format!(
+        "table ip {PROBE} {{ chain pre {{ type filter hook prerouting priority 0; ct state new counter; }}; \
+         chain out {{ type filter hook output priority 0; ct state new counter; }}; }}"
+    );
+    let o = sb.in_host("nft", &[&rules]);
+    assert!(ok(&o), "{}", out(&o));
+}
+
+/// No netfilter rule in the host namespace but the probe of
+/// [`track_in_kernel`], and no kernel conntrack entry that names any of
+/// `dnet_flows` (addresses and ports of dnet's flows): the NAT happened in
+/// eBPF. A flow of the host's own to the world's TCP server at
+/// `host_flow_port` shows first that the kernel's table lists what does
+/// pass its stack.
+fn assert_no_netfilter(sb: &Sandbox, host_flow_port: u16, dnet_flows: &[&str]) {
+    let nft = sb.in_host("nft", &["list", "tables"]);
+    assert!(ok(&nft), "{}", out(&nft));
+    assert_eq!(stdout(&nft), format!("table ip {PROBE}"), "only the probe");
+    let o = sb.in_host(&ct(), &["tcp", &format!("{WORLD_IP}:{host_flow_port}")]);
+    assert!(ok(&o), "the host's own flow: {}", out(&o));
     let o = sb.in_host("conntrack", &["-L"]);
+    assert!(ok(&o), "conntrack -L: {}", out(&o));
     let listing = stdout(&o);
     assert!(
-        !listing.contains("172.17.") && !listing.contains(&UPLINK_IP.to_string()),
-        "kernel conntrack holds dnet's flows: {listing}"
+        listing.lines().any(
+            |l| l.contains(&format!("src={UPLINK_IP} dst={WORLD_IP} sport="))
+                && l.contains(&format!("dport={host_flow_port} "))
+        ),
+        "the kernel lists the host's own flow: {listing}"
     );
+    for f in dnet_flows {
+        assert!(
+            !listing.contains(f),
+            "kernel conntrack holds dnet's flows ({f}): {listing}"
+        );
+    }
 }
 
 #[test]
 fn containers_reach_the_world_as_the_uplink_address() {
     let mut sb = Sandbox::new();
-    world_servers(&mut sb, &[80], &[53]);
+    world_servers(&mut sb, &[80, 81], &[53]);
+    track_in_kernel(&sb);
     sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
     let seen = |o: std::process::Output| {
         assert!(ok(&o), "{}", out(&o));
@@ -83,12 +125,14 @@ fn containers_reach_the_world_as_the_uplink_address() {
         s["endpoints"][0]["translated"].as_u64().unwrap() >= 6,
         "{s}"
     );
-    assert_no_netfilter(&sb);
+    assert_no_netfilter(&sb, 81, &["172.17.", "dport=80 ", "dport=53 ", "type=8 "]);
 }
 
 #[test]
 fn published_ports_reach_the_container_with_the_clients_address() {
-    let sb = Sandbox::new();
+    let mut sb = Sandbox::new();
+    world_servers(&mut sb, &[81], &[]);
+    track_in_kernel(&sb);
     let ctb = ct();
     sb.dnet_ok(&[
         "run", "-d", "--name", "web", "-p", "8080:80", "--", &ctb, "serve", "tcp", "80",
@@ -118,6 +162,10 @@ fn published_ports_reach_the_container_with_the_clients_address() {
         "-c",
         &format!("for p in 7000 7001 7002 7003 7004; do {ctb} serve tcp $p & done; wait"),
     ]);
+    sb.wait_server("dns", "udp", 53);
+    for p in 7000..=7004 {
+        sb.wait_server("many", "tcp", p);
+    }
     sb.dnet_ok(&[
         "run",
         "-d",
@@ -180,7 +228,11 @@ fn published_ports_reach_the_container_with_the_clients_address() {
             .iter()
             .any(|x| x["translated"]["dst"] == "172.17.0.2:80")
     );
-    assert_no_netfilter(&sb);
+    assert_no_netfilter(
+        &sb,
+        81,
+        &["172.17.", "dport=5353 ", "dport=9000 ", "dport=8081 "],
+    );
 }
 
 #[test]
@@ -257,6 +309,7 @@ fn the_host_reaches_published_ports_without_a_proxy_and_other_namespaces_are_lef
         "tcp",
         "80",
     ]);
+    sb.wait_server("dns", "udp", 53);
     let h = |args: &[&str]| sb.in_host(&ctb, args);
     let up = UPLINK_IP.to_string();
     for a in [
@@ -275,16 +328,30 @@ fn the_host_reaches_published_ports_without_a_proxy_and_other_namespaces_are_lef
         "host UDP to 127.0.0.1, answer read as from the port: {}",
         out(&o)
     );
-    // No proxy process, no route_localnet.
-    let ps = sh_ok("ps", &["-eo", "comm"]);
-    assert!(!ps.contains("proxy"), "{ps}");
+    // No proxy process: the daemon is the only process of the host
+    // namespace (the containers' servers run in their own). No
+    // route_localnet.
+    assert_eq!(
+        pids_in_netns(&sb.host_netns_path()),
+        [sb.daemon_pid().unwrap()],
+        "processes in the host namespace"
+    );
     let rl = sb.in_host("cat", &["/proc/sys/net/ipv4/conf/all/route_localnet"]);
     assert_eq!(stdout(&rl), "0");
-    // A 127.0.0.1-only port is not reachable from the world.
+    // A 127.0.0.1-only port is not reachable from the world, where a port
+    // published on all addresses is; the host itself answers (nothing
+    // listens: refused).
+    let o = sb.in_world(&ctb, &["tcp", &format!("{up}:8080")]);
+    assert!(
+        ok(&o),
+        "the world reaches a port on all addresses: {}",
+        out(&o)
+    );
     let o = sb.in_world(&ctb, &["tcp", &format!("{up}:8082"), "--timeout", "1"]);
     assert!(
-        !ok(&o),
-        "127.0.0.1:8082 must not be reachable from the world"
+        !ok(&o) && out(&o).contains("refused"),
+        "127.0.0.1:8082 must not be reachable from the world: {}",
+        out(&o)
     );
     // The socket hook sits on the machine-wide cgroup, but acts only in the
     // daemon's namespace: in the world namespace, 127.0.0.1:8080 is the
@@ -302,13 +369,21 @@ fn the_host_reaches_published_ports_without_a_proxy_and_other_namespaces_are_lef
         "left alone: {}",
         out(&o)
     );
-    // And in the machine's own namespace too: nothing listens there, so refused.
+    // And in the machine's own namespace too: its own loopback answers,
+    // with a refusal when nothing listens there (a hook acting there would
+    // send the connection to a container address the machine cannot
+    // reach: a time-out or an unreachable, not a refusal).
     let o = Command::new(&ctb)
         .args(["tcp", "127.0.0.1:8080", "--timeout", "1"])
         .output()
         .unwrap();
+    let listens = std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:8080".parse().unwrap(),
+        Duration::from_secs(1),
+    )
+    .is_ok();
     assert!(
-        !ok(&o),
+        ok(&o) == listens && (listens || out(&o).contains("refused")),
         "the machine's own namespace is left alone: {}",
         out(&o)
     );
@@ -448,7 +523,9 @@ fn a_pinned_conntrack_table_keeps_its_size_and_the_daemon_says_so() {
 
 #[test]
 fn expired_flows_are_collected() {
-    let mut sb = Sandbox::with_daemon_args(&["--ct-timeout-udp", "1", "--ct-gc-interval", "1"]);
+    // A flow seen with a long timeout, then a daemon whose UDP timeout is
+    // 1 s: no race between the first look and the collection.
+    let mut sb = Sandbox::with_daemon_args(&["--ct-timeout-udp", "600", "--ct-gc-interval", "1"]);
     world_servers(&mut sb, &[], &[53]);
     sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
     assert!(ok(&sb.conntest_in("a", &["udp", &format!("{WORLD_IP}:53")])));
@@ -456,11 +533,51 @@ fn expired_flows_are_collected() {
         sb.flows().iter().any(|f| f["proto"] == "udp"),
         "the flow is there"
     );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        sb.flows().iter().any(|f| f["proto"] == "udp"),
+        "not yet expired with a 600 s timeout"
+    );
+    sb.stop_daemon(libc::SIGTERM);
+    sb.set_daemon_args(&["--ct-timeout-udp", "1", "--ct-gc-interval", "1"]);
+    sb.start_daemon();
     assert!(
         wait_until(Duration::from_secs(15), || sb.flows().is_empty()),
         "and then collected"
     );
-    sb.dnet_ok(&["conntrack", "flush"]);
+}
+
+#[test]
+fn conntrack_flush_empties_the_table_and_new_flows_go_on() {
+    let mut sb = Sandbox::new();
+    world_servers(&mut sb, &[80], &[53]);
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    for args in [
+        vec!["tcp".to_owned(), format!("{WORLD_IP}:80")],
+        vec!["udp".to_owned(), format!("{WORLD_IP}:53")],
+        vec!["ping".to_owned(), WORLD_IP.to_string()],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = sb.conntest_in("a", &args);
+        assert!(ok(&o), "{args:?}: {}", out(&o));
+    }
+    let n = sb.flows().len();
+    assert!(n >= 3, "{:?}", sb.flows());
+    let o = sb.dnet_ok(&["conntrack", "flush"]);
+    assert_eq!(
+        o.trim(),
+        format!("{} entries removed", 2 * n),
+        "two entries per flow"
+    );
+    assert!(sb.flows().is_empty(), "{:?}", sb.flows());
+    // Flows start again, translated as before.
+    let o = sb.conntest_in("a", &["udp", &format!("{WORLD_IP}:53")]);
+    assert!(
+        ok(&o) && stdout(&o).starts_with(&format!("{UPLINK_IP}:")),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(sb.flows().len(), 1);
 }
 
 #[test]
@@ -479,14 +596,19 @@ fn a_thousand_concurrent_flows_from_ten_containers_are_all_translated() {
         ]);
     }
     let to = format!("{WORLD_IP}:80");
-    // Each container opens 100 connections and keeps them open a while.
+    // Each container opens 100 connections and keeps them open until the
+    // test has looked at them (60 s at most).
+    let hold = sb.dir.join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let hold_s = hold.to_str().unwrap().to_owned();
     let children: Vec<_> = (0..10)
         .map(|i| {
             Command::new(dnet_sandbox::dnet_bin())
                 .arg("--socket")
                 .arg(sb.socket())
                 .args(["exec", &format!("c{i}"), "--", &ct(), "connections", &to])
-                .args(["--count", "100", "--timeout", "10", "--hold", "8"])
+                .args(["--count", "100", "--timeout", "10", "--hold", "60"])
+                .args(["--hold-while", &hold_s])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -515,6 +637,7 @@ fn a_thousand_concurrent_flows_from_ten_containers_are_all_translated() {
         "{} distinct translated sources",
         ports.len()
     );
+    std::fs::remove_file(&hold).unwrap();
     for (i, c) in children.into_iter().enumerate() {
         let o = c.wait_with_output().unwrap();
         assert!(ok(&o), "c{i}: {}", out(&o));
@@ -544,18 +667,19 @@ fn a_translated_flow_survives_kill_9_and_a_restart() {
             "udp",
             &format!("{WORLD_IP}:53"),
             "--count",
-            "300",
+            "1500",
             "--interval",
             "0.01",
             "--timeout",
             "3",
         ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
-    sb.stop_daemon(libc::SIGKILL);
-    std::thread::sleep(Duration::from_millis(400));
-    sb.start_daemon();
+    // The answers that reach the container.
+    let a = sb.netns_of("a");
+    sb.kill_9_and_restart_during_flow(|sb| sb.rx_packets(&a, "eth0"));
     let o = flow.wait_with_output().unwrap();
     assert!(ok(&o), "lost answers across the restart: {}", out(&o));
     assert!(

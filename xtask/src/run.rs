@@ -3,6 +3,7 @@
 //! `--host` runs it on this machine's real network instead (explicit opt-in).
 
 use std::{
+    io::Write as _,
     path::Path,
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
@@ -26,19 +27,30 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
+/// Writes to stderr, ignoring failure: with `cargo xtask run | tee log`,
+/// Ctrl-C ends `tee` too, and a write that fails must not stop the
+/// cleanup (`eprintln!` would panic on the closed pipe).
+fn say(msg: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().write_fmt(msg);
+}
+
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     setup::run(root)?;
     let bin = build(root, false)?;
     let dnet = bin.join("dnet");
     if args.host {
-        eprintln!("xtask: running dnet daemon on this machine's own network (Ctrl-C stops it)");
+        say(format_args!(
+            "xtask: running dnet daemon on this machine's own network (Ctrl-C stops it)\n"
+        ));
         let err = std::os::unix::process::CommandExt::exec(Command::new(&dnet).arg("daemon"));
         return Err(err.into());
     }
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    // SIGHUP: the terminal went away.
     unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
     }
     // SAFETY: plain setenv before any thread of ours reads the environment.
     unsafe {
@@ -49,7 +61,8 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let sb = Sandbox::new();
     let ct = bin.join("conntest");
     let (d, c) = (dnet.display(), ct.display());
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "\ndnet is running in a sandbox: host namespace {h} (uplink eth0, {UPLINK_IP}), world namespace {w} ({WORLD_IP}).\n\
          Daemon log: {log}\n\
          In another terminal:\n\n\
@@ -72,19 +85,20 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         // Follow the daemon's log here.
         let log = std::fs::read_to_string(sb.log_path()).unwrap_or_default();
         if log.len() > shown {
-            eprint!("{}", &log[shown..]);
+            say(format_args!("{}", &log[shown..]));
             shown = log.len();
         }
         if sb
             .daemon_pid()
             .is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists())
         {
-            eprintln!("xtask: the daemon exited");
+            say(format_args!("xtask: the daemon exited\n"));
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("\nxtask: removing the sandbox");
+    // Cleanup first, then a word (which may go nowhere).
     drop(sb);
+    say(format_args!("\nxtask: the sandbox is removed\n"));
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! Operations are serialised by one lock; they take milliseconds.
 
 pub mod conntrack;
+pub mod crash;
 mod nat;
 mod ports;
 mod process;
@@ -517,6 +518,7 @@ impl Inner {
             }
             return Err(e);
         }
+        crash::point("network-create:made");
         let mut st = self.state.clone();
         st.networks.insert(net.id.clone(), net.clone());
         if let Err(e) = self.commit(st) {
@@ -619,6 +621,7 @@ impl Inner {
         let mut st = self.state.clone();
         st.networks.remove(&net.id);
         self.commit(st)?;
+        crash::point("network-remove:committed");
         for e in driver::driver(net.driver)
             .delete_network(&mut self.ctx, &net)
             .await
@@ -823,6 +826,7 @@ impl Inner {
                     exits.lock().expect("exits lock").insert(pid, code);
                 });
             }
+            crash::point("container-create:made");
             let mut st = self.state.clone();
             st.containers.insert(id.clone(), c.clone());
             self.commit(st)
@@ -861,6 +865,7 @@ impl Inner {
         let mut st = self.state.clone();
         st.containers.remove(id);
         self.commit(st)?;
+        crash::point("container-remove:committed");
         self.teardown_container(&c).await;
         tracing::info!(container = %c.name, "container removed");
         Ok(())
@@ -902,6 +907,7 @@ impl Inner {
         let ep = self.new_endpoint(&net, &c, req.ip.as_deref()).await?;
         c.endpoints.push(ep.clone());
         self.attach(&c, &ep).await?;
+        crash::point("connect:made");
         let mut st = self.state.clone();
         st.containers.insert(c.id.clone(), c.clone());
         if let Err(e) = self.commit(st) {
@@ -974,6 +980,7 @@ impl Inner {
             st.containers.remove(&c.id);
         }
         self.commit(st)?;
+        crash::point("disconnect:committed");
         self.detach(&c, &ep).await;
         // Its published ports now lead to its next bridge address, if any;
         // the flows of the address it left go.

@@ -104,23 +104,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn own_start_time_is_readable_and_stable() {
+    fn start_time_tells_processes_apart_whatever_their_name() {
         let me = std::process::id();
         let t = start_time(me).expect("own stat");
-        assert_eq!(start_time(me), Some(t));
-        assert!(alive(&Process {
-            pid: me,
-            start_time: t,
+        // A command whose name holds ") " and spaces, as /proc/PID/stat
+        // shows it in parentheses: fields are read after the last ')'.
+        let dir = std::env::temp_dir().join(format!("dnet-start-time-{me}"));
+        fs::create_dir_all(&dir).unwrap();
+        let odd = dir.join("a) (b c");
+        fs::copy("/bin/sleep", &odd).unwrap();
+        let mut child = std::process::Command::new(&odd).arg("30").spawn().unwrap();
+        let c = start_time(child.id()).expect("the child's stat");
+        // Started after this test process, by the same clock (a misread
+        // field would not be a tick count of this boot).
+        let boot_ticks = {
+            let up: f64 = fs::read_to_string("/proc/uptime")
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            // SAFETY: sysconf has no preconditions.
+            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+            (up * hz) as u64 + 1
+        };
+        assert!(t <= c && c <= boot_ticks, "{t} <= {c} <= {boot_ticks}");
+        let p = Process {
+            pid: child.id(),
+            start_time: c,
             command: vec![],
             exit_code: None,
             log: "/dev/null".into(),
-        }));
+        };
+        assert!(alive(&p));
+        // The same pid with another start time is another process.
         assert!(!alive(&Process {
-            pid: me,
-            start_time: t + 1,
-            command: vec![],
-            exit_code: None,
-            log: "/dev/null".into(),
+            start_time: c + 1,
+            ..p.clone()
         }));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = fs::remove_dir_all(&dir);
+        assert!(!alive(&p), "a reaped process is not alive");
+        assert_eq!(start_time(me), Some(t), "stable");
     }
 }

@@ -103,11 +103,23 @@ impl Inner {
             .filter(|n| n.driver == DriverKind::Bridge)
             .cloned()
             .collect();
+        // A veth cut short between its creation and its alias (a crash
+        // between the two netlink calls) has no alias yet; its host end
+        // already carries a bridge network's gateway MAC, which only dnet's
+        // host ends do.
+        let gateway_macs: Vec<[u8; 6]> = bridges
+            .iter()
+            .filter_map(|n| n.ipam.map(|i| dnet_common::addr::docker_mac(i.gateway)))
+            .collect();
         for l in self.ctx.nl.links().await? {
-            let Some(alias) = l.alias.as_deref() else {
-                continue;
+            let ours = match l.alias.as_deref() {
+                Some(alias) => alias.starts_with("dnet:ep:"),
+                None => {
+                    l.kind.as_deref() == Some("veth")
+                        && l.mac.is_some_and(|m| gateway_macs.contains(&m))
+                }
             };
-            if alias.starts_with("dnet:ep:") && !veths.contains(&l.name) {
+            if ours && !veths.contains(&l.name) {
                 tracing::info!(link = %l.name, "removing a link dnet no longer uses");
                 self.ctx.nl.del_link(l.index).await?;
             }

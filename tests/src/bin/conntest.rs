@@ -10,11 +10,13 @@
 //!                [--broadcast]            (to a broadcast address)
 //!                [--bind PORT]            from this source port
 //!                [--count N --interval S] N requests in a row; all must be
-//!                                         answered (a loss test)
+//!                [--while PATH]           answered (a loss test); with
+//!                                         --while, fewer if PATH goes
 //!   conntest ping IP... [--timeout S] [--count N] [--size N]
 //!                                         every address must answer
 //!   conntest connections IP:PORT --count N  N TCP connections at once; all
 //!                [--hold S]               answered or exit 1; kept open S s
+//!                [--hold-while PATH]      (at most), or while PATH exists
 //!
 //! Every client call is bounded by its timeout (3 s by default).
 
@@ -43,6 +45,17 @@ fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("{name} needs a value")),
         None => Ok(default),
+    }
+}
+
+fn path_flag(args: &[String], name: &str) -> anyhow::Result<Option<String>> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => Ok(Some(
+            args.get(i + 1)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("{name} needs a path"))?,
+        )),
+        None => Ok(None),
     }
 }
 
@@ -76,7 +89,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             let broadcast = args.iter().any(|a| a == "--broadcast");
             if count > 0 {
                 let interval = Duration::from_secs_f64(flag(args, "--interval", 0.01)?);
-                return udp_series(addr(a)?, count, interval, timeout);
+                let until = path_flag(args, "--while")?;
+                return udp_series(addr(a)?, count, interval, timeout, until.as_deref());
             }
             let bind_port: u16 = flag(args, "--bind", 0)?;
             println!("{}", udp_once(addr(a)?, timeout, broadcast, bind_port)?);
@@ -105,7 +119,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         ["connections", a, ..] => {
             let count: usize = flag(args, "--count", 100)?;
             let hold = Duration::from_secs_f64(flag(args, "--hold", 0.0)?);
-            connections(addr(a)?, count, timeout, hold)
+            let hold_while = path_flag(args, "--hold-while")?;
+            connections(addr(a)?, count, timeout, hold, hold_while.as_deref())
         }
         _ => anyhow::bail!(
             "usage: conntest serve tcp|udp [IP:]PORT | tcp IP:PORT | udp IP:PORT | ping IP | connections IP:PORT --count N"
@@ -191,20 +206,26 @@ fn udp_series(
     count: u32,
     interval: Duration,
     timeout: Duration,
+    while_exists: Option<&str>,
 ) -> anyhow::Result<()> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
     s.set_read_timeout(Some(timeout))?;
     let mut buf = [0u8; 512];
     let mut lost = 0;
+    let mut sent = 0;
     for i in 0..count {
+        if while_exists.is_some_and(|p| !std::path::Path::new(p).exists()) {
+            break;
+        }
+        sent += 1;
         s.send_to(format!("{i}\n").as_bytes(), a)?;
         if s.recv_from(&mut buf).is_err() {
             lost += 1;
         }
         std::thread::sleep(interval);
     }
-    println!("{} of {count} answered", count - lost);
-    anyhow::ensure!(lost == 0, "{lost} of {count} requests lost");
+    println!("{} of {sent} answered", sent - lost);
+    anyhow::ensure!(lost == 0, "{lost} of {sent} requests lost");
     Ok(())
 }
 
@@ -213,6 +234,7 @@ fn connections(
     count: usize,
     timeout: Duration,
     hold: Duration,
+    hold_while: Option<&str>,
 ) -> anyhow::Result<()> {
     let mut open = Vec::with_capacity(count);
     for _ in 0..count {
@@ -234,8 +256,12 @@ fn connections(
         count - seen.len()
     );
     println!("{count} connections answered");
-    // Kept open a while, so that others can look at them all at once.
-    std::thread::sleep(hold);
+    // Kept open a while, so that others can look at them all at once:
+    // `hold` at most, and with `hold_while` only while that file exists.
+    let start = Instant::now();
+    while start.elapsed() < hold && hold_while.is_none_or(|p| std::path::Path::new(p).exists()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(())
 }
 

@@ -1,0 +1,33 @@
+//! Test-only crash points: a daemon started with `DNET_CRASH_AT=NAME` kills
+//! itself with SIGKILL (as `kill -9` would) when it reaches
+//! `crash::point("NAME")`, so a test can stop an operation at one exact
+//! step and check what the next start makes of it. Compiled in only with
+//! `debug_assertions`; in a release build every point is a no-op.
+//!
+//! Points (see where each `crash::point` call sits):
+//! - `network-create:made`: a network's kernel objects made, not committed;
+//! - `container-create:made`: a container's namespace, endpoint, ports and
+//!   process made, not committed;
+//! - `connect:made`: an endpoint attached, not committed;
+//! - `veth:created`: a veth pair made, its alias not yet set;
+//! - `container-remove:committed`, `disconnect:committed`,
+//!   `network-remove:committed`: a removal committed, nothing torn down.
+
+/// The environment variable that names the point to crash at.
+pub const ENV: &str = "DNET_CRASH_AT";
+
+/// Kills the daemon with SIGKILL if it was started with `DNET_CRASH_AT=name`.
+#[cfg(debug_assertions)]
+pub fn point(name: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT.get_or_init(|| std::env::var(ENV).ok()).as_deref() == Some(name) {
+        tracing::warn!("{ENV}={name}: killing the daemon here");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        std::process::abort();
+    }
+}
+
+/// A release build has no crash points.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn point(_name: &str) {}
