@@ -908,6 +908,11 @@ impl Inner {
             self.detach(&c, &ep).await;
             return Err(e);
         }
+        // Published ports that led nowhere (the container was on internal
+        // networks only) lead to this network now, if it may carry them.
+        if let Err(e) = self.sync_services() {
+            tracing::warn!(container = %c.name, "republishing: {e}");
+        }
         tracing::info!(container = %c.name, network = %net.name, "connected");
         Ok(c.id)
     }
@@ -975,8 +980,9 @@ impl Inner {
         }
         self.commit(st)?;
         self.detach(&c, &ep).await;
-        // Its published ports now lead to its next bridge address, if any;
-        // the flows of the address it left go.
+        // Its published ports now lead to its next address on a bridge
+        // network that is not internal, if any; the flows of the address it
+        // left go.
         if let Err(e) = self.sync_services() {
             tracing::warn!(container = %c.name, "republishing: {e}");
         }
