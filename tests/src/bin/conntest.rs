@@ -626,7 +626,7 @@ fn sniff(dev: &str, timeout: Duration) -> anyhow::Result<()> {
         if n < 0 {
             continue;
         }
-        if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        if from.sll_pkttype == libc::PACKET_OUTGOING {
             continue;
         }
         total += 1;
