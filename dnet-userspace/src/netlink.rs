@@ -13,7 +13,7 @@ use std::{
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
-    AddressFamily,
+    AddressFamily, RouteNetlinkMessage,
     address::AddressAttribute,
     link::{
         InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -23,7 +23,6 @@ use netlink_packet_route::{
         RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
         RouteType,
     },
-    RouteNetlinkMessage,
 };
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::{

@@ -1410,9 +1410,17 @@ fn only_what_dnet_delivers_or_the_host_sends_goes_into_a_container() {
             OK,
             "dnet's own answers, back through A's veth"
         );
-        assert_eq!(into(fx.b.ifindex), OK, "a broadcast copy from B, of A's network");
+        assert_eq!(
+            into(fx.b.ifindex),
+            OK,
+            "a broadcast copy from B, of A's network"
+        );
         assert_eq!(fx.dp.stats(1).unwrap().tx_packets, 3);
-        assert_eq!(into(fx.c.ifindex), SHOT, "from C's veth, of another network");
+        assert_eq!(
+            into(fx.c.ifindex),
+            SHOT,
+            "from C's veth, of another network"
+        );
         assert_eq!(
             into(77),
             SHOT,
@@ -1453,7 +1461,13 @@ fn a_ttl_that_runs_out_at_dnets_hop_is_answered_with_time_exceeded() {
         let mut fx = nat_fixture(50000, 50009);
         // UDP, as traceroute probes.
         let probe = with_ttl(
-            udp_to(fx.a.mac, GW_MAC, ("172.17.0.2", 4000), (WORLD, 33434), false),
+            udp_to(
+                fx.a.mac,
+                GW_MAC,
+                ("172.17.0.2", 4000),
+                (WORLD, 33434),
+                false,
+            ),
             1,
         );
         let (v, out) = run(&fx.dp, &probe);
@@ -1515,7 +1529,10 @@ fn a_ttl_that_runs_out_at_dnets_hop_is_answered_with_time_exceeded() {
         m.extend_from_slice(&probe[14..14 + 28]);
         let c = csum::checksum(&m);
         m[2..4].copy_from_slice(&c.to_be_bytes());
-        let err = with_ttl(ip_frame(WORLD_MAC, up0_mac(), ip(WORLD), ip(UPLINK), 1, &m), 1);
+        let err = with_ttl(
+            ip_frame(WORLD_MAC, up0_mac(), ip(WORLD), ip(UPLINK), 1, &m),
+            1,
+        );
         assert_ne!(run_prog(&fx.dp, PROG_FROM_UPLINK, &err).0, REDIRECT);
     });
 }
@@ -1525,7 +1542,13 @@ fn icmp_errors_are_rate_limited_and_counted() {
     in_fresh_netns(|| {
         let mut fx = nat_fixture(50000, 50009);
         let probe = with_ttl(
-            udp_to(fx.a.mac, GW_MAC, ("172.17.0.2", 4000), (WORLD, 33434), false),
+            udp_to(
+                fx.a.mac,
+                GW_MAC,
+                ("172.17.0.2", 4000),
+                (WORLD, 33434),
+                false,
+            ),
             1,
         );
         // A's bucket spent, on every CPU (as after a burst).

@@ -407,13 +407,17 @@ async fn follow_uplink(
                 false
             }
             Ok(None) => {
-                tracing::warn!("netlink notifications ended: the uplink is read every {UPLINK_RECHECK:?}");
+                tracing::warn!(
+                    "netlink notifications ended: the uplink is read every {UPLINK_RECHECK:?}"
+                );
                 tokio::time::sleep(UPLINK_RECHECK).await;
                 true
             }
             Err(_) => true,
         };
-        let Some(engine) = engine.upgrade() else { break };
+        let Some(engine) = engine.upgrade() else {
+            break;
+        };
         let mut inner = engine.inner.lock().await;
         if (recheck || seen.iter().any(|c| inner.uplink_concerned(c)))
             && let Err(e) = inner.follow_uplink().await

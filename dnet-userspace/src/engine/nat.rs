@@ -120,7 +120,9 @@ impl Inner {
         {
             match &link {
                 Some(l) => tracing::info!(uplink = %l.name, index = l.index, mtu = l.mtu, "uplink"),
-                None => tracing::warn!("no uplink: no default route and no --uplink, or it is gone"),
+                None => {
+                    tracing::warn!("no uplink: no default route and no --uplink, or it is gone")
+                }
             }
         }
         self.ctx.uplink = link;
