@@ -41,7 +41,8 @@ pub enum DropReason {
     NatPortsExhausted = 15,
     /// An IPv4 fragment on a translated path (NAT needs the ports).
     Fragment = 16,
-    /// TTL ran out where the datapath routes.
+    /// TTL ran out where the datapath routes (answered with an ICMP "time
+    /// exceeded" from dnet's hop, within the rate limit).
     TtlExceeded = 17,
     /// No route out for a translated flow.
     NoRoute = 18,
@@ -51,6 +52,25 @@ pub enum DropReason {
     CtFull = 20,
     /// A TCP segment other than a SYN for a flow the datapath does not know.
     CtNoFlow = 21,
+    /// An 802.1Q/802.1ad tagged frame: from a container (in the packet's
+    /// metadata, where the kernel moves the outer tag, or still in the
+    /// frame), or from the host into a container. dnet networks carry no
+    /// VLANs, and no tag leaves through the uplink.
+    VlanTagged = 22,
+    /// A packet the host's kernel forwarded towards a container from
+    /// another interface (a LAN host routing a dnet subnet to the host):
+    /// only what the datapath delivers and what the host itself sends
+    /// reaches a container.
+    HostForwarded = 23,
+    /// A packet larger than the next link's MTU (answered with an ICMP
+    /// "fragmentation needed" carrying that MTU).
+    FragNeeded = 24,
+    /// An ICMP error dnet would have sent ("time exceeded", "fragmentation
+    /// needed") beyond its rate limit.
+    IcmpRateLimited = 25,
+    /// Traffic to the world while the uplink has no IPv4 address to
+    /// translate to (never routed out untranslated).
+    NoNatAddress = 26,
 }
 
 /// Number of drop reasons; the size of the per-endpoint drop counter array.
@@ -60,7 +80,7 @@ pub const DROP_REASON_SLOTS: usize = 32;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 27] = [
         DropReason::Malformed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
@@ -83,6 +103,11 @@ impl DropReason {
         DropReason::NatUnsupported,
         DropReason::CtFull,
         DropReason::CtNoFlow,
+        DropReason::VlanTagged,
+        DropReason::HostForwarded,
+        DropReason::FragNeeded,
+        DropReason::IcmpRateLimited,
+        DropReason::NoNatAddress,
     ];
 
     /// The stable, user-visible name (`dnet stats` prints it).
@@ -110,6 +135,11 @@ impl DropReason {
             DropReason::NatUnsupported => "nat-unsupported",
             DropReason::CtFull => "conntrack-full",
             DropReason::CtNoFlow => "conntrack-no-flow",
+            DropReason::VlanTagged => "vlan-tagged",
+            DropReason::HostForwarded => "host-forwarded",
+            DropReason::FragNeeded => "frag-needed",
+            DropReason::IcmpRateLimited => "icmp-rate-limited",
+            DropReason::NoNatAddress => "no-nat-address",
         }
     }
 

@@ -1,12 +1,16 @@
 //! The program on the uplink's tcx ingress: answers of translated flows, and
 //! new flows to published ports, go straight into their containers; every
-//! other packet goes on to the host stack untouched.
+//! other packet goes on to the host stack untouched. A tagged frame belongs
+//! to a VLAN on the uplink's link, not to the uplink's own network (nor to
+//! dnet): the host's. A packet whose TTL runs out at dnet's hop gets "time
+//! exceeded" from the uplink's address.
 
 use aya_ebpf::programs::TcContext;
 use dnet_common::DropReason;
 
 use crate::{
     eth::{ETH_HLEN, ETH_P_IP, EthHdr},
+    icmp_reply::{self, IcmpError},
     ipv4::Ipv4Hdr,
     l4::{self, IPPROTO_TCP, IPPROTO_UDP, Parsed},
     nat,
@@ -29,6 +33,10 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(cfg) = nat::config() else {
         return Ok(TC_ACT_OK);
     };
+    // SAFETY: reading a field of the context the kernel passed.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return Ok(TC_ACT_OK);
+    }
     let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Ok(TC_ACT_OK);
     };
@@ -50,18 +58,39 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     match l4::parse(ctx, ETH_HLEN, &ip) {
         Parsed::Flow(key, l4) => {
-            if let Some(e) = nat::lookup(&key, l4.tcp_flags) {
-                return nat::translate_and_deliver(ctx, &l4, &key, &e);
-            }
-            if (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
-                && nat::opens_flow(key.proto, l4.tcp_flags)
-            {
-                if let Some(svc) = nat::service(key.daddr_be, key.dport_be, key.proto) {
-                    let e = nat::new_dnat(&key, svc.backend_be, svc.backend_port_be, l4.tcp_flags)?;
-                    return nat::translate_and_deliver(ctx, &l4, &key, &e);
+            let e = nat::lookup(&key, l4.tcp_flags);
+            let svc = match e {
+                Some(_) => None,
+                None if (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
+                    && nat::opens_flow(key.proto, l4.tcp_flags) =>
+                {
+                    nat::service(key.daddr_be, key.dport_be, key.proto)
                 }
+                None => None,
+            };
+            if e.is_none() && svc.is_none() {
+                return Ok(TC_ACT_OK);
             }
-            Ok(TC_ACT_OK)
+            // dnet routes it to a container: a TTL that runs out here is
+            // answered from the uplink's address, the hop the sender sees.
+            // A new flow that dies here takes no entry.
+            if ip.ttl <= 1 {
+                return Ok(icmp_reply::reply(
+                    ctx,
+                    IcmpError::TimeExceeded,
+                    cfg.uplink_ifindex,
+                    0,
+                    cfg.uplink_addr_be,
+                ));
+            }
+            let e = match (e, svc) {
+                (Some(e), _) => e,
+                (None, Some(svc)) => {
+                    nat::new_dnat(&key, svc.backend_be, svc.backend_port_be, l4.tcp_flags)?
+                }
+                (None, None) => return Ok(TC_ACT_OK),
+            };
+            nat::translate_and_deliver(ctx, &l4, &key, &e)
         }
         Parsed::IcmpError(off) => nat::icmp_error(ctx, off, None),
         // Fragments and other protocols are the host's (a translated flow

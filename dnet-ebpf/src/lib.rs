@@ -2,7 +2,8 @@
 //!
 //! One module per concern: `ptr` (bounds-checked packet access), `eth`,
 //! `arp`, `ipv4`, `l4` (headers and tuples), `maps` (the maps), `stats`
-//! (counters and drops), `nat` (conntrack, rewriting, delivery), `lxc` (the
+//! (counters and drops), `nat` (conntrack, rewriting, delivery),
+//! `icmp_reply` (the ICMP errors dnet sends at its own hop), `lxc` (the
 //! container-facing programs), `host` (the uplink program), `sock` (the
 //! socket hooks for host access to published ports).
 #![no_std]
@@ -17,6 +18,7 @@
 pub mod arp;
 pub mod eth;
 pub mod host;
+pub mod icmp_reply;
 pub mod ipv4;
 pub mod l4;
 pub mod lxc;

@@ -2,7 +2,8 @@
 //! (tcx ingress) and what the host stack sends into it (tcx egress).
 //!
 //! From the container, in order:
-//! 1. the frame's source MAC must be the endpoint's own;
+//! 1. the frame must carry no VLAN tag, and its source MAC must be the
+//!    endpoint's own;
 //! 2. ARP requests are answered here, for the gateway and for the network's
 //!    endpoints; any other ARP is dropped, so a container cannot poison a
 //!    neighbour's cache;
@@ -16,7 +17,18 @@
 //! 7. the gateway and other host addresses go up the host stack; a
 //!    published port on the uplink's address is reached by hairpin NAT;
 //! 8. the world, through the uplink, gets a new flow translated to the
-//!    uplink's address (source NAT), unless the network is internal.
+//!    uplink's address (source NAT), unless the network is internal or the
+//!    uplink has no address (then nothing leaves, untranslated or not).
+//!
+//! Where the datapath routes (6 to 8), it answers as a router: a TTL that
+//! runs out gets "time exceeded" and a packet too big for the next link
+//! "fragmentation needed", from the network's gateway (`icmp_reply`).
+//!
+//! Into the container (tcx egress) goes only what the datapath sent there
+//! (ARP answers, ICMP errors, broadcast copies of the network's members)
+//! and what the host itself sends; a packet the host's kernel forwarded
+//! from another interface is dropped (`host-forwarded`), as is a tagged
+//! one.
 
 use aya_ebpf::{
     helpers::generated::{bpf_redirect, bpf_redirect_peer},
@@ -30,7 +42,8 @@ use dnet_common::{
 
 use crate::{
     arp::{ARPOP_REPLY, ARPOP_REQUEST, ArpHdr},
-    eth::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, mac_eq},
+    eth::{ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, mac_eq},
+    icmp_reply::{self, IcmpError},
     ipv4::{self, Ipv4Hdr},
     l4::{self, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Parsed},
     maps::{EP_BY_IF, EP_BY_IP, NET_MEMBERS, NETWORKS, SUBNETS},
@@ -62,6 +75,13 @@ fn endpoint_at(addr_be: u32) -> Option<Endpoint> {
     unsafe { EP_BY_IP.get(&addr_be).copied() }
 }
 
+/// Not TC verdicts: what `try_from_container` returns where dnet answers
+/// the packet as its router. The answer is built in one place, at the end,
+/// where the frame holds little else.
+const ANSWER_TIME_EXCEEDED: i32 = -100;
+/// The MTU is the last route lookup's (`nat::route_mtu`).
+const ANSWER_FRAG_NEEDED: i32 = -101;
+
 /// tcx ingress of the host-side veth.
 #[inline(always)]
 pub fn from_container(ctx: &TcContext) -> i32 {
@@ -69,23 +89,60 @@ pub fn from_container(ctx: &TcContext) -> i32 {
         return drop(0, DropReason::UnknownEndpoint);
     };
     count_rx(ep.slot, ctx.len());
-    match try_from_container(ctx, &ep) {
-        Ok(verdict) => verdict,
+    let err = match try_from_container(ctx, &ep) {
+        Ok(ANSWER_TIME_EXCEEDED) => IcmpError::TimeExceeded,
+        Ok(ANSWER_FRAG_NEEDED) => IcmpError::FragNeeded(nat::route_mtu()),
+        Ok(verdict) => return verdict,
+        Err(reason) => return drop(ep.slot, reason),
+    };
+    // From the gateway: the hop the container sees.
+    match network(ep.net_id) {
+        Ok(net) => icmp_reply::reply(ctx, err, ep.ifindex, ep.slot, net.gateway_be),
         Err(reason) => drop(ep.slot, reason),
     }
 }
 
-/// tcx egress of the host-side veth: counts what the host delivers.
+/// The packet carries an 802.1Q/802.1ad tag in its metadata (the kernel
+/// moves a frame's outer tag there before tcx runs, and keeps it there on
+/// the way out).
+#[inline(always)]
+fn vlan_tagged(ctx: &TcContext) -> bool {
+    // SAFETY: as in `ifindex`.
+    unsafe { (*ctx.skb.skb).vlan_present != 0 }
+}
+
+/// tcx egress of the host-side veth: what goes into the container. The
+/// host's own packets have no ingress interface; dnet's ARP answers and
+/// ICMP errors come back through this veth; broadcast copies come from
+/// another member of the network. Anything else the host's kernel
+/// forwarded here from another interface (`ip_forward` on, a LAN host
+/// routing a dnet subnet to the host): it would reach unpublished ports
+/// and internal networks, so it is dropped.
 #[inline(always)]
 pub fn to_container(ctx: &TcContext) -> i32 {
-    if let Some(ep) = endpoint_of(ifindex(ctx)) {
-        count_tx(ep.slot, ctx.len());
+    let Some(ep) = endpoint_of(ifindex(ctx)) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: as in `ifindex`.
+    let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    if iif != 0 && iif != ep.ifindex && endpoint_of(iif).is_none_or(|from| from.net_id != ep.net_id)
+    {
+        return drop(ep.slot, DropReason::HostForwarded);
     }
+    if vlan_tagged(ctx) {
+        return drop(ep.slot, DropReason::VlanTagged);
+    }
+    count_tx(ep.slot, ctx.len());
     TC_ACT_OK
 }
 
 #[inline(always)]
 fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
+    // A tag would ride along wherever the packet goes (out of the uplink
+    // too: VLAN hopping on a trunk).
+    if vlan_tagged(ctx) {
+        return Err(DropReason::VlanTagged);
+    }
     let eth: *mut EthHdr = ptr_at(ctx, 0).map_err(|_| DropReason::Malformed)?;
     // SAFETY: `ptr_at` checked that the header lies inside the packet.
     let eth = unsafe { &mut *eth };
@@ -96,6 +153,8 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason>
         ETH_P_IP => from_container_ipv4(ctx, ep, eth),
         ETH_P_ARP => arp_respond(ctx, ep, eth),
         ETH_P_IPV6 => Err(DropReason::Ipv6),
+        // An inner tag still in the frame (the outer one was stripped).
+        ETH_P_8021Q | ETH_P_8021AD => Err(DropReason::VlanTagged),
         _ => Err(DropReason::UnknownL3),
     }
 }
@@ -193,23 +252,33 @@ fn from_container_ipv4(
         };
     }
 
-    // Beyond the network: flows the datapath translates come first.
+    // Beyond the network: flows the datapath translates come first. An
+    // internal network has none (nothing of its may be translated, even if
+    // a flow or a published port says otherwise).
     let ipc = *ip;
     let parsed = l4::parse(ctx, ETH_HLEN, &ipc);
-    match &parsed {
-        Parsed::Flow(key, l4) => {
-            if let Some(e) = nat::lookup(key, l4.tcp_flags) {
-                return nat::translate_and_deliver(ctx, l4, key, &e);
+    if net.flags & NET_F_INTERNAL == 0 {
+        match &parsed {
+            Parsed::Flow(key, l4) => {
+                if let Some(e) = nat::lookup(key, l4.tcp_flags) {
+                    if ipc.ttl <= 1 {
+                        return Ok(ANSWER_TIME_EXCEEDED);
+                    }
+                    return match nat::translate_and_deliver(ctx, l4, key, &e) {
+                        Err(DropReason::FragNeeded) => Ok(ANSWER_FRAG_NEEDED),
+                        r => r,
+                    };
+                }
             }
-        }
-        Parsed::IcmpError(off) => {
-            // An error about a flow from the world to a published port.
-            let v = nat::icmp_error(ctx, *off, Some(ep.addr_be))?;
-            if v != TC_ACT_OK {
-                return Ok(v);
+            Parsed::IcmpError(off) => {
+                // An error about a flow from the world to a published port.
+                let v = nat::icmp_error(ctx, *off, Some(ep.addr_be))?;
+                if v != TC_ACT_OK {
+                    return Ok(v);
+                }
             }
+            _ => {}
         }
-        _ => {}
     }
 
     if let Some(owner) = SUBNETS.get(Key::new(32, daddr)) {
@@ -230,19 +299,21 @@ fn from_container_ipv4(
         return Err(DropReason::NoEndpoint);
     }
     outside(net)?;
-    let Some(cfg) = nat::config() else {
-        // No uplink: the host stack decides.
-        return Ok(TC_ACT_OK);
-    };
-    if daddr == cfg.uplink_addr_be {
+    let cfg = nat::config();
+    if let Some(cfg) = &cfg
+        && daddr == cfg.uplink_addr_be
+    {
         // Hairpin: a published port of the host, from a container.
         if let Parsed::Flow(key, l4) = &parsed
             && (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
             && nat::opens_flow(key.proto, l4.tcp_flags)
             && let Some(svc) = nat::service(daddr, key.dport_be, key.proto)
         {
+            if ipc.ttl <= 1 {
+                return Ok(ANSWER_TIME_EXCEEDED);
+            }
             let backend = nat::endpoint_at(svc.backend_be).ok_or(DropReason::NoEndpoint)?;
-            let e = nat::new_hairpin(&cfg, key, &backend, svc.backend_port_be, l4.tcp_flags)?;
+            let e = nat::new_hairpin(cfg, key, &backend, svc.backend_port_be, l4.tcp_flags)?;
             return nat::translate_and_deliver(ctx, l4, key, &e);
         }
         return Ok(TC_ACT_OK);
@@ -254,16 +325,24 @@ fn from_container_ipv4(
             saddr_be: ipc.saddr_be,
             daddr_be: daddr,
             proto: ipc.proto,
+            tot_len: icmp_reply::mtu_len(ctx),
         },
     );
     match route {
         Route::Local => return Ok(TC_ACT_OK),
         Route::None => return Err(DropReason::NoRoute),
-        // dnet forwards, and translates, through the uplink only.
-        Route::Out { ifindex, .. } if ifindex != cfg.uplink_ifindex => {
-            return Err(DropReason::NoRoute);
-        }
-        Route::Out { .. } => {}
+        _ => {}
+    }
+    // No address to translate to: dropped, never left to the host's kernel,
+    // which would route it out untranslated.
+    let Some(cfg) = cfg else {
+        return Err(DropReason::NoNatAddress);
+    };
+    // dnet forwards, and translates, through the uplink only.
+    if let Route::Out { ifindex, .. } = route
+        && ifindex != cfg.uplink_ifindex
+    {
+        return Err(DropReason::NoRoute);
     }
     // Out through the uplink: a new flow, translated to the uplink's address.
     match parsed {
@@ -274,9 +353,14 @@ fn from_container_ipv4(
             if !nat::opens_flow(key.proto, l4.tcp_flags) {
                 return Err(DropReason::CtNoFlow);
             }
-            // A TTL that would run out here takes no port.
+            // A packet that dies or does not fit here takes no port.
             if ipc.ttl <= 1 {
-                return Err(DropReason::TtlExceeded);
+                return Ok(ANSWER_TIME_EXCEEDED);
+            }
+            // (A lookup that finds the packet too big names no interface:
+            // the answer holds whichever way it would have gone.)
+            if let Route::TooBig { .. } = route {
+                return Ok(ANSWER_FRAG_NEEDED);
             }
             let e = nat::new_snat(&cfg, &key, l4.tcp_flags)?;
             nat::rewrite(ctx, ETH_HLEN, &l4, &key, &e)?;

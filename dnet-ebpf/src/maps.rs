@@ -50,3 +50,13 @@ pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRev> =
 /// not fit on the container program's stack beside everything else.
 #[map(name = "DNET_FIB_SCRATCH")]
 pub static FIB_SCRATCH: PerCpuArray<crate::nat::FibParams> = PerCpuArray::with_max_entries(1, 0);
+
+/// ICMP errors sent, as a token bucket per endpoint slot (slot 0: the
+/// uplink) and CPU: when the next one is due (`icmp_reply`).
+#[map(name = "DNET_ICMP_RATE")]
+pub static ICMP_RATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
+
+/// Room to build an ICMP error in (one per CPU), off the stack.
+#[map(name = "DNET_ICMP_SCRATCH")]
+pub static ICMP_SCRATCH: PerCpuArray<crate::icmp_reply::IcmpScratch> =
+    PerCpuArray::with_max_entries(1, 0);

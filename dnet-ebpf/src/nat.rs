@@ -7,8 +7,9 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_NOEXIST, bpf_fib_lookup,
     },
     helpers::generated::{
         bpf_fib_lookup as fib_lookup_helper, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh,
@@ -23,6 +24,7 @@ use dnet_common::{
         CT_PEER_FIN, NAT_PORT_PROBES, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, nat_port_candidate,
         partner, tcp_closed, tcp_reusable, tuple_hash,
     },
+    network::NET_F_INTERNAL,
 };
 
 use crate::{
@@ -464,10 +466,13 @@ pub fn dec_ttl(ctx: &TcContext, ip_off: usize) -> Result<(), DropReason> {
 #[inline(always)]
 pub fn to_endpoint(ctx: &TcContext, addr_be: u32) -> Result<i32, DropReason> {
     let ep = endpoint_at(addr_be).ok_or(DropReason::NoEndpoint)?;
-    let gw_mac = NETWORKS
-        .get(ep.net_id)
-        .map(|n| n.gateway_mac)
-        .ok_or(DropReason::NoEndpoint)?;
+    let net = NETWORKS.get(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    // Nothing translated goes into an internal network, whatever a flow
+    // or a published port says.
+    if net.flags & NET_F_INTERNAL != 0 {
+        return Err(DropReason::Internal);
+    }
+    let gw_mac = net.gateway_mac;
     dec_ttl(ctx, ETH_HLEN)?;
     err(ctx.store(0, &ep.mac, 0))?;
     err(ctx.store(6, &gw_mac, 0))?;
@@ -489,6 +494,10 @@ pub struct RouteQuery {
     pub saddr_be: u32,
     pub daddr_be: u32,
     pub proto: u8,
+    /// The length the next link must carry (`icmp_reply::mtu_len`); 0
+    /// leaves the MTU check to the helper (on the whole packet, GSO ones
+    /// passing).
+    pub tot_len: u16,
 }
 
 /// Where the routing table sends `daddr`.
@@ -498,6 +507,8 @@ pub enum Route {
         ifindex: u32,
         macs: Option<([u8; 6], [u8; 6])>,
     },
+    /// Out, but the packet does not fit the next link, whose MTU this is.
+    TooBig { mtu: u16 },
     /// A local address of the host.
     Local,
     /// Unreachable, blackhole, prohibited.
@@ -546,7 +557,7 @@ pub fn route(ctx: &TcContext, q: &RouteQuery) -> Route {
             l4_protocol: q.proto,
             sport: 0,
             dport: 0,
-            tot_len: 0,
+            tot_len: q.tot_len,
             ifindex: q.iif,
             tos: 0,
             src: [q.saddr_be, 0, 0, 0],
@@ -576,15 +587,30 @@ pub fn route(ctx: &TcContext, q: &RouteQuery) -> Route {
             macs: None,
         },
         BPF_FIB_LKUP_RET_NOT_FWDED => Route::Local,
+        // `tot_len` and `mtu_result` share their place.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig { mtu: p.tot_len },
         _ => Route::None,
     }
+}
+
+/// The MTU the last route lookup on this CPU found too small (the packet
+/// in hand's, within one run of a program).
+#[inline(always)]
+pub fn route_mtu() -> u16 {
+    let Some(p) = FIB_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot of a live per-CPU array, read only.
+    unsafe { (*p).tot_len }
 }
 
 /// Sends the (already rewritten) packet out along `route`.
 #[inline(always)]
 pub fn forward(ctx: &TcContext, route: &Route) -> Result<i32, DropReason> {
-    let Route::Out { ifindex, macs } = route else {
-        return Err(DropReason::NoRoute);
+    let (ifindex, macs) = match route {
+        Route::Out { ifindex, macs } => (ifindex, macs),
+        Route::TooBig { .. } => return Err(DropReason::FragNeeded),
+        _ => return Err(DropReason::NoRoute),
     };
     dec_ttl(ctx, ETH_HLEN)?;
     // SAFETY: helper calls with plain arguments (a null neighbour means:
@@ -607,7 +633,9 @@ pub fn forward(ctx: &TcContext, route: &Route) -> Result<i32, DropReason> {
 }
 
 /// Rewrites by `e` and delivers: into the endpoint, or out where the new
-/// destination routes.
+/// destination routes. Out, the route comes first: a packet the next link
+/// cannot carry is refused as it came (`FragNeeded`, the MTU in
+/// [`route_mtu`]), so that its sender can be told with a quote it knows.
 #[inline(always)]
 pub fn translate_and_deliver(
     ctx: &TcContext,
@@ -615,18 +643,13 @@ pub fn translate_and_deliver(
     key: &CtKey,
     e: &CtEntry,
 ) -> Result<i32, DropReason> {
-    rewrite(ctx, ETH_HLEN, l4, key, e)?;
-    deliver(ctx, key, e)
-}
-
-#[inline(always)]
-fn deliver(ctx: &TcContext, key: &CtKey, e: &CtEntry) -> Result<i32, DropReason> {
     let daddr = if e.flags & CT_F_DNAT != 0 {
         e.new_daddr_be
     } else {
         key.daddr_be
     };
     if e.flags & CT_F_TO_ENDPOINT != 0 {
+        rewrite(ctx, ETH_HLEN, l4, key, e)?;
         return to_endpoint(ctx, daddr);
     }
     let saddr = if e.flags & CT_F_SNAT != 0 {
@@ -641,8 +664,13 @@ fn deliver(ctx: &TcContext, key: &CtKey, e: &CtEntry) -> Result<i32, DropReason>
             saddr_be: saddr,
             daddr_be: daddr,
             proto: key.proto,
+            tot_len: crate::icmp_reply::mtu_len(ctx),
         },
     );
+    if let Route::TooBig { .. } = r {
+        return Err(DropReason::FragNeeded);
+    }
+    rewrite(ctx, ETH_HLEN, l4, key, e)?;
     if let Some(ep) = endpoint_at(e.endpoint_be) {
         count_translated(ep.slot);
     }
@@ -768,6 +796,7 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
             saddr_be: saddr,
             daddr_be: daddr,
             proto: IPPROTO_ICMP,
+            tot_len: 0,
         },
     );
     forward(ctx, &r)

@@ -13,14 +13,18 @@ use std::{
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
-    AddressFamily,
+    AddressFamily, RouteNetlinkMessage,
     address::AddressAttribute,
     link::{
         InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
     },
     neighbour::{NeighbourFlags, NeighbourState},
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+        RouteType,
+    },
 };
+use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::{
     Handle, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::link::MacVlanMode,
@@ -526,6 +530,74 @@ impl Netlink {
             .await
             .map_err(req(format!("add neighbour {ip}")))
     }
+}
+
+/// A change a netlink notification announces, as far as the uplink is
+/// concerned (see [`monitor`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A link appeared, changed (renamed, up, down, MTU) or went.
+    Link { index: u32, name: Option<String> },
+    /// An IPv4 address of link `index` came or went.
+    Address { index: u32 },
+    /// The main table's IPv4 default route came, changed or went.
+    DefaultRoute,
+}
+
+impl Change {
+    fn of(m: RouteNetlinkMessage) -> Option<Change> {
+        match m {
+            RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => {
+                let l = Link::from_message(&l);
+                Some(Change::Link {
+                    index: l.index,
+                    name: (!l.name.is_empty()).then_some(l.name),
+                })
+            }
+            RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a)
+                if a.header.family == AddressFamily::Inet =>
+            {
+                Some(Change::Address {
+                    index: a.header.index,
+                })
+            }
+            RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r)
+                if r.header.destination_prefix_length == 0
+                    && r.header.table == RouteHeader::RT_TABLE_MAIN =>
+            {
+                Some(Change::DefaultRoute)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Link, IPv4 address and IPv4 route notifications of the calling thread's
+/// namespace (the `RTNLGRP_LINK`, `RTNLGRP_IPV4_IFADDR` and
+/// `RTNLGRP_IPV4_ROUTE` groups), as [`Change`]s, from the moment this
+/// returns. Needs a tokio runtime. The kernel drops notifications when the
+/// socket's buffer is full, so a caller that must not miss one also looks
+/// again now and then.
+pub fn monitor() -> Result<impl futures::Stream<Item = Change> + Unpin, NetlinkError> {
+    use futures::StreamExt as _;
+    use rtnetlink::MulticastGroup;
+    let (conn, handle, messages) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv4Route,
+    ])
+    .map_err(NetlinkError::Socket)?;
+    tokio::spawn(async move {
+        // The connection lives as long as its handle or its listener.
+        let _handle = handle;
+        conn.await
+    });
+    Ok(messages.filter_map(|(m, _)| {
+        futures::future::ready(match m.payload {
+            NetlinkPayload::InnerMessage(m) => Change::of(m),
+            _ => None,
+        })
+    }))
 }
 
 /// A route to add or delete.

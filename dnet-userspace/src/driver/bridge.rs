@@ -134,9 +134,23 @@ fn dp_endpoint(a: &Attachment<'_>, ifindex: u32) -> Result<DpEndpoint> {
 
 #[async_trait]
 impl Driver for Bridge {
-    async fn validate(&self, _ctx: &Ctx, _state: &State, net: &mut Network) -> Result<()> {
+    async fn validate(&self, ctx: &Ctx, _state: &State, net: &mut Network) -> Result<()> {
         check_options(net, OPTIONS)?;
         check_mtu(net)?;
+        // The datapath forwards to the world through the uplink, and cannot
+        // fragment: a container's packet must fit it. (An internal network
+        // never reaches the uplink.)
+        if let (Some(mtu), Some(up)) = (
+            net.options.get("mtu").and_then(|m| m.parse::<u32>().ok()),
+            &ctx.uplink,
+        ) && mtu > up.mtu
+            && !net.internal
+        {
+            return Err(Error::Invalid(format!(
+                "mtu {mtu} is larger than the MTU of the uplink {} ({})",
+                up.name, up.mtu
+            )));
+        }
         if let Some(v) = net.options.get("icc") {
             spec::parse_bool("icc", v).map_err(Error::Invalid)?;
         }

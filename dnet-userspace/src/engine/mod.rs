@@ -116,23 +116,23 @@ impl Engine {
             );
         }
         let nl = Netlink::open()?;
-        let uplink = match &cfg.uplink {
-            Some(name) => Some(
-                nl.link(name)
-                    .await?
-                    .ok_or_else(|| invalid!("uplink {name:?} does not exist"))?,
-            ),
-            None => default_route_link(&nl).await?,
-        };
-        match &uplink {
-            Some(u) => tracing::info!(uplink = %u.name, mtu = u.mtu, "uplink"),
-            None => tracing::warn!("no uplink: no default route and no --uplink"),
+        if let Some(name) = &cfg.uplink
+            && nl.link(name).await?.is_none()
+        {
+            return Err(invalid!("uplink {name:?} does not exist"));
         }
+        // Listening before the uplink is first read: no change falls
+        // between the two.
+        let changes = crate::netlink::monitor()?;
         let mut inner = Inner {
             cfg,
             state,
             store,
-            ctx: Ctx { nl, dp, uplink },
+            ctx: Ctx {
+                nl,
+                dp,
+                uplink: None,
+            },
         };
         inner.setup_nat().await?;
         inner.ensure_predefined().await?;
@@ -152,6 +152,7 @@ impl Engine {
                 }
             }
         });
+        tokio::spawn(follow_uplink(Arc::downgrade(&engine), changes));
         let weak = Arc::downgrade(&engine);
         tokio::spawn(async move {
             loop {
@@ -376,6 +377,54 @@ impl Engine {
             inner.commit(st)?;
         }
         Ok(())
+    }
+}
+
+/// How long a burst of netlink changes may last before the uplink is read
+/// again (an interface renumbered sends several).
+const UPLINK_SETTLE: Duration = Duration::from_millis(100);
+/// How often the uplink is read again with no change announced: the kernel
+/// drops notifications when the listening socket's buffer is full.
+const UPLINK_RECHECK: Duration = Duration::from_secs(30);
+
+/// Follows the uplink for the engine's lifetime (see
+/// [`Inner::follow_uplink`]).
+async fn follow_uplink(
+    engine: std::sync::Weak<Engine>,
+    mut changes: impl futures::Stream<Item = crate::netlink::Change> + Unpin,
+) {
+    use futures::{FutureExt as _, StreamExt as _};
+    loop {
+        let mut seen = Vec::new();
+        let recheck = match tokio::time::timeout(UPLINK_RECHECK, changes.next()).await {
+            Ok(Some(c)) => {
+                seen.push(c);
+                tokio::time::sleep(UPLINK_SETTLE).await;
+                while let Some(Some(c)) = changes.next().now_or_never() {
+                    if !seen.contains(&c) {
+                        seen.push(c);
+                    }
+                }
+                false
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    "netlink notifications ended: the uplink is read every {UPLINK_RECHECK:?}"
+                );
+                tokio::time::sleep(UPLINK_RECHECK).await;
+                true
+            }
+            Err(_) => true,
+        };
+        let Some(engine) = engine.upgrade() else {
+            break;
+        };
+        let mut inner = engine.inner.lock().await;
+        if (recheck || seen.iter().any(|c| inner.uplink_concerned(c)))
+            && let Err(e) = inner.follow_uplink().await
+        {
+            tracing::warn!("following the uplink: {e}");
+        }
     }
 }
 
@@ -914,6 +963,11 @@ impl Inner {
             self.detach(&c, &ep).await;
             return Err(e);
         }
+        // Published ports that led nowhere (the container was on internal
+        // networks only) lead to this network now, if it may carry them.
+        if let Err(e) = self.sync_services() {
+            tracing::warn!(container = %c.name, "republishing: {e}");
+        }
         tracing::info!(container = %c.name, network = %net.name, "connected");
         Ok(c.id)
     }
@@ -982,8 +1036,9 @@ impl Inner {
         self.commit(st)?;
         crash::point("disconnect:committed");
         self.detach(&c, &ep).await;
-        // Its published ports now lead to its next bridge address, if any;
-        // the flows of the address it left go.
+        // Its published ports now lead to its next address on a bridge
+        // network that is not internal, if any; the flows of the address it
+        // left go.
         if let Err(e) = self.sync_services() {
             tracing::warn!(container = %c.name, "republishing: {e}");
         }

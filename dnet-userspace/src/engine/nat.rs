@@ -6,8 +6,8 @@ use std::{path::PathBuf, time::Duration};
 
 use dnet_common::{Config as DpConfig, addr::ipv4_be};
 
-use super::{Inner, conntrack};
-use crate::{error::Result, netns};
+use super::{Inner, conntrack, default_route_link};
+use crate::{error::Result, netlink::Change, netns};
 
 /// NAT and conntrack settings (`dnet daemon` flags).
 #[derive(Clone, Debug)]
@@ -65,38 +65,7 @@ impl Inner {
     /// Writes the NAT configuration and attaches the uplink program and the
     /// socket hooks (each only if not already in place).
     pub(super) async fn setup_nat(&mut self) -> Result<()> {
-        let opts = self.cfg.nat.clone();
-        let cookie = netns::cookie()?;
-        let mut cfg = DpConfig {
-            nat_port_min: opts.ports.0,
-            nat_port_max: opts.ports.1,
-            netns_cookie: cookie,
-            ..Default::default()
-        };
-        if let Some(u) = self.ctx.uplink.clone() {
-            let addr = self
-                .ctx
-                .nl
-                .addresses(Some(u.index))
-                .await?
-                .first()
-                .map(|a| a.ip);
-            match addr {
-                Some(addr) => {
-                    cfg.uplink_ifindex = u.index;
-                    cfg.uplink_addr_be = ipv4_be(addr);
-                    reserve_ports(opts.ports.0, opts.ports.1)?;
-                    self.ctx.dp.attach_uplink(&u.name)?;
-                    tracing::info!(uplink = %u.name, %addr, ports = ?opts.ports, "NAT to the uplink");
-                }
-                None => tracing::warn!(uplink = %u.name, "the uplink has no IPv4 address: no NAT"),
-            }
-        }
-        // A restarted daemon leaves a matching config alone: a rewrite races
-        // with the programs reading it.
-        if self.ctx.dp.config().ok() != Some(cfg) {
-            self.ctx.dp.set_config(&cfg)?;
-        }
+        self.follow_uplink().await?;
         match cgroup2_root() {
             Some(root) => self.ctx.dp.attach_sock_hooks(&root)?,
             None => tracing::warn!(
@@ -104,6 +73,98 @@ impl Inner {
             ),
         }
         Ok(())
+    }
+
+    /// Brings the NAT configuration in line with the uplink as it is now:
+    /// the link (`--uplink`, else the default route's), and its first IPv4
+    /// address. Called at start and whenever netlink says the uplink may
+    /// have changed (see `uplink_concerned`): a DHCP client renumbering
+    /// it, the link made again (a new ifindex, which needs the uplink
+    /// program), an address that comes only after the daemon. Without an
+    /// address the datapath translates nothing, and drops what would go to
+    /// the world (`no-nat-address`) rather than leave it to the host's
+    /// kernel, which would route it out untranslated. Flows translated to
+    /// an address the uplink no longer has go (as Linux's MASQUERADE does).
+    pub(super) async fn follow_uplink(&mut self) -> Result<()> {
+        let opts = self.cfg.nat.clone();
+        let link = match &self.cfg.uplink {
+            Some(name) => self.ctx.nl.link(name).await?,
+            None => default_route_link(&self.ctx.nl).await?,
+        };
+        let addr = match &link {
+            Some(l) => self
+                .ctx
+                .nl
+                .addresses(Some(l.index))
+                .await?
+                .first()
+                .map(|a| a.ip),
+            None => None,
+        };
+        let mut cfg = DpConfig {
+            nat_port_min: opts.ports.0,
+            nat_port_max: opts.ports.1,
+            netns_cookie: netns::cookie()?,
+            ..Default::default()
+        };
+        if let (Some(l), Some(a)) = (&link, addr) {
+            reserve_ports(opts.ports.0, opts.ports.1)?;
+            // The program first: answers to the new address find it.
+            self.ctx.dp.attach_uplink(&l.name)?;
+            cfg.uplink_ifindex = l.index;
+            cfg.uplink_addr_be = ipv4_be(a);
+        }
+        let old = self.ctx.dp.config().ok();
+        if self.ctx.uplink.as_ref().map(|l| (l.index, &l.name))
+            != link.as_ref().map(|l| (l.index, &l.name))
+        {
+            match &link {
+                Some(l) => tracing::info!(uplink = %l.name, index = l.index, mtu = l.mtu, "uplink"),
+                None => {
+                    tracing::warn!("no uplink: no default route and no --uplink, or it is gone")
+                }
+            }
+        }
+        self.ctx.uplink = link;
+        // A matching config is left alone (a restarted daemon's, say): a
+        // rewrite races with the programs reading it.
+        if old == Some(cfg) {
+            return Ok(());
+        }
+        self.ctx.dp.set_config(&cfg)?;
+        match (&self.ctx.uplink, addr) {
+            (Some(u), Some(addr)) => {
+                tracing::info!(uplink = %u.name, %addr, ports = ?opts.ports, "NAT to the uplink")
+            }
+            (Some(u), None) => tracing::warn!(
+                uplink = %u.name,
+                "the uplink has no IPv4 address: no NAT, and traffic to the world is dropped until it has one"
+            ),
+            (None, _) => {}
+        }
+        if let Some(old) = old
+            && old.uplink_addr_be != 0
+            && old.uplink_addr_be != cfg.uplink_addr_be
+        {
+            let gone = dnet_common::addr::ipv4_from_be(old.uplink_addr_be);
+            tracing::info!(address = %gone, "forgetting the flows translated to the uplink's old address");
+            self.forget_flows(&[gone]);
+        }
+        Ok(())
+    }
+
+    /// A netlink change that may concern the uplink: its link (by name or
+    /// index), its addresses, or the default route that picks it.
+    pub(super) fn uplink_concerned(&self, c: &Change) -> bool {
+        let up = self.ctx.uplink.as_ref();
+        match c {
+            Change::Link { index, name } => {
+                up.is_some_and(|u| u.index == *index)
+                    || (name.is_some() && name.as_deref() == self.cfg.uplink.as_deref())
+            }
+            Change::Address { index } => up.is_some_and(|u| u.index == *index),
+            Change::DefaultRoute => self.cfg.uplink.is_none(),
+        }
     }
 
     /// Removes flows idle beyond their timeout; returns how many entries.

@@ -17,41 +17,55 @@ use crate::{
     spec::{PortMapping, Proto},
 };
 
-/// The service entries a container's published ports need.
-pub fn services_of(c: &Container) -> Vec<(ServiceKey, Service)> {
-    let Some(ip) = c
-        .endpoints
-        .iter()
-        .find_map(|e| e.host_ifname.as_ref().and(e.ip))
-    else {
-        return Vec::new();
-    };
-    let mut v = Vec::new();
-    for m in &c.ports {
-        for i in 0..m.count {
-            v.push((
+/// The keys of a container's published ports, one per port.
+fn service_keys(c: &Container) -> impl Iterator<Item = (ServiceKey, u16)> + '_ {
+    c.ports.iter().flat_map(|m| {
+        (0..m.count).map(move |i| {
+            (
                 ServiceKey {
                     addr_be: m.host_ip.map(ipv4_be).unwrap_or(0),
                     port_be: (m.host_port + i).to_be(),
                     proto: m.proto.number(),
                     _pad: 0,
                 },
+                m.container_port + i,
+            )
+        })
+    })
+}
+
+/// The service entries a container's published ports need: to its address
+/// on its first bridge network that is not internal. With none, they lead
+/// nowhere (a port never moves onto an internal network, where nothing
+/// from outside may reach) until the container joins such a network again.
+pub fn services_of(st: &State, c: &Container) -> Vec<(ServiceKey, Service)> {
+    let Some(ip) = c.endpoints.iter().find_map(|e| {
+        let net = st.networks.get(&e.network_id)?;
+        (net.driver == DriverKind::Bridge && !net.internal)
+            .then_some(e.host_ifname.as_ref().and(e.ip))
+            .flatten()
+    }) else {
+        return Vec::new();
+    };
+    service_keys(c)
+        .map(|(k, port)| {
+            (
+                k,
                 Service {
                     backend_be: ipv4_be(ip),
-                    backend_port_be: (m.container_port + i).to_be(),
+                    backend_port_be: port.to_be(),
                     _pad: 0,
                 },
-            ));
-        }
-    }
-    v
+            )
+        })
+        .collect()
 }
 
 /// Every service entry the state asks for.
 pub fn services_of_state(st: &State) -> BTreeMap<(u32, u16, u8), Service> {
     st.containers
         .values()
-        .flat_map(services_of)
+        .flat_map(|c| services_of(st, c))
         .map(|(k, s)| ((k.addr_be, k.port_be, k.proto), s))
         .collect()
 }
@@ -148,7 +162,7 @@ impl Inner {
 
     /// Publishes a container's ports in the datapath.
     pub(super) fn publish(&mut self, c: &Container) -> Result<()> {
-        for (k, s) in services_of(c) {
+        for (k, s) in services_of(&self.state, c) {
             self.ctx.dp.set_service(&k, &s)?;
         }
         Ok(())
@@ -156,7 +170,7 @@ impl Inner {
 
     /// Removes a container's ports from the datapath.
     pub(super) fn unpublish(&mut self, c: &Container) {
-        for (k, _) in services_of(c) {
+        for (k, _) in service_keys(c) {
             if let Err(e) = self.ctx.dp.clear_service(&k) {
                 tracing::warn!(container = %c.name, "unpublishing: {e}");
             }
@@ -198,29 +212,64 @@ mod tests {
     use super::*;
     use crate::model::{Endpoint, Netns};
 
-    #[test]
-    fn a_range_becomes_one_service_per_port() {
-        let c = Container {
+    fn network(id: &str, driver: DriverKind, internal: bool) -> Network {
+        Network {
+            id: id.into(),
+            name: id.into(),
+            driver,
+            created: 0,
+            predefined: false,
+            internal,
+            ipam: None,
+            options: Default::default(),
+            dp_id: 1,
+            host_address: None,
+        }
+    }
+
+    fn endpoint(net: &str, ip: &str) -> Endpoint {
+        Endpoint {
+            network_id: net.into(),
+            ifname: Some("eth0".into()),
+            host_ifname: Some(format!("veth-{net}")),
+            ip: Some(ip.parse().unwrap()),
+            mac: None,
+            slot: Some(1),
+        }
+    }
+
+    fn container(endpoints: Vec<Endpoint>) -> Container {
+        Container {
             id: "c".into(),
             name: "c".into(),
             created: 0,
             netns: Netns::Host,
-            endpoints: vec![Endpoint {
-                network_id: "n".into(),
-                ifname: Some("eth0".into()),
-                host_ifname: Some("veth0000001".into()),
-                ip: Some("172.17.0.2".parse().unwrap()),
-                mac: None,
-                slot: Some(1),
-            }],
+            endpoints,
             ports: vec![
                 "8000-8002:9000-9002".parse().unwrap(),
                 "127.0.0.1:53:5353/udp".parse().unwrap(),
             ],
             process: None,
             owner: None,
-        };
-        let s = services_of(&c);
+        }
+    }
+
+    fn state() -> State {
+        let mut st = State::default();
+        for n in [
+            network("n", DriverKind::Bridge, false),
+            network("closed", DriverKind::Bridge, true),
+            network("other", DriverKind::Bridge, false),
+        ] {
+            st.networks.insert(n.id.clone(), n);
+        }
+        st
+    }
+
+    #[test]
+    fn a_range_becomes_one_service_per_port() {
+        let c = container(vec![endpoint("n", "172.17.0.2")]);
+        let s = services_of(&state(), &c);
         assert_eq!(s.len(), 4);
         assert_eq!(u16::from_be(s[2].0.port_be), 8002);
         assert_eq!(u16::from_be(s[2].1.backend_port_be), 9002);
@@ -228,5 +277,25 @@ mod tests {
         assert_eq!(s[3].0.addr_be, ipv4_be("127.0.0.1".parse().unwrap()));
         assert_eq!(s[3].0.proto, 17);
         assert_eq!(s[3].1.backend_be, ipv4_be("172.17.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn published_ports_never_lead_into_an_internal_network() {
+        let st = state();
+        // Connected to an internal network first, then to a bridge one.
+        let c = container(vec![
+            endpoint("closed", "10.23.0.2"),
+            endpoint("other", "10.24.0.2"),
+        ]);
+        let s = services_of(&st, &c);
+        assert_eq!(s.len(), 4);
+        assert!(
+            s.iter()
+                .all(|(_, v)| v.backend_be == ipv4_be("10.24.0.2".parse().unwrap()))
+        );
+        // On internal networks only: the ports lead nowhere.
+        let c = container(vec![endpoint("closed", "10.23.0.2")]);
+        assert!(services_of(&st, &c).is_empty());
+        assert_eq!(service_keys(&c).count(), 4, "their keys stay known");
     }
 }

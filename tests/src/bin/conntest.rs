@@ -17,6 +17,21 @@
 //!   conntest connections IP:PORT --count N  N TCP connections at once; all
 //!                [--hold S]               answered or exit 1; kept open S s
 //!                [--hold-while PATH]      (at most), or while PATH exists
+//!   conntest probe IP:PORT [--ttl N]      one UDP datagram (up to three tries);
+//!                [--size N] [--df]        prints the server's answer or the
+//!                                         ICMP error that came back
+//!                                         (`time-exceeded from IP`,
+//!                                         `frag-needed mtu N from IP`), as
+//!                                         traceroute and tracepath read them
+//!   conntest raw-udp IP:PORT --dst-mac MAC  one UDP datagram in a hand-made
+//!                [--vlan ID]... [--dev D] Ethernet frame from D's (eth0's) own
+//!                                         MAC and address, with 802.1Q tags
+//!   conntest sniff [--dev D]              watches frames arriving on D until
+//!                                         the timeout; prints `ready` once
+//!                                         listening, a line per tagged frame
+//!                                         and per untagged IPv4 packet
+//!                                         (`ipv4 SRC > DST`), then
+//!                                         `N tagged of M frames`
 //!
 //! Every client call is bounded by its timeout (3 s by default).
 
@@ -122,8 +137,36 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             let hold_while = path_flag(args, "--hold-while")?;
             connections(addr(a)?, count, timeout, hold, hold_while.as_deref())
         }
+        ["probe", a, ..] => {
+            let ttl: u32 = flag(args, "--ttl", 0)?;
+            let size: usize = flag(args, "--size", 6)?;
+            let df = args.iter().any(|a| a == "--df");
+            let line = probe(addr(a)?, ttl, size, df, timeout)?;
+            println!("{line}");
+            Ok(())
+        }
+        ["raw-udp", a, ..] => {
+            let mac: String = flag(args, "--dst-mac", String::new())?;
+            let dev: String = flag(args, "--dev", "eth0".to_owned())?;
+            let vlans = args
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| *a == "--vlan")
+                .map(|(i, _)| {
+                    args.get(i + 1)
+                        .and_then(|v| v.parse::<u16>().ok())
+                        .filter(|v| *v < 4096)
+                        .ok_or_else(|| anyhow::anyhow!("--vlan needs an id below 4096"))
+                })
+                .collect::<anyhow::Result<Vec<u16>>>()?;
+            raw_udp(addr(a)?, &dev, parse_mac(&mac)?, &vlans)
+        }
+        ["sniff", ..] => {
+            let dev: String = flag(args, "--dev", "eth0".to_owned())?;
+            sniff(&dev, timeout)
+        }
         _ => anyhow::bail!(
-            "usage: conntest serve tcp|udp [IP:]PORT | tcp IP:PORT | udp IP:PORT | ping IP | connections IP:PORT --count N"
+            "usage: conntest serve tcp|udp [IP:]PORT | tcp IP:PORT | udp IP:PORT | ping IP | connections IP:PORT --count N | probe IP:PORT | raw-udp IP:PORT --dst-mac MAC | sniff"
         ),
     }
 }
@@ -326,4 +369,329 @@ fn ping(ip: Ipv4Addr, seq: u16, size: usize, timeout: Duration) -> anyhow::Resul
         }
     }
     anyhow::bail!("no echo reply from {ip} within {timeout:?}")
+}
+
+/// One UDP datagram to `a`, as a traceroute or tracepath probe: with TTL
+/// `ttl` (0: the default) and, with `df`, the DF bit set whatever the path
+/// MTU the kernel knows (`IP_PMTUDISC_PROBE`). Returns the server's answer,
+/// or the ICMP error that came back for the probe (`IP_RECVERR`).
+fn probe(
+    a: SocketAddr,
+    ttl: u32,
+    size: usize,
+    df: bool,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    use std::os::fd::AsRawFd as _;
+
+    use nix::sys::socket::{
+        ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, setsockopt, sockopt,
+    };
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(a)?;
+    setsockopt(&s, sockopt::Ipv4RecvErr, &true)?;
+    if ttl > 0 {
+        setsockopt(&s, sockopt::Ipv4Ttl, &(ttl as i32))?;
+    }
+    if df {
+        let v: libc::c_int = libc::IP_PMTUDISC_PROBE;
+        // SAFETY: an int option of the right size on a socket we own.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(
+            r == 0,
+            "IP_MTU_DISCOVER: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    s.set_nonblocking(true)?;
+    let payload = vec![b'x'; size.max(1)];
+    let mut buf = [0u8; 2048];
+    for _ in 0..3 {
+        // An error the previous try left on the socket may fail this send.
+        let _ = s.send(&payload);
+        let start = Instant::now();
+        while start.elapsed() < timeout / 3 {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
+            if let Ok(m) = recvmsg::<SockaddrIn>(
+                s.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_ERRQUEUE,
+            ) {
+                for c in m.cmsgs()? {
+                    if let ControlMessageOwned::Ipv4RecvErr(e, from) = c {
+                        let from = from
+                            .map(|f| Ipv4Addr::from(u32::from_be(f.sin_addr.s_addr)).to_string())
+                            .unwrap_or_else(|| "?".to_owned());
+                        if e.ee_origin != libc::SO_EE_ORIGIN_ICMP {
+                            return Ok(format!("local error {} mtu {}", e.ee_errno, e.ee_info));
+                        }
+                        return Ok(match (e.ee_type, e.ee_code) {
+                            (11, _) => format!("time-exceeded from {from}"),
+                            (3, 4) => format!("frag-needed mtu {} from {from}", e.ee_info),
+                            (t, c) => format!("icmp type {t} code {c} from {from}"),
+                        });
+                    }
+                }
+            }
+            match s.recv(&mut buf) {
+                Ok(n) => {
+                    return Ok(format!(
+                        "answer {}",
+                        String::from_utf8_lossy(&buf[..n]).trim()
+                    ));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // The error itself is read from the error queue above.
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    anyhow::bail!("no answer and no ICMP error from {a}")
+}
+
+fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("bad MAC {s:?}"))?;
+    v.try_into()
+        .map_err(|_| anyhow::anyhow!("bad MAC {s:?} (want six bytes)"))
+}
+
+/// `dev`'s MAC and first IPv4 address.
+fn own_addresses(dev: &str) -> anyhow::Result<([u8; 6], Ipv4Addr, i32)> {
+    let mut mac = None;
+    let mut ip = None;
+    for a in nix::ifaddrs::getifaddrs()?.filter(|a| a.interface_name == dev) {
+        let Some(addr) = a.address else { continue };
+        if let Some(l) = addr.as_link_addr()
+            && let Some(m) = l.addr()
+        {
+            mac = Some(m);
+        }
+        if let Some(i) = addr.as_sockaddr_in()
+            && ip.is_none()
+        {
+            ip = Some(i.ip());
+        }
+    }
+    let index = nix::net::if_::if_nametoindex(dev)? as i32;
+    match (mac, ip) {
+        (Some(m), Some(i)) => Ok((m, i, index)),
+        _ => anyhow::bail!("{dev} has no MAC or no IPv4 address"),
+    }
+}
+
+/// A packet socket; `protocol` in network order (0: send only).
+fn packet_socket(protocol: u16) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol as libc::c_int) };
+    anyhow::ensure!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the kernel just returned this descriptor to us alone.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+fn link_addr(index: i32, protocol: u16, mac: [u8; 6]) -> libc::sockaddr_ll {
+    let mut addr = [0u8; 8];
+    addr[..6].copy_from_slice(&mac);
+    libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as u16,
+        sll_protocol: protocol,
+        sll_ifindex: index,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: 6,
+        sll_addr: addr,
+    }
+}
+
+/// A UDP datagram in a frame built here, sent through a packet socket: the
+/// frame leaves as it is, 802.1Q tags included (the receiving side's kernel
+/// moves the outer one into the packet's metadata).
+fn raw_udp(dst: SocketAddr, dev: &str, dst_mac: [u8; 6], vlans: &[u16]) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let SocketAddr::V4(dst) = dst else {
+        anyhow::bail!("IPv4 only")
+    };
+    let (mac, src, index) = own_addresses(dev)?;
+    let payload = b"hello\n";
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.ip().octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+    let c = dnet_common::csum::fold(dnet_common::csum::sum(
+        &udp,
+        dnet_common::csum::sum(&pseudo, 0),
+    ));
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.ip().octets());
+    let c = dnet_common::csum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&dst_mac);
+    frame.extend_from_slice(&mac);
+    for v in vlans {
+        frame.extend_from_slice(&0x8100u16.to_be_bytes());
+        frame.extend_from_slice(&v.to_be_bytes());
+    }
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&udp);
+    let fd = packet_socket(0)?;
+    let sa = link_addr(index, 0, dst_mac);
+    // SAFETY: the frame and the address outlive the call; the length given
+    // is the address's size.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr() as *const libc::c_void,
+            frame.len(),
+            0,
+            &sa as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    anyhow::ensure!(n >= 0, "send: {}", std::io::Error::last_os_error());
+    println!("sent {} bytes, vlans {vlans:?}", frame.len());
+    Ok(())
+}
+
+/// Counts the frames that arrive on `dev` until `timeout`, and says which
+/// carried an 802.1Q tag (in the packet's metadata, where the kernel puts
+/// it, or still in the frame).
+fn sniff(dev: &str, timeout: Duration) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    const ETH_P_ALL: u16 = 0x0003;
+    let fd = packet_socket(ETH_P_ALL.to_be())?;
+    let index = nix::net::if_::if_nametoindex(dev)? as i32;
+    let sa = link_addr(index, ETH_P_ALL.to_be(), [0; 6]);
+    // SAFETY: a sockaddr_ll of the size given, on our socket.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    anyhow::ensure!(r == 0, "bind: {}", std::io::Error::last_os_error());
+    let on: libc::c_int = 1;
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: options of the sizes given, on our socket.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_AUXDATA,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+    println!("ready");
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let (mut tagged, mut total) = (0, 0);
+    let start = Instant::now();
+    let mut buf = [0u8; 2048];
+    // Room for one tpacket_auxdata control message, 8-byte aligned.
+    let mut control = [0u64; 8];
+    while start.elapsed() < timeout {
+        // SAFETY: zeroed plain C structs, filled in below.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = &mut from as *mut libc::sockaddr_ll as *mut libc::c_void;
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: every pointer in `msg` points at a live buffer of the
+        // length it gives.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            continue;
+        }
+        if from.sll_pkttype == libc::PACKET_OUTGOING {
+            continue;
+        }
+        total += 1;
+        let mut vlan = None;
+        // SAFETY: the control buffer was filled by the kernel; the CMSG
+        // macros walk it within `msg_controllen`.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA {
+                    let aux: libc::tpacket_auxdata = std::ptr::read_unaligned(
+                        libc::CMSG_DATA(c) as *const libc::tpacket_auxdata
+                    );
+                    if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
+                        vlan = Some(aux.tp_vlan_tci & 0x0fff);
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        let n = n as usize;
+        if vlan.is_none()
+            && n >= 16
+            && matches!(u16::from_be_bytes([buf[12], buf[13]]), 0x8100 | 0x88a8)
+        {
+            vlan = Some(u16::from_be_bytes([buf[14], buf[15]]) & 0x0fff);
+        }
+        if let Some(v) = vlan {
+            tagged += 1;
+            println!("tagged vlan {v}, {n} bytes");
+        } else if n >= 34 && buf[12..14] == [0x08, 0x00] {
+            let (s, d) = (&buf[26..30], &buf[30..34]);
+            println!(
+                "ipv4 {} > {}",
+                Ipv4Addr::new(s[0], s[1], s[2], s[3]),
+                Ipv4Addr::new(d[0], d[1], d[2], d[3])
+            );
+        }
+    }
+    println!("{tagged} tagged of {total} frames");
+    Ok(())
 }
