@@ -276,3 +276,33 @@ fn bad_attach_input_changes_nothing() {
     }
     assert_consistent(&sb);
 }
+
+#[test]
+fn network_connect_takes_aliases_through_the_same_attach() {
+    let mut sb = Sandbox::new();
+    let ns = sb.add_netns("c");
+    let path = ns.to_str().unwrap();
+    let err = sb.dnet_err(&[
+        "network", "connect", "--alias", "no/pe", "bridge", "--netns", path,
+    ]);
+    assert!(err.contains("alias"), "{err}");
+    assert!(!has_link(&links_in(&ns), "eth0"));
+    assert!(sb.state()["containers"].as_object().unwrap().is_empty());
+    sb.dnet_ok(&[
+        "network", "connect", "--alias", "db", "--alias", "primary", "bridge", "--netns", path,
+        "--name", "ext",
+    ]);
+    let st = sb.state();
+    let c = st["containers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|c| c["name"] == "ext")
+        .expect("the container record")
+        .clone();
+    assert_eq!(c["endpoints"][0]["aliases"], json!(["db", "primary"]));
+    assert!(has_link(&links_in(&ns), "eth0"));
+    sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);
+    assert!(!has_link(&links_in(&ns), "eth0"));
+    assert_consistent(&sb);
+}
