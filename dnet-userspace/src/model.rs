@@ -107,6 +107,19 @@ pub enum Netns {
     External { path: PathBuf, dev: u64, ino: u64 },
     /// The daemon's own namespace (the host driver).
     Host,
+    /// A namespace only another runtime knows: the container end of each
+    /// veth pair was left in the daemon's namespace for that runtime to
+    /// move and rename (`POST /v1/attach` with the `host_side` target).
+    Runtime,
+}
+
+/// Who attached a container from another runtime; persisted on the Container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeRef {
+    /// "docker" or "cni".
+    pub runtime: String,
+    /// The runtime's key for this container: Docker's endpoint id, CNI's CNI_CONTAINERID.
+    pub id: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -125,6 +138,9 @@ pub struct Endpoint {
     /// Stats slot in the datapath.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<u32>,
+    /// Extra names of the container in this network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +171,9 @@ pub struct Container {
     /// daemon removes the container when that process is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Process>,
+    /// The runtime that attached this container, if another one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeRef>,
 }
 
 impl State {
@@ -343,10 +362,15 @@ mod tests {
                     ip: Some("172.17.0.2".parse().unwrap()),
                     mac: Some(MacAddr([2, 0x42, 0xac, 0x11, 0, 2])),
                     slot: Some(1),
+                    aliases: vec!["db".into()],
                 }],
                 ports: vec!["8080:80".parse().unwrap()],
                 process: None,
                 owner: None,
+                runtime: Some(RuntimeRef {
+                    runtime: "cni".into(),
+                    id: "abc".into(),
+                }),
             },
         );
         let json = serde_json::to_string(&s).unwrap();

@@ -574,6 +574,18 @@ pub fn assert_consistent(sb: &Sandbox) {
         .flat_map(|c| c["endpoints"].as_array().cloned().unwrap_or_default())
         .filter_map(|e| e["host_ifname"].as_str().map(str::to_owned))
         .collect();
+    // The container ends of host-side attachments stay in the daemon's
+    // namespace until their runtime moves them.
+    let temp: Vec<String> = containers
+        .values()
+        .filter(|c| c["netns"]["kind"] == "runtime")
+        .flat_map(|c| c["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| {
+            e["host_ifname"]
+                .as_str()
+                .map(|h| format!("dntmp{}", h.trim_start_matches("veth")))
+        })
+        .collect();
     veths.sort();
     // Every veth of the host namespace but the sandbox's uplink, whatever
     // its alias (dnet sets it in a second call, after the pair exists).
@@ -583,6 +595,7 @@ pub fn assert_consistent(sb: &Sandbox) {
         .unwrap()
         .iter()
         .filter(|l| l["linkinfo"]["info_kind"] == "veth" && l["ifname"] != "eth0")
+        .filter(|l| !temp.iter().any(|t| l["ifname"] == t.as_str()))
         .map(|l| l["ifname"].as_str().unwrap().to_owned())
         .collect();
     dnet_links.sort();
@@ -687,6 +700,31 @@ pub fn stdout(o: &Output) -> String {
 }
 
 impl Sandbox {
+    /// `POST path` with a JSON body on the daemon's API socket (curl);
+    /// returns the HTTP status and the body (`null` when empty).
+    pub fn api_post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let o = Command::new("curl")
+            .arg("-sS")
+            .arg("--unix-socket")
+            .arg(self.socket())
+            .args(["-H", "Content-Type: application/json", "-X", "POST"])
+            .args(["-d", &body.to_string()])
+            .args(["-w", "\n%{http_code}"])
+            .arg(format!("http://dnet{path}"))
+            .output()
+            .expect("run curl");
+        assert!(o.status.success(), "curl {path}: {}", out(&o));
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').expect("curl's status line");
+        let code: u16 = code.trim().parse().expect("an HTTP status");
+        let body = if body.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(body).unwrap_or_else(|_| panic!("JSON from {path}: {body}"))
+        };
+        (code, body)
+    }
+
     /// A container's IPv4 on its first interface.
     /// Container `name` as `dnet ps --format json` shows it.
     pub fn container(&self, name: &str) -> serde_json::Value {

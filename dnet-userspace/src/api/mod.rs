@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{MapSummary, ProgramSummary},
-    model::{DriverKind, Ipam, MacAddr},
+    model::{DriverKind, Ipam, MacAddr, RuntimeRef},
     spec::PortMapping,
 };
 
@@ -116,6 +116,108 @@ pub struct ConnectRequest {
     pub name: Option<String>,
     #[serde(default)]
     pub ip: Option<String>,
+    /// Extra names of the container in this network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// Where `POST /v1/attach` puts the container end of the pair.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AttachTarget {
+    /// Put the container end into this namespace (a path such as /proc/PID/ns/net or /run/netns/X).
+    Netns { path: String },
+    /// Make the pair and leave the container end in the daemon's namespace, down, under a
+    /// temporary name, for the runtime to move and rename (Docker's Join). Bridge networks only.
+    HostSide,
+}
+
+/// `POST /v1/attach`: the one attach operation every front end uses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// Network name, id or unique id prefix.
+    pub network: String,
+    pub target: AttachTarget,
+    /// Interface name inside the container (default: the first free ethN).
+    #[serde(default)]
+    pub ifname: Option<String>,
+    /// A static IPv4 address.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// A static MAC, else 02:42 + the IPv4 address.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// `-p` specs as `dnet run -p` takes them.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Extra names in this network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Name of the container record when a new one is made.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Set by the Docker and CNI front ends: a repeat attach with the same
+    /// runtime ref and network returns the existing attachment (200).
+    #[serde(default)]
+    pub runtime: Option<RuntimeRef>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RouteView {
+    /// "0.0.0.0/0", or the network's subnet.
+    pub dst: String,
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// What a runtime needs to know of an attachment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachResponse {
+    pub container_id: String,
+    pub container: String,
+    pub network_id: String,
+    pub network: String,
+    /// Name inside the container (Netns) or the name the runtime should give it (HostSide: "eth0"..).
+    pub ifname: String,
+    /// The host-side veth.
+    #[serde(default)]
+    pub host_ifname: Option<String>,
+    /// HostSide only: the current name of the container end in the daemon's namespace.
+    #[serde(default)]
+    pub container_side: Option<String>,
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub prefix: Option<u8>,
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// None on --internal networks.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    pub routes: Vec<RouteView>,
+    pub mtu: u32,
+    /// The mappings published by this request.
+    pub ports: Vec<PortMapping>,
+    /// The network's resolver; None until there is one.
+    #[serde(default)]
+    pub dns: Option<Ipv4Addr>,
+}
+
+/// `POST /v1/detach`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DetachRequest {
+    /// Network name/id; None = every network of the container.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The container by name/id ...
+    #[serde(default)]
+    pub container: Option<String>,
+    /// ... or by runtime ref.
+    #[serde(default)]
+    pub runtime: Option<RuntimeRef>,
+    /// Nothing to detach is success (CNI DEL, Docker DeleteEndpoint repeats).
+    #[serde(default)]
+    pub missing_ok: bool,
 }
 
 /// `POST /v1/networks/{net}/disconnect`.

@@ -11,7 +11,10 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{ConnectRequest, ContainerCreate, DisconnectRequest, ErrorBody, NetworkCreate};
+use super::{
+    AttachRequest, ConnectRequest, ContainerCreate, DetachRequest, DisconnectRequest, ErrorBody,
+    NetworkCreate,
+};
 use crate::{engine::Engine, error::Error};
 
 /// An engine error as an HTTP response.
@@ -65,6 +68,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
             "/v1/containers/{name}",
             get(container).delete(remove_container),
         )
+        .route("/v1/attach", post(attach))
+        .route("/v1/detach", post(detach))
         .route("/v1/stats", get(stats))
         .route("/v1/conntrack", get(conntrack).delete(flush_conntrack))
         .fallback(|| async {
@@ -144,6 +149,29 @@ async fn disconnect(
 ) -> Result<StatusCode, ApiError> {
     let Json(req) = body?;
     e.disconnect(&name, req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn attach(
+    State(e): Engine_,
+    body: Result<Json<AttachRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<super::AttachResponse>), ApiError> {
+    let Json(req) = body?;
+    let (resp, created) = e.attach_created(req).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(resp)))
+}
+
+async fn detach(
+    State(e): Engine_,
+    body: Result<Json<DetachRequest>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(req) = body?;
+    e.detach(req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -28,7 +28,7 @@ use crate::{
     conflict,
     datapath::Datapath,
     error::{Error, Result},
-    model::{Ipam, Network, State},
+    model::{Ipam, Netns, Network, State},
     netlink::{Netlink, RouteSpec, VethPeer},
     netns, spec,
 };
@@ -43,6 +43,13 @@ pub const GATEWAY_LABEL: &str = "lo:dnet";
 /// A new host-side veth name, as Docker makes them.
 pub fn veth_name() -> String {
     format!("veth{:07x}", rand::random::<u32>() & 0x0fff_ffff)
+}
+
+/// The temporary name of a pair's container end left in the daemon's
+/// namespace for another runtime to move (`Netns::Runtime`): derived from
+/// the host end's, so that it is never stored apart and never clashes.
+pub fn container_side_name(host_ifname: &str) -> String {
+    format!("dntmp{}", host_ifname.trim_start_matches("veth"))
 }
 
 fn ep_alias(container_id: &str) -> String {
@@ -345,6 +352,14 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         return Err(Error::Invalid("bridge endpoint is incomplete".into()));
     };
     let mtu = ctx.mtu(a.network);
+    // Another runtime moves the container end itself: it stays here, down,
+    // under a temporary name.
+    let host_side = matches!(a.container.netns, Netns::Runtime);
+    let peer_name = if host_side {
+        container_side_name(host_ifname)
+    } else {
+        ifname.to_owned()
+    };
     let ns = netns::open(a.netns)?;
     ctx.nl
         .add_veth(
@@ -353,7 +368,7 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
             mtu,
             &ep_alias(&a.container.id),
             VethPeer {
-                name: ifname,
+                name: &peer_name,
                 netns: &ns,
                 mac: mac.0,
             },
@@ -385,6 +400,9 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     route.pref_src = Some(ipam.gateway);
     ctx.nl.add_route(route).await?;
 
+    if host_side {
+        return Ok(());
+    }
     configure_container_side(a.netns, ifname, ip, ipam, a.primary).await
 }
 

@@ -27,7 +27,7 @@ use crate::{
     netlink::{Link, Netlink},
 };
 
-pub use bridge::{GATEWAY_LABEL, loopback, refresh_members, veth_name};
+pub use bridge::{GATEWAY_LABEL, container_side_name, loopback, refresh_members, veth_name};
 pub use macvlan::collect_garbage as collect_macvlan_garbage;
 
 /// What drivers work with: the daemon namespace's netlink handle, the

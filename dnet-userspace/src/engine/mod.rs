@@ -11,6 +11,7 @@
 //!
 //! Operations are serialised by one lock; they take milliseconds.
 
+mod attach;
 pub mod conntrack;
 pub mod crash;
 mod nat;
@@ -18,6 +19,7 @@ mod ports;
 mod process;
 mod reconcile;
 
+pub use attach::EndpointOpts;
 pub use nat::NatOptions;
 
 use std::{
@@ -33,8 +35,8 @@ use tokio::sync::Mutex;
 
 use crate::{
     api::{
-        AttachedView, ConnectRequest, ContainerCreate, ContainerView, DisconnectRequest,
-        EndpointStatsView, Info, NetworkCreate, NetworkView, StatsView, Status,
+        AttachedView, ConnectRequest, ContainerCreate, ContainerView, DetachRequest,
+        DisconnectRequest, EndpointStatsView, Info, NetworkCreate, NetworkView, StatsView, Status,
     },
     conflict,
     datapath::{self, Datapath},
@@ -686,8 +688,37 @@ impl Inner {
         &self,
         net: &Network,
         c: &Container,
-        ip: Option<&str>,
+        opts: &EndpointOpts<'_>,
     ) -> Result<Endpoint> {
+        let ip = opts.ip;
+        for a in opts.aliases {
+            spec::validate_name("alias", a)?;
+        }
+        let mac = opts.mac.map(attach::parse_mac).transpose()?;
+        if let Some(name) = opts.ifname {
+            attach::validate_ifname(name)?;
+            if c.endpoints
+                .iter()
+                .any(|e| e.ifname.as_deref() == Some(name))
+            {
+                return Err(conflict!(
+                    "container {} already has an interface {name}",
+                    c.name
+                ));
+            }
+        }
+        if let Some(m) = mac
+            && let Some((o, _)) = self
+                .state
+                .endpoints_of(&net.id)
+                .find(|(_, e)| e.mac == Some(m))
+        {
+            return Err(conflict!(
+                "MAC {m} is already used by container {} in network {}",
+                o.name,
+                net.name
+            ));
+        }
         let mut ep = Endpoint {
             network_id: net.id.clone(),
             ifname: None,
@@ -695,9 +726,10 @@ impl Inner {
             ip: None,
             mac: None,
             slot: None,
+            aliases: opts.aliases.to_vec(),
         };
         let Some(ipam) = net.ipam else {
-            if ip.is_some() {
+            if ip.is_some() || mac.is_some() {
                 return Err(invalid!(
                     "network {} has no addresses to choose from",
                     net.name
@@ -713,16 +745,21 @@ impl Inner {
         let mut used = self.state.used_addresses(&net.id);
         used.extend(driver::driver(net.driver).reserved(&self.ctx, net).await?);
         let addr = pool.allocate(&used, requested)?;
-        let n = (0..)
-            .find(|i| {
-                !c.endpoints
-                    .iter()
-                    .any(|e| e.ifname.as_deref() == Some(&format!("eth{i}")))
-            })
-            .expect("a free interface name");
-        ep.ifname = Some(format!("eth{n}"));
+        ep.ifname = Some(match opts.ifname {
+            Some(name) => name.to_owned(),
+            None => {
+                let n = (0..)
+                    .find(|i| {
+                        !c.endpoints
+                            .iter()
+                            .any(|e| e.ifname.as_deref() == Some(&format!("eth{i}")))
+                    })
+                    .expect("a free interface name");
+                format!("eth{n}")
+            }
+        });
         ep.ip = Some(addr);
-        ep.mac = Some(MacAddr(dnet_common::addr::docker_mac(addr)));
+        ep.mac = Some(mac.unwrap_or(MacAddr(dnet_common::addr::docker_mac(addr))));
         if net.driver == DriverKind::Bridge {
             // The datapath counts bridge endpoints in a slot of its per-CPU
             // map; other drivers count otherwise (`Driver::stats`).
@@ -753,7 +790,7 @@ impl Inner {
     fn netns_path(&self, c: &Container) -> PathBuf {
         match &c.netns {
             Netns::Owned { path } | Netns::External { path, .. } => path.clone(),
-            Netns::Host => netns::own_path(),
+            Netns::Host | Netns::Runtime => netns::own_path(),
         }
     }
 
@@ -838,8 +875,18 @@ impl Inner {
             ports,
             process: None,
             owner,
+            runtime: None,
         };
-        let ep = self.new_endpoint(&net, &c, req.ip.as_deref()).await?;
+        let ep = self
+            .new_endpoint(
+                &net,
+                &c,
+                &EndpointOpts {
+                    ip: req.ip.as_deref(),
+                    ..Default::default()
+                },
+            )
+            .await?;
         c.endpoints.push(ep.clone());
 
         // Kernel objects, then the commit; undone on any failure.
@@ -922,53 +969,17 @@ impl Inner {
 
     async fn connect(&mut self, net_key: &str, req: ConnectRequest) -> Result<String> {
         let net = self.find_network(net_key)?.clone();
-        if matches!(net.driver, DriverKind::Host | DriverKind::None) {
-            return Err(invalid!(
-                "cannot connect to the {} network: a container joins it only when it is made",
-                net.name
-            ));
-        }
-        let mut c = match (&req.container, &req.netns) {
+        let c = match (&req.container, &req.netns) {
             (Some(name), None) => self.find_container(name)?.clone(),
             (None, Some(path)) => self.external_container(path, req.name.as_deref())?,
             _ => return Err(invalid!("give either a container or --netns")),
         };
-        if matches!(c.netns, Netns::Host)
-            || c.endpoints.iter().any(|e| {
-                self.state
-                    .networks
-                    .get(&e.network_id)
-                    .is_some_and(|n| n.driver == DriverKind::None)
-            })
-        {
-            return Err(invalid!(
-                "container {} uses the host or none network and cannot join others",
-                c.name
-            ));
-        }
-        if c.endpoints.iter().any(|e| e.network_id == net.id) {
-            return Err(conflict!(
-                "container {} is already connected to network {}",
-                c.name,
-                net.name
-            ));
-        }
-        let ep = self.new_endpoint(&net, &c, req.ip.as_deref()).await?;
-        c.endpoints.push(ep.clone());
-        self.attach(&c, &ep).await?;
-        crash::point("connect:made");
-        let mut st = self.state.clone();
-        st.containers.insert(c.id.clone(), c.clone());
-        if let Err(e) = self.commit(st) {
-            self.detach(&c, &ep).await;
-            return Err(e);
-        }
-        // Published ports that led nowhere (the container was on internal
-        // networks only) lead to this network now, if it may carry them.
-        if let Err(e) = self.sync_services() {
-            tracing::warn!(container = %c.name, "republishing: {e}");
-        }
-        tracing::info!(container = %c.name, network = %net.name, "connected");
+        let opts = EndpointOpts {
+            ip: req.ip.as_deref(),
+            aliases: &req.aliases,
+            ..Default::default()
+        };
+        let (c, _, _) = self.add_endpoint(c, &net, &opts).await?;
         Ok(c.id)
     }
 
@@ -983,6 +994,7 @@ impl Inner {
             Netns::External { dev: d, ino: i, .. } => (*d, *i) == (dev, ino),
             Netns::Owned { path: p } => netns::identity(p).ok() == Some((dev, ino)),
             Netns::Host => netns::identity(&netns::own_path()).ok() == Some((dev, ino)),
+            Netns::Runtime => false,
         }) {
             return Ok(c.clone());
         }
@@ -1003,50 +1015,18 @@ impl Inner {
             ports: Vec::new(),
             process: None,
             owner: None,
+            runtime: None,
         })
     }
 
     async fn disconnect(&mut self, net_key: &str, req: DisconnectRequest) -> Result<()> {
-        let net = self.find_network(net_key)?.clone();
-        let c = self.find_container(&req.container)?.clone();
-        let Some(ep) = c.endpoints.iter().find(|e| e.network_id == net.id).cloned() else {
-            return Err(not_found!(
-                "container {} is not connected to network {}",
-                c.name,
-                net.name
-            ));
-        };
-        if matches!(net.driver, DriverKind::Host | DriverKind::None) {
-            return Err(invalid!(
-                "a container cannot leave the {} network",
-                net.name
-            ));
-        }
-        let mut st = self.state.clone();
-        let gone = {
-            let sc = st.containers.get_mut(&c.id).expect("present");
-            sc.endpoints.retain(|e| e.network_id != net.id);
-            // A namespace attached from another runtime exists here only
-            // for its endpoints.
-            matches!(sc.netns, Netns::External { .. }) && sc.endpoints.is_empty()
-        };
-        if gone {
-            st.containers.remove(&c.id);
-        }
-        self.commit(st)?;
-        crash::point("disconnect:committed");
-        self.detach(&c, &ep).await;
-        // Its published ports now lead to its next address on a bridge
-        // network that is not internal, if any; the flows of the address it
-        // left go.
-        if let Err(e) = self.sync_services() {
-            tracing::warn!(container = %c.name, "republishing: {e}");
-        }
-        if let Some(ip) = ep.ip {
-            self.forget_flows(&[ip]);
-        }
-        tracing::info!(container = %c.name, network = %net.name, "disconnected");
-        Ok(())
+        self.detach_req(DetachRequest {
+            network: Some(net_key.to_owned()),
+            container: Some(req.container),
+            runtime: None,
+            missing_ok: false,
+        })
+        .await
     }
 
     fn attached_view(&self, c: &Container, e: &Endpoint) -> AttachedView {

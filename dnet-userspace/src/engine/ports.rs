@@ -235,6 +235,7 @@ mod tests {
             ip: Some(ip.parse().unwrap()),
             mac: None,
             slot: Some(1),
+            aliases: Vec::new(),
         }
     }
 
@@ -251,6 +252,7 @@ mod tests {
             ],
             process: None,
             owner: None,
+            runtime: None,
         }
     }
 

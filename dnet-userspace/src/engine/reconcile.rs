@@ -69,6 +69,21 @@ impl Inner {
                     primary: i == 0,
                 };
                 let d = driver::driver(net.driver);
+                if matches!(c.netns, Netns::Runtime) && !d.endpoint_ok(&self.ctx, &a).await {
+                    // The pair's container end is wherever the runtime put
+                    // it: it cannot be made again here.
+                    tracing::info!(container = %c.name, network = %net.name, "its endpoint is gone: forgetting it");
+                    for e in d.detach(&mut self.ctx, &a).await {
+                        tracing::debug!("clearing the old endpoint: {e}");
+                    }
+                    if let Some(sc) = st.containers.get_mut(&c.id) {
+                        sc.endpoints.retain(|e| e.network_id != ep.network_id);
+                        if sc.endpoints.is_empty() {
+                            st.containers.remove(&c.id);
+                        }
+                    }
+                    continue;
+                }
                 if let Err(e) = d.refresh(&mut self.ctx, &a).await {
                     tracing::warn!(container = %c.name, network = %net.name, "cannot refresh its endpoint: {e}");
                 }

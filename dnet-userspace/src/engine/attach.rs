@@ -1,0 +1,367 @@
+//! The one attach path. `POST /v1/attach` and `POST /v1/detach` (the Docker
+//! and CNI front ends), `network connect` and `network disconnect` all add
+//! and remove endpoints through [`Inner::add_endpoint`] and
+//! [`Inner::remove_endpoints`].
+
+use super::{Engine, Inner};
+use crate::{
+    api::{AttachRequest, AttachResponse, AttachTarget, DetachRequest, RouteView},
+    conflict,
+    driver::{self},
+    error::Result,
+    invalid,
+    model::{Container, DriverKind, Endpoint, MacAddr, Netns, Network, new_id, now},
+    not_found, spec,
+    spec::PortMapping,
+};
+
+/// What a new endpoint is asked to be; `None` and empty take the defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EndpointOpts<'a> {
+    /// Interface name in the container (default: the first free ethN).
+    pub ifname: Option<&'a str>,
+    /// Static IPv4 address.
+    pub ip: Option<&'a str>,
+    /// Static MAC (default: 02:42 + the IPv4 address).
+    pub mac: Option<&'a str>,
+    /// `-p` specs.
+    pub publish: &'a [String],
+    /// Extra names in the network.
+    pub aliases: &'a [String],
+}
+
+/// A unicast MAC other than all zeros.
+pub(super) fn parse_mac(s: &str) -> Result<MacAddr> {
+    let m: MacAddr = s.parse().map_err(|_| {
+        invalid!("invalid MAC {s:?}: expected six hex bytes such as 02:42:ac:11:00:02")
+    })?;
+    if m.0[0] & 1 == 1 {
+        return Err(invalid!("MAC {m} is a multicast address"));
+    }
+    if m.0 == [0; 6] {
+        return Err(invalid!("MAC {m} is all zeros"));
+    }
+    Ok(m)
+}
+
+/// An interface name the kernel takes.
+pub(super) fn validate_ifname(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid!(
+            "invalid interface name {name:?}: 1 to 15 letters, digits, '_', '-' or '.'"
+        ))
+    }
+}
+
+impl Engine {
+    /// Attaches a namespace (or makes a pair for another runtime to move)
+    /// to a network.
+    pub async fn attach(&self, req: AttachRequest) -> Result<AttachResponse> {
+        Ok(self.attach_created(req).await?.0)
+    }
+
+    /// [`Engine::attach`], and whether the attachment is new (false: a
+    /// repeat with the same runtime ref and network).
+    pub async fn attach_created(&self, req: AttachRequest) -> Result<(AttachResponse, bool)> {
+        self.inner.lock().await.attach_req(req).await
+    }
+
+    /// Detaches a container from one network or from all of its networks.
+    pub async fn detach(&self, req: DetachRequest) -> Result<()> {
+        self.inner.lock().await.detach_req(req).await
+    }
+}
+
+impl Inner {
+    async fn attach_req(&mut self, req: AttachRequest) -> Result<(AttachResponse, bool)> {
+        let net = self.find_network(&req.network)?.clone();
+        let by_runtime = req.runtime.as_ref().and_then(|r| {
+            self.state
+                .containers
+                .values()
+                .find(|c| c.runtime.as_ref() == Some(r))
+                .cloned()
+        });
+        if let Some(c) = &by_runtime
+            && let Some(ep) = c.endpoints.iter().find(|e| e.network_id == net.id)
+        {
+            return Ok((self.attach_response(c, ep, &c.ports), false));
+        }
+        let c = match &req.target {
+            AttachTarget::HostSide => {
+                if net.driver != DriverKind::Bridge {
+                    return Err(invalid!(
+                        "a host-side attach needs a bridge network ({} uses the {} driver)",
+                        net.name,
+                        net.driver
+                    ));
+                }
+                match by_runtime {
+                    Some(c) if matches!(c.netns, Netns::Runtime) => c,
+                    Some(c) => {
+                        return Err(conflict!(
+                            "the runtime's container is {}, attached by namespace, not host-side",
+                            c.name
+                        ));
+                    }
+                    None => self.runtime_container(req.name.as_deref())?,
+                }
+            }
+            AttachTarget::Netns { path } => {
+                let c = self.external_container(path, req.name.as_deref())?;
+                if let Some(o) = &by_runtime
+                    && o.id != c.id
+                {
+                    return Err(conflict!(
+                        "the runtime's container is {}, in another namespace than {path}",
+                        o.name
+                    ));
+                }
+                c
+            }
+        };
+        let mut c = c;
+        if c.runtime.is_none() && !self.state.containers.contains_key(&c.id) {
+            c.runtime = req.runtime.clone();
+        }
+        let opts = EndpointOpts {
+            ifname: req.ifname.as_deref(),
+            ip: req.ip.as_deref(),
+            mac: req.mac.as_deref(),
+            publish: &req.publish,
+            aliases: &req.aliases,
+        };
+        let (c, ep, ports) = self.add_endpoint(c, &net, &opts).await?;
+        Ok((self.attach_response(&c, &ep, &ports), true))
+    }
+
+    /// A new container record for a namespace only another runtime knows.
+    fn runtime_container(&self, name: Option<&str>) -> Result<Container> {
+        let id = new_id();
+        let name = name
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("rt-{}", &id[..8]));
+        spec::validate_name("container", &name)?;
+        if self.state.containers.values().any(|c| c.name == name) {
+            return Err(conflict!("container name {name:?} is already in use"));
+        }
+        Ok(Container {
+            id,
+            name,
+            created: now(),
+            netns: Netns::Runtime,
+            endpoints: Vec::new(),
+            ports: Vec::new(),
+            process: None,
+            owner: None,
+            runtime: None,
+        })
+    }
+
+    /// Adds an endpoint of `net` to `c` (a container of the state, or a new
+    /// record, committed with it). Bad input changes nothing.
+    pub(super) async fn add_endpoint(
+        &mut self,
+        mut c: Container,
+        net: &Network,
+        opts: &EndpointOpts<'_>,
+    ) -> Result<(Container, Endpoint, Vec<PortMapping>)> {
+        if matches!(net.driver, DriverKind::Host | DriverKind::None) {
+            return Err(invalid!(
+                "cannot connect to the {} network: a container joins it only when it is made",
+                net.name
+            ));
+        }
+        if matches!(c.netns, Netns::Host)
+            || c.endpoints.iter().any(|e| {
+                self.state
+                    .networks
+                    .get(&e.network_id)
+                    .is_some_and(|n| n.driver == DriverKind::None)
+            })
+        {
+            return Err(invalid!(
+                "container {} uses the host or none network and cannot join others",
+                c.name
+            ));
+        }
+        if c.endpoints.iter().any(|e| e.network_id == net.id) {
+            return Err(conflict!(
+                "container {} is already connected to network {}",
+                c.name,
+                net.name
+            ));
+        }
+        let ports = self.check_ports(opts.publish, net)?;
+        let ep = self.new_endpoint(net, &c, opts).await?;
+        c.endpoints.push(ep.clone());
+        c.ports.extend(ports.iter().cloned());
+        self.attach(&c, &ep).await?;
+        super::crash::point("connect:made");
+        let mut st = self.state.clone();
+        st.containers.insert(c.id.clone(), c.clone());
+        if let Err(e) = self.commit(st) {
+            self.detach(&c, &ep).await;
+            return Err(e);
+        }
+        // This request's ports, and those that led nowhere (the container
+        // was on internal networks only) lead to this network now, if it may
+        // carry them.
+        if let Err(e) = self.sync_services() {
+            tracing::warn!(container = %c.name, "publishing: {e}");
+        }
+        tracing::info!(container = %c.name, network = %net.name, ip = ?ep.ip, "connected");
+        Ok((c, ep, ports))
+    }
+
+    pub(super) async fn detach_req(&mut self, req: DetachRequest) -> Result<()> {
+        let c = match (&req.container, &req.runtime) {
+            (Some(key), None) => self.state.find_container(key).cloned(),
+            (None, Some(r)) => self
+                .state
+                .containers
+                .values()
+                .find(|c| c.runtime.as_ref() == Some(r))
+                .cloned(),
+            _ => return Err(invalid!("give either a container or a runtime ref")),
+        };
+        let Some(c) = c else {
+            if req.missing_ok {
+                return Ok(());
+            }
+            return Err(match (&req.container, &req.runtime) {
+                (Some(key), _) => not_found!("container {key:?} not found"),
+                (_, Some(r)) => not_found!("no container attached by {} {}", r.runtime, r.id),
+                _ => unreachable!("checked above"),
+            });
+        };
+        let nets: Vec<Network> = match &req.network {
+            Some(key) => {
+                let net = match self.find_network(key) {
+                    Ok(n) => n.clone(),
+                    Err(_) if req.missing_ok => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                if !c.endpoints.iter().any(|e| e.network_id == net.id) {
+                    if req.missing_ok {
+                        return Ok(());
+                    }
+                    return Err(not_found!(
+                        "container {} is not connected to network {}",
+                        c.name,
+                        net.name
+                    ));
+                }
+                vec![net]
+            }
+            None => c
+                .endpoints
+                .iter()
+                .filter_map(|e| self.state.networks.get(&e.network_id).cloned())
+                .collect(),
+        };
+        if let Some(net) = nets
+            .iter()
+            .find(|n| matches!(n.driver, DriverKind::Host | DriverKind::None))
+        {
+            return Err(invalid!(
+                "a container cannot leave the {} network",
+                net.name
+            ));
+        }
+        self.remove_endpoints(&c, &nets).await
+    }
+
+    /// Removes `c`'s endpoints in `nets`: commits, then tears down. A
+    /// container from another runtime left with no endpoint goes.
+    pub(super) async fn remove_endpoints(&mut self, c: &Container, nets: &[Network]) -> Result<()> {
+        let leaves = |e: &Endpoint| nets.iter().any(|n| n.id == e.network_id);
+        let eps: Vec<Endpoint> = c.endpoints.iter().filter(|e| leaves(e)).cloned().collect();
+        let mut st = self.state.clone();
+        let gone = {
+            let sc = st.containers.get_mut(&c.id).expect("present");
+            sc.endpoints.retain(|e| !leaves(e));
+            // A namespace attached from another runtime exists here only
+            // for its endpoints.
+            matches!(sc.netns, Netns::External { .. } | Netns::Runtime) && sc.endpoints.is_empty()
+        };
+        if gone {
+            st.containers.remove(&c.id);
+        }
+        self.commit(st)?;
+        super::crash::point("disconnect:committed");
+        for ep in &eps {
+            self.detach(c, ep).await;
+        }
+        // Its published ports now lead to its next address on a bridge
+        // network that is not internal, if any (or nowhere, if it went);
+        // the flows of the addresses it left go.
+        if let Err(e) = self.sync_services() {
+            tracing::warn!(container = %c.name, "republishing: {e}");
+        }
+        let addrs: Vec<_> = eps.iter().filter_map(|e| e.ip).collect();
+        self.forget_flows(&addrs);
+        for net in nets {
+            tracing::info!(container = %c.name, network = %net.name, "disconnected");
+        }
+        Ok(())
+    }
+
+    /// What a runtime needs to know of `c`'s endpoint `ep`.
+    fn attach_response(
+        &self,
+        c: &Container,
+        ep: &Endpoint,
+        ports: &[PortMapping],
+    ) -> AttachResponse {
+        let net = &self.state.networks[&ep.network_id];
+        let ipam = net.ipam.filter(|_| ep.ip.is_some());
+        let gateway = ipam.map(|i| i.gateway).filter(|_| !net.internal);
+        let primary = c.endpoints.first().map(|e| &e.network_id) == Some(&ep.network_id);
+        let mut routes = Vec::new();
+        if let Some(i) = ipam
+            && net.driver == DriverKind::Bridge
+        {
+            // The subnet goes through the gateway (see the bridge driver).
+            routes.push(RouteView {
+                dst: i.subnet.to_string(),
+                gateway: Some(i.gateway),
+            });
+        }
+        if primary && let Some(gw) = gateway {
+            routes.push(RouteView {
+                dst: "0.0.0.0/0".into(),
+                gateway: Some(gw),
+            });
+        }
+        AttachResponse {
+            container_id: c.id.clone(),
+            container: c.name.clone(),
+            network_id: net.id.clone(),
+            network: net.name.clone(),
+            ifname: ep.ifname.clone().unwrap_or_default(),
+            host_ifname: ep.host_ifname.clone(),
+            container_side: match (&c.netns, &ep.host_ifname) {
+                (Netns::Runtime, Some(h)) => Some(driver::container_side_name(h)),
+                _ => None,
+            },
+            ip: ep.ip,
+            prefix: ipam.map(|i| i.subnet.prefix()),
+            mac: ep.mac,
+            gateway,
+            routes,
+            mtu: self.ctx.mtu(net),
+            ports: ports.to_vec(),
+            dns: None,
+        }
+    }
+}

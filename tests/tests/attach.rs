@@ -1,0 +1,308 @@
+//! The attach API (`POST /v1/attach`, `POST /v1/detach`) that the Docker
+//! and CNI front ends use, driven over the daemon's socket.
+
+use std::path::Path;
+
+use dnet_sandbox::{Sandbox, assert_consistent, ct, in_netns, ok, out};
+use serde_json::{Value, json};
+
+fn ns_name(path: &Path) -> String {
+    path.file_name().unwrap().to_str().unwrap().to_owned()
+}
+
+/// The links of a namespace as `ip -j link show` gives them.
+fn links_in(ns: &Path) -> Vec<Value> {
+    let o = in_netns(ns, "ip", &["-j", "link", "show"]);
+    assert!(ok(&o), "ip link in {}: {}", ns.display(), out(&o));
+    serde_json::from_slice::<Value>(&o.stdout)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn has_link(links: &[Value], name: &str) -> bool {
+    links.iter().any(|l| l["ifname"] == name)
+}
+
+#[test]
+fn attach_puts_an_interface_with_its_address_and_mac_in_a_namespace() {
+    let mut sb = Sandbox::new();
+    let ns = sb.add_netns("a");
+    let req = json!({
+        "network": "bridge",
+        "target": {"kind": "netns", "path": ns},
+        "ip": "172.17.0.50",
+        "mac": "02:00:00:aa:bb:cc",
+        "aliases": ["web"],
+        "runtime": {"runtime": "cni", "id": "ctr1"},
+    });
+    let (code, r) = sb.api_post("/v1/attach", &req);
+    assert_eq!(code, 201, "{r}");
+    assert_eq!(r["ifname"], "eth0");
+    assert_eq!(r["ip"], "172.17.0.50");
+    assert_eq!(r["prefix"], 16);
+    assert_eq!(r["mac"], "02:00:00:aa:bb:cc");
+    assert_eq!(r["gateway"], "172.17.0.1");
+    assert_eq!(r["network"], "bridge");
+    assert_eq!(r["container_side"], Value::Null);
+    assert!(
+        r["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["dst"] == "0.0.0.0/0" && x["gateway"] == "172.17.0.1"),
+        "a default route: {r}"
+    );
+
+    let o = in_netns(&ns, "ip", &["-j", "addr", "show", "eth0"]);
+    assert!(ok(&o), "{}", out(&o));
+    let eth0: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(eth0[0]["address"], "02:00:00:aa:bb:cc");
+    assert!(
+        eth0[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["local"] == "172.17.0.50" && a["prefixlen"] == 16),
+        "eth0: {eth0}"
+    );
+    let o = in_netns(&ns, &ct(), &["ping", "172.17.0.1"]);
+    assert!(ok(&o), "ping the gateway: {}", out(&o));
+    assert_consistent(&sb);
+
+    // A second endpoint reaches the first.
+    sb.dnet_ok(&["run", "-d", "--name", "b", "--", "sleep", "300"]);
+    let o = sb.conntest_in("b", &["ping", "172.17.0.50"]);
+    assert!(ok(&o), "ping the attached namespace: {}", out(&o));
+
+    // The same runtime ref and network again: the same attachment.
+    let (code, again) = sb.api_post("/v1/attach", &req);
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again["container_id"], r["container_id"]);
+    assert_eq!(again["ip"], r["ip"]);
+    assert_eq!(again["host_ifname"], r["host_ifname"]);
+    let st = sb.state();
+    let c = &st["containers"][r["container_id"].as_str().unwrap()];
+    assert_eq!(c["runtime"], json!({"runtime": "cni", "id": "ctr1"}));
+    assert_eq!(c["endpoints"][0]["aliases"], json!(["web"]));
+
+    let (code, body) = sb.api_post(
+        "/v1/detach",
+        &json!({"runtime": {"runtime": "cni", "id": "ctr1"}, "network": "bridge"}),
+    );
+    assert_eq!(code, 204, "{body}");
+    assert!(!has_link(&links_in(&ns), "eth0"), "eth0 left after detach");
+    assert!(
+        sb.state()["containers"]
+            .get(r["container_id"].as_str().unwrap())
+            .is_none(),
+        "the record of a runtime's container goes with its last endpoint"
+    );
+    assert_consistent(&sb);
+
+    // Nothing left to detach: success only when asked.
+    let gone = json!({"runtime": {"runtime": "cni", "id": "ctr1"}, "network": "bridge"});
+    let (code, body) = sb.api_post("/v1/detach", &gone);
+    assert_eq!(code, 404, "{body}");
+    let mut ok_gone = gone.clone();
+    ok_gone["missing_ok"] = json!(true);
+    let (code, body) = sb.api_post("/v1/detach", &ok_gone);
+    assert_eq!(code, 204, "{body}");
+    let (code, _) = sb.api_post(
+        "/v1/detach",
+        &json!({"container": "nosuch", "missing_ok": true}),
+    );
+    assert_eq!(code, 204);
+}
+
+#[test]
+fn host_side_attach_leaves_a_down_link_for_the_runtime_and_detach_removes_it() {
+    let mut sb = Sandbox::new();
+    let req = json!({
+        "network": "bridge",
+        "target": {"kind": "host_side"},
+        "runtime": {"runtime": "docker", "id": "ep1"},
+    });
+    let (code, r) = sb.api_post("/v1/attach", &req);
+    assert_eq!(code, 201, "{r}");
+    assert_eq!(r["ifname"], "eth0");
+    let side = r["container_side"]
+        .as_str()
+        .expect("container_side")
+        .to_owned();
+    let host = r["host_ifname"].as_str().expect("host_ifname").to_owned();
+    let links = links_in(&sb.host_netns_path());
+    let l = links
+        .iter()
+        .find(|l| l["ifname"] == side.as_str())
+        .unwrap_or_else(|| panic!("{side} in the daemon's namespace"));
+    assert!(
+        !l["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "the container end is down: {l}"
+    );
+    assert_eq!(l["address"], r["mac"]);
+    assert!(has_link(&links, &host));
+    assert_consistent(&sb);
+
+    let (code, again) = sb.api_post("/v1/attach", &req);
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again["container_side"], r["container_side"]);
+
+    // The runtime moves it into the container and configures it.
+    let ns = sb.add_netns("d");
+    let ip = r["ip"].as_str().unwrap();
+    let o = sb.in_host("ip", &["link", "set", &side, "netns", &ns_name(&ns)]);
+    assert!(ok(&o), "moving {side}: {}", out(&o));
+    let cidr = format!("{ip}/16");
+    for args in [
+        vec!["link", "set", side.as_str(), "name", "eth0"],
+        vec!["addr", "add", &cidr, "dev", "eth0"],
+        vec!["link", "set", "eth0", "up"],
+        vec![
+            "route",
+            "add",
+            "default",
+            "via",
+            "172.17.0.1",
+            "dev",
+            "eth0",
+        ],
+    ] {
+        let o = in_netns(&ns, "ip", &args);
+        assert!(ok(&o), "ip {args:?}: {}", out(&o));
+    }
+    let o = in_netns(&ns, &ct(), &["ping", "172.17.0.1"]);
+    assert!(ok(&o), "ping the gateway from the moved end: {}", out(&o));
+
+    let (code, body) = sb.api_post(
+        "/v1/detach",
+        &json!({"runtime": {"runtime": "docker", "id": "ep1"}}),
+    );
+    assert_eq!(code, 204, "{body}");
+    assert!(!has_link(&links_in(&sb.host_netns_path()), &host));
+    assert!(
+        !has_link(&links_in(&ns), "eth0"),
+        "the moved end went with its pair"
+    );
+    assert!(
+        sb.state()["containers"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|c| c["netns"]["kind"] != "runtime")
+    );
+    assert_consistent(&sb);
+}
+
+#[test]
+fn bad_attach_input_changes_nothing() {
+    let mut sb = Sandbox::new();
+    let ns = sb.add_netns("b");
+    let taken = sb.add_netns("t");
+    let (code, body) = sb.api_post(
+        "/v1/attach",
+        &json!({"network": "bridge", "target": {"kind": "netns", "path": taken}, "ip": "172.17.0.9"}),
+    );
+    assert_eq!(code, 201, "{body}");
+    let before = sb.snapshot();
+    let ns_links = links_in(&ns).len();
+    let target = json!({"kind": "netns", "path": ns});
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (
+            json!({"network": "nosuch", "target": target}),
+            404,
+            "not found",
+        ),
+        (
+            json!({"network": "bridge", "target": target, "ip": "10.9.9.9"}),
+            400,
+            "not a usable address",
+        ),
+        (
+            json!({"network": "bridge", "target": target, "ip": "nonsense"}),
+            400,
+            "invalid --ip",
+        ),
+        (
+            json!({"network": "bridge", "target": target, "ip": "172.17.0.9"}),
+            409,
+            "172.17.0.9",
+        ),
+        (
+            json!({"network": "bridge", "target": target, "mac": "01:00:5e:00:00:01"}),
+            400,
+            "multicast",
+        ),
+        (
+            json!({"network": "bridge", "target": target, "mac": "nope"}),
+            400,
+            "invalid MAC",
+        ),
+        (
+            json!({"network": "bridge", "target": target, "ifname": "a/b"}),
+            400,
+            "invalid interface name",
+        ),
+        (
+            json!({"network": "bridge", "target": target, "publish": ["nope"]}),
+            400,
+            "",
+        ),
+        (
+            json!({"network": "host", "target": {"kind": "host_side"}}),
+            400,
+            "bridge network",
+        ),
+        (
+            json!({"network": "bridge", "target": {"kind": "netns", "path": "/nonexistent"}}),
+            400,
+            "not a network namespace",
+        ),
+    ];
+    for (req, want, msg) in cases {
+        let (code, body) = sb.api_post("/v1/attach", &req);
+        assert_eq!(code, want, "{req}: {body}");
+        assert!(
+            body["message"].as_str().unwrap_or("").contains(msg),
+            "{req}: {body}"
+        );
+        assert_eq!(sb.snapshot(), before, "{req} changed something");
+        assert_eq!(
+            links_in(&ns).len(),
+            ns_links,
+            "{req} left a link in the namespace"
+        );
+    }
+    assert_consistent(&sb);
+}
+
+#[test]
+fn network_connect_takes_aliases_through_the_same_attach() {
+    let mut sb = Sandbox::new();
+    let ns = sb.add_netns("c");
+    let path = ns.to_str().unwrap();
+    let err = sb.dnet_err(&[
+        "network", "connect", "--alias", "no/pe", "bridge", "--netns", path,
+    ]);
+    assert!(err.contains("alias"), "{err}");
+    assert!(!has_link(&links_in(&ns), "eth0"));
+    assert!(sb.state()["containers"].as_object().unwrap().is_empty());
+    sb.dnet_ok(&[
+        "network", "connect", "--alias", "db", "--alias", "primary", "bridge", "--netns", path,
+        "--name", "ext",
+    ]);
+    let st = sb.state();
+    let c = st["containers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|c| c["name"] == "ext")
+        .expect("the container record")
+        .clone();
+    assert_eq!(c["endpoints"][0]["aliases"], json!(["db", "primary"]));
+    assert!(has_link(&links_in(&ns), "eth0"));
+    sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);
+    assert!(!has_link(&links_in(&ns), "eth0"));
+    assert_consistent(&sb);
+}
