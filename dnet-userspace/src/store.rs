@@ -54,7 +54,18 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
 impl Store {
     /// Opens (creating) the state folder and takes its lock.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        {
+            use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err("create", dir))?;
+            // The containers' logs and namespaces are the daemon's alone,
+            // also in a folder made by an older version.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .map_err(io_err("chmod", dir))?;
+        }
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)

@@ -80,6 +80,33 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .with_state(engine)
 }
 
+/// Binds the socket in a fresh 0700 folder beside `socket`, sets its mode
+/// to 0660 there and renames it into place: it is never reachable by others
+/// with a wider mode, not even for an instant.
+fn bind_private(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let dir = socket.parent().unwrap_or(Path::new("."));
+    let name = socket
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the socket path has no file name"))?;
+    let private = dir.join(format!(
+        ".{}.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let made = (|| {
+        let tmp = private.join("s");
+        let listener = tokio::net::UnixListener::bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
+        std::fs::rename(&tmp, socket)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    made
+}
+
 /// Serves the API on `socket` until `shutdown` completes.
 pub async fn serve(
     engine: Arc<Engine>,
@@ -89,16 +116,7 @@ pub async fn serve(
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = tokio::net::UnixListener::bind(socket)?;
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
-    }
+    let listener = bind_private(socket)?;
     tracing::info!(socket = %socket.display(), "API listening");
     axum::serve(listener, router(engine))
         .with_graceful_shutdown(shutdown)

@@ -66,6 +66,112 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
+/// Longest accepted conntrack timeout (a week) and GC interval (an hour).
+const MAX_TIMEOUT: u64 = 7 * 24 * 3600;
+const MAX_GC_INTERVAL: u64 = 3600;
+
+/// The abstract Unix socket a daemon holds while it runs. Abstract names
+/// belong to a network namespace, so it keeps a second daemon out of the
+/// namespace (their objects would clash) and goes away with the process,
+/// even after a SIGKILL.
+const INSTANCE_LOCK: &[u8] = b"dnet-daemon";
+
+/// Checks the options and takes the namespace's daemon lock. Changes nothing
+/// on the host.
+fn preflight(args: &Args) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    for (name, v) in [
+        ("--ct-timeout-tcp-syn", args.ct_timeout_tcp_syn),
+        (
+            "--ct-timeout-tcp-established",
+            args.ct_timeout_tcp_established,
+        ),
+        ("--ct-timeout-tcp-closing", args.ct_timeout_tcp_closing),
+        ("--ct-timeout-udp", args.ct_timeout_udp),
+        ("--ct-timeout-icmp", args.ct_timeout_icmp),
+    ] {
+        if v == 0 || v > MAX_TIMEOUT {
+            anyhow::bail!("{name} {v}: expected 1 to {MAX_TIMEOUT} seconds");
+        }
+    }
+    if args.ct_gc_interval == 0 || args.ct_gc_interval > MAX_GC_INTERVAL {
+        anyhow::bail!(
+            "--ct-gc-interval {}: expected 1 to {MAX_GC_INTERVAL} seconds",
+            args.ct_gc_interval
+        );
+    }
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .map_err(|e| anyhow::anyhow!("read /proc/sys/net/ipv4/ip_local_port_range: {e}"))?;
+    check_nat_ports(args.nat_ports, &range)?;
+    check_bpffs(&args.bpffs)?;
+    take_instance_lock()
+}
+
+/// The NAT ports are reserved out of the host's ephemeral range
+/// (`ip_local_port_range`): they must leave the host enough of it for its
+/// own outgoing connections (at least half of it, or 4096 ports).
+fn check_nat_ports((lo, hi): (u16, u16), range: &str) -> anyhow::Result<()> {
+    let mut it = range.split_whitespace().map(str::parse::<u32>);
+    let (Some(Ok(elo)), Some(Ok(ehi))) = (it.next(), it.next()) else {
+        anyhow::bail!("cannot read ip_local_port_range {range:?}");
+    };
+    let (lo, hi) = (u32::from(lo), u32::from(hi));
+    let total = ehi.saturating_sub(elo) + 1;
+    let (a, b) = (lo.max(elo), hi.min(ehi));
+    let overlap = if a <= b { b - a + 1 } else { 0 };
+    let left = total - overlap.min(total);
+    let need = (total / 2).min(4096);
+    if left < need {
+        anyhow::bail!(
+            "--nat-ports {lo}-{hi} takes {overlap} of the host's {total} ephemeral ports \
+             ({elo}-{ehi}, net.ipv4.ip_local_port_range) and leaves it {left}: \
+             the host needs at least {need} for its own connections; \
+             choose a smaller range or widen ip_local_port_range"
+        );
+    }
+    Ok(())
+}
+
+/// `--bpffs` must be on a bpffs, or below the first existing folder on its
+/// path that is. The one exception is the standard `/sys/fs/bpf`, which is
+/// mounted when missing (as systemd does). Nothing is ever mounted over
+/// another folder.
+fn check_bpffs(dir: &Path) -> anyhow::Result<()> {
+    use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+    if !dir.is_absolute() {
+        anyhow::bail!("--bpffs {}: expected an absolute path", dir.display());
+    }
+    let std_root = Path::new("/sys/fs/bpf");
+    let mut at = dir;
+    while !at.exists() {
+        at = at.parent().unwrap_or(Path::new("/"));
+    }
+    let on_bpffs = statfs(at).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC);
+    if on_bpffs || (at == std_root && dir.starts_with(std_root)) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "--bpffs {}: {} is not on a bpffs (mount one with \
+         `mount -t bpf bpf DIR`, or use a folder under /sys/fs/bpf)",
+        dir.display(),
+        at.display()
+    )
+}
+
+fn take_instance_lock() -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt as _;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(INSTANCE_LOCK)?;
+    std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "another dnet daemon runs in this network namespace \
+                 (it holds the abstract socket @dnet-daemon); one daemon per namespace"
+            )
+        } else {
+            anyhow::anyhow!("bind the abstract socket @dnet-daemon: {e}")
+        }
+    })
+}
+
 pub fn run(args: &Args, socket: &Path) -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&args.log_level))
@@ -84,6 +190,16 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Everything a start can be refused for is checked before anything is
+    // made: a refused start leaves no state folder, socket or pin.
+    let lock = match preflight(args) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("Error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let secs = Duration::from_secs;
     let cfg = Config {
         uplink: args.uplink.clone(),
@@ -99,7 +215,7 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                 udp: secs(args.ct_timeout_udp),
                 icmp: secs(args.ct_timeout_icmp),
             },
-            gc_interval: secs(args.ct_gc_interval.max(1)),
+            gc_interval: secs(args.ct_gc_interval),
         },
     };
     let r = rt.block_on(async {
@@ -120,6 +236,7 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
         let _ = std::fs::remove_file(socket);
         anyhow::Ok(())
     });
+    drop(lock);
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -128,5 +245,33 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
             eprintln!("Error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat_ports_leave_the_host_its_ephemeral_ports() {
+        let linux = "32768\t60999\n";
+        // The default takes 11848 of 28232: fine.
+        check_nat_ports((49152, 60999), linux).unwrap();
+        // Outside the range entirely: fine.
+        check_nat_ports((20000, 29999), linux).unwrap();
+        // The whole range, or nearly: refused.
+        assert!(check_nat_ports((32768, 60999), linux).is_err());
+        assert!(check_nat_ports((1024, 65535), linux).is_err());
+        assert!(check_nat_ports((33000, 60999), linux).is_err());
+        // A small host range the default swallows.
+        assert!(check_nat_ports((49152, 60999), "50000 60000").is_err());
+        assert!(check_nat_ports((49152, 60999), "garbage").is_err());
+    }
+
+    #[test]
+    fn bpffs_must_be_a_bpffs() {
+        assert!(check_bpffs(Path::new("/tmp/dnet-not-bpffs/x")).is_err());
+        assert!(check_bpffs(Path::new("relative")).is_err());
+        check_bpffs(Path::new("/sys/fs/bpf/dnet-unit-test/x")).unwrap();
     }
 }

@@ -12,7 +12,7 @@ fn on_bpffs(path: &Path) -> bool {
 
 /// Creates `dir` on a bpffs. When it is under `/sys/fs/bpf` and that is not
 /// mounted (a fresh machine), bpffs is mounted there, as systemd would;
-/// elsewhere a bpffs is mounted at `dir` itself.
+/// elsewhere `dir` must already sit on a bpffs.
 pub fn ensure_mounted(dir: &Path) -> Result<(), DatapathError> {
     let std_root = Path::new("/sys/fs/bpf");
     let mount_at = |at: &Path| -> Result<(), DatapathError> {
@@ -33,7 +33,13 @@ pub fn ensure_mounted(dir: &Path) -> Result<(), DatapathError> {
         source,
     })?;
     if !on_bpffs(dir) {
-        mount_at(dir)?;
+        // Never mounted over an arbitrary folder (it would hide what is
+        // there); the daemon checks this before it makes anything.
+        return Err(DatapathError::Io {
+            op: "pin in",
+            path: dir.to_owned(),
+            source: io::Error::other("not on a bpffs"),
+        });
     }
     Ok(())
 }

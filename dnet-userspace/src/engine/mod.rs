@@ -899,7 +899,7 @@ impl Inner {
             if req.detach {
                 let path = self.netns_path(&c);
                 let log = self.cfg.log_dir().join(format!("{id}.log"));
-                let mut child = process::spawn(&path, &req.command, &log)?;
+                let mut child = process::spawn(&id, &path, &req.command, &log)?;
                 let pid = child
                     .id()
                     .ok_or_else(|| invalid!("the command exited at once"))?;
@@ -950,6 +950,9 @@ impl Inner {
         self.forget_flows(&addrs);
         if let Netns::Owned { path } = &c.netns {
             process::kill_all_in(path);
+            if c.process.is_some() {
+                process::remove_cgroup(&c.id);
+            }
             if let Err(e) = netns::remove(path) {
                 tracing::warn!(container = %c.name, "removing its namespace: {e}");
             }

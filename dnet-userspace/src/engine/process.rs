@@ -4,8 +4,11 @@
 
 use std::{
     fs,
-    os::{fd::AsFd as _, unix::process::CommandExt as _},
-    path::Path,
+    os::{
+        fd::AsFd as _,
+        unix::{fs::OpenOptionsExt as _, process::CommandExt as _},
+    },
+    path::{Path, PathBuf},
     process::Stdio,
 };
 
@@ -35,9 +38,89 @@ pub fn alive(p: &Process) -> bool {
     start_time(p.pid) == Some(p.start_time)
 }
 
-/// Starts `command` inside the namespace at `netns_path`, in a session of
-/// its own, output appended to `log`. Returns the running child.
-pub fn spawn(netns_path: &Path, command: &[String], log: &Path) -> Result<tokio::process::Child> {
+/// The environment a detached command starts with: nothing of the
+/// daemon's own (its variables may hold secrets or steer the daemon).
+const CLEAN_ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/root"),
+];
+
+/// Where the cgroup v2 hierarchy is mounted, if it is.
+fn cgroup2_root() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        // "... mountpoint options - fstype source superopts"
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next() == Some("cgroup2"))
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// The cgroup of container `id`: `dnet/<id>` under the root of the cgroup
+/// v2 hierarchy, outside the daemon's own (a `systemctl restart` of the
+/// daemon's unit kills what is in its cgroup, not the containers).
+pub fn cgroup_path(id: &str) -> Option<PathBuf> {
+    Some(cgroup2_root()?.join("dnet").join(id))
+}
+
+/// Makes the container's cgroup and opens its `cgroup.procs` for the child
+/// to join. Without a cgroup v2 hierarchy the command stays in the daemon's
+/// cgroup (logged).
+fn open_cgroup(id: &str) -> Result<Option<fs::File>> {
+    let Some(dir) = cgroup_path(id) else {
+        tracing::warn!(
+            id,
+            "no cgroup v2 hierarchy: the command shares the daemon's cgroup"
+        );
+        return Ok(None);
+    };
+    fs::create_dir_all(&dir).map_err(Error::io(format!("create cgroup {}", dir.display())))?;
+    let procs = dir.join("cgroup.procs");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&procs)
+        .map_err(Error::io(format!("open {}", procs.display())))?;
+    Ok(Some(f))
+}
+
+/// Removes container `id`'s cgroup once its processes are gone (bounded
+/// wait: a killed process leaves its cgroup a moment later).
+pub fn remove_cgroup(id: &str) {
+    let Some(dir) = cgroup_path(id) else { return };
+    if !dir.exists() {
+        return;
+    }
+    for _ in 0..50 {
+        match fs::remove_dir(&dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => {
+                // Still populated: kill what is left, then wait a little.
+                if let Ok(pids) = fs::read_to_string(dir.join("cgroup.procs")) {
+                    for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+    tracing::warn!(cgroup = %dir.display(), "cannot remove the container's cgroup");
+}
+
+/// Starts `command` of container `id` inside the namespace at `netns_path`,
+/// in a session and a cgroup of its own, with a clean environment, output
+/// appended to `log` (mode 0600). Returns the running child.
+pub fn spawn(
+    id: &str,
+    netns_path: &Path,
+    command: &[String],
+    log: &Path,
+) -> Result<tokio::process::Child> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| Error::Invalid("no command to run".into()))?;
@@ -48,27 +131,42 @@ pub fn spawn(netns_path: &Path, command: &[String], log: &Path) -> Result<tokio:
     let out = fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log)
         .map_err(Error::io(format!("open {}", log.display())))?;
     let err = out
         .try_clone()
         .map_err(Error::io(format!("open {}", log.display())))?;
+    let cgroup = open_cgroup(id)?;
     let mut cmd = std::process::Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: between fork and exec the closure only makes two syscalls
-    // (setns on an fd opened before the fork, setsid); it allocates nothing
-    // and takes no lock.
+    cmd.args(args)
+        .env_clear()
+        .envs(CLEAN_ENV.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: between fork and exec the closure only makes plain syscalls
+    // on fds opened before the fork (write to cgroup.procs, setns, setsid);
+    // it allocates nothing and takes no lock.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(procs) = &cgroup {
+                // "0" is the writing process itself.
+                nix::unistd::write(procs.as_fd(), b"0")?;
+            }
             nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
             nix::unistd::setsid()?;
             Ok(())
         });
     }
-    tokio::process::Command::from(cmd)
+    let child = tokio::process::Command::from(cmd)
         .kill_on_drop(false)
         .spawn()
-        .map_err(|e| Error::Invalid(format!("cannot start {program:?}: {e}")))
+        .map_err(|e| Error::Invalid(format!("cannot start {program:?}: {e}")));
+    if child.is_err() {
+        remove_cgroup(id);
+    }
+    child
 }
 
 /// Sends SIGKILL to the recorded process if it is still the same one.
