@@ -725,7 +725,6 @@ impl Sandbox {
         (code, body)
     }
 
-    /// A container's IPv4 on its first interface.
     /// Container `name` as `dnet ps --format json` shows it.
     pub fn container(&self, name: &str) -> serde_json::Value {
         let ps = self.dnet_json(&["ps"]);
@@ -737,6 +736,7 @@ impl Sandbox {
             .unwrap_or_else(|| panic!("no container {name}"))
     }
 
+    /// A container's IPv4 on its first interface.
     pub fn ip_of(&self, name: &str) -> String {
         self.container(name)["networks"][0]["ip"]
             .as_str()
