@@ -112,3 +112,30 @@ fn a_detached_command_starts_clean_in_a_cgroup_of_its_own() {
         "the command outlived its container"
     );
 }
+
+#[test]
+fn a_foreground_container_is_owned_by_the_connecting_process_not_a_claimed_pid() {
+    let sb = Sandbox::new();
+    // A long-lived process the client claims as the owner.
+    let mut other = Command::new("sleep").arg("300").spawn().expect("sleep");
+    let (code, body) = sb.api_post(
+        "/v1/containers",
+        &serde_json::json!({"name": "owned", "owner_pid": other.id(), "command": ["x"]}),
+    );
+    assert_eq!(code, 201, "{body}");
+    // The owner is curl, the process on the socket, which is gone already:
+    // the daemon removes the container at its next reaping, while the
+    // claimed process still runs.
+    let gone = wait_until(std::time::Duration::from_secs(30), || {
+        !sb.dnet_json(&["ps"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "owned")
+    });
+    let still = other.try_wait().unwrap().is_none();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(still, "control: the claimed owner ran all along");
+    assert!(gone, "the container took its owner from the request body");
+}

@@ -97,8 +97,10 @@ pub struct ContainerCreate {
     pub command: Vec<String>,
     #[serde(default)]
     pub detach: bool,
-    /// A foreground `dnet run`: the CLI's pid. The daemon removes the
-    /// container when that process is gone.
+    /// A foreground `dnet run`: set (to any pid) to ask that the container
+    /// be owned by the process on the other end of the API connection. The
+    /// daemon takes that pid from the socket (`SO_PEERCRED`), never from
+    /// here, and removes the container when that process is gone.
     #[serde(default)]
     pub owner_pid: Option<u32>,
 }

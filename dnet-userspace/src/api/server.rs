@@ -4,7 +4,10 @@ use std::{future::Future, path::Path, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::{Path as UrlPath, Query, State, rejection::JsonRejection},
+    extract::{
+        ConnectInfo, Path as UrlPath, Query, State, connect_info::Connected,
+        rejection::JsonRejection,
+    },
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -118,9 +121,12 @@ pub async fn serve(
     }
     let listener = bind_private(socket)?;
     tracing::info!(socket = %socket.display(), "API listening");
-    axum::serve(listener, router(engine))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(engine).into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn info(State(e): Engine_) -> Api<super::Info> {
@@ -197,11 +203,41 @@ async fn containers(State(e): Engine_) -> Api<Vec<super::ContainerView>> {
     Ok(Json(e.containers().await))
 }
 
+/// The process at the other end of an API connection, as the kernel tells
+/// it (`SO_PEERCRED`), not as a request claims.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    pid: Option<u32>,
+}
+
+impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        let pid = stream
+            .io()
+            .peer_cred()
+            .ok()
+            .and_then(|c| c.pid())
+            .and_then(|p| u32::try_from(p).ok());
+        Peer { pid }
+    }
+}
+
 async fn create_container(
     State(e): Engine_,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     body: Result<Json<ContainerCreate>, JsonRejection>,
 ) -> Result<(StatusCode, Json<super::ContainerView>), ApiError> {
-    let Json(req) = body?;
+    let Json(mut req) = body?;
+    // A foreground container is owned by the process that asked for it:
+    // the kernel names it, so a client cannot tie a container's life to
+    // another process.
+    if req.owner_pid.is_some() {
+        req.owner_pid = Some(peer.pid.ok_or_else(|| {
+            ApiError(Error::Invalid(
+                "the API connection's peer process is unknown (SO_PEERCRED)".into(),
+            ))
+        })?);
+    }
     Ok((StatusCode::CREATED, Json(e.create_container(req).await?)))
 }
 
