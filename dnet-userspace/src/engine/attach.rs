@@ -10,8 +10,8 @@ use crate::{
     driver::{self},
     error::Result,
     invalid,
-    model::{Container, DriverKind, Endpoint, MacAddr, Netns, Network, new_id, now},
-    not_found, spec,
+    model::{Container, DriverKind, Endpoint, MacAddr, Netns, Network},
+    not_found,
     spec::PortMapping,
 };
 
@@ -113,7 +113,7 @@ impl Inner {
                             c.name
                         ));
                     }
-                    None => self.runtime_container(req.name.as_deref())?,
+                    None => self.foreign_record(req.name.as_deref(), "rt", Netns::Runtime)?,
                 }
             }
             AttachTarget::Netns { path } => {
@@ -142,29 +142,6 @@ impl Inner {
         };
         let (c, ep, ports) = self.add_endpoint(c, &net, &opts).await?;
         Ok((self.attach_response(&c, &ep, &ports), true))
-    }
-
-    /// A new container record for a namespace only another runtime knows.
-    fn runtime_container(&self, name: Option<&str>) -> Result<Container> {
-        let id = new_id();
-        let name = name
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("rt-{}", &id[..8]));
-        spec::validate_name("container", &name)?;
-        if self.state.containers.values().any(|c| c.name == name) {
-            return Err(conflict!("container name {name:?} is already in use"));
-        }
-        Ok(Container {
-            id,
-            name,
-            created: now(),
-            netns: Netns::Runtime,
-            endpoints: Vec::new(),
-            ports: Vec::new(),
-            process: None,
-            owner: None,
-            runtime: None,
-        })
     }
 
     /// Adds an endpoint of `net` to `c` (a container of the state, or a new

@@ -1001,10 +1001,16 @@ impl Inner {
         }) {
             return Ok(c.clone());
         }
+        self.foreign_record(name, "ns", Netns::External { path, dev, ino })
+    }
+
+    /// A new record for a container another runtime made (named `name`,
+    /// else `PREFIX-<id8>`), not yet in the state.
+    fn foreign_record(&self, name: Option<&str>, prefix: &str, netns: Netns) -> Result<Container> {
         let id = new_id();
         let name = name
             .map(str::to_owned)
-            .unwrap_or_else(|| format!("ns-{}", &id[..8]));
+            .unwrap_or_else(|| format!("{prefix}-{}", &id[..8]));
         spec::validate_name("container", &name)?;
         if self.state.containers.values().any(|c| c.name == name) {
             return Err(conflict!("container name {name:?} is already in use"));
@@ -1013,7 +1019,7 @@ impl Inner {
             id,
             name,
             created: now(),
-            netns: Netns::External { path, dev, ino },
+            netns,
             endpoints: Vec::new(),
             ports: Vec::new(),
             process: None,
