@@ -27,7 +27,7 @@ use aya::{
     },
     util::nr_cpus,
 };
-pub use bpffs::ensure_mounted;
+pub use bpffs::{check as check_bpffs, ensure_mounted};
 use dnet_common::{
     Config, CtEntry, CtKey, Endpoint, EndpointStats, NetMembers, Network, Service, ServiceKey,
     addr::ipv4_be, maps as m,
