@@ -3,6 +3,7 @@
 pub mod api;
 pub mod cli;
 pub mod datapath;
+pub mod docker;
 pub mod driver;
 pub mod engine;
 pub mod error;
