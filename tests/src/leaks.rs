@@ -102,7 +102,9 @@ impl Default for Watch {
                 PathBuf::from("/run/netns"),
                 PathBuf::from("/sys/fs/bpf"),
             ],
-            machine_paths: Vec::new(),
+            // Docker's plugin sockets: a sandbox's dnet daemon serves its
+            // driver there and removes the socket when it stops.
+            machine_paths: vec![PathBuf::from("/run/docker/plugins")],
             process_names: [
                 "dockerd",
                 "containerd",
