@@ -195,6 +195,24 @@ fn docker_containers_on_a_dnet_network() {
         out(&o)
     );
     assert_consistent(&env.sb);
+    // Their endpoints count like any other, and their flows out are
+    // dnet's NAT's.
+    let stats = env.sb.dnet_json(&["stats"]);
+    let counted = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ip"] == ip1.as_str() || e["ip"] == "10.89.0.77")
+        .filter(|e| e["tx_packets"].as_u64() > Some(0) && e["rx_packets"].as_u64() > Some(0))
+        .count();
+    assert_eq!(counted, 2, "{stats}");
+    let o = env.exec("c1", &["ping", "-c", "1", "-W", "2", &WORLD_IP.to_string()]);
+    assert!(ok(&o), "{}", out(&o));
+    let flows = env.sb.flows();
+    assert!(
+        flows.iter().any(|f| f.to_string().contains(&ip1)),
+        "c1's flow in conntrack ls: {flows:?}"
+    );
 
     env.docker(&["rm", "-f", "c1", "c2"]);
     env.docker(&["network", "rm", "dn1"]);
@@ -389,5 +407,184 @@ fn docker_internal_mtu_connect_disconnect() {
 
     env.docker(&["rm", "-f", "c3"]);
     env.docker(&["network", "rm", "closed", "open"]);
+    env.assert_clean();
+}
+
+/// `POST /<call>` on the plugin socket as dockerd sends it (an empty
+/// `Host:` header, Docker's content type, maybe no body): status and body.
+fn plugin_call(sock: &str, call: &str, body: &str) -> (u16, serde_json::Value) {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--unix-socket", sock, "-X", "POST"])
+        .args(["-H", "Host;"])
+        .args([
+            "-H",
+            "Content-Type: application/vnd.docker.plugins.v1.2+json",
+        ])
+        .args(["-d", body, "-w", "\n%{http_code}"])
+        .arg(format!("http://localhost/{call}"))
+        .output()
+        .expect("run curl");
+    assert!(ok(&o), "curl {call}: {}", out(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("curl's status line");
+    let body = serde_json::from_str(body).unwrap_or_else(|_| panic!("JSON from {call}: {body}"));
+    (code.trim().parse().expect("a status"), body)
+}
+
+#[test]
+fn docker_protocol_without_docker() {
+    let mut sb = Sandbox::without_daemon();
+    let sock = sb.dir.join("plugin.sock").display().to_string();
+    sb.set_daemon_args(&[&format!("--docker-plugin-socket={sock}")]);
+    sb.start_daemon();
+    let call = |c: &str, b: &str| plugin_call(&sock, c, b);
+    assert_eq!(
+        call("Plugin.Activate", ""),
+        (200, serde_json::json!({"Implements": ["NetworkDriver"]}))
+    );
+    assert_eq!(
+        call("NetworkDriver.GetCapabilities", ""),
+        (
+            200,
+            serde_json::json!({"Scope": "local", "ConnectivityScope": "local"})
+        )
+    );
+    let net = "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12";
+    let ep = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let create = serde_json::json!({"NetworkID": net,
+        "Options": {"com.docker.network.enable_ipv6": false, "com.docker.network.generic": {}},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.94.0.0/24",
+            "Gateway": "10.94.0.1/24", "AuxAddresses": null}],
+        "IPv6Data": null})
+    .to_string();
+    // Repeats (dockerd retries) answer as the first call did.
+    for _ in 0..2 {
+        assert_eq!(
+            call("NetworkDriver.CreateNetwork", &create),
+            (200, serde_json::json!({}))
+        );
+    }
+    let nets = sb.dnet_json(&["network", "ls"]);
+    let made: Vec<_> = nets
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["runtime"]["id"] == net)
+        .collect();
+    assert_eq!(made.len(), 1, "{nets}");
+    assert_eq!(made[0]["name"], "docker-ab12cd34ef56");
+
+    let endpoint = serde_json::json!({"NetworkID": net, "EndpointID": ep,
+        "Interface": {"Address": "10.94.0.5/24", "AddressIPv6": "", "MacAddress": ""},
+        "Options": {}})
+    .to_string();
+    for _ in 0..2 {
+        assert_eq!(
+            call("NetworkDriver.CreateEndpoint", &endpoint),
+            (
+                200,
+                serde_json::json!({"Interface": {"MacAddress": "02:42:0a:5e:00:05"}})
+            )
+        );
+    }
+    let refs = serde_json::json!({"NetworkID": net, "EndpointID": ep}).to_string();
+    assert_eq!(
+        call("NetworkDriver.EndpointOperInfo", &refs),
+        (200, serde_json::json!({"Value": {}}))
+    );
+    let join = serde_json::json!({"NetworkID": net, "EndpointID": ep,
+        "SandboxKey": "/var/run/docker/netns/x", "Options": {}})
+    .to_string();
+    let (code, j) = call("NetworkDriver.Join", &join);
+    assert_eq!(code, 200);
+    assert_eq!(j["Gateway"], "10.94.0.1", "{j}");
+    assert_eq!(j["InterfaceName"]["DstPrefix"], "eth");
+    let src = j["InterfaceName"]["SrcName"].as_str().expect("SrcName");
+    assert!(
+        sb.host_links().iter().any(|l| l == src),
+        "{src} in the host"
+    );
+    let program = serde_json::json!({"NetworkID": net, "EndpointID": ep, "Options": {
+        "com.docker.network.portmap": [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "",
+            "HostPort": 8080, "HostPortEnd": 8080}]}})
+    .to_string();
+    for _ in 0..2 {
+        assert_eq!(
+            call("NetworkDriver.ProgramExternalConnectivity", &program),
+            (200, serde_json::json!({}))
+        );
+    }
+    let ps = sb.dnet_json(&["ps"]);
+    assert_eq!(ps[0]["ports"][0]["host_port"], 8080, "{ps}");
+    // Errors: status 200 and {"Err": ...}; nothing changes.
+    let before = sb.state();
+    let sctp = program.replace("\"Proto\":6", "\"Proto\":132");
+    let (code, e) = call("NetworkDriver.ProgramExternalConnectivity", &sctp);
+    assert_eq!(code, 200);
+    assert!(e["Err"].as_str().is_some_and(|e| e.contains("sctp")), "{e}");
+    let (code, e) = call("NetworkDriver.CreateNetwork", "{\"NetworkID\": 5}");
+    assert_eq!(code, 200);
+    assert!(
+        e["Err"]
+            .as_str()
+            .is_some_and(|e| e.contains("bad request body")),
+        "{e}"
+    );
+    assert_eq!(sb.state(), before);
+
+    for c in [
+        "NetworkDriver.RevokeExternalConnectivity",
+        "NetworkDriver.Leave",
+        "NetworkDriver.DeleteEndpoint",
+        "NetworkDriver.DeleteEndpoint",
+    ] {
+        assert_eq!(call(c, &refs), (200, serde_json::json!({})), "{c}");
+    }
+    let del = serde_json::json!({"NetworkID": net}).to_string();
+    for _ in 0..2 {
+        assert_eq!(
+            call("NetworkDriver.DeleteNetwork", &del),
+            (200, serde_json::json!({}))
+        );
+    }
+    let st = sb.state();
+    assert!(
+        st["containers"].as_object().is_none_or(|c| c.is_empty()),
+        "{st}"
+    );
+    assert!(
+        st["networks"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|n| n["runtime"].is_null()),
+        "{st}"
+    );
+    assert_consistent(&sb);
+    // The socket goes with the daemon.
+    sb.stop_daemon(libc::SIGTERM);
+    assert!(!std::path::Path::new(&sock).exists(), "the socket is left");
+}
+
+#[test]
+fn docker_containers_outlive_a_dnet_crash() {
+    let mut env = Env::new();
+    env.network("dn5", &["--subnet", "10.95.0.0/24"]);
+    env.run("c5", "dn5", &["--ip", "10.95.0.5"]);
+    env.run("c6", "dn5", &["--ip", "10.95.0.6"]);
+    env.sb.stop_daemon(libc::SIGKILL);
+    // Forwarding goes on without the daemon.
+    let o = env.exec("c5", &["ping", "-c", "1", "-W", "2", "10.95.0.6"]);
+    assert!(ok(&o), "c5 -> c6 with dnet down: {}", out(&o));
+    // Back on the same socket, with the same containers.
+    env.sb.start_daemon();
+    let o = env.exec("c6", &["ping", "-c", "1", "-W", "2", "10.95.0.5"]);
+    assert!(ok(&o), "c6 -> c5 after the restart: {}", out(&o));
+    env.run("c7", "dn5", &[]);
+    let o = env.exec("c7", &["ping", "-c", "1", "-W", "2", "10.95.0.5"]);
+    assert!(ok(&o), "a new container after the restart: {}", out(&o));
+    assert_consistent(&env.sb);
+    env.docker(&["rm", "-f", "c5", "c6", "c7"]);
+    env.docker(&["network", "rm", "dn5"]);
     env.assert_clean();
 }

@@ -200,9 +200,11 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
         let engine = Engine::start(cfg).await.map_err(anyhow::Error::from)?;
         // One signal stops every server.
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let stop = std::sync::Arc::new(stop);
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let on_signal = stop.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -212,22 +214,33 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                 _ = int.recv() => {},
             }
             tracing::info!("stopping (containers and forwarding stay)");
-            let _ = stop.send(true);
+            let _ = on_signal.send(true);
         });
         // The engine answers now: Docker may find the driver.
-        let plugin = (!args.docker_plugin_socket.as_os_str().is_empty()).then(|| {
+        let plugin = if args.docker_plugin_socket.as_os_str().is_empty() {
+            None
+        } else {
             let path = args.docker_plugin_socket.clone();
+            let listener = crate::docker::bind(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "Docker plugin socket {}: {e} (--docker-plugin-socket '' turns the driver off)",
+                    path.display()
+                )
+            })?;
             let engine = engine.clone();
             let stopped = until_stopped(stopped.clone());
-            tokio::spawn(async move {
-                let r = crate::docker::serve(engine, &path, stopped).await;
-                r.map_err(|e| anyhow::anyhow!("Docker plugin socket {}: {e}", path.display()))
-            })
-        });
+            Some(tokio::spawn(async move {
+                crate::docker::serve(engine, listener, &path, stopped)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("Docker plugin socket {}: {e}", path.display()))
+            }))
+        };
         let api = server::serve(engine, socket, until_stopped(stopped))
             .await
             .map_err(|e| anyhow::anyhow!("API socket {}: {e}", socket.display()));
         let _ = std::fs::remove_file(socket);
+        // The API is gone (stopped, or it failed): so is the driver.
+        let _ = stop.send(true);
         if let Some(p) = plugin {
             match p.await {
                 Ok(r) => r?,

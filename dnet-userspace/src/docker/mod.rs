@@ -110,17 +110,23 @@ pub fn router(engine: Arc<Engine>) -> Router {
     .with_state(engine)
 }
 
-/// Serves the plugin on `socket` until `shutdown` completes, then removes
-/// the socket: a socket nobody answers on stalls Docker.
-pub async fn serve(
-    engine: Arc<Engine>,
-    socket: &Path,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+/// Opens the plugin's socket (its folder made if missing).
+pub fn bind(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let listener = crate::api::server::bind_private(socket)?;
+    crate::api::server::bind_private(socket)
+}
+
+/// Serves the plugin on `listener` (bound at `socket`) until `shutdown`
+/// completes, then removes the socket: a socket nobody answers on stalls
+/// Docker.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: tokio::net::UnixListener,
+    socket: &Path,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     tracing::info!(socket = %socket.display(), "Docker network driver listening");
     let r = axum::serve(listener, router(engine))
         .with_graceful_shutdown(shutdown)
