@@ -18,6 +18,7 @@ mod nat;
 mod ports;
 mod process;
 mod reconcile;
+mod runtime_ipam;
 mod runtime_net;
 
 pub use attach::EndpointOpts;
@@ -86,6 +87,8 @@ struct Inner {
     state: State,
     store: Store,
     ctx: Ctx,
+    /// Pools and addresses handed out to another runtime's IPAM.
+    runtime_ipam: runtime_ipam::RuntimeIpam,
 }
 
 /// The predefined networks, as Docker has them.
@@ -138,6 +141,7 @@ impl Engine {
                 dp,
                 uplink: None,
             },
+            runtime_ipam: Default::default(),
         };
         inner.setup_nat().await?;
         inner.ensure_predefined().await?;
