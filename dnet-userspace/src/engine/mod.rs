@@ -18,6 +18,7 @@ mod nat;
 mod ports;
 mod process;
 mod reconcile;
+mod runtime;
 
 pub use attach::EndpointOpts;
 pub use nat::NatOptions;
@@ -1011,7 +1012,15 @@ impl Inner {
         let name = name
             .map(str::to_owned)
             .unwrap_or_else(|| format!("{prefix}-{}", &id[..8]));
-        spec::validate_name("container", &name)?;
+        match name.split_once('/') {
+            // A pod's `NAMESPACE/NAME`, as CNI_ARGS' K8S_POD_NAMESPACE and
+            // K8S_POD_NAME give it.
+            Some((ns, pod)) => {
+                spec::validate_name("pod namespace", ns)?;
+                spec::validate_name("pod", pod)?;
+            }
+            None => spec::validate_name("container", &name)?,
+        }
         if self.state.containers.values().any(|c| c.name == name) {
             return Err(conflict!("container name {name:?} is already in use"));
         }
