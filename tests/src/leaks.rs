@@ -102,7 +102,12 @@ impl Default for Watch {
                 PathBuf::from("/run/netns"),
                 PathBuf::from("/sys/fs/bpf"),
             ],
-            machine_paths: Vec::new(),
+            // Where CNI runtimes look: the CNI suites install into temp
+            // folders only.
+            machine_paths: vec![
+                PathBuf::from("/opt/cni/bin"),
+                PathBuf::from("/etc/cni/net.d"),
+            ],
             process_names: [
                 "dockerd",
                 "containerd",

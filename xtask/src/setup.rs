@@ -22,6 +22,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("arping", "iputils-arping"),
     ("conntrack", "conntrack"),
+    // The CNI suite: podman 4 with its CNI backend, and a static busybox
+    // for its containers' root folder.
+    ("podman", "podman"),
+    ("busybox", "busybox-static"),
 ];
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
