@@ -19,9 +19,11 @@ mod ports;
 mod process;
 mod reconcile;
 mod runtime;
+mod runtime_net;
 
 pub use attach::EndpointOpts;
 pub use nat::NatOptions;
+pub use runtime_net::PortRequest;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -46,7 +48,8 @@ use crate::{
     invalid,
     ipam::{self, Pool},
     model::{
-        Container, DriverKind, Endpoint, Ipam, MacAddr, Netns, Network, Process, State, new_id, now,
+        Container, DriverKind, Endpoint, Ipam, MacAddr, Netns, Network, Process, RuntimeRef, State,
+        new_id, now,
     },
     netlink::{Netlink, RTPROT_DNET},
     netns, not_found, spec,
@@ -512,6 +515,17 @@ impl Inner {
     }
 
     async fn create_network(&mut self, req: NetworkCreate, predefined: bool) -> Result<Network> {
+        self.create_network_for(req, predefined, None).await
+    }
+
+    /// [`Inner::create_network`] for another runtime, which knows the
+    /// network by `runtime` (a Docker network id).
+    async fn create_network_for(
+        &mut self,
+        req: NetworkCreate,
+        predefined: bool,
+        runtime: Option<RuntimeRef>,
+    ) -> Result<Network> {
         spec::validate_name("network", &req.name)?;
         if self.state.network_by_name(&req.name).is_some() {
             return Err(conflict!("network {:?} already exists", req.name));
@@ -561,6 +575,7 @@ impl Inner {
             options,
             dp_id,
             host_address: None,
+            runtime,
         };
         let driver = driver::driver(driver_kind);
         driver.validate(&self.ctx, &self.state, &mut net).await?;
@@ -1081,6 +1096,7 @@ impl Inner {
             gateway_link: (n.driver == DriverKind::Bridge)
                 .then(|| driver::GATEWAY_LABEL.to_owned()),
             host_address: n.host_address,
+            runtime: n.runtime.clone(),
             containers: self
                 .state
                 .endpoints_of(&n.id)
