@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cni;
 pub mod datapath;
 pub mod docker;
 pub mod driver;

@@ -23,7 +23,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("arping", "iputils-arping"),
     ("conntrack", "conntrack"),
-    // The Docker scenarios' image.
+    // The CNI suite: podman 4 with its CNI backend; a static busybox for
+    // the root folder of the podman and Docker scenarios' containers.
+    ("podman", "podman"),
     ("busybox", "busybox-static"),
 ];
 

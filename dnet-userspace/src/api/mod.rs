@@ -225,6 +225,35 @@ pub struct DetachRequest {
     pub missing_ok: bool,
 }
 
+/// `POST /v1/attach/check`: a runtime's existing attachment (CNI CHECK).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachCheck {
+    pub runtime: RuntimeRef,
+    /// Network name, id or unique id prefix.
+    pub network: String,
+}
+
+/// `POST /v1/attach/collect`: detach a runtime's containers it no longer
+/// knows (CNI GC).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AttachCollect {
+    /// "cni".
+    pub runtime: String,
+    /// Only this network's endpoints; None = every network.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The runtime's ids (`RuntimeRef::id`) still valid: these stay.
+    #[serde(default)]
+    pub keep: Vec<String>,
+}
+
+/// What `POST /v1/attach/collect` detached.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Collected {
+    /// The runtime's ids whose attachments went.
+    pub detached: Vec<String>,
+}
+
 /// `POST /v1/networks/{net}/disconnect`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DisconnectRequest {

@@ -18,6 +18,7 @@ mod nat;
 mod ports;
 mod process;
 mod reconcile;
+mod runtime;
 mod runtime_ipam;
 mod runtime_net;
 
@@ -970,7 +971,7 @@ impl Inner {
         if let Netns::Owned { path } = &c.netns {
             process::kill_all_in(path);
             if c.process.is_some() {
-                process::remove_cgroup(&c.id);
+                process::remove_cgroup(&c.id).await;
             }
             if let Err(e) = netns::remove(path) {
                 tracing::warn!(container = %c.name, "removing its namespace: {e}");
@@ -1030,7 +1031,15 @@ impl Inner {
         let name = name
             .map(str::to_owned)
             .unwrap_or_else(|| format!("{prefix}-{}", &id[..8]));
-        spec::validate_name("container", &name)?;
+        match name.split_once('/') {
+            // A pod's `NAMESPACE/NAME`, as CNI_ARGS' K8S_POD_NAMESPACE and
+            // K8S_POD_NAME give it.
+            Some((ns, pod)) => {
+                spec::validate_name("pod namespace", ns)?;
+                spec::validate_name("pod", pod)?;
+            }
+            None => spec::validate_name("container", &name)?,
+        }
         if self.state.containers.values().any(|c| c.name == name) {
             return Err(conflict!("container name {name:?} is already in use"));
         }
