@@ -647,3 +647,40 @@ fn docker_ipam_driver() {
     env.docker(&["network", "rm", "ipn", "ipauto"]);
     env.assert_clean();
 }
+
+#[test]
+fn docker_dockerd_crash_and_restart() {
+    let mut env = Env::new();
+    env.network("dn6", &["--subnet", "10.97.0.0/24"]);
+    env.run("gone", "dn6", &["--ip", "10.97.0.5"]);
+    env.run("back", "dn6", &["--ip", "10.97.0.6", "--restart", "always"]);
+    let runtime_records = |env: &Env| {
+        env.sb.state()["containers"].as_object().map_or(0, |c| {
+            c.values().filter(|c| !c["runtime"].is_null()).count()
+        })
+    };
+    assert_eq!(runtime_records(&env), 2);
+    env.docker
+        .crash_and_restart()
+        .unwrap_or_else(|e| panic!("restarting dockerd: {e:#}"));
+    // The container with a restart policy is back on the dnet network.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            ok(&env.exec("back", &["ping", "-c", "1", "-W", "1", "10.97.0.1"]))
+        }),
+        "back is not back on dn6:\n{}\n{}",
+        env.docker.log_tail(20),
+        env.sb.log_tail(30)
+    );
+    assert_eq!(env.eth0("back").0, "10.97.0.6/24");
+    // The other's endpoint, which Docker dropped, is gone from dnet.
+    assert!(
+        wait_until(Duration::from_secs(20), || runtime_records(&env) == 1),
+        "records: {}",
+        serde_json::to_string_pretty(&env.sb.state()).unwrap()
+    );
+    assert_consistent(&env.sb);
+    env.docker(&["rm", "-f", "gone", "back"]);
+    env.docker(&["network", "rm", "dn6"]);
+    env.assert_clean();
+}

@@ -163,6 +163,7 @@ impl Engine {
             }
         });
         tokio::spawn(follow_uplink(Arc::downgrade(&engine), changes));
+        runtime_net::spawn_runtime_collector(&engine);
         let weak = Arc::downgrade(&engine);
         tokio::spawn(async move {
             loop {
