@@ -3,6 +3,7 @@
 pub mod api;
 pub mod cli;
 pub mod datapath;
+pub mod dns;
 pub mod driver;
 pub mod engine;
 pub mod error;

@@ -61,6 +61,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
     pub nat: NatOptions,
+    /// What the resolver forwards to.
+    pub dns: crate::dns::Options,
 }
 
 impl Config {
@@ -83,6 +85,8 @@ struct Inner {
     state: State,
     store: Store,
     ctx: Ctx,
+    /// Answers names from the committed state (see `commit`).
+    dns: crate::dns::Resolver,
 }
 
 /// The predefined networks, as Docker has them.
@@ -126,8 +130,10 @@ impl Engine {
         // Listening before the uplink is first read: no change falls
         // between the two.
         let changes = crate::netlink::monitor()?;
+        let dns = crate::dns::Resolver::new(cfg.dns.clone());
         let mut inner = Inner {
             cfg,
+            dns,
             state,
             store,
             ctx: Ctx {
@@ -139,6 +145,8 @@ impl Engine {
         inner.setup_nat().await?;
         inner.ensure_predefined().await?;
         inner.reconcile().await?;
+        // The names of the state as it is after the restart.
+        inner.dns.update(&inner.state);
         let gc_interval = inner.cfg.nat.gc_interval;
         let engine = Arc::new(Engine {
             inner: Mutex::new(inner),
@@ -460,6 +468,8 @@ impl Inner {
     fn commit(&mut self, state: State) -> Result<()> {
         self.store.commit(&state)?;
         self.state = state;
+        // Names follow the state at once.
+        self.dns.update(&self.state);
         Ok(())
     }
 
@@ -876,6 +886,8 @@ impl Inner {
             process: None,
             owner,
             runtime: None,
+            dns: Vec::new(),
+            hostname: None,
         };
         let ep = self
             .new_endpoint(
@@ -883,6 +895,7 @@ impl Inner {
                 &c,
                 &EndpointOpts {
                     ip: req.ip.as_deref(),
+                    aliases: &req.aliases,
                     ..Default::default()
                 },
             )
@@ -1025,6 +1038,8 @@ impl Inner {
             process: None,
             owner: None,
             runtime: None,
+            dns: Vec::new(),
+            hostname: None,
         })
     }
 
