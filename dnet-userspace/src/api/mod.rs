@@ -106,6 +106,9 @@ pub struct ContainerCreate {
     /// here, and removes the container when that process is gone.
     #[serde(default)]
     pub owner_pid: Option<u32>,
+    /// Extra names in `network` (`--network-alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// `POST /v1/networks/{net}/connect`: a container by name, or a namespace

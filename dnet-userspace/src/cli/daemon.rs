@@ -56,6 +56,28 @@ pub struct Args {
     /// driver's name (`docker network create -d dnet`). Empty: not served.
     #[arg(long, default_value = crate::docker::DEFAULT_SOCKET)]
     docker_plugin_socket: PathBuf,
+    /// Where the resolver forwards names that are not containers'
+    /// (IP[:PORT], repeatable; default: the first three nameservers of
+    /// /etc/resolv.conf), queried from the daemon's namespace.
+    #[arg(long = "dns-upstream", value_parser = crate::dns::parse_upstream)]
+    dns_upstream: Vec<std::net::SocketAddr>,
+}
+
+/// The resolver's upstreams: `--dns-upstream`, else the host's resolv.conf.
+fn upstreams(args: &Args) -> Vec<std::net::SocketAddr> {
+    if !args.dns_upstream.is_empty() {
+        return args.dns_upstream.clone();
+    }
+    let v = std::fs::read_to_string("/etc/resolv.conf")
+        .map(|t| crate::dns::from_resolv_conf(&t))
+        .unwrap_or_default();
+    if v.is_empty() {
+        tracing::warn!(
+            "no nameserver in /etc/resolv.conf and no --dns-upstream: \
+             containers' other names get SERVFAIL"
+        );
+    }
+    v
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -194,6 +216,9 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                 icmp: secs(args.ct_timeout_icmp),
             },
             gc_interval: secs(args.ct_gc_interval),
+        },
+        dns: crate::dns::Options {
+            upstreams: upstreams(args),
         },
     };
     let r = rt.block_on(async {

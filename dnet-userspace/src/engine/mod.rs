@@ -65,6 +65,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
     pub nat: NatOptions,
+    /// What the resolver forwards to.
+    pub dns: crate::dns::Options,
 }
 
 impl Config {
@@ -87,6 +89,8 @@ struct Inner {
     state: State,
     store: Store,
     ctx: Ctx,
+    /// Answers names from the committed state (see `commit`).
+    dns: crate::dns::Resolver,
 }
 
 /// The predefined networks, as Docker has them.
@@ -130,8 +134,10 @@ impl Engine {
         // Listening before the uplink is first read: no change falls
         // between the two.
         let changes = crate::netlink::monitor()?;
+        let dns = crate::dns::Resolver::new(cfg.dns.clone());
         let mut inner = Inner {
             cfg,
+            dns,
             state,
             store,
             ctx: Ctx {
@@ -143,6 +149,8 @@ impl Engine {
         inner.setup_nat().await?;
         inner.ensure_predefined().await?;
         inner.reconcile().await?;
+        // The names of the state as it is after the restart.
+        inner.dns.update(&inner.state);
         let gc_interval = inner.cfg.nat.gc_interval;
         let engine = Arc::new(Engine {
             inner: Mutex::new(inner),
@@ -464,6 +472,8 @@ impl Inner {
     fn commit(&mut self, state: State) -> Result<()> {
         self.store.commit(&state)?;
         self.state = state;
+        // Names follow the state at once.
+        self.dns.update(&self.state);
         Ok(())
     }
 
@@ -892,6 +902,8 @@ impl Inner {
             process: None,
             owner,
             runtime: None,
+            dns: Vec::new(),
+            hostname: None,
         };
         let ep = self
             .new_endpoint(
@@ -899,6 +911,7 @@ impl Inner {
                 &c,
                 &EndpointOpts {
                     ip: req.ip.as_deref(),
+                    aliases: &req.aliases,
                     ..Default::default()
                 },
             )
@@ -1049,6 +1062,8 @@ impl Inner {
             process: None,
             owner: None,
             runtime: None,
+            dns: Vec::new(),
+            hostname: None,
         })
     }
 
