@@ -952,7 +952,7 @@ impl Inner {
         if let Netns::Owned { path } = &c.netns {
             process::kill_all_in(path);
             if c.process.is_some() {
-                process::remove_cgroup(&c.id);
+                process::remove_cgroup(&c.id).await;
             }
             if let Err(e) = netns::remove(path) {
                 tracing::warn!(container = %c.name, "removing its namespace: {e}");
