@@ -22,9 +22,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("arping", "iputils-arping"),
     ("conntrack", "conntrack"),
-    // The CNI suite: podman 4 with its CNI backend, and a static busybox
-    // for its containers' root folder.
+    // The CNI suite: podman 4 with its CNI backend, containerd's ctr, and a
+    // static busybox for their containers' root folders.
     ("podman", "podman"),
+    ("ctr", "containerd"),
     ("busybox", "busybox-static"),
 ];
 
