@@ -23,15 +23,19 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("arping", "iputils-arping"),
     ("conntrack", "conntrack"),
-    // The CNI suite: podman 4 with its CNI backend; a static busybox for
-    // the root folder of the podman and Docker scenarios' containers.
-    ("podman", "podman"),
+    // A static busybox for the root folder of the runtimes' containers.
     ("busybox", "busybox-static"),
 ];
 
 /// Container runtimes the scenarios drive, installed with their services
 /// kept from starting (they run in sandboxes only).
-const RUNTIMES: &[(&str, &str)] = &[("dockerd", "docker.io")];
+/// The Docker suite drives dockerd, the CNI suite podman 4 (its CNI
+/// backend) and containerd's `ctr`.
+const RUNTIMES: &[(&str, &str)] = &[
+    ("ctr", "containerd"),
+    ("podman", "podman"),
+    ("dockerd", "docker.io"),
+];
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     rust_src()?;
