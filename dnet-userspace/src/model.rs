@@ -179,6 +179,12 @@ pub struct Container {
     /// The runtime that attached this container, if another one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimeRef>,
+    /// Its own upstream resolvers (`dnet run --dns`); empty: the daemon's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<Ipv4Addr>,
+    /// Its host name (`dnet run --hostname`); `None`: its short id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 impl State {
@@ -380,6 +386,8 @@ mod tests {
                     runtime: "cni".into(),
                     id: "abc".into(),
                 }),
+                dns: vec!["192.0.2.53".parse().unwrap()],
+                hostname: Some("web.local".into()),
             },
         );
         let json = serde_json::to_string(&s).unwrap();

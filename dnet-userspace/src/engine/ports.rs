@@ -269,6 +269,8 @@ mod tests {
             process: None,
             owner: None,
             runtime: None,
+            dns: vec![],
+            hostname: None,
         }
     }
 
