@@ -407,7 +407,24 @@ impl Drop for Dockerd {
             }
         }
         self.remove_cgroups();
+        // Not while another live process's sandbox serves a driver there
+        // (another run of the suites on this machine).
+        let others = std::fs::read_dir("/run/docker/plugins")
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(crate::owner_pid)
+                        .is_some_and(|p| {
+                            p != std::process::id() && Path::new(&format!("/proc/{p}")).exists()
+                        })
+                })
+            })
+            .unwrap_or(false);
         for p in &self.made {
+            if others && p.starts_with("/run/docker") {
+                continue;
+            }
             if p.is_dir() {
                 let _ = std::fs::remove_dir_all(p);
             } else {
