@@ -294,7 +294,7 @@ impl Inner {
     }
 
     /// What a runtime needs to know of `c`'s endpoint `ep`.
-    fn attach_response(
+    pub(super) fn attach_response(
         &self,
         c: &Container,
         ep: &Endpoint,
@@ -338,7 +338,7 @@ impl Inner {
             routes,
             mtu: self.ctx.mtu(net),
             ports: ports.to_vec(),
-            dns: None,
+            dns: crate::dns::resolver_of(net).filter(|_| ep.ip.is_some()),
         }
     }
 }

@@ -18,9 +18,12 @@ mod nat;
 mod ports;
 mod process;
 mod reconcile;
+mod runtime;
+mod runtime_net;
 
 pub use attach::EndpointOpts;
 pub use nat::NatOptions;
+pub use runtime_net::PortRequest;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -45,7 +48,8 @@ use crate::{
     invalid,
     ipam::{self, Pool},
     model::{
-        Container, DriverKind, Endpoint, Ipam, MacAddr, Netns, Network, Process, State, new_id, now,
+        Container, DriverKind, Endpoint, Ipam, MacAddr, Netns, Network, Process, RuntimeRef, State,
+        new_id, now,
     },
     netlink::{Netlink, RTPROT_DNET},
     netns, not_found, spec,
@@ -61,6 +65,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
     pub nat: NatOptions,
+    /// What the resolver forwards to.
+    pub dns: crate::dns::Options,
 }
 
 impl Config {
@@ -83,6 +89,8 @@ struct Inner {
     state: State,
     store: Store,
     ctx: Ctx,
+    /// Answers names from the committed state (see `commit`).
+    dns: crate::dns::Resolver,
 }
 
 /// The predefined networks, as Docker has them.
@@ -126,8 +134,10 @@ impl Engine {
         // Listening before the uplink is first read: no change falls
         // between the two.
         let changes = crate::netlink::monitor()?;
+        let dns = crate::dns::Resolver::new(cfg.dns.clone());
         let mut inner = Inner {
             cfg,
+            dns,
             state,
             store,
             ctx: Ctx {
@@ -139,6 +149,8 @@ impl Engine {
         inner.setup_nat().await?;
         inner.ensure_predefined().await?;
         inner.reconcile().await?;
+        // The names of the state as it is after the restart.
+        inner.dns.update(&inner.state);
         let gc_interval = inner.cfg.nat.gc_interval;
         let engine = Arc::new(Engine {
             inner: Mutex::new(inner),
@@ -460,6 +472,8 @@ impl Inner {
     fn commit(&mut self, state: State) -> Result<()> {
         self.store.commit(&state)?;
         self.state = state;
+        // Names follow the state at once.
+        self.dns.update(&self.state);
         Ok(())
     }
 
@@ -511,6 +525,17 @@ impl Inner {
     }
 
     async fn create_network(&mut self, req: NetworkCreate, predefined: bool) -> Result<Network> {
+        self.create_network_for(req, predefined, None).await
+    }
+
+    /// [`Inner::create_network`] for another runtime, which knows the
+    /// network by `runtime` (a Docker network id).
+    async fn create_network_for(
+        &mut self,
+        req: NetworkCreate,
+        predefined: bool,
+        runtime: Option<RuntimeRef>,
+    ) -> Result<Network> {
         spec::validate_name("network", &req.name)?;
         if self.state.network_by_name(&req.name).is_some() {
             return Err(conflict!("network {:?} already exists", req.name));
@@ -560,6 +585,7 @@ impl Inner {
             options,
             dp_id,
             host_address: None,
+            runtime,
         };
         let driver = driver::driver(driver_kind);
         driver.validate(&self.ctx, &self.state, &mut net).await?;
@@ -876,6 +902,8 @@ impl Inner {
             process: None,
             owner,
             runtime: None,
+            dns: Vec::new(),
+            hostname: None,
         };
         let ep = self
             .new_endpoint(
@@ -883,6 +911,7 @@ impl Inner {
                 &c,
                 &EndpointOpts {
                     ip: req.ip.as_deref(),
+                    aliases: &req.aliases,
                     ..Default::default()
                 },
             )
@@ -951,7 +980,7 @@ impl Inner {
         if let Netns::Owned { path } = &c.netns {
             process::kill_all_in(path);
             if c.process.is_some() {
-                process::remove_cgroup(&c.id);
+                process::remove_cgroup(&c.id).await;
             }
             if let Err(e) = netns::remove(path) {
                 tracing::warn!(container = %c.name, "removing its namespace: {e}");
@@ -1011,7 +1040,15 @@ impl Inner {
         let name = name
             .map(str::to_owned)
             .unwrap_or_else(|| format!("{prefix}-{}", &id[..8]));
-        spec::validate_name("container", &name)?;
+        match name.split_once('/') {
+            // A pod's `NAMESPACE/NAME`, as CNI_ARGS' K8S_POD_NAMESPACE and
+            // K8S_POD_NAME give it.
+            Some((ns, pod)) => {
+                spec::validate_name("pod namespace", ns)?;
+                spec::validate_name("pod", pod)?;
+            }
+            None => spec::validate_name("container", &name)?,
+        }
         if self.state.containers.values().any(|c| c.name == name) {
             return Err(conflict!("container name {name:?} is already in use"));
         }
@@ -1025,6 +1062,8 @@ impl Inner {
             process: None,
             owner: None,
             runtime: None,
+            dns: Vec::new(),
+            hostname: None,
         })
     }
 
@@ -1072,6 +1111,7 @@ impl Inner {
             gateway_link: (n.driver == DriverKind::Bridge)
                 .then(|| driver::GATEWAY_LABEL.to_owned()),
             host_address: n.host_address,
+            runtime: n.runtime.clone(),
             containers: self
                 .state
                 .endpoints_of(&n.id)
