@@ -206,6 +206,7 @@ pub(crate) mod tests {
             options: BTreeMap::new(),
             dp_id: 1,
             host_address: None,
+            runtime: None,
         }
     }
 

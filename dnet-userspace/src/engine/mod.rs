@@ -19,6 +19,7 @@ mod ports;
 mod process;
 mod reconcile;
 mod runtime;
+mod runtime_ipam;
 mod runtime_net;
 
 pub use attach::EndpointOpts;
@@ -91,6 +92,8 @@ struct Inner {
     ctx: Ctx,
     /// Answers names from the committed state (see `commit`).
     dns: crate::dns::Resolver,
+    /// Pools and addresses handed out to another runtime's IPAM.
+    runtime_ipam: runtime_ipam::RuntimeIpam,
 }
 
 /// The predefined networks, as Docker has them.
@@ -145,6 +148,7 @@ impl Engine {
                 dp,
                 uplink: None,
             },
+            runtime_ipam: Default::default(),
         };
         inner.setup_nat().await?;
         inner.ensure_predefined().await?;
