@@ -9,7 +9,9 @@ use aya_ebpf::programs::TcContext;
 use dnet_common::DropReason;
 
 use crate::{
+    ct,
     eth::{ETH_HLEN, ETH_P_IP, EthHdr},
+    icmp_error,
     icmp_reply::{self, IcmpError},
     ipv4::Ipv4Hdr,
     l4::{self, IPPROTO_TCP, IPPROTO_UDP, Parsed},
@@ -58,11 +60,11 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     match l4::parse(ctx, ETH_HLEN, &ip) {
         Parsed::Flow(key, l4) => {
-            let e = nat::lookup(&key, l4.tcp_flags);
+            let e = ct::lookup(&key, l4.tcp_flags);
             let svc = match e {
                 Some(_) => None,
                 None if (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
-                    && nat::opens_flow(key.proto, l4.tcp_flags) =>
+                    && ct::opens_flow(key.proto, l4.tcp_flags) =>
                 {
                     nat::service(key.daddr_be, key.dport_be, key.proto)
                 }
@@ -92,7 +94,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             };
             nat::translate_and_deliver(ctx, &l4, &key, &e)
         }
-        Parsed::IcmpError(off) => nat::icmp_error(ctx, off, None),
+        Parsed::IcmpError(off) => icmp_error::icmp_error(ctx, off, None),
         // Fragments and other protocols are the host's (a translated flow
         // never fragments: containers get the uplink's MTU and do PMTU
         // discovery).

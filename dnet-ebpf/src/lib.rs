@@ -2,7 +2,9 @@
 //!
 //! One module per concern: `ptr` (bounds-checked packet access), `eth`,
 //! `arp`, `ipv4`, `l4` (headers and tuples), `maps` (the maps), `stats`
-//! (counters and drops), `nat` (conntrack, rewriting, delivery),
+//! (counters and drops), `ct` (conntrack), `nat` (new flows and their
+//! ports, rewriting, delivery), `fib` (routing where the datapath
+//! forwards), `icmp_error` (ICMP errors about translated flows),
 //! `icmp_reply` (the ICMP errors dnet sends at its own hop), `lxc` (the
 //! container-facing programs), `host` (the uplink program), `sock` (the
 //! socket hooks for host access to published ports).
@@ -16,8 +18,11 @@
 #![allow(clippy::needless_borrows_for_generic_args, clippy::collapsible_if)]
 
 pub mod arp;
+pub mod ct;
 pub mod eth;
+pub mod fib;
 pub mod host;
+pub mod icmp_error;
 pub mod icmp_reply;
 pub mod ipv4;
 pub mod l4;
@@ -27,6 +32,12 @@ pub mod nat;
 pub mod ptr;
 pub mod sock;
 pub mod stats;
+
+/// A failed packet access (load, store, checksum helper) as a drop reason.
+#[inline(always)]
+pub(crate) fn err<T>(r: Result<T, i64>) -> Result<T, dnet_common::DropReason> {
+    r.map_err(|_| dnet_common::DropReason::Malformed)
+}
 
 /// TC verdicts (`include/uapi/linux/pkt_cls.h`).
 pub mod verdict {

@@ -42,12 +42,15 @@ use dnet_common::{
 
 use crate::{
     arp::{ARPOP_REPLY, ARPOP_REQUEST, ArpHdr},
+    ct,
     eth::{ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, mac_eq},
+    fib::{self, Route, RouteQuery},
+    icmp_error,
     icmp_reply::{self, IcmpError},
     ipv4::{self, Ipv4Hdr},
     l4::{self, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Parsed},
     maps::{EP_BY_IF, EP_BY_IP, NET_MEMBERS, NETWORKS, SUBNETS},
-    nat::{self, Route, RouteQuery},
+    nat,
     ptr::ptr_at,
     stats::{count_drops, count_rx, count_translated, count_tx, drop},
     verdict::{TC_ACT_OK, TC_ACT_REDIRECT},
@@ -79,7 +82,7 @@ fn endpoint_at(addr_be: u32) -> Option<Endpoint> {
 /// the packet as its router. The answer is built in one place, at the end,
 /// where the frame holds little else.
 const ANSWER_TIME_EXCEEDED: i32 = -100;
-/// The MTU is the last route lookup's (`nat::route_mtu`).
+/// The MTU is the last route lookup's (`fib::route_mtu`).
 const ANSWER_FRAG_NEEDED: i32 = -101;
 
 /// tcx ingress of the host-side veth.
@@ -91,7 +94,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     count_rx(ep.slot, ctx.len());
     let err = match try_from_container(ctx, &ep) {
         Ok(ANSWER_TIME_EXCEEDED) => IcmpError::TimeExceeded,
-        Ok(ANSWER_FRAG_NEEDED) => IcmpError::FragNeeded(nat::route_mtu()),
+        Ok(ANSWER_FRAG_NEEDED) => IcmpError::FragNeeded(fib::route_mtu()),
         Ok(verdict) => return verdict,
         Err(reason) => return drop(ep.slot, reason),
     };
@@ -260,7 +263,7 @@ fn from_container_ipv4(
     if net.flags & NET_F_INTERNAL == 0 {
         match &parsed {
             Parsed::Flow(key, l4) => {
-                if let Some(e) = nat::lookup(key, l4.tcp_flags) {
+                if let Some(e) = ct::lookup(key, l4.tcp_flags) {
                     if ipc.ttl <= 1 {
                         return Ok(ANSWER_TIME_EXCEEDED);
                     }
@@ -272,7 +275,7 @@ fn from_container_ipv4(
             }
             Parsed::IcmpError(off) => {
                 // An error about a flow from the world to a published port.
-                let v = nat::icmp_error(ctx, *off, Some(ep.addr_be))?;
+                let v = icmp_error::icmp_error(ctx, *off, Some(ep.addr_be))?;
                 if v != TC_ACT_OK {
                     return Ok(v);
                 }
@@ -306,7 +309,7 @@ fn from_container_ipv4(
         // Hairpin: a published port of the host, from a container.
         if let Parsed::Flow(key, l4) = &parsed
             && (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
-            && nat::opens_flow(key.proto, l4.tcp_flags)
+            && ct::opens_flow(key.proto, l4.tcp_flags)
             && let Some(svc) = nat::service(daddr, key.dport_be, key.proto)
         {
             if ipc.ttl <= 1 {
@@ -318,7 +321,7 @@ fn from_container_ipv4(
         }
         return Ok(TC_ACT_OK);
     }
-    let route = nat::route(
+    let route = fib::route(
         ctx,
         &RouteQuery {
             iif: ep.ifindex,
@@ -350,7 +353,7 @@ fn from_container_ipv4(
             if key.proto == IPPROTO_ICMP && l4.icmp_type != ICMP_ECHO {
                 return Err(DropReason::NatUnsupported);
             }
-            if !nat::opens_flow(key.proto, l4.tcp_flags) {
+            if !ct::opens_flow(key.proto, l4.tcp_flags) {
                 return Err(DropReason::CtNoFlow);
             }
             // A packet that dies or does not fit here takes no port.
@@ -365,7 +368,7 @@ fn from_container_ipv4(
             let e = nat::new_snat(&cfg, &key, l4.tcp_flags)?;
             nat::rewrite(ctx, ETH_HLEN, &l4, &key, &e)?;
             count_translated(ep.slot);
-            nat::forward(ctx, &route)
+            fib::forward(ctx, &route)
         }
         Parsed::Fragment => Err(DropReason::Fragment),
         Parsed::Truncated => Err(DropReason::Malformed),

@@ -6,11 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dnet_common::{
-    Config, CtEntry, CtKey, Endpoint, EndpointStats, NetMembers, Network, Service, ServiceKey,
-    SockRev, SockRevKey,
-    maps::{
-        CT_ENTRIES, MAX_ENDPOINTS, MAX_NETWORKS, MAX_SERVICES, SOCK_REVNAT_ENTRIES, STATS_SLOTS,
-    },
+    Config, Endpoint, EndpointStats, NetMembers, Network, Service, ServiceKey, SockRev, SockRevKey,
+    maps::{MAX_ENDPOINTS, MAX_NETWORKS, MAX_SERVICES, SOCK_REVNAT_ENTRIES, STATS_SLOTS},
 };
 
 #[map(name = "DNET_EP_BY_IP")]
@@ -31,11 +28,6 @@ pub static NET_MEMBERS: Array<NetMembers> = Array::with_max_entries(MAX_NETWORKS
 #[map(name = "DNET_STATS")]
 pub static STATS: PerCpuArray<EndpointStats> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
 
-/// Both directions of every translated flow; the daemon sets the size
-/// (`--ct-entries`) and collects expired entries.
-#[map(name = "DNET_CT")]
-pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_ENTRIES, 0);
-
 #[map(name = "DNET_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
@@ -45,11 +37,6 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "DNET_SOCK_REVNAT")]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRev> =
     LruHashMap::with_max_entries(SOCK_REVNAT_ENTRIES, 0);
-
-/// Scratch space for `bpf_fib_lookup`'s parameters (one per CPU), which do
-/// not fit on the container program's stack beside everything else.
-#[map(name = "DNET_FIB_SCRATCH")]
-pub static FIB_SCRATCH: PerCpuArray<crate::nat::FibParams> = PerCpuArray::with_max_entries(1, 0);
 
 /// ICMP errors sent, as a token bucket per endpoint slot (slot 0: the
 /// uplink) and CPU: when the next one is due (`icmp_reply`).

@@ -2,8 +2,10 @@
 
 pub mod api;
 pub mod cli;
+pub mod cni;
 pub mod datapath;
 pub mod dns;
+pub mod docker;
 pub mod driver;
 pub mod engine;
 pub mod error;

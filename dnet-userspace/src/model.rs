@@ -95,6 +95,11 @@ pub struct Network {
     /// it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_address: Option<Ipv4Addr>,
+    /// The runtime that made this network through its own front end
+    /// (Docker's network id): it is known by that key, since the runtime
+    /// never replays its creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeRef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,6 +355,10 @@ mod tests {
                 options: BTreeMap::new(),
                 dp_id: 1,
                 host_address: None,
+                runtime: Some(RuntimeRef {
+                    runtime: "docker".into(),
+                    id: "d1".into(),
+                }),
             },
         );
         s.containers.insert(

@@ -102,7 +102,15 @@ impl Default for Watch {
                 PathBuf::from("/run/netns"),
                 PathBuf::from("/sys/fs/bpf"),
             ],
-            machine_paths: Vec::new(),
+            // Where CNI runtimes look (the CNI suites install into temp
+            // folders only), and Docker's plugin sockets (a sandbox's dnet
+            // daemon serves its driver there and removes the socket when it
+            // stops).
+            machine_paths: vec![
+                PathBuf::from("/opt/cni/bin"),
+                PathBuf::from("/etc/cni/net.d"),
+                PathBuf::from("/run/docker/plugins"),
+            ],
             process_names: [
                 "dockerd",
                 "containerd",
@@ -370,6 +378,32 @@ pub struct MachineView {
     pub cgroup_programs: BTreeSet<(String, u32)>,
     /// Watched runtime processes: (pid, start, comm, netns).
     pub runtimes: BTreeSet<(u32, u64, String, (u64, u64))>,
+    /// Detached containers' cgroups, `dnet/ns<inode>/<id>` under the
+    /// cgroup v2 root: (path, inode of the daemon's namespace).
+    pub container_cgroups: BTreeSet<(String, u64)>,
+}
+
+/// The folders under `<cgroup v2 root>/dnet/ns<inode>/`, each with the
+/// inode of the namespace of the daemon that made it.
+fn container_cgroups(root: &Path) -> BTreeSet<(String, u64)> {
+    let mut out = BTreeSet::new();
+    for d in fs::read_dir(root.join("dnet"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = d.file_name().to_string_lossy().into_owned();
+        let Some(ino) = name.strip_prefix("ns").and_then(|i| i.parse().ok()) else {
+            continue;
+        };
+        out.insert((d.path().display().to_string(), ino));
+        for c in fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            if c.path().is_dir() {
+                out.insert((c.path().display().to_string(), ino));
+            }
+        }
+    }
+    out
 }
 
 /// `ip -j ARGS` of the machine's own namespace, each object without its
@@ -458,7 +492,9 @@ pub fn machine_view(watch: &Watch) -> io::Result<MachineView> {
     // mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` beside v1).
     let mounts = parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo")?)?;
     let mut cgroup_programs = BTreeSet::new();
+    let mut cgroups = BTreeSet::new();
     if let Some(root) = mounts.iter().find(|m| m.fstype == "cgroup2") {
+        cgroups = container_cgroups(&root.point);
         cgroup_programs.extend(
             crate::bpf::cgroup_programs(&root.point)?
                 .into_iter()
@@ -474,6 +510,7 @@ pub fn machine_view(watch: &Watch) -> io::Result<MachineView> {
         parts,
         cgroup_programs,
         runtimes,
+        container_cgroups: cgroups,
     })
 }
 
@@ -555,6 +592,16 @@ pub fn machine_changes(
     for (t, id) in before.cgroup_programs.difference(&after.cgroup_programs) {
         if !foreign_before.programs.contains(id) {
             out.push(format!("cgroup program gone from the root: {t} id {id}"));
+        }
+    }
+    // Another run's daemon may still hold its cgroups; its namespace tells.
+    let theirs: BTreeSet<u64> = foreign_after.netns.iter().map(|(_, ino)| *ino).collect();
+    for (path, ino) in after
+        .container_cgroups
+        .difference(&before.container_cgroups)
+    {
+        if !theirs.contains(ino) {
+            out.push(format!("new container cgroup: {path}"));
         }
     }
     for (pid, _, comm, netns) in after.runtimes.difference(&before.runtimes) {

@@ -11,6 +11,7 @@
 //! Nothing here touches the machine's own network namespace.
 
 pub mod bpf;
+pub mod docker;
 pub mod leaks;
 
 use std::{
@@ -243,6 +244,15 @@ impl Sandbox {
             .arg(&self.bpffs)
             .arg("--log-level")
             .arg("dnet=debug,info")
+            // Docker's plugin folder is the machine's: a sandbox's daemon
+            // serves the driver only where a test asks for it.
+            .args(
+                (!self
+                    .daemon_args
+                    .iter()
+                    .any(|a| a.starts_with("--docker-plugin-socket")))
+                .then_some("--docker-plugin-socket="),
+            )
             .args(&self.daemon_args)
             .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
@@ -919,6 +929,37 @@ pub fn reap_stale_where(filter: impl Fn(&str) -> bool) -> Vec<String> {
     removed
 }
 
+/// The cgroups a daemon running in the namespace at `netns` makes for its
+/// detached containers: `dnet/ns<inode>` under the cgroup v2 root (dnet's
+/// `engine::process::instance_cgroup`). None without cgroup v2.
+pub fn daemon_cgroup(netns: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = fs::metadata(netns).ok()?.ino();
+    Some(cgroup2_root()?.join("dnet").join(format!("ns{ino}")))
+}
+
+/// Where the cgroup v2 hierarchy is mounted.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = leaks::parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").ok()?).ok()?;
+    Some(mounts.into_iter().find(|m| m.fstype == "cgroup2")?.point)
+}
+
+/// Kills what is in the cgroups under `dir` and removes them and `dir`
+/// (bounded wait: a killed process leaves its cgroup a moment later).
+fn remove_cgroup_tree(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten().filter(|e| e.path().is_dir()) {
+        let _ = fs::write(e.path().join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while fs::remove_dir(e.path()).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -955,6 +996,10 @@ impl Drop for Sandbox {
         {
             let p = PathBuf::from("/run/netns").join(ns);
             kill_in_netns(&p);
+            // A daemon killed mid-way leaves its containers' cgroups.
+            if let Some(cg) = daemon_cgroup(&p) {
+                remove_cgroup_tree(&cg);
+            }
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         let _ = fs::remove_dir_all(&self.bpffs);

@@ -98,7 +98,17 @@ fn a_detached_command_starts_clean_in_a_cgroup_of_its_own() {
             .unwrap_or_default()
     };
     let id = c["id"].as_str().unwrap();
-    assert!(cg(pid).ends_with(&format!("/dnet/{id}")), "{}", cg(pid));
+    // Under the daemon's own folder, named after its namespace: whoever
+    // removes the namespace finds the cgroups it left.
+    let ours = daemon_cgroup(&sb.host_netns_path()).expect("cgroup v2");
+    let root = cgroup2_root().unwrap();
+    let rel = ours.strip_prefix(&root).unwrap().join(id);
+    assert!(
+        cg(pid).ends_with(&rel.display().to_string()),
+        "{} not in {}",
+        cg(pid),
+        rel.display()
+    );
     assert_ne!(cg(pid), cg(u64::from(daemon)));
     let log = sb.state_dir().join("logs").join(format!("{id}.log"));
     assert_eq!(mode(&log), 0o600, "log");

@@ -26,7 +26,7 @@ enum Task {
     /// Install what a fresh machine lacks: rust-src, bpf-linker (built on the
     /// toolchain's own LLVM, into .tools/), and the Debian packages the tests use.
     Setup,
-    /// Set up, then build dnet and conntest.
+    /// Set up, then build dnet, dnet-cni and conntest.
     Build {
         /// Optimised build.
         #[arg(long)]
@@ -84,7 +84,8 @@ pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the `dnet` and `conntest` binaries; returns the folder they are in.
+/// Builds the `dnet`, `dnet-cni` (beside `dnet`) and `conntest` binaries;
+/// returns the folder they are in.
 pub fn build(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(root).args([

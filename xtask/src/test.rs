@@ -35,7 +35,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&run_dir)?;
     let run = Run {
         dir: run_dir.clone(),
-        bins: vec![bin.join("dnet"), bin.join("conntest")],
+        bins: vec![bin.join("dnet"), bin.join("dnet-cni"), bin.join("conntest")],
     };
     let watch = Watch::default();
     let baseline = Baseline {

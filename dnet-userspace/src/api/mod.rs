@@ -55,6 +55,9 @@ pub struct NetworkView {
     /// The host's own address in the network (macvlan `host_access`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_address: Option<Ipv4Addr>,
+    /// The runtime that made the network (Docker, with its network id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeRef>,
     pub containers: Vec<AttachedView>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -229,6 +232,35 @@ pub struct DetachRequest {
     /// Nothing to detach is success (CNI DEL, Docker DeleteEndpoint repeats).
     #[serde(default)]
     pub missing_ok: bool,
+}
+
+/// `POST /v1/attach/check`: a runtime's existing attachment (CNI CHECK).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachCheck {
+    pub runtime: RuntimeRef,
+    /// Network name, id or unique id prefix.
+    pub network: String,
+}
+
+/// `POST /v1/attach/collect`: detach a runtime's containers it no longer
+/// knows (CNI GC).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AttachCollect {
+    /// "cni".
+    pub runtime: String,
+    /// Only this network's endpoints; None = every network.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The runtime's ids (`RuntimeRef::id`) still valid: these stay.
+    #[serde(default)]
+    pub keep: Vec<String>,
+}
+
+/// What `POST /v1/attach/collect` detached.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Collected {
+    /// The runtime's ids whose attachments went.
+    pub detached: Vec<String>,
 }
 
 /// `POST /v1/networks/{net}/disconnect`.

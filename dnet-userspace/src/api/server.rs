@@ -15,8 +15,8 @@ use axum::{
 use serde::Deserialize;
 
 use super::{
-    AttachRequest, ConnectRequest, ContainerCreate, DetachRequest, DisconnectRequest, ErrorBody,
-    NetworkCreate,
+    AttachCheck, AttachCollect, AttachRequest, ConnectRequest, ContainerCreate, DetachRequest,
+    DisconnectRequest, ErrorBody, NetworkCreate,
 };
 use crate::{engine::Engine, error::Error};
 
@@ -72,6 +72,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(container).delete(remove_container),
         )
         .route("/v1/attach", post(attach))
+        .route("/v1/attach/check", post(attach_check))
+        .route("/v1/attach/collect", post(attach_collect))
         .route("/v1/detach", post(detach))
         .route("/v1/stats", get(stats))
         .route("/v1/conntrack", get(conntrack).delete(flush_conntrack))
@@ -86,7 +88,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
 /// Binds the socket in a fresh 0700 folder beside `socket`, sets its mode
 /// to 0660 there and renames it into place: it is never reachable by others
 /// with a wider mode, not even for an instant.
-fn bind_private(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
+pub(crate) fn bind_private(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     let dir = socket.parent().unwrap_or(Path::new("."));
     let name = socket
@@ -188,6 +190,22 @@ async fn attach(
         StatusCode::OK
     };
     Ok((status, Json(resp)))
+}
+
+async fn attach_check(
+    State(e): Engine_,
+    body: Result<Json<AttachCheck>, JsonRejection>,
+) -> Api<super::AttachResponse> {
+    let Json(req) = body?;
+    Ok(Json(e.attach_check(req).await?))
+}
+
+async fn attach_collect(
+    State(e): Engine_,
+    body: Result<Json<AttachCollect>, JsonRejection>,
+) -> Api<super::Collected> {
+    let Json(req) = body?;
+    Ok(Json(e.attach_collect(req).await?))
 }
 
 async fn detach(

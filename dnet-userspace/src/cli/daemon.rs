@@ -52,6 +52,10 @@ pub struct Args {
     /// How often expired flows are collected, in seconds.
     #[arg(long, default_value_t = 5)]
     ct_gc_interval: u64,
+    /// Where to serve Docker's remote network driver; the file name is the
+    /// driver's name (`docker network create -d dnet`). Empty: not served.
+    #[arg(long, default_value = crate::docker::DEFAULT_SOCKET)]
+    docker_plugin_socket: PathBuf,
     /// Where the resolver forwards names that are not containers'
     /// (IP[:PORT], repeatable; default: the first three nameservers of
     /// /etc/resolv.conf), queried from the daemon's namespace.
@@ -219,7 +223,14 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
     };
     let r = rt.block_on(async {
         let engine = Engine::start(cfg).await.map_err(anyhow::Error::from)?;
-        let shutdown = async {
+        // One signal stops every server.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let stop = std::sync::Arc::new(stop);
+        let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
             let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -228,11 +239,40 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                 _ = int.recv() => {},
             }
             tracing::info!("stopping (containers and forwarding stay)");
+            let _ = on_signal.send(true);
+        });
+        // The engine answers now: Docker may find the driver.
+        let plugin = if args.docker_plugin_socket.as_os_str().is_empty() {
+            None
+        } else {
+            let path = args.docker_plugin_socket.clone();
+            let listener = crate::docker::bind(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "Docker plugin socket {}: {e} (--docker-plugin-socket '' turns the driver off)",
+                    path.display()
+                )
+            })?;
+            let engine = engine.clone();
+            let stopped = until_stopped(stopped.clone());
+            Some(tokio::spawn(async move {
+                crate::docker::serve(engine, listener, &path, stopped)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("Docker plugin socket {}: {e}", path.display()))
+            }))
         };
-        server::serve(engine, socket, shutdown)
+        let api = server::serve(engine, socket, until_stopped(stopped))
             .await
-            .map_err(|e| anyhow::anyhow!("API socket {}: {e}", socket.display()))?;
+            .map_err(|e| anyhow::anyhow!("API socket {}: {e}", socket.display()));
         let _ = std::fs::remove_file(socket);
+        // The API is gone (stopped, or it failed): so is the driver.
+        let _ = stop.send(true);
+        if let Some(p) = plugin {
+            match p.await {
+                Ok(r) => r?,
+                Err(e) => anyhow::bail!("the Docker plugin server failed: {e}"),
+            }
+        }
+        api?;
         anyhow::Ok(())
     });
     drop(lock);

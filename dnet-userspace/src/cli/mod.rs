@@ -1,6 +1,7 @@
 //! The `dnet` command line: one file per command. Every command but
 //! `daemon` talks to the daemon over its API socket.
 
+mod cni;
 mod conntrack;
 mod daemon;
 mod exec;
@@ -68,6 +69,9 @@ pub enum Command {
     /// The datapath's connection tracking (NAT) table.
     #[command(subcommand)]
     Conntrack(conntrack::Command),
+    /// Use dnet from CNI runtimes (podman, containerd, Kubernetes nodes).
+    #[command(subcommand)]
+    Cni(cni::Command),
 }
 
 /// Exit code when dnet itself fails (as `docker run`'s 125).
@@ -105,6 +109,7 @@ pub fn main() -> ExitCode {
             Command::Info => info::run(&client, cli.format).await,
             Command::Stats => stats::run(&client, cli.format).await,
             Command::Conntrack(cmd) => conntrack::run(cmd, &client, cli.format).await,
+            Command::Cni(cmd) => cni::run(cmd, &client, &cli.socket).await,
         }
     });
     match r {

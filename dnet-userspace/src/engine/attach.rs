@@ -294,7 +294,7 @@ impl Inner {
     }
 
     /// What a runtime needs to know of `c`'s endpoint `ep`.
-    fn attach_response(
+    pub(super) fn attach_response(
         &self,
         c: &Container,
         ep: &Endpoint,

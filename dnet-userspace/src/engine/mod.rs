@@ -19,9 +19,12 @@ mod nat;
 mod ports;
 mod process;
 mod reconcile;
+mod runtime;
+mod runtime_net;
 
 pub use attach::EndpointOpts;
 pub use nat::NatOptions;
+pub use runtime_net::PortRequest;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -46,7 +49,8 @@ use crate::{
     invalid,
     ipam::{self, Pool},
     model::{
-        Container, DriverKind, Endpoint, Ipam, MacAddr, Netns, Network, Process, State, new_id, now,
+        Container, DriverKind, Endpoint, Ipam, MacAddr, Netns, Network, Process, RuntimeRef, State,
+        new_id, now,
     },
     netlink::{Netlink, RTPROT_DNET},
     netns, not_found, spec,
@@ -527,6 +531,17 @@ impl Inner {
     }
 
     async fn create_network(&mut self, req: NetworkCreate, predefined: bool) -> Result<Network> {
+        self.create_network_for(req, predefined, None).await
+    }
+
+    /// [`Inner::create_network`] for another runtime, which knows the
+    /// network by `runtime` (a Docker network id).
+    async fn create_network_for(
+        &mut self,
+        req: NetworkCreate,
+        predefined: bool,
+        runtime: Option<RuntimeRef>,
+    ) -> Result<Network> {
         spec::validate_name("network", &req.name)?;
         if self.state.network_by_name(&req.name).is_some() {
             return Err(conflict!("network {:?} already exists", req.name));
@@ -576,6 +591,7 @@ impl Inner {
             options,
             dp_id,
             host_address: None,
+            runtime,
         };
         let driver = driver::driver(driver_kind);
         driver.validate(&self.ctx, &self.state, &mut net).await?;
@@ -980,7 +996,7 @@ impl Inner {
         if let Netns::Owned { path } = &c.netns {
             process::kill_all_in(path);
             if c.process.is_some() {
-                process::remove_cgroup(&c.id);
+                process::remove_cgroup(&c.id).await;
             }
             if let Err(e) = netns::remove(path) {
                 tracing::warn!(container = %c.name, "removing its namespace: {e}");
@@ -1051,7 +1067,15 @@ impl Inner {
         let name = name
             .map(str::to_owned)
             .unwrap_or_else(|| format!("{prefix}-{}", &id[..8]));
-        spec::validate_name("container", &name)?;
+        match name.split_once('/') {
+            // A pod's `NAMESPACE/NAME`, as CNI_ARGS' K8S_POD_NAMESPACE and
+            // K8S_POD_NAME give it.
+            Some((ns, pod)) => {
+                spec::validate_name("pod namespace", ns)?;
+                spec::validate_name("pod", pod)?;
+            }
+            None => spec::validate_name("container", &name)?,
+        }
         if self.state.containers.values().any(|c| c.name == name) {
             return Err(conflict!("container name {name:?} is already in use"));
         }
@@ -1114,6 +1138,7 @@ impl Inner {
             gateway_link: (n.driver == DriverKind::Bridge)
                 .then(|| driver::GATEWAY_LABEL.to_owned()),
             host_address: n.host_address,
+            runtime: n.runtime.clone(),
             containers: self
                 .state
                 .endpoints_of(&n.id)

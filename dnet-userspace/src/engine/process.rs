@@ -60,11 +60,20 @@ fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-/// The cgroup of container `id`: `dnet/<id>` under the root of the cgroup
-/// v2 hierarchy, outside the daemon's own (a `systemctl restart` of the
-/// daemon's unit kills what is in its cgroup, not the containers).
+/// This daemon's folder of container cgroups: `dnet/ns<inode>` under the
+/// root of the cgroup v2 hierarchy, named after the daemon's network
+/// namespace (one daemon per namespace: see the daemon's lock), outside the
+/// daemon's own cgroup (a `systemctl restart` of the daemon's unit kills
+/// what is in its cgroup, not the containers). Whoever removes a daemon's
+/// namespace can find and remove its cgroups by that name.
+pub fn instance_cgroup() -> Option<PathBuf> {
+    let (_, ino) = netns::identity(Path::new("/proc/self/ns/net")).ok()?;
+    Some(cgroup2_root()?.join("dnet").join(format!("ns{ino}")))
+}
+
+/// The cgroup of container `id`, in [`instance_cgroup`].
 pub fn cgroup_path(id: &str) -> Option<PathBuf> {
-    Some(cgroup2_root()?.join("dnet").join(id))
+    Some(instance_cgroup()?.join(id))
 }
 
 /// Makes the container's cgroup and opens its `cgroup.procs` for the child
@@ -87,29 +96,55 @@ fn open_cgroup(id: &str) -> Result<Option<fs::File>> {
     Ok(Some(f))
 }
 
-/// Removes container `id`'s cgroup once its processes are gone (bounded
-/// wait: a killed process leaves its cgroup a moment later).
-pub fn remove_cgroup(id: &str) {
-    let Some(dir) = cgroup_path(id) else { return };
-    if !dir.exists() {
-        return;
-    }
+/// Kills what is left in the cgroup at `dir` and removes it once empty.
+/// `cgroup.kill` (Linux 5.14) kills the whole group at once, forks
+/// included; a killed process leaves its cgroup a moment later, so the
+/// removal waits, asynchronously and bounded (1 s).
+async fn remove_cgroup_dir(dir: &Path) -> bool {
     for _ in 0..50 {
-        match fs::remove_dir(&dir) {
-            Ok(()) => return,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        match fs::remove_dir(dir) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
             Err(_) => {
-                // Still populated: kill what is left, then wait a little.
-                if let Ok(pids) = fs::read_to_string(dir.join("cgroup.procs")) {
-                    for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                if fs::write(dir.join("cgroup.kill"), "1").is_err() {
+                    // Before 5.14: one process at a time.
+                    if let Ok(pids) = fs::read_to_string(dir.join("cgroup.procs")) {
+                        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                        }
                     }
                 }
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
     }
-    tracing::warn!(cgroup = %dir.display(), "cannot remove the container's cgroup");
+    tracing::warn!(cgroup = %dir.display(), "cannot remove a container's cgroup");
+    false
+}
+
+/// Removes container `id`'s cgroup, killing what is left in it.
+pub async fn remove_cgroup(id: &str) {
+    if let Some(dir) = cgroup_path(id) {
+        remove_cgroup_dir(&dir).await;
+    }
+}
+
+/// Removes the cgroups of this daemon's folder that belong to no container
+/// in `live` (a daemon killed between a container's end and its cleanup
+/// leaves them), then the folder itself when nothing is left in it.
+pub async fn collect_cgroups(live: &std::collections::HashSet<String>) {
+    let Some(dir) = instance_cgroup() else { return };
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.path().is_dir() && !live.contains(&name) {
+            tracing::info!(cgroup = %e.path().display(), "removing a cgroup dnet no longer uses");
+            remove_cgroup_dir(&e.path()).await;
+        }
+    }
+    let _ = fs::remove_dir(&dir);
 }
 
 /// Starts `command` of container `id` inside the namespace at `netns_path`,
@@ -165,7 +200,10 @@ pub fn spawn(
         .spawn()
         .map_err(|e| Error::Invalid(format!("cannot start {program:?}: {e}")));
     if child.is_err() {
-        remove_cgroup(id);
+        // Nothing joined it: an empty cgroup goes at once.
+        if let Some(dir) = cgroup_path(id) {
+            let _ = fs::remove_dir(dir);
+        }
     }
     child
 }

@@ -300,6 +300,8 @@ impl Inner {
                 }
             }
         }
+        // Cgroups of containers that are no longer in the state.
+        process::collect_cgroups(&st.containers.keys().cloned().collect()).await;
         Ok(())
     }
 }
