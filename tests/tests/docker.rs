@@ -440,7 +440,10 @@ fn docker_protocol_without_docker() {
     let call = |c: &str, b: &str| plugin_call(&sock, c, b);
     assert_eq!(
         call("Plugin.Activate", ""),
-        (200, serde_json::json!({"Implements": ["NetworkDriver"]}))
+        (
+            200,
+            serde_json::json!({"Implements": ["NetworkDriver", "IpamDriver"]})
+        )
     );
     assert_eq!(
         call("NetworkDriver.GetCapabilities", ""),
@@ -586,5 +589,61 @@ fn docker_containers_outlive_a_dnet_crash() {
     assert_consistent(&env.sb);
     env.docker(&["rm", "-f", "c5", "c6", "c7"]);
     env.docker(&["network", "rm", "dn5"]);
+    env.assert_clean();
+}
+
+#[test]
+fn docker_ipam_driver() {
+    let env = Env::new();
+    let d = env.driver.clone();
+    let id = env.network(
+        "ipn",
+        &[
+            "--ipam-driver",
+            &d,
+            "--subnet",
+            "10.96.0.0/24",
+            "--ip-range",
+            "10.96.0.128/25",
+        ],
+    );
+    let net = env.dnet_network(&id).expect("the dnet network");
+    assert_eq!(net["ipam"]["subnet"], "10.96.0.0/24");
+    assert_eq!(net["ipam"]["gateway"], "10.96.0.1");
+    assert_eq!(net["ipam"]["ip_range"], "10.96.0.128/25");
+    env.run("c8", "ipn", &[]);
+    env.run("c9", "ipn", &[]);
+    env.run("c10", "ipn", &["--ip", "10.96.0.10"]);
+    let mut got = vec![env.eth0("c8").0, env.eth0("c9").0, env.eth0("c10").0];
+    got.sort();
+    assert_eq!(got, ["10.96.0.10/24", "10.96.0.128/24", "10.96.0.129/24"]);
+    let o = env.exec("c8", &["ping", "-c", "1", "-W", "2", "10.96.0.10"]);
+    assert!(ok(&o), "{}", out(&o));
+    // dnet picks the subnet when none is given, from its own pools.
+    let id2 = env.network("ipauto", &["--ipam-driver", &d]);
+    let auto = env.dnet_network(&id2).expect("the second network");
+    let subnet = auto["ipam"]["subnet"].as_str().unwrap().to_owned();
+    assert!(subnet.starts_with("172."), "{subnet}");
+    // Overlaps are refused by dnet's IPAM, and nothing is made.
+    let before = env.sb.state();
+    let e = env.docker_err(&[
+        "network",
+        "create",
+        "-d",
+        &d,
+        "--ipam-driver",
+        &d,
+        "--subnet",
+        "10.96.0.0/16",
+        "bad",
+    ]);
+    assert!(e.contains("overlaps"), "{e}");
+    assert_eq!(env.sb.state(), before);
+    // An address is free again once its container is gone.
+    env.docker(&["rm", "-f", "c8"]);
+    env.run("c11", "ipn", &[]);
+    assert_eq!(env.eth0("c11").0, "10.96.0.128/24");
+    env.docker(&["rm", "-f", "c9", "c10", "c11"]);
+    env.docker(&["network", "rm", "ipn", "ipauto"]);
     env.assert_clean();
 }

@@ -54,8 +54,9 @@ pub struct Args {
     ct_gc_interval: u64,
     /// Where to serve Docker's remote network driver; the file name is the
     /// driver's name (`docker network create -d dnet`). Empty: not served.
+    // Text, not a path: clap refuses an empty path.
     #[arg(long, default_value = crate::docker::DEFAULT_SOCKET)]
-    docker_plugin_socket: PathBuf,
+    docker_plugin_socket: String,
     /// Where the resolver forwards names that are not containers'
     /// (IP[:PORT], repeatable; default: the first three nameservers of
     /// /etc/resolv.conf), queried from the daemon's namespace.
@@ -242,10 +243,10 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
             let _ = on_signal.send(true);
         });
         // The engine answers now: Docker may find the driver.
-        let plugin = if args.docker_plugin_socket.as_os_str().is_empty() {
+        let plugin = if args.docker_plugin_socket.is_empty() {
             None
         } else {
-            let path = args.docker_plugin_socket.clone();
+            let path = PathBuf::from(&args.docker_plugin_socket);
             let listener = crate::docker::bind(&path).map_err(|e| {
                 anyhow::anyhow!(
                     "Docker plugin socket {}: {e} (--docker-plugin-socket '' turns the driver off)",

@@ -3,10 +3,15 @@
 //! `docker network create -d NAME`), over the same engine as the API: one
 //! state, one lock, the shared attach path.
 //!
+//! The same socket serves Docker's IPAM driver (`--ipam-driver NAME`), so
+//! that dnet alone picks subnets and addresses.
+//!
 //! Wire rules Docker 20.10 holds the driver to: every answer is status 200,
-//! an error is `{"Err": "..."}`; bodies may be empty; the `Host` header may
-//! be empty. Handlers never call back into Docker.
+//! an error is `{"Err": "..."}` (network driver) or `{"Error": "..."}`
+//! (IPAM); bodies may be empty; the `Host` header may be empty. Handlers
+//! never call back into Docker.
 
+mod ipam;
 mod network;
 pub mod protocol;
 
@@ -22,7 +27,9 @@ use axum::{
 };
 use serde::Serialize;
 
-use self::protocol::{Activate, Capabilities, Empty, ErrAnswer};
+use self::protocol::{
+    Activate, AddressSpaces, Capabilities, Empty, ErrAnswer, IpamCapabilities, IpamErrAnswer,
+};
 use crate::{engine::Engine, error::Error};
 
 pub use network::docker_ref;
@@ -30,13 +37,21 @@ pub use network::docker_ref;
 /// The socket's default path: the driver is called `dnet`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/dnet.sock";
 
-/// A handler's result as Docker wants it: 200 either way.
+/// A handler's result as Docker wants it: 200 either way, the error under
+/// `Err` (network driver) or `Error` (IPAM).
 fn reply<T: Serialize>(call: &str, r: Result<T, Error>) -> Response {
     match r {
         Ok(t) => Json(t).into_response(),
         Err(e) => {
             tracing::warn!("docker {call}: {e}");
-            Json(ErrAnswer { err: e.to_string() }).into_response()
+            if call.starts_with("IpamDriver.") {
+                Json(IpamErrAnswer {
+                    error: e.to_string(),
+                })
+                .into_response()
+            } else {
+                Json(ErrAnswer { err: e.to_string() }).into_response()
+            }
         }
     }
 }
@@ -67,7 +82,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
             "/Plugin.Activate",
             post(|| async {
                 Json(Activate {
-                    implements: vec!["NetworkDriver"],
+                    implements: vec!["NetworkDriver", "IpamDriver"],
                 })
             }),
         )
@@ -87,6 +102,24 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route(
             "/NetworkDriver.DiscoverDelete",
             post(|| async { Json(Empty {}) }),
+        )
+        .route(
+            "/IpamDriver.GetCapabilities",
+            post(|| async {
+                Json(IpamCapabilities {
+                    requires_mac_address: false,
+                    requires_request_replay: false,
+                })
+            }),
+        )
+        .route(
+            "/IpamDriver.GetDefaultAddressSpaces",
+            post(|| async {
+                Json(AddressSpaces {
+                    local_default_address_space: "dnet-local",
+                    global_default_address_space: "dnet-global",
+                })
+            }),
         );
     let r = calls!(r,
         "NetworkDriver.CreateNetwork" => network::create_network,
@@ -98,6 +131,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         "NetworkDriver.DeleteEndpoint" => network::delete_endpoint,
         "NetworkDriver.ProgramExternalConnectivity" => network::program_external_connectivity,
         "NetworkDriver.RevokeExternalConnectivity" => network::revoke_external_connectivity,
+        "IpamDriver.RequestPool" => ipam::request_pool,
+        "IpamDriver.ReleasePool" => ipam::release_pool,
+        "IpamDriver.RequestAddress" => ipam::request_address,
+        "IpamDriver.ReleaseAddress" => ipam::release_address,
     );
     r.fallback(|| async {
         (

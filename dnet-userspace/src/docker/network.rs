@@ -138,7 +138,14 @@ pub fn network_request(r: &CreateNetwork) -> Result<NetworkCreate> {
 }
 
 pub async fn create_network(e: &Engine, r: CreateNetwork) -> Result<Empty> {
-    let req = network_request(&r)?;
+    let mut req = network_request(&r)?;
+    // With dnet's IPAM, the range the pool was asked with (Docker does not
+    // tell the driver).
+    if let Some(subnet) = &req.subnet
+        && let Some(range) = e.pool_range(subnet).await
+    {
+        req.ip_range = Some(range.to_string());
+    }
     let (net, made) = e
         .create_runtime_network(req, docker_ref(&r.network_id))
         .await?;

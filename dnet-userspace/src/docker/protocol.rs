@@ -166,6 +166,70 @@ pub struct ErrAnswer {
     pub err: String,
 }
 
+/// `IpamDriver.GetCapabilities`'s answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamCapabilities {
+    #[serde(rename = "RequiresMACAddress")]
+    pub requires_mac_address: bool,
+    pub requires_request_replay: bool,
+}
+
+/// `IpamDriver.GetDefaultAddressSpaces`'s answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AddressSpaces {
+    pub local_default_address_space: &'static str,
+    pub global_default_address_space: &'static str,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RequestPool {
+    pub address_space: String,
+    pub pool: String,
+    pub sub_pool: String,
+    #[serde(deserialize_with = "nullable")]
+    pub options: BTreeMap<String, String>,
+    #[serde(rename = "V6")]
+    pub v6: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PoolAnswer {
+    #[serde(rename = "PoolID")]
+    pub pool_id: String,
+    pub pool: String,
+    pub data: BTreeMap<String, String>,
+}
+
+/// `ReleasePool`, `RequestAddress`, `ReleaseAddress`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AddressRequest {
+    #[serde(rename = "PoolID")]
+    pub pool_id: String,
+    pub address: String,
+    #[serde(deserialize_with = "nullable")]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AddressAnswer {
+    /// CIDR: the address with its subnet's prefix.
+    pub address: String,
+    pub data: BTreeMap<String, String>,
+}
+
+/// An IPAM call's error answer, with status 200.
+#[derive(Debug, Serialize)]
+pub struct IpamErrAnswer {
+    #[serde(rename = "Error")]
+    pub error: String,
+}
+
 /// A request body; an empty body (or `null`) is the default request.
 pub fn parse<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the request body is not UTF-8")?;
@@ -243,6 +307,41 @@ mod tests {
         );
         let j = serde_json::to_value(ErrAnswer { err: "x".into() }).unwrap();
         assert_eq!(j, serde_json::json!({"Err":"x"}));
+    }
+
+    #[test]
+    fn ipam_calls_have_docker_field_names() {
+        let r: RequestPool = parse(
+            br#"{"AddressSpace":"dnet-local","Pool":"10.1.0.0/16","SubPool":"","Options":null,"V6":false}"#,
+        )
+        .unwrap();
+        assert_eq!((r.pool.as_str(), r.v6), ("10.1.0.0/16", false));
+        let r: AddressRequest = parse(
+            br#"{"PoolID":"10.1.0.0/16","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.pool_id, "10.1.0.0/16");
+        assert_eq!(
+            serde_json::to_value(PoolAnswer {
+                pool_id: "p".into(),
+                pool: "10.1.0.0/16".into(),
+                data: BTreeMap::new(),
+            })
+            .unwrap(),
+            serde_json::json!({"PoolID":"p","Pool":"10.1.0.0/16","Data":{}})
+        );
+        assert_eq!(
+            serde_json::to_value(IpamErrAnswer { error: "x".into() }).unwrap(),
+            serde_json::json!({"Error":"x"})
+        );
+        assert_eq!(
+            serde_json::to_value(IpamCapabilities {
+                requires_mac_address: false,
+                requires_request_replay: false,
+            })
+            .unwrap(),
+            serde_json::json!({"RequiresMACAddress":false,"RequiresRequestReplay":false})
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod ports;
 mod process;
 mod reconcile;
 mod runtime;
+mod runtime_ipam;
 mod runtime_net;
 
 pub use attach::EndpointOpts;
@@ -95,6 +96,8 @@ struct Inner {
     /// (device, inode) of the host's /etc files containers get their own
     /// of, when last looked at (see `follow_host_files`).
     host_files: Vec<Option<(u64, u64)>>,
+    /// Pools and addresses handed out to another runtime's IPAM.
+    runtime_ipam: runtime_ipam::RuntimeIpam,
 }
 
 /// The predefined networks, as Docker has them.
@@ -150,6 +153,7 @@ impl Engine {
                 dp,
                 uplink: None,
             },
+            runtime_ipam: Default::default(),
         };
         inner.setup_nat().await?;
         inner.ensure_predefined().await?;

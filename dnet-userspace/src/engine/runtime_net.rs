@@ -58,6 +58,9 @@ impl Engine {
             return Ok((inner.network_view(n), false));
         }
         let net = inner.create_network_for(req, false, Some(rt)).await?;
+        if let Some(i) = net.ipam {
+            inner.pool_became_network(i.subnet);
+        }
         Ok((inner.network_view(&net), true))
     }
 
