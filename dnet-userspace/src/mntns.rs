@@ -142,14 +142,18 @@ fn bind_all(binds: &[Bind]) -> Result<(), NetnsError> {
 
 /// Makes the mount and UTS namespaces of a container and binds them at
 /// `paths`: in them, `binds` are mounted (in order) and the host name is
-/// `hostname`. Leaves nothing behind on failure.
+/// `hostname`. Leaves nothing behind on failure, and never touches
+/// namespaces already bound at `paths`.
 pub fn create(paths: &NsPaths, binds: &[Bind], hostname: &str) -> Result<(), NetnsError> {
+    let mut made: Vec<&PathBuf> = Vec::new();
     for p in [&paths.mnt, &paths.uts] {
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(p)
-            .map_err(io_err("create", p))?;
+        if let Err(e) = fs::OpenOptions::new().write(true).create_new(true).open(p) {
+            for m in made {
+                let _ = fs::remove_file(m);
+            }
+            return Err(io_err("create", p)(e));
+        }
+        made.push(p);
     }
     let made = make(paths, binds.to_vec(), hostname.to_owned());
     if made.is_err() {
@@ -298,5 +302,85 @@ impl Entry {
             let _ = unsafe { libc::chdir(cwd.as_ptr()) };
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder of the test's own, removed with every mount under it.
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = remove(&NsPaths::new(&self.0.join("ns"), "c1"));
+            let _ = nix::mount::umount2(&self.0.join("ns"), MntFlags::MNT_DETACH);
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Reads `path` as the mount namespace at `mnt` shows it.
+    fn read_in(mnt: &Path, path: &Path) -> String {
+        let fd = fs::File::open(mnt).unwrap();
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            nix::sched::unshare(CloneFlags::CLONE_FS).unwrap();
+            nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWNS).unwrap();
+            fs::read_to_string(path).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// The trap of the notes, in a folder that plays the host's /etc: a
+    /// file renamed over the bind's mount point detaches the bind in the
+    /// container's namespace, and `rebind` puts it back.
+    #[test]
+    fn a_file_the_host_renamed_over_is_bound_again() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: making mount namespaces needs root");
+            return;
+        }
+        let dir =
+            TempDir(std::env::temp_dir().join(format!("dnet-test-{}-mntns", std::process::id())));
+        let (etc, own) = (dir.0.join("etc"), dir.0.join("own"));
+        fs::create_dir_all(&etc).unwrap();
+        fs::create_dir_all(&own).unwrap();
+        let target = etc.join("resolv.conf");
+        fs::write(&target, "host 1\n").unwrap();
+        fs::write(own.join("resolv.conf"), "own\n").unwrap();
+        ensure_private_dir(&dir.0.join("ns")).unwrap();
+        // Twice is fine (a restarted daemon).
+        ensure_private_dir(&dir.0.join("ns")).unwrap();
+        let paths = NsPaths::new(&dir.0.join("ns"), "c1");
+        let binds = vec![Bind {
+            source: own.join("resolv.conf"),
+            target: target.clone(),
+        }];
+        create(&paths, &binds, "c1-host").unwrap();
+        assert!(is_mntns(&paths.mnt));
+        assert!(!is_mntns(&paths.uts), "the UTS namespace is another kind");
+        assert_eq!(read_in(&paths.mnt, &target), "own\n");
+        assert_eq!(
+            fs::read_to_string(&target).unwrap(),
+            "host 1\n",
+            "the host's file"
+        );
+        assert_eq!(rebind(&paths.mnt, &binds).unwrap(), 0, "nothing stale");
+        // The host replaces its file the way resolvconf does.
+        fs::write(etc.join("resolv.conf.new"), "host 2\n").unwrap();
+        fs::rename(etc.join("resolv.conf.new"), &target).unwrap();
+        assert_eq!(read_in(&paths.mnt, &target), "host 2\n", "the bind went");
+        assert_eq!(rebind(&paths.mnt, &binds).unwrap(), 1);
+        assert_eq!(read_in(&paths.mnt, &target), "own\n");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "host 2\n");
+        // Making them again is refused and leaves the live ones alone.
+        assert!(create(&paths, &binds, "x").is_err());
+        assert_eq!(read_in(&paths.mnt, &target), "own\n");
+        // Removing twice is fine.
+        remove(&paths).unwrap();
+        remove(&paths).unwrap();
+        assert!(!paths.mnt.exists() && !paths.uts.exists());
     }
 }

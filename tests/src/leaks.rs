@@ -16,7 +16,9 @@
 //! - **The machine's own namespace**, which no run may change at all:
 //!   links, addresses, routes (IPv4 and IPv6, every table), the programs
 //!   attached to the cgroup v2 root (where the daemon's socket hooks sit),
-//!   the paths of [`Watch::machine_paths`], and processes named in
+//!   the paths of [`Watch::machine_paths`], the host's name service files
+//!   (`/etc/resolv.conf`, `/etc/hosts`, `/etc/hostname`: inode and
+//!   contents) and its host name, and processes named in
 //!   [`Watch::process_names`]. A cgroup program is someone else's when a
 //!   link pinned in bpffs outside this run's folders holds it (another
 //!   run's sandbox, a daemon of another engineer or of a runtime).
@@ -489,6 +491,32 @@ pub fn machine_view(watch: &Watch) -> io::Result<MachineView> {
         }
     }
     parts.insert("path".to_owned(), paths);
+    // The host's name service files, which containers get their own of
+    // (bind mounts in their mount namespaces) and no run may write: the
+    // inode (a rename over the file changes it) and the contents.
+    let mut etc = BTreeSet::new();
+    for p in ["/etc/resolv.conf", "/etc/hosts", "/etc/hostname"] {
+        match fs::metadata(p) {
+            Ok(m) => {
+                let text = fs::read(p)?;
+                etc.insert(format!(
+                    "{p} inode {}:{} {:?}",
+                    m.dev(),
+                    m.ino(),
+                    String::from_utf8_lossy(&text)
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{p}: {e}"))),
+        }
+    }
+    etc.insert(format!(
+        "hostname {:?}",
+        nix::unistd::gethostname()
+            .map_err(io::Error::from)?
+            .to_string_lossy()
+    ));
+    parts.insert("etc".to_owned(), etc);
     // The daemon's socket hooks sit on the cgroup v2 root, wherever it is
     // mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` beside v1).
     let mounts = parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo")?)?;

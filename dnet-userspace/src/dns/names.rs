@@ -64,9 +64,13 @@ pub struct Names {
     gateways: BTreeSet<Ipv4Addr>,
 }
 
-/// A network whose containers are named: a bridge network made by a user.
+/// A network whose containers are named: a bridge network made by a user
+/// (not by Docker, whose containers ask Docker's own resolver).
 pub fn has_names(n: &Network) -> bool {
-    n.driver == DriverKind::Bridge && !n.predefined && n.ipam.is_some()
+    n.driver == DriverKind::Bridge
+        && !n.predefined
+        && n.ipam.is_some()
+        && n.runtime.as_ref().is_none_or(|r| r.runtime != "docker")
 }
 
 /// A container's name in DNS: a CNI pod recorded as `NAMESPACE/POD` is
