@@ -4,6 +4,8 @@ pub mod api;
 pub mod cli;
 pub mod cni;
 pub mod datapath;
+pub mod docker;
+pub mod dns;
 pub mod driver;
 pub mod engine;
 pub mod error;

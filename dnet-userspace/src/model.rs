@@ -95,6 +95,11 @@ pub struct Network {
     /// it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_address: Option<Ipv4Addr>,
+    /// The runtime that made this network through its own front end
+    /// (Docker's network id): it is known by that key, since the runtime
+    /// never replays its creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeRef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +179,12 @@ pub struct Container {
     /// The runtime that attached this container, if another one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimeRef>,
+    /// Its own upstream resolvers (`dnet run --dns`); empty: the daemon's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<Ipv4Addr>,
+    /// Its host name (`dnet run --hostname`); `None`: its short id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 impl State {
@@ -344,6 +355,10 @@ mod tests {
                 options: BTreeMap::new(),
                 dp_id: 1,
                 host_address: None,
+                runtime: Some(RuntimeRef {
+                    runtime: "docker".into(),
+                    id: "d1".into(),
+                }),
             },
         );
         s.containers.insert(
@@ -371,6 +386,8 @@ mod tests {
                     runtime: "cni".into(),
                     id: "abc".into(),
                 }),
+                dns: vec!["192.0.2.53".parse().unwrap()],
+                hostname: Some("web.local".into()),
             },
         );
         let json = serde_json::to_string(&s).unwrap();

@@ -137,6 +137,7 @@ mod tests {
                 options: Default::default(),
                 dp_id: 0,
                 host_address: None,
+                runtime: None,
             },
         );
         store.commit(&s).unwrap();

@@ -102,11 +102,14 @@ impl Default for Watch {
                 PathBuf::from("/run/netns"),
                 PathBuf::from("/sys/fs/bpf"),
             ],
-            // Where CNI runtimes look: the CNI suites install into temp
-            // folders only.
+            // Where CNI runtimes look (the CNI suites install into temp
+            // folders only), and Docker's plugin sockets (a sandbox's dnet
+            // daemon serves its driver there and removes the socket when it
+            // stops).
             machine_paths: vec![
                 PathBuf::from("/opt/cni/bin"),
                 PathBuf::from("/etc/cni/net.d"),
+                PathBuf::from("/run/docker/plugins"),
             ],
             process_names: [
                 "dockerd",

@@ -11,6 +11,7 @@
 //! Nothing here touches the machine's own network namespace.
 
 pub mod bpf;
+pub mod docker;
 pub mod leaks;
 
 use std::{
@@ -243,6 +244,15 @@ impl Sandbox {
             .arg(&self.bpffs)
             .arg("--log-level")
             .arg("dnet=debug,info")
+            // Docker's plugin folder is the machine's: a sandbox's daemon
+            // serves the driver only where a test asks for it.
+            .args(
+                (!self
+                    .daemon_args
+                    .iter()
+                    .any(|a| a.starts_with("--docker-plugin-socket")))
+                .then_some("--docker-plugin-socket="),
+            )
             .args(&self.daemon_args)
             .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")

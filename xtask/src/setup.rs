@@ -4,7 +4,8 @@
 //! - bpf-linker 0.13, built against the LLVM that ships with rustc (the two
 //!   must share a major version, and no Debian package has LLVM 22): into
 //!   `.tools/bin`, linked through `.tools/llvm/lib`;
-//! - the Debian packages the tests and the demo call.
+//! - the Debian packages the tests and the demo call, and the container
+//!   runtimes the scenarios drive (docker.io), with their services kept off.
 
 use std::{fs, path::Path, process::Command};
 
@@ -22,18 +23,51 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("arping", "iputils-arping"),
     ("conntrack", "conntrack"),
-    // The CNI suite: podman 4 with its CNI backend, containerd's ctr, and a
-    // static busybox for their containers' root folders.
+    // A static busybox for the root folder of the podman, containerd and
+    // Docker scenarios' containers.
+    ("busybox", "busybox-static"),
+];
+
+/// Container runtimes the scenarios drive, installed with their services
+/// kept from starting (they run in sandboxes only).
+/// podman 4 (its CNI backend) and containerd's `ctr` are the CNI suite's.
+const RUNTIMES: &[(&str, &str)] = &[
+    ("dockerd", "docker.io"),
     ("podman", "podman"),
     ("ctr", "containerd"),
-    ("busybox", "busybox-static"),
 ];
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker(root)?;
     packages(PACKAGES)?;
+    runtimes()?;
     Ok(())
+}
+
+/// Installs the missing [`RUNTIMES`] with no service started: a daemon
+/// started by its package would change the machine's own network
+/// (docker0, iptables). A `policy-rc.d` that refuses every start is in
+/// place while apt runs.
+pub fn runtimes() -> anyhow::Result<()> {
+    if RUNTIMES.iter().all(|(cmd, _)| on_path(cmd)) {
+        return Ok(());
+    }
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs runtimes\nexit 101\n",
+        )?;
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(policy, fs::Permissions::from_mode(0o755))?;
+    }
+    let r = packages(RUNTIMES);
+    if ours {
+        let _ = fs::remove_file(policy);
+    }
+    r
 }
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {

@@ -55,6 +55,9 @@ pub struct NetworkView {
     /// The host's own address in the network (macvlan `host_access`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_address: Option<Ipv4Addr>,
+    /// The runtime that made the network (Docker, with its network id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeRef>,
     pub containers: Vec<AttachedView>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -103,6 +106,9 @@ pub struct ContainerCreate {
     /// here, and removes the container when that process is gone.
     #[serde(default)]
     pub owner_pid: Option<u32>,
+    /// Extra names in `network` (`--network-alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// `POST /v1/networks/{net}/connect`: a container by name, or a namespace

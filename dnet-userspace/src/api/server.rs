@@ -88,7 +88,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
 /// Binds the socket in a fresh 0700 folder beside `socket`, sets its mode
 /// to 0660 there and renames it into place: it is never reachable by others
 /// with a wider mode, not even for an instant.
-fn bind_private(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
+pub(crate) fn bind_private(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     let dir = socket.parent().unwrap_or(Path::new("."));
     let name = socket

@@ -52,6 +52,33 @@ pub struct Args {
     /// How often expired flows are collected, in seconds.
     #[arg(long, default_value_t = 5)]
     ct_gc_interval: u64,
+    /// Where to serve Docker's remote network driver; the file name is the
+    /// driver's name (`docker network create -d dnet`). Empty: not served.
+    // Text, not a path: clap refuses an empty path.
+    #[arg(long, default_value = crate::docker::DEFAULT_SOCKET)]
+    docker_plugin_socket: String,
+    /// Where the resolver forwards names that are not containers'
+    /// (IP[:PORT], repeatable; default: the first three nameservers of
+    /// /etc/resolv.conf), queried from the daemon's namespace.
+    #[arg(long = "dns-upstream", value_parser = crate::dns::parse_upstream)]
+    dns_upstream: Vec<std::net::SocketAddr>,
+}
+
+/// The resolver's upstreams: `--dns-upstream`, else the host's resolv.conf.
+fn upstreams(args: &Args) -> Vec<std::net::SocketAddr> {
+    if !args.dns_upstream.is_empty() {
+        return args.dns_upstream.clone();
+    }
+    let v = std::fs::read_to_string("/etc/resolv.conf")
+        .map(|t| crate::dns::from_resolv_conf(&t))
+        .unwrap_or_default();
+    if v.is_empty() {
+        tracing::warn!(
+            "no nameserver in /etc/resolv.conf and no --dns-upstream: \
+             containers' other names get SERVFAIL"
+        );
+    }
+    v
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -191,10 +218,20 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
             },
             gc_interval: secs(args.ct_gc_interval),
         },
+        dns: crate::dns::Options {
+            upstreams: upstreams(args),
+        },
     };
     let r = rt.block_on(async {
         let engine = Engine::start(cfg).await.map_err(anyhow::Error::from)?;
-        let shutdown = async {
+        // One signal stops every server.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let stop = std::sync::Arc::new(stop);
+        let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
             let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -203,11 +240,40 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                 _ = int.recv() => {},
             }
             tracing::info!("stopping (containers and forwarding stay)");
+            let _ = on_signal.send(true);
+        });
+        // The engine answers now: Docker may find the driver.
+        let plugin = if args.docker_plugin_socket.is_empty() {
+            None
+        } else {
+            let path = PathBuf::from(&args.docker_plugin_socket);
+            let listener = crate::docker::bind(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "Docker plugin socket {}: {e} (--docker-plugin-socket '' turns the driver off)",
+                    path.display()
+                )
+            })?;
+            let engine = engine.clone();
+            let stopped = until_stopped(stopped.clone());
+            Some(tokio::spawn(async move {
+                crate::docker::serve(engine, listener, &path, stopped)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("Docker plugin socket {}: {e}", path.display()))
+            }))
         };
-        server::serve(engine, socket, shutdown)
+        let api = server::serve(engine, socket, until_stopped(stopped))
             .await
-            .map_err(|e| anyhow::anyhow!("API socket {}: {e}", socket.display()))?;
+            .map_err(|e| anyhow::anyhow!("API socket {}: {e}", socket.display()));
         let _ = std::fs::remove_file(socket);
+        // The API is gone (stopped, or it failed): so is the driver.
+        let _ = stop.send(true);
+        if let Some(p) = plugin {
+            match p.await {
+                Ok(r) => r?,
+                Err(e) => anyhow::bail!("the Docker plugin server failed: {e}"),
+            }
+        }
+        api?;
         anyhow::Ok(())
     });
     drop(lock);

@@ -30,6 +30,9 @@ pub struct Args {
     /// Publish ports: [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp], ranges allowed.
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
+    /// Another name of the container in its network (repeatable).
+    #[arg(long = "network-alias")]
+    network_alias: Vec<String>,
     /// Run in the background; print the container id.
     #[arg(short = 'd', long)]
     detach: bool,
@@ -47,6 +50,7 @@ pub async fn run(args: &Args, client: &Client) -> anyhow::Result<ExitCode> {
         command: args.command.clone(),
         detach: args.detach,
         owner_pid: (!args.detach).then(std::process::id),
+        aliases: args.network_alias.clone(),
     };
     let c: ContainerView = match client.post("/v1/containers", &req).await {
         Ok(c) => c,

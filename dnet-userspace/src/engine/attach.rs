@@ -338,7 +338,7 @@ impl Inner {
             routes,
             mtu: self.ctx.mtu(net),
             ports: ports.to_vec(),
-            dns: None,
+            dns: crate::dns::resolver_of(net).filter(|_| ep.ip.is_some()),
         }
     }
 }

@@ -19,9 +19,12 @@ mod ports;
 mod process;
 mod reconcile;
 mod runtime;
+mod runtime_ipam;
+mod runtime_net;
 
 pub use attach::EndpointOpts;
 pub use nat::NatOptions;
+pub use runtime_net::PortRequest;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -46,7 +49,8 @@ use crate::{
     invalid,
     ipam::{self, Pool},
     model::{
-        Container, DriverKind, Endpoint, Ipam, MacAddr, Netns, Network, Process, State, new_id, now,
+        Container, DriverKind, Endpoint, Ipam, MacAddr, Netns, Network, Process, RuntimeRef, State,
+        new_id, now,
     },
     netlink::{Netlink, RTPROT_DNET},
     netns, not_found, spec,
@@ -62,6 +66,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
     pub nat: NatOptions,
+    /// What the resolver forwards to.
+    pub dns: crate::dns::Options,
 }
 
 impl Config {
@@ -84,6 +90,10 @@ struct Inner {
     state: State,
     store: Store,
     ctx: Ctx,
+    /// Answers names from the committed state (see `commit`).
+    dns: crate::dns::Resolver,
+    /// Pools and addresses handed out to another runtime's IPAM.
+    runtime_ipam: runtime_ipam::RuntimeIpam,
 }
 
 /// The predefined networks, as Docker has them.
@@ -127,8 +137,10 @@ impl Engine {
         // Listening before the uplink is first read: no change falls
         // between the two.
         let changes = crate::netlink::monitor()?;
+        let dns = crate::dns::Resolver::new(cfg.dns.clone());
         let mut inner = Inner {
             cfg,
+            dns,
             state,
             store,
             ctx: Ctx {
@@ -136,10 +148,13 @@ impl Engine {
                 dp,
                 uplink: None,
             },
+            runtime_ipam: Default::default(),
         };
         inner.setup_nat().await?;
         inner.ensure_predefined().await?;
         inner.reconcile().await?;
+        // The names of the state as it is after the restart.
+        inner.dns.update(&inner.state);
         let gc_interval = inner.cfg.nat.gc_interval;
         let engine = Arc::new(Engine {
             inner: Mutex::new(inner),
@@ -461,6 +476,8 @@ impl Inner {
     fn commit(&mut self, state: State) -> Result<()> {
         self.store.commit(&state)?;
         self.state = state;
+        // Names follow the state at once.
+        self.dns.update(&self.state);
         Ok(())
     }
 
@@ -512,6 +529,17 @@ impl Inner {
     }
 
     async fn create_network(&mut self, req: NetworkCreate, predefined: bool) -> Result<Network> {
+        self.create_network_for(req, predefined, None).await
+    }
+
+    /// [`Inner::create_network`] for another runtime, which knows the
+    /// network by `runtime` (a Docker network id).
+    async fn create_network_for(
+        &mut self,
+        req: NetworkCreate,
+        predefined: bool,
+        runtime: Option<RuntimeRef>,
+    ) -> Result<Network> {
         spec::validate_name("network", &req.name)?;
         if self.state.network_by_name(&req.name).is_some() {
             return Err(conflict!("network {:?} already exists", req.name));
@@ -561,6 +589,7 @@ impl Inner {
             options,
             dp_id,
             host_address: None,
+            runtime,
         };
         let driver = driver::driver(driver_kind);
         driver.validate(&self.ctx, &self.state, &mut net).await?;
@@ -877,6 +906,8 @@ impl Inner {
             process: None,
             owner,
             runtime: None,
+            dns: Vec::new(),
+            hostname: None,
         };
         let ep = self
             .new_endpoint(
@@ -884,6 +915,7 @@ impl Inner {
                 &c,
                 &EndpointOpts {
                     ip: req.ip.as_deref(),
+                    aliases: &req.aliases,
                     ..Default::default()
                 },
             )
@@ -1034,6 +1066,8 @@ impl Inner {
             process: None,
             owner: None,
             runtime: None,
+            dns: Vec::new(),
+            hostname: None,
         })
     }
 
@@ -1081,6 +1115,7 @@ impl Inner {
             gateway_link: (n.driver == DriverKind::Bridge)
                 .then(|| driver::GATEWAY_LABEL.to_owned()),
             host_address: n.host_address,
+            runtime: n.runtime.clone(),
             containers: self
                 .state
                 .endpoints_of(&n.id)

@@ -100,8 +100,20 @@ impl Inner {
             .iter()
             .map(|s| s.parse::<PortMapping>())
             .collect::<std::result::Result<_, _>>()?;
+        self.check_mappings(&ports, net, None)?;
+        Ok(ports)
+    }
+
+    /// Checks mappings against the network, each other, the ports other
+    /// containers than `except` publish, and the host's own sockets.
+    pub(super) fn check_mappings(
+        &self,
+        ports: &[PortMapping],
+        net: &Network,
+        except: Option<&str>,
+    ) -> Result<()> {
         if ports.is_empty() {
-            return Ok(ports);
+            return Ok(());
         }
         if net.driver != DriverKind::Bridge {
             return Err(invalid!(
@@ -121,6 +133,9 @@ impl Inner {
                 return Err(conflict!("published ports {q} and {p} overlap"));
             }
             for c in self.state.containers.values() {
+                if Some(c.id.as_str()) == except {
+                    continue;
+                }
                 if let Some(q) = c.ports.iter().find(|q| q.clashes_with(p)) {
                     return Err(conflict!(
                         "port {p} is already published by container {} ({q})",
@@ -139,7 +154,7 @@ impl Inner {
             .ok()
             .filter(|c| c.uplink_ifindex != 0)
             .map(|c| dnet_common::addr::ipv4_from_be(c.uplink_addr_be));
-        for p in &ports {
+        for p in ports {
             if let Some(ip) = p.host_ip
                 && !ip.is_loopback()
                 && Some(ip) != uplink
@@ -157,7 +172,7 @@ impl Inner {
                 host_port_free(p.host_ip, port, p.proto)?;
             }
         }
-        Ok(ports)
+        Ok(())
     }
 
     /// Publishes a container's ports in the datapath.
@@ -224,6 +239,7 @@ mod tests {
             options: Default::default(),
             dp_id: 1,
             host_address: None,
+            runtime: None,
         }
     }
 
@@ -253,6 +269,8 @@ mod tests {
             process: None,
             owner: None,
             runtime: None,
+            dns: vec![],
+            hostname: None,
         }
     }
 

@@ -32,8 +32,12 @@
 //!                                         and per untagged IPv4 packet
 //!                                         (`ipv4 SRC > DST`), then
 //!                                         `N tagged of M frames`
+//!   conntest dns query|serve ...          see `dns.rs`
 //!
 //! Every client call is bounded by its timeout (3 s by default).
+
+#[path = "conntest/dns.rs"]
+mod dns;
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -93,6 +97,15 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .as_slice()
     {
+        ["dns", "query", server, name, rest @ ..] => {
+            let ty = rest
+                .first()
+                .filter(|t| !t.starts_with("--"))
+                .unwrap_or(&"a");
+            let tcp = rest.contains(&"--tcp");
+            dns::query(server, name, ty, tcp, timeout)
+        }
+        ["dns", "serve", a, ip, ..] => dns::serve(addr(a)?, ip.parse()?),
         ["serve", "tcp", a, ..] => serve_tcp(addr(a)?),
         ["serve", "udp", a, ..] => serve_udp(addr(a)?),
         ["tcp", a, ..] => {

@@ -14,14 +14,13 @@
 use std::{
     io::Write as _,
     net::Ipv4Addr,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Instant,
 };
 
 use anyhow::{Context as _, bail};
-use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP};
+use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP, docker::Dockerd};
 
 use super::{
     env::{self, CpFigures, Env, FILLER_FIRST, Miss, Outcome, PP_PORT, PUBLISH_FIRST, Tools},
@@ -30,8 +29,6 @@ use super::{
 };
 
 const IMAGE: &str = "dnbench-busybox:latest";
-/// Paths outside its folders that dockerd (or its containerd) creates.
-const STRAY_PATHS: &[&str] = &["/run/docker", "/run/containerd", "/etc/docker/key.json"];
 
 /// Feeds `doc` to `iptables-restore --noflush` inside a namespace.
 pub fn iptables_restore(netns: &Path, doc: &str) -> anyhow::Result<()> {
@@ -59,45 +56,18 @@ pub fn iptables_restore(netns: &Path, doc: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes a busybox rootfs tarball in `dir` from Debian's busybox-static.
-pub fn busybox_tar(dir: &Path) -> anyhow::Result<PathBuf> {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin"))?;
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .context("busybox-static is not installed")?;
-    std::fs::copy(busybox, root.join("bin/busybox"))?;
-    for applet in ["sh", "sleep", "ip", "cat"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
-    let tar = dir.join("rootfs.tar");
-    sys::ok(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."),
-    )?;
-    Ok(tar)
-}
-
 pub struct DockerEnv {
     procs: Procs,
     pp_procs: Procs,
-    daemon: Option<Child>,
-    made: Vec<PathBuf>,
-    cgroup: String,
-    docker: String,
-    sock: PathBuf,
     tools: Tools,
     pin: bool,
-    version: String,
     ew_client: PathBuf,
     ew_server: Ipv4Addr,
     filler: u32,
     cp_ready: usize,
+    /// The daemon (the shared harness of the scenario tests); it goes
+    /// before the sandbox.
+    dockerd: Dockerd,
     // Last: namespaces, mounts and folders go after the daemon.
     sb: Sandbox,
 }
@@ -105,89 +75,27 @@ pub struct DockerEnv {
 impl DockerEnv {
     /// Starts dockerd in a fresh sandbox; fails when it cannot run here.
     pub fn start(tools: &Tools, pin: bool) -> anyhow::Result<DockerEnv> {
-        let dockerd = which("dockerd").context("dockerd is not installed")?;
-        let docker = if Path::new("/usr/bin/docker").is_file() {
-            "/usr/bin/docker".to_owned()
-        } else {
-            which("docker").context("no docker client")?
-        };
         let sb = std::panic::catch_unwind(Sandbox::without_daemon)
             .map_err(|_| anyhow::anyhow!("cannot make the sandbox"))?;
-        let made = STRAY_PATHS
-            .iter()
-            .map(PathBuf::from)
-            .filter(|p| !p.exists())
-            .collect();
-        let dir = sb.dir.clone();
-        let sock = dir.join("docker.sock");
-        let cgroup = format!("{}-docker", sb.name);
+        let dockerd = Dockerd::start(
+            &sb.host_netns_path(),
+            &sb.dir,
+            &sb.name,
+            &["--userland-proxy=false"],
+        )?;
+        dockerd.import_busybox(IMAGE)?;
         let mut e = DockerEnv {
             procs: Procs::default(),
             pp_procs: Procs::default(),
-            daemon: None,
-            made,
-            cgroup: cgroup.clone(),
-            docker,
-            sock: sock.clone(),
             tools: tools.clone(),
             pin,
-            version: String::new(),
             ew_client: PathBuf::new(),
             ew_server: Ipv4Addr::UNSPECIFIED,
             filler: 0,
             cp_ready: 0,
+            dockerd,
             sb,
         };
-        let log = std::fs::File::create(dir.join("dockerd.log"))?;
-        // A config file of its own: the machine's /etc/docker/daemon.json
-        // stays out, and the trust key goes to our folder, not /etc/docker.
-        let config = dir.join("daemon.json");
-        std::fs::write(
-            &config,
-            serde_json::json!({"deprecated-key-path": dir.join("key.json")}).to_string(),
-        )?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", e.sb.host_netns_path().display()))
-            .arg(&dockerd)
-            .arg("--data-root")
-            .arg(dir.join("data"))
-            .arg("--exec-root")
-            .arg(dir.join("exec"))
-            .arg("--pidfile")
-            .arg(dir.join("docker.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", sock.display()))
-            .args(["--userland-proxy=false", "--storage-driver", "vfs"])
-            .arg("--cgroup-parent")
-            .arg(format!("/{cgroup}"))
-            .arg("--config-file")
-            .arg(&config)
-            .args(["--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .context("cannot start dockerd")?;
-        e.daemon = Some(child);
-        let mut exited = None;
-        let up = sys::wait_for(Duration::from_secs(60), || {
-            if let Some(Ok(Some(s))) = e.daemon.as_mut().map(Child::try_wait) {
-                exited = Some(s);
-                return true;
-            }
-            e.cmd(&["version", "--format", "{{.Server.Version}}"])
-                .map(|v| e.version = v.trim().to_owned())
-                .is_ok()
-        });
-        if let Some(s) = exited {
-            bail!("dockerd exited ({s}): {}", e.log_tail());
-        }
-        if !up {
-            bail!("dockerd did not answer within 60 s: {}", e.log_tail());
-        }
-        let tar = busybox_tar(&dir)?;
-        e.cmd(&["import", tar.to_str().expect("utf-8"), IMAGE])?;
         e.cmd(&["run", "-d", "--name", "dnb-srv", IMAGE, "sleep", "1000000"])?;
         e.cmd(&["run", "-d", "--name", "dnb-cli", IMAGE, "sleep", "1000000"])?;
         let (srv_ns, srv_ip) = e.inspect("dnb-srv")?;
@@ -201,19 +109,9 @@ impl DockerEnv {
         Ok(e)
     }
 
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.sb.dir.join("dockerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(8)..].join("\n")
-    }
-
     /// `docker -H unix://SOCK ARGS`: stdout, or the error.
     fn cmd(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut c = Command::new(&self.docker);
-        c.arg("-H")
-            .arg(format!("unix://{}", self.sock.display()))
-            .args(args);
-        sys::run_ok(c, Duration::from_secs(600))
+        self.dockerd.cmd(args)
     }
 
     /// A running container's namespace (`/proc/PID/ns/net`) and address.
@@ -246,106 +144,16 @@ impl DockerEnv {
     fn filler_rules(&self, op: &str) -> String {
         rules::filler("docker0", UPLINK_IP, FILLER_FIRST, self.filler, op).restore_doc()
     }
-
-    /// Every process left in our cgroups, then the cgroups themselves.
-    fn remove_cgroups(&self) {
-        let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
-            return;
-        };
-        for ctrl in rd.flatten() {
-            let top = ctrl.path().join(&self.cgroup);
-            if !top.is_dir() {
-                continue;
-            }
-            let mut dirs = Vec::new();
-            collect_dirs(&top, &mut dirs);
-            for d in &dirs {
-                for f in ["cgroup.procs", "tasks"] {
-                    for pid in std::fs::read_to_string(d.join(f))
-                        .unwrap_or_default()
-                        .lines()
-                    {
-                        if let Ok(pid) = pid.trim().parse::<i32>() {
-                            // SAFETY: signalling a process by pid.
-                            unsafe {
-                                libc::kill(pid, libc::SIGKILL);
-                            }
-                        }
-                    }
-                }
-            }
-            // Deepest first.
-            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-            for d in dirs {
-                for _ in 0..50 {
-                    if std::fs::remove_dir(&d).is_ok() || !d.exists() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
-    }
 }
 
-fn collect_dirs(d: &Path, out: &mut Vec<PathBuf>) {
-    out.push(d.to_owned());
-    if let Ok(rd) = std::fs::read_dir(d) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                collect_dirs(&e.path(), out);
-            }
-        }
-    }
-}
-
-pub fn which(cmd: &str) -> Option<String> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(cmd))
-            .find(|p| p.is_file())
-            .map(|p| p.to_string_lossy().into_owned())
-    })
-}
+pub use dnet_sandbox::docker::which;
 
 impl Drop for DockerEnv {
     fn drop(&mut self) {
+        // The servers first; the daemon, its containers and the sandbox
+        // go after, in field order.
         self.procs.kill_all();
         self.pp_procs.kill_all();
-        if let Some(mut d) = self.daemon.take() {
-            if matches!(d.try_wait(), Ok(None)) {
-                if let Ok(ids) = self.cmd(&["ps", "-aq"]) {
-                    let ids: Vec<&str> = ids.split_whitespace().collect();
-                    if !ids.is_empty() {
-                        let mut a = vec!["rm", "-f"];
-                        a.extend(ids);
-                        let _ = self.cmd(&a);
-                    }
-                }
-                // SAFETY: signalling our own child by pid.
-                unsafe {
-                    libc::kill(d.id() as i32, libc::SIGTERM);
-                }
-                let gone = sys::wait_for(Duration::from_secs(20), || {
-                    matches!(d.try_wait(), Ok(Some(_)))
-                });
-                if !gone {
-                    let _ = d.kill();
-                }
-            }
-            let _ = d.wait();
-        }
-        // containerd and its shims live in the host namespace; the sandbox
-        // kills them, and what is left in the containers' cgroups goes here.
-        dnet_sandbox::kill_in_netns(&self.sb.host_netns_path());
-        self.remove_cgroups();
-        for p in &self.made {
-            if p.is_dir() {
-                let _ = std::fs::remove_dir_all(p);
-            } else {
-                let _ = std::fs::remove_file(p);
-            }
-        }
     }
 }
 
@@ -356,7 +164,7 @@ impl Env for DockerEnv {
     fn describe(&self) -> String {
         format!(
             "real Docker {} (Debian docker.io) in a sandbox host namespace: docker0, iptables ({}), --userland-proxy=false",
-            self.version,
+            self.dockerd.version,
             iptables_backend()
         )
     }

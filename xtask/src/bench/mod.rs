@@ -263,7 +263,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     setup::packages(PACKAGES)?;
     let want_docker = args.docker != DockerMode::Model;
     if want_docker && docker::which("dockerd").is_none() {
-        install_docker()?;
+        setup::runtimes()?;
     }
     let bin = build(root, true)?;
     let tools = Tools {
@@ -508,25 +508,4 @@ fn write_both(dir: &Path, stem: &str, ext: &str, text: &str) -> anyhow::Result<(
     std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
     std::fs::write(dir.join(format!("latest.{ext}")), text)?;
     Ok(())
-}
-
-/// Debian's docker.io, with its services kept from starting: the bench
-/// runs its own daemon in a sandbox, and a daemon started by the package
-/// would change the machine's own network (docker0, iptables).
-fn install_docker() -> anyhow::Result<()> {
-    let policy = Path::new("/usr/sbin/policy-rc.d");
-    let ours = !policy.exists();
-    if ours {
-        std::fs::write(
-            policy,
-            "#!/bin/sh\n# cargo xtask bench: no service starts while it installs docker.io\nexit 101\n",
-        )?;
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
-    }
-    let r = setup::packages(&[("dockerd", "docker.io")]);
-    if ours {
-        let _ = std::fs::remove_file(policy);
-    }
-    r
 }

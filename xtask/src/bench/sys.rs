@@ -143,26 +143,6 @@ pub fn run_bounded(mut cmd: Command, limit: Duration) -> anyhow::Result<Output> 
     Ok(out)
 }
 
-/// Like [`run_bounded`], and the command must succeed; returns stdout.
-pub fn run_ok(cmd: Command, limit: Duration) -> anyhow::Result<String> {
-    let what = format!("{:?}", cmd.get_program());
-    let args: Vec<String> = cmd
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let o = run_bounded(cmd, limit)?;
-    if !o.status.success() {
-        bail!(
-            "{what} {} failed ({}): {}{}",
-            args.join(" "),
-            o.status,
-            String::from_utf8_lossy(&o.stdout).trim(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
 /// Background processes (servers), each in its own process group, killed
 /// on drop.
 #[derive(Default)]

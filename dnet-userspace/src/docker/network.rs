@@ -1,0 +1,401 @@
+//! `NetworkDriver.*`: Docker's calls translated to the engine's, in
+//! process. Docker knows networks and endpoints by its own ids, which dnet
+//! keeps as runtime refs (`docker` + id); every handler is idempotent,
+//! because dockerd retries a call whose connection failed.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use serde_json::Value;
+
+use super::protocol::{
+    CreateEndpoint, CreateEndpointAnswer, CreateNetwork, Empty, EndpointRef, Interface,
+    InterfaceName, JoinAnswer, NetworkRef, OperInfo, PortBinding,
+};
+use crate::{
+    api::{AttachRequest, AttachTarget, DetachRequest, NetworkCreate},
+    engine::{Engine, PortRequest},
+    error::{Error, Result},
+    invalid,
+    model::RuntimeRef,
+    not_found,
+    spec::Proto,
+};
+
+const GENERIC: &str = "com.docker.network.generic";
+const INTERNAL: &str = "com.docker.network.internal";
+const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
+const PORTMAP: &str = "com.docker.network.portmap";
+
+/// `-o` keys Docker users write, and dnet's bridge option each sets.
+const OPTION_MAP: &[(&str, &str)] = &[
+    ("com.docker.network.driver.mtu", "mtu"),
+    ("mtu", "mtu"),
+    ("com.docker.network.bridge.enable_icc", "icc"),
+    ("icc", "icc"),
+];
+
+/// dnet's key for a Docker id.
+pub fn docker_ref(id: &str) -> RuntimeRef {
+    RuntimeRef {
+        runtime: "docker".into(),
+        id: id.to_owned(),
+    }
+}
+
+/// The first 12 characters of a Docker id, as `docker ps` shows them.
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// A Docker id: hex digits.
+fn check_id(what: &str, id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(invalid!("bad {what} {id:?}: expected Docker's hex id"));
+    }
+    Ok(())
+}
+
+/// The address of a CIDR string (`10.0.0.1/24` → `10.0.0.1`).
+fn cidr_addr(s: &str) -> &str {
+    s.split_once('/').map_or(s, |(a, _)| a)
+}
+
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => false,
+    }
+}
+
+/// The dnet network a `CreateNetwork` asks for. Bad input is refused here,
+/// before anything is made.
+pub fn network_request(r: &CreateNetwork) -> Result<NetworkCreate> {
+    check_id("network id", &r.network_id)?;
+    if truthy(r.options.get(ENABLE_IPV6)) || !r.ipv6_data.is_empty() {
+        return Err(invalid!(
+            "dnet networks are IPv4 only: create the network without --ipv6"
+        ));
+    }
+    let mut options = Vec::new();
+    let generic = match r.options.get(GENERIC) {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(m)) => m.clone().into_iter().collect(),
+        Some(other) => return Err(invalid!("bad {GENERIC}: {other}")),
+    };
+    for (k, v) in &generic {
+        let v = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if k == "driver" {
+            match v.as_str() {
+                "bridge" => continue,
+                "macvlan" => {
+                    return Err(invalid!(
+                        "-o driver=macvlan: Docker's containers join dnet networks of the \
+                         bridge driver only (Docker moves the container's link itself, and \
+                         dnet hands it a veth); use a dnet macvlan network with `dnet run` \
+                         or `dnet network connect --netns`"
+                    ));
+                }
+                other => {
+                    return Err(invalid!(
+                        "-o driver={other}: unknown driver (dnet's Docker driver makes bridge networks)"
+                    ));
+                }
+            }
+        }
+        let Some((_, dnet_key)) = OPTION_MAP.iter().find(|(d, _)| d == k) else {
+            return Err(invalid!(
+                "unknown option {k:?} (dnet's Docker driver takes -o com.docker.network.driver.mtu=N \
+                 and -o icc=false)"
+            ));
+        };
+        options.push(format!("{dnet_key}={v}"));
+    }
+    let (subnet, gateway) = match r.ipv4_data.as_slice() {
+        [] => (None, None),
+        [d] => (
+            (!d.pool.is_empty()).then(|| d.pool.clone()),
+            (!d.gateway.is_empty()).then(|| cidr_addr(&d.gateway).to_owned()),
+        ),
+        _ => {
+            return Err(invalid!(
+                "a dnet network has one IPv4 subnet: give one --subnet"
+            ));
+        }
+    };
+    Ok(NetworkCreate {
+        name: format!("docker-{}", short(&r.network_id)),
+        driver: Some("bridge".into()),
+        subnet,
+        gateway,
+        ip_range: None,
+        internal: truthy(r.options.get(INTERNAL)),
+        options,
+    })
+}
+
+pub async fn create_network(e: &Engine, r: CreateNetwork) -> Result<Empty> {
+    let mut req = network_request(&r)?;
+    // With dnet's IPAM, the range the pool was asked with (Docker does not
+    // tell the driver).
+    if let Some(subnet) = &req.subnet
+        && let Some(range) = e.pool_range(subnet).await
+    {
+        req.ip_range = Some(range.to_string());
+    }
+    let (net, made) = e
+        .create_runtime_network(req, docker_ref(&r.network_id))
+        .await?;
+    if !made {
+        tracing::debug!(network = %net.name, "CreateNetwork repeated");
+    }
+    Ok(Empty {})
+}
+
+pub async fn delete_network(e: &Engine, r: NetworkRef) -> Result<Empty> {
+    check_id("network id", &r.network_id)?;
+    e.remove_runtime_network(&docker_ref(&r.network_id)).await?;
+    Ok(Empty {})
+}
+
+pub async fn create_endpoint(e: &Engine, r: CreateEndpoint) -> Result<CreateEndpointAnswer> {
+    check_id("endpoint id", &r.endpoint_id)?;
+    let net = e
+        .runtime_network(&docker_ref(&r.network_id))
+        .await
+        .ok_or_else(|| not_found!("dnet has no network of Docker's {}", short(&r.network_id)))?;
+    let asked = r.interface.unwrap_or_default();
+    if !asked.address_ipv6.is_empty() {
+        return Err(invalid!(
+            "dnet networks are IPv4 only (asked for {})",
+            asked.address_ipv6
+        ));
+    }
+    let resp = e
+        .attach(AttachRequest {
+            network: net.id.clone(),
+            target: AttachTarget::HostSide,
+            ifname: None,
+            ip: (!asked.address.is_empty()).then(|| cidr_addr(&asked.address).to_owned()),
+            mac: (!asked.mac_address.is_empty()).then(|| asked.mac_address.clone()),
+            publish: Vec::new(),
+            aliases: Vec::new(),
+            name: Some(format!("docker-{}", short(&r.endpoint_id))),
+            runtime: Some(docker_ref(&r.endpoint_id)),
+        })
+        .await?;
+    // Docker refuses an answer that changes what it gave: only the empty
+    // fields are filled in.
+    let mut answer = Interface::default();
+    if asked.address.is_empty()
+        && let (Some(ip), Some(prefix)) = (resp.ip, resp.prefix)
+    {
+        answer.address = format!("{ip}/{prefix}");
+    }
+    if asked.mac_address.is_empty()
+        && let Some(mac) = resp.mac
+    {
+        answer.mac_address = mac.to_string();
+    }
+    Ok(CreateEndpointAnswer {
+        interface: (answer != Interface::default()).then_some(answer),
+    })
+}
+
+pub async fn endpoint_oper_info(_e: &Engine, _r: EndpointRef) -> Result<OperInfo> {
+    Ok(OperInfo {
+        value: BTreeMap::new(),
+    })
+}
+
+pub async fn join(e: &Engine, r: EndpointRef) -> Result<JoinAnswer> {
+    let att = e
+        .runtime_attachment(&docker_ref(&r.endpoint_id))
+        .await
+        .ok_or_else(|| not_found!("dnet has no endpoint {}", short(&r.endpoint_id)))?;
+    let src_name = att.container_side.ok_or_else(|| {
+        Error::Conflict("the endpoint's link is not in the host namespace".into())
+    })?;
+    Ok(JoinAnswer {
+        interface_name: InterfaceName {
+            src_name,
+            dst_prefix: "eth".into(),
+        },
+        gateway: att.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        static_routes: Vec::new(),
+        disable_gateway_service: false,
+    })
+}
+
+pub async fn leave(_e: &Engine, _r: EndpointRef) -> Result<Empty> {
+    // Docker moves the link back itself; DeleteEndpoint removes it.
+    Ok(Empty {})
+}
+
+pub async fn delete_endpoint(e: &Engine, r: EndpointRef) -> Result<Empty> {
+    check_id("endpoint id", &r.endpoint_id)?;
+    e.detach(DetachRequest {
+        network: None,
+        container: None,
+        runtime: Some(docker_ref(&r.endpoint_id)),
+        missing_ok: true,
+    })
+    .await?;
+    Ok(Empty {})
+}
+
+/// Docker's port bindings as dnet's requests.
+pub fn port_requests(options: &BTreeMap<String, Value>) -> Result<Vec<PortRequest>> {
+    let bindings: Vec<PortBinding> = match options.get(PORTMAP) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| invalid!("bad {PORTMAP}: {e}"))?,
+    };
+    let mut out = Vec::new();
+    for b in bindings {
+        let proto = match b.proto {
+            6 => Proto::Tcp,
+            17 => Proto::Udp,
+            132 => {
+                return Err(invalid!(
+                    "port {}/sctp: dnet publishes TCP and UDP ports only",
+                    b.port
+                ));
+            }
+            n => return Err(invalid!("port {}: unknown protocol number {n}", b.port)),
+        };
+        let host_ip = match b.host_ip.as_str() {
+            "" | "0.0.0.0" => None,
+            // dnet is IPv4 only: the IPv6 twin of an all-addresses binding
+            // has nothing to publish.
+            "::" => continue,
+            s => Some(s.parse::<Ipv4Addr>().map_err(|_| {
+                invalid!("host address {s:?}: dnet publishes on IPv4 addresses only")
+            })?),
+        };
+        if b.port == 0 {
+            return Err(invalid!("container port 0 cannot be published"));
+        }
+        if b.host_port_end != 0 && b.host_port_end < b.host_port {
+            return Err(invalid!(
+                "host port range {}-{} runs backwards",
+                b.host_port,
+                b.host_port_end
+            ));
+        }
+        out.push(PortRequest {
+            proto,
+            container_port: b.port,
+            host_ip,
+            host_port: b.host_port,
+            host_port_end: b.host_port_end,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn program_external_connectivity(e: &Engine, r: EndpointRef) -> Result<Empty> {
+    let reqs = port_requests(&r.options)?;
+    let ports = e
+        .set_runtime_ports(&docker_ref(&r.endpoint_id), &reqs)
+        .await?;
+    for p in &ports {
+        tracing::debug!(endpoint = short(&r.endpoint_id), "published {p}");
+    }
+    Ok(Empty {})
+}
+
+pub async fn revoke_external_connectivity(e: &Engine, r: EndpointRef) -> Result<Empty> {
+    match e.set_runtime_ports(&docker_ref(&r.endpoint_id), &[]).await {
+        Ok(_) | Err(Error::NotFound(_)) => Ok(Empty {}),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::protocol::{IpamData, parse};
+
+    fn create(options: Value) -> CreateNetwork {
+        CreateNetwork {
+            network_id: "0123456789abcdef".into(),
+            options: serde_json::from_value(options).unwrap(),
+            ipv4_data: vec![IpamData {
+                pool: "10.77.0.0/24".into(),
+                gateway: "10.77.0.1/24".into(),
+                ..Default::default()
+            }],
+            ipv6_data: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_network_request_takes_docker_options() {
+        let r = network_request(&create(serde_json::json!({
+            GENERIC: {"com.docker.network.driver.mtu": "1400", "icc": "false"},
+            INTERNAL: true,
+        })))
+        .unwrap();
+        assert_eq!(r.name, "docker-0123456789ab");
+        assert_eq!(r.subnet.as_deref(), Some("10.77.0.0/24"));
+        assert_eq!(r.gateway.as_deref(), Some("10.77.0.1"));
+        assert!(r.internal);
+        assert_eq!(r.options, vec!["mtu=1400", "icc=false"]);
+    }
+
+    #[test]
+    fn bad_network_requests_are_refused() {
+        for (opts, says) in [
+            (
+                serde_json::json!({GENERIC: {"foo": "bar"}}),
+                "unknown option",
+            ),
+            (
+                serde_json::json!({GENERIC: {"driver": "macvlan"}}),
+                "macvlan",
+            ),
+            (serde_json::json!({ENABLE_IPV6: true}), "IPv4 only"),
+        ] {
+            let e = network_request(&create(opts)).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        let mut r = create(serde_json::json!({}));
+        r.network_id = "../x".into();
+        assert!(network_request(&r).is_err());
+        let mut r = create(serde_json::json!({}));
+        r.ipv4_data.push(r.ipv4_data[0].clone());
+        assert!(network_request(&r).is_err());
+    }
+
+    #[test]
+    fn port_bindings_become_requests() {
+        let opts: EndpointRef = parse(
+            br#"{"EndpointID":"ab","Options":{"com.docker.network.portmap":[
+                {"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8080},
+                {"Proto":17,"IP":"","Port":53,"HostIP":"127.0.0.1","HostPort":0,"HostPortEnd":0},
+                {"Proto":6,"IP":"","Port":80,"HostIP":"::","HostPort":8080,"HostPortEnd":8080}]}}"#,
+        )
+        .unwrap();
+        let r = port_requests(&opts.options).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].proto, r[0].host_port, r[0].host_ip),
+            (Proto::Tcp, 8080, None)
+        );
+        assert_eq!(r[1].host_ip, Some(Ipv4Addr::LOCALHOST));
+        let sctp: BTreeMap<String, Value> = serde_json::from_value(serde_json::json!({
+            PORTMAP: [{"Proto":132,"Port":9,"HostPort":9,"HostPortEnd":9}]
+        }))
+        .unwrap();
+        assert!(
+            port_requests(&sctp)
+                .unwrap_err()
+                .to_string()
+                .contains("sctp")
+        );
+        assert!(port_requests(&BTreeMap::new()).unwrap().is_empty());
+    }
+}

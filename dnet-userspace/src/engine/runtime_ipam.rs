@@ -1,0 +1,204 @@
+//! dnet's IPAM for another runtime (Docker's `--ipam-driver`): pools and
+//! addresses handed out before the runtime creates the network and its
+//! endpoints, drawn by the same rules as dnet's own networks.
+//!
+//! A pool is known by its subnet. Until the runtime creates its network, a
+//! pool is pending here (with its range and gateway); an address handed out
+//! is reserved until the runtime releases it (its endpoint holds it by
+//! then). Both live in memory only: an endpoint's address is in the state
+//! once attached, and a pool becomes a network at once; what is lost in a
+//! restart between the two steps is the runtime's retry to make again.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use ipnetwork::Ipv4Network;
+
+use super::{Engine, Inner, parse_ip, parse_net};
+use crate::{
+    conflict,
+    error::Result,
+    invalid,
+    ipam::{self, Pool},
+    not_found,
+};
+
+/// A pool handed out, not yet a network.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pending {
+    range: Option<Ipv4Network>,
+    gateway: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct RuntimeIpam {
+    pending: BTreeMap<Ipv4Network, Pending>,
+    reserved: BTreeMap<Ipv4Network, BTreeSet<Ipv4Addr>>,
+}
+
+impl Engine {
+    /// A pool for a new network: `subnet` if given and free, else the next
+    /// free one of dnet's default pools; `sub_pool` limits its dynamic
+    /// addresses. Returns the subnet (the pool's id).
+    pub async fn request_pool(
+        &self,
+        subnet: Option<&str>,
+        sub_pool: Option<&str>,
+    ) -> Result<Ipv4Network> {
+        let mut inner = self.inner.lock().await;
+        let routes = inner.routed_subnets().await?;
+        let mut taken: Vec<(String, Ipv4Network)> = inner
+            .state
+            .networks
+            .values()
+            .filter_map(|n| n.ipam.map(|i| (format!("network {:?}", n.name), i.subnet)))
+            .collect();
+        taken.extend(
+            inner
+                .runtime_ipam
+                .pending
+                .keys()
+                .map(|s| ("a pool handed out".to_owned(), *s)),
+        );
+        taken.extend(
+            routes
+                .iter()
+                .map(|r| ("a route where the daemon runs".to_owned(), *r)),
+        );
+        let subnet = match subnet {
+            Some(s) => parse_net("subnet", s)?,
+            None => {
+                if sub_pool.is_some() {
+                    return Err(invalid!("--ip-range needs --subnet"));
+                }
+                let t: Vec<Ipv4Network> = taken.iter().map(|(_, s)| *s).collect();
+                ipam::next_free_subnet(&t).ok_or_else(|| {
+                    conflict!("no free subnet left in the default pools: give --subnet")
+                })?
+            }
+        };
+        let range = sub_pool.map(|r| parse_net("ip-range", r)).transpose()?;
+        // A repeat (the runtime retries) gets the same pool.
+        if let Some(p) = inner.runtime_ipam.pending.get(&subnet)
+            && p.range == range
+        {
+            return Ok(subnet);
+        }
+        // Checks the subnet and range as a network's.
+        Pool::new(subnet, None, range)?;
+        if let Some((what, s)) = taken.iter().find(|(_, s)| s.overlaps(subnet)) {
+            return Err(conflict!("subnet {subnet} overlaps {s} of {what}"));
+        }
+        inner.runtime_ipam.pending.insert(
+            subnet,
+            Pending {
+                range,
+                gateway: None,
+            },
+        );
+        Ok(subnet)
+    }
+
+    /// Forgets a pool handed out (its network, if any, goes on its own).
+    pub async fn release_pool(&self, pool: &str) -> Result<()> {
+        let subnet = parse_net("pool id", pool)?;
+        let mut inner = self.inner.lock().await;
+        inner.runtime_ipam.pending.remove(&subnet);
+        inner.runtime_ipam.reserved.remove(&subnet);
+        Ok(())
+    }
+
+    /// The range a pending pool was asked with.
+    pub async fn pool_range(&self, subnet: &str) -> Option<Ipv4Network> {
+        let subnet: Ipv4Network = subnet.parse().ok()?;
+        let inner = self.inner.lock().await;
+        inner
+            .runtime_ipam
+            .pending
+            .get(&subnet)
+            .and_then(|p| p.range)
+    }
+
+    /// An address of `pool`: the gateway (`gateway`: `requested`, else the
+    /// first host), or an endpoint's (`requested` if free, else the lowest
+    /// free one of the range), reserved until released.
+    pub async fn request_address(
+        &self,
+        pool: &str,
+        requested: Option<&str>,
+        gateway: bool,
+    ) -> Result<(Ipv4Addr, u8)> {
+        let subnet = parse_net("pool id", pool)?;
+        let requested = requested.map(|a| parse_ip("address", a)).transpose()?;
+        let mut inner = self.inner.lock().await;
+        let net = inner
+            .state
+            .networks
+            .values()
+            .find(|n| n.ipam.is_some_and(|i| i.subnet == subnet))
+            .cloned();
+        let pending = inner.runtime_ipam.pending.get(&subnet).copied();
+        let (range, gw) = match (&net, pending) {
+            (Some(n), _) => {
+                let i = n.ipam.expect("found by its ipam");
+                (i.ip_range, Some(i.gateway))
+            }
+            (None, Some(p)) => (p.range, p.gateway),
+            (None, None) => return Err(not_found!("dnet handed out no pool {subnet}")),
+        };
+        if gateway {
+            let pool = Pool::new(subnet, requested.or(gw), range)?;
+            if net.is_none() {
+                inner
+                    .runtime_ipam
+                    .pending
+                    .entry(subnet)
+                    .or_default()
+                    .gateway = Some(pool.gateway);
+            }
+            return Ok((pool.gateway, subnet.prefix()));
+        }
+        let pool = Pool::new(subnet, gw, range)?;
+        let mut used = net
+            .as_ref()
+            .map(|n| inner.state.used_addresses(&n.id))
+            .unwrap_or_default();
+        used.extend(
+            inner
+                .runtime_ipam
+                .reserved
+                .get(&subnet)
+                .into_iter()
+                .flatten()
+                .copied(),
+        );
+        let ip = pool.allocate(&used, requested)?;
+        inner
+            .runtime_ipam
+            .reserved
+            .entry(subnet)
+            .or_default()
+            .insert(ip);
+        Ok((ip, subnet.prefix()))
+    }
+
+    /// Ends the reservation of an address (none is success: a repeat).
+    pub async fn release_address(&self, pool: &str, addr: &str) -> Result<()> {
+        let subnet = parse_net("pool id", pool)?;
+        let ip = parse_ip("address", addr.split_once('/').map_or(addr, |(a, _)| a))?;
+        let mut inner = self.inner.lock().await;
+        if let Some(r) = inner.runtime_ipam.reserved.get_mut(&subnet) {
+            r.remove(&ip);
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// A network made from a pending pool: it is a network now.
+    pub(super) fn pool_became_network(&mut self, subnet: Ipv4Network) {
+        self.runtime_ipam.pending.remove(&subnet);
+    }
+}

@@ -1,0 +1,271 @@
+//! What another runtime's front end (Docker's network driver) needs beyond
+//! the attach path: networks it knows by its own id, the attachment it made
+//! looked up by its ref, and ports it publishes on an existing attachment.
+//! Every call is idempotent: a runtime retries.
+
+use std::net::Ipv4Addr;
+
+use super::{Engine, Inner};
+use crate::{
+    api::{AttachResponse, NetworkCreate, NetworkView},
+    conflict,
+    error::Result,
+    invalid,
+    model::{Container, DriverKind, RuntimeRef},
+    not_found,
+    spec::{PortMapping, Proto},
+};
+
+/// A port to publish, as a runtime asks for it: one container port, a host
+/// port, a range to pick one free host port from, or none (dnet picks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRequest {
+    pub proto: Proto,
+    pub container_port: u16,
+    /// `None`: every address of the host.
+    pub host_ip: Option<Ipv4Addr>,
+    /// 0: dnet picks a free port.
+    pub host_port: u16,
+    /// The end of a range to pick from (0 or equal to `host_port`: exactly
+    /// `host_port`).
+    pub host_port_end: u16,
+}
+
+impl PortRequest {
+    /// Does an existing mapping answer this request?
+    fn met_by(&self, m: &PortMapping) -> bool {
+        m.count == 1
+            && m.proto == self.proto
+            && m.container_port == self.container_port
+            && m.host_ip == self.host_ip
+            && match self.host_port {
+                0 => true,
+                p => (p..=self.host_port_end.max(p)).contains(&m.host_port),
+            }
+    }
+}
+
+impl Engine {
+    /// Creates a network that `rt` knows by its own id; a repeat returns
+    /// the network made the first time (and false).
+    pub async fn create_runtime_network(
+        &self,
+        req: NetworkCreate,
+        rt: RuntimeRef,
+    ) -> Result<(NetworkView, bool)> {
+        let mut inner = self.inner.lock().await;
+        if let Some(n) = inner.runtime_network(&rt) {
+            return Ok((inner.network_view(n), false));
+        }
+        let net = inner.create_network_for(req, false, Some(rt)).await?;
+        if let Some(i) = net.ipam {
+            inner.pool_became_network(i.subnet);
+        }
+        Ok((inner.network_view(&net), true))
+    }
+
+    /// The network `rt` made, if it exists.
+    pub async fn runtime_network(&self, rt: &RuntimeRef) -> Option<NetworkView> {
+        let inner = self.inner.lock().await;
+        inner.runtime_network(rt).map(|n| inner.network_view(n))
+    }
+
+    /// Removes the network `rt` made; none is success (a repeat).
+    pub async fn remove_runtime_network(&self, rt: &RuntimeRef) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        let Some(id) = inner.runtime_network(rt).map(|n| n.id.clone()) else {
+            return Ok(());
+        };
+        inner.remove_network(&id).await
+    }
+
+    /// The attachment `rt` made, if it exists.
+    pub async fn runtime_attachment(&self, rt: &RuntimeRef) -> Option<AttachResponse> {
+        let inner = self.inner.lock().await;
+        let c = inner.runtime_container(rt)?;
+        let ep = c.endpoints.first()?;
+        Some(inner.attach_response(c, ep, &c.ports))
+    }
+
+    /// Publishes `ports` for the container `rt` attached, in place of the
+    /// ports it published before; requests that its current mappings meet
+    /// keep them (a repeat changes nothing). Returns the mappings. Bad
+    /// input changes nothing.
+    pub async fn set_runtime_ports(
+        &self,
+        rt: &RuntimeRef,
+        ports: &[PortRequest],
+    ) -> Result<Vec<PortMapping>> {
+        self.inner.lock().await.set_runtime_ports(rt, ports)
+    }
+}
+
+impl Inner {
+    fn runtime_network(&self, rt: &RuntimeRef) -> Option<&crate::model::Network> {
+        self.state
+            .networks
+            .values()
+            .find(|n| n.runtime.as_ref() == Some(rt))
+    }
+
+    fn runtime_container(&self, rt: &RuntimeRef) -> Option<&Container> {
+        self.state
+            .containers
+            .values()
+            .find(|c| c.runtime.as_ref() == Some(rt))
+    }
+
+    fn set_runtime_ports(
+        &mut self,
+        rt: &RuntimeRef,
+        reqs: &[PortRequest],
+    ) -> Result<Vec<PortMapping>> {
+        let c = self
+            .runtime_container(rt)
+            .ok_or_else(|| not_found!("no container attached by {} {}", rt.runtime, rt.id))?
+            .clone();
+        let net = c
+            .endpoints
+            .first()
+            .and_then(|e| self.state.networks.get(&e.network_id))
+            .ok_or_else(|| not_found!("container {} has no network", c.name))?
+            .clone();
+        if !reqs.is_empty() && (net.driver != DriverKind::Bridge || net.internal) {
+            return Err(invalid!(
+                "network {} cannot publish ports (only bridge networks that are not internal can)",
+                net.name
+            ));
+        }
+        let mut chosen: Vec<PortMapping> = Vec::new();
+        for r in reqs {
+            if let Some(m) = c.ports.iter().find(|m| r.met_by(m) && !chosen.contains(m)) {
+                chosen.push(*m);
+                continue;
+            }
+            let candidates: Vec<u16> = match r.host_port {
+                0 => self.free_port_candidates(),
+                p => (p..=r.host_port_end.max(p)).collect(),
+            };
+            let mut last_err = None;
+            let mut found = None;
+            for port in candidates {
+                let m = PortMapping {
+                    host_ip: r.host_ip,
+                    host_port: port,
+                    container_port: r.container_port,
+                    count: 1,
+                    proto: r.proto,
+                };
+                let mut all = chosen.clone();
+                all.push(m);
+                match self.check_mappings(&all, &net, Some(&c.id)) {
+                    Ok(()) => {
+                        found = Some(m);
+                        break;
+                    }
+                    // A bad address is bad for every port.
+                    Err(e @ crate::error::Error::Invalid(_)) => return Err(e),
+                    Err(e) => last_err = Some(e),
+                }
+            }
+            match (found, last_err) {
+                (Some(m), _) => chosen.push(m),
+                (None, Some(e)) if r.host_port != 0 && r.host_port_end <= r.host_port => {
+                    return Err(e);
+                }
+                (None, _) => {
+                    return Err(conflict!(
+                        "no free host port for {}/{} in the range asked for",
+                        r.container_port,
+                        r.proto.as_str()
+                    ));
+                }
+            }
+        }
+        if chosen == c.ports {
+            return Ok(chosen);
+        }
+        let old = self.state.clone();
+        let mut st = self.state.clone();
+        st.containers
+            .get_mut(&c.id)
+            .expect("present")
+            .ports
+            .clone_from(&chosen);
+        self.commit(st)?;
+        if let Err(e) = self.sync_services() {
+            // Back to what was published.
+            if let Err(e) = self.commit(old) {
+                tracing::warn!(container = %c.name, "restoring its ports: {e}");
+            }
+            if let Err(e) = self.sync_services() {
+                tracing::warn!(container = %c.name, "restoring its ports: {e}");
+            }
+            return Err(e);
+        }
+        tracing::info!(container = %c.name, ports = chosen.len(), "ports published");
+        Ok(chosen)
+    }
+
+    /// Host ports to pick from: the host's ephemeral range without the
+    /// NAT's ports (a published port there would meet translated flows).
+    fn free_port_candidates(&self) -> Vec<u16> {
+        let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| {
+                let mut it = s.split_whitespace().map(str::parse::<u16>);
+                Some((it.next()?.ok()?, it.next()?.ok()?))
+            })
+            .unwrap_or((32768, 60999));
+        let (nlo, nhi) = self.cfg.nat.ports;
+        (lo..=hi).filter(|p| !(nlo..=nhi).contains(p)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_met_by_a_matching_mapping_only() {
+        let m: PortMapping = "8080:80".parse().unwrap();
+        let r = PortRequest {
+            proto: Proto::Tcp,
+            container_port: 80,
+            host_ip: None,
+            host_port: 8080,
+            host_port_end: 8080,
+        };
+        assert!(r.met_by(&m));
+        assert!(PortRequest { host_port: 0, ..r }.met_by(&m));
+        assert!(
+            PortRequest {
+                host_port: 8000,
+                host_port_end: 8090,
+                ..r
+            }
+            .met_by(&m)
+        );
+        assert!(
+            !PortRequest {
+                host_port: 8081,
+                ..r
+            }
+            .met_by(&m)
+        );
+        assert!(
+            !PortRequest {
+                proto: Proto::Udp,
+                ..r
+            }
+            .met_by(&m)
+        );
+        assert!(
+            !PortRequest {
+                host_ip: Some(Ipv4Addr::LOCALHOST),
+                ..r
+            }
+            .met_by(&m)
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! Names (issue 14): containers of a user-defined network find each other
+//! by name through the resolver on the network's gateway; other names go
+//! to the daemon's upstreams. Real queries from container namespaces.
+//! Every test here is named `dns_*`.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use dnet_sandbox::{Sandbox, WORLD_IP, conntest_bin, out, wait_until};
+
+/// The fake upstream in the world namespace.
+const UPSTREAM_PORT: &str = "5353";
+/// What the fake upstream answers for names under `example.`.
+const UPSTREAM_ANSWER: &str = "192.0.2.7";
+
+fn sandbox() -> Sandbox {
+    Sandbox::with_daemon_args(&["--dns-upstream", &format!("{WORLD_IP}:{UPSTREAM_PORT}")])
+}
+
+/// A fake upstream (`conntest dns serve`) in the world namespace; killed on drop.
+struct Upstream(Child);
+
+impl Upstream {
+    fn start(sb: &Sandbox) -> Upstream {
+        let c = Command::new("nsenter")
+            .arg(format!("--net={}", sb.world_netns_path().display()))
+            .arg(conntest_bin())
+            .args([
+                "dns",
+                "serve",
+                &format!("{WORLD_IP}:{UPSTREAM_PORT}"),
+                UPSTREAM_ANSWER,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the fake upstream");
+        let port: u16 = UPSTREAM_PORT.parse().unwrap();
+        dnet_sandbox::wait_listening(&sb.world_netns_path(), "udp", port);
+        Upstream(c)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn gateway(sb: &Sandbox, net: &str) -> String {
+    let v = sb.dnet_json(&["network", "inspect", net]);
+    let v = if v.is_array() { v[0].clone() } else { v };
+    v["ipam"]["gateway"].as_str().expect("a gateway").to_owned()
+}
+
+/// `conntest dns query` from container `from`: its output lines.
+fn ask(sb: &Sandbox, from: &str, server: &str, args: &[&str]) -> Vec<String> {
+    let ct = conntest_bin();
+    let mut a = vec![
+        "exec",
+        from,
+        "--",
+        ct.to_str().unwrap(),
+        "dns",
+        "query",
+        server,
+    ];
+    a.extend(args);
+    let o = sb.dnet(&a);
+    assert!(
+        o.status.success(),
+        "query {args:?} from {from}: {}",
+        out(&o)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn sleeper(sb: &Sandbox, name: &str, net: &str, extra: &[&str]) {
+    let mut a = vec!["run", "-d", "--name", name, "--network", net];
+    a.extend(extra);
+    a.extend(["--", "sleep", "300"]);
+    sb.dnet_ok(&a);
+}
+
+#[test]
+fn dns_containers_find_each_other_by_name_alias_and_network_name() {
+    let sb = sandbox();
+    let _up = Upstream::start(&sb);
+    sb.dnet_ok(&["network", "create", "front"]);
+    let gw = gateway(&sb, "front");
+    sleeper(
+        &sb,
+        "web",
+        "front",
+        &["--network-alias", "www", "--network-alias", "pool"],
+    );
+    sleeper(&sb, "web2", "front", &["--network-alias", "pool"]);
+    sleeper(&sb, "client", "front", &[]);
+    let web = sb.ip_of("web");
+    let web2 = sb.ip_of("web2");
+    for name in ["web", "WEB.", "www", "web.front", "www.front"] {
+        assert_eq!(
+            ask(&sb, "client", &gw, &[name]),
+            vec!["rcode NoError".to_owned(), format!("A {web}")],
+            "{name}"
+        );
+    }
+    // TCP too.
+    assert_eq!(
+        ask(&sb, "client", &gw, &["web.front", "a", "--tcp"]),
+        vec!["rcode NoError".to_owned(), format!("A {web}")]
+    );
+    // One alias on two containers: both addresses.
+    assert_eq!(
+        sorted(ask(&sb, "client", &gw, &["pool"])),
+        sorted(vec![
+            "rcode NoError".to_owned(),
+            format!("A {web}"),
+            format!("A {web2}")
+        ])
+    );
+    // A known name with no IPv6 address: an empty NOERROR, not forwarded.
+    assert_eq!(
+        ask(&sb, "client", &gw, &["web", "aaaa"]),
+        vec!["rcode NoError"]
+    );
+    // PTR: name.network.
+    let o: Vec<&str> = web.split('.').rev().collect();
+    let arpa = format!("{}.in-addr.arpa", o.join("."));
+    assert_eq!(
+        ask(&sb, "client", &gw, &[&arpa, "ptr"]),
+        vec!["rcode NoError".to_owned(), "PTR web.front.".to_owned()]
+    );
+    // Other names go upstream, UDP and TCP stay answered by dnet for its own.
+    assert_eq!(
+        ask(&sb, "client", &gw, &["host.example"]),
+        vec!["rcode NoError".to_owned(), format!("A {UPSTREAM_ANSWER}")]
+    );
+    assert_eq!(
+        ask(&sb, "client", &gw, &["nosuchname"]),
+        vec!["rcode NXDomain"]
+    );
+    // The network's resolver is in the attach answer.
+    let (status, v) = sb.api_post(
+        "/v1/attach",
+        &serde_json::json!({"network": "front", "target": {"kind": "netns",
+            "path": sb.netns_of("web2").to_str().unwrap()}}),
+    );
+    // web2 is already on front: a conflict, but the other fields are checked
+    // through a fresh namespace below.
+    assert_eq!(status, 409, "{v}");
+    let mut sb = sb;
+    let ns = sb.add_netns("att");
+    let (status, v) = sb.api_post(
+        "/v1/attach",
+        &serde_json::json!({"network": "front", "target": {"kind": "netns",
+            "path": ns.to_str().unwrap()}, "name": "att"}),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["dns"], gw.as_str());
+    let (status, v) = sb.api_post(
+        "/v1/attach",
+        &serde_json::json!({"network": "bridge", "target": {"kind": "netns",
+            "path": ns.to_str().unwrap()}}),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert!(
+        v["dns"].is_null(),
+        "the default bridge has no resolver: {v}"
+    );
+}
+
+#[test]
+fn dns_names_are_scoped_to_the_asking_containers_networks() {
+    let sb = sandbox();
+    let _up = Upstream::start(&sb);
+    sb.dnet_ok(&["network", "create", "front"]);
+    sb.dnet_ok(&["network", "create", "back"]);
+    let (gf, gb) = (gateway(&sb, "front"), gateway(&sb, "back"));
+    sleeper(&sb, "web", "front", &[]);
+    sleeper(&sb, "other", "back", &[]);
+    sleeper(&sb, "old", "bridge", &[]);
+    // A container of another network: web is a name like any unknown one,
+    // forwarded, and the upstream knows nothing of it.
+    assert_eq!(ask(&sb, "other", &gb, &["web"]), vec!["rcode NXDomain"]);
+    assert_eq!(
+        ask(&sb, "other", &gb, &["web.front"]),
+        vec!["rcode NXDomain"]
+    );
+    // Asking front's resolver does not help: the source decides.
+    assert_eq!(ask(&sb, "other", &gf, &["web"]), vec!["rcode NXDomain"]);
+    // The default bridge has no name service: its containers are refused.
+    assert_eq!(ask(&sb, "old", &gf, &["web"]), vec!["rcode Refused"]);
+    // Connected to front, other sees web at once; disconnected, no longer.
+    sb.dnet_ok(&["network", "connect", "--alias", "db", "front", "other"]);
+    let web = sb.ip_of("web");
+    assert_eq!(
+        ask(&sb, "other", &gb, &["web"]),
+        vec!["rcode NoError".to_owned(), format!("A {web}")]
+    );
+    let web_sees = ask(&sb, "web", &gf, &["db"]);
+    assert_eq!(web_sees.len(), 2, "{web_sees:?}");
+    sb.dnet_ok(&["network", "disconnect", "front", "other"]);
+    assert_eq!(ask(&sb, "other", &gb, &["web"]), vec!["rcode NXDomain"]);
+    assert_eq!(ask(&sb, "web", &gf, &["db"]), vec!["rcode NXDomain"]);
+}
+
+#[test]
+fn dns_removed_containers_stop_resolving_and_names_survive_a_restart() {
+    let mut sb = sandbox();
+    let _up = Upstream::start(&sb);
+    sb.dnet_ok(&["network", "create", "front"]);
+    let gw = gateway(&sb, "front");
+    sleeper(&sb, "web", "front", &[]);
+    sleeper(&sb, "gone", "front", &[]);
+    sleeper(&sb, "client", "front", &[]);
+    let web = sb.ip_of("web");
+    assert_eq!(ask(&sb, "client", &gw, &["gone"]).len(), 2);
+    sb.dnet_ok(&["rm", "-f", "gone"]);
+    assert_eq!(ask(&sb, "client", &gw, &["gone"]), vec!["rcode NXDomain"]);
+    // The daemon goes; its resolver comes back with the state.
+    sb.stop_daemon(libc::SIGKILL);
+    sb.start_daemon();
+    let expect = ["rcode NoError".to_owned(), format!("A {web}")];
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            sb.dnet(&[
+                "exec",
+                "client",
+                "--",
+                conntest_bin().to_str().unwrap(),
+                "dns",
+                "query",
+                &gw,
+                "web",
+            ])
+            .stdout
+                == format!("{}\n", expect.join("\n")).into_bytes()
+        }),
+        "web does not resolve after a restart: {:?}",
+        ask(&sb, "client", &gw, &["web"])
+    );
+    // A removed network's resolver goes with it.
+    sb.dnet_ok(&["network", "create", "spare"]);
+    let gs = gateway(&sb, "spare");
+    assert!(dnet_sandbox::listening(&sb.host_netns_path(), "udp", 53));
+    sb.dnet_ok(&["network", "rm", "spare"]);
+    let ss = dnet_sandbox::in_netns(&sb.host_netns_path(), "ss", &["-Hlun"]);
+    assert!(!out(&ss).contains(&format!("{gs}:53")), "{}", out(&ss));
+}
+
+#[test]
+fn dns_forwarding_servfails_when_upstreams_fail_and_skips_internal_networks() {
+    let sb = sandbox();
+    sb.dnet_ok(&["network", "create", "front"]);
+    sb.dnet_ok(&["network", "create", "--internal", "vault"]);
+    let (gf, gv) = (gateway(&sb, "front"), gateway(&sb, "vault"));
+    sleeper(&sb, "client", "front", &[]);
+    sleeper(&sb, "secret", "vault", &[]);
+    sleeper(&sb, "peer", "vault", &[]);
+    {
+        let _up = Upstream::start(&sb);
+        assert_eq!(
+            ask(&sb, "client", &gf, &["host.example"]),
+            vec!["rcode NoError".to_owned(), format!("A {UPSTREAM_ANSWER}")]
+        );
+        // Internal only: names of its network, nothing forwarded.
+        let peer = sb.ip_of("peer");
+        assert_eq!(
+            ask(&sb, "secret", &gv, &["peer"]),
+            vec!["rcode NoError".to_owned(), format!("A {peer}")]
+        );
+        assert_eq!(
+            ask(&sb, "secret", &gv, &["host.example"]),
+            vec!["rcode NXDomain"]
+        );
+    }
+    // The upstream is down: SERVFAIL (after its timeout), never silence.
+    assert_eq!(
+        ask(&sb, "client", &gf, &["host.example", "a", "--timeout", "6"]),
+        vec!["rcode ServFail"]
+    );
+}

@@ -1,0 +1,649 @@
+//! Real Docker on dnet: Debian's dockerd in a sandbox's host namespace uses
+//! the dnet daemon of that sandbox as its network driver (`docker network
+//! create -d <driver>`, the driver named after the sandbox so that runs
+//! never meet). No mock: what Docker sends is what dnet gets.
+
+use std::time::Duration;
+
+use dnet_sandbox::{
+    Sandbox, UPLINK_IP, WORLD_IP, assert_consistent, ct,
+    docker::{Dockerd, Turn},
+    ok, out, stdout, wait_until,
+};
+
+const IMAGE: &str = "dnt-busybox:latest";
+
+/// A sandbox whose dnet daemon serves the Docker driver, and a dockerd in
+/// its host namespace. Docker goes first (fields drop in order): removing
+/// its containers needs the driver.
+struct Env {
+    docker: Dockerd,
+    sb: Sandbox,
+    /// The driver's name: its socket's file name.
+    driver: String,
+}
+
+impl Env {
+    fn new() -> Env {
+        let turn = Turn::take();
+        let mut sb = Sandbox::without_daemon();
+        let driver = sb.name.clone();
+        let sock = format!("--docker-plugin-socket=/run/docker/plugins/{driver}.sock");
+        sb.set_daemon_args(&[&sock]);
+        sb.start_daemon();
+        // No docker0: only dnet's networks.
+        let docker = turn
+            .start(
+                &sb.host_netns_path(),
+                &sb.dir,
+                &sb.name,
+                &["--bridge", "none"],
+            )
+            .unwrap_or_else(|e| panic!("dockerd: {e:#}"));
+        docker
+            .import_busybox(IMAGE)
+            .unwrap_or_else(|e| panic!("docker import: {e:#}"));
+        Env { docker, sb, driver }
+    }
+
+    fn docker(&self, args: &[&str]) -> String {
+        self.docker.cmd(args).unwrap_or_else(|e| {
+            panic!(
+                "{e:#}\n--- dockerd log ---\n{}\n--- dnet log ---\n{}",
+                self.docker.log_tail(20),
+                self.sb.log_tail(30)
+            )
+        })
+    }
+
+    /// `docker ARGS`, which must fail: its stderr.
+    fn docker_err(&self, args: &[&str]) -> String {
+        let o = self.docker.output(args);
+        assert!(!ok(&o), "docker {args:?} succeeded: {}", out(&o));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// `docker network create -d <driver> ARGS NAME`: Docker's network id.
+    fn network(&self, name: &str, args: &[&str]) -> String {
+        let mut a = vec!["network", "create", "-d", self.driver.as_str()];
+        a.extend(args);
+        a.push(name);
+        self.docker(&a).trim().to_owned()
+    }
+
+    /// `docker run -d --network NET ARGS IMAGE sleep 1000000`.
+    fn run(&self, name: &str, net: &str, args: &[&str]) {
+        let mut a = vec!["run", "-d", "--name", name, "--network", net];
+        a.extend(args);
+        a.extend([IMAGE, "sleep", "1000000"]);
+        self.docker(&a);
+    }
+
+    fn exec(&self, name: &str, cmd: &[&str]) -> std::process::Output {
+        let mut a = vec!["exec", name];
+        a.extend(cmd);
+        self.docker.output(&a)
+    }
+
+    /// The dnet network Docker's network `id` is.
+    fn dnet_network(&self, id: &str) -> Option<serde_json::Value> {
+        self.sb
+            .dnet_json(&["network", "ls"])
+            .as_array()
+            .expect("networks")
+            .iter()
+            .find(|n| n["runtime"]["id"] == id)
+            .cloned()
+    }
+
+    /// `eth0`'s address and MAC inside a container, as it sees them.
+    fn eth0(&self, name: &str) -> (String, String) {
+        let o = self.exec(name, &["ip", "-o", "-4", "addr", "show", "eth0"]);
+        assert!(ok(&o), "{}", out(&o));
+        let addr = stdout(&o)
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .expect("an address")
+            .to_owned();
+        let o = self.exec(name, &["cat", "/sys/class/net/eth0/address"]);
+        assert!(ok(&o), "{}", out(&o));
+        (addr, stdout(&o))
+    }
+
+    /// Nothing of Docker's is left in dnet: no docker network or container
+    /// record, and the kernel agrees with the state.
+    fn assert_clean(&self) {
+        let st = self.sb.state();
+        assert!(
+            st["containers"]
+                .as_object()
+                .is_none_or(|c| c.values().all(|c| c["runtime"].is_null())),
+            "container records left: {st}"
+        );
+        assert!(
+            st["networks"]
+                .as_object()
+                .is_none_or(|n| n.values().all(|n| n["runtime"].is_null())),
+            "network records left: {st}"
+        );
+        assert_consistent(&self.sb);
+    }
+}
+
+#[test]
+fn docker_containers_on_a_dnet_network() {
+    let env = Env::new();
+    let id = env.network(
+        "dn1",
+        &["--subnet", "10.89.0.0/24", "--gateway", "10.89.0.1"],
+    );
+    let net = env.dnet_network(&id).expect("the dnet network of Docker's");
+    assert_eq!(net["ipam"]["subnet"], "10.89.0.0/24");
+    assert_eq!(net["ipam"]["gateway"], "10.89.0.1");
+    assert_eq!(net["runtime"]["runtime"], "docker");
+
+    env.run("c1", "dn1", &[]);
+    env.run("c2", "dn1", &["--ip", "10.89.0.77"]);
+    let (a1, mac1) = env.eth0("c1");
+    let (a2, mac2) = env.eth0("c2");
+    assert!(a1.starts_with("10.89.0.") && a1.ends_with("/24"), "{a1}");
+    assert_eq!(a2, "10.89.0.77/24");
+    let ip1 = a1.trim_end_matches("/24").to_owned();
+    let octets: Vec<u8> = ip1.split('.').map(|o| o.parse().unwrap()).collect();
+    assert_eq!(
+        mac1,
+        format!(
+            "02:42:{:02x}:{:02x}:{:02x}:{:02x}",
+            octets[0], octets[1], octets[2], octets[3]
+        )
+    );
+    assert_eq!(mac2, "02:42:0a:59:00:4d");
+
+    // dnet knows them, with Docker's addresses.
+    let ps = env.sb.dnet_json(&["ps"]);
+    let ips: Vec<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["networks"][0]["ip"].as_str())
+        .collect();
+    assert!(
+        ips.contains(&ip1.as_str()) && ips.contains(&"10.89.0.77"),
+        "{ps}"
+    );
+
+    // East-west, the gateway, and out through dnet's NAT.
+    for (from, to) in [
+        ("c1", "10.89.0.77"),
+        ("c2", ip1.as_str()),
+        ("c1", "10.89.0.1"),
+    ] {
+        let o = env.exec(from, &["ping", "-c", "1", "-W", "2", to]);
+        assert!(ok(&o), "{from} -> {to}: {}", out(&o));
+    }
+    let o = env.exec("c1", &["ip", "route"]);
+    assert!(stdout(&o).contains("default via 10.89.0.1"), "{}", out(&o));
+    let o = env.exec("c1", &["ping", "-c", "1", "-W", "2", &WORLD_IP.to_string()]);
+    assert!(ok(&o), "c1 -> the world: {}", out(&o));
+    // One interface: no docker_gwbridge.
+    let o = env.exec("c1", &["ip", "-o", "link"]);
+    assert_eq!(
+        stdout(&o).lines().count(),
+        2,
+        "lo and eth0 only: {}",
+        out(&o)
+    );
+    assert_consistent(&env.sb);
+    // Their endpoints count like any other, and their flows out are
+    // dnet's NAT's.
+    let stats = env.sb.dnet_json(&["stats"]);
+    let counted = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ip"] == ip1.as_str() || e["ip"] == "10.89.0.77")
+        .filter(|e| e["tx_packets"].as_u64() > Some(0) && e["rx_packets"].as_u64() > Some(0))
+        .count();
+    assert_eq!(counted, 2, "{stats}");
+    let o = env.exec("c1", &["ping", "-c", "1", "-W", "2", &WORLD_IP.to_string()]);
+    assert!(ok(&o), "{}", out(&o));
+    let flows = env.sb.flows();
+    assert!(
+        flows.iter().any(|f| f.to_string().contains(&ip1)),
+        "c1's flow in conntrack ls: {flows:?}"
+    );
+
+    env.docker(&["rm", "-f", "c1", "c2"]);
+    env.docker(&["network", "rm", "dn1"]);
+    assert!(env.dnet_network(&id).is_none());
+    env.assert_clean();
+}
+
+#[test]
+fn docker_published_ports() {
+    let mut env = Env::new();
+    env.network("dn2", &["--subnet", "10.90.0.0/24"]);
+    env.run(
+        "web",
+        "dn2",
+        &["-p", "8080:80", "-p", "5353:53/udp", "-p", "80"],
+    );
+    let pid = env.docker.pid_of("web").expect("web's pid");
+    let ns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+    env.sb.spawn_in(&ns, &ct(), &["serve", "tcp", "80"]);
+    dnet_sandbox::wait_listening(&ns, "tcp", 80);
+
+    // dnet shows the ports Docker cannot (docker ps is empty for remote drivers).
+    let ps = env.sb.dnet_json(&["ps"]);
+    let web = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| !c["ports"].as_array().is_none_or(Vec::is_empty))
+        .expect("a container with ports")
+        .clone();
+    let ports = web["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 3, "{web}");
+    let picked = ports
+        .iter()
+        .find(|p| p["container_port"] == 80 && p["host_port"] != 8080)
+        .expect("the port dnet picked")["host_port"]
+        .as_u64()
+        .unwrap();
+    assert!(picked > 0);
+
+    let up = UPLINK_IP.to_string();
+    for port in [8080, picked] {
+        let target = format!("{up}:{port}");
+        assert!(
+            wait_until(Duration::from_secs(5), || ok(&env
+                .sb
+                .in_world(&ct(), &["tcp", &target]))),
+            "{target} from the world: {}",
+            out(&env.sb.in_world(&ct(), &["tcp", &target]))
+        );
+    }
+    let o = env.sb.in_world(&ct(), &["tcp", &format!("{up}:8080")]);
+    assert!(
+        stdout(&o).starts_with(&format!("{WORLD_IP}:")),
+        "the container sees the client: {}",
+        out(&o)
+    );
+
+    env.docker(&["rm", "-f", "web"]);
+    assert!(
+        !ok(&env
+            .sb
+            .in_world(&ct(), &["tcp", &format!("{up}:8080"), "--timeout", "1"])),
+        "the port is gone with the container"
+    );
+    let maps = env.sb.map_contents();
+    assert!(!maps.contains("8080"), "a service entry is left: {maps}");
+    env.docker(&["network", "rm", "dn2"]);
+    env.assert_clean();
+}
+
+#[test]
+fn docker_bad_input_changes_nothing() {
+    let env = Env::new();
+    let before = env.sb.state();
+    let e = env.docker_err(&[
+        "network",
+        "create",
+        "-d",
+        &env.driver,
+        "-o",
+        "foo=bar",
+        "bad1",
+    ]);
+    assert!(e.contains("unknown option \"foo\""), "{e}");
+    let e = env.docker_err(&[
+        "network",
+        "create",
+        "-d",
+        &env.driver,
+        "-o",
+        "driver=macvlan",
+        "bad2",
+    ]);
+    assert!(e.contains("macvlan"), "{e}");
+    assert_eq!(
+        env.sb.state(),
+        before,
+        "a refused network changed the state"
+    );
+
+    env.network("dn3", &["--subnet", "10.91.0.0/24"]);
+    // A subnet dnet already has.
+    let e = env.docker_err(&[
+        "network",
+        "create",
+        "-d",
+        &env.driver,
+        "--subnet",
+        "10.91.0.0/25",
+        "bad3",
+    ]);
+    assert!(e.contains("overlaps"), "{e}");
+    let before = env.sb.state();
+    let e = env.docker_err(&[
+        "run",
+        "-d",
+        "--name",
+        "sctp",
+        "--network",
+        "dn3",
+        "-p",
+        "9000:9000/sctp",
+        IMAGE,
+        "sleep",
+        "100",
+    ]);
+    assert!(e.contains("sctp"), "{e}");
+    // Docker removes the endpoint it could not finish: nothing stays.
+    assert!(
+        wait_until(Duration::from_secs(5), || env.sb.state() == before),
+        "the refused port left: {}",
+        serde_json::to_string_pretty(&env.sb.state()).unwrap()
+    );
+    assert_consistent(&env.sb);
+    let _ = env.docker.output(&["rm", "-f", "sctp"]);
+    env.docker(&["network", "rm", "dn3"]);
+    env.assert_clean();
+}
+
+#[test]
+fn docker_internal_mtu_connect_disconnect() {
+    let env = Env::new();
+    env.network(
+        "closed",
+        &[
+            "--internal",
+            "--subnet",
+            "10.92.0.0/24",
+            "-o",
+            "com.docker.network.driver.mtu=1400",
+        ],
+    );
+    env.network("open", &["--subnet", "10.93.0.0/24", "-o", "icc=false"]);
+    env.run("c3", "closed", &[]);
+    let o = env.exec("c3", &["ip", "route"]);
+    assert!(ok(&o), "{}", out(&o));
+    assert!(
+        !stdout(&o).contains("default"),
+        "no default route: {}",
+        out(&o)
+    );
+    let o = env.exec("c3", &["cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(stdout(&o), "1400", "{}", out(&o));
+    let o = env.exec("c3", &["ping", "-c", "1", "-W", "1", &WORLD_IP.to_string()]);
+    assert!(!ok(&o), "an internal network has no way out: {}", out(&o));
+    // One interface: no docker_gwbridge for the internal network either.
+    let o = env.exec("c3", &["ip", "-o", "link"]);
+    assert_eq!(
+        stdout(&o).lines().count(),
+        2,
+        "lo and eth0 only: {}",
+        out(&o)
+    );
+
+    // A second network, while it runs.
+    env.docker(&["network", "connect", "open", "c3"]);
+    let o = env.exec("c3", &["ip", "-o", "-4", "addr", "show", "eth1"]);
+    assert!(stdout(&o).contains("inet 10.93.0."), "{}", out(&o));
+    let records = |env: &Env| {
+        env.sb.state()["containers"].as_object().map_or(0, |c| {
+            c.values().filter(|c| !c["runtime"].is_null()).count()
+        })
+    };
+    assert_eq!(records(&env), 2, "one record per Docker endpoint");
+    assert_consistent(&env.sb);
+    env.docker(&["network", "disconnect", "open", "c3"]);
+    let o = env.exec("c3", &["ip", "link", "show", "eth1"]);
+    assert!(!ok(&o), "eth1 is gone: {}", out(&o));
+    assert_eq!(records(&env), 1);
+    assert_consistent(&env.sb);
+
+    env.docker(&["rm", "-f", "c3"]);
+    env.docker(&["network", "rm", "closed", "open"]);
+    env.assert_clean();
+}
+
+/// `POST /<call>` on the plugin socket as dockerd sends it (an empty
+/// `Host:` header, Docker's content type, maybe no body): status and body.
+fn plugin_call(sock: &str, call: &str, body: &str) -> (u16, serde_json::Value) {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--unix-socket", sock, "-X", "POST"])
+        .args(["-H", "Host;"])
+        .args([
+            "-H",
+            "Content-Type: application/vnd.docker.plugins.v1.2+json",
+        ])
+        .args(["-d", body, "-w", "\n%{http_code}"])
+        .arg(format!("http://localhost/{call}"))
+        .output()
+        .expect("run curl");
+    assert!(ok(&o), "curl {call}: {}", out(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("curl's status line");
+    let body = serde_json::from_str(body).unwrap_or_else(|_| panic!("JSON from {call}: {body}"));
+    (code.trim().parse().expect("a status"), body)
+}
+
+#[test]
+fn docker_protocol_without_docker() {
+    let mut sb = Sandbox::without_daemon();
+    let sock = sb.dir.join("plugin.sock").display().to_string();
+    sb.set_daemon_args(&[&format!("--docker-plugin-socket={sock}")]);
+    sb.start_daemon();
+    let call = |c: &str, b: &str| plugin_call(&sock, c, b);
+    assert_eq!(
+        call("Plugin.Activate", ""),
+        (
+            200,
+            serde_json::json!({"Implements": ["NetworkDriver", "IpamDriver"]})
+        )
+    );
+    assert_eq!(
+        call("NetworkDriver.GetCapabilities", ""),
+        (
+            200,
+            serde_json::json!({"Scope": "local", "ConnectivityScope": "local"})
+        )
+    );
+    let net = "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12";
+    let ep = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let create = serde_json::json!({"NetworkID": net,
+        "Options": {"com.docker.network.enable_ipv6": false, "com.docker.network.generic": {}},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.94.0.0/24",
+            "Gateway": "10.94.0.1/24", "AuxAddresses": null}],
+        "IPv6Data": null})
+    .to_string();
+    // Repeats (dockerd retries) answer as the first call did.
+    for _ in 0..2 {
+        assert_eq!(
+            call("NetworkDriver.CreateNetwork", &create),
+            (200, serde_json::json!({}))
+        );
+    }
+    let nets = sb.dnet_json(&["network", "ls"]);
+    let made: Vec<_> = nets
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["runtime"]["id"] == net)
+        .collect();
+    assert_eq!(made.len(), 1, "{nets}");
+    assert_eq!(made[0]["name"], "docker-ab12cd34ef56");
+
+    let endpoint = serde_json::json!({"NetworkID": net, "EndpointID": ep,
+        "Interface": {"Address": "10.94.0.5/24", "AddressIPv6": "", "MacAddress": ""},
+        "Options": {}})
+    .to_string();
+    for _ in 0..2 {
+        assert_eq!(
+            call("NetworkDriver.CreateEndpoint", &endpoint),
+            (
+                200,
+                serde_json::json!({"Interface": {"MacAddress": "02:42:0a:5e:00:05"}})
+            )
+        );
+    }
+    let refs = serde_json::json!({"NetworkID": net, "EndpointID": ep}).to_string();
+    assert_eq!(
+        call("NetworkDriver.EndpointOperInfo", &refs),
+        (200, serde_json::json!({"Value": {}}))
+    );
+    let join = serde_json::json!({"NetworkID": net, "EndpointID": ep,
+        "SandboxKey": "/var/run/docker/netns/x", "Options": {}})
+    .to_string();
+    let (code, j) = call("NetworkDriver.Join", &join);
+    assert_eq!(code, 200);
+    assert_eq!(j["Gateway"], "10.94.0.1", "{j}");
+    assert_eq!(j["InterfaceName"]["DstPrefix"], "eth");
+    let src = j["InterfaceName"]["SrcName"].as_str().expect("SrcName");
+    assert!(
+        sb.host_links().iter().any(|l| l == src),
+        "{src} in the host"
+    );
+    let program = serde_json::json!({"NetworkID": net, "EndpointID": ep, "Options": {
+        "com.docker.network.portmap": [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "",
+            "HostPort": 8080, "HostPortEnd": 8080}]}})
+    .to_string();
+    for _ in 0..2 {
+        assert_eq!(
+            call("NetworkDriver.ProgramExternalConnectivity", &program),
+            (200, serde_json::json!({}))
+        );
+    }
+    let ps = sb.dnet_json(&["ps"]);
+    assert_eq!(ps[0]["ports"][0]["host_port"], 8080, "{ps}");
+    // Errors: status 200 and {"Err": ...}; nothing changes.
+    let before = sb.state();
+    let sctp = program.replace("\"Proto\":6", "\"Proto\":132");
+    let (code, e) = call("NetworkDriver.ProgramExternalConnectivity", &sctp);
+    assert_eq!(code, 200);
+    assert!(e["Err"].as_str().is_some_and(|e| e.contains("sctp")), "{e}");
+    let (code, e) = call("NetworkDriver.CreateNetwork", "{\"NetworkID\": 5}");
+    assert_eq!(code, 200);
+    assert!(
+        e["Err"]
+            .as_str()
+            .is_some_and(|e| e.contains("bad request body")),
+        "{e}"
+    );
+    assert_eq!(sb.state(), before);
+
+    for c in [
+        "NetworkDriver.RevokeExternalConnectivity",
+        "NetworkDriver.Leave",
+        "NetworkDriver.DeleteEndpoint",
+        "NetworkDriver.DeleteEndpoint",
+    ] {
+        assert_eq!(call(c, &refs), (200, serde_json::json!({})), "{c}");
+    }
+    let del = serde_json::json!({"NetworkID": net}).to_string();
+    for _ in 0..2 {
+        assert_eq!(
+            call("NetworkDriver.DeleteNetwork", &del),
+            (200, serde_json::json!({}))
+        );
+    }
+    let st = sb.state();
+    assert!(
+        st["containers"].as_object().is_none_or(|c| c.is_empty()),
+        "{st}"
+    );
+    assert!(
+        st["networks"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|n| n["runtime"].is_null()),
+        "{st}"
+    );
+    assert_consistent(&sb);
+    // The socket goes with the daemon.
+    sb.stop_daemon(libc::SIGTERM);
+    assert!(!std::path::Path::new(&sock).exists(), "the socket is left");
+}
+
+#[test]
+fn docker_containers_outlive_a_dnet_crash() {
+    let mut env = Env::new();
+    env.network("dn5", &["--subnet", "10.95.0.0/24"]);
+    env.run("c5", "dn5", &["--ip", "10.95.0.5"]);
+    env.run("c6", "dn5", &["--ip", "10.95.0.6"]);
+    env.sb.stop_daemon(libc::SIGKILL);
+    // Forwarding goes on without the daemon.
+    let o = env.exec("c5", &["ping", "-c", "1", "-W", "2", "10.95.0.6"]);
+    assert!(ok(&o), "c5 -> c6 with dnet down: {}", out(&o));
+    // Back on the same socket, with the same containers.
+    env.sb.start_daemon();
+    let o = env.exec("c6", &["ping", "-c", "1", "-W", "2", "10.95.0.5"]);
+    assert!(ok(&o), "c6 -> c5 after the restart: {}", out(&o));
+    env.run("c7", "dn5", &[]);
+    let o = env.exec("c7", &["ping", "-c", "1", "-W", "2", "10.95.0.5"]);
+    assert!(ok(&o), "a new container after the restart: {}", out(&o));
+    assert_consistent(&env.sb);
+    env.docker(&["rm", "-f", "c5", "c6", "c7"]);
+    env.docker(&["network", "rm", "dn5"]);
+    env.assert_clean();
+}
+
+#[test]
+fn docker_ipam_driver() {
+    let env = Env::new();
+    let d = env.driver.clone();
+    let id = env.network(
+        "ipn",
+        &[
+            "--ipam-driver",
+            &d,
+            "--subnet",
+            "10.96.0.0/24",
+            "--ip-range",
+            "10.96.0.128/25",
+        ],
+    );
+    let net = env.dnet_network(&id).expect("the dnet network");
+    assert_eq!(net["ipam"]["subnet"], "10.96.0.0/24");
+    assert_eq!(net["ipam"]["gateway"], "10.96.0.1");
+    assert_eq!(net["ipam"]["ip_range"], "10.96.0.128/25");
+    env.run("c8", "ipn", &[]);
+    env.run("c9", "ipn", &[]);
+    env.run("c10", "ipn", &["--ip", "10.96.0.10"]);
+    let mut got = vec![env.eth0("c8").0, env.eth0("c9").0, env.eth0("c10").0];
+    got.sort();
+    assert_eq!(got, ["10.96.0.10/24", "10.96.0.128/24", "10.96.0.129/24"]);
+    let o = env.exec("c8", &["ping", "-c", "1", "-W", "2", "10.96.0.10"]);
+    assert!(ok(&o), "{}", out(&o));
+    // dnet picks the subnet when none is given, from its own pools.
+    let id2 = env.network("ipauto", &["--ipam-driver", &d]);
+    let auto = env.dnet_network(&id2).expect("the second network");
+    let subnet = auto["ipam"]["subnet"].as_str().unwrap().to_owned();
+    assert!(subnet.starts_with("172."), "{subnet}");
+    // Overlaps are refused by dnet's IPAM, and nothing is made.
+    let before = env.sb.state();
+    let e = env.docker_err(&[
+        "network",
+        "create",
+        "-d",
+        &d,
+        "--ipam-driver",
+        &d,
+        "--subnet",
+        "10.96.0.0/16",
+        "bad",
+    ]);
+    assert!(e.contains("overlaps"), "{e}");
+    assert_eq!(env.sb.state(), before);
+    // An address is free again once its container is gone.
+    env.docker(&["rm", "-f", "c8"]);
+    env.run("c11", "ipn", &[]);
+    assert_eq!(env.eth0("c11").0, "10.96.0.128/24");
+    env.docker(&["rm", "-f", "c9", "c10", "c11"]);
+    env.docker(&["network", "rm", "ipn", "ipauto"]);
+    env.assert_clean();
+}
