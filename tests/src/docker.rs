@@ -86,6 +86,8 @@ pub struct Dockerd {
     made: Vec<PathBuf>,
     /// `docker version`'s server version.
     pub version: String,
+    /// `nsenter`'s arguments: the namespace, dockerd and its flags.
+    argv: Vec<String>,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -149,9 +151,9 @@ impl Dockerd {
             docker,
             made,
             version: String::new(),
+            argv: Vec::new(),
             _turn: turn,
         };
-        let log = std::fs::File::create(dir.join("dockerd.log"))?;
         // A config file of its own: the machine's /etc/docker/daemon.json
         // stays out, and the trust key goes to our folder, not /etc/docker.
         let config = dir.join("daemon.json");
@@ -159,46 +161,91 @@ impl Dockerd {
             &config,
             serde_json::json!({"deprecated-key-path": dir.join("key.json")}).to_string(),
         )?;
+        let mut argv: Vec<String> = vec![
+            format!("--net={}", netns.display()),
+            dockerd,
+            "--data-root".into(),
+            dir.join("data").display().to_string(),
+            "--exec-root".into(),
+            dir.join("exec").display().to_string(),
+            "--pidfile".into(),
+            dir.join("docker.pid").display().to_string(),
+            "-H".into(),
+            format!("unix://{}", d.sock.display()),
+            "--storage-driver".into(),
+            "vfs".into(),
+            "--cgroup-parent".into(),
+            format!("/{}", d.cgroup),
+            "--config-file".into(),
+            config.display().to_string(),
+            "--log-level".into(),
+            "warn".into(),
+        ];
+        argv.extend(extra.iter().map(|a| a.to_string()));
+        d.argv = argv;
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// Starts the daemon (`nsenter` + dockerd) and waits until it answers.
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dockerd.log"))?;
         let child = Command::new("nsenter")
-            .arg(format!("--net={}", netns.display()))
-            .arg(&dockerd)
-            .arg("--data-root")
-            .arg(dir.join("data"))
-            .arg("--exec-root")
-            .arg(dir.join("exec"))
-            .arg("--pidfile")
-            .arg(dir.join("docker.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", d.sock.display()))
-            .args(["--storage-driver", "vfs"])
-            .arg("--cgroup-parent")
-            .arg(format!("/{}", d.cgroup))
-            .arg("--config-file")
-            .arg(&config)
-            .args(["--log-level", "warn"])
-            .args(extra)
+            .args(&self.argv)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0)
             .spawn()
             .context("cannot start dockerd")?;
-        d.child = Some(child);
+        self.child = Some(child);
         let start = Instant::now();
         loop {
-            if let Some(Ok(Some(s))) = d.child.as_mut().map(Child::try_wait) {
-                bail!("dockerd exited ({s}): {}", d.log_tail(8));
+            if let Some(Ok(Some(s))) = self.child.as_mut().map(Child::try_wait) {
+                bail!("dockerd exited ({s}): {}", self.log_tail(8));
             }
-            if let Ok(v) = d.cmd(&["version", "--format", "{{.Server.Version}}"]) {
-                d.version = v.trim().to_owned();
-                break;
+            if let Ok(v) = self.cmd(&["version", "--format", "{{.Server.Version}}"]) {
+                self.version = v.trim().to_owned();
+                return Ok(());
             }
             if start.elapsed() > Duration::from_secs(60) {
-                bail!("dockerd did not answer within 60 s: {}", d.log_tail(8));
+                bail!("dockerd did not answer within 60 s: {}", self.log_tail(8));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(d)
+    }
+
+    /// Kills dockerd and the containerd it runs with SIGKILL (the
+    /// containers' shims and processes stay, as after a crash of the
+    /// daemon) and starts it again on the same folders.
+    pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        let containerd = std::fs::read_to_string(self.dir.join("exec/containerd/containerd.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child by pid.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+        if let Some(pid) = containerd {
+            // SAFETY: signalling a process by pid (the containerd of the
+            // daemon we started, from its pid file).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            let gone = Instant::now();
+            while Path::new(&format!("/proc/{pid}")).exists()
+                && gone.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.spawn()
     }
 
     /// `docker import`s a busybox rootfs as `image`.
@@ -360,7 +407,24 @@ impl Drop for Dockerd {
             }
         }
         self.remove_cgroups();
+        // Not while another live process's sandbox serves a driver there
+        // (another run of the suites on this machine).
+        let others = std::fs::read_dir("/run/docker/plugins")
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(crate::owner_pid)
+                        .is_some_and(|p| {
+                            p != std::process::id() && Path::new(&format!("/proc/{p}")).exists()
+                        })
+                })
+            })
+            .unwrap_or(false);
         for p in &self.made {
+            if others && p.starts_with("/run/docker") {
+                continue;
+            }
             if p.is_dir() {
                 let _ = std::fs::remove_dir_all(p);
             } else {

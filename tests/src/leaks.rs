@@ -101,15 +101,16 @@ impl Default for Watch {
                 std::env::temp_dir(),
                 PathBuf::from("/run/netns"),
                 PathBuf::from("/sys/fs/bpf"),
+                // Docker's plugin sockets: a sandbox's dnet daemon serves
+                // its driver there as `<sandbox name>.sock` and removes the
+                // socket when it stops.
+                PathBuf::from("/run/docker/plugins"),
             ],
             // Where CNI runtimes look (the CNI suites install into temp
-            // folders only), and Docker's plugin sockets (a sandbox's dnet
-            // daemon serves its driver there and removes the socket when it
-            // stops).
+            // folders only).
             machine_paths: vec![
                 PathBuf::from("/opt/cni/bin"),
                 PathBuf::from("/etc/cni/net.d"),
-                PathBuf::from("/run/docker/plugins"),
             ],
             process_names: [
                 "dockerd",

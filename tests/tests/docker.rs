@@ -182,6 +182,13 @@ fn docker_containers_on_a_dnet_network() {
         let o = env.exec(from, &["ping", "-c", "1", "-W", "2", to]);
         assert!(ok(&o), "{from} -> {to}: {}", out(&o));
     }
+    // Docker's embedded DNS names them on the dnet network.
+    let o = env.exec("c1", &["ping", "-c", "1", "-W", "2", "c2"]);
+    assert!(
+        ok(&o) && stdout(&o).contains("10.89.0.77"),
+        "c1 -> c2 by name: {}",
+        out(&o)
+    );
     let o = env.exec("c1", &["ip", "route"]);
     assert!(stdout(&o).contains("default via 10.89.0.1"), "{}", out(&o));
     let o = env.exec("c1", &["ping", "-c", "1", "-W", "2", &WORLD_IP.to_string()]);
@@ -227,12 +234,25 @@ fn docker_published_ports() {
     env.run(
         "web",
         "dn2",
-        &["-p", "8080:80", "-p", "5353:53/udp", "-p", "80"],
+        &[
+            "-p",
+            "8080:80",
+            "-p",
+            "5353:53/udp",
+            "-p",
+            "80",
+            "-p",
+            "127.0.0.1:8081:80",
+            "-p",
+            "9000-9005:80",
+        ],
     );
     let pid = env.docker.pid_of("web").expect("web's pid");
     let ns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
     env.sb.spawn_in(&ns, &ct(), &["serve", "tcp", "80"]);
+    env.sb.spawn_in(&ns, &ct(), &["serve", "udp", "53"]);
     dnet_sandbox::wait_listening(&ns, "tcp", 80);
+    dnet_sandbox::wait_listening(&ns, "udp", 53);
 
     // dnet shows the ports Docker cannot (docker ps is empty for remote drivers).
     let ps = env.sb.dnet_json(&["ps"]);
@@ -244,17 +264,33 @@ fn docker_published_ports() {
         .expect("a container with ports")
         .clone();
     let ports = web["ports"].as_array().unwrap();
-    assert_eq!(ports.len(), 3, "{web}");
+    assert_eq!(ports.len(), 5, "{web}");
     let picked = ports
         .iter()
-        .find(|p| p["container_port"] == 80 && p["host_port"] != 8080)
+        .find(|p| {
+            p["container_port"] == 80
+                && p["host_port"]
+                    .as_u64()
+                    .is_some_and(|h| ![8080, 8081, 9000].contains(&h))
+        })
         .expect("the port dnet picked")["host_port"]
         .as_u64()
         .unwrap();
     assert!(picked > 0);
+    // From a range, the first free port.
+    assert!(
+        ports.iter().any(|p| p["host_port"] == 9000),
+        "9000 of 9000-9005: {web}"
+    );
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["host_port"] == 8081 && p["host_ip"] == "127.0.0.1"),
+        "{web}"
+    );
 
     let up = UPLINK_IP.to_string();
-    for port in [8080, picked] {
+    for port in [8080, 9000, picked] {
         let target = format!("{up}:{port}");
         assert!(
             wait_until(Duration::from_secs(5), || ok(&env
@@ -270,6 +306,16 @@ fn docker_published_ports() {
         "the container sees the client: {}",
         out(&o)
     );
+
+    let o = env.sb.in_world(&ct(), &["udp", &format!("{up}:5353")]);
+    assert!(ok(&o), "5353/udp from the world: {}", out(&o));
+    // On loopback only: from the host, not from the world.
+    let o = env.sb.in_host(&ct(), &["tcp", "127.0.0.1:8081"]);
+    assert!(ok(&o), "127.0.0.1:8081 from the host: {}", out(&o));
+    let o = env
+        .sb
+        .in_world(&ct(), &["tcp", &format!("{up}:8081"), "--timeout", "1"]);
+    assert!(!ok(&o), "8081 is on loopback only: {}", out(&o));
 
     env.docker(&["rm", "-f", "web"]);
     assert!(
@@ -645,5 +691,42 @@ fn docker_ipam_driver() {
     assert_eq!(env.eth0("c11").0, "10.96.0.128/24");
     env.docker(&["rm", "-f", "c9", "c10", "c11"]);
     env.docker(&["network", "rm", "ipn", "ipauto"]);
+    env.assert_clean();
+}
+
+#[test]
+fn docker_dockerd_crash_and_restart() {
+    let mut env = Env::new();
+    env.network("dn6", &["--subnet", "10.97.0.0/24"]);
+    env.run("gone", "dn6", &["--ip", "10.97.0.5"]);
+    env.run("back", "dn6", &["--ip", "10.97.0.6", "--restart", "always"]);
+    let runtime_records = |env: &Env| {
+        env.sb.state()["containers"].as_object().map_or(0, |c| {
+            c.values().filter(|c| !c["runtime"].is_null()).count()
+        })
+    };
+    assert_eq!(runtime_records(&env), 2);
+    env.docker
+        .crash_and_restart()
+        .unwrap_or_else(|e| panic!("restarting dockerd: {e:#}"));
+    // The container with a restart policy is back on the dnet network.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            ok(&env.exec("back", &["ping", "-c", "1", "-W", "1", "10.97.0.1"]))
+        }),
+        "back is not back on dn6:\n{}\n{}",
+        env.docker.log_tail(20),
+        env.sb.log_tail(30)
+    );
+    assert_eq!(env.eth0("back").0, "10.97.0.6/24");
+    // The other's endpoint, which Docker dropped, is gone from dnet.
+    assert!(
+        wait_until(Duration::from_secs(20), || runtime_records(&env) == 1),
+        "records: {}",
+        serde_json::to_string_pretty(&env.sb.state()).unwrap()
+    );
+    assert_consistent(&env.sb);
+    env.docker(&["rm", "-f", "gone", "back"]);
+    env.docker(&["network", "rm", "dn6"]);
     env.assert_clean();
 }

@@ -26,6 +26,11 @@ const INTERNAL: &str = "com.docker.network.internal";
 const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
 const PORTMAP: &str = "com.docker.network.portmap";
 
+/// How often, and how long apart, a CreateEndpoint that clashes with an
+/// endpoint Docker may have dropped is tried again.
+const COLLECT_TRIES: u32 = 10;
+const COLLECT_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// `-o` keys Docker users write, and dnet's bridge option each sets.
 const OPTION_MAP: &[(&str, &str)] = &[
     ("com.docker.network.driver.mtu", "mtu"),
@@ -174,19 +179,33 @@ pub async fn create_endpoint(e: &Engine, r: CreateEndpoint) -> Result<CreateEndp
             asked.address_ipv6
         ));
     }
-    let resp = e
-        .attach(AttachRequest {
-            network: net.id.clone(),
-            target: AttachTarget::HostSide,
-            ifname: None,
-            ip: (!asked.address.is_empty()).then(|| cidr_addr(&asked.address).to_owned()),
-            mac: (!asked.mac_address.is_empty()).then(|| asked.mac_address.clone()),
-            publish: Vec::new(),
-            aliases: Vec::new(),
-            name: Some(format!("docker-{}", short(&r.endpoint_id))),
-            runtime: Some(docker_ref(&r.endpoint_id)),
-        })
-        .await?;
+    let req = AttachRequest {
+        network: net.id.clone(),
+        target: AttachTarget::HostSide,
+        ifname: None,
+        ip: (!asked.address.is_empty()).then(|| cidr_addr(&asked.address).to_owned()),
+        mac: (!asked.mac_address.is_empty()).then(|| asked.mac_address.clone()),
+        publish: Vec::new(),
+        aliases: Vec::new(),
+        name: Some(format!("docker-{}", short(&r.endpoint_id))),
+        runtime: Some(docker_ref(&r.endpoint_id)),
+    };
+    // After an unclean restart, dockerd drops its old endpoints without a
+    // call and starts its containers again at once, with their addresses:
+    // what it dropped goes first. Its namespaces may still be on their way
+    // out: a clash is tried again for a short while (well under any
+    // timeout of Docker's, which has none).
+    let mut tries = 0;
+    let resp = loop {
+        e.collect_runtime_endpoints().await?;
+        match e.attach(req.clone()).await {
+            Err(Error::Conflict(_)) if tries < COLLECT_TRIES => {
+                tries += 1;
+                tokio::time::sleep(COLLECT_WAIT).await;
+            }
+            r => break r?,
+        }
+    };
     // Docker refuses an answer that changes what it gave: only the empty
     // fields are filled in.
     let mut answer = Interface::default();

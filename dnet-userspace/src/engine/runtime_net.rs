@@ -3,7 +3,7 @@
 //! looked up by its ref, and ports it publishes on an existing attachment.
 //! Every call is idempotent: a runtime retries.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use super::{Engine, Inner};
 use crate::{
@@ -11,10 +11,35 @@ use crate::{
     conflict,
     error::Result,
     invalid,
-    model::{Container, DriverKind, RuntimeRef},
+    model::{Container, DriverKind, Netns, Network, RuntimeRef},
     not_found,
     spec::{PortMapping, Proto},
 };
+
+/// How often host-side attachments are checked for a veth that went.
+const COLLECT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Collects, for the engine's lifetime, the host-side attachments whose
+/// runtime dropped them without a word (see
+/// [`Inner::collect_gone_runtime_endpoints`]).
+pub(super) fn spawn_runtime_collector(engine: &Arc<Engine>) {
+    let weak = Arc::downgrade(engine);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(COLLECT_INTERVAL).await;
+            let Some(engine) = weak.upgrade() else { break };
+            if let Err(e) = engine
+                .inner
+                .lock()
+                .await
+                .collect_gone_runtime_endpoints()
+                .await
+            {
+                tracing::warn!("collecting runtime endpoints: {e}");
+            }
+        }
+    });
+}
 
 /// A port to publish, as a runtime asks for it: one container port, a host
 /// port, a range to pick one free host port from, or none (dnet picks).
@@ -87,6 +112,16 @@ impl Engine {
         Some(inner.attach_response(c, ep, &c.ports))
     }
 
+    /// Collects now the host-side attachments whose veth went (see
+    /// [`Inner::collect_gone_runtime_endpoints`]); how many.
+    pub async fn collect_runtime_endpoints(&self) -> Result<usize> {
+        self.inner
+            .lock()
+            .await
+            .collect_gone_runtime_endpoints()
+            .await
+    }
+
     /// Publishes `ports` for the container `rt` attached, in place of the
     /// ports it published before; requests that its current mappings meet
     /// keep them (a repeat changes nothing). Returns the mappings. Bad
@@ -113,6 +148,44 @@ impl Inner {
             .containers
             .values()
             .find(|c| c.runtime.as_ref() == Some(rt))
+    }
+
+    /// Host-side attachments whose host veth is gone: the runtime's
+    /// namespace went, and the kernel took the pair with it, without the
+    /// runtime telling dnet (dockerd after an unclean restart drops its
+    /// endpoints so). They go as a detach would take them.
+    pub(super) async fn collect_gone_runtime_endpoints(&mut self) -> Result<usize> {
+        let runtime: Vec<Container> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| matches!(c.netns, Netns::Runtime))
+            .cloned()
+            .collect();
+        if runtime.is_empty() {
+            return Ok(0);
+        }
+        let links = self.ctx.nl.links().await?;
+        let mut collected = 0;
+        for c in runtime {
+            let gone: Vec<Network> = c
+                .endpoints
+                .iter()
+                .filter(|e| {
+                    e.host_ifname
+                        .as_ref()
+                        .is_some_and(|h| !links.iter().any(|l| &l.name == h))
+                })
+                .filter_map(|e| self.state.networks.get(&e.network_id).cloned())
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            tracing::info!(container = %c.name, "its veth is gone with its runtime's namespace: collecting it");
+            self.remove_endpoints(&c, &gone).await?;
+            collected += gone.len();
+        }
+        Ok(collected)
     }
 
     fn set_runtime_ports(
