@@ -294,6 +294,8 @@ fn cni_one_container_on_two_networks_leaves_them_one_by_one() {
     r.assert_ok();
     let r = r.json();
     assert_eq!(r["interfaces"][1]["name"], "eth1");
+    // A user-defined network's resolver is its gateway.
+    assert_eq!(r["dns"]["nameservers"], json!(["10.91.0.1"]), "{r}");
     assert!(
         r["ips"][0]["address"]
             .as_str()
