@@ -10,6 +10,7 @@ pub mod driver;
 pub mod engine;
 pub mod error;
 pub mod ipam;
+pub mod mntns;
 pub mod model;
 pub mod netlink;
 pub mod netns;

@@ -293,3 +293,193 @@ fn dns_forwarding_servfails_when_upstreams_fail_and_skips_internal_networks() {
         vec!["rcode ServFail"]
     );
 }
+
+/// A host file: its path, (device, inode) and contents.
+type HostFile = (String, Option<(u64, u64)>, String);
+
+/// The host's own files and name, to compare after the test.
+fn host_files() -> Vec<HostFile> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut v: Vec<_> = ["/etc/resolv.conf", "/etc/hosts", "/etc/hostname"]
+        .iter()
+        .map(|p| {
+            (
+                p.to_string(),
+                std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino())),
+                std::fs::read_to_string(p).unwrap_or_default(),
+            )
+        })
+        .collect();
+    v.push((
+        "hostname".into(),
+        None,
+        nix::unistd::gethostname()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned(),
+    ));
+    v
+}
+
+#[test]
+fn dns_run_containers_get_their_own_resolv_conf_hosts_and_hostname() {
+    let before = host_files();
+    let sb = sandbox();
+    let _up = Upstream::start(&sb);
+    sb.dnet_ok(&["network", "create", "front"]);
+    let gw = gateway(&sb, "front");
+    sleeper(&sb, "web", "front", &["--network-alias", "www"]);
+    let web = sb.ip_of("web");
+    let id = sb.container("web")["id"].as_str().unwrap().to_owned();
+    // A foreground `dnet run` resolves a detached container through glibc
+    // (getent: /etc/hosts, then DNS through its resolv.conf).
+    for name in ["web", "www", "web.front"] {
+        let o = sb.dnet_ok(&["run", "--network", "front", "--", "getent", "hosts", name]);
+        assert!(o.starts_with(&format!("{web} ")), "{name}: {o}");
+    }
+    let o = sb.dnet(&[
+        "run",
+        "--network",
+        "front",
+        "--",
+        "getent",
+        "hosts",
+        "nosuchname",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    let o = sb.dnet_ok(&[
+        "run",
+        "--network",
+        "front",
+        "--",
+        "getent",
+        "hosts",
+        "host.example",
+    ]);
+    assert!(o.starts_with(&format!("{UPSTREAM_ANSWER} ")), "{o}");
+    // Its files, as `dnet exec` sees them.
+    let rc = sb.dnet_ok(&["exec", "web", "--", "cat", "/etc/resolv.conf"]);
+    assert!(rc.contains(&format!("nameserver {gw}\n")), "{rc}");
+    assert!(rc.contains("ndots:0"), "{rc}");
+    assert_eq!(rc.matches("nameserver").count(), 1, "{rc}");
+    let hosts = sb.dnet_ok(&["exec", "web", "--", "cat", "/etc/hosts"]);
+    assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
+    assert!(
+        hosts.contains(&format!("{web}\t{} web\n", &id[..12])),
+        "{hosts}"
+    );
+    assert_eq!(
+        sb.dnet_ok(&["exec", "web", "--", "hostname"]).trim(),
+        &id[..12]
+    );
+    // A detached command sees the same.
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "box",
+        "--network",
+        "front",
+        "--hostname",
+        "box.local",
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/resolv.conf; hostname; sleep 300",
+    ]);
+    assert_eq!(
+        sb.dnet_ok(&["exec", "box", "--", "hostname"]).trim(),
+        "box.local"
+    );
+    assert_eq!(
+        sb.dnet_ok(&["exec", "box", "--", "cat", "/etc/hostname"])
+            .trim(),
+        "box.local"
+    );
+    let o = sb.dnet_ok(&["exec", "box", "--", "getent", "hosts", "box.local"]);
+    assert!(o.contains("box.local"), "its own name from /etc/hosts: {o}");
+    // The default bridge: no resolver, the host's upstreams minus loopback.
+    let rc = sb.dnet_ok(&["run", "--", "cat", "/etc/resolv.conf"]);
+    assert!(!rc.contains("nameserver 127."), "{rc}");
+    assert!(rc.contains("nameserver "), "{rc}");
+    assert!(!rc.contains("ndots:0"), "{rc}");
+    let rc = sb.dnet_ok(&[
+        "run",
+        "--dns",
+        "198.18.0.1",
+        "--",
+        "cat",
+        "/etc/resolv.conf",
+    ]);
+    assert!(rc.contains("nameserver 198.18.0.1\n"), "{rc}");
+    assert!(
+        sb.dnet_err(&["run", "--dns", "nope", "--", "true"])
+            .contains("--dns")
+    );
+    assert!(
+        sb.dnet_err(&["run", "--hostname", "bad_name", "--", "true"])
+            .contains("hostname")
+    );
+    // The removed container's files and namespaces go with it.
+    sb.dnet_ok(&["rm", "-f", "box"]);
+    let dirs: Vec<_> = std::fs::read_dir(sb.state_dir().join("containers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs, vec![id.clone()], "only web's files are left");
+    let mnts: Vec<_> = std::fs::read_dir(sb.state_dir().join("mntns"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        mnts.len(),
+        2,
+        "web's mount and UTS namespaces only: {mnts:?}"
+    );
+    drop(sb);
+    assert_eq!(
+        host_files(),
+        before,
+        "the host's files and name are untouched"
+    );
+}
+
+#[test]
+fn dns_a_containers_own_upstream_and_a_restart_keep_its_files() {
+    let mut sb = sandbox();
+    sb.dnet_ok(&["network", "create", "front"]);
+    let gw = gateway(&sb, "front");
+    // The container's own upstream (port 53 of the world), not the daemon's
+    // (nothing listens on its port).
+    let mut up = Command::new("nsenter")
+        .arg(format!("--net={}", sb.world_netns_path().display()))
+        .arg(conntest_bin())
+        .args(["dns", "serve", &format!("{WORLD_IP}:53"), UPSTREAM_ANSWER])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    dnet_sandbox::wait_listening(&sb.world_netns_path(), "udp", 53);
+    sleeper(&sb, "own", "front", &["--dns", &WORLD_IP.to_string()]);
+    sleeper(&sb, "plain", "front", &[]);
+    assert_eq!(
+        ask(&sb, "own", &gw, &["host.example"]),
+        vec!["rcode NoError".to_owned(), format!("A {UPSTREAM_ANSWER}")]
+    );
+    assert_eq!(
+        ask(&sb, "plain", &gw, &["host.example", "a", "--timeout", "6"]),
+        vec!["rcode ServFail"]
+    );
+    let rc = sb.dnet_ok(&["exec", "own", "--", "cat", "/etc/resolv.conf"]);
+    assert!(rc.contains(&format!("nameserver {gw}\n")), "{rc}");
+    // After a crash and a restart: the same namespaces, the same answers.
+    sb.stop_daemon(libc::SIGKILL);
+    sb.start_daemon();
+    let rc2 = sb.dnet_ok(&["exec", "own", "--", "cat", "/etc/resolv.conf"]);
+    assert_eq!(rc, rc2);
+    let o = sb.dnet_ok(&["exec", "plain", "--", "getent", "hosts", "own"]);
+    assert!(o.starts_with(&format!("{} ", sb.ip_of("own"))), "{o}");
+    let _ = up.kill();
+    let _ = up.wait();
+}

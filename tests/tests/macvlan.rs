@@ -108,7 +108,9 @@ fn all_namespaces() -> Vec<PathBuf> {
         // Fields: ... mount-point ... - fstype source ...
         let f: Vec<&str> = l.split(' ').collect();
         let fstype = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1));
-        if fstype == Some(&"nsfs") {
+        // Network namespaces only: containers' mount and UTS namespaces
+        // are bound too (root `mnt:[...]`, `uts:[...]`).
+        if fstype == Some(&"nsfs") && f.get(3).is_some_and(|r| r.starts_with("net:")) {
             consider(PathBuf::from(f[4]));
         }
     }

@@ -109,6 +109,12 @@ pub struct ContainerCreate {
     /// Extra names in `network` (`--network-alias`).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The container's own upstream resolvers (`--dns`, IPv4).
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// Its host name (`--hostname`; default: its short id).
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 /// `POST /v1/networks/{net}/connect`: a container by name, or a namespace
@@ -287,6 +293,12 @@ pub struct ContainerView {
     pub command: Vec<String>,
     pub networks: Vec<AttachedView>,
     pub ports: Vec<PortMapping>,
+    /// Its own mount and UTS namespaces (`dnet run`, `dnet exec` enter them
+    /// too): a container whose network namespace dnet made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mntns_path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utsns_path: Option<PathBuf>,
 }
 
 /// `GET /v1/info`.

@@ -20,5 +20,5 @@ pub async fn run(args: &Args, client: &Client) -> anyhow::Result<ExitCode> {
     let c: ContainerView = client
         .get(&format!("/v1/containers/{}", segment(&args.container)))
         .await?;
-    super::run::run_in_netns(&c.netns_path, &args.command).await
+    super::run::run_in(&c, &args.command).await
 }

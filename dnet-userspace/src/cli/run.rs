@@ -2,10 +2,9 @@
 //! and its endpoint; the command runs in it, in the foreground (then the
 //! container is removed) or detached under its name.
 
-use std::{os::fd::AsFd as _, os::unix::process::CommandExt as _, path::Path, process::ExitCode};
+use std::{os::unix::process::CommandExt as _, process::ExitCode};
 
 use anyhow::Context as _;
-use nix::sched::CloneFlags;
 
 use super::EXIT_DNET_FAILED;
 use crate::{
@@ -13,7 +12,7 @@ use crate::{
         ContainerCreate, ContainerView,
         client::{Client, segment},
     },
-    netns,
+    mntns,
 };
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +29,14 @@ pub struct Args {
     /// Publish ports: [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp], ranges allowed.
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
+    /// An upstream resolver of its own (repeatable): on a user-defined
+    /// network the network's resolver forwards to it, elsewhere it is the
+    /// nameserver of its resolv.conf.
+    #[arg(long)]
+    dns: Vec<String>,
+    /// Its host name (default: its short id).
+    #[arg(long)]
+    hostname: Option<String>,
     /// Another name of the container in its network (repeatable).
     #[arg(long = "network-alias")]
     network_alias: Vec<String>,
@@ -51,6 +58,8 @@ pub async fn run(args: &Args, client: &Client) -> anyhow::Result<ExitCode> {
         detach: args.detach,
         owner_pid: (!args.detach).then(std::process::id),
         aliases: args.network_alias.clone(),
+        dns: args.dns.clone(),
+        hostname: args.hostname.clone(),
     };
     let c: ContainerView = match client.post("/v1/containers", &req).await {
         Ok(c) => c,
@@ -63,7 +72,7 @@ pub async fn run(args: &Args, client: &Client) -> anyhow::Result<ExitCode> {
         println!("{}", c.id);
         return Ok(ExitCode::SUCCESS);
     }
-    let code = run_in_netns(&c.netns_path, &args.command).await;
+    let code = run_in(&c, &args.command).await;
     if let Err(e) = client
         .delete(&format!("/v1/containers/{}?force=true", segment(&c.id)))
         .await
@@ -73,23 +82,29 @@ pub async fn run(args: &Args, client: &Client) -> anyhow::Result<ExitCode> {
     code
 }
 
-/// Runs `command` inside the namespace at `path`, passing SIGINT and
-/// SIGTERM on; returns its exit code (128 + signal when killed, 127 when it
-/// cannot be started).
-pub async fn run_in_netns(path: &Path, command: &[String]) -> anyhow::Result<ExitCode> {
+/// Runs `command` inside container `c`'s namespaces (network, and its own
+/// mount and UTS ones when it has them), passing SIGINT and SIGTERM on;
+/// returns its exit code (128 + signal when killed, 127 when it cannot be
+/// started).
+pub async fn run_in(c: &ContainerView, command: &[String]) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
 
     let (program, args) = command.split_first().context("no command")?;
-    let ns = netns::open(path)?;
+    let ns = match (&c.mntns_path, &c.utsns_path) {
+        (Some(mnt), Some(uts)) => Some(mntns::NsPaths {
+            mnt: mnt.clone(),
+            uts: uts.clone(),
+        }),
+        _ => None,
+    };
+    let entry = mntns::Entry::open(&c.netns_path, ns.as_ref())?;
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
-    // SAFETY: between fork and exec the closure makes one syscall (setns on
-    // an fd opened before the fork); it allocates nothing and takes no lock.
+    // SAFETY: between fork and exec the closure makes plain syscalls (setns,
+    // chdir) on fds and strings made before the fork; it allocates nothing
+    // and takes no lock.
     unsafe {
-        cmd.pre_exec(move || {
-            nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
-            Ok(())
-        });
+        cmd.pre_exec(move || entry.enter());
     }
     let mut child = match tokio::process::Command::from(cmd).spawn() {
         Ok(c) => c,

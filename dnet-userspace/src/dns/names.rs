@@ -69,6 +69,16 @@ pub fn has_names(n: &Network) -> bool {
     n.driver == DriverKind::Bridge && !n.predefined && n.ipam.is_some()
 }
 
+/// A container's name in DNS: a CNI pod recorded as `NAMESPACE/POD` is
+/// named by its pod name (`K8S_POD_NAME`).
+fn dns_name(c: &Container) -> String {
+    c.name
+        .rsplit('/')
+        .next()
+        .unwrap_or(&c.name)
+        .to_ascii_lowercase()
+}
+
 /// Whether a container's names are dnet's to answer.
 fn named(c: &Container) -> bool {
     c.runtime.as_ref().is_none_or(|r| r.runtime != "docker")
@@ -110,7 +120,8 @@ impl Names {
                 };
                 client.networks.push(n.id.clone());
                 let short = c.id.get(..12).unwrap_or(&c.id);
-                let names = [c.name.as_str(), short]
+                let cname = dns_name(c);
+                let names = [cname.as_str(), short]
                     .into_iter()
                     .chain(e.aliases.iter().map(String::as_str));
                 for name in names {
@@ -122,8 +133,7 @@ impl Names {
                         }
                     }
                 }
-                nn.by_addr
-                    .insert(ip, format!("{}.{}", c.name.to_ascii_lowercase(), nn.name));
+                nn.by_addr.insert(ip, format!("{cname}.{}", nn.name));
             }
             if client.networks.is_empty() {
                 continue;
@@ -352,7 +362,11 @@ pub(crate) mod tests {
             id: "x".into(),
         });
         s.containers.insert(c.id.clone(), c);
-        let mut c = ctr("9999999999999999", "pod", &[("nk", "10.2.0.10", &[])]);
+        let mut c = ctr(
+            "9999999999999999",
+            "default/pod",
+            &[("nk", "10.2.0.10", &[])],
+        );
         c.runtime = Some(RuntimeRef {
             runtime: "cni".into(),
             id: "y".into(),

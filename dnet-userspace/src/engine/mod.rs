@@ -14,6 +14,7 @@
 mod attach;
 pub mod conntrack;
 pub mod crash;
+mod etc;
 mod nat;
 mod ports;
 mod process;
@@ -94,6 +95,9 @@ struct Inner {
     dns: crate::dns::Resolver,
     /// Pools and addresses handed out to another runtime's IPAM.
     runtime_ipam: runtime_ipam::RuntimeIpam,
+    /// (device, inode) of the host's /etc files containers get their own
+    /// of, when last looked at (see `follow_host_files`).
+    host_files: Vec<Option<(u64, u64)>>,
 }
 
 /// The predefined networks, as Docker has them.
@@ -141,6 +145,7 @@ impl Engine {
         let mut inner = Inner {
             cfg,
             dns,
+            host_files: Vec::new(),
             state,
             store,
             ctx: Ctx {
@@ -168,6 +173,7 @@ impl Engine {
                 if let Err(e) = engine.reap().await {
                     tracing::warn!("reaping containers: {e}");
                 }
+                engine.inner.lock().await.follow_host_files();
             }
         });
         tokio::spawn(follow_uplink(Arc::downgrade(&engine), changes));
@@ -876,6 +882,14 @@ impl Inner {
             .find_network(req.network.as_deref().unwrap_or("bridge"))?
             .clone();
         let ports = self.check_ports(&req.publish, &net)?;
+        let dns = req
+            .dns
+            .iter()
+            .map(|s| parse_ip("--dns", s))
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(h) = &req.hostname {
+            etc::validate_hostname(h)?;
+        }
         if req.detach && req.command.is_empty() {
             return Err(invalid!("a detached container needs a command"));
         }
@@ -906,8 +920,8 @@ impl Inner {
             process: None,
             owner,
             runtime: None,
-            dns: Vec::new(),
-            hostname: None,
+            dns,
+            hostname: req.hostname.clone(),
         };
         let ep = self
             .new_endpoint(
@@ -927,12 +941,14 @@ impl Inner {
             netns::create(path)?;
         }
         let made = async {
+            self.make_container_ns(&c)?;
             self.attach(&c, &ep).await?;
             self.publish(&c)?;
             if req.detach {
                 let path = self.netns_path(&c);
                 let log = self.cfg.log_dir().join(format!("{id}.log"));
-                let mut child = process::spawn(&id, &path, &req.command, &log)?;
+                let ns = self.ns_paths(&c);
+                let mut child = process::spawn(&id, &path, ns.as_ref(), &req.command, &log)?;
                 let pid = child
                     .id()
                     .ok_or_else(|| invalid!("the command exited at once"))?;
@@ -989,6 +1005,17 @@ impl Inner {
             if let Err(e) = netns::remove(path) {
                 tracing::warn!(container = %c.name, "removing its namespace: {e}");
             }
+            self.remove_container_ns(c);
+        }
+    }
+
+    /// Binds the containers' own /etc files again when the host's changed
+    /// (a file renamed over one detaches the bind in every namespace).
+    fn follow_host_files(&mut self) {
+        let now = etc::host_file_ids();
+        if now != self.host_files {
+            self.host_files = now;
+            self.rebind_container_files();
         }
     }
 
@@ -1149,6 +1176,8 @@ impl Inner {
                 .map(|e| self.attached_view(c, e))
                 .collect(),
             ports: c.ports.clone(),
+            mntns_path: self.ns_paths(c).map(|p| p.mnt),
+            utsns_path: self.ns_paths(c).map(|p| p.uts),
         }
     }
 }

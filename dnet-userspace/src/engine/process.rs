@@ -12,7 +12,7 @@ use std::{
     process::Stdio,
 };
 
-use nix::{sched::CloneFlags, sys::signal::Signal, unistd::Pid};
+use nix::{sys::signal::Signal, unistd::Pid};
 
 use crate::{
     error::{Error, Result},
@@ -153,13 +153,14 @@ pub async fn collect_cgroups(live: &std::collections::HashSet<String>) {
 pub fn spawn(
     id: &str,
     netns_path: &Path,
+    ns: Option<&crate::mntns::NsPaths>,
     command: &[String],
     log: &Path,
 ) -> Result<tokio::process::Child> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| Error::Invalid("no command to run".into()))?;
-    let ns = netns::open(netns_path)?;
+    let entry = crate::mntns::Entry::open(netns_path, ns)?;
     if let Some(dir) = log.parent() {
         fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
     }
@@ -181,15 +182,15 @@ pub fn spawn(
         .stdout(out)
         .stderr(err);
     // SAFETY: between fork and exec the closure only makes plain syscalls
-    // on fds opened before the fork (write to cgroup.procs, setns, setsid);
-    // it allocates nothing and takes no lock.
+    // on fds and strings made before the fork (write to cgroup.procs,
+    // setns, chdir, setsid); it allocates nothing and takes no lock.
     unsafe {
         cmd.pre_exec(move || {
             if let Some(procs) = &cgroup {
                 // "0" is the writing process itself.
                 nix::unistd::write(procs.as_fd(), b"0")?;
             }
-            nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
+            entry.enter()?;
             nix::unistd::setsid()?;
             Ok(())
         });

@@ -56,6 +56,15 @@ impl Inner {
                 }
                 _ => {}
             }
+            if let Some(p) = self.ns_paths(&c)
+                && !crate::mntns::is_mntns(&p.mnt)
+            {
+                tracing::info!(container = %c.name, "making its mount namespace again");
+                let _ = crate::mntns::remove(&p);
+                if let Err(e) = self.make_container_ns(&c) {
+                    tracing::error!(container = %c.name, "cannot restore its mount namespace: {e}");
+                }
+            }
             let path = self.netns_path(&c);
             for (i, ep) in c.endpoints.iter().enumerate() {
                 let Some(net) = self.state.networks.get(&ep.network_id).cloned() else {
@@ -273,6 +282,26 @@ impl Inner {
         }
         // Cgroups of containers that are no longer in the state.
         process::collect_cgroups(&st.containers.keys().cloned().collect()).await;
+        // Mount namespaces and files of containers the state no longer holds.
+        let ids: HashSet<&str> = st.containers.keys().map(String::as_str).collect();
+        let mnt_dir = self.cfg.state_dir.join("mntns");
+        if let Ok(entries) = std::fs::read_dir(&mnt_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let id = name.strip_suffix(".uts").unwrap_or(&name);
+                if !ids.contains(id) {
+                    tracing::info!(file = %e.path().display(), "removing a mount namespace dnet no longer uses");
+                    crate::mntns::remove(&crate::mntns::NsPaths::new(&mnt_dir, id))?;
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.cfg.state_dir.join("containers")) {
+            for e in entries.flatten() {
+                if !ids.contains(e.file_name().to_string_lossy().as_ref()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         Ok(())
     }
 }
