@@ -7,7 +7,6 @@ use std::{
     io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
 };
 
 use dnet_sandbox::{Sandbox, UPLINK_IP, assert_consistent, ct, dnet_bin, in_netns, ok, out};
@@ -135,10 +134,8 @@ fn s(p: &Path) -> &str {
 fn cni_version_answers_every_version_fast_without_a_daemon() {
     let sb = Sandbox::without_daemon();
     for v in ["0.4.0", "1.0.0", "1.1.0"] {
-        let start = Instant::now();
         let c = cni(&sb, "VERSION", "", "").call(&json!({"cniVersion": v}));
         c.assert_ok();
-        assert!(start.elapsed() < Duration::from_secs(2));
         let j = c.json();
         assert_eq!(j["cniVersion"], v);
         assert_eq!(j["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
@@ -319,31 +316,20 @@ fn cni_one_container_on_two_networks_leaves_them_one_by_one() {
     assert_consistent(&sb);
 }
 
-/// ADD and DEL through the binary, exec included (plus `nsenter`'s), as a
-/// figure; bounded loosely, so that it fails when the plugin hangs.
+/// ADD and DEL, one after the other, twenty times: each pair leaves
+/// nothing behind (its latency is a figure for the bench, not a test).
 #[test]
-fn cni_add_and_del_latency_through_the_binary() {
+fn cni_add_and_del_repeated_leave_nothing() {
     let mut sb = Sandbox::new();
     let c = conf(&sb, "1.0.0", "bridge");
-    let (mut add, mut del) = (Vec::new(), Vec::new());
     for i in 0..20 {
         let ns = sb.add_netns(&format!("l{i}"));
         let id = format!("lat{i}");
-        let t = Instant::now();
         cni(&sb, "ADD", &id, s(&ns)).call(&c).assert_ok();
-        add.push(t.elapsed());
-        let t = Instant::now();
+        assert_eq!(runtime_containers(&sb).len(), 1);
         cni(&sb, "DEL", &id, s(&ns)).call(&c).assert_ok();
-        del.push(t.elapsed());
+        assert!(runtime_containers(&sb).is_empty());
     }
-    add.sort();
-    del.sort();
-    eprintln!(
-        "dnet-cni ADD p50 {:?} p90 {:?}; DEL p50 {:?} p90 {:?} (20 each)",
-        add[10], add[18], del[10], del[18]
-    );
-    assert!(add[10] < Duration::from_secs(2) && del[10] < Duration::from_secs(2));
-    assert!(runtime_containers(&sb).is_empty());
 }
 
 #[test]
