@@ -48,7 +48,8 @@ pub enum DropReason {
     NoRoute = 18,
     /// A protocol or ICMP type the NAT does not translate.
     NatUnsupported = 19,
-    /// The conntrack map refused a new entry.
+    /// The conntrack table is full: a new flow is refused (established
+    /// flows are never pushed out to make room).
     CtFull = 20,
     /// A TCP segment other than a SYN for a flow the datapath does not know.
     CtNoFlow = 21,
@@ -71,6 +72,10 @@ pub enum DropReason {
     /// Traffic to the world while the uplink has no IPv4 address to
     /// translate to (never routed out untranslated).
     NoNatAddress = 26,
+    /// A packet of a flow whose reply entry is gone and whose reply tuple
+    /// another flow holds now: the flow is ended (its first entry removed)
+    /// rather than sent out on a tuple whose answers belong to another.
+    CtHalfFlow = 27,
 }
 
 /// Number of drop reasons; the size of the per-endpoint drop counter array.
@@ -80,7 +85,7 @@ pub const DROP_REASON_SLOTS: usize = 32;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 27] = [
+    pub const ALL: [DropReason; 28] = [
         DropReason::Malformed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
@@ -108,6 +113,7 @@ impl DropReason {
         DropReason::FragNeeded,
         DropReason::IcmpRateLimited,
         DropReason::NoNatAddress,
+        DropReason::CtHalfFlow,
     ];
 
     /// The stable, user-visible name (`dnet stats` prints it).
@@ -140,6 +146,7 @@ impl DropReason {
             DropReason::FragNeeded => "frag-needed",
             DropReason::IcmpRateLimited => "icmp-rate-limited",
             DropReason::NoNatAddress => "no-nat-address",
+            DropReason::CtHalfFlow => "conntrack-half-flow",
         }
     }
 

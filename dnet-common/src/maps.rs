@@ -13,7 +13,10 @@ pub const NET_MEMBERS: &str = "DNET_NET_MEMBERS";
 /// `PerCpuArray<EndpointStats>`, indexed by endpoint slot.
 pub const STATS: &str = "DNET_STATS";
 
-/// `LruHashMap<CtKey, CtEntry>`: connection tracking and NAT, both directions.
+/// `HashMap<CtKey, CtEntry>`: connection tracking and NAT, both directions.
+/// A plain hash, not an LRU: nothing is ever evicted by a new flow; a full
+/// table refuses new flows (`conntrack-full`) and the daemon's collector
+/// frees expired ones.
 pub const CT: &str = "DNET_CT";
 /// `HashMap<ServiceKey, Service>`: published ports.
 pub const SERVICES: &str = "DNET_SERVICES";

@@ -56,6 +56,14 @@ pub const CT_F_TO_ENDPOINT: u16 = 1 << 2;
 pub const CT_F_REPLY: u16 = 1 << 3;
 /// The flow was opened towards a published port (DNAT or hairpin).
 pub const CT_F_PUBLISHED: u16 = 1 << 4;
+/// On a TCP flow's first entry: the handshake completed (the opener's ACK
+/// after the other side's SYN-ACK). Only then is the flow established;
+/// before, it is half-open and has the short SYN timeout.
+pub const CT_F_ASSURED: u16 = 1 << 5;
+/// On a flow's first entry: its answers are delivered into an endpoint
+/// (the reply entry has [`CT_F_TO_ENDPOINT`]), so that the reply entry can
+/// be made again from the first one alone ([`reply_of`]).
+pub const CT_F_REPLY_TO_ENDPOINT: u16 = 1 << 6;
 
 /// TCP flags as they sit in the header's 14th byte.
 pub const TCP_FIN: u8 = 0x01;
@@ -92,6 +100,10 @@ pub struct CtEntry {
     /// The container of the flow (whose counters count it, and whose
     /// removal removes it).
     pub endpoint_be: u32,
+    /// The flow's identity, the same in both of its entries: an entry pairs
+    /// only with a partner of the same id, so a reply tuple taken over by
+    /// another flow is never mistaken for this flow's.
+    pub flow_id: u32,
     /// `bpf_ktime_get_ns()` when the flow was made.
     pub created_ns: u64,
     /// `bpf_ktime_get_ns()` of the last packet, to the second: the datapath
@@ -118,6 +130,73 @@ pub const fn translated(k: &CtKey, e: &CtEntry) -> CtKey {
 #[inline(always)]
 pub const fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
     translated(k, e).reversed()
+}
+
+/// The reply entry of the flow whose first entry is `e`, keyed `k`: keyed
+/// by the answers' tuple, it undoes the translation (a source NAT becomes a
+/// destination NAT and the other way round), with the flow's identity, its
+/// endpoint and its times. No TCP flags seen yet.
+#[inline(always)]
+pub const fn reply_of(k: &CtKey, e: &CtEntry) -> (CtKey, CtEntry) {
+    let mut rk = CtKey {
+        saddr_be: 0,
+        daddr_be: 0,
+        sport_be: 0,
+        dport_be: 0,
+        proto: 0,
+        _pad: [0; 3],
+    };
+    let mut r = CtEntry {
+        new_saddr_be: 0,
+        new_daddr_be: 0,
+        new_sport_be: 0,
+        new_dport_be: 0,
+        flags: 0,
+        tcp_seen: 0,
+        _pad: 0,
+        endpoint_be: 0,
+        flow_id: 0,
+        created_ns: 0,
+        last_seen_ns: 0,
+    };
+    reply_into(k, e, &mut rk, &mut r);
+    (rk, r)
+}
+
+/// [`reply_of`], written in place (the datapath builds it in a scratch
+/// map, off its small stack). Every field is written.
+#[inline(always)]
+pub const fn reply_into(k: &CtKey, e: &CtEntry, rk: &mut CtKey, r: &mut CtEntry) {
+    // The answers' tuple: the first direction's, translated, reversed.
+    let snat = e.flags & CT_F_SNAT != 0;
+    let dnat = e.flags & CT_F_DNAT != 0;
+    rk.saddr_be = if dnat { e.new_daddr_be } else { k.daddr_be };
+    rk.sport_be = if dnat { e.new_dport_be } else { k.dport_be };
+    rk.daddr_be = if snat { e.new_saddr_be } else { k.saddr_be };
+    rk.dport_be = if snat { e.new_sport_be } else { k.sport_be };
+    rk.proto = k.proto;
+    rk._pad = [0; 3];
+    let mut flags = CT_F_REPLY | (e.flags & CT_F_PUBLISHED);
+    if dnat {
+        flags |= CT_F_SNAT;
+    }
+    if snat {
+        flags |= CT_F_DNAT;
+    }
+    if e.flags & CT_F_REPLY_TO_ENDPOINT != 0 {
+        flags |= CT_F_TO_ENDPOINT;
+    }
+    r.new_saddr_be = if dnat { k.daddr_be } else { 0 };
+    r.new_sport_be = if dnat { k.dport_be } else { 0 };
+    r.new_daddr_be = if snat { k.saddr_be } else { 0 };
+    r.new_dport_be = if snat { k.sport_be } else { 0 };
+    r.flags = flags;
+    r.tcp_seen = 0;
+    r._pad = 0;
+    r.endpoint_be = e.endpoint_be;
+    r.flow_id = e.flow_id;
+    r.created_ns = e.created_ns;
+    r.last_seen_ns = e.last_seen_ns;
 }
 
 /// A TCP flow is over when either side reset it or both sent their FIN
@@ -279,6 +358,56 @@ mod tests {
         assert!(tcp_closed(TCP_RST, 0));
         assert!(!tcp_closed(TCP_FIN, TCP_ACK));
         assert!(tcp_closed(TCP_FIN | TCP_ACK, TCP_FIN));
+    }
+
+    #[test]
+    fn a_reply_entry_is_made_from_the_first_alone() {
+        let k = CtKey {
+            saddr_be: 1,
+            daddr_be: 2,
+            sport_be: 3,
+            dport_be: 4,
+            proto: 17,
+            _pad: [0; 3],
+        };
+        // Source NAT: answers go into the endpoint, to its own tuple.
+        let snat = CtEntry {
+            new_saddr_be: 9,
+            new_sport_be: 8,
+            flags: CT_F_SNAT | CT_F_REPLY_TO_ENDPOINT,
+            endpoint_be: 1,
+            flow_id: 77,
+            ..Default::default()
+        };
+        let (rk, re) = reply_of(&k, &snat);
+        assert_eq!(rk, partner(&k, &snat));
+        assert_eq!(re.flags, CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_REPLY);
+        assert_eq!((re.new_daddr_be, re.new_dport_be), (1, 3));
+        assert_eq!((re.flow_id, re.endpoint_be), (77, 1));
+        assert_eq!(partner(&rk, &re), k, "the two name each other");
+        // Destination NAT with the source port translated too (a clash):
+        // answers leave as the published port, to the client's own port.
+        let dnat = CtEntry {
+            new_saddr_be: 1,
+            new_sport_be: 50000,
+            new_daddr_be: 5,
+            new_dport_be: 80,
+            flags: CT_F_SNAT | CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_PUBLISHED,
+            ..Default::default()
+        };
+        let (rk, re) = reply_of(&k, &dnat);
+        assert_eq!(
+            (rk.saddr_be, rk.sport_be, rk.daddr_be, rk.dport_be),
+            (5, 80, 1, 50000)
+        );
+        assert_eq!(
+            re.flags,
+            CT_F_SNAT | CT_F_DNAT | CT_F_REPLY | CT_F_PUBLISHED,
+            "out, not into an endpoint"
+        );
+        assert_eq!((re.new_saddr_be, re.new_sport_be), (2, 4));
+        assert_eq!((re.new_daddr_be, re.new_dport_be), (1, 3));
+        assert_eq!(partner(&rk, &re), k);
     }
 
     #[test]

@@ -1,16 +1,27 @@
 //! Connection tracking: finding a packet's flow and noting the packet on
-//! it (TCP flags per direction, last use), and what opens a flow.
+//! it (TCP flags per direction, last use, the completed handshake), what
+//! opens a flow, and inserting a new flow's two entries.
 //!
 //! The map layout and the meaning of each entry are described in
-//! `dnet_common::nat`.
+//! `dnet_common::nat`. The table is a plain hash: a new flow never pushes
+//! an existing one out; when it is full, new flows are refused
+//! (`conntrack-full`) until the daemon's collector frees expired ones.
+//! A flow's entries are made reply first and removed first entry first,
+//! so that while a flow has its first entry its reply tuple (and NAT port)
+//! is held.
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
 use dnet_common::{
-    CtEntry, CtKey,
+    CtEntry, CtKey, DropReason,
     maps::CT_ENTRIES,
     nat::{
-        CT_FIN_ACKED, CT_PEER_FIN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, partner, tcp_closed,
-        tcp_reusable,
+        CT_F_ASSURED, CT_F_REPLY, CT_FIN_ACKED, CT_PEER_FIN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        partner, reply_into, tcp_closed, tcp_reusable,
     },
 };
 
@@ -24,10 +35,33 @@ pub const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// ACK, which costs the new connect a SYN retransmit (1 s).
 const REUSE_GRACE_NS: u64 = NSEC_PER_SEC / 20;
 
+/// `-E2BIG`: what inserting into a full hash map returns.
+const E2BIG: i32 = -7;
+
 /// Both directions of every translated flow; the daemon sets the size
 /// (`--ct-entries`) and collects expired entries.
 #[map(name = "DNET_CT")]
-pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_ENTRIES, 0);
+pub static CT: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(CT_ENTRIES, 0);
+
+/// Room (one per CPU) for a new reply entry and its key while it is made:
+/// the programs' 512-byte stacks are spoken for.
+pub struct CtScratch {
+    pub rkey: CtKey,
+    pub reply: CtEntry,
+    /// The first entry's key, for [`reclaim`].
+    pub fkey: CtKey,
+}
+
+#[map(name = "DNET_CT_SCRATCH")]
+pub static CT_SCRATCH: PerCpuArray<CtScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch slot.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut CtScratch> {
+    // SAFETY: this CPU's slot of a live per-CPU array; nothing else runs on
+    // this CPU while the program does, and no caller holds two of them.
+    CT_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
 
 #[inline(always)]
 pub fn now() -> u64 {
@@ -35,19 +69,69 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The flow `key` belongs to, with the packet noted on it.
+/// Why inserting a new entry failed.
+pub enum InsertError {
+    /// The key is taken.
+    Exists,
+    /// The table is full.
+    Full,
+}
+
+/// Inserts `e` under `k` only if `k` is free. A full table refuses; nothing
+/// is evicted.
 #[inline(always)]
-pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
-    let e = CT.get_ptr_mut(key)?;
+pub fn insert_new(k: &CtKey, e: &CtEntry) -> Result<(), InsertError> {
+    match CT.insert(k, e, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(()),
+        Err(E2BIG) => Err(InsertError::Full),
+        Err(_) => Err(InsertError::Exists),
+    }
+}
+
+/// The flow `key` belongs to, with the packet noted on it. A first entry
+/// whose reply entry is gone gets it back; if its reply tuple belongs to
+/// another flow now (or the table is full), the flow ends here
+/// (`conntrack-half-flow`): its packets would go out on a tuple whose
+/// answers reach another container.
+#[inline(always)]
+pub fn lookup(key: &CtKey, tcp_flags: u8) -> Result<Option<CtEntry>, DropReason> {
+    let Some(e) = CT.get_ptr_mut(key) else {
+        return Ok(None);
+    };
     let t = now();
     // SAFETY: `e` (and the partner entry below) point into live map values.
-    // The datapath writes only `last_seen_ns` and `tcp_seen`, both plain
-    // data: a torn timestamp is harmless, and a `tcp_seen` bit lost to a
-    // concurrent write on another CPU only keeps a closed flow's port held
-    // until the closing timeout.
+    // The datapath writes only `last_seen_ns`, `tcp_seen` and the
+    // `CT_F_ASSURED` bit of `flags`, all plain data: a torn timestamp is
+    // harmless, a `tcp_seen` bit lost to a concurrent write on another CPU
+    // only keeps a closed flow's port held until the closing timeout, and
+    // a lost `CT_F_ASSURED` is set again by the opener's next ACK.
     unsafe {
         if t.saturating_sub((*e).last_seen_ns) > NSEC_PER_SEC {
             (*e).last_seen_ns = t;
+        }
+        if (*e).flags & CT_F_REPLY == 0 {
+            let rk = partner(key, &*e);
+            let p = match CT.get_ptr_mut(&rk) {
+                Some(p) => Some(p),
+                None => repair(key, &*e),
+            };
+            match p {
+                Some(p) if (*p).flow_id == (*e).flow_id => {
+                    // The handshake completes with the opener's ACK after
+                    // the other side's SYN-ACK.
+                    if (*e).flags & CT_F_ASSURED == 0
+                        && key.proto == IPPROTO_TCP
+                        && tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK
+                        && (*p).tcp_seen & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+                    {
+                        (*e).flags |= CT_F_ASSURED;
+                    }
+                }
+                _ => {
+                    let _ = CT.remove(key);
+                    return Err(DropReason::CtHalfFlow);
+                }
+            }
         }
         let seen = (*e).tcp_seen;
         if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
@@ -57,10 +141,11 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
             let other = p.map(|p| (*p).tcp_seen).unwrap_or(0);
             if tcp_closed(seen, other) {
                 (*e).tcp_seen = tcp_flags;
+                (*e).flags &= !CT_F_ASSURED;
                 if let Some(p) = p {
                     (*p).tcp_seen = 0;
                 }
-                return Some(*e);
+                return Ok(Some(*e));
             }
         }
         let mut add = tcp_flags;
@@ -85,18 +170,32 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
                 (*e).last_seen_ns = t;
             }
         }
-        Some(*e)
+        Ok(Some(*e))
     }
+}
+
+/// Makes the reply entry of the flow whose first entry `e` (keyed `key`)
+/// has lost it, if its tuple is free; returns what holds the tuple then
+/// (another CPU may have made the same entry meanwhile: same identity).
+/// The entry is built in the scratch map: the callers' stacks are full.
+#[inline(always)]
+fn repair(key: &CtKey, e: &CtEntry) -> Option<*mut CtEntry> {
+    let s = scratch()?;
+    reply_into(key, e, &mut s.rkey, &mut s.reply);
+    let _ = insert_new(&s.rkey, &s.reply);
+    CT.get_ptr_mut(&s.rkey)
 }
 
 /// A TCP segment that may open a flow: a SYN without ACK. Anything else
 /// with no flow (a stray ACK, a spoofed segment) opens none, so it cannot
-/// take a port or push live flows out of the LRU table.
+/// take a port or an entry of the table.
 #[inline(always)]
 pub fn opens_flow(proto: u8, tcp_flags: u8) -> bool {
     proto != IPPROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
+/// A new flow's first entry (its reply entry follows from it: `reply_of`),
+/// with a fresh identity.
 #[inline(always)]
 pub fn entry(
     new_saddr_be: u32,
@@ -117,39 +216,77 @@ pub fn entry(
         tcp_seen: tcp_flags,
         _pad: 0,
         endpoint_be,
+        // SAFETY: a helper call without arguments.
+        flow_id: unsafe { bpf_get_prandom_u32() },
         created_ns: t,
         last_seen_ns: t,
     }
 }
 
-/// Frees the port of the TCP flow whose reply is keyed `rkey` if that flow
-/// is over (a RST, or a FIN each way and the last ACK) since
+/// Inserts a new flow: its reply entry (keyed `rkey`) only if that tuple is
+/// free, then its first entry. If another CPU made the same flow meanwhile,
+/// `fwd` becomes its first entry.
+#[inline(always)]
+pub fn insert_flow(
+    key: &CtKey,
+    fwd: &mut CtEntry,
+    rkey: &CtKey,
+    reply: &CtEntry,
+) -> Result<(), InsertError> {
+    insert_new(rkey, reply)?;
+    match insert_new(key, fwd) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = CT.remove(rkey);
+            // SAFETY: read-only map access to plain data (copied out).
+            match unsafe { CT.get(key) } {
+                Some(f) => {
+                    *fwd = *f;
+                    Ok(())
+                }
+                None => Err(e),
+            }
+        }
+    }
+}
+
+/// Frees the port of the TCP flow whose reply is keyed `s.rkey` if that
+/// flow is over (a RST, or a FIN each way and the last ACK) since
 /// [`REUSE_GRACE_NS`], so a closed connection's port serves a new one
 /// almost at once, as Linux reuses a TIME_WAIT tuple for a new SYN.
 /// Without it, short connections to one server would hold every port of
-/// the range for the closing timeout.
+/// the range for the closing timeout. Uses `s.fkey`.
 #[inline(always)]
-pub fn reclaim(rkey: &CtKey) -> bool {
-    // SAFETY: read-only map access to plain data (copied out).
-    let Some(old) = (unsafe { CT.get(rkey) }).copied() else {
-        // Gone meanwhile: the caller's insert may now succeed.
-        return true;
+pub fn reclaim(s: &mut CtScratch) {
+    let Some(old) = CT.get_ptr(&s.rkey) else {
+        return;
     };
-    let fkey = partner(rkey, &old);
-    // SAFETY: as above.
-    let closed = match unsafe { CT.get(&fkey) } {
-        Some(f) => {
-            tcp_reusable(old.tcp_seen, f.tcp_seen)
-                && now().saturating_sub(old.last_seen_ns.max(f.last_seen_ns)) > REUSE_GRACE_NS
+    // SAFETY: `old` and `f` point into live map values, read field by
+    // field (plain data; a concurrent write gives a stale but valid value).
+    unsafe {
+        s.fkey = partner(&s.rkey, &*old);
+        // Only a first entry of the same identity is this flow's: another
+        // flow may have that key now.
+        let f = CT
+            .get_ptr(&s.fkey)
+            .filter(|f| (**f).flow_id == (*old).flow_id);
+        let closed = match f {
+            Some(f) => {
+                tcp_reusable((*old).tcp_seen, (*f).tcp_seen)
+                    && now().saturating_sub((*old).last_seen_ns.max((*f).last_seen_ns))
+                        > REUSE_GRACE_NS
+            }
+            // Half a flow: another CPU may be between its two inserts, so
+            // only an orphan older than a second is taken.
+            None => now().saturating_sub((*old).created_ns) > NSEC_PER_SEC,
+        };
+        if !closed {
+            return;
         }
-        // Half a flow: another CPU may be between its two inserts, so only
-        // an orphan older than a second is taken.
-        None => now().saturating_sub(old.created_ns) > NSEC_PER_SEC,
-    };
-    if !closed {
-        return false;
+        // The first entry goes first: while it is there, its port is held.
+        if f.is_some() {
+            let _ = CT.remove(&s.fkey);
+        }
     }
-    let _ = CT.remove(&fkey);
-    let _ = CT.remove(rkey);
-    true
+    let _ = CT.remove(&s.rkey);
 }

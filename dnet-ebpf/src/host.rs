@@ -60,7 +60,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     match l4::parse(ctx, ETH_HLEN, &ip) {
         Parsed::Flow(key, l4) => {
-            let e = ct::lookup(&key, l4.tcp_flags);
+            let e = ct::lookup(&key, l4.tcp_flags)?;
             let svc = match e {
                 Some(_) => None,
                 None if (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
@@ -87,9 +87,13 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             let e = match (e, svc) {
                 (Some(e), _) => e,
-                (None, Some(svc)) => {
-                    nat::new_dnat(&key, svc.backend_be, svc.backend_port_be, l4.tcp_flags)?
-                }
+                (None, Some(svc)) => nat::new_dnat(
+                    &cfg,
+                    &key,
+                    svc.backend_be,
+                    svc.backend_port_be,
+                    l4.tcp_flags,
+                )?,
                 (None, None) => return Ok(TC_ACT_OK),
             };
             nat::translate_and_deliver(ctx, &l4, &key, &e)

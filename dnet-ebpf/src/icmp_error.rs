@@ -64,7 +64,7 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
         proto,
         _pad: [0; 3],
     };
-    let Some(e) = ct::lookup(&key, 0) else {
+    let Some(e) = ct::lookup(&key, 0)? else {
         return Ok(TC_ACT_OK);
     };
     // From a container, only an error about a flow of its own, sent to the

@@ -263,7 +263,7 @@ fn from_container_ipv4(
     if net.flags & NET_F_INTERNAL == 0 {
         match &parsed {
             Parsed::Flow(key, l4) => {
-                if let Some(e) = ct::lookup(key, l4.tcp_flags) {
+                if let Some(e) = ct::lookup(key, l4.tcp_flags)? {
                     if ipc.ttl <= 1 {
                         return Ok(ANSWER_TIME_EXCEEDED);
                     }

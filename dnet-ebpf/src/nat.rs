@@ -6,21 +6,21 @@
 //! `dnet_common::nat`.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::generated::bpf_redirect_peer,
     programs::TcContext,
 };
 use dnet_common::{
     Config, CtEntry, CtKey, DropReason, Endpoint, ServiceKey,
     nat::{
-        CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY, CT_F_SNAT, CT_F_TO_ENDPOINT, NAT_PORT_PROBES,
-        nat_port_candidate, tuple_hash,
+        CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT,
+        NAT_PORT_PROBES, nat_port_candidate, reply_into, tuple_hash,
     },
     network::NET_F_INTERNAL,
 };
 
 use crate::{
-    ct::{CT, entry, reclaim},
+    ct::{InsertError, entry, insert_flow, reclaim, scratch},
     err,
     eth::ETH_HLEN,
     fib::{Route, RouteQuery, dec_ttl, forward, ingress_ifindex, route},
@@ -61,55 +61,34 @@ pub fn service(addr_be: u32, port_be: u16, proto: u8) -> Option<dnet_common::Ser
     }
 }
 
-/// Claims a NAT port for a flow whose reply will come from `peer`:`peer_port`
-/// to `nat_addr`: the reply entry is inserted only if its key is free, so
-/// two flows never share a reply tuple. Returns the forward entry as the
-/// map holds it.
+/// Claims a source port for a flow whose first entry, but for the port,
+/// is `fwd` (a source NAT to `fwd.new_saddr_be`): each candidate port's
+/// reply tuple is taken only if it is free, so two flows never share one,
+/// and a failed probe changes nothing. On success `fwd` is the first entry
+/// as the map holds it.
+///
+/// The reply entry is built in the scratch map: as a subprogram, or with
+/// its entries on the stack, the programs that make new flows outgrow the
+/// 512-byte stack.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn claim_port(
-    cfg: &Config,
-    key: &CtKey,
-    nat_addr_be: u32,
-    peer_be: u32,
-    peer_port_be: u16,
-    reply: &CtEntry,
-    forward: &CtEntry,
-) -> Result<CtEntry, DropReason> {
+fn claim_port(cfg: &Config, key: &CtKey, fwd: &mut CtEntry) -> Result<(), DropReason> {
+    let s = scratch().ok_or(DropReason::CtFull)?;
     let size = (cfg.nat_port_max as u32).saturating_sub(cfg.nat_port_min as u32) + 1;
     let hash = tuple_hash(key);
-    let icmp = key.proto == IPPROTO_ICMP;
     for n in 0..NAT_PORT_PROBES {
         if n >= size {
             break;
         }
-        let port_be = nat_port_candidate(hash, n, cfg.nat_port_min, size).to_be();
-        let rkey = CtKey {
-            saddr_be: peer_be,
-            daddr_be: nat_addr_be,
-            // An echo reply carries the identifier as its "destination port".
-            sport_be: if icmp { 0 } else { peer_port_be },
-            dport_be: port_be,
-            proto: key.proto,
-            _pad: [0; 3],
-        };
-        if CT.insert(&rkey, reply, BPF_NOEXIST as u64).is_ok()
-            || (key.proto == IPPROTO_TCP
-                && reclaim(&rkey)
-                && CT.insert(&rkey, reply, BPF_NOEXIST as u64).is_ok())
-        {
-            let mut fwd = *forward;
-            fwd.new_sport_be = port_be;
-            if CT.insert(key, &fwd, BPF_NOEXIST as u64).is_err() {
-                let _ = CT.remove(&rkey);
-                // Another CPU made this flow meanwhile: take its entry.
-                // SAFETY: read-only map access to plain data (copied out).
-                return match unsafe { CT.get(key) } {
-                    Some(e) => Ok(*e),
-                    None => Err(DropReason::CtFull),
-                };
-            }
-            return Ok(fwd);
+        fwd.new_sport_be = nat_port_candidate(hash, n, cfg.nat_port_min, size).to_be();
+        reply_into(key, fwd, &mut s.rkey, &mut s.reply);
+        // A closed TCP flow's port serves the next one.
+        if key.proto == IPPROTO_TCP {
+            reclaim(s);
+        }
+        match insert_flow(key, fwd, &s.rkey, &s.reply) {
+            Ok(()) => return Ok(()),
+            Err(InsertError::Full) => return Err(DropReason::CtFull),
+            Err(InsertError::Exists) => {}
         }
     }
     Err(DropReason::NatPortsExhausted)
@@ -119,44 +98,33 @@ fn claim_port(
 /// address and a free NAT port.
 #[inline(always)]
 pub fn new_snat(cfg: &Config, key: &CtKey, tcp_flags: u8) -> Result<CtEntry, DropReason> {
-    let reply = entry(
-        0,
-        0,
-        key.saddr_be,
-        key.sport_be,
-        CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_REPLY,
-        key.saddr_be,
-        0,
-    );
-    let fwd = entry(
+    let mut fwd = entry(
         cfg.uplink_addr_be,
         0,
         0,
         0,
-        CT_F_SNAT,
+        CT_F_SNAT | CT_F_REPLY_TO_ENDPOINT,
         key.saddr_be,
         tcp_flags,
     );
-    claim_port(
-        cfg,
-        key,
-        cfg.uplink_addr_be,
-        key.daddr_be,
-        key.dport_be,
-        &reply,
-        &fwd,
-    )
+    claim_port(cfg, key, &mut fwd)?;
+    Ok(fwd)
 }
 
-/// A new flow from the world to a published port.
+/// A new flow from the world to a published port. Its reply tuple (the
+/// backend to the client) is taken only if free: another published port
+/// of the same backend port may have a flow from the same client address
+/// and port. Then the client's port is translated too, as Linux does on a
+/// NAT clash, and the backend sees the client on a free port.
 #[inline(always)]
 pub fn new_dnat(
+    cfg: &Config,
     key: &CtKey,
     backend_be: u32,
     backend_port_be: u16,
     tcp_flags: u8,
 ) -> Result<CtEntry, DropReason> {
-    let fwd = entry(
+    let mut fwd = entry(
         0,
         0,
         backend_be,
@@ -165,30 +133,18 @@ pub fn new_dnat(
         backend_be,
         tcp_flags,
     );
-    let rkey = CtKey {
-        saddr_be: backend_be,
-        daddr_be: key.saddr_be,
-        sport_be: backend_port_be,
-        dport_be: key.sport_be,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
-    let reply = entry(
-        key.daddr_be,
-        key.dport_be,
-        0,
-        0,
-        CT_F_SNAT | CT_F_REPLY | CT_F_PUBLISHED,
-        backend_be,
-        0,
-    );
-    CT.insert(&rkey, &reply, 0)
-        .map_err(|_| DropReason::CtFull)?;
-    if CT.insert(key, &fwd, 0).is_err() {
-        let _ = CT.remove(&rkey);
-        return Err(DropReason::CtFull);
+    let s = scratch().ok_or(DropReason::CtFull)?;
+    reply_into(key, &fwd, &mut s.rkey, &mut s.reply);
+    match insert_flow(key, &mut fwd, &s.rkey, &s.reply) {
+        Ok(()) => Ok(fwd),
+        Err(InsertError::Full) => Err(DropReason::CtFull),
+        Err(InsertError::Exists) => {
+            fwd.flags |= CT_F_SNAT;
+            fwd.new_saddr_be = key.saddr_be;
+            claim_port(cfg, key, &mut fwd)?;
+            Ok(fwd)
+        }
     }
-    Ok(fwd)
 }
 
 /// A new flow from a container to a published port of the host (hairpin):
@@ -206,26 +162,17 @@ pub fn new_hairpin(
         .get(backend.net_id)
         .map(|n| n.gateway_be)
         .ok_or(DropReason::NoEndpoint)?;
-    let flags = CT_F_SNAT | CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_PUBLISHED;
-    let reply = entry(
-        key.daddr_be,
-        key.dport_be,
-        key.saddr_be,
-        key.sport_be,
-        flags | CT_F_REPLY,
-        backend.addr_be,
-        0,
-    );
-    let fwd = entry(
+    let mut fwd = entry(
         gw,
         0,
         backend.addr_be,
         backend_port_be,
-        flags,
+        CT_F_SNAT | CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_PUBLISHED | CT_F_REPLY_TO_ENDPOINT,
         backend.addr_be,
         tcp_flags,
     );
-    claim_port(cfg, key, gw, backend.addr_be, backend_port_be, &reply, &fwd)
+    claim_port(cfg, key, &mut fwd)?;
+    Ok(fwd)
 }
 
 /// Rewrites the packet's addresses and ports as `e` says, keeping the IPv4

@@ -259,6 +259,92 @@ fn cni_del_succeeds_when_the_namespace_the_endpoint_or_both_are_gone() {
 }
 
 #[test]
+fn cni_del_with_the_daemon_down_fails_and_its_next_start_collects_what_is_left() {
+    let mut sb = Sandbox::new();
+    let ns = sb.add_netns("a");
+    let c = conf(&sb, "1.0.0", "bridge");
+    cni(&sb, "ADD", "down1", s(&ns)).call(&c).assert_ok();
+    sb.stop_daemon(libc::SIGTERM);
+    cni(&sb, "DEL", "down1", s(&ns))
+        .call(&c)
+        .assert_error(11, "cannot reach the dnet daemon");
+    cni(&sb, "ADD", "down2", s(&ns))
+        .call(&c)
+        .assert_error(11, "cannot reach the dnet daemon");
+    // The runtime removes the namespace anyway; the next start forgets it.
+    let name = ns.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(ok(&dnet_sandbox::sh("ip", &["netns", "del", &name])));
+    sb.start_daemon();
+    assert!(runtime_containers(&sb).is_empty(), "{}", sb.state());
+    cni(&sb, "DEL", "down1", s(&ns)).call(&c).assert_ok();
+    assert_consistent(&sb);
+}
+
+#[test]
+fn cni_one_container_on_two_networks_leaves_them_one_by_one() {
+    let mut sb = Sandbox::new();
+    sb.dnet_ok(&["network", "create", "--subnet", "10.91.0.0/24", "second"]);
+    let ns = sb.add_netns("a");
+    let one = conf(&sb, "1.0.0", "bridge");
+    let two = conf(&sb, "1.0.0", "second");
+    cni(&sb, "ADD", "multi", s(&ns)).call(&one).assert_ok();
+    let mut eth1 = cni(&sb, "ADD", "multi", s(&ns));
+    eth1.ifname = "eth1";
+    let r = eth1.call(&two);
+    r.assert_ok();
+    let r = r.json();
+    assert_eq!(r["interfaces"][1]["name"], "eth1");
+    assert!(
+        r["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.91.0."),
+        "{r}"
+    );
+    let recs = runtime_containers(&sb);
+    assert_eq!(recs.len(), 1, "one container, two endpoints");
+    assert_eq!(recs[0]["endpoints"].as_array().unwrap().len(), 2);
+    let p = in_netns(&ns, &ct(), &["ping", "172.17.0.1", "10.91.0.1"]);
+    assert!(ok(&p), "both gateways: {}", out(&p));
+    let mut del1 = cni(&sb, "DEL", "multi", s(&ns));
+    del1.ifname = "eth1";
+    del1.call(&two).assert_ok();
+    assert!(!ok(&in_netns(&ns, "ip", &["link", "show", "eth1"])));
+    assert!(ok(&in_netns(&ns, "ip", &["link", "show", "eth0"])));
+    assert_eq!(runtime_containers(&sb).len(), 1);
+    cni(&sb, "DEL", "multi", s(&ns)).call(&one).assert_ok();
+    assert!(runtime_containers(&sb).is_empty());
+    assert_consistent(&sb);
+}
+
+/// ADD and DEL through the binary, exec included (plus `nsenter`'s), as a
+/// figure; bounded loosely, so that it fails when the plugin hangs.
+#[test]
+fn cni_add_and_del_latency_through_the_binary() {
+    let mut sb = Sandbox::new();
+    let c = conf(&sb, "1.0.0", "bridge");
+    let (mut add, mut del) = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        let ns = sb.add_netns(&format!("l{i}"));
+        let id = format!("lat{i}");
+        let t = Instant::now();
+        cni(&sb, "ADD", &id, s(&ns)).call(&c).assert_ok();
+        add.push(t.elapsed());
+        let t = Instant::now();
+        cni(&sb, "DEL", &id, s(&ns)).call(&c).assert_ok();
+        del.push(t.elapsed());
+    }
+    add.sort();
+    del.sort();
+    eprintln!(
+        "dnet-cni ADD p50 {:?} p90 {:?}; DEL p50 {:?} p90 {:?} (20 each)",
+        add[10], add[18], del[10], del[18]
+    );
+    assert!(add[10] < Duration::from_secs(2) && del[10] < Duration::from_secs(2));
+    assert!(runtime_containers(&sb).is_empty());
+}
+
+#[test]
 fn cni_bad_input_gives_the_spec_codes_and_changes_nothing() {
     let mut sb = Sandbox::new();
     let ns = sb.add_netns("a");
@@ -333,6 +419,21 @@ fn cni_port_mappings_publish_like_dnet_run_and_pods_are_named() {
     let r = r.json();
     assert_eq!(r["ips"][0]["address"], "172.17.0.80/16");
     assert_eq!(r["interfaces"][1]["mac"], "02:00:00:00:00:80");
+    // The same pod again (a new sandbox before the old one's DEL): dnet
+    // names it.
+    let a2 = sb.add_netns("a2");
+    let mut add_a2 = cni(&sb, "ADD", "podmanctr2", s(&a2));
+    add_a2.args = add_a.args;
+    add_a2.call(&conf(&sb, "1.0.0", "bridge")).assert_ok();
+    let names: Vec<String> = runtime_containers(&sb)
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.contains(&"default/web-0".to_owned()), "{names:?}");
+    cni(&sb, "DEL", "podmanctr2", s(&a2))
+        .call(&conf(&sb, "1.0.0", "bridge"))
+        .assert_ok();
     let web = sb.container("default/web-0");
     assert_eq!(web["ports"][0]["host_port"], 8080, "{web}");
     // containerd's spelling.
@@ -365,6 +466,16 @@ fn cni_port_mappings_publish_like_dnet_run_and_pods_are_named() {
         ok(&o),
         "the world reaches the published udp port: {}",
         out(&o)
+    );
+    // stats name the pod.
+    let stats = sb.dnet_json(&["stats"]);
+    assert!(
+        stats["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["container"] == "default/web-0" && e["rx_packets"].as_u64() > Some(0)),
+        "{stats}"
     );
     assert_consistent(&sb);
 
@@ -401,6 +512,11 @@ fn cni_gc_collects_the_attachments_the_runtime_no_longer_lists() {
         .collect();
     ids.sort();
     assert_eq!(ids, ["keep1", "keep2"]);
+    // A network that is gone has nothing to collect.
+    let mut gone = gc.clone();
+    gone["network"] = json!("nosuchnet");
+    cni(&sb, "GC", "", "").call(&gone).assert_ok();
+    assert_eq!(runtime_containers(&sb).len(), 2);
     // GC is 1.1.0 only.
     let mut old = gc.clone();
     old["cniVersion"] = json!("1.0.0");

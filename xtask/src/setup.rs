@@ -23,15 +23,22 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("arping", "iputils-arping"),
     ("conntrack", "conntrack"),
-    // The CNI suite: podman 4 with its CNI backend; a static busybox for
-    // the root folder of the podman and Docker scenarios' containers.
-    ("podman", "podman"),
+    // A static busybox for the root folder of the runtimes' containers.
     ("busybox", "busybox-static"),
 ];
 
 /// Container runtimes the scenarios drive, installed with their services
 /// kept from starting (they run in sandboxes only).
-const RUNTIMES: &[(&str, &str)] = &[("dockerd", "docker.io")];
+/// The Docker suite drives dockerd, the CNI suite podman 4 (its CNI
+/// backend) and containerd's `ctr`.
+/// Commands are looked up on `PATH`, a path as it is.
+const RUNTIMES: &[(&str, &str)] = &[
+    ("ctr", "containerd"),
+    // Podman's network stack: the CNI plugins (not netavark).
+    ("/usr/lib/cni/loopback", "containernetworking-plugins"),
+    ("podman", "podman"),
+    ("dockerd", "docker.io"),
+];
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     rust_src()?;
@@ -153,6 +160,9 @@ fn bpf_linker(root: &Path) -> anyhow::Result<()> {
 }
 
 fn on_path(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        return Path::new(cmd).is_file();
+    }
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
 }

@@ -34,7 +34,8 @@ pub struct Args {
     /// Size of the conntrack map, in entries (a flow takes two).
     #[arg(long, default_value_t = dnet_common::maps::CT_ENTRIES)]
     ct_entries: u32,
-    /// Idle timeout of a TCP flow before its answer, in seconds.
+    /// Idle timeout of a half-open TCP flow (before the handshake completes
+    /// with the opener's ACK), in seconds.
     #[arg(long, default_value_t = 60)]
     ct_timeout_tcp_syn: u64,
     /// Idle timeout of an established TCP flow, in seconds.
@@ -43,9 +44,12 @@ pub struct Args {
     /// Idle timeout of a closing TCP flow (FIN both ways, or RST), in seconds.
     #[arg(long, default_value_t = 30)]
     ct_timeout_tcp_closing: u64,
-    /// Idle timeout of a UDP flow, in seconds.
+    /// Idle timeout of a UDP flow answered at least once, in seconds.
     #[arg(long, default_value_t = 60)]
     ct_timeout_udp: u64,
+    /// Idle timeout of a UDP flow seen one way only, in seconds.
+    #[arg(long, default_value_t = 30)]
+    ct_timeout_udp_unreplied: u64,
     /// Idle timeout of an ICMP echo flow, in seconds.
     #[arg(long, default_value_t = 30)]
     ct_timeout_icmp: u64,
@@ -114,6 +118,7 @@ fn preflight(args: &Args) -> anyhow::Result<std::os::unix::net::UnixListener> {
         ),
         ("--ct-timeout-tcp-closing", args.ct_timeout_tcp_closing),
         ("--ct-timeout-udp", args.ct_timeout_udp),
+        ("--ct-timeout-udp-unreplied", args.ct_timeout_udp_unreplied),
         ("--ct-timeout-icmp", args.ct_timeout_icmp),
     ] {
         if v == 0 || v > MAX_TIMEOUT {
@@ -214,6 +219,7 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                 tcp_established: secs(args.ct_timeout_tcp_established),
                 tcp_closing: secs(args.ct_timeout_tcp_closing),
                 udp: secs(args.ct_timeout_udp),
+                udp_unreplied: secs(args.ct_timeout_udp_unreplied),
                 icmp: secs(args.ct_timeout_icmp),
             },
             gc_interval: secs(args.ct_gc_interval),

@@ -126,16 +126,16 @@ async fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<Value, CniErr
         mac: conf.runtime_config.mac.clone().filter(|m| !m.is_empty()),
         publish: conf.publish()?,
         aliases: Vec::new(),
-        name: env.display_name(),
+        // A name dnet does not take (a container id longer than 64
+        // characters, say) is left to dnet.
+        name: env.display_name().filter(|n| valid_name(n)),
         runtime: Some(runtime_ref(env)?),
     };
     let r: AttachResponse = match client.post("/v1/attach", &req).await {
-        // The name is taken (a pod made again before its old sandbox went,
-        // or an id too long for a name): the daemon names it.
+        // The name is taken (a pod made again before its old sandbox
+        // went): the daemon names it.
         Err(ClientError::Api { status, message })
-            if (status == 409 && message.contains("name"))
-                || (status == 400 && message.contains("invalid container name"))
-                || (status == 400 && message.contains("invalid pod")) =>
+            if status == 409 && message.starts_with("container name") && req.name.is_some() =>
         {
             eprintln!("dnet-cni ADD: {message}; letting dnet name the container");
             req.name = None;
@@ -146,6 +146,16 @@ async fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<Value, CniErr
     .map_err(|e| daemon_err(e, TRY_AGAIN_LATER))?;
     let host_mac = r.host_ifname.as_deref().and_then(link_mac);
     Ok(result::add_result(&conf.cni_version, &r, netns, host_mac))
+}
+
+/// Whether dnet takes `name` for a runtime's container: a container name,
+/// or a pod's `NAMESPACE/NAME`.
+fn valid_name(name: &str) -> bool {
+    let ok = |n: &str| crate::spec::validate_name("container", n).is_ok();
+    match name.split_once('/') {
+        Some((ns, pod)) => ok(ns) && ok(pod),
+        None => ok(name),
+    }
 }
 
 /// The MAC of a link in this namespace (the daemon's: runtimes call
@@ -239,10 +249,17 @@ async fn gc(conf: &NetConf, client: &Client) -> Result<(), CniError> {
         network: Some(network.to_owned()),
         keep,
     };
-    let r: crate::api::Collected = client
-        .post("/v1/attach/collect", &req)
-        .await
-        .map_err(|e| daemon_err(e, TRY_AGAIN_LATER))?;
+    let r: crate::api::Collected = match client.post("/v1/attach/collect", &req).await {
+        // No such network: nothing of this runtime is attached to it.
+        Err(ClientError::Api {
+            status: 404,
+            message,
+        }) => {
+            eprintln!("dnet-cni GC: {message}: nothing to collect");
+            return Ok(());
+        }
+        r => r.map_err(|e| daemon_err(e, TRY_AGAIN_LATER))?,
+    };
     if !r.detached.is_empty() {
         eprintln!(
             "dnet-cni GC: detached {} from {network}",

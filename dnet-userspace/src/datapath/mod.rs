@@ -30,7 +30,7 @@ use aya::{
 pub use bpffs::{check as check_bpffs, ensure_mounted};
 use dnet_common::{
     Config, CtEntry, CtKey, Endpoint, EndpointStats, NetMembers, Network, Service, ServiceKey,
-    addr::ipv4_be, maps as m,
+    addr::ipv4_be, maps as m, nat::CT_F_REPLY,
 };
 use ipnetwork::Ipv4Network;
 
@@ -140,6 +140,9 @@ pub struct Datapath {
     held_links: Vec<FdLink>,
 }
 
+/// For [`Datapath::ct_remove_if_created`]: whenever the entry was made.
+pub const ANY_CREATED: u64 = u64::MAX;
+
 /// The suffix of a link pinned beside the one it replaces, before it is
 /// renamed over it (bpffs refuses names with a dot).
 const NEW_PIN: &str = "-new";
@@ -170,6 +173,7 @@ impl Datapath {
                         }
                     }
                 }
+                drop_lru_conntrack(&maps_dir.join(m::CT))?;
                 m::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect()
             }
             None => Vec::new(),
@@ -427,7 +431,7 @@ impl Datapath {
 
     /// Every conntrack entry.
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>> {
-        let aya::maps::Map::LruHashMap(data) = self.map(m::CT)? else {
+        let aya::maps::Map::HashMap(data) = self.map(m::CT)? else {
             return Err(DatapathError::Missing(m::CT));
         };
         // SAFETY: DNET_CT is a hash map of `CtKey` keys and `CtEntry`
@@ -436,24 +440,31 @@ impl Datapath {
             .map_err(io_err("read", Path::new(m::CT)))
     }
 
-    /// Removes conntrack entries; missing ones are fine.
+    /// Removes conntrack entries; missing ones are fine. A flow's first
+    /// entry goes before its reply entry, whatever the order of `keys`:
+    /// while the first is there, the datapath holds its reply tuple (and
+    /// NAT port) for it.
     pub fn ct_remove(&mut self, keys: &[CtKey]) -> Result<()> {
-        let mut h: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.map_mut(m::CT)?).map_err(map_err(m::CT))?;
-        for k in keys {
-            absent_is_fine(h.remove(k)).map_err(map_err(m::CT))?;
-        }
-        Ok(())
+        let keys: Vec<(CtKey, u64)> = keys.iter().map(|k| (*k, ANY_CREATED)).collect();
+        self.ct_remove_if_created(&keys).map(|_| ())
     }
 
     /// Removes each entry whose `created_ns` is still the one given (an
-    /// entry made meanwhile under the same key stays); returns how many went.
+    /// entry made meanwhile under the same key stays; [`ANY_CREATED`]
+    /// matches any); returns how many went. First entries go before reply
+    /// entries, as in [`Datapath::ct_remove`].
     pub fn ct_remove_if_created(&mut self, keys: &[(CtKey, u64)]) -> Result<usize> {
         let mut h: HashMap<&mut MapData, CtKey, CtEntry> =
             HashMap::try_from(self.map_mut(m::CT)?).map_err(map_err(m::CT))?;
         let mut n = 0;
-        for (k, created) in keys {
-            if h.get(k, 0).is_ok_and(|e| e.created_ns == *created) {
+        for replies in [false, true] {
+            for (k, created) in keys {
+                let Ok(e) = h.get(k, 0) else { continue };
+                if (e.flags & CT_F_REPLY != 0) != replies
+                    || (*created != ANY_CREATED && e.created_ns != *created)
+                {
+                    continue;
+                }
                 absent_is_fine(h.remove(k)).map_err(map_err(m::CT))?;
                 n += 1;
             }
@@ -743,6 +754,23 @@ fn absent_is_fine(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::M
 
 fn subnet_key(subnet: Ipv4Network) -> Key<u32> {
     Key::new(subnet.prefix() as u32, ipv4_be(subnet.network()))
+}
+
+/// A conntrack table pinned by an older build is an LRU map, whose new
+/// flows evict established ones. A pinned map is reused whatever its type,
+/// so that one is removed (its flows start over) and a plain hash made.
+fn drop_lru_conntrack(pin: &Path) -> Result<()> {
+    let Ok(info) = aya::maps::MapInfo::from_pin(pin) else {
+        return Ok(());
+    };
+    if matches!(info.map_type(), Ok(aya::maps::MapType::LruHash)) {
+        tracing::warn!(
+            pin = %pin.display(),
+            "replacing the pinned LRU conntrack table with a plain hash: translated flows start over"
+        );
+        remove_if_exists(pin)?;
+    }
+    Ok(())
 }
 
 fn remove_if_exists(path: &Path) -> Result<()> {

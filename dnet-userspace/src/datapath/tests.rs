@@ -73,7 +73,12 @@ struct Fixture {
 /// Network 1 (172.17.0.0/16): A (the sender, on the test interface) and B.
 /// Network 2 (10.9.0.0/24): C.
 fn fixture(flags1: u32) -> Fixture {
-    let mut dp = Datapath::load(None).expect("load the datapath");
+    fixture_sized(flags1, m::CT_ENTRIES)
+}
+
+/// As [`fixture`], with a conntrack table of `ct_entries`.
+fn fixture_sized(flags1: u32, ct_entries: u32) -> Fixture {
+    let mut dp = Datapath::load_with(None, ct_entries).expect("load the datapath");
     let net = |subnet: &str, gw: &str, flags| Network {
         subnet_be: ipv4_be(subnet.parse::<Ipv4Network>().unwrap().network()),
         mask_be: ipv4_be(subnet.parse::<Ipv4Network>().unwrap().mask()),
@@ -506,7 +511,12 @@ fn nat_fixture(port_min: u16, port_max: u16) -> Fixture {
 
 /// As [`nat_fixture`], network 1 with `flags1`.
 fn nat_fixture_on(flags1: u32, port_min: u16, port_max: u16) -> Fixture {
-    let mut fx = fixture(flags1);
+    nat_fixture_sized(flags1, port_min, port_max, m::CT_ENTRIES)
+}
+
+/// As [`nat_fixture_on`], with a conntrack table of `ct_entries`.
+fn nat_fixture_sized(flags1: u32, port_min: u16, port_max: u16, ct_entries: u32) -> Fixture {
+    let mut fx = fixture_sized(flags1, ct_entries);
     ip_cmd("link add up0 type veth peer name up1");
     ip_cmd("addr add 198.18.0.2/24 dev up0");
     ip_cmd("link set up0 up");
@@ -1703,3 +1713,6 @@ fn without_a_nat_address_nothing_leaves_for_the_world() {
         assert_eq!(run(&fx.dp, &local).0, OK);
     });
 }
+
+/// Conntrack under pressure: flows, their identity, and clashes (issue 10).
+mod ct;

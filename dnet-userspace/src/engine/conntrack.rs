@@ -9,7 +9,8 @@ use dnet_common::{
     CtEntry, CtKey,
     addr::ipv4_from_be,
     nat::{
-        CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY, CT_F_SNAT, CT_SEEN, TCP_ACK, TCP_SYN, tcp_closed,
+        CT_F_ASSURED, CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT,
+        CT_SEEN, TCP_ACK, TCP_SYN, tcp_closed,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -17,10 +18,15 @@ use serde::{Deserialize, Serialize};
 /// How long an idle flow lives, by protocol and state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
+    /// A half-open TCP flow: SYN sent, or SYN-ACK seen but not the
+    /// opener's ACK (Linux: 120 s SYN_SENT, 60 s SYN_RECV).
     pub tcp_syn: Duration,
     pub tcp_established: Duration,
     pub tcp_closing: Duration,
+    /// A UDP flow answered at least once.
     pub udp: Duration,
+    /// A UDP flow seen one way only (Linux: 30 s).
+    pub udp_unreplied: Duration,
     pub icmp: Duration,
 }
 
@@ -31,6 +37,7 @@ impl Default for Timeouts {
             tcp_established: Duration::from_secs(6 * 3600),
             tcp_closing: Duration::from_secs(30),
             udp: Duration::from_secs(60),
+            udp_unreplied: Duration::from_secs(30),
             icmp: Duration::from_secs(30),
         }
     }
@@ -41,7 +48,10 @@ impl Default for Timeouts {
 pub enum FlowState {
     /// TCP: a SYN went out, nothing came back yet.
     SynSent,
-    /// TCP: answered.
+    /// TCP: the SYN was answered (SYN-ACK), the opener's ACK is still due.
+    /// Half-open: the short SYN timeout.
+    SynRecv,
+    /// TCP: the handshake completed (the opener's ACK after the SYN-ACK).
     Established,
     /// TCP: FIN both ways, or a RST.
     Closing,
@@ -62,14 +72,19 @@ pub struct Flow {
 
 pub use dnet_common::nat::{partner, translated};
 
-/// Groups entries into flows. An entry whose partner is missing (the LRU
-/// dropped it) becomes a flow of its own.
+/// Groups entries into flows. Two entries pair when each is the other's
+/// partner and they carry the same flow identity; an entry whose partner
+/// is missing, or whose partner's key another flow holds now, becomes a
+/// flow of its own (and expires by itself, taking nothing of the other).
 pub fn flows(entries: &[(CtKey, CtEntry)]) -> Vec<Flow> {
     let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
     let mut out = Vec::new();
     for (k, e) in entries {
         let p = partner(k, e);
-        let partner = by_key.get(&p).map(|pe| (p, *pe));
+        let partner = by_key
+            .get(&p)
+            .filter(|pe| pe.flow_id == e.flow_id && partner(&p, pe) == *k)
+            .map(|pe| (p, *pe));
         if e.flags & CT_F_REPLY != 0 {
             // Listed with its opening entry, unless that is gone.
             if partner.is_none() {
@@ -97,8 +112,10 @@ pub fn state(f: &Flow) -> FlowState {
     if f.key.proto == 6 {
         if tcp_closed(fwd, rev) {
             FlowState::Closing
-        } else if rev & (TCP_SYN | TCP_ACK) != 0 || fwd & TCP_ACK != 0 {
+        } else if f.entry.flags & CT_F_ASSURED != 0 {
             FlowState::Established
+        } else if rev & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+            FlowState::SynRecv
         } else {
             FlowState::SynSent
         }
@@ -111,10 +128,11 @@ pub fn state(f: &Flow) -> FlowState {
 
 pub fn timeout(f: &Flow, t: &Timeouts) -> Duration {
     match (f.key.proto, state(f)) {
-        (6, FlowState::SynSent) => t.tcp_syn,
+        (6, FlowState::SynSent | FlowState::SynRecv) => t.tcp_syn,
         (6, FlowState::Closing) => t.tcp_closing,
         (6, _) => t.tcp_established,
         (1, _) => t.icmp,
+        (_, FlowState::Unreplied) => t.udp_unreplied,
         _ => t.udp,
     }
 }
@@ -126,7 +144,8 @@ pub fn last_seen(f: &Flow) -> u64 {
         .max(f.reply.map(|(_, e)| e.last_seen_ns).unwrap_or(0))
 }
 
-/// Keys of the flows idle beyond their timeout at `now_ns` (both entries).
+/// Keys of the flows idle beyond their timeout at `now_ns` (both entries,
+/// the first one first: while it is there, its reply tuple is held).
 pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64, t: &Timeouts) -> Vec<CtKey> {
     let mut keys = Vec::new();
     for f in flows(entries) {
@@ -214,8 +233,10 @@ pub fn view(f: &Flow, now_ns: u64, t: &Timeouts) -> FlowView {
         e.flags & CT_F_DNAT != 0,
         e.flags & CT_F_PUBLISHED != 0,
     ) {
-        (true, true, _) => "hairpin",
+        (true, true, _) if e.flags & CT_F_REPLY_TO_ENDPOINT != 0 => "hairpin",
+        // A published port whose client port was translated too (a clash).
         (_, true, true) => "dnat",
+        (true, true, _) => "hairpin",
         (true, false, _) => "snat",
         _ if e.flags & CT_F_REPLY != 0 => "reply",
         _ => "other",
@@ -274,8 +295,9 @@ mod tests {
         let fe = CtEntry {
             new_saddr_be: ip("198.18.0.2"),
             new_sport_be: 50000u16.to_be(),
-            flags: CT_F_SNAT,
+            flags: CT_F_SNAT | CT_F_REPLY_TO_ENDPOINT,
             endpoint_be: ip("172.17.0.2"),
+            flow_id: 7,
             created_ns: created,
             last_seen_ns: created,
             ..Default::default()
@@ -288,6 +310,8 @@ mod tests {
             endpoint_be: ip("172.17.0.2"),
             created_ns: created,
             last_seen_ns: reply_seen.unwrap_or(created),
+            tcp_seen: if reply_seen.is_some() { CT_SEEN } else { 0 },
+            flow_id: 7,
             ..Default::default()
         };
         vec![(fk, fe), (rk, re)]
@@ -309,7 +333,37 @@ mod tests {
         assert_eq!(v.translated.src, "198.18.0.2:50000");
         assert_eq!(v.translated.dst, "198.18.0.1:53");
         assert_eq!(v.age_secs, 2);
+        assert_eq!(v.state, FlowState::Unreplied);
+        assert_eq!(v.expires_in_secs, 28, "unanswered: 30 s");
+        let answered = snat_pair(10 * S, Some(10 * S));
+        let v = view(&flows(&answered)[0], 12 * S, &Timeouts::default());
+        assert_eq!(v.state, FlowState::Replied);
         assert_eq!(v.expires_in_secs, 58);
+    }
+
+    #[test]
+    fn entries_pair_only_with_a_partner_of_the_same_flow() {
+        let mut es = snat_pair(0, None);
+        // The reply tuple now belongs to another flow (another identity):
+        // the first entry stands alone, and so does the other flow's.
+        es[1].1.flow_id = 8;
+        let fs = flows(&es);
+        assert_eq!(fs.len(), 2, "{fs:?}");
+        assert!(fs.iter().all(|f| f.reply.is_none()));
+        // Expiring the orphaned first entry takes only its own key.
+        es[1].1.last_seen_ns = 3600 * S;
+        let gone = expired(&es, 3600 * S, &Timeouts::default());
+        assert_eq!(gone, vec![es[0].0]);
+    }
+
+    #[test]
+    fn unanswered_udp_expires_sooner_than_answered() {
+        let t = Timeouts::default();
+        let unreplied = snat_pair(0, None);
+        assert_eq!(expired(&unreplied, 31 * S, &t).len(), 2);
+        let replied = snat_pair(0, Some(0));
+        assert!(expired(&replied, 31 * S, &t).is_empty());
+        assert_eq!(expired(&replied, 61 * S, &t).len(), 2);
     }
 
     #[test]
@@ -338,12 +392,22 @@ mod tests {
         es[0].1.tcp_seen = TCP_SYN;
         assert_eq!(state(&flows(&es)[0]), FlowState::SynSent);
         es[1].1.tcp_seen = TCP_SYN | TCP_ACK;
+        let t = Timeouts::default();
+        assert_eq!(
+            state(&flows(&es)[0]),
+            FlowState::SynRecv,
+            "answered, not established"
+        );
+        assert_eq!(timeout(&flows(&es)[0], &t), t.tcp_syn, "half-open");
+        // The opener's ACK completes the handshake: the datapath marks it.
+        es[0].1.tcp_seen |= TCP_ACK;
+        es[0].1.flags |= CT_F_ASSURED;
         assert_eq!(state(&flows(&es)[0]), FlowState::Established);
+        assert_eq!(timeout(&flows(&es)[0], &t), t.tcp_established);
         es[0].1.tcp_seen |= TCP_FIN;
         assert_eq!(state(&flows(&es)[0]), FlowState::Established, "half closed");
         es[1].1.tcp_seen |= TCP_FIN;
         assert_eq!(state(&flows(&es)[0]), FlowState::Closing);
-        let t = Timeouts::default();
         assert_eq!(timeout(&flows(&es)[0], &t), t.tcp_closing);
     }
 

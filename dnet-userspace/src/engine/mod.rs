@@ -93,11 +93,11 @@ struct Inner {
     ctx: Ctx,
     /// Answers names from the committed state (see `commit`).
     dns: crate::dns::Resolver,
+    /// Pools and addresses handed out to another runtime's IPAM.
+    runtime_ipam: runtime_ipam::RuntimeIpam,
     /// (device, inode) of the host's /etc files containers get their own
     /// of, when last looked at (see `follow_host_files`).
     host_files: Vec<Option<(u64, u64)>>,
-    /// Pools and addresses handed out to another runtime's IPAM.
-    runtime_ipam: runtime_ipam::RuntimeIpam,
 }
 
 /// The predefined networks, as Docker has them.

@@ -280,6 +280,8 @@ impl Inner {
                 }
             }
         }
+        // Cgroups of containers that are no longer in the state.
+        process::collect_cgroups(&st.containers.keys().cloned().collect()).await;
         // Mount namespaces and files of containers the state no longer holds.
         let ids: HashSet<&str> = st.containers.keys().map(String::as_str).collect();
         let mnt_dir = self.cfg.state_dir.join("mntns");
@@ -300,8 +302,6 @@ impl Inner {
                 }
             }
         }
-        // Cgroups of containers that are no longer in the state.
-        process::collect_cgroups(&st.containers.keys().cloned().collect()).await;
         Ok(())
     }
 }

@@ -17,6 +17,8 @@
 //!   conntest connections IP:PORT --count N  N TCP connections at once; all
 //!                [--hold S]               answered or exit 1; kept open S s
 //!                [--hold-while PATH]      (at most), or while PATH exists
+//!                [--again]                then one more request on each,
+//!                                         all answered
 //!   conntest probe IP:PORT [--ttl N]      one UDP datagram (up to three tries);
 //!                [--size N] [--df]        prints the server's answer or the
 //!                                         ICMP error that came back
@@ -26,6 +28,11 @@
 //!   conntest raw-udp IP:PORT --dst-mac MAC  one UDP datagram in a hand-made
 //!                [--vlan ID]... [--dev D] Ethernet frame from D's (eth0's) own
 //!                                         MAC and address, with 802.1Q tags
+//!   conntest syn-flood IP:PORT --dst-mac MAC  N TCP SYNs in hand-made frames
+//!                --count N [--dev D]      from D's (eth0's) MAC and address,
+//!                                         source ports 10000 up (a bounded
+//!                                         flood; answers are left to the
+//!                                         kernel)
 //!   conntest sniff [--dev D]              watches frames arriving on D until
 //!                                         the timeout; prints `ready` once
 //!                                         listening, a line per tagged frame
@@ -148,7 +155,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             let count: usize = flag(args, "--count", 100)?;
             let hold = Duration::from_secs_f64(flag(args, "--hold", 0.0)?);
             let hold_while = path_flag(args, "--hold-while")?;
-            connections(addr(a)?, count, timeout, hold, hold_while.as_deref())
+            let again = args.iter().any(|a| a == "--again");
+            connections(addr(a)?, count, timeout, hold, hold_while.as_deref(), again)
         }
         ["probe", a, ..] => {
             let ttl: u32 = flag(args, "--ttl", 0)?;
@@ -174,12 +182,18 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<u16>>>()?;
             raw_udp(addr(a)?, &dev, parse_mac(&mac)?, &vlans)
         }
+        ["syn-flood", a, ..] => {
+            let mac: String = flag(args, "--dst-mac", String::new())?;
+            let dev: String = flag(args, "--dev", "eth0".to_owned())?;
+            let count: u16 = flag(args, "--count", 100)?;
+            syn_flood(addr(a)?, &dev, parse_mac(&mac)?, count)
+        }
         ["sniff", ..] => {
             let dev: String = flag(args, "--dev", "eth0".to_owned())?;
             sniff(&dev, timeout)
         }
         _ => anyhow::bail!(
-            "usage: conntest serve tcp|udp [IP:]PORT | tcp IP:PORT | udp IP:PORT | ping IP | connections IP:PORT --count N | probe IP:PORT | raw-udp IP:PORT --dst-mac MAC | sniff"
+            "usage: conntest serve tcp|udp [IP:]PORT | tcp IP:PORT | udp IP:PORT | ping IP | connections IP:PORT --count N | probe IP:PORT | raw-udp IP:PORT --dst-mac MAC | syn-flood IP:PORT --dst-mac MAC --count N | sniff"
         ),
     }
 }
@@ -291,6 +305,7 @@ fn connections(
     timeout: Duration,
     hold: Duration,
     hold_while: Option<&str>,
+    again: bool,
 ) -> anyhow::Result<()> {
     let mut open = Vec::with_capacity(count);
     for _ in 0..count {
@@ -317,6 +332,15 @@ fn connections(
     let start = Instant::now();
     while start.elapsed() < hold && hold_while.is_none_or(|p| std::path::Path::new(p).exists()) {
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if again {
+        for (i, s) in open.iter_mut().enumerate() {
+            s.write_all(b"again\n")?;
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line)?;
+            anyhow::ensure!(!line.is_empty(), "connection {i} got no second answer");
+        }
+        println!("{count} connections answered again");
     }
     Ok(())
 }
@@ -594,6 +618,69 @@ fn raw_udp(dst: SocketAddr, dev: &str, dst_mac: [u8; 6], vlans: &[u16]) -> anyho
     };
     anyhow::ensure!(n >= 0, "send: {}", std::io::Error::last_os_error());
     println!("sent {} bytes, vlans {vlans:?}", frame.len());
+    Ok(())
+}
+
+/// `count` TCP SYNs to `dst`, each from its own source port, in frames
+/// built here and sent through a packet socket (a flood without sockets:
+/// what comes back is the kernel's to answer).
+fn syn_flood(dst: SocketAddr, dev: &str, dst_mac: [u8; 6], count: u16) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let SocketAddr::V4(dst) = dst else {
+        anyhow::bail!("IPv4 only")
+    };
+    let (mac, src, index) = own_addresses(dev)?;
+    let fd = packet_socket(0)?;
+    let sa = link_addr(index, 0, dst_mac);
+    let mut sent = 0u32;
+    for i in 0..count {
+        let sport = 10000u16.wrapping_add(i);
+        let mut tcp = Vec::with_capacity(20);
+        tcp.extend_from_slice(&sport.to_be_bytes());
+        tcp.extend_from_slice(&dst.port().to_be_bytes());
+        tcp.extend_from_slice(&u32::from(i).to_be_bytes());
+        tcp.extend_from_slice(&0u32.to_be_bytes());
+        tcp.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src.octets());
+        pseudo.extend_from_slice(&dst.ip().octets());
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+        let c = dnet_common::csum::fold(dnet_common::csum::sum(
+            &tcp,
+            dnet_common::csum::sum(&pseudo, 0),
+        ));
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0]);
+        ip.extend_from_slice(&src.octets());
+        ip.extend_from_slice(&dst.ip().octets());
+        let c = dnet_common::csum::checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut frame = Vec::with_capacity(54);
+        frame.extend_from_slice(&dst_mac);
+        frame.extend_from_slice(&mac);
+        frame.extend_from_slice(&0x0800u16.to_be_bytes());
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&tcp);
+        // SAFETY: the frame and the address outlive the call; the length
+        // given is the address's size.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+                &sa as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if n >= 0 {
+            sent += 1;
+        }
+    }
+    println!("sent {sent} SYNs");
     Ok(())
 }
 

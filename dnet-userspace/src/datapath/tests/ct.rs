@@ -1,0 +1,242 @@
+//! Conntrack under pressure (issue 10, items 1, 2 and 5): when a flow is
+//! established, a full table, a flow that lost its reply entry, and two
+//! published ports that lead to one backend port.
+
+use dnet_common::{
+    CtEntry,
+    nat::{CT_F_ASSURED, CT_F_DNAT, CT_F_REPLY, CT_F_TO_ENDPOINT},
+};
+
+use super::*;
+use crate::engine::conntrack::{self, FlowState, Timeouts};
+
+const A: &str = "172.17.0.2";
+
+/// The one flow in the table, and its state.
+fn only_flow(dp: &Datapath) -> (conntrack::Flow, FlowState) {
+    let es = dp.conntrack().unwrap();
+    let fs = conntrack::flows(&es);
+    assert_eq!(fs.len(), 1, "{fs:?}");
+    (fs[0], conntrack::state(&fs[0]))
+}
+
+#[test]
+fn ct_a_tcp_flow_is_established_only_by_the_openers_ack() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        publish_8080_to_a(&mut fx.dp);
+        let t = Timeouts::default();
+        // From the world to a published port.
+        let from_client = |flags| tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 8080), flags);
+        assert_eq!(
+            run_prog(&fx.dp, PROG_FROM_UPLINK, &from_client(0x02)).0,
+            REDIRECT
+        );
+        assert_eq!(only_flow(&fx.dp).1, FlowState::SynSent);
+        // A blind ACK before any answer completes nothing.
+        assert_eq!(
+            run_prog(&fx.dp, PROG_FROM_UPLINK, &from_client(0x10)).0,
+            REDIRECT
+        );
+        assert_eq!(only_flow(&fx.dp).1, FlowState::SynSent);
+        let synack = tcp(fx.a.mac, GW_MAC, (A, 80), (WORLD, 33333), 0x12);
+        assert_eq!(run(&fx.dp, &synack).0, REDIRECT);
+        let (f, s) = only_flow(&fx.dp);
+        assert_eq!(s, FlowState::SynRecv, "answered is not established");
+        assert_eq!(f.entry.flags & CT_F_ASSURED, 0);
+        assert_eq!(conntrack::timeout(&f, &t), t.tcp_syn, "half-open");
+        // The client's ACK completes the handshake.
+        assert_eq!(
+            run_prog(&fx.dp, PROG_FROM_UPLINK, &from_client(0x10)).0,
+            REDIRECT
+        );
+        let (f, s) = only_flow(&fx.dp);
+        assert_eq!(s, FlowState::Established);
+        assert_eq!(conntrack::timeout(&f, &t), t.tcp_established);
+
+        // The same from a container to the world.
+        fx.dp.ct_remove(&[f.key, f.reply.unwrap().0]).unwrap();
+        let out = |flags| tcp(fx.a.mac, GW_MAC, (A, 40000), (WORLD, 80), flags);
+        let (v, o) = run(&fx.dp, &out(0x02));
+        assert_eq!(v, REDIRECT);
+        let port = parse_checked(&o).sport;
+        let synack = tcp(WORLD_MAC, up0_mac(), (WORLD, 80), (UPLINK, port), 0x12);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &synack).0, REDIRECT);
+        assert_eq!(only_flow(&fx.dp).1, FlowState::SynRecv);
+        assert_eq!(run(&fx.dp, &out(0x10)).0, REDIRECT);
+        assert_eq!(only_flow(&fx.dp).1, FlowState::Established);
+    });
+}
+
+#[test]
+fn ct_a_full_table_refuses_new_flows_and_keeps_the_old_ones() {
+    in_fresh_netns(|| {
+        // Room for four flows.
+        let mut fx = nat_fixture_sized(0, 50000, 50009, 8);
+        publish_8080_to_a(&mut fx.dp);
+        // Three answered flows of A: six entries.
+        let flow = |sport| udp_to(fx.a.mac, GW_MAC, (A, sport), (WORLD, 53), false);
+        let mut ports = Vec::new();
+        for sport in [4001, 4002, 4003] {
+            let (v, o) = run(&fx.dp, &flow(sport));
+            assert_eq!(v, REDIRECT);
+            let port = parse_checked(&o).sport;
+            let reply = udp_to(WORLD_MAC, up0_mac(), (WORLD, 53), (UPLINK, port), false);
+            assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &reply).0, REDIRECT);
+            ports.push((sport, port));
+        }
+        let mut before = fx.dp.conntrack().unwrap();
+        before.sort_by_key(|(k, _)| (k.saddr_be, k.sport_be, k.dport_be));
+        // A SYN flood at the published port: the first fills the table,
+        // the others are refused and counted, and push nothing out.
+        let mut refused = 0;
+        for client_port in 20000..20040 {
+            let syn = tcp(
+                WORLD_MAC,
+                up0_mac(),
+                (WORLD, client_port),
+                (UPLINK, 8080),
+                0x02,
+            );
+            match run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0 {
+                SHOT => refused += 1,
+                v => assert_eq!(v, REDIRECT),
+            }
+        }
+        assert_eq!(refused, 39);
+        assert_eq!(drops(&fx.dp, 0, DropReason::CtFull), 39);
+        // A's flows are whole and go on both ways.
+        let after = fx.dp.conntrack().unwrap();
+        assert_eq!(after.len(), 8);
+        for (k, _) in &before {
+            assert!(after.iter().any(|(a, _)| a == k), "{k:?} was evicted");
+        }
+        for (sport, port) in ports {
+            let (v, o) = run(&fx.dp, &flow(sport));
+            assert_eq!(v, REDIRECT);
+            assert_eq!(parse_checked(&o).sport, port);
+            let reply = udp_to(WORLD_MAC, up0_mac(), (WORLD, 53), (UPLINK, port), false);
+            assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &reply).0, REDIRECT);
+        }
+        // A new flow of A is refused too; its port probes take nothing.
+        assert_eq!(run(&fx.dp, &flow(4004)).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtFull), 1);
+        assert_eq!(fx.dp.conntrack().unwrap().len(), 8);
+    });
+}
+
+#[test]
+fn ct_a_flow_that_lost_its_reply_entry_gets_it_back_or_ends() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        let f = udp_to(fx.a.mac, GW_MAC, (A, 4000), (WORLD, 53), false);
+        let (_, o) = run(&fx.dp, &f);
+        let port = parse_checked(&o).sport;
+        let ct = fx.dp.conntrack().unwrap();
+        let (rk, re) = *ct.iter().find(|(_, e)| e.flags & CT_F_REPLY != 0).unwrap();
+        let (fk, fe) = *ct.iter().find(|(_, e)| e.flags & CT_F_REPLY == 0).unwrap();
+        assert_eq!(re.flow_id, fe.flow_id, "one identity for both entries");
+        // The reply entry lost: the flow's next packet makes it again.
+        fx.dp.ct_remove(&[rk]).unwrap();
+        let (v, o) = run(&fx.dp, &f);
+        assert_eq!(v, REDIRECT);
+        assert_eq!(parse_checked(&o).sport, port);
+        let ct = fx.dp.conntrack().unwrap();
+        let (_, back) = *ct.iter().find(|(k, _)| *k == rk).expect("made again");
+        assert_eq!(
+            (
+                back.flags,
+                back.flow_id,
+                back.new_daddr_be,
+                back.new_dport_be
+            ),
+            (re.flags, re.flow_id, re.new_daddr_be, re.new_dport_be)
+        );
+        let reply = udp_to(WORLD_MAC, up0_mac(), (WORLD, 53), (UPLINK, port), false);
+        let (v, b) = run_prog(&fx.dp, PROG_FROM_UPLINK, &reply);
+        assert_eq!(v, REDIRECT);
+        assert_eq!(parse_checked(&b).daddr, ip(A));
+        // Lost again, and its tuple (the NAT port to that peer) is another
+        // flow's now (B's): A's flow ends rather than send on that tuple.
+        fx.dp.ct_remove(&[rk]).unwrap();
+        let bs = CtEntry {
+            new_daddr_be: fx.b.addr_be,
+            new_dport_be: 4000u16.to_be(),
+            flags: CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_REPLY,
+            endpoint_be: fx.b.addr_be,
+            flow_id: re.flow_id.wrapping_add(1),
+            ..Default::default()
+        };
+        fx.dp.ct_insert(&rk, &bs).unwrap();
+        assert_eq!(run(&fx.dp, &f).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtHalfFlow), 1);
+        let ct = fx.dp.conntrack().unwrap();
+        assert!(!ct.iter().any(|(k, _)| *k == fk), "A's first entry is gone");
+        assert_eq!(
+            ct.iter().find(|(k, _)| *k == rk).map(|(_, e)| *e),
+            Some(bs),
+            "B's entry is untouched"
+        );
+        // A's next datagram is a new flow, on another port.
+        let (v, o) = run(&fx.dp, &f);
+        assert_eq!(v, REDIRECT);
+        assert_ne!(parse_checked(&o).sport, port);
+    });
+}
+
+#[test]
+fn ct_two_published_ports_to_one_backend_port_keep_their_flows_apart() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        publish_8080_to_a(&mut fx.dp);
+        let key = ServiceKey {
+            addr_be: 0,
+            port_be: 8081u16.to_be(),
+            proto: 6,
+            _pad: 0,
+        };
+        let svc = Service {
+            backend_be: fx.a.addr_be,
+            backend_port_be: 80u16.to_be(),
+            _pad: 0,
+        };
+        fx.dp.set_service(&key, &svc).unwrap();
+        // One client address and port, to both published ports.
+        let syn = |port| tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, port), 0x02);
+        let (v, i1) = run_prog(&fx.dp, PROG_FROM_UPLINK, &syn(8080));
+        assert_eq!(v, REDIRECT);
+        let p1 = parse_checked(&i1);
+        assert_eq!((p1.saddr, p1.sport), (ip(WORLD), 33333));
+        let (v, i2) = run_prog(&fx.dp, PROG_FROM_UPLINK, &syn(8081));
+        assert_eq!(v, REDIRECT);
+        let p2 = parse_checked(&i2);
+        assert_eq!((p2.daddr, p2.dport), (ip(A), 80));
+        assert_eq!(p2.saddr, ip(WORLD));
+        assert!(
+            (50000..=50009).contains(&p2.sport),
+            "the clash is solved by translating the client's port: {}",
+            p2.sport
+        );
+        assert_eq!(fx.dp.conntrack().unwrap().len(), 4, "two flows, whole");
+        // Each answer leaves as its own published port, to the client's port.
+        let answer = |to| tcp(fx.a.mac, GW_MAC, (A, 80), (WORLD, to), 0x12);
+        let (v, o1) = run(&fx.dp, &answer(33333));
+        assert_eq!(v, REDIRECT);
+        let o1 = parse_checked(&o1);
+        assert_eq!((o1.saddr, o1.sport, o1.dport), (ip(UPLINK), 8080, 33333));
+        let (v, o2) = run(&fx.dp, &answer(p2.sport));
+        assert_eq!(v, REDIRECT);
+        let o2 = parse_checked(&o2);
+        assert_eq!((o2.saddr, o2.sport, o2.dport), (ip(UPLINK), 8081, 33333));
+        // The client's next segment on the second port keeps its tuple.
+        let ack = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 8081), 0x10);
+        let (v, i3) = run_prog(&fx.dp, PROG_FROM_UPLINK, &ack);
+        assert_eq!(v, REDIRECT);
+        assert_eq!(parse_checked(&i3).sport, p2.sport);
+        let views: Vec<_> = conntrack::flows(&fx.dp.conntrack().unwrap())
+            .iter()
+            .map(|f| conntrack::view(f, 0, &Timeouts::default()).kind)
+            .collect();
+        assert_eq!(views, ["dnat", "dnat"]);
+    });
+}

@@ -1,0 +1,94 @@
+//! dnet's conntrack under a flood (issue 10, item 1): a bounded SYN flood
+//! from the world at a published port, while another container's idle,
+//! established flows must keep working; the refusals are counted.
+
+use std::{process::Command, time::Duration};
+
+use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP, ct, ok, out, stdout, wait_listening, wait_until};
+
+/// The MAC of the host namespace's uplink (`eth0`), where the world sends.
+fn uplink_mac(sb: &Sandbox) -> String {
+    let o = sb.in_host("ip", &["-j", "link", "show", "eth0"]);
+    assert!(ok(&o), "{}", out(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    v[0]["address"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn ct_a_syn_flood_at_a_published_port_breaks_no_established_flow() {
+    // Room for 256 flows; the flood brings 2,000.
+    let mut sb = Sandbox::with_daemon_args(&["--ct-entries", "512"]);
+    let w = sb.world_netns_path();
+    sb.spawn_in(&w, &ct(), &["serve", "tcp", "80"]);
+    wait_listening(&w, "tcp", 80);
+    let ctb = ct();
+    sb.dnet_ok(&[
+        "run", "-d", "--name", "web", "-p", "8080:80", "--", &ctb, "serve", "tcp", "80",
+    ]);
+    sb.wait_server("web", "tcp", 80);
+    sb.dnet_ok(&["run", "-d", "--name", "b", "--", "sleep", "300"]);
+    // B opens 20 connections to the world and keeps them idle until the
+    // flood is over, then uses each once more.
+    let hold = sb.dir.join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let to = format!("{WORLD_IP}:80");
+    let child = Command::new(dnet_sandbox::dnet_bin())
+        .arg("--socket")
+        .arg(sb.socket())
+        .args(["exec", "b", "--", &ct(), "connections", &to])
+        .args([
+            "--count",
+            "20",
+            "--timeout",
+            "10",
+            "--hold",
+            "60",
+            "--again",
+        ])
+        .args(["--hold-while", hold.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let established = |sb: &Sandbox| {
+        sb.flows()
+            .iter()
+            .filter(|f| f["kind"] == "snat" && f["state"] == "established")
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || established(&sb) == 20),
+        "{:?}",
+        sb.flows()
+    );
+    // The flood, from the world's own address, 2,000 source ports.
+    let target = format!("{UPLINK_IP}:8080");
+    let mac = uplink_mac(&sb);
+    let o = sb.in_world(
+        &ct(),
+        &["syn-flood", &target, "--dst-mac", &mac, "--count", "2000"],
+    );
+    assert!(ok(&o), "{}", out(&o));
+    assert!(stdout(&o).contains("sent 2000 SYNs"), "{}", out(&o));
+    assert_eq!(established(&sb), 20, "B's flows are all still there");
+    // The table filled and refused the rest, counted where users look.
+    let refused = || {
+        sb.dnet_json(&["stats"])["unattributed_drops"]["conntrack-full"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || refused() >= 1000),
+        "conntrack-full: {}",
+        refused()
+    );
+    // B's idle flows work on, every one of them.
+    std::fs::remove_file(&hold).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(ok(&o), "{}", out(&o));
+    assert!(
+        stdout(&o).contains("20 connections answered again"),
+        "{}",
+        out(&o)
+    );
+}
