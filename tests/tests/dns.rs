@@ -201,6 +201,24 @@ fn dns_names_are_scoped_to_the_asking_containers_networks() {
     );
     // Asking front's resolver does not help: the source decides.
     assert_eq!(ask(&sb, "other", &gf, &["web"]), vec!["rcode NXDomain"]);
+    // Garbage never stops the resolver: a datagram that is no DNS query
+    // (answered with FORMERR or not at all), then a real query.
+    let ct = conntest_bin();
+    let _ = sb.dnet(&[
+        "exec",
+        "other",
+        "--",
+        ct.to_str().unwrap(),
+        "udp",
+        &format!("{gb}:53"),
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(
+        ask(&sb, "other", &gb, &["other"]).len(),
+        2,
+        "still answering"
+    );
     // The default bridge has no name service: its containers are refused.
     assert_eq!(ask(&sb, "old", &gf, &["web"]), vec!["rcode Refused"]);
     // Connected to front, other sees web at once; disconnected, no longer.
@@ -419,6 +437,10 @@ fn dns_run_containers_get_their_own_resolv_conf_hosts_and_hostname() {
     assert!(
         sb.dnet_err(&["run", "--hostname", "bad_name", "--", "true"])
             .contains("hostname")
+    );
+    assert!(
+        sb.dnet_err(&["run", "--network", "host", "--hostname", "x", "--", "true"])
+            .contains("host network")
     );
     // The removed container's files and namespaces go with it.
     sb.dnet_ok(&["rm", "-f", "box"]);

@@ -891,6 +891,12 @@ impl Inner {
         if let Some(h) = &req.hostname {
             etc::validate_hostname(h)?;
         }
+        if net.driver == DriverKind::Host && (req.hostname.is_some() || !dns.is_empty()) {
+            // As Docker: the host's own files and name are the container's.
+            return Err(invalid!(
+                "--hostname and --dns do not go with the host network: the container shares the host's name and files"
+            ));
+        }
         if req.detach && req.command.is_empty() {
             return Err(invalid!("a detached container needs a command"));
         }
