@@ -29,7 +29,7 @@ use nix::{
     sched::CloneFlags,
 };
 
-use crate::netns::NetnsError;
+use crate::netns::{NetnsError, io_err, sys};
 
 /// One file or folder of the container's own, bound over a host path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,18 +52,6 @@ impl NsPaths {
             uts: dir.join(format!("{id}.uts")),
         }
     }
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> NetnsError + 'a {
-    move |source| NetnsError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    }
-}
-
-fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> NetnsError {
-    move |source| NetnsError::Sys { op, source }
 }
 
 /// Whether `path` is a mount point of the calling process's namespace.

@@ -40,7 +40,7 @@ pub enum NetnsError {
     Panicked,
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> NetnsError + 'a {
+pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> NetnsError + 'a {
     move |source| NetnsError::Io {
         op,
         path: path.to_owned(),
@@ -48,7 +48,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Net
     }
 }
 
-fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> NetnsError {
+pub(crate) fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> NetnsError {
     move |source| NetnsError::Sys { op, source }
 }
 
