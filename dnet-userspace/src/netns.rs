@@ -40,7 +40,10 @@ pub enum NetnsError {
     Panicked,
 }
 
-pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> NetnsError + 'a {
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> NetnsError + 'a {
     move |source| NetnsError::Io {
         op,
         path: path.to_owned(),
