@@ -3,7 +3,7 @@
 
 use std::{process::Command, time::Duration};
 
-use dnet_sandbox::{Sandbox, assert_consistent, ct, ok, out, sh_ok, wait_until};
+use dnet_sandbox::{Sandbox, assert_consistent, ct, in_netns, ok, out, sh_ok, wait_until};
 use serde_json::Value;
 
 #[test]
@@ -575,4 +575,50 @@ fn fifty_containers_on_one_network_all_reach_each_other() {
         assert!(ok(&o), "c{i}: {}", out(&o));
     }
     assert_consistent(&sb);
+}
+
+/// A `--gateway` the host already has is refused (issue 10 item 11): dnet
+/// would take the address over and remove it with the network.
+#[test]
+fn a_gateway_that_is_already_a_host_address_is_refused() {
+    let sb = Sandbox::new();
+    let host = sb.host_netns_path();
+    let ip = |args: &[&str]| {
+        let o = in_netns(&host, "ip", args);
+        assert!(o.status.success(), "ip {args:?}: {o:?}");
+    };
+    // The host's own address, on a /32 that no route check sees.
+    ip(&["addr", "add", "10.77.0.1/32", "dev", "lo"]);
+    let before = sb.snapshot();
+    let err = sb.dnet_err(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.77.0.0/24",
+        "--gateway",
+        "10.77.0.1",
+        "taken",
+    ]);
+    assert!(
+        err.contains("gateway 10.77.0.1 is already an address of this host"),
+        "{err}"
+    );
+    assert_eq!(sb.snapshot(), before, "a refused create changed something");
+    // Positive control: another gateway in the same subnet is fine, and
+    // removing that network leaves the host's address alone.
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.77.0.0/24",
+        "--gateway",
+        "10.77.0.2",
+        "ok",
+    ]);
+    sb.dnet_ok(&["network", "rm", "ok"]);
+    let addrs = sb.host_ip_json(&["addr", "show", "dev", "lo"]);
+    assert!(
+        addrs.to_string().contains("\"10.77.0.1\""),
+        "the host lost its address: {addrs}"
+    );
 }

@@ -161,6 +161,15 @@ impl Driver for Bridge {
         if let Some(v) = net.options.get("icc") {
             spec::parse_bool("icc", v).map_err(Error::Invalid)?;
         }
+        // The gateway becomes an address dnet owns (and removes with the
+        // network): one the host already has would be taken from it.
+        let gw = ipam(net)?.gateway;
+        if let Some(a) = ctx.nl.addresses(None).await?.iter().find(|a| a.ip == gw) {
+            return Err(Error::Invalid(format!(
+                "gateway {gw} is already an address of this host (interface index {})",
+                a.index
+            )));
+        }
         Ok(())
     }
 
