@@ -306,3 +306,45 @@ fn network_connect_takes_aliases_through_the_same_attach() {
     assert!(!has_link(&links_in(&ns), "eth0"));
     assert_consistent(&sb);
 }
+
+/// The daemon's own namespace and PID 1's are never attached as a
+/// container's (issue 10 item 10): nothing is made, nothing recorded.
+#[test]
+fn the_hosts_own_namespaces_are_never_attached() {
+    let mut sb = Sandbox::new();
+    let own = sb.host_netns_path();
+    let cases = [
+        (
+            own.display().to_string(),
+            "the daemon's own network namespace",
+        ),
+        (
+            "/proc/1/ns/net".to_owned(),
+            "the host's (PID 1's) network namespace",
+        ),
+    ];
+    for (path, want) in &cases {
+        let before = sb.snapshot();
+        let err = sb.dnet_err(&["network", "connect", "bridge", "--netns", path]);
+        // Where PID 1 is out of reach (these machines: a supervisor in a
+        // parent user namespace), its namespace cannot even be opened.
+        let unreadable = path.starts_with("/proc/1/")
+            && std::fs::File::open(path).is_err()
+            && err.contains("is not a network namespace");
+        assert!(err.contains(want) || unreadable, "{path}: {err}");
+        assert_eq!(
+            sb.snapshot(),
+            before,
+            "{path}: a refused connect changed something"
+        );
+    }
+    // Positive control: a namespace of its own is attached.
+    let ns = sb.add_netns("c");
+    sb.dnet_ok(&[
+        "network",
+        "connect",
+        "bridge",
+        "--netns",
+        ns.to_str().unwrap(),
+    ]);
+}

@@ -1060,6 +1060,19 @@ impl Inner {
             return Err(invalid!("{} is not a network namespace", path.display()));
         }
         let (dev, ino) = netns::identity(&path)?;
+        // A container end there would be an interface of the host itself
+        // (its routes replaced, its traffic taken for a container's).
+        for (own, what) in [
+            (netns::own_path(), "the daemon's own"),
+            (PathBuf::from("/proc/1/ns/net"), "the host's (PID 1's)"),
+        ] {
+            if netns::identity(&own).ok() == Some((dev, ino)) {
+                return Err(invalid!(
+                    "{} is {what} network namespace: only a container's can be attached",
+                    path.display()
+                ));
+            }
+        }
         if let Some(c) = self.state.containers.values().find(|c| match &c.netns {
             Netns::External { dev: d, ino: i, .. } => (*d, *i) == (dev, ino),
             Netns::Owned { path: p } => netns::identity(p).ok() == Some((dev, ino)),
