@@ -461,6 +461,24 @@ impl Netlink {
             .map_err(req(what))
     }
 
+    /// Adds a route only where none to its destination is: in a container's
+    /// namespace an existing route is its owner's, never replaced.
+    /// `Ok(false)` when one is already there (nothing changed).
+    pub async fn add_route_if_absent(&self, route: RouteSpec) -> Result<bool, NetlinkError> {
+        let what = format!("add route {}/{}", route.dst, route.prefix);
+        match self.handle.route().add(route.message()).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = req(what)(e);
+                if e.errno() == Some(libc::EEXIST) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     /// Deletes a route; a missing route is not an error.
     pub async fn del_route(&self, route: RouteSpec) -> Result<(), NetlinkError> {
         let what = format!("delete route {}/{}", route.dst, route.prefix);

@@ -348,3 +348,55 @@ fn the_hosts_own_namespaces_are_never_attached() {
         ns.to_str().unwrap(),
     ]);
 }
+
+/// Routes already in a foreign namespace are its owner's (issue 10 item
+/// 10): its default route stays, and a route to the network's subnet makes
+/// the attach fail with nothing changed.
+#[test]
+fn an_attach_never_replaces_a_route_of_the_namespace() {
+    let mut sb = Sandbox::new();
+    sb.dnet_ok(&["network", "create", "--subnet", "10.98.0.0/24", "n1"]);
+    let ns_with = |sb: &mut Sandbox, tag: &str, route: &[&str]| {
+        let ns = sb.add_netns(tag);
+        for args in [
+            &[
+                "link", "add", "own0", "type", "veth", "peer", "name", "own1",
+            ][..],
+            &["link", "set", "own0", "up"],
+            &["link", "set", "own1", "up"],
+            &["addr", "add", "10.99.0.2/24", "dev", "own0"],
+            route,
+        ] {
+            let o = in_netns(&ns, "ip", args);
+            assert!(o.status.success(), "ip {args:?}: {o:?}");
+        }
+        ns
+    };
+    let routes = |ns: &Path| out(&in_netns(ns, "ip", &["-4", "route", "show"]));
+
+    // Its default route stays; dnet's subnet route is added beside it.
+    let a = ns_with(
+        &mut sb,
+        "a",
+        &["route", "add", "default", "via", "10.99.0.1"],
+    );
+    sb.dnet_ok(&["network", "connect", "n1", "--netns", a.to_str().unwrap()]);
+    let r = routes(&a);
+    assert!(r.contains("default via 10.99.0.1 dev own0"), "{r}");
+    assert!(!r.contains("default via 10.98.0.1"), "{r}");
+    assert!(r.contains("10.98.0.0/24 via 10.98.0.1"), "{r}");
+
+    // A route of its own to the subnet: refused, nothing changed.
+    let b = ns_with(
+        &mut sb,
+        "b",
+        &["route", "add", "10.98.0.0/24", "via", "10.99.0.1"],
+    );
+    let (before, before_routes) = (sb.snapshot(), routes(&b));
+    let err = sb.dnet_err(&["network", "connect", "n1", "--netns", b.to_str().unwrap()]);
+    assert!(err.contains("already has a route to 10.98.0.0/24"), "{err}");
+    assert_eq!(sb.snapshot(), before, "a refused attach changed something");
+    assert_eq!(routes(&b), before_routes);
+    let links = out(&in_netns(&b, "ip", &["-br", "link"]));
+    assert!(!links.contains("eth0"), "{links}");
+}

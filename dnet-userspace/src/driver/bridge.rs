@@ -442,21 +442,23 @@ async fn configure_container_side(
     cnl.add_address(link.index, ip, ipam.subnet.prefix(), None, true)
         .await?;
     cnl.set_up(link.index).await?;
-    cnl.add_route(RouteSpec::via(
-        ipam.subnet.network(),
-        ipam.subnet.prefix(),
-        ipam.gateway,
-        link.index,
-    ))
-    .await?;
-    if primary {
-        cnl.add_route(RouteSpec::via(
-            std::net::Ipv4Addr::UNSPECIFIED,
-            0,
+    // Routes already in the namespace are its owner's: never replaced.
+    if !cnl
+        .add_route_if_absent(RouteSpec::via(
+            ipam.subnet.network(),
+            ipam.subnet.prefix(),
             ipam.gateway,
             link.index,
         ))
-        .await?;
+        .await?
+    {
+        return Err(conflict!(
+            "the container's namespace already has a route to {}",
+            ipam.subnet
+        ));
+    }
+    if primary {
+        super::add_default_route(&cnl, ipam.gateway, link.index).await?;
     }
     Ok(())
 }

@@ -666,13 +666,7 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         .await?;
     cnl.set_up(link.index).await?;
     if a.primary {
-        cnl.add_route(RouteSpec::via(
-            Ipv4Addr::UNSPECIFIED,
-            0,
-            ipam.gateway,
-            link.index,
-        ))
-        .await?;
+        super::add_default_route(&cnl, ipam.gateway, link.index).await?;
     }
     if s.host_access {
         let host = a

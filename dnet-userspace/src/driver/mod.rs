@@ -49,6 +49,16 @@ impl Ctx {
     }
 }
 
+/// The container's default route through `gateway`, unless its namespace
+/// has one already (another runtime's or the host's own): that one stays.
+async fn add_default_route(cnl: &Netlink, gateway: Ipv4Addr, index: u32) -> Result<()> {
+    let route = crate::netlink::RouteSpec::via(Ipv4Addr::UNSPECIFIED, 0, gateway, index);
+    if !cnl.add_route_if_absent(route).await? {
+        tracing::info!(%gateway, "the namespace has a default route already: it stays");
+    }
+    Ok(())
+}
+
 /// One endpoint being attached or detached, with what it belongs to.
 pub struct Attachment<'a> {
     pub container: &'a Container,
