@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use dnet_sandbox::{Sandbox, assert_consistent, ct, in_netns, ok, out};
+use dnet_sandbox::{Sandbox, WORLD_IP, assert_consistent, ct, in_netns, ok, out};
 use serde_json::{Value, json};
 
 fn ns_name(path: &Path) -> String {
@@ -399,4 +399,51 @@ fn an_attach_never_replaces_a_route_of_the_namespace() {
     assert_eq!(routes(&b), before_routes);
     let links = out(&in_netns(&b, "ip", &["-br", "link"]));
     assert!(!links.contains("eth0"), "{links}");
+}
+
+/// Disconnecting the network that gave a container its default route
+/// re-elects the next network's gateway (issue 10 item 15), as Docker does.
+#[test]
+fn disconnecting_the_default_routes_network_reelects_the_next_gateway() {
+    let sb = Sandbox::new();
+    sb.dnet_ok(&["network", "create", "--subnet", "10.96.0.0/24", "n1"]);
+    sb.dnet_ok(&["network", "create", "--subnet", "10.97.0.0/24", "n2"]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "x",
+        "--network",
+        "n1",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    sb.dnet_ok(&["network", "connect", "n2", "x"]);
+    let default = || {
+        let r = sb.dnet_ok(&["exec", "x", "--", "ip", "-4", "route", "show", "default"]);
+        r.trim().to_owned()
+    };
+    assert!(
+        default().starts_with("default via 10.96.0.1"),
+        "{}",
+        default()
+    );
+    sb.dnet_ok(&["network", "disconnect", "n1", "x"]);
+    assert!(
+        default().starts_with("default via 10.97.0.1"),
+        "{}",
+        default()
+    );
+    // The world is still reached through the new gateway.
+    let o = sb.dnet(&[
+        "exec",
+        "x",
+        "--",
+        "ping",
+        "-c1",
+        "-W2",
+        &WORLD_IP.to_string(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
 }

@@ -51,7 +51,7 @@ impl Ctx {
 
 /// The container's default route through `gateway`, unless its namespace
 /// has one already (another runtime's or the host's own): that one stays.
-async fn add_default_route(cnl: &Netlink, gateway: Ipv4Addr, index: u32) -> Result<()> {
+pub async fn add_default_route(cnl: &Netlink, gateway: Ipv4Addr, index: u32) -> Result<()> {
     let route = crate::netlink::RouteSpec::via(Ipv4Addr::UNSPECIFIED, 0, gateway, index);
     if !cnl.add_route_if_absent(route).await? {
         tracing::info!(%gateway, "the namespace has a default route already: it stays");

@@ -279,6 +279,23 @@ impl Inner {
         for ep in &eps {
             self.detach(c, ep).await;
         }
+        // The default route went with the first endpoint: the next one's
+        // gateway takes over, as Docker re-elects it. (Another runtime's
+        // namespace routes are its own business.)
+        let was_primary = c.endpoints.first().is_some_and(leaves);
+        if was_primary && matches!(c.netns, Netns::Owned { .. } | Netns::External { .. }) {
+            let next = self
+                .state
+                .containers
+                .get(&c.id)
+                .and_then(|sc| sc.endpoints.first())
+                .cloned();
+            if let Some(next) = next
+                && let Err(e) = self.elect_default_route(c, &next).await
+            {
+                tracing::warn!(container = %c.name, "re-electing its default route: {e}");
+            }
+        }
         // Its published ports now lead to its next address on a bridge
         // network that is not internal, if any (or nowhere, if it went);
         // the flows of the addresses it left go.
@@ -291,6 +308,20 @@ impl Inner {
             tracing::info!(container = %c.name, network = %net.name, "disconnected");
         }
         Ok(())
+    }
+
+    /// Gives `c` a default route through the gateway of `ep`'s network.
+    async fn elect_default_route(&self, c: &Container, ep: &Endpoint) -> Result<()> {
+        let net = &self.state.networks[&ep.network_id];
+        let (Some(ipam), Some(ifname), Some(_)) = (net.ipam, ep.ifname.as_deref(), ep.ip) else {
+            return Ok(());
+        };
+        let cnl = crate::netlink::Netlink::open_in(&self.netns_path(c)).await?;
+        let link = cnl
+            .link(ifname)
+            .await?
+            .ok_or_else(|| conflict!("{ifname} is missing in the container"))?;
+        driver::add_default_route(&cnl, ipam.gateway, link.index).await
     }
 
     /// What a runtime needs to know of `c`'s endpoint `ep`.
