@@ -559,11 +559,74 @@ fn link_addr(index: i32, protocol: u16, mac: [u8; 6]) -> libc::sockaddr_ll {
     }
 }
 
+/// An Ethernet frame (802.1Q tags `vlans` first) holding an IPv4 packet
+/// from `src` to `dst` of protocol `proto` with `l4` as its payload, whose
+/// checksum at `csum_at` (inside `l4`) is filled in over the pseudo header.
+fn ipv4_frame(
+    (dst_mac, src_mac): ([u8; 6], [u8; 6]),
+    vlans: &[u16],
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    proto: u8,
+    mut l4: Vec<u8>,
+    csum_at: usize,
+) -> Vec<u8> {
+    use dnet_common::csum;
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    let c = csum::fold(csum::sum(&l4, csum::sum(&pseudo, 0)));
+    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = csum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut frame = Vec::with_capacity(14 + 4 * vlans.len() + ip.len() + l4.len());
+    frame.extend_from_slice(&dst_mac);
+    frame.extend_from_slice(&src_mac);
+    for v in vlans {
+        frame.extend_from_slice(&0x8100u16.to_be_bytes());
+        frame.extend_from_slice(&v.to_be_bytes());
+    }
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&l4);
+    frame
+}
+
+/// Sends `frame` as it is through the packet socket `fd` to `sa`.
+fn send_frame(
+    fd: &std::os::fd::OwnedFd,
+    sa: &libc::sockaddr_ll,
+    frame: &[u8],
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: the frame and the address outlive the call; the length given
+    // is the address's size.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr() as *const libc::c_void,
+            frame.len(),
+            0,
+            sa as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A UDP datagram in a frame built here, sent through a packet socket: the
 /// frame leaves as it is, 802.1Q tags included (the receiving side's kernel
 /// moves the outer one into the packet's metadata).
 fn raw_udp(dst: SocketAddr, dev: &str, dst_mac: [u8; 6], vlans: &[u16]) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd as _;
     let SocketAddr::V4(dst) = dst else {
         anyhow::bail!("IPv4 only")
     };
@@ -575,48 +638,10 @@ fn raw_udp(dst: SocketAddr, dev: &str, dst_mac: [u8; 6], vlans: &[u16]) -> anyho
     udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(payload);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.ip().octets());
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
-    let c = dnet_common::csum::fold(dnet_common::csum::sum(
-        &udp,
-        dnet_common::csum::sum(&pseudo, 0),
-    ));
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.ip().octets());
-    let c = dnet_common::csum::checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut frame = Vec::new();
-    frame.extend_from_slice(&dst_mac);
-    frame.extend_from_slice(&mac);
-    for v in vlans {
-        frame.extend_from_slice(&0x8100u16.to_be_bytes());
-        frame.extend_from_slice(&v.to_be_bytes());
-    }
-    frame.extend_from_slice(&0x0800u16.to_be_bytes());
-    frame.extend_from_slice(&ip);
-    frame.extend_from_slice(&udp);
+    let frame = ipv4_frame((dst_mac, mac), vlans, (src, *dst.ip()), 17, udp, 6);
     let fd = packet_socket(0)?;
-    let sa = link_addr(index, 0, dst_mac);
-    // SAFETY: the frame and the address outlive the call; the length given
-    // is the address's size.
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            frame.as_ptr() as *const libc::c_void,
-            frame.len(),
-            0,
-            &sa as *const libc::sockaddr_ll as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    anyhow::ensure!(n >= 0, "send: {}", std::io::Error::last_os_error());
+    send_frame(&fd, &link_addr(index, 0, dst_mac), &frame)
+        .map_err(|e| anyhow::anyhow!("send: {e}"))?;
     println!("sent {} bytes, vlans {vlans:?}", frame.len());
     Ok(())
 }
@@ -625,7 +650,6 @@ fn raw_udp(dst: SocketAddr, dev: &str, dst_mac: [u8; 6], vlans: &[u16]) -> anyho
 /// built here and sent through a packet socket (a flood without sockets:
 /// what comes back is the kernel's to answer).
 fn syn_flood(dst: SocketAddr, dev: &str, dst_mac: [u8; 6], count: u16) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd as _;
     let SocketAddr::V4(dst) = dst else {
         anyhow::bail!("IPv4 only")
     };
@@ -641,42 +665,8 @@ fn syn_flood(dst: SocketAddr, dev: &str, dst_mac: [u8; 6], count: u16) -> anyhow
         tcp.extend_from_slice(&u32::from(i).to_be_bytes());
         tcp.extend_from_slice(&0u32.to_be_bytes());
         tcp.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&src.octets());
-        pseudo.extend_from_slice(&dst.ip().octets());
-        pseudo.extend_from_slice(&[0, 6]);
-        pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
-        let c = dnet_common::csum::fold(dnet_common::csum::sum(
-            &tcp,
-            dnet_common::csum::sum(&pseudo, 0),
-        ));
-        tcp[16..18].copy_from_slice(&c.to_be_bytes());
-        let mut ip = vec![0x45, 0];
-        ip.extend_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
-        ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0]);
-        ip.extend_from_slice(&src.octets());
-        ip.extend_from_slice(&dst.ip().octets());
-        let c = dnet_common::csum::checksum(&ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let mut frame = Vec::with_capacity(54);
-        frame.extend_from_slice(&dst_mac);
-        frame.extend_from_slice(&mac);
-        frame.extend_from_slice(&0x0800u16.to_be_bytes());
-        frame.extend_from_slice(&ip);
-        frame.extend_from_slice(&tcp);
-        // SAFETY: the frame and the address outlive the call; the length
-        // given is the address's size.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-                0,
-                &sa as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if n >= 0 {
+        let frame = ipv4_frame((dst_mac, mac), &[], (src, *dst.ip()), 6, tcp, 16);
+        if send_frame(&fd, &sa, &frame).is_ok() {
             sent += 1;
         }
     }
