@@ -247,7 +247,7 @@ fn bad_attach_input_changes_nothing() {
         (
             json!({"network": "bridge", "target": target, "publish": ["nope"]}),
             400,
-            "",
+            "invalid publish spec \"nope\"",
         ),
         (
             json!({"network": "host", "target": {"kind": "host_side"}}),
