@@ -863,3 +863,35 @@ fn a_host_ping_on_a_containers_nat_identifier_and_the_containers_both_get_replie
         sb.flows()
     );
 }
+
+/// `dnet daemon --publish-from CIDR`: published-port traffic never meets
+/// the host's netfilter, so the daemon keeps the source allow-list. A
+/// source not listed is dropped (`source-not-allowed`, on the port's
+/// container); restarted with the world's address listed, it goes in.
+#[test]
+fn publish_from_keeps_unlisted_sources_out_of_published_ports() {
+    let mut sb = Sandbox::with_daemon_args(&["--publish-from", "10.0.0.0/8"]);
+    let ctb = ct();
+    sb.dnet_ok(&[
+        "run", "-d", "--name", "web", "-p", "8080:80", "--", &ctb, "serve", "tcp", "80",
+    ]);
+    sb.wait_server("web", "tcp", 80);
+    let port = format!("{UPLINK_IP}:8080");
+    let reach = |sb: &Sandbox| ok(&sb.in_world(&ctb, &["tcp", &port, "--timeout", "1"]));
+    assert!(!reach(&sb), "an unlisted source reached the port");
+    assert!(sb.drops("web", "source-not-allowed") > 0);
+    // The host and containers are not concerned.
+    assert!(ok(&sb.in_host(&ctb, &["tcp", "127.0.0.1:8080"])));
+    sb.stop_daemon(libc::SIGTERM);
+    sb.set_daemon_args(&[
+        "--publish-from",
+        "10.0.0.0/8",
+        "--publish-from",
+        &format!("{WORLD_IP}/32"),
+    ]);
+    sb.start_daemon();
+    assert!(
+        wait_until(Duration::from_secs(5), || reach(&sb)),
+        "a listed source is let in"
+    );
+}
