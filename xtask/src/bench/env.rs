@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::sys::{self, Procs, in_netns};
+use super::{
+    measure::Ctx,
+    sys::{self, Procs, in_netns},
+};
 
 pub const IPERF_PORT: u16 = 5201;
 pub const SOCKPERF_PORT: u16 = 11111;
@@ -86,6 +89,12 @@ pub trait Env {
     /// Attach and detach `n` endpoints, publish `ports` ports on one
     /// container and remove it; seconds per operation batch.
     fn control_plane(&mut self, n: usize, ports: u32) -> Outcome<CpFigures>;
+    /// A flood of 64-byte broadcasts from one member of a network of
+    /// `members` (made at the first call): the time per copy delivered
+    /// (`bc_copy`, ns) and copies delivered per second (`bc_rate`, kpps).
+    fn broadcast(&mut self, _ctx: &Ctx, _members: usize) -> Outcome<CpFigures> {
+        Err(Miss::Na("n/a (measured on dnet only)".into()))
+    }
 }
 
 /// CPU of the servers and of the clients when pinning (`--pin`).

@@ -71,7 +71,11 @@ pub struct Args {
     /// 1000; 100 with --quick).
     #[arg(long)]
     publish: Option<u32>,
-    /// Skip groups: ew, ns, pp, cp (comma separated).
+    /// Members of the network the broadcast test floods (default 100; 20
+    /// with --quick; dnet only).
+    #[arg(long)]
+    members: Option<usize>,
+    /// Skip groups: ew, ns, pp, cp, bc (comma separated).
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -105,6 +109,7 @@ enum Task {
     NsUdp,
     NsCps,
     Cp,
+    Bcast,
 }
 
 impl Task {
@@ -125,6 +130,7 @@ impl Task {
                 "cp_publish",
                 "cp_unpublish",
             ],
+            Task::Bcast => &["bc_copy", "bc_rate"],
         }
     }
 
@@ -133,6 +139,7 @@ impl Task {
             Task::EwTcp | Task::EwUdp | Task::EwRr | Task::EwCps => "ew",
             Task::NsTcp | Task::NsUdp | Task::NsCps => "ns",
             Task::Cp => "cp",
+            Task::Bcast => "bc",
         }
     }
 }
@@ -142,6 +149,7 @@ struct Plan {
     warmup: usize,
     endpoints: usize,
     publish: u32,
+    members: usize,
 }
 
 type Figures = Result<Vec<(String, f64)>, Miss>;
@@ -179,6 +187,7 @@ fn run_task(task: Task, ctx: &Ctx, env: &mut dyn Env, plan: &Plan) -> Figures {
             )]
         }
         Task::Cp => env.control_plane(plan.endpoints, plan.publish)?,
+        Task::Bcast => env.broadcast(ctx, plan.members)?,
     };
     Ok(v.into_iter().map(|(k, x)| (k.to_owned(), x)).collect())
 }
@@ -284,6 +293,10 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             .publish
             .unwrap_or(if args.quick { 100 } else { 1000 })
             .clamp(1, 20000),
+        members: args
+            .members
+            .unwrap_or(if args.quick { 20 } else { 100 })
+            .clamp(2, 4000),
     };
     let secs = args
         .seconds
@@ -346,10 +359,11 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let labels: [String; 3] = [envs[0].label(), envs[1].label(), envs[2].label()];
     let sides: [String; 3] = [envs[0].describe(), envs[1].describe(), envs[2].describe()];
 
-    let defs = metric_defs(&ports, plan.endpoints, plan.publish);
+    let mut defs = metric_defs(&ports, plan.endpoints, plan.publish);
+    defs.extend(results::broadcast_defs(plan.members));
     let mut r = Results::new(defs, plan.rounds);
     let skip = |g: &str| args.skip.iter().any(|s| s == g);
-    // Skipped groups: every side says so (ids start with ew, ns, pp, cp).
+    // Skipped groups: every side says so (ids start with ew, ns, pp, cp, bc).
     let skipped: Vec<String> = r
         .defs
         .iter()
@@ -379,6 +393,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         Task::NsUdp,
         Task::NsCps,
         Task::Cp,
+        Task::Bcast,
     ]
     .into_iter()
     .filter(|t| !skip(t.group()))

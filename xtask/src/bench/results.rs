@@ -12,6 +12,7 @@ pub enum Group {
     NorthSouth,
     Published,
     ControlPlane,
+    Broadcast,
 }
 
 impl Group {
@@ -21,6 +22,7 @@ impl Group {
             Group::NorthSouth => "North-south, container to world through NAT",
             Group::Published => "Published ports, world to container",
             Group::ControlPlane => "Control plane",
+            Group::Broadcast => "Broadcast on one network (dnet only)",
         }
     }
 }
@@ -181,6 +183,29 @@ pub fn metric_defs(ports: &[u32], endpoints: usize, publish: u32) -> Vec<MetricD
         ),
     ]);
     v
+}
+
+/// The broadcast figures (after [`metric_defs`]'s): a flood of 64-byte
+/// broadcasts from one member of a network of `members`, each copied to
+/// the others.
+pub fn broadcast_defs(members: usize) -> Vec<MetricDef> {
+    let m = members.saturating_sub(1);
+    vec![
+        MetricDef::new(
+            "bc_copy",
+            Group::Broadcast,
+            format!("broadcast to {m} members: time per copy delivered"),
+            "ns",
+            false,
+        ),
+        MetricDef::new(
+            "bc_rate",
+            Group::Broadcast,
+            format!("broadcast to {m} members: copies delivered"),
+            "kpps",
+            true,
+        ),
+    ]
 }
 
 pub fn pp_rps(n: u32) -> String {
