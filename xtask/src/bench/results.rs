@@ -37,7 +37,7 @@ pub struct MetricDef {
 }
 
 impl MetricDef {
-    fn new(
+    pub fn new(
         id: impl Into<String>,
         group: Group,
         label: impl Into<String>,
