@@ -76,12 +76,16 @@ pub struct Args {
     /// 1000; 100 with --quick).
     #[arg(long)]
     publish: Option<u32>,
+    /// Members of the network the broadcast test floods (default 100; 20
+    /// with --quick; dnet only).
+    #[arg(long)]
+    members: Option<usize>,
     /// `docker run`s per column of the Docker + dnet side (default 30; 10
     /// with --quick).
     #[arg(long)]
     docker_runs: Option<usize>,
-    /// Skip groups (ew, ns, pp, cp, dns, dd: Docker + dnet) or single
-    /// metrics (ew_tcp, ns_cps, ...), comma separated.
+    /// Skip groups (ew, ns, pp, cp, dns, bc: broadcast, dd: Docker + dnet)
+    /// or single metrics (ew_tcp, ns_cps, ...), comma separated.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -118,6 +122,7 @@ enum Task {
     Cp,
     DnsName,
     DnsFwd,
+    Bcast,
 }
 
 impl Task {
@@ -140,6 +145,7 @@ impl Task {
             ],
             Task::DnsName => &["dns_name_qps", "dns_name_p99"],
             Task::DnsFwd => &["dns_fwd_qps", "dns_fwd_p99"],
+            Task::Bcast => &["bc_copy", "bc_rate"],
         }
     }
 
@@ -149,6 +155,7 @@ impl Task {
             Task::NsTcp | Task::NsUdp | Task::NsCps => "ns",
             Task::Cp => "cp",
             Task::DnsName | Task::DnsFwd => "dns",
+            Task::Bcast => "bc",
         }
     }
 }
@@ -158,6 +165,7 @@ struct Plan {
     warmup: usize,
     endpoints: usize,
     publish: u32,
+    members: usize,
 }
 
 type Figures = Result<Vec<(String, f64)>, Miss>;
@@ -205,6 +213,7 @@ fn run_task(task: Task, ctx: &Ctx, env: &mut dyn Env, plan: &Plan) -> Figures {
             let r = measure::dns_rate(ctx, &t, DNS_FORWARDED, DNS_UPSTREAM_ANSWER)?;
             vec![("dns_fwd_qps", r.qps), ("dns_fwd_p99", r.p99_us)]
         }
+        Task::Bcast => env.broadcast(ctx, plan.members)?,
     };
     Ok(v.into_iter().map(|(k, x)| (k.to_owned(), x)).collect())
 }
@@ -310,6 +319,10 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             .publish
             .unwrap_or(if args.quick { 100 } else { 1000 })
             .clamp(1, 20000),
+        members: args
+            .members
+            .unwrap_or(if args.quick { 20 } else { 100 })
+            .clamp(2, 4000),
     };
     let secs = args
         .seconds
@@ -343,7 +356,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     ];
     let skip = |g: &str| args.skip.iter().any(|s| s == g);
     // The three main sides only when one of their groups is measured.
-    let main = ["ew", "ns", "pp", "cp", "dns"].iter().any(|g| !skip(g));
+    let main = ["ew", "ns", "pp", "cp", "dns", "bc"].iter().any(|g| !skip(g));
     let mut envs: Vec<Box<dyn Env>> = Vec::new();
     if main {
         eprintln!("bench: setting up the three sides");
@@ -388,10 +401,11 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         )
     };
 
-    let defs = metric_defs(&ports, plan.endpoints, plan.publish);
+    let mut defs = metric_defs(&ports, plan.endpoints, plan.publish);
+    defs.extend(results::broadcast_defs(plan.members));
     let mut r = Results::new(defs, plan.rounds);
     // Skipped groups and metrics: every side says so (ids start with ew,
-    // ns, pp, cp).
+    // ns, pp, cp, bc).
     let skipped: Vec<String> = r
         .defs
         .iter()
@@ -424,6 +438,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         Task::Cp,
         Task::DnsName,
         Task::DnsFwd,
+        Task::Bcast,
     ]
     .into_iter()
     .filter(|t| !skip(t.group()))
