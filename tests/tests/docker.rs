@@ -351,9 +351,11 @@ fn docker_bad_input_changes_nothing() {
         &env.driver,
         "-o",
         "driver=macvlan",
+        "-o",
+        "parent=nosuch0",
         "bad2",
     ]);
-    assert!(e.contains("macvlan"), "{e}");
+    assert!(e.contains("\"nosuch0\" does not exist"), "{e}");
     assert_eq!(
         env.sb.state(),
         before,
@@ -730,3 +732,93 @@ fn docker_dockerd_crash_and_restart() {
     env.docker(&["network", "rm", "dn6"]);
     env.assert_clean();
 }
+
+/// `-o driver=macvlan`: dnet makes the macvlan child in the host namespace
+/// under a temporary name and returns it in Join, as Docker's own macvlan
+/// driver does; Docker moves it into the container. The parent is the
+/// sandbox host's `eth0`, the world namespace plays the LAN (198.18.0.0/24,
+/// its router at .1, the host at .2).
+#[test]
+fn docker_macvlan_network() {
+    let mut env = Env::new();
+    let links_before = env.sb.host_links();
+    let id = env.network(
+        "lan",
+        &[
+            "-o",
+            "driver=macvlan",
+            "-o",
+            "parent=eth0",
+            "--subnet",
+            "198.18.0.0/24",
+            "--gateway",
+            "198.18.0.1",
+            "--ip-range",
+            "198.18.0.64/26",
+        ],
+    );
+    let net = env.dnet_network(&id).expect("the dnet network of Docker's");
+    assert_eq!(net["driver"], "macvlan", "{net}");
+    assert_eq!(net["options"]["parent"], "eth0", "{net}");
+    env.run("m1", "lan", &[]);
+    env.run("m2", "lan", &["--ip", "198.18.0.100"]);
+
+    // eth0 in the container is a macvlan child of the host's eth0, with
+    // Docker's address and the 02:42 MAC.
+    let (a2, mac2) = env.eth0("m2");
+    assert_eq!(a2, "198.18.0.100/24");
+    assert_eq!(mac2, "02:42:c6:12:00:64");
+    let (a1, _) = env.eth0("m1");
+    let ip1 = a1.trim_end_matches("/24").to_owned();
+    let pid = env.docker.pid_of("m1").expect("m1's pid");
+    let ns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let o = dnet_sandbox::in_netns(&ns, "ip", &["-j", "-d", "link", "show", "eth0"]);
+    assert!(ok(&o), "{}", out(&o));
+    let l: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("ip -j");
+    assert_eq!(l[0]["linkinfo"]["info_kind"], "macvlan", "{l}");
+    // No temporary link is left in the host namespace.
+    let host = env.sb.host_links();
+    assert!(
+        !host.iter().any(|l| l.starts_with("dnmv")),
+        "a child stayed in the host namespace: {host:?}"
+    );
+
+    // The containers are hosts of the LAN: the world reaches them at their
+    // own addresses and sees theirs (no NAT), and they reach each other.
+    let o = env
+        .sb
+        .in_world("ping", &["-c", "1", "-W", "2", "198.18.0.100"]);
+    assert!(ok(&o), "the world -> m2: {}", out(&o));
+    let o = env.exec("m1", &["ping", "-c", "1", "-W", "2", "198.18.0.100"]);
+    assert!(ok(&o), "m1 -> m2: {}", out(&o));
+    let world = env.sb.world_netns_path();
+    env.sb.spawn_in(&world, &ct(), &["serve", "tcp", "7300"]);
+    dnet_sandbox::wait_listening(&world, "tcp", 7300);
+    let o = dnet_sandbox::in_netns(&ns, &ct(), &["tcp", "198.18.0.1:7300"]);
+    assert!(
+        ok(&o) && stdout(&o).starts_with(&format!("{ip1}:")),
+        "the world sees m1's own address: {}",
+        out(&o)
+    );
+    let o = env.exec("m1", &["ip", "route"]);
+    assert!(stdout(&o).contains("default via 198.18.0.1"), "{}", out(&o));
+    let ps = env.sb.dnet_json(&["ps"]);
+    let ips: Vec<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["networks"][0]["ip"].as_str())
+        .collect();
+    assert!(
+        ips.contains(&ip1.as_str()) && ips.contains(&"198.18.0.100"),
+        "{ps}"
+    );
+    assert_consistent(&env.sb);
+
+    env.docker(&["rm", "-f", "m1", "m2"]);
+    env.docker(&["network", "rm", "lan"]);
+    assert!(env.dnet_network(&id).is_none());
+    env.assert_clean();
+    assert_eq!(env.sb.host_links(), links_before, "links left in the host");
+}
+

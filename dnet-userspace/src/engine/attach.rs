@@ -98,9 +98,9 @@ impl Inner {
         }
         let c = match &req.target {
             AttachTarget::HostSide => {
-                if net.driver != DriverKind::Bridge {
+                if !matches!(net.driver, DriverKind::Bridge | DriverKind::Macvlan) {
                     return Err(invalid!(
-                        "a host-side attach needs a bridge network ({} uses the {} driver)",
+                        "a host-side attach needs a bridge or macvlan network ({} uses the {} driver)",
                         net.name,
                         net.driver
                     ));
@@ -358,8 +358,13 @@ impl Inner {
             network: net.name.clone(),
             ifname: ep.ifname.clone().unwrap_or_default(),
             host_ifname: ep.host_ifname.clone(),
-            container_side: match (&c.netns, &ep.host_ifname) {
-                (Netns::Runtime, Some(h)) => Some(driver::container_side_name(h)),
+            container_side: match (&c.netns, net.driver, &ep.host_ifname) {
+                (Netns::Runtime, DriverKind::Bridge, Some(h)) => {
+                    Some(driver::container_side_name(h))
+                }
+                (Netns::Runtime, DriverKind::Macvlan, _) => {
+                    Some(driver::runtime_link_name(&c.id, &net.id))
+                }
                 _ => None,
             },
             ip: ep.ip,
