@@ -84,13 +84,11 @@ impl Engine {
 impl Inner {
     async fn attach_req(&mut self, req: AttachRequest) -> Result<(AttachResponse, bool)> {
         let net = self.find_network(&req.network)?.clone();
-        let by_runtime = req.runtime.as_ref().and_then(|r| {
-            self.state
-                .containers
-                .values()
-                .find(|c| c.runtime.as_ref() == Some(r))
-                .cloned()
-        });
+        let by_runtime = req
+            .runtime
+            .as_ref()
+            .and_then(|r| self.runtime_container(r))
+            .cloned();
         if let Some(c) = &by_runtime
             && let Some(ep) = c.endpoints.iter().find(|e| e.network_id == net.id)
         {
@@ -203,12 +201,7 @@ impl Inner {
     pub(super) async fn detach_req(&mut self, req: DetachRequest) -> Result<()> {
         let c = match (&req.container, &req.runtime) {
             (Some(key), None) => self.state.find_container(key).cloned(),
-            (None, Some(r)) => self
-                .state
-                .containers
-                .values()
-                .find(|c| c.runtime.as_ref() == Some(r))
-                .cloned(),
+            (None, Some(r)) => self.runtime_container(r).cloned(),
             _ => return Err(invalid!("give either a container or a runtime ref")),
         };
         let Some(c) = c else {
