@@ -194,6 +194,9 @@ impl Inner {
         if let Err(e) = self.sync_services() {
             tracing::warn!(container = %c.name, "publishing: {e}");
         }
+        // Its hosts file gains the new address; its resolv.conf names this
+        // network's resolver if it is its first with one.
+        self.refresh_container_files(&c);
         tracing::info!(container = %c.name, network = %net.name, ip = ?ep.ip, "connected");
         Ok((c, ep, ports))
     }
@@ -272,22 +275,16 @@ impl Inner {
         for ep in &eps {
             self.detach(c, ep).await;
         }
-        // The default route went with the first endpoint: the next one's
-        // gateway takes over, as Docker re-elects it. (Another runtime's
-        // namespace routes are its own business.)
+        // The default route went with the first endpoint: the next
+        // non-internal network's gateway takes over, as Docker re-elects it.
+        // (A daemon killed before this point: reconcile re-elects.)
         let was_primary = c.endpoints.first().is_some_and(leaves);
-        if was_primary && matches!(c.netns, Netns::Owned { .. } | Netns::External { .. }) {
-            let next = self
-                .state
-                .containers
-                .get(&c.id)
-                .and_then(|sc| sc.endpoints.first())
-                .cloned();
-            if let Some(next) = next
-                && let Err(e) = self.elect_default_route(c, &next).await
-            {
-                tracing::warn!(container = %c.name, "re-electing its default route: {e}");
-            }
+        if was_primary
+            && let Some(sc) = self.state.containers.get(&c.id)
+            && let Some(next) = self.default_route_endpoint(sc)
+            && let Err(e) = self.elect_default_route(c, &next).await
+        {
+            tracing::warn!(container = %c.name, "re-electing its default route: {e}");
         }
         // Its published ports now lead to its next address on a bridge
         // network that is not internal, if any (or nowhere, if it went);
@@ -297,14 +294,37 @@ impl Inner {
         }
         let addrs: Vec<_> = eps.iter().filter_map(|e| e.ip).collect();
         self.forget_flows(&addrs);
+        if let Some(sc) = self.state.containers.get(&c.id) {
+            self.refresh_container_files(sc);
+        }
         for net in nets {
             tracing::info!(container = %c.name, network = %net.name, "disconnected");
         }
         Ok(())
     }
 
+    /// The endpoint whose gateway gives `c` its default route: the first
+    /// on a network that is not internal. None for another runtime's
+    /// namespace (its routes are its own business) or the host's.
+    pub(super) fn default_route_endpoint(&self, c: &Container) -> Option<Endpoint> {
+        if !matches!(c.netns, Netns::Owned { .. } | Netns::External { .. }) {
+            return None;
+        }
+        c.endpoints
+            .iter()
+            .find(|e| {
+                e.ip.is_some()
+                    && self
+                        .state
+                        .networks
+                        .get(&e.network_id)
+                        .is_some_and(|n| !n.internal && n.ipam.is_some())
+            })
+            .cloned()
+    }
+
     /// Gives `c` a default route through the gateway of `ep`'s network.
-    async fn elect_default_route(&self, c: &Container, ep: &Endpoint) -> Result<()> {
+    pub(super) async fn elect_default_route(&self, c: &Container, ep: &Endpoint) -> Result<()> {
         let net = &self.state.networks[&ep.network_id];
         let (Some(ipam), Some(ifname), Some(_)) = (net.ipam, ep.ifname.as_deref(), ep.ip) else {
             return Ok(());

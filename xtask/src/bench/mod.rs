@@ -80,7 +80,8 @@ pub struct Args {
     /// with --quick).
     #[arg(long)]
     docker_runs: Option<usize>,
-    /// Skip groups: ew, ns, pp, cp, dd (Docker + dnet) (comma separated).
+    /// Skip groups (ew, ns, pp, cp, dd: Docker + dnet) or single metrics
+    /// (ew_tcp, ns_cps, ...), comma separated.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -372,18 +373,20 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
 
     let defs = metric_defs(&ports, plan.endpoints, plan.publish);
     let mut r = Results::new(defs, plan.rounds);
-    // Skipped groups: every side says so (ids start with ew, ns, pp, cp).
+    // Skipped groups and metrics: every side says so (ids start with ew,
+    // ns, pp, cp).
     let skipped: Vec<String> = r
         .defs
         .iter()
         .map(|d| d.id.clone())
         .filter(|id| {
-            skip(
-                id.split('_')
-                    .next()
-                    .unwrap_or("")
-                    .trim_end_matches(|c: char| c.is_ascii_digit()),
-            )
+            skip(id)
+                || skip(
+                    id.split('_')
+                        .next()
+                        .unwrap_or("")
+                        .trim_end_matches(|c: char| c.is_ascii_digit()),
+                )
         })
         .collect();
     for id in skipped {
