@@ -252,7 +252,7 @@ fn bad_attach_input_changes_nothing() {
         (
             json!({"network": "host", "target": {"kind": "host_side"}}),
             400,
-            "bridge network",
+            "a bridge or macvlan network",
         ),
         (
             json!({"network": "bridge", "target": {"kind": "netns", "path": "/nonexistent"}}),
