@@ -644,7 +644,13 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
             e.into()
         });
     }
-    let cnl = Netlink::open_in(a.netns).await?;
+    // One entry into the namespace. A namespace dnet did not make may have
+    // IPv6 on by default; off before the link is up, so that it says
+    // nothing on the LAN.
+    let cnl = Netlink::open_in_fd(std::os::fd::AsFd::as_fd(&ns), || {
+        netns::sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")
+    })
+    .await?;
     let link = cnl
         .link(ifname)
         .await?
@@ -656,12 +662,6 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         // when the child goes).
         cnl.set_mac(link.index, mac.0).await?;
     }
-    // A namespace dnet did not make may have IPv6 on by default; off before
-    // the link is up, so that it says nothing on the LAN.
-    let name = ifname.to_owned();
-    netns::run_in(a.netns, move || {
-        netns::sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1")
-    })??;
     cnl.add_address(link.index, ip, ipam.subnet.prefix(), None, false)
         .await?;
     cnl.set_up(link.index).await?;

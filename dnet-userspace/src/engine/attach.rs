@@ -277,7 +277,7 @@ impl Inner {
         self.commit(st)?;
         super::crash::point("disconnect:committed");
         for ep in &eps {
-            self.detach(c, ep).await;
+            self.remove(c, ep).await;
         }
         // The default route went with the first endpoint: the next one's
         // gateway takes over, as Docker re-elects it. (Another runtime's
@@ -291,7 +291,7 @@ impl Inner {
                 .and_then(|sc| sc.endpoints.first())
                 .cloned();
             if let Some(next) = next
-                && let Err(e) = self.elect_default_route(c, &next).await
+                && let Err(e) = self.elect_default_route(c, &next, &c.endpoints[0]).await
             {
                 tracing::warn!(container = %c.name, "re-electing its default route: {e}");
             }
@@ -310,13 +310,38 @@ impl Inner {
         Ok(())
     }
 
-    /// Gives `c` a default route through the gateway of `ep`'s network.
-    async fn elect_default_route(&self, c: &Container, ep: &Endpoint) -> Result<()> {
+    /// Gives `c` a default route through the gateway of `ep`'s network, in
+    /// place of the one through `old`'s.
+    async fn elect_default_route(
+        &self,
+        c: &Container,
+        ep: &Endpoint,
+        old: &Endpoint,
+    ) -> Result<()> {
         let net = &self.state.networks[&ep.network_id];
         let (Some(ipam), Some(ifname), Some(_)) = (net.ipam, ep.ifname.as_deref(), ep.ip) else {
             return Ok(());
         };
         let cnl = crate::netlink::Netlink::open_in(&self.netns_path(c)).await?;
+        // The old route goes with its interface, whose removal may still be
+        // under way in the background: it goes now.
+        let old_gw = self
+            .state
+            .networks
+            .get(&old.network_id)
+            .and_then(|n| n.ipam)
+            .map(|i| i.gateway);
+        if let (Some(gw), Some(name)) = (old_gw, old.ifname.as_deref())
+            && let Some(l) = cnl.link(name).await?
+        {
+            cnl.del_route(crate::netlink::RouteSpec::via(
+                std::net::Ipv4Addr::UNSPECIFIED,
+                0,
+                gw,
+                l.index,
+            ))
+            .await?;
+        }
         let link = cnl
             .link(ifname)
             .await?
