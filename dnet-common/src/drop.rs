@@ -29,7 +29,9 @@ pub enum DropReason {
     Ipv6 = 9,
     /// An EtherType the datapath does not carry.
     UnknownL3 = 10,
-    /// Broadcast or multicast copies beyond the fan-out bound.
+    /// Retired: broadcast or multicast copies beyond a fan-out bound of 64
+    /// members, which older builds had. Every member gets its copy now;
+    /// the code stays reserved and is never counted.
     FanoutLimit = 11,
     /// A packet on an interface that has no endpoint entry.
     UnknownEndpoint = 12,

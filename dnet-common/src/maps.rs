@@ -8,8 +8,12 @@ pub const ENDPOINTS_BY_IF: &str = "DNET_EP_BY_IF";
 pub const NETWORKS: &str = "DNET_NETWORKS";
 /// `LpmTrie<[u8; 4], u32 net_id>`: which network a subnet belongs to.
 pub const SUBNETS: &str = "DNET_SUBNETS";
-/// `Array<NetMembers>`, indexed by network id.
-pub const NET_MEMBERS: &str = "DNET_NET_MEMBERS";
+/// `Array<NetFanout>`, indexed by network id: how many members get the
+/// network's broadcasts.
+pub const NET_FANOUT: &str = "DNET_NET_FANOUT";
+/// `HashMap<MemberKey, u32 ifindex>`: a network's members (host-side veth
+/// ifindexes) by index, `0..count` of [`NET_FANOUT`].
+pub const NET_MEMBER: &str = "DNET_NET_MEMBER";
 /// `PerCpuArray<EndpointStats>`, indexed by endpoint slot.
 pub const STATS: &str = "DNET_STATS";
 
@@ -27,18 +31,24 @@ pub const CONFIG: &str = "DNET_CONFIG";
 pub const SOCK_REVNAT: &str = "DNET_SOCK_REVNAT";
 
 /// Every map the datapath declares.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     ENDPOINTS_BY_IP,
     ENDPOINTS_BY_IF,
     NETWORKS,
     SUBNETS,
-    NET_MEMBERS,
+    NET_FANOUT,
+    NET_MEMBER,
     STATS,
     CT,
     SERVICES,
     CONFIG,
     SOCK_REVNAT,
 ];
+
+/// Maps older builds pinned and no build uses any more: a daemon removes
+/// their pins when it starts (`DNET_NET_MEMBERS` held at most 64 members
+/// of each network, replaced by [`NET_FANOUT`] and [`NET_MEMBER`]).
+pub const RETIRED: [&str; 1] = ["DNET_NET_MEMBERS"];
 
 /// Default size of the conntrack map (entries; a flow takes two).
 pub const CT_ENTRIES: u32 = 131_072;

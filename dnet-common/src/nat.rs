@@ -62,7 +62,7 @@ pub const CT_F_PUBLISHED: u16 = 1 << 4;
 pub const CT_F_ASSURED: u16 = 1 << 5;
 /// On a flow's first entry: its answers are delivered into an endpoint
 /// (the reply entry has [`CT_F_TO_ENDPOINT`]), so that the reply entry can
-/// be made again from the first one alone ([`reply_of`]).
+/// be made again from the first one alone ([`reply_into`]).
 pub const CT_F_REPLY_TO_ENDPOINT: u16 = 1 << 6;
 
 /// TCP flags as they sit in the header's 14th byte.
@@ -132,39 +132,12 @@ pub const fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
     translated(k, e).reversed()
 }
 
-/// The reply entry of the flow whose first entry is `e`, keyed `k`: keyed
-/// by the answers' tuple, it undoes the translation (a source NAT becomes a
-/// destination NAT and the other way round), with the flow's identity, its
-/// endpoint and its times. No TCP flags seen yet.
-#[inline(always)]
-pub const fn reply_of(k: &CtKey, e: &CtEntry) -> (CtKey, CtEntry) {
-    let mut rk = CtKey {
-        saddr_be: 0,
-        daddr_be: 0,
-        sport_be: 0,
-        dport_be: 0,
-        proto: 0,
-        _pad: [0; 3],
-    };
-    let mut r = CtEntry {
-        new_saddr_be: 0,
-        new_daddr_be: 0,
-        new_sport_be: 0,
-        new_dport_be: 0,
-        flags: 0,
-        tcp_seen: 0,
-        _pad: 0,
-        endpoint_be: 0,
-        flow_id: 0,
-        created_ns: 0,
-        last_seen_ns: 0,
-    };
-    reply_into(k, e, &mut rk, &mut r);
-    (rk, r)
-}
-
-/// [`reply_of`], written in place (the datapath builds it in a scratch
-/// map, off its small stack). Every field is written.
+/// The reply entry of the flow whose first entry is `e`, keyed `k`, and
+/// its key `rk`: keyed by the answers' tuple, it undoes the translation (a
+/// source NAT becomes a destination NAT and the other way round), with the
+/// flow's identity, its endpoint and its times. No TCP flags seen yet.
+/// Written in place (the datapath builds it in a scratch map, off its small
+/// stack); every field is written.
 #[inline(always)]
 pub const fn reply_into(k: &CtKey, e: &CtEntry, rk: &mut CtKey, r: &mut CtEntry) {
     // The answers' tuple: the first direction's, translated, reversed.
@@ -379,7 +352,8 @@ mod tests {
             flow_id: 77,
             ..Default::default()
         };
-        let (rk, re) = reply_of(&k, &snat);
+        let (mut rk, mut re) = (CtKey::default(), CtEntry::default());
+        reply_into(&k, &snat, &mut rk, &mut re);
         assert_eq!(rk, partner(&k, &snat));
         assert_eq!(re.flags, CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_REPLY);
         assert_eq!((re.new_daddr_be, re.new_dport_be), (1, 3));
@@ -395,7 +369,20 @@ mod tests {
             flags: CT_F_SNAT | CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_PUBLISHED,
             ..Default::default()
         };
-        let (rk, re) = reply_of(&k, &dnat);
+        // Every field is written, whatever was there.
+        let (mut rk, mut re) = (
+            CtKey {
+                _pad: [9; 3],
+                ..Default::default()
+            },
+            CtEntry {
+                tcp_seen: 0xff,
+                _pad: 7,
+                ..re
+            },
+        );
+        reply_into(&k, &dnat, &mut rk, &mut re);
+        assert_eq!((rk._pad, re.tcp_seen, re._pad), ([0; 3], 0, 0));
         assert_eq!(
             (rk.saddr_be, rk.sport_be, rk.daddr_be, rk.dport_be),
             (5, 80, 1, 50000)

@@ -14,13 +14,13 @@ use dnet_common::{
     Config, CtEntry, CtKey, DropReason, Endpoint, ServiceKey,
     nat::{
         CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT,
-        NAT_PORT_PROBES, nat_port_candidate, reply_into, tuple_hash,
+        NAT_PORT_PROBES, nat_port_candidate, tuple_hash,
     },
     network::NET_F_INTERNAL,
 };
 
 use crate::{
-    ct::{InsertError, entry, insert_flow, reclaim, scratch},
+    ct::{InsertError, entry, insert_flow, reclaim, reply_in_scratch},
     err,
     eth::ETH_HLEN,
     fib::{Route, RouteQuery, dec_ttl, forward, ingress_ifindex, route},
@@ -67,12 +67,11 @@ pub fn service(addr_be: u32, port_be: u16, proto: u8) -> Option<dnet_common::Ser
 /// and a failed probe changes nothing. On success `fwd` is the first entry
 /// as the map holds it.
 ///
-/// The reply entry is built in the scratch map: as a subprogram, or with
-/// its entries on the stack, the programs that make new flows outgrow the
-/// 512-byte stack.
+/// The reply entry is built in the scratch map ([`reply_in_scratch`]): as
+/// a subprogram, or with its entries on the stack, the programs that make
+/// new flows outgrow the 512-byte stack.
 #[inline(always)]
 fn claim_port(cfg: &Config, key: &CtKey, fwd: &mut CtEntry) -> Result<(), DropReason> {
-    let s = scratch().ok_or(DropReason::CtFull)?;
     let size = (cfg.nat_port_max as u32).saturating_sub(cfg.nat_port_min as u32) + 1;
     let hash = tuple_hash(key);
     for n in 0..NAT_PORT_PROBES {
@@ -80,7 +79,7 @@ fn claim_port(cfg: &Config, key: &CtKey, fwd: &mut CtEntry) -> Result<(), DropRe
             break;
         }
         fwd.new_sport_be = nat_port_candidate(hash, n, cfg.nat_port_min, size).to_be();
-        reply_into(key, fwd, &mut s.rkey, &mut s.reply);
+        let s = reply_in_scratch(key, fwd).ok_or(DropReason::CtFull)?;
         // A closed TCP flow's port serves the next one.
         if key.proto == IPPROTO_TCP {
             reclaim(s);
@@ -133,8 +132,7 @@ pub fn new_dnat(
         backend_be,
         tcp_flags,
     );
-    let s = scratch().ok_or(DropReason::CtFull)?;
-    reply_into(key, &fwd, &mut s.rkey, &mut s.reply);
+    let s = reply_in_scratch(key, &fwd).ok_or(DropReason::CtFull)?;
     match insert_flow(key, &mut fwd, &s.rkey, &s.reply) {
         Ok(()) => Ok(fwd),
         Err(InsertError::Full) => Err(DropReason::CtFull),

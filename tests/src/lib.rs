@@ -787,6 +787,20 @@ impl Sandbox {
             .sum()
     }
 
+    /// The containers of the committed state that a CNI runtime attached
+    /// (`runtime.runtime == "cni"`).
+    pub fn cni_records(&self) -> Vec<serde_json::Value> {
+        self.state()["containers"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter(|c| c["runtime"]["runtime"] == "cni")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// `dnet conntrack ls --format json`.
     pub fn flows(&self) -> Vec<serde_json::Value> {
         self.dnet_json(&["conntrack", "ls"])

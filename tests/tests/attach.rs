@@ -1,7 +1,7 @@
 //! The attach API (`POST /v1/attach`, `POST /v1/detach`) that the Docker
 //! and CNI front ends use, driven over the daemon's socket.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use dnet_sandbox::{Sandbox, WORLD_IP, assert_consistent, ct, in_netns, ok, out};
 use serde_json::{Value, json};
@@ -405,7 +405,8 @@ fn an_attach_never_replaces_a_route_of_the_namespace() {
 }
 
 /// Disconnecting the network that gave a container its default route
-/// re-elects the next network's gateway (issue 10 item 15), as Docker does.
+/// re-elects the next non-internal network's gateway (issue 10 item 15), as
+/// Docker does.
 #[test]
 fn disconnecting_the_default_routes_network_reelects_the_next_gateway() {
     let sb = Sandbox::new();
@@ -422,6 +423,16 @@ fn disconnecting_the_default_routes_network_reelects_the_next_gateway() {
         "sleep",
         "300",
     ]);
+    // An internal network between them gives no way out: never elected.
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--subnet",
+        "10.95.0.0/24",
+        "closed",
+    ]);
+    sb.dnet_ok(&["network", "connect", "closed", "x"]);
     sb.dnet_ok(&["network", "connect", "n2", "x"]);
     let default = || {
         let r = sb.dnet_ok(&["exec", "x", "--", "ip", "-4", "route", "show", "default"]);
@@ -439,6 +450,57 @@ fn disconnecting_the_default_routes_network_reelects_the_next_gateway() {
         default()
     );
     // The world is still reached through the new gateway.
+    let o = sb.dnet(&[
+        "exec",
+        "x",
+        "--",
+        "ping",
+        "-c1",
+        "-W2",
+        &WORLD_IP.to_string(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+}
+
+/// A daemon killed between a disconnect's commit and the re-election
+/// (`DNET_CRASH_AT=disconnect:committed`): at the next start reconcile
+/// removes the old endpoint, and with it the default route, and re-elects
+/// the next network's gateway (issue 10 item 15).
+#[test]
+fn a_daemon_killed_before_the_reelection_reelects_at_start() {
+    let mut sb = Sandbox::new();
+    sb.dnet_ok(&["network", "create", "--subnet", "10.93.0.0/24", "n1"]);
+    sb.dnet_ok(&["network", "create", "--subnet", "10.94.0.0/24", "n2"]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "x",
+        "--network",
+        "n1",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    sb.dnet_ok(&["network", "connect", "n2", "x"]);
+    sb.stop_daemon(libc::SIGTERM);
+    sb.set_daemon_env(&[("DNET_CRASH_AT", "disconnect:committed")]);
+    sb.start_daemon();
+    let o = sb.dnet(&["network", "disconnect", "n1", "x"]);
+    assert!(!o.status.success(), "the daemon answered: {o:?}");
+    let status = sb
+        .wait_daemon_exit(Duration::from_secs(30))
+        .expect("the daemon stopped at the point");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{status}"
+    );
+    sb.set_daemon_env(&[]);
+    sb.start_daemon();
+    let r = sb.dnet_ok(&["exec", "x", "--", "ip", "-4", "route", "show", "default"]);
+    assert!(r.trim().starts_with("default via 10.94.0.1"), "{r:?}");
+    // The world is reached through it.
     let o = sb.dnet(&[
         "exec",
         "x",

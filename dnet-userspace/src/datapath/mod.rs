@@ -12,6 +12,7 @@ mod bpffs;
 mod tests;
 
 use std::{
+    collections::HashSet,
     fs, io,
     net::Ipv4Addr,
     os::fd::AsFd as _,
@@ -29,8 +30,8 @@ use aya::{
 };
 pub use bpffs::{check as check_bpffs, ensure_mounted};
 use dnet_common::{
-    Config, CtEntry, CtKey, Endpoint, EndpointStats, NetMembers, Network, Service, ServiceKey,
-    addr::ipv4_be, maps as m, nat::CT_F_REPLY,
+    Config, CtEntry, CtKey, Endpoint, EndpointStats, MemberKey, NetFanout, Network, Service,
+    ServiceKey, addr::ipv4_be, maps as m, nat::CT_F_REPLY,
 };
 use ipnetwork::Ipv4Network;
 
@@ -174,6 +175,9 @@ impl Datapath {
                     }
                 }
                 drop_lru_conntrack(&maps_dir.join(m::CT))?;
+                for name in m::RETIRED {
+                    remove_if_exists(&maps_dir.join(name))?;
+                }
                 m::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect()
             }
             None => Vec::new(),
@@ -545,7 +549,7 @@ impl Datapath {
         self.ebpf.map(name).ok_or(DatapathError::Missing(name))
     }
 
-    /// Writes a network's entry, its subnet, and empties its member list.
+    /// Writes a network's entry and its subnet.
     pub fn set_network(&mut self, dp_id: u32, subnet: Ipv4Network, net: &Network) -> Result<()> {
         let mut a: Array<&mut MapData, Network> =
             Array::try_from(self.map_mut(m::NETWORKS)?).map_err(map_err(m::NETWORKS))?;
@@ -570,10 +574,7 @@ impl Datapath {
             Array::try_from(self.map_mut(m::NETWORKS)?).map_err(map_err(m::NETWORKS))?;
         a.set(dp_id, Network::default(), 0)
             .map_err(map_err(m::NETWORKS))?;
-        let mut mem: Array<&mut MapData, NetMembers> =
-            Array::try_from(self.map_mut(m::NET_MEMBERS)?).map_err(map_err(m::NET_MEMBERS))?;
-        mem.set(dp_id, NetMembers::default(), 0)
-            .map_err(map_err(m::NET_MEMBERS))?;
+        self.set_members(dp_id, &[])?;
         if let Some(subnet) = subnet {
             let mut t: LpmTrie<&mut MapData, u32, u32> =
                 LpmTrie::try_from(self.map_mut(m::SUBNETS)?).map_err(map_err(m::SUBNETS))?;
@@ -601,25 +602,99 @@ impl Datapath {
             .collect()
     }
 
-    /// Who gets a network's broadcasts: the host-side ifindexes of its
-    /// endpoints (the first `MAX_FANOUT`), and how many there are.
+    /// Makes `ifindexes` (host-side veths) the members that get a network's
+    /// broadcasts. Only what differs is written, in an order that keeps
+    /// every member that stays reachable by a broadcast running meanwhile:
+    /// a member that goes leaves its index to the last one (copied there
+    /// before the count shrinks), a new one is written before the count
+    /// grows to take it in.
     pub fn set_members(&mut self, dp_id: u32, ifindexes: &[u32]) -> Result<()> {
-        let mut v = NetMembers {
-            count: ifindexes.len() as u32,
-            ..Default::default()
-        };
-        for (slot, i) in v.ifindex.iter_mut().zip(ifindexes) {
-            *slot = *i;
+        let (mut now, stale) = self.member_entries(dp_id)?;
+        // Left behind by a daemon stopped halfway: beyond the count, never read.
+        for index in stale {
+            self.remove_member(dp_id, index)?;
         }
-        let mut a: Array<&mut MapData, NetMembers> =
-            Array::try_from(self.map_mut(m::NET_MEMBERS)?).map_err(map_err(m::NET_MEMBERS))?;
-        a.set(dp_id, v, 0).map_err(map_err(m::NET_MEMBERS))
+        let want: HashSet<u32> = ifindexes.iter().copied().collect();
+        // Going: from the top down, so that the last member (moved into the
+        // hole) has been looked at already. A duplicate goes too.
+        let mut kept = HashSet::new();
+        let mut i = now.len();
+        while i > 0 {
+            i -= 1;
+            if want.contains(&now[i]) && kept.insert(now[i]) {
+                continue;
+            }
+            let last = now.len() - 1;
+            if i != last {
+                self.put_member(dp_id, i, now[last])?;
+                now[i] = now[last];
+            }
+            self.put_member_count(dp_id, last)?;
+            self.remove_member(dp_id, last)?;
+            now.pop();
+        }
+        // Coming.
+        for &ifindex in ifindexes {
+            if kept.insert(ifindex) {
+                self.put_member(dp_id, now.len(), ifindex)?;
+                now.push(ifindex);
+                self.put_member_count(dp_id, now.len())?;
+            }
+        }
+        Ok(())
     }
 
-    pub fn members(&self, dp_id: u32) -> Result<NetMembers> {
-        let a: Array<&MapData, NetMembers> =
-            Array::try_from(self.map(m::NET_MEMBERS)?).map_err(map_err(m::NET_MEMBERS))?;
-        a.get(&dp_id, 0).map_err(map_err(m::NET_MEMBERS))
+    fn put_member(&mut self, dp_id: u32, index: usize, ifindex: u32) -> Result<()> {
+        let mut h: HashMap<&mut MapData, MemberKey, u32> =
+            HashMap::try_from(self.map_mut(m::NET_MEMBER)?).map_err(map_err(m::NET_MEMBER))?;
+        h.insert(member_key(dp_id, index), ifindex, 0)
+            .map_err(map_err(m::NET_MEMBER))
+    }
+
+    fn remove_member(&mut self, dp_id: u32, index: usize) -> Result<()> {
+        let mut h: HashMap<&mut MapData, MemberKey, u32> =
+            HashMap::try_from(self.map_mut(m::NET_MEMBER)?).map_err(map_err(m::NET_MEMBER))?;
+        absent_is_fine(h.remove(&member_key(dp_id, index))).map_err(map_err(m::NET_MEMBER))
+    }
+
+    fn put_member_count(&mut self, dp_id: u32, count: usize) -> Result<()> {
+        let mut a: Array<&mut MapData, NetFanout> =
+            Array::try_from(self.map_mut(m::NET_FANOUT)?).map_err(map_err(m::NET_FANOUT))?;
+        let v = NetFanout {
+            count: count as u32,
+            _pad: 0,
+        };
+        a.set(dp_id, v, 0).map_err(map_err(m::NET_FANOUT))
+    }
+
+    /// A network's broadcast members (host-side veth ifindexes), in index
+    /// order.
+    pub fn members(&self, dp_id: u32) -> Result<Vec<u32>> {
+        Ok(self.member_entries(dp_id)?.0)
+    }
+
+    /// A network's members by index (`0` where an index below the count
+    /// has no entry), and the indexes of its entries beyond the count.
+    fn member_entries(&self, dp_id: u32) -> Result<(Vec<u32>, Vec<usize>)> {
+        let counts: Array<&MapData, NetFanout> =
+            Array::try_from(self.map(m::NET_FANOUT)?).map_err(map_err(m::NET_FANOUT))?;
+        let count = counts.get(&dp_id, 0).map_err(map_err(m::NET_FANOUT))?.count as usize;
+        let aya::maps::Map::HashMap(data) = self.map(m::NET_MEMBER)? else {
+            return Err(DatapathError::Missing(m::NET_MEMBER));
+        };
+        // SAFETY: DNET_NET_MEMBER is a hash map of `MemberKey` keys and `u32`
+        // values (the layout test in dnet-common pins the key's size).
+        let all: Vec<(MemberKey, u32)> = unsafe { batch::lookup_all(data.fd().as_fd(), 1024) }
+            .map_err(io_err("read", Path::new(m::NET_MEMBER)))?;
+        let mut members = vec![0; count.min(m::MAX_ENDPOINTS as usize)];
+        let mut stale = Vec::new();
+        for (k, ifindex) in all.into_iter().filter(|(k, _)| k.net_id == dp_id) {
+            match members.get_mut(k.index as usize) {
+                Some(slot) => *slot = ifindex,
+                None => stale.push(k.index as usize),
+            }
+        }
+        Ok((members, stale))
     }
 
     /// Writes an endpoint into both endpoint maps.
@@ -780,6 +855,13 @@ fn drop_lru_conntrack(pin: &Path) -> Result<()> {
         remove_if_exists(pin)?;
     }
     Ok(())
+}
+
+fn member_key(dp_id: u32, index: usize) -> MemberKey {
+    MemberKey {
+        net_id: dp_id,
+        index: index as u32,
+    }
 }
 
 fn remove_if_exists(path: &Path) -> Result<()> {

@@ -50,19 +50,6 @@ fn in_fresh_netns<F: FnOnce() + Send + 'static>(f: F) {
     .unwrap_or_else(|p| std::panic::resume_unwind(p));
 }
 
-/// Packets `dev` received, in the calling thread's namespace.
-fn rx_packets(dev: &str) -> u64 {
-    let o = std::process::Command::new("ip")
-        .args(["-j", "-s", "link", "show", "dev", dev])
-        .output()
-        .expect("ip");
-    assert!(o.status.success(), "ip -s link show {dev}: {o:?}");
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("ip -j");
-    j[0]["stats64"]["rx"]["packets"]
-        .as_u64()
-        .expect("rx packets")
-}
-
 struct Fixture {
     dp: Datapath,
     a: Endpoint,
@@ -363,26 +350,61 @@ fn internal_networks_reach_nothing_outside() {
     });
 }
 
+/// Packets each of `devs` received, in the calling thread's namespace.
+fn rx_packets_of(devs: &[String]) -> Vec<u64> {
+    let o = std::process::Command::new("ip")
+        .args(["-j", "-s", "link", "show"])
+        .output()
+        .expect("ip");
+    assert!(o.status.success(), "ip -s link show: {o:?}");
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("ip -j");
+    let links = j.as_array().expect("links");
+    devs.iter()
+        .map(|d| {
+            let l = links
+                .iter()
+                .find(|l| l["ifname"] == d.as_str())
+                .unwrap_or_else(|| panic!("no link {d}"));
+            l["stats64"]["rx"]["packets"].as_u64().expect("rx packets")
+        })
+        .collect()
+}
+
 #[test]
-fn broadcast_fans_out_and_counts_what_exceeds_the_bound() {
+fn broadcast_reaches_every_member_however_many() {
     in_fresh_netns(|| {
         let mut fx = fixture(0);
-        // Two members that exist: a copy leaves through each and arrives
-        // at its peer; none goes back to the sender (loopback here).
-        // IPv6 off, so that nothing else crosses the pairs.
+        // 150 members that exist (more than the 64 copies older builds
+        // made): a copy leaves through each and arrives at its peer; none
+        // goes back to the sender (loopback here). IPv6 off, so that
+        // nothing else crosses the pairs.
         let o = std::process::Command::new("sysctl")
             .args(["-qw", "net.ipv6.conf.default.disable_ipv6=1"])
             .output()
             .expect("sysctl");
         assert!(o.status.success(), "{o:?}");
-        for (dev, peer) in [("m0", "m0p"), ("n0", "n0p")] {
-            ip_cmd(&format!("link add {dev} type veth peer name {peer}"));
-            ip_cmd(&format!("link set {dev} up"));
-            ip_cmd(&format!("link set {peer} up"));
+        const N: usize = 150;
+        let mut batch = String::new();
+        for i in 0..N {
+            batch += &format!("link add m{i} type veth peer name m{i}p\n");
+            batch += &format!("link set m{i} up\nlink set m{i}p up\n");
         }
-        fx.dp
-            .set_members(1, &[fx.a.ifindex, ifindex("m0"), ifindex("n0")])
-            .unwrap();
+        let path = std::env::temp_dir().join(format!("dnet-bcast-{}", std::process::id()));
+        std::fs::write(&path, batch).unwrap();
+        let o = std::process::Command::new("ip")
+            .arg("-batch")
+            .arg(&path)
+            .output()
+            .expect("ip -batch");
+        let _ = std::fs::remove_file(&path);
+        assert!(o.status.success(), "ip -batch: {o:?}");
+        let mut members = vec![fx.a.ifindex];
+        members.extend((0..N).map(|i| ifindex(&format!("m{i}"))));
+        fx.dp.set_members(1, &members).unwrap();
+        assert_eq!(fx.dp.members(1).unwrap(), members);
+
+        let mut peers: Vec<String> = (0..N).map(|i| format!("m{i}p")).collect();
+        peers.push("lo".into());
         let frame = udp(
             fx.a.mac,
             [0xff; 6],
@@ -390,16 +412,30 @@ fn broadcast_fans_out_and_counts_what_exceeds_the_bound() {
             ip("172.17.255.255"),
             0,
         );
-        let before = [rx_packets("m0p"), rx_packets("n0p"), rx_packets("lo")];
+        let before = rx_packets_of(&peers);
         assert_eq!(run(&fx.dp, &frame).0, OK);
-        assert_eq!(
-            [rx_packets("m0p"), rx_packets("n0p"), rx_packets("lo")],
-            [before[0] + 1, before[1] + 1, before[2]],
-            "one copy to each other member"
-        );
-        assert_eq!(drops(&fx.dp, 1, DropReason::FanoutLimit), 0);
-        let many: Vec<u32> = (0..70).map(|i| 2000 + i).collect();
-        fx.dp.set_members(1, &many).unwrap();
+        let after = rx_packets_of(&peers);
+        let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let mut want = vec![1; N];
+        want.push(0);
+        assert_eq!(got, want, "one copy to each other member, none to the sender");
+
+        // A multicast to what is left after members go (from the middle,
+        // the front and the end) and one comes back: each of those once,
+        // nothing to those gone.
+        let gone = [0usize, 7, 70, N - 1];
+        let kept: Vec<u32> = members
+            .iter()
+            .copied()
+            .filter(|i| !gone.iter().any(|g| ifindex(&format!("m{g}")) == *i))
+            .collect();
+        fx.dp.set_members(1, &kept).unwrap();
+        let mut now = fx.dp.members(1).unwrap();
+        assert_eq!(now.len(), kept.len());
+        now.sort_unstable();
+        let mut sorted = kept.clone();
+        sorted.sort_unstable();
+        assert_eq!(now, sorted, "dense, without the members that went");
         let mcast = udp(
             fx.a.mac,
             [1, 0, 0x5e, 0, 0, 0xfb],
@@ -407,8 +443,20 @@ fn broadcast_fans_out_and_counts_what_exceeds_the_bound() {
             ip("224.0.0.251"),
             0,
         );
+        let before = rx_packets_of(&peers);
         assert_eq!(run(&fx.dp, &mcast).0, OK);
-        assert_eq!(drops(&fx.dp, 1, DropReason::FanoutLimit), 70 - 64);
+        let after = rx_packets_of(&peers);
+        let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let want: Vec<u64> = (0..=N)
+            .map(|i| u64::from(i < N && !gone.contains(&i)))
+            .collect();
+        assert_eq!(got, want, "copies to the members left only");
+        assert_eq!(drops(&fx.dp, 1, DropReason::FanoutLimit), 0);
+
+        // The network's removal leaves no member behind.
+        fx.dp.clear_network(1, None).unwrap();
+        assert!(fx.dp.members(1).unwrap().is_empty());
+        assert_eq!(fx.dp.members(2).unwrap(), vec![fx.c.ifindex]);
     });
 }
 

@@ -96,7 +96,8 @@ fn sysctl_disable_ipv6(ifname: &str) -> Result<()> {
     )?)
 }
 
-/// Rewrites a network's broadcast member list from the endpoint map.
+/// Brings a network's broadcast members in line with the endpoint map
+/// (only what changed is written).
 pub fn refresh_members(dp: &mut Datapath, dp_id: u32) -> Result<()> {
     let mut members: Vec<u32> = dp
         .endpoints(ENDPOINTS_BY_IF)?
@@ -105,19 +106,6 @@ pub fn refresh_members(dp: &mut Datapath, dp_id: u32) -> Result<()> {
         .map(|(ifindex, _)| ifindex)
         .collect();
     members.sort_unstable();
-    // Unchanged lists are not rewritten: a rewrite races with the fan-out
-    // reading it.
-    let now = dp.members(dp_id)?;
-    let count = now.count as usize;
-    let same = count == members.len()
-        && now
-            .ifindex
-            .iter()
-            .take(count.min(now.ifindex.len()))
-            .eq(members.iter().take(now.ifindex.len()));
-    if same {
-        return Ok(());
-    }
     Ok(dp.set_members(dp_id, &members)?)
 }
 

@@ -196,6 +196,9 @@ impl Inner {
         if let Err(e) = self.sync_services() {
             tracing::warn!(container = %c.name, "publishing: {e}");
         }
+        // Its hosts file gains the new address; its resolv.conf names this
+        // network's resolver if it is its first with one.
+        self.refresh_container_files(&c);
         tracing::info!(container = %c.name, network = %net.name, ip = ?ep.ip, "connected");
         Ok((c, ep, ports))
     }
@@ -279,20 +282,20 @@ impl Inner {
         for ep in &eps {
             self.remove(c, ep).await;
         }
-        // The default route went with the first endpoint: the next one's
-        // gateway takes over, as Docker re-elects it. (Another runtime's
-        // namespace routes are its own business.)
+        // The default route went with the first endpoint: the next
+        // non-internal network's gateway takes over, as Docker re-elects it.
+        // (A daemon killed before this point: reconcile re-elects.)
         let was_primary = c.endpoints.first().is_some_and(leaves);
-        if was_primary && matches!(c.netns, Netns::Owned { .. } | Netns::External { .. }) {
-            let next = self
-                .state
-                .containers
-                .get(&c.id)
-                .and_then(|sc| sc.endpoints.first())
-                .cloned();
-            if let Some(next) = next
-                && let Err(e) = self.elect_default_route(c, &next, &c.endpoints[0]).await
-            {
+        if was_primary
+            && let Some(sc) = self.state.containers.get(&c.id)
+            && let Some(next) = self.default_route_endpoint(sc)
+        {
+            // The old route goes with its interface, whose removal may
+            // still be under way in the background: it goes now.
+            if let Err(e) = self.drop_default_routes(c, &eps).await {
+                tracing::warn!(container = %c.name, "removing its old default route: {e}");
+            }
+            if let Err(e) = self.elect_default_route(c, &next).await {
                 tracing::warn!(container = %c.name, "re-electing its default route: {e}");
             }
         }
@@ -304,44 +307,68 @@ impl Inner {
         }
         let addrs: Vec<_> = eps.iter().filter_map(|e| e.ip).collect();
         self.forget_flows(&addrs);
+        if let Some(sc) = self.state.containers.get(&c.id) {
+            self.refresh_container_files(sc);
+        }
         for net in nets {
             tracing::info!(container = %c.name, network = %net.name, "disconnected");
         }
         Ok(())
     }
 
-    /// Gives `c` a default route through the gateway of `ep`'s network, in
-    /// place of the one through `old`'s.
-    async fn elect_default_route(
-        &self,
-        c: &Container,
-        ep: &Endpoint,
-        old: &Endpoint,
-    ) -> Result<()> {
+    /// Removes the default routes of `c` through `eps`' gateways and
+    /// interfaces (interfaces whose removal may still be under way).
+    async fn drop_default_routes(&self, c: &Container, eps: &[Endpoint]) -> Result<()> {
+        let cnl = crate::netlink::Netlink::open_in(&self.netns_path(c)).await?;
+        for old in eps {
+            let gw = self
+                .state
+                .networks
+                .get(&old.network_id)
+                .and_then(|n| n.ipam)
+                .map(|i| i.gateway);
+            if let (Some(gw), Some(name)) = (gw, old.ifname.as_deref())
+                && let Some(l) = cnl.link(name).await?
+            {
+                cnl.del_route(crate::netlink::RouteSpec::via(
+                    std::net::Ipv4Addr::UNSPECIFIED,
+                    0,
+                    gw,
+                    l.index,
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The endpoint whose gateway gives `c` its default route: the first
+    /// on a network that is not internal. None for another runtime's
+    /// namespace (its routes are its own business) or the host's.
+    pub(super) fn default_route_endpoint(&self, c: &Container) -> Option<Endpoint> {
+        if !matches!(c.netns, Netns::Owned { .. } | Netns::External { .. }) {
+            return None;
+        }
+        c.endpoints
+            .iter()
+            .find(|e| {
+                e.ip.is_some()
+                    && self
+                        .state
+                        .networks
+                        .get(&e.network_id)
+                        .is_some_and(|n| !n.internal && n.ipam.is_some())
+            })
+            .cloned()
+    }
+
+    /// Gives `c` a default route through the gateway of `ep`'s network.
+    pub(super) async fn elect_default_route(&self, c: &Container, ep: &Endpoint) -> Result<()> {
         let net = &self.state.networks[&ep.network_id];
         let (Some(ipam), Some(ifname), Some(_)) = (net.ipam, ep.ifname.as_deref(), ep.ip) else {
             return Ok(());
         };
         let cnl = crate::netlink::Netlink::open_in(&self.netns_path(c)).await?;
-        // The old route goes with its interface, whose removal may still be
-        // under way in the background: it goes now.
-        let old_gw = self
-            .state
-            .networks
-            .get(&old.network_id)
-            .and_then(|n| n.ipam)
-            .map(|i| i.gateway);
-        if let (Some(gw), Some(name)) = (old_gw, old.ifname.as_deref())
-            && let Some(l) = cnl.link(name).await?
-        {
-            cnl.del_route(crate::netlink::RouteSpec::via(
-                std::net::Ipv4Addr::UNSPECIFIED,
-                0,
-                gw,
-                l.index,
-            ))
-            .await?;
-        }
         let link = cnl
             .link(ifname)
             .await?
