@@ -448,6 +448,7 @@ fn docker_internal_mtu_connect_disconnect() {
     assert_eq!(records(&env), 2, "one record per Docker endpoint");
     assert_consistent(&env.sb);
     env.docker(&["network", "disconnect", "open", "c3"]);
+    env.sb.settle();
     let o = env.exec("c3", &["ip", "link", "show", "eth1"]);
     assert!(!ok(&o), "eth1 is gone: {}", out(&o));
     assert_eq!(records(&env), 1);

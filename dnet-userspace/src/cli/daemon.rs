@@ -264,10 +264,19 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                     .map_err(|e| anyhow::anyhow!("Docker plugin socket {}: {e}", path.display()))
             }))
         };
-        let api = server::serve(engine, socket, until_stopped(stopped))
+        let api = server::serve(engine.clone(), socket, until_stopped(stopped))
             .await
             .map_err(|e| anyhow::anyhow!("API socket {}: {e}", socket.display()));
         let _ = std::fs::remove_file(socket);
+        // Removals still finishing in the background end here (a few tens
+        // of milliseconds each); what a bound cuts short, the next start
+        // removes.
+        if tokio::time::timeout(std::time::Duration::from_secs(5), engine.settle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("link removals still under way: the next start finishes them");
+        }
         // The API is gone (stopped, or it failed): so is the driver.
         let _ = stop.send(true);
         if let Some(p) = plugin {

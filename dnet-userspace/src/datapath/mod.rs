@@ -536,6 +536,15 @@ impl Datapath {
         Ok(())
     }
 
+    /// The pins of `ifname`'s container program links (none when unpinned),
+    /// for whoever removes them after the interface (`driver::Reaper`).
+    pub fn endpoint_pins(&self, ifname: &str) -> Vec<PathBuf> {
+        ["ingress", "egress"]
+            .into_iter()
+            .filter_map(|dir| self.link_pin(ifname, dir))
+            .collect()
+    }
+
     /// Interfaces with pinned links.
     pub fn pinned_interfaces(&self) -> Result<Vec<String>> {
         let Some(dir) = self.pins.as_ref().map(|p| p.join("links")) else {

@@ -683,8 +683,16 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
             e.into()
         });
     }
-    let cnl = match ns {
-        Some(_) => Netlink::open_in(a.netns).await?,
+    let cnl = match &ns {
+        // One entry into the namespace. A namespace dnet did not make may
+        // have IPv6 on by default; off before the link is up, so that it
+        // says nothing on the LAN.
+        Some(ns) => {
+            Netlink::open_in_fd(std::os::fd::AsFd::as_fd(ns), || {
+                netns::sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")
+            })
+            .await?
+        }
         None => ctx.nl.clone(),
     };
     let link = cnl
@@ -702,12 +710,6 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         // The runtime sets the address, the link state and the routes.
         return Ok(());
     }
-    // A namespace dnet did not make may have IPv6 on by default; off before
-    // the link is up, so that it says nothing on the LAN.
-    let name = ifname.to_owned();
-    netns::run_in(a.netns, move || {
-        netns::sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1")
-    })??;
     cnl.add_address(link.index, ip, ipam.subnet.prefix(), None, false)
         .await?;
     cnl.set_up(link.index).await?;

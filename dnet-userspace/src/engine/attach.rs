@@ -273,7 +273,7 @@ impl Inner {
         self.commit(st)?;
         super::crash::point("disconnect:committed");
         for ep in &eps {
-            self.detach(c, ep).await;
+            self.remove(c, ep).await;
         }
         // The default route went with the first endpoint: the next
         // non-internal network's gateway takes over, as Docker re-elects it.
@@ -282,9 +282,15 @@ impl Inner {
         if was_primary
             && let Some(sc) = self.state.containers.get(&c.id)
             && let Some(next) = self.default_route_endpoint(sc)
-            && let Err(e) = self.elect_default_route(c, &next).await
         {
-            tracing::warn!(container = %c.name, "re-electing its default route: {e}");
+            // The old route goes with its interface, whose removal may
+            // still be under way in the background: it goes now.
+            if let Err(e) = self.drop_default_routes(c, &eps).await {
+                tracing::warn!(container = %c.name, "removing its old default route: {e}");
+            }
+            if let Err(e) = self.elect_default_route(c, &next).await {
+                tracing::warn!(container = %c.name, "re-electing its default route: {e}");
+            }
         }
         // Its published ports now lead to its next address on a bridge
         // network that is not internal, if any (or nowhere, if it went);
@@ -299,6 +305,32 @@ impl Inner {
         }
         for net in nets {
             tracing::info!(container = %c.name, network = %net.name, "disconnected");
+        }
+        Ok(())
+    }
+
+    /// Removes the default routes of `c` through `eps`' gateways and
+    /// interfaces (interfaces whose removal may still be under way).
+    async fn drop_default_routes(&self, c: &Container, eps: &[Endpoint]) -> Result<()> {
+        let cnl = crate::netlink::Netlink::open_in(&self.netns_path(c)).await?;
+        for old in eps {
+            let gw = self
+                .state
+                .networks
+                .get(&old.network_id)
+                .and_then(|n| n.ipam)
+                .map(|i| i.gateway);
+            if let (Some(gw), Some(name)) = (gw, old.ifname.as_deref())
+                && let Some(l) = cnl.link(name).await?
+            {
+                cnl.del_route(crate::netlink::RouteSpec::via(
+                    std::net::Ipv4Addr::UNSPECIFIED,
+                    0,
+                    gw,
+                    l.index,
+                ))
+                .await?;
+            }
         }
         Ok(())
     }

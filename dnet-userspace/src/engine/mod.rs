@@ -159,6 +159,7 @@ impl Engine {
                 nl,
                 dp,
                 uplink: None,
+                reaper: driver::Reaper::start().map_err(|e| conflict!("starting the reaper: {e}"))?,
             },
             runtime_ipam: Default::default(),
         };
@@ -221,9 +222,16 @@ impl Engine {
             bpffs: inner.cfg.bpffs.clone(),
             networks: inner.state.networks.len(),
             containers: inner.state.containers.len(),
+            pending_removals: inner.ctx.reaper.pending(),
             programs: inner.ctx.dp.programs(),
             maps: inner.ctx.dp.maps(),
         }
+    }
+
+    /// Waits for the link removals under way (see `driver::Reaper`).
+    pub async fn settle(&self) {
+        let inner = self.inner.lock().await;
+        inner.ctx.reaper.settled().await;
     }
 
     pub async fn create_network(&self, req: NetworkCreate) -> Result<NetworkView> {
@@ -817,9 +825,10 @@ impl Inner {
                     .find(|s| !used_slots.contains(s))
                     .ok_or_else(|| conflict!("too many endpoints"))?,
             );
-            let links = self.ctx.nl.links().await?;
+            // One lookup per candidate rather than a list of every link:
+            // the cost stays the same however many endpoints there are.
             let taken = |n: &str| {
-                links.iter().any(|l| l.name == n)
+                crate::netlink::index_of(n).is_some()
                     || self.state.containers.values().any(|c| {
                         c.endpoints
                             .iter()
@@ -845,6 +854,14 @@ impl Inner {
     async fn attach(&mut self, c: &Container, ep: &Endpoint) -> Result<()> {
         let net = self.state.networks[&ep.network_id].clone();
         let path = self.netns_path(c);
+        // An interface of the namespace being removed in the background may
+        // still hold the name this one takes.
+        if matches!(c.netns, Netns::Owned { .. } | Netns::External { .. })
+            && self.ctx.reaper.pending() > 0
+            && let Ok(id) = netns::identity(&path)
+        {
+            self.ctx.reaper.settled_in(id).await;
+        }
         let a = Attachment {
             container: c,
             endpoint: ep,
@@ -855,7 +872,18 @@ impl Inner {
         driver::driver(net.driver).attach(&mut self.ctx, &a).await
     }
 
+    /// Removes what [`Inner::attach`] made, before it returns.
     async fn detach(&mut self, c: &Container, ep: &Endpoint) {
+        self.unmake(c, ep, false).await
+    }
+
+    /// Removes an endpoint the state no longer holds: what the kernel
+    /// takes long to remove finishes in the background (`driver::Reaper`).
+    async fn remove(&mut self, c: &Container, ep: &Endpoint) {
+        self.unmake(c, ep, true).await
+    }
+
+    async fn unmake(&mut self, c: &Container, ep: &Endpoint, background: bool) {
         let Some(net) = self.state.networks.get(&ep.network_id).cloned() else {
             return;
         };
@@ -867,7 +895,13 @@ impl Inner {
             netns: &path,
             primary: false,
         };
-        for e in driver::driver(net.driver).detach(&mut self.ctx, &a).await {
+        let d = driver::driver(net.driver);
+        let errors = if background {
+            d.remove(&mut self.ctx, &a).await
+        } else {
+            d.detach(&mut self.ctx, &a).await
+        };
+        for e in errors {
             tracing::warn!(container = %c.name, network = %net.name, "detaching: {e}");
         }
     }
@@ -996,21 +1030,22 @@ impl Inner {
         }
         .await;
         if let Err(e) = made {
-            self.teardown_container(&c).await;
+            self.teardown_container(&c, false).await;
             return Err(e);
         }
         tracing::info!(container = %c.name, id = %&id[..12], network = %net.name, ip = ?ep.ip, "container created");
         Ok(id)
     }
 
-    /// Removes a container's kernel objects and processes (not its record).
-    async fn teardown_container(&mut self, c: &Container) {
+    /// Removes a container's kernel objects and processes (not its record);
+    /// with `background`, its links go in the background (`Inner::remove`).
+    async fn teardown_container(&mut self, c: &Container, background: bool) {
         if let Some(p) = &c.process {
             process::kill(p);
         }
         self.unpublish(c);
         for ep in c.endpoints.iter().rev() {
-            self.detach(c, ep).await;
+            self.unmake(c, ep, background).await;
         }
         // After the endpoints: no flow of the container can start after this.
         let addrs: Vec<Ipv4Addr> = c.endpoints.iter().filter_map(|e| e.ip).collect();
@@ -1055,7 +1090,7 @@ impl Inner {
         st.containers.remove(id);
         self.commit(st)?;
         crash::point("container-remove:committed");
-        self.teardown_container(&c).await;
+        self.teardown_container(&c, true).await;
         tracing::info!(container = %c.name, "container removed");
         Ok(())
     }
