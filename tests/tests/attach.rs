@@ -512,3 +512,42 @@ fn a_daemon_killed_before_the_reelection_reelects_at_start() {
     ]);
     assert!(o.status.success(), "{o:?}");
 }
+
+/// A namespace that already has an interface of the name the endpoint
+/// takes refuses the attach with a message that says so, and nothing is
+/// left of it: no link, pin, map entry or record; the namespace keeps its
+/// own interfaces.
+#[test]
+fn an_interface_name_the_namespace_has_is_refused_clearly() {
+    let mut sb = Sandbox::new();
+    let ns = sb.add_netns("n");
+    let o = in_netns(
+        &ns,
+        "ip",
+        &["link", "add", "eth0", "type", "veth", "peer", "name", "own1"],
+    );
+    assert!(ok(&o), "{}", out(&o));
+    let before = sb.snapshot();
+    let ns_links = links_in(&ns);
+    let path = ns.to_str().unwrap();
+    let err = sb.dnet_err(&["network", "connect", "bridge", "--netns", path]);
+    assert!(
+        err.contains("already has an interface called eth0"),
+        "{err}"
+    );
+    let (code, body) = sb.api_post(
+        "/v1/attach",
+        &json!({"network": "bridge", "target": {"kind": "netns", "path": path},
+                "ifname": "own1", "runtime": {"runtime": "cni", "id": "n1"}}),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already has an interface called own1")),
+        "{body}"
+    );
+    assert_eq!(sb.snapshot(), before, "a refused attach changed something");
+    assert_eq!(links_in(&ns), ns_links);
+    assert_consistent(&sb);
+}

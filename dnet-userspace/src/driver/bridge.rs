@@ -391,7 +391,7 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     };
     // The container's namespace, opened once for the whole attach.
     let ns = netns::open(a.netns)?;
-    let host = ctx
+    let made = ctx
         .nl
         .add_veth(
             host_ifname,
@@ -404,7 +404,21 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
                 mac: mac.0,
             },
         )
-        .await?;
+        .await;
+    let host = match made {
+        Ok(l) => l,
+        // The host end's name is checked free when it is chosen: the
+        // other end's is the one taken.
+        Err(e)
+            if e.errno() == Some(libc::EEXIST)
+                && crate::netlink::index_of(host_ifname).is_none() =>
+        {
+            return Err(conflict!(
+                "the container's namespace already has an interface called {peer_name}"
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     sysctl_disable_ipv6(host_ifname)?;
     // The datapath's route lookups (bpf_fib_lookup) for the container's
     // packets want forwarding on the interface they arrived on. The kernel

@@ -12,7 +12,8 @@
 //!
 //! Then the Docker + dnet side ([`dockernet`], `--skip dd` leaves it out):
 //! real Docker containers on a dnet network against the same containers on
-//! docker0 of the same dockerd, in a table of its own.
+//! docker0 of the same dockerd, in a table of its own; and the control
+//! plane's latency, dnet alone ([`latency`], `--skip lat`).
 //!
 //! Output: a markdown table on stdout and `target/bench/bench-<date>.{md,json,svg}`
 //! (plus `latest.*`).
@@ -21,6 +22,7 @@ mod dnet;
 mod docker;
 mod dockernet;
 mod env;
+mod latency;
 mod limit;
 mod measure;
 mod model;
@@ -84,8 +86,13 @@ pub struct Args {
     /// with --quick).
     #[arg(long)]
     docker_runs: Option<usize>,
-    /// Skip groups (ew, ns, pp, cp, dns, bc: broadcast, dd: Docker + dnet)
-    /// or single metrics (ew_tcp, ns_cps, ...), comma separated.
+    /// Samples of each control-plane latency (connect, disconnect, CNI ADD
+    /// and DEL; default 100; 20 with --quick).
+    #[arg(long)]
+    lat_samples: Option<usize>,
+    /// Skip groups (ew, ns, pp, cp, dns, bc: broadcast, lat: control-plane
+    /// latency, dd: Docker + dnet) or single metrics (ew_tcp, ns_cps, ...),
+    /// comma separated.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -533,10 +540,27 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             }
         }
     };
+    let lat = if skip("lat") {
+        latency::Latency::Skipped("skipped (--skip lat)".into())
+    } else {
+        let samples = args
+            .lat_samples
+            .unwrap_or(if args.quick { 20 } else { 100 })
+            .max(1);
+        eprintln!("bench: control-plane latency: {samples} samples");
+        match latency::bench(&bin.join("dnet-cni"), samples) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("bench: control-plane latency: {e:#}");
+                latency::Latency::Skipped(format!("n/a: {e:#}"))
+            }
+        }
+    };
     eprintln!("bench: everything removed");
 
     let mut goals = results::goals(&r, &ports);
     goals.push(dd.goal());
+    goals.extend(lat.goals());
     let quick_flag = if args.quick { " --quick" } else { "" };
     let mut command = format!("cargo xtask bench{quick_flag}");
     for a in std::env::args().skip(2) {
@@ -567,6 +591,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         labels,
         notes,
         dd,
+        lat,
     };
     let md = report::markdown(&meta, &r, &goals);
     println!("{md}");
