@@ -138,8 +138,9 @@ impl DnetEnv {
         let members = names.len();
         // Copies delivered: the host-side veths' transmit counters (a copy
         // the container's queue refuses is counted as dropped instead).
+        // `network inspect` answers a list, as Docker's does.
         let net: Value = serde_json::from_str(&self.dnet(&["network", "inspect", "bcnet"])?)?;
-        let veths: Vec<String> = net["containers"]
+        let veths: Vec<String> = net[0]["containers"]
             .as_array()
             .context("network inspect: no containers")?
             .iter()
