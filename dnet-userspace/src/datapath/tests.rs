@@ -418,7 +418,10 @@ fn broadcast_reaches_every_member_however_many() {
         let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         let mut want = vec![1; N];
         want.push(0);
-        assert_eq!(got, want, "one copy to each other member, none to the sender");
+        assert_eq!(
+            got, want,
+            "one copy to each other member, none to the sender"
+        );
 
         // A multicast to what is left after members go (from the middle,
         // the front and the end) and one comes back: each of those once,
