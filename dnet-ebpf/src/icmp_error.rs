@@ -4,7 +4,7 @@
 use aya_ebpf::programs::TcContext;
 use dnet_common::{
     CtKey, DropReason,
-    nat::{CT_F_DNAT, CT_F_SNAT, CT_F_TO_ENDPOINT},
+    nat::{CT_F_DNAT, CT_F_HOST, CT_F_SNAT, CT_F_TO_ENDPOINT},
 };
 
 use crate::{
@@ -67,11 +67,14 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
     let Some(e) = ct::lookup(&key, 0)? else {
         return Ok(TC_ACT_OK);
     };
-    // From a container, only an error about a flow of its own, sent to the
-    // flow's peer: a container must not speak into others' flows.
+    // From a container, only an error about a packet it was sent, to that
+    // packet's sender: a container must not speak into others' flows. The
+    // entry is then keyed by what the container sends (its source checked
+    // on every packet): a flow it is part of, its own or one it serves,
+    // and, as a hairpin client, one whose endpoint is the server.
     if let Some(addr) = from {
         let outer_daddr: u32 = err(ctx.load(ip_off + 16))?;
-        if e.endpoint_be != addr || outer_daddr != isaddr {
+        if idaddr != addr || outer_daddr != isaddr {
             return Err(DropReason::NatUnsupported);
         }
     }
@@ -117,6 +120,10 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
             l4_csum_off,
             icmp_csum,
         )?;
+    }
+    // About the host's own echo: the host's.
+    if e.flags & CT_F_HOST != 0 {
+        return Ok(TC_ACT_OK);
     }
     if e.flags & CT_F_TO_ENDPOINT != 0 {
         let dst = if e.flags & CT_F_DNAT != 0 {

@@ -92,6 +92,7 @@ fn attach_puts_an_interface_with_its_address_and_mac_in_a_namespace() {
         &json!({"runtime": {"runtime": "cni", "id": "ctr1"}, "network": "bridge"}),
     );
     assert_eq!(code, 204, "{body}");
+    sb.settle();
     assert!(!has_link(&links_in(&ns), "eth0"), "eth0 left after detach");
     assert!(
         sb.state()["containers"]
@@ -180,6 +181,7 @@ fn host_side_attach_leaves_a_down_link_for_the_runtime_and_detach_removes_it() {
         &json!({"runtime": {"runtime": "docker", "id": "ep1"}}),
     );
     assert_eq!(code, 204, "{body}");
+    sb.settle();
     assert!(!has_link(&links_in(&sb.host_netns_path()), &host));
     assert!(
         !has_link(&links_in(&ns), "eth0"),
@@ -252,7 +254,7 @@ fn bad_attach_input_changes_nothing() {
         (
             json!({"network": "host", "target": {"kind": "host_side"}}),
             400,
-            "bridge network",
+            "a bridge or macvlan network",
         ),
         (
             json!({"network": "bridge", "target": {"kind": "netns", "path": "/nonexistent"}}),
@@ -303,6 +305,7 @@ fn network_connect_takes_aliases_through_the_same_attach() {
     assert_eq!(c["endpoints"][0]["aliases"], json!(["db", "primary"]));
     assert!(has_link(&links_in(&ns), "eth0"));
     sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);
+    sb.settle();
     assert!(!has_link(&links_in(&ns), "eth0"));
     assert_consistent(&sb);
 }

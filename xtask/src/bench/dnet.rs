@@ -14,8 +14,14 @@ use super::{
     env::{
         self, CpFigures, DnsTarget, Env, FILLER_FIRST, Miss, Outcome, PP_PORT, PUBLISH_FIRST, Tools,
     },
+    measure::Ctx,
     sys::{self, Procs, in_netns},
 };
+
+/// The broadcast test's network, apart from every other subnet of the bench.
+const BC_SUBNET: &str = "10.250.0.0/16";
+/// Its broadcast address, and a port nobody listens on.
+const BC_BROADCAST: &str = "10.250.255.255:9";
 
 pub struct DnetEnv {
     // Fields drop in order: servers first, the sandbox (daemon, namespaces) last.
@@ -120,6 +126,70 @@ impl DnetEnv {
             self.dnet(&a)?;
         }
         Ok(start.elapsed().as_secs_f64())
+    }
+
+    /// `members` containers on `bcnet` (the first sends), then the flood.
+    fn broadcast_on(&self, ctx: &Ctx, names: &[String]) -> anyhow::Result<CpFigures> {
+        for n in names {
+            self.dnet(&[
+                "run", "-d", "--name", n, "--network", "bcnet", "--", "sleep", "1000000",
+            ])?;
+        }
+        let members = names.len();
+        // Copies delivered: the host-side veths' transmit counters (a copy
+        // the container's queue refuses is counted as dropped instead).
+        let net: Value = serde_json::from_str(&self.dnet(&["network", "inspect", "bcnet"])?)?;
+        let veths: Vec<String> = net["containers"]
+            .as_array()
+            .context("network inspect: no containers")?
+            .iter()
+            .filter(|c| c["container"] != "bc0")
+            .filter_map(|c| c["host_ifname"].as_str().map(str::to_owned))
+            .collect();
+        anyhow::ensure!(veths.len() + 1 == members, "bcnet has {} members", veths.len() + 1);
+        let copies = || -> anyhow::Result<u64> {
+            let links = self.sb.host_ip_json(&["-s", "link", "show"]);
+            let links = links.as_array().context("ip -j link: not a list")?;
+            veths
+                .iter()
+                .map(|v| {
+                    links
+                        .iter()
+                        .find(|l| l["ifname"] == v.as_str())
+                        .and_then(|l| l["stats64"]["tx"]["packets"].as_u64())
+                        .with_context(|| format!("no counters for {v}"))
+                })
+                .sum()
+        };
+        let (sender, _) = find(&self.ps()?, "bc0")?;
+        let before = copies()?;
+        let secs = format!("{}", ctx.secs);
+        let o = sys::run_bounded(
+            in_netns(
+                &sender,
+                env::client_cpu(self.pin),
+                self.tools.conntest(),
+                &["udp-flood", BC_BROADCAST, "--broadcast", "--seconds", &secs],
+            ),
+            std::time::Duration::from_secs_f64(ctx.secs + 10.0),
+        )?;
+        anyhow::ensure!(
+            o.status.success(),
+            "conntest udp-flood: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+        let delivered = copies()?.saturating_sub(before);
+        let out = String::from_utf8_lossy(&o.stdout);
+        let took: f64 = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|t| t.parse().ok())
+            .with_context(|| format!("conntest udp-flood said {out:?}"))?;
+        anyhow::ensure!(delivered > 0, "no broadcast copy delivered");
+        Ok(vec![
+            ("bc_copy", took * 1e9 / delivered as f64),
+            ("bc_rate", delivered as f64 / took / 1e3),
+        ])
     }
 }
 
@@ -232,6 +302,24 @@ impl Env for DnetEnv {
         };
         self.dns = Some(t.clone());
         Ok(t)
+    }
+
+    fn broadcast(&mut self, ctx: &Ctx, members: usize) -> Outcome<CpFigures> {
+        // Made for each run and removed after it, so that the other
+        // measurements never meet these endpoints.
+        let names: Vec<String> = (0..members).map(|i| format!("bc{i}")).collect();
+        self.dnet(&["network", "create", "--subnet", BC_SUBNET, "bcnet"])?;
+        let out = self.broadcast_on(ctx, &names).map_err(Miss::Failed);
+        let mut gone = Ok(());
+        for n in &names {
+            if let Err(e) = self.dnet(&["rm", "-f", n])
+                && find(&self.ps()?, n).is_ok()
+            {
+                gone = Err(e);
+            }
+        }
+        gone.and_then(|()| self.dnet(&["network", "rm", "bcnet"]).map(|_| ()))?;
+        out
     }
 
     fn control_plane(&mut self, n: usize, ports: u32) -> Outcome<CpFigures> {

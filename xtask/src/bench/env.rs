@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::sys::{self, Procs, in_netns};
+use super::{
+    measure::Ctx,
+    sys::{self, Procs, in_netns},
+};
 
 pub const IPERF_PORT: u16 = 5201;
 pub const SOCKPERF_PORT: u16 = 11111;
@@ -108,6 +111,12 @@ pub trait Env {
     /// at the first call); `Na` for a side without one.
     fn dns(&mut self) -> Outcome<DnsTarget> {
         Err(Miss::Na(format!("n/a: {} has no resolver", self.label())))
+    }
+    /// A flood of 64-byte broadcasts from one member of a network of
+    /// `members` (made at the first call): the time per copy delivered
+    /// (`bc_copy`, ns) and copies delivered per second (`bc_rate`, kpps).
+    fn broadcast(&mut self, _ctx: &Ctx, _members: usize) -> Outcome<CpFigures> {
+        Err(Miss::Na("n/a (measured on dnet only)".into()))
     }
 }
 

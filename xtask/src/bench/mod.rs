@@ -10,11 +10,16 @@
 //! round by round. The published-port series has a phase per port count
 //! (1, 100, 1,000, 10,000), with its own warm-up and rounds.
 //!
+//! Then the Docker + dnet side ([`dockernet`], `--skip dd` leaves it out):
+//! real Docker containers on a dnet network against the same containers on
+//! docker0 of the same dockerd, in a table of its own.
+//!
 //! Output: a markdown table on stdout and `target/bench/bench-<date>.{md,json,svg}`
 //! (plus `latest.*`).
 
 mod dnet;
 mod docker;
+mod dockernet;
 mod env;
 mod limit;
 mod measure;
@@ -71,7 +76,16 @@ pub struct Args {
     /// 1000; 100 with --quick).
     #[arg(long)]
     publish: Option<u32>,
-    /// Skip groups: ew, ns, pp, cp, dns (comma separated).
+    /// Members of the network the broadcast test floods (default 100; 20
+    /// with --quick; dnet only).
+    #[arg(long)]
+    members: Option<usize>,
+    /// `docker run`s per column of the Docker + dnet side (default 30; 10
+    /// with --quick).
+    #[arg(long)]
+    docker_runs: Option<usize>,
+    /// Skip groups (ew, ns, pp, cp, dns, bc: broadcast, dd: Docker + dnet)
+    /// or single metrics (ew_tcp, ns_cps, ...), comma separated.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -108,6 +122,7 @@ enum Task {
     Cp,
     DnsName,
     DnsFwd,
+    Bcast,
 }
 
 impl Task {
@@ -130,6 +145,7 @@ impl Task {
             ],
             Task::DnsName => &["dns_name_qps", "dns_name_p99"],
             Task::DnsFwd => &["dns_fwd_qps", "dns_fwd_p99"],
+            Task::Bcast => &["bc_copy", "bc_rate"],
         }
     }
 
@@ -139,6 +155,7 @@ impl Task {
             Task::NsTcp | Task::NsUdp | Task::NsCps => "ns",
             Task::Cp => "cp",
             Task::DnsName | Task::DnsFwd => "dns",
+            Task::Bcast => "bc",
         }
     }
 }
@@ -148,6 +165,7 @@ struct Plan {
     warmup: usize,
     endpoints: usize,
     publish: u32,
+    members: usize,
 }
 
 type Figures = Result<Vec<(String, f64)>, Miss>;
@@ -195,6 +213,7 @@ fn run_task(task: Task, ctx: &Ctx, env: &mut dyn Env, plan: &Plan) -> Figures {
             let r = measure::dns_rate(ctx, &t, DNS_FORWARDED, DNS_UPSTREAM_ANSWER)?;
             vec![("dns_fwd_qps", r.qps), ("dns_fwd_p99", r.p99_us)]
         }
+        Task::Bcast => env.broadcast(ctx, plan.members)?,
     };
     Ok(v.into_iter().map(|(k, x)| (k.to_owned(), x)).collect())
 }
@@ -300,6 +319,10 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             .publish
             .unwrap_or(if args.quick { 100 } else { 1000 })
             .clamp(1, 20000),
+        members: args
+            .members
+            .unwrap_or(if args.quick { 20 } else { 100 })
+            .clamp(2, 4000),
     };
     let secs = args
         .seconds
@@ -331,53 +354,70 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             "Published ports: the measured port is published last, after N−1 ports of other containers, so its DNAT rule is the last one docker0 tries. With real Docker the N−1 rules are loaded in Docker's own form with one iptables-restore (dockerd adds them one iptables call at a time: ~25 s for 1,000 ports, hours for 10,000)."
         ),
     ];
-    eprintln!("bench: setting up the three sides");
-    let mut envs: Vec<Box<dyn Env>> = Vec::new();
-    envs.push(Box::new(
-        dnet::DnetEnv::new(&tools, args.pin).context("dnet's side")?,
-    ));
-    let docker_env: Box<dyn Env> = match args.docker {
-        DockerMode::Model => Box::new(model::ModelEnv::new(
-            &tools,
-            args.pin,
-            "--docker model".into(),
-        )?),
-        mode => match docker::DockerEnv::start(&tools, args.pin) {
-            Ok(d) => Box::new(d),
-            Err(e) if mode == DockerMode::Auto => {
-                eprintln!(
-                    "bench: the Docker daemon cannot run here ({e:#}); using the docker0 model"
-                );
-                notes.push(format!(
-                    "docker0 is a MODEL: the Docker daemon could not run ({e:#})."
-                ));
-                Box::new(model::ModelEnv::new(&tools, args.pin, format!("{e:#}"))?)
-            }
-            Err(e) => return Err(e.context("docker0's side")),
-        },
-    };
-    envs.push(docker_env);
-    envs.push(Box::new(
-        limit::LimitEnv::new(&tools, args.pin).context("the limit's side")?,
-    ));
-    let labels: [String; 3] = [envs[0].label(), envs[1].label(), envs[2].label()];
-    let sides: [String; 3] = [envs[0].describe(), envs[1].describe(), envs[2].describe()];
-
-    let defs = metric_defs(&ports, plan.endpoints, plan.publish);
-    let mut r = Results::new(defs, plan.rounds);
     let skip = |g: &str| args.skip.iter().any(|s| s == g);
-    // Skipped groups: every side says so (ids start with ew, ns, pp, cp).
+    // The three main sides only when one of their groups is measured.
+    let main = ["ew", "ns", "pp", "cp", "dns", "bc"].iter().any(|g| !skip(g));
+    let mut envs: Vec<Box<dyn Env>> = Vec::new();
+    if main {
+        eprintln!("bench: setting up the three sides");
+        envs.push(Box::new(
+            dnet::DnetEnv::new(&tools, args.pin).context("dnet's side")?,
+        ));
+        let docker_env: Box<dyn Env> = match args.docker {
+            DockerMode::Model => Box::new(model::ModelEnv::new(
+                &tools,
+                args.pin,
+                "--docker model".into(),
+            )?),
+            mode => match docker::DockerEnv::start(&tools, args.pin) {
+                Ok(d) => Box::new(d),
+                Err(e) if mode == DockerMode::Auto => {
+                    eprintln!(
+                        "bench: the Docker daemon cannot run here ({e:#}); using the docker0 model"
+                    );
+                    notes.push(format!(
+                        "docker0 is a MODEL: the Docker daemon could not run ({e:#})."
+                    ));
+                    Box::new(model::ModelEnv::new(&tools, args.pin, format!("{e:#}"))?)
+                }
+                Err(e) => return Err(e.context("docker0's side")),
+            },
+        };
+        envs.push(docker_env);
+        envs.push(Box::new(
+            limit::LimitEnv::new(&tools, args.pin).context("the limit's side")?,
+        ));
+    }
+    let (labels, sides): ([String; 3], [String; 3]) = if main {
+        (
+            [envs[0].label(), envs[1].label(), envs[2].label()],
+            [envs[0].describe(), envs[1].describe(), envs[2].describe()],
+        )
+    } else {
+        let not = "not set up: every group of it skipped (--skip)".to_owned();
+        (
+            ["dnet".into(), "docker0".into(), "limit".into()],
+            [not.clone(), not.clone(), not],
+        )
+    };
+
+    let mut defs = metric_defs(&ports, plan.endpoints, plan.publish);
+    defs.extend(results::broadcast_defs(plan.members));
+    let mut r = Results::new(defs, plan.rounds);
+    // Skipped groups and metrics: every side says so (ids start with ew,
+    // ns, pp, cp, bc).
     let skipped: Vec<String> = r
         .defs
         .iter()
         .map(|d| d.id.clone())
         .filter(|id| {
-            skip(
-                id.split('_')
-                    .next()
-                    .unwrap_or("")
-                    .trim_end_matches(|c: char| c.is_ascii_digit()),
-            )
+            skip(id)
+                || skip(
+                    id.split('_')
+                        .next()
+                        .unwrap_or("")
+                        .trim_end_matches(|c: char| c.is_ascii_digit()),
+                )
         })
         .collect();
     for id in skipped {
@@ -398,6 +438,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         Task::Cp,
         Task::DnsName,
         Task::DnsFwd,
+        Task::Bcast,
     ]
     .into_iter()
     .filter(|t| !skip(t.group()))
@@ -471,9 +512,31 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         }
     }
     drop(envs);
+
+    // Docker + dnet: after the main sides (one dockerd at a time).
+    let dd = if skip("dd") {
+        report::DockerDnet::Skipped("skipped (--skip dd)".into())
+    } else if args.docker == DockerMode::Model {
+        report::DockerDnet::Skipped("n/a: --docker model (this side needs the real dockerd)".into())
+    } else {
+        let runs = args
+            .docker_runs
+            .unwrap_or(if args.quick { 10 } else { 30 })
+            .max(1);
+        eprintln!("bench: Docker + dnet: setting up");
+        match dockernet::bench(&ctx, &tools, args.pin, plan.rounds, plan.warmup, runs) {
+            Ok((r, describe)) => report::DockerDnet::Done { r, describe },
+            Err(e) if args.docker == DockerMode::Real => return Err(e),
+            Err(e) => {
+                eprintln!("bench: Docker + dnet: {e:#}");
+                report::DockerDnet::Skipped(format!("n/a: {e:#}"))
+            }
+        }
+    };
     eprintln!("bench: everything removed");
 
-    let goals = results::goals(&r, &ports);
+    let mut goals = results::goals(&r, &ports);
+    goals.push(dd.goal());
     let quick_flag = if args.quick { " --quick" } else { "" };
     let mut command = format!("cargo xtask bench{quick_flag}");
     for a in std::env::args().skip(2) {
@@ -503,6 +566,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         sides,
         labels,
         notes,
+        dd,
     };
     let md = report::markdown(&meta, &r, &goals);
     println!("{md}");

@@ -13,6 +13,7 @@ pub enum Group {
     Published,
     ControlPlane,
     Names,
+    Broadcast,
 }
 
 impl Group {
@@ -23,6 +24,7 @@ impl Group {
             Group::Published => "Published ports, world to container",
             Group::ControlPlane => "Control plane",
             Group::Names => "Names, a container asking its network's resolver (dnsperf)",
+            Group::Broadcast => "Broadcast on one network (dnet only)",
         }
     }
 }
@@ -37,7 +39,7 @@ pub struct MetricDef {
 }
 
 impl MetricDef {
-    fn new(
+    pub fn new(
         id: impl Into<String>,
         group: Group,
         label: impl Into<String>,
@@ -211,6 +213,29 @@ pub fn metric_defs(ports: &[u32], endpoints: usize, publish: u32) -> Vec<MetricD
         ),
     ]);
     v
+}
+
+/// The broadcast figures (after [`metric_defs`]'s): a flood of 64-byte
+/// broadcasts from one member of a network of `members`, each copied to
+/// the others.
+pub fn broadcast_defs(members: usize) -> Vec<MetricDef> {
+    let m = members.saturating_sub(1);
+    vec![
+        MetricDef::new(
+            "bc_copy",
+            Group::Broadcast,
+            format!("broadcast to {m} members: time per copy delivered"),
+            "ns",
+            false,
+        ),
+        MetricDef::new(
+            "bc_rate",
+            Group::Broadcast,
+            format!("broadcast to {m} members: copies delivered"),
+            "kpps",
+            true,
+        ),
+    ]
 }
 
 pub fn pp_rps(n: u32) -> String {
