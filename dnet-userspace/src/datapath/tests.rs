@@ -1764,3 +1764,6 @@ fn without_a_nat_address_nothing_leaves_for_the_world() {
 
 /// Conntrack under pressure: flows, their identity, and clashes (issue 10).
 mod ct;
+
+/// Frames the property test found the datapath wrong on.
+mod found;
