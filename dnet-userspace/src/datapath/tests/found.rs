@@ -102,3 +102,16 @@ fn found_a_transport_header_that_lies_about_lengths_opens_no_flow() {
         assert_eq!(run(&fx.dp, &fine).0, REDIRECT);
     });
 }
+
+#[test]
+fn found_nothing_is_translated_to_0_0_0_0_8() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        for d in ["0.0.0.0", "0.1.2.3"] {
+            let f = udp_to(fx.a.mac, GW_MAC, (A, 4000), (d, 53), false);
+            assert_eq!(run(&fx.dp, &f).0, SHOT, "{d}");
+        }
+        assert_eq!(drops(&fx.dp, 1, DropReason::NoRoute), 2);
+        assert!(fx.dp.conntrack().unwrap().is_empty());
+    });
+}
