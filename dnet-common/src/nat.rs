@@ -13,6 +13,8 @@
 //! | | C:c → X:x | source U:h | out the uplink |
 //! | hairpin: container A to U:h of B:b (gateway G of B, port n) | A:a → U:h | source G:n, destination B:b | into B |
 //! | | B:b → G:n | source U:h, destination A:a | into A |
+//! | the host's echo request, id i, to R (id n: i itself when free) | U:i → R | source U:n | out the uplink |
+//! | | R → U:n | destination U:i | up the host's stack |
 //!
 //! ICMP echo uses its identifier as a port: the source port of requests and
 //! the destination port of replies, so that a reply's key is its request's
@@ -62,8 +64,16 @@ pub const CT_F_PUBLISHED: u16 = 1 << 4;
 pub const CT_F_ASSURED: u16 = 1 << 5;
 /// On a flow's first entry: its answers are delivered into an endpoint
 /// (the reply entry has [`CT_F_TO_ENDPOINT`]), so that the reply entry can
-/// be made again from the first one alone ([`reply_of`]).
+/// be made again from the first one alone ([`reply_into`]).
 pub const CT_F_REPLY_TO_ENDPOINT: u16 = 1 << 6;
+
+/// On both entries of a flow of the host itself: an ICMP echo request the
+/// host sent out of the uplink, whose identifier is held in the table (and
+/// translated when a container's flow has it) so that a container's echo
+/// never takes it, and whose answers go up the host's stack. Ping sockets
+/// pick identifiers without regard to `ip_local_reserved_ports`, raw ones
+/// as they like: only the table keeps the two apart.
+pub const CT_F_HOST: u16 = 1 << 7;
 
 /// TCP flags as they sit in the header's 14th byte.
 pub const TCP_FIN: u8 = 0x01;
@@ -132,39 +142,12 @@ pub const fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
     translated(k, e).reversed()
 }
 
-/// The reply entry of the flow whose first entry is `e`, keyed `k`: keyed
-/// by the answers' tuple, it undoes the translation (a source NAT becomes a
-/// destination NAT and the other way round), with the flow's identity, its
-/// endpoint and its times. No TCP flags seen yet.
-#[inline(always)]
-pub const fn reply_of(k: &CtKey, e: &CtEntry) -> (CtKey, CtEntry) {
-    let mut rk = CtKey {
-        saddr_be: 0,
-        daddr_be: 0,
-        sport_be: 0,
-        dport_be: 0,
-        proto: 0,
-        _pad: [0; 3],
-    };
-    let mut r = CtEntry {
-        new_saddr_be: 0,
-        new_daddr_be: 0,
-        new_sport_be: 0,
-        new_dport_be: 0,
-        flags: 0,
-        tcp_seen: 0,
-        _pad: 0,
-        endpoint_be: 0,
-        flow_id: 0,
-        created_ns: 0,
-        last_seen_ns: 0,
-    };
-    reply_into(k, e, &mut rk, &mut r);
-    (rk, r)
-}
-
-/// [`reply_of`], written in place (the datapath builds it in a scratch
-/// map, off its small stack). Every field is written.
+/// The reply entry of the flow whose first entry is `e`, keyed `k`, and
+/// its key `rk`: keyed by the answers' tuple, it undoes the translation (a
+/// source NAT becomes a destination NAT and the other way round), with the
+/// flow's identity, its endpoint and its times. No TCP flags seen yet.
+/// Written in place (the datapath builds it in a scratch map, off its small
+/// stack); every field is written.
 #[inline(always)]
 pub const fn reply_into(k: &CtKey, e: &CtEntry, rk: &mut CtKey, r: &mut CtEntry) {
     // The answers' tuple: the first direction's, translated, reversed.
@@ -176,7 +159,7 @@ pub const fn reply_into(k: &CtKey, e: &CtEntry, rk: &mut CtKey, r: &mut CtEntry)
     rk.dport_be = if snat { e.new_sport_be } else { k.sport_be };
     rk.proto = k.proto;
     rk._pad = [0; 3];
-    let mut flags = CT_F_REPLY | (e.flags & CT_F_PUBLISHED);
+    let mut flags = CT_F_REPLY | (e.flags & (CT_F_PUBLISHED | CT_F_HOST));
     if dnat {
         flags |= CT_F_SNAT;
     }
@@ -379,7 +362,8 @@ mod tests {
             flow_id: 77,
             ..Default::default()
         };
-        let (rk, re) = reply_of(&k, &snat);
+        let (mut rk, mut re) = (CtKey::default(), CtEntry::default());
+        reply_into(&k, &snat, &mut rk, &mut re);
         assert_eq!(rk, partner(&k, &snat));
         assert_eq!(re.flags, CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_REPLY);
         assert_eq!((re.new_daddr_be, re.new_dport_be), (1, 3));
@@ -395,7 +379,20 @@ mod tests {
             flags: CT_F_SNAT | CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_PUBLISHED,
             ..Default::default()
         };
-        let (rk, re) = reply_of(&k, &dnat);
+        // Every field is written, whatever was there.
+        let (mut rk, mut re) = (
+            CtKey {
+                _pad: [9; 3],
+                ..Default::default()
+            },
+            CtEntry {
+                tcp_seen: 0xff,
+                _pad: 7,
+                ..re
+            },
+        );
+        reply_into(&k, &dnat, &mut rk, &mut re);
+        assert_eq!((rk._pad, re.tcp_seen, re._pad), ([0; 3], 0, 0));
         assert_eq!(
             (rk.saddr_be, rk.sport_be, rk.daddr_be, rk.dport_be),
             (5, 80, 1, 50000)

@@ -20,8 +20,8 @@ use dnet_common::{
     CtEntry, CtKey, DropReason,
     maps::CT_ENTRIES,
     nat::{
-        CT_F_ASSURED, CT_F_REPLY, CT_FIN_ACKED, CT_PEER_FIN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-        partner, reply_into, tcp_closed, tcp_reusable,
+        CT_F_ASSURED, CT_F_REPLY, CT_FIN_ACKED, CT_PEER_FIN, CT_SEEN, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN, partner, reply_into, tcp_closed, tcp_reusable,
     },
 };
 
@@ -93,67 +93,84 @@ pub fn insert_new(k: &CtKey, e: &CtEntry) -> Result<(), InsertError> {
 /// another flow now (or the table is full), the flow ends here
 /// (`conntrack-half-flow`): its packets would go out on a tuple whose
 /// answers reach another container.
+///
+/// The partner entry is looked up once, and only when needed: for TCP
+/// (the state spans both directions), and for other protocols while the
+/// first direction has not seen an answer (`CT_F_ASSURED`). An answered
+/// UDP or ICMP flow's reply entry cannot go while its first entry is
+/// there: every remover takes the first entry first.
 #[inline(always)]
 pub fn lookup(key: &CtKey, tcp_flags: u8) -> Result<Option<CtEntry>, DropReason> {
     let Some(e) = CT.get_ptr_mut(key) else {
         return Ok(None);
     };
     let t = now();
+    let tcp = key.proto == IPPROTO_TCP;
     // SAFETY: `e` (and the partner entry below) point into live map values.
     // The datapath writes only `last_seen_ns`, `tcp_seen` and the
     // `CT_F_ASSURED` bit of `flags`, all plain data: a torn timestamp is
     // harmless, a `tcp_seen` bit lost to a concurrent write on another CPU
     // only keeps a closed flow's port held until the closing timeout, and
-    // a lost `CT_F_ASSURED` is set again by the opener's next ACK.
+    // a lost `CT_F_ASSURED` is set again by the next packet that would set
+    // it.
     unsafe {
         if t.saturating_sub((*e).last_seen_ns) > NSEC_PER_SEC {
             (*e).last_seen_ns = t;
         }
-        if (*e).flags & CT_F_REPLY == 0 {
+        let first = (*e).flags & CT_F_REPLY == 0;
+        let assured = (*e).flags & CT_F_ASSURED != 0;
+        let mut p = None;
+        if tcp || (first && !assured) {
             let rk = partner(key, &*e);
-            let p = match CT.get_ptr_mut(&rk) {
+            p = match CT.get_ptr_mut(&rk) {
                 Some(p) => Some(p),
-                None => repair(key, &*e),
+                None if first => repair(key, &*e),
+                None => None,
             };
-            match p {
-                Some(p) if (*p).flow_id == (*e).flow_id => {
-                    // The handshake completes with the opener's ACK after
-                    // the other side's SYN-ACK.
-                    if (*e).flags & CT_F_ASSURED == 0
-                        && key.proto == IPPROTO_TCP
-                        && tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK
-                        && (*p).tcp_seen & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
-                    {
-                        (*e).flags |= CT_F_ASSURED;
-                    }
-                }
-                _ => {
-                    let _ = CT.remove(key);
-                    return Err(DropReason::CtHalfFlow);
-                }
+            // Only an entry of the same identity is this flow's.
+            p = p.filter(|p| (**p).flow_id == (*e).flow_id);
+            if first && p.is_none() {
+                let _ = CT.remove(key);
+                return Err(DropReason::CtHalfFlow);
             }
         }
         let seen = (*e).tcp_seen;
-        if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-            // A new connection on the tuple of a closed one: both directions
-            // start over, or the old FIN/RST would mark the new one closed.
-            let p = CT.get_ptr_mut(partner(key, &*e));
-            let other = p.map(|p| (*p).tcp_seen).unwrap_or(0);
-            if tcp_closed(seen, other) {
-                (*e).tcp_seen = tcp_flags;
-                (*e).flags &= !CT_F_ASSURED;
-                if let Some(p) = p {
-                    (*p).tcp_seen = 0;
-                }
-                return Ok(Some(*e));
+        let other = p.map(|p| (*p).tcp_seen).unwrap_or(0);
+        if !tcp {
+            // Answered: the first direction stops checking its partner.
+            if first && !assured && other & CT_SEEN != 0 {
+                (*e).flags |= CT_F_ASSURED;
             }
+            if seen & CT_SEEN == 0 {
+                (*e).tcp_seen = seen | tcp_flags;
+            }
+            return Ok(Some(*e));
+        }
+        // The handshake completes with the opener's ACK after the other
+        // side's SYN-ACK.
+        if first
+            && !assured
+            && tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK
+            && other & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+        {
+            (*e).flags |= CT_F_ASSURED;
+        }
+        if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && tcp_closed(seen, other) {
+            // A new connection on the tuple of a closed one: both
+            // directions start over, or the old FIN/RST would mark the new
+            // one closed.
+            (*e).tcp_seen = tcp_flags;
+            (*e).flags &= !CT_F_ASSURED;
+            if let Some(p) = p {
+                (*p).tcp_seen = 0;
+            }
+            return Ok(Some(*e));
         }
         let mut add = tcp_flags;
         if add & TCP_FIN != 0 && seen & TCP_FIN == 0 {
             // This side's first FIN: the other side's next ACK is its last
-            // word. Noted on the other side's entry (one more lookup, once
-            // per direction of a flow).
-            if let Some(p) = CT.get_ptr_mut(partner(key, &*e)) {
+            // word. Noted on the other side's entry.
+            if let Some(p) = p {
                 (*p).tcp_seen |= CT_PEER_FIN;
             }
         }
@@ -177,13 +194,21 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Result<Option<CtEntry>, DropReason>
 /// Makes the reply entry of the flow whose first entry `e` (keyed `key`)
 /// has lost it, if its tuple is free; returns what holds the tuple then
 /// (another CPU may have made the same entry meanwhile: same identity).
-/// The entry is built in the scratch map: the callers' stacks are full.
 #[inline(always)]
 fn repair(key: &CtKey, e: &CtEntry) -> Option<*mut CtEntry> {
-    let s = scratch()?;
-    reply_into(key, e, &mut s.rkey, &mut s.reply);
+    let s = reply_in_scratch(key, e)?;
     let _ = insert_new(&s.rkey, &s.reply);
     CT.get_ptr_mut(&s.rkey)
+}
+
+/// This CPU's scratch slot with the reply entry (and its key) of the flow
+/// whose first entry is `fwd`, keyed `key`. Built there: the callers'
+/// stacks are full.
+#[inline(always)]
+pub fn reply_in_scratch(key: &CtKey, fwd: &CtEntry) -> Option<&'static mut CtScratch> {
+    let s = scratch()?;
+    reply_into(key, fwd, &mut s.rkey, &mut s.reply);
+    Some(s)
 }
 
 /// A TCP segment that may open a flow: a SYN without ACK, RST or FIN (Linux's
@@ -195,7 +220,7 @@ pub fn opens_flow(proto: u8, tcp_flags: u8) -> bool {
     proto != IPPROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
 }
 
-/// A new flow's first entry (its reply entry follows from it: `reply_of`),
+/// A new flow's first entry (its reply entry follows from it: `reply_into`),
 /// with a fresh identity.
 #[inline(always)]
 pub fn entry(

@@ -481,6 +481,60 @@ fn cni_port_mappings_publish_like_dnet_run_and_pods_are_named() {
 }
 
 #[test]
+fn cni_pods_resolve_by_pod_name_on_a_user_defined_network() {
+    let mut sb = Sandbox::new();
+    sb.dnet_ok(&["network", "create", "--subnet", "10.92.0.0/24", "front"]);
+    let gw = "10.92.0.1";
+    let conf = conf(&sb, "1.0.0", "front");
+    let mut ips = Vec::new();
+    for (id, pod) in [("ctrweb", "web-0"), ("ctrdb", "db-0")] {
+        let ns = sb.add_netns(pod);
+        let mut add = cni(&sb, "ADD", id, s(&ns));
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={pod}");
+        add.args = &args;
+        let r = add.call(&conf);
+        r.assert_ok();
+        let r = r.json();
+        assert_eq!(r["dns"]["nameservers"], json!([gw]), "{r}");
+        let ip = r["ips"][0]["address"].as_str().unwrap();
+        ips.push((id, ns, ip.split('/').next().unwrap().to_owned()));
+    }
+    let (db_ns, web_ip) = (&ips[1].1, &ips[0].2);
+    // Recorded as NAMESPACE/POD, named in DNS by the pod's name (its host
+    // name in Kubernetes; podman gives its container name as the pod's).
+    assert!(
+        runtime_containers(&sb)
+            .iter()
+            .any(|c| c["name"] == "shop/web-0")
+    );
+    let ask = |args: &[&str]| {
+        let mut a = vec!["dns", "query", gw];
+        a.extend(args);
+        let o = in_netns(db_ns, &ct(), &a);
+        assert!(ok(&o), "{args:?}: {}", out(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    for name in ["web-0", "WEB-0.front."] {
+        assert_eq!(
+            ask(&[name]),
+            format!("rcode NoError\nA {web_ip}\n"),
+            "{name}"
+        );
+    }
+    // No IPv6 address: an empty NOERROR, not forwarded.
+    assert_eq!(ask(&["web-0", "aaaa"]), "rcode NoError\n");
+    let arpa: Vec<&str> = web_ip.split('.').rev().collect();
+    assert_eq!(
+        ask(&[&format!("{}.in-addr.arpa", arpa.join(".")), "ptr"]),
+        "rcode NoError\nPTR web-0.front.\n"
+    );
+    for (id, ns, _) in &ips {
+        cni(&sb, "DEL", id, s(ns)).call(&conf).assert_ok();
+    }
+    assert!(runtime_containers(&sb).is_empty());
+}
+
+#[test]
 fn cni_gc_collects_the_attachments_the_runtime_no_longer_lists() {
     let mut sb = Sandbox::new();
     let c = conf(&sb, "1.1.0", "bridge");

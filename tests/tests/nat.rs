@@ -830,3 +830,36 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
     ]);
     assert!(ok(&o), "a packet that fits gets through: {}", out(&o));
 }
+
+/// The host's own ping on the identifier a container's ping was translated
+/// to (ping sockets and raw ones ignore `ip_local_reserved_ports`): both get
+/// their replies (issue 10 item 6).
+#[test]
+fn a_host_ping_on_a_containers_nat_identifier_and_the_containers_both_get_replies() {
+    let sb = Sandbox::new();
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    let world = WORLD_IP.to_string();
+    let ping_a = || sb.conntest_in("a", &["ping", &world, "--id", "4660", "--timeout", "2"]);
+    let o = ping_a();
+    assert!(ok(&o), "{}", out(&o));
+    let from = format!("{} id 4660", sb.ip_of("a"));
+    let flows = sb.flows();
+    let f = flows
+        .iter()
+        .find(|f| f["original"]["src"] == from.as_str())
+        .unwrap_or_else(|| panic!("a's echo flow: {flows:?}"));
+    let nat_id = f["translated"]["src"]
+        .as_str()
+        .and_then(|s| s.rsplit(' ').next())
+        .unwrap()
+        .to_owned();
+    let o = sb.in_host(&ct(), &["ping", &world, "--id", &nat_id, "--timeout", "2"]);
+    assert!(ok(&o), "the host's ping on id {nat_id}: {}", out(&o));
+    let o = ping_a();
+    assert!(ok(&o), "a's ping again: {}", out(&o));
+    assert!(
+        sb.flows().iter().any(|f| f["kind"] == "host"),
+        "{:?}",
+        sb.flows()
+    );
+}

@@ -63,26 +63,16 @@ pub struct Args {
     docker_plugin_socket: String,
     /// Where the resolver forwards names that are not containers'
     /// (IP[:PORT], repeatable; default: the first three nameservers of
-    /// /etc/resolv.conf), queried from the daemon's namespace.
+    /// --resolv-conf, followed as it changes), queried from the daemon's
+    /// namespace.
     #[arg(long = "dns-upstream", value_parser = crate::dns::parse_upstream)]
     dns_upstream: Vec<std::net::SocketAddr>,
-}
-
-/// The resolver's upstreams: `--dns-upstream`, else the host's resolv.conf.
-fn upstreams(args: &Args) -> Vec<std::net::SocketAddr> {
-    if !args.dns_upstream.is_empty() {
-        return args.dns_upstream.clone();
-    }
-    let v = std::fs::read_to_string("/etc/resolv.conf")
-        .map(|t| crate::dns::from_resolv_conf(&t))
-        .unwrap_or_default();
-    if v.is_empty() {
-        tracing::warn!(
-            "no nameserver in /etc/resolv.conf and no --dns-upstream: \
-             containers' other names get SERVFAIL"
-        );
-    }
-    v
+    /// The host's resolv.conf: the resolver's default upstreams and the
+    /// `search` and `options` containers get, followed as it changes
+    /// (for example /run/systemd/resolve/resolv.conf, the upstreams of
+    /// systemd-resolved rather than its stub).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -225,8 +215,9 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
             gc_interval: secs(args.ct_gc_interval),
         },
         dns: crate::dns::Options {
-            upstreams: upstreams(args),
+            upstreams: args.dns_upstream.clone(),
         },
+        resolv_conf: args.resolv_conf.clone(),
     };
     let r = rt.block_on(async {
         let engine = Engine::start(cfg).await.map_err(anyhow::Error::from)?;

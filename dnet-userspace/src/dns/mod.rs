@@ -31,14 +31,16 @@ use names::Names;
 /// What the daemon forwards to.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Upstream resolvers, tried in turn.
+    /// Upstream resolvers, tried in turn (`--dns-upstream`); empty: the
+    /// nameservers of the host's resolv.conf, followed as it changes
+    /// ([`Resolver::host_resolv_conf`]).
     pub upstreams: Vec<SocketAddr>,
 }
 
 /// What the listeners share: the current table and the upstreams.
 pub struct Shared {
     names: RwLock<Arc<Names>>,
-    upstreams: Vec<SocketAddr>,
+    upstreams: RwLock<Arc<[SocketAddr]>>,
 }
 
 impl Shared {
@@ -47,28 +49,57 @@ impl Shared {
     }
 
     /// The client's own upstreams (`dnet run --dns`), else the daemon's.
-    fn upstreams_for(&self, names: &Names, src: Ipv4Addr) -> Vec<SocketAddr> {
+    fn upstreams_for(&self, names: &Names, src: Ipv4Addr) -> Arc<[SocketAddr]> {
         match names.client(src) {
             Some(c) if !c.upstreams.is_empty() => c.upstreams.clone(),
-            _ => self.upstreams.clone(),
+            _ => self
+                .upstreams
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
 
 pub struct Resolver {
     shared: Arc<Shared>,
+    /// Upstreams given to the daemon; empty: the host's, followed.
+    fixed: bool,
     listeners: Mutex<HashMap<Ipv4Addr, tokio::task::JoinHandle<()>>>,
 }
 
 impl Resolver {
     pub fn new(opts: Options) -> Resolver {
         Resolver {
+            fixed: !opts.upstreams.is_empty(),
             shared: Arc::new(Shared {
                 names: RwLock::new(Arc::new(Names::default())),
-                upstreams: opts.upstreams,
+                upstreams: RwLock::new(opts.upstreams.into()),
             }),
             listeners: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The host's resolv.conf is now `text`: unless the daemon was given
+    /// its upstreams, forwarding goes to its nameservers from now on.
+    pub fn host_resolv_conf(&self, text: &str) {
+        if self.fixed {
+            return;
+        }
+        let v = from_resolv_conf(text);
+        if v.is_empty() {
+            tracing::warn!(
+                "no nameserver in the host's resolv.conf and no --dns-upstream: \
+                 containers' other names get SERVFAIL"
+            );
+        } else {
+            tracing::info!(upstreams = ?v, "resolver: the host's nameservers");
+        }
+        *self
+            .shared
+            .upstreams
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = v.into();
     }
 
     /// Answers from `state` from now on, and listens on exactly its

@@ -196,6 +196,9 @@ impl Inner {
         if let Err(e) = self.sync_services() {
             tracing::warn!(container = %c.name, "publishing: {e}");
         }
+        // Its hosts file gains the new address; its resolv.conf names this
+        // network's resolver if it is its first with one.
+        self.refresh_container_files(&c);
         tracing::info!(container = %c.name, network = %net.name, ip = ?ep.ip, "connected");
         Ok((c, ep, ports))
     }
@@ -298,6 +301,9 @@ impl Inner {
         }
         let addrs: Vec<_> = eps.iter().filter_map(|e| e.ip).collect();
         self.forget_flows(&addrs);
+        if let Some(sc) = self.state.containers.get(&c.id) {
+            self.refresh_container_files(sc);
+        }
         for net in nets {
             tracing::info!(container = %c.name, network = %net.name, "disconnected");
         }

@@ -69,6 +69,8 @@ pub struct Config {
     pub nat: NatOptions,
     /// What the resolver forwards to.
     pub dns: crate::dns::Options,
+    /// The host's resolv.conf (followed: see `follow_host_files`).
+    pub resolv_conf: PathBuf,
 }
 
 impl Config {
@@ -98,6 +100,8 @@ struct Inner {
     /// (device, inode) of the host's /etc files containers get their own
     /// of, when last looked at (see `follow_host_files`).
     host_files: Vec<Option<(u64, u64)>>,
+    /// The host's resolv.conf (`Config::resolv_conf`) when last read.
+    host_resolv: String,
 }
 
 /// The predefined networks, as Docker has them.
@@ -142,10 +146,13 @@ impl Engine {
         // between the two.
         let changes = crate::netlink::monitor()?;
         let dns = crate::dns::Resolver::new(cfg.dns.clone());
+        let host_resolv = std::fs::read_to_string(&cfg.resolv_conf).unwrap_or_default();
+        dns.host_resolv_conf(&host_resolv);
         let mut inner = Inner {
             cfg,
             dns,
             host_files: Vec::new(),
+            host_resolv,
             state,
             store,
             ctx: Ctx {
@@ -1017,12 +1024,24 @@ impl Inner {
     }
 
     /// Binds the containers' own /etc files again when the host's changed
-    /// (a file renamed over one detaches the bind in every namespace).
+    /// (a file renamed over one detaches the bind in every namespace), and
+    /// follows the host's resolv.conf: the resolver's upstreams and the
+    /// containers' own resolv.conf.
     fn follow_host_files(&mut self) {
         let now = etc::host_file_ids();
         if now != self.host_files {
             self.host_files = now;
             self.rebind_container_files();
+        }
+        // A missing file reads as empty, as at start.
+        let text = std::fs::read_to_string(&self.cfg.resolv_conf).unwrap_or_default();
+        if text != self.host_resolv {
+            tracing::info!(path = %self.cfg.resolv_conf.display(), "the host's resolv.conf changed");
+            self.host_resolv = text;
+            self.dns.host_resolv_conf(&self.host_resolv);
+            for c in self.state.containers.values() {
+                self.refresh_container_files(c);
+            }
         }
     }
 

@@ -12,7 +12,7 @@
 //!                [--count N --interval S] N requests in a row; all must be
 //!                [--while PATH]           answered (a loss test); with
 //!                                         --while, fewer if PATH goes
-//!   conntest ping IP... [--timeout S] [--count N] [--size N]
+//!   conntest ping IP... [--timeout S] [--count N] [--size N] [--id N]
 //!                                         every address must answer
 //!   conntest connections IP:PORT --count N  N TCP connections at once; all
 //!                [--hold S]               answered or exit 1; kept open S s
@@ -140,9 +140,10 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             anyhow::ensure!(!ips.is_empty(), "ping needs an address");
             let count: u16 = flag(args, "--count", 1)?;
             let size: usize = flag(args, "--size", 56)?;
+            let id: u16 = flag(args, "--id", (std::process::id() as u16) ^ 0x5a5a)?;
             for seq in 0..count {
                 for ip in &ips {
-                    let rtt = ping(*ip, seq, size, timeout)?;
+                    let rtt = ping(*ip, id, seq, size, timeout)?;
                     println!(
                         "reply from {ip}: seq={seq} time={:.3} ms",
                         rtt.as_secs_f64() * 1e3
@@ -345,8 +346,15 @@ fn connections(
     Ok(())
 }
 
-/// One ICMP echo over a raw socket (needs CAP_NET_RAW).
-fn ping(ip: Ipv4Addr, seq: u16, size: usize, timeout: Duration) -> anyhow::Result<Duration> {
+/// One ICMP echo with identifier `id` over a raw socket (needs
+/// CAP_NET_RAW).
+fn ping(
+    ip: Ipv4Addr,
+    id: u16,
+    seq: u16,
+    size: usize,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
     use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn};
     let fd = nix::sys::socket::socket(
         AddressFamily::Inet,
@@ -354,7 +362,6 @@ fn ping(ip: Ipv4Addr, seq: u16, size: usize, timeout: Duration) -> anyhow::Resul
         SockFlag::SOCK_CLOEXEC,
         SockProtocol::Icmp,
     )?;
-    let id = (std::process::id() as u16) ^ 0x5a5a;
     let mut pkt = vec![8u8, 0, 0, 0];
     pkt.extend_from_slice(&id.to_be_bytes());
     pkt.extend_from_slice(&seq.to_be_bytes());

@@ -10,11 +10,16 @@
 //! round by round. The published-port series has a phase per port count
 //! (1, 100, 1,000, 10,000), with its own warm-up and rounds.
 //!
+//! Then the Docker + dnet side ([`dockernet`], `--skip dd` leaves it out):
+//! real Docker containers on a dnet network against the same containers on
+//! docker0 of the same dockerd, in a table of its own.
+//!
 //! Output: a markdown table on stdout and `target/bench/bench-<date>.{md,json,svg}`
 //! (plus `latest.*`).
 
 mod dnet;
 mod docker;
+mod dockernet;
 mod env;
 mod limit;
 mod measure;
@@ -71,7 +76,12 @@ pub struct Args {
     /// 1000; 100 with --quick).
     #[arg(long)]
     publish: Option<u32>,
-    /// Skip groups: ew, ns, pp, cp (comma separated).
+    /// `docker run`s per column of the Docker + dnet side (default 30; 10
+    /// with --quick).
+    #[arg(long)]
+    docker_runs: Option<usize>,
+    /// Skip groups (ew, ns, pp, cp, dd: Docker + dnet) or single metrics
+    /// (ew_tcp, ns_cps, ...), comma separated.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -314,53 +324,69 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             "Published ports: the measured port is published last, after N−1 ports of other containers, so its DNAT rule is the last one docker0 tries. With real Docker the N−1 rules are loaded in Docker's own form with one iptables-restore (dockerd adds them one iptables call at a time: ~25 s for 1,000 ports, hours for 10,000)."
         ),
     ];
-    eprintln!("bench: setting up the three sides");
+    let skip = |g: &str| args.skip.iter().any(|s| s == g);
+    // The three main sides only when one of their groups is measured.
+    let main = ["ew", "ns", "pp", "cp"].iter().any(|g| !skip(g));
     let mut envs: Vec<Box<dyn Env>> = Vec::new();
-    envs.push(Box::new(
-        dnet::DnetEnv::new(&tools, args.pin).context("dnet's side")?,
-    ));
-    let docker_env: Box<dyn Env> = match args.docker {
-        DockerMode::Model => Box::new(model::ModelEnv::new(
-            &tools,
-            args.pin,
-            "--docker model".into(),
-        )?),
-        mode => match docker::DockerEnv::start(&tools, args.pin) {
-            Ok(d) => Box::new(d),
-            Err(e) if mode == DockerMode::Auto => {
-                eprintln!(
-                    "bench: the Docker daemon cannot run here ({e:#}); using the docker0 model"
-                );
-                notes.push(format!(
-                    "docker0 is a MODEL: the Docker daemon could not run ({e:#})."
-                ));
-                Box::new(model::ModelEnv::new(&tools, args.pin, format!("{e:#}"))?)
-            }
-            Err(e) => return Err(e.context("docker0's side")),
-        },
+    if main {
+        eprintln!("bench: setting up the three sides");
+        envs.push(Box::new(
+            dnet::DnetEnv::new(&tools, args.pin).context("dnet's side")?,
+        ));
+        let docker_env: Box<dyn Env> = match args.docker {
+            DockerMode::Model => Box::new(model::ModelEnv::new(
+                &tools,
+                args.pin,
+                "--docker model".into(),
+            )?),
+            mode => match docker::DockerEnv::start(&tools, args.pin) {
+                Ok(d) => Box::new(d),
+                Err(e) if mode == DockerMode::Auto => {
+                    eprintln!(
+                        "bench: the Docker daemon cannot run here ({e:#}); using the docker0 model"
+                    );
+                    notes.push(format!(
+                        "docker0 is a MODEL: the Docker daemon could not run ({e:#})."
+                    ));
+                    Box::new(model::ModelEnv::new(&tools, args.pin, format!("{e:#}"))?)
+                }
+                Err(e) => return Err(e.context("docker0's side")),
+            },
+        };
+        envs.push(docker_env);
+        envs.push(Box::new(
+            limit::LimitEnv::new(&tools, args.pin).context("the limit's side")?,
+        ));
+    }
+    let (labels, sides): ([String; 3], [String; 3]) = if main {
+        (
+            [envs[0].label(), envs[1].label(), envs[2].label()],
+            [envs[0].describe(), envs[1].describe(), envs[2].describe()],
+        )
+    } else {
+        let not = "not set up: every group of it skipped (--skip)".to_owned();
+        (
+            ["dnet".into(), "docker0".into(), "limit".into()],
+            [not.clone(), not.clone(), not],
+        )
     };
-    envs.push(docker_env);
-    envs.push(Box::new(
-        limit::LimitEnv::new(&tools, args.pin).context("the limit's side")?,
-    ));
-    let labels: [String; 3] = [envs[0].label(), envs[1].label(), envs[2].label()];
-    let sides: [String; 3] = [envs[0].describe(), envs[1].describe(), envs[2].describe()];
 
     let defs = metric_defs(&ports, plan.endpoints, plan.publish);
     let mut r = Results::new(defs, plan.rounds);
-    let skip = |g: &str| args.skip.iter().any(|s| s == g);
-    // Skipped groups: every side says so (ids start with ew, ns, pp, cp).
+    // Skipped groups and metrics: every side says so (ids start with ew,
+    // ns, pp, cp).
     let skipped: Vec<String> = r
         .defs
         .iter()
         .map(|d| d.id.clone())
         .filter(|id| {
-            skip(
-                id.split('_')
-                    .next()
-                    .unwrap_or("")
-                    .trim_end_matches(|c: char| c.is_ascii_digit()),
-            )
+            skip(id)
+                || skip(
+                    id.split('_')
+                        .next()
+                        .unwrap_or("")
+                        .trim_end_matches(|c: char| c.is_ascii_digit()),
+                )
         })
         .collect();
     for id in skipped {
@@ -452,9 +478,31 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         }
     }
     drop(envs);
+
+    // Docker + dnet: after the main sides (one dockerd at a time).
+    let dd = if skip("dd") {
+        report::DockerDnet::Skipped("skipped (--skip dd)".into())
+    } else if args.docker == DockerMode::Model {
+        report::DockerDnet::Skipped("n/a: --docker model (this side needs the real dockerd)".into())
+    } else {
+        let runs = args
+            .docker_runs
+            .unwrap_or(if args.quick { 10 } else { 30 })
+            .max(1);
+        eprintln!("bench: Docker + dnet: setting up");
+        match dockernet::bench(&ctx, &tools, args.pin, plan.rounds, plan.warmup, runs) {
+            Ok((r, describe)) => report::DockerDnet::Done { r, describe },
+            Err(e) if args.docker == DockerMode::Real => return Err(e),
+            Err(e) => {
+                eprintln!("bench: Docker + dnet: {e:#}");
+                report::DockerDnet::Skipped(format!("n/a: {e:#}"))
+            }
+        }
+    };
     eprintln!("bench: everything removed");
 
-    let goals = results::goals(&r, &ports);
+    let mut goals = results::goals(&r, &ports);
+    goals.push(dd.goal());
     let quick_flag = if args.quick { " --quick" } else { "" };
     let mut command = format!("cargo xtask bench{quick_flag}");
     for a in std::env::args().skip(2) {
@@ -484,6 +532,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         sides,
         labels,
         notes,
+        dd,
     };
     let md = report::markdown(&meta, &r, &goals);
     println!("{md}");

@@ -35,7 +35,7 @@ pub struct MetricDef {
 }
 
 impl MetricDef {
-    fn new(
+    pub fn new(
         id: impl Into<String>,
         group: Group,
         label: impl Into<String>,

@@ -38,7 +38,7 @@ use proptest::{
 };
 
 use dnet_common::nat::{
-    CT_F_REPLY, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reply_of,
+    CT_F_REPLY, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reply_into,
     translated,
 };
 
@@ -59,6 +59,8 @@ enum Prog {
     FromUplink,
     /// Into A, as if it came in on this interface.
     ToContainer(u32),
+    /// The host's own packets out of the uplink.
+    ToUplink,
 }
 
 /// An IPv4 packet, as parts.
@@ -560,6 +562,12 @@ fn frame(p: &Pools, prog: Prog) -> BoxedStrategy<Frame> {
             prop_oneof![4 => Just(ip(WORLD)), 2 => addr(p)].boxed(),
             prop_oneof![6 => Just(ip(UPLINK)), 1 => addr(p)].boxed(),
         ),
+        Prog::ToUplink => (
+            Just(p.up_mac).boxed(),
+            Just(WORLD_MAC).boxed(),
+            prop_oneof![6 => Just(ip(UPLINK)), 1 => addr(p)].boxed(),
+            addr(p),
+        ),
         _ => (
             prop_oneof![8 => Just(p.a_mac), 1 => mac(p)].boxed(),
             prop_oneof![4 => Just(GW_MAC), 1 => mac(p)].boxed(),
@@ -739,6 +747,7 @@ fn step(p: &Pools) -> BoxedStrategy<Step> {
         6 => Just(Prog::FromContainer),
         4 => Just(Prog::FromUplink),
         1 => iif.prop_map(Prog::ToContainer),
+        2 => Just(Prog::ToUplink),
     ]
     .prop_flat_map({
         let p = p.clone();
@@ -920,6 +929,7 @@ fn try_run(dp: &Datapath, prog: Prog, frame: &[u8]) -> Option<(u32, Vec<u8>)> {
         Prog::FromContainer => (PROG_FROM_CONTAINER, None),
         Prog::FromUplink => (PROG_FROM_UPLINK, None),
         Prog::ToContainer(iif) => (PROG_TO_CONTAINER, Some(skb_ctx(iif, 0))),
+        Prog::ToUplink => (PROG_TO_UPLINK, None),
     };
     let p = dp.program(name).unwrap();
     let mut out = vec![0u8; frame.len() + 256];
@@ -1038,7 +1048,7 @@ fn check_step(w: &World, s: &Step, inp: &[u8]) -> Result<(), String> {
             "dropped without a counted reason".into()
         })?;
     }
-    if v == OK {
+    if v == OK && s.prog != Prog::ToUplink {
         check(out == inp, || format!("passed on changed: {}", hex(&out)))?;
     }
     let tagged = matches!(ethertype(inp), 0x8100 | 0x88a8);
@@ -1139,6 +1149,28 @@ fn check_step(w: &World, s: &Step, inp: &[u8]) -> Result<(), String> {
                 same_checksums(inp, &out)?;
             }
         }
+        // The host's echo requests take an identifier of the table; nothing
+        // else changes.
+        Prog::ToUplink if v == OK && out != inp => {
+            let h = hi.as_ref().ok_or("changed, not IPv4")?;
+            let m = 14 + h.hlen;
+            check(
+                h.valid && h.saddr == ip(UPLINK) && h.proto == 1 && inp[m] == 8,
+                || "the host's packet changed, not its echo request".into(),
+            )?;
+            check(
+                out.len() == inp.len()
+                    && out[..m + 2] == inp[..m + 2]
+                    && out[m + 6..] == inp[m + 6..],
+                || {
+                    format!(
+                        "the host's echo request changed beyond its id: {}",
+                        hex(&out)
+                    )
+                },
+            )?;
+            same_checksums(inp, &out)?;
+        }
         Prog::ToContainer(iif) if v == OK => {
             check([0, TEST_IFINDEX, w.fx.b.ifindex].contains(&iif), || {
                 format!("into A from interface {iif}")
@@ -1169,6 +1201,7 @@ fn check_step(w: &World, s: &Step, inp: &[u8]) -> Result<(), String> {
             }
             Prog::FromUplink => h.daddr == ip(UPLINK) && (h.proto == 6 || h.proto == 17),
             Prog::ToContainer(_) => false,
+            Prog::ToUplink => h.saddr == ip(UPLINK) && h.proto == 1,
         };
         check(sender_ok, || format!("{:?} made {new:?}", s.prog))?;
         check(new.len() == 2, || {
@@ -1179,7 +1212,12 @@ fn check_step(w: &World, s: &Step, inp: &[u8]) -> Result<(), String> {
                 .any(|(k, e)| *k == key && e.flags & CT_F_REPLY == 0),
             || format!("new entries {new:?} are not keyed by the frame's tuple {key:?}"),
         )?;
-        check(v == REDIRECT, || {
+        let sent = if s.prog == Prog::ToUplink {
+            OK
+        } else {
+            REDIRECT
+        };
+        check(v == sent, || {
             "a flow made for a frame that was dropped".into()
         })?;
         tally.flows_made += 1;
@@ -1277,7 +1315,8 @@ fn world() -> World {
         flow_id: 0x5eed,
         ..Default::default()
     };
-    let (rk, re) = reply_of(&bkey, &bfwd);
+    let (mut rk, mut re) = (CtKey::default(), CtEntry::default());
+    reply_into(&bkey, &bfwd, &mut rk, &mut re);
     fx.dp.ct_insert(&rk, &re).unwrap();
     fx.dp.ct_insert(&bkey, &bfwd).unwrap();
     let seed_ct = fx.dp.conntrack().unwrap();
