@@ -11,7 +11,8 @@ pub enum DropReason {
     Malformed = 0,
     /// Source MAC is not the endpoint's own.
     SpoofedMac = 1,
-    /// Source IPv4 address is not the endpoint's own.
+    /// Source IPv4 address is not the endpoint's own (or, on the uplink, is
+    /// one of dnet's networks).
     SpoofedIp = 2,
     /// An ARP reply or gratuitous ARP sent by a container.
     ArpReply = 3,

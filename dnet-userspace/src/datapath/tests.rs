@@ -1971,3 +1971,9 @@ fn without_a_nat_address_nothing_leaves_for_the_world() {
 
 /// Conntrack under pressure: flows, their identity, and clashes (issue 10).
 mod ct;
+
+/// Random and mutated frames through every program (a property test).
+mod fuzz;
+
+/// Frames the property test found the datapath wrong on.
+mod found;
