@@ -23,7 +23,10 @@ pub async fn run(client: &Client, format: Format) -> anyhow::Result<ExitCode> {
     println!("Networks:    {}", i.networks);
     println!("Containers:  {}", i.containers);
     if i.pending_removals > 0 {
-        println!("Removals:    {} finishing in the background", i.pending_removals);
+        println!(
+            "Removals:    {} finishing in the background",
+            i.pending_removals
+        );
     }
     println!("\nPrograms:");
     let mut t = Table::new(&["  NAME", "ID", "TAG", "ATTACHED AT"]);

@@ -291,3 +291,105 @@ async fn serve_conn(mut s: TcpStream, src: Ipv4Addr, shared: &Shared) -> std::io
         s.write_all(&msg).await?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use hickory_proto::{
+        op::{Message, Query, ResponseCode},
+        rr::{Name, RecordType},
+    };
+
+    use super::*;
+    use crate::dns::{Options, Resolver};
+
+    #[test]
+    fn batches_take_and_send_many_datagrams_with_their_sources() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = a.local_addr().unwrap();
+        let v4 = |s: &std::net::UdpSocket| match s.local_addr().unwrap() {
+            SocketAddr::V4(x) => x,
+            SocketAddr::V6(_) => unreachable!("bound to 127.0.0.1"),
+        };
+        // More than a batch, of several lengths, from two sources.
+        for i in 0..40u8 {
+            let s = if i.is_multiple_of(2) { &b } else { &c };
+            s.send_to(&vec![i; usize::from(i) % 20 + 1], to).unwrap();
+        }
+        let mut got = Received::new();
+        let mut seen = Vec::new();
+        let mut calls = Vec::new();
+        loop {
+            match got.recv(a.as_raw_fd()) {
+                Ok(()) => {
+                    calls.push(got.n);
+                    for i in 0..got.n {
+                        seen.push((got.bufs[i][..got.lens[i]].to_vec(), got.from[i]));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("recvmmsg: {e}"),
+            }
+        }
+        // All were waiting: one full batch, then the rest.
+        assert_eq!(calls, vec![BATCH, 40 - BATCH]);
+        assert_eq!(seen.len(), 40);
+        for (i, (bytes, from)) in seen.iter().enumerate() {
+            let i = i as u8;
+            assert_eq!(bytes, &vec![i; usize::from(i) % 20 + 1]);
+            let want = if i.is_multiple_of(2) { v4(&b) } else { v4(&c) };
+            assert_eq!(*from, Some(want), "datagram {i}");
+        }
+        // 40 answers to b: two calls at least, every one arrives in order.
+        let replies: Vec<(Vec<u8>, SocketAddrV4)> =
+            (0..40u8).map(|i| (vec![i; 3], v4(&b))).collect();
+        let mut sent = 0;
+        let mut calls = 0;
+        while sent < replies.len() {
+            sent += send_batch(a.as_raw_fd(), &replies[sent..]).unwrap();
+            calls += 1;
+        }
+        assert!(calls >= 2, "at most {BATCH} a call");
+        b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 16];
+        for i in 0..40u8 {
+            let (n, from) = b.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from), (&[i; 3][..], to));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_queries_gets_every_answer_with_its_id() {
+        let r = Resolver::new(Options::default());
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = sock.local_addr().unwrap();
+        let task = tokio::spawn(serve_udp(sock, r.shared.clone()));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for id in 0..100u16 {
+            let mut m = Message::query();
+            m.metadata.id = id;
+            m.add_query(Query::query(
+                Name::from_ascii("web.").unwrap(),
+                RecordType::A,
+            ));
+            client.send_to(&m.to_vec().unwrap(), server).await.unwrap();
+        }
+        let mut ids = BTreeSet::new();
+        let mut buf = [0u8; 512];
+        while ids.len() < 100 {
+            let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+                .await
+                .expect("an answer to every query")
+                .unwrap();
+            let m = Message::from_vec(&buf[..n]).unwrap();
+            // 127.0.0.1 is no container: refused, but answered.
+            assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+            assert!(ids.insert(m.metadata.id), "one answer per query");
+        }
+        assert_eq!(ids, (0..100).collect());
+        task.abort();
+    }
+}

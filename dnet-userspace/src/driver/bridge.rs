@@ -284,12 +284,8 @@ impl Driver for Bridge {
             Netns::Owned { .. } | Netns::External { .. } => netns::identity(a.netns).ok(),
             Netns::Host | Netns::Runtime => None,
         };
-        ctx.reaper.remove_link(
-            index,
-            host_ifname,
-            netns,
-            ctx.dp.endpoint_pins(host_ifname),
-        );
+        ctx.reaper
+            .remove_link(index, host_ifname, netns, ctx.dp.endpoint_pins(host_ifname));
         errors
     }
 

@@ -159,7 +159,8 @@ impl Engine {
                 nl,
                 dp,
                 uplink: None,
-                reaper: driver::Reaper::start().map_err(|e| conflict!("starting the reaper: {e}"))?,
+                reaper: driver::Reaper::start()
+                    .map_err(|e| conflict!("starting the reaper: {e}"))?,
             },
             runtime_ipam: Default::default(),
         };
