@@ -463,6 +463,104 @@ fn disconnecting_the_default_routes_network_reelects_the_next_gateway() {
     assert!(o.status.success(), "{o:?}");
 }
 
+/// An internal network never gives a container its default route, as in
+/// Docker: on internal networks only it has none (the world is unreachable
+/// at once, `ENETUNREACH`, not by a drop), yet reaches its peers; a network
+/// that is not internal, connected later, gives it its gateway as the
+/// default route, and the world is reached. The attach API's routes say the
+/// same to a CNI runtime.
+#[test]
+fn an_internal_network_gives_no_default_route_a_later_normal_one_does() {
+    let mut sb = Sandbox::new();
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--subnet",
+        "10.91.0.0/24",
+        "closed",
+    ]);
+    sb.dnet_ok(&["network", "create", "--subnet", "10.92.0.0/24", "open"]);
+    sb.server("y", "closed", "tcp", 5000);
+    let y = format!("{}:5000", sb.ip_of("y"));
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "x",
+        "--network",
+        "closed",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let routes = || sb.dnet_ok(&["exec", "x", "--", "ip", "-4", "route", "show"]);
+    let r = routes();
+    assert!(!r.contains("default"), "{r}");
+    assert!(r.contains("10.91.0.0/24 via 10.91.0.1"), "{r}");
+    let o = sb.conntest_in("x", &["tcp", &y]);
+    assert!(ok(&o), "the peer on the internal network: {}", out(&o));
+    let world = format!("{WORLD_IP}:80");
+    let o = sb.conntest_in("x", &["tcp", &world, "--timeout", "1"]);
+    assert!(
+        out(&o).contains("Network is unreachable"),
+        "no route, not a drop: {}",
+        out(&o)
+    );
+    assert_eq!(sb.drops("x", "internal-network"), 0);
+
+    sb.dnet_ok(&["network", "connect", "open", "x"]);
+    let r = routes();
+    assert!(r.contains("default via 10.92.0.1"), "{r}");
+    let o = sb.dnet(&[
+        "exec",
+        "x",
+        "--",
+        "ping",
+        "-c1",
+        "-W2",
+        &WORLD_IP.to_string(),
+    ]);
+    assert!(o.status.success(), "the world through open: {o:?}");
+    let o = sb.conntest_in("x", &["tcp", &y]);
+    assert!(ok(&o), "the peer still: {}", out(&o));
+
+    // The same through the attach API (what dnet-cni reports).
+    let ns = sb.add_netns("a");
+    let attach = |net: &str| {
+        let req = json!({"network": net, "target": {"kind": "netns", "path": ns}});
+        let (code, r) = sb.api_post("/v1/attach", &req);
+        assert_eq!(code, 201, "{r}");
+        r
+    };
+    let is_default = |rt: &Value| rt["dst"] == "0.0.0.0/0";
+    let r = attach("closed");
+    assert_eq!(r["gateway"], Value::Null, "{r}");
+    assert!(
+        !r["routes"].as_array().unwrap().iter().any(is_default),
+        "{r}"
+    );
+    let ns_routes = || out(&in_netns(&ns, "ip", &["-4", "route", "show"]));
+    assert!(!ns_routes().contains("default"), "{}", ns_routes());
+    let r = attach("open");
+    let default: Vec<_> = r["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rt| is_default(rt))
+        .collect();
+    assert_eq!(
+        default,
+        [&json!({"dst": "0.0.0.0/0", "gateway": "10.92.0.1"})],
+        "{r}"
+    );
+    assert!(
+        ns_routes().contains("default via 10.92.0.1"),
+        "{}",
+        ns_routes()
+    );
+}
+
 /// A daemon killed between a disconnect's commit and the re-election
 /// (`DNET_CRASH_AT=disconnect:committed`): at the next start reconcile
 /// removes the old endpoint, and with it the default route, and re-elects

@@ -460,6 +460,25 @@ fn internal_networks_have_no_outbound() {
         "sleep",
         "300",
     ]);
+    // No default route (as Docker): the world is unreachable at once.
+    let o = sb.conntest_in("x", &["tcp", &format!("{WORLD_IP}:80"), "--timeout", "1"]);
+    assert!(out(&o).contains("Network is unreachable"), "{}", out(&o));
+    // A default route the container makes itself leads nowhere either:
+    // the datapath drops what would leave the network.
+    sb.dnet_ok(&[
+        "exec",
+        "x",
+        "--",
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.22.0.1",
+        "dev",
+        "eth0",
+        "onlink",
+    ]);
     let o = sb.conntest_in("x", &["tcp", &format!("{WORLD_IP}:80"), "--timeout", "1"]);
     assert!(!ok(&o));
     assert!(sb.drops("x", "internal-network") > 0);

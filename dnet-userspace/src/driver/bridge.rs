@@ -8,9 +8,11 @@
 //! datapath maps.
 //!
 //! Per endpoint: a veth pair whose container end is born in the container's
-//! namespace as `eth0` (address, Docker MAC, default route via the gateway)
-//! and whose host end `vethXXXXXXX` carries the gateway MAC (so frames to the
-//! gateway reach the host stack), the container programs (tcx), a /32 route
+//! namespace as `eth0` (address, Docker MAC, default route via the gateway
+//! if it is the container's first endpoint on a network that is not
+//! internal: an internal network gives none, as in Docker) and whose host
+//! end `vethXXXXXXX` carries the gateway MAC (so frames to the gateway reach
+//! the host stack), the container programs (tcx), a /32 route
 //! and a permanent neighbour entry (the host never ARPs for a container).
 
 use std::os::fd::{AsFd as _, BorrowedFd};

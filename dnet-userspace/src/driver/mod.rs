@@ -70,7 +70,8 @@ pub struct Attachment<'a> {
     pub network: &'a Network,
     /// The container's namespace.
     pub netns: &'a Path,
-    /// The container's first endpoint: it gets the default route.
+    /// The container's first endpoint on a network that is not internal:
+    /// its gateway is the default route (an internal network gives none).
     pub primary: bool,
 }
 

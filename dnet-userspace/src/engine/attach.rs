@@ -62,6 +62,17 @@ pub(super) fn validate_ifname(name: &str) -> Result<()> {
     }
 }
 
+/// The endpoint of `c` whose network's gateway is its default route: the
+/// first with an address on a network that is not internal.
+fn gateway_endpoint<'a, 'n>(
+    c: &'a Container,
+    net_of: impl Fn(&str) -> Option<&'n Network>,
+) -> Option<&'a Endpoint> {
+    c.endpoints.iter().find(|e| {
+        e.ip.is_some() && net_of(&e.network_id).is_some_and(|n| !n.internal && n.ipam.is_some())
+    })
+}
+
 impl Engine {
     /// Attaches a namespace (or makes a pair for another runtime to move)
     /// to a network.
@@ -275,10 +286,16 @@ impl Inner {
         for ep in &eps {
             self.remove(c, ep).await;
         }
-        // The default route went with the first endpoint: the next
+        // The default route went with the endpoint that gave it: the next
         // non-internal network's gateway takes over, as Docker re-elects it.
         // (A daemon killed before this point: reconcile re-elects.)
-        let was_primary = c.endpoints.first().is_some_and(leaves);
+        let was_primary = gateway_endpoint(c, |id| {
+            self.state
+                .networks
+                .get(id)
+                .or_else(|| nets.iter().find(|n| n.id == id))
+        })
+        .is_some_and(leaves);
         if was_primary
             && let Some(sc) = self.state.containers.get(&c.id)
             && let Some(next) = self.default_route_endpoint(sc)
@@ -342,17 +359,16 @@ impl Inner {
         if !matches!(c.netns, Netns::Owned { .. } | Netns::External { .. }) {
             return None;
         }
-        c.endpoints
-            .iter()
-            .find(|e| {
-                e.ip.is_some()
-                    && self
-                        .state
-                        .networks
-                        .get(&e.network_id)
-                        .is_some_and(|n| !n.internal && n.ipam.is_some())
-            })
-            .cloned()
+        gateway_endpoint(c, |id| self.state.networks.get(id)).cloned()
+    }
+
+    /// Whether `ep` is the endpoint of `c` whose gateway is its default
+    /// route (in any namespace: for another runtime's, the route it is told
+    /// of). An internal network never is, as in Docker: a container on
+    /// internal networks only has no default route at all.
+    pub(super) fn gives_default_route(&self, c: &Container, ep: &Endpoint) -> bool {
+        gateway_endpoint(c, |id| self.state.networks.get(id))
+            .is_some_and(|e| e.network_id == ep.network_id)
     }
 
     /// Gives `c` a default route through the gateway of `ep`'s network.
@@ -379,7 +395,7 @@ impl Inner {
         let net = &self.state.networks[&ep.network_id];
         let ipam = net.ipam.filter(|_| ep.ip.is_some());
         let gateway = ipam.map(|i| i.gateway).filter(|_| !net.internal);
-        let primary = c.endpoints.first().map(|e| &e.network_id) == Some(&ep.network_id);
+        let primary = self.gives_default_route(c, ep);
         let mut routes = Vec::new();
         if let Some(i) = ipam
             && net.driver == DriverKind::Bridge

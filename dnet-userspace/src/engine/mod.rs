@@ -868,7 +868,7 @@ impl Inner {
             endpoint: ep,
             network: &net,
             netns: &path,
-            primary: c.endpoints.first().map(|e| &e.network_id) == Some(&ep.network_id),
+            primary: self.gives_default_route(c, ep),
         };
         driver::driver(net.driver).attach(&mut self.ctx, &a).await
     }

@@ -66,7 +66,7 @@ impl Inner {
                 }
             }
             let path = self.netns_path(&c);
-            for (i, ep) in c.endpoints.iter().enumerate() {
+            for ep in c.endpoints.iter() {
                 let Some(net) = self.state.networks.get(&ep.network_id).cloned() else {
                     continue;
                 };
@@ -75,7 +75,7 @@ impl Inner {
                     endpoint: ep,
                     network: &net,
                     netns: &path,
-                    primary: i == 0,
+                    primary: self.gives_default_route(&c, ep),
                 };
                 let d = driver::driver(net.driver);
                 if matches!(c.netns, Netns::Runtime) && !d.endpoint_ok(&self.ctx, &a).await {
