@@ -1,6 +1,7 @@
 //! The program on the uplink's tcx ingress: answers of translated flows, and
 //! new flows to published ports, go straight into their containers; every
-//! other packet goes on to the host stack untouched. A tagged frame belongs
+//! other packet goes on to the host stack untouched, but one from an
+//! address of dnet's networks, which is spoofed. A tagged frame belongs
 //! to a VLAN on the uplink's link, not to the uplink's own network (nor to
 //! dnet): the host's. A packet whose TTL runs out at dnet's hop gets "time
 //! exceeded" from the uplink's address.
@@ -8,7 +9,7 @@
 //! The program on the uplink's tcx egress keeps the host's own ICMP echo
 //! identifiers apart from the containers' (`CT_F_HOST`).
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dnet_common::{DropReason, nat::CT_F_HOST};
 
 use crate::{
@@ -18,6 +19,7 @@ use crate::{
     icmp_reply::{self, IcmpError},
     ipv4::Ipv4Hdr,
     l4::{self, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Parsed},
+    maps::SUBNETS,
     nat,
     ptr::ptr_at,
     stats::drop,
@@ -61,6 +63,12 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     {
         return Ok(TC_ACT_OK);
     }
+    // dnet's networks live behind its veths: a source of theirs on the
+    // uplink is spoofed, and would find a hairpin flow (keyed by its
+    // container's tuple to the uplink's address) and speak into it.
+    if SUBNETS.get(Key::new(32, ip.saddr_be)).is_some() {
+        return Err(DropReason::SpoofedIp);
+    }
     match l4::parse(ctx, ETH_HLEN, &ip) {
         Parsed::Flow(key, l4) => {
             let e = ct::lookup(&key, l4.tcp_flags)?;
@@ -91,6 +99,10 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             let e = match (e, svc) {
                 (Some(e), _) => e,
+                (None, Some(svc)) if !nat::may_publish_to(key.saddr_be) => {
+                    let slot = nat::endpoint_at(svc.backend_be).map_or(0, |ep| ep.slot);
+                    return Ok(drop(slot, DropReason::SourceNotAllowed));
+                }
                 (None, Some(svc)) => nat::new_dnat(
                     &cfg,
                     &key,

@@ -1,6 +1,8 @@
 //! dnet's side: its daemon in a sandbox (host and world namespaces), two
 //! containers on the default `bridge` network for east-west, and the
-//! world's servers for north-south.
+//! world's servers for north-south; for names, two containers of a
+//! user-defined network and a fake upstream resolver in the world (the
+//! daemon's `--dns-upstream`).
 
 use std::{net::Ipv4Addr, path::PathBuf, time::Instant};
 
@@ -9,7 +11,9 @@ use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP};
 use serde_json::Value;
 
 use super::{
-    env::{self, CpFigures, Env, FILLER_FIRST, Miss, Outcome, PP_PORT, PUBLISH_FIRST, Tools},
+    env::{
+        self, CpFigures, DnsTarget, Env, FILLER_FIRST, Miss, Outcome, PP_PORT, PUBLISH_FIRST, Tools,
+    },
     measure::Ctx,
     sys::{self, Procs, in_netns},
 };
@@ -31,6 +35,7 @@ pub struct DnetEnv {
     nat: Option<String>,
     published: Option<String>,
     cp_ready: usize,
+    dns: Option<DnsTarget>,
 }
 
 /// A container's namespace path and address, from `dnet ps --format json`.
@@ -58,8 +63,12 @@ impl DnetEnv {
     pub fn new(tools: &Tools, pin: bool) -> anyhow::Result<DnetEnv> {
         // Sandbox reads the binaries from DNET_BIN / CONNTEST_BIN (set by
         // the caller to the release builds).
-        let sb = std::panic::catch_unwind(Sandbox::new)
-            .map_err(|_| anyhow::anyhow!("the dnet sandbox did not start (see above)"))?;
+        // Forwarded names go to the world's fake upstream (never to the
+        // machine's own resolvers).
+        let upstream = format!("{WORLD_IP}:53");
+        let sb =
+            std::panic::catch_unwind(|| Sandbox::with_daemon_args(&["--dns-upstream", &upstream]))
+                .map_err(|_| anyhow::anyhow!("the dnet sandbox did not start (see above)"))?;
         let mut e = DnetEnv {
             procs: Procs::default(),
             pp_procs: Procs::default(),
@@ -71,6 +80,7 @@ impl DnetEnv {
             nat: None,
             published: None,
             cp_ready: 0,
+            dns: None,
         };
         e.dnet(&["run", "-d", "--name", "srv", "--", "sleep", "1000000"])?;
         e.dnet(&["run", "-d", "--name", "cli", "--", "sleep", "1000000"])?;
@@ -189,7 +199,7 @@ impl Env for DnetEnv {
         "dnet".into()
     }
     fn describe(&self) -> String {
-        "dnet (release build): its daemon in a sandbox host namespace, containers on the default bridge network".into()
+        "dnet (release build): its daemon in a sandbox host namespace, containers on the default bridge network (on a user-defined one for names)".into()
     }
     fn conntrack_netns(&self) -> Vec<PathBuf> {
         vec![self.sb.host_netns_path()]
@@ -250,6 +260,49 @@ impl Env for DnetEnv {
             }
         }
         Ok(())
+    }
+
+    fn dns(&mut self) -> Outcome<DnsTarget> {
+        if let Some(t) = &self.dns {
+            return Ok(t.clone());
+        }
+        let world = self.world();
+        env::start_dns_upstream(&mut self.procs, &world, WORLD_IP, &self.tools)?;
+        self.dnet(&["network", "create", "dnsnet"])?;
+        for n in ["dnsweb", "dnscli"] {
+            self.dnet(&[
+                "run",
+                "-d",
+                "--name",
+                n,
+                "--network",
+                "dnsnet",
+                "--",
+                "sleep",
+                "1000000",
+            ])?;
+        }
+        let ps = self.ps()?;
+        let (_, web_ip) = find(&ps, "dnsweb")?;
+        let (cli_ns, _) = find(&ps, "dnscli")?;
+        let cli = ps
+            .as_array()
+            .and_then(|v| v.iter().find(|c| c["name"] == "dnscli"))
+            .context("dnet ps has no dnscli")?;
+        let gateway = cli["networks"][0]["gateway"]
+            .as_str()
+            .and_then(|g| g.parse().ok())
+            .context("dnscli has no gateway")?;
+        sys::client_sysctls(&cli_ns)?;
+        let t = DnsTarget {
+            client: cli_ns,
+            server: gateway,
+            name: "dnsweb".into(),
+            name_ip: web_ip.context("dnsweb has no address")?,
+            dir: self.sb.dir.clone(),
+        };
+        self.dns = Some(t.clone());
+        Ok(t)
     }
 
     fn broadcast(&mut self, ctx: &Ctx, members: usize) -> Outcome<CpFigures> {
