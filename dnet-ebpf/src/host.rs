@@ -99,6 +99,10 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             let e = match (e, svc) {
                 (Some(e), _) => e,
+                (None, Some(svc)) if !nat::may_publish_to(key.saddr_be) => {
+                    let slot = nat::endpoint_at(svc.backend_be).map_or(0, |ep| ep.slot);
+                    return Ok(drop(slot, DropReason::SourceNotAllowed));
+                }
                 (None, Some(svc)) => nat::new_dnat(
                     &cfg,
                     &key,

@@ -8,6 +8,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::generated::bpf_redirect_peer,
+    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use dnet_common::{
@@ -25,7 +26,7 @@ use crate::{
     eth::ETH_HLEN,
     fib::{Route, RouteQuery, dec_ttl, forward, ingress_ifindex, route},
     l4::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L4},
-    maps::{CONFIG, EP_BY_IP, NETWORKS, SERVICES},
+    maps::{CONFIG, EP_BY_IP, NETWORKS, PUBLISH_FROM, SERVICES},
     stats::{count_translated, count_tx},
     verdict::{TC_ACT_OK, TC_ACT_REDIRECT},
 };
@@ -59,6 +60,13 @@ pub fn service(addr_be: u32, port_be: u16, proto: u8) -> Option<dnet_common::Ser
         k.addr_be = 0;
         SERVICES.get(&k).copied()
     }
+}
+
+/// The world's `saddr_be` may open a flow to a published port (`dnet
+/// daemon --publish-from`): one lookup per new flow, none per packet.
+#[inline(always)]
+pub fn may_publish_to(saddr_be: u32) -> bool {
+    PUBLISH_FROM.get(Key::new(32, saddr_be)).is_some()
 }
 
 /// Claims a source port for a flow whose first entry, but for the port,

@@ -92,6 +92,7 @@ fn attach_puts_an_interface_with_its_address_and_mac_in_a_namespace() {
         &json!({"runtime": {"runtime": "cni", "id": "ctr1"}, "network": "bridge"}),
     );
     assert_eq!(code, 204, "{body}");
+    sb.settle();
     assert!(!has_link(&links_in(&ns), "eth0"), "eth0 left after detach");
     assert!(
         sb.state()["containers"]
@@ -180,6 +181,7 @@ fn host_side_attach_leaves_a_down_link_for_the_runtime_and_detach_removes_it() {
         &json!({"runtime": {"runtime": "docker", "id": "ep1"}}),
     );
     assert_eq!(code, 204, "{body}");
+    sb.settle();
     assert!(!has_link(&links_in(&sb.host_netns_path()), &host));
     assert!(
         !has_link(&links_in(&ns), "eth0"),
@@ -252,7 +254,7 @@ fn bad_attach_input_changes_nothing() {
         (
             json!({"network": "host", "target": {"kind": "host_side"}}),
             400,
-            "bridge network",
+            "a bridge or macvlan network",
         ),
         (
             json!({"network": "bridge", "target": {"kind": "netns", "path": "/nonexistent"}}),
@@ -303,6 +305,7 @@ fn network_connect_takes_aliases_through_the_same_attach() {
     assert_eq!(c["endpoints"][0]["aliases"], json!(["db", "primary"]));
     assert!(has_link(&links_in(&ns), "eth0"));
     sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);
+    sb.settle();
     assert!(!has_link(&links_in(&ns), "eth0"));
     assert_consistent(&sb);
 }
@@ -509,4 +512,43 @@ fn a_daemon_killed_before_the_reelection_reelects_at_start() {
         &WORLD_IP.to_string(),
     ]);
     assert!(o.status.success(), "{o:?}");
+}
+
+/// A namespace that already has an interface of the name the endpoint
+/// takes refuses the attach with a message that says so, and nothing is
+/// left of it: no link, pin, map entry or record; the namespace keeps its
+/// own interfaces.
+#[test]
+fn an_interface_name_the_namespace_has_is_refused_clearly() {
+    let mut sb = Sandbox::new();
+    let ns = sb.add_netns("n");
+    let o = in_netns(
+        &ns,
+        "ip",
+        &["link", "add", "eth0", "type", "veth", "peer", "name", "own1"],
+    );
+    assert!(ok(&o), "{}", out(&o));
+    let before = sb.snapshot();
+    let ns_links = links_in(&ns);
+    let path = ns.to_str().unwrap();
+    let err = sb.dnet_err(&["network", "connect", "bridge", "--netns", path]);
+    assert!(
+        err.contains("already has an interface called eth0"),
+        "{err}"
+    );
+    let (code, body) = sb.api_post(
+        "/v1/attach",
+        &json!({"network": "bridge", "target": {"kind": "netns", "path": path},
+                "ifname": "own1", "runtime": {"runtime": "cni", "id": "n1"}}),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already has an interface called own1")),
+        "{body}"
+    );
+    assert_eq!(sb.snapshot(), before, "a refused attach changed something");
+    assert_eq!(links_in(&ns), ns_links);
+    assert_consistent(&sb);
 }

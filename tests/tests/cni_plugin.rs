@@ -214,6 +214,7 @@ fn cni_add_check_del_in_every_version() {
         del.assert_ok();
         assert!(del.stdout.is_empty(), "{del:?}");
         assert!(sb.cni_records().is_empty());
+        sb.settle();
         let l = in_netns(&ns, "ip", &["link", "show", "eth0"]);
         assert!(!ok(&l), "eth0 went with DEL");
         // Repeated DEL is success; CHECK of nothing is an unknown container.
@@ -299,6 +300,7 @@ fn cni_one_container_on_two_networks_leaves_them_one_by_one() {
     let mut del1 = cni(&sb, "DEL", "multi", s(&ns));
     del1.ifname = "eth1";
     del1.call(&two).assert_ok();
+    sb.settle();
     assert!(!ok(&in_netns(&ns, "ip", &["link", "show", "eth1"])));
     assert!(ok(&in_netns(&ns, "ip", &["link", "show", "eth0"])));
     assert_eq!(sb.cni_records().len(), 1);

@@ -31,6 +31,11 @@ pub struct Args {
     /// ephemeral ports).
     #[arg(long, default_value = "49152-60999", value_parser = parse_range)]
     nat_ports: (u16, u16),
+    /// Only these sources (CIDR, repeatable) open flows to published ports
+    /// from the world; others are dropped (`source-not-allowed`). Default:
+    /// any. The host and containers are not concerned.
+    #[arg(long = "publish-from")]
+    publish_from: Vec<ipnetwork::Ipv4Network>,
     /// Size of the conntrack map, in entries (a flow takes two).
     #[arg(long, default_value_t = dnet_common::maps::CT_ENTRIES)]
     ct_entries: u32,
@@ -213,6 +218,7 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                 icmp: secs(args.ct_timeout_icmp),
             },
             gc_interval: secs(args.ct_gc_interval),
+            publish_from: args.publish_from.clone(),
         },
         dns: crate::dns::Options {
             upstreams: args.dns_upstream.clone(),
@@ -258,10 +264,19 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                     .map_err(|e| anyhow::anyhow!("Docker plugin socket {}: {e}", path.display()))
             }))
         };
-        let api = server::serve(engine, socket, until_stopped(stopped))
+        let api = server::serve(engine.clone(), socket, until_stopped(stopped))
             .await
             .map_err(|e| anyhow::anyhow!("API socket {}: {e}", socket.display()));
         let _ = std::fs::remove_file(socket);
+        // Removals still finishing in the background end here (a few tens
+        // of milliseconds each); what a bound cuts short, the next start
+        // removes.
+        if tokio::time::timeout(std::time::Duration::from_secs(5), engine.settle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("link removals still under way: the next start finishes them");
+        }
         // The API is gone (stopped, or it failed): so is the driver.
         let _ = stop.send(true);
         if let Some(p) = plugin {

@@ -536,6 +536,15 @@ impl Datapath {
         Ok(())
     }
 
+    /// The pins of `ifname`'s container program links (none when unpinned),
+    /// for whoever removes them after the interface (`driver::Reaper`).
+    pub fn endpoint_pins(&self, ifname: &str) -> Vec<PathBuf> {
+        ["ingress", "egress"]
+            .into_iter()
+            .filter_map(|dir| self.link_pin(ifname, dir))
+            .collect()
+    }
+
     /// Interfaces with pinned links.
     pub fn pinned_interfaces(&self) -> Result<Vec<String>> {
         let Some(dir) = self.pins.as_ref().map(|p| p.join("links")) else {
@@ -573,6 +582,31 @@ impl Datapath {
             LpmTrie::try_from(self.map_mut(m::SUBNETS)?).map_err(map_err(m::SUBNETS))?;
         t.insert(&subnet_key(subnet), dp_id, 0)
             .map_err(map_err(m::SUBNETS))?;
+        Ok(())
+    }
+
+    /// Sets the sources that may open flows to published ports from the
+    /// world (`0.0.0.0/0`: any). The new prefixes go in before the old ones
+    /// go, so a source listed in both is never refused meanwhile.
+    pub fn set_publish_from(&mut self, prefixes: &[Ipv4Network]) -> Result<()> {
+        let mut t: LpmTrie<&mut MapData, u32, u8> =
+            LpmTrie::try_from(self.map_mut(m::PUBLISH_FROM)?).map_err(map_err(m::PUBLISH_FROM))?;
+        for p in prefixes {
+            t.insert(&subnet_key(*p), 1, 0)
+                .map_err(map_err(m::PUBLISH_FROM))?;
+        }
+        let want: Vec<(u32, u32)> = prefixes
+            .iter()
+            .map(|p| (p.prefix() as u32, ipv4_be(p.network())))
+            .collect();
+        let stale: Vec<Key<u32>> = t
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in &stale {
+            absent_is_fine(t.remove(k)).map_err(map_err(m::PUBLISH_FROM))?;
+        }
         Ok(())
     }
 

@@ -418,7 +418,10 @@ fn broadcast_reaches_every_member_however_many() {
         let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         let mut want = vec![1; N];
         want.push(0);
-        assert_eq!(got, want, "one copy to each other member, none to the sender");
+        assert_eq!(
+            got, want,
+            "one copy to each other member, none to the sender"
+        );
 
         // A multicast to what is left after members go (from the middle,
         // the front and the end) and one comes back: each of those once,
@@ -583,6 +586,10 @@ fn nat_fixture_sized(flags1: u32, port_min: u16, port_max: u16, ct_entries: u32)
             _pad: 0,
             netns_cookie: 0,
         })
+        .unwrap();
+    // As the daemon does without --publish-from: any source.
+    fx.dp
+        .set_publish_from(&["0.0.0.0/0".parse().unwrap()])
         .unwrap();
     fx
 }
@@ -1092,6 +1099,43 @@ fn a_published_port_reaches_its_container_and_the_answer_leaves_as_the_port() {
         // Another port is not published: the host's.
         let other = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 9090), 0x02);
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &other).0, OK);
+    });
+}
+
+/// `dnet daemon --publish-from`: a new flow to a published port from a
+/// source not listed is dropped (counted on the port's container) and
+/// takes no entry; a listed one goes in; the flows of listed sources go on
+/// when the list changes.
+#[test]
+fn only_listed_sources_reach_published_ports() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        publish_8080_to_a(&mut fx.dp);
+        fx.dp
+            .set_publish_from(&["10.0.0.0/8".parse().unwrap()])
+            .unwrap();
+        let syn = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 8080), 0x02);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::SourceNotAllowed), 1);
+        assert!(fx.dp.conntrack().unwrap().is_empty());
+        fx.dp
+            .set_publish_from(&[
+                "10.0.0.0/8".parse().unwrap(),
+                "198.18.0.1/32".parse().unwrap(),
+            ])
+            .unwrap();
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, REDIRECT);
+        // Another source of the world is still refused.
+        let other = tcp(
+            WORLD_MAC,
+            up0_mac(),
+            ("198.18.0.9", 33333),
+            (UPLINK, 8080),
+            0x02,
+        );
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &other).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::SourceNotAllowed), 2);
+        assert_eq!(fx.dp.conntrack().unwrap().len(), 2, "one flow");
     });
 }
 

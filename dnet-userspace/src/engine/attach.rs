@@ -84,13 +84,11 @@ impl Engine {
 impl Inner {
     async fn attach_req(&mut self, req: AttachRequest) -> Result<(AttachResponse, bool)> {
         let net = self.find_network(&req.network)?.clone();
-        let by_runtime = req.runtime.as_ref().and_then(|r| {
-            self.state
-                .containers
-                .values()
-                .find(|c| c.runtime.as_ref() == Some(r))
-                .cloned()
-        });
+        let by_runtime = req
+            .runtime
+            .as_ref()
+            .and_then(|r| self.runtime_container(r))
+            .cloned();
         if let Some(c) = &by_runtime
             && let Some(ep) = c.endpoints.iter().find(|e| e.network_id == net.id)
         {
@@ -98,9 +96,9 @@ impl Inner {
         }
         let c = match &req.target {
             AttachTarget::HostSide => {
-                if net.driver != DriverKind::Bridge {
+                if !matches!(net.driver, DriverKind::Bridge | DriverKind::Macvlan) {
                     return Err(invalid!(
-                        "a host-side attach needs a bridge network ({} uses the {} driver)",
+                        "a host-side attach needs a bridge or macvlan network ({} uses the {} driver)",
                         net.name,
                         net.driver
                     ));
@@ -206,12 +204,7 @@ impl Inner {
     pub(super) async fn detach_req(&mut self, req: DetachRequest) -> Result<()> {
         let c = match (&req.container, &req.runtime) {
             (Some(key), None) => self.state.find_container(key).cloned(),
-            (None, Some(r)) => self
-                .state
-                .containers
-                .values()
-                .find(|c| c.runtime.as_ref() == Some(r))
-                .cloned(),
+            (None, Some(r)) => self.runtime_container(r).cloned(),
             _ => return Err(invalid!("give either a container or a runtime ref")),
         };
         let Some(c) = c else {
@@ -280,7 +273,7 @@ impl Inner {
         self.commit(st)?;
         super::crash::point("disconnect:committed");
         for ep in &eps {
-            self.detach(c, ep).await;
+            self.remove(c, ep).await;
         }
         // The default route went with the first endpoint: the next
         // non-internal network's gateway takes over, as Docker re-elects it.
@@ -289,9 +282,15 @@ impl Inner {
         if was_primary
             && let Some(sc) = self.state.containers.get(&c.id)
             && let Some(next) = self.default_route_endpoint(sc)
-            && let Err(e) = self.elect_default_route(c, &next).await
         {
-            tracing::warn!(container = %c.name, "re-electing its default route: {e}");
+            // The old route goes with its interface, whose removal may
+            // still be under way in the background: it goes now.
+            if let Err(e) = self.drop_default_routes(c, &eps).await {
+                tracing::warn!(container = %c.name, "removing its old default route: {e}");
+            }
+            if let Err(e) = self.elect_default_route(c, &next).await {
+                tracing::warn!(container = %c.name, "re-electing its default route: {e}");
+            }
         }
         // Its published ports now lead to its next address on a bridge
         // network that is not internal, if any (or nowhere, if it went);
@@ -306,6 +305,32 @@ impl Inner {
         }
         for net in nets {
             tracing::info!(container = %c.name, network = %net.name, "disconnected");
+        }
+        Ok(())
+    }
+
+    /// Removes the default routes of `c` through `eps`' gateways and
+    /// interfaces (interfaces whose removal may still be under way).
+    async fn drop_default_routes(&self, c: &Container, eps: &[Endpoint]) -> Result<()> {
+        let cnl = crate::netlink::Netlink::open_in(&self.netns_path(c)).await?;
+        for old in eps {
+            let gw = self
+                .state
+                .networks
+                .get(&old.network_id)
+                .and_then(|n| n.ipam)
+                .map(|i| i.gateway);
+            if let (Some(gw), Some(name)) = (gw, old.ifname.as_deref())
+                && let Some(l) = cnl.link(name).await?
+            {
+                cnl.del_route(crate::netlink::RouteSpec::via(
+                    std::net::Ipv4Addr::UNSPECIFIED,
+                    0,
+                    gw,
+                    l.index,
+                ))
+                .await?;
+            }
         }
         Ok(())
     }
@@ -378,8 +403,13 @@ impl Inner {
             network: net.name.clone(),
             ifname: ep.ifname.clone().unwrap_or_default(),
             host_ifname: ep.host_ifname.clone(),
-            container_side: match (&c.netns, &ep.host_ifname) {
-                (Netns::Runtime, Some(h)) => Some(driver::container_side_name(h)),
+            container_side: match (&c.netns, net.driver, &ep.host_ifname) {
+                (Netns::Runtime, DriverKind::Bridge, Some(h)) => {
+                    Some(driver::container_side_name(h))
+                }
+                (Netns::Runtime, DriverKind::Macvlan, _) => {
+                    Some(driver::runtime_link_name(&c.id, &net.id))
+                }
                 _ => None,
             },
             ip: ep.ip,

@@ -159,6 +159,8 @@ impl Engine {
                 nl,
                 dp,
                 uplink: None,
+                reaper: driver::Reaper::start()
+                    .map_err(|e| conflict!("starting the reaper: {e}"))?,
             },
             runtime_ipam: Default::default(),
         };
@@ -221,9 +223,16 @@ impl Engine {
             bpffs: inner.cfg.bpffs.clone(),
             networks: inner.state.networks.len(),
             containers: inner.state.containers.len(),
+            pending_removals: inner.ctx.reaper.pending(),
             programs: inner.ctx.dp.programs(),
             maps: inner.ctx.dp.maps(),
         }
+    }
+
+    /// Waits for the link removals under way (see `driver::Reaper`).
+    pub async fn settle(&self) {
+        let inner = self.inner.lock().await;
+        inner.ctx.reaper.settled().await;
     }
 
     pub async fn create_network(&self, req: NetworkCreate) -> Result<NetworkView> {
@@ -576,7 +585,7 @@ impl Inner {
         }
         let ipam = match driver_kind {
             DriverKind::Bridge | DriverKind::Macvlan => {
-                Some(self.choose_ipam(&req, driver_kind).await?)
+                Some(self.choose_ipam(&req, driver_kind, &[]).await?)
             }
             DriverKind::Host | DriverKind::None => {
                 if req.subnet.is_some() || req.gateway.is_some() || req.ip_range.is_some() {
@@ -627,17 +636,24 @@ impl Inner {
     }
 
     /// The subnet, gateway and range of a new network, checked against the
-    /// other networks and the routes where the daemon runs.
-    async fn choose_ipam(&self, req: &NetworkCreate, kind: DriverKind) -> Result<Ipam> {
+    /// other networks, the pools `held` for another runtime's networks
+    /// (dnet's IPAM for Docker) and the routes where the daemon runs.
+    async fn choose_ipam(
+        &self,
+        req: &NetworkCreate,
+        kind: DriverKind,
+        held: &[Ipv4Network],
+    ) -> Result<Ipam> {
         // Two macvlan networks are checked by the driver, which knows their
         // parents and says so.
-        let others: Vec<(String, Ipv4Network)> = self
+        let mut others: Vec<(String, Ipv4Network)> = self
             .state
             .networks
             .values()
             .filter(|n| !(kind == DriverKind::Macvlan && n.driver == DriverKind::Macvlan))
-            .filter_map(|n| n.ipam.map(|i| (n.name.clone(), i.subnet)))
+            .filter_map(|n| n.ipam.map(|i| (format!("network {:?}", n.name), i.subnet)))
             .collect();
+        others.extend(held.iter().map(|s| ("a pool handed out".to_owned(), *s)));
         // A macvlan network is the LAN's own subnet: the parent's route to
         // it is expected, not a clash.
         let routes = if kind == DriverKind::Bridge {
@@ -674,11 +690,8 @@ impl Inner {
             .map(|r| parse_net("ip-range", r))
             .transpose()?;
         let pool = Pool::new(subnet, gateway, range)?;
-        if let Some((name, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
-            return Err(conflict!(
-                "subnet {} overlaps {s} of network {name:?}",
-                pool.subnet
-            ));
+        if let Some((what, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
+            return Err(conflict!("subnet {} overlaps {s} of {what}", pool.subnet));
         }
         if let Some(r) = routes.iter().find(|r| r.overlaps(pool.subnet)) {
             return Err(conflict!(
@@ -813,9 +826,10 @@ impl Inner {
                     .find(|s| !used_slots.contains(s))
                     .ok_or_else(|| conflict!("too many endpoints"))?,
             );
-            let links = self.ctx.nl.links().await?;
+            // One lookup per candidate rather than a list of every link:
+            // the cost stays the same however many endpoints there are.
             let taken = |n: &str| {
-                links.iter().any(|l| l.name == n)
+                crate::netlink::index_of(n).is_some()
                     || self.state.containers.values().any(|c| {
                         c.endpoints
                             .iter()
@@ -841,6 +855,14 @@ impl Inner {
     async fn attach(&mut self, c: &Container, ep: &Endpoint) -> Result<()> {
         let net = self.state.networks[&ep.network_id].clone();
         let path = self.netns_path(c);
+        // An interface of the namespace being removed in the background may
+        // still hold the name this one takes.
+        if matches!(c.netns, Netns::Owned { .. } | Netns::External { .. })
+            && self.ctx.reaper.pending() > 0
+            && let Ok(id) = netns::identity(&path)
+        {
+            self.ctx.reaper.settled_in(id).await;
+        }
         let a = Attachment {
             container: c,
             endpoint: ep,
@@ -851,7 +873,18 @@ impl Inner {
         driver::driver(net.driver).attach(&mut self.ctx, &a).await
     }
 
+    /// Removes what [`Inner::attach`] made, before it returns.
     async fn detach(&mut self, c: &Container, ep: &Endpoint) {
+        self.unmake(c, ep, false).await
+    }
+
+    /// Removes an endpoint the state no longer holds: what the kernel
+    /// takes long to remove finishes in the background (`driver::Reaper`).
+    async fn remove(&mut self, c: &Container, ep: &Endpoint) {
+        self.unmake(c, ep, true).await
+    }
+
+    async fn unmake(&mut self, c: &Container, ep: &Endpoint, background: bool) {
         let Some(net) = self.state.networks.get(&ep.network_id).cloned() else {
             return;
         };
@@ -863,7 +896,13 @@ impl Inner {
             netns: &path,
             primary: false,
         };
-        for e in driver::driver(net.driver).detach(&mut self.ctx, &a).await {
+        let d = driver::driver(net.driver);
+        let errors = if background {
+            d.remove(&mut self.ctx, &a).await
+        } else {
+            d.detach(&mut self.ctx, &a).await
+        };
+        for e in errors {
             tracing::warn!(container = %c.name, network = %net.name, "detaching: {e}");
         }
     }
@@ -992,21 +1031,22 @@ impl Inner {
         }
         .await;
         if let Err(e) = made {
-            self.teardown_container(&c).await;
+            self.teardown_container(&c, false).await;
             return Err(e);
         }
         tracing::info!(container = %c.name, id = %&id[..12], network = %net.name, ip = ?ep.ip, "container created");
         Ok(id)
     }
 
-    /// Removes a container's kernel objects and processes (not its record).
-    async fn teardown_container(&mut self, c: &Container) {
+    /// Removes a container's kernel objects and processes (not its record);
+    /// with `background`, its links go in the background (`Inner::remove`).
+    async fn teardown_container(&mut self, c: &Container, background: bool) {
         if let Some(p) = &c.process {
             process::kill(p);
         }
         self.unpublish(c);
         for ep in c.endpoints.iter().rev() {
-            self.detach(c, ep).await;
+            self.unmake(c, ep, background).await;
         }
         // After the endpoints: no flow of the container can start after this.
         let addrs: Vec<Ipv4Addr> = c.endpoints.iter().filter_map(|e| e.ip).collect();
@@ -1051,7 +1091,7 @@ impl Inner {
         st.containers.remove(id);
         self.commit(st)?;
         crash::point("container-remove:committed");
-        self.teardown_container(&c).await;
+        self.teardown_container(&c, true).await;
         tracing::info!(container = %c.name, "container removed");
         Ok(())
     }

@@ -12,6 +12,9 @@
 //!                [--count N --interval S] N requests in a row; all must be
 //!                [--while PATH]           answered (a loss test); with
 //!                                         --while, fewer if PATH goes
+//!   conntest udp-flood IP:PORT          64-byte datagrams as fast as they
+//!                [--seconds S] [--count N]  go, for S s (1; at most 60) or N
+//!                [--broadcast]            datagrams; prints `SENT SECONDS`
 //!   conntest ping IP... [--timeout S] [--count N] [--size N] [--id N]
 //!                                         every address must answer
 //!   conntest connections IP:PORT --count N  N TCP connections at once; all
@@ -129,6 +132,19 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             }
             let bind_port: u16 = flag(args, "--bind", 0)?;
             println!("{}", udp_once(addr(a)?, timeout, broadcast, bind_port)?);
+            Ok(())
+        }
+        ["udp-flood", a, ..] => {
+            let secs: f64 = flag(args, "--seconds", 1.0)?;
+            let count: u64 = flag(args, "--count", u64::MAX)?;
+            let broadcast = args.iter().any(|a| a == "--broadcast");
+            let (sent, took) = udp_flood(
+                addr(a)?,
+                Duration::from_secs_f64(secs.clamp(0.0, 60.0)),
+                count,
+                broadcast,
+            )?;
+            println!("{sent} {:.6}", took.as_secs_f64());
             Ok(())
         }
         ["ping", ..] => {
@@ -298,6 +314,36 @@ fn udp_series(
     println!("{} of {sent} answered", sent - lost);
     anyhow::ensure!(lost == 0, "{lost} of {sent} requests lost");
     Ok(())
+}
+
+/// Sends 64-byte datagrams to `a` until `count` are sent or `limit` has
+/// passed (a bounded flood); a full queue (`ENOBUFS`) is waited out.
+/// Returns what was sent and how long it took.
+fn udp_flood(
+    a: SocketAddr,
+    limit: Duration,
+    count: u64,
+    broadcast: bool,
+) -> anyhow::Result<(u64, Duration)> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.set_broadcast(broadcast)?;
+    let payload = [0u8; 64];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < count {
+        // The clock every 64 datagrams: a reading costs as much as a send.
+        if sent.is_multiple_of(64) && start.elapsed() >= limit {
+            break;
+        }
+        match s.send_to(&payload, a) {
+            Ok(_) => sent += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                std::thread::yield_now();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((sent, start.elapsed()))
 }
 
 fn connections(

@@ -32,6 +32,8 @@ pub struct Meta {
     pub notes: Vec<String>,
     /// The Docker + dnet side.
     pub dd: DockerDnet,
+    /// Control-plane latency, dnet alone.
+    pub lat: super::latency::Latency,
 }
 
 /// The Docker + dnet side's figures: columns 0 (on a dnet network) and 1
@@ -235,7 +237,8 @@ pub fn markdown(meta: &Meta, r: &Results, goals: &[Goal]) -> String {
         ));
     }
     meta.dd.markdown(&mut s);
-    s.push_str("\nGoals (issues #6 and #11):\n\n");
+    meta.lat.markdown(&mut s);
+    s.push_str("\nGoals (issues #6, #9, #11 and #12):\n\n");
     for g in goals {
         let verdict = match (g.met, g.figure) {
             (Some(true), Some(f)) => format!("met ({f:.2})"),
@@ -338,6 +341,7 @@ pub fn json(meta: &Meta, r: &Results, goals: &[Goal]) -> Value {
         "notes": meta.notes,
         "metrics": metrics,
         "docker_dnet": meta.dd.json(),
+        "control_plane_latency": meta.lat.json(),
         "goals": goals.iter().map(|g| json!({
             "goal": g.text, "figure": g.figure, "met": g.met,
             "why_none": if g.met.is_none() { Some(&g.why_none) } else { None },
@@ -389,6 +393,7 @@ pub fn svg(path: &Path, meta: &Meta, r: &Results, ports: &[u32]) -> anyhow::Resu
             let tag = match d.group {
                 Group::EastWest => "EW",
                 Group::NorthSouth => "NS",
+                Group::Names => "DNS",
                 _ => "CP",
             };
             let label = d
@@ -580,6 +585,7 @@ mod tests {
             labels: ["dnet".into(), "docker0".into(), "limit".into()],
             notes: vec![],
             dd: DockerDnet::Skipped("skipped (--skip dd)".into()),
+            lat: crate::bench::latency::Latency::Skipped("skipped (--skip lat)".into()),
         }
     }
 
