@@ -29,9 +29,13 @@ pub const CONFIG: &str = "DNET_CONFIG";
 /// `LruHashMap<SockRevKey, SockRev>`: what host sockets asked for, so that
 /// replies read as coming from the published port.
 pub const SOCK_REVNAT: &str = "DNET_SOCK_REVNAT";
+/// `LpmTrie<u32 addr_be, u8>`: the sources that may open flows to published
+/// ports from the world (`dnet daemon --publish-from`; `0.0.0.0/0` when
+/// any may).
+pub const PUBLISH_FROM: &str = "DNET_PUBLISH_FROM";
 
 /// Every map the datapath declares.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     ENDPOINTS_BY_IP,
     ENDPOINTS_BY_IF,
     NETWORKS,
@@ -43,6 +47,7 @@ pub const ALL: [&str; 11] = [
     SERVICES,
     CONFIG,
     SOCK_REVNAT,
+    PUBLISH_FROM,
 ];
 
 /// Maps older builds pinned and no build uses any more: a daemon removes
@@ -54,6 +59,8 @@ pub const RETIRED: [&str; 1] = ["DNET_NET_MEMBERS"];
 pub const CT_ENTRIES: u32 = 131_072;
 /// Most published ports.
 pub const MAX_SERVICES: u32 = 65_536;
+/// Size of [`PUBLISH_FROM`], in prefixes.
+pub const MAX_PUBLISH_FROM: u32 = 1024;
 /// Host sockets remembered by the socket hooks.
 pub const SOCK_REVNAT_ENTRIES: u32 = 65_536;
 

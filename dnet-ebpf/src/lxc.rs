@@ -322,6 +322,11 @@ fn from_container_ipv4(
         }
         return Ok(TC_ACT_OK);
     }
+    // 0.0.0.0/8 is no destination (Linux's forwarding drops it as martian),
+    // but the route lookup finds the default route for it.
+    if daddr.to_ne_bytes()[0] == 0 {
+        return Err(DropReason::NoRoute);
+    }
     let route = fib::route(
         ctx,
         &RouteQuery {

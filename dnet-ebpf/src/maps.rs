@@ -8,7 +8,10 @@ use aya_ebpf::{
 use dnet_common::{
     Config, Endpoint, EndpointStats, MemberKey, NetFanout, Network, Service, ServiceKey, SockRev,
     SockRevKey,
-    maps::{MAX_ENDPOINTS, MAX_NETWORKS, MAX_SERVICES, SOCK_REVNAT_ENTRIES, STATS_SLOTS},
+    maps::{
+        MAX_ENDPOINTS, MAX_NETWORKS, MAX_PUBLISH_FROM, MAX_SERVICES, SOCK_REVNAT_ENTRIES,
+        STATS_SLOTS,
+    },
 };
 
 #[map(name = "DNET_EP_BY_IP")]
@@ -34,6 +37,10 @@ pub static STATS: PerCpuArray<EndpointStats> = PerCpuArray::with_max_entries(STA
 
 #[map(name = "DNET_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Sources that may open flows to published ports from the world.
+#[map(name = "DNET_PUBLISH_FROM")]
+pub static PUBLISH_FROM: LpmTrie<u32, u8> = LpmTrie::with_max_entries(MAX_PUBLISH_FROM, 0);
 
 #[map(name = "DNET_CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

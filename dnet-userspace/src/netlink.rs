@@ -17,6 +17,7 @@ use netlink_packet_route::{
     address::AddressAttribute,
     link::{
         InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+        State,
     },
     neighbour::{NeighbourFlags, NeighbourState},
     route::{
@@ -86,6 +87,9 @@ pub struct Link {
     pub alias: Option<String>,
     pub kind: Option<String>,
     pub up: bool,
+    /// Operationally up (`IFLA_OPERSTATE`): the kernel's link watcher has
+    /// seen its carrier, and its transmit queue is open.
+    pub oper_up: bool,
     pub loopback: bool,
     /// The link it is stacked on (`IFLA_LINK`: a macvlan's parent, a veth's
     /// peer), as an ifindex of the namespace the parent lives in.
@@ -120,6 +124,7 @@ impl Link {
             alias: None,
             kind: None,
             up: m.header.flags.contains(LinkFlags::Up),
+            oper_up: false,
             loopback: m.header.flags.contains(LinkFlags::Loopback),
             parent: None,
             macvlan_mode: None,
@@ -132,6 +137,7 @@ impl Link {
                     l.mac = Some(a.as_slice().try_into().expect("six bytes"))
                 }
                 LinkAttribute::Mtu(m) => l.mtu = *m,
+                LinkAttribute::OperState(st) => l.oper_up = *st == State::Up,
                 LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
                 LinkAttribute::Link(p) => l.parent = Some(*p),
                 LinkAttribute::Stats64(s) => {

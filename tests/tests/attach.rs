@@ -254,7 +254,7 @@ fn bad_attach_input_changes_nothing() {
         (
             json!({"network": "host", "target": {"kind": "host_side"}}),
             400,
-            "bridge network",
+            "a bridge or macvlan network",
         ),
         (
             json!({"network": "bridge", "target": {"kind": "netns", "path": "/nonexistent"}}),
@@ -350,6 +350,7 @@ fn the_hosts_own_namespaces_are_never_attached() {
         "--netns",
         ns.to_str().unwrap(),
     ]);
+    assert!(has_link(&links_in(&ns), "eth0"), "{:?}", links_in(&ns));
 }
 
 /// Routes already in a foreign namespace are its owner's (issue 10 item

@@ -181,7 +181,10 @@ fn cni_podman_runs_containers_on_a_dnet_network() {
     ids.sort();
     let mut want = vec![web_id.clone(), client_id];
     want.sort();
-    assert_eq!(ids, want, "one CNI record per podman container, under its id");
+    assert_eq!(
+        ids, want,
+        "one CNI record per podman container, under its id"
+    );
     assert_consistent(&sb);
 
     // East-west, from inside podman's other container.

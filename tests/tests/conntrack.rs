@@ -82,6 +82,22 @@ fn ct_a_syn_flood_at_a_published_port_breaks_no_established_flow() {
         "conntrack-full: {}",
         refused()
     );
+    // What the flood got in is half-open, never established (no handshake
+    // completed: the world's kernel answers the SYN-ACKs with RSTs), and
+    // with what was refused it is no more than what was sent.
+    let flows = sb.flows();
+    let admitted: Vec<_> = flows.iter().filter(|f| f["kind"] == "dnat").collect();
+    assert!(!admitted.is_empty(), "the flood reached the container");
+    assert!(
+        admitted.iter().all(|f| f["state"] != "established"),
+        "{admitted:?}"
+    );
+    assert!(
+        admitted.len() as u64 + refused() <= 2000,
+        "{} admitted, {} refused",
+        admitted.len(),
+        refused()
+    );
     // B's idle flows work on, every one of them.
     std::fs::remove_file(&hold).unwrap();
     let o = child.wait_with_output().unwrap();

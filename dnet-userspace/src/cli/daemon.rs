@@ -31,6 +31,11 @@ pub struct Args {
     /// ephemeral ports).
     #[arg(long, default_value = "49152-60999", value_parser = parse_range)]
     nat_ports: (u16, u16),
+    /// Only these sources (CIDR, repeatable) open flows to published ports
+    /// from the world; others are dropped (`source-not-allowed`). Default:
+    /// any. The host and containers are not concerned.
+    #[arg(long = "publish-from")]
+    publish_from: Vec<ipnetwork::Ipv4Network>,
     /// Size of the conntrack map, in entries (a flow takes two).
     #[arg(long, default_value_t = dnet_common::maps::CT_ENTRIES)]
     ct_entries: u32,
@@ -213,6 +218,7 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                 icmp: secs(args.ct_timeout_icmp),
             },
             gc_interval: secs(args.ct_gc_interval),
+            publish_from: args.publish_from.clone(),
         },
         dns: crate::dns::Options {
             upstreams: args.dns_upstream.clone(),

@@ -42,6 +42,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const PROG_FROM_CONTAINER: &str = "lxc_from_container";
 pub const PROG_TO_CONTAINER: &str = "lxc_to_container";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
+pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
 pub const SOCK_PROGS: [&str; 4] = [
     "sock_connect4",
@@ -49,7 +50,17 @@ pub const SOCK_PROGS: [&str; 4] = [
     "sock_recvmsg4",
     "sock_getpeername4",
 ];
-const TC_PROGS: [&str; 3] = [PROG_FROM_CONTAINER, PROG_TO_CONTAINER, PROG_FROM_UPLINK];
+const TC_PROGS: [&str; 4] = [
+    PROG_FROM_CONTAINER,
+    PROG_TO_CONTAINER,
+    PROG_FROM_UPLINK,
+    PROG_TO_UPLINK,
+];
+/// The uplink's programs, with their hooks and pins.
+const UPLINK_PROGS: [(TcAttachType, &str, &str); 2] = [
+    (TcAttachType::Ingress, PROG_FROM_UPLINK, "uplink-ingress"),
+    (TcAttachType::Egress, PROG_TO_UPLINK, "uplink-egress"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -304,21 +315,34 @@ impl Datapath {
         self.pins.as_ref().map(|p| p.join("host").join(name))
     }
 
-    /// Attaches the uplink program (tcx ingress), unless this build's
-    /// already is.
+    /// Attaches the uplink programs (tcx ingress and egress), each unless
+    /// this build's already is.
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
-        if self.uplink_attached(ifname) {
-            return Ok(());
+        for (kind, prog, pin) in UPLINK_PROGS {
+            if !self.uplink_prog_attached(ifname, kind, prog, pin) {
+                let pin = self.host_pin(pin);
+                self.attach_tcx(ifname, kind, prog, pin)?;
+            }
         }
-        let pin = self.host_pin("uplink-ingress");
-        self.attach_tcx(ifname, TcAttachType::Ingress, PROG_FROM_UPLINK, pin)
+        Ok(())
     }
 
-    /// The uplink program, as this build loaded it, is attached to `ifname`
-    /// and pinned.
+    /// The uplink programs, as this build loaded them, are attached to
+    /// `ifname` and pinned.
     pub fn uplink_attached(&self, ifname: &str) -> bool {
-        self.tcx_current(ifname, TcAttachType::Ingress, PROG_FROM_UPLINK)
-            && self.host_pin("uplink-ingress").is_none_or(|p| p.exists())
+        UPLINK_PROGS
+            .iter()
+            .all(|&(kind, prog, pin)| self.uplink_prog_attached(ifname, kind, prog, pin))
+    }
+
+    fn uplink_prog_attached(
+        &self,
+        ifname: &str,
+        kind: TcAttachType,
+        prog: &str,
+        pin: &str,
+    ) -> bool {
+        self.tcx_current(ifname, kind, prog) && self.host_pin(pin).is_none_or(|p| p.exists())
     }
 
     /// The tag (a hash of the instructions) of program `name` as this
@@ -561,6 +585,31 @@ impl Datapath {
         Ok(())
     }
 
+    /// Sets the sources that may open flows to published ports from the
+    /// world (`0.0.0.0/0`: any). The new prefixes go in before the old ones
+    /// go, so a source listed in both is never refused meanwhile.
+    pub fn set_publish_from(&mut self, prefixes: &[Ipv4Network]) -> Result<()> {
+        let mut t: LpmTrie<&mut MapData, u32, u8> =
+            LpmTrie::try_from(self.map_mut(m::PUBLISH_FROM)?).map_err(map_err(m::PUBLISH_FROM))?;
+        for p in prefixes {
+            t.insert(&subnet_key(*p), 1, 0)
+                .map_err(map_err(m::PUBLISH_FROM))?;
+        }
+        let want: Vec<(u32, u32)> = prefixes
+            .iter()
+            .map(|p| (p.prefix() as u32, ipv4_be(p.network())))
+            .collect();
+        let stale: Vec<Key<u32>> = t
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in &stale {
+            absent_is_fine(t.remove(k)).map_err(map_err(m::PUBLISH_FROM))?;
+        }
+        Ok(())
+    }
+
     /// The network entry at `dp_id`.
     pub fn network(&self, dp_id: u32) -> Result<Network> {
         let a: Array<&MapData, Network> =
@@ -772,6 +821,7 @@ impl Datapath {
                     PROG_FROM_CONTAINER => "tcx ingress, host-side veth",
                     PROG_TO_CONTAINER => "tcx egress, host-side veth",
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
+                    PROG_TO_UPLINK => "tcx egress, uplink",
                     "sock_connect4" => "cgroup connect4",
                     "sock_sendmsg4" => "cgroup sendmsg4",
                     "sock_recvmsg4" => "cgroup recvmsg4",

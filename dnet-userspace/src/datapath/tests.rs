@@ -418,7 +418,10 @@ fn broadcast_reaches_every_member_however_many() {
         let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         let mut want = vec![1; N];
         want.push(0);
-        assert_eq!(got, want, "one copy to each other member, none to the sender");
+        assert_eq!(
+            got, want,
+            "one copy to each other member, none to the sender"
+        );
 
         // A multicast to what is left after members go (from the middle,
         // the front and the end) and one comes back: each of those once,
@@ -583,6 +586,10 @@ fn nat_fixture_sized(flags1: u32, port_min: u16, port_max: u16, ct_entries: u32)
             _pad: 0,
             netns_cookie: 0,
         })
+        .unwrap();
+    // As the daemon does without --publish-from: any source.
+    fx.dp
+        .set_publish_from(&["0.0.0.0/0".parse().unwrap()])
         .unwrap();
     fx
 }
@@ -861,6 +868,169 @@ fn ping_is_translated_by_its_identifier() {
     });
 }
 
+/// The host's own packet on the uplink's egress (no ingress interface).
+fn host_out(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {
+    run_ctx(dp, PROG_TO_UPLINK, frame, &skb_ctx(0, 0))
+}
+
+/// An ICMP error of `typ`/`code` from `s` to `d` quoting `frame`'s IPv4
+/// packet whole.
+fn icmp_error_quoting(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    s: &str,
+    d: &str,
+    typ: u8,
+    code: u8,
+    frame: &[u8],
+) -> Vec<u8> {
+    let mut m = vec![typ, code, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&frame[14..]);
+    let c = csum::checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    ip_frame(src_mac, dst_mac, ip(s), ip(d), 1, &m)
+}
+
+/// Ping sockets pick identifiers without regard to the NAT range (issue 10
+/// item 6): a host echo on a container's NAT identifier leaves on another,
+/// and each answer reaches its own.
+#[test]
+fn the_hosts_own_echo_ids_never_meet_a_containers() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let req = icmp_echo(fx.a.mac, GW_MAC, "172.17.0.2", WORLD, 8, 0x1234);
+        let (v, out) = run(&fx.dp, &req);
+        assert_eq!(v, REDIRECT);
+        let p = parse_checked(&out).sport;
+        // What dnet forwards came in on an interface: untouched.
+        let (v, same) = run_ctx(&fx.dp, PROG_TO_UPLINK, &out, &skb_ctx(TEST_IFINDEX, 0));
+        assert_eq!((v, &same), (OK, &out));
+        assert_eq!(fx.dp.conntrack().unwrap().len(), 2);
+        // The host pings the same peer with identifier p.
+        let host_req = icmp_echo(up0_mac(), WORLD_MAC, UPLINK, WORLD, 8, p);
+        let (v, hout) = host_out(&fx.dp, &host_req);
+        assert_eq!(v, OK);
+        let h = parse_checked(&hout);
+        assert_eq!(h.saddr, ip(UPLINK));
+        assert_ne!(h.sport, p, "the container's identifier");
+        assert!((50000..=50009).contains(&h.sport), "{}", h.sport);
+        let (_, again) = host_out(&fx.dp, &host_req);
+        assert_eq!(parse_checked(&again).sport, h.sport, "one flow");
+        // The host's answer goes up its stack with its own identifier.
+        let rep = icmp_echo(WORLD_MAC, up0_mac(), WORLD, UPLINK, 0, h.sport);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &rep);
+        assert_eq!(v, OK);
+        let b = parse_checked(&back);
+        assert_eq!((b.daddr, b.dport), (ip(UPLINK), p));
+        // The container's goes into A.
+        let rep = icmp_echo(WORLD_MAC, up0_mac(), WORLD, UPLINK, 0, p);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &rep);
+        assert_eq!(v, REDIRECT);
+        let b = parse_checked(&back);
+        assert_eq!((b.daddr, b.dport), (ip("172.17.0.2"), 0x1234));
+        // An error about the host's echo is the host's, its quote undone.
+        let e = icmp_error_quoting(WORLD_MAC, up0_mac(), WORLD, UPLINK, 3, 1, &hout);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &e);
+        assert_eq!(v, OK);
+        let inner = &parse_checked(&back).l4[8..];
+        assert_eq!(u16::from_be_bytes([inner[24], inner[25]]), p);
+        assert_eq!(csum::checksum(&inner[20..]), 0, "inner ICMP checksum");
+        // Echo replies the host sends (to the world's pings) are not its
+        // flows.
+        let (v, _) = host_out(
+            &fx.dp,
+            &icmp_echo(up0_mac(), WORLD_MAC, UPLINK, WORLD, 0, 7),
+        );
+        assert_eq!(v, OK);
+        assert_eq!(fx.dp.conntrack().unwrap().len(), 4);
+    });
+}
+
+/// The other order: identifiers the host's echoes use are held (kept as
+/// they are while free), so a container's echo never gets one.
+#[test]
+fn a_containers_echo_never_takes_an_identifier_the_host_uses() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50001);
+        for id in [50000, 50001] {
+            let (v, out) = host_out(
+                &fx.dp,
+                &icmp_echo(up0_mac(), WORLD_MAC, UPLINK, WORLD, 8, id),
+            );
+            assert_eq!(v, OK);
+            assert_eq!(parse_checked(&out).sport, id, "kept");
+        }
+        let req = icmp_echo(fx.a.mac, GW_MAC, "172.17.0.2", WORLD, 8, 0x1234);
+        assert_eq!(run(&fx.dp, &req).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::NatPortsExhausted), 1);
+    });
+}
+
+/// A hairpin client's ICMP error about the server's answer reaches the
+/// server, translated back as the server sent it (issue 10 item 14).
+#[test]
+fn an_icmp_error_from_a_hairpin_client_reaches_the_server() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        // UDP 5353 of every address published to B (172.17.0.3) port 53.
+        let key = ServiceKey {
+            addr_be: 0,
+            port_be: 5353u16.to_be(),
+            proto: 17,
+            _pad: 0,
+        };
+        let svc = Service {
+            backend_be: ipv4_be(ip("172.17.0.3")),
+            backend_port_be: 53u16.to_be(),
+            _pad: 0,
+        };
+        fx.dp.set_service(&key, &svc).unwrap();
+        let q = udp_to(
+            fx.a.mac,
+            GW_MAC,
+            ("172.17.0.2", 40000),
+            (UPLINK, 5353),
+            false,
+        );
+        let (v, out) = run(&fx.dp, &q);
+        assert_eq!(v, REDIRECT);
+        let n = parse_checked(&out).sport;
+        // B's answer as A got it (B's side runs on B's veth), and A's port
+        // unreachable about it, to the published address.
+        let answer = udp_to(
+            GW_MAC,
+            fx.a.mac,
+            (UPLINK, 5353),
+            ("172.17.0.2", 40000),
+            false,
+        );
+        let e = icmp_error_quoting(fx.a.mac, GW_MAC, "172.17.0.2", UPLINK, 3, 3, &answer);
+        let (v, back) = run(&fx.dp, &e);
+        assert_eq!(v, REDIRECT, "into B");
+        let b = parse_checked(&back);
+        assert_eq!((b.saddr, b.daddr), (ip("172.17.0.1"), ip("172.17.0.3")));
+        let inner = &b.l4[8..];
+        assert_eq!(csum::checksum(&inner[..20]), 0, "inner IPv4 checksum");
+        assert_eq!(&inner[12..16], &[172, 17, 0, 3], "inner source: B");
+        assert_eq!(
+            &inner[16..20],
+            &[172, 17, 0, 1],
+            "inner destination: B's gateway"
+        );
+        let ports = (
+            u16::from_be_bytes([inner[20], inner[21]]),
+            u16::from_be_bytes([inner[22], inner[23]]),
+        );
+        assert_eq!(ports, (53, n));
+        assert_eq!(
+            l4_checksum(ip("172.17.0.3"), ip("172.17.0.1"), 17, &inner[20..]),
+            0,
+            "inner UDP checksum"
+        );
+        assert_eq!(fx.dp.stats(fx.b.slot).unwrap().tx_packets, 2);
+    });
+}
+
 #[test]
 fn an_icmp_error_about_a_translated_flow_is_translated_back_inner_header_included() {
     in_fresh_netns(|| {
@@ -929,6 +1099,43 @@ fn a_published_port_reaches_its_container_and_the_answer_leaves_as_the_port() {
         // Another port is not published: the host's.
         let other = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 9090), 0x02);
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &other).0, OK);
+    });
+}
+
+/// `dnet daemon --publish-from`: a new flow to a published port from a
+/// source not listed is dropped (counted on the port's container) and
+/// takes no entry; a listed one goes in; the flows of listed sources go on
+/// when the list changes.
+#[test]
+fn only_listed_sources_reach_published_ports() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        publish_8080_to_a(&mut fx.dp);
+        fx.dp
+            .set_publish_from(&["10.0.0.0/8".parse().unwrap()])
+            .unwrap();
+        let syn = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 8080), 0x02);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::SourceNotAllowed), 1);
+        assert!(fx.dp.conntrack().unwrap().is_empty());
+        fx.dp
+            .set_publish_from(&[
+                "10.0.0.0/8".parse().unwrap(),
+                "198.18.0.1/32".parse().unwrap(),
+            ])
+            .unwrap();
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, REDIRECT);
+        // Another source of the world is still refused.
+        let other = tcp(
+            WORLD_MAC,
+            up0_mac(),
+            ("198.18.0.9", 33333),
+            (UPLINK, 8080),
+            0x02,
+        );
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &other).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::SourceNotAllowed), 2);
+        assert_eq!(fx.dp.conntrack().unwrap().len(), 2, "one flow");
     });
 }
 
@@ -1764,3 +1971,9 @@ fn without_a_nat_address_nothing_leaves_for_the_world() {
 
 /// Conntrack under pressure: flows, their identity, and clashes (issue 10).
 mod ct;
+
+/// Random and mutated frames through every program (a property test).
+mod fuzz;
+
+/// Frames the property test found the datapath wrong on.
+mod found;

@@ -22,7 +22,10 @@ pub use names::{has_names, resolver_of};
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use crate::model::State;
@@ -40,6 +43,9 @@ pub struct Options {
 /// What the listeners share: the current table and the upstreams.
 pub struct Shared {
     names: RwLock<Arc<Names>>,
+    /// Bumped after each new table, so a listener takes no lock per query
+    /// ([`View`]).
+    generation: AtomicU64,
     upstreams: RwLock<Arc<[SocketAddr]>>,
 }
 
@@ -61,6 +67,34 @@ impl Shared {
     }
 }
 
+/// A listener's copy of the current table, taken again only after it
+/// changed: one atomic load per query, no lock.
+pub struct View {
+    generation: u64,
+    names: Arc<Names>,
+}
+
+impl View {
+    pub fn new(shared: &Shared) -> View {
+        let generation = shared.generation.load(Ordering::Acquire);
+        View {
+            generation,
+            names: shared.names(),
+        }
+    }
+
+    /// The table as of now (a new one is seen by the next query after
+    /// [`Resolver::update`] returns).
+    pub fn current(&mut self, shared: &Shared) -> &Arc<Names> {
+        let g = shared.generation.load(Ordering::Acquire);
+        if g != self.generation {
+            self.names = shared.names();
+            self.generation = g;
+        }
+        &self.names
+    }
+}
+
 pub struct Resolver {
     shared: Arc<Shared>,
     /// Upstreams given to the daemon; empty: the host's, followed.
@@ -74,6 +108,7 @@ impl Resolver {
             fixed: !opts.upstreams.is_empty(),
             shared: Arc::new(Shared {
                 names: RwLock::new(Arc::new(Names::default())),
+                generation: AtomicU64::new(0),
                 upstreams: RwLock::new(opts.upstreams.into()),
             }),
             listeners: Mutex::new(HashMap::new()),
@@ -113,6 +148,7 @@ impl Resolver {
         });
         let want = names.gateways().clone();
         *self.shared.names.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(names);
+        self.shared.generation.fetch_add(1, Ordering::Release);
         let mut l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         l.retain(|addr, task| {
             let keep = want.contains(addr) && !task.is_finished();

@@ -443,7 +443,41 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     if host_side {
         return Ok(());
     }
-    configure_container_side(ns.as_fd(), ifname, ip, ipam, a.primary).await
+    configure_container_side(ns.as_fd(), ifname, ip, ipam, a.primary).await?;
+    wait_oper_up(&ctx.nl, host_ifname).await
+}
+
+/// Most time to wait for a host-side veth to open (`wait_oper_up`).
+const OPER_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits (bounded) until the host end of a new pair transmits. It came up
+/// before the container end, without a carrier, so the kernel left its
+/// transmit queue on the "noop" qdisc, which drops everything, until its
+/// link watcher (a work item that needs the RTNL lock) sees the carrier
+/// the container end turned on. On a busy machine that can come after
+/// `dnet run` returns: the host's first packets into the container (a
+/// ping, the datapath's ARP answers, broadcast copies) were lost. The
+/// link's operational state turns up in the same step, so that is what is
+/// waited for; usually the first look finds it.
+async fn wait_oper_up(nl: &Netlink, ifname: &str) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let link = nl
+            .link(ifname)
+            .await?
+            .ok_or_else(|| conflict!("veth {ifname} vanished"))?;
+        if link.oper_up {
+            return Ok(());
+        }
+        if start.elapsed() > OPER_UP_WAIT {
+            tracing::warn!(
+                veth = ifname,
+                "the kernel has not opened the host-side veth yet; its first packets may be lost"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
 }
 
 /// Address, link state and routes inside the container.

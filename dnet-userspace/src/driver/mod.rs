@@ -29,7 +29,7 @@ use crate::{
 };
 
 pub use bridge::{GATEWAY_LABEL, container_side_name, loopback, refresh_members, veth_name};
-pub use macvlan::collect_garbage as collect_macvlan_garbage;
+pub use macvlan::{collect_garbage as collect_macvlan_garbage, runtime_link_name};
 pub use reaper::{NsId, Reaper};
 
 /// What drivers work with: the daemon namespace's netlink handle, the

@@ -84,13 +84,11 @@ impl Engine {
 impl Inner {
     async fn attach_req(&mut self, req: AttachRequest) -> Result<(AttachResponse, bool)> {
         let net = self.find_network(&req.network)?.clone();
-        let by_runtime = req.runtime.as_ref().and_then(|r| {
-            self.state
-                .containers
-                .values()
-                .find(|c| c.runtime.as_ref() == Some(r))
-                .cloned()
-        });
+        let by_runtime = req
+            .runtime
+            .as_ref()
+            .and_then(|r| self.runtime_container(r))
+            .cloned();
         if let Some(c) = &by_runtime
             && let Some(ep) = c.endpoints.iter().find(|e| e.network_id == net.id)
         {
@@ -98,9 +96,9 @@ impl Inner {
         }
         let c = match &req.target {
             AttachTarget::HostSide => {
-                if net.driver != DriverKind::Bridge {
+                if !matches!(net.driver, DriverKind::Bridge | DriverKind::Macvlan) {
                     return Err(invalid!(
-                        "a host-side attach needs a bridge network ({} uses the {} driver)",
+                        "a host-side attach needs a bridge or macvlan network ({} uses the {} driver)",
                         net.name,
                         net.driver
                     ));
@@ -225,12 +223,7 @@ impl Inner {
     pub(super) async fn detach_req(&mut self, req: DetachRequest) -> Result<()> {
         let c = match (&req.container, &req.runtime) {
             (Some(key), None) => self.state.find_container(key).cloned(),
-            (None, Some(r)) => self
-                .state
-                .containers
-                .values()
-                .find(|c| c.runtime.as_ref() == Some(r))
-                .cloned(),
+            (None, Some(r)) => self.runtime_container(r).cloned(),
             _ => return Err(invalid!("give either a container or a runtime ref")),
         };
         let Some(c) = c else {
@@ -429,8 +422,13 @@ impl Inner {
             network: net.name.clone(),
             ifname: ep.ifname.clone().unwrap_or_default(),
             host_ifname: ep.host_ifname.clone(),
-            container_side: match (&c.netns, &ep.host_ifname) {
-                (Netns::Runtime, Some(h)) => Some(driver::container_side_name(h)),
+            container_side: match (&c.netns, net.driver, &ep.host_ifname) {
+                (Netns::Runtime, DriverKind::Bridge, Some(h)) => {
+                    Some(driver::container_side_name(h))
+                }
+                (Netns::Runtime, DriverKind::Macvlan, _) => {
+                    Some(driver::runtime_link_name(&c.id, &net.id))
+                }
                 _ => None,
             },
             ip: ep.ip,

@@ -596,7 +596,7 @@ impl Inner {
         }
         let ipam = match driver_kind {
             DriverKind::Bridge | DriverKind::Macvlan => {
-                Some(self.choose_ipam(&req, driver_kind).await?)
+                Some(self.choose_ipam(&req, driver_kind, &[]).await?)
             }
             DriverKind::Host | DriverKind::None => {
                 if req.subnet.is_some() || req.gateway.is_some() || req.ip_range.is_some() {
@@ -647,17 +647,24 @@ impl Inner {
     }
 
     /// The subnet, gateway and range of a new network, checked against the
-    /// other networks and the routes where the daemon runs.
-    async fn choose_ipam(&self, req: &NetworkCreate, kind: DriverKind) -> Result<Ipam> {
+    /// other networks, the pools `held` for another runtime's networks
+    /// (dnet's IPAM for Docker) and the routes where the daemon runs.
+    async fn choose_ipam(
+        &self,
+        req: &NetworkCreate,
+        kind: DriverKind,
+        held: &[Ipv4Network],
+    ) -> Result<Ipam> {
         // Two macvlan networks are checked by the driver, which knows their
         // parents and says so.
-        let others: Vec<(String, Ipv4Network)> = self
+        let mut others: Vec<(String, Ipv4Network)> = self
             .state
             .networks
             .values()
             .filter(|n| !(kind == DriverKind::Macvlan && n.driver == DriverKind::Macvlan))
-            .filter_map(|n| n.ipam.map(|i| (n.name.clone(), i.subnet)))
+            .filter_map(|n| n.ipam.map(|i| (format!("network {:?}", n.name), i.subnet)))
             .collect();
+        others.extend(held.iter().map(|s| ("a pool handed out".to_owned(), *s)));
         // A macvlan network is the LAN's own subnet: the parent's route to
         // it is expected, not a clash.
         let routes = if kind == DriverKind::Bridge {
@@ -694,11 +701,8 @@ impl Inner {
             .map(|r| parse_net("ip-range", r))
             .transpose()?;
         let pool = Pool::new(subnet, gateway, range)?;
-        if let Some((name, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
-            return Err(conflict!(
-                "subnet {} overlaps {s} of network {name:?}",
-                pool.subnet
-            ));
+        if let Some((what, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
+            return Err(conflict!("subnet {} overlaps {s} of {what}", pool.subnet));
         }
         if let Some(r) = routes.iter().find(|r| r.overlaps(pool.subnet)) {
             return Err(conflict!(

@@ -279,9 +279,12 @@ impl Inner {
             .collect();
         let entries = self.ctx.dp.conntrack()?;
         let known_be: HashSet<u32> = known.iter().map(|a| ipv4_be(*a)).collect();
+        // (The host's own echo flows are no container's: they stay.)
         let stale: Vec<_> = entries
             .iter()
-            .filter(|(_, e)| !known_be.contains(&e.endpoint_be))
+            .filter(|(_, e)| {
+                e.flags & dnet_common::nat::CT_F_HOST == 0 && !known_be.contains(&e.endpoint_be)
+            })
             .map(|(k, _)| *k)
             .collect();
         self.ctx.dp.ct_remove(&stale)?;

@@ -229,7 +229,7 @@ impl DockerDnetEnv {
     pub fn describe(&self) -> String {
         format!(
             "one real Docker {} (Debian docker.io, --userland-proxy=false) and one dnet daemon (serving Docker's remote driver) in a sandbox host namespace; \
-             \"{}\": containers on `docker network create -d <dnet> --subnet {DNET_SUBNET}`; \"{}\": the same containers on docker0 ({DOCKER0_BIP}, iptables {}), whose published port's packets pass dnet's uplink program first",
+             \"{}\": containers on `docker network create -d <dnet> --subnet {DNET_SUBNET}`; \"{}\": the same containers on docker0 ({DOCKER0_BIP}, iptables {}), whose packets through the uplink (published port, NAT) pass dnet's uplink programs too",
             self.dockerd.version,
             COLUMNS[0],
             COLUMNS[1],

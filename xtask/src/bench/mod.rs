@@ -41,7 +41,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use self::{
-    env::{Env, Miss, Tools},
+    env::{DNS_FORWARDED, DNS_UPSTREAM_ANSWER, Env, Miss, Tools},
     measure::Ctx,
     results::{Results, metric_defs, pp_p99, pp_rps},
 };
@@ -78,6 +78,10 @@ pub struct Args {
     /// 1000; 100 with --quick).
     #[arg(long)]
     publish: Option<u32>,
+    /// Members of the network the broadcast test floods (default 100; 20
+    /// with --quick; dnet only).
+    #[arg(long)]
+    members: Option<usize>,
     /// `docker run`s per column of the Docker + dnet side (default 30; 10
     /// with --quick).
     #[arg(long)]
@@ -86,9 +90,9 @@ pub struct Args {
     /// and DEL; default 100; 20 with --quick).
     #[arg(long)]
     lat_samples: Option<usize>,
-    /// Skip groups (ew, ns, pp, cp, dd: Docker + dnet, lat: control-plane
-    /// latency) or single metrics
-    /// (ew_tcp, ns_cps, ...), comma separated.
+    /// Skip groups (ew, ns, pp, cp, dns, bc: broadcast, lat: control-plane
+    /// latency, dd: Docker + dnet) or single metrics (ew_tcp, ns_cps, ...),
+    /// comma separated.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -109,6 +113,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("taskset", "util-linux"),
     ("ss", "iproute2"),
     ("busybox", "busybox-static"),
+    ("dnsperf", "dnsperf"),
 ];
 
 /// One measurement, run on each side in turn.
@@ -122,6 +127,9 @@ enum Task {
     NsUdp,
     NsCps,
     Cp,
+    DnsName,
+    DnsFwd,
+    Bcast,
 }
 
 impl Task {
@@ -142,6 +150,9 @@ impl Task {
                 "cp_publish",
                 "cp_unpublish",
             ],
+            Task::DnsName => &["dns_name_qps", "dns_name_p99"],
+            Task::DnsFwd => &["dns_fwd_qps", "dns_fwd_p99"],
+            Task::Bcast => &["bc_copy", "bc_rate"],
         }
     }
 
@@ -150,6 +161,8 @@ impl Task {
             Task::EwTcp | Task::EwUdp | Task::EwRr | Task::EwCps => "ew",
             Task::NsTcp | Task::NsUdp | Task::NsCps => "ns",
             Task::Cp => "cp",
+            Task::DnsName | Task::DnsFwd => "dns",
+            Task::Bcast => "bc",
         }
     }
 }
@@ -159,6 +172,7 @@ struct Plan {
     warmup: usize,
     endpoints: usize,
     publish: u32,
+    members: usize,
 }
 
 type Figures = Result<Vec<(String, f64)>, Miss>;
@@ -196,6 +210,17 @@ fn run_task(task: Task, ctx: &Ctx, env: &mut dyn Env, plan: &Plan) -> Figures {
             )]
         }
         Task::Cp => env.control_plane(plan.endpoints, plan.publish)?,
+        Task::DnsName => {
+            let t = env.dns()?;
+            let r = measure::dns_rate(ctx, &t, &t.name, t.name_ip)?;
+            vec![("dns_name_qps", r.qps), ("dns_name_p99", r.p99_us)]
+        }
+        Task::DnsFwd => {
+            let t = env.dns()?;
+            let r = measure::dns_rate(ctx, &t, DNS_FORWARDED, DNS_UPSTREAM_ANSWER)?;
+            vec![("dns_fwd_qps", r.qps), ("dns_fwd_p99", r.p99_us)]
+        }
+        Task::Bcast => env.broadcast(ctx, plan.members)?,
     };
     Ok(v.into_iter().map(|(k, x)| (k.to_owned(), x)).collect())
 }
@@ -301,6 +326,10 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             .publish
             .unwrap_or(if args.quick { 100 } else { 1000 })
             .clamp(1, 20000),
+        members: args
+            .members
+            .unwrap_or(if args.quick { 20 } else { 100 })
+            .clamp(2, 4000),
     };
     let secs = args
         .seconds
@@ -325,6 +354,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let mut notes = vec![
         "UDP: iperf3 -u -l 64 -b 0 (64-byte payload, sent as fast as iperf3 can), datagrams the receiver got per second.".to_owned(),
         "Latency: sockperf ping-pong over TCP, 64-byte messages, full round trip.".to_owned(),
+        format!("Names: dnsperf in a container of a user-defined network, A queries for one name, {} clients, at most {} in flight; queries/s counts NOERROR answers; p99 over every query sent (a lost or failed one counts at dnsperf's 2 s timeout). dnet: the network's resolver on its gateway; Docker: its embedded resolver 127.0.0.11. Forwarded names go to a fake upstream (conntest dns serve) in the world namespace: dnet's --dns-upstream, Docker's container --dns.", measure::DNSPERF_CLIENTS, measure::DNSPERF_IN_FLIGHT),
         "Connections and published-port requests: connrate (this repo), 2 closed loops, each request a new TCP connection (connect, 1 byte each way, close).".to_owned(),
         "Host CPU per GB: all CPUs' busy time (/proc/stat) during the TCP run over the bytes received; on a busy machine it includes others' load.".to_owned(),
         format!(
@@ -333,7 +363,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     ];
     let skip = |g: &str| args.skip.iter().any(|s| s == g);
     // The three main sides only when one of their groups is measured.
-    let main = ["ew", "ns", "pp", "cp"].iter().any(|g| !skip(g));
+    let main = ["ew", "ns", "pp", "cp", "dns", "bc"].iter().any(|g| !skip(g));
     let mut envs: Vec<Box<dyn Env>> = Vec::new();
     if main {
         eprintln!("bench: setting up the three sides");
@@ -378,10 +408,11 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         )
     };
 
-    let defs = metric_defs(&ports, plan.endpoints, plan.publish);
+    let mut defs = metric_defs(&ports, plan.endpoints, plan.publish);
+    defs.extend(results::broadcast_defs(plan.members));
     let mut r = Results::new(defs, plan.rounds);
     // Skipped groups and metrics: every side says so (ids start with ew,
-    // ns, pp, cp).
+    // ns, pp, cp, bc).
     let skipped: Vec<String> = r
         .defs
         .iter()
@@ -412,6 +443,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         Task::NsUdp,
         Task::NsCps,
         Task::Cp,
+        Task::DnsName,
+        Task::DnsFwd,
+        Task::Bcast,
     ]
     .into_iter()
     .filter(|t| !skip(t.group()))

@@ -393,6 +393,7 @@ pub fn svg(path: &Path, meta: &Meta, r: &Results, ports: &[u32]) -> anyhow::Resu
             let tag = match d.group {
                 Group::EastWest => "EW",
                 Group::NorthSouth => "NS",
+                Group::Names => "DNS",
                 _ => "CP",
             };
             let label = d
