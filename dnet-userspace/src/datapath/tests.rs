@@ -464,6 +464,41 @@ fn broadcast_reaches_every_member_however_many() {
 }
 
 #[test]
+fn the_pin_of_a_retired_map_goes_at_load() {
+    struct Pins(PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    // As in `programs_of_another_build_are_swapped_in_place`: the run's
+    // leak check knows the folder by this process's id.
+    if let Some(run) = std::env::var_os("DNET_TEST_RUN_DIR") {
+        let pids = Path::new(&run).join("pids");
+        fs::create_dir_all(&pids)
+            .and_then(|()| fs::write(pids.join(std::process::id().to_string()), ""))
+            .expect("record the pid in the run folder");
+    }
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/dnet-test-{}-retired",
+        std::process::id()
+    )));
+    let dir = pins.0.clone();
+    in_fresh_netns(move || {
+        drop(Datapath::load(Some(&dir)).unwrap());
+        // What an older build left: a map pinned under the name of the
+        // 64-member lists.
+        let maps = dir.join("maps");
+        fs::rename(maps.join(m::NET_FANOUT), maps.join(m::RETIRED[0])).unwrap();
+        let mut dp = Datapath::load(Some(&dir)).unwrap();
+        assert!(!maps.join(m::RETIRED[0]).exists(), "the retired pin is gone");
+        assert!(maps.join(m::NET_FANOUT).exists(), "a new member count map");
+        dp.set_members(1, &[7, 8]).unwrap();
+        assert_eq!(dp.members(1).unwrap(), vec![7, 8]);
+    });
+}
+
+#[test]
 fn malformed_frames_are_dropped_without_fault() {
     in_fresh_netns(|| {
         let fx = fixture(0);

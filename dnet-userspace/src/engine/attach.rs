@@ -191,11 +191,30 @@ impl Inner {
         let ep = self.new_endpoint(net, &c, opts).await?;
         c.endpoints.push(ep.clone());
         c.ports.extend(ports.iter().cloned());
-        self.attach(&c, &ep).await?;
-        super::crash::point("connect:made");
+        // The state's file is written and synced while the kernel objects
+        // are made (most of an attach waits for the kernel), and published
+        // once they are.
         let mut st = self.state.clone();
         st.containers.insert(c.id.clone(), c.clone());
-        if let Err(e) = self.commit(st) {
+        let prepared = self.store.prepare(&st);
+        let written = tokio::task::spawn_blocking(move || prepared.write());
+        let made = self.attach(&c, &ep).await;
+        let written = match written.await {
+            Ok(r) => r.map_err(Into::into),
+            Err(e) => Err(conflict!("writing the state: {e}")),
+        };
+        if let Err(e) = made {
+            // The driver removed what it had made.
+            self.store.discard();
+            return Err(e);
+        }
+        if let Err(e) = written {
+            self.store.discard();
+            self.detach(&c, &ep).await;
+            return Err(e);
+        }
+        super::crash::point("connect:made");
+        if let Err(e) = self.commit_prepared(st) {
             self.detach(&c, &ep).await;
             return Err(e);
         }

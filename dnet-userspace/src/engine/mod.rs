@@ -498,10 +498,22 @@ impl Inner {
     /// Makes `state` the committed state.
     fn commit(&mut self, state: State) -> Result<()> {
         self.store.commit(&state)?;
+        self.commit_published(state);
+        Ok(())
+    }
+
+    /// Makes `state`, prepared with `Store::prepare` and written, the
+    /// committed state.
+    fn commit_prepared(&mut self, state: State) -> Result<()> {
+        self.store.publish()?;
+        self.commit_published(state);
+        Ok(())
+    }
+
+    fn commit_published(&mut self, state: State) {
         self.state = state;
         // Names follow the state at once.
         self.dns.update(&self.state);
-        Ok(())
     }
 
     fn find_network(&self, key: &str) -> Result<&Network> {

@@ -7,6 +7,12 @@
 //!   `CNI_*` environment, the config on stdin, the result on stdout), from
 //!   the bench's own namespace, as a runtime runs plugins in its own.
 //!
+//! Then, with `--lat-scale N`, N endpoints on one host: N namespaces
+//! attached one after another (the mean attach time of the last 100 against
+//! the first 100), the daemon's resident memory with them, and its restart
+//! with them (SIGTERM, then a new daemon until its API answers, the
+//! reconcile of every endpoint included).
+//!
 //! Each sample attaches a fresh namespace. Before each timed operation the
 //! daemon has no removal finishing in the background (`pending_removals`
 //! of `dnet info`): the figures are each operation's own. Back to back, an
@@ -52,8 +58,75 @@ fn percentile(v: &[f64], p: f64) -> Option<f64> {
     Some(s[rank.clamp(1, s.len()) - 1])
 }
 
+/// N endpoints on one host.
+pub struct Scale {
+    pub n: usize,
+    /// How many attaches each mean is over.
+    pub window: usize,
+    pub first_ms: f64,
+    pub last_ms: f64,
+    pub rss_kib: Option<u64>,
+    pub restart_ms: f64,
+}
+
+/// Attaches `n` namespaces to a fresh sandbox's daemon one after another,
+/// then restarts it.
+pub fn scale(n: usize) -> anyhow::Result<Scale> {
+    let mut sb = std::panic::catch_unwind(Sandbox::new)
+        .map_err(|_| anyhow::anyhow!("the dnet sandbox did not start (see above)"))?;
+    let mut ms = Vec::with_capacity(n);
+    for i in 0..n {
+        sys::check_stop()?;
+        let ns = sb.add_netns(&format!("s{i}"));
+        let ns_s = ns.to_str().context("utf-8 path")?.to_owned();
+        let name = format!("s{i}");
+        let start = Instant::now();
+        let o = sb.dnet(&["network", "connect", "bridge", "--netns", &ns_s, "--name", &name]);
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+        if !o.status.success() {
+            bail!(
+                "attach {i} of {n}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+    }
+    let window = (n / 2).clamp(1, 100);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let o = sb.dnet(&["info", "--format", "json"]);
+    let pid = serde_json::from_slice::<Value>(&o.stdout)
+        .ok()
+        .and_then(|i| i["pid"].as_u64());
+    let rss_kib = pid.and_then(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    });
+    sb.stop_daemon(libc::SIGTERM);
+    let start = Instant::now();
+    sb.start_daemon();
+    let restart_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok(Scale {
+        n,
+        window,
+        first_ms: mean(&ms[..window]),
+        last_ms: mean(&ms[n - window..]),
+        rss_kib,
+        restart_ms,
+    })
+}
+
 pub enum Latency {
-    Done { samples: usize, ops: Vec<Op> },
+    Done {
+        samples: usize,
+        ops: Vec<Op>,
+        scale: Option<Result<Scale, String>>,
+    },
     /// Why it has no figures.
     Skipped(String),
 }
@@ -123,6 +196,7 @@ pub fn bench(cni: &Path, samples: usize) -> anyhow::Result<Latency> {
     Ok(Latency::Done {
         samples,
         ops: ops.into(),
+        scale: None,
     })
 }
 
@@ -186,7 +260,37 @@ impl Latency {
                     why_none,
                 }
             })
+            .chain(std::iter::once(self.scale_goal()))
             .collect()
+    }
+
+    /// Issue #9: the last 100 attaches within 1.2x of the first 100.
+    fn scale_goal(&self) -> Goal {
+        let (figure, why_none) = match self {
+            Latency::Done {
+                scale: Some(Ok(s)), ..
+            } => (Some(s.last_ms / s.first_ms), String::new()),
+            Latency::Done {
+                scale: Some(Err(e)),
+                ..
+            } => (None, format!("n/a: {e}")),
+            Latency::Done { scale: None, .. } => (None, "not run (--lat-scale 0)".into()),
+            Latency::Skipped(why) => (None, why.clone()),
+        };
+        let n = match self {
+            Latency::Done {
+                scale: Some(Ok(s)), ..
+            } => s.n,
+            _ => 1000,
+        };
+        Goal {
+            text: format!(
+                "Control plane: {n} endpoints on one host (issue #9: 1,000), the last 100 attaches within 1.2x of the first 100"
+            ),
+            figure,
+            met: figure.map(|f| f <= 1.2),
+            why_none,
+        }
     }
 
     pub fn markdown(&self, s: &mut String) {
@@ -198,7 +302,7 @@ impl Latency {
                 s.push_str(&format!("- {why}\n"));
                 return;
             }
-            Latency::Done { samples, ops } => (samples, ops),
+            Latency::Done { samples, ops, .. } => (samples, ops),
         };
         s.push_str("| operation | p50 (ms) | p99 (ms) | goal (p50) |\n|---|---:|---:|---:|\n");
         let cell = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1}"));
@@ -214,13 +318,47 @@ impl Latency {
         s.push_str(&format!(
             "\n{samples} samples each, a fresh namespace per sample, no removal under way before each.\n"
         ));
+        match self {
+            Latency::Done {
+                scale: Some(Ok(sc)),
+                ..
+            } => s.push_str(&format!(
+                "\n{} endpoints on one host: mean attach {:.1} ms for the first {w}, {:.1} ms for the last {w} ({:.2}x); daemon RSS {}; restart with them (SIGTERM, start, reconcile, API up) {:.0} ms.\n",
+                sc.n,
+                sc.first_ms,
+                sc.last_ms,
+                sc.last_ms / sc.first_ms,
+                sc.rss_kib.map_or("n/a".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+                sc.restart_ms,
+                w = sc.window,
+            )),
+            Latency::Done {
+                scale: Some(Err(e)),
+                ..
+            } => s.push_str(&format!("\nEndpoints on one host: n/a: {e}\n")),
+            _ => {}
+        }
     }
 
     pub fn json(&self) -> Value {
         match self {
             Latency::Skipped(why) => json!({"na": why}),
-            Latency::Done { samples, ops } => json!({
+            Latency::Done {
+                samples,
+                ops,
+                scale,
+            } => json!({
                 "samples": samples,
+                "scale": match scale {
+                    Some(Ok(s)) => json!({
+                        "endpoints": s.n, "window": s.window,
+                        "first_mean_ms": s.first_ms, "last_mean_ms": s.last_ms,
+                        "ratio": s.last_ms / s.first_ms,
+                        "daemon_rss_kib": s.rss_kib, "restart_ms": s.restart_ms,
+                    }),
+                    Some(Err(e)) => json!({"na": e}),
+                    None => Value::Null,
+                },
                 "ops": ops.iter().map(|o| json!({
                     "id": o.id,
                     "label": o.label,

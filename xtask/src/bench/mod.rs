@@ -90,6 +90,10 @@ pub struct Args {
     /// and DEL; default 100; 20 with --quick).
     #[arg(long)]
     lat_samples: Option<usize>,
+    /// Endpoints attached to one host for the scale figures (default
+    /// 1,000; none with --quick; 0 skips them).
+    #[arg(long)]
+    lat_scale: Option<usize>,
     /// Skip groups (ew, ns, pp, cp, dns, bc: broadcast, lat: control-plane
     /// latency, dd: Docker + dnet) or single metrics (ew_tcp, ns_cps, ...),
     /// comma separated.
@@ -549,7 +553,16 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             .max(1);
         eprintln!("bench: control-plane latency: {samples} samples");
         match latency::bench(&bin.join("dnet-cni"), samples) {
-            Ok(l) => l,
+            Ok(mut l) => {
+                let n = args.lat_scale.unwrap_or(if args.quick { 0 } else { 1000 });
+                if n > 0
+                    && let latency::Latency::Done { scale, .. } = &mut l
+                {
+                    eprintln!("bench: control-plane latency: {n} endpoints on one host");
+                    *scale = Some(latency::scale(n).map_err(|e| format!("{e:#}")));
+                }
+                l
+            }
             Err(e) => {
                 eprintln!("bench: control-plane latency: {e:#}");
                 latency::Latency::Skipped(format!("n/a: {e:#}"))

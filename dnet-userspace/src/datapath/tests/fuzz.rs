@@ -857,16 +857,14 @@ fn tuple(h: &Ip4, seg: &[u8]) -> Option<CtKey> {
     Some(k)
 }
 
-/// Whether a frame may open a flow: a whole, unfragmented IPv4 packet with
-/// a TTL to spare whose transport header is whole and honest (a TCP data
-/// offset of 5 to the segment's length, a UDP length of 8 to the
-/// datagram's), and that is a TCP SYN (no ACK, RST or FIN), a UDP datagram
-/// or a ping. The sender and destination are judged by the caller.
+/// Whether a frame may open a flow: a whole, unfragmented IPv4 packet
+/// whose transport header is whole and honest (a TCP data offset of 5 to
+/// the segment's length, a UDP length of 8 to the datagram's), and that is
+/// a TCP SYN (no ACK, RST or FIN), a UDP datagram or a ping. The sender,
+/// the destination and the TTL (one to spare where dnet routes) are judged
+/// by the caller.
 fn may_open(f: &[u8]) -> Option<(Ip4, CtKey)> {
     let h = ip4(f)?;
-    if h.ttl <= 1 {
-        return None;
-    }
     let seg = segment(f, 14, &h)?;
     let k = tuple(&h, seg)?;
     let honest = match h.proto {
@@ -1194,12 +1192,17 @@ fn check_step(w: &World, s: &Step, inp: &[u8]) -> Result<(), String> {
         let (h, key) = opener.ok_or_else(|| format!("a frame that opens no flow made {new:?}"))?;
         let sender_ok = match s.prog {
             Prog::FromContainer => {
-                inp[6..12] == a.mac
+                h.ttl > 1
+                    && inp[6..12] == a.mac
                     && h.saddr == ip(A)
                     && (!in_dnet_subnets(h.daddr) || h.daddr == ip(UPLINK))
                     && h.daddr.octets()[0] != 0
             }
-            Prog::FromUplink => h.daddr == ip(UPLINK) && (h.proto == 6 || h.proto == 17),
+            Prog::FromUplink => {
+                h.ttl > 1 && h.daddr == ip(UPLINK) && (h.proto == 6 || h.proto == 17)
+            }
+            // The host's own packet: its TTL is the host's business
+            // (`traceroute -I` sends 1).
             Prog::ToContainer(_) => false,
             Prog::ToUplink => h.saddr == ip(UPLINK) && h.proto == 1,
         };
