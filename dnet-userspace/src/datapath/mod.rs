@@ -782,6 +782,24 @@ impl Datapath {
         h.iter().map(|r| r.map_err(map_err(name))).collect()
     }
 
+    /// The entry at `key` of an endpoint map (`ENDPOINTS_BY_IP` or
+    /// `ENDPOINTS_BY_IF`), if there is one: one lookup, however many
+    /// endpoints there are.
+    pub fn endpoint(&self, name: &'static str, key: u32) -> Result<Option<Endpoint>> {
+        let h: HashMap<&MapData, u32, Endpoint> =
+            HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        match h.get(&key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(map_err(name)(e)),
+        }
+    }
+
     /// Zeroes a stats slot (before an endpoint takes it).
     pub fn reset_stats(&mut self, slot: u32) -> Result<()> {
         let cpus = nr_cpus().map_err(|(_, e)| io_err("count CPUs", Path::new("/sys"))(e))?;

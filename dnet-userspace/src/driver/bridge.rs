@@ -314,11 +314,16 @@ impl Driver for Bridge {
         let Ok(want) = dp_endpoint(a, link.index) else {
             return false;
         };
+        // One lookup per map: a restart checks every endpoint.
         let in_map = |name| {
-            ctx.dp.endpoints(name).is_ok_and(|es| {
-                es.iter()
-                    .any(|(k, e)| *e == want && (*k == want.ifindex || *k == want.addr_be))
-            })
+            let key = if name == dnet_common::maps::ENDPOINTS_BY_IF {
+                want.ifindex
+            } else {
+                want.addr_be
+            };
+            ctx.dp
+                .endpoint(name, key)
+                .is_ok_and(|e| e.as_ref() == Some(&want))
         };
         let checks = [
             (
