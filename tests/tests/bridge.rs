@@ -161,6 +161,47 @@ fn containers_reach_each_other_by_ping_tcp_and_udp_both_ways() {
     );
 }
 
+/// East-west packets go from the sender's host-side veth straight into the
+/// receiver's namespace (`bpf_redirect_peer`): the receiver's host-side veth
+/// never transmits them. A fallback through that veth's egress (`bpf_redirect`)
+/// or the host stack would count every packet there (and cost the latency
+/// the bench measures).
+#[test]
+fn east_west_packets_skip_the_receivers_host_side_veth() {
+    let sb = Sandbox::new();
+    sb.server("a", "bridge", "tcp", 80);
+    sb.server("b", "bridge", "tcp", 80);
+    let b = sb.ip_of("b");
+    // `network inspect` answers a list, one object per network asked.
+    let net = sb.dnet_json(&["network", "inspect", "bridge"]);
+    let veth = net[0]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["container"] == "b")
+        .and_then(|c| c["host_ifname"].as_str())
+        .expect("b's host-side veth")
+        .to_owned();
+    let tx = || {
+        sb.host_ip_json(&["-s", "link", "show", "dev", &veth])[0]["stats64"]["tx"]["packets"]
+            .as_u64()
+            .expect("tx packets")
+    };
+    // Neighbours settled first: dnet's ARP answers do go out of the asker's
+    // own host-side veth.
+    let o = sb.conntest_in("a", &["tcp", &format!("{b}:80")]);
+    assert!(ok(&o), "tcp a -> b: {}", out(&o));
+    let (tx0, rx0) = (tx(), sb.rx_packets(&sb.netns_of("b"), "eth0"));
+    for _ in 0..20 {
+        let o = sb.conntest_in("a", &["tcp", &format!("{b}:80")]);
+        assert!(ok(&o), "tcp a -> b: {}", out(&o));
+    }
+    let (tx1, rx1) = (tx(), sb.rx_packets(&sb.netns_of("b"), "eth0"));
+    assert!(rx1 - rx0 >= 60, "b received {} packets", rx1 - rx0);
+    // A stray ARP refresh at most, never the flows' packets.
+    assert!(tx1 - tx0 <= 4, "b's host-side veth sent {} packets", tx1 - tx0);
+}
+
 #[test]
 fn gateway_and_host_reach_containers_and_back() {
     let mut sb = Sandbox::new();

@@ -156,6 +156,24 @@ pub fn client_cpu(pin: bool) -> Option<usize> {
     pin.then_some(0)
 }
 
+/// CPUs of the request/response latency run: (client, server). With
+/// `--pin` the client's and the servers' CPUs, as for every other run.
+/// Without it both ends share one CPU. Left to the scheduler, a run lands
+/// either with both ends on one CPU (each round trip a local wake-up,
+/// ~5 µs here) or on two (each wake-up an IPI to a CPU that is busy with
+/// others' work on a shared machine: p50 ~45 µs, p99 several ms), a coin
+/// toss per run that outweighs any datapath's cost and made one side look
+/// 5x slower than another. One CPU for both ends measures the path itself.
+pub fn rr_cpus(pin: bool) -> (usize, usize) {
+    match (client_cpu(pin), server_cpu(pin)) {
+        (Some(c), Some(s)) => (c, s),
+        _ => (RR_CPU, RR_CPU),
+    }
+}
+
+/// The one CPU of an unpinned latency run (CPU 0 exists everywhere).
+const RR_CPU: usize = 0;
+
 /// Waits until something listens on TCP `port` in the namespace.
 pub fn wait_listening(netns: &Path, port: u16) -> anyhow::Result<()> {
     let filter = format!("sport = :{port}");
@@ -192,7 +210,7 @@ pub fn start_servers(
     if sockperf {
         procs.spawn(in_netns(
             netns,
-            cpu,
+            Some(rr_cpus(pin).1),
             "sockperf",
             &[
                 "sr",
@@ -284,4 +302,23 @@ pub fn probe_published(world: &Path, tools: &Tools, ip: Ipv4Addr, port: u16) -> 
     )
     .output()
     .is_ok_and(|o| o.status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unpinned_latency_run_has_both_ends_on_one_cpu() {
+        let (client, server) = rr_cpus(false);
+        assert_eq!(client, server);
+    }
+
+    #[test]
+    fn a_pinned_latency_run_keeps_the_pinned_cpus() {
+        assert_eq!(
+            rr_cpus(true),
+            (client_cpu(true).unwrap(), server_cpu(true).unwrap())
+        );
+    }
 }

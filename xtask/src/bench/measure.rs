@@ -85,7 +85,8 @@ pub fn udp_pps(ctx: &Ctx, client: &Path, server: Ipv4Addr) -> anyhow::Result<f64
 }
 
 /// TCP request/response latency (sockperf ping-pong, 64-byte messages,
-/// full round trip), p50 and p99 in microseconds.
+/// full round trip), p50 and p99 in microseconds; both ends on the CPUs of
+/// `env::rr_cpus`.
 pub fn rr_latency(ctx: &Ctx, client: &Path, server: Ipv4Addr) -> anyhow::Result<parse::Latency> {
     let (s, p, t) = (
         server.to_string(),
@@ -106,7 +107,7 @@ pub fn rr_latency(ctx: &Ctx, client: &Path, server: Ipv4Addr) -> anyhow::Result<
         "--full-rtt",
     ];
     let out = sys::run_bounded(
-        in_netns(client, env::client_cpu(ctx.pin), "sockperf", &a),
+        in_netns(client, Some(env::rr_cpus(ctx.pin).0), "sockperf", &a),
         ctx.limit(),
     )?;
     parse::sockperf(&String::from_utf8_lossy(&out.stdout))

@@ -357,7 +357,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let date = first_line(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]));
     let mut notes = vec![
         "UDP: iperf3 -u -l 64 -b 0 (64-byte payload, sent as fast as iperf3 can), datagrams the receiver got per second.".to_owned(),
-        "Latency: sockperf ping-pong over TCP, 64-byte messages, full round trip.".to_owned(),
+        "Latency: sockperf ping-pong over TCP, 64-byte messages, full round trip; client and server on one CPU (with --pin: client on CPU 0, server on CPU 1).".to_owned(),
         format!("Names: dnsperf in a container of a user-defined network, A queries for one name, {} clients, at most {} in flight; queries/s counts NOERROR answers; p99 over every query sent (a lost or failed one counts at dnsperf's 2 s timeout). dnet: the network's resolver on its gateway; Docker: its embedded resolver 127.0.0.11. Forwarded names go to a fake upstream (conntest dns serve) in the world namespace: dnet's --dns-upstream, Docker's container --dns.", measure::DNSPERF_CLIENTS, measure::DNSPERF_IN_FLIGHT),
         "Connections and published-port requests: connrate (this repo), 2 closed loops, each request a new TCP connection (connect, 1 byte each way, close).".to_owned(),
         "Host CPU per GB: all CPUs' busy time (/proc/stat) during the TCP run over the bytes received; on a busy machine it includes others' load.".to_owned(),
