@@ -76,6 +76,16 @@ pub enum DropReason {
     /// another flow holds now: the flow is ended (its first entry removed)
     /// rather than sent out on a tuple whose answers belong to another.
     CtHalfFlow = 27,
+    /// A new flow of a container that has as many live flows as
+    /// `--ct-flows-per-endpoint` allows.
+    CtEndpointLimit = 28,
+    /// A new flow of a container that holds as many NAT ports towards that
+    /// destination (address, port, protocol) as `--nat-ports-per-destination`
+    /// allows: one container cannot take every port towards a resolver.
+    NatDestinationLimit = 29,
+    /// A TCP RST outside the flow's window (a blind reset guessing the
+    /// sequence number): the flow goes on.
+    CtRstOutOfWindow = 30,
 }
 
 /// Number of drop reasons; the size of the per-endpoint drop counter array.
@@ -85,7 +95,7 @@ pub const DROP_REASON_SLOTS: usize = 32;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 28] = [
+    pub const ALL: [DropReason; 31] = [
         DropReason::Malformed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
@@ -114,6 +124,9 @@ impl DropReason {
         DropReason::IcmpRateLimited,
         DropReason::NoNatAddress,
         DropReason::CtHalfFlow,
+        DropReason::CtEndpointLimit,
+        DropReason::NatDestinationLimit,
+        DropReason::CtRstOutOfWindow,
     ];
 
     /// The stable, user-visible name (`dnet stats` prints it).
@@ -147,6 +160,9 @@ impl DropReason {
             DropReason::IcmpRateLimited => "icmp-rate-limited",
             DropReason::NoNatAddress => "no-nat-address",
             DropReason::CtHalfFlow => "conntrack-half-flow",
+            DropReason::CtEndpointLimit => "conntrack-endpoint-limit",
+            DropReason::NatDestinationLimit => "nat-destination-limit",
+            DropReason::CtRstOutOfWindow => "conntrack-rst-out-of-window",
         }
     }
 

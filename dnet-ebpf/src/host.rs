@@ -60,7 +60,8 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     match l4::parse(ctx, ETH_HLEN, &ip) {
         Parsed::Flow(key, l4) => {
-            let e = ct::lookup(&key, l4.tcp_flags)?;
+            let seg = l4::seg(ctx, Some(&l4), key.proto)?;
+            let e = ct::lookup(&key, seg)?;
             let svc = match e {
                 Some(_) => None,
                 None if (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
@@ -87,13 +88,9 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             let e = match (e, svc) {
                 (Some(e), _) => e,
-                (None, Some(svc)) => nat::new_dnat(
-                    &cfg,
-                    &key,
-                    svc.backend_be,
-                    svc.backend_port_be,
-                    l4.tcp_flags,
-                )?,
+                (None, Some(svc)) => {
+                    nat::new_dnat(&cfg, &key, svc.backend_be, svc.backend_port_be, seg)?
+                }
                 (None, None) => return Ok(TC_ACT_OK),
             };
             nat::translate_and_deliver(ctx, &l4, &key, &e)

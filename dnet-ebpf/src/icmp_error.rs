@@ -64,7 +64,8 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
         proto,
         _pad: [0; 3],
     };
-    let Some(e) = ct::lookup(&key, 0)? else {
+    // The quote is looked up only: it moves no state.
+    let Some(e) = ct::lookup(&key, crate::l4::seg(ctx, None, proto)?)? else {
         return Ok(TC_ACT_OK);
     };
     // From a container, only an error about a flow of its own, sent to the

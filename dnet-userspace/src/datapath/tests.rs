@@ -534,6 +534,10 @@ fn nat_fixture_sized(flags1: u32, port_min: u16, port_max: u16, ct_entries: u32)
             nat_port_max: port_max,
             _pad: 0,
             netns_cookie: 0,
+            ep_flow_limit: 0,
+            dest_port_limit: 0,
+            nr_cpus: Datapath::quota_cpus(),
+            _pad2: 0,
         })
         .unwrap();
     fx
