@@ -27,21 +27,22 @@ mod pod;
 pub use drop::DropReason;
 pub use endpoint::Endpoint;
 pub use nat::{Config, CtEntry, CtKey, QuotaKey, Service, ServiceKey, SockRev, SockRevKey};
-pub use network::{NetMembers, Network};
+pub use network::{MemberKey, NetFanout, Network};
 pub use stats::EndpointStats;
 
 #[cfg(test)]
 mod tests {
     use core::mem::size_of;
 
-    use crate::{Endpoint, EndpointStats, NetMembers, Network};
+    use crate::{Endpoint, EndpointStats, MemberKey, NetFanout, Network};
 
     /// The layouts are part of the pinned-map ABI: a change here is a break.
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<Endpoint>(), 24);
         assert_eq!(size_of::<Network>(), 24);
-        assert_eq!(size_of::<NetMembers>(), 8 + 4 * crate::network::MAX_FANOUT);
+        assert_eq!(size_of::<NetFanout>(), 8);
+        assert_eq!(size_of::<MemberKey>(), 8);
         assert_eq!(
             size_of::<EndpointStats>(),
             40 + 8 * crate::drop::DROP_REASON_SLOTS

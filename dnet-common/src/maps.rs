@@ -8,8 +8,12 @@ pub const ENDPOINTS_BY_IF: &str = "DNET_EP_BY_IF";
 pub const NETWORKS: &str = "DNET_NETWORKS";
 /// `LpmTrie<[u8; 4], u32 net_id>`: which network a subnet belongs to.
 pub const SUBNETS: &str = "DNET_SUBNETS";
-/// `Array<NetMembers>`, indexed by network id.
-pub const NET_MEMBERS: &str = "DNET_NET_MEMBERS";
+/// `Array<NetFanout>`, indexed by network id: how many members get the
+/// network's broadcasts.
+pub const NET_FANOUT: &str = "DNET_NET_FANOUT";
+/// `HashMap<MemberKey, u32 ifindex>`: a network's members (host-side veth
+/// ifindexes) by index, `0..count` of [`NET_FANOUT`].
+pub const NET_MEMBER: &str = "DNET_NET_MEMBER";
 /// `PerCpuArray<EndpointStats>`, indexed by endpoint slot.
 pub const STATS: &str = "DNET_STATS";
 
@@ -30,14 +34,19 @@ pub const CONFIG: &str = "DNET_CONFIG";
 /// `LruHashMap<SockRevKey, SockRev>`: what host sockets asked for, so that
 /// replies read as coming from the published port.
 pub const SOCK_REVNAT: &str = "DNET_SOCK_REVNAT";
+/// `LpmTrie<u32 addr_be, u8>`: the sources that may open flows to published
+/// ports from the world (`dnet daemon --publish-from`; `0.0.0.0/0` when
+/// any may).
+pub const PUBLISH_FROM: &str = "DNET_PUBLISH_FROM";
 
 /// Every map the datapath declares.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 14] = [
     ENDPOINTS_BY_IP,
     ENDPOINTS_BY_IF,
     NETWORKS,
     SUBNETS,
-    NET_MEMBERS,
+    NET_FANOUT,
+    NET_MEMBER,
     STATS,
     CT,
     CT_OPENED,
@@ -45,7 +54,13 @@ pub const ALL: [&str; 12] = [
     SERVICES,
     CONFIG,
     SOCK_REVNAT,
+    PUBLISH_FROM,
 ];
+
+/// Maps older builds pinned and no build uses any more: a daemon removes
+/// their pins when it starts (`DNET_NET_MEMBERS` held at most 64 members
+/// of each network, replaced by [`NET_FANOUT`] and [`NET_MEMBER`]).
+pub const RETIRED: [&str; 1] = ["DNET_NET_MEMBERS"];
 
 /// Default size of the conntrack map (entries; a flow takes two).
 pub const CT_ENTRIES: u32 = 131_072;
@@ -59,6 +74,8 @@ pub const QUOTA_ENTRIES: u32 = CT_ENTRIES / 2 + MAX_ENDPOINTS;
 pub const MAX_CPUS: u32 = 16;
 /// Most published ports.
 pub const MAX_SERVICES: u32 = 65_536;
+/// Size of [`PUBLISH_FROM`], in prefixes.
+pub const MAX_PUBLISH_FROM: u32 = 1024;
 /// Host sockets remembered by the socket hooks.
 pub const SOCK_REVNAT_ENTRIES: u32 = 65_536;
 

@@ -13,6 +13,8 @@
 //! | | C:c → X:x | source U:h | out the uplink |
 //! | hairpin: container A to U:h of B:b (gateway G of B, port n) | A:a → U:h | source G:n, destination B:b | into B |
 //! | | B:b → G:n | source U:h, destination A:a | into A |
+//! | the host's echo request, id i, to R (id n: i itself when free) | U:i → R | source U:n | out the uplink |
+//! | | R → U:n | destination U:i | up the host's stack |
 //!
 //! ICMP echo uses its identifier as a port: the source port of requests and
 //! the destination port of replies, so that a reply's key is its request's
@@ -67,10 +69,17 @@ pub const CT_F_ASSURED: u16 = 1 << 5;
 /// be made again from the first one alone ([`reply_into`]).
 pub const CT_F_REPLY_TO_ENDPOINT: u16 = 1 << 6;
 
+/// On both entries of a flow of the host itself: an ICMP echo request the
+/// host sent out of the uplink, whose identifier is held in the table (and
+/// translated when a container's flow has it) so that a container's echo
+/// never takes it, and whose answers go up the host's stack. Ping sockets
+/// pick identifiers without regard to `ip_local_reserved_ports`, raw ones
+/// as they like: only the table keeps the two apart.
+pub const CT_F_HOST: u16 = 1 << 7;
 /// On a flow's first entry: the flow is charged to the limits of the
 /// container that opened it (`key.saddr_be`, see [`QuotaKey`]); whoever
 /// removes the entry gives the charge back.
-pub const CT_F_COUNTED: u16 = 1 << 7;
+pub const CT_F_COUNTED: u16 = 1 << 8;
 
 /// TCP flags as they sit in the header's 14th byte.
 pub const TCP_FIN: u8 = 0x01;
@@ -160,7 +169,7 @@ pub const fn reply_into(k: &CtKey, e: &CtEntry, rk: &mut CtKey, r: &mut CtEntry)
     rk.dport_be = if snat { e.new_sport_be } else { k.sport_be };
     rk.proto = k.proto;
     rk._pad = [0; 3];
-    let mut flags = CT_F_REPLY | (e.flags & CT_F_PUBLISHED);
+    let mut flags = CT_F_REPLY | (e.flags & (CT_F_PUBLISHED | CT_F_HOST));
     if dnat {
         flags |= CT_F_SNAT;
     }

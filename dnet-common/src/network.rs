@@ -26,27 +26,26 @@ pub struct Network {
     pub _pad: u8,
 }
 
-/// Bound on broadcast and multicast copies per packet.
-pub const MAX_FANOUT: usize = 64;
-
-/// Value of [`crate::maps::NET_MEMBERS`]: who gets a network's broadcasts.
+/// Value of [`crate::maps::NET_FANOUT`], indexed by network id: how many
+/// members the network's broadcasts and multicasts go to.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NetMembers {
-    /// Number of endpoints in the network (may exceed [`MAX_FANOUT`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NetFanout {
+    /// Number of members: [`crate::maps::NET_MEMBER`] holds indexes
+    /// `0..count` of the network.
     pub count: u32,
     /// Reserved, zero.
     pub _pad: u32,
-    /// Host-side veth ifindexes of the first [`MAX_FANOUT`] members.
-    pub ifindex: [u32; MAX_FANOUT],
 }
 
-impl Default for NetMembers {
-    fn default() -> Self {
-        NetMembers {
-            count: 0,
-            _pad: 0,
-            ifindex: [0; MAX_FANOUT],
-        }
-    }
+/// Key of [`crate::maps::NET_MEMBER`]: a network's member by its index.
+/// Indexes are dense (`0..count`), so a broadcast walks them in a bounded
+/// loop without searching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MemberKey {
+    /// Network id.
+    pub net_id: u32,
+    /// Index of the member, below the network's [`NetFanout::count`].
+    pub index: u32,
 }

@@ -1,8 +1,8 @@
 //! `aya::Pod` for the map types, so userspace can read and write them.
 
 use crate::{
-    Config, CtEntry, CtKey, Endpoint, EndpointStats, NetMembers, Network, Service, ServiceKey,
-    SockRev, SockRevKey,
+    Config, CtEntry, CtKey, Endpoint, EndpointStats, MemberKey, NetFanout, Network, Service,
+    ServiceKey, SockRev, SockRevKey,
 };
 
 // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and integer
@@ -12,7 +12,9 @@ unsafe impl aya::Pod for Endpoint {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Network {}
 // SAFETY: as above.
-unsafe impl aya::Pod for NetMembers {}
+unsafe impl aya::Pod for NetFanout {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MemberKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for EndpointStats {}
 // SAFETY: as above.

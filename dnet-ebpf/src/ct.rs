@@ -265,12 +265,13 @@ pub fn reply_in_scratch(key: &CtKey, fwd: &CtEntry) -> Option<&'static mut CtScr
     Some(s)
 }
 
-/// A TCP segment that may open a flow: a SYN without ACK. Anything else
-/// with no flow (a stray ACK, a spoofed segment) opens none, so it cannot
-/// take a port or an entry of the table.
+/// A TCP segment that may open a flow: a SYN without ACK, RST or FIN (Linux's
+/// conntrack calls SYN+RST and SYN+FIN invalid). Anything else with no flow
+/// (a stray ACK, a spoofed segment) opens none, so it cannot take a port or
+/// an entry of the table.
 #[inline(always)]
 pub fn opens_flow(proto: u8, tcp_flags: u8) -> bool {
-    proto != IPPROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    proto != IPPROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
 }
 
 /// A new flow's first entry (its reply entry follows from it:

@@ -1,12 +1,16 @@
 //! The program on the uplink's tcx ingress: answers of translated flows, and
 //! new flows to published ports, go straight into their containers; every
-//! other packet goes on to the host stack untouched. A tagged frame belongs
+//! other packet goes on to the host stack untouched, but one from an
+//! address of dnet's networks, which is spoofed. A tagged frame belongs
 //! to a VLAN on the uplink's link, not to the uplink's own network (nor to
 //! dnet): the host's. A packet whose TTL runs out at dnet's hop gets "time
 //! exceeded" from the uplink's address.
+//!
+//! The program on the uplink's tcx egress keeps the host's own ICMP echo
+//! identifiers apart from the containers' (`CT_F_HOST`).
 
-use aya_ebpf::programs::TcContext;
-use dnet_common::DropReason;
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use dnet_common::{DropReason, nat::CT_F_HOST};
 
 use crate::{
     ct,
@@ -14,7 +18,8 @@ use crate::{
     icmp_error,
     icmp_reply::{self, IcmpError},
     ipv4::Ipv4Hdr,
-    l4::{self, IPPROTO_TCP, IPPROTO_UDP, Parsed},
+    l4::{self, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Parsed},
+    maps::SUBNETS,
     nat,
     ptr::ptr_at,
     stats::drop,
@@ -58,6 +63,12 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     {
         return Ok(TC_ACT_OK);
     }
+    // dnet's networks live behind its veths: a source of theirs on the
+    // uplink is spoofed, and would find a hairpin flow (keyed by its
+    // container's tuple to the uplink's address) and speak into it.
+    if SUBNETS.get(Key::new(32, ip.saddr_be)).is_some() {
+        return Err(DropReason::SpoofedIp);
+    }
     match l4::parse(ctx, ETH_HLEN, &ip) {
         Parsed::Flow(key, l4) => {
             let seg = l4::seg(ctx, Some(&l4), key.proto)?;
@@ -76,8 +87,9 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             // dnet routes it to a container: a TTL that runs out here is
             // answered from the uplink's address, the hop the sender sees.
-            // A new flow that dies here takes no entry.
-            if ip.ttl <= 1 {
+            // A new flow that dies here takes no entry. (An answer to the
+            // host's own echo is the host's, not routed.)
+            if ip.ttl <= 1 && e.is_none_or(|e| e.flags & CT_F_HOST == 0) {
                 return Ok(icmp_reply::reply(
                     ctx,
                     IcmpError::TimeExceeded,
@@ -88,6 +100,10 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             let e = match (e, svc) {
                 (Some(e), _) => e,
+                (None, Some(svc)) if !nat::may_publish_to(key.saddr_be) => {
+                    let slot = nat::endpoint_at(svc.backend_be).map_or(0, |ep| ep.slot);
+                    return Ok(drop(slot, DropReason::SourceNotAllowed));
+                }
                 (None, Some(svc)) => {
                     nat::new_dnat(&cfg, &key, svc.backend_be, svc.backend_port_be, seg)?
                 }
@@ -101,4 +117,60 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         // discovery).
         _ => Ok(TC_ACT_OK),
     }
+}
+
+/// tcx egress of the uplink: an ICMP echo request the host itself sends
+/// from the uplink's address takes its identifier through the conntrack
+/// table, as a container's does (see `nat::new_host_echo`). Everything
+/// else goes out untouched, and so does every packet dnet forwards: those
+/// came in on an interface, the host's own did not.
+#[inline(always)]
+pub fn to_uplink(ctx: &TcContext) -> i32 {
+    match try_to_uplink(ctx) {
+        Ok(v) => v,
+        Err(reason) => drop(0, reason),
+    }
+}
+
+#[inline(always)]
+fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
+    // SAFETY: reading a field of the context the kernel passed.
+    if unsafe { (*ctx.skb.skb).ingress_ifindex } != 0 {
+        return Ok(TC_ACT_OK);
+    }
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: `ptr_at` checked the header is in the packet.
+    if unsafe { (*eth).proto() } != ETH_P_IP {
+        return Ok(TC_ACT_OK);
+    }
+    let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: as above.
+    let ip = unsafe { *ip };
+    if ip.proto != IPPROTO_ICMP {
+        return Ok(TC_ACT_OK);
+    }
+    let Some(cfg) = nat::config() else {
+        return Ok(TC_ACT_OK);
+    };
+    if ip.saddr_be != cfg.uplink_addr_be
+        || !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN))
+    {
+        return Ok(TC_ACT_OK);
+    }
+    let Parsed::Flow(key, l4) = l4::parse(ctx, ETH_HLEN, &ip) else {
+        return Ok(TC_ACT_OK);
+    };
+    if l4.icmp_type != ICMP_ECHO {
+        return Ok(TC_ACT_OK);
+    }
+    let e = match ct::lookup(&key, l4::seg(ctx, Some(&l4), key.proto)?)? {
+        Some(e) => e,
+        None => nat::new_host_echo(&cfg, &key)?,
+    };
+    nat::rewrite(ctx, ETH_HLEN, &l4, &key, &e)?;
+    Ok(TC_ACT_OK)
 }

@@ -1,10 +1,10 @@
 //! ICMP errors about translated flows, translated back: the outer address
 //! and the quoted inner header, with every checksum they touch.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dnet_common::{
     CtKey, DropReason,
-    nat::{CT_F_DNAT, CT_F_SNAT, CT_F_TO_ENDPOINT},
+    nat::{CT_F_DNAT, CT_F_HOST, CT_F_SNAT, CT_F_TO_ENDPOINT},
 };
 
 use crate::{
@@ -12,6 +12,7 @@ use crate::{
     eth::ETH_HLEN,
     fib::{RouteQuery, forward, ingress_ifindex, route},
     l4::{IPPROTO_ICMP, IPPROTO_UDP},
+    maps::SUBNETS,
     nat::to_endpoint,
     verdict::TC_ACT_OK,
 };
@@ -35,6 +36,9 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
     let isaddr: u32 = err(ctx.load(inner_off + 12))?;
     let idaddr: u32 = err(ctx.load(inner_off + 16))?;
     let il4 = inner_off + ihl;
+    if il4 + 8 > message_end(ctx)? {
+        return Ok(TC_ACT_OK);
+    }
     // The quoted L4 header's first 8 bytes (ports, or type/code/csum/id).
     let h: [u8; 8] = err(ctx.load(il4))?;
     let (sport_off, dport_off, isport, idport) = match proto {
@@ -55,6 +59,20 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
         ),
         _ => return Ok(TC_ACT_OK),
     };
+    // From the uplink, only an error about a packet that left through it:
+    // sent from the uplink's address (an error goes back to the quoted
+    // packet's sender, as Linux's conntrack checks), to none of dnet's
+    // networks. A hairpin flow's packets never left; an error from the
+    // world that quotes one is forged. Checked before the lookup, which
+    // notes what it finds on the flow.
+    // (Values are loaded again after the lookup rather than kept across
+    // it: the container program's stack has no room for them.)
+    if from.is_none() {
+        let outer_daddr: u32 = err(ctx.load(ip_off + 16))?;
+        if outer_daddr != isaddr || SUBNETS.get(Key::new(32, idaddr)).is_some() {
+            return Ok(TC_ACT_OK);
+        }
+    }
     // The quoted packet is one we sent; its answers are keyed reversed.
     let key = CtKey {
         saddr_be: idaddr,
@@ -68,11 +86,14 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
     let Some(e) = ct::lookup(&key, crate::l4::seg(ctx, None, proto)?)? else {
         return Ok(TC_ACT_OK);
     };
-    // From a container, only an error about a flow of its own, sent to the
-    // flow's peer: a container must not speak into others' flows.
+    // From a container, only an error about a packet it was sent, to that
+    // packet's sender: a container must not speak into others' flows. The
+    // entry is then keyed by what the container sends (its source checked
+    // on every packet): a flow it is part of, its own or one it serves,
+    // and, as a hairpin client, one whose endpoint is the server.
     if let Some(addr) = from {
         let outer_daddr: u32 = err(ctx.load(ip_off + 16))?;
-        if e.endpoint_be != addr || outer_daddr != isaddr {
+        if idaddr != addr || outer_daddr != isaddr {
             return Err(DropReason::NatUnsupported);
         }
     }
@@ -82,7 +103,7 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
         IPPROTO_ICMP => Some(il4 + 2),
         IPPROTO_UDP if u16::from_ne_bytes([h[6], h[7]]) != 0 => Some(il4 + 6),
         IPPROTO_UDP => None,
-        _ if (ctx.len() as usize) >= il4 + 18 => Some(il4 + 16),
+        _ if message_end(ctx)? >= il4 + 18 => Some(il4 + 16),
         _ => None,
     };
     // The error travels the reverse way of the quoted packet: the flow's
@@ -119,6 +140,10 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
             icmp_csum,
         )?;
     }
+    // About the host's own echo: the host's.
+    if e.flags & CT_F_HOST != 0 {
+        return Ok(TC_ACT_OK);
+    }
     if e.flags & CT_F_TO_ENDPOINT != 0 {
         let dst = if e.flags & CT_F_DNAT != 0 {
             e.new_daddr_be
@@ -140,6 +165,15 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
         },
     );
     forward(ctx, &r)
+}
+
+/// Where the ICMP message ends: at the outer IPv4 total length (checked
+/// against the packet by the caller). Bytes past it are link padding, which
+/// no checksum covers and nothing may rewrite.
+#[inline(always)]
+fn message_end(ctx: &TcContext) -> Result<usize, DropReason> {
+    let tot: u16 = err(ctx.load(ETH_HLEN + 2))?;
+    Ok(ETH_HLEN + u16::from_be(tot) as usize)
 }
 
 /// Rewrites one address (outer and inner) and one inner port of an ICMP

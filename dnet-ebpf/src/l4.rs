@@ -54,7 +54,7 @@ pub enum Parsed {
     Fragment,
     /// Another protocol or ICMP type.
     Other,
-    /// Headers cut short.
+    /// Headers cut short, or lying about their lengths.
     Truncated,
 }
 
@@ -64,13 +64,19 @@ fn is_fragment(ip: &Ipv4Hdr) -> bool {
     u16::from_be(ip.frag_off_be) & 0x3fff != 0
 }
 
-/// The tuple of the IPv4 packet whose header is at `ip_off`.
+/// The tuple of the IPv4 packet whose header is at `ip_off`. The transport
+/// header must lie inside the datagram as its total length says (bytes past
+/// it are link padding, which the receiver trims), with a TCP data offset
+/// of 5 words to the segment's length and a UDP length of 8 bytes to the
+/// datagram's: what lies about its lengths reaches no socket, and Linux's
+/// conntrack calls it invalid. It is `Truncated`, and so opens no flow.
 #[inline(always)]
 pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
     if is_fragment(ip) {
         return Parsed::Fragment;
     }
     let off = ip_off + ip.hlen();
+    let seg_len = ip.tot_len().saturating_sub(ip.hlen());
     let mut key = CtKey {
         saddr_be: ip.saddr_be,
         daddr_be: ip.daddr_be,
@@ -86,6 +92,10 @@ pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
             };
             // SAFETY: `ptr_at` checked the bytes are in the packet.
             let h = unsafe { &*p };
+            let doff = ((h[12] >> 4) as usize) * 4;
+            if doff < 20 || doff > seg_len {
+                return Parsed::Truncated;
+            }
             key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
             key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
             Parsed::Flow(
@@ -106,6 +116,10 @@ pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
             };
             // SAFETY: as above.
             let h = unsafe { &*p };
+            let len = u16::from_be_bytes([h[4], h[5]]) as usize;
+            if len < 8 || len > seg_len {
+                return Parsed::Truncated;
+            }
             key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
             key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
             Parsed::Flow(
@@ -124,6 +138,9 @@ pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
             let Ok(p) = ptr_at::<[u8; 8]>(ctx, off) else {
                 return Parsed::Truncated;
             };
+            if seg_len < 8 {
+                return Parsed::Truncated;
+            }
             // SAFETY: as above.
             let h = unsafe { &*p };
             let id = u16::from_ne_bytes([h[4], h[5]]);

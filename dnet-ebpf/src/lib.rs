@@ -7,7 +7,8 @@
 //! ports, rewriting, delivery), `fib` (routing where the datapath
 //! forwards), `icmp_error` (ICMP errors about translated flows),
 //! `icmp_reply` (the ICMP errors dnet sends at its own hop), `lxc` (the
-//! container-facing programs), `host` (the uplink program), `sock` (the
+//! container-facing programs), `fanout` (broadcast copies to a network's
+//! members), `host` (the uplink program), `sock` (the
 //! socket hooks for host access to published ports).
 #![no_std]
 // Map keys and values go to aya-ebpf's `get`/`insert` by reference, as
@@ -21,6 +22,7 @@
 pub mod arp;
 pub mod ct;
 pub mod eth;
+pub mod fanout;
 pub mod fib;
 pub mod host;
 pub mod icmp_error;

@@ -37,22 +37,23 @@ use aya_ebpf::{
 };
 use dnet_common::{
     DropReason, Endpoint, Network,
-    network::{MAX_FANOUT, NET_F_INTERNAL, NET_F_NO_ICC},
+    network::{NET_F_INTERNAL, NET_F_NO_ICC},
 };
 
 use crate::{
     arp::{ARPOP_REPLY, ARPOP_REQUEST, ArpHdr},
     ct,
     eth::{ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, mac_eq},
+    fanout,
     fib::{self, Route, RouteQuery},
     icmp_error,
     icmp_reply::{self, IcmpError},
     ipv4::{self, Ipv4Hdr},
     l4::{self, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Parsed},
-    maps::{EP_BY_IF, EP_BY_IP, NET_MEMBERS, NETWORKS, SUBNETS},
+    maps::{EP_BY_IF, EP_BY_IP, NETWORKS, SUBNETS},
     nat,
     ptr::ptr_at,
-    stats::{count_drops, count_rx, count_translated, count_tx, drop},
+    stats::{count_rx, count_translated, count_tx, drop},
     verdict::{TC_ACT_OK, TC_ACT_REDIRECT},
 };
 
@@ -322,6 +323,11 @@ fn from_container_ipv4(
         }
         return Ok(TC_ACT_OK);
     }
+    // 0.0.0.0/8 is no destination (Linux's forwarding drops it as martian),
+    // but the route lookup finds the default route for it.
+    if daddr.to_ne_bytes()[0] == 0 {
+        return Err(DropReason::NoRoute);
+    }
     let route = fib::route(
         ctx,
         &RouteQuery {
@@ -386,34 +392,12 @@ fn outside(net: &Network) -> Result<i32, DropReason> {
     Ok(TC_ACT_OK)
 }
 
-/// Broadcast and multicast: a copy to every other member of the network, up
-/// to `MAX_FANOUT`, then up the host stack as a bridge would.
+/// Broadcast and multicast: a copy to every other member of the network,
+/// then up the host stack as a bridge would.
 #[inline(always)]
 fn fan_out(ctx: &TcContext, ep: &Endpoint, net: &Network) -> Result<i32, DropReason> {
-    if net.flags & NET_F_NO_ICC != 0 {
-        return Ok(TC_ACT_OK);
-    }
-    let Some(members) = NET_MEMBERS.get(ep.net_id) else {
-        return Ok(TC_ACT_OK);
-    };
-    let count = members.count as usize;
-    for i in 0..MAX_FANOUT {
-        if i >= count {
-            break;
-        }
-        let target = members.ifindex[i];
-        if target == 0 || target == ep.ifindex {
-            continue;
-        }
-        // A failed copy (a member going away) is not this packet's fault.
-        let _ = ctx.clone_redirect(target, 0);
-    }
-    if count > MAX_FANOUT {
-        count_drops(
-            ep.slot,
-            DropReason::FanoutLimit,
-            (count - MAX_FANOUT) as u64,
-        );
+    if net.flags & NET_F_NO_ICC == 0 {
+        fanout::to_members(ctx, ep);
     }
     Ok(TC_ACT_OK)
 }

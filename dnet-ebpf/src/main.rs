@@ -33,6 +33,13 @@ pub fn host_from_uplink(ctx: TcContext) -> i32 {
     dnet_ebpf::host::from_uplink(&ctx)
 }
 
+/// tcx egress of the uplink: the host's own echo requests, whose
+/// identifiers are kept apart from the containers'.
+#[classifier]
+pub fn host_to_uplink(ctx: TcContext) -> i32 {
+    dnet_ebpf::host::to_uplink(&ctx)
+}
+
 /// The host's own `connect()` to a published port.
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {

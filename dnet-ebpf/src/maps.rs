@@ -6,8 +6,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dnet_common::{
-    Config, Endpoint, EndpointStats, NetMembers, Network, Service, ServiceKey, SockRev, SockRevKey,
-    maps::{MAX_ENDPOINTS, MAX_NETWORKS, MAX_SERVICES, SOCK_REVNAT_ENTRIES, STATS_SLOTS},
+    Config, Endpoint, EndpointStats, MemberKey, NetFanout, Network, Service, ServiceKey, SockRev,
+    SockRevKey,
+    maps::{
+        MAX_ENDPOINTS, MAX_NETWORKS, MAX_PUBLISH_FROM, MAX_SERVICES, SOCK_REVNAT_ENTRIES,
+        STATS_SLOTS,
+    },
 };
 
 #[map(name = "DNET_EP_BY_IP")]
@@ -22,14 +26,21 @@ pub static NETWORKS: Array<Network> = Array::with_max_entries(MAX_NETWORKS, 0);
 #[map(name = "DNET_SUBNETS")]
 pub static SUBNETS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(MAX_NETWORKS, 0);
 
-#[map(name = "DNET_NET_MEMBERS")]
-pub static NET_MEMBERS: Array<NetMembers> = Array::with_max_entries(MAX_NETWORKS, 0);
+#[map(name = "DNET_NET_FANOUT")]
+pub static NET_FANOUT: Array<NetFanout> = Array::with_max_entries(MAX_NETWORKS, 0);
+
+#[map(name = "DNET_NET_MEMBER")]
+pub static NET_MEMBER: HashMap<MemberKey, u32> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 #[map(name = "DNET_STATS")]
 pub static STATS: PerCpuArray<EndpointStats> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
 
 #[map(name = "DNET_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Sources that may open flows to published ports from the world.
+#[map(name = "DNET_PUBLISH_FROM")]
+pub static PUBLISH_FROM: LpmTrie<u32, u8> = LpmTrie::with_max_entries(MAX_PUBLISH_FROM, 0);
 
 #[map(name = "DNET_CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -8,13 +8,14 @@
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::generated::bpf_redirect_peer,
+    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use dnet_common::{
     Config, CtEntry, CtKey, DropReason, Endpoint, ServiceKey,
     nat::{
-        CT_F_COUNTED, CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT,
-        CT_F_TO_ENDPOINT, NAT_PORT_PROBES, nat_port_candidate, tuple_hash,
+        CT_F_COUNTED, CT_F_DNAT, CT_F_HOST, CT_F_PUBLISHED, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT,
+        CT_F_TO_ENDPOINT, CT_SEEN, NAT_PORT_PROBES, nat_port_candidate, tuple_hash,
     },
     network::NET_F_INTERNAL,
     tcp::Seg,
@@ -26,10 +27,10 @@ use crate::{
     eth::ETH_HLEN,
     fib::{Route, RouteQuery, dec_ttl, forward, ingress_ifindex, route},
     l4::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L4},
-    maps::{CONFIG, EP_BY_IP, NETWORKS, SERVICES},
+    maps::{CONFIG, EP_BY_IP, NETWORKS, PUBLISH_FROM, SERVICES},
     quota::{charge, release},
     stats::{count_translated, count_tx},
-    verdict::TC_ACT_REDIRECT,
+    verdict::{TC_ACT_OK, TC_ACT_REDIRECT},
 };
 
 /// The NAT configuration, when there is an uplink to translate to.
@@ -61,6 +62,13 @@ pub fn service(addr_be: u32, port_be: u16, proto: u8) -> Option<dnet_common::Ser
         k.addr_be = 0;
         SERVICES.get(&k).copied()
     }
+}
+
+/// The world's `saddr_be` may open a flow to a published port (`dnet
+/// daemon --publish-from`): one lookup per new flow, none per packet.
+#[inline(always)]
+pub fn may_publish_to(saddr_be: u32) -> bool {
+    PUBLISH_FROM.get(Key::new(32, saddr_be)).is_some()
 }
 
 /// Claims a source port for a flow whose first entry, but for the port,
@@ -132,8 +140,9 @@ pub fn new_snat(cfg: &Config, key: &CtKey, seg: &Seg) -> Result<Xlate, DropReaso
 /// A new flow from the world to a published port. Its reply tuple (the
 /// backend to the client) is taken only if free: another published port
 /// of the same backend port may have a flow from the same client address
-/// and port. Then the client's port is translated too, as Linux does on a
-/// NAT clash, and the backend sees the client on a free port.
+/// and port. Then the client's port is translated too (see
+/// [`insert_or_translate_port`]), and the backend sees the client on a
+/// free port.
 #[inline(always)]
 pub fn new_dnat(
     cfg: &Config,
@@ -151,15 +160,52 @@ pub fn new_dnat(
         backend_be,
         seg,
     );
-    let s = reply_in_scratch(key, &fwd).ok_or(DropReason::CtFull)?;
-    match insert_flow(key, &mut fwd, &s.rkey, &s.reply) {
-        Ok(_) => Ok(Xlate::of(&fwd)),
+    insert_or_translate_port(cfg, key, &mut fwd)?;
+    Ok(Xlate::of(&fwd))
+}
+
+/// The host's own ICMP echo request out of the uplink (`CT_F_HOST`): its
+/// identifier stays when no container's flow holds it (and is held from
+/// then on), and is translated to a free NAT port when one does. Either
+/// way its answers come back to the host, and a container's echo never
+/// gets an identifier the host uses.
+#[inline(always)]
+pub fn new_host_echo(cfg: &Config, key: &CtKey) -> Result<Xlate, DropReason> {
+    let mut fwd = entry(
+        key.saddr_be,
+        key.sport_be,
+        0,
+        0,
+        CT_F_SNAT | CT_F_HOST,
+        key.saddr_be,
+        // An echo request: no TCP segment.
+        &Seg {
+            flags: CT_SEEN,
+            ..Seg::default()
+        },
+    );
+    insert_or_translate_port(cfg, key, &mut fwd)?;
+    Ok(Xlate::of(&fwd))
+}
+
+/// Inserts the flow whose first entry is `fwd` (keyed `key`) as it is; if
+/// its reply tuple belongs to another flow, its source port is translated
+/// to a free NAT port (its source address stays), as Linux does on a NAT
+/// clash.
+#[inline(always)]
+fn insert_or_translate_port(
+    cfg: &Config,
+    key: &CtKey,
+    fwd: &mut CtEntry,
+) -> Result<(), DropReason> {
+    let s = reply_in_scratch(key, fwd).ok_or(DropReason::CtFull)?;
+    match insert_flow(key, fwd, &s.rkey, &s.reply) {
+        Ok(_) => Ok(()),
         Err(InsertError::Full) => Err(DropReason::CtFull),
         Err(InsertError::Exists) => {
             fwd.flags |= CT_F_SNAT;
             fwd.new_saddr_be = key.saddr_be;
-            claim_port(cfg, key, &mut fwd)?;
-            Ok(Xlate::of(&fwd))
+            claim_port(cfg, key, fwd).map(|_| ())
         }
     }
 }
@@ -284,9 +330,10 @@ pub fn to_endpoint(ctx: &TcContext, addr_be: u32) -> Result<i32, DropReason> {
 }
 
 /// Rewrites by `e` and delivers: into the endpoint, or out where the new
-/// destination routes. Out, the route comes first: a packet the next link
-/// cannot carry is refused as it came (`FragNeeded`, the MTU in
-/// [`route_mtu`]), so that its sender can be told with a quote it knows.
+/// destination routes, or (an answer to the host's own echo) up the host's
+/// stack. Out, the route comes first: a packet the next link cannot carry
+/// is refused as it came (`FragNeeded`, the MTU in [`route_mtu`]), so that
+/// its sender can be told with a quote it knows.
 #[inline(always)]
 pub fn translate_and_deliver(
     ctx: &TcContext,
@@ -294,6 +341,10 @@ pub fn translate_and_deliver(
     key: &CtKey,
     e: &Xlate,
 ) -> Result<i32, DropReason> {
+    if e.flags & CT_F_HOST != 0 {
+        rewrite(ctx, ETH_HLEN, l4, key, e)?;
+        return Ok(TC_ACT_OK);
+    }
     let daddr = if e.flags & CT_F_DNAT != 0 {
         e.new_daddr_be
     } else {

@@ -327,7 +327,14 @@ mod tests {
     #[test]
     fn a_file_the_host_renamed_over_is_bound_again() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: making mount namespaces needs root");
+            // Straight to stderr, past the test harness's capture, so that a
+            // plain `cargo test` shows what it skipped.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped mntns::tests::a_file_the_host_renamed_over_is_bound_again: it makes mount \
+                 namespaces and needs root (`cargo xtask test` runs it)"
+            );
             return;
         }
         let dir =

@@ -7,7 +7,7 @@
 
 use std::{
     net::Ipv4Addr,
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     path::Path,
 };
 
@@ -17,6 +17,7 @@ use netlink_packet_route::{
     address::AddressAttribute,
     link::{
         InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+        State,
     },
     neighbour::{NeighbourFlags, NeighbourState},
     route::{
@@ -68,6 +69,14 @@ fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     move |source| NetlinkError::Request { op, source }
 }
 
+/// The index of the link called `name` in the calling thread's namespace,
+/// if there is one. An ioctl that reads the kernel's name table under RCU:
+/// unlike a netlink request it never waits for the rtnl lock, which a link
+/// removal under way holds for tens of milliseconds.
+pub fn index_of(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
 /// What dnet needs to know of a link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
@@ -78,6 +87,9 @@ pub struct Link {
     pub alias: Option<String>,
     pub kind: Option<String>,
     pub up: bool,
+    /// Operationally up (`IFLA_OPERSTATE`): the kernel's link watcher has
+    /// seen its carrier, and its transmit queue is open.
+    pub oper_up: bool,
     pub loopback: bool,
     /// The link it is stacked on (`IFLA_LINK`: a macvlan's parent, a veth's
     /// peer), as an ifindex of the namespace the parent lives in.
@@ -112,6 +124,7 @@ impl Link {
             alias: None,
             kind: None,
             up: m.header.flags.contains(LinkFlags::Up),
+            oper_up: false,
             loopback: m.header.flags.contains(LinkFlags::Loopback),
             parent: None,
             macvlan_mode: None,
@@ -124,6 +137,7 @@ impl Link {
                     l.mac = Some(a.as_slice().try_into().expect("six bytes"))
                 }
                 LinkAttribute::Mtu(m) => l.mtu = *m,
+                LinkAttribute::OperState(st) => l.oper_up = *st == State::Up,
                 LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
                 LinkAttribute::Link(p) => l.parent = Some(*p),
                 LinkAttribute::Stats64(s) => {
@@ -201,12 +215,23 @@ impl Netlink {
 
     /// A handle in the namespace at `path`.
     pub async fn open_in(path: &Path) -> Result<Netlink, NetlinkError> {
+        Netlink::open_in_fd(netns::open(path)?.as_fd(), || Ok(())).await
+    }
+
+    /// A handle in the namespace `fd` (from `netns::open`), after `first`
+    /// ran there: one entry into the namespace for both.
+    pub async fn open_in_fd(
+        fd: BorrowedFd<'_>,
+        first: impl FnOnce() -> Result<(), NetnsError> + Send,
+    ) -> Result<Netlink, NetlinkError> {
         let rt = tokio::runtime::Handle::current();
-        let (conn, handle) = netns::run_in(path, move || {
+        let (conn, handle) = netns::run_in_fd(fd, move || {
+            first()?;
             let _guard = rt.enter();
-            rtnetlink::new_connection().map(|(c, h, _)| (c, h))
-        })?
-        .map_err(NetlinkError::Socket)?;
+            rtnetlink::new_connection()
+                .map(|(c, h, _)| (c, h))
+                .map_err(NetlinkError::Socket)
+        })??;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }
@@ -247,7 +272,8 @@ impl Netlink {
     }
 
     /// Makes a veth pair whose peer is born in another namespace (so no
-    /// rename or move is needed), both ends with the given MACs and MTU.
+    /// rename or move is needed), both ends with the given MACs and MTU;
+    /// returns the host end.
     pub async fn add_veth(
         &self,
         name: &str,
@@ -255,7 +281,7 @@ impl Netlink {
         mtu: u32,
         alias: &str,
         peer: VethPeer<'_>,
-    ) -> Result<(), NetlinkError> {
+    ) -> Result<Link, NetlinkError> {
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.name.to_owned())
             .address(peer.mac.to_vec())
@@ -275,10 +301,12 @@ impl Netlink {
             .map_err(req(format!("add veth {name}")))?;
         crate::engine::crash::point("veth:created");
         // The kernel ignores IFLA_IFALIAS when it creates a link.
-        let index = self.link(name).await?.map(|l| l.index).ok_or_else(|| {
+        let mut link = self.link(name).await?.ok_or_else(|| {
             NetlinkError::Socket(std::io::Error::other(format!("veth {name} vanished")))
         })?;
-        self.set_alias(index, alias).await
+        self.set_alias(link.index, alias).await?;
+        link.alias = Some(alias.to_owned());
+        Ok(link)
     }
 
     /// Sets a link's alias (`ip link set ... alias`): dnet marks its links so.

@@ -8,7 +8,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io,
     os::{
-        fd::{AsFd, AsRawFd as _, OwnedFd},
+        fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd},
         unix::fs::MetadataExt as _,
     },
     path::{Path, PathBuf},
@@ -62,22 +62,26 @@ pub fn own_path() -> PathBuf {
 
 /// Opens a namespace file, checking that it is one.
 pub fn open(path: &Path) -> Result<OwnedFd, NetnsError> {
-    if !is_netns(path) {
+    let f = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => NetnsError::NotNetns(path.to_owned()),
+        _ => io_err("open", path)(e),
+    })?;
+    if !file_is_netns(&f) {
         return Err(NetnsError::NotNetns(path.to_owned()));
     }
-    let f = File::open(path).map_err(io_err("open", path))?;
     Ok(f.into())
 }
 
 /// `path` refers to a network namespace (an nsfs file: `/proc/PID/ns/net`
 /// or a bind mount of one).
 pub fn is_netns(path: &Path) -> bool {
+    File::open(path).is_ok_and(|f| file_is_netns(&f))
+}
+
+fn file_is_netns(f: &File) -> bool {
     // Opening `/proc/PID/ns/net` and asking its namespace type is the sure test.
-    let Ok(f) = File::open(path) else {
-        return false;
-    };
-    nix::sys::statfs::fstatfs(&f).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
-        && ns_type_is_net(&f)
+    nix::sys::statfs::fstatfs(f).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+        && ns_type_is_net(f)
 }
 
 fn ns_type_is_net(f: &File) -> bool {
@@ -97,16 +101,26 @@ pub fn identity(path: &Path) -> Result<(u64, u64), NetnsError> {
 /// Runs `f` on a new thread inside the namespace at `path`.
 pub fn run_in<F, R>(path: &Path, f: F) -> Result<R, NetnsError>
 where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
+    F: FnOnce() -> R + Send,
+    R: Send,
 {
-    let fd = open(path)?;
-    std::thread::spawn(move || -> Result<R, NetnsError> {
-        nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(sys("setns"))?;
-        Ok(f())
+    run_in_fd(open(path)?.as_fd(), f)
+}
+
+/// Runs `f` on a new thread inside the namespace `fd` (from [`open`]).
+pub fn run_in_fd<F, R>(fd: BorrowedFd<'_>, f: F) -> Result<R, NetnsError>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(move || -> Result<R, NetnsError> {
+            nix::sched::setns(fd, CloneFlags::CLONE_NEWNET).map_err(sys("setns"))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| NetnsError::Panicked)?
     })
-    .join()
-    .map_err(|_| NetnsError::Panicked)?
 }
 
 /// Makes a new network namespace and bind-mounts it at `path`. Inside it,

@@ -98,17 +98,51 @@ impl Store {
 
     /// Makes `state` the committed state, durably and atomically.
     pub fn commit(&self, state: &State) -> Result<(), StoreError> {
+        self.prepare(state).write()?;
+        self.publish()
+    }
+
+    /// The first half of a commit, which may run on another thread while
+    /// the caller makes the kernel objects the state will record: `state`
+    /// written and synced to the temporary file. Nothing is committed until
+    /// [`Store::publish`]; the temporary file alone is never loaded.
+    pub fn prepare(&self, state: &State) -> Prepared {
+        Prepared {
+            tmp: self.dir.join("state.json.tmp"),
+            bytes: serde_json::to_vec_pretty(state).expect("state serializes"),
+        }
+    }
+
+    /// The second half of a commit: the prepared file becomes the state.
+    pub fn publish(&self) -> Result<(), StoreError> {
         let path = self.path();
         let tmp = self.dir.join("state.json.tmp");
-        let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(&bytes).map_err(io_err("write", &tmp))?;
-        f.sync_all().map_err(io_err("sync", &tmp))?;
-        drop(f);
         fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
         let dir = File::open(&self.dir).map_err(io_err("open", &self.dir))?;
         nix::unistd::fsync(dir.as_fd())
             .map_err(|e| io_err("sync", &self.dir)(io::Error::from(e)))?;
+        Ok(())
+    }
+
+    /// Drops a prepared state that is not to be published.
+    pub fn discard(&self) {
+        let _ = fs::remove_file(self.dir.join("state.json.tmp"));
+    }
+}
+
+/// A state to write to the temporary file (see [`Store::prepare`]).
+pub struct Prepared {
+    tmp: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl Prepared {
+    /// Writes and syncs the temporary file (blocking).
+    pub fn write(self) -> Result<(), StoreError> {
+        let tmp = &self.tmp;
+        let mut f = File::create(tmp).map_err(io_err("create", tmp))?;
+        f.write_all(&self.bytes).map_err(io_err("write", tmp))?;
+        f.sync_all().map_err(io_err("sync", tmp))?;
         Ok(())
     }
 }

@@ -348,6 +348,25 @@ impl Sandbox {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// Waits (bounded) until the daemon has no link removal finishing in
+    /// the background (`pending_removals` of `dnet info`): what a test then
+    /// reads of the kernel is what the daemon made of its last request.
+    /// Nothing to wait for when the daemon is not running.
+    pub fn settle(&self) {
+        if self.daemon.is_none() {
+            return;
+        }
+        let mut last = String::new();
+        let settled = wait_until(Duration::from_secs(30), || {
+            let o = self.dnet(&["info", "--format", "json"]);
+            last = String::from_utf8_lossy(&o.stdout).into_owned();
+            o.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                    .is_ok_and(|i| i["pending_removals"].as_u64() == Some(0))
+        });
+        assert!(settled, "removals still under way: {last}");
+    }
+
     /// Runs `dnet`, which must fail; returns stderr.
     pub fn dnet_err(&self, args: &[&str]) -> String {
         let o = self.dnet(args);
@@ -543,6 +562,7 @@ impl Sandbox {
     /// addresses, routes, pins, namespaces, map contents, the reserved
     /// ports, and (last) the state. Equal snapshots mean nothing changed.
     pub fn snapshot(&self) -> String {
+        self.settle();
         let norm = |s: String| -> String {
             // Lifetimes count down on their own; keep the rest of the line.
             s.lines()
@@ -576,6 +596,7 @@ impl Sandbox {
 /// The committed state, `ip` and bpffs agree: every kernel object dnet made
 /// belongs to a record and every record's objects are there.
 pub fn assert_consistent(sb: &Sandbox) {
+    sb.settle();
     let st = sb.state();
     let containers = st["containers"].as_object().cloned().unwrap_or_default();
     let networks = st["networks"].as_object().cloned().unwrap_or_default();
@@ -764,6 +785,20 @@ impl Sandbox {
             .filter(|e| e["container"] == container)
             .map(|e| e["drops"][reason].as_u64().unwrap_or(0))
             .sum()
+    }
+
+    /// The containers of the committed state that a CNI runtime attached
+    /// (`runtime.runtime == "cni"`).
+    pub fn cni_records(&self) -> Vec<serde_json::Value> {
+        self.state()["containers"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter(|c| c["runtime"]["runtime"] == "cni")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// `dnet conntrack ls --format json`.

@@ -1,7 +1,7 @@
 //! The attach API (`POST /v1/attach`, `POST /v1/detach`) that the Docker
 //! and CNI front ends use, driven over the daemon's socket.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use dnet_sandbox::{Sandbox, WORLD_IP, assert_consistent, ct, in_netns, ok, out};
 use serde_json::{Value, json};
@@ -92,6 +92,7 @@ fn attach_puts_an_interface_with_its_address_and_mac_in_a_namespace() {
         &json!({"runtime": {"runtime": "cni", "id": "ctr1"}, "network": "bridge"}),
     );
     assert_eq!(code, 204, "{body}");
+    sb.settle();
     assert!(!has_link(&links_in(&ns), "eth0"), "eth0 left after detach");
     assert!(
         sb.state()["containers"]
@@ -180,6 +181,7 @@ fn host_side_attach_leaves_a_down_link_for_the_runtime_and_detach_removes_it() {
         &json!({"runtime": {"runtime": "docker", "id": "ep1"}}),
     );
     assert_eq!(code, 204, "{body}");
+    sb.settle();
     assert!(!has_link(&links_in(&sb.host_netns_path()), &host));
     assert!(
         !has_link(&links_in(&ns), "eth0"),
@@ -252,7 +254,7 @@ fn bad_attach_input_changes_nothing() {
         (
             json!({"network": "host", "target": {"kind": "host_side"}}),
             400,
-            "bridge network",
+            "a bridge or macvlan network",
         ),
         (
             json!({"network": "bridge", "target": {"kind": "netns", "path": "/nonexistent"}}),
@@ -303,6 +305,7 @@ fn network_connect_takes_aliases_through_the_same_attach() {
     assert_eq!(c["endpoints"][0]["aliases"], json!(["db", "primary"]));
     assert!(has_link(&links_in(&ns), "eth0"));
     sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);
+    sb.settle();
     assert!(!has_link(&links_in(&ns), "eth0"));
     assert_consistent(&sb);
 }
@@ -347,6 +350,7 @@ fn the_hosts_own_namespaces_are_never_attached() {
         "--netns",
         ns.to_str().unwrap(),
     ]);
+    assert!(has_link(&links_in(&ns), "eth0"), "{:?}", links_in(&ns));
 }
 
 /// Routes already in a foreign namespace are its owner's (issue 10 item
@@ -402,7 +406,8 @@ fn an_attach_never_replaces_a_route_of_the_namespace() {
 }
 
 /// Disconnecting the network that gave a container its default route
-/// re-elects the next network's gateway (issue 10 item 15), as Docker does.
+/// re-elects the next non-internal network's gateway (issue 10 item 15), as
+/// Docker does.
 #[test]
 fn disconnecting_the_default_routes_network_reelects_the_next_gateway() {
     let sb = Sandbox::new();
@@ -419,6 +424,16 @@ fn disconnecting_the_default_routes_network_reelects_the_next_gateway() {
         "sleep",
         "300",
     ]);
+    // An internal network between them gives no way out: never elected.
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--subnet",
+        "10.95.0.0/24",
+        "closed",
+    ]);
+    sb.dnet_ok(&["network", "connect", "closed", "x"]);
     sb.dnet_ok(&["network", "connect", "n2", "x"]);
     let default = || {
         let r = sb.dnet_ok(&["exec", "x", "--", "ip", "-4", "route", "show", "default"]);
@@ -446,4 +461,96 @@ fn disconnecting_the_default_routes_network_reelects_the_next_gateway() {
         &WORLD_IP.to_string(),
     ]);
     assert!(o.status.success(), "{o:?}");
+}
+
+/// A daemon killed between a disconnect's commit and the re-election
+/// (`DNET_CRASH_AT=disconnect:committed`): at the next start reconcile
+/// removes the old endpoint, and with it the default route, and re-elects
+/// the next network's gateway (issue 10 item 15).
+#[test]
+fn a_daemon_killed_before_the_reelection_reelects_at_start() {
+    let mut sb = Sandbox::new();
+    sb.dnet_ok(&["network", "create", "--subnet", "10.93.0.0/24", "n1"]);
+    sb.dnet_ok(&["network", "create", "--subnet", "10.94.0.0/24", "n2"]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "x",
+        "--network",
+        "n1",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    sb.dnet_ok(&["network", "connect", "n2", "x"]);
+    sb.stop_daemon(libc::SIGTERM);
+    sb.set_daemon_env(&[("DNET_CRASH_AT", "disconnect:committed")]);
+    sb.start_daemon();
+    let o = sb.dnet(&["network", "disconnect", "n1", "x"]);
+    assert!(!o.status.success(), "the daemon answered: {o:?}");
+    let status = sb
+        .wait_daemon_exit(Duration::from_secs(30))
+        .expect("the daemon stopped at the point");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{status}"
+    );
+    sb.set_daemon_env(&[]);
+    sb.start_daemon();
+    let r = sb.dnet_ok(&["exec", "x", "--", "ip", "-4", "route", "show", "default"]);
+    assert!(r.trim().starts_with("default via 10.94.0.1"), "{r:?}");
+    // The world is reached through it.
+    let o = sb.dnet(&[
+        "exec",
+        "x",
+        "--",
+        "ping",
+        "-c1",
+        "-W2",
+        &WORLD_IP.to_string(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+}
+
+/// A namespace that already has an interface of the name the endpoint
+/// takes refuses the attach with a message that says so, and nothing is
+/// left of it: no link, pin, map entry or record; the namespace keeps its
+/// own interfaces.
+#[test]
+fn an_interface_name_the_namespace_has_is_refused_clearly() {
+    let mut sb = Sandbox::new();
+    let ns = sb.add_netns("n");
+    let o = in_netns(
+        &ns,
+        "ip",
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "own1",
+        ],
+    );
+    assert!(ok(&o), "{}", out(&o));
+    let before = sb.snapshot();
+    let ns_links = links_in(&ns);
+    let path = ns.to_str().unwrap();
+    let err = sb.dnet_err(&["network", "connect", "bridge", "--netns", path]);
+    assert!(
+        err.contains("already has an interface called eth0"),
+        "{err}"
+    );
+    let (code, body) = sb.api_post(
+        "/v1/attach",
+        &json!({"network": "bridge", "target": {"kind": "netns", "path": path},
+                "ifname": "own1", "runtime": {"runtime": "cni", "id": "n1"}}),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already has an interface called own1")),
+        "{body}"
+    );
+    assert_eq!(sb.snapshot(), before, "a refused attach changed something");
+    assert_eq!(links_in(&ns), ns_links);
+    assert_consistent(&sb);
 }

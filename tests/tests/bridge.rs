@@ -266,6 +266,38 @@ fn broadcast_reaches_the_other_members() {
 }
 
 #[test]
+fn broadcast_reaches_every_member_of_a_big_network() {
+    // More members than the 64 copies older builds made: the talker
+    // first, then 68 others, then a listener as the last member.
+    const OTHERS: usize = 68;
+    let sb = Sandbox::new();
+    sb.dnet_ok(&["run", "-d", "--name", "talker", "--", "sleep", "300"]);
+    let names: Vec<String> = (0..OTHERS).map(|i| format!("m{i}")).collect();
+    for n in &names {
+        sb.dnet_ok(&["run", "-d", "--name", n, "--", "sleep", "300"]);
+    }
+    sb.server("last", "bridge", "udp", 5353);
+    let rx = |n: &str| sb.rx_packets(&sb.netns_of(n), "eth0");
+    let before: Vec<u64> = names.iter().map(|n| rx(n)).collect();
+    let o = sb.conntest_in("talker", &["udp", "172.17.255.255:5353", "--broadcast"]);
+    assert!(ok(&o), "the last member answers the broadcast: {}", out(&o));
+    let talker = sb.ip_of("talker");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with(&format!("{talker}:")),
+        "{}",
+        out(&o)
+    );
+    let missed: Vec<&String> = names
+        .iter()
+        .zip(&before)
+        .filter(|(n, b)| rx(n) <= **b)
+        .map(|(n, _)| n)
+        .collect();
+    assert!(missed.is_empty(), "members without a copy: {missed:?}");
+    assert_eq!(sb.drops("talker", "fanout-limit"), 0);
+}
+
+#[test]
 fn a_container_that_changes_its_own_ip_or_mac_is_dropped_and_counted() {
     let sb = Sandbox::new();
     sb.server("victim", "bridge", "udp", 53);

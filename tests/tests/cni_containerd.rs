@@ -115,16 +115,6 @@ impl Drop for Containerd {
     }
 }
 
-fn cni_records(sb: &Sandbox) -> Vec<serde_json::Value> {
-    sb.state()["containers"]
-        .as_object()
-        .unwrap()
-        .values()
-        .filter(|c| c["runtime"]["runtime"] == "cni")
-        .cloned()
-        .collect()
-}
-
 #[test]
 fn cni_containerd_ctr_run_attaches_to_a_dnet_network() {
     if !Path::new(BUSYBOX).exists() {
@@ -186,7 +176,7 @@ fn cni_containerd_ctr_run_attaches_to_a_dnet_network() {
         .expect("ctr run");
     // While it runs, dnet shows it under containerd's id for it.
     let seen = wait_until(Duration::from_secs(10), || {
-        cni_records(&sb)
+        sb.cni_records()
             .iter()
             .any(|c| c["runtime"]["id"] == "default-ctr1" && c["name"] == "default-ctr1")
     });
@@ -210,6 +200,6 @@ fn cni_containerd_ctr_run_attaches_to_a_dnet_network() {
         "the dnet container saw the CNI container's address {ip}: {text}"
     );
     // ctr run --rm ran DEL.
-    assert!(cni_records(&sb).is_empty(), "{}", sb.state());
+    assert!(sb.cni_records().is_empty(), "{}", sb.state());
     assert_consistent(&sb);
 }

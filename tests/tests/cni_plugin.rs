@@ -116,16 +116,6 @@ fn cni<'a>(sb: &Sandbox, command: &'a str, id: &'a str, netns: &'a str) -> Cni<'
     }
 }
 
-fn runtime_containers(sb: &Sandbox) -> Vec<Value> {
-    sb.state()["containers"]
-        .as_object()
-        .unwrap()
-        .values()
-        .filter(|c| c["runtime"]["runtime"] == "cni")
-        .cloned()
-        .collect()
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -190,16 +180,17 @@ fn cni_add_check_del_in_every_version() {
         assert_eq!(l[0]["address"], mac);
         let p = in_netns(&ns, &ct(), &["ping", "172.17.0.1"]);
         assert!(ok(&p), "ping the gateway right after ADD: {}", out(&p));
-        assert!(
-            sb.container(&id)["networks"].is_array(),
-            "dnet ps shows {id}"
+        let shown = sb.container(&id);
+        assert_eq!(
+            shown["networks"][0]["ip"], addr,
+            "dnet ps shows {id}: {shown}"
         );
 
         // A repeated ADD answers the same attachment.
         let again = cni(&sb, "ADD", &id, s(&ns)).call(&c);
         again.assert_ok();
         assert_eq!(again.json()["ips"], r["ips"]);
-        assert_eq!(runtime_containers(&sb).len(), 1);
+        assert_eq!(sb.cni_records().len(), 1);
 
         // CHECK against the cached result; a different one fails.
         let mut chk = c.clone();
@@ -222,7 +213,8 @@ fn cni_add_check_del_in_every_version() {
         let del = cni(&sb, "DEL", &id, s(&ns)).call(&c);
         del.assert_ok();
         assert!(del.stdout.is_empty(), "{del:?}");
-        assert!(runtime_containers(&sb).is_empty());
+        assert!(sb.cni_records().is_empty());
+        sb.settle();
         let l = in_netns(&ns, "ip", &["link", "show", "eth0"]);
         assert!(!ok(&l), "eth0 went with DEL");
         // Repeated DEL is success; CHECK of nothing is an unknown container.
@@ -245,7 +237,7 @@ fn cni_del_succeeds_when_the_namespace_the_endpoint_or_both_are_gone() {
     assert!(ok(&dnet_sandbox::sh("ip", &["netns", "del", &name])));
     let del = cni(&sb, "DEL", "gone1", s(&ns)).call(&c);
     del.assert_ok();
-    assert!(runtime_containers(&sb).is_empty(), "the record went");
+    assert!(sb.cni_records().is_empty(), "the record went");
     // CNI_NETNS empty on DEL, an id never added, a network since removed.
     cni(&sb, "DEL", "gone1", "").call(&c).assert_ok();
     cni(&sb, "DEL", "never", "").call(&c).assert_ok();
@@ -272,7 +264,7 @@ fn cni_del_with_the_daemon_down_fails_and_its_next_start_collects_what_is_left()
     let name = ns.file_name().unwrap().to_str().unwrap().to_owned();
     assert!(ok(&dnet_sandbox::sh("ip", &["netns", "del", &name])));
     sb.start_daemon();
-    assert!(runtime_containers(&sb).is_empty(), "{}", sb.state());
+    assert!(sb.cni_records().is_empty(), "{}", sb.state());
     cni(&sb, "DEL", "down1", s(&ns)).call(&c).assert_ok();
     assert_consistent(&sb);
 }
@@ -300,7 +292,7 @@ fn cni_one_container_on_two_networks_leaves_them_one_by_one() {
             .starts_with("10.91.0."),
         "{r}"
     );
-    let recs = runtime_containers(&sb);
+    let recs = sb.cni_records();
     assert_eq!(recs.len(), 1, "one container, two endpoints");
     assert_eq!(recs[0]["endpoints"].as_array().unwrap().len(), 2);
     let p = in_netns(&ns, &ct(), &["ping", "172.17.0.1", "10.91.0.1"]);
@@ -308,11 +300,12 @@ fn cni_one_container_on_two_networks_leaves_them_one_by_one() {
     let mut del1 = cni(&sb, "DEL", "multi", s(&ns));
     del1.ifname = "eth1";
     del1.call(&two).assert_ok();
+    sb.settle();
     assert!(!ok(&in_netns(&ns, "ip", &["link", "show", "eth1"])));
     assert!(ok(&in_netns(&ns, "ip", &["link", "show", "eth0"])));
-    assert_eq!(runtime_containers(&sb).len(), 1);
+    assert_eq!(sb.cni_records().len(), 1);
     cni(&sb, "DEL", "multi", s(&ns)).call(&one).assert_ok();
-    assert!(runtime_containers(&sb).is_empty());
+    assert!(sb.cni_records().is_empty());
     assert_consistent(&sb);
 }
 
@@ -326,9 +319,9 @@ fn cni_add_and_del_repeated_leave_nothing() {
         let ns = sb.add_netns(&format!("l{i}"));
         let id = format!("lat{i}");
         cni(&sb, "ADD", &id, s(&ns)).call(&c).assert_ok();
-        assert_eq!(runtime_containers(&sb).len(), 1);
+        assert_eq!(sb.cni_records().len(), 1);
         cni(&sb, "DEL", &id, s(&ns)).call(&c).assert_ok();
-        assert!(runtime_containers(&sb).is_empty());
+        assert!(sb.cni_records().is_empty());
     }
 }
 
@@ -413,7 +406,8 @@ fn cni_port_mappings_publish_like_dnet_run_and_pods_are_named() {
     let mut add_a2 = cni(&sb, "ADD", "podmanctr2", s(&a2));
     add_a2.args = add_a.args;
     add_a2.call(&conf(&sb, "1.0.0", "bridge")).assert_ok();
-    let names: Vec<String> = runtime_containers(&sb)
+    let names: Vec<String> = sb
+        .cni_records()
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_owned())
         .collect();
@@ -476,8 +470,58 @@ fn cni_port_mappings_publish_like_dnet_run_and_pods_are_named() {
         &["tcp", &format!("{UPLINK_IP}:8080"), "--timeout", "1"],
     );
     assert!(!ok(&o), "the port went with DEL: {}", out(&o));
-    assert!(runtime_containers(&sb).is_empty());
+    assert!(sb.cni_records().is_empty());
     assert_consistent(&sb);
+}
+
+#[test]
+fn cni_pods_resolve_by_pod_name_on_a_user_defined_network() {
+    let mut sb = Sandbox::new();
+    sb.dnet_ok(&["network", "create", "--subnet", "10.92.0.0/24", "front"]);
+    let gw = "10.92.0.1";
+    let conf = conf(&sb, "1.0.0", "front");
+    let mut ips = Vec::new();
+    for (id, pod) in [("ctrweb", "web-0"), ("ctrdb", "db-0")] {
+        let ns = sb.add_netns(pod);
+        let mut add = cni(&sb, "ADD", id, s(&ns));
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={pod}");
+        add.args = &args;
+        let r = add.call(&conf);
+        r.assert_ok();
+        let r = r.json();
+        assert_eq!(r["dns"]["nameservers"], json!([gw]), "{r}");
+        let ip = r["ips"][0]["address"].as_str().unwrap();
+        ips.push((id, ns, ip.split('/').next().unwrap().to_owned()));
+    }
+    let (db_ns, web_ip) = (&ips[1].1, &ips[0].2);
+    // Recorded as NAMESPACE/POD, named in DNS by the pod's name (its host
+    // name in Kubernetes; podman gives its container name as the pod's).
+    assert!(sb.cni_records().iter().any(|c| c["name"] == "shop/web-0"));
+    let ask = |args: &[&str]| {
+        let mut a = vec!["dns", "query", gw];
+        a.extend(args);
+        let o = in_netns(db_ns, &ct(), &a);
+        assert!(ok(&o), "{args:?}: {}", out(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    for name in ["web-0", "WEB-0.front."] {
+        assert_eq!(
+            ask(&[name]),
+            format!("rcode NoError\nA {web_ip}\n"),
+            "{name}"
+        );
+    }
+    // No IPv6 address: an empty NOERROR, not forwarded.
+    assert_eq!(ask(&["web-0", "aaaa"]), "rcode NoError\n");
+    let arpa: Vec<&str> = web_ip.split('.').rev().collect();
+    assert_eq!(
+        ask(&[&format!("{}.in-addr.arpa", arpa.join(".")), "ptr"]),
+        "rcode NoError\nPTR web-0.front.\n"
+    );
+    for (id, ns, _) in &ips {
+        cni(&sb, "DEL", id, s(ns)).call(&conf).assert_ok();
+    }
+    assert!(sb.cni_records().is_empty());
 }
 
 #[test]
@@ -494,7 +538,8 @@ fn cni_gc_collects_the_attachments_the_runtime_no_longer_lists() {
         {"containerID": "keep2", "ifname": "eth0"},
     ]);
     cni(&sb, "GC", "", "").call(&gc).assert_ok();
-    let mut ids: Vec<String> = runtime_containers(&sb)
+    let mut ids: Vec<String> = sb
+        .cni_records()
         .iter()
         .map(|c| c["runtime"]["id"].as_str().unwrap().to_owned())
         .collect();
@@ -504,7 +549,7 @@ fn cni_gc_collects_the_attachments_the_runtime_no_longer_lists() {
     let mut gone = gc.clone();
     gone["network"] = json!("nosuchnet");
     cni(&sb, "GC", "", "").call(&gone).assert_ok();
-    assert_eq!(runtime_containers(&sb).len(), 2);
+    assert_eq!(sb.cni_records().len(), 2);
     // GC is 1.1.0 only.
     let mut old = gc.clone();
     old["cniVersion"] = json!("1.0.0");

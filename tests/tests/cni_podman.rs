@@ -139,15 +139,6 @@ fn http_get(o: Output) -> String {
     format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr))
 }
 
-fn cni_records(sb: &Sandbox) -> usize {
-    sb.state()["containers"]
-        .as_object()
-        .unwrap()
-        .values()
-        .filter(|c| c["runtime"]["runtime"] == "cni")
-        .count()
-}
-
 #[test]
 fn cni_podman_runs_containers_on_a_dnet_network() {
     let sb = Sandbox::new();
@@ -181,7 +172,19 @@ fn cni_podman_runs_containers_on_a_dnet_network() {
     let c = sb.container(&web_id);
     assert_eq!(c["networks"][0]["ip"], web_ip.as_str(), "{c}");
     assert_eq!(c["ports"][0]["host_port"], 8080, "{c}");
-    assert_eq!(cni_records(&sb), 2);
+    let client_id = pm.inspect("client")["Id"].as_str().unwrap().to_owned();
+    let mut ids: Vec<String> = sb
+        .cni_records()
+        .iter()
+        .map(|c| c["runtime"]["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ids.sort();
+    let mut want = vec![web_id.clone(), client_id];
+    want.sort();
+    assert_eq!(
+        ids, want,
+        "one CNI record per podman container, under its id"
+    );
     assert_consistent(&sb);
 
     // East-west, from inside podman's other container.
@@ -203,7 +206,7 @@ fn cni_podman_runs_containers_on_a_dnet_network() {
 
     // podman rm leaves nothing in dnet.
     pm.podman_ok(&["rm", "-f", "-t", "0", "web", "client"]);
-    assert_eq!(cni_records(&sb), 0, "{}", sb.state());
+    assert!(sb.cni_records().is_empty(), "{}", sb.state());
     let o = sb.in_world("sh", &["-c", &get]);
     assert!(
         !http_get(o).contains("hello"),

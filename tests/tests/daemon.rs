@@ -37,11 +37,17 @@ fn refused_start(sb: &Sandbox, tag: &str, bpffs: &Path, extra: &[&str]) -> Strin
 #[test]
 fn a_second_daemon_in_the_same_namespace_is_refused() {
     let sb = Sandbox::new();
+    sb.dnet_ok(&[
+        "run", "-d", "--name", "x", "-p", "8080:80", "--", "sleep", "300",
+    ]);
+    let before = sb.snapshot();
     let other = sb.bpffs.with_file_name(format!("{}b", sb.name));
     let err = refused_start(&sb, "second", &other, &[]);
     assert!(err.contains("another dnet daemon"), "{err}");
-    // The first one is untouched.
+    // The first one is untouched: it answers, and its links, pins, maps,
+    // reserved ports and state are as they were.
     sb.dnet_ok(&["info"]);
+    assert_eq!(sb.snapshot(), before, "the refused start changed something");
 }
 
 #[test]

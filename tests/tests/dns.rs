@@ -505,3 +505,165 @@ fn dns_a_containers_own_upstream_and_a_restart_keep_its_files() {
     let _ = up.kill();
     let _ = up.wait();
 }
+
+/// Container `name`'s address on network `net` (`dnet ps`).
+fn ip_on(sb: &Sandbox, name: &str, net: &str) -> String {
+    let c = sb.container(name);
+    c["networks"]
+        .as_array()
+        .expect("networks")
+        .iter()
+        .find(|n| n["network"] == net)
+        .and_then(|n| n["ip"].as_str())
+        .unwrap_or_else(|| panic!("{name} is not on {net}: {c}"))
+        .to_owned()
+}
+
+/// The nameserver lines of a container's resolv.conf.
+fn nameservers(sb: &Sandbox, name: &str) -> Vec<String> {
+    sb.dnet_ok(&["exec", name, "--", "cat", "/etc/resolv.conf"])
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The lines of a container's /etc/hosts that name it (not localhost's).
+fn own_hosts_lines(sb: &Sandbox, name: &str) -> Vec<String> {
+    let h = sb.dnet_ok(&["exec", name, "--", "cat", "/etc/hosts"]);
+    sorted(
+        h.lines()
+            .filter(|l| l.ends_with(&format!(" {name}")))
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+#[test]
+fn dns_hosts_and_resolv_conf_follow_network_connect_and_disconnect() {
+    let sb = sandbox();
+    sb.dnet_ok(&["network", "create", "front"]);
+    sb.dnet_ok(&["network", "create", "back"]);
+    let (gf, gb) = (gateway(&sb, "front"), gateway(&sb, "back"));
+    // web starts on the default bridge: no resolver of dnet's.
+    sleeper(&sb, "web", "bridge", &[]);
+    sleeper(&sb, "peer", "back", &[]);
+    let id = sb.container("web")["id"].as_str().unwrap()[..12].to_owned();
+    let on_bridge = ip_on(&sb, "web", "bridge");
+    let line = |ip: &str| format!("{ip}\t{id} web");
+    let host_servers = nameservers(&sb, "web");
+    assert!(!host_servers.contains(&gf), "{host_servers:?}");
+    assert_eq!(own_hosts_lines(&sb, "web"), vec![line(&on_bridge)]);
+
+    // Joined to front: its new address in hosts, front's resolver in
+    // resolv.conf (its first user-defined network, as Docker switches to
+    // its embedded resolver then).
+    sb.dnet_ok(&["network", "connect", "front", "web"]);
+    let on_front = ip_on(&sb, "web", "front");
+    assert_eq!(
+        own_hosts_lines(&sb, "web"),
+        sorted(vec![line(&on_bridge), line(&on_front)])
+    );
+    assert_eq!(nameservers(&sb, "web"), vec![gf.clone()]);
+    let rc = sb.dnet_ok(&["exec", "web", "--", "cat", "/etc/resolv.conf"]);
+    assert!(rc.contains("ndots:0"), "{rc}");
+
+    // Joined to back too: front's resolver stays; glibc finds back's peer.
+    sb.dnet_ok(&["network", "connect", "back", "web"]);
+    let on_back = ip_on(&sb, "web", "back");
+    assert_eq!(
+        own_hosts_lines(&sb, "web"),
+        sorted(vec![line(&on_bridge), line(&on_front), line(&on_back)])
+    );
+    assert_eq!(nameservers(&sb, "web"), vec![gf.clone()]);
+    let peer = sb.ip_of("peer");
+    let o = sb.dnet_ok(&["exec", "web", "--", "getent", "hosts", "peer"]);
+    assert!(o.starts_with(&format!("{peer} ")), "{o}");
+
+    // Left front: its address goes, back's resolver takes over.
+    sb.dnet_ok(&["network", "disconnect", "front", "web"]);
+    assert_eq!(
+        own_hosts_lines(&sb, "web"),
+        sorted(vec![line(&on_bridge), line(&on_back)])
+    );
+    assert_eq!(nameservers(&sb, "web"), vec![gb.clone()]);
+    let o = sb.dnet_ok(&["exec", "web", "--", "getent", "hosts", "peer"]);
+    assert!(o.starts_with(&format!("{peer} ")), "{o}");
+
+    // Left back: the default bridge's file again.
+    sb.dnet_ok(&["network", "disconnect", "back", "web"]);
+    assert_eq!(own_hosts_lines(&sb, "web"), vec![line(&on_bridge)]);
+    assert_eq!(nameservers(&sb, "web"), host_servers);
+    let rc = sb.dnet_ok(&["exec", "web", "--", "cat", "/etc/resolv.conf"]);
+    assert!(!rc.contains("ndots:0"), "{rc}");
+}
+
+#[test]
+fn dns_the_hosts_resolv_conf_is_followed() {
+    let mut sb = Sandbox::without_daemon();
+    // The daemon's "host resolv.conf": first a nameserver where nothing
+    // listens (the daemon's own loopback), so forwarding fails at once.
+    let host_rc = sb.dir.join("host-resolv.conf");
+    std::fs::write(&host_rc, "nameserver 127.0.0.1\nsearch one.example\n").unwrap();
+    sb.set_daemon_args(&["--resolv-conf", host_rc.to_str().unwrap()]);
+    sb.start_daemon();
+    let _up = {
+        // The upstream the new file will name, on port 53 of the world.
+        let c = Command::new("nsenter")
+            .arg(format!("--net={}", sb.world_netns_path().display()))
+            .arg(conntest_bin())
+            .args(["dns", "serve", &format!("{WORLD_IP}:53"), UPSTREAM_ANSWER])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        dnet_sandbox::wait_listening(&sb.world_netns_path(), "udp", 53);
+        Upstream(c)
+    };
+    sb.dnet_ok(&["network", "create", "front"]);
+    let gw = gateway(&sb, "front");
+    sleeper(&sb, "client", "front", &[]);
+    sleeper(&sb, "old", "bridge", &[]);
+    assert_eq!(
+        ask(&sb, "client", &gw, &["host.example"]),
+        vec!["rcode ServFail"]
+    );
+    let rc = sb.dnet_ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert!(rc.contains("search one.example\n"), "{rc}");
+    // The default bridge cannot use a loopback nameserver: Docker's fallback.
+    assert_eq!(nameservers(&sb, "old"), vec!["8.8.8.8", "8.8.4.4"]);
+
+    // The host's file is replaced the way resolvconf does it (a new file
+    // renamed over the old one).
+    let tmp = sb.dir.join("host-resolv.conf.new");
+    std::fs::write(
+        &tmp,
+        format!("nameserver {WORLD_IP}\nsearch two.example\noptions edns0\n"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &host_rc).unwrap();
+    let forwarded = vec!["rcode NoError".to_owned(), format!("A {UPSTREAM_ANSWER}")];
+    assert!(
+        wait_until(Duration::from_secs(10), || ask(
+            &sb,
+            "client",
+            &gw,
+            &["host.example"]
+        ) == forwarded),
+        "the new upstream is not used: {:?}",
+        ask(&sb, "client", &gw, &["host.example"])
+    );
+    // The containers' own files follow: search and options everywhere,
+    // the nameserver where it is the host's.
+    let rc = sb.dnet_ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert!(rc.contains("search two.example\n"), "{rc}");
+    assert!(rc.contains("edns0") && rc.contains("ndots:0"), "{rc}");
+    assert_eq!(nameservers(&sb, "client"), vec![gw.clone()]);
+    assert_eq!(nameservers(&sb, "old"), vec![WORLD_IP.to_string()]);
+    // Through glibc, in a new container too.
+    let o = sb.dnet_ok(&["exec", "client", "--", "getent", "hosts", "host.example"]);
+    assert!(o.starts_with(&format!("{UPSTREAM_ANSWER} ")), "{o}");
+    let rc = sb.dnet_ok(&["run", "--network", "front", "--", "cat", "/etc/resolv.conf"]);
+    assert!(rc.contains("search two.example\n"), "{rc}");
+}

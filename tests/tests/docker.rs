@@ -351,9 +351,11 @@ fn docker_bad_input_changes_nothing() {
         &env.driver,
         "-o",
         "driver=macvlan",
+        "-o",
+        "parent=nosuch0",
         "bad2",
     ]);
-    assert!(e.contains("macvlan"), "{e}");
+    assert!(e.contains("\"nosuch0\" does not exist"), "{e}");
     assert_eq!(
         env.sb.state(),
         before,
@@ -446,6 +448,7 @@ fn docker_internal_mtu_connect_disconnect() {
     assert_eq!(records(&env), 2, "one record per Docker endpoint");
     assert_consistent(&env.sb);
     env.docker(&["network", "disconnect", "open", "c3"]);
+    env.sb.settle();
     let o = env.exec("c3", &["ip", "link", "show", "eth1"]);
     assert!(!ok(&o), "eth1 is gone: {}", out(&o));
     assert_eq!(records(&env), 1);
@@ -728,5 +731,220 @@ fn docker_dockerd_crash_and_restart() {
     assert_consistent(&env.sb);
     env.docker(&["rm", "-f", "gone", "back"]);
     env.docker(&["network", "rm", "dn6"]);
+    env.assert_clean();
+}
+
+/// `-o driver=macvlan`: dnet makes the macvlan child in the host namespace
+/// under a temporary name and returns it in Join, as Docker's own macvlan
+/// driver does; Docker moves it into the container. The parent is the
+/// sandbox host's `eth0`, the world namespace plays the LAN (198.18.0.0/24,
+/// its router at .1, the host at .2).
+#[test]
+fn docker_macvlan_network() {
+    let mut env = Env::new();
+    let links_before = env.sb.host_links();
+    let id = env.network(
+        "lan",
+        &[
+            "-o",
+            "driver=macvlan",
+            "-o",
+            "parent=eth0",
+            "--subnet",
+            "198.18.0.0/24",
+            "--gateway",
+            "198.18.0.1",
+            "--ip-range",
+            "198.18.0.64/26",
+        ],
+    );
+    let net = env.dnet_network(&id).expect("the dnet network of Docker's");
+    assert_eq!(net["driver"], "macvlan", "{net}");
+    assert_eq!(net["options"]["parent"], "eth0", "{net}");
+    env.run("m1", "lan", &[]);
+    env.run("m2", "lan", &["--ip", "198.18.0.100"]);
+
+    // eth0 in the container is a macvlan child of the host's eth0, with
+    // Docker's address and the 02:42 MAC.
+    let (a2, mac2) = env.eth0("m2");
+    assert_eq!(a2, "198.18.0.100/24");
+    assert_eq!(mac2, "02:42:c6:12:00:64");
+    let (a1, _) = env.eth0("m1");
+    let ip1 = a1.trim_end_matches("/24").to_owned();
+    let pid = env.docker.pid_of("m1").expect("m1's pid");
+    let ns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let o = dnet_sandbox::in_netns(&ns, "ip", &["-j", "-d", "link", "show", "eth0"]);
+    assert!(ok(&o), "{}", out(&o));
+    let l: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("ip -j");
+    assert_eq!(l[0]["linkinfo"]["info_kind"], "macvlan", "{l}");
+    // No temporary link is left in the host namespace.
+    let host = env.sb.host_links();
+    assert!(
+        !host.iter().any(|l| l.starts_with("dnmv")),
+        "a child stayed in the host namespace: {host:?}"
+    );
+
+    // The containers are hosts of the LAN: the world reaches them at their
+    // own addresses and sees theirs (no NAT), and they reach each other.
+    let o = env
+        .sb
+        .in_world("ping", &["-c", "1", "-W", "2", "198.18.0.100"]);
+    assert!(ok(&o), "the world -> m2: {}", out(&o));
+    let o = env.exec("m1", &["ping", "-c", "1", "-W", "2", "198.18.0.100"]);
+    assert!(ok(&o), "m1 -> m2: {}", out(&o));
+    let world = env.sb.world_netns_path();
+    env.sb.spawn_in(&world, &ct(), &["serve", "tcp", "7300"]);
+    dnet_sandbox::wait_listening(&world, "tcp", 7300);
+    let o = dnet_sandbox::in_netns(&ns, &ct(), &["tcp", "198.18.0.1:7300"]);
+    assert!(
+        ok(&o) && stdout(&o).starts_with(&format!("{ip1}:")),
+        "the world sees m1's own address: {}",
+        out(&o)
+    );
+    let o = env.exec("m1", &["ip", "route"]);
+    assert!(stdout(&o).contains("default via 198.18.0.1"), "{}", out(&o));
+    let ps = env.sb.dnet_json(&["ps"]);
+    let ips: Vec<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["networks"][0]["ip"].as_str())
+        .collect();
+    assert!(
+        ips.contains(&ip1.as_str()) && ips.contains(&"198.18.0.100"),
+        "{ps}"
+    );
+    assert_consistent(&env.sb);
+
+    env.docker(&["rm", "-f", "m1", "m2"]);
+    env.docker(&["network", "rm", "lan"]);
+    assert!(env.dnet_network(&id).is_none());
+    env.assert_clean();
+    assert_eq!(env.sb.host_links(), links_before, "links left in the host");
+}
+
+/// `conntest dns query 127.0.0.11 ARGS` in a Docker container's namespace:
+/// Docker's embedded resolver answers there. Its output lines.
+fn ask_docker_dns(env: &Env, container: &str, args: &[&str]) -> Vec<String> {
+    let pid = env.docker.pid_of(container).expect("a pid");
+    let ns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let mut a = vec!["dns", "query", "127.0.0.11"];
+    a.extend(args);
+    let o = dnet_sandbox::in_netns(&ns, &ct(), &a);
+    assert!(ok(&o), "query {args:?} from {container}: {}", out(&o));
+    stdout(&o).lines().map(str::to_owned).collect()
+}
+
+/// Docker's embedded DNS on a dnet network: containers find each other by
+/// name, and the queries it forwards leave from the container, through
+/// dnet's NAT, to the container's upstream (`--dns`, a fake one in the
+/// world).
+#[test]
+fn docker_embedded_dns_on_a_dnet_network() {
+    let mut env = Env::new();
+    let world = env.sb.world_netns_path();
+    let upstream = format!("{WORLD_IP}:53");
+    env.sb
+        .spawn_in(&world, &ct(), &["dns", "serve", &upstream, "192.0.2.7"]);
+    dnet_sandbox::wait_listening(&world, "udp", 53);
+    env.network("dn6", &["--subnet", "10.96.0.0/24"]);
+    let dns = WORLD_IP.to_string();
+    env.run("d1", "dn6", &["--dns", &dns]);
+    env.run("d2", "dn6", &["--dns", &dns, "--ip", "10.96.0.20"]);
+    let (a1, _) = env.eth0("d1");
+    let ip1 = a1.trim_end_matches("/24").to_owned();
+
+    // A name of the network: Docker's resolver answers itself.
+    assert_eq!(
+        ask_docker_dns(&env, "d1", &["d2"]),
+        vec!["rcode NoError".to_owned(), "A 10.96.0.20".to_owned()]
+    );
+    // Another name: forwarded to the upstream from d1's namespace, out
+    // through dnet's NAT (its flow is in dnet's table, translated).
+    assert_eq!(
+        ask_docker_dns(&env, "d1", &["host.example"]),
+        vec!["rcode NoError".to_owned(), "A 192.0.2.7".to_owned()]
+    );
+    let flows = env.sb.flows();
+    assert!(
+        flows.iter().any(|f| {
+            let s = f.to_string();
+            s.contains(&ip1) && s.contains(&WORLD_IP.to_string()) && s.contains("53")
+        }),
+        "d1's query to the upstream in dnet's conntrack: {flows:?}"
+    );
+
+    env.docker(&["rm", "-f", "d1", "d2"]);
+    env.docker(&["network", "rm", "dn6"]);
+    env.assert_clean();
+}
+
+/// Published ports follow the container's gateway endpoint: Docker revokes
+/// them on the endpoint that loses the default route and programs them on
+/// the one that gains it, and dnet's DNAT follows.
+#[test]
+fn docker_published_ports_follow_the_gateway_endpoint() {
+    let mut env = Env::new();
+    env.network("pa", &["--subnet", "10.97.0.0/24"]);
+    env.network("pb", &["--subnet", "10.98.0.0/24"]);
+    env.run("gw", "pa", &["-p", "8085:80"]);
+    let pid = env.docker.pid_of("gw").expect("gw's pid");
+    let ns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+    env.sb.spawn_in(&ns, &ct(), &["serve", "tcp", "80"]);
+    dnet_sandbox::wait_listening(&ns, "tcp", 80);
+    let target = format!("{UPLINK_IP}:8085");
+    let reaches = |env: &Env| {
+        wait_until(Duration::from_secs(5), || {
+            ok(&env.sb.in_world(&ct(), &["tcp", &target, "--timeout", "1"]))
+        })
+    };
+    // Where dnet's DNAT for 8085 leads: the address of the record that
+    // holds the port.
+    let port_holder = |env: &Env| -> Vec<String> {
+        env.sb
+            .dnet_json(&["ps"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| {
+                c["ports"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p["host_port"] == 8085))
+            })
+            .filter_map(|c| c["networks"][0]["ip"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(reaches(&env), "8085 through pa");
+    let first = port_holder(&env);
+    assert!(
+        first.len() == 1 && first[0].starts_with("10.97.0."),
+        "{first:?}"
+    );
+
+    // A second network: the gateway endpoint may stay or move; the port
+    // is on exactly one endpoint and answers.
+    env.docker(&["network", "connect", "pb", "gw"]);
+    assert!(reaches(&env), "8085 after connect");
+    let holder = port_holder(&env);
+    assert_eq!(holder.len(), 1, "{holder:?}");
+    // The network holding the port goes: the other takes it over.
+    let (gone, stays) = if holder[0].starts_with("10.97.0.") {
+        ("pa", "10.98.0.")
+    } else {
+        ("pb", "10.97.0.")
+    };
+    env.docker(&["network", "disconnect", gone, "gw"]);
+    let moved = wait_until(Duration::from_secs(5), || {
+        let h = port_holder(&env);
+        h.len() == 1 && h[0].starts_with(stays)
+    });
+    assert!(moved, "the port moved to {stays}x: {:?}", port_holder(&env));
+    assert!(reaches(&env), "8085 through the new gateway endpoint");
+    assert_consistent(&env.sb);
+
+    env.docker(&["rm", "-f", "gw"]);
+    env.docker(&["network", "rm", "pa", "pb"]);
+    let maps = env.sb.map_contents();
+    assert!(!maps.contains("8085"), "a service entry is left: {maps}");
     env.assert_clean();
 }

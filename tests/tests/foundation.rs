@@ -614,6 +614,67 @@ fn an_interrupted_operation_is_whole_or_absent() {
     }
 }
 
+/// `network disconnect` and `rm -f` answer once the removal is recorded
+/// and the endpoint is out of the datapath; the veth pair and its pins go
+/// in the background (`DNET_HOLD_AT` holds that work here for good). A
+/// daemon killed before it finished leaves them, and its next start
+/// removes them.
+#[test]
+fn a_removal_cut_short_by_a_kill_is_finished_by_the_next_start() {
+    let mut sb = Sandbox::without_daemon();
+    sb.set_daemon_env(&[("DNET_HOLD_AT", "reaper:remove")]);
+    sb.start_daemon();
+    let ext = sb.add_netns("e");
+    let ext_s = ext.to_str().unwrap().to_owned();
+    let attach = [
+        "network", "connect", "bridge", "--netns", &ext_s, "--name", "ext",
+    ];
+    sb.dnet_ok(&attach);
+    sb.dnet_ok(&["run", "-d", "--name", "c", "--", "sleep", "300"]);
+    let veth = sb.container("ext")["networks"][0]["host_ifname"]
+        .as_str()
+        .expect("a host-side veth")
+        .to_owned();
+
+    sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);
+    sb.dnet_ok(&["rm", "-f", "c"]);
+    // Recorded and answered, the pairs not yet removed.
+    assert_eq!(sb.state()["containers"], serde_json::json!({}));
+    assert_eq!(sb.dnet_json(&["info"])["pending_removals"], 2);
+    assert!(sb.host_links().contains(&veth), "{:?}", sb.host_links());
+    assert!(
+        sb.pins()
+            .iter()
+            .any(|p| p.starts_with(&format!("links/{veth}-"))),
+        "{:?}",
+        sb.pins()
+    );
+    let links = in_netns(&ext, "ip", &["-o", "link"]);
+    assert_eq!(stdout(&links).lines().count(), 2, "{}", out(&links));
+
+    sb.stop_daemon(libc::SIGKILL);
+    sb.set_daemon_env(&[]);
+    sb.start_daemon();
+    assert_consistent(&sb);
+    assert!(!sb.host_links().contains(&veth));
+    let links = in_netns(&ext, "ip", &["-o", "link"]);
+    assert_eq!(stdout(&links).lines().count(), 1, "{}", out(&links));
+    // The namespace attaches again as eth0, and detaches.
+    sb.dnet_ok(&attach);
+    let o = in_netns(&ext, &ct(), &["ping", "172.17.0.1"]);
+    assert!(
+        ok(&o),
+        "attached again, it reaches its gateway: {}",
+        out(&o)
+    );
+    // Detached and attached again at once: the new eth0 waits for the
+    // old one's removal.
+    sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);
+    sb.dnet_ok(&attach);
+    sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);
+    assert_consistent(&sb);
+}
+
 #[test]
 fn two_daemons_run_side_by_side() {
     let mut a = Sandbox::new();

@@ -830,3 +830,74 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
     ]);
     assert!(ok(&o), "a packet that fits gets through: {}", out(&o));
 }
+
+/// The host's own ping on the identifier a container's ping was translated
+/// to (ping sockets and raw ones ignore `ip_local_reserved_ports`): both get
+/// their replies (issue 10 item 6).
+#[test]
+fn a_host_ping_on_a_containers_nat_identifier_and_the_containers_both_get_replies() {
+    let mut sb = Sandbox::new();
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    let world = WORLD_IP.to_string();
+    let ping_a = || sb.conntest_in("a", &["ping", &world, "--id", "4660", "--timeout", "2"]);
+    let o = ping_a();
+    assert!(ok(&o), "{}", out(&o));
+    let from = format!("{} id 4660", sb.ip_of("a"));
+    let flows = sb.flows();
+    let f = flows
+        .iter()
+        .find(|f| f["original"]["src"] == from.as_str())
+        .unwrap_or_else(|| panic!("a's echo flow: {flows:?}"));
+    let nat_id = f["translated"]["src"]
+        .as_str()
+        .and_then(|s| s.rsplit(' ').next())
+        .unwrap()
+        .to_owned();
+    let o = sb.in_host(&ct(), &["ping", &world, "--id", &nat_id, "--timeout", "2"]);
+    assert!(ok(&o), "the host's ping on id {nat_id}: {}", out(&o));
+    let o = ping_a();
+    assert!(ok(&o), "a's ping again: {}", out(&o));
+    let host_flows = |sb: &Sandbox| {
+        sb.flows()
+            .into_iter()
+            .filter(|f| f["kind"] == "host")
+            .count()
+    };
+    assert_eq!(host_flows(&sb), 1, "{:?}", sb.flows());
+    // A restarted daemon keeps the host's flow (it is no container's).
+    sb.stop_daemon(libc::SIGTERM);
+    sb.start_daemon();
+    assert_eq!(host_flows(&sb), 1, "{:?}", sb.flows());
+}
+
+/// `dnet daemon --publish-from CIDR`: published-port traffic never meets
+/// the host's netfilter, so the daemon keeps the source allow-list. A
+/// source not listed is dropped (`source-not-allowed`, on the port's
+/// container); restarted with the world's address listed, it goes in.
+#[test]
+fn publish_from_keeps_unlisted_sources_out_of_published_ports() {
+    let mut sb = Sandbox::with_daemon_args(&["--publish-from", "10.0.0.0/8"]);
+    let ctb = ct();
+    sb.dnet_ok(&[
+        "run", "-d", "--name", "web", "-p", "8080:80", "--", &ctb, "serve", "tcp", "80",
+    ]);
+    sb.wait_server("web", "tcp", 80);
+    let port = format!("{UPLINK_IP}:8080");
+    let reach = |sb: &Sandbox| ok(&sb.in_world(&ctb, &["tcp", &port, "--timeout", "1"]));
+    assert!(!reach(&sb), "an unlisted source reached the port");
+    assert!(sb.drops("web", "source-not-allowed") > 0);
+    // The host and containers are not concerned.
+    assert!(ok(&sb.in_host(&ctb, &["tcp", "127.0.0.1:8080"])));
+    sb.stop_daemon(libc::SIGTERM);
+    sb.set_daemon_args(&[
+        "--publish-from",
+        "10.0.0.0/8",
+        "--publish-from",
+        &format!("{WORLD_IP}/32"),
+    ]);
+    sb.start_daemon();
+    assert!(
+        wait_until(Duration::from_secs(5), || reach(&sb)),
+        "a listed source is let in"
+    );
+}

@@ -314,6 +314,9 @@ pub struct Info {
     pub bpffs: PathBuf,
     pub networks: usize,
     pub containers: usize,
+    /// Link removals still finishing in the background.
+    #[serde(default)]
+    pub pending_removals: usize,
     pub programs: Vec<ProgramSummary>,
     pub maps: Vec<MapSummary>,
 }

@@ -31,6 +31,11 @@ pub struct Args {
     /// ephemeral ports).
     #[arg(long, default_value = "49152-60999", value_parser = parse_range)]
     nat_ports: (u16, u16),
+    /// Only these sources (CIDR, repeatable) open flows to published ports
+    /// from the world; others are dropped (`source-not-allowed`). Default:
+    /// any. The host and containers are not concerned.
+    #[arg(long = "publish-from")]
+    publish_from: Vec<ipnetwork::Ipv4Network>,
     /// Size of the conntrack map, in entries (a flow takes two).
     #[arg(long, default_value_t = dnet_common::maps::CT_ENTRIES)]
     ct_entries: u32,
@@ -74,26 +79,16 @@ pub struct Args {
     docker_plugin_socket: String,
     /// Where the resolver forwards names that are not containers'
     /// (IP[:PORT], repeatable; default: the first three nameservers of
-    /// /etc/resolv.conf), queried from the daemon's namespace.
+    /// --resolv-conf, followed as it changes), queried from the daemon's
+    /// namespace.
     #[arg(long = "dns-upstream", value_parser = crate::dns::parse_upstream)]
     dns_upstream: Vec<std::net::SocketAddr>,
-}
-
-/// The resolver's upstreams: `--dns-upstream`, else the host's resolv.conf.
-fn upstreams(args: &Args) -> Vec<std::net::SocketAddr> {
-    if !args.dns_upstream.is_empty() {
-        return args.dns_upstream.clone();
-    }
-    let v = std::fs::read_to_string("/etc/resolv.conf")
-        .map(|t| crate::dns::from_resolv_conf(&t))
-        .unwrap_or_default();
-    if v.is_empty() {
-        tracing::warn!(
-            "no nameserver in /etc/resolv.conf and no --dns-upstream: \
-             containers' other names get SERVFAIL"
-        );
-    }
-    v
+    /// The host's resolv.conf: the resolver's default upstreams and the
+    /// `search` and `options` containers get, followed as it changes
+    /// (for example /run/systemd/resolve/resolv.conf, the upstreams of
+    /// systemd-resolved rather than its stub).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -261,12 +256,14 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                 icmp: secs(args.ct_timeout_icmp),
             },
             gc_interval: secs(args.ct_gc_interval),
+            publish_from: args.publish_from.clone(),
             flows_per_endpoint: per_ep,
             ports_per_destination: per_dest,
         },
         dns: crate::dns::Options {
-            upstreams: upstreams(args),
+            upstreams: args.dns_upstream.clone(),
         },
+        resolv_conf: args.resolv_conf.clone(),
     };
     let r = rt.block_on(async {
         let engine = Engine::start(cfg).await.map_err(anyhow::Error::from)?;
@@ -307,10 +304,19 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                     .map_err(|e| anyhow::anyhow!("Docker plugin socket {}: {e}", path.display()))
             }))
         };
-        let api = server::serve(engine, socket, until_stopped(stopped))
+        let api = server::serve(engine.clone(), socket, until_stopped(stopped))
             .await
             .map_err(|e| anyhow::anyhow!("API socket {}: {e}", socket.display()));
         let _ = std::fs::remove_file(socket);
+        // Removals still finishing in the background end here (a few tens
+        // of milliseconds each); what a bound cuts short, the next start
+        // removes.
+        if tokio::time::timeout(std::time::Duration::from_secs(5), engine.settle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("link removals still under way: the next start finishes them");
+        }
         // The API is gone (stopped, or it failed): so is the driver.
         let _ = stop.send(true);
         if let Some(p) = plugin {

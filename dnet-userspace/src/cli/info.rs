@@ -22,6 +22,12 @@ pub async fn run(client: &Client, format: Format) -> anyhow::Result<ExitCode> {
     println!("bpffs:       {}", i.bpffs.display());
     println!("Networks:    {}", i.networks);
     println!("Containers:  {}", i.containers);
+    if i.pending_removals > 0 {
+        println!(
+            "Removals:    {} finishing in the background",
+            i.pending_removals
+        );
+    }
     println!("\nPrograms:");
     let mut t = Table::new(&["  NAME", "ID", "TAG", "ATTACHED AT"]);
     for p in &i.programs {

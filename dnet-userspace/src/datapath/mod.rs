@@ -12,6 +12,7 @@ mod bpffs;
 mod tests;
 
 use std::{
+    collections::HashSet,
     fs, io,
     net::Ipv4Addr,
     os::fd::AsFd as _,
@@ -31,8 +32,8 @@ use aya::{
 };
 pub use bpffs::{check as check_bpffs, ensure_mounted};
 use dnet_common::{
-    Config, CtEntry, CtKey, Endpoint, EndpointStats, NetMembers, Network, QuotaKey, Service,
-    ServiceKey,
+    Config, CtEntry, CtKey, Endpoint, EndpointStats, MemberKey, NetFanout, Network, QuotaKey,
+    Service, ServiceKey,
     addr::ipv4_be,
     maps as m,
     nat::{CT_F_COUNTED, CT_F_REPLY},
@@ -46,6 +47,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const PROG_FROM_CONTAINER: &str = "lxc_from_container";
 pub const PROG_TO_CONTAINER: &str = "lxc_to_container";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
+pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
 pub const SOCK_PROGS: [&str; 4] = [
     "sock_connect4",
@@ -53,7 +55,17 @@ pub const SOCK_PROGS: [&str; 4] = [
     "sock_recvmsg4",
     "sock_getpeername4",
 ];
-const TC_PROGS: [&str; 3] = [PROG_FROM_CONTAINER, PROG_TO_CONTAINER, PROG_FROM_UPLINK];
+const TC_PROGS: [&str; 4] = [
+    PROG_FROM_CONTAINER,
+    PROG_TO_CONTAINER,
+    PROG_FROM_UPLINK,
+    PROG_TO_UPLINK,
+];
+/// The uplink's programs, with their hooks and pins.
+const UPLINK_PROGS: [(TcAttachType, &str, &str); 2] = [
+    (TcAttachType::Ingress, PROG_FROM_UPLINK, "uplink-ingress"),
+    (TcAttachType::Egress, PROG_TO_UPLINK, "uplink-egress"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -183,6 +195,9 @@ impl Datapath {
                     }
                 }
                 drop_lru_conntrack(&maps_dir.join(m::CT))?;
+                for name in m::RETIRED {
+                    remove_if_exists(&maps_dir.join(name))?;
+                }
                 // Maps whose values grew (an older build's): made anew.
                 drop_if_resized(&maps_dir.join(m::CT), size_of::<CtEntry>())?;
                 drop_if_resized(&maps_dir.join(m::CONFIG), size_of::<Config>())?;
@@ -312,21 +327,34 @@ impl Datapath {
         self.pins.as_ref().map(|p| p.join("host").join(name))
     }
 
-    /// Attaches the uplink program (tcx ingress), unless this build's
-    /// already is.
+    /// Attaches the uplink programs (tcx ingress and egress), each unless
+    /// this build's already is.
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
-        if self.uplink_attached(ifname) {
-            return Ok(());
+        for (kind, prog, pin) in UPLINK_PROGS {
+            if !self.uplink_prog_attached(ifname, kind, prog, pin) {
+                let pin = self.host_pin(pin);
+                self.attach_tcx(ifname, kind, prog, pin)?;
+            }
         }
-        let pin = self.host_pin("uplink-ingress");
-        self.attach_tcx(ifname, TcAttachType::Ingress, PROG_FROM_UPLINK, pin)
+        Ok(())
     }
 
-    /// The uplink program, as this build loaded it, is attached to `ifname`
-    /// and pinned.
+    /// The uplink programs, as this build loaded them, are attached to
+    /// `ifname` and pinned.
     pub fn uplink_attached(&self, ifname: &str) -> bool {
-        self.tcx_current(ifname, TcAttachType::Ingress, PROG_FROM_UPLINK)
-            && self.host_pin("uplink-ingress").is_none_or(|p| p.exists())
+        UPLINK_PROGS
+            .iter()
+            .all(|&(kind, prog, pin)| self.uplink_prog_attached(ifname, kind, prog, pin))
+    }
+
+    fn uplink_prog_attached(
+        &self,
+        ifname: &str,
+        kind: TcAttachType,
+        prog: &str,
+        pin: &str,
+    ) -> bool {
+        self.tcx_current(ifname, kind, prog) && self.host_pin(pin).is_none_or(|p| p.exists())
     }
 
     /// The tag (a hash of the instructions) of program `name` as this
@@ -611,6 +639,15 @@ impl Datapath {
         Ok(())
     }
 
+    /// The pins of `ifname`'s container program links (none when unpinned),
+    /// for whoever removes them after the interface (`driver::Reaper`).
+    pub fn endpoint_pins(&self, ifname: &str) -> Vec<PathBuf> {
+        ["ingress", "egress"]
+            .into_iter()
+            .filter_map(|dir| self.link_pin(ifname, dir))
+            .collect()
+    }
+
     /// Interfaces with pinned links.
     pub fn pinned_interfaces(&self) -> Result<Vec<String>> {
         let Some(dir) = self.pins.as_ref().map(|p| p.join("links")) else {
@@ -639,7 +676,7 @@ impl Datapath {
         self.ebpf.map(name).ok_or(DatapathError::Missing(name))
     }
 
-    /// Writes a network's entry, its subnet, and empties its member list.
+    /// Writes a network's entry and its subnet.
     pub fn set_network(&mut self, dp_id: u32, subnet: Ipv4Network, net: &Network) -> Result<()> {
         let mut a: Array<&mut MapData, Network> =
             Array::try_from(self.map_mut(m::NETWORKS)?).map_err(map_err(m::NETWORKS))?;
@@ -648,6 +685,31 @@ impl Datapath {
             LpmTrie::try_from(self.map_mut(m::SUBNETS)?).map_err(map_err(m::SUBNETS))?;
         t.insert(&subnet_key(subnet), dp_id, 0)
             .map_err(map_err(m::SUBNETS))?;
+        Ok(())
+    }
+
+    /// Sets the sources that may open flows to published ports from the
+    /// world (`0.0.0.0/0`: any). The new prefixes go in before the old ones
+    /// go, so a source listed in both is never refused meanwhile.
+    pub fn set_publish_from(&mut self, prefixes: &[Ipv4Network]) -> Result<()> {
+        let mut t: LpmTrie<&mut MapData, u32, u8> =
+            LpmTrie::try_from(self.map_mut(m::PUBLISH_FROM)?).map_err(map_err(m::PUBLISH_FROM))?;
+        for p in prefixes {
+            t.insert(&subnet_key(*p), 1, 0)
+                .map_err(map_err(m::PUBLISH_FROM))?;
+        }
+        let want: Vec<(u32, u32)> = prefixes
+            .iter()
+            .map(|p| (p.prefix() as u32, ipv4_be(p.network())))
+            .collect();
+        let stale: Vec<Key<u32>> = t
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in &stale {
+            absent_is_fine(t.remove(k)).map_err(map_err(m::PUBLISH_FROM))?;
+        }
         Ok(())
     }
 
@@ -664,10 +726,7 @@ impl Datapath {
             Array::try_from(self.map_mut(m::NETWORKS)?).map_err(map_err(m::NETWORKS))?;
         a.set(dp_id, Network::default(), 0)
             .map_err(map_err(m::NETWORKS))?;
-        let mut mem: Array<&mut MapData, NetMembers> =
-            Array::try_from(self.map_mut(m::NET_MEMBERS)?).map_err(map_err(m::NET_MEMBERS))?;
-        mem.set(dp_id, NetMembers::default(), 0)
-            .map_err(map_err(m::NET_MEMBERS))?;
+        self.set_members(dp_id, &[])?;
         if let Some(subnet) = subnet {
             let mut t: LpmTrie<&mut MapData, u32, u32> =
                 LpmTrie::try_from(self.map_mut(m::SUBNETS)?).map_err(map_err(m::SUBNETS))?;
@@ -695,25 +754,99 @@ impl Datapath {
             .collect()
     }
 
-    /// Who gets a network's broadcasts: the host-side ifindexes of its
-    /// endpoints (the first `MAX_FANOUT`), and how many there are.
+    /// Makes `ifindexes` (host-side veths) the members that get a network's
+    /// broadcasts. Only what differs is written, in an order that keeps
+    /// every member that stays reachable by a broadcast running meanwhile:
+    /// a member that goes leaves its index to the last one (copied there
+    /// before the count shrinks), a new one is written before the count
+    /// grows to take it in.
     pub fn set_members(&mut self, dp_id: u32, ifindexes: &[u32]) -> Result<()> {
-        let mut v = NetMembers {
-            count: ifindexes.len() as u32,
-            ..Default::default()
-        };
-        for (slot, i) in v.ifindex.iter_mut().zip(ifindexes) {
-            *slot = *i;
+        let (mut now, stale) = self.member_entries(dp_id)?;
+        // Left behind by a daemon stopped halfway: beyond the count, never read.
+        for index in stale {
+            self.remove_member(dp_id, index)?;
         }
-        let mut a: Array<&mut MapData, NetMembers> =
-            Array::try_from(self.map_mut(m::NET_MEMBERS)?).map_err(map_err(m::NET_MEMBERS))?;
-        a.set(dp_id, v, 0).map_err(map_err(m::NET_MEMBERS))
+        let want: HashSet<u32> = ifindexes.iter().copied().collect();
+        // Going: from the top down, so that the last member (moved into the
+        // hole) has been looked at already. A duplicate goes too.
+        let mut kept = HashSet::new();
+        let mut i = now.len();
+        while i > 0 {
+            i -= 1;
+            if want.contains(&now[i]) && kept.insert(now[i]) {
+                continue;
+            }
+            let last = now.len() - 1;
+            if i != last {
+                self.put_member(dp_id, i, now[last])?;
+                now[i] = now[last];
+            }
+            self.put_member_count(dp_id, last)?;
+            self.remove_member(dp_id, last)?;
+            now.pop();
+        }
+        // Coming.
+        for &ifindex in ifindexes {
+            if kept.insert(ifindex) {
+                self.put_member(dp_id, now.len(), ifindex)?;
+                now.push(ifindex);
+                self.put_member_count(dp_id, now.len())?;
+            }
+        }
+        Ok(())
     }
 
-    pub fn members(&self, dp_id: u32) -> Result<NetMembers> {
-        let a: Array<&MapData, NetMembers> =
-            Array::try_from(self.map(m::NET_MEMBERS)?).map_err(map_err(m::NET_MEMBERS))?;
-        a.get(&dp_id, 0).map_err(map_err(m::NET_MEMBERS))
+    fn put_member(&mut self, dp_id: u32, index: usize, ifindex: u32) -> Result<()> {
+        let mut h: HashMap<&mut MapData, MemberKey, u32> =
+            HashMap::try_from(self.map_mut(m::NET_MEMBER)?).map_err(map_err(m::NET_MEMBER))?;
+        h.insert(member_key(dp_id, index), ifindex, 0)
+            .map_err(map_err(m::NET_MEMBER))
+    }
+
+    fn remove_member(&mut self, dp_id: u32, index: usize) -> Result<()> {
+        let mut h: HashMap<&mut MapData, MemberKey, u32> =
+            HashMap::try_from(self.map_mut(m::NET_MEMBER)?).map_err(map_err(m::NET_MEMBER))?;
+        absent_is_fine(h.remove(&member_key(dp_id, index))).map_err(map_err(m::NET_MEMBER))
+    }
+
+    fn put_member_count(&mut self, dp_id: u32, count: usize) -> Result<()> {
+        let mut a: Array<&mut MapData, NetFanout> =
+            Array::try_from(self.map_mut(m::NET_FANOUT)?).map_err(map_err(m::NET_FANOUT))?;
+        let v = NetFanout {
+            count: count as u32,
+            _pad: 0,
+        };
+        a.set(dp_id, v, 0).map_err(map_err(m::NET_FANOUT))
+    }
+
+    /// A network's broadcast members (host-side veth ifindexes), in index
+    /// order.
+    pub fn members(&self, dp_id: u32) -> Result<Vec<u32>> {
+        Ok(self.member_entries(dp_id)?.0)
+    }
+
+    /// A network's members by index (`0` where an index below the count
+    /// has no entry), and the indexes of its entries beyond the count.
+    fn member_entries(&self, dp_id: u32) -> Result<(Vec<u32>, Vec<usize>)> {
+        let counts: Array<&MapData, NetFanout> =
+            Array::try_from(self.map(m::NET_FANOUT)?).map_err(map_err(m::NET_FANOUT))?;
+        let count = counts.get(&dp_id, 0).map_err(map_err(m::NET_FANOUT))?.count as usize;
+        let aya::maps::Map::HashMap(data) = self.map(m::NET_MEMBER)? else {
+            return Err(DatapathError::Missing(m::NET_MEMBER));
+        };
+        // SAFETY: DNET_NET_MEMBER is a hash map of `MemberKey` keys and `u32`
+        // values (the layout test in dnet-common pins the key's size).
+        let all: Vec<(MemberKey, u32)> = unsafe { batch::lookup_all(data.fd().as_fd(), 1024) }
+            .map_err(io_err("read", Path::new(m::NET_MEMBER)))?;
+        let mut members = vec![0; count.min(m::MAX_ENDPOINTS as usize)];
+        let mut stale = Vec::new();
+        for (k, ifindex) in all.into_iter().filter(|(k, _)| k.net_id == dp_id) {
+            match members.get_mut(k.index as usize) {
+                Some(slot) => *slot = ifindex,
+                None => stale.push(k.index as usize),
+            }
+        }
+        Ok((members, stale))
     }
 
     /// Writes an endpoint into both endpoint maps.
@@ -791,6 +924,7 @@ impl Datapath {
                     PROG_FROM_CONTAINER => "tcx ingress, host-side veth",
                     PROG_TO_CONTAINER => "tcx egress, host-side veth",
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
+                    PROG_TO_UPLINK => "tcx egress, uplink",
                     "sock_connect4" => "cgroup connect4",
                     "sock_sendmsg4" => "cgroup sendmsg4",
                     "sock_recvmsg4" => "cgroup recvmsg4",
@@ -874,6 +1008,13 @@ fn drop_lru_conntrack(pin: &Path) -> Result<()> {
         remove_if_exists(pin)?;
     }
     Ok(())
+}
+
+fn member_key(dp_id: u32, index: usize) -> MemberKey {
+    MemberKey {
+        net_id: dp_id,
+        index: index as u32,
+    }
 }
 
 /// Removes the map pinned at `pin` if its values are not `value_size`

@@ -50,19 +50,6 @@ fn in_fresh_netns<F: FnOnce() + Send + 'static>(f: F) {
     .unwrap_or_else(|p| std::panic::resume_unwind(p));
 }
 
-/// Packets `dev` received, in the calling thread's namespace.
-fn rx_packets(dev: &str) -> u64 {
-    let o = std::process::Command::new("ip")
-        .args(["-j", "-s", "link", "show", "dev", dev])
-        .output()
-        .expect("ip");
-    assert!(o.status.success(), "ip -s link show {dev}: {o:?}");
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("ip -j");
-    j[0]["stats64"]["rx"]["packets"]
-        .as_u64()
-        .expect("rx packets")
-}
-
 struct Fixture {
     dp: Datapath,
     a: Endpoint,
@@ -363,26 +350,61 @@ fn internal_networks_reach_nothing_outside() {
     });
 }
 
+/// Packets each of `devs` received, in the calling thread's namespace.
+fn rx_packets_of(devs: &[String]) -> Vec<u64> {
+    let o = std::process::Command::new("ip")
+        .args(["-j", "-s", "link", "show"])
+        .output()
+        .expect("ip");
+    assert!(o.status.success(), "ip -s link show: {o:?}");
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("ip -j");
+    let links = j.as_array().expect("links");
+    devs.iter()
+        .map(|d| {
+            let l = links
+                .iter()
+                .find(|l| l["ifname"] == d.as_str())
+                .unwrap_or_else(|| panic!("no link {d}"));
+            l["stats64"]["rx"]["packets"].as_u64().expect("rx packets")
+        })
+        .collect()
+}
+
 #[test]
-fn broadcast_fans_out_and_counts_what_exceeds_the_bound() {
+fn broadcast_reaches_every_member_however_many() {
     in_fresh_netns(|| {
         let mut fx = fixture(0);
-        // Two members that exist: a copy leaves through each and arrives
-        // at its peer; none goes back to the sender (loopback here).
-        // IPv6 off, so that nothing else crosses the pairs.
+        // 150 members that exist (more than the 64 copies older builds
+        // made): a copy leaves through each and arrives at its peer; none
+        // goes back to the sender (loopback here). IPv6 off, so that
+        // nothing else crosses the pairs.
         let o = std::process::Command::new("sysctl")
             .args(["-qw", "net.ipv6.conf.default.disable_ipv6=1"])
             .output()
             .expect("sysctl");
         assert!(o.status.success(), "{o:?}");
-        for (dev, peer) in [("m0", "m0p"), ("n0", "n0p")] {
-            ip_cmd(&format!("link add {dev} type veth peer name {peer}"));
-            ip_cmd(&format!("link set {dev} up"));
-            ip_cmd(&format!("link set {peer} up"));
+        const N: usize = 150;
+        let mut batch = String::new();
+        for i in 0..N {
+            batch += &format!("link add m{i} type veth peer name m{i}p\n");
+            batch += &format!("link set m{i} up\nlink set m{i}p up\n");
         }
-        fx.dp
-            .set_members(1, &[fx.a.ifindex, ifindex("m0"), ifindex("n0")])
-            .unwrap();
+        let path = std::env::temp_dir().join(format!("dnet-bcast-{}", std::process::id()));
+        std::fs::write(&path, batch).unwrap();
+        let o = std::process::Command::new("ip")
+            .arg("-batch")
+            .arg(&path)
+            .output()
+            .expect("ip -batch");
+        let _ = std::fs::remove_file(&path);
+        assert!(o.status.success(), "ip -batch: {o:?}");
+        let mut members = vec![fx.a.ifindex];
+        members.extend((0..N).map(|i| ifindex(&format!("m{i}"))));
+        fx.dp.set_members(1, &members).unwrap();
+        assert_eq!(fx.dp.members(1).unwrap(), members);
+
+        let mut peers: Vec<String> = (0..N).map(|i| format!("m{i}p")).collect();
+        peers.push("lo".into());
         let frame = udp(
             fx.a.mac,
             [0xff; 6],
@@ -390,16 +412,33 @@ fn broadcast_fans_out_and_counts_what_exceeds_the_bound() {
             ip("172.17.255.255"),
             0,
         );
-        let before = [rx_packets("m0p"), rx_packets("n0p"), rx_packets("lo")];
+        let before = rx_packets_of(&peers);
         assert_eq!(run(&fx.dp, &frame).0, OK);
+        let after = rx_packets_of(&peers);
+        let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let mut want = vec![1; N];
+        want.push(0);
         assert_eq!(
-            [rx_packets("m0p"), rx_packets("n0p"), rx_packets("lo")],
-            [before[0] + 1, before[1] + 1, before[2]],
-            "one copy to each other member"
+            got, want,
+            "one copy to each other member, none to the sender"
         );
-        assert_eq!(drops(&fx.dp, 1, DropReason::FanoutLimit), 0);
-        let many: Vec<u32> = (0..70).map(|i| 2000 + i).collect();
-        fx.dp.set_members(1, &many).unwrap();
+
+        // A multicast to what is left after members go (from the middle,
+        // the front and the end) and one comes back: each of those once,
+        // nothing to those gone.
+        let gone = [0usize, 7, 70, N - 1];
+        let kept: Vec<u32> = members
+            .iter()
+            .copied()
+            .filter(|i| !gone.iter().any(|g| ifindex(&format!("m{g}")) == *i))
+            .collect();
+        fx.dp.set_members(1, &kept).unwrap();
+        let mut now = fx.dp.members(1).unwrap();
+        assert_eq!(now.len(), kept.len());
+        now.sort_unstable();
+        let mut sorted = kept.clone();
+        sorted.sort_unstable();
+        assert_eq!(now, sorted, "dense, without the members that went");
         let mcast = udp(
             fx.a.mac,
             [1, 0, 0x5e, 0, 0, 0xfb],
@@ -407,8 +446,58 @@ fn broadcast_fans_out_and_counts_what_exceeds_the_bound() {
             ip("224.0.0.251"),
             0,
         );
+        let before = rx_packets_of(&peers);
         assert_eq!(run(&fx.dp, &mcast).0, OK);
-        assert_eq!(drops(&fx.dp, 1, DropReason::FanoutLimit), 70 - 64);
+        let after = rx_packets_of(&peers);
+        let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let want: Vec<u64> = (0..=N)
+            .map(|i| u64::from(i < N && !gone.contains(&i)))
+            .collect();
+        assert_eq!(got, want, "copies to the members left only");
+        assert_eq!(drops(&fx.dp, 1, DropReason::FanoutLimit), 0);
+
+        // The network's removal leaves no member behind.
+        fx.dp.clear_network(1, None).unwrap();
+        assert!(fx.dp.members(1).unwrap().is_empty());
+        assert_eq!(fx.dp.members(2).unwrap(), vec![fx.c.ifindex]);
+    });
+}
+
+#[test]
+fn the_pin_of_a_retired_map_goes_at_load() {
+    struct Pins(PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    // As in `programs_of_another_build_are_swapped_in_place`: the run's
+    // leak check knows the folder by this process's id.
+    if let Some(run) = std::env::var_os("DNET_TEST_RUN_DIR") {
+        let pids = Path::new(&run).join("pids");
+        fs::create_dir_all(&pids)
+            .and_then(|()| fs::write(pids.join(std::process::id().to_string()), ""))
+            .expect("record the pid in the run folder");
+    }
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/dnet-test-{}-retired",
+        std::process::id()
+    )));
+    let dir = pins.0.clone();
+    in_fresh_netns(move || {
+        drop(Datapath::load(Some(&dir)).unwrap());
+        // What an older build left: a map pinned under the name of the
+        // 64-member lists.
+        let maps = dir.join("maps");
+        fs::rename(maps.join(m::NET_FANOUT), maps.join(m::RETIRED[0])).unwrap();
+        let mut dp = Datapath::load(Some(&dir)).unwrap();
+        assert!(
+            !maps.join(m::RETIRED[0]).exists(),
+            "the retired pin is gone"
+        );
+        assert!(maps.join(m::NET_FANOUT).exists(), "a new member count map");
+        dp.set_members(1, &[7, 8]).unwrap();
+        assert_eq!(dp.members(1).unwrap(), vec![7, 8]);
     });
 }
 
@@ -539,6 +628,10 @@ fn nat_fixture_sized(flags1: u32, port_min: u16, port_max: u16, ct_entries: u32)
             nr_cpus: Datapath::quota_cpus(),
             _pad2: 0,
         })
+        .unwrap();
+    // As the daemon does without --publish-from: any source.
+    fx.dp
+        .set_publish_from(&["0.0.0.0/0".parse().unwrap()])
         .unwrap();
     fx
 }
@@ -817,6 +910,169 @@ fn ping_is_translated_by_its_identifier() {
     });
 }
 
+/// The host's own packet on the uplink's egress (no ingress interface).
+fn host_out(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {
+    run_ctx(dp, PROG_TO_UPLINK, frame, &skb_ctx(0, 0))
+}
+
+/// An ICMP error of `typ`/`code` from `s` to `d` quoting `frame`'s IPv4
+/// packet whole.
+fn icmp_error_quoting(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    s: &str,
+    d: &str,
+    typ: u8,
+    code: u8,
+    frame: &[u8],
+) -> Vec<u8> {
+    let mut m = vec![typ, code, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&frame[14..]);
+    let c = csum::checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    ip_frame(src_mac, dst_mac, ip(s), ip(d), 1, &m)
+}
+
+/// Ping sockets pick identifiers without regard to the NAT range (issue 10
+/// item 6): a host echo on a container's NAT identifier leaves on another,
+/// and each answer reaches its own.
+#[test]
+fn the_hosts_own_echo_ids_never_meet_a_containers() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let req = icmp_echo(fx.a.mac, GW_MAC, "172.17.0.2", WORLD, 8, 0x1234);
+        let (v, out) = run(&fx.dp, &req);
+        assert_eq!(v, REDIRECT);
+        let p = parse_checked(&out).sport;
+        // What dnet forwards came in on an interface: untouched.
+        let (v, same) = run_ctx(&fx.dp, PROG_TO_UPLINK, &out, &skb_ctx(TEST_IFINDEX, 0));
+        assert_eq!((v, &same), (OK, &out));
+        assert_eq!(fx.dp.conntrack().unwrap().len(), 2);
+        // The host pings the same peer with identifier p.
+        let host_req = icmp_echo(up0_mac(), WORLD_MAC, UPLINK, WORLD, 8, p);
+        let (v, hout) = host_out(&fx.dp, &host_req);
+        assert_eq!(v, OK);
+        let h = parse_checked(&hout);
+        assert_eq!(h.saddr, ip(UPLINK));
+        assert_ne!(h.sport, p, "the container's identifier");
+        assert!((50000..=50009).contains(&h.sport), "{}", h.sport);
+        let (_, again) = host_out(&fx.dp, &host_req);
+        assert_eq!(parse_checked(&again).sport, h.sport, "one flow");
+        // The host's answer goes up its stack with its own identifier.
+        let rep = icmp_echo(WORLD_MAC, up0_mac(), WORLD, UPLINK, 0, h.sport);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &rep);
+        assert_eq!(v, OK);
+        let b = parse_checked(&back);
+        assert_eq!((b.daddr, b.dport), (ip(UPLINK), p));
+        // The container's goes into A.
+        let rep = icmp_echo(WORLD_MAC, up0_mac(), WORLD, UPLINK, 0, p);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &rep);
+        assert_eq!(v, REDIRECT);
+        let b = parse_checked(&back);
+        assert_eq!((b.daddr, b.dport), (ip("172.17.0.2"), 0x1234));
+        // An error about the host's echo is the host's, its quote undone.
+        let e = icmp_error_quoting(WORLD_MAC, up0_mac(), WORLD, UPLINK, 3, 1, &hout);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &e);
+        assert_eq!(v, OK);
+        let inner = &parse_checked(&back).l4[8..];
+        assert_eq!(u16::from_be_bytes([inner[24], inner[25]]), p);
+        assert_eq!(csum::checksum(&inner[20..]), 0, "inner ICMP checksum");
+        // Echo replies the host sends (to the world's pings) are not its
+        // flows.
+        let (v, _) = host_out(
+            &fx.dp,
+            &icmp_echo(up0_mac(), WORLD_MAC, UPLINK, WORLD, 0, 7),
+        );
+        assert_eq!(v, OK);
+        assert_eq!(fx.dp.conntrack().unwrap().len(), 4);
+    });
+}
+
+/// The other order: identifiers the host's echoes use are held (kept as
+/// they are while free), so a container's echo never gets one.
+#[test]
+fn a_containers_echo_never_takes_an_identifier_the_host_uses() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50001);
+        for id in [50000, 50001] {
+            let (v, out) = host_out(
+                &fx.dp,
+                &icmp_echo(up0_mac(), WORLD_MAC, UPLINK, WORLD, 8, id),
+            );
+            assert_eq!(v, OK);
+            assert_eq!(parse_checked(&out).sport, id, "kept");
+        }
+        let req = icmp_echo(fx.a.mac, GW_MAC, "172.17.0.2", WORLD, 8, 0x1234);
+        assert_eq!(run(&fx.dp, &req).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::NatPortsExhausted), 1);
+    });
+}
+
+/// A hairpin client's ICMP error about the server's answer reaches the
+/// server, translated back as the server sent it (issue 10 item 14).
+#[test]
+fn an_icmp_error_from_a_hairpin_client_reaches_the_server() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        // UDP 5353 of every address published to B (172.17.0.3) port 53.
+        let key = ServiceKey {
+            addr_be: 0,
+            port_be: 5353u16.to_be(),
+            proto: 17,
+            _pad: 0,
+        };
+        let svc = Service {
+            backend_be: ipv4_be(ip("172.17.0.3")),
+            backend_port_be: 53u16.to_be(),
+            _pad: 0,
+        };
+        fx.dp.set_service(&key, &svc).unwrap();
+        let q = udp_to(
+            fx.a.mac,
+            GW_MAC,
+            ("172.17.0.2", 40000),
+            (UPLINK, 5353),
+            false,
+        );
+        let (v, out) = run(&fx.dp, &q);
+        assert_eq!(v, REDIRECT);
+        let n = parse_checked(&out).sport;
+        // B's answer as A got it (B's side runs on B's veth), and A's port
+        // unreachable about it, to the published address.
+        let answer = udp_to(
+            GW_MAC,
+            fx.a.mac,
+            (UPLINK, 5353),
+            ("172.17.0.2", 40000),
+            false,
+        );
+        let e = icmp_error_quoting(fx.a.mac, GW_MAC, "172.17.0.2", UPLINK, 3, 3, &answer);
+        let (v, back) = run(&fx.dp, &e);
+        assert_eq!(v, REDIRECT, "into B");
+        let b = parse_checked(&back);
+        assert_eq!((b.saddr, b.daddr), (ip("172.17.0.1"), ip("172.17.0.3")));
+        let inner = &b.l4[8..];
+        assert_eq!(csum::checksum(&inner[..20]), 0, "inner IPv4 checksum");
+        assert_eq!(&inner[12..16], &[172, 17, 0, 3], "inner source: B");
+        assert_eq!(
+            &inner[16..20],
+            &[172, 17, 0, 1],
+            "inner destination: B's gateway"
+        );
+        let ports = (
+            u16::from_be_bytes([inner[20], inner[21]]),
+            u16::from_be_bytes([inner[22], inner[23]]),
+        );
+        assert_eq!(ports, (53, n));
+        assert_eq!(
+            l4_checksum(ip("172.17.0.3"), ip("172.17.0.1"), 17, &inner[20..]),
+            0,
+            "inner UDP checksum"
+        );
+        assert_eq!(fx.dp.stats(fx.b.slot).unwrap().tx_packets, 2);
+    });
+}
+
 #[test]
 fn an_icmp_error_about_a_translated_flow_is_translated_back_inner_header_included() {
     in_fresh_netns(|| {
@@ -885,6 +1141,43 @@ fn a_published_port_reaches_its_container_and_the_answer_leaves_as_the_port() {
         // Another port is not published: the host's.
         let other = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 9090), 0x02);
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &other).0, OK);
+    });
+}
+
+/// `dnet daemon --publish-from`: a new flow to a published port from a
+/// source not listed is dropped (counted on the port's container) and
+/// takes no entry; a listed one goes in; the flows of listed sources go on
+/// when the list changes.
+#[test]
+fn only_listed_sources_reach_published_ports() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        publish_8080_to_a(&mut fx.dp);
+        fx.dp
+            .set_publish_from(&["10.0.0.0/8".parse().unwrap()])
+            .unwrap();
+        let syn = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 8080), 0x02);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::SourceNotAllowed), 1);
+        assert!(fx.dp.conntrack().unwrap().is_empty());
+        fx.dp
+            .set_publish_from(&[
+                "10.0.0.0/8".parse().unwrap(),
+                "198.18.0.1/32".parse().unwrap(),
+            ])
+            .unwrap();
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, REDIRECT);
+        // Another source of the world is still refused.
+        let other = tcp(
+            WORLD_MAC,
+            up0_mac(),
+            ("198.18.0.9", 33333),
+            (UPLINK, 8080),
+            0x02,
+        );
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &other).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::SourceNotAllowed), 2);
+        assert_eq!(fx.dp.conntrack().unwrap().len(), 2, "one flow");
     });
 }
 
@@ -1720,3 +2013,9 @@ fn without_a_nat_address_nothing_leaves_for_the_world() {
 
 /// Conntrack under pressure: flows, their identity, and clashes (issue 10).
 mod ct;
+
+/// Random and mutated frames through every program (a property test).
+mod fuzz;
+
+/// Frames the property test found the datapath wrong on.
+mod found;

@@ -22,7 +22,10 @@ pub use names::{has_names, resolver_of};
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use crate::model::State;
@@ -31,14 +34,19 @@ use names::Names;
 /// What the daemon forwards to.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Upstream resolvers, tried in turn.
+    /// Upstream resolvers, tried in turn (`--dns-upstream`); empty: the
+    /// nameservers of the host's resolv.conf, followed as it changes
+    /// ([`Resolver::host_resolv_conf`]).
     pub upstreams: Vec<SocketAddr>,
 }
 
 /// What the listeners share: the current table and the upstreams.
 pub struct Shared {
     names: RwLock<Arc<Names>>,
-    upstreams: Vec<SocketAddr>,
+    /// Bumped after each new table, so a listener takes no lock per query
+    /// ([`View`]).
+    generation: AtomicU64,
+    upstreams: RwLock<Arc<[SocketAddr]>>,
 }
 
 impl Shared {
@@ -47,28 +55,86 @@ impl Shared {
     }
 
     /// The client's own upstreams (`dnet run --dns`), else the daemon's.
-    fn upstreams_for(&self, names: &Names, src: Ipv4Addr) -> Vec<SocketAddr> {
+    fn upstreams_for(&self, names: &Names, src: Ipv4Addr) -> Arc<[SocketAddr]> {
         match names.client(src) {
             Some(c) if !c.upstreams.is_empty() => c.upstreams.clone(),
-            _ => self.upstreams.clone(),
+            _ => self
+                .upstreams
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
+    }
+}
+
+/// A listener's copy of the current table, taken again only after it
+/// changed: one atomic load per query, no lock.
+pub struct View {
+    generation: u64,
+    names: Arc<Names>,
+}
+
+impl View {
+    pub fn new(shared: &Shared) -> View {
+        let generation = shared.generation.load(Ordering::Acquire);
+        View {
+            generation,
+            names: shared.names(),
+        }
+    }
+
+    /// The table as of now (a new one is seen by the next query after
+    /// [`Resolver::update`] returns).
+    pub fn current(&mut self, shared: &Shared) -> &Arc<Names> {
+        let g = shared.generation.load(Ordering::Acquire);
+        if g != self.generation {
+            self.names = shared.names();
+            self.generation = g;
+        }
+        &self.names
     }
 }
 
 pub struct Resolver {
     shared: Arc<Shared>,
+    /// Upstreams given to the daemon; empty: the host's, followed.
+    fixed: bool,
     listeners: Mutex<HashMap<Ipv4Addr, tokio::task::JoinHandle<()>>>,
 }
 
 impl Resolver {
     pub fn new(opts: Options) -> Resolver {
         Resolver {
+            fixed: !opts.upstreams.is_empty(),
             shared: Arc::new(Shared {
                 names: RwLock::new(Arc::new(Names::default())),
-                upstreams: opts.upstreams,
+                generation: AtomicU64::new(0),
+                upstreams: RwLock::new(opts.upstreams.into()),
             }),
             listeners: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The host's resolv.conf is now `text`: unless the daemon was given
+    /// its upstreams, forwarding goes to its nameservers from now on.
+    pub fn host_resolv_conf(&self, text: &str) {
+        if self.fixed {
+            return;
+        }
+        let v = from_resolv_conf(text);
+        if v.is_empty() {
+            tracing::warn!(
+                "no nameserver in the host's resolv.conf and no --dns-upstream: \
+                 containers' other names get SERVFAIL"
+            );
+        } else {
+            tracing::info!(upstreams = ?v, "resolver: the host's nameservers");
+        }
+        *self
+            .shared
+            .upstreams
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = v.into();
     }
 
     /// Answers from `state` from now on, and listens on exactly its
@@ -82,6 +148,7 @@ impl Resolver {
         });
         let want = names.gateways().clone();
         *self.shared.names.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(names);
+        self.shared.generation.fetch_add(1, Ordering::Release);
         let mut l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         l.retain(|addr, task| {
             let keep = want.contains(addr) && !task.is_finished();

@@ -24,7 +24,7 @@ pub struct Client {
     /// Other names are forwarded (false: attached only to internal networks).
     pub forward: bool,
     /// Its own upstreams (`dnet run --dns`); empty: the daemon's.
-    pub upstreams: Vec<SocketAddr>,
+    pub upstreams: std::sync::Arc<[SocketAddr]>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -112,7 +112,7 @@ impl Names {
             let mut client = Client {
                 networks: Vec::new(),
                 forward: false,
-                upstreams: upstreams_of(c),
+                upstreams: upstreams_of(c).into(),
             };
             for e in &c.endpoints {
                 let Some(n) = state.networks.get(&e.network_id) else {

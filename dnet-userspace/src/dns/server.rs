@@ -5,7 +5,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    os::fd::OwnedFd,
+    os::fd::{AsRawFd as _, OwnedFd, RawFd},
     sync::Arc,
     time::Duration,
 };
@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use super::{
-    Shared,
+    Shared, View,
     answer::{self, Outcome},
     forward,
 };
@@ -62,48 +62,175 @@ pub fn start(addr: Ipv4Addr, shared: Arc<Shared>) -> std::io::Result<tokio::task
     }))
 }
 
+/// Datagrams taken (`recvmmsg`) or sent (`sendmmsg`) per system call under
+/// load; one at a time when they come one at a time.
+const BATCH: usize = 32;
+/// The largest query taken; a longer one is cut (and answered FORMERR).
+const DGRAM: usize = 4096;
+
+type MmsgArrays = (
+    [libc::sockaddr_in; BATCH],
+    [libc::iovec; BATCH],
+    [libc::mmsghdr; BATCH],
+);
+
+/// Zeroed addresses, iovecs and headers for one `recvmmsg`/`sendmmsg`.
+fn mmsg_arrays() -> MmsgArrays {
+    // SAFETY: sockaddr_in, iovec and mmsghdr are plain C structs (integers
+    // and raw pointers) for which all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Queries taken in one system call: their bytes and sources.
+struct Received {
+    bufs: Vec<[u8; DGRAM]>,
+    lens: [usize; BATCH],
+    from: [Option<SocketAddrV4>; BATCH],
+    n: usize,
+}
+
+impl Received {
+    fn new() -> Received {
+        Received {
+            bufs: vec![[0u8; DGRAM]; BATCH],
+            lens: [0; BATCH],
+            from: [None; BATCH],
+            n: 0,
+        }
+    }
+
+    /// Takes the datagrams waiting on `fd` (at most [`BATCH`]) without
+    /// waiting; `WouldBlock` when there is none.
+    fn recv(&mut self, fd: RawFd) -> std::io::Result<()> {
+        let (mut addrs, mut iovs, mut hdrs) = mmsg_arrays();
+        for (((h, iov), addr), buf) in hdrs
+            .iter_mut()
+            .zip(iovs.iter_mut())
+            .zip(addrs.iter_mut())
+            .zip(self.bufs.iter_mut())
+        {
+            iov.iov_base = buf.as_mut_ptr().cast();
+            iov.iov_len = DGRAM;
+            h.msg_hdr.msg_name = std::ptr::from_mut(addr).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at an iovec of DGRAM bytes inside
+        // self.bufs and at a sockaddr_in, all alive and not otherwise
+        // borrowed during the call; the kernel writes at most BATCH
+        // headers and within those bounds.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.n = r as usize;
+        for i in 0..self.n {
+            self.lens[i] = (hdrs[i].msg_len as usize).min(DGRAM);
+            let a = &addrs[i];
+            self.from[i] = (i32::from(a.sin_family) == libc::AF_INET).then(|| {
+                SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                )
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Sends as many of `replies` as the socket takes in one system call
+/// (`sendmmsg`, without waiting); how many went, or `WouldBlock`.
+fn send_batch(fd: RawFd, replies: &[(Vec<u8>, SocketAddrV4)]) -> std::io::Result<usize> {
+    let n = replies.len().min(BATCH);
+    let (mut addrs, mut iovs, mut hdrs) = mmsg_arrays();
+    for i in 0..n {
+        let (bytes, to) = &replies[i];
+        addrs[i].sin_family = libc::AF_INET as libc::sa_family_t;
+        addrs[i].sin_port = to.port().to_be();
+        addrs[i].sin_addr.s_addr = u32::from(*to.ip()).to_be();
+        iovs[i].iov_base = bytes.as_ptr().cast_mut().cast();
+        iovs[i].iov_len = bytes.len();
+        hdrs[i].msg_hdr.msg_name = std::ptr::from_mut(&mut addrs[i]).cast();
+        hdrs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: the first n headers point at live sockaddr_in values and at
+    // iovecs over the replies' bytes, which the kernel only reads.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
 async fn serve_udp(sock: UdpSocket, shared: Arc<Shared>) {
     let sock = Arc::new(sock);
+    let fd = sock.as_raw_fd();
     let slots = Arc::new(Semaphore::new(MAX_FORWARDS));
-    let mut buf = vec![0u8; 4096];
+    let mut got = Received::new();
+    let mut replies: Vec<(Vec<u8>, SocketAddrV4)> = Vec::with_capacity(BATCH);
+    let mut view = View::new(&shared);
     loop {
-        let (n, from) = match sock.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("resolver: receiving: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let SocketAddr::V4(src) = from else { continue };
-        let query = &buf[..n];
-        let names = shared.names();
-        match answer::answer(query, &names, *src.ip(), true) {
-            Outcome::Reply(r) => {
-                let _ = sock.send_to(&r, from).await;
-            }
-            Outcome::Drop => {}
-            Outcome::Forward => {
-                let ups = shared.upstreams_for(&names, *src.ip());
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    if let Some(r) = answer::servfail(query) {
-                        let _ = sock.send_to(&r, from).await;
-                    }
-                    continue;
-                };
-                let (sock, query) = (sock.clone(), query.to_vec());
-                tokio::spawn(async move {
-                    let r = match forward::forward(&query, &ups, false).await {
-                        Some(r) => Some(r),
-                        None => answer::servfail(&query),
+        if let Err(e) = sock
+            .async_io(tokio::io::Interest::READABLE, || got.recv(fd))
+            .await
+        {
+            tracing::warn!("resolver: receiving: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let names = view.current(&shared);
+        for i in 0..got.n {
+            let Some(from) = got.from[i] else { continue };
+            let query = &got.bufs[i][..got.lens[i]];
+            match answer::answer(query, names, *from.ip(), true) {
+                Outcome::Reply(r) => replies.push((r, from)),
+                Outcome::Drop => {}
+                Outcome::Forward => {
+                    let ups = shared.upstreams_for(names, *from.ip());
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        replies.extend(answer::servfail(query).map(|r| (r, from)));
+                        continue;
                     };
-                    if let Some(r) = r {
-                        let _ = sock.send_to(&r, from).await;
-                    }
-                    drop(permit);
-                });
+                    let (sock, query) = (sock.clone(), query.to_vec());
+                    tokio::spawn(async move {
+                        let r = match forward::forward(&query, &ups, false).await {
+                            Some(r) => Some(r),
+                            None => answer::servfail(&query),
+                        };
+                        if let Some(r) = r {
+                            let _ = sock.send_to(&r, SocketAddr::V4(from)).await;
+                        }
+                        drop(permit);
+                    });
+                }
             }
         }
+        // The answers of the batch, in as few calls as the socket allows.
+        let mut sent = 0;
+        while sent < replies.len() {
+            match sock
+                .async_io(tokio::io::Interest::WRITABLE, || {
+                    send_batch(fd, &replies[sent..])
+                })
+                .await
+            {
+                Ok(n) => sent += n.max(1),
+                // One that cannot go (an unreachable client) is skipped.
+                Err(_) => sent += 1,
+            }
+        }
+        replies.clear();
     }
 }
 
@@ -162,5 +289,107 @@ async fn serve_conn(mut s: TcpStream, src: Ipv4Addr, shared: &Shared) -> std::io
         let mut msg = n.to_be_bytes().to_vec();
         msg.extend_from_slice(&r);
         s.write_all(&msg).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use hickory_proto::{
+        op::{Message, Query, ResponseCode},
+        rr::{Name, RecordType},
+    };
+
+    use super::*;
+    use crate::dns::{Options, Resolver};
+
+    #[test]
+    fn batches_take_and_send_many_datagrams_with_their_sources() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = a.local_addr().unwrap();
+        let v4 = |s: &std::net::UdpSocket| match s.local_addr().unwrap() {
+            SocketAddr::V4(x) => x,
+            SocketAddr::V6(_) => unreachable!("bound to 127.0.0.1"),
+        };
+        // More than a batch, of several lengths, from two sources.
+        for i in 0..40u8 {
+            let s = if i.is_multiple_of(2) { &b } else { &c };
+            s.send_to(&vec![i; usize::from(i) % 20 + 1], to).unwrap();
+        }
+        let mut got = Received::new();
+        let mut seen = Vec::new();
+        let mut calls = Vec::new();
+        loop {
+            match got.recv(a.as_raw_fd()) {
+                Ok(()) => {
+                    calls.push(got.n);
+                    for i in 0..got.n {
+                        seen.push((got.bufs[i][..got.lens[i]].to_vec(), got.from[i]));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("recvmmsg: {e}"),
+            }
+        }
+        // All were waiting: one full batch, then the rest.
+        assert_eq!(calls, vec![BATCH, 40 - BATCH]);
+        assert_eq!(seen.len(), 40);
+        for (i, (bytes, from)) in seen.iter().enumerate() {
+            let i = i as u8;
+            assert_eq!(bytes, &vec![i; usize::from(i) % 20 + 1]);
+            let want = if i.is_multiple_of(2) { v4(&b) } else { v4(&c) };
+            assert_eq!(*from, Some(want), "datagram {i}");
+        }
+        // 40 answers to b: two calls at least, every one arrives in order.
+        let replies: Vec<(Vec<u8>, SocketAddrV4)> =
+            (0..40u8).map(|i| (vec![i; 3], v4(&b))).collect();
+        let mut sent = 0;
+        let mut calls = 0;
+        while sent < replies.len() {
+            sent += send_batch(a.as_raw_fd(), &replies[sent..]).unwrap();
+            calls += 1;
+        }
+        assert!(calls >= 2, "at most {BATCH} a call");
+        b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 16];
+        for i in 0..40u8 {
+            let (n, from) = b.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from), (&[i; 3][..], to));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_queries_gets_every_answer_with_its_id() {
+        let r = Resolver::new(Options::default());
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = sock.local_addr().unwrap();
+        let task = tokio::spawn(serve_udp(sock, r.shared.clone()));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for id in 0..100u16 {
+            let mut m = Message::query();
+            m.metadata.id = id;
+            m.add_query(Query::query(
+                Name::from_ascii("web.").unwrap(),
+                RecordType::A,
+            ));
+            client.send_to(&m.to_vec().unwrap(), server).await.unwrap();
+        }
+        let mut ids = BTreeSet::new();
+        let mut buf = [0u8; 512];
+        while ids.len() < 100 {
+            let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+                .await
+                .expect("an answer to every query")
+                .unwrap();
+            let m = Message::from_vec(&buf[..n]).unwrap();
+            // 127.0.0.1 is no container: refused, but answered.
+            assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+            assert!(ids.insert(m.metadata.id), "one answer per query");
+        }
+        assert_eq!(ids, (0..100).collect());
+        task.abort();
     }
 }

@@ -39,6 +39,15 @@ const OPTION_MAP: &[(&str, &str)] = &[
     ("icc", "icc"),
 ];
 
+/// `-o` keys of a `-o driver=macvlan` network (Docker's own macvlan
+/// driver's), and dnet's macvlan option each sets.
+const MACVLAN_OPTION_MAP: &[(&str, &str)] = &[
+    ("parent", "parent"),
+    ("macvlan_mode", "macvlan_mode"),
+    ("com.docker.network.driver.mtu", "mtu"),
+    ("mtu", "mtu"),
+];
+
 /// dnet's key for a Docker id.
 pub fn docker_ref(id: &str) -> RuntimeRef {
     RuntimeRef {
@@ -82,39 +91,46 @@ pub fn network_request(r: &CreateNetwork) -> Result<NetworkCreate> {
             "dnet networks are IPv4 only: create the network without --ipv6"
         ));
     }
-    let mut options = Vec::new();
     let generic = match r.options.get(GENERIC) {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(m)) => m.clone().into_iter().collect(),
         Some(other) => return Err(invalid!("bad {GENERIC}: {other}")),
     };
-    for (k, v) in &generic {
-        let v = match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        if k == "driver" {
-            match v.as_str() {
-                "bridge" => continue,
-                "macvlan" => {
-                    return Err(invalid!(
-                        "-o driver=macvlan: Docker's containers join dnet networks of the \
-                         bridge driver only (Docker moves the container's link itself, and \
-                         dnet hands it a veth); use a dnet macvlan network with `dnet run` \
-                         or `dnet network connect --netns`"
-                    ));
-                }
-                other => {
-                    return Err(invalid!(
-                        "-o driver={other}: unknown driver (dnet's Docker driver makes bridge networks)"
-                    ));
-                }
-            }
-        }
-        let Some((_, dnet_key)) = OPTION_MAP.iter().find(|(d, _)| d == k) else {
+    let generic: BTreeMap<String, String> = generic
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, v)
+        })
+        .collect();
+    let driver = match generic.get("driver").map(String::as_str) {
+        None | Some("bridge") => "bridge",
+        Some("macvlan") => "macvlan",
+        Some(other) => {
             return Err(invalid!(
-                "unknown option {k:?} (dnet's Docker driver takes -o com.docker.network.driver.mtu=N \
-                 and -o icc=false)"
+                "-o driver={other}: unknown driver (dnet's Docker driver makes bridge and macvlan networks)"
+            ));
+        }
+    };
+    let (map, takes) = if driver == "macvlan" {
+        (
+            MACVLAN_OPTION_MAP,
+            "-o parent=IFACE, -o macvlan_mode=MODE and -o com.docker.network.driver.mtu=N",
+        )
+    } else {
+        (
+            OPTION_MAP,
+            "-o com.docker.network.driver.mtu=N and -o icc=false",
+        )
+    };
+    let mut options = Vec::new();
+    for (k, v) in generic.iter().filter(|(k, _)| *k != "driver") {
+        let Some((_, dnet_key)) = map.iter().find(|(d, _)| d == k) else {
+            return Err(invalid!(
+                "unknown option {k:?} (dnet's Docker driver takes, for a {driver} network, {takes})"
             ));
         };
         options.push(format!("{dnet_key}={v}"));
@@ -133,7 +149,7 @@ pub fn network_request(r: &CreateNetwork) -> Result<NetworkCreate> {
     };
     Ok(NetworkCreate {
         name: format!("docker-{}", short(&r.network_id)),
-        driver: Some("bridge".into()),
+        driver: Some(driver.into()),
         subnet,
         gateway,
         ip_range: None,
@@ -363,6 +379,17 @@ mod tests {
         assert_eq!(r.gateway.as_deref(), Some("10.77.0.1"));
         assert!(r.internal);
         assert_eq!(r.options, vec!["mtu=1400", "icc=false"]);
+        assert_eq!(r.driver.as_deref(), Some("bridge"));
+    }
+
+    #[test]
+    fn a_macvlan_network_request_takes_dockers_macvlan_options() {
+        let r = network_request(&create(serde_json::json!({
+            GENERIC: {"driver": "macvlan", "parent": "eth0", "macvlan_mode": "bridge"},
+        })))
+        .unwrap();
+        assert_eq!(r.driver.as_deref(), Some("macvlan"));
+        assert_eq!(r.options, vec!["macvlan_mode=bridge", "parent=eth0"]);
     }
 
     #[test]
@@ -373,8 +400,12 @@ mod tests {
                 "unknown option",
             ),
             (
-                serde_json::json!({GENERIC: {"driver": "macvlan"}}),
-                "macvlan",
+                serde_json::json!({GENERIC: {"driver": "macvlan", "icc": "false"}}),
+                "for a macvlan network",
+            ),
+            (
+                serde_json::json!({GENERIC: {"driver": "ipvlan"}}),
+                "unknown driver",
             ),
             (serde_json::json!({ENABLE_IPV6: true}), "IPv4 only"),
         ] {

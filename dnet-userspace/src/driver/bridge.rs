@@ -13,7 +13,7 @@
 //! gateway reach the host stack), the container programs (tcx), a /32 route
 //! and a permanent neighbour entry (the host never ARPs for a container).
 
-use std::path::Path;
+use std::os::fd::{AsFd as _, BorrowedFd};
 
 use async_trait::async_trait;
 use dnet_common::{
@@ -96,7 +96,8 @@ fn sysctl_disable_ipv6(ifname: &str) -> Result<()> {
     )?)
 }
 
-/// Rewrites a network's broadcast member list from the endpoint map.
+/// Brings a network's broadcast members in line with the endpoint map
+/// (only what changed is written).
 pub fn refresh_members(dp: &mut Datapath, dp_id: u32) -> Result<()> {
     let mut members: Vec<u32> = dp
         .endpoints(ENDPOINTS_BY_IF)?
@@ -105,19 +106,6 @@ pub fn refresh_members(dp: &mut Datapath, dp_id: u32) -> Result<()> {
         .map(|(ifindex, _)| ifindex)
         .collect();
     members.sort_unstable();
-    // Unchanged lists are not rewritten: a rewrite races with the fan-out
-    // reading it.
-    let now = dp.members(dp_id)?;
-    let count = now.count as usize;
-    let same = count == members.len()
-        && now
-            .ifindex
-            .iter()
-            .take(count.min(now.ifindex.len()))
-            .eq(members.iter().take(now.ifindex.len()));
-    if same {
-        return Ok(());
-    }
     Ok(dp.set_members(dp_id, &members)?)
 }
 
@@ -273,6 +261,34 @@ impl Driver for Bridge {
         errors
     }
 
+    /// The endpoint leaves the datapath's maps at once (its programs, still
+    /// attached, drop what the container sends); the pair and its pins go
+    /// in the background.
+    async fn remove(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Vec<Error> {
+        let ep = a.endpoint;
+        let Some(host_ifname) = ep.host_ifname.as_deref() else {
+            return Vec::new();
+        };
+        // (The daemon's threads are in its namespace.)
+        let Some(index) = crate::netlink::index_of(host_ifname) else {
+            // Nothing to leave to the background.
+            return self.detach(ctx, a).await;
+        };
+        let mut errors = Vec::new();
+        keep(&mut errors, ctx.dp.clear_endpoint(ep.ip, Some(index)));
+        if let Some(ip) = ep.ip {
+            keep(&mut errors, forget_address(&mut ctx.dp, ip));
+        }
+        keep(&mut errors, refresh_members(&mut ctx.dp, a.network.dp_id));
+        let netns = match a.container.netns {
+            Netns::Owned { .. } | Netns::External { .. } => netns::identity(a.netns).ok(),
+            Netns::Host | Netns::Runtime => None,
+        };
+        ctx.reaper
+            .remove_link(index, host_ifname, netns, ctx.dp.endpoint_pins(host_ifname));
+        errors
+    }
+
     async fn refresh(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         let Some(host_ifname) = a.endpoint.host_ifname.as_deref() else {
             return Ok(());
@@ -369,8 +385,10 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     } else {
         ifname.to_owned()
     };
+    // The container's namespace, opened once for the whole attach.
     let ns = netns::open(a.netns)?;
-    ctx.nl
+    let made = ctx
+        .nl
         .add_veth(
             host_ifname,
             docker_mac(ipam.gateway),
@@ -382,12 +400,21 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
                 mac: mac.0,
             },
         )
-        .await?;
-    let host = ctx
-        .nl
-        .link(host_ifname)
-        .await?
-        .ok_or_else(|| conflict!("veth {host_ifname} vanished"))?;
+        .await;
+    let host = match made {
+        Ok(l) => l,
+        // The host end's name is checked free when it is chosen: the
+        // other end's is the one taken.
+        Err(e)
+            if e.errno() == Some(libc::EEXIST)
+                && crate::netlink::index_of(host_ifname).is_none() =>
+        {
+            return Err(conflict!(
+                "the container's namespace already has an interface called {peer_name}"
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     sysctl_disable_ipv6(host_ifname)?;
     // The datapath's route lookups (bpf_fib_lookup) for the container's
     // packets want forwarding on the interface they arrived on. The kernel
@@ -412,7 +439,41 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     if host_side {
         return Ok(());
     }
-    configure_container_side(a.netns, ifname, ip, ipam, a.primary).await
+    configure_container_side(ns.as_fd(), ifname, ip, ipam, a.primary).await?;
+    wait_oper_up(&ctx.nl, host_ifname).await
+}
+
+/// Most time to wait for a host-side veth to open (`wait_oper_up`).
+const OPER_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits (bounded) until the host end of a new pair transmits. It came up
+/// before the container end, without a carrier, so the kernel left its
+/// transmit queue on the "noop" qdisc, which drops everything, until its
+/// link watcher (a work item that needs the RTNL lock) sees the carrier
+/// the container end turned on. On a busy machine that can come after
+/// `dnet run` returns: the host's first packets into the container (a
+/// ping, the datapath's ARP answers, broadcast copies) were lost. The
+/// link's operational state turns up in the same step, so that is what is
+/// waited for; usually the first look finds it.
+async fn wait_oper_up(nl: &Netlink, ifname: &str) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let link = nl
+            .link(ifname)
+            .await?
+            .ok_or_else(|| conflict!("veth {ifname} vanished"))?;
+        if link.oper_up {
+            return Ok(());
+        }
+        if start.elapsed() > OPER_UP_WAIT {
+            tracing::warn!(
+                veth = ifname,
+                "the kernel has not opened the host-side veth yet; its first packets may be lost"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
 }
 
 /// Address, link state and routes inside the container.
@@ -425,16 +486,17 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
 /// default), and a full mesh of a few dozen on-link containers overflows it.
 /// ARP for a peer is still answered, for tools that ask.
 async fn configure_container_side(
-    netns_path: &Path,
+    ns: BorrowedFd<'_>,
     ifname: &str,
     ip: std::net::Ipv4Addr,
     ipam: Ipam,
     primary: bool,
 ) -> Result<()> {
-    let name = ifname.to_owned();
     // A namespace dnet did not make may have IPv6 on by default.
-    netns::run_in(netns_path, move || sysctl_disable_ipv6(&name))??;
-    let cnl = Netlink::open_in(netns_path).await?;
+    let cnl = Netlink::open_in_fd(ns, || {
+        netns::sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")
+    })
+    .await?;
     let link = cnl
         .link(ifname)
         .await?

@@ -24,6 +24,14 @@
 //!
 //! Per network there is nothing else to make: the parent and the subnet
 //! belong to the LAN.
+//!
+//! Another runtime's endpoint (`Netns::Runtime`, Docker's `-o
+//! driver=macvlan`): the child is made in the daemon's namespace under a
+//! temporary name ([`runtime_link_name`]), down and without an address, as
+//! Docker's own macvlan driver makes it; the runtime moves it into the
+//! container, renames it and configures it. Once moved it is the runtime's:
+//! dnet deletes it only where it finds it again, in the daemon's namespace
+//! (the runtime moves it back before it deletes the endpoint).
 
 use std::{
     collections::BTreeSet,
@@ -43,7 +51,7 @@ use crate::{
     error::{Error, Result},
     invalid,
     ipam::Pool,
-    model::{Container, DriverKind, Ipam, Network, State},
+    model::{Container, DriverKind, Ipam, Netns, Network, State},
     netlink::{Link, Netlink, RTPROT_DNET, RouteSpec},
     netns, spec,
 };
@@ -158,6 +166,20 @@ fn host_link_alias(net: &Network) -> String {
 
 fn child_alias(net: &Network) -> String {
     format!("{CHILD_ALIAS}{}", net.id)
+}
+
+/// The temporary name, in the daemon's namespace, of the child that another
+/// runtime moves into its container: derived from the container's and the
+/// network's ids, so that it is never stored apart and never clashes.
+pub fn runtime_link_name(container_id: &str, network_id: &str) -> String {
+    let c = &container_id[..container_id.len().min(6)];
+    let n = &network_id[..network_id.len().min(5)];
+    format!("dnmv{c}{n}")
+}
+
+/// Is the endpoint another runtime's (its child is moved by the runtime)?
+fn for_runtime(a: &Attachment<'_>) -> bool {
+    matches!(a.container.netns, Netns::Runtime)
 }
 
 /// The parent, which must exist.
@@ -457,6 +479,19 @@ impl Driver for Macvlan {
                 Err(e) => errors.push(e.into()),
             }
         }
+        let parent = ctx.nl.link(s.parent).await.ok().flatten().map(|l| l.index);
+        if for_runtime(a) {
+            // Where the runtime left it (never moved, or moved back): here.
+            let name = runtime_link_name(&a.container.id, &a.network.id);
+            match ctx.nl.link(&name).await {
+                Ok(Some(l)) if is_child(&l, a.network, parent) => {
+                    keep(&mut errors, ctx.nl.del_link(l.index).await)
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(e.into()),
+            }
+            return errors;
+        }
         // The child goes with a namespace that ends, but a namespace ends
         // only when nothing holds it any more: delete it now.
         let Some(ifname) = ep.ifname.as_deref() else {
@@ -465,7 +500,6 @@ impl Driver for Macvlan {
         if !netns::is_netns(a.netns) {
             return errors;
         }
-        let parent = ctx.nl.link(s.parent).await.ok().flatten().map(|l| l.index);
         match Netlink::open_in(a.netns).await {
             Ok(cnl) => match cnl.link(ifname).await {
                 Ok(Some(l)) if is_child(&l, a.network, parent) => {
@@ -618,7 +652,12 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         return Err(invalid!("macvlan endpoint is incomplete"));
     };
     let parent = parent(ctx, a.network, s.parent).await?;
-    let ns = netns::open(a.netns)?;
+    // Another runtime's: made here, under a temporary name, for it to move.
+    let runtime_name = for_runtime(a).then(|| runtime_link_name(&a.container.id, &a.network.id));
+    let (ifname, ns) = match &runtime_name {
+        Some(n) => (n.as_str(), None),
+        None => (ifname, Some(netns::open(a.netns)?)),
+    };
     let made = ctx
         .nl
         .add_macvlan(
@@ -627,7 +666,7 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
             s.mode.kernel(),
             mac.0,
             s.mtu.unwrap_or(parent.mtu),
-            Some(&ns),
+            ns.as_ref(),
         )
         .await;
     if let Err(e) = made {
@@ -644,7 +683,18 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
             e.into()
         });
     }
-    let cnl = Netlink::open_in(a.netns).await?;
+    let cnl = match &ns {
+        // One entry into the namespace. A namespace dnet did not make may
+        // have IPv6 on by default; off before the link is up, so that it
+        // says nothing on the LAN.
+        Some(ns) => {
+            Netlink::open_in_fd(std::os::fd::AsFd::as_fd(ns), || {
+                netns::sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")
+            })
+            .await?
+        }
+        None => ctx.nl.clone(),
+    };
     let link = cnl
         .link(ifname)
         .await?
@@ -656,12 +706,10 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         // when the child goes).
         cnl.set_mac(link.index, mac.0).await?;
     }
-    // A namespace dnet did not make may have IPv6 on by default; off before
-    // the link is up, so that it says nothing on the LAN.
-    let name = ifname.to_owned();
-    netns::run_in(a.netns, move || {
-        netns::sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1")
-    })??;
+    if runtime_name.is_some() {
+        // The runtime sets the address, the link state and the routes.
+        return Ok(());
+    }
     cnl.add_address(link.index, ip, ipam.subnet.prefix(), None, false)
         .await?;
     cnl.set_up(link.index).await?;
@@ -696,6 +744,10 @@ async fn endpoint_problem(ctx: &Ctx, a: &Attachment<'_>) -> Option<&'static str>
     let Ok(s) = settings(a.network) else {
         return Some("settings");
     };
+    if for_runtime(a) {
+        // The child is in the runtime's container, which dnet cannot see.
+        return None;
+    }
     let ep = a.endpoint;
     let (Some(ip), Some(mac), Some(ifname), Ok(ipam)) =
         (ep.ip, ep.mac, ep.ifname.as_deref(), ipam(a.network))
@@ -806,8 +858,27 @@ pub async fn collect_garbage(
             }
         }
     }
+    // Children made for another runtime that no endpoint explains (a crash
+    // between making one and the commit) are still here, in the daemon's
+    // namespace.
+    for l in &links {
+        let Some(net_id) = l.alias.as_deref().and_then(|a| a.strip_prefix(CHILD_ALIAS)) else {
+            continue;
+        };
+        let explained = containers.iter().any(|(c, _)| {
+            matches!(c.netns, Netns::Runtime)
+                && c.endpoints
+                    .iter()
+                    .any(|e| e.network_id == net_id && runtime_link_name(&c.id, net_id) == l.name)
+        });
+        if !explained {
+            tracing::info!(link = %l.name, "removing a macvlan interface dnet no longer uses");
+            ctx.nl.del_link(l.index).await?;
+        }
+    }
     for (c, path) in containers {
-        if !netns::is_netns(path) {
+        // Another runtime's children are in its containers (or above).
+        if matches!(c.netns, Netns::Runtime) || !netns::is_netns(path) {
             continue;
         }
         // One namespace that cannot be read does not stop the daemon.

@@ -10,6 +10,7 @@ mod bridge;
 mod host;
 mod macvlan;
 mod none;
+mod reaper;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -28,14 +29,17 @@ use crate::{
 };
 
 pub use bridge::{GATEWAY_LABEL, container_side_name, loopback, refresh_members, veth_name};
-pub use macvlan::collect_garbage as collect_macvlan_garbage;
+pub use macvlan::{collect_garbage as collect_macvlan_garbage, runtime_link_name};
+pub use reaper::{NsId, Reaper};
 
 /// What drivers work with: the daemon namespace's netlink handle, the
-/// datapath and the uplink.
+/// datapath, the uplink, and the reaper that finishes link removals in the
+/// background.
 pub struct Ctx {
     pub nl: Netlink,
     pub dp: Datapath,
     pub uplink: Option<Link>,
+    pub reaper: Reaper,
 }
 
 impl Ctx {
@@ -124,6 +128,13 @@ pub trait Driver: Send + Sync {
 
     /// Removes what `attach` made; missing pieces are fine.
     async fn detach(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Vec<Error>;
+
+    /// Removes an endpoint the state no longer holds, as `detach` does,
+    /// except that what the kernel takes long to remove may finish in the
+    /// background (`ctx.reaper`), once the endpoint is out of the datapath.
+    async fn remove(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Vec<Error> {
+        self.detach(ctx, a).await
+    }
 
     /// The endpoint's kernel objects are all there and current.
     async fn endpoint_ok(&self, ctx: &Ctx, a: &Attachment<'_>) -> bool;

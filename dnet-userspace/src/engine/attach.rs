@@ -84,13 +84,11 @@ impl Engine {
 impl Inner {
     async fn attach_req(&mut self, req: AttachRequest) -> Result<(AttachResponse, bool)> {
         let net = self.find_network(&req.network)?.clone();
-        let by_runtime = req.runtime.as_ref().and_then(|r| {
-            self.state
-                .containers
-                .values()
-                .find(|c| c.runtime.as_ref() == Some(r))
-                .cloned()
-        });
+        let by_runtime = req
+            .runtime
+            .as_ref()
+            .and_then(|r| self.runtime_container(r))
+            .cloned();
         if let Some(c) = &by_runtime
             && let Some(ep) = c.endpoints.iter().find(|e| e.network_id == net.id)
         {
@@ -98,9 +96,9 @@ impl Inner {
         }
         let c = match &req.target {
             AttachTarget::HostSide => {
-                if net.driver != DriverKind::Bridge {
+                if !matches!(net.driver, DriverKind::Bridge | DriverKind::Macvlan) {
                     return Err(invalid!(
-                        "a host-side attach needs a bridge network ({} uses the {} driver)",
+                        "a host-side attach needs a bridge or macvlan network ({} uses the {} driver)",
                         net.name,
                         net.driver
                     ));
@@ -182,11 +180,30 @@ impl Inner {
         let ep = self.new_endpoint(net, &c, opts).await?;
         c.endpoints.push(ep.clone());
         c.ports.extend(ports.iter().cloned());
-        self.attach(&c, &ep).await?;
-        super::crash::point("connect:made");
+        // The state's file is written and synced while the kernel objects
+        // are made (most of an attach waits for the kernel), and published
+        // once they are.
         let mut st = self.state.clone();
         st.containers.insert(c.id.clone(), c.clone());
-        if let Err(e) = self.commit(st) {
+        let prepared = self.store.prepare(&st);
+        let written = tokio::task::spawn_blocking(move || prepared.write());
+        let made = self.attach(&c, &ep).await;
+        let written = match written.await {
+            Ok(r) => r.map_err(Into::into),
+            Err(e) => Err(conflict!("writing the state: {e}")),
+        };
+        if let Err(e) = made {
+            // The driver removed what it had made.
+            self.store.discard();
+            return Err(e);
+        }
+        if let Err(e) = written {
+            self.store.discard();
+            self.detach(&c, &ep).await;
+            return Err(e);
+        }
+        super::crash::point("connect:made");
+        if let Err(e) = self.commit_prepared(st) {
             self.detach(&c, &ep).await;
             return Err(e);
         }
@@ -196,6 +213,9 @@ impl Inner {
         if let Err(e) = self.sync_services() {
             tracing::warn!(container = %c.name, "publishing: {e}");
         }
+        // Its hosts file gains the new address; its resolv.conf names this
+        // network's resolver if it is its first with one.
+        self.refresh_container_files(&c);
         tracing::info!(container = %c.name, network = %net.name, ip = ?ep.ip, "connected");
         Ok((c, ep, ports))
     }
@@ -203,12 +223,7 @@ impl Inner {
     pub(super) async fn detach_req(&mut self, req: DetachRequest) -> Result<()> {
         let c = match (&req.container, &req.runtime) {
             (Some(key), None) => self.state.find_container(key).cloned(),
-            (None, Some(r)) => self
-                .state
-                .containers
-                .values()
-                .find(|c| c.runtime.as_ref() == Some(r))
-                .cloned(),
+            (None, Some(r)) => self.runtime_container(r).cloned(),
             _ => return Err(invalid!("give either a container or a runtime ref")),
         };
         let Some(c) = c else {
@@ -277,22 +292,22 @@ impl Inner {
         self.commit(st)?;
         super::crash::point("disconnect:committed");
         for ep in &eps {
-            self.detach(c, ep).await;
+            self.remove(c, ep).await;
         }
-        // The default route went with the first endpoint: the next one's
-        // gateway takes over, as Docker re-elects it. (Another runtime's
-        // namespace routes are its own business.)
+        // The default route went with the first endpoint: the next
+        // non-internal network's gateway takes over, as Docker re-elects it.
+        // (A daemon killed before this point: reconcile re-elects.)
         let was_primary = c.endpoints.first().is_some_and(leaves);
-        if was_primary && matches!(c.netns, Netns::Owned { .. } | Netns::External { .. }) {
-            let next = self
-                .state
-                .containers
-                .get(&c.id)
-                .and_then(|sc| sc.endpoints.first())
-                .cloned();
-            if let Some(next) = next
-                && let Err(e) = self.elect_default_route(c, &next).await
-            {
+        if was_primary
+            && let Some(sc) = self.state.containers.get(&c.id)
+            && let Some(next) = self.default_route_endpoint(sc)
+        {
+            // The old route goes with its interface, whose removal may
+            // still be under way in the background: it goes now.
+            if let Err(e) = self.drop_default_routes(c, &eps).await {
+                tracing::warn!(container = %c.name, "removing its old default route: {e}");
+            }
+            if let Err(e) = self.elect_default_route(c, &next).await {
                 tracing::warn!(container = %c.name, "re-electing its default route: {e}");
             }
         }
@@ -304,14 +319,63 @@ impl Inner {
         }
         let addrs: Vec<_> = eps.iter().filter_map(|e| e.ip).collect();
         self.forget_flows(&addrs);
+        if let Some(sc) = self.state.containers.get(&c.id) {
+            self.refresh_container_files(sc);
+        }
         for net in nets {
             tracing::info!(container = %c.name, network = %net.name, "disconnected");
         }
         Ok(())
     }
 
+    /// Removes the default routes of `c` through `eps`' gateways and
+    /// interfaces (interfaces whose removal may still be under way).
+    async fn drop_default_routes(&self, c: &Container, eps: &[Endpoint]) -> Result<()> {
+        let cnl = crate::netlink::Netlink::open_in(&self.netns_path(c)).await?;
+        for old in eps {
+            let gw = self
+                .state
+                .networks
+                .get(&old.network_id)
+                .and_then(|n| n.ipam)
+                .map(|i| i.gateway);
+            if let (Some(gw), Some(name)) = (gw, old.ifname.as_deref())
+                && let Some(l) = cnl.link(name).await?
+            {
+                cnl.del_route(crate::netlink::RouteSpec::via(
+                    std::net::Ipv4Addr::UNSPECIFIED,
+                    0,
+                    gw,
+                    l.index,
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The endpoint whose gateway gives `c` its default route: the first
+    /// on a network that is not internal. None for another runtime's
+    /// namespace (its routes are its own business) or the host's.
+    pub(super) fn default_route_endpoint(&self, c: &Container) -> Option<Endpoint> {
+        if !matches!(c.netns, Netns::Owned { .. } | Netns::External { .. }) {
+            return None;
+        }
+        c.endpoints
+            .iter()
+            .find(|e| {
+                e.ip.is_some()
+                    && self
+                        .state
+                        .networks
+                        .get(&e.network_id)
+                        .is_some_and(|n| !n.internal && n.ipam.is_some())
+            })
+            .cloned()
+    }
+
     /// Gives `c` a default route through the gateway of `ep`'s network.
-    async fn elect_default_route(&self, c: &Container, ep: &Endpoint) -> Result<()> {
+    pub(super) async fn elect_default_route(&self, c: &Container, ep: &Endpoint) -> Result<()> {
         let net = &self.state.networks[&ep.network_id];
         let (Some(ipam), Some(ifname), Some(_)) = (net.ipam, ep.ifname.as_deref(), ep.ip) else {
             return Ok(());
@@ -358,8 +422,13 @@ impl Inner {
             network: net.name.clone(),
             ifname: ep.ifname.clone().unwrap_or_default(),
             host_ifname: ep.host_ifname.clone(),
-            container_side: match (&c.netns, &ep.host_ifname) {
-                (Netns::Runtime, Some(h)) => Some(driver::container_side_name(h)),
+            container_side: match (&c.netns, net.driver, &ep.host_ifname) {
+                (Netns::Runtime, DriverKind::Bridge, Some(h)) => {
+                    Some(driver::container_side_name(h))
+                }
+                (Netns::Runtime, DriverKind::Macvlan, _) => {
+                    Some(driver::runtime_link_name(&c.id, &net.id))
+                }
                 _ => None,
             },
             ip: ep.ip,

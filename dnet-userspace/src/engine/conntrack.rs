@@ -9,8 +9,8 @@ use dnet_common::{
     CtEntry, CtKey,
     addr::ipv4_from_be,
     nat::{
-        CT_F_ASSURED, CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT,
-        CT_SEEN, TCP_ACK, TCP_SYN, tcp_closed,
+        CT_F_ASSURED, CT_F_DNAT, CT_F_HOST, CT_F_PUBLISHED, CT_F_REPLY, CT_F_REPLY_TO_ENDPOINT,
+        CT_F_SNAT, CT_SEEN, TCP_ACK, TCP_SYN, tcp_closed,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -188,7 +188,8 @@ pub fn keys_of(entries: &[(CtKey, CtEntry)], addrs: &[Ipv4Addr]) -> Vec<CtKey> {
 pub struct FlowView {
     pub proto: String,
     /// `snat` (a container to the world), `dnat` (the world to a published
-    /// port) or `hairpin` (a container to a published port).
+    /// port), `hairpin` (a container to a published port) or `host` (the
+    /// host's own echo request, its identifier held).
     pub kind: String,
     /// The tuple as the flow's first packet was sent.
     pub original: Tuple,
@@ -233,6 +234,7 @@ pub fn view(f: &Flow, now_ns: u64, t: &Timeouts) -> FlowView {
         e.flags & CT_F_DNAT != 0,
         e.flags & CT_F_PUBLISHED != 0,
     ) {
+        _ if e.flags & CT_F_HOST != 0 => "host",
         (true, true, _) if e.flags & CT_F_REPLY_TO_ENDPOINT != 0 => "hairpin",
         // A published port whose client port was translated too (a clash).
         (_, true, true) => "dnat",

@@ -12,6 +12,10 @@
 //! - `veth:created`: a veth pair made, its alias not yet set;
 //! - `container-remove:committed`, `disconnect:committed`,
 //!   `network-remove:committed`: a removal committed, nothing torn down.
+//!
+//! `DNET_HOLD_AT=reaper:remove` stops the reaper (`driver::Reaper`) before
+//! its first link removal, for good: removals are recorded, answered and
+//! left for the next start.
 
 /// The environment variable that names the point to crash at.
 pub const ENV: &str = "DNET_CRASH_AT";
@@ -31,3 +35,25 @@ pub fn point(name: &str) {
 #[cfg(not(debug_assertions))]
 #[inline(always)]
 pub fn point(_name: &str) {}
+
+/// The environment variable that names the point to stop at for good.
+pub const HOLD_ENV: &str = "DNET_HOLD_AT";
+
+/// Blocks the calling thread for good if the daemon was started with
+/// `DNET_HOLD_AT=name`: a test holds background work there (the reaper's
+/// removals) to see what a daemon killed before it finished leaves.
+#[cfg(debug_assertions)]
+pub fn hold(name: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT.get_or_init(|| std::env::var(HOLD_ENV).ok()).as_deref() == Some(name) {
+        tracing::warn!("{HOLD_ENV}={name}: holding here");
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+/// A release build has no hold points.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn hold(_name: &str) {}

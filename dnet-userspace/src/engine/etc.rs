@@ -2,11 +2,14 @@
 //! written under `STATE_DIR/containers/ID/` and bound over the host's in
 //! the container's mount namespace (`mntns`).
 //!
-//! resolv.conf names the resolver of the container's network (its gateway)
-//! on a user-defined bridge network, with the host's `search` and
-//! `options` and Docker's `ndots:0`; elsewhere (the default `bridge`,
-//! macvlan, `none`) it names `--dns`, else the host's nameservers minus
-//! loopback ones (unreachable from a container), else Docker's fallback.
+//! resolv.conf names the resolver (the gateway) of the container's first
+//! user-defined bridge network, with the host's `search` and `options` and
+//! Docker's `ndots:0`; elsewhere (the default `bridge`, macvlan, `none`) it
+//! names `--dns`, else the host's nameservers minus loopback ones
+//! (unreachable from a container), else Docker's fallback. hosts holds the
+//! container's own names with each of its addresses. Both are written again
+//! in place when the container joins or leaves a network and when the
+//! host's resolv.conf changes.
 
 use std::{
     fs,
@@ -82,14 +85,16 @@ pub(super) fn resolv_conf(host: &str, resolver: Option<Ipv4Addr>, dns: &[Ipv4Add
     out
 }
 
-/// The container's /etc/hosts: localhost, and its own name and address.
-pub(super) fn hosts(hostname: &str, name: &str, ip: Option<Ipv4Addr>) -> String {
+/// The container's /etc/hosts: localhost, and its own names with each of
+/// its addresses, one line per network it is on (as Docker writes them on
+/// `network connect` and takes them out on `disconnect`).
+pub(super) fn hosts(hostname: &str, name: &str, ips: &[Ipv4Addr]) -> String {
     let mut out = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
          ff02::2\tip6-allrouters\n",
     );
-    if let Some(ip) = ip {
+    for ip in ips {
         if hostname == name {
             out.push_str(&format!("{ip}\t{hostname}\n"));
         } else {
@@ -191,26 +196,46 @@ impl Inner {
         let dir = self.etc_dir(&c.id);
         let resolve = dir.join("resolve");
         fs::create_dir_all(&resolve).map_err(Error::io(format!("create {}", resolve.display())))?;
-        let first = c.endpoints.first();
-        let resolver = first
-            .and_then(|e| self.state.networks.get(&e.network_id))
-            .and_then(crate::dns::resolver_of)
-            .filter(|_| first.is_some_and(|e| e.ip.is_some()));
-        let host = fs::read_to_string(RESOLV_CONF).unwrap_or_default();
-        let rc = resolv_conf(&host, resolver, &c.dns);
+        self.write_container_files(c)?;
         let hostname = hostname_of(c);
-        write(&dir.join("resolv.conf"), &rc)?;
-        for f in ["resolv.conf", "stub-resolv.conf"] {
-            write(&resolve.join(f), &rc)?;
-        }
-        write(
-            &dir.join("hosts"),
-            &hosts(&hostname, &c.name, first.and_then(|e| e.ip)),
-        )?;
         write(&dir.join("hostname"), &format!("{hostname}\n"))?;
         mntns::ensure_private_dir(&self.cfg.state_dir.join("mntns"))?;
         mntns::create(&paths, &binds(&dir), &hostname)?;
         Ok(())
+    }
+
+    /// Writes `c`'s resolv.conf and hosts from its endpoints and the host's
+    /// resolv.conf. In place: the container sees the new text through its
+    /// bind mounts at once.
+    fn write_container_files(&self, c: &Container) -> Result<()> {
+        let dir = self.etc_dir(&c.id);
+        // The resolver of its first network that has one (Docker's embedded
+        // resolver serves a container from the first user-defined network
+        // it joins).
+        let resolver = c
+            .endpoints
+            .iter()
+            .filter(|e| e.ip.is_some())
+            .filter_map(|e| self.state.networks.get(&e.network_id))
+            .find_map(crate::dns::resolver_of);
+        let rc = resolv_conf(&self.host_resolv, resolver, &c.dns);
+        write(&dir.join("resolv.conf"), &rc)?;
+        for f in ["resolv.conf", "stub-resolv.conf"] {
+            write(&dir.join("resolve").join(f), &rc)?;
+        }
+        let ips: Vec<Ipv4Addr> = c.endpoints.iter().filter_map(|e| e.ip).collect();
+        write(&dir.join("hosts"), &hosts(&hostname_of(c), &c.name, &ips))
+    }
+
+    /// Writes `c`'s files again after its endpoints or the host's
+    /// resolv.conf changed (a container with files of its own only).
+    pub(super) fn refresh_container_files(&self, c: &Container) {
+        if self.ns_paths(c).is_none() || !self.etc_dir(&c.id).is_dir() {
+            return;
+        }
+        if let Err(e) = self.write_container_files(c) {
+            tracing::warn!(container = %c.name, "updating its resolv.conf and hosts: {e}");
+        }
     }
 
     /// Removes `c`'s namespaces and files; missing is fine.
@@ -292,12 +317,22 @@ mod tests {
 
     #[test]
     fn hosts_hold_localhost_and_the_containers_own_names() {
-        let h = hosts("abc123", "web", Some(Ipv4Addr::new(172, 18, 0, 2)));
+        let h = hosts("abc123", "web", &[Ipv4Addr::new(172, 18, 0, 2)]);
         assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
-        assert!(h.ends_with("172.18.0.2\tabc123 web\n"), "{h}");
-        let h = hosts("web", "web", Some(Ipv4Addr::new(172, 18, 0, 2)));
+        assert!(
+            h.ends_with("ip6-allrouters\n172.18.0.2\tabc123 web\n"),
+            "{h}"
+        );
+        let h = hosts("web", "web", &[Ipv4Addr::new(172, 18, 0, 2)]);
         assert!(h.ends_with("172.18.0.2\tweb\n"), "{h}");
-        assert!(!hosts("x", "x", None).contains("\tx"));
+        assert!(!hosts("x", "x", &[]).contains("\tx"));
+        // One line per network it is on.
+        let h = hosts(
+            "web",
+            "web",
+            &[Ipv4Addr::new(172, 18, 0, 2), Ipv4Addr::new(172, 19, 0, 5)],
+        );
+        assert!(h.ends_with("172.18.0.2\tweb\n172.19.0.5\tweb\n"), "{h}");
     }
 
     #[test]

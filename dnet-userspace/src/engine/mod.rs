@@ -69,6 +69,8 @@ pub struct Config {
     pub nat: NatOptions,
     /// What the resolver forwards to.
     pub dns: crate::dns::Options,
+    /// The host's resolv.conf (followed: see `follow_host_files`).
+    pub resolv_conf: PathBuf,
 }
 
 impl Config {
@@ -98,6 +100,8 @@ struct Inner {
     /// (device, inode) of the host's /etc files containers get their own
     /// of, when last looked at (see `follow_host_files`).
     host_files: Vec<Option<(u64, u64)>>,
+    /// The host's resolv.conf (`Config::resolv_conf`) when last read.
+    host_resolv: String,
 }
 
 /// The predefined networks, as Docker has them.
@@ -142,16 +146,21 @@ impl Engine {
         // between the two.
         let changes = crate::netlink::monitor()?;
         let dns = crate::dns::Resolver::new(cfg.dns.clone());
+        let host_resolv = std::fs::read_to_string(&cfg.resolv_conf).unwrap_or_default();
+        dns.host_resolv_conf(&host_resolv);
         let mut inner = Inner {
             cfg,
             dns,
             host_files: Vec::new(),
+            host_resolv,
             state,
             store,
             ctx: Ctx {
                 nl,
                 dp,
                 uplink: None,
+                reaper: driver::Reaper::start()
+                    .map_err(|e| conflict!("starting the reaper: {e}"))?,
             },
             runtime_ipam: Default::default(),
         };
@@ -214,9 +223,16 @@ impl Engine {
             bpffs: inner.cfg.bpffs.clone(),
             networks: inner.state.networks.len(),
             containers: inner.state.containers.len(),
+            pending_removals: inner.ctx.reaper.pending(),
             programs: inner.ctx.dp.programs(),
             maps: inner.ctx.dp.maps(),
         }
+    }
+
+    /// Waits for the link removals under way (see `driver::Reaper`).
+    pub async fn settle(&self) {
+        let inner = self.inner.lock().await;
+        inner.ctx.reaper.settled().await;
     }
 
     pub async fn create_network(&self, req: NetworkCreate) -> Result<NetworkView> {
@@ -482,10 +498,22 @@ impl Inner {
     /// Makes `state` the committed state.
     fn commit(&mut self, state: State) -> Result<()> {
         self.store.commit(&state)?;
+        self.commit_published(state);
+        Ok(())
+    }
+
+    /// Makes `state`, prepared with `Store::prepare` and written, the
+    /// committed state.
+    fn commit_prepared(&mut self, state: State) -> Result<()> {
+        self.store.publish()?;
+        self.commit_published(state);
+        Ok(())
+    }
+
+    fn commit_published(&mut self, state: State) {
         self.state = state;
         // Names follow the state at once.
         self.dns.update(&self.state);
-        Ok(())
     }
 
     fn find_network(&self, key: &str) -> Result<&Network> {
@@ -569,7 +597,7 @@ impl Inner {
         }
         let ipam = match driver_kind {
             DriverKind::Bridge | DriverKind::Macvlan => {
-                Some(self.choose_ipam(&req, driver_kind).await?)
+                Some(self.choose_ipam(&req, driver_kind, &[]).await?)
             }
             DriverKind::Host | DriverKind::None => {
                 if req.subnet.is_some() || req.gateway.is_some() || req.ip_range.is_some() {
@@ -620,17 +648,24 @@ impl Inner {
     }
 
     /// The subnet, gateway and range of a new network, checked against the
-    /// other networks and the routes where the daemon runs.
-    async fn choose_ipam(&self, req: &NetworkCreate, kind: DriverKind) -> Result<Ipam> {
+    /// other networks, the pools `held` for another runtime's networks
+    /// (dnet's IPAM for Docker) and the routes where the daemon runs.
+    async fn choose_ipam(
+        &self,
+        req: &NetworkCreate,
+        kind: DriverKind,
+        held: &[Ipv4Network],
+    ) -> Result<Ipam> {
         // Two macvlan networks are checked by the driver, which knows their
         // parents and says so.
-        let others: Vec<(String, Ipv4Network)> = self
+        let mut others: Vec<(String, Ipv4Network)> = self
             .state
             .networks
             .values()
             .filter(|n| !(kind == DriverKind::Macvlan && n.driver == DriverKind::Macvlan))
-            .filter_map(|n| n.ipam.map(|i| (n.name.clone(), i.subnet)))
+            .filter_map(|n| n.ipam.map(|i| (format!("network {:?}", n.name), i.subnet)))
             .collect();
+        others.extend(held.iter().map(|s| ("a pool handed out".to_owned(), *s)));
         // A macvlan network is the LAN's own subnet: the parent's route to
         // it is expected, not a clash.
         let routes = if kind == DriverKind::Bridge {
@@ -667,11 +702,8 @@ impl Inner {
             .map(|r| parse_net("ip-range", r))
             .transpose()?;
         let pool = Pool::new(subnet, gateway, range)?;
-        if let Some((name, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
-            return Err(conflict!(
-                "subnet {} overlaps {s} of network {name:?}",
-                pool.subnet
-            ));
+        if let Some((what, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
+            return Err(conflict!("subnet {} overlaps {s} of {what}", pool.subnet));
         }
         if let Some(r) = routes.iter().find(|r| r.overlaps(pool.subnet)) {
             return Err(conflict!(
@@ -806,9 +838,10 @@ impl Inner {
                     .find(|s| !used_slots.contains(s))
                     .ok_or_else(|| conflict!("too many endpoints"))?,
             );
-            let links = self.ctx.nl.links().await?;
+            // One lookup per candidate rather than a list of every link:
+            // the cost stays the same however many endpoints there are.
             let taken = |n: &str| {
-                links.iter().any(|l| l.name == n)
+                crate::netlink::index_of(n).is_some()
                     || self.state.containers.values().any(|c| {
                         c.endpoints
                             .iter()
@@ -834,6 +867,14 @@ impl Inner {
     async fn attach(&mut self, c: &Container, ep: &Endpoint) -> Result<()> {
         let net = self.state.networks[&ep.network_id].clone();
         let path = self.netns_path(c);
+        // An interface of the namespace being removed in the background may
+        // still hold the name this one takes.
+        if matches!(c.netns, Netns::Owned { .. } | Netns::External { .. })
+            && self.ctx.reaper.pending() > 0
+            && let Ok(id) = netns::identity(&path)
+        {
+            self.ctx.reaper.settled_in(id).await;
+        }
         let a = Attachment {
             container: c,
             endpoint: ep,
@@ -844,7 +885,18 @@ impl Inner {
         driver::driver(net.driver).attach(&mut self.ctx, &a).await
     }
 
+    /// Removes what [`Inner::attach`] made, before it returns.
     async fn detach(&mut self, c: &Container, ep: &Endpoint) {
+        self.unmake(c, ep, false).await
+    }
+
+    /// Removes an endpoint the state no longer holds: what the kernel
+    /// takes long to remove finishes in the background (`driver::Reaper`).
+    async fn remove(&mut self, c: &Container, ep: &Endpoint) {
+        self.unmake(c, ep, true).await
+    }
+
+    async fn unmake(&mut self, c: &Container, ep: &Endpoint, background: bool) {
         let Some(net) = self.state.networks.get(&ep.network_id).cloned() else {
             return;
         };
@@ -856,7 +908,13 @@ impl Inner {
             netns: &path,
             primary: false,
         };
-        for e in driver::driver(net.driver).detach(&mut self.ctx, &a).await {
+        let d = driver::driver(net.driver);
+        let errors = if background {
+            d.remove(&mut self.ctx, &a).await
+        } else {
+            d.detach(&mut self.ctx, &a).await
+        };
+        for e in errors {
             tracing::warn!(container = %c.name, network = %net.name, "detaching: {e}");
         }
     }
@@ -985,21 +1043,22 @@ impl Inner {
         }
         .await;
         if let Err(e) = made {
-            self.teardown_container(&c).await;
+            self.teardown_container(&c, false).await;
             return Err(e);
         }
         tracing::info!(container = %c.name, id = %&id[..12], network = %net.name, ip = ?ep.ip, "container created");
         Ok(id)
     }
 
-    /// Removes a container's kernel objects and processes (not its record).
-    async fn teardown_container(&mut self, c: &Container) {
+    /// Removes a container's kernel objects and processes (not its record);
+    /// with `background`, its links go in the background (`Inner::remove`).
+    async fn teardown_container(&mut self, c: &Container, background: bool) {
         if let Some(p) = &c.process {
             process::kill(p);
         }
         self.unpublish(c);
         for ep in c.endpoints.iter().rev() {
-            self.detach(c, ep).await;
+            self.unmake(c, ep, background).await;
         }
         // After the endpoints: no flow of the container can start after this.
         let addrs: Vec<Ipv4Addr> = c.endpoints.iter().filter_map(|e| e.ip).collect();
@@ -1017,12 +1076,24 @@ impl Inner {
     }
 
     /// Binds the containers' own /etc files again when the host's changed
-    /// (a file renamed over one detaches the bind in every namespace).
+    /// (a file renamed over one detaches the bind in every namespace), and
+    /// follows the host's resolv.conf: the resolver's upstreams and the
+    /// containers' own resolv.conf.
     fn follow_host_files(&mut self) {
         let now = etc::host_file_ids();
         if now != self.host_files {
             self.host_files = now;
             self.rebind_container_files();
+        }
+        // A missing file reads as empty, as at start.
+        let text = std::fs::read_to_string(&self.cfg.resolv_conf).unwrap_or_default();
+        if text != self.host_resolv {
+            tracing::info!(path = %self.cfg.resolv_conf.display(), "the host's resolv.conf changed");
+            self.host_resolv = text;
+            self.dns.host_resolv_conf(&self.host_resolv);
+            for c in self.state.containers.values() {
+                self.refresh_container_files(c);
+            }
         }
     }
 
@@ -1032,7 +1103,7 @@ impl Inner {
         st.containers.remove(id);
         self.commit(st)?;
         crash::point("container-remove:committed");
-        self.teardown_container(&c).await;
+        self.teardown_container(&c, true).await;
         tracing::info!(container = %c.name, "container removed");
         Ok(())
     }

@@ -20,6 +20,9 @@ pub struct NatOptions {
     pub timeouts: conntrack::Timeouts,
     /// How often expired flows are collected.
     pub gc_interval: Duration,
+    /// The sources that may open flows to published ports from the world;
+    /// empty: any.
+    pub publish_from: Vec<ipnetwork::Ipv4Network>,
     /// Most live flows a container may have opened (to the world, or to a
     /// published port of the host).
     pub flows_per_endpoint: u32,
@@ -53,6 +56,7 @@ impl Default for NatOptions {
             ct_entries: dnet_common::maps::CT_ENTRIES,
             timeouts: conntrack::Timeouts::default(),
             gc_interval: Duration::from_secs(5),
+            publish_from: Vec::new(),
             flows_per_endpoint: NatOptions::default_flows_per_endpoint(
                 dnet_common::maps::CT_ENTRIES,
             ),
@@ -93,6 +97,13 @@ impl Inner {
     /// Writes the NAT configuration and attaches the uplink program and the
     /// socket hooks (each only if not already in place).
     pub(super) async fn setup_nat(&mut self) -> Result<()> {
+        let any = [
+            ipnetwork::Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0)
+                .expect("a valid prefix"),
+        ];
+        let from = &self.cfg.nat.publish_from;
+        let from = if from.is_empty() { &any[..] } else { from };
+        self.ctx.dp.set_publish_from(from)?;
         self.follow_uplink().await?;
         match cgroup2_root() {
             Some(root) => self.ctx.dp.attach_sock_hooks(&root)?,

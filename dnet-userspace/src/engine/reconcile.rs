@@ -110,7 +110,41 @@ impl Inner {
         if st != self.state {
             self.commit(st)?;
         }
-        self.collect_garbage().await
+        self.collect_garbage().await?;
+        self.elect_missing_default_routes().await;
+        Ok(())
+    }
+
+    /// A container whose namespace has no default route while it has a
+    /// network that gives one gets it back: a daemon killed between a
+    /// disconnect's commit and the re-election left it without (the
+    /// collector above removed the endpoint the old route went through).
+    async fn elect_missing_default_routes(&self) {
+        for c in self.state.containers.values() {
+            let Some(ep) = self.default_route_endpoint(c) else {
+                continue;
+            };
+            let has_default = async {
+                let cnl = crate::netlink::Netlink::open_in(&self.netns_path(c)).await?;
+                let routes = cnl.routes().await?;
+                Ok::<_, crate::error::Error>(
+                    routes
+                        .iter()
+                        .any(|r| r.prefix == 0 && r.table == u32::from(libc::RT_TABLE_MAIN)),
+                )
+            };
+            let done = match has_default.await {
+                Ok(true) => continue,
+                Ok(false) => {
+                    tracing::info!(container = %c.name, "no default route: re-electing it");
+                    self.elect_default_route(c, &ep).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
+                tracing::warn!(container = %c.name, "checking its default route: {e}");
+            }
+        }
     }
 
     /// Removes what dnet made and the state does not hold.
@@ -245,9 +279,12 @@ impl Inner {
             .collect();
         let entries = self.ctx.dp.conntrack()?;
         let known_be: HashSet<u32> = known.iter().map(|a| ipv4_be(*a)).collect();
+        // (The host's own echo flows are no container's: they stay.)
         let stale: Vec<_> = entries
             .iter()
-            .filter(|(_, e)| !known_be.contains(&e.endpoint_be))
+            .filter(|(_, e)| {
+                e.flags & dnet_common::nat::CT_F_HOST == 0 && !known_be.contains(&e.endpoint_be)
+            })
             .map(|(k, _)| *k)
             .collect();
         self.ctx.dp.ct_remove(&stale)?;

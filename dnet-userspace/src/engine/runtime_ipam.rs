@@ -17,13 +17,7 @@ use std::{
 use ipnetwork::Ipv4Network;
 
 use super::{Engine, Inner, parse_ip, parse_net};
-use crate::{
-    conflict,
-    error::Result,
-    invalid,
-    ipam::{self, Pool},
-    not_found,
-};
+use crate::{api::NetworkCreate, error::Result, ipam::Pool, model::DriverKind, not_found};
 
 /// A pool handed out, not yet a network.
 #[derive(Clone, Copy, Debug, Default)]
@@ -48,57 +42,33 @@ impl Engine {
         sub_pool: Option<&str>,
     ) -> Result<Ipv4Network> {
         let mut inner = self.inner.lock().await;
-        let routes = inner.routed_subnets().await?;
-        let mut taken: Vec<(String, Ipv4Network)> = inner
-            .state
-            .networks
-            .values()
-            .filter_map(|n| n.ipam.map(|i| (format!("network {:?}", n.name), i.subnet)))
-            .collect();
-        taken.extend(
-            inner
-                .runtime_ipam
-                .pending
-                .keys()
-                .map(|s| ("a pool handed out".to_owned(), *s)),
-        );
-        taken.extend(
-            routes
-                .iter()
-                .map(|r| ("a route where the daemon runs".to_owned(), *r)),
-        );
-        let subnet = match subnet {
-            Some(s) => parse_net("subnet", s)?,
-            None => {
-                if sub_pool.is_some() {
-                    return Err(invalid!("--ip-range needs --subnet"));
-                }
-                let t: Vec<Ipv4Network> = taken.iter().map(|(_, s)| *s).collect();
-                ipam::next_free_subnet(&t).ok_or_else(|| {
-                    conflict!("no free subnet left in the default pools: give --subnet")
-                })?
-            }
-        };
         let range = sub_pool.map(|r| parse_net("ip-range", r)).transpose()?;
         // A repeat (the runtime retries) gets the same pool.
-        if let Some(p) = inner.runtime_ipam.pending.get(&subnet)
-            && p.range == range
+        if let Some(s) = subnet.map(|s| parse_net("subnet", s)).transpose()?
+            && inner
+                .runtime_ipam
+                .pending
+                .get(&s)
+                .is_some_and(|p| p.range == range)
         {
-            return Ok(subnet);
+            return Ok(s);
         }
-        // Checks the subnet and range as a network's.
-        Pool::new(subnet, None, range)?;
-        if let Some((what, s)) = taken.iter().find(|(_, s)| s.overlaps(subnet)) {
-            return Err(conflict!("subnet {subnet} overlaps {s} of {what}"));
-        }
+        // Chosen and checked as a network's, the pools handed out taken too.
+        let held: Vec<Ipv4Network> = inner.runtime_ipam.pending.keys().copied().collect();
+        let req = NetworkCreate {
+            subnet: subnet.map(str::to_owned),
+            ip_range: sub_pool.map(str::to_owned),
+            ..NetworkCreate::default()
+        };
+        let ipam = inner.choose_ipam(&req, DriverKind::Bridge, &held).await?;
         inner.runtime_ipam.pending.insert(
-            subnet,
+            ipam.subnet,
             Pending {
                 range,
                 gateway: None,
             },
         );
-        Ok(subnet)
+        Ok(ipam.subnet)
     }
 
     /// Forgets a pool handed out (its network, if any, goes on its own).

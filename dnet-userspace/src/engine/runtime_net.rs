@@ -10,8 +10,7 @@ use crate::{
     api::{AttachResponse, NetworkCreate, NetworkView},
     conflict,
     error::Result,
-    invalid,
-    model::{Container, DriverKind, Netns, Network, RuntimeRef},
+    model::{Container, Netns, Network, RuntimeRef},
     not_found,
     spec::{PortMapping, Proto},
 };
@@ -143,7 +142,8 @@ impl Inner {
             .find(|n| n.runtime.as_ref() == Some(rt))
     }
 
-    fn runtime_container(&self, rt: &RuntimeRef) -> Option<&Container> {
+    /// The container record `rt` made, if any.
+    pub(super) fn runtime_container(&self, rt: &RuntimeRef) -> Option<&Container> {
         self.state
             .containers
             .values()
@@ -203,12 +203,8 @@ impl Inner {
             .and_then(|e| self.state.networks.get(&e.network_id))
             .ok_or_else(|| not_found!("container {} has no network", c.name))?
             .clone();
-        if !reqs.is_empty() && (net.driver != DriverKind::Bridge || net.internal) {
-            return Err(invalid!(
-                "network {} cannot publish ports (only bridge networks that are not internal can)",
-                net.name
-            ));
-        }
+        // A network that cannot publish (not a bridge, internal) is refused
+        // by `check_mappings` at the first request.
         let mut chosen: Vec<PortMapping> = Vec::new();
         for r in reqs {
             if let Some(m) = c.ports.iter().find(|m| r.met_by(m) && !chosen.contains(m)) {

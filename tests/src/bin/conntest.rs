@@ -12,7 +12,10 @@
 //!                [--count N --interval S] N requests in a row; all must be
 //!                [--while PATH]           answered (a loss test); with
 //!                                         --while, fewer if PATH goes
-//!   conntest ping IP... [--timeout S] [--count N] [--size N]
+//!   conntest udp-flood IP:PORT          64-byte datagrams as fast as they
+//!                [--seconds S] [--count N]  go, for S s (1; at most 60) or N
+//!                [--broadcast]            datagrams; prints `SENT SECONDS`
+//!   conntest ping IP... [--timeout S] [--count N] [--size N] [--id N]
 //!                                         every address must answer
 //!   conntest connections IP:PORT --count N  N TCP connections at once; all
 //!                [--hold S]               answered or exit 1; kept open S s
@@ -135,6 +138,19 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             println!("{}", udp_once(addr(a)?, timeout, broadcast, bind_port)?);
             Ok(())
         }
+        ["udp-flood", a, ..] => {
+            let secs: f64 = flag(args, "--seconds", 1.0)?;
+            let count: u64 = flag(args, "--count", u64::MAX)?;
+            let broadcast = args.iter().any(|a| a == "--broadcast");
+            let (sent, took) = udp_flood(
+                addr(a)?,
+                Duration::from_secs_f64(secs.clamp(0.0, 60.0)),
+                count,
+                broadcast,
+            )?;
+            println!("{sent} {:.6}", took.as_secs_f64());
+            Ok(())
+        }
         ["ping", ..] => {
             let ips: Vec<Ipv4Addr> = args[1..]
                 .iter()
@@ -144,9 +160,10 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             anyhow::ensure!(!ips.is_empty(), "ping needs an address");
             let count: u16 = flag(args, "--count", 1)?;
             let size: usize = flag(args, "--size", 56)?;
+            let id: u16 = flag(args, "--id", (std::process::id() as u16) ^ 0x5a5a)?;
             for seq in 0..count {
                 for ip in &ips {
-                    let rtt = ping(*ip, seq, size, timeout)?;
+                    let rtt = ping(*ip, id, seq, size, timeout)?;
                     println!(
                         "reply from {ip}: seq={seq} time={:.3} ms",
                         rtt.as_secs_f64() * 1e3
@@ -307,6 +324,36 @@ fn udp_series(
     Ok(())
 }
 
+/// Sends 64-byte datagrams to `a` until `count` are sent or `limit` has
+/// passed (a bounded flood); a full queue (`ENOBUFS`) is waited out.
+/// Returns what was sent and how long it took.
+fn udp_flood(
+    a: SocketAddr,
+    limit: Duration,
+    count: u64,
+    broadcast: bool,
+) -> anyhow::Result<(u64, Duration)> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.set_broadcast(broadcast)?;
+    let payload = [0u8; 64];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < count {
+        // The clock every 64 datagrams: a reading costs as much as a send.
+        if sent.is_multiple_of(64) && start.elapsed() >= limit {
+            break;
+        }
+        match s.send_to(&payload, a) {
+            Ok(_) => sent += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                std::thread::yield_now();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((sent, start.elapsed()))
+}
+
 fn connections(
     a: SocketAddr,
     count: usize,
@@ -353,8 +400,15 @@ fn connections(
     Ok(())
 }
 
-/// One ICMP echo over a raw socket (needs CAP_NET_RAW).
-fn ping(ip: Ipv4Addr, seq: u16, size: usize, timeout: Duration) -> anyhow::Result<Duration> {
+/// One ICMP echo with identifier `id` over a raw socket (needs
+/// CAP_NET_RAW).
+fn ping(
+    ip: Ipv4Addr,
+    id: u16,
+    seq: u16,
+    size: usize,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
     use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn};
     let fd = nix::sys::socket::socket(
         AddressFamily::Inet,
@@ -362,7 +416,6 @@ fn ping(ip: Ipv4Addr, seq: u16, size: usize, timeout: Duration) -> anyhow::Resul
         SockFlag::SOCK_CLOEXEC,
         SockProtocol::Icmp,
     )?;
-    let id = (std::process::id() as u16) ^ 0x5a5a;
     let mut pkt = vec![8u8, 0, 0, 0];
     pkt.extend_from_slice(&id.to_be_bytes());
     pkt.extend_from_slice(&seq.to_be_bytes());

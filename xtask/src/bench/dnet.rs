@@ -1,6 +1,8 @@
 //! dnet's side: its daemon in a sandbox (host and world namespaces), two
 //! containers on the default `bridge` network for east-west, and the
-//! world's servers for north-south.
+//! world's servers for north-south; for names, two containers of a
+//! user-defined network and a fake upstream resolver in the world (the
+//! daemon's `--dns-upstream`).
 
 use std::{net::Ipv4Addr, path::PathBuf, time::Instant};
 
@@ -9,9 +11,17 @@ use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP};
 use serde_json::Value;
 
 use super::{
-    env::{self, CpFigures, Env, FILLER_FIRST, Miss, Outcome, PP_PORT, PUBLISH_FIRST, Tools},
+    env::{
+        self, CpFigures, DnsTarget, Env, FILLER_FIRST, Miss, Outcome, PP_PORT, PUBLISH_FIRST, Tools,
+    },
+    measure::Ctx,
     sys::{self, Procs, in_netns},
 };
+
+/// The broadcast test's network, apart from every other subnet of the bench.
+const BC_SUBNET: &str = "10.250.0.0/16";
+/// Its broadcast address, and a port nobody listens on.
+const BC_BROADCAST: &str = "10.250.255.255:9";
 
 pub struct DnetEnv {
     // Fields drop in order: servers first, the sandbox (daemon, namespaces) last.
@@ -25,6 +35,7 @@ pub struct DnetEnv {
     nat: Option<String>,
     published: Option<String>,
     cp_ready: usize,
+    dns: Option<DnsTarget>,
 }
 
 /// A container's namespace path and address, from `dnet ps --format json`.
@@ -52,8 +63,12 @@ impl DnetEnv {
     pub fn new(tools: &Tools, pin: bool) -> anyhow::Result<DnetEnv> {
         // Sandbox reads the binaries from DNET_BIN / CONNTEST_BIN (set by
         // the caller to the release builds).
-        let sb = std::panic::catch_unwind(Sandbox::new)
-            .map_err(|_| anyhow::anyhow!("the dnet sandbox did not start (see above)"))?;
+        // Forwarded names go to the world's fake upstream (never to the
+        // machine's own resolvers).
+        let upstream = format!("{WORLD_IP}:53");
+        let sb =
+            std::panic::catch_unwind(|| Sandbox::with_daemon_args(&["--dns-upstream", &upstream]))
+                .map_err(|_| anyhow::anyhow!("the dnet sandbox did not start (see above)"))?;
         let mut e = DnetEnv {
             procs: Procs::default(),
             pp_procs: Procs::default(),
@@ -65,6 +80,7 @@ impl DnetEnv {
             nat: None,
             published: None,
             cp_ready: 0,
+            dns: None,
         };
         e.dnet(&["run", "-d", "--name", "srv", "--", "sleep", "1000000"])?;
         e.dnet(&["run", "-d", "--name", "cli", "--", "sleep", "1000000"])?;
@@ -111,6 +127,83 @@ impl DnetEnv {
         }
         Ok(start.elapsed().as_secs_f64())
     }
+
+    /// `members` containers on `bcnet` (the first sends), then the flood.
+    fn broadcast_on(&self, ctx: &Ctx, names: &[String]) -> anyhow::Result<CpFigures> {
+        for n in names {
+            self.dnet(&[
+                "run",
+                "-d",
+                "--name",
+                n,
+                "--network",
+                "bcnet",
+                "--",
+                "sleep",
+                "1000000",
+            ])?;
+        }
+        let members = names.len();
+        // Copies delivered: the host-side veths' transmit counters (a copy
+        // the container's queue refuses is counted as dropped instead).
+        // `network inspect` answers a list, as Docker's does.
+        let net: Value = serde_json::from_str(&self.dnet(&["network", "inspect", "bcnet"])?)?;
+        let veths: Vec<String> = net[0]["containers"]
+            .as_array()
+            .context("network inspect: no containers")?
+            .iter()
+            .filter(|c| c["container"] != "bc0")
+            .filter_map(|c| c["host_ifname"].as_str().map(str::to_owned))
+            .collect();
+        anyhow::ensure!(
+            veths.len() + 1 == members,
+            "bcnet has {} members",
+            veths.len() + 1
+        );
+        let copies = || -> anyhow::Result<u64> {
+            let links = self.sb.host_ip_json(&["-s", "link", "show"]);
+            let links = links.as_array().context("ip -j link: not a list")?;
+            veths
+                .iter()
+                .map(|v| {
+                    links
+                        .iter()
+                        .find(|l| l["ifname"] == v.as_str())
+                        .and_then(|l| l["stats64"]["tx"]["packets"].as_u64())
+                        .with_context(|| format!("no counters for {v}"))
+                })
+                .sum()
+        };
+        let (sender, _) = find(&self.ps()?, "bc0")?;
+        let before = copies()?;
+        let secs = format!("{}", ctx.secs);
+        let o = sys::run_bounded(
+            in_netns(
+                &sender,
+                env::client_cpu(self.pin),
+                self.tools.conntest(),
+                &["udp-flood", BC_BROADCAST, "--broadcast", "--seconds", &secs],
+            ),
+            std::time::Duration::from_secs_f64(ctx.secs + 10.0),
+        )?;
+        anyhow::ensure!(
+            o.status.success(),
+            "conntest udp-flood: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+        let delivered = copies()?.saturating_sub(before);
+        let out = String::from_utf8_lossy(&o.stdout);
+        let took: f64 = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|t| t.parse().ok())
+            .with_context(|| format!("conntest udp-flood said {out:?}"))?;
+        anyhow::ensure!(delivered > 0, "no broadcast copy delivered");
+        Ok(vec![
+            ("bc_copy", took * 1e9 / delivered as f64),
+            ("bc_rate", delivered as f64 / took / 1e3),
+        ])
+    }
 }
 
 impl Env for DnetEnv {
@@ -118,7 +211,7 @@ impl Env for DnetEnv {
         "dnet".into()
     }
     fn describe(&self) -> String {
-        "dnet (release build): its daemon in a sandbox host namespace, containers on the default bridge network".into()
+        "dnet (release build): its daemon in a sandbox host namespace, containers on the default bridge network (on a user-defined one for names)".into()
     }
     fn conntrack_netns(&self) -> Vec<PathBuf> {
         vec![self.sb.host_netns_path()]
@@ -179,6 +272,67 @@ impl Env for DnetEnv {
             }
         }
         Ok(())
+    }
+
+    fn dns(&mut self) -> Outcome<DnsTarget> {
+        if let Some(t) = &self.dns {
+            return Ok(t.clone());
+        }
+        let world = self.world();
+        env::start_dns_upstream(&mut self.procs, &world, WORLD_IP, &self.tools)?;
+        self.dnet(&["network", "create", "dnsnet"])?;
+        for n in ["dnsweb", "dnscli"] {
+            self.dnet(&[
+                "run",
+                "-d",
+                "--name",
+                n,
+                "--network",
+                "dnsnet",
+                "--",
+                "sleep",
+                "1000000",
+            ])?;
+        }
+        let ps = self.ps()?;
+        let (_, web_ip) = find(&ps, "dnsweb")?;
+        let (cli_ns, _) = find(&ps, "dnscli")?;
+        let cli = ps
+            .as_array()
+            .and_then(|v| v.iter().find(|c| c["name"] == "dnscli"))
+            .context("dnet ps has no dnscli")?;
+        let gateway = cli["networks"][0]["gateway"]
+            .as_str()
+            .and_then(|g| g.parse().ok())
+            .context("dnscli has no gateway")?;
+        sys::client_sysctls(&cli_ns)?;
+        let t = DnsTarget {
+            client: cli_ns,
+            server: gateway,
+            name: "dnsweb".into(),
+            name_ip: web_ip.context("dnsweb has no address")?,
+            dir: self.sb.dir.clone(),
+        };
+        self.dns = Some(t.clone());
+        Ok(t)
+    }
+
+    fn broadcast(&mut self, ctx: &Ctx, members: usize) -> Outcome<CpFigures> {
+        // Made for each run and removed after it, so that the other
+        // measurements never meet these endpoints.
+        let names: Vec<String> = (0..members).map(|i| format!("bc{i}")).collect();
+        self.dnet(&["network", "create", "--subnet", BC_SUBNET, "bcnet"])?;
+        let out = self.broadcast_on(ctx, &names).map_err(Miss::Failed);
+        let mut gone = Ok(());
+        for n in &names {
+            if let Err(e) = self.dnet(&["rm", "-f", n])
+                && find(&self.ps()?, n).is_ok()
+            {
+                gone = Err(e);
+            }
+        }
+        gone.and_then(|()| self.dnet(&["network", "rm", "bcnet"]).map(|_| ()))?;
+        out
     }
 
     fn control_plane(&mut self, n: usize, ports: u32) -> Outcome<CpFigures> {

@@ -10,6 +10,10 @@
 //! per published port: 10,000 of them would measure process count, not the
 //! datapath) and the `vfs` storage driver (fewest mounts; storage does not
 //! touch the network).
+//!
+//! Names: two containers of a user-defined network ask Docker's embedded
+//! resolver (127.0.0.11 in their namespace); the asking one has `--dns` the
+//! world's fake upstream, where Docker forwards other names.
 
 use std::{
     io::Write as _,
@@ -23,12 +27,16 @@ use anyhow::{Context as _, bail};
 use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP, docker::Dockerd};
 
 use super::{
-    env::{self, CpFigures, Env, FILLER_FIRST, Miss, Outcome, PP_PORT, PUBLISH_FIRST, Tools},
+    env::{
+        self, CpFigures, DnsTarget, Env, FILLER_FIRST, Miss, Outcome, PP_PORT, PUBLISH_FIRST, Tools,
+    },
     parse, rules,
     sys::{self, Procs, in_netns},
 };
 
 const IMAGE: &str = "dnbench-busybox:latest";
+/// Docker's embedded resolver, as a container of a user-defined network sees it.
+const EMBEDDED_DNS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 
 /// Feeds `doc` to `iptables-restore --noflush` inside a namespace.
 pub fn iptables_restore(netns: &Path, doc: &str) -> anyhow::Result<()> {
@@ -65,6 +73,7 @@ pub struct DockerEnv {
     ew_server: Ipv4Addr,
     filler: u32,
     cp_ready: usize,
+    dns: Option<DnsTarget>,
     /// The daemon (the shared harness of the scenario tests); it goes
     /// before the sandbox.
     dockerd: Dockerd,
@@ -93,6 +102,7 @@ impl DockerEnv {
             ew_server: Ipv4Addr::UNSPECIFIED,
             filler: 0,
             cp_ready: 0,
+            dns: None,
             dockerd,
             sb,
         };
@@ -229,6 +239,62 @@ impl Env for DockerEnv {
         iptables_restore(&self.sb.host_netns_path(), &self.filler_rules("-D"))?;
         self.filler = 0;
         Ok(())
+    }
+
+    fn dns(&mut self) -> Outcome<DnsTarget> {
+        if let Some(t) = &self.dns {
+            return Ok(t.clone());
+        }
+        let world = self.world();
+        env::start_dns_upstream(&mut self.procs, &world, WORLD_IP, &self.tools)?;
+        self.cmd(&["network", "create", "dnb-dns"])?;
+        let world_ip = WORLD_IP.to_string();
+        self.cmd(&[
+            "run",
+            "-d",
+            "--name",
+            "dnb-dnsweb",
+            "--network",
+            "dnb-dns",
+            IMAGE,
+            "sleep",
+            "1000000",
+        ])?;
+        self.cmd(&[
+            "run",
+            "-d",
+            "--name",
+            "dnb-dnscli",
+            "--network",
+            "dnb-dns",
+            "--dns",
+            &world_ip,
+            IMAGE,
+            "sleep",
+            "1000000",
+        ])?;
+        // On a user-defined network the address is under Networks.
+        let out = self.cmd(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            "dnb-dnsweb",
+        ])?;
+        let web_ip: Ipv4Addr = out
+            .trim()
+            .parse()
+            .with_context(|| format!("dnb-dnsweb's address: {out:?}"))?;
+        let (cli_ns, _) = self.inspect("dnb-dnscli")?;
+        sys::client_sysctls(&cli_ns)?;
+        let t = DnsTarget {
+            client: cli_ns,
+            server: EMBEDDED_DNS,
+            name: "dnb-dnsweb".into(),
+            name_ip: web_ip,
+            dir: self.sb.dir.clone(),
+        };
+        self.dns = Some(t.clone());
+        Ok(t)
     }
 
     fn control_plane(&mut self, n: usize, ports: u32) -> Outcome<CpFigures> {

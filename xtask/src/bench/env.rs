@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::sys::{self, Procs, in_netns};
+use super::{
+    measure::Ctx,
+    sys::{self, Procs, in_netns},
+};
 
 pub const IPERF_PORT: u16 = 5201;
 pub const SOCKPERF_PORT: u16 = 11111;
@@ -22,6 +25,24 @@ pub const PP_PORT: u16 = 20000;
 pub const FILLER_FIRST: u16 = 30000;
 /// The control plane's "publish P ports" test: from here up.
 pub const PUBLISH_FIRST: u16 = 42000;
+
+/// What the fake upstream resolver in the world answers for names under
+/// `example.` (`conntest dns serve`), on port 53 of the world's address.
+pub const DNS_UPSTREAM_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+/// The name every side forwards to that upstream.
+pub const DNS_FORWARDED: &str = "host.example";
+
+/// A resolver to measure: dnsperf runs in `client` (a container) and asks
+/// `server`; `name` is another container's name there, with address
+/// `name_ip`; query files go to `dir`.
+#[derive(Clone)]
+pub struct DnsTarget {
+    pub client: PathBuf,
+    pub server: Ipv4Addr,
+    pub name: String,
+    pub name_ip: Ipv4Addr,
+    pub dir: PathBuf,
+}
 
 /// The binaries the benchmark runs.
 #[derive(Clone)]
@@ -86,6 +107,45 @@ pub trait Env {
     /// Attach and detach `n` endpoints, publish `ports` ports on one
     /// container and remove it; seconds per operation batch.
     fn control_plane(&mut self, n: usize, ports: u32) -> Outcome<CpFigures>;
+    /// The resolver containers of a user-defined network are given (made
+    /// at the first call); `Na` for a side without one.
+    fn dns(&mut self) -> Outcome<DnsTarget> {
+        Err(Miss::Na(format!("n/a: {} has no resolver", self.label())))
+    }
+    /// A flood of 64-byte broadcasts from one member of a network of
+    /// `members` (made at the first call): the time per copy delivered
+    /// (`bc_copy`, ns) and copies delivered per second (`bc_rate`, kpps).
+    fn broadcast(&mut self, _ctx: &Ctx, _members: usize) -> Outcome<CpFigures> {
+        Err(Miss::Na("n/a (measured on dnet only)".into()))
+    }
+}
+
+/// The fake upstream resolver (`conntest dns serve`) on port 53 of the
+/// world's address, for forwarded names.
+pub fn start_dns_upstream(
+    procs: &mut Procs,
+    world: &Path,
+    world_ip: Ipv4Addr,
+    tools: &Tools,
+) -> anyhow::Result<()> {
+    procs.spawn(in_netns(
+        world,
+        None,
+        tools.conntest(),
+        &[
+            "dns",
+            "serve",
+            &format!("{world_ip}:53"),
+            &DNS_UPSTREAM_ANSWER.to_string(),
+        ],
+    ))?;
+    let up = sys::wait_for(Duration::from_secs(10), || {
+        in_netns(world, None, "ss", &["-Hlun", "sport = :53"])
+            .output()
+            .is_ok_and(|o| !o.stdout.is_empty())
+    });
+    anyhow::ensure!(up, "the fake upstream resolver does not listen");
+    Ok(())
 }
 
 /// CPU of the servers and of the clients when pinning (`--pin`).

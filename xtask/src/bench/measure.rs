@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, path::Path, time::Duration};
 use anyhow::Context as _;
 
 use super::{
-    env::{self, CONNRATE_PORT, IPERF_PORT, SOCKPERF_PORT, Tools},
+    env::{self, CONNRATE_PORT, DnsTarget, IPERF_PORT, SOCKPERF_PORT, Tools},
     parse,
     sys::{self, in_netns},
 };
@@ -152,3 +152,81 @@ pub fn conn_rate(
 
 /// The east-west connection-rate server's port.
 pub const CPS_PORT: u16 = CONNRATE_PORT;
+
+/// dnsperf's clients (source ports) and queries in flight at most: a
+/// saturating load, the same for every side.
+pub const DNSPERF_CLIENTS: &str = "4";
+pub const DNSPERF_IN_FLIGHT: &str = "32";
+/// dnsperf's per-query timeout (seconds); a lost or failed query counts
+/// with this latency.
+const DNSPERF_TIMEOUT_S: f64 = 2.0;
+
+/// A resolver's rate and tail latency for one name.
+pub struct DnsRate {
+    /// NOERROR answers per second.
+    pub qps: f64,
+    /// 99th percentile of the latency of every query sent (µs); a query
+    /// lost or answered with an error counts at the timeout.
+    pub p99_us: f64,
+}
+
+/// `name` (A) asked again and again of `t.server` from `t.client` by
+/// dnsperf for `ctx.secs`; the answer is first checked to be `expect`.
+pub fn dns_rate(ctx: &Ctx, t: &DnsTarget, name: &str, expect: Ipv4Addr) -> anyhow::Result<DnsRate> {
+    let server = t.server.to_string();
+    let got = sys::output(&mut in_netns(
+        &t.client,
+        None,
+        ctx.tools.conntest(),
+        &["dns", "query", &server, name, "a", "--timeout", "3"],
+    ))?;
+    anyhow::ensure!(
+        got.trim() == format!("rcode NoError\nA {expect}"),
+        "{server} answers {name} with {got:?}, not {expect}"
+    );
+    let file = t.dir.join(format!("dnsperf-{name}.txt"));
+    std::fs::write(&file, format!("{name} A\n"))
+        .with_context(|| format!("writing {}", file.display()))?;
+    let secs = ctx.secs_arg();
+    let timeout = DNSPERF_TIMEOUT_S.to_string();
+    let out = sys::run_bounded(
+        in_netns(
+            &t.client,
+            env::client_cpu(ctx.pin),
+            "dnsperf",
+            &[
+                "-s",
+                &server,
+                "-d",
+                file.to_str().context("utf-8 path")?,
+                "-l",
+                &secs,
+                "-c",
+                DNSPERF_CLIENTS,
+                "-q",
+                DNSPERF_IN_FLIGHT,
+                "-t",
+                &timeout,
+                "-v",
+            ],
+        ),
+        ctx.limit(),
+    )?;
+    let d = parse::dnsperf(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("dnsperf: {}", String::from_utf8_lossy(&out.stderr).trim()))?;
+    anyhow::ensure!(
+        d.noerror > 0 && d.run_time_s > 0.0,
+        "no NOERROR answer ({} sent, {} completed)",
+        d.sent,
+        d.completed
+    );
+    let failed = d.sent.saturating_sub(d.noerror) as usize;
+    let qps = d.noerror as f64 / d.run_time_s;
+    let mut lat = d.latencies_s;
+    lat.extend(std::iter::repeat_n(DNSPERF_TIMEOUT_S, failed));
+    let p99 = parse::percentile(&mut lat, 99.0).context("no latency")?;
+    Ok(DnsRate {
+        qps,
+        p99_us: p99 * 1e6,
+    })
+}

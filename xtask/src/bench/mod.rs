@@ -10,12 +10,19 @@
 //! round by round. The published-port series has a phase per port count
 //! (1, 100, 1,000, 10,000), with its own warm-up and rounds.
 //!
+//! Then the Docker + dnet side ([`dockernet`], `--skip dd` leaves it out):
+//! real Docker containers on a dnet network against the same containers on
+//! docker0 of the same dockerd, in a table of its own; and the control
+//! plane's latency, dnet alone ([`latency`], `--skip lat`).
+//!
 //! Output: a markdown table on stdout and `target/bench/bench-<date>.{md,json,svg}`
 //! (plus `latest.*`).
 
 mod dnet;
 mod docker;
+mod dockernet;
 mod env;
+mod latency;
 mod limit;
 mod measure;
 mod model;
@@ -34,7 +41,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use self::{
-    env::{Env, Miss, Tools},
+    env::{DNS_FORWARDED, DNS_UPSTREAM_ANSWER, Env, Miss, Tools},
     measure::Ctx,
     results::{Results, metric_defs, pp_p99, pp_rps},
 };
@@ -71,7 +78,24 @@ pub struct Args {
     /// 1000; 100 with --quick).
     #[arg(long)]
     publish: Option<u32>,
-    /// Skip groups (ew, ns, pp, cp) or single metrics (ew_tcp, ns_cps, ...),
+    /// Members of the network the broadcast test floods (default 100; 20
+    /// with --quick; dnet only).
+    #[arg(long)]
+    members: Option<usize>,
+    /// `docker run`s per column of the Docker + dnet side (default 30; 10
+    /// with --quick).
+    #[arg(long)]
+    docker_runs: Option<usize>,
+    /// Samples of each control-plane latency (connect, disconnect, CNI ADD
+    /// and DEL; default 100; 20 with --quick).
+    #[arg(long)]
+    lat_samples: Option<usize>,
+    /// Endpoints attached to one host for the scale figures (default
+    /// 1,000; none with --quick; 0 skips them).
+    #[arg(long)]
+    lat_scale: Option<usize>,
+    /// Skip groups (ew, ns, pp, cp, dns, bc: broadcast, lat: control-plane
+    /// latency, dd: Docker + dnet) or single metrics (ew_tcp, ns_cps, ...),
     /// comma separated.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
@@ -93,6 +117,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("taskset", "util-linux"),
     ("ss", "iproute2"),
     ("busybox", "busybox-static"),
+    ("dnsperf", "dnsperf"),
 ];
 
 /// One measurement, run on each side in turn.
@@ -106,6 +131,9 @@ enum Task {
     NsUdp,
     NsCps,
     Cp,
+    DnsName,
+    DnsFwd,
+    Bcast,
 }
 
 impl Task {
@@ -126,6 +154,9 @@ impl Task {
                 "cp_publish",
                 "cp_unpublish",
             ],
+            Task::DnsName => &["dns_name_qps", "dns_name_p99"],
+            Task::DnsFwd => &["dns_fwd_qps", "dns_fwd_p99"],
+            Task::Bcast => &["bc_copy", "bc_rate"],
         }
     }
 
@@ -134,6 +165,8 @@ impl Task {
             Task::EwTcp | Task::EwUdp | Task::EwRr | Task::EwCps => "ew",
             Task::NsTcp | Task::NsUdp | Task::NsCps => "ns",
             Task::Cp => "cp",
+            Task::DnsName | Task::DnsFwd => "dns",
+            Task::Bcast => "bc",
         }
     }
 }
@@ -143,6 +176,7 @@ struct Plan {
     warmup: usize,
     endpoints: usize,
     publish: u32,
+    members: usize,
 }
 
 type Figures = Result<Vec<(String, f64)>, Miss>;
@@ -180,6 +214,17 @@ fn run_task(task: Task, ctx: &Ctx, env: &mut dyn Env, plan: &Plan) -> Figures {
             )]
         }
         Task::Cp => env.control_plane(plan.endpoints, plan.publish)?,
+        Task::DnsName => {
+            let t = env.dns()?;
+            let r = measure::dns_rate(ctx, &t, &t.name, t.name_ip)?;
+            vec![("dns_name_qps", r.qps), ("dns_name_p99", r.p99_us)]
+        }
+        Task::DnsFwd => {
+            let t = env.dns()?;
+            let r = measure::dns_rate(ctx, &t, DNS_FORWARDED, DNS_UPSTREAM_ANSWER)?;
+            vec![("dns_fwd_qps", r.qps), ("dns_fwd_p99", r.p99_us)]
+        }
+        Task::Bcast => env.broadcast(ctx, plan.members)?,
     };
     Ok(v.into_iter().map(|(k, x)| (k.to_owned(), x)).collect())
 }
@@ -285,6 +330,10 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             .publish
             .unwrap_or(if args.quick { 100 } else { 1000 })
             .clamp(1, 20000),
+        members: args
+            .members
+            .unwrap_or(if args.quick { 20 } else { 100 })
+            .clamp(2, 4000),
     };
     let secs = args
         .seconds
@@ -309,49 +358,67 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let mut notes = vec![
         "UDP: iperf3 -u -l 64 -b 0 (64-byte payload, sent as fast as iperf3 can), datagrams the receiver got per second.".to_owned(),
         "Latency: sockperf ping-pong over TCP, 64-byte messages, full round trip.".to_owned(),
+        format!("Names: dnsperf in a container of a user-defined network, A queries for one name, {} clients, at most {} in flight; queries/s counts NOERROR answers; p99 over every query sent (a lost or failed one counts at dnsperf's 2 s timeout). dnet: the network's resolver on its gateway; Docker: its embedded resolver 127.0.0.11. Forwarded names go to a fake upstream (conntest dns serve) in the world namespace: dnet's --dns-upstream, Docker's container --dns.", measure::DNSPERF_CLIENTS, measure::DNSPERF_IN_FLIGHT),
         "Connections and published-port requests: connrate (this repo), 2 closed loops, each request a new TCP connection (connect, 1 byte each way, close).".to_owned(),
         "Host CPU per GB: all CPUs' busy time (/proc/stat) during the TCP run over the bytes received; on a busy machine it includes others' load.".to_owned(),
         format!(
             "Published ports: the measured port is published last, after N−1 ports of other containers, so its DNAT rule is the last one docker0 tries. With real Docker the N−1 rules are loaded in Docker's own form with one iptables-restore (dockerd adds them one iptables call at a time: ~25 s for 1,000 ports, hours for 10,000)."
         ),
     ];
-    eprintln!("bench: setting up the three sides");
-    let mut envs: Vec<Box<dyn Env>> = Vec::new();
-    envs.push(Box::new(
-        dnet::DnetEnv::new(&tools, args.pin).context("dnet's side")?,
-    ));
-    let docker_env: Box<dyn Env> = match args.docker {
-        DockerMode::Model => Box::new(model::ModelEnv::new(
-            &tools,
-            args.pin,
-            "--docker model".into(),
-        )?),
-        mode => match docker::DockerEnv::start(&tools, args.pin) {
-            Ok(d) => Box::new(d),
-            Err(e) if mode == DockerMode::Auto => {
-                eprintln!(
-                    "bench: the Docker daemon cannot run here ({e:#}); using the docker0 model"
-                );
-                notes.push(format!(
-                    "docker0 is a MODEL: the Docker daemon could not run ({e:#})."
-                ));
-                Box::new(model::ModelEnv::new(&tools, args.pin, format!("{e:#}"))?)
-            }
-            Err(e) => return Err(e.context("docker0's side")),
-        },
-    };
-    envs.push(docker_env);
-    envs.push(Box::new(
-        limit::LimitEnv::new(&tools, args.pin).context("the limit's side")?,
-    ));
-    let labels: [String; 3] = [envs[0].label(), envs[1].label(), envs[2].label()];
-    let sides: [String; 3] = [envs[0].describe(), envs[1].describe(), envs[2].describe()];
-
-    let defs = metric_defs(&ports, plan.endpoints, plan.publish);
-    let mut r = Results::new(defs, plan.rounds);
     let skip = |g: &str| args.skip.iter().any(|s| s == g);
+    // The three main sides only when one of their groups is measured.
+    let main = ["ew", "ns", "pp", "cp", "dns", "bc"]
+        .iter()
+        .any(|g| !skip(g));
+    let mut envs: Vec<Box<dyn Env>> = Vec::new();
+    if main {
+        eprintln!("bench: setting up the three sides");
+        envs.push(Box::new(
+            dnet::DnetEnv::new(&tools, args.pin).context("dnet's side")?,
+        ));
+        let docker_env: Box<dyn Env> = match args.docker {
+            DockerMode::Model => Box::new(model::ModelEnv::new(
+                &tools,
+                args.pin,
+                "--docker model".into(),
+            )?),
+            mode => match docker::DockerEnv::start(&tools, args.pin) {
+                Ok(d) => Box::new(d),
+                Err(e) if mode == DockerMode::Auto => {
+                    eprintln!(
+                        "bench: the Docker daemon cannot run here ({e:#}); using the docker0 model"
+                    );
+                    notes.push(format!(
+                        "docker0 is a MODEL: the Docker daemon could not run ({e:#})."
+                    ));
+                    Box::new(model::ModelEnv::new(&tools, args.pin, format!("{e:#}"))?)
+                }
+                Err(e) => return Err(e.context("docker0's side")),
+            },
+        };
+        envs.push(docker_env);
+        envs.push(Box::new(
+            limit::LimitEnv::new(&tools, args.pin).context("the limit's side")?,
+        ));
+    }
+    let (labels, sides): ([String; 3], [String; 3]) = if main {
+        (
+            [envs[0].label(), envs[1].label(), envs[2].label()],
+            [envs[0].describe(), envs[1].describe(), envs[2].describe()],
+        )
+    } else {
+        let not = "not set up: every group of it skipped (--skip)".to_owned();
+        (
+            ["dnet".into(), "docker0".into(), "limit".into()],
+            [not.clone(), not.clone(), not],
+        )
+    };
+
+    let mut defs = metric_defs(&ports, plan.endpoints, plan.publish);
+    defs.extend(results::broadcast_defs(plan.members));
+    let mut r = Results::new(defs, plan.rounds);
     // Skipped groups and metrics: every side says so (ids start with ew,
-    // ns, pp, cp).
+    // ns, pp, cp, bc).
     let skipped: Vec<String> = r
         .defs
         .iter()
@@ -382,6 +449,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         Task::NsUdp,
         Task::NsCps,
         Task::Cp,
+        Task::DnsName,
+        Task::DnsFwd,
+        Task::Bcast,
     ]
     .into_iter()
     .filter(|t| !skip(t.group()))
@@ -455,9 +525,57 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         }
     }
     drop(envs);
+
+    // Docker + dnet: after the main sides (one dockerd at a time).
+    let dd = if skip("dd") {
+        report::DockerDnet::Skipped("skipped (--skip dd)".into())
+    } else if args.docker == DockerMode::Model {
+        report::DockerDnet::Skipped("n/a: --docker model (this side needs the real dockerd)".into())
+    } else {
+        let runs = args
+            .docker_runs
+            .unwrap_or(if args.quick { 10 } else { 30 })
+            .max(1);
+        eprintln!("bench: Docker + dnet: setting up");
+        match dockernet::bench(&ctx, &tools, args.pin, plan.rounds, plan.warmup, runs) {
+            Ok((r, describe)) => report::DockerDnet::Done { r, describe },
+            Err(e) if args.docker == DockerMode::Real => return Err(e),
+            Err(e) => {
+                eprintln!("bench: Docker + dnet: {e:#}");
+                report::DockerDnet::Skipped(format!("n/a: {e:#}"))
+            }
+        }
+    };
+    let lat = if skip("lat") {
+        latency::Latency::Skipped("skipped (--skip lat)".into())
+    } else {
+        let samples = args
+            .lat_samples
+            .unwrap_or(if args.quick { 20 } else { 100 })
+            .max(1);
+        eprintln!("bench: control-plane latency: {samples} samples");
+        match latency::bench(&bin.join("dnet-cni"), samples) {
+            Ok(mut l) => {
+                let n = args.lat_scale.unwrap_or(if args.quick { 0 } else { 1000 });
+                if n > 0
+                    && let latency::Latency::Done { scale, .. } = &mut l
+                {
+                    eprintln!("bench: control-plane latency: {n} endpoints on one host");
+                    *scale = Some(latency::scale(n).map_err(|e| format!("{e:#}")));
+                }
+                l
+            }
+            Err(e) => {
+                eprintln!("bench: control-plane latency: {e:#}");
+                latency::Latency::Skipped(format!("n/a: {e:#}"))
+            }
+        }
+    };
     eprintln!("bench: everything removed");
 
-    let goals = results::goals(&r, &ports);
+    let mut goals = results::goals(&r, &ports);
+    goals.push(dd.goal());
+    goals.extend(lat.goals());
     let quick_flag = if args.quick { " --quick" } else { "" };
     let mut command = format!("cargo xtask bench{quick_flag}");
     for a in std::env::args().skip(2) {
@@ -487,6 +605,8 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         sides,
         labels,
         notes,
+        dd,
+        lat,
     };
     let md = report::markdown(&meta, &r, &goals);
     println!("{md}");

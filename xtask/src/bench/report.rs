@@ -9,6 +9,7 @@ use plotters::prelude::*;
 use serde_json::{Value, json};
 
 use super::{
+    dockernet::COLUMNS,
     results::{Goal, Group, RATIOS, Results, pp_rps, thousands},
     stats::Summary,
 };
@@ -29,6 +30,120 @@ pub struct Meta {
     pub sides: [String; 3],
     pub labels: [String; 3],
     pub notes: Vec<String>,
+    /// The Docker + dnet side.
+    pub dd: DockerDnet,
+    /// Control-plane latency, dnet alone.
+    pub lat: super::latency::Latency,
+}
+
+/// The Docker + dnet side's figures: columns 0 (on a dnet network) and 1
+/// (on docker0) of its own [`Results`].
+pub enum DockerDnet {
+    Done {
+        r: Results,
+        describe: String,
+    },
+    /// Why it has no figures.
+    Skipped(String),
+}
+
+impl DockerDnet {
+    /// Issue 11's goal: `docker run` to first packet on dnet no slower than
+    /// on docker0 (median over the runs).
+    pub fn goal(&self) -> Goal {
+        let text =
+            "Docker + dnet: `docker run` to first packet no slower than on docker0 (ratio ≤ 1)"
+                .to_owned();
+        let figure = match self {
+            DockerDnet::Done { r, .. } => r.ratio("dd_run_p50", 0, 1).map(|s| s.median),
+            DockerDnet::Skipped(_) => None,
+        };
+        let why_none = match self {
+            DockerDnet::Skipped(why) => why.clone(),
+            DockerDnet::Done { .. } => "no figure".into(),
+        };
+        Goal {
+            text,
+            figure,
+            met: figure.map(|f| f <= 1.0),
+            why_none,
+        }
+    }
+
+    fn markdown(&self, s: &mut String) {
+        s.push_str(
+            "\nDocker + dnet: real Docker containers, one dockerd, on a dnet network and on docker0:\n\n",
+        );
+        let (r, describe) = match self {
+            DockerDnet::Skipped(why) => {
+                s.push_str(&format!("- {why}\n"));
+                return;
+            }
+            DockerDnet::Done { r, describe } => (r, describe),
+        };
+        s.push_str(&format!(
+            "| | {} | {} | dnet ÷ docker0 |\n|---|---:|---:|---:|\n",
+            COLUMNS[0], COLUMNS[1]
+        ));
+        let mut group: Option<Group> = None;
+        for d in &r.defs {
+            if group != Some(d.group) {
+                group = Some(d.group);
+                s.push_str(&format!("| **{}** | | | |\n", d.group.title()));
+            }
+            let arrow = if d.higher_is_better { "↑" } else { "↓" };
+            s.push_str(&format!(
+                "| {} ({} {arrow}) | {} | {} | {} |\n",
+                d.label,
+                d.unit,
+                cell(r.summary(&d.id, 0)),
+                cell(r.summary(&d.id, 1)),
+                ratio_cell(r.ratio(&d.id, 0, 1))
+            ));
+        }
+        s.push_str(&format!("\n- {describe}\n"));
+        for d in &r.defs {
+            for (i, col) in COLUMNS.iter().enumerate() {
+                for f in r.data[&d.id][i].failures.iter().take(5) {
+                    s.push_str(&format!("- failed: {} / {col}: {f}\n", d.id));
+                }
+            }
+        }
+    }
+
+    fn json(&self) -> Value {
+        match self {
+            DockerDnet::Skipped(why) => json!({"na": why}),
+            DockerDnet::Done { r, describe } => {
+                let metrics: Vec<Value> = r
+                    .defs
+                    .iter()
+                    .map(|d| {
+                        let col = |i: usize| {
+                            let ser = &r.data[&d.id][i];
+                            json!({
+                                "label": COLUMNS[i],
+                                "rounds": ser.rounds,
+                                "summary": summary_json(r.summary(&d.id, i)),
+                                "failures": ser.failures,
+                            })
+                        };
+                        json!({
+                            "id": d.id,
+                            "group": d.group.title(),
+                            "label": d.label,
+                            "unit": d.unit,
+                            "higher_is_better": d.higher_is_better,
+                            "dnet": col(0),
+                            "docker0": col(1),
+                            "ratio": summary_json(r.ratio(&d.id, 0, 1)),
+                        })
+                    })
+                    .collect();
+                json!({"describe": describe, "metrics": metrics})
+            }
+        }
+    }
 }
 
 /// Three significant digits, thousands separated.
@@ -88,12 +203,19 @@ pub fn markdown(meta: &Meta, r: &Results, goals: &[Goal]) -> String {
             ""
         }
     ));
-    s.push_str(&format!(
-        "| | {} | {} | {} | {} | {} | {} |\n|---|---:|---:|---:|---:|---:|---:|\n",
-        meta.labels[0], meta.labels[1], meta.labels[2], RATIOS[0].2, RATIOS[1].2, RATIOS[2].2
-    ));
+    // The three sides' table, unless every group of it was skipped.
+    let measured = r
+        .defs
+        .iter()
+        .any(|d| r.data[&d.id].iter().any(|s| s.na.is_none()));
+    if measured {
+        s.push_str(&format!(
+            "| | {} | {} | {} | {} | {} | {} |\n|---|---:|---:|---:|---:|---:|---:|\n",
+            meta.labels[0], meta.labels[1], meta.labels[2], RATIOS[0].2, RATIOS[1].2, RATIOS[2].2
+        ));
+    }
     let mut group: Option<Group> = None;
-    for d in &r.defs {
+    for d in r.defs.iter().filter(|_| measured) {
         if group != Some(d.group) {
             group = Some(d.group);
             s.push_str(&format!("| **{}** | | | | | | |\n", d.group.title()));
@@ -114,7 +236,9 @@ pub fn markdown(meta: &Meta, r: &Results, goals: &[Goal]) -> String {
             d.label, d.unit, sides[0], sides[1], sides[2], ratios[0], ratios[1], ratios[2]
         ));
     }
-    s.push_str("\nGoals (issue #6):\n\n");
+    meta.dd.markdown(&mut s);
+    meta.lat.markdown(&mut s);
+    s.push_str("\nGoals (issues #6, #9, #11 and #12):\n\n");
     for g in goals {
         let verdict = match (g.met, g.figure) {
             (Some(true), Some(f)) => format!("met ({f:.2})"),
@@ -216,6 +340,8 @@ pub fn json(meta: &Meta, r: &Results, goals: &[Goal]) -> Value {
         "sides": {"dnet": meta.sides[0], "docker0": meta.sides[1], "limit": meta.sides[2]},
         "notes": meta.notes,
         "metrics": metrics,
+        "docker_dnet": meta.dd.json(),
+        "control_plane_latency": meta.lat.json(),
         "goals": goals.iter().map(|g| json!({
             "goal": g.text, "figure": g.figure, "met": g.met,
             "why_none": if g.met.is_none() { Some(&g.why_none) } else { None },
@@ -267,6 +393,7 @@ pub fn svg(path: &Path, meta: &Meta, r: &Results, ports: &[u32]) -> anyhow::Resu
             let tag = match d.group {
                 Group::EastWest => "EW",
                 Group::NorthSouth => "NS",
+                Group::Names => "DNS",
                 _ => "CP",
             };
             let label = d
@@ -457,6 +584,8 @@ mod tests {
             sides: ["d".into(), "k".into(), "l".into()],
             labels: ["dnet".into(), "docker0".into(), "limit".into()],
             notes: vec![],
+            dd: DockerDnet::Skipped("skipped (--skip dd)".into()),
+            lat: crate::bench::latency::Latency::Skipped("skipped (--skip lat)".into()),
         }
     }
 

@@ -12,6 +12,8 @@ pub enum Group {
     NorthSouth,
     Published,
     ControlPlane,
+    Names,
+    Broadcast,
 }
 
 impl Group {
@@ -21,6 +23,8 @@ impl Group {
             Group::NorthSouth => "North-south, container to world through NAT",
             Group::Published => "Published ports, world to container",
             Group::ControlPlane => "Control plane",
+            Group::Names => "Names, a container asking its network's resolver (dnsperf)",
+            Group::Broadcast => "Broadcast on one network (dnet only)",
         }
     }
 }
@@ -35,7 +39,7 @@ pub struct MetricDef {
 }
 
 impl MetricDef {
-    fn new(
+    pub fn new(
         id: impl Into<String>,
         group: Group,
         label: impl Into<String>,
@@ -179,8 +183,59 @@ pub fn metric_defs(ports: &[u32], endpoints: usize, publish: u32) -> Vec<MetricD
             "s",
             false,
         ),
+        MetricDef::new(
+            "dns_name_qps",
+            Names,
+            "a container's name: queries/s",
+            "q/s",
+            true,
+        ),
+        MetricDef::new(
+            "dns_name_p99",
+            Names,
+            "a container's name: query p99",
+            "µs",
+            false,
+        ),
+        MetricDef::new(
+            "dns_fwd_qps",
+            Names,
+            "a name forwarded upstream: queries/s",
+            "q/s",
+            true,
+        ),
+        MetricDef::new(
+            "dns_fwd_p99",
+            Names,
+            "a name forwarded upstream: query p99",
+            "µs",
+            false,
+        ),
     ]);
     v
+}
+
+/// The broadcast figures (after [`metric_defs`]'s): a flood of 64-byte
+/// broadcasts from one member of a network of `members`, each copied to
+/// the others.
+pub fn broadcast_defs(members: usize) -> Vec<MetricDef> {
+    let m = members.saturating_sub(1);
+    vec![
+        MetricDef::new(
+            "bc_copy",
+            Group::Broadcast,
+            format!("broadcast to {m} members: time per copy delivered"),
+            "ns",
+            false,
+        ),
+        MetricDef::new(
+            "bc_rate",
+            Group::Broadcast,
+            format!("broadcast to {m} members: copies delivered"),
+            "kpps",
+            true,
+        ),
+    ]
 }
 
 pub fn pp_rps(n: u32) -> String {
@@ -337,6 +392,30 @@ pub fn goals(r: &Results, ports: &[u32]) -> Vec<Goal> {
             "ns_cps",
             1,
             &|x| x >= 1.3,
+        ),
+        ratio_goal(
+            "container-name query rate ≥ 2× Docker's embedded resolver",
+            "dns_name_qps",
+            1,
+            &|x| x >= 2.0,
+        ),
+        ratio_goal(
+            "container-name query p99 below Docker's (ratio < 1)",
+            "dns_name_p99",
+            1,
+            &|x| x < 1.0,
+        ),
+        ratio_goal(
+            "forwarded-name query rate ≥ 2× Docker's embedded resolver",
+            "dns_fwd_qps",
+            1,
+            &|x| x >= 2.0,
+        ),
+        ratio_goal(
+            "forwarded-name query p99 below Docker's (ratio < 1)",
+            "dns_fwd_p99",
+            1,
+            &|x| x < 1.0,
         ),
     ];
     // Published-port rate from the fewest to the most ports: dnet's rate

@@ -1,0 +1,400 @@
+//! Control-plane latency (issues #9 and #12), dnet alone: one operation at
+//! a time, end to end, as a user or a runtime meets it.
+//!
+//! - `network connect --netns` and `network disconnect`: the `dnet` CLI,
+//!   its process start and API round trip included;
+//! - CNI ADD and DEL: the `dnet-cni` binary exec'd as libcni execs it (the
+//!   `CNI_*` environment, the config on stdin, the result on stdout), from
+//!   the bench's own namespace, as a runtime runs plugins in its own.
+//!
+//! Then, with `--lat-scale N`, N endpoints on one host: N namespaces
+//! attached one after another (the mean attach time of the last 100 against
+//! the first 100), the daemon's resident memory with them, and its restart
+//! with them (SIGTERM, then a new daemon until its API answers, the
+//! reconcile of every endpoint included).
+//!
+//! Each sample attaches a fresh namespace. Before each timed operation the
+//! daemon has no removal finishing in the background (`pending_removals`
+//! of `dnet info`): the figures are each operation's own. Back to back, an
+//! operation also waits for the kernel's rtnl lock, which a removal still
+//! finishing holds while the kernel deletes the pair.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use dnet_sandbox::Sandbox;
+use serde_json::{Value, json};
+
+use super::{results::Goal, sys};
+
+/// One operation's samples, in milliseconds.
+pub struct Op {
+    pub id: &'static str,
+    pub label: &'static str,
+    pub ms: Vec<f64>,
+    /// Goal for the median, if the issues give one.
+    pub goal_ms: Option<f64>,
+}
+
+impl Op {
+    fn pct(&self, p: f64) -> Option<f64> {
+        percentile(&self.ms, p)
+    }
+}
+
+/// Nearest-rank percentile.
+fn percentile(v: &[f64], p: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    Some(s[rank.clamp(1, s.len()) - 1])
+}
+
+/// N endpoints on one host.
+pub struct Scale {
+    pub n: usize,
+    /// How many attaches each mean is over.
+    pub window: usize,
+    pub first_ms: f64,
+    pub last_ms: f64,
+    pub rss_kib: Option<u64>,
+    pub restart_ms: f64,
+}
+
+/// Attaches `n` namespaces to a fresh sandbox's daemon one after another,
+/// then restarts it.
+pub fn scale(n: usize) -> anyhow::Result<Scale> {
+    let mut sb = std::panic::catch_unwind(Sandbox::new)
+        .map_err(|_| anyhow::anyhow!("the dnet sandbox did not start (see above)"))?;
+    let mut ms = Vec::with_capacity(n);
+    for i in 0..n {
+        sys::check_stop()?;
+        let ns = sb.add_netns(&format!("s{i}"));
+        let ns_s = ns.to_str().context("utf-8 path")?.to_owned();
+        let name = format!("s{i}");
+        let start = Instant::now();
+        let o = sb.dnet(&[
+            "network", "connect", "bridge", "--netns", &ns_s, "--name", &name,
+        ]);
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+        if !o.status.success() {
+            bail!(
+                "attach {i} of {n}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+    }
+    let window = (n / 2).clamp(1, 100);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let o = sb.dnet(&["info", "--format", "json"]);
+    let pid = serde_json::from_slice::<Value>(&o.stdout)
+        .ok()
+        .and_then(|i| i["pid"].as_u64());
+    let rss_kib = pid.and_then(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    });
+    sb.stop_daemon(libc::SIGTERM);
+    let start = Instant::now();
+    sb.start_daemon();
+    let restart_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok(Scale {
+        n,
+        window,
+        first_ms: mean(&ms[..window]),
+        last_ms: mean(&ms[n - window..]),
+        rss_kib,
+        restart_ms,
+    })
+}
+
+pub enum Latency {
+    Done {
+        samples: usize,
+        ops: Vec<Op>,
+        scale: Option<Result<Scale, String>>,
+    },
+    /// Why it has no figures.
+    Skipped(String),
+}
+
+/// Runs `samples` rounds of connect, disconnect, CNI ADD and CNI DEL
+/// against a sandboxed daemon (`DNET_BIN`), with the plugin at `cni`.
+pub fn bench(cni: &Path, samples: usize) -> anyhow::Result<Latency> {
+    if !cni.exists() {
+        bail!("{} is not built", cni.display());
+    }
+    let mut sb = std::panic::catch_unwind(Sandbox::new)
+        .map_err(|_| anyhow::anyhow!("the dnet sandbox did not start (see above)"))?;
+    let mut ops = [
+        ("lat_connect", "`network connect --netns`", Some(10.0)),
+        ("lat_disconnect", "`network disconnect`", Some(10.0)),
+        ("lat_cni_add", "CNI ADD (`dnet-cni` exec'd)", Some(15.0)),
+        ("lat_cni_del", "CNI DEL (`dnet-cni` exec'd)", None),
+    ]
+    .map(|(id, label, goal_ms)| Op {
+        id,
+        label,
+        ms: Vec::new(),
+        goal_ms,
+    });
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "dnet-bench",
+        "type": "dnet-cni",
+        "network": "bridge",
+        "socket": sb.socket(),
+    })
+    .to_string();
+    for i in 0..samples {
+        sys::check_stop()?;
+        let ns = sb.add_netns(&format!("l{i}"));
+        let ns_s = ns.to_str().context("utf-8 path")?.to_owned();
+        let name = format!("lat{i}");
+        let timed = |sb: &Sandbox, args: &[&str]| -> anyhow::Result<f64> {
+            sb.settle();
+            let start = Instant::now();
+            let o = sb.dnet(args);
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            if !o.status.success() {
+                bail!(
+                    "dnet {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+            Ok(ms)
+        };
+        ops[0].ms.push(timed(
+            &sb,
+            &[
+                "network", "connect", "bridge", "--netns", &ns_s, "--name", &name,
+            ],
+        )?);
+        ops[1]
+            .ms
+            .push(timed(&sb, &["network", "disconnect", "bridge", &name])?);
+        let id = format!("latcni{i}");
+        sb.settle();
+        ops[2].ms.push(cni_call(cni, "ADD", &id, &ns, &conf)?);
+        sb.settle();
+        ops[3].ms.push(cni_call(cni, "DEL", &id, &ns, &conf)?);
+    }
+    sb.settle();
+    drop(sb);
+    Ok(Latency::Done {
+        samples,
+        ops: ops.into(),
+        scale: None,
+    })
+}
+
+/// Execs the plugin once as libcni does; milliseconds from exec to exit.
+fn cni_call(cni: &Path, command: &str, id: &str, netns: &Path, conf: &str) -> anyhow::Result<f64> {
+    let dir: PathBuf = cni.parent().context("plugin folder")?.to_owned();
+    let start = Instant::now();
+    let mut child = Command::new(cni)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", &dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("exec {}", cni.display()))?;
+    child
+        .stdin
+        .take()
+        .context("plugin stdin")?
+        .write_all(conf.as_bytes())?;
+    let o = child.wait_with_output()?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if !o.status.success() {
+        bail!(
+            "dnet-cni {command}: {} {}",
+            String::from_utf8_lossy(&o.stdout).trim(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(ms)
+}
+
+impl Latency {
+    /// Issue #9's goals (connect and disconnect medians ≤ 10 ms) and issue
+    /// #12's (CNI ADD median ≤ 15 ms, the exec included).
+    pub fn goals(&self) -> Vec<Goal> {
+        let targets = [
+            (
+                "lat_connect",
+                "`network connect --netns` median ≤ 10 ms",
+                10.0,
+            ),
+            (
+                "lat_disconnect",
+                "`network disconnect` median ≤ 10 ms",
+                10.0,
+            ),
+            ("lat_cni_add", "CNI ADD median ≤ 15 ms, exec included", 15.0),
+        ];
+        targets
+            .iter()
+            .map(|(id, text, goal)| {
+                let (figure, why_none) = match self {
+                    Latency::Done { ops, .. } => (
+                        ops.iter().find(|o| o.id == *id).and_then(|o| o.pct(50.0)),
+                        "no figure".to_owned(),
+                    ),
+                    Latency::Skipped(why) => (None, why.clone()),
+                };
+                Goal {
+                    text: format!("Control plane: {text}"),
+                    figure,
+                    met: figure.map(|f| f <= *goal),
+                    why_none,
+                }
+            })
+            .chain(std::iter::once(self.scale_goal()))
+            .collect()
+    }
+
+    /// Issue #9: the last 100 attaches within 1.2x of the first 100.
+    fn scale_goal(&self) -> Goal {
+        let (figure, why_none) = match self {
+            Latency::Done {
+                scale: Some(Ok(s)), ..
+            } => (Some(s.last_ms / s.first_ms), String::new()),
+            Latency::Done {
+                scale: Some(Err(e)),
+                ..
+            } => (None, format!("n/a: {e}")),
+            Latency::Done { scale: None, .. } => (None, "not run (--lat-scale 0)".into()),
+            Latency::Skipped(why) => (None, why.clone()),
+        };
+        let n = match self {
+            Latency::Done {
+                scale: Some(Ok(s)), ..
+            } => s.n,
+            _ => 1000,
+        };
+        Goal {
+            text: format!(
+                "Control plane: {n} endpoints on one host (issue #9: 1,000), the last 100 attaches within 1.2x of the first 100"
+            ),
+            figure,
+            met: figure.map(|f| f <= 1.2),
+            why_none,
+        }
+    }
+
+    pub fn markdown(&self, s: &mut String) {
+        s.push_str(
+            "\nControl-plane latency, dnet alone, one operation at a time (CLI and plugin exec included):\n\n",
+        );
+        let (samples, ops) = match self {
+            Latency::Skipped(why) => {
+                s.push_str(&format!("- {why}\n"));
+                return;
+            }
+            Latency::Done { samples, ops, .. } => (samples, ops),
+        };
+        s.push_str("| operation | p50 (ms) | p99 (ms) | goal (p50) |\n|---|---:|---:|---:|\n");
+        let cell = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1}"));
+        for o in ops {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                o.label,
+                cell(o.pct(50.0)),
+                cell(o.pct(99.0)),
+                o.goal_ms.map_or("".to_owned(), |g| format!("≤ {g}"))
+            ));
+        }
+        s.push_str(&format!(
+            "\n{samples} samples each, a fresh namespace per sample, no removal under way before each.\n"
+        ));
+        match self {
+            Latency::Done {
+                scale: Some(Ok(sc)),
+                ..
+            } => s.push_str(&format!(
+                "\n{} endpoints on one host: mean attach {:.1} ms for the first {w}, {:.1} ms for the last {w} ({:.2}x); daemon RSS {}; restart with them (SIGTERM, start, reconcile, API up) {:.0} ms.\n",
+                sc.n,
+                sc.first_ms,
+                sc.last_ms,
+                sc.last_ms / sc.first_ms,
+                sc.rss_kib.map_or("n/a".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+                sc.restart_ms,
+                w = sc.window,
+            )),
+            Latency::Done {
+                scale: Some(Err(e)),
+                ..
+            } => s.push_str(&format!("\nEndpoints on one host: n/a: {e}\n")),
+            _ => {}
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        match self {
+            Latency::Skipped(why) => json!({"na": why}),
+            Latency::Done {
+                samples,
+                ops,
+                scale,
+            } => json!({
+                "samples": samples,
+                "scale": match scale {
+                    Some(Ok(s)) => json!({
+                        "endpoints": s.n, "window": s.window,
+                        "first_mean_ms": s.first_ms, "last_mean_ms": s.last_ms,
+                        "ratio": s.last_ms / s.first_ms,
+                        "daemon_rss_kib": s.rss_kib, "restart_ms": s.restart_ms,
+                    }),
+                    Some(Err(e)) => json!({"na": e}),
+                    None => Value::Null,
+                },
+                "ops": ops.iter().map(|o| json!({
+                    "id": o.id,
+                    "label": o.label,
+                    "p50_ms": o.pct(50.0),
+                    "p99_ms": o.pct(99.0),
+                    "goal_p50_ms": o.goal_ms,
+                    "samples_ms": o.ms,
+                })).collect::<Vec<_>>(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), Some(50.0));
+        assert_eq!(percentile(&v, 99.0), Some(99.0));
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 50.0), Some(2.0));
+        assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+}
