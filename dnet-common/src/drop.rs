@@ -79,6 +79,16 @@ pub enum DropReason {
     /// another flow holds now: the flow is ended (its first entry removed)
     /// rather than sent out on a tuple whose answers belong to another.
     CtHalfFlow = 27,
+    /// A new flow of a container that has as many live flows as
+    /// `--ct-flows-per-endpoint` allows.
+    CtEndpointLimit = 28,
+    /// A new flow of a container that holds as many NAT ports towards that
+    /// destination (address, port, protocol) as `--nat-ports-per-destination`
+    /// allows: one container cannot take every port towards a resolver.
+    NatDestinationLimit = 29,
+    /// A TCP RST outside the flow's window (a blind reset guessing the
+    /// sequence number): the flow goes on.
+    CtRstOutOfWindow = 30,
     /// A new flow from the world to a published port, from a source that
     /// `dnet daemon --publish-from` does not list.
     SourceNotAllowed = 31,
@@ -91,7 +101,7 @@ pub const DROP_REASON_SLOTS: usize = 32;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 29] = [
+    pub const ALL: [DropReason; 32] = [
         DropReason::Malformed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
@@ -120,6 +130,9 @@ impl DropReason {
         DropReason::IcmpRateLimited,
         DropReason::NoNatAddress,
         DropReason::CtHalfFlow,
+        DropReason::CtEndpointLimit,
+        DropReason::NatDestinationLimit,
+        DropReason::CtRstOutOfWindow,
         DropReason::SourceNotAllowed,
     ];
 
@@ -154,6 +167,9 @@ impl DropReason {
             DropReason::IcmpRateLimited => "icmp-rate-limited",
             DropReason::NoNatAddress => "no-nat-address",
             DropReason::CtHalfFlow => "conntrack-half-flow",
+            DropReason::CtEndpointLimit => "conntrack-endpoint-limit",
+            DropReason::NatDestinationLimit => "nat-destination-limit",
+            DropReason::CtRstOutOfWindow => "conntrack-rst-out-of-window",
             DropReason::SourceNotAllowed => "source-not-allowed",
         }
     }

@@ -19,13 +19,14 @@ pub mod maps;
 pub mod nat;
 pub mod network;
 pub mod stats;
+pub mod tcp;
 
 #[cfg(feature = "user")]
 mod pod;
 
 pub use drop::DropReason;
 pub use endpoint::Endpoint;
-pub use nat::{Config, CtEntry, CtKey, Service, ServiceKey, SockRev, SockRevKey};
+pub use nat::{Config, CtEntry, CtKey, QuotaKey, Service, ServiceKey, SockRev, SockRevKey};
 pub use network::{MemberKey, NetFanout, Network};
 pub use stats::EndpointStats;
 
@@ -47,10 +48,12 @@ mod tests {
             40 + 8 * crate::drop::DROP_REASON_SLOTS
         );
         assert_eq!(size_of::<crate::CtKey>(), 16);
-        assert_eq!(size_of::<crate::CtEntry>(), 40);
+        assert_eq!(size_of::<crate::CtEntry>(), 56);
+        assert_eq!(size_of::<crate::tcp::TcpWindow>(), 16);
+        assert_eq!(size_of::<crate::QuotaKey>(), 12);
         assert_eq!(size_of::<crate::ServiceKey>(), 8);
         assert_eq!(size_of::<crate::Service>(), 8);
-        assert_eq!(size_of::<crate::Config>(), 24);
+        assert_eq!(size_of::<crate::Config>(), 40);
         assert_eq!(size_of::<crate::SockRevKey>(), 16);
         assert_eq!(size_of::<crate::SockRev>(), 8);
     }

@@ -22,6 +22,11 @@ pub const STATS: &str = "DNET_STATS";
 /// table refuses new flows (`conntrack-full`) and the daemon's collector
 /// frees expired ones.
 pub const CT: &str = "DNET_CT";
+/// `PerCpuHashMap<QuotaKey, i64>`: flows the datapath charged to containers'
+/// limits, less those it removed itself (`dnet-ebpf/src/quota.rs`).
+pub const CT_OPENED: &str = "DNET_CT_OPENED";
+/// `HashMap<QuotaKey, i64>`: charged flows the daemon removed.
+pub const CT_CLOSED: &str = "DNET_CT_CLOSED";
 /// `HashMap<ServiceKey, Service>`: published ports.
 pub const SERVICES: &str = "DNET_SERVICES";
 /// `Array<Config>`, one entry.
@@ -35,7 +40,7 @@ pub const SOCK_REVNAT: &str = "DNET_SOCK_REVNAT";
 pub const PUBLISH_FROM: &str = "DNET_PUBLISH_FROM";
 
 /// Every map the datapath declares.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 14] = [
     ENDPOINTS_BY_IP,
     ENDPOINTS_BY_IF,
     NETWORKS,
@@ -44,6 +49,8 @@ pub const ALL: [&str; 12] = [
     NET_MEMBER,
     STATS,
     CT,
+    CT_OPENED,
+    CT_CLOSED,
     SERVICES,
     CONFIG,
     SOCK_REVNAT,
@@ -57,6 +64,14 @@ pub const RETIRED: [&str; 1] = ["DNET_NET_MEMBERS"];
 
 /// Default size of the conntrack map (entries; a flow takes two).
 pub const CT_ENTRIES: u32 = 131_072;
+/// Default size of each limit counter map: a key per live flow at most
+/// (half the conntrack entries) and one per endpoint.
+pub const QUOTA_ENTRIES: u32 = CT_ENTRIES / 2 + MAX_ENDPOINTS;
+/// Most CPUs whose counters the limits sum (`Config::nr_cpus` is capped
+/// here; a longer loop outgrows the verifier's budget). On a host with
+/// more CPUs, flows charged on the others are not seen: the limits are
+/// lenient there.
+pub const MAX_CPUS: u32 = 16;
 /// Most published ports.
 pub const MAX_SERVICES: u32 = 65_536;
 /// Size of [`PUBLISH_FROM`], in prefixes.

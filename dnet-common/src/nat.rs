@@ -20,6 +20,8 @@
 //! the destination port of replies, so that a reply's key is its request's
 //! key reversed.
 
+use crate::tcp::TcpWindow;
+
 /// Key of [`crate::maps::CT`]: a packet's tuple. Ports in network order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -74,6 +76,10 @@ pub const CT_F_REPLY_TO_ENDPOINT: u16 = 1 << 6;
 /// pick identifiers without regard to `ip_local_reserved_ports`, raw ones
 /// as they like: only the table keeps the two apart.
 pub const CT_F_HOST: u16 = 1 << 7;
+/// On a flow's first entry: the flow is charged to the limits of the
+/// container that opened it (`key.saddr_be`, see [`QuotaKey`]); whoever
+/// removes the entry gives the charge back.
+pub const CT_F_COUNTED: u16 = 1 << 8;
 
 /// TCP flags as they sit in the header's 14th byte.
 pub const TCP_FIN: u8 = 0x01;
@@ -117,8 +123,12 @@ pub struct CtEntry {
     /// `bpf_ktime_get_ns()` when the flow was made.
     pub created_ns: u64,
     /// `bpf_ktime_get_ns()` of the last packet, to the second: the datapath
-    /// writes it only when a second has passed, to spare the map.
+    /// writes it only when a second has passed, to spare the map (and on
+    /// every packet of a closed TCP flow, whose port waits a short grace
+    /// after its last packet).
     pub last_seen_ns: u64,
+    /// TCP: this direction's window ([`crate::tcp`]); zero otherwise.
+    pub win: TcpWindow,
 }
 
 /// The tuple a packet keyed `k` has after `e` rewrote it.
@@ -180,6 +190,15 @@ pub const fn reply_into(k: &CtKey, e: &CtEntry, rk: &mut CtKey, r: &mut CtEntry)
     r.flow_id = e.flow_id;
     r.created_ns = e.created_ns;
     r.last_seen_ns = e.last_seen_ns;
+    // Nothing known of the answers' direction yet.
+    r.win = TcpWindow {
+        end: 0,
+        maxend: 0,
+        maxwin: 0,
+        scale: 0,
+        flags: 0,
+        _pad: 0,
+    };
 }
 
 /// A TCP flow is over when either side reset it or both sent their FIN
@@ -234,6 +253,57 @@ pub struct Config {
     /// `SO_NETNS_COOKIE` of the daemon's namespace: the socket hooks act
     /// there only.
     pub netns_cookie: u64,
+    /// Most live flows a container may have opened
+    /// (`--ct-flows-per-endpoint`); 0: no limit.
+    pub ep_flow_limit: u32,
+    /// Most NAT ports (flows) a container may hold towards one destination
+    /// address, port and protocol (`--nat-ports-per-destination`); 0: no
+    /// limit.
+    pub dest_port_limit: u32,
+    /// Possible CPUs, whose per-CPU limit counters are summed (at most
+    /// `maps::MAX_CPUS`).
+    pub nr_cpus: u32,
+    pub _pad2: u32,
+}
+
+/// Key of the limit counters (`DNET_CT_OPENED`, `DNET_CT_CLOSED`): a
+/// container's flows, all of them ([`QuotaKey::endpoint`]) or those towards
+/// one destination ([`QuotaKey::destination`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct QuotaKey {
+    /// The container that opened the flows.
+    pub endpoint_be: u32,
+    /// The destination; all zero for the container's total.
+    pub daddr_be: u32,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl QuotaKey {
+    /// Every flow the container at `addr_be` opened.
+    pub const fn endpoint(addr_be: u32) -> QuotaKey {
+        QuotaKey {
+            endpoint_be: addr_be,
+            daddr_be: 0,
+            dport_be: 0,
+            proto: 0,
+            _pad: 0,
+        }
+    }
+
+    /// The flows of the container that opened the flow keyed `k` towards
+    /// `k`'s destination: each holds a NAT port of that destination.
+    pub const fn destination(k: &CtKey) -> QuotaKey {
+        QuotaKey {
+            endpoint_be: k.saddr_be,
+            daddr_be: k.daddr_be,
+            dport_be: k.dport_be,
+            proto: k.proto,
+            _pad: 0,
+        }
+    }
 }
 
 /// How many candidate ports a new flow tries before giving up.
@@ -259,15 +329,27 @@ pub struct SockRev {
     pub _pad: u16,
 }
 
+/// Strides of the port probe sequences: primes above 65,536, so that each
+/// is coprime with any range size and a sequence visits every port of the
+/// range before it repeats one.
+const PROBE_STRIDES: [u32; 8] = [
+    65_537, 65_539, 65_543, 65_551, 65_557, 65_563, 65_579, 65_581,
+];
+
 /// The NAT port the `n`-th probe of a flow whose tuple hashes to `hash`
-/// tries, in a range of `size` ports starting at `min`. Pure so that both
-/// sides (and a unit test) agree.
+/// tries, in a range of `size` ports starting at `min`: double hashing, a
+/// start and a stride both taken from the hash. Flows whose sequences meet
+/// at one port go on to different ones, so taken ports do not gather into
+/// runs that every later flow has to walk (as with a stride of one). Pure
+/// so that both sides (and a unit test) agree.
 #[inline(always)]
 pub const fn nat_port_candidate(hash: u32, n: u32, min: u16, size: u32) -> u16 {
     if size == 0 {
         return min;
     }
-    (min as u32 + (hash.wrapping_add(n)) % size) as u16
+    let stride = PROBE_STRIDES[(hash >> 29) as usize] % size;
+    let off = ((hash % size) as u64 + n as u64 * stride as u64) % size as u64;
+    (min as u32 + off as u32) as u16
 }
 
 /// A cheap mixing hash of a tuple (the start of its port probe sequence).
@@ -439,6 +521,39 @@ mod tests {
             let p = nat_port_candidate(h, 31, 1024, 64512);
             assert!(p >= 1024);
         }
+    }
+
+    #[test]
+    fn probe_sequences_do_not_gather_into_runs() {
+        // Half of a 1,000-port range taken in one block, as a stride of one
+        // leaves it: flows whose start falls in the block must not walk it.
+        let (min, size) = (40000u16, 1000u32);
+        let taken = |p: u16| p < min + 500;
+        let mut probes = 0;
+        for i in 0..1000u16 {
+            let k = CtKey {
+                saddr_be: 0x0200_11ac,
+                daddr_be: 0x0100_12c6,
+                sport_be: (30000 + i).to_be(),
+                dport_be: 53u16.to_be(),
+                proto: 17,
+                _pad: [0; 3],
+            };
+            let h = tuple_hash(&k);
+            let n = (0..NAT_PORT_PROBES)
+                .find(|n| !taken(nat_port_candidate(h, *n, min, size)))
+                .expect("a free port within the probes");
+            probes += n + 1;
+        }
+        assert!(probes < 2 * 1000 + 200, "{probes} probes for 1,000 flows");
+        // Two flows whose sequences meet go on to different ports.
+        let (a, b) = (0x1234_5678, 0x2000_0209);
+        let meet = nat_port_candidate(a, 1, min, size);
+        assert_eq!(nat_port_candidate(b, 0, min, size), meet);
+        assert_ne!(
+            nat_port_candidate(a, 2, min, size),
+            nat_port_candidate(b, 1, min, size)
+        );
     }
 
     #[test]

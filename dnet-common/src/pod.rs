@@ -31,3 +31,5 @@ unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for SockRevKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SockRev {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::QuotaKey {}

@@ -23,9 +23,10 @@ use dnet_common::{
         CT_F_ASSURED, CT_F_REPLY, CT_FIN_ACKED, CT_PEER_FIN, CT_SEEN, TCP_ACK, TCP_FIN, TCP_RST,
         TCP_SYN, partner, reply_into, tcp_closed, tcp_reusable,
     },
+    tcp::{Seg, TcpWindow, start, track},
 };
 
-use crate::l4::IPPROTO_TCP;
+use crate::{l4::IPPROTO_TCP, quota::release};
 
 pub const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// How long a closed TCP flow keeps its port after its last packet (the
@@ -69,6 +70,33 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// What a packet's flow says to do with it: the fields of its entry that
+/// rewriting and delivery read, copied out small (the programs' stacks
+/// are full; the entry itself is larger).
+#[derive(Clone, Copy)]
+pub struct Xlate {
+    pub new_saddr_be: u32,
+    pub new_daddr_be: u32,
+    pub new_sport_be: u16,
+    pub new_dport_be: u16,
+    pub flags: u16,
+    pub endpoint_be: u32,
+}
+
+impl Xlate {
+    #[inline(always)]
+    pub fn of(e: &CtEntry) -> Xlate {
+        Xlate {
+            new_saddr_be: e.new_saddr_be,
+            new_daddr_be: e.new_daddr_be,
+            new_sport_be: e.new_sport_be,
+            new_dport_be: e.new_dport_be,
+            flags: e.flags,
+            endpoint_be: e.endpoint_be,
+        }
+    }
+}
+
 /// Why inserting a new entry failed.
 pub enum InsertError {
     /// The key is taken.
@@ -88,11 +116,16 @@ pub fn insert_new(k: &CtKey, e: &CtEntry) -> Result<(), InsertError> {
     }
 }
 
-/// The flow `key` belongs to, with the packet noted on it. A first entry
-/// whose reply entry is gone gets it back; if its reply tuple belongs to
-/// another flow now (or the table is full), the flow ends here
+/// The flow `key` belongs to, with the packet (`seg`) noted on it. A
+/// first entry whose reply entry is gone gets it back; if its reply tuple
+/// belongs to another flow now (or the table is full), the flow ends here
 /// (`conntrack-half-flow`): its packets would go out on a tuple whose
 /// answers reach another container.
+///
+/// TCP segments are judged against the flow's windows
+/// (`dnet_common::tcp`): one outside them moves nothing, and a RST outside
+/// them is dropped (`conntrack-rst-out-of-window`). A `seg` without flags
+/// (an ICMP error's quote) is looked up only.
 ///
 /// The partner entry is looked up once, and only when needed: for TCP
 /// (the state spans both directions), and for other protocols while the
@@ -100,23 +133,24 @@ pub fn insert_new(k: &CtKey, e: &CtEntry) -> Result<(), InsertError> {
 /// UDP or ICMP flow's reply entry cannot go while its first entry is
 /// there: every remover takes the first entry first.
 #[inline(always)]
-pub fn lookup(key: &CtKey, tcp_flags: u8) -> Result<Option<CtEntry>, DropReason> {
+pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
     let Some(e) = CT.get_ptr_mut(key) else {
         return Ok(None);
     };
     let t = now();
     let tcp = key.proto == IPPROTO_TCP;
+    let tcp_flags = seg.flags;
     // SAFETY: `e` (and the partner entry below) point into live map values.
-    // The datapath writes only `last_seen_ns`, `tcp_seen` and the
+    // The datapath writes only `last_seen_ns`, `tcp_seen`, `win` and the
     // `CT_F_ASSURED` bit of `flags`, all plain data: a torn timestamp is
     // harmless, a `tcp_seen` bit lost to a concurrent write on another CPU
-    // only keeps a closed flow's port held until the closing timeout, and
-    // a lost `CT_F_ASSURED` is set again by the next packet that would set
-    // it.
+    // only keeps a closed flow's port held until the closing timeout, a
+    // lost `CT_F_ASSURED` is set again by the next packet that would set
+    // it, and a window field written by two CPUs at once keeps one of the
+    // two values, each a bound the flow had (the next segment in the window
+    // moves it on).
     unsafe {
-        if t.saturating_sub((*e).last_seen_ns) > NSEC_PER_SEC {
-            (*e).last_seen_ns = t;
-        }
+        let refresh = t.saturating_sub((*e).last_seen_ns) > NSEC_PER_SEC;
         let first = (*e).flags & CT_F_REPLY == 0;
         let assured = (*e).flags & CT_F_ASSURED != 0;
         let mut p = None;
@@ -130,13 +164,20 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Result<Option<CtEntry>, DropReason>
             // Only an entry of the same identity is this flow's.
             p = p.filter(|p| (**p).flow_id == (*e).flow_id);
             if first && p.is_none() {
-                let _ = CT.remove(key);
+                // Read before the removal frees the value for another flow.
+                let flags = (*e).flags;
+                if CT.remove(key).is_ok() {
+                    release(key, flags);
+                }
                 return Err(DropReason::CtHalfFlow);
             }
         }
         let seen = (*e).tcp_seen;
         let other = p.map(|p| (*p).tcp_seen).unwrap_or(0);
         if !tcp {
+            if refresh {
+                (*e).last_seen_ns = t;
+            }
             // Answered: the first direction stops checking its partner.
             if first && !assured && other & CT_SEEN != 0 {
                 (*e).flags |= CT_F_ASSURED;
@@ -144,7 +185,30 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Result<Option<CtEntry>, DropReason>
             if seen & CT_SEEN == 0 {
                 (*e).tcp_seen = seen | tcp_flags;
             }
-            return Ok(Some(*e));
+            return Ok(Some(Xlate::of(&*e)));
+        }
+        if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && tcp_closed(seen, other) {
+            // A new connection on the tuple of a closed one: both
+            // directions start over, or the old FIN/RST would mark the new
+            // one closed (and the old windows judge the new sequence).
+            (*e).tcp_seen = tcp_flags;
+            (*e).flags &= !CT_F_ASSURED;
+            start(&mut (*e).win, seg);
+            (*e).last_seen_ns = t;
+            if let Some(p) = p {
+                (*p).tcp_seen = 0;
+                (*p).win = TcpWindow::default();
+            }
+            return Ok(Some(Xlate::of(&*e)));
+        }
+        if tcp_flags != 0
+            && let Some(p) = p
+            && !track(&mut (*e).win, &mut (*p).win, seg)
+        {
+            if tcp_flags & TCP_RST != 0 {
+                return Err(DropReason::CtRstOutOfWindow);
+            }
+            return Ok(Some(Xlate::of(&*e)));
         }
         // The handshake completes with the opener's ACK after the other
         // side's SYN-ACK.
@@ -154,17 +218,6 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Result<Option<CtEntry>, DropReason>
             && other & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
         {
             (*e).flags |= CT_F_ASSURED;
-        }
-        if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && tcp_closed(seen, other) {
-            // A new connection on the tuple of a closed one: both
-            // directions start over, or the old FIN/RST would mark the new
-            // one closed.
-            (*e).tcp_seen = tcp_flags;
-            (*e).flags &= !CT_F_ASSURED;
-            if let Some(p) = p {
-                (*p).tcp_seen = 0;
-            }
-            return Ok(Some(*e));
         }
         let mut add = tcp_flags;
         if add & TCP_FIN != 0 && seen & TCP_FIN == 0 {
@@ -182,12 +235,13 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Result<Option<CtEntry>, DropReason>
         }
         if seen | add != seen {
             (*e).tcp_seen = seen | add;
-            if add & !seen & (TCP_RST | CT_FIN_ACKED) != 0 {
-                // The flow's end, timed: its port waits REUSE_GRACE_NS.
-                (*e).last_seen_ns = t;
-            }
         }
-        Ok(Some(*e))
+        // A closed flow's port waits REUSE_GRACE_NS after its last packet,
+        // whichever way it went: timed on every packet from the end on.
+        if refresh || tcp_closed(seen | add, other) {
+            (*e).last_seen_ns = t;
+        }
+        Ok(Some(Xlate::of(&*e)))
     }
 }
 
@@ -220,8 +274,9 @@ pub fn opens_flow(proto: u8, tcp_flags: u8) -> bool {
     proto != IPPROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
 }
 
-/// A new flow's first entry (its reply entry follows from it: `reply_into`),
-/// with a fresh identity.
+/// A new flow's first entry (its reply entry follows from it:
+/// `reply_into`), with a fresh identity; a TCP flow's window starts from
+/// its SYN (`seg`).
 #[inline(always)]
 pub fn entry(
     new_saddr_be: u32,
@@ -230,45 +285,50 @@ pub fn entry(
     new_dport_be: u16,
     flags: u16,
     endpoint_be: u32,
-    tcp_flags: u8,
+    seg: &Seg,
 ) -> CtEntry {
     let t = now();
+    let mut win = TcpWindow::default();
+    if seg.flags & TCP_SYN != 0 {
+        start(&mut win, seg);
+    }
     CtEntry {
         new_saddr_be,
         new_daddr_be,
         new_sport_be,
         new_dport_be,
         flags,
-        tcp_seen: tcp_flags,
+        tcp_seen: seg.flags,
         _pad: 0,
         endpoint_be,
         // SAFETY: a helper call without arguments.
         flow_id: unsafe { bpf_get_prandom_u32() },
         created_ns: t,
         last_seen_ns: t,
+        win,
     }
 }
 
 /// Inserts a new flow: its reply entry (keyed `rkey`) only if that tuple is
-/// free, then its first entry. If another CPU made the same flow meanwhile,
-/// `fwd` becomes its first entry.
+/// free, then its first entry. `Ok(true)`: made here; `Ok(false)`: another
+/// CPU made the same flow meanwhile, and `fwd` is now its first entry.
 #[inline(always)]
 pub fn insert_flow(
     key: &CtKey,
     fwd: &mut CtEntry,
     rkey: &CtKey,
     reply: &CtEntry,
-) -> Result<(), InsertError> {
+) -> Result<bool, InsertError> {
     insert_new(rkey, reply)?;
     match insert_new(key, fwd) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(e) => {
             let _ = CT.remove(rkey);
             // SAFETY: read-only map access to plain data (copied out).
             match unsafe { CT.get(key) } {
                 Some(f) => {
                     *fwd = *f;
-                    Ok(())
+                    Ok(false)
                 }
                 None => Err(e),
             }
@@ -310,8 +370,12 @@ pub fn reclaim(s: &mut CtScratch) {
             return;
         }
         // The first entry goes first: while it is there, its port is held.
-        if f.is_some() {
-            let _ = CT.remove(&s.fkey);
+        if let Some(f) = f {
+            // Read before the removal frees the value for another flow.
+            let flags = (*f).flags;
+            if CT.remove(&s.fkey).is_ok() {
+                release(&s.fkey, flags);
+            }
         }
     }
     let _ = CT.remove(&s.rkey);

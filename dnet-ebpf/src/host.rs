@@ -71,7 +71,8 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     match l4::parse(ctx, ETH_HLEN, &ip) {
         Parsed::Flow(key, l4) => {
-            let e = ct::lookup(&key, l4.tcp_flags)?;
+            let seg = l4::seg(ctx, Some(&l4), key.proto)?;
+            let e = ct::lookup(&key, seg)?;
             let svc = match e {
                 Some(_) => None,
                 None if (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
@@ -103,13 +104,9 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
                     let slot = nat::endpoint_at(svc.backend_be).map_or(0, |ep| ep.slot);
                     return Ok(drop(slot, DropReason::SourceNotAllowed));
                 }
-                (None, Some(svc)) => nat::new_dnat(
-                    &cfg,
-                    &key,
-                    svc.backend_be,
-                    svc.backend_port_be,
-                    l4.tcp_flags,
-                )?,
+                (None, Some(svc)) => {
+                    nat::new_dnat(&cfg, &key, svc.backend_be, svc.backend_port_be, seg)?
+                }
                 (None, None) => return Ok(TC_ACT_OK),
             };
             nat::translate_and_deliver(ctx, &l4, &key, &e)
@@ -170,7 +167,7 @@ fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     if l4.icmp_type != ICMP_ECHO {
         return Ok(TC_ACT_OK);
     }
-    let e = match ct::lookup(&key, l4.tcp_flags)? {
+    let e = match ct::lookup(&key, l4::seg(ctx, Some(&l4), key.proto)?)? {
         Some(e) => e,
         None => nat::new_host_echo(&cfg, &key)?,
     };

@@ -82,7 +82,8 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
         proto,
         _pad: [0; 3],
     };
-    let Some(e) = ct::lookup(&key, 0)? else {
+    // The quote is looked up only: it moves no state.
+    let Some(e) = ct::lookup(&key, crate::l4::seg(ctx, None, proto)?)? else {
         return Ok(TC_ACT_OK);
     };
     // From a container, only an error about a packet it was sent, to that

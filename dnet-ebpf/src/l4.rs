@@ -1,13 +1,14 @@
 //! The transport layer as NAT sees it: a packet's tuple and where its ports
 //! and checksum sit.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TcContext};
 use dnet_common::{
-    CtKey,
-    nat::{CT_SEEN, TCP_TRACKED},
+    CtKey, DropReason,
+    nat::{CT_SEEN, TCP_SYN, TCP_TRACKED},
+    tcp::{NO_WSCALE, Seg},
 };
 
-use crate::{ipv4::Ipv4Hdr, ptr::ptr_at};
+use crate::{eth::ETH_HLEN, ipv4::Ipv4Hdr, ptr::ptr_at};
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -18,6 +19,10 @@ pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_ECHO: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETERPROB: u8 = 12;
+
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_WINDOW: u8 = 3;
 
 /// Where a tuple's L4 fields are.
 #[derive(Clone, Copy)]
@@ -177,3 +182,81 @@ pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
         _ => Parsed::Other,
     }
 }
+
+/// What conntrack reads of the segment `l4` describes, in a packet whose
+/// IPv4 header is at `ETH_HLEN`: for TCP its sequence numbers, window,
+/// payload length and, on a SYN, the window scale option; for other
+/// protocols the flags alone (and nothing for an ICMP error's quote,
+/// `l4` `None`). Built in this CPU's scratch slot: the programs' stacks
+/// are full.
+#[inline(always)]
+pub fn seg(ctx: &TcContext, l4: Option<&L4>, proto: u8) -> Result<&'static Seg, DropReason> {
+    let p = SEG_SCRATCH.get_ptr_mut(0).ok_or(DropReason::Malformed)?;
+    // SAFETY: this CPU's slot of a live per-CPU array; nothing else runs
+    // on this CPU while the program does, and each program fills it once,
+    // before anything reads it.
+    let s = unsafe { &mut *p };
+    *s = Seg {
+        flags: l4.map(|l| l.tcp_flags).unwrap_or(0),
+        wscale: NO_WSCALE,
+        ..Default::default()
+    };
+    let Some(l4) = l4.filter(|_| proto == IPPROTO_TCP) else {
+        return Ok(s);
+    };
+    let Ok(p) = ptr_at::<[u8; 20]>(ctx, l4.off) else {
+        return Ok(s);
+    };
+    // SAFETY: `ptr_at` checked the bytes are in the packet.
+    let h = unsafe { &*p };
+    s.seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    s.ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+    s.win = u16::from_be_bytes([h[14], h[15]]);
+    let hlen = ((h[12] >> 4) as usize) * 4;
+    let tot = ctx.load::<u16>(ETH_HLEN + 2).map(u16::from_be).unwrap_or(0) as usize;
+    s.len = (ETH_HLEN + tot).saturating_sub(l4.off + hlen) as u32;
+    if s.flags & TCP_SYN != 0 {
+        s.wscale = wscale(ctx, l4.off, hlen);
+    }
+    Ok(s)
+}
+
+/// Room for the segment conntrack reads ([`seg`]), one per CPU.
+#[map(name = "DNET_SEG_SCRATCH")]
+static SEG_SCRATCH: PerCpuArray<Seg> = PerCpuArray::with_max_entries(1, 0);
+
+/// The window scale option of the TCP header at `off`, `hlen` bytes long
+/// with its options, or `NO_WSCALE`. Looks at the first
+/// [`MAX_SYN_OPTIONS`] options: every stack's SYN puts it among the first
+/// five (Linux: MSS, SACK-permitted, timestamps, NOP, window scale).
+#[inline(always)]
+fn wscale(ctx: &TcContext, off: usize, hlen: usize) -> u8 {
+    let mut i = 20usize;
+    for _ in 0..MAX_SYN_OPTIONS {
+        // Two bytes at a time: a kind and a length, or two NOPs.
+        let Ok([kind, len]) = ctx.load::<[u8; 2]>(off + (i & 63)) else {
+            break;
+        };
+        if i + 1 >= hlen || kind == TCPOPT_EOL {
+            break;
+        }
+        if kind == TCPOPT_NOP {
+            i += if len == TCPOPT_NOP { 2 } else { 1 };
+            continue;
+        }
+        if kind == TCPOPT_WINDOW {
+            if len != 3 || i + 2 >= hlen {
+                break;
+            }
+            return ctx.load::<u8>(off + (i & 63) + 2).unwrap_or(NO_WSCALE);
+        }
+        if len < 2 {
+            break;
+        }
+        i += len as usize;
+    }
+    NO_WSCALE
+}
+
+/// Options of a SYN [`wscale`] reads (NOP pairs count one).
+const MAX_SYN_OPTIONS: usize = 8;

@@ -2,7 +2,8 @@
 //!
 //! One module per concern: `ptr` (bounds-checked packet access), `eth`,
 //! `arp`, `ipv4`, `l4` (headers and tuples), `maps` (the maps), `stats`
-//! (counters and drops), `ct` (conntrack), `nat` (new flows and their
+//! (counters and drops), `ct` (conntrack), `quota` (containers'
+//! flow limits), `nat` (new flows and their
 //! ports, rewriting, delivery), `fib` (routing where the datapath
 //! forwards), `icmp_error` (ICMP errors about translated flows),
 //! `icmp_reply` (the ICMP errors dnet sends at its own hop), `lxc` (the
@@ -32,6 +33,7 @@ pub mod lxc;
 pub mod maps;
 pub mod nat;
 pub mod ptr;
+pub mod quota;
 pub mod sock;
 pub mod stats;
 

@@ -264,7 +264,7 @@ fn from_container_ipv4(
     if net.flags & NET_F_INTERNAL == 0 {
         match &parsed {
             Parsed::Flow(key, l4) => {
-                if let Some(e) = ct::lookup(key, l4.tcp_flags)? {
+                if let Some(e) = ct::lookup(key, l4::seg(ctx, Some(l4), key.proto)?)? {
                     if ipc.ttl <= 1 {
                         return Ok(ANSWER_TIME_EXCEEDED);
                     }
@@ -317,7 +317,8 @@ fn from_container_ipv4(
                 return Ok(ANSWER_TIME_EXCEEDED);
             }
             let backend = nat::endpoint_at(svc.backend_be).ok_or(DropReason::NoEndpoint)?;
-            let e = nat::new_hairpin(cfg, key, &backend, svc.backend_port_be, l4.tcp_flags)?;
+            let seg = l4::seg(ctx, Some(l4), key.proto)?;
+            let e = nat::new_hairpin(cfg, key, &backend, svc.backend_port_be, seg)?;
             return nat::translate_and_deliver(ctx, l4, key, &e);
         }
         return Ok(TC_ACT_OK);
@@ -371,7 +372,7 @@ fn from_container_ipv4(
             if let Route::TooBig { .. } = route {
                 return Ok(ANSWER_FRAG_NEEDED);
             }
-            let e = nat::new_snat(&cfg, &key, l4.tcp_flags)?;
+            let e = nat::new_snat(&cfg, &key, l4::seg(ctx, Some(&l4), key.proto)?)?;
             nat::rewrite(ctx, ETH_HLEN, &l4, &key, &e)?;
             count_translated(ep.slot);
             fib::forward(ctx, &route)

@@ -14,19 +14,21 @@ use aya_ebpf::{
 use dnet_common::{
     Config, CtEntry, CtKey, DropReason, Endpoint, ServiceKey,
     nat::{
-        CT_F_DNAT, CT_F_HOST, CT_F_PUBLISHED, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT,
-        CT_SEEN, NAT_PORT_PROBES, nat_port_candidate, tuple_hash,
+        CT_F_COUNTED, CT_F_DNAT, CT_F_HOST, CT_F_PUBLISHED, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT,
+        CT_F_TO_ENDPOINT, CT_SEEN, NAT_PORT_PROBES, nat_port_candidate, tuple_hash,
     },
     network::NET_F_INTERNAL,
+    tcp::Seg,
 };
 
 use crate::{
-    ct::{InsertError, entry, insert_flow, reclaim, reply_in_scratch},
+    ct::{InsertError, Xlate, entry, insert_flow, reclaim, reply_in_scratch},
     err,
     eth::ETH_HLEN,
     fib::{Route, RouteQuery, dec_ttl, forward, ingress_ifindex, route},
     l4::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L4},
     maps::{CONFIG, EP_BY_IP, NETWORKS, PUBLISH_FROM, SERVICES},
+    quota::{charge, release},
     stats::{count_translated, count_tx},
     verdict::{TC_ACT_OK, TC_ACT_REDIRECT},
 };
@@ -73,13 +75,14 @@ pub fn may_publish_to(saddr_be: u32) -> bool {
 /// is `fwd` (a source NAT to `fwd.new_saddr_be`): each candidate port's
 /// reply tuple is taken only if it is free, so two flows never share one,
 /// and a failed probe changes nothing. On success `fwd` is the first entry
-/// as the map holds it.
+/// as the map holds it: `Ok(true)` made here, `Ok(false)` the same flow
+/// made meanwhile by another CPU.
 ///
 /// The reply entry is built in the scratch map ([`reply_in_scratch`]): as
 /// a subprogram, or with its entries on the stack, the programs that make
 /// new flows outgrow the 512-byte stack.
 #[inline(always)]
-fn claim_port(cfg: &Config, key: &CtKey, fwd: &mut CtEntry) -> Result<(), DropReason> {
+fn claim_port(cfg: &Config, key: &CtKey, fwd: &mut CtEntry) -> Result<bool, DropReason> {
     let size = (cfg.nat_port_max as u32).saturating_sub(cfg.nat_port_min as u32) + 1;
     let hash = tuple_hash(key);
     for n in 0..NAT_PORT_PROBES {
@@ -93,7 +96,7 @@ fn claim_port(cfg: &Config, key: &CtKey, fwd: &mut CtEntry) -> Result<(), DropRe
             reclaim(s);
         }
         match insert_flow(key, fwd, &s.rkey, &s.reply) {
-            Ok(()) => return Ok(()),
+            Ok(made) => return Ok(made),
             Err(InsertError::Full) => return Err(DropReason::CtFull),
             Err(InsertError::Exists) => {}
         }
@@ -101,10 +104,26 @@ fn claim_port(cfg: &Config, key: &CtKey, fwd: &mut CtEntry) -> Result<(), DropRe
     Err(DropReason::NatPortsExhausted)
 }
 
+/// [`claim_port`] for a flow a container opens (`key.saddr_be`), charged
+/// to its limits first (`quota`); the charge is given back unless the
+/// flow was made here.
+#[inline(always)]
+fn claim_charged(cfg: &Config, key: &CtKey, fwd: &mut CtEntry) -> Result<(), DropReason> {
+    let charged = charge(cfg, key)?;
+    if charged {
+        fwd.flags |= CT_F_COUNTED;
+    }
+    let r = claim_port(cfg, key, fwd);
+    if charged && !matches!(r, Ok(true)) {
+        release(key, CT_F_COUNTED);
+    }
+    r.map(|_| ())
+}
+
 /// A new flow from a container to the world, translated to the uplink's
 /// address and a free NAT port.
 #[inline(always)]
-pub fn new_snat(cfg: &Config, key: &CtKey, tcp_flags: u8) -> Result<CtEntry, DropReason> {
+pub fn new_snat(cfg: &Config, key: &CtKey, seg: &Seg) -> Result<Xlate, DropReason> {
     let mut fwd = entry(
         cfg.uplink_addr_be,
         0,
@@ -112,10 +131,10 @@ pub fn new_snat(cfg: &Config, key: &CtKey, tcp_flags: u8) -> Result<CtEntry, Dro
         0,
         CT_F_SNAT | CT_F_REPLY_TO_ENDPOINT,
         key.saddr_be,
-        tcp_flags,
+        seg,
     );
-    claim_port(cfg, key, &mut fwd)?;
-    Ok(fwd)
+    claim_charged(cfg, key, &mut fwd)?;
+    Ok(Xlate::of(&fwd))
 }
 
 /// A new flow from the world to a published port. Its reply tuple (the
@@ -130,8 +149,8 @@ pub fn new_dnat(
     key: &CtKey,
     backend_be: u32,
     backend_port_be: u16,
-    tcp_flags: u8,
-) -> Result<CtEntry, DropReason> {
+    seg: &Seg,
+) -> Result<Xlate, DropReason> {
     let mut fwd = entry(
         0,
         0,
@@ -139,10 +158,10 @@ pub fn new_dnat(
         backend_port_be,
         CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_PUBLISHED,
         backend_be,
-        tcp_flags,
+        seg,
     );
     insert_or_translate_port(cfg, key, &mut fwd)?;
-    Ok(fwd)
+    Ok(Xlate::of(&fwd))
 }
 
 /// The host's own ICMP echo request out of the uplink (`CT_F_HOST`): its
@@ -151,7 +170,7 @@ pub fn new_dnat(
 /// way its answers come back to the host, and a container's echo never
 /// gets an identifier the host uses.
 #[inline(always)]
-pub fn new_host_echo(cfg: &Config, key: &CtKey) -> Result<CtEntry, DropReason> {
+pub fn new_host_echo(cfg: &Config, key: &CtKey) -> Result<Xlate, DropReason> {
     let mut fwd = entry(
         key.saddr_be,
         key.sport_be,
@@ -159,10 +178,14 @@ pub fn new_host_echo(cfg: &Config, key: &CtKey) -> Result<CtEntry, DropReason> {
         0,
         CT_F_SNAT | CT_F_HOST,
         key.saddr_be,
-        CT_SEEN,
+        // An echo request: no TCP segment.
+        &Seg {
+            flags: CT_SEEN,
+            ..Seg::default()
+        },
     );
     insert_or_translate_port(cfg, key, &mut fwd)?;
-    Ok(fwd)
+    Ok(Xlate::of(&fwd))
 }
 
 /// Inserts the flow whose first entry is `fwd` (keyed `key`) as it is; if
@@ -177,12 +200,12 @@ fn insert_or_translate_port(
 ) -> Result<(), DropReason> {
     let s = reply_in_scratch(key, fwd).ok_or(DropReason::CtFull)?;
     match insert_flow(key, fwd, &s.rkey, &s.reply) {
-        Ok(()) => Ok(()),
+        Ok(_) => Ok(()),
         Err(InsertError::Full) => Err(DropReason::CtFull),
         Err(InsertError::Exists) => {
             fwd.flags |= CT_F_SNAT;
             fwd.new_saddr_be = key.saddr_be;
-            claim_port(cfg, key, fwd)
+            claim_port(cfg, key, fwd).map(|_| ())
         }
     }
 }
@@ -196,8 +219,8 @@ pub fn new_hairpin(
     key: &CtKey,
     backend: &Endpoint,
     backend_port_be: u16,
-    tcp_flags: u8,
-) -> Result<CtEntry, DropReason> {
+    seg: &Seg,
+) -> Result<Xlate, DropReason> {
     let gw = NETWORKS
         .get(backend.net_id)
         .map(|n| n.gateway_be)
@@ -209,10 +232,10 @@ pub fn new_hairpin(
         backend_port_be,
         CT_F_SNAT | CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_PUBLISHED | CT_F_REPLY_TO_ENDPOINT,
         backend.addr_be,
-        tcp_flags,
+        seg,
     );
-    claim_port(cfg, key, &mut fwd)?;
-    Ok(fwd)
+    claim_charged(cfg, key, &mut fwd)?;
+    Ok(Xlate::of(&fwd))
 }
 
 /// Rewrites the packet's addresses and ports as `e` says, keeping the IPv4
@@ -223,7 +246,7 @@ pub fn rewrite(
     ip_off: usize,
     l4: &L4,
     key: &CtKey,
-    e: &CtEntry,
+    e: &Xlate,
 ) -> Result<(), DropReason> {
     let icmp = key.proto == IPPROTO_ICMP;
     let mangled = if key.proto == IPPROTO_UDP {
@@ -316,7 +339,7 @@ pub fn translate_and_deliver(
     ctx: &TcContext,
     l4: &L4,
     key: &CtKey,
-    e: &CtEntry,
+    e: &Xlate,
 ) -> Result<i32, DropReason> {
     if e.flags & CT_F_HOST != 0 {
         rewrite(ctx, ETH_HLEN, l4, key, e)?;

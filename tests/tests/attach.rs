@@ -623,7 +623,9 @@ fn an_interface_name_the_namespace_has_is_refused_clearly() {
     let o = in_netns(
         &ns,
         "ip",
-        &["link", "add", "eth0", "type", "veth", "peer", "name", "own1"],
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "own1",
+        ],
     );
     assert!(ok(&o), "{}", out(&o));
     let before = sb.snapshot();

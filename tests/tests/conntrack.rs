@@ -1,6 +1,8 @@
-//! dnet's conntrack under a flood (issue 10, item 1): a bounded SYN flood
-//! from the world at a published port, while another container's idle,
-//! established flows must keep working; the refusals are counted.
+//! dnet's conntrack under a flood (issue 10, items 1 and 3): a bounded SYN
+//! flood from the world at a published port, and a UDP flow flood from one
+//! container, while another container's established flows (and its
+//! queries to the flooded resolver) must keep working; the refusals are
+//! counted.
 
 use std::{process::Command, time::Duration};
 
@@ -124,6 +126,101 @@ fn ct_a_syn_flood_at_a_published_port_breaks_no_established_flow() {
     assert!(ok(&o), "{}", out(&o));
     assert!(
         stdout(&o).contains("20 connections answered again"),
+        "{}",
+        out(&o)
+    );
+}
+
+#[test]
+fn ct_a_udp_flow_flood_from_one_container_leaves_others_their_flows_and_dns() {
+    let mut sb = Sandbox::with_daemon_args(&[
+        "--nat-ports-per-destination",
+        "50",
+        "--ct-flows-per-endpoint",
+        "100",
+    ]);
+    let w = sb.world_netns_path();
+    sb.spawn_in(&w, &ct(), &["serve", "tcp", "80"]);
+    sb.spawn_in(&w, &ct(), &["serve", "udp", "53"]);
+    wait_listening(&w, "tcp", 80);
+    wait_listening(&w, "udp", 53);
+    sb.dnet_ok(&["run", "-d", "--name", "flood", "--", "sleep", "300"]);
+    sb.dnet_ok(&["run", "-d", "--name", "b", "--", "sleep", "300"]);
+    // B holds a connection to the world through the flood, then uses it.
+    let hold = sb.dir.join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let child = Command::new(dnet_sandbox::dnet_bin())
+        .arg("--socket")
+        .arg(sb.socket())
+        .args([
+            "exec",
+            "b",
+            "--",
+            &ct(),
+            "connections",
+            &format!("{WORLD_IP}:80"),
+        ])
+        .args(["--count", "1", "--timeout", "10", "--hold", "60", "--again"])
+        .args(["--hold-while", hold.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b_ip = sb.ip_of("b");
+    let established = |sb: &Sandbox| {
+        sb.flows()
+            .iter()
+            .filter(|f| {
+                f["state"] == "established"
+                    && f["original"]["src"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with(&format!("{b_ip}:"))
+            })
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || established(&sb) == 1),
+        "{:?}",
+        sb.flows()
+    );
+    // 500 new UDP flows from one container to the resolver's address.
+    let dns = format!("{WORLD_IP}:53");
+    let o = sb.conntest_in("flood", &["udp-flows", &dns, "--count", "500"]);
+    assert!(ok(&o), "{}", out(&o));
+    assert!(stdout(&o).contains("sent 500 flows"), "{}", out(&o));
+    // Beyond 50 ports towards it, its flows were refused, counted on it.
+    let refused = sb.drops("flood", "nat-destination-limit");
+    assert!(refused >= 400, "nat-destination-limit: {refused}");
+    let flood_ip = sb.ip_of("flood");
+    let to_dns = sb
+        .flows()
+        .iter()
+        .filter(|f| {
+            f["original"]["src"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(&format!("{flood_ip}:"))
+        })
+        .count();
+    assert!(to_dns <= 50 + 2, "{to_dns} flows of the flood");
+    // Other destinations: its total of 100 live flows holds.
+    let o = sb.conntest_in(
+        "flood",
+        &["udp-flows", &format!("{WORLD_IP}:54"), "--count", "100"],
+    );
+    assert!(ok(&o), "{}", out(&o));
+    assert!(sb.drops("flood", "conntrack-endpoint-limit") >= 40);
+    // B's DNS-like queries to the same resolver are answered.
+    let o = sb.conntest_in("b", &["udp", &dns, "--count", "5", "--interval", "0.05"]);
+    assert!(ok(&o), "{}", out(&o));
+    assert_eq!(sb.drops("b", "nat-destination-limit"), 0);
+    // B's held connection works on.
+    std::fs::remove_file(&hold).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(ok(&o), "{}", out(&o));
+    assert!(
+        stdout(&o).contains("1 connections answered again"),
         "{}",
         out(&o)
     );

@@ -60,6 +60,27 @@ fn bad_daemon_options_are_refused_and_leave_nothing() {
     assert!(err.contains("--ct-gc-interval"), "{err}");
     let err = refused_start(&sb, "timeout", &bpffs, &["--ct-timeout-udp", "99999999999"]);
     assert!(err.contains("--ct-timeout-udp"), "{err}");
+    // Limits beyond what they limit (the table's flows, the NAT ports).
+    let err = refused_start(
+        &sb,
+        "perep",
+        &bpffs,
+        &["--ct-entries", "512", "--ct-flows-per-endpoint", "257"],
+    );
+    assert!(
+        err.contains("--ct-flows-per-endpoint 257: expected 1 to 256"),
+        "{err}"
+    );
+    let err = refused_start(
+        &sb,
+        "perdest",
+        &bpffs,
+        &["--nat-ports-per-destination", "0"],
+    );
+    assert!(
+        err.contains("--nat-ports-per-destination 0: expected 1 to"),
+        "{err}"
+    );
     // A folder that is not on a bpffs is never mounted over.
     let plain = sb.dir.join("plain");
     fs::create_dir_all(&plain).unwrap();

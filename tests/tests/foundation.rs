@@ -643,7 +643,9 @@ fn a_removal_cut_short_by_a_kill_is_finished_by_the_next_start() {
     assert_eq!(sb.dnet_json(&["info"])["pending_removals"], 2);
     assert!(sb.host_links().contains(&veth), "{:?}", sb.host_links());
     assert!(
-        sb.pins().iter().any(|p| p.starts_with(&format!("links/{veth}-"))),
+        sb.pins()
+            .iter()
+            .any(|p| p.starts_with(&format!("links/{veth}-"))),
         "{:?}",
         sb.pins()
     );
@@ -660,7 +662,11 @@ fn a_removal_cut_short_by_a_kill_is_finished_by_the_next_start() {
     // The namespace attaches again as eth0, and detaches.
     sb.dnet_ok(&attach);
     let o = in_netns(&ext, &ct(), &["ping", "172.17.0.1"]);
-    assert!(ok(&o), "attached again, it reaches its gateway: {}", out(&o));
+    assert!(
+        ok(&o),
+        "attached again, it reaches its gateway: {}",
+        out(&o)
+    );
     // Detached and attached again at once: the new eth0 waits for the
     // old one's removal.
     sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);

@@ -61,6 +61,17 @@ pub struct Args {
     /// How often expired flows are collected, in seconds.
     #[arg(long, default_value_t = 5)]
     ct_gc_interval: u64,
+    /// Most live flows one container may have opened (to the world, or to
+    /// a published port of the host); beyond it new ones are dropped
+    /// (`conntrack-endpoint-limit`). Default: an eighth of the table's
+    /// flows, at most 8192.
+    #[arg(long)]
+    ct_flows_per_endpoint: Option<u32>,
+    /// Most NAT ports one container may hold towards one destination
+    /// (address, port, protocol); beyond it new flows there are dropped
+    /// (`nat-destination-limit`). Default: a quarter of --nat-ports.
+    #[arg(long)]
+    nat_ports_per_destination: Option<u32>,
     /// Where to serve Docker's remote network driver; the file name is the
     /// driver's name (`docker network create -d dnet`). Empty: not served.
     // Text, not a path: clap refuses an empty path.
@@ -96,6 +107,30 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 const MAX_TIMEOUT: u64 = 7 * 24 * 3600;
 const MAX_GC_INTERVAL: u64 = 3600;
 
+/// The per-container limits: the options, else their defaults. Each is
+/// bounded by what it limits: the table's flows, the NAT port range.
+fn limits(args: &Args) -> anyhow::Result<(u32, u32)> {
+    let flows = args.ct_entries / 2;
+    let ports = (args.nat_ports.1 as u32).saturating_sub(args.nat_ports.0 as u32) + 1;
+    let per_ep = args
+        .ct_flows_per_endpoint
+        .unwrap_or_else(|| NatOptions::default_flows_per_endpoint(args.ct_entries));
+    if per_ep == 0 || per_ep > flows {
+        anyhow::bail!(
+            "--ct-flows-per-endpoint {per_ep}: expected 1 to {flows} (the table's flows, --ct-entries / 2)"
+        );
+    }
+    let per_dest = args
+        .nat_ports_per_destination
+        .unwrap_or_else(|| NatOptions::default_ports_per_destination(args.nat_ports));
+    if per_dest == 0 || per_dest > ports {
+        anyhow::bail!(
+            "--nat-ports-per-destination {per_dest}: expected 1 to {ports} (the ports of --nat-ports)"
+        );
+    }
+    Ok((per_ep, per_dest))
+}
+
 /// The abstract Unix socket a daemon holds while it runs. Abstract names
 /// belong to a network namespace, so it keeps a second daemon out of the
 /// namespace (their objects would clash) and goes away with the process,
@@ -126,6 +161,7 @@ fn preflight(args: &Args) -> anyhow::Result<std::os::unix::net::UnixListener> {
             args.ct_gc_interval
         );
     }
+    limits(args)?;
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .map_err(|e| anyhow::anyhow!("read /proc/sys/net/ipv4/ip_local_port_range: {e}"))?;
     check_nat_ports(args.nat_ports, &range)?;
@@ -202,6 +238,8 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
         }
     };
     let secs = Duration::from_secs;
+    // Checked by `preflight`.
+    let (per_ep, per_dest) = limits(args).unwrap_or_default();
     let cfg = Config {
         uplink: args.uplink.clone(),
         state_dir: args.state_dir.clone(),
@@ -219,6 +257,8 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
             },
             gc_interval: secs(args.ct_gc_interval),
             publish_from: args.publish_from.clone(),
+            flows_per_endpoint: per_ep,
+            ports_per_destination: per_dest,
         },
         dns: crate::dns::Options {
             upstreams: args.dns_upstream.clone(),

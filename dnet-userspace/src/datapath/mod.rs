@@ -21,7 +21,9 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+    },
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -30,8 +32,11 @@ use aya::{
 };
 pub use bpffs::{check as check_bpffs, ensure_mounted};
 use dnet_common::{
-    Config, CtEntry, CtKey, Endpoint, EndpointStats, MemberKey, NetFanout, Network, Service,
-    ServiceKey, addr::ipv4_be, maps as m, nat::CT_F_REPLY,
+    Config, CtEntry, CtKey, Endpoint, EndpointStats, MemberKey, NetFanout, Network, QuotaKey,
+    Service, ServiceKey,
+    addr::ipv4_be,
+    maps as m,
+    nat::{CT_F_COUNTED, CT_F_REPLY},
 };
 use ipnetwork::Ipv4Network;
 
@@ -170,6 +175,10 @@ impl Datapath {
     pub fn load_with(pins: Option<&Path>, ct_entries: u32) -> Result<Datapath> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(m::CT, ct_entries);
+        // A counter key per live flow at most, and one per endpoint.
+        let quota_entries = ct_entries / 2 + m::MAX_ENDPOINTS;
+        loader.map_max_entries(m::CT_OPENED, quota_entries);
+        loader.map_max_entries(m::CT_CLOSED, quota_entries);
         let map_paths: Vec<(&'static str, PathBuf)> = match pins {
             Some(dir) => {
                 let maps_dir = dir.join("maps");
@@ -189,6 +198,9 @@ impl Datapath {
                 for name in m::RETIRED {
                     remove_if_exists(&maps_dir.join(name))?;
                 }
+                // Maps whose values grew (an older build's): made anew.
+                drop_if_resized(&maps_dir.join(m::CT), size_of::<CtEntry>())?;
+                drop_if_resized(&maps_dir.join(m::CONFIG), size_of::<Config>())?;
                 m::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect()
             }
             None => Vec::new(),
@@ -424,6 +436,11 @@ impl Datapath {
         Ok(())
     }
 
+    /// The CPUs whose limit counters the datapath sums (`Config::nr_cpus`).
+    pub fn quota_cpus() -> u32 {
+        nr_cpus().map(|n| n as u32).unwrap_or(1).min(m::MAX_CPUS)
+    }
+
     /// Writes the NAT configuration.
     pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
         let mut a: Array<&mut MapData, Config> =
@@ -485,6 +502,7 @@ impl Datapath {
         let mut h: HashMap<&mut MapData, CtKey, CtEntry> =
             HashMap::try_from(self.map_mut(m::CT)?).map_err(map_err(m::CT))?;
         let mut n = 0;
+        let mut charged = Vec::new();
         for replies in [false, true] {
             for (k, created) in keys {
                 let Ok(e) = h.get(k, 0) else { continue };
@@ -493,11 +511,96 @@ impl Datapath {
                 {
                     continue;
                 }
-                absent_is_fine(h.remove(k)).map_err(map_err(m::CT))?;
+                match h.remove(k) {
+                    // Removed here: a charged flow's charge comes back.
+                    Ok(()) if e.flags & CT_F_COUNTED != 0 => charged.push(*k),
+                    r => absent_is_fine(r).map_err(map_err(m::CT))?,
+                }
                 n += 1;
             }
         }
+        self.quota_closed(&charged)?;
         Ok(n)
+    }
+
+    /// Gives back, in `DNET_CT_CLOSED`, the charges of the flows whose
+    /// first entries (`keys`, charged ones) the daemon removed.
+    fn quota_closed(&mut self, keys: &[CtKey]) -> Result<()> {
+        let mut gone: std::collections::HashMap<QuotaKey, i64> = std::collections::HashMap::new();
+        for k in keys {
+            for q in [QuotaKey::endpoint(k.saddr_be), QuotaKey::destination(k)] {
+                *gone.entry(q).or_default() += 1;
+            }
+        }
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut h: HashMap<&mut MapData, QuotaKey, i64> =
+            HashMap::try_from(self.map_mut(m::CT_CLOSED)?).map_err(map_err(m::CT_CLOSED))?;
+        for (q, n) in gone {
+            let was = h.get(&q, 0).unwrap_or(0);
+            h.insert(q, was + n, 0).map_err(map_err(m::CT_CLOSED))?;
+        }
+        Ok(())
+    }
+
+    /// Live flows per limit key (`QuotaKey`), as the datapath judges them,
+    /// and keys with none left (which [`Datapath::quota_sweep`] forgets).
+    fn quota_counts(&self) -> Result<Vec<(QuotaKey, i64)>> {
+        let opened: PerCpuHashMap<&MapData, QuotaKey, i64> =
+            PerCpuHashMap::try_from(self.map(m::CT_OPENED)?).map_err(map_err(m::CT_OPENED))?;
+        let closed: HashMap<&MapData, QuotaKey, i64> =
+            HashMap::try_from(self.map(m::CT_CLOSED)?).map_err(map_err(m::CT_CLOSED))?;
+        let mut out: std::collections::HashMap<QuotaKey, i64> = std::collections::HashMap::new();
+        for r in opened.iter() {
+            let (k, per_cpu) = r.map_err(map_err(m::CT_OPENED))?;
+            *out.entry(k).or_default() += per_cpu.iter().sum::<i64>();
+        }
+        for r in closed.iter() {
+            let (k, n) = r.map_err(map_err(m::CT_CLOSED))?;
+            *out.entry(k).or_default() -= n;
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Live flows per limit key with any (`QuotaKey`): what the limits
+    /// judge new flows by.
+    pub fn quota(&self) -> Result<Vec<(QuotaKey, u64)>> {
+        Ok(self
+            .quota_counts()?
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k, n as u64))
+            .collect())
+    }
+
+    /// Forgets the counters of keys with no live flow left (the datapath
+    /// makes them again when needed); returns how many went. The datapath's
+    /// counter goes first: a flow it charges between the two removals is
+    /// counted from zero, and the daemon's count, which no longer applies,
+    /// goes next. (A flow charged between the read and the first removal
+    /// is not counted: the limit is then lenient by that one flow.)
+    pub fn quota_sweep(&mut self) -> Result<usize> {
+        let idle: Vec<QuotaKey> = self
+            .quota_counts()?
+            .into_iter()
+            .filter(|(_, n)| *n <= 0)
+            .map(|(k, _)| k)
+            .collect();
+        {
+            let mut h: PerCpuHashMap<&mut MapData, QuotaKey, i64> =
+                PerCpuHashMap::try_from(self.map_mut(m::CT_OPENED)?)
+                    .map_err(map_err(m::CT_OPENED))?;
+            for k in &idle {
+                absent_is_fine(h.remove(k)).map_err(map_err(m::CT_OPENED))?;
+            }
+        }
+        let mut h: HashMap<&mut MapData, QuotaKey, i64> =
+            HashMap::try_from(self.map_mut(m::CT_CLOSED)?).map_err(map_err(m::CT_CLOSED))?;
+        for k in &idle {
+            absent_is_fine(h.remove(k)).map_err(map_err(m::CT_CLOSED))?;
+        }
+        Ok(idle.len())
     }
 
     /// Removes a subnet from the LPM map only (its id may be another
@@ -930,6 +1033,24 @@ fn member_key(dp_id: u32, index: usize) -> MemberKey {
         net_id: dp_id,
         index: index as u32,
     }
+}
+
+/// Removes the map pinned at `pin` if its values are not `value_size`
+/// bytes (pinned by a build whose layout was older): this build's programs
+/// could not use it, and the daemon makes it again (for the conntrack
+/// table: translated flows start over; the configuration is rewritten).
+fn drop_if_resized(pin: &Path, value_size: usize) -> Result<()> {
+    let Ok(info) = aya::maps::MapInfo::from_pin(pin) else {
+        return Ok(());
+    };
+    if info.value_size() as usize != value_size {
+        tracing::warn!(
+            pin = %pin.display(),
+            "replacing a pinned map of an older layout"
+        );
+        remove_if_exists(pin)?;
+    }
+    Ok(())
 }
 
 fn remove_if_exists(path: &Path) -> Result<()> {

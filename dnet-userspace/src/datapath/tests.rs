@@ -491,7 +491,10 @@ fn the_pin_of_a_retired_map_goes_at_load() {
         let maps = dir.join("maps");
         fs::rename(maps.join(m::NET_FANOUT), maps.join(m::RETIRED[0])).unwrap();
         let mut dp = Datapath::load(Some(&dir)).unwrap();
-        assert!(!maps.join(m::RETIRED[0]).exists(), "the retired pin is gone");
+        assert!(
+            !maps.join(m::RETIRED[0]).exists(),
+            "the retired pin is gone"
+        );
         assert!(maps.join(m::NET_FANOUT).exists(), "a new member count map");
         dp.set_members(1, &[7, 8]).unwrap();
         assert_eq!(dp.members(1).unwrap(), vec![7, 8]);
@@ -620,6 +623,10 @@ fn nat_fixture_sized(flags1: u32, port_min: u16, port_max: u16, ct_entries: u32)
             nat_port_max: port_max,
             _pad: 0,
             netns_cookie: 0,
+            ep_flow_limit: 0,
+            dest_port_limit: 0,
+            nr_cpus: Datapath::quota_cpus(),
+            _pad2: 0,
         })
         .unwrap();
     // As the daemon does without --publish-from: any source.

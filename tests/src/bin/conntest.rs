@@ -36,6 +36,10 @@
 //!                                         source ports 10000 up (a bounded
 //!                                         flood; answers are left to the
 //!                                         kernel)
+//!   conntest udp-flows IP:PORT --count N  one datagram from each of N
+//!                                         sockets (N new UDP flows, a
+//!                                         bounded flood); answers are not
+//!                                         awaited
 //!   conntest sniff [--dev D]              watches frames arriving on D until
 //!                                         the timeout; prints `ready` once
 //!                                         listening, a line per tagged frame
@@ -204,6 +208,10 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             let dev: String = flag(args, "--dev", "eth0".to_owned())?;
             let count: u16 = flag(args, "--count", 100)?;
             syn_flood(addr(a)?, &dev, parse_mac(&mac)?, count)
+        }
+        ["udp-flows", a, ..] => {
+            let count: u16 = flag(args, "--count", 100)?;
+            udp_flows(addr(a)?, count)
         }
         ["sniff", ..] => {
             let dev: String = flag(args, "--dev", "eth0".to_owned())?;
@@ -679,6 +687,19 @@ fn send_frame(
 /// A UDP datagram in a frame built here, sent through a packet socket: the
 /// frame leaves as it is, 802.1Q tags included (the receiving side's kernel
 /// moves the outer one into the packet's metadata).
+/// One datagram from each of `count` sockets, all kept open until every
+/// one went (so that each has its own source port).
+fn udp_flows(dst: SocketAddr, count: u16) -> anyhow::Result<()> {
+    let mut socks = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.send_to(b"flow\n", dst)?;
+        socks.push(s);
+    }
+    println!("sent {count} flows");
+    Ok(())
+}
+
 fn raw_udp(dst: SocketAddr, dev: &str, dst_mac: [u8; 6], vlans: &[u16]) -> anyhow::Result<()> {
     let SocketAddr::V4(dst) = dst else {
         anyhow::bail!("IPv4 only")

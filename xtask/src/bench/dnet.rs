@@ -132,7 +132,15 @@ impl DnetEnv {
     fn broadcast_on(&self, ctx: &Ctx, names: &[String]) -> anyhow::Result<CpFigures> {
         for n in names {
             self.dnet(&[
-                "run", "-d", "--name", n, "--network", "bcnet", "--", "sleep", "1000000",
+                "run",
+                "-d",
+                "--name",
+                n,
+                "--network",
+                "bcnet",
+                "--",
+                "sleep",
+                "1000000",
             ])?;
         }
         let members = names.len();
@@ -147,7 +155,11 @@ impl DnetEnv {
             .filter(|c| c["container"] != "bc0")
             .filter_map(|c| c["host_ifname"].as_str().map(str::to_owned))
             .collect();
-        anyhow::ensure!(veths.len() + 1 == members, "bcnet has {} members", veths.len() + 1);
+        anyhow::ensure!(
+            veths.len() + 1 == members,
+            "bcnet has {} members",
+            veths.len() + 1
+        );
         let copies = || -> anyhow::Result<u64> {
             let links = self.sb.host_ip_json(&["-s", "link", "show"]);
             let links = links.as_array().context("ip -j link: not a list")?;

@@ -81,7 +81,9 @@ pub fn scale(n: usize) -> anyhow::Result<Scale> {
         let ns_s = ns.to_str().context("utf-8 path")?.to_owned();
         let name = format!("s{i}");
         let start = Instant::now();
-        let o = sb.dnet(&["network", "connect", "bridge", "--netns", &ns_s, "--name", &name]);
+        let o = sb.dnet(&[
+            "network", "connect", "bridge", "--netns", &ns_s, "--name", &name,
+        ]);
         ms.push(start.elapsed().as_secs_f64() * 1e3);
         if !o.status.success() {
             bail!(
@@ -180,7 +182,9 @@ pub fn bench(cni: &Path, samples: usize) -> anyhow::Result<Latency> {
         };
         ops[0].ms.push(timed(
             &sb,
-            &["network", "connect", "bridge", "--netns", &ns_s, "--name", &name],
+            &[
+                "network", "connect", "bridge", "--netns", &ns_s, "--name", &name,
+            ],
         )?);
         ops[1]
             .ms
@@ -239,8 +243,16 @@ impl Latency {
     /// #12's (CNI ADD median ≤ 15 ms, the exec included).
     pub fn goals(&self) -> Vec<Goal> {
         let targets = [
-            ("lat_connect", "`network connect --netns` median ≤ 10 ms", 10.0),
-            ("lat_disconnect", "`network disconnect` median ≤ 10 ms", 10.0),
+            (
+                "lat_connect",
+                "`network connect --netns` median ≤ 10 ms",
+                10.0,
+            ),
+            (
+                "lat_disconnect",
+                "`network disconnect` median ≤ 10 ms",
+                10.0,
+            ),
             ("lat_cni_add", "CNI ADD median ≤ 15 ms, exec included", 15.0),
         ];
         targets

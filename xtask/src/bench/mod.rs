@@ -367,7 +367,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     ];
     let skip = |g: &str| args.skip.iter().any(|s| s == g);
     // The three main sides only when one of their groups is measured.
-    let main = ["ew", "ns", "pp", "cp", "dns", "bc"].iter().any(|g| !skip(g));
+    let main = ["ew", "ns", "pp", "cp", "dns", "bc"]
+        .iter()
+        .any(|g| !skip(g));
     let mut envs: Vec<Box<dyn Env>> = Vec::new();
     if main {
         eprintln!("bench: setting up the three sides");

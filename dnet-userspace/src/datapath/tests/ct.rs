@@ -240,3 +240,246 @@ fn ct_two_published_ports_to_one_backend_port_keep_their_flows_apart() {
         assert_eq!(views, ["dnat", "dnat"]);
     });
 }
+
+/// A TCP segment with its sequence numbers, window and options (whole
+/// 4-byte words), checksums right.
+#[allow(clippy::too_many_arguments)]
+fn tcp_seg(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    s: (&str, u16),
+    d: (&str, u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    win: u16,
+    opts: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let (s_ip, d_ip) = (ip(s.0), ip(d.0));
+    let mut seg = Vec::new();
+    seg.extend_from_slice(&s.1.to_be_bytes());
+    seg.extend_from_slice(&d.1.to_be_bytes());
+    seg.extend_from_slice(&seq.to_be_bytes());
+    seg.extend_from_slice(&ack.to_be_bytes());
+    let doff = (20 + opts.len()) / 4;
+    seg.extend_from_slice(&[(doff as u8) << 4, flags]);
+    seg.extend_from_slice(&win.to_be_bytes());
+    seg.extend_from_slice(&[0, 0, 0, 0]);
+    seg.extend_from_slice(opts);
+    seg.extend_from_slice(payload);
+    let c = l4_checksum(s_ip, d_ip, 6, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    ip_frame(src_mac, dst_mac, s_ip, d_ip, 6, &seg)
+}
+
+/// MSS 1460, NOP, window scale 7 (as Linux sends them, less SACK and
+/// timestamps).
+const SYN_OPTS: [u8; 8] = [2, 4, 0x05, 0xb4, 1, 3, 3, 7];
+
+/// A's connection to the world's port 80, through the handshake and a
+/// little data each way: client ISN 1000, server ISN 5000, both scaling
+/// windows by 7. Returns its NAT port and a segment builder from the
+/// world to it.
+fn an_established_connection(fx: &Fixture) -> u16 {
+    let a = |flags, seq, ack, win, opts: &[u8], data: &[u8]| {
+        tcp_seg(
+            fx.a.mac,
+            GW_MAC,
+            (A, 40000),
+            (WORLD, 80),
+            flags,
+            seq,
+            ack,
+            win,
+            opts,
+            data,
+        )
+    };
+    let (v, o) = run(&fx.dp, &a(0x02, 1000, 0, 64240, &SYN_OPTS, b""));
+    assert_eq!(v, REDIRECT);
+    let port = parse_checked(&o).sport;
+    let w = |flags, seq, ack, win, opts: &[u8], data: &[u8]| {
+        tcp_seg(
+            WORLD_MAC,
+            up0_mac(),
+            (WORLD, 80),
+            (UPLINK, port),
+            flags,
+            seq,
+            ack,
+            win,
+            opts,
+            data,
+        )
+    };
+    let synack = w(0x12, 5000, 1001, 65160, &SYN_OPTS, b"");
+    assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &synack).0, REDIRECT);
+    assert_eq!(run(&fx.dp, &a(0x10, 1001, 5001, 502, &[], b"")).0, REDIRECT);
+    assert_eq!(
+        run(&fx.dp, &a(0x18, 1001, 5001, 502, &[], b"GET /")).0,
+        REDIRECT
+    );
+    let data = w(0x18, 5001, 1006, 509, &[], b"200 OK");
+    assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &data).0, REDIRECT);
+    assert_eq!(only_flow(&fx.dp).1, FlowState::Established);
+    port
+}
+
+#[test]
+fn ct_a_reset_outside_the_window_leaves_the_flow_and_one_inside_ends_it() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let port = an_established_connection(&fx);
+        let rst = |seq: u32| {
+            tcp_seg(
+                WORLD_MAC,
+                up0_mac(),
+                (WORLD, 80),
+                (UPLINK, port),
+                0x04,
+                seq,
+                0,
+                0,
+                &[],
+                b"",
+            )
+        };
+        // The server has sent up to 5007; A allows it 509 << 7 bytes more.
+        // Blind resets: far ahead, behind, half the sequence space away.
+        for seq in [
+            5007 + (509 << 7) + 1,
+            5007u32.wrapping_sub(1 << 20),
+            5007 + (1 << 31),
+        ] {
+            assert_eq!(
+                run_prog(&fx.dp, PROG_FROM_UPLINK, &rst(seq)).0,
+                SHOT,
+                "{seq}"
+            );
+        }
+        assert_eq!(drops(&fx.dp, 0, DropReason::CtRstOutOfWindow), 3);
+        let (f, s) = only_flow(&fx.dp);
+        assert_eq!(s, FlowState::Established, "the flow goes on");
+        assert_eq!(f.reply.unwrap().1.tcp_seen & dnet_common::nat::TCP_RST, 0);
+        // A's next segment still leaves on its port.
+        let more = tcp_seg(
+            fx.a.mac,
+            GW_MAC,
+            (A, 40000),
+            (WORLD, 80),
+            0x10,
+            1006,
+            5007,
+            502,
+            &[],
+            b"",
+        );
+        let (v, o) = run(&fx.dp, &more);
+        assert_eq!(v, REDIRECT);
+        assert_eq!(parse_checked(&o).sport, port);
+        // A reset in the window (here a little ahead of the server's last
+        // byte, as Linux accepts it) ends the flow.
+        let (v, o) = run_prog(&fx.dp, PROG_FROM_UPLINK, &rst(5007 + 1000));
+        assert_eq!(v, REDIRECT);
+        assert_eq!(parse_checked(&o).daddr, ip(A));
+        assert_eq!(only_flow(&fx.dp).1, FlowState::Closing);
+        assert_eq!(drops(&fx.dp, 0, DropReason::CtRstOutOfWindow), 3);
+    });
+}
+
+#[test]
+fn ct_the_reuse_grace_counts_from_the_flows_last_packet() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let port = an_established_connection(&fx);
+        let rst = tcp_seg(
+            WORLD_MAC,
+            up0_mac(),
+            (WORLD, 80),
+            (UPLINK, port),
+            0x04,
+            5007,
+            0,
+            0,
+            &[],
+            b"",
+        );
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &rst).0, REDIRECT);
+        // Another packet of the closed flow, within the second that the
+        // open flow's refresh waits: the grace counts from it.
+        let since = conntrack::now_ns();
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &rst).0, REDIRECT);
+        let (f, s) = only_flow(&fx.dp);
+        assert_eq!(s, FlowState::Closing);
+        assert!(
+            conntrack::last_seen(&f) >= since,
+            "last packet at {}, sent after {since}",
+            conntrack::last_seen(&f)
+        );
+    });
+}
+
+#[test]
+fn ct_a_containers_limits_refuse_its_next_flow_and_spare_others() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        let cfg = Config {
+            ep_flow_limit: 3,
+            dest_port_limit: 2,
+            ..fx.dp.config().unwrap()
+        };
+        fx.dp.set_config(&cfg).unwrap();
+        let from =
+            |mac, src: &str, sport, dport| udp_to(mac, GW_MAC, (src, sport), (WORLD, dport), false);
+        let a = |sport, dport| from(fx.a.mac, A, sport, dport);
+        // Two ports towards WORLD:53, the third refused with its reason.
+        assert_eq!(run(&fx.dp, &a(4001, 53)).0, REDIRECT);
+        assert_eq!(run(&fx.dp, &a(4002, 53)).0, REDIRECT);
+        assert_eq!(run(&fx.dp, &a(4003, 53)).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::NatDestinationLimit), 1);
+        // Another destination: A's third flow, then its total is reached.
+        assert_eq!(run(&fx.dp, &a(4004, 54)).0, REDIRECT);
+        assert_eq!(run(&fx.dp, &a(4005, 55)).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtEndpointLimit), 1);
+        // A's flows go on, and so do flows the world opens to A's
+        // published port (they count for no container).
+        assert_eq!(run(&fx.dp, &a(4001, 53)).0, REDIRECT);
+        publish_8080_to_a(&mut fx.dp);
+        let syn = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 8080), 0x02);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, REDIRECT);
+        assert_eq!(
+            fx.dp.conntrack().unwrap().len(),
+            2 * 4,
+            "nothing refused left an entry"
+        );
+        let mut q = fx.dp.quota().unwrap();
+        q.sort_by_key(|(k, _)| (k.endpoint_be, k.daddr_be, k.dport_be));
+        let a_total = dnet_common::QuotaKey::endpoint(fx.a.addr_be);
+        assert!(q.contains(&(a_total, 3)), "{q:?}");
+        // The daemon removes one of A's flows (as its collector does): the
+        // charge comes back, and A opens one more.
+        let gone = conntrack::flows(&fx.dp.conntrack().unwrap())
+            .into_iter()
+            .find(|f| f.key.saddr_be == fx.a.addr_be && u16::from_be(f.key.sport_be) == 4001)
+            .unwrap();
+        fx.dp.ct_remove(&[gone.key, gone.reply.unwrap().0]).unwrap();
+        assert_eq!(run(&fx.dp, &a(4003, 53)).0, REDIRECT);
+        assert_eq!(run(&fx.dp, &a(4006, 56)).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtEndpointLimit), 2);
+        // Counters with no flow left are forgotten.
+        fx.dp
+            .ct_remove(
+                &fx.dp
+                    .conntrack()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        assert!(fx.dp.quota().unwrap().is_empty());
+        assert_eq!(fx.dp.quota_sweep().unwrap(), 3, "A, A to :53, A to :54");
+        assert_eq!(fx.dp.quota_sweep().unwrap(), 0);
+    });
+}

@@ -1,0 +1,113 @@
+//! Per-container limits (issue 10, item 3): how many flows a container may
+//! have open (`--ct-flows-per-endpoint`), and how many NAT ports towards
+//! one destination (address, port and protocol: `--nat-ports-per-destination`),
+//! so that one container cannot take the table or every port towards a
+//! resolver. Counted only when a flow is made or removed, never per packet.
+//!
+//! Two maps of counters per [`QuotaKey`], each with one writer kind: the
+//! datapath counts in `DNET_CT_OPENED` (up when it makes a charged flow,
+//! down when it removes one), the daemon counts in `DNET_CT_CLOSED` the
+//! charged flows it removed (expired, or of a container that left). A
+//! key's live flows are the difference. A flow is charged when its first
+//! entry has `CT_F_COUNTED`; whoever removes that entry gives the charge
+//! back.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::generated::bpf_map_lookup_percpu_elem,
+    macros::map,
+    maps::{HashMap, PerCpuHashMap},
+};
+use dnet_common::{
+    Config, CtKey, DropReason,
+    maps::{MAX_CPUS, QUOTA_ENTRIES},
+    nat::{CT_F_COUNTED, QuotaKey},
+};
+
+/// Per CPU, so that each CPU counts in its own slot without atomics; a
+/// limit is judged on the sum.
+#[map(name = "DNET_CT_OPENED")]
+pub static OPENED: PerCpuHashMap<QuotaKey, i64> = PerCpuHashMap::with_max_entries(QUOTA_ENTRIES, 0);
+
+#[map(name = "DNET_CT_CLOSED")]
+pub static CLOSED: HashMap<QuotaKey, i64> = HashMap::with_max_entries(QUOTA_ENTRIES, 0);
+
+/// The live flows counted under `k`, and this CPU's counter.
+#[inline(always)]
+fn counter(cfg: &Config, k: &QuotaKey) -> Result<(*mut i64, i64), DropReason> {
+    let c = match OPENED.get_ptr_mut(k) {
+        Some(c) => c,
+        None => {
+            // Another CPU may insert it first: either way it is there.
+            let _ = OPENED.insert(k, &0, BPF_NOEXIST as u64);
+            OPENED.get_ptr_mut(k).ok_or(DropReason::CtFull)?
+        }
+    };
+    // SAFETY: read-only map access to plain data (copied out).
+    let mut live = -unsafe { CLOSED.get(k).copied().unwrap_or(0) };
+    let map = &OPENED as *const PerCpuHashMap<QuotaKey, i64> as *mut core::ffi::c_void;
+    for cpu in 0..MAX_CPUS {
+        if cpu >= cfg.nr_cpus {
+            break;
+        }
+        // SAFETY: `map` is the map's definition (`PerCpuHashMap` is a
+        // transparent wrapper of it, as aya-ebpf's own calls use it) and
+        // `k` a live key of its type; the value returned, if any, is that
+        // CPU's `i64`, read once (another CPU's concurrent add makes it
+        // stale by that add, no more).
+        let v = unsafe { bpf_map_lookup_percpu_elem(map, k as *const QuotaKey as *const _, cpu) };
+        if !v.is_null() {
+            // SAFETY: as above.
+            live += unsafe { core::ptr::read_volatile(v as *const i64) };
+        }
+    }
+    Ok((c, live))
+}
+
+/// Adds `n` to this CPU's counter at `c`.
+#[inline(always)]
+fn add(c: *mut i64, n: i64) {
+    // SAFETY: `c` is this CPU's slot of a live per-CPU map value: nothing
+    // else writes it while the program runs.
+    unsafe { *c += n };
+}
+
+/// Charges a new flow, keyed `key`, of the container at `key.saddr_be` to
+/// its limits: `Ok(true)` when charged (the flow's first entry then carries
+/// `CT_F_COUNTED`), `Ok(false)` when no limit is set. Beyond a limit, the
+/// flow is refused with its reason. Two CPUs charging one key at the same
+/// moment may each pass a limit by one.
+#[inline(always)]
+pub fn charge(cfg: &Config, key: &CtKey) -> Result<bool, DropReason> {
+    if cfg.ep_flow_limit == 0 && cfg.dest_port_limit == 0 {
+        return Ok(false);
+    }
+    let ep = QuotaKey::endpoint(key.saddr_be);
+    let (ec, live) = counter(cfg, &ep)?;
+    if cfg.ep_flow_limit != 0 && live >= cfg.ep_flow_limit as i64 {
+        return Err(DropReason::CtEndpointLimit);
+    }
+    let dest = QuotaKey::destination(key);
+    let (dc, live) = counter(cfg, &dest)?;
+    if cfg.dest_port_limit != 0 && live >= cfg.dest_port_limit as i64 {
+        return Err(DropReason::NatDestinationLimit);
+    }
+    add(ec, 1);
+    add(dc, 1);
+    Ok(true)
+}
+
+/// Gives back what the flow whose first entry (keyed `key`) has `flags`
+/// was charged: called by the datapath when it removed that entry itself,
+/// or when the flow it charged was not made after all.
+#[inline(always)]
+pub fn release(key: &CtKey, flags: u16) {
+    if flags & CT_F_COUNTED == 0 {
+        return;
+    }
+    for k in [QuotaKey::endpoint(key.saddr_be), QuotaKey::destination(key)] {
+        if let Some(c) = OPENED.get_ptr_mut(&k) {
+            add(c, -1);
+        }
+    }
+}
