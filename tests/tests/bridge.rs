@@ -199,7 +199,11 @@ fn east_west_packets_skip_the_receivers_host_side_veth() {
     let (tx1, rx1) = (tx(), sb.rx_packets(&sb.netns_of("b"), "eth0"));
     assert!(rx1 - rx0 >= 60, "b received {} packets", rx1 - rx0);
     // A stray ARP refresh at most, never the flows' packets.
-    assert!(tx1 - tx0 <= 4, "b's host-side veth sent {} packets", tx1 - tx0);
+    assert!(
+        tx1 - tx0 <= 4,
+        "b's host-side veth sent {} packets",
+        tx1 - tx0
+    );
 }
 
 #[test]

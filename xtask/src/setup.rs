@@ -1,6 +1,7 @@
 //! `cargo xtask setup`: idempotent, so every other task runs it first.
 //!
-//! - `rust-src`, for `-Z build-std=core` on the BPF target;
+//! - `rust-src`, for `-Z build-std=core` on the BPF target, and `rustfmt`,
+//!   for the suite's format check;
 //! - bpf-linker 0.13, built against the LLVM that ships with rustc (the two
 //!   must share a major version, and no Debian package has LLVM 22): into
 //!   `.tools/bin`, linked through `.tools/llvm/lib`;
@@ -42,6 +43,7 @@ const RUNTIMES: &[(&str, &str)] = &[
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     rust_src()?;
+    rustfmt()?;
     bpf_linker(root)?;
     packages(PACKAGES)?;
     runtimes()?;
@@ -96,6 +98,18 @@ fn rust_src() -> anyhow::Result<()> {
     }
     eprintln!("xtask: installing the rust-src component");
     run_cmd(Command::new("rustup").args(["component", "add", "rust-src"]))
+}
+
+fn rustfmt() -> anyhow::Result<()> {
+    let here = Command::new(env!("CARGO"))
+        .args(["fmt", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if here {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the rustfmt component");
+    run_cmd(Command::new("rustup").args(["component", "add", "rustfmt"]))
 }
 
 fn bpf_linker(root: &Path) -> anyhow::Result<()> {

@@ -75,6 +75,12 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
 /// crate for its own target (it builds `core` from source, as its real
 /// build does).
 fn clippy(root: &Path) -> anyhow::Result<()> {
+    eprintln!("xtask: rustfmt --check");
+    run_cmd(
+        Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args(["fmt", "--all", "--check"]),
+    )?;
     eprintln!("xtask: clippy");
     run_cmd(Command::new(env!("CARGO")).current_dir(root).args([
         "clippy",
