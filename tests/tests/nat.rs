@@ -491,12 +491,29 @@ fn internal_networks_have_no_outbound() {
 
 #[test]
 fn when_the_nat_ports_run_out_the_next_flow_fails_and_established_ones_continue() {
-    let mut sb = Sandbox::with_daemon_args(&["--nat-ports", "50000-50004"]);
+    // Each container may take every port towards one destination, so the
+    // per-destination limit (a quarter of the range by default) never
+    // speaks first: this is about the range running out, shared by two
+    // containers.
+    let mut sb = Sandbox::with_daemon_args(&[
+        "--nat-ports",
+        "50000-50004",
+        "--nat-ports-per-destination",
+        "5",
+    ]);
     world_servers(&mut sb, &[], &[53]);
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    for c in ["a", "b"] {
+        sb.dnet_ok(&["run", "-d", "--name", c, "--", "sleep", "300"]);
+    }
     let to = format!("{WORLD_IP}:53");
-    for sport in 1001..=1005 {
-        let o = sb.conntest_in("a", &["udp", &to, "--bind", &sport.to_string()]);
+    for (c, sport) in [
+        ("a", 1001),
+        ("a", 1002),
+        ("a", 1003),
+        ("b", 1004),
+        ("b", 1005),
+    ] {
+        let o = sb.conntest_in(c, &["udp", &to, "--bind", &sport.to_string()]);
         assert!(ok(&o), "flow {sport}: {}", out(&o));
         let port: u16 = stdout(&o).rsplit(':').next().unwrap().parse().unwrap();
         assert!(
