@@ -4,11 +4,13 @@ use std::{future::Future, path::Path, sync::Arc};
 
 use axum::{
     Json, Router,
+    extract::Request,
     extract::{
         ConnectInfo, Path as UrlPath, Query, State, connect_info::Connected,
         rejection::JsonRejection,
     },
     http::StatusCode,
+    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -83,6 +85,22 @@ pub fn router(engine: Arc<Engine>) -> Router {
             ))
         })
         .with_state(engine)
+        .layer(axum::middleware::from_fn(to_completion))
+}
+
+/// Runs a request's handler in a task of its own, so that a client hanging
+/// up (Ctrl-C, a runtime's timeout) never cancels an operation half-way: a
+/// dropped handler would leave a half-made link, map entry or state write
+/// (the state's temporary file is written on another thread while the
+/// kernel objects are made). The answer of a request nobody waits for is
+/// dropped; the operation itself completes or undoes itself as usual.
+pub(crate) async fn to_completion(req: Request, next: Next) -> Response {
+    match tokio::spawn(next.run(req)).await {
+        Ok(response) => response,
+        Err(e) => {
+            ApiError(Error::Conflict(format!("the request's task failed: {e}"))).into_response()
+        }
+    }
 }
 
 /// Binds the socket in a fresh 0700 folder beside `socket`, sets its mode

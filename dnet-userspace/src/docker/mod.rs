@@ -145,6 +145,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         )
     })
     .with_state(engine)
+    .layer(axum::middleware::from_fn(crate::api::server::to_completion))
 }
 
 /// Opens the plugin's socket (its folder made if missing).
