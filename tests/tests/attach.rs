@@ -599,6 +599,14 @@ fn a_daemon_killed_before_the_reelection_reelects_at_start() {
     sb.start_daemon();
     let r = sb.dnet_ok(&["exec", "x", "--", "ip", "-4", "route", "show", "default"]);
     assert!(r.trim().starts_with("default via 10.94.0.1"), "{r:?}");
+    // Its resolv.conf and hosts follow the state too (they were written
+    // for n1 before the kill): the resolver of n2, no address of n1.
+    let rc = sb.dnet_ok(&["exec", "x", "--", "cat", "/etc/resolv.conf"]);
+    assert!(rc.contains("nameserver 10.94.0.1"), "{rc}");
+    assert!(!rc.contains("10.93.0.1"), "{rc}");
+    let hosts = sb.dnet_ok(&["exec", "x", "--", "cat", "/etc/hosts"]);
+    assert!(hosts.contains("10.94.0."), "{hosts}");
+    assert!(!hosts.contains("10.93.0."), "{hosts}");
     // The world is reached through it.
     let o = sb.dnet(&[
         "exec",

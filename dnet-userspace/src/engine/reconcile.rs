@@ -112,6 +112,12 @@ impl Inner {
         }
         self.collect_garbage().await?;
         self.elect_missing_default_routes().await;
+        // The containers' resolv.conf and hosts as the state and the host's
+        // resolv.conf are now: either may have changed while no daemon ran
+        // (or one was killed between a commit and the files' update).
+        for c in self.state.containers.values() {
+            self.refresh_container_files(c);
+        }
         Ok(())
     }
 
