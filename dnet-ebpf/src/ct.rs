@@ -187,8 +187,10 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
             }
             return Ok(Some(Xlate::of(&*e)));
         }
-        if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && tcp_closed(seen, other) {
-            // A new connection on the tuple of a closed one: both
+        if first && opens_flow(IPPROTO_TCP, tcp_flags) && tcp_closed(seen, other) {
+            // A new connection on the tuple of a closed one, from the side
+            // that opened it, with a SYN that may open a flow (not SYN+RST
+            // or SYN+FIN, nor a SYN from the other side): both
             // directions start over, or the old FIN/RST would mark the new
             // one closed (and the old windows judge the new sequence).
             (*e).tcp_seen = tcp_flags;

@@ -483,3 +483,56 @@ fn ct_a_containers_limits_refuse_its_next_flow_and_spare_others() {
         assert_eq!(fx.dp.quota_sweep().unwrap(), 0);
     });
 }
+
+#[test]
+fn ct_only_the_openers_plain_syn_starts_a_closed_flow_over() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let port = an_established_connection(&fx);
+        let w = |flags, seq| {
+            tcp_seg(
+                WORLD_MAC,
+                up0_mac(),
+                (WORLD, 80),
+                (UPLINK, port),
+                flags,
+                seq,
+                0,
+                0,
+                &[],
+                b"",
+            )
+        };
+        let a = |flags, seq| {
+            tcp_seg(
+                fx.a.mac,
+                GW_MAC,
+                (A, 40000),
+                (WORLD, 80),
+                flags,
+                seq,
+                0,
+                64240,
+                &SYN_OPTS,
+                b"",
+            )
+        };
+        // The server resets the connection (in its window): closed.
+        assert_eq!(
+            run_prog(&fx.dp, PROG_FROM_UPLINK, &w(0x04, 5007)).0,
+            REDIRECT
+        );
+        assert_eq!(only_flow(&fx.dp).1, FlowState::Closing);
+        // SYN+RST and SYN+FIN from the opener, and a SYN from the world
+        // side: none may start the closed flow over.
+        run(&fx.dp, &a(0x06, 9000));
+        assert_eq!(only_flow(&fx.dp).1, FlowState::Closing, "SYN+RST");
+        run(&fx.dp, &a(0x03, 9000));
+        assert_eq!(only_flow(&fx.dp).1, FlowState::Closing, "SYN+FIN");
+        run_prog(&fx.dp, PROG_FROM_UPLINK, &w(0x02, 7000));
+        assert_eq!(only_flow(&fx.dp).1, FlowState::Closing, "the world's SYN");
+        // The opener's own SYN does.
+        assert_eq!(run(&fx.dp, &a(0x02, 9000)).0, REDIRECT);
+        assert_eq!(only_flow(&fx.dp).1, FlowState::SynSent);
+    });
+}
