@@ -492,9 +492,8 @@ fn internal_networks_have_no_outbound() {
 #[test]
 fn when_the_nat_ports_run_out_the_next_flow_fails_and_established_ones_continue() {
     // Each container may take every port towards one destination, so the
-    // per-destination limit (a quarter of the range by default) never
-    // speaks first: this is about the range running out, shared by two
-    // containers.
+    // per-destination limit never speaks first: this is about the range
+    // running out, shared by two containers.
     let mut sb = Sandbox::with_daemon_args(&[
         "--nat-ports",
         "50000-50004",

@@ -24,29 +24,11 @@ pub struct NatOptions {
     /// empty: any.
     pub publish_from: Vec<ipnetwork::Ipv4Network>,
     /// Most live flows a container may have opened (to the world, or to a
-    /// published port of the host).
+    /// published port of the host); 0: no limit.
     pub flows_per_endpoint: u32,
     /// Most NAT ports (flows) one container may hold towards one
-    /// destination address, port and protocol.
+    /// destination address, port and protocol; 0: no limit.
     pub ports_per_destination: u32,
-}
-
-impl NatOptions {
-    /// The default `flows_per_endpoint` for a table of `ct_entries`: an
-    /// eighth of its flows, at most 8,192 (a busy proxy's worth), at least
-    /// one.
-    pub fn default_flows_per_endpoint(ct_entries: u32) -> u32 {
-        (ct_entries / 2 / 8).clamp(1, 8192)
-    }
-
-    /// The default `ports_per_destination` for a NAT port range: a quarter
-    /// of it (2,962 of the default 11,848), at least one, so that four
-    /// containers flooding one resolver still leave others' queries ports.
-    pub fn default_ports_per_destination((lo, hi): (u16, u16)) -> u32 {
-        ((hi as u32).saturating_sub(lo as u32) + 1)
-            .div_ceil(4)
-            .max(1)
-    }
 }
 
 impl Default for NatOptions {
@@ -57,10 +39,8 @@ impl Default for NatOptions {
             timeouts: conntrack::Timeouts::default(),
             gc_interval: Duration::from_secs(5),
             publish_from: Vec::new(),
-            flows_per_endpoint: NatOptions::default_flows_per_endpoint(
-                dnet_common::maps::CT_ENTRIES,
-            ),
-            ports_per_destination: NatOptions::default_ports_per_destination((49152, 60999)),
+            flows_per_endpoint: 0,
+            ports_per_destination: 0,
         }
     }
 }
