@@ -760,8 +760,11 @@ fn the_leak_check_sees_a_leaked_container_namespace() {
         &["--bind", ns.to_str().unwrap(), nsfile.to_str().unwrap()],
     );
     sb.spawn_in(&ns, "sleep", &["600"]);
+    // Until nsenter has made itself `sleep`, the pid names nsenter.
     assert!(wait_until(Duration::from_secs(5), || {
-        !dnet_sandbox::pids_in_netns(&ns).is_empty()
+        dnet_sandbox::pids_in_netns(&ns).first().is_some_and(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
     }));
     let sleeper = dnet_sandbox::pids_in_netns(&ns)[0];
     // A run of its own, whose only pid is this test process.
