@@ -97,7 +97,7 @@ pub enum DropReason {
 /// Number of drop reasons; the size of the per-endpoint drop counter array.
 /// Larger than the current count so reasons can be appended without changing
 /// the layout of pinned maps.
-pub const DROP_REASON_SLOTS: usize = 32;
+pub const DROP_REASON_SLOTS: usize = 48;
 
 impl DropReason {
     /// Every reason, in code order.

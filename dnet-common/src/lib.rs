@@ -15,6 +15,7 @@ pub mod addr;
 pub mod csum;
 pub mod drop;
 pub mod endpoint;
+pub mod ipv6;
 pub mod maps;
 pub mod nat;
 pub mod network;
@@ -26,6 +27,7 @@ mod pod;
 
 pub use drop::DropReason;
 pub use endpoint::Endpoint;
+pub use ipv6::{Endpoint6, Ip6, Network6};
 pub use nat::{Config, CtEntry, CtKey, QuotaKey, Service, ServiceKey, SockRev, SockRevKey};
 pub use network::{MemberKey, NetFanout, Network};
 pub use stats::EndpointStats;
@@ -41,6 +43,9 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<Endpoint>(), 24);
         assert_eq!(size_of::<Network>(), 24);
+        assert_eq!(size_of::<crate::Network6>(), 40);
+        assert_eq!(size_of::<crate::Ip6>(), 16);
+        assert_eq!(size_of::<crate::Endpoint6>(), 16);
         assert_eq!(size_of::<NetFanout>(), 8);
         assert_eq!(size_of::<MemberKey>(), 8);
         assert_eq!(

@@ -39,6 +39,18 @@ pub const SOCK_REVNAT: &str = "DNET_SOCK_REVNAT";
 /// any may).
 pub const PUBLISH_FROM: &str = "DNET_PUBLISH_FROM";
 
+/// `HashMap<Ip6, Endpoint>`: dual-stack endpoints by IPv6 address (the
+/// value is the endpoint's one [`crate::Endpoint`] record).
+pub const ENDPOINTS6_BY_IP: &str = "DNET_EP6_BY_IP";
+/// `HashMap<u32 ifindex, Endpoint6>`: a dual-stack endpoint's IPv6 address by
+/// host-side veth ifindex.
+pub const ENDPOINT6_BY_IF: &str = "DNET_EP6_BY_IF";
+/// `Array<Network6>`, indexed by network id: the IPv6 side of dual-stack
+/// networks.
+pub const NETWORKS6: &str = "DNET_NETWORKS6";
+/// `LpmTrie<[u8; 16], u32 net_id>`: which network an IPv6 subnet belongs to.
+pub const SUBNETS6: &str = "DNET_SUBNETS6";
+
 /// Every map the datapath declares.
 pub const ALL: [&str; 14] = [
     ENDPOINTS_BY_IP,

@@ -33,3 +33,9 @@ unsafe impl aya::Pod for SockRevKey {}
 unsafe impl aya::Pod for SockRev {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::QuotaKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::Network6 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::Ip6 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::Endpoint6 {}

@@ -201,6 +201,7 @@ impl Datapath {
                 // Maps whose values grew (an older build's): made anew.
                 drop_if_resized(&maps_dir.join(m::CT), size_of::<CtEntry>())?;
                 drop_if_resized(&maps_dir.join(m::CONFIG), size_of::<Config>())?;
+                drop_if_resized(&maps_dir.join(m::STATS), size_of::<EndpointStats>())?;
                 m::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect()
             }
             None => Vec::new(),
