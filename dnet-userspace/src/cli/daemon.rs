@@ -91,6 +91,11 @@ pub struct Args {
     /// systemd-resolved rather than its stub).
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// How long an attach into a namespace waits for the removal of an
+    /// earlier interface there (whose name it may take) before it fails,
+    /// in seconds. The daemon answers other requests meanwhile.
+    #[arg(long, default_value_t = 10)]
+    removal_wait: u64,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -152,6 +157,12 @@ fn preflight(args: &Args) -> anyhow::Result<std::os::unix::net::UnixListener> {
         if v == 0 || v > MAX_TIMEOUT {
             anyhow::bail!("{name} {v}: expected 1 to {MAX_TIMEOUT} seconds");
         }
+    }
+    if args.removal_wait == 0 || args.removal_wait > MAX_TIMEOUT {
+        anyhow::bail!(
+            "--removal-wait {}: expected 1 to {MAX_TIMEOUT} seconds",
+            args.removal_wait
+        );
     }
     if args.ct_gc_interval == 0 || args.ct_gc_interval > MAX_GC_INTERVAL {
         anyhow::bail!(
@@ -262,6 +273,7 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
             upstreams: args.dns_upstream.clone(),
         },
         resolv_conf: args.resolv_conf.clone(),
+        removal_wait: secs(args.removal_wait),
     };
     let r = rt.block_on(async {
         let engine = Engine::start(cfg).await.map_err(anyhow::Error::from)?;
