@@ -37,7 +37,7 @@ use crate::{
 
 pub struct Bridge;
 
-const OPTIONS: &[&str] = &["mtu", "icc"];
+const OPTIONS: &[&str] = &["mtu", "icc", crate::model::GATEWAY_MODE_IPV6];
 
 /// The label of gateway addresses on `lo`: marks them as dnet's.
 pub const GATEWAY_LABEL: &str = "lo:dnet";
@@ -150,6 +150,10 @@ impl Driver for Bridge {
         }
         if let Some(v) = net.options.get("icc") {
             spec::parse_bool("icc", v).map_err(Error::Invalid)?;
+        }
+        if let Some(v) = net.options.get(crate::model::GATEWAY_MODE_IPV6) {
+            v.parse::<crate::model::GatewayMode6>()
+                .map_err(Error::Invalid)?;
         }
         // The gateway becomes an address dnet owns (and removes with the
         // network): one the host already has would be taken from it.
