@@ -15,7 +15,10 @@
 //! the host stack), the container programs (tcx), a /32 route
 //! and a permanent neighbour entry (the host never ARPs for a container).
 
-use std::os::fd::{AsFd as _, BorrowedFd};
+use std::{
+    net::Ipv6Addr,
+    os::fd::{AsFd as _, BorrowedFd},
+};
 
 use async_trait::async_trait;
 use dnet_common::{
@@ -30,8 +33,8 @@ use crate::{
     conflict,
     datapath::Datapath,
     error::{Error, Result},
-    model::{Ipam, Netns, Network, State},
-    netlink::{Netlink, RouteSpec, VethPeer},
+    model::{Ipam, Ipam6, Netns, Network, State},
+    netlink::{Netlink, RouteSpec, RouteSpec6, VethPeer},
     netns, spec,
 };
 
@@ -91,11 +94,29 @@ fn dp_network(net: &Network) -> Result<DpNetwork> {
     })
 }
 
-fn sysctl_disable_ipv6(ifname: &str) -> Result<()> {
-    Ok(netns::sysctl(
-        &format!("net/ipv6/conf/{ifname}/disable_ipv6"),
-        "1",
-    )?)
+/// The endpoint's IPv6 side, when it and its network are dual-stack.
+fn v6_of(a: &Attachment<'_>) -> Option<(Ipam6, Ipv6Addr)> {
+    a.network.ipam6.zip(a.endpoint.ip6)
+}
+
+/// IPv6 on the host end of a pair: off for an IPv4-only endpoint; for a
+/// dual-stack one on, without a link-local address (`addr_gen_mode=1`, set
+/// before IPv6 comes on), deaf to router advertisements, and forwarding on
+/// this interface only (`bpf_fib_lookup` for IPv6 wants it; never
+/// `all.forwarding`, which makes the uplink ignore advertisements).
+fn host_side_ipv6(ifname: &str, dual: bool) -> Result<()> {
+    if !dual {
+        return Ok(netns::disable_ipv6(ifname)?);
+    }
+    for (key, value) in [
+        ("addr_gen_mode", "1"),
+        ("accept_ra", "0"),
+        ("forwarding", "1"),
+        ("disable_ipv6", "0"),
+    ] {
+        netns::sysctl6(ifname, key, value)?;
+    }
+    Ok(())
 }
 
 /// Brings a network's broadcast members in line with the endpoint map
@@ -179,6 +200,15 @@ impl Driver for Bridge {
                 ipam.subnet.prefix(),
             ))
             .await?;
+        if let Some(i6) = net.ipam6 {
+            ctx.nl.add_address6(lo, i6.gateway, 128).await?;
+            ctx.nl
+                .add_route6(RouteSpec6::unreachable(
+                    i6.subnet.network(),
+                    i6.subnet.prefix(),
+                ))
+                .await?;
+        }
         ctx.dp
             .set_network(net.dp_id, ipam.subnet, &dp_network(net)?)?;
         refresh_members(&mut ctx.dp, net.dp_id)?;
@@ -187,6 +217,21 @@ impl Driver for Bridge {
 
     async fn delete_network(&self, ctx: &mut Ctx, net: &Network) -> Vec<Error> {
         let mut errors = Vec::new();
+        if let Some(i6) = net.ipam6 {
+            match loopback(&ctx.nl).await {
+                Ok(lo) => keep(&mut errors, ctx.nl.del_address6(lo, i6.gateway, 128).await),
+                Err(e) => errors.push(e),
+            }
+            keep(
+                &mut errors,
+                ctx.nl
+                    .del_route6(RouteSpec6::unreachable(
+                        i6.subnet.network(),
+                        i6.subnet.prefix(),
+                    ))
+                    .await,
+            );
+        }
         if let Some(ipam) = net.ipam {
             match loopback(&ctx.nl).await {
                 Ok(lo) => keep(&mut errors, ctx.nl.del_address(lo, ipam.gateway, 32).await),
@@ -228,7 +273,25 @@ impl Driver for Bridge {
                     && r.kind == netlink_packet_route::route::RouteType::Unreachable
             })
         });
-        has_gw && has_route && ctx.dp.network(net.dp_id).is_ok_and(|n| n == want)
+        let has_v6 = match net.ipam6 {
+            None => true,
+            Some(i6) => {
+                let gw = ctx
+                    .nl
+                    .addresses6(Some(lo))
+                    .await
+                    .is_ok_and(|a| a.iter().any(|a| a.ip == i6.gateway && a.prefix == 128));
+                let route = ctx.nl.routes6().await.is_ok_and(|rs| {
+                    rs.iter().any(|r| {
+                        r.dst == i6.subnet.network()
+                            && r.prefix == i6.subnet.prefix()
+                            && r.kind == netlink_packet_route::route::RouteType::Unreachable
+                    })
+                });
+                gw && route
+            }
+        };
+        has_gw && has_route && has_v6 && ctx.dp.network(net.dp_id).is_ok_and(|n| n == want)
     }
 
     async fn attach(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
@@ -398,6 +461,12 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     };
     // The container's namespace, opened once for the whole attach.
     let ns = netns::open(a.netns)?;
+    let v6 = v6_of(a);
+    if v6.is_some() && !host_side {
+        // Before the container end arrives: it takes its IPv6 settings
+        // from `default` when it is made.
+        netns::run_in_fd(ns.as_fd(), netns::container_ipv6_defaults)??;
+    }
     let made = ctx
         .nl
         .add_veth(
@@ -426,7 +495,7 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    sysctl_disable_ipv6(host_ifname)?;
+    host_side_ipv6(host_ifname, v6.is_some())?;
     // The datapath's route lookups (bpf_fib_lookup) for the container's
     // packets want forwarding on the interface they arrived on. The kernel
     // forwards nothing itself: every packet it sees from here is local or
@@ -446,11 +515,17 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     let mut route = RouteSpec::device(ip, 32, host.index);
     route.pref_src = Some(ipam.gateway);
     ctx.nl.add_route(route).await?;
+    if let Some((i6, ip6)) = v6 {
+        ctx.nl.add_neighbour6(host.index, ip6, mac.0).await?;
+        let mut route = RouteSpec6::device(ip6, 128, host.index);
+        route.pref_src = Some(i6.gateway);
+        ctx.nl.add_route6(route).await?;
+    }
 
     if host_side {
         return Ok(());
     }
-    configure_container_side(ns.as_fd(), ifname, ip, ipam, a.primary).await?;
+    configure_container_side(ns.as_fd(), ifname, ip, ipam, v6, a.primary).await?;
     wait_oper_up(&ctx.nl, host_ifname).await
 }
 
@@ -501,11 +576,15 @@ async fn configure_container_side(
     ifname: &str,
     ip: std::net::Ipv4Addr,
     ipam: Ipam,
+    v6: Option<(Ipam6, Ipv6Addr)>,
     primary: bool,
 ) -> Result<()> {
-    // A namespace dnet did not make may have IPv6 on by default.
-    let cnl = Netlink::open_in_fd(ns, || {
-        netns::sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")
+    // A namespace dnet did not make may have IPv6 on by default: off for
+    // an IPv4-only endpoint; on (with `lo`) for a dual-stack one.
+    let cnl = Netlink::open_in_fd(ns, || match v6 {
+        None => netns::disable_ipv6(ifname),
+        Some(_) => netns::sysctl6(ifname, "disable_ipv6", "0")
+            .and_then(|()| netns::sysctl6("lo", "disable_ipv6", "0")),
     })
     .await?;
     let link = cnl
@@ -532,6 +611,41 @@ async fn configure_container_side(
     }
     if primary {
         super::add_default_route(&cnl, ipam.gateway, link.index).await?;
+    }
+    if let Some((i6, ip6)) = v6 {
+        configure_container_ipv6(&cnl, link.index, i6, ip6, primary).await?;
+    }
+    Ok(())
+}
+
+/// The IPv6 side of a dual-stack container's interface: its address,
+/// usable at once (no DAD) and without an on-link subnet route; the
+/// gateway as a /128 on the link, the subnet and (as for IPv4) the default
+/// route through it; `::1` on `lo`.
+async fn configure_container_ipv6(
+    cnl: &Netlink,
+    index: u32,
+    i6: Ipam6,
+    ip6: Ipv6Addr,
+    primary: bool,
+) -> Result<()> {
+    cnl.add_address6(index, ip6, i6.subnet.prefix()).await?;
+    let lo = loopback(cnl).await?;
+    cnl.add_address6(lo, Ipv6Addr::LOCALHOST, 128).await?;
+    let gw = i6.gateway;
+    let mut routes = vec![
+        RouteSpec6::device(gw, 128, index),
+        RouteSpec6::via(i6.subnet.network(), i6.subnet.prefix(), gw, index),
+    ];
+    if primary {
+        routes.push(RouteSpec6::via(Ipv6Addr::UNSPECIFIED, 0, gw, index));
+    }
+    for mut r in routes {
+        // Routes already in the namespace are its owner's.
+        r.dnet = false;
+        if !cnl.add_route6_if_absent(r).await? {
+            tracing::info!(dst = %r.dst, prefix = r.prefix, "the namespace has this IPv6 route already: it stays");
+        }
     }
     Ok(())
 }
