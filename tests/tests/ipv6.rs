@@ -183,7 +183,7 @@ fn bad_ipv6_input_gets_a_clear_error_and_changes_nothing() {
 
 #[test]
 fn a_dual_stack_container_gets_its_address_routes_and_sysctls() {
-    let sb = Sandbox::with_daemon_args(&["--ipv6", "--fixed-cidr-v6", "fd00:17::/64"]);
+    let mut sb = Sandbox::with_daemon_args(&["--ipv6", "--fixed-cidr-v6", "fd00:17::/64"]);
     sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
     sb.dnet_ok(&["network", "create", "--subnet", "10.63.0.0/24", "v4only"]);
     sb.dnet_ok(&[
@@ -285,6 +285,53 @@ fn a_dual_stack_container_gets_its_address_routes_and_sysctls() {
     assert_eq!(inspect["ipam6"]["subnet"], "fd00:17::/64", "{inspect}");
     assert_eq!(inspect["ipam6"]["gateway"], "fd00:17::1", "{inspect}");
 
+    // The datapath knows the network's and the endpoint's IPv6 side.
+    let hex = |a: &str| {
+        a.parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let section = |maps: &str, name: &str| -> String {
+        maps.split(&format!("{name}:\n"))
+            .nth(1)
+            .map(|rest| {
+                rest.lines()
+                    .take_while(|l| l.contains(" => "))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    };
+    let maps = sb.map_contents();
+    use dnet_common::maps::{ENDPOINT6_BY_IF, ENDPOINTS6_BY_IP, NETWORKS6, SUBNETS6};
+    assert!(
+        section(&maps, ENDPOINTS6_BY_IP).starts_with(&hex("fd00:17::2")),
+        "{maps}"
+    );
+    assert!(
+        section(&maps, ENDPOINT6_BY_IF).ends_with(&hex("fd00:17::2")),
+        "{maps}"
+    );
+    assert!(
+        section(&maps, NETWORKS6).contains(&format!("{}{}", hex("fd00:17::"), hex("fd00:17::1"))),
+        "{maps}"
+    );
+    assert!(
+        section(&maps, SUBNETS6).contains(&hex("fd00:17::")),
+        "{maps}"
+    );
+    // b is IPv4-only: one entry each.
+    assert_eq!(section(&maps, ENDPOINT6_BY_IF).lines().count(), 1, "{maps}");
+
+    // A restart keeps all of it as it is.
+    let before = (sb.snapshot(), snapshot6(&sb));
+    sb.stop_daemon(libc::SIGKILL);
+    sb.start_daemon();
+    assert_eq!((sb.snapshot(), snapshot6(&sb)), before);
+
     // Without an IPv6 subnet: /64s of one ULA /48, kept in the state.
     for n in ["auto1", "auto2"] {
         sb.dnet_ok(&["network", "create", "--ipv6", n]);
@@ -322,4 +369,10 @@ fn a_dual_stack_container_gets_its_address_routes_and_sysctls() {
     assert!(!v6.contains("fd00:17::2"), "{v6}");
     assert!(!v6.contains(&s1.to_string()), "{v6}");
     assert!(v6.contains(&s2.to_string()), "{v6}");
+    let maps = sb.map_contents();
+    assert!(!maps.contains(&hex("fd00:17::2")), "{maps}");
+    assert!(
+        !section(&maps, SUBNETS6).contains(&hex(&s1.to_string())),
+        "{maps}"
+    );
 }

@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use dnet_common::{
     Endpoint as DpEndpoint, Network as DpNetwork,
     addr::{docker_mac, ipv4_be},
+    ipv6::{NET6_F_NAT, Network6},
     maps::ENDPOINTS_BY_IF,
     network::{NET_F_INTERNAL, NET_F_NO_ICC},
 };
@@ -92,6 +93,27 @@ fn dp_network(net: &Network) -> Result<DpNetwork> {
         active: 1,
         _pad: 0,
     })
+}
+
+/// The IPv6 side of a dual-stack network as the datapath sees it (its
+/// gateway MAC is the IPv4 entry's).
+pub fn dp_network6(net: &Network) -> Option<(ipnetwork::Ipv6Network, Network6)> {
+    let i6 = net.ipam6?;
+    let flags = match net.gateway_mode6() {
+        crate::model::GatewayMode6::Nat => NET6_F_NAT,
+        crate::model::GatewayMode6::Routed => 0,
+    };
+    Some((
+        i6.subnet,
+        Network6 {
+            subnet: i6.subnet.network().octets(),
+            gateway: i6.gateway.octets(),
+            flags,
+            prefix_len: i6.subnet.prefix(),
+            active: 1,
+            _pad: [0; 2],
+        },
+    ))
 }
 
 /// The endpoint's IPv6 side, when it and its network are dual-stack.
@@ -211,6 +233,11 @@ impl Driver for Bridge {
         }
         ctx.dp
             .set_network(net.dp_id, ipam.subnet, &dp_network(net)?)?;
+        match dp_network6(net) {
+            Some((subnet, n6)) => ctx.dp.set_network6(net.dp_id, subnet, &n6)?,
+            // An id another network had may still have its IPv6 entry.
+            None => ctx.dp.clear_network6(net.dp_id, None)?,
+        }
         refresh_members(&mut ctx.dp, net.dp_id)?;
         Ok(())
     }
@@ -247,6 +274,11 @@ impl Driver for Bridge {
                     .await,
             );
         }
+        keep(
+            &mut errors,
+            ctx.dp
+                .clear_network6(net.dp_id, net.ipam6.map(|i| i.subnet)),
+        );
         keep(
             &mut errors,
             ctx.dp.clear_network(net.dp_id, net.ipam.map(|i| i.subnet)),
@@ -291,7 +323,12 @@ impl Driver for Bridge {
                 gw && route
             }
         };
-        has_gw && has_route && has_v6 && ctx.dp.network(net.dp_id).is_ok_and(|n| n == want)
+        let want6 = dp_network6(net).map(|(_, n)| n).unwrap_or_default();
+        has_gw
+            && has_route
+            && has_v6
+            && ctx.dp.network(net.dp_id).is_ok_and(|n| n == want)
+            && ctx.dp.network6(net.dp_id).is_ok_and(|n| n == want6)
     }
 
     async fn attach(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
@@ -312,6 +349,7 @@ impl Driver for Bridge {
         };
         match ctx.nl.link(host_ifname).await {
             Ok(Some(l)) => {
+                keep(&mut errors, ctx.dp.clear_endpoint6(ep.ip6, Some(l.index)));
                 keep(&mut errors, ctx.dp.clear_endpoint(ep.ip, Some(l.index)));
                 // Deleting one end deletes the pair, its routes and neighbours,
                 // and detaches the programs.
@@ -322,6 +360,9 @@ impl Driver for Bridge {
         }
         // Entries the link no longer explains (a half-made attach, or a
         // link deleted behind the daemon's back).
+        if let Some(ip6) = ep.ip6 {
+            keep(&mut errors, forget_address6(&mut ctx.dp, ip6));
+        }
         if let Some(ip) = ep.ip {
             keep(&mut errors, forget_address(&mut ctx.dp, ip));
         }
@@ -344,6 +385,10 @@ impl Driver for Bridge {
             return self.detach(ctx, a).await;
         };
         let mut errors = Vec::new();
+        keep(&mut errors, ctx.dp.clear_endpoint6(ep.ip6, Some(index)));
+        if let Some(ip6) = ep.ip6 {
+            keep(&mut errors, forget_address6(&mut ctx.dp, ip6));
+        }
         keep(&mut errors, ctx.dp.clear_endpoint(ep.ip, Some(index)));
         if let Some(ip) = ep.ip {
             keep(&mut errors, forget_address(&mut ctx.dp, ip));
@@ -406,6 +451,7 @@ impl Driver for Bridge {
                 "by-address entry",
                 in_map(dnet_common::maps::ENDPOINTS_BY_IP),
             ),
+            ("IPv6 entries", endpoint6_ok(ctx, a, &want)),
             ("programs attached", ctx.dp.endpoint_attached(host_ifname)),
         ];
         match checks.iter().find(|(_, ok)| !ok) {
@@ -426,6 +472,34 @@ pub async fn loopback(nl: &Netlink) -> Result<u32> {
         .find(|l| l.loopback)
         .map(|l| l.index)
         .ok_or_else(|| conflict!("no loopback interface"))
+}
+
+/// The endpoint's IPv6 entries are as they should be: both there for a
+/// dual-stack endpoint, none by its interface for an IPv4-only one.
+fn endpoint6_ok(ctx: &Ctx, a: &Attachment<'_>, want: &DpEndpoint) -> bool {
+    let (Ok(by_if), Ok(by_ip)) = (ctx.dp.endpoint6_addrs(), ctx.dp.endpoints6()) else {
+        return false;
+    };
+    let own = by_if
+        .iter()
+        .find(|(i, _)| *i == want.ifindex)
+        .map(|(_, a)| *a);
+    match v6_of(a) {
+        None => own.is_none(),
+        Some((_, ip6)) => {
+            own == Some(ip6) && by_ip.iter().any(|(addr, e)| *addr == ip6 && e == want)
+        }
+    }
+}
+
+/// Removes every IPv6 map entry for `ip6`, whatever interface it names.
+fn forget_address6(dp: &mut Datapath, ip6: Ipv6Addr) -> Result<()> {
+    for (ifindex, addr) in dp.endpoint6_addrs()? {
+        if addr == ip6 {
+            dp.clear_endpoint6(None, Some(ifindex))?;
+        }
+    }
+    Ok(dp.clear_endpoint6(Some(ip6), None)?)
 }
 
 /// Removes every map entry for `ip`, whatever interface it names.
@@ -507,6 +581,9 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     let dp_ep = dp_endpoint(a, host.index)?;
     ctx.dp.reset_stats(dp_ep.slot)?;
     ctx.dp.set_endpoint(&dp_ep)?;
+    if let Some((_, ip6)) = v6 {
+        ctx.dp.set_endpoint6(host.index, ip6, &dp_ep)?;
+    }
     ctx.dp.attach_endpoint(host_ifname)?;
     refresh_members(&mut ctx.dp, a.network.dp_id)?;
 
