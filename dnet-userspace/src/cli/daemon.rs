@@ -90,6 +90,11 @@ pub struct Args {
     /// systemd-resolved rather than its stub).
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// How long an attach into a namespace waits for the removal of an
+    /// earlier interface there (whose name it may take) before it fails,
+    /// in seconds. The daemon answers other requests meanwhile.
+    #[arg(long, default_value_t = 10)]
+    removal_wait: u64,
     /// The default `bridge` network is dual-stack (when it is made, with a
     /// new state).
     #[arg(long)]
@@ -164,6 +169,12 @@ fn preflight(args: &Args) -> anyhow::Result<std::os::unix::net::UnixListener> {
         if v == 0 || v > MAX_TIMEOUT {
             anyhow::bail!("{name} {v}: expected 1 to {MAX_TIMEOUT} seconds");
         }
+    }
+    if args.removal_wait == 0 || args.removal_wait > MAX_TIMEOUT {
+        anyhow::bail!(
+            "--removal-wait {}: expected 1 to {MAX_TIMEOUT} seconds",
+            args.removal_wait
+        );
     }
     if args.ct_gc_interval == 0 || args.ct_gc_interval > MAX_GC_INTERVAL {
         anyhow::bail!(
@@ -281,6 +292,7 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
             upstreams: args.dns_upstream.clone(),
         },
         resolv_conf: args.resolv_conf.clone(),
+        removal_wait: secs(args.removal_wait),
         ipv6: args.ipv6,
         fixed_cidr_v6: args.fixed_cidr_v6,
     };
