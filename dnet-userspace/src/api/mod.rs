@@ -370,6 +370,8 @@ pub struct EndpointStatsView {
     pub ifname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,

@@ -63,15 +63,14 @@ pub struct Args {
     ct_gc_interval: u64,
     /// Most live flows one container may have opened (to the world, or to
     /// a published port of the host); beyond it new ones are dropped
-    /// (`conntrack-endpoint-limit`). Default: no limit (a closed flow
-    /// counts until the collector removes it, so a limit also caps the
-    /// container's connection rate at about limit ÷ --ct-gc-interval).
+    /// (`conntrack-endpoint-limit`). Default: three quarters of the
+    /// table's flows (--ct-entries / 2); 0: no limit.
     #[arg(long)]
     ct_flows_per_endpoint: Option<u32>,
     /// Most NAT ports one container may hold towards one destination
     /// (address, port, protocol); beyond it new flows there are dropped
-    /// (`nat-destination-limit`). Default: no limit (as above, closed
-    /// flows count until collected).
+    /// (`nat-destination-limit`). Default: three quarters of --nat-ports;
+    /// 0: no limit.
     #[arg(long)]
     nat_ports_per_destination: Option<u32>,
     /// Where to serve Docker's remote network driver; the file name is the
@@ -122,21 +121,26 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 const MAX_TIMEOUT: u64 = 7 * 24 * 3600;
 const MAX_GC_INTERVAL: u64 = 3600;
 
-/// The per-container limits: the options, else 0 (no limit). Each given
-/// one is bounded by what it limits: the table's flows, the NAT port range.
+/// The per-container limits: the options (0: no limit), else their
+/// defaults. Each given one is bounded by what it limits: the table's
+/// flows, the NAT port range.
 fn limits(args: &Args) -> anyhow::Result<(u32, u32)> {
     let flows = args.ct_entries / 2;
     let ports = (args.nat_ports.1 as u32).saturating_sub(args.nat_ports.0 as u32) + 1;
-    let per_ep = args.ct_flows_per_endpoint.unwrap_or(0);
-    if args.ct_flows_per_endpoint.is_some() && (per_ep == 0 || per_ep > flows) {
+    let per_ep = args
+        .ct_flows_per_endpoint
+        .unwrap_or_else(|| NatOptions::default_flows_per_endpoint(args.ct_entries));
+    if per_ep > flows {
         anyhow::bail!(
-            "--ct-flows-per-endpoint {per_ep}: expected 1 to {flows} (the table's flows, --ct-entries / 2)"
+            "--ct-flows-per-endpoint {per_ep}: expected 0 (no limit) to {flows} (the table's flows, --ct-entries / 2)"
         );
     }
-    let per_dest = args.nat_ports_per_destination.unwrap_or(0);
-    if args.nat_ports_per_destination.is_some() && (per_dest == 0 || per_dest > ports) {
+    let per_dest = args
+        .nat_ports_per_destination
+        .unwrap_or_else(|| NatOptions::default_ports_per_destination(args.nat_ports));
+    if per_dest > ports {
         anyhow::bail!(
-            "--nat-ports-per-destination {per_dest}: expected 1 to {ports} (the ports of --nat-ports)"
+            "--nat-ports-per-destination {per_dest}: expected 0 (no limit) to {ports} (the ports of --nat-ports)"
         );
     }
     Ok((per_ep, per_dest))

@@ -89,8 +89,9 @@ pub(super) fn resolv_conf(host: &str, resolver: Option<Ipv4Addr>, dns: &[Ipv4Add
 
 /// The container's /etc/hosts: localhost, and its own names with each of
 /// its addresses, one line per network it is on (as Docker writes them on
-/// `network connect` and takes them out on `disconnect`).
-pub(super) fn hosts(hostname: &str, name: &str, ips: &[Ipv4Addr]) -> String {
+/// `network connect` and takes them out on `disconnect`); a dual-stack
+/// network's IPv6 address after its IPv4 one.
+pub(super) fn hosts(hostname: &str, name: &str, ips: &[std::net::IpAddr]) -> String {
     let mut out = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
@@ -221,7 +222,12 @@ impl Inner {
             .filter_map(|e| self.state.networks.get(&e.network_id))
             .find_map(crate::dns::resolver_of);
         let rc = resolv_conf(&self.host_resolv, resolver, &c.dns);
-        let ips: Vec<Ipv4Addr> = c.endpoints.iter().filter_map(|e| e.ip).collect();
+        let ips: Vec<std::net::IpAddr> = c
+            .endpoints
+            .iter()
+            .flat_map(|e| [e.ip.map(Into::into), e.ip6.map(Into::into)])
+            .flatten()
+            .collect();
         let files = [
             (dir.join("resolv.conf"), rc.clone()),
             (dir.join("resolve").join("resolv.conf"), rc.clone()),
@@ -336,22 +342,30 @@ mod tests {
 
     #[test]
     fn hosts_hold_localhost_and_the_containers_own_names() {
-        let h = hosts("abc123", "web", &[Ipv4Addr::new(172, 18, 0, 2)]);
+        let v4 = |a, b, c, d| std::net::IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+        let h = hosts("abc123", "web", &[v4(172, 18, 0, 2)]);
         assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
         assert!(
             h.ends_with("ip6-allrouters\n172.18.0.2\tabc123 web\n"),
             "{h}"
         );
-        let h = hosts("web", "web", &[Ipv4Addr::new(172, 18, 0, 2)]);
+        let h = hosts("web", "web", &[v4(172, 18, 0, 2)]);
         assert!(h.ends_with("172.18.0.2\tweb\n"), "{h}");
         assert!(!hosts("x", "x", &[]).contains("\tx"));
         // One line per network it is on.
         let h = hosts(
             "web",
             "web",
-            &[Ipv4Addr::new(172, 18, 0, 2), Ipv4Addr::new(172, 19, 0, 5)],
+            &[
+                v4(172, 18, 0, 2),
+                "fd00:1::2".parse().unwrap(),
+                v4(172, 19, 0, 5),
+            ],
         );
-        assert!(h.ends_with("172.18.0.2\tweb\n172.19.0.5\tweb\n"), "{h}");
+        assert!(
+            h.ends_with("172.18.0.2\tweb\nfd00:1::2\tweb\n172.19.0.5\tweb\n"),
+            "{h}"
+        );
     }
 
     #[test]

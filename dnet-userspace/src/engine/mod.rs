@@ -394,6 +394,7 @@ impl Engine {
                     network: net.name.clone(),
                     ifname: e.ifname.clone(),
                     ip: e.ip,
+                    ip6: e.ip6,
                     rx_packets: s.rx_packets,
                     rx_bytes: s.rx_bytes,
                     tx_packets: s.tx_packets,
