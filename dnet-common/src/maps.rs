@@ -52,7 +52,7 @@ pub const NETWORKS6: &str = "DNET_NETWORKS6";
 pub const SUBNETS6: &str = "DNET_SUBNETS6";
 
 /// Every map the datapath declares.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 18] = [
     ENDPOINTS_BY_IP,
     ENDPOINTS_BY_IF,
     NETWORKS,
@@ -67,6 +67,10 @@ pub const ALL: [&str; 14] = [
     CONFIG,
     SOCK_REVNAT,
     PUBLISH_FROM,
+    ENDPOINTS6_BY_IP,
+    ENDPOINT6_BY_IF,
+    NETWORKS6,
+    SUBNETS6,
 ];
 
 /// Maps older builds pinned and no build uses any more: a daemon removes

@@ -96,6 +96,14 @@ pub struct Args {
     /// systemd-resolved rather than its stub).
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// The default `bridge` network is dual-stack (when it is made, with a
+    /// new state).
+    #[arg(long)]
+    ipv6: bool,
+    /// The IPv6 subnet of the default `bridge` network (with --ipv6; /48 to
+    /// /64; default: a /64 of the daemon's ULA /48).
+    #[arg(long)]
+    fixed_cidr_v6: Option<ipnetwork::Ipv6Network>,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -165,6 +173,13 @@ fn preflight(args: &Args) -> anyhow::Result<std::os::unix::net::UnixListener> {
         );
     }
     limits(args)?;
+    if let Some(c) = args.fixed_cidr_v6 {
+        if !args.ipv6 {
+            anyhow::bail!("--fixed-cidr-v6 {c} needs --ipv6");
+        }
+        crate::ipam::check_default_subnet6(c)
+            .map_err(|e| anyhow::anyhow!("--fixed-cidr-v6: {e}"))?;
+    }
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .map_err(|e| anyhow::anyhow!("read /proc/sys/net/ipv4/ip_local_port_range: {e}"))?;
     check_nat_ports(args.nat_ports, &range)?;
@@ -267,6 +282,8 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
             upstreams: args.dns_upstream.clone(),
         },
         resolv_conf: args.resolv_conf.clone(),
+        ipv6: args.ipv6,
+        fixed_cidr_v6: args.fixed_cidr_v6,
     };
     let r = rt.block_on(async {
         let engine = Engine::start(cfg).await.map_err(anyhow::Error::from)?;

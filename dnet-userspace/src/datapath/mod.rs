@@ -14,7 +14,7 @@ mod tests;
 use std::{
     collections::HashSet,
     fs, io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
@@ -32,13 +32,13 @@ use aya::{
 };
 pub use bpffs::{check as check_bpffs, ensure_mounted};
 use dnet_common::{
-    Config, CtEntry, CtKey, Endpoint, EndpointStats, MemberKey, NetFanout, Network, QuotaKey,
-    Service, ServiceKey,
+    Config, CtEntry, CtKey, Endpoint, Endpoint6, EndpointStats, Ip6, MemberKey, NetFanout, Network,
+    Network6, QuotaKey, Service, ServiceKey,
     addr::ipv4_be,
     maps as m,
     nat::{CT_F_COUNTED, CT_F_REPLY},
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 /// The eBPF object, built from `dnet-ebpf` by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dnet"));
@@ -904,6 +904,126 @@ impl Datapath {
         }
     }
 
+    /// Writes a dual-stack network's IPv6 entry and its IPv6 subnet (the
+    /// network's IPv4 entry, written by [`Datapath::set_network`], stays
+    /// as it is: its gateway MAC answers for both gateways).
+    pub fn set_network6(&mut self, dp_id: u32, subnet: Ipv6Network, net: &Network6) -> Result<()> {
+        let mut a: Array<&mut MapData, Network6> =
+            Array::try_from(self.map_mut(m::NETWORKS6)?).map_err(map_err(m::NETWORKS6))?;
+        a.set(dp_id, net, 0).map_err(map_err(m::NETWORKS6))?;
+        let mut t: LpmTrie<&mut MapData, [u8; 16], u32> =
+            LpmTrie::try_from(self.map_mut(m::SUBNETS6)?).map_err(map_err(m::SUBNETS6))?;
+        t.insert(&subnet6_key(subnet), dp_id, 0)
+            .map_err(map_err(m::SUBNETS6))
+    }
+
+    /// The IPv6 entry of network `dp_id` (`active == 0`: IPv4 only).
+    pub fn network6(&self, dp_id: u32) -> Result<Network6> {
+        let a: Array<&MapData, Network6> =
+            Array::try_from(self.map(m::NETWORKS6)?).map_err(map_err(m::NETWORKS6))?;
+        a.get(&dp_id, 0).map_err(map_err(m::NETWORKS6))
+    }
+
+    /// Removes a network's IPv6 entry and, when given, its IPv6 subnet; a
+    /// missing subnet is fine. The network is IPv4-only afterwards (its
+    /// IPv6 is dropped with the `ipv6` reason).
+    pub fn clear_network6(&mut self, dp_id: u32, subnet: Option<Ipv6Network>) -> Result<()> {
+        let mut a: Array<&mut MapData, Network6> =
+            Array::try_from(self.map_mut(m::NETWORKS6)?).map_err(map_err(m::NETWORKS6))?;
+        a.set(dp_id, Network6::default(), 0)
+            .map_err(map_err(m::NETWORKS6))?;
+        if let Some(subnet) = subnet {
+            self.clear_subnet6(subnet)?;
+        }
+        Ok(())
+    }
+
+    /// Removes an IPv6 subnet from the LPM map only (its id may be another
+    /// network's now); a missing entry is fine.
+    pub fn clear_subnet6(&mut self, subnet: Ipv6Network) -> Result<()> {
+        let mut t: LpmTrie<&mut MapData, [u8; 16], u32> =
+            LpmTrie::try_from(self.map_mut(m::SUBNETS6)?).map_err(map_err(m::SUBNETS6))?;
+        absent_is_fine(t.remove(&subnet6_key(subnet))).map_err(map_err(m::SUBNETS6))
+    }
+
+    /// IPv6 subnets in the LPM map, with their network ids.
+    pub fn subnets6(&self) -> Result<Vec<(Ipv6Network, u32)>> {
+        let t: LpmTrie<&MapData, [u8; 16], u32> =
+            LpmTrie::try_from(self.map(m::SUBNETS6)?).map_err(map_err(m::SUBNETS6))?;
+        t.iter()
+            .map(|r| {
+                r.map(|(k, v)| {
+                    let net = Ipv6Network::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
+                        .expect("prefix from the kernel is valid");
+                    (net, v)
+                })
+                .map_err(map_err(m::SUBNETS6))
+            })
+            .collect()
+    }
+
+    /// Gives the endpoint `ep` (already written by [`Datapath::set_endpoint`],
+    /// on host-side veth `ifindex`) its IPv6 address: `ENDPOINTS6_BY_IP`
+    /// first (peers may reach it), then `ENDPOINT6_BY_IF` (it may send).
+    /// An endpoint without these entries has its IPv6 dropped.
+    pub fn set_endpoint6(&mut self, ifindex: u32, addr: Ipv6Addr, ep: &Endpoint) -> Result<()> {
+        let mut h: HashMap<&mut MapData, Ip6, Endpoint> =
+            HashMap::try_from(self.map_mut(m::ENDPOINTS6_BY_IP)?)
+                .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+        h.insert(ip6(addr), ep, 0)
+            .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+        let mut h: HashMap<&mut MapData, u32, Endpoint6> =
+            HashMap::try_from(self.map_mut(m::ENDPOINT6_BY_IF)?)
+                .map_err(map_err(m::ENDPOINT6_BY_IF))?;
+        let v = Endpoint6 {
+            addr: addr.octets(),
+        };
+        h.insert(ifindex, v, 0).map_err(map_err(m::ENDPOINT6_BY_IF))
+    }
+
+    /// Removes an endpoint's IPv6 entries (by address, by interface, or
+    /// both); missing entries are fine. The interface's entry goes first,
+    /// so the endpoint stops sending before peers stop reaching it.
+    pub fn clear_endpoint6(&mut self, addr: Option<Ipv6Addr>, ifindex: Option<u32>) -> Result<()> {
+        if let Some(ifindex) = ifindex {
+            let mut h: HashMap<&mut MapData, u32, Endpoint6> =
+                HashMap::try_from(self.map_mut(m::ENDPOINT6_BY_IF)?)
+                    .map_err(map_err(m::ENDPOINT6_BY_IF))?;
+            absent_is_fine(h.remove(&ifindex)).map_err(map_err(m::ENDPOINT6_BY_IF))?;
+        }
+        if let Some(addr) = addr {
+            let mut h: HashMap<&mut MapData, Ip6, Endpoint> =
+                HashMap::try_from(self.map_mut(m::ENDPOINTS6_BY_IP)?)
+                    .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+            absent_is_fine(h.remove(&ip6(addr))).map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+        }
+        Ok(())
+    }
+
+    /// Entries of `ENDPOINTS6_BY_IP`: dual-stack endpoints by IPv6 address.
+    pub fn endpoints6(&self) -> Result<Vec<(Ipv6Addr, Endpoint)>> {
+        let h: HashMap<&MapData, Ip6, Endpoint> = HashMap::try_from(self.map(m::ENDPOINTS6_BY_IP)?)
+            .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+        h.iter()
+            .map(|r| {
+                r.map(|(k, e)| (Ipv6Addr::from(k.addr), e))
+                    .map_err(map_err(m::ENDPOINTS6_BY_IP))
+            })
+            .collect()
+    }
+
+    /// Entries of `ENDPOINT6_BY_IF`: (host-side veth ifindex, IPv6 address).
+    pub fn endpoint6_addrs(&self) -> Result<Vec<(u32, Ipv6Addr)>> {
+        let h: HashMap<&MapData, u32, Endpoint6> = HashMap::try_from(self.map(m::ENDPOINT6_BY_IF)?)
+            .map_err(map_err(m::ENDPOINT6_BY_IF))?;
+        h.iter()
+            .map(|r| {
+                r.map(|(k, e)| (k, Ipv6Addr::from(e.addr)))
+                    .map_err(map_err(m::ENDPOINT6_BY_IF))
+            })
+            .collect()
+    }
+
     /// Zeroes a stats slot (before an endpoint takes it).
     pub fn reset_stats(&mut self, slot: u32) -> Result<()> {
         let cpus = nr_cpus().map_err(|(_, e)| io_err("count CPUs", Path::new("/sys"))(e))?;
@@ -1010,6 +1130,16 @@ fn absent_is_fine(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::M
 
 fn subnet_key(subnet: Ipv4Network) -> Key<u32> {
     Key::new(subnet.prefix() as u32, ipv4_be(subnet.network()))
+}
+
+fn subnet6_key(subnet: Ipv6Network) -> Key<[u8; 16]> {
+    Key::new(subnet.prefix() as u32, subnet.network().octets())
+}
+
+fn ip6(addr: Ipv6Addr) -> Ip6 {
+    Ip6 {
+        addr: addr.octets(),
+    }
 }
 
 /// A conntrack table pinned by an older build is an LRU map, whose new

@@ -155,6 +155,7 @@ pub fn network_request(r: &CreateNetwork) -> Result<NetworkCreate> {
         ip_range: None,
         internal: truthy(r.options.get(INTERNAL)),
         options,
+        ..Default::default()
     })
 }
 

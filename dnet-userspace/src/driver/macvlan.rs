@@ -434,8 +434,8 @@ impl Driver for Macvlan {
         // Answer ARP for its own address only, and ask from it: otherwise it
         // would answer for every host address on the LAN next to the parent,
         // and the LAN could learn its MAC for the host's uplink address.
+        netns::disable_ipv6(&name)?;
         for (key, value) in [
-            (format!("net/ipv6/conf/{name}/disable_ipv6"), "1"),
             (format!("net/ipv4/conf/{name}/arp_ignore"), "1"),
             (format!("net/ipv4/conf/{name}/arp_announce"), "2"),
         ] {
@@ -724,10 +724,8 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         // have IPv6 on by default; off before the link is up, so that it
         // says nothing on the LAN.
         Some(ns) => {
-            Netlink::open_in_fd(std::os::fd::AsFd::as_fd(ns), || {
-                netns::sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")
-            })
-            .await?
+            Netlink::open_in_fd(std::os::fd::AsFd::as_fd(ns), || netns::disable_ipv6(ifname))
+                .await?
         }
         None => ctx.nl.clone(),
     };
