@@ -437,3 +437,77 @@ fn dual_stack_names_have_their_ipv6_address_in_hosts_and_dns() {
     let hosts = sb.dnet_ok(&["exec", "old", "--", "cat", "/etc/hosts"]);
     assert!(!hosts.contains("fd00:"), "{hosts}");
 }
+
+/// A daemon killed between the commit and the teardown of a dual-stack
+/// network's or container's removal: the next start removes the IPv6
+/// objects nobody owns (gateway on `lo`, unreachable route, map entries).
+#[test]
+fn an_interrupted_ipv6_removal_is_finished_at_the_next_start() {
+    let mut sb = Sandbox::new();
+    let clean = (sb.snapshot(), snapshot6(&sb));
+    for (point, setup, op) in [
+        (
+            "network-remove:committed",
+            &[&[
+                "network",
+                "create",
+                "--ipv6",
+                "--subnet",
+                "fd00:66::/64",
+                "gone",
+            ][..]][..],
+            &["network", "rm", "gone"][..],
+        ),
+        (
+            "container-remove:committed",
+            &[
+                &[
+                    "network",
+                    "create",
+                    "--ipv6",
+                    "--subnet",
+                    "fd00:67::/64",
+                    "keep",
+                ][..],
+                &[
+                    "run",
+                    "-d",
+                    "--name",
+                    "c",
+                    "--network",
+                    "keep",
+                    "--",
+                    "sleep",
+                    "300",
+                ][..],
+            ][..],
+            &["rm", "-f", "c"][..],
+        ),
+    ] {
+        for s in setup {
+            sb.dnet_ok(s);
+        }
+        sb.stop_daemon(libc::SIGTERM);
+        sb.set_daemon_env(&[("DNET_CRASH_AT", point)]);
+        sb.start_daemon();
+        assert!(!ok(&sb.dnet(op)), "{point}: {op:?} answered");
+        assert!(
+            sb.wait_daemon_exit(std::time::Duration::from_secs(30))
+                .is_some(),
+            "{point}: the daemon did not stop there"
+        );
+        sb.set_daemon_env(&[]);
+        sb.start_daemon();
+        dnet_sandbox::assert_consistent(&sb);
+        if point == "container-remove:committed" {
+            let maps = sb.map_contents();
+            assert!(
+                !maps.contains("fd006700000000000000000000000002"),
+                "{point}: {maps}"
+            );
+            sb.dnet_ok(&["network", "rm", "keep"]);
+        }
+        sb.settle();
+        assert_eq!((sb.snapshot(), snapshot6(&sb)), clean, "{point}");
+    }
+}
