@@ -92,6 +92,11 @@ pub enum DropReason {
     /// A new flow from the world to a published port, from a source that
     /// `dnet daemon --publish-from` does not list.
     SourceNotAllowed = 31,
+    /// A TCP segment of a known flow with a flag combination no TCP sends
+    /// (none of SYN, ACK and RST: a null or PSH-only segment, a FIN
+    /// without ACK; SYN with FIN or RST), as Linux's conntrack calls it
+    /// invalid: it would be judged by no window.
+    CtTcpInvalid = 40,
 }
 
 /// Number of drop reasons; the size of the per-endpoint drop counter array.
@@ -101,7 +106,7 @@ pub const DROP_REASON_SLOTS: usize = 48;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 32] = [
+    pub const ALL: [DropReason; 33] = [
         DropReason::Malformed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
@@ -134,6 +139,7 @@ impl DropReason {
         DropReason::NatDestinationLimit,
         DropReason::CtRstOutOfWindow,
         DropReason::SourceNotAllowed,
+        DropReason::CtTcpInvalid,
     ];
 
     /// The stable, user-visible name (`dnet stats` prints it).
@@ -171,6 +177,7 @@ impl DropReason {
             DropReason::NatDestinationLimit => "nat-destination-limit",
             DropReason::CtRstOutOfWindow => "conntrack-rst-out-of-window",
             DropReason::SourceNotAllowed => "source-not-allowed",
+            DropReason::CtTcpInvalid => "conntrack-tcp-invalid",
         }
     }
 

@@ -347,6 +347,9 @@ pub struct Info {
     /// Link removals still finishing in the background.
     #[serde(default)]
     pub pending_removals: usize,
+    /// Attaches waiting for a removal in their namespace to end.
+    #[serde(default)]
+    pub removal_waits: usize,
     pub programs: Vec<ProgramSummary>,
     pub maps: Vec<MapSummary>,
 }
