@@ -511,3 +511,183 @@ fn an_interrupted_ipv6_removal_is_finished_at_the_next_start() {
         assert_eq!((sb.snapshot(), snapshot6(&sb)), clean, "{point}");
     }
 }
+
+/// A conntest server on `[::]:PORT` (IPv6 and IPv4) in a new container.
+fn server6(sb: &Sandbox, name: &str, net: &str, proto: &str, port: u16) {
+    let ct = conntest_bin();
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        net,
+        "--",
+        ct.to_str().unwrap(),
+        "serve",
+        proto,
+        &format!("[::]:{port}"),
+    ]);
+    sb.wait_server(name, proto, port);
+}
+
+fn ip6_of(sb: &Sandbox, name: &str) -> String {
+    sb.container(name)["networks"][0]["ip6"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name} has no IPv6 address"))
+        .to_owned()
+}
+
+/// `ping -6` from a container: every one of `count` echoes answered.
+fn ping6(sb: &Sandbox, from: &str, to: &str) -> bool {
+    ok(&sb.dnet(&[
+        "exec", from, "--", "ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", to,
+    ]))
+}
+
+/// What a conntest server saw of one request from `from` to `[to]:port`.
+fn request6(sb: &Sandbox, from: &str, proto: &str, to: &str, port: u16) -> Option<String> {
+    let o = sb.conntest_in(from, &[proto, &format!("[{to}]:{port}")]);
+    ok(&o).then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+#[test]
+fn dual_stack_containers_reach_each_other_and_the_gateway_over_ipv6() {
+    let sb = Sandbox::new();
+    for (net, v4, v6) in [
+        ("dual", "10.70.0.0/24", "fd00:70::/64"),
+        ("other", "10.71.0.0/24", "fd00:71::/64"),
+    ] {
+        sb.dnet_ok(&[
+            "network", "create", "--ipv6", "--subnet", v4, "--subnet", v6, net,
+        ]);
+    }
+    server6(&sb, "tcp", "dual", "tcp", 80);
+    server6(&sb, "udp", "dual", "udp", 53);
+    server6(&sb, "far", "other", "tcp", 80);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cli",
+        "--network",
+        "dual",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let (t, u, far, cli) = (
+        ip6_of(&sb, "tcp"),
+        ip6_of(&sb, "udp"),
+        ip6_of(&sb, "far"),
+        ip6_of(&sb, "cli"),
+    );
+    // The gateway and the peers, both ways; the server sees the client's
+    // own address.
+    assert!(ping6(&sb, "cli", "fd00:70::1"), "gateway");
+    assert!(ping6(&sb, "cli", &t) && ping6(&sb, "tcp", &cli), "peers");
+    for (proto, to, port) in [("tcp", &t, 80), ("udp", &u, 53)] {
+        let seen = request6(&sb, "cli", proto, to, port)
+            .unwrap_or_else(|| panic!("{proto} to [{to}]:{port}"));
+        assert!(seen.starts_with(&format!("[{cli}]:")), "{proto}: {seen}");
+    }
+    // The same servers over IPv4 still.
+    let seen = sb.conntest_in("cli", &["tcp", &format!("{}:80", sb.ip_of("tcp"))]);
+    assert!(ok(&seen), "{}", out(&seen));
+    // Another network's container is out of reach, over IPv6 as over IPv4.
+    assert!(
+        request6(&sb, "cli", "tcp", &far, 80).is_none(),
+        "reached another network"
+    );
+    assert!(!ping6(&sb, "cli", &far));
+    // The host reaches a container at its IPv6 address, from the gateway.
+    let o = sb.in_host("ping", &["-6", "-n", "-c", "1", "-W", "2", &t]);
+    assert!(ok(&o), "host to {t}: {}", out(&o));
+}
+
+#[test]
+fn an_ipv4_only_network_next_to_a_dual_stack_one_drops_ipv6() {
+    let sb = Sandbox::new();
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.72.0.0/24",
+        "--subnet",
+        "fd00:72::/64",
+        "dual",
+    ]);
+    sb.dnet_ok(&["network", "create", "--subnet", "10.73.0.0/24", "v4"]);
+    server6(&sb, "srv", "dual", "tcp", 80);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "v4c",
+        "--network",
+        "v4",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    // The IPv4-only container turns IPv6 on by itself, takes an address of
+    // the dual-stack subnet and sends to it: the datapath drops all of
+    // it with the `ipv6` reason (its network has no IPv6).
+    sb.dnet_ok(&[
+        "exec",
+        "v4c",
+        "--",
+        "sh",
+        "-c",
+        "echo 0 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6 && \
+         ip -6 addr add fd00:72::99/64 dev eth0 nodad && \
+         ip -6 route add default dev eth0",
+    ]);
+    let before = sb.drops("v4c", "ipv6");
+    let srv = ip6_of(&sb, "srv");
+    assert!(request6(&sb, "v4c", "tcp", &srv, 80).is_none());
+    assert!(sb.drops("v4c", "ipv6") > before, "counted");
+    // The dual-stack side is not disturbed.
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cli",
+        "--network",
+        "dual",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert!(request6(&sb, "cli", "tcp", &srv, 80).is_some());
+}
+
+#[test]
+fn ipv6_forwarding_goes_on_while_the_daemon_is_down_and_after_a_restart() {
+    let mut sb = Sandbox::with_daemon_args(&["--ipv6", "--fixed-cidr-v6", "fd00:74::/64"]);
+    server6(&sb, "srv", "bridge", "tcp", 80);
+    sb.dnet_ok(&["run", "-d", "--name", "cli", "--", "sleep", "300"]);
+    let srv = ip6_of(&sb, "srv");
+    assert!(request6(&sb, "cli", "tcp", &srv, 80).is_some());
+    let before = (sb.snapshot(), snapshot6(&sb));
+    let cli_ns = sb.netns_of("cli");
+    sb.stop_daemon(libc::SIGKILL);
+    // No daemon: the pinned programs and maps go on (`dnet exec` needs
+    // the daemon, so from the container's namespace directly).
+    let ct = conntest_bin();
+    let o = dnet_sandbox::in_netns(
+        &cli_ns,
+        ct.to_str().unwrap(),
+        &["tcp", &format!("[{srv}]:80")],
+    );
+    assert!(ok(&o), "while the daemon is down: {}", out(&o));
+    sb.start_daemon();
+    assert_eq!((sb.snapshot(), snapshot6(&sb)), before);
+    assert!(request6(&sb, "cli", "tcp", &srv, 80).is_some());
+    assert!(ping6(&sb, "cli", "fd00:74::1"));
+    // A new dual-stack container after the restart reaches the old ones.
+    sb.dnet_ok(&["run", "-d", "--name", "new", "--", "sleep", "300"]);
+    assert_eq!(ip6_of(&sb, "new"), "fd00:74::4");
+    assert!(request6(&sb, "new", "tcp", &srv, 80).is_some());
+}
