@@ -74,6 +74,21 @@ fn bad_ipv6_input_gets_a_clear_error_and_changes_nothing() {
         "sleep",
         "300",
     ]);
+    // A prefix routed where the daemon runs (the uplink's, say).
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:5::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
     let before = (sb.snapshot(), snapshot6(&sb));
     let create = |extra: &[&str], want: &str| {
         let mut a = vec!["network", "create"];
@@ -85,6 +100,10 @@ fn bad_ipv6_input_gets_a_clear_error_and_changes_nothing() {
     create(&["--subnet", "fd00:61::/64"], "needs --ipv6");
     create(&["--gateway", "fd00:61::1"], "needs --ipv6");
     create(&["--ipv6", "--subnet", "fd00:60:0:0:1::/80"], "overlaps");
+    create(
+        &["--ipv6", "--subnet", "2001:db8:5::/64"],
+        "overlaps the route to 2001:db8:5::/64",
+    );
     create(&["--ipv6", "--subnet", "fd00::/40"], "shorter than /48");
     create(&["--ipv6", "--subnet", "fd00:62::/126"], "/124 or shorter");
     create(&["--ipv6", "--subnet", "fe80::/64"], "link-local");
