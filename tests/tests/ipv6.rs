@@ -2,7 +2,7 @@
 //! addresses, links, routes, sysctls), what it refuses, and real IPv6
 //! traffic through the eBPF datapath.
 
-use dnet_sandbox::{Sandbox, dnet_bin, ok, out, sh_ok};
+use dnet_sandbox::{Sandbox, conntest_bin, dnet_bin, ok, out, sh_ok};
 use serde_json::Value;
 
 /// The host namespace's IPv6 addresses and dnet's IPv6 routes (the
@@ -375,4 +375,65 @@ fn a_dual_stack_container_gets_its_address_routes_and_sysctls() {
         !section(&maps, SUBNETS6).contains(&hex(&s1.to_string())),
         "{maps}"
     );
+}
+
+#[test]
+fn dual_stack_names_have_their_ipv6_address_in_hosts_and_dns() {
+    let sb = Sandbox::new();
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.64.0.0/24",
+        "--subnet",
+        "fd00:64::/64",
+        "dual",
+    ]);
+    sb.dnet_ok(&["network", "create", "--subnet", "10.65.0.0/24", "v4only"]);
+    for (name, net) in [("web", "dual"), ("client", "dual"), ("old", "v4only")] {
+        sb.dnet_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            net,
+            "--",
+            "sleep",
+            "300",
+        ]);
+    }
+    let hosts = sb.dnet_ok(&["exec", "web", "--", "cat", "/etc/hosts"]);
+    let id = sb.container("web")["id"].as_str().unwrap().to_owned();
+    let short = &id[..12];
+    assert!(
+        hosts.ends_with(&format!(
+            "10.64.0.2\t{short} web\nfd00:64::2\t{short} web\n"
+        )),
+        "{hosts}"
+    );
+    let ct = conntest_bin();
+    let ask = |name: &str, ty: &str| -> Vec<String> {
+        let o = sb.dnet(&[
+            "exec",
+            "client",
+            "--",
+            ct.to_str().unwrap(),
+            "dns",
+            "query",
+            "10.64.0.1",
+            name,
+            ty,
+        ]);
+        assert!(ok(&o), "{}", out(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(ask("web", "aaaa"), vec!["rcode NoError", "AAAA fd00:64::2"]);
+    assert_eq!(ask("web.dual", "a"), vec!["rcode NoError", "A 10.64.0.2"]);
+    let hosts = sb.dnet_ok(&["exec", "old", "--", "cat", "/etc/hosts"]);
+    assert!(!hosts.contains("fd00:"), "{hosts}");
 }

@@ -347,6 +347,9 @@ pub struct Info {
     /// Link removals still finishing in the background.
     #[serde(default)]
     pub pending_removals: usize,
+    /// Attaches waiting for a removal in their namespace to end.
+    #[serde(default)]
+    pub removal_waits: usize,
     pub programs: Vec<ProgramSummary>,
     pub maps: Vec<MapSummary>,
 }
@@ -367,6 +370,8 @@ pub struct EndpointStatsView {
     pub ifname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,

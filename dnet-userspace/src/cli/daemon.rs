@@ -63,15 +63,14 @@ pub struct Args {
     ct_gc_interval: u64,
     /// Most live flows one container may have opened (to the world, or to
     /// a published port of the host); beyond it new ones are dropped
-    /// (`conntrack-endpoint-limit`). Default: no limit (a closed flow
-    /// counts until the collector removes it, so a limit also caps the
-    /// container's connection rate at about limit ÷ --ct-gc-interval).
+    /// (`conntrack-endpoint-limit`). Default: three quarters of the
+    /// table's flows (--ct-entries / 2); 0: no limit.
     #[arg(long)]
     ct_flows_per_endpoint: Option<u32>,
     /// Most NAT ports one container may hold towards one destination
     /// (address, port, protocol); beyond it new flows there are dropped
-    /// (`nat-destination-limit`). Default: no limit (as above, closed
-    /// flows count until collected).
+    /// (`nat-destination-limit`). Default: three quarters of --nat-ports;
+    /// 0: no limit.
     #[arg(long)]
     nat_ports_per_destination: Option<u32>,
     /// Where to serve Docker's remote network driver; the file name is the
@@ -96,6 +95,11 @@ pub struct Args {
     /// systemd-resolved rather than its stub).
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// How long an attach into a namespace waits for the removal of an
+    /// earlier interface there (whose name it may take) before it fails,
+    /// in seconds. The daemon answers other requests meanwhile.
+    #[arg(long, default_value_t = 10)]
+    removal_wait: u64,
     /// The default `bridge` network is dual-stack (when it is made, with a
     /// new state).
     #[arg(long)]
@@ -122,21 +126,26 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 const MAX_TIMEOUT: u64 = 7 * 24 * 3600;
 const MAX_GC_INTERVAL: u64 = 3600;
 
-/// The per-container limits: the options, else 0 (no limit). Each given
-/// one is bounded by what it limits: the table's flows, the NAT port range.
+/// The per-container limits: the options (0: no limit), else their
+/// defaults. Each given one is bounded by what it limits: the table's
+/// flows, the NAT port range.
 fn limits(args: &Args) -> anyhow::Result<(u32, u32)> {
     let flows = args.ct_entries / 2;
     let ports = (args.nat_ports.1 as u32).saturating_sub(args.nat_ports.0 as u32) + 1;
-    let per_ep = args.ct_flows_per_endpoint.unwrap_or(0);
-    if args.ct_flows_per_endpoint.is_some() && (per_ep == 0 || per_ep > flows) {
+    let per_ep = args
+        .ct_flows_per_endpoint
+        .unwrap_or_else(|| NatOptions::default_flows_per_endpoint(args.ct_entries));
+    if per_ep > flows {
         anyhow::bail!(
-            "--ct-flows-per-endpoint {per_ep}: expected 1 to {flows} (the table's flows, --ct-entries / 2)"
+            "--ct-flows-per-endpoint {per_ep}: expected 0 (no limit) to {flows} (the table's flows, --ct-entries / 2)"
         );
     }
-    let per_dest = args.nat_ports_per_destination.unwrap_or(0);
-    if args.nat_ports_per_destination.is_some() && (per_dest == 0 || per_dest > ports) {
+    let per_dest = args
+        .nat_ports_per_destination
+        .unwrap_or_else(|| NatOptions::default_ports_per_destination(args.nat_ports));
+    if per_dest > ports {
         anyhow::bail!(
-            "--nat-ports-per-destination {per_dest}: expected 1 to {ports} (the ports of --nat-ports)"
+            "--nat-ports-per-destination {per_dest}: expected 0 (no limit) to {ports} (the ports of --nat-ports)"
         );
     }
     Ok((per_ep, per_dest))
@@ -165,6 +174,12 @@ fn preflight(args: &Args) -> anyhow::Result<std::os::unix::net::UnixListener> {
         if v == 0 || v > MAX_TIMEOUT {
             anyhow::bail!("{name} {v}: expected 1 to {MAX_TIMEOUT} seconds");
         }
+    }
+    if args.removal_wait == 0 || args.removal_wait > MAX_TIMEOUT {
+        anyhow::bail!(
+            "--removal-wait {}: expected 1 to {MAX_TIMEOUT} seconds",
+            args.removal_wait
+        );
     }
     if args.ct_gc_interval == 0 || args.ct_gc_interval > MAX_GC_INTERVAL {
         anyhow::bail!(
@@ -282,6 +297,7 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
             upstreams: args.dns_upstream.clone(),
         },
         resolv_conf: args.resolv_conf.clone(),
+        removal_wait: secs(args.removal_wait),
         ipv6: args.ipv6,
         fixed_cidr_v6: args.fixed_cidr_v6,
     };

@@ -22,7 +22,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, ProgramArray,
+        lpm_trie::Key,
     },
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
@@ -46,6 +47,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Program names (the entry points in `dnet-ebpf/src/main.rs`).
 pub const PROG_FROM_CONTAINER: &str = "lxc_from_container";
 pub const PROG_TO_CONTAINER: &str = "lxc_to_container";
+/// IPv6 from a container, tail-called by [`PROG_FROM_CONTAINER`].
+pub const PROG_FROM_CONTAINER6: &str = "lxc6_from_container";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
 pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
@@ -55,8 +58,9 @@ pub const SOCK_PROGS: [&str; 4] = [
     "sock_recvmsg4",
     "sock_getpeername4",
 ];
-const TC_PROGS: [&str; 4] = [
+const TC_PROGS: [&str; 5] = [
     PROG_FROM_CONTAINER,
+    PROG_FROM_CONTAINER6,
     PROG_TO_CONTAINER,
     PROG_FROM_UPLINK,
     PROG_TO_UPLINK,
@@ -202,7 +206,11 @@ impl Datapath {
                 drop_if_resized(&maps_dir.join(m::CT), size_of::<CtEntry>())?;
                 drop_if_resized(&maps_dir.join(m::CONFIG), size_of::<Config>())?;
                 drop_if_resized(&maps_dir.join(m::STATS), size_of::<EndpointStats>())?;
-                m::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect()
+                m::ALL
+                    .iter()
+                    .chain([&m::PROGS])
+                    .map(|n| (*n, maps_dir.join(n)))
+                    .collect()
             }
             None => Vec::new(),
         };
@@ -220,6 +228,7 @@ impl Datapath {
                 .map_err(prog_err(name))?;
             p.load().map_err(prog_err(name))?;
         }
+        set_tail_calls(&mut ebpf)?;
         for name in SOCK_PROGS {
             let p: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -1062,6 +1071,7 @@ impl Datapath {
                 let attach = match name {
                     PROG_FROM_CONTAINER => "tcx ingress, host-side veth",
                     PROG_TO_CONTAINER => "tcx egress, host-side veth",
+                    PROG_FROM_CONTAINER6 => "tail call of lxc_from_container (IPv6)",
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
                     PROG_TO_UPLINK => "tcx egress, uplink",
                     "sock_connect4" => "cgroup connect4",
@@ -1093,7 +1103,8 @@ impl Datapath {
                     | aya::maps::Map::LruHashMap(d)
                     | aya::maps::Map::LpmTrie(d)
                     | aya::maps::Map::PerCpuArray(d)
-                    | aya::maps::Map::PerCpuHashMap(d) => d,
+                    | aya::maps::Map::PerCpuHashMap(d)
+                    | aya::maps::Map::ProgramArray(d) => d,
                     _ => return None,
                 };
                 let info = data.info().ok()?;
@@ -1113,6 +1124,27 @@ impl Datapath {
     pub fn program(&self, name: &str) -> Option<&SchedClassifier> {
         self.ebpf.program(name)?.try_into().ok()
     }
+}
+
+/// Points the tail-call slots at this build's programs (a pinned array of
+/// an older build's pointed at its own: programs still attached from it
+/// jump to this build's from now on).
+fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
+    let name = PROG_FROM_CONTAINER6;
+    let fd = ebpf
+        .program(name)
+        .ok_or(DatapathError::Missing(name))?
+        .fd()
+        .map_err(prog_err(name))?
+        .try_clone()
+        .map_err(io_err("duplicate the descriptor of", Path::new(name)))?;
+    let map = ebpf
+        .map_mut(m::PROGS)
+        .ok_or(DatapathError::Missing(m::PROGS))?;
+    let mut a: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(map).map_err(map_err(m::PROGS))?;
+    a.set(m::PROG_SLOT_FROM_CONTAINER6, &fd, 0)
+        .map_err(map_err(m::PROGS))
 }
 
 /// A delete of a missing key succeeds: the entry is gone either way.

@@ -85,6 +85,9 @@ impl Engine {
     /// [`Engine::attach`], and whether the attachment is new (false: a
     /// repeat with the same runtime ref and network).
     pub async fn attach_created(&self, req: AttachRequest) -> Result<(AttachResponse, bool)> {
+        if let AttachTarget::Netns { path } = &req.target {
+            self.settled_in(std::path::Path::new(path)).await?;
+        }
         self.inner.lock().await.attach_req(req).await
     }
 

@@ -30,7 +30,7 @@ pub use runtime_net::PortRequest;
 use std::{
     collections::{BTreeMap, HashMap},
     net::{Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex as StdMutex},
     time::Duration,
 };
@@ -71,6 +71,9 @@ pub struct Config {
     pub dns: crate::dns::Options,
     /// The host's resolv.conf (followed: see `follow_host_files`).
     pub resolv_conf: PathBuf,
+    /// How long an attach waits for the removal of an interface in its
+    /// namespace (`driver::Reaper`) before it fails.
+    pub removal_wait: Duration,
     /// The default `bridge` network is dual-stack (`--ipv6`), with this
     /// IPv6 subnet (`--fixed-cidr-v6`) or one of the ULA /48.
     pub ipv6: bool,
@@ -88,6 +91,9 @@ impl Config {
 
 pub struct Engine {
     inner: Mutex<Inner>,
+    /// The reaper of `Inner::ctx`, to wait for without the lock.
+    reaper: driver::Reaper,
+    removal_wait: Duration,
     /// Exit codes of detached processes the daemon started, by pid.
     exits: Arc<StdMutex<HashMap<u32, i32>>>,
 }
@@ -106,6 +112,18 @@ struct Inner {
     host_files: Vec<Option<(u64, u64)>>,
     /// The host's resolv.conf (`Config::resolv_conf`) when last read.
     host_resolv: String,
+}
+
+/// An attach refused because the removal of an interface in its namespace
+/// did not end within `wait` (a `del_link` that hangs).
+fn removal_stuck(path: &Path, wait: Duration) -> crate::error::Error {
+    conflict!(
+        "the removal of an earlier interface in namespace {} is still under way after {}s \
+         (its name may be the one this attach takes): try again later; \
+         the daemon's next start finishes it",
+        path.display(),
+        wait.as_secs()
+    )
 }
 
 /// The predefined networks, as Docker has them.
@@ -175,6 +193,8 @@ impl Engine {
         inner.dns.update(&inner.state);
         let gc_interval = inner.cfg.nat.gc_interval;
         let engine = Arc::new(Engine {
+            reaper: inner.ctx.reaper.clone(),
+            removal_wait: inner.cfg.removal_wait,
             inner: Mutex::new(inner),
             exits: Arc::new(StdMutex::new(HashMap::new())),
         });
@@ -228,9 +248,27 @@ impl Engine {
             networks: inner.state.networks.len(),
             containers: inner.state.containers.len(),
             pending_removals: inner.ctx.reaper.pending(),
+            removal_waits: self.reaper.waiting(),
             programs: inner.ctx.dp.programs(),
             maps: inner.ctx.dp.maps(),
         }
+    }
+
+    /// Waits, without the lock (the daemon answers meanwhile), for the
+    /// removals under way in the namespace at `path` (an interface of it
+    /// may still hold the name a new one takes): `--removal-wait` at most,
+    /// then a clear error. `Inner::attach` checks again under the lock.
+    pub(crate) async fn settled_in(&self, path: &Path) -> Result<()> {
+        if self.reaper.pending() == 0 {
+            return Ok(());
+        }
+        let Ok(id) = netns::identity(path) else {
+            return Ok(());
+        };
+        if self.reaper.settled_in(id, self.removal_wait).await {
+            return Ok(());
+        }
+        Err(removal_stuck(path, self.removal_wait))
     }
 
     /// Waits for the link removals under way (see `driver::Reaper`).
@@ -268,6 +306,21 @@ impl Engine {
     }
 
     pub async fn connect(&self, net: &str, req: ConnectRequest) -> Result<ContainerView> {
+        let path = match (&req.container, &req.netns) {
+            (Some(name), None) => {
+                let inner = self.inner.lock().await;
+                inner
+                    .find_container(name)
+                    .ok()
+                    .filter(|c| matches!(c.netns, Netns::Owned { .. } | Netns::External { .. }))
+                    .map(|c| inner.netns_path(c))
+            }
+            (None, Some(path)) => Some(PathBuf::from(path)),
+            _ => None,
+        };
+        if let Some(path) = path {
+            self.settled_in(&path).await?;
+        }
         let mut inner = self.inner.lock().await;
         let id = inner.connect(net, req).await?;
         Ok(inner.container_view(&inner.state.containers[&id]))
@@ -341,6 +394,7 @@ impl Engine {
                     network: net.name.clone(),
                     ifname: e.ifname.clone(),
                     ip: e.ip,
+                    ip6: e.ip6,
                     rx_packets: s.rx_packets,
                     rx_bytes: s.rx_bytes,
                     tx_packets: s.tx_packets,
@@ -1004,11 +1058,14 @@ impl Inner {
         let path = self.netns_path(c);
         // An interface of the namespace being removed in the background may
         // still hold the name this one takes.
+        // (`Engine::settled_in` waited without the lock: this wait is for
+        // a removal that began since, and bounded too.)
         if matches!(c.netns, Netns::Owned { .. } | Netns::External { .. })
             && self.ctx.reaper.pending() > 0
             && let Ok(id) = netns::identity(&path)
+            && !self.ctx.reaper.settled_in(id, self.cfg.removal_wait).await
         {
-            self.ctx.reaper.settled_in(id).await;
+            return Err(removal_stuck(&path, self.cfg.removal_wait));
         }
         let a = Attachment {
             container: c,
