@@ -827,6 +827,16 @@ fn docker_macvlan_network() {
     let net = env.dnet_network(&id).expect("the dnet network of Docker's");
     assert_eq!(net["driver"], "macvlan", "{net}");
     assert_eq!(net["options"]["parent"], "eth0", "{net}");
+    // Docker's IPAM keeps its `--ip-range` to itself in CreateNetwork: dnet
+    // learns it from dockerd's API with the name, and shows it.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            env.dnet_network(&id)
+                .is_some_and(|n| n["name"] == "lan" && n["ipam"]["ip_range"] == "198.18.0.64/26")
+        }),
+        "{:?}",
+        env.dnet_network(&id)
+    );
     env.run("m1", "lan", &[]);
     env.run("m2", "lan", &["--ip", "198.18.0.100"]);
 
