@@ -824,14 +824,19 @@ pub fn listening(netns: &Path, proto: &str, port: u16) -> bool {
         "reading {table} in {}: {o:?}",
         netns.display()
     );
+    // An IPv6 (or dual-stack `[::]`) socket is in the `6` table, which
+    // may be missing.
+    let o6 = in_netns(netns, "cat", &[&format!("{table}6")]);
     // local_address is ADDR:PORT in hex; TCP LISTEN is state 0A, a bound
     // UDP socket 07.
     let state = if proto == "tcp" { "0A" } else { "07" };
-    String::from_utf8_lossy(&o.stdout).lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3
-            && f[1].rsplit(':').next() == Some(format!("{port:04X}").as_str())
-            && f[3] == state
+    [o, o6].iter().filter(|o| o.status.success()).any(|o| {
+        String::from_utf8_lossy(&o.stdout).lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[1].rsplit(':').next() == Some(format!("{port:04X}").as_str())
+                && f[3] == state
+        })
     })
 }
 

@@ -827,6 +827,16 @@ fn docker_macvlan_network() {
     let net = env.dnet_network(&id).expect("the dnet network of Docker's");
     assert_eq!(net["driver"], "macvlan", "{net}");
     assert_eq!(net["options"]["parent"], "eth0", "{net}");
+    // Docker's IPAM keeps its `--ip-range` to itself in CreateNetwork: dnet
+    // learns it from dockerd's API with the name, and shows it.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            env.dnet_network(&id)
+                .is_some_and(|n| n["name"] == "lan" && n["ipam"]["ip_range"] == "198.18.0.64/26")
+        }),
+        "{:?}",
+        env.dnet_network(&id)
+    );
     env.run("m1", "lan", &[]);
     env.run("m2", "lan", &["--ip", "198.18.0.100"]);
 
@@ -885,6 +895,47 @@ fn docker_macvlan_network() {
     env.docker(&["rm", "-f", "m1", "m2"]);
     env.docker(&["network", "rm", "lan"]);
     assert!(env.dnet_network(&id).is_none());
+    env.assert_clean();
+
+    // With dnet's IPAM: the pool is the parent's LAN, routed on the parent,
+    // which a macvlan network expects (a bridge's pool there is refused,
+    // when the network is made).
+    let d = env.driver.clone();
+    let lan = [
+        "--ipam-driver",
+        d.as_str(),
+        "--subnet",
+        "198.18.0.0/24",
+        "--gateway",
+        "198.18.0.1",
+        "--ip-range",
+        "198.18.0.64/26",
+    ];
+    let before = env.sb.state();
+    let e = env.docker_err(
+        &[
+            &["network", "create", "-d", d.as_str()][..],
+            &lan[..],
+            &["br"],
+        ]
+        .concat(),
+    );
+    assert!(e.contains("overlaps the route"), "{e}");
+    assert_eq!(env.sb.state(), before);
+    let mut args = vec!["-o", "driver=macvlan", "-o", "parent=eth0"];
+    args.extend(lan);
+    let id = env.network("lan2", &args);
+    let net = env.dnet_network(&id).expect("the dnet network of Docker's");
+    assert_eq!(net["driver"], "macvlan", "{net}");
+    assert_eq!(net["ipam"]["ip_range"], "198.18.0.64/26", "{net}");
+    env.run("m3", "lan2", &[]);
+    assert_eq!(env.eth0("m3").0, "198.18.0.64/24");
+    let o = env
+        .sb
+        .in_world("ping", &["-c", "1", "-W", "2", "198.18.0.64"]);
+    assert!(ok(&o), "the world -> m3: {}", out(&o));
+    env.docker(&["rm", "-f", "m3"]);
+    env.docker(&["network", "rm", "lan2"]);
     env.assert_clean();
     assert_eq!(env.sb.host_links(), links_before, "links left in the host");
 }

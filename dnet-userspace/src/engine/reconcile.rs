@@ -310,6 +310,16 @@ impl Inner {
                 self.ctx.dp.clear_network6(id, None)?;
             }
         }
+        for a in self.ctx.nl.addresses6(Some(lo)).await? {
+            if a.dnet
+                && !bridges
+                    .iter()
+                    .any(|n| n.ipam6.is_some_and(|i| i.gateway == a.ip))
+            {
+                tracing::info!(address = %a.ip, "removing an IPv6 gateway address dnet no longer uses");
+                self.ctx.nl.del_address6(lo, a.ip, a.prefix).await?;
+            }
+        }
         for r in self.ctx.nl.routes6().await? {
             if r.protocol == RouteProtocol::Other(RTPROT_DNET)
                 && r.kind == RouteType::Unreachable
