@@ -223,7 +223,7 @@ impl Driver for Bridge {
             ))
             .await?;
         if let Some(i6) = net.ipam6 {
-            ctx.nl.add_address6(lo, i6.gateway, 128).await?;
+            ctx.nl.add_address6(lo, i6.gateway, 128, true).await?;
             ctx.nl
                 .add_route6(RouteSpec6::unreachable(
                     i6.subnet.network(),
@@ -308,11 +308,10 @@ impl Driver for Bridge {
         let has_v6 = match net.ipam6 {
             None => true,
             Some(i6) => {
-                let gw = ctx
-                    .nl
-                    .addresses6(Some(lo))
-                    .await
-                    .is_ok_and(|a| a.iter().any(|a| a.ip == i6.gateway && a.prefix == 128));
+                let gw = ctx.nl.addresses6(Some(lo)).await.is_ok_and(|a| {
+                    a.iter()
+                        .any(|a| a.ip == i6.gateway && a.prefix == 128 && a.dnet)
+                });
                 let route = ctx.nl.routes6().await.is_ok_and(|rs| {
                     rs.iter().any(|r| {
                         r.dst == i6.subnet.network()
@@ -706,9 +705,11 @@ async fn configure_container_ipv6(
     ip6: Ipv6Addr,
     primary: bool,
 ) -> Result<()> {
-    cnl.add_address6(index, ip6, i6.subnet.prefix()).await?;
+    cnl.add_address6(index, ip6, i6.subnet.prefix(), false)
+        .await?;
     let lo = loopback(cnl).await?;
-    cnl.add_address6(lo, Ipv6Addr::LOCALHOST, 128).await?;
+    cnl.add_address6(lo, Ipv6Addr::LOCALHOST, 128, false)
+        .await?;
     let gw = i6.gateway;
     let mut routes = vec![
         RouteSpec6::device(gw, 128, index),
