@@ -7,12 +7,16 @@
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// A frame too short for its headers, or an IPv4 header that is invalid.
+    /// A frame too short for its headers, an IPv4 or IPv6 header that is
+    /// invalid (an IPv6 payload length beyond the packet), or a Neighbor
+    /// Solicitation that breaks RFC 4861's checks (hop limit, code, length,
+    /// a multicast target, extension headers before it).
     Malformed = 0,
     /// Source MAC is not the endpoint's own.
     SpoofedMac = 1,
-    /// Source IPv4 address is not the endpoint's own (or, on the uplink, is
-    /// one of dnet's networks).
+    /// Source IPv4 or IPv6 address is not the endpoint's own (or, on the
+    /// uplink, is one of dnet's networks). IPv6 link-local and `::`
+    /// sources are not the endpoint's own.
     SpoofedIp = 2,
     /// An ARP reply or gratuitous ARP sent by a container.
     ArpReply = 3,
@@ -26,7 +30,8 @@ pub enum DropReason {
     IccDisabled = 7,
     /// Destination is an unused address of a dnet subnet.
     NoEndpoint = 8,
-    /// IPv6 (dnet networks are IPv4-only).
+    /// IPv6 from or to an endpoint of an IPv4-only network (or an endpoint
+    /// without an IPv6 address).
     Ipv6 = 9,
     /// An EtherType the datapath does not carry.
     UnknownL3 = 10,
@@ -92,7 +97,36 @@ pub enum DropReason {
     /// A new flow from the world to a published port, from a source that
     /// `dnet daemon --publish-from` does not list.
     SourceNotAllowed = 31,
+    /// An IPv6 packet whose extension headers run past the datapath's
+    /// bound (more than [`IPV6_MAX_EXT_HEADERS`]) or past the packet.
+    Ipv6ExtHeaders = 32,
+    /// An ICMPv6 Router Solicitation from a container: dnet sends no Router
+    /// Advertisements (containers get their addresses and routes from it).
+    NdpRouterSolicitation = 33,
+    /// An ICMPv6 Router Advertisement from a container (it would
+    /// reconfigure the host or its peers: CVE-2020-13401).
+    NdpRouterAdvertisement = 34,
+    /// An ICMPv6 Redirect from a container.
+    NdpRedirect = 35,
+    /// An MLD query, report or done from a container (IPv6 multicast goes
+    /// to every member of the network; nobody listens for membership).
+    Mld = 36,
+    /// A Neighbor Advertisement from a container, or a Neighbor
+    /// Solicitation about its own address (duplicate address detection,
+    /// source `::`): the IPv6 analogue of `arp-reply-from-container`.
+    NdpAdvertisement = 37,
+    /// A Neighbor Solicitation for an address that is neither the gateway
+    /// nor an endpoint of the sender's network.
+    NdpUnknownTarget = 38,
+    /// A TCP segment of a known flow with a flag combination no TCP sends
+    /// (none of SYN, ACK and RST: a null or PSH-only segment, a FIN
+    /// without ACK; SYN with FIN or RST), as Linux's conntrack calls it
+    /// invalid: it would be judged by no window.
+    CtTcpInvalid = 40,
 }
+
+/// Most IPv6 extension headers the datapath walks to find the L4 header.
+pub const IPV6_MAX_EXT_HEADERS: usize = 4;
 
 /// Number of drop reasons; the size of the per-endpoint drop counter array.
 /// Larger than the current count so reasons can be appended without changing
@@ -101,7 +135,7 @@ pub const DROP_REASON_SLOTS: usize = 48;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 32] = [
+    pub const ALL: [DropReason; 40] = [
         DropReason::Malformed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
@@ -134,6 +168,14 @@ impl DropReason {
         DropReason::NatDestinationLimit,
         DropReason::CtRstOutOfWindow,
         DropReason::SourceNotAllowed,
+        DropReason::Ipv6ExtHeaders,
+        DropReason::NdpRouterSolicitation,
+        DropReason::NdpRouterAdvertisement,
+        DropReason::NdpRedirect,
+        DropReason::Mld,
+        DropReason::NdpAdvertisement,
+        DropReason::NdpUnknownTarget,
+        DropReason::CtTcpInvalid,
     ];
 
     /// The stable, user-visible name (`dnet stats` prints it).
@@ -171,6 +213,14 @@ impl DropReason {
             DropReason::NatDestinationLimit => "nat-destination-limit",
             DropReason::CtRstOutOfWindow => "conntrack-rst-out-of-window",
             DropReason::SourceNotAllowed => "source-not-allowed",
+            DropReason::Ipv6ExtHeaders => "ipv6-ext-headers",
+            DropReason::NdpRouterSolicitation => "ndp-router-solicitation",
+            DropReason::NdpRouterAdvertisement => "ndp-router-advertisement",
+            DropReason::NdpRedirect => "ndp-redirect",
+            DropReason::Mld => "mld",
+            DropReason::NdpAdvertisement => "ndp-advertisement",
+            DropReason::NdpUnknownTarget => "ndp-unknown-target",
+            DropReason::CtTcpInvalid => "conntrack-tcp-invalid",
         }
     }
 

@@ -51,8 +51,18 @@ pub const NETWORKS6: &str = "DNET_NETWORKS6";
 /// `LpmTrie<[u8; 16], u32 net_id>`: which network an IPv6 subnet belongs to.
 pub const SUBNETS6: &str = "DNET_SUBNETS6";
 
-/// Every map the datapath declares.
-pub const ALL: [&str; 14] = [
+/// `ProgramArray`: the programs the container program tail-calls, at
+/// the `PROG_SLOT_*` indexes. Pinned beside the others, but not in
+/// [`ALL`]: its entries are program ids, which every load rewrites.
+pub const PROGS: &str = "DNET_PROGS";
+/// Slot of [`PROGS`]: IPv6 from a container (`lxc6_from_container`), which
+/// has a stack of its own there (the IPv4 program's is full).
+pub const PROG_SLOT_FROM_CONTAINER6: u32 = 0;
+/// Size of [`PROGS`].
+pub const PROGS_SLOTS: u32 = 4;
+
+/// Every map the datapath declares (but [`PROGS`] and scratch maps).
+pub const ALL: [&str; 18] = [
     ENDPOINTS_BY_IP,
     ENDPOINTS_BY_IF,
     NETWORKS,
@@ -67,6 +77,10 @@ pub const ALL: [&str; 14] = [
     CONFIG,
     SOCK_REVNAT,
     PUBLISH_FROM,
+    ENDPOINTS6_BY_IP,
+    ENDPOINT6_BY_IF,
+    NETWORKS6,
+    SUBNETS6,
 ];
 
 /// Maps older builds pinned and no build uses any more: a daemon removes

@@ -13,10 +13,17 @@
 //!    (`ack <= receiver.end`), and not too far back either
 //!    (`ack >= receiver.end - max(sender.maxwin, 66000)`).
 //!
-//! Only segments in the window move the state; a RST outside it is
-//! dropped (`conntrack-rst-out-of-window`), so an attacker who knows a
-//! flow's tuple but not its sequence numbers cannot end it (a blind RST
-//! hits with odds of about window / 2^32).
+//! Only segments in the window move the state, and a side's first segment
+//! (its SYN-ACK) starts its state only once it is found in the window; a
+//! RST outside it is dropped (`conntrack-rst-out-of-window`), so an
+//! attacker who knows a flow's tuple but not its sequence numbers cannot
+//! end it (a blind RST hits with odds of about window / 2^32). A RST moves
+//! no state, and ends an established flow only when its sequence number is
+//! exactly its sender's next ([`rst_exact`], as Linux since 5.8 and RFC
+//! 5961): one elsewhere in the window reaches the endpoint, which answers
+//! it with a challenge ACK, and the flow goes on. A segment with a flag
+//! combination no TCP sends ([`valid_flags`]) is invalid, as Linux's
+//! conntrack calls it.
 //!
 //! All sequence arithmetic is modulo 2^32.
 
@@ -113,15 +120,68 @@ pub const fn start(w: &mut TcpWindow, s: &Seg) {
     w._pad = 0;
 }
 
+/// The TCP flag combinations (of those conntrack keeps) a segment may carry,
+/// as Linux's `tcp_valid_flags`: SYN, SYN-ACK, RST, RST-ACK, FIN-ACK and
+/// ACK. A segment with none of them (a null segment, or PSH alone), a FIN
+/// without ACK, SYN with FIN or RST, and the like are sent by no TCP.
+#[inline(always)]
+pub const fn valid_flags(flags: u8) -> bool {
+    let f = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
+    f == TCP_SYN
+        || f == TCP_SYN | TCP_ACK
+        || f == TCP_RST
+        || f == TCP_RST | TCP_ACK
+        || f == TCP_FIN | TCP_ACK
+        || f == TCP_ACK
+}
+
+/// A RST that may end an established flow: its sequence number is exactly
+/// the next one its sender (state `sender`) would use, what a stack's own
+/// RST carries. One elsewhere in the window may be blind: RFC 5961's
+/// receiver answers it with a challenge ACK, and Linux's conntrack (since
+/// 5.8) leaves the flow as it is. A side not heard from yet has nothing to
+/// match (its RST was judged by its ACK).
+#[inline(always)]
+pub const fn rst_exact(sender: &TcpWindow, s: &Seg) -> bool {
+    sender.maxwin == 0 || s.seq == sender.end
+}
+
 /// Judges the segment `s` sent by the side whose state is `sender` to the
 /// side whose state is `receiver`, and notes it on both when it is in the
-/// window. Returns whether it was.
+/// window. Returns whether it was. A RST is judged but notes nothing.
 #[inline(always)]
 pub fn track(sender: &mut TcpWindow, receiver: &mut TcpWindow, s: &Seg) -> bool {
     let syn = s.flags & TCP_SYN != 0;
     let rst = s.flags & TCP_RST != 0;
     let has_ack = s.flags & TCP_ACK != 0;
+    // Only a SYN and a RST may come without an ACK (as Linux): a segment
+    // without one would be believed at any sequence number, and one from a
+    // side not heard from yet (a FIN before the SYN-ACK) would set where
+    // that side is before its real SYN-ACK comes.
+    if !has_ack && !syn && !rst {
+        return false;
+    }
+    let win = if syn {
+        s.win as u32
+    } else {
+        (s.win as u32) << (sender.scale & 15)
+    };
+    let end = seg_end(s);
     if sender.maxwin == 0 {
+        if rst {
+            // A RST from a side not heard from yet (a refused SYN): only
+            // one that acknowledges what the receiver sent is believed.
+            return has_ack && (receiver.maxwin == 0 || ack_fits(0, receiver, s.ack));
+        }
+        // This side's first segment (its SYN-ACK, or, its history lost,
+        // one picked up mid-stream) is taken at its sequence numbers, so
+        // only its ACK can be judged: checked before anything is noted, or
+        // a forged SYN-ACK would set this side's state and the real one be
+        // out of the window.
+        let first_win = if win == 0 { 1 } else { win };
+        if has_ack && receiver.maxwin != 0 && !ack_fits(first_win, receiver, s.ack) {
+            return false;
+        }
         if syn {
             // The answer's SYN-ACK (or a simultaneous open): scaling holds
             // only if both SYNs offered it.
@@ -130,29 +190,16 @@ pub fn track(sender: &mut TcpWindow, receiver: &mut TcpWindow, s: &Seg) -> bool 
                 sender.scale = 0;
                 receiver.scale = 0;
             }
-        } else if rst {
-            // A RST from a side not heard from yet (a refused SYN): only
-            // one that acknowledges what the receiver sent is believed.
-            return has_ack && (receiver.maxwin == 0 || ack_fits(sender, receiver, s.ack));
         } else {
-            // Picked up mid-stream (its history lost): believe the segment.
-            let end = seg_end(s);
-            let win = (s.win as u32) << (sender.scale & 15);
             sender.end = end;
-            sender.maxwin = if win == 0 { 1 } else { win };
-            sender.maxend = end.wrapping_add(sender.maxwin);
+            sender.maxwin = first_win;
+            sender.maxend = end.wrapping_add(first_win);
             if receiver.maxwin == 0 {
                 receiver.end = s.ack;
                 receiver.maxend = s.ack;
             }
         }
     }
-    let win = if syn {
-        s.win as u32
-    } else {
-        (s.win as u32) << (sender.scale & 15)
-    };
-    let end = seg_end(s);
     let ack = if has_ack { s.ack } else { receiver.end };
     let in_window = !after(s.seq, sender.maxend)
         && (receiver.maxwin == 0
@@ -160,9 +207,14 @@ pub fn track(sender: &mut TcpWindow, receiver: &mut TcpWindow, s: &Seg) -> bool 
                 end,
                 sender.end.wrapping_sub(receiver.maxwin).wrapping_sub(1),
             ))
-        && (!has_ack || receiver.maxwin == 0 || ack_fits(sender, receiver, ack));
+        && (!has_ack || receiver.maxwin == 0 || ack_fits(sender.maxwin, receiver, ack));
     if !in_window {
         return false;
+    }
+    if rst {
+        // A RST carries nothing to note: the flow ends, or the endpoint
+        // answers it (`rst_exact`).
+        return true;
     }
     if sender.maxwin < win {
         sender.maxwin = win;
@@ -186,11 +238,13 @@ pub fn track(sender: &mut TcpWindow, receiver: &mut TcpWindow, s: &Seg) -> bool 
     true
 }
 
-/// An ACK that acknowledges nothing unsent and not too far back.
+/// An ACK that acknowledges nothing the receiver has not sent, and not too
+/// far back: the sender's largest window (`sender_maxwin`), at least
+/// [`MAX_ACK_WIN_CONST`].
 #[inline(always)]
-fn ack_fits(sender: &TcpWindow, receiver: &TcpWindow, ack: u32) -> bool {
-    let back = if sender.maxwin > MAX_ACK_WIN_CONST {
-        sender.maxwin
+fn ack_fits(sender_maxwin: u32, receiver: &TcpWindow, ack: u32) -> bool {
+    let back = if sender_maxwin > MAX_ACK_WIN_CONST {
+        sender_maxwin
     } else {
         MAX_ACK_WIN_CONST
     };
@@ -333,5 +387,101 @@ mod tests {
             &mut c,
             &seg(isn.wrapping_add(1 << 30), 90, 0, 0, TCP_RST)
         ));
+    }
+
+    /// The client's SYN sent, nothing heard from the server yet.
+    fn syn_sent() -> (TcpWindow, TcpWindow) {
+        let mut c = TcpWindow::default();
+        start(
+            &mut c,
+            &Seg {
+                wscale: 7,
+                ..seg(1000, 0, 0, 64240, TCP_SYN)
+            },
+        );
+        (c, TcpWindow::default())
+    }
+
+    #[test]
+    fn a_segment_without_ack_is_believed_only_if_a_syn_or_a_rst() {
+        let (mut c, mut s) = syn_sent();
+        let before = (c, s);
+        // A forged FIN (or a null segment) from the server's side before
+        // its SYN-ACK: not in the window, nothing noted.
+        assert!(!track(&mut s, &mut c, &seg(9_000_000, 0, 0, 512, TCP_FIN)));
+        assert!(!track(&mut s, &mut c, &seg(9_000_000, 0, 0, 512, 0)));
+        assert_eq!((c, s), before);
+        // The real SYN-ACK then starts the server's side.
+        let synack = Seg {
+            wscale: 7,
+            ..seg(5000, 1001, 0, 65160, TCP_SYN | TCP_ACK)
+        };
+        assert!(track(&mut s, &mut c, &synack));
+        assert_eq!(s.end, 5001);
+        // Mid-stream too: a FIN without ACK is refused.
+        let (mut c, mut s) = established();
+        assert!(!track(&mut s, &mut c, &seg(5051, 0, 0, 509, TCP_FIN)));
+    }
+
+    #[test]
+    fn a_syn_ack_that_acknowledges_nothing_sent_starts_nothing() {
+        let (mut c, mut s) = syn_sent();
+        let before = (c, s);
+        let forged = Seg {
+            wscale: 7,
+            ..seg(5000 + 1_000_000, 777_777, 0, 65160, TCP_SYN | TCP_ACK)
+        };
+        assert!(!track(&mut s, &mut c, &forged));
+        assert_eq!((c, s), before, "the server's side is not started");
+        let synack = Seg {
+            wscale: 7,
+            ..seg(5000, 1001, 0, 65160, TCP_SYN | TCP_ACK)
+        };
+        assert!(track(&mut s, &mut c, &synack));
+        assert!(track(&mut c, &mut s, &seg(1001, 5001, 0, 502, TCP_ACK)));
+    }
+
+    #[test]
+    fn a_reset_moves_nothing_and_only_an_exact_one_is_exact() {
+        let (mut c, mut s) = established();
+        let before = (c, s);
+        // In the window, a little ahead of the server's next byte.
+        let ahead = seg(5051 + 1000, 0, 0, 0, TCP_RST);
+        assert!(track(&mut s, &mut c, &ahead));
+        assert_eq!((c, s), before, "a RST notes nothing");
+        assert!(!rst_exact(&s, &ahead));
+        assert!(rst_exact(&s, &seg(5051, 0, 0, 0, TCP_RST)));
+        assert!(rst_exact(&c, &seg(1101, 0, 0, 0, TCP_RST | TCP_ACK)));
+        assert!(!rst_exact(&c, &seg(1100, 0, 0, 0, TCP_RST | TCP_ACK)));
+    }
+
+    #[test]
+    fn only_the_flag_combinations_a_tcp_sends_are_valid() {
+        const PSH: u8 = 0x08;
+        for f in [
+            TCP_SYN,
+            TCP_SYN | TCP_ACK,
+            TCP_RST,
+            TCP_RST | TCP_ACK,
+            TCP_FIN | TCP_ACK,
+            TCP_ACK,
+            TCP_ACK | PSH,
+            TCP_FIN | TCP_ACK | PSH,
+        ] {
+            assert!(valid_flags(f), "{f:#x}");
+        }
+        for f in [
+            0,
+            PSH,
+            TCP_FIN,
+            TCP_FIN | PSH,
+            TCP_SYN | TCP_FIN,
+            TCP_SYN | TCP_RST,
+            TCP_RST | TCP_FIN,
+            TCP_SYN | TCP_ACK | TCP_RST,
+            TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK,
+        ] {
+            assert!(!valid_flags(f), "{f:#x}");
+        }
     }
 }

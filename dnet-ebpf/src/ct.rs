@@ -20,13 +20,16 @@ use dnet_common::{
     CtEntry, CtKey, DropReason,
     maps::CT_ENTRIES,
     nat::{
-        CT_F_ASSURED, CT_F_REPLY, CT_FIN_ACKED, CT_PEER_FIN, CT_SEEN, TCP_ACK, TCP_FIN, TCP_RST,
-        TCP_SYN, partner, reply_into, tcp_closed, tcp_reusable,
+        CT_F_ASSURED, CT_F_COUNTED, CT_F_REPLY, CT_FIN_ACKED, CT_PEER_FIN, CT_SEEN, TCP_ACK,
+        TCP_FIN, TCP_RST, TCP_SYN, partner, reply_into, tcp_closed, tcp_reusable,
     },
-    tcp::{Seg, TcpWindow, start, track},
+    tcp::{Seg, TcpWindow, rst_exact, start, track, valid_flags},
 };
 
-use crate::{l4::IPPROTO_TCP, quota::release};
+use crate::{
+    l4::IPPROTO_TCP,
+    quota::{recharge, release},
+};
 
 pub const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// How long a closed TCP flow keeps its port after its last packet (the
@@ -123,15 +126,23 @@ pub fn insert_new(k: &CtKey, e: &CtEntry) -> Result<(), InsertError> {
 /// answers reach another container.
 ///
 /// TCP segments are judged against the flow's windows
-/// (`dnet_common::tcp`): one outside them moves nothing, and a RST outside
-/// them is dropped (`conntrack-rst-out-of-window`). A `seg` without flags
-/// (an ICMP error's quote) is looked up only.
+/// (`dnet_common::tcp`): one with a flag combination no TCP sends is
+/// dropped (`conntrack-tcp-invalid`), one outside the windows moves
+/// nothing, and a RST outside them is dropped
+/// (`conntrack-rst-out-of-window`). A RST in the window ends an
+/// established flow only when its sequence number is exact; another
+/// reaches the endpoint, which answers it with a challenge ACK, as
+/// Linux's conntrack lets it. When a TCP flow closes, it gives back what
+/// it was charged to its container's limits (`quota`) at once, not when
+/// the collector removes it.
 ///
 /// The partner entry is looked up once, and only when needed: for TCP
 /// (the state spans both directions), and for other protocols while the
 /// first direction has not seen an answer (`CT_F_ASSURED`). An answered
 /// UDP or ICMP flow's reply entry cannot go while its first entry is
 /// there: every remover takes the first entry first.
+///
+/// An ICMP error's quote is looked up with [`probe`], which writes nothing.
 #[inline(always)]
 pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
     let Some(e) = CT.get_ptr_mut(key) else {
@@ -140,15 +151,19 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
     let t = now();
     let tcp = key.proto == IPPROTO_TCP;
     let tcp_flags = seg.flags;
+    if tcp && !valid_flags(tcp_flags) {
+        return Err(DropReason::CtTcpInvalid);
+    }
     // SAFETY: `e` (and the partner entry below) point into live map values.
     // The datapath writes only `last_seen_ns`, `tcp_seen`, `win` and the
-    // `CT_F_ASSURED` bit of `flags`, all plain data: a torn timestamp is
-    // harmless, a `tcp_seen` bit lost to a concurrent write on another CPU
-    // only keeps a closed flow's port held until the closing timeout, a
-    // lost `CT_F_ASSURED` is set again by the next packet that would set
-    // it, and a window field written by two CPUs at once keeps one of the
-    // two values, each a bound the flow had (the next segment in the window
-    // moves it on).
+    // `CT_F_ASSURED` and `CT_F_COUNTED` bits of `flags`, all plain data: a
+    // torn timestamp is harmless, a `tcp_seen` bit lost to a concurrent
+    // write on another CPU only keeps a closed flow's port held until the
+    // closing timeout, a lost `CT_F_ASSURED` is set again by the next
+    // packet that would set it, `CT_F_COUNTED` is cleared once
+    // (`uncharge`), and a window field written by two CPUs at once keeps
+    // one of the two values, each a bound the flow had (the next segment
+    // in the window moves it on).
     unsafe {
         let refresh = t.saturating_sub((*e).last_seen_ns) > NSEC_PER_SEC;
         let first = (*e).flags & CT_F_REPLY == 0;
@@ -164,11 +179,7 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
             // Only an entry of the same identity is this flow's.
             p = p.filter(|p| (**p).flow_id == (*e).flow_id);
             if first && p.is_none() {
-                // Read before the removal frees the value for another flow.
-                let flags = (*e).flags;
-                if CT.remove(key).is_ok() {
-                    release(key, flags);
-                }
+                remove_first(key, (*e).flow_id);
                 return Err(DropReason::CtHalfFlow);
             }
         }
@@ -192,7 +203,11 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
             // that opened it, with a SYN that may open a flow (not SYN+RST
             // or SYN+FIN, nor a SYN from the other side): both
             // directions start over, or the old FIN/RST would mark the new
-            // one closed (and the old windows judge the new sequence).
+            // one closed (and the old windows judge the new sequence). It
+            // is charged as a new flow (the old one gave its charge back).
+            if recharge(key, &*e)? {
+                (*e).flags |= CT_F_COUNTED;
+            }
             (*e).tcp_seen = tcp_flags;
             (*e).flags &= !CT_F_ASSURED;
             start(&mut (*e).win, seg);
@@ -203,14 +218,26 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
             }
             return Ok(Some(Xlate::of(&*e)));
         }
-        if tcp_flags != 0
-            && let Some(p) = p
-            && !track(&mut (*e).win, &mut (*p).win, seg)
-        {
-            if tcp_flags & TCP_RST != 0 {
-                return Err(DropReason::CtRstOutOfWindow);
+        let mut add = tcp_flags;
+        if let Some(p) = p {
+            if !track(&mut (*e).win, &mut (*p).win, seg) {
+                if tcp_flags & TCP_RST != 0 {
+                    return Err(DropReason::CtRstOutOfWindow);
+                }
+                return Ok(Some(Xlate::of(&*e)));
             }
-            return Ok(Some(Xlate::of(&*e)));
+            // An established flow ends only by a RST at the exact sequence
+            // number; another in the window goes to the endpoint, which
+            // answers with a challenge ACK (a blind RST that hit the
+            // window ends nothing).
+            let established = if first {
+                assured
+            } else {
+                (*p).flags & CT_F_ASSURED != 0
+            };
+            if tcp_flags & TCP_RST != 0 && established && !rst_exact(&(*e).win, seg) {
+                add &= !TCP_RST;
+            }
         }
         // The handshake completes with the opener's ACK after the other
         // side's SYN-ACK.
@@ -221,7 +248,6 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
         {
             (*e).flags |= CT_F_ASSURED;
         }
-        let mut add = tcp_flags;
         if add & TCP_FIN != 0 && seen & TCP_FIN == 0 {
             // This side's first FIN: the other side's next ACK is its last
             // word. Noted on the other side's entry.
@@ -240,10 +266,75 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
         }
         // A closed flow's port waits REUSE_GRACE_NS after its last packet,
         // whichever way it went: timed on every packet from the end on.
-        if refresh || tcp_closed(seen | add, other) {
+        let closed = tcp_closed(seen | add, other);
+        if refresh || closed {
             (*e).last_seen_ns = t;
         }
+        // Closed: its charge comes back now (the first entry holds it).
+        if closed {
+            match (first, p) {
+                (true, _) => uncharge(key, e),
+                (false, Some(p)) if (*p).flags & CT_F_COUNTED != 0 => {
+                    uncharge(&partner(key, &*e), p)
+                }
+                _ => {}
+            }
+        }
         Ok(Some(Xlate::of(&*e)))
+    }
+}
+
+/// The flow the ICMP error quoting a packet keyed `key` is about, looked
+/// up only: nothing is written (no repair, no time, no state), so an
+/// error, forged or not, keeps no flow alive. A first entry whose reply
+/// entry is missing answers for no flow (its next packet repairs or ends
+/// it).
+#[inline(always)]
+pub fn probe(key: &CtKey) -> Option<Xlate> {
+    // SAFETY: read-only map access to plain data (copied out).
+    unsafe {
+        let e = CT.get(key)?;
+        if e.flags & CT_F_REPLY == 0 && CT.get(&partner(key, e))?.flow_id != e.flow_id {
+            return None;
+        }
+        Some(Xlate::of(e))
+    }
+}
+
+/// Gives back the charge of the closed flow whose first entry, keyed
+/// `key`, is at `f`, and clears its `CT_F_COUNTED`, so that the collector
+/// (and the flow's later packets) give back nothing more. The BPF target
+/// has no atomic read-modify-write here: two closing packets of one flow
+/// on two CPUs within the same instant may each give it back, leaving its
+/// container's count one low (as two charging at once may pass a limit by
+/// one).
+#[inline(always)]
+fn uncharge(key: &CtKey, f: *mut CtEntry) {
+    // SAFETY: `f` points into a live map value; `flags` is plain data.
+    let flags = unsafe { (*f).flags };
+    if flags & CT_F_COUNTED == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*f).flags = flags & !CT_F_COUNTED };
+    release(key, flags);
+}
+
+/// Removes the first entry keyed `key` if it is still of the flow
+/// `flow_id` (another flow may have taken the key since it was read), and
+/// gives back its charge. Reads the entry before the removal frees it for
+/// another flow.
+#[inline(always)]
+fn remove_first(key: &CtKey, flow_id: u32) {
+    // SAFETY: read-only map access to plain data (copied out).
+    let Some(flags) = (unsafe { CT.get(key) })
+        .filter(|f| f.flow_id == flow_id)
+        .map(|f| f.flags)
+    else {
+        return;
+    };
+    if CT.remove(key).is_ok() {
+        release(key, flags);
     }
 }
 
@@ -372,12 +463,8 @@ pub fn reclaim(s: &mut CtScratch) {
             return;
         }
         // The first entry goes first: while it is there, its port is held.
-        if let Some(f) = f {
-            // Read before the removal frees the value for another flow.
-            let flags = (*f).flags;
-            if CT.remove(&s.fkey).is_ok() {
-                release(&s.fkey, flags);
-            }
+        if f.is_some() {
+            remove_first(&s.fkey, (*old).flow_id);
         }
     }
     let _ = CT.remove(&s.rkey);

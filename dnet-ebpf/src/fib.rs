@@ -17,6 +17,7 @@ use dnet_common::DropReason;
 use crate::{err, eth::ETH_HLEN, verdict::TC_ACT_REDIRECT};
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// Scratch space for `bpf_fib_lookup`'s parameters (one per CPU), which do
 /// not fit on the container program's stack beside everything else.
@@ -102,6 +103,39 @@ pub struct FibParams {
 /// kernel would for that packet).
 #[inline(always)]
 pub fn route(ctx: &TcContext, q: &RouteQuery) -> Route {
+    lookup(
+        ctx,
+        AF_INET,
+        q.proto,
+        q.tot_len,
+        q.iif,
+        [q.saddr_be, 0, 0, 0],
+        [q.daddr_be, 0, 0, 0],
+    )
+}
+
+/// As [`route`], for IPv6 addresses as the packet holds them. The helper
+/// insists on IPv6 forwarding on `iif` (`net.ipv6.conf.IF.forwarding`);
+/// without it the answer is [`Route::None`].
+#[inline(always)]
+pub fn route6(ctx: &TcContext, iif: u32, saddr: &[u8; 16], daddr: &[u8; 16], proto: u8) -> Route {
+    let w = |a: &[u8; 16]| {
+        let x = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        [x(0), x(4), x(8), x(12)]
+    };
+    lookup(ctx, AF_INET6, proto, 0, iif, w(saddr), w(daddr))
+}
+
+#[inline(always)]
+fn lookup(
+    ctx: &TcContext,
+    family: u8,
+    proto: u8,
+    tot_len: u16,
+    iif: u32,
+    src: [u32; 4],
+    dst: [u32; 4],
+) -> Route {
     // The parameters live in a per-CPU scratch slot, not on the stack: the
     // container program's 512 bytes are spoken for.
     let Some(p) = FIB_SCRATCH.get_ptr_mut(0) else {
@@ -113,15 +147,15 @@ pub fn route(ctx: &TcContext, q: &RouteQuery) -> Route {
     // kernel's `struct bpf_fib_lookup`.
     let rc = unsafe {
         *p = FibParams {
-            family: AF_INET,
-            l4_protocol: q.proto,
+            family,
+            l4_protocol: proto,
             sport: 0,
             dport: 0,
-            tot_len: q.tot_len,
-            ifindex: q.iif,
+            tot_len,
+            ifindex: iif,
             tos: 0,
-            src: [q.saddr_be, 0, 0, 0],
-            dst: [q.daddr_be, 0, 0, 0],
+            src,
+            dst,
             vlan_or_tbid: 0,
             smac: [0; 6],
             dmac: [0; 6],

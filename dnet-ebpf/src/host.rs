@@ -44,23 +44,12 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
         return Ok(TC_ACT_OK);
     }
-    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    let Some(ip) = ipv4_of(ctx) else {
         return Ok(TC_ACT_OK);
     };
-    // SAFETY: `ptr_at` checked the header is in the packet.
-    if unsafe { (*eth).proto() } != ETH_P_IP {
-        return Ok(TC_ACT_OK);
-    }
-    let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
-        return Ok(TC_ACT_OK);
-    };
-    // SAFETY: as above.
-    let ip = unsafe { *ip };
     // Only packets for the uplink's address can belong to dnet; the host's
     // own traffic is not dnet's to judge.
-    if ip.daddr_be != cfg.uplink_addr_be
-        || !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN))
-    {
+    if ip.daddr_be != cfg.uplink_addr_be {
         return Ok(TC_ACT_OK);
     }
     // dnet's networks live behind its veths: a source of theirs on the
@@ -119,6 +108,23 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     }
 }
 
+/// The IPv4 header (copied) of an IPv4 frame whose header is whole and
+/// valid for the packet's length; `None` for anything else, which the
+/// uplink's programs leave to the host.
+#[inline(always)]
+fn ipv4_of(ctx: &TcContext) -> Option<Ipv4Hdr> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok()?;
+    // SAFETY: `ptr_at` checked the header is in the packet.
+    if unsafe { (*eth).proto() } != ETH_P_IP {
+        return None;
+    }
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok()?;
+    // SAFETY: as above.
+    let ip = unsafe { *ip };
+    ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN))
+        .then_some(ip)
+}
+
 /// tcx egress of the uplink: an ICMP echo request the host itself sends
 /// from the uplink's address takes its identifier through the conntrack
 /// table, as a container's does (see `nat::new_host_echo`). Everything
@@ -138,27 +144,16 @@ fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     if unsafe { (*ctx.skb.skb).ingress_ifindex } != 0 {
         return Ok(TC_ACT_OK);
     }
-    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    let Some(ip) = ipv4_of(ctx) else {
         return Ok(TC_ACT_OK);
     };
-    // SAFETY: `ptr_at` checked the header is in the packet.
-    if unsafe { (*eth).proto() } != ETH_P_IP {
-        return Ok(TC_ACT_OK);
-    }
-    let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
-        return Ok(TC_ACT_OK);
-    };
-    // SAFETY: as above.
-    let ip = unsafe { *ip };
     if ip.proto != IPPROTO_ICMP {
         return Ok(TC_ACT_OK);
     }
     let Some(cfg) = nat::config() else {
         return Ok(TC_ACT_OK);
     };
-    if ip.saddr_be != cfg.uplink_addr_be
-        || !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN))
-    {
+    if ip.saddr_be != cfg.uplink_addr_be {
         return Ok(TC_ACT_OK);
     }
     let Parsed::Flow(key, l4) = l4::parse(ctx, ETH_HLEN, &ip) else {

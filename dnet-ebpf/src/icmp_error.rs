@@ -63,8 +63,7 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
     // sent from the uplink's address (an error goes back to the quoted
     // packet's sender, as Linux's conntrack checks), to none of dnet's
     // networks. A hairpin flow's packets never left; an error from the
-    // world that quotes one is forged. Checked before the lookup, which
-    // notes what it finds on the flow.
+    // world that quotes one is forged.
     // (Values are loaded again after the lookup rather than kept across
     // it: the container program's stack has no room for them.)
     if from.is_none() {
@@ -82,8 +81,9 @@ pub fn icmp_error(ctx: &TcContext, icmp_off: usize, from: Option<u32>) -> Result
         proto,
         _pad: [0; 3],
     };
-    // The quote is looked up only: it moves no state.
-    let Some(e) = ct::lookup(&key, crate::l4::seg(ctx, None, proto)?)? else {
+    // The quote is looked up only: it writes nothing (no repair, no time),
+    // so that an error, forged or not, keeps no flow alive.
+    let Some(e) = ct::probe(&key) else {
         return Ok(TC_ACT_OK);
     };
     // From a container, only an error about a packet it was sent, to that

@@ -1,7 +1,8 @@
 //! dnet's datapath, as library modules the entry points in `main.rs` call.
 //!
 //! One module per concern: `ptr` (bounds-checked packet access), `eth`,
-//! `arp`, `ipv4`, `l4` (headers and tuples), `maps` (the maps), `stats`
+//! `arp`, `ipv4`, `ipv6` (IPv6 from containers), `ndp` (Neighbor
+//! Discovery answered for them), `l4` (headers and tuples), `maps` (the maps), `stats`
 //! (counters and drops), `ct` (conntrack), `quota` (containers'
 //! flow limits), `nat` (new flows and their
 //! ports, rewriting, delivery), `fib` (routing where the datapath
@@ -28,10 +29,12 @@ pub mod host;
 pub mod icmp_error;
 pub mod icmp_reply;
 pub mod ipv4;
+pub mod ipv6;
 pub mod l4;
 pub mod lxc;
 pub mod maps;
 pub mod nat;
+pub mod ndp;
 pub mod ptr;
 pub mod quota;
 pub mod sock;

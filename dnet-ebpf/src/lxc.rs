@@ -7,7 +7,9 @@
 //! 2. ARP requests are answered here, for the gateway and for the network's
 //!    endpoints; any other ARP is dropped, so a container cannot poison a
 //!    neighbour's cache;
-//! 3. IPv4 must carry the endpoint's own source address;
+//! 3. IPv4 must carry the endpoint's own source address (IPv6, for a
+//!    dual-stack endpoint, takes the same steps in `ipv6`, with NDP in
+//!    place of ARP);
 //! 4. broadcast and multicast fan out to the network's other members;
 //! 5. a destination endpoint of the same network gets the packet straight
 //!    into its namespace (`bpf_redirect_peer`); one of another network, or an
@@ -37,6 +39,7 @@ use aya_ebpf::{
 };
 use dnet_common::{
     DropReason, Endpoint, Network,
+    maps::PROG_SLOT_FROM_CONTAINER6,
     network::{NET_F_INTERNAL, NET_F_NO_ICC},
 };
 
@@ -50,7 +53,7 @@ use crate::{
     icmp_reply::{self, IcmpError},
     ipv4::{self, Ipv4Hdr},
     l4::{self, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Parsed},
-    maps::{EP_BY_IF, EP_BY_IP, NETWORKS, SUBNETS},
+    maps::{EP_BY_IF, EP_BY_IP, NETWORKS, PROGS, SUBNETS},
     nat,
     ptr::ptr_at,
     stats::{count_rx, count_translated, count_tx, drop},
@@ -59,7 +62,7 @@ use crate::{
 
 /// The interface the packet is on.
 #[inline(always)]
-fn ifindex(ctx: &TcContext) -> u32 {
+pub(crate) fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: `ctx.skb.skb` is the context pointer the kernel passed to the
     // program; reading a field of `__sk_buff` is the access the verifier
     // rewrites into a read of the real skb.
@@ -67,7 +70,7 @@ fn ifindex(ctx: &TcContext) -> u32 {
 }
 
 #[inline(always)]
-fn endpoint_of(ifindex: u32) -> Option<Endpoint> {
+pub(crate) fn endpoint_of(ifindex: u32) -> Option<Endpoint> {
     // SAFETY: map values are only read here; a concurrent update from
     // userspace replaces the value whole, and `Endpoint` is plain data.
     unsafe { EP_BY_IF.get(&ifindex).copied() }
@@ -110,7 +113,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 /// moves a frame's outer tag there before tcx runs, and keeps it there on
 /// the way out).
 #[inline(always)]
-fn vlan_tagged(ctx: &TcContext) -> bool {
+pub(crate) fn vlan_tagged(ctx: &TcContext) -> bool {
     // SAFETY: as in `ifindex`.
     unsafe { (*ctx.skb.skb).vlan_present != 0 }
 }
@@ -156,7 +159,15 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason>
     match eth.proto() {
         ETH_P_IP => from_container_ipv4(ctx, ep, eth),
         ETH_P_ARP => arp_respond(ctx, ep, eth),
-        ETH_P_IPV6 => Err(DropReason::Ipv6),
+        // Dropped (`ipv6`) unless the endpoint and its network are
+        // dual-stack.
+        // (A program of its own: this one's stack is full.)
+        ETH_P_IPV6 => {
+            // SAFETY: the tail call jumps to `lxc6_from_container` with the
+            // same context, or returns when the slot is empty.
+            unsafe { PROGS.tail_call(ctx, PROG_SLOT_FROM_CONTAINER6) };
+            Err(DropReason::Ipv6)
+        }
         // An inner tag still in the frame (the outer one was stripped).
         ETH_P_8021Q | ETH_P_8021AD => Err(DropReason::VlanTagged),
         _ => Err(DropReason::UnknownL3),

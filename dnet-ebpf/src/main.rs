@@ -19,6 +19,13 @@ pub fn lxc_from_container(ctx: TcContext) -> i32 {
     dnet_ebpf::lxc::from_container(&ctx)
 }
 
+/// IPv6 from a container: tail-called by `lxc_from_container` (slot
+/// `PROG_SLOT_FROM_CONTAINER6` of `DNET_PROGS`), never attached.
+#[classifier]
+pub fn lxc6_from_container(ctx: TcContext) -> i32 {
+    dnet_ebpf::ipv6::from_container_tail(&ctx)
+}
+
 /// tcx egress of a container's host-side veth: traffic the host stack sends
 /// into the container.
 #[classifier]

@@ -3,14 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use dnet_common::{
-    Config, Endpoint, EndpointStats, MemberKey, NetFanout, Network, Service, ServiceKey, SockRev,
-    SockRevKey,
+    Config, Endpoint, Endpoint6, EndpointStats, Ip6, MemberKey, NetFanout, Network, Network6,
+    Service, ServiceKey, SockRev, SockRevKey,
     maps::{
-        MAX_ENDPOINTS, MAX_NETWORKS, MAX_PUBLISH_FROM, MAX_SERVICES, SOCK_REVNAT_ENTRIES,
-        STATS_SLOTS,
+        MAX_ENDPOINTS, MAX_NETWORKS, MAX_PUBLISH_FROM, MAX_SERVICES, PROGS_SLOTS,
+        SOCK_REVNAT_ENTRIES, STATS_SLOTS,
     },
 };
 
@@ -25,6 +25,26 @@ pub static NETWORKS: Array<Network> = Array::with_max_entries(MAX_NETWORKS, 0);
 
 #[map(name = "DNET_SUBNETS")]
 pub static SUBNETS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(MAX_NETWORKS, 0);
+
+/// Dual-stack endpoints by IPv6 address (the endpoint's one record).
+#[map(name = "DNET_EP6_BY_IP")]
+pub static EP6_BY_IP: HashMap<Ip6, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// A dual-stack endpoint's IPv6 address by host-side veth ifindex.
+#[map(name = "DNET_EP6_BY_IF")]
+pub static EP6_BY_IF: HashMap<u32, Endpoint6> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// The IPv6 side of dual-stack networks, by network id.
+#[map(name = "DNET_NETWORKS6")]
+pub static NETWORKS6: Array<Network6> = Array::with_max_entries(MAX_NETWORKS, 0);
+
+/// Which network an IPv6 subnet belongs to.
+#[map(name = "DNET_SUBNETS6")]
+pub static SUBNETS6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_NETWORKS, 0);
+
+/// Programs the container program tail-calls (`PROG_SLOT_*`).
+#[map(name = "DNET_PROGS")]
+pub static PROGS: ProgramArray = ProgramArray::with_max_entries(PROGS_SLOTS, 0);
 
 #[map(name = "DNET_NET_FANOUT")]
 pub static NET_FANOUT: Array<NetFanout> = Array::with_max_entries(MAX_NETWORKS, 0);

@@ -10,7 +10,9 @@
 //! charged flows it removed (expired, or of a container that left). A
 //! key's live flows are the difference. A flow is charged when its first
 //! entry has `CT_F_COUNTED`; whoever removes that entry gives the charge
-//! back.
+//! back, and a TCP flow gives it back as soon as it closes (the bit is
+//! cleared then), so that short connections do not hold their charge
+//! until the collector runs.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -19,10 +21,12 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuHashMap},
 };
 use dnet_common::{
-    Config, CtKey, DropReason,
+    Config, CtEntry, CtKey, DropReason,
     maps::{MAX_CPUS, QUOTA_ENTRIES},
-    nat::{CT_F_COUNTED, QuotaKey},
+    nat::{CT_F_COUNTED, CT_F_REPLY_TO_ENDPOINT, QuotaKey},
 };
+
+use crate::maps::CONFIG;
 
 /// Per CPU, so that each CPU counts in its own slot without atomics; a
 /// limit is judged on the sum.
@@ -32,17 +36,24 @@ pub static OPENED: PerCpuHashMap<QuotaKey, i64> = PerCpuHashMap::with_max_entrie
 #[map(name = "DNET_CT_CLOSED")]
 pub static CLOSED: HashMap<QuotaKey, i64> = HashMap::with_max_entries(QUOTA_ENTRIES, 0);
 
-/// The live flows counted under `k`, and this CPU's counter.
+/// This CPU's counter under `k`, made when missing.
 #[inline(always)]
-fn counter(cfg: &Config, k: &QuotaKey) -> Result<(*mut i64, i64), DropReason> {
-    let c = match OPENED.get_ptr_mut(k) {
-        Some(c) => c,
+fn slot(k: &QuotaKey) -> Result<*mut i64, DropReason> {
+    match OPENED.get_ptr_mut(k) {
+        Some(c) => Ok(c),
         None => {
             // Another CPU may insert it first: either way it is there.
             let _ = OPENED.insert(k, &0, BPF_NOEXIST as u64);
-            OPENED.get_ptr_mut(k).ok_or(DropReason::CtFull)?
+            OPENED.get_ptr_mut(k).ok_or(DropReason::CtFull)
         }
-    };
+    }
+}
+
+/// The live flows counted under `k`: every CPU's counter, less what the
+/// daemon removed. Read only where a limit is set (it reads one slot per
+/// CPU).
+#[inline(always)]
+fn live(cfg: &Config, k: &QuotaKey) -> i64 {
     // SAFETY: read-only map access to plain data (copied out).
     let mut live = -unsafe { CLOSED.get(k).copied().unwrap_or(0) };
     let map = &OPENED as *const PerCpuHashMap<QuotaKey, i64> as *mut core::ffi::c_void;
@@ -61,7 +72,7 @@ fn counter(cfg: &Config, k: &QuotaKey) -> Result<(*mut i64, i64), DropReason> {
             live += unsafe { core::ptr::read_volatile(v as *const i64) };
         }
     }
-    Ok((c, live))
+    live
 }
 
 /// Adds `n` to this CPU's counter at `c`.
@@ -82,14 +93,15 @@ pub fn charge(cfg: &Config, key: &CtKey) -> Result<bool, DropReason> {
     if cfg.ep_flow_limit == 0 && cfg.dest_port_limit == 0 {
         return Ok(false);
     }
+    // Both counters count; only a limit that is set is summed.
     let ep = QuotaKey::endpoint(key.saddr_be);
-    let (ec, live) = counter(cfg, &ep)?;
-    if cfg.ep_flow_limit != 0 && live >= cfg.ep_flow_limit as i64 {
+    let ec = slot(&ep)?;
+    if cfg.ep_flow_limit != 0 && live(cfg, &ep) >= cfg.ep_flow_limit as i64 {
         return Err(DropReason::CtEndpointLimit);
     }
     let dest = QuotaKey::destination(key);
-    let (dc, live) = counter(cfg, &dest)?;
-    if cfg.dest_port_limit != 0 && live >= cfg.dest_port_limit as i64 {
+    let dc = slot(&dest)?;
+    if cfg.dest_port_limit != 0 && live(cfg, &dest) >= cfg.dest_port_limit as i64 {
         return Err(DropReason::NatDestinationLimit);
     }
     add(ec, 1);
@@ -97,9 +109,26 @@ pub fn charge(cfg: &Config, key: &CtKey) -> Result<bool, DropReason> {
     Ok(true)
 }
 
+/// A closed TCP flow that its opener starts over (keyed `key`, first
+/// entry `e`): charged again, as a new flow, if it is a container's (only
+/// those are charged: `CT_F_REPLY_TO_ENDPOINT`) and holds no charge.
+/// `Ok(true)` when charged; beyond a limit the SYN is refused and the flow
+/// stays closed.
+#[inline(always)]
+pub fn recharge(key: &CtKey, e: &CtEntry) -> Result<bool, DropReason> {
+    if e.flags & (CT_F_REPLY_TO_ENDPOINT | CT_F_COUNTED) != CT_F_REPLY_TO_ENDPOINT {
+        return Ok(false);
+    }
+    match CONFIG.get(0) {
+        Some(cfg) => charge(cfg, key),
+        None => Ok(false),
+    }
+}
+
 /// Gives back what the flow whose first entry (keyed `key`) has `flags`
 /// was charged: called by the datapath when it removed that entry itself,
-/// or when the flow it charged was not made after all.
+/// when the flow closed (TCP: RST, or a FIN each way; `ct::lookup`), or
+/// when the flow it charged was not made after all.
 #[inline(always)]
 pub fn release(key: &CtKey, flags: u16) {
     if flags & CT_F_COUNTED == 0 {

@@ -41,7 +41,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<IpamError> for Error {
     fn from(e: IpamError) -> Self {
         match e {
-            IpamError::AddressInUse(_) | IpamError::Exhausted(_) => Error::Conflict(e.to_string()),
+            IpamError::AddressInUse(_)
+            | IpamError::Exhausted(_)
+            | IpamError::AddressInUse6(_)
+            | IpamError::Exhausted6(_) => Error::Conflict(e.to_string()),
             _ => Error::Invalid(e.to_string()),
         }
     }

@@ -13,6 +13,11 @@
 //! asks systemd-resolved over a socket in `/run/systemd/resolve` and never
 //! reads resolv.conf: a folder of the container's own is bound over that
 //! folder when it exists, which hides the socket.
+//!
+//! A bound file is never written in place, where a reader could find it
+//! empty or half-written: a new file is renamed over the source
+//! ([`write_file`]) and [`replace`] swaps the container's mount of it, so
+//! a reader opens either the whole old file or the whole new one.
 
 use std::{
     ffi::CString,
@@ -250,6 +255,105 @@ pub fn rebind(mnt: &Path, binds: &[Bind]) -> Result<usize, NetnsError> {
     .map_err(|_| NetnsError::Panicked)?
 }
 
+/// Writes `text` to `path` as a new file (mode 0644) renamed over the old
+/// one, unless it already holds `text`; whether it changed. What is bound
+/// of the old file keeps showing the old text, whole, until [`replace`]
+/// (or [`rebind`]) swaps it; a folder's bind shows the new file at once.
+pub fn write_file(path: &Path, text: &str) -> Result<bool, NetnsError> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    if fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(false);
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.new"));
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    f.write_all(text.as_bytes())
+        .map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("rename over", path))?;
+    Ok(true)
+}
+
+/// `open_tree(2)` and `move_mount(2)` flags (linux/mount.h).
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+/// Since Linux 6.5.
+const MOVE_MOUNT_BENEATH: libc::c_uint = 0x200;
+
+/// Mounts a copy of `source` beneath the top mount at `target` (in the
+/// calling thread's mount namespace).
+fn mount_beneath(source: &Path, target: &Path) -> nix::Result<()> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| nix::Error::EINVAL);
+    let (src, dst) = (cstr(source)?, cstr(target)?);
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: open_tree reads the NUL-terminated path `src`, alive for the
+    // call, and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, src.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: `fd` was just returned by open_tree and is owned by no one
+    // else; OwnedFd closes it once.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) };
+    // SAFETY: move_mount reads the two NUL-terminated paths (the empty
+    // one with MOVE_MOUNT_F_EMPTY_PATH names `fd` itself), alive for the
+    // call; `fd` is a valid open_tree descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_BENEATH,
+        )
+    };
+    if r < 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+/// Swaps, inside the mount namespace at `mnt`, each file of `binds` whose
+/// source [`write_file`] replaced: the new file is mounted beneath the
+/// old one's bind, which is then unmounted, so that at every instant the
+/// path shows one whole file. Where the old bind is gone (the host renamed
+/// a file over it) or the kernel has no `MOVE_MOUNT_BENEATH` (before 6.5),
+/// the new file is bound on top instead (as [`rebind`]). Returns how many
+/// were swapped.
+pub fn replace(mnt: &Path, binds: &[Bind]) -> Result<usize, NetnsError> {
+    let fd = fs::File::open(mnt).map_err(io_err("open", mnt))?;
+    let binds = binds.to_vec();
+    std::thread::spawn(move || -> Result<usize, NetnsError> {
+        // As in `rebind`: a thread of its own filesystem context.
+        nix::sched::unshare(CloneFlags::CLONE_FS).map_err(sys("unshare CLONE_FS"))?;
+        nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWNS).map_err(sys("setns"))?;
+        let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        let mut n = 0;
+        for b in binds {
+            if !b.source.is_file() || !b.target.exists() || id(&b.source) == id(&b.target) {
+                continue;
+            }
+            match mount_beneath(&b.source, &b.target) {
+                Ok(()) => nix::mount::umount2(&b.target, MntFlags::MNT_DETACH)
+                    .map_err(sys("unmount a container file's old bind"))?,
+                Err(nix::Error::EINVAL) => bind_all(std::slice::from_ref(&b))?,
+                Err(e) => return Err(sys("mount a container file beneath its old bind")(e)),
+            }
+            n += 1;
+        }
+        Ok(n)
+    })
+    .join()
+    .map_err(|_| NetnsError::Panicked)?
+}
+
 /// What a process needs to enter a container: namespace files opened
 /// before it forks, and the folder to stay in, as a C string.
 pub struct Entry {
@@ -377,5 +481,87 @@ mod tests {
         remove(&paths).unwrap();
         remove(&paths).unwrap();
         assert!(!paths.mnt.exists() && !paths.uts.exists());
+    }
+
+    /// A container file updated while a reader in the container reads it
+    /// in a loop: every read is one whole version, never an empty or
+    /// half-written file (writing in place, truncate then write, shows the
+    /// reader an empty file). Count-based: a fixed number of updates, each
+    /// after the reader has read at least once since the last.
+    #[test]
+    fn a_replaced_file_is_read_whole_or_not_at_all() {
+        if !nix::unistd::geteuid().is_root() {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped mntns::tests::a_replaced_file_is_read_whole_or_not_at_all: it makes \
+                 mount namespaces and needs root (`cargo xtask test` runs it)"
+            );
+            return;
+        }
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicU64, Ordering},
+        };
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("dnet-test-{}-mntns-swap", std::process::id())),
+        );
+        let (etc, own) = (dir.0.join("etc"), dir.0.join("own"));
+        fs::create_dir_all(&etc).unwrap();
+        fs::create_dir_all(&own).unwrap();
+        let target = etc.join("hosts");
+        fs::write(&target, "host\n").unwrap();
+        let long: String = (0..40).map(|i| format!("10.0.0.{i}\tname{i}\n")).collect();
+        let short = "10.1.0.1\tshort\n".to_owned();
+        fs::write(own.join("hosts"), &long).unwrap();
+        ensure_private_dir(&dir.0.join("ns")).unwrap();
+        let paths = NsPaths::new(&dir.0.join("ns"), "c1");
+        let binds = vec![Bind {
+            source: own.join("hosts"),
+            target: target.clone(),
+        }];
+        create(&paths, &binds, "c1-host").unwrap();
+
+        let done = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicU64::new(0));
+        let fd = fs::File::open(&paths.mnt).unwrap();
+        let reader = {
+            let (done, reads, target) = (done.clone(), reads.clone(), target.clone());
+            let (long, short) = (long.clone(), short.clone());
+            std::thread::spawn(move || -> Result<(), String> {
+                nix::sched::unshare(CloneFlags::CLONE_FS).unwrap();
+                nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWNS).unwrap();
+                while !done.load(Ordering::Acquire) {
+                    let t = fs::read_to_string(&target).map_err(|e| e.to_string())?;
+                    if t != long && t != short {
+                        return Err(format!("read {} bytes: {t:?}", t.len()));
+                    }
+                    reads.fetch_add(1, Ordering::Release);
+                }
+                Ok(())
+            })
+        };
+        for i in 0..300 {
+            let seen = reads.load(Ordering::Acquire);
+            while reads.load(Ordering::Acquire) == seen && !reader.is_finished() {
+                std::thread::yield_now();
+            }
+            let text = if i % 2 == 0 { &short } else { &long };
+            assert!(write_file(&binds[0].source, text).unwrap());
+            assert_eq!(replace(&paths.mnt, &binds).unwrap(), 1);
+        }
+        done.store(true, Ordering::Release);
+        reader.join().unwrap().unwrap();
+        assert_eq!(read_in(&paths.mnt, &target), long);
+        // One mount of it, not one per update.
+        let stacked = read_in(&paths.mnt, Path::new("/proc/thread-self/mountinfo"))
+            .lines()
+            .filter(|l| l.split_whitespace().nth(4) == Some(target.to_str().unwrap()))
+            .count();
+        assert_eq!(stacked, 1);
+        // Unchanged text is not written again.
+        assert!(!write_file(&binds[0].source, &long).unwrap());
+        assert_eq!(replace(&paths.mnt, &binds).unwrap(), 0);
+        remove(&paths).unwrap();
     }
 }

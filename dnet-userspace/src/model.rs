@@ -6,12 +6,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     str::FromStr,
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::spec::PortMapping;
@@ -23,6 +23,10 @@ pub struct State {
     pub networks: BTreeMap<String, Network>,
     /// Containers by id.
     pub containers: BTreeMap<String, Container>,
+    /// The unique local /48 that IPv6 subnets nobody gave come from:
+    /// chosen at random when the first one is needed, then kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ula48: Option<Ipv6Network>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,6 +78,41 @@ pub struct Ipam {
     pub ip_range: Option<Ipv4Network>,
 }
 
+/// The IPv6 side of a dual-stack network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipam6 {
+    pub subnet: Ipv6Network,
+    pub gateway: Ipv6Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<Ipv6Network>,
+}
+
+/// What a dual-stack network does with its IPv6 traffic to the world
+/// (`-o gateway_mode_ipv6=`, as Docker's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayMode6 {
+    /// Source NAT to the uplink's global IPv6 address (the default).
+    Nat,
+    /// No translation: the world routes the subnet to the host.
+    Routed,
+}
+
+/// The option key of [`GatewayMode6`].
+pub const GATEWAY_MODE_IPV6: &str = "gateway_mode_ipv6";
+
+impl FromStr for GatewayMode6 {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "nat" => Ok(GatewayMode6::Nat),
+            "routed" => Ok(GatewayMode6::Routed),
+            _ => Err(format!(
+                "option {GATEWAY_MODE_IPV6}: {s:?} is not nat or routed"
+            )),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Network {
     pub id: String,
@@ -86,6 +125,9 @@ pub struct Network {
     pub internal: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipam: Option<Ipam>,
+    /// The IPv6 side: `Some` for a dual-stack network (`--ipv6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam6: Option<Ipam6>,
     /// Driver options as given (`-o KEY=VALUE`), validated by the driver.
     pub options: BTreeMap<String, String>,
     /// Index of the network in the datapath's maps (bridge), 0 for none.
@@ -138,6 +180,9 @@ pub struct Endpoint {
     pub host_ifname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
     /// Stats slot in the datapath.
@@ -187,6 +232,16 @@ pub struct Container {
     pub hostname: Option<String>,
 }
 
+impl Network {
+    /// The network's IPv6 gateway mode (dual-stack networks).
+    pub fn gateway_mode6(&self) -> GatewayMode6 {
+        self.options
+            .get(GATEWAY_MODE_IPV6)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(GatewayMode6::Nat)
+    }
+}
+
 impl State {
     pub fn network_by_name(&self, name: &str) -> Option<&Network> {
         self.networks.values().find(|n| n.name == name)
@@ -225,6 +280,13 @@ impl State {
     pub fn used_addresses(&self, network_id: &str) -> BTreeSet<Ipv4Addr> {
         self.endpoints_of(network_id)
             .filter_map(|(_, e)| e.ip)
+            .collect()
+    }
+
+    /// IPv6 addresses in use in a network.
+    pub fn used_addresses6(&self, network_id: &str) -> BTreeSet<Ipv6Addr> {
+        self.endpoints_of(network_id)
+            .filter_map(|(_, e)| e.ip6)
             .collect()
     }
 
@@ -352,6 +414,11 @@ mod tests {
                     gateway: "172.17.0.1".parse().unwrap(),
                     ip_range: None,
                 }),
+                ipam6: Some(Ipam6 {
+                    subnet: "fd00:1::/64".parse().unwrap(),
+                    gateway: "fd00:1::1".parse().unwrap(),
+                    ip_range: None,
+                }),
                 options: BTreeMap::new(),
                 dp_id: 1,
                 host_address: None,
@@ -375,6 +442,7 @@ mod tests {
                     ifname: Some("eth0".into()),
                     host_ifname: Some("veth1234567".into()),
                     ip: Some("172.17.0.2".parse().unwrap()),
+                    ip6: Some("fd00:1::2".parse().unwrap()),
                     mac: Some(MacAddr([2, 0x42, 0xac, 0x11, 0, 2])),
                     slot: Some(1),
                     aliases: vec!["db".into()],
@@ -390,12 +458,17 @@ mod tests {
                 hostname: Some("web.local".into()),
             },
         );
+        s.ula48 = Some("fd12:3456:789a::/48".parse().unwrap());
         let json = serde_json::to_string(&s).unwrap();
         let back: State = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);
         assert_eq!(
             back.used_addresses("n1"),
             BTreeSet::from(["172.17.0.2".parse().unwrap()])
+        );
+        assert_eq!(
+            back.used_addresses6("n1"),
+            BTreeSet::from(["fd00:1::2".parse().unwrap()])
         );
         assert_eq!(back.find_network("bridge").unwrap().id, "n1");
         assert_eq!(back.find_container("web").unwrap().id, "c1");

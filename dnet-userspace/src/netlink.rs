@@ -33,6 +33,9 @@ use rtnetlink::{
 
 use crate::netns::{self, NetnsError};
 
+mod v6;
+pub use v6::{Address6, Route6, RouteSpec6};
+
 /// The route protocol number dnet marks its routes with (`ip route` shows
 /// `proto 213`), so that it can find and remove exactly its own.
 pub const RTPROT_DNET: u8 = 213;

@@ -149,7 +149,7 @@ pub fn create(path: &Path) -> Result<(), NetnsError> {
         .map_err(sys("bind-mount the namespace"))?;
         set_up("lo").map_err(io_err("bring up", Path::new("lo")))?;
         for conf in ["all", "default"] {
-            sysctl(&format!("net/ipv6/conf/{conf}/disable_ipv6"), "1")?;
+            disable_ipv6(conf)?;
         }
         Ok(())
     })
@@ -182,6 +182,35 @@ pub fn remove(path: &Path) -> Result<(), NetnsError> {
 pub fn sysctl(name: &str, value: &str) -> Result<(), NetnsError> {
     let path = Path::new("/proc/sys").join(name);
     fs::write(&path, value).map_err(io_err("write", &path))
+}
+
+/// Writes `net/ipv6/conf/CONF/KEY` of the calling thread's namespace
+/// (`CONF`: an interface, `all` or `default`).
+pub fn sysctl6(conf: &str, key: &str, value: &str) -> Result<(), NetnsError> {
+    sysctl(&format!("net/ipv6/conf/{conf}/{key}"), value)
+}
+
+/// Turns IPv6 off on an interface (or `all`, `default`) of the calling
+/// thread's namespace: what every IPv4-only endpoint gets.
+pub fn disable_ipv6(conf: &str) -> Result<(), NetnsError> {
+    sysctl6(conf, "disable_ipv6", "1")
+}
+
+/// What a dual-stack container's namespace needs before its interface
+/// arrives (a new namespace has the kernel's defaults, not the host's):
+/// no router advertisements, autoconfiguration, duplicate address
+/// detection, router solicitations nor redirects on interfaces made later.
+pub fn container_ipv6_defaults() -> Result<(), NetnsError> {
+    for key in [
+        "accept_ra",
+        "autoconf",
+        "accept_dad",
+        "router_solicitations",
+        "accept_redirects",
+    ] {
+        sysctl6("default", key, "0")?;
+    }
+    Ok(())
 }
 
 /// Reads a sysctl of the calling thread's network namespace.

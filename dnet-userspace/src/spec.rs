@@ -15,6 +15,41 @@ pub enum SpecError {
     Publish { spec: String, why: String },
     #[error("invalid option {0:?}: expected KEY=VALUE")]
     Option(String),
+    #[error("--{flag} is given twice for {family} ({a} and {b}): give one per address family")]
+    TwicePerFamily {
+        flag: &'static str,
+        family: &'static str,
+        a: String,
+        b: String,
+    },
+}
+
+/// Sorts the values of a flag given once per address family (`--subnet
+/// 10.1.0.0/16 --subnet fd00:1::/64`, as Docker takes them) into the IPv4
+/// one and the IPv6 one: a value with a `:` is IPv6. The daemon parses
+/// and checks each.
+pub fn per_family(
+    flag: &'static str,
+    values: &[String],
+) -> Result<(Option<String>, Option<String>), SpecError> {
+    let (mut v4, mut v6): (Option<String>, Option<String>) = (None, None);
+    for v in values {
+        let (slot, family) = if v.contains(':') {
+            (&mut v6, "IPv6")
+        } else {
+            (&mut v4, "IPv4")
+        };
+        if let Some(a) = slot {
+            return Err(SpecError::TwicePerFamily {
+                flag,
+                family,
+                a: a.clone(),
+                b: v.clone(),
+            });
+        }
+        *slot = Some(v.clone());
+    }
+    Ok((v4, v6))
 }
 
 /// Checks a network or container name (Docker's rule, bounded length).
@@ -260,6 +295,28 @@ mod tests {
         assert!(!a.clashes_with(&d));
         let e: PortMapping = "127.0.0.2:8010:80".parse().unwrap();
         assert!(!b.clashes_with(&e));
+    }
+
+    #[test]
+    fn flags_per_family() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(per_family("subnet", &v(&[])), Ok((None, None)));
+        assert_eq!(
+            per_family("subnet", &v(&["fd00:1::/64", "10.1.0.0/16"])),
+            Ok((Some("10.1.0.0/16".into()), Some("fd00:1::/64".into())))
+        );
+        assert_eq!(
+            per_family("gateway", &v(&["fd00::1"])),
+            Ok((None, Some("fd00::1".into())))
+        );
+        assert!(matches!(
+            per_family("subnet", &v(&["10.1.0.0/16", "10.2.0.0/16"])),
+            Err(SpecError::TwicePerFamily { family: "IPv4", .. })
+        ));
+        assert!(matches!(
+            per_family("ip-range", &v(&["fd00::/80", "fd01::/80"])),
+            Err(SpecError::TwicePerFamily { family: "IPv6", .. })
+        ));
     }
 
     #[test]

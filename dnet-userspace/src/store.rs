@@ -168,6 +168,7 @@ mod tests {
                 predefined: false,
                 internal: false,
                 ipam: None,
+                ipam6: None,
                 options: Default::default(),
                 dp_id: 0,
                 host_address: None,

@@ -225,3 +225,46 @@ fn ct_a_udp_flow_flood_from_one_container_leaves_others_their_flows_and_dns() {
         out(&o)
     );
 }
+
+#[test]
+fn ct_many_short_nat_connections_from_one_container_all_succeed_with_the_default_limits() {
+    // The daemon's default options: the per-container limits are on (three
+    // quarters of the NAT ports per destination). A closed connection gives
+    // its charge back as it closes, so one container's short connections
+    // to one server (more than the limit, fewer than its own ephemeral
+    // ports, which TIME_WAIT holds) never meet it.
+    let mut sb = Sandbox::new();
+    let connrate = dnet_sandbox::conntest_bin().with_file_name("connrate");
+    let connrate = connrate.to_str().unwrap();
+    let w = sb.world_netns_path();
+    sb.spawn_in(&w, connrate, &["serve", "7000"]);
+    wait_listening(&w, "tcp", 7000);
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    const N: u64 = 25_000;
+    // Bounded in count; the time bound only stops a broken run.
+    let o = sb.dnet(&[
+        "exec",
+        "a",
+        "--",
+        connrate,
+        "run",
+        &format!("{WORLD_IP}:7000"),
+        "--max",
+        &N.to_string(),
+        "--workers",
+        "2",
+        "--seconds",
+        "300",
+        "--timeout",
+        "5",
+    ]);
+    assert!(ok(&o), "{}", out(&o));
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        (r["requests"].as_u64(), r["errors"].as_u64()),
+        (Some(N), Some(0)),
+        "{r}"
+    );
+    assert_eq!(sb.drops("a", "nat-destination-limit"), 0);
+    assert_eq!(sb.drops("a", "conntrack-endpoint-limit"), 0);
+}

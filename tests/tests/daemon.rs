@@ -68,17 +68,22 @@ fn bad_daemon_options_are_refused_and_leave_nothing() {
         &["--ct-entries", "512", "--ct-flows-per-endpoint", "257"],
     );
     assert!(
-        err.contains("--ct-flows-per-endpoint 257: expected 1 to 256"),
+        err.contains("--ct-flows-per-endpoint 257: expected 0 (no limit) to 256"),
         "{err}"
     );
     let err = refused_start(
         &sb,
         "perdest",
         &bpffs,
-        &["--nat-ports-per-destination", "0"],
+        &[
+            "--nat-ports",
+            "50000-50099",
+            "--nat-ports-per-destination",
+            "101",
+        ],
     );
     assert!(
-        err.contains("--nat-ports-per-destination 0: expected 1 to"),
+        err.contains("--nat-ports-per-destination 101: expected 0 (no limit) to 100"),
         "{err}"
     );
     // A folder that is not on a bpffs is never mounted over.

@@ -654,13 +654,17 @@ fn dns_the_hosts_resolv_conf_is_followed() {
         "the new upstream is not used: {:?}",
         ask(&sb, "client", &gw, &["host.example"])
     );
-    // The containers' own files follow: search and options everywhere,
+    // The containers' own files follow (written after the resolver took
+    // the new upstreams, so waited for): search and options everywhere,
     // the nameserver where it is the host's.
-    let rc = sb.dnet_ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
-    assert!(rc.contains("search two.example\n"), "{rc}");
+    let mut rc = String::new();
+    let followed = wait_until(Duration::from_secs(10), || {
+        rc = sb.dnet_ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+        rc.contains("search two.example\n") && nameservers(&sb, "old") == vec![WORLD_IP.to_string()]
+    });
+    assert!(followed, "{rc}\n{:?}", nameservers(&sb, "old"));
     assert!(rc.contains("edns0") && rc.contains("ndots:0"), "{rc}");
     assert_eq!(nameservers(&sb, "client"), vec![gw.clone()]);
-    assert_eq!(nameservers(&sb, "old"), vec![WORLD_IP.to_string()]);
     // Through glibc, in a new container too.
     let o = sb.dnet_ok(&["exec", "client", "--", "getent", "hosts", "host.example"]);
     assert!(o.starts_with(&format!("{UPSTREAM_ANSWER} ")), "{o}");

@@ -664,9 +664,96 @@ fn a_removal_cut_short_by_a_kill_is_finished_by_the_next_start() {
         "attached again, it reaches its gateway: {}",
         out(&o)
     );
-    // Detached and attached again at once: the new eth0 waits for the
-    // old one's removal.
     sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);
+    assert_consistent(&sb);
+}
+
+/// An attach into a namespace whose old interface is still being removed
+/// waits for that removal (the old eth0 holds the name the new one takes),
+/// without the engine's lock: the daemon answers and works meanwhile. The
+/// removal is held (`DNET_HOLD_WHILE`) until the test has seen the attach
+/// wait, so a quick reaper cannot make it pass. A removal that never ends
+/// fails the attach after `--removal-wait`, with a clear error and nothing
+/// made.
+#[test]
+fn an_attach_waits_for_the_removal_in_its_namespace_while_the_daemon_answers() {
+    let mut sb = Sandbox::without_daemon();
+    let held = sb.dir.join("hold");
+    std::fs::write(&held, "").unwrap();
+    let held_s = held.to_str().unwrap().to_owned();
+    sb.set_daemon_env(&[
+        ("DNET_HOLD_AT", "reaper:remove"),
+        ("DNET_HOLD_WHILE", &held_s),
+    ]);
+    // Far longer than the test needs: the attach below must not give up.
+    sb.set_daemon_args(&["--removal-wait", "600"]);
+    sb.start_daemon();
+    let ext = sb.add_netns("e");
+    let ext_s = ext.to_str().unwrap().to_owned();
+    let attach = [
+        "network", "connect", "bridge", "--netns", &ext_s, "--name", "ext",
+    ];
+    sb.dnet_ok(&attach);
+    sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);
+    assert_eq!(sb.dnet_json(&["info"])["pending_removals"], 1);
+
+    let mut again = std::process::Command::new(dnet_sandbox::dnet_bin())
+        .arg("--socket")
+        .arg(sb.socket())
+        .args(attach)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The daemon answers while the attach waits, and says it waits.
+    let mut last = Value::Null;
+    let waits = wait_until(Duration::from_secs(60), || {
+        last = sb.dnet_json(&["info"]);
+        last["removal_waits"] == 1
+    });
+    assert!(waits, "the attach does not wait for the removal: {last}");
+    // Other work goes on meanwhile.
+    sb.dnet_ok(&["network", "create", "--subnet", "10.82.0.0/24", "other"]);
+    assert!(
+        again.try_wait().unwrap().is_none(),
+        "the attach ended while the removal was held"
+    );
+    let links = in_netns(&ext, "ip", &["-o", "link"]);
+    assert_eq!(stdout(&links).lines().count(), 2, "{}", out(&links));
+
+    // The removal ends; the attach then makes the new eth0.
+    std::fs::remove_file(&held).unwrap();
+    let o = again.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    let o = in_netns(&ext, &ct(), &["ping", "172.17.0.1"]);
+    assert!(
+        ok(&o),
+        "attached again, it reaches its gateway: {}",
+        out(&o)
+    );
+    assert_consistent(&sb);
+
+    // A removal that never ends (held for good): the attach fails after
+    // --removal-wait, with nothing made.
+    sb.stop_daemon(libc::SIGTERM);
+    sb.set_daemon_env(&[("DNET_HOLD_AT", "reaper:remove")]);
+    sb.set_daemon_args(&["--removal-wait", "1"]);
+    sb.start_daemon();
+    sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);
+    let err = sb.dnet_err(&attach);
+    assert!(
+        err.contains("still under way after 1s") && err.contains(&ext_s),
+        "{err}"
+    );
+    assert_eq!(sb.state()["containers"], serde_json::json!({}));
+    let links = in_netns(&ext, "ip", &["-o", "link"]);
+    assert_eq!(stdout(&links).lines().count(), 2, "{}", out(&links));
+    sb.dnet_ok(&["network", "rm", "other"]);
+    // The next start removes the old pair; the namespace attaches again.
+    sb.stop_daemon(libc::SIGKILL);
+    sb.set_daemon_env(&[]);
+    sb.set_daemon_args(&[]);
+    sb.start_daemon();
     sb.dnet_ok(&attach);
     sb.dnet_ok(&["network", "disconnect", "bridge", "ext"]);
     assert_consistent(&sb);

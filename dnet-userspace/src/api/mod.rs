@@ -7,13 +7,17 @@
 pub mod client;
 pub mod server;
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{MapSummary, ProgramSummary},
-    model::{DriverKind, Ipam, MacAddr, RuntimeRef},
+    model::{DriverKind, Ipam, Ipam6, MacAddr, RuntimeRef},
     spec::PortMapping,
 };
 
@@ -35,6 +39,16 @@ pub struct NetworkCreate {
     /// `KEY=VALUE` each.
     #[serde(default)]
     pub options: Vec<String>,
+    /// Dual-stack (`--ipv6`).
+    #[serde(default)]
+    pub ipv6: bool,
+    /// The IPv6 subnet (default with `ipv6`: a /64 of the daemon's ULA /48).
+    #[serde(default)]
+    pub subnet6: Option<String>,
+    #[serde(default)]
+    pub gateway6: Option<String>,
+    #[serde(default)]
+    pub ip_range6: Option<String>,
 }
 
 /// A network as `network ls` and `network inspect` show it.
@@ -48,6 +62,9 @@ pub struct NetworkView {
     pub internal: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipam: Option<Ipam>,
+    /// The IPv6 side of a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam6: Option<Ipam6>,
     pub options: BTreeMap<String, String>,
     /// Where the gateway address lives (bridge: the `lo:dnet` label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +98,13 @@ pub struct AttachedView {
     pub mac: Option<MacAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
+    /// Dual-stack: the IPv6 address, its prefix and the IPv6 gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix6: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// `POST /v1/containers`.
@@ -92,6 +116,9 @@ pub struct ContainerCreate {
     pub network: Option<String>,
     #[serde(default)]
     pub ip: Option<String>,
+    /// A fixed IPv6 address (`--ip6`, dual-stack networks).
+    #[serde(default)]
+    pub ip6: Option<String>,
     /// `-p` specs as typed.
     #[serde(default)]
     pub publish: Vec<String>,
@@ -130,6 +157,9 @@ pub struct ConnectRequest {
     pub name: Option<String>,
     #[serde(default)]
     pub ip: Option<String>,
+    /// A fixed IPv6 address (dual-stack networks).
+    #[serde(default)]
+    pub ip6: Option<String>,
     /// Extra names of the container in this network.
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -317,6 +347,9 @@ pub struct Info {
     /// Link removals still finishing in the background.
     #[serde(default)]
     pub pending_removals: usize,
+    /// Attaches waiting for a removal in their namespace to end.
+    #[serde(default)]
+    pub removal_waits: usize,
     pub programs: Vec<ProgramSummary>,
     pub maps: Vec<MapSummary>,
 }
@@ -337,6 +370,8 @@ pub struct EndpointStatsView {
     pub ifname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,

@@ -63,15 +63,14 @@ pub struct Args {
     ct_gc_interval: u64,
     /// Most live flows one container may have opened (to the world, or to
     /// a published port of the host); beyond it new ones are dropped
-    /// (`conntrack-endpoint-limit`). Default: no limit (a closed flow
-    /// counts until the collector removes it, so a limit also caps the
-    /// container's connection rate at about limit ÷ --ct-gc-interval).
+    /// (`conntrack-endpoint-limit`). Default: three quarters of the
+    /// table's flows (--ct-entries / 2); 0: no limit.
     #[arg(long)]
     ct_flows_per_endpoint: Option<u32>,
     /// Most NAT ports one container may hold towards one destination
     /// (address, port, protocol); beyond it new flows there are dropped
-    /// (`nat-destination-limit`). Default: no limit (as above, closed
-    /// flows count until collected).
+    /// (`nat-destination-limit`). Default: three quarters of --nat-ports;
+    /// 0: no limit.
     #[arg(long)]
     nat_ports_per_destination: Option<u32>,
     /// Where to serve Docker's remote network driver; the file name is the
@@ -79,6 +78,11 @@ pub struct Args {
     // Text, not a path: clap refuses an empty path.
     #[arg(long, default_value = crate::docker::DEFAULT_SOCKET)]
     docker_plugin_socket: String,
+    /// dockerd's own API socket, where the driver learns the names of
+    /// Docker's networks and whose IPAM they use (Docker does not send
+    /// them); asked outside the driver's calls. Empty: not asked.
+    #[arg(long, default_value = crate::docker::DEFAULT_API_SOCKET)]
+    docker_api_socket: String,
     /// Where the resolver forwards names that are not containers'
     /// (IP[:PORT], repeatable; default: the first three nameservers of
     /// --resolv-conf, followed as it changes), queried from the daemon's
@@ -91,6 +95,19 @@ pub struct Args {
     /// systemd-resolved rather than its stub).
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// How long an attach into a namespace waits for the removal of an
+    /// earlier interface there (whose name it may take) before it fails,
+    /// in seconds. The daemon answers other requests meanwhile.
+    #[arg(long, default_value_t = 10)]
+    removal_wait: u64,
+    /// The default `bridge` network is dual-stack (when it is made, with a
+    /// new state).
+    #[arg(long)]
+    ipv6: bool,
+    /// The IPv6 subnet of the default `bridge` network (with --ipv6; /48 to
+    /// /64; default: a /64 of the daemon's ULA /48).
+    #[arg(long)]
+    fixed_cidr_v6: Option<ipnetwork::Ipv6Network>,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -109,21 +126,26 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 const MAX_TIMEOUT: u64 = 7 * 24 * 3600;
 const MAX_GC_INTERVAL: u64 = 3600;
 
-/// The per-container limits: the options, else 0 (no limit). Each given
-/// one is bounded by what it limits: the table's flows, the NAT port range.
+/// The per-container limits: the options (0: no limit), else their
+/// defaults. Each given one is bounded by what it limits: the table's
+/// flows, the NAT port range.
 fn limits(args: &Args) -> anyhow::Result<(u32, u32)> {
     let flows = args.ct_entries / 2;
     let ports = (args.nat_ports.1 as u32).saturating_sub(args.nat_ports.0 as u32) + 1;
-    let per_ep = args.ct_flows_per_endpoint.unwrap_or(0);
-    if args.ct_flows_per_endpoint.is_some() && (per_ep == 0 || per_ep > flows) {
+    let per_ep = args
+        .ct_flows_per_endpoint
+        .unwrap_or_else(|| NatOptions::default_flows_per_endpoint(args.ct_entries));
+    if per_ep > flows {
         anyhow::bail!(
-            "--ct-flows-per-endpoint {per_ep}: expected 1 to {flows} (the table's flows, --ct-entries / 2)"
+            "--ct-flows-per-endpoint {per_ep}: expected 0 (no limit) to {flows} (the table's flows, --ct-entries / 2)"
         );
     }
-    let per_dest = args.nat_ports_per_destination.unwrap_or(0);
-    if args.nat_ports_per_destination.is_some() && (per_dest == 0 || per_dest > ports) {
+    let per_dest = args
+        .nat_ports_per_destination
+        .unwrap_or_else(|| NatOptions::default_ports_per_destination(args.nat_ports));
+    if per_dest > ports {
         anyhow::bail!(
-            "--nat-ports-per-destination {per_dest}: expected 1 to {ports} (the ports of --nat-ports)"
+            "--nat-ports-per-destination {per_dest}: expected 0 (no limit) to {ports} (the ports of --nat-ports)"
         );
     }
     Ok((per_ep, per_dest))
@@ -153,6 +175,12 @@ fn preflight(args: &Args) -> anyhow::Result<std::os::unix::net::UnixListener> {
             anyhow::bail!("{name} {v}: expected 1 to {MAX_TIMEOUT} seconds");
         }
     }
+    if args.removal_wait == 0 || args.removal_wait > MAX_TIMEOUT {
+        anyhow::bail!(
+            "--removal-wait {}: expected 1 to {MAX_TIMEOUT} seconds",
+            args.removal_wait
+        );
+    }
     if args.ct_gc_interval == 0 || args.ct_gc_interval > MAX_GC_INTERVAL {
         anyhow::bail!(
             "--ct-gc-interval {}: expected 1 to {MAX_GC_INTERVAL} seconds",
@@ -160,6 +188,13 @@ fn preflight(args: &Args) -> anyhow::Result<std::os::unix::net::UnixListener> {
         );
     }
     limits(args)?;
+    if let Some(c) = args.fixed_cidr_v6 {
+        if !args.ipv6 {
+            anyhow::bail!("--fixed-cidr-v6 {c} needs --ipv6");
+        }
+        crate::ipam::check_default_subnet6(c)
+            .map_err(|e| anyhow::anyhow!("--fixed-cidr-v6: {e}"))?;
+    }
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .map_err(|e| anyhow::anyhow!("read /proc/sys/net/ipv4/ip_local_port_range: {e}"))?;
     check_nat_ports(args.nat_ports, &range)?;
@@ -262,6 +297,9 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
             upstreams: args.dns_upstream.clone(),
         },
         resolv_conf: args.resolv_conf.clone(),
+        removal_wait: secs(args.removal_wait),
+        ipv6: args.ipv6,
+        fixed_cidr_v6: args.fixed_cidr_v6,
     };
     let r = rt.block_on(async {
         let engine = Engine::start(cfg).await.map_err(anyhow::Error::from)?;
@@ -294,6 +332,17 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                     path.display()
                 )
             })?;
+            if !args.docker_api_socket.is_empty() {
+                let driver = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                crate::docker::spawn_learner(
+                    &engine,
+                    PathBuf::from(&args.docker_api_socket),
+                    driver,
+                );
+            }
             let engine = engine.clone();
             let stopped = until_stopped(stopped.clone());
             Some(tokio::spawn(async move {

@@ -24,8 +24,8 @@ pub async fn run(client: &Client, format: Format) -> anyhow::Result<ExitCode> {
     println!("Containers:  {}", i.containers);
     if i.pending_removals > 0 {
         println!(
-            "Removals:    {} finishing in the background",
-            i.pending_removals
+            "Removals:    {} finishing in the background, {} attaches waiting for them",
+            i.pending_removals, i.removal_waits
         );
     }
     println!("\nPrograms:");

@@ -42,9 +42,10 @@ pub async fn run(args: &Args, client: &Client, format: Format) -> anyhow::Result
         let nets: Vec<String> = c
             .networks
             .iter()
-            .map(|n| match n.ip {
-                Some(ip) => format!("{}:{ip}", n.network),
-                None => n.network.clone(),
+            .map(|n| match (n.ip, n.ip6) {
+                (Some(ip), Some(ip6)) => format!("{}:{ip}+{ip6}", n.network),
+                (Some(ip), None) => format!("{}:{ip}", n.network),
+                (None, _) => n.network.clone(),
             })
             .collect();
         let ports: Vec<String> = c.ports.iter().map(ToString::to_string).collect();

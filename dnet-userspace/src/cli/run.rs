@@ -26,6 +26,9 @@ pub struct Args {
     /// A fixed IPv4 address in the network's subnet.
     #[arg(long)]
     ip: Option<String>,
+    /// A fixed IPv6 address in the network's IPv6 subnet (dual-stack).
+    #[arg(long)]
+    ip6: Option<String>,
     /// Publish ports: [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp], ranges allowed.
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
@@ -53,6 +56,7 @@ pub async fn run(args: &Args, client: &Client) -> anyhow::Result<ExitCode> {
         name: args.name.clone(),
         network: Some(args.network.clone()),
         ip: args.ip.clone(),
+        ip6: args.ip6.clone(),
         publish: args.publish.clone(),
         command: args.command.clone(),
         detach: args.detach,

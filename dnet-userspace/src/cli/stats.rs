@@ -27,7 +27,11 @@ pub async fn run(client: &Client, format: Format) -> anyhow::Result<ExitCode> {
         t.row(vec![
             e.container.clone(),
             e.network.clone(),
-            e.ip.map(|i| i.to_string()).unwrap_or_default(),
+            [e.ip.map(|i| i.to_string()), e.ip6.map(|i| i.to_string())]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(","),
             e.rx_packets.to_string(),
             e.rx_bytes.to_string(),
             e.tx_packets.to_string(),

@@ -15,7 +15,7 @@ mod tests;
 use std::{
     collections::HashSet,
     fs, io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
@@ -23,7 +23,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, ProgramArray,
+        lpm_trie::Key,
     },
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
@@ -34,13 +35,13 @@ use aya::{
 };
 pub use bpffs::{check as check_bpffs, ensure_mounted};
 use dnet_common::{
-    Config, CtEntry, CtKey, Endpoint, EndpointStats, MemberKey, NetFanout, Network, QuotaKey,
-    Service, ServiceKey,
+    Config, CtEntry, CtKey, Endpoint, Endpoint6, EndpointStats, Ip6, MemberKey, NetFanout, Network,
+    Network6, QuotaKey, Service, ServiceKey,
     addr::ipv4_be,
     maps as m,
     nat::{CT_F_COUNTED, CT_F_REPLY},
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 /// The eBPF object, built from `dnet-ebpf` by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dnet"));
@@ -48,6 +49,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Program names (the entry points in `dnet-ebpf/src/main.rs`).
 pub const PROG_FROM_CONTAINER: &str = "lxc_from_container";
 pub const PROG_TO_CONTAINER: &str = "lxc_to_container";
+/// IPv6 from a container, tail-called by [`PROG_FROM_CONTAINER`].
+pub const PROG_FROM_CONTAINER6: &str = "lxc6_from_container";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
 pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
@@ -57,8 +60,9 @@ pub const SOCK_PROGS: [&str; 4] = [
     "sock_recvmsg4",
     "sock_getpeername4",
 ];
-const TC_PROGS: [&str; 4] = [
+const TC_PROGS: [&str; 5] = [
     PROG_FROM_CONTAINER,
+    PROG_FROM_CONTAINER6,
     PROG_TO_CONTAINER,
     PROG_FROM_UPLINK,
     PROG_TO_UPLINK,
@@ -221,7 +225,11 @@ impl Datapath {
                 drop_if_resized(&maps_dir.join(m::CT), size_of::<CtEntry>())?;
                 drop_if_resized(&maps_dir.join(m::CONFIG), size_of::<Config>())?;
                 drop_if_resized(&maps_dir.join(m::STATS), size_of::<EndpointStats>())?;
-                m::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect()
+                m::ALL
+                    .iter()
+                    .chain([&m::PROGS])
+                    .map(|n| (*n, maps_dir.join(n)))
+                    .collect()
             }
             None => Vec::new(),
         };
@@ -239,6 +247,7 @@ impl Datapath {
                 .map_err(prog_err(name))?;
             p.load().map_err(prog_err(name))?;
         }
+        set_tail_calls(&mut ebpf)?;
         for name in SOCK_PROGS {
             let p: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -987,6 +996,126 @@ impl Datapath {
         }
     }
 
+    /// Writes a dual-stack network's IPv6 entry and its IPv6 subnet (the
+    /// network's IPv4 entry, written by [`Datapath::set_network`], stays
+    /// as it is: its gateway MAC answers for both gateways).
+    pub fn set_network6(&mut self, dp_id: u32, subnet: Ipv6Network, net: &Network6) -> Result<()> {
+        let mut a: Array<&mut MapData, Network6> =
+            Array::try_from(self.map_mut(m::NETWORKS6)?).map_err(map_err(m::NETWORKS6))?;
+        a.set(dp_id, net, 0).map_err(map_err(m::NETWORKS6))?;
+        let mut t: LpmTrie<&mut MapData, [u8; 16], u32> =
+            LpmTrie::try_from(self.map_mut(m::SUBNETS6)?).map_err(map_err(m::SUBNETS6))?;
+        t.insert(&subnet6_key(subnet), dp_id, 0)
+            .map_err(map_err(m::SUBNETS6))
+    }
+
+    /// The IPv6 entry of network `dp_id` (`active == 0`: IPv4 only).
+    pub fn network6(&self, dp_id: u32) -> Result<Network6> {
+        let a: Array<&MapData, Network6> =
+            Array::try_from(self.map(m::NETWORKS6)?).map_err(map_err(m::NETWORKS6))?;
+        a.get(&dp_id, 0).map_err(map_err(m::NETWORKS6))
+    }
+
+    /// Removes a network's IPv6 entry and, when given, its IPv6 subnet; a
+    /// missing subnet is fine. The network is IPv4-only afterwards (its
+    /// IPv6 is dropped with the `ipv6` reason).
+    pub fn clear_network6(&mut self, dp_id: u32, subnet: Option<Ipv6Network>) -> Result<()> {
+        let mut a: Array<&mut MapData, Network6> =
+            Array::try_from(self.map_mut(m::NETWORKS6)?).map_err(map_err(m::NETWORKS6))?;
+        a.set(dp_id, Network6::default(), 0)
+            .map_err(map_err(m::NETWORKS6))?;
+        if let Some(subnet) = subnet {
+            self.clear_subnet6(subnet)?;
+        }
+        Ok(())
+    }
+
+    /// Removes an IPv6 subnet from the LPM map only (its id may be another
+    /// network's now); a missing entry is fine.
+    pub fn clear_subnet6(&mut self, subnet: Ipv6Network) -> Result<()> {
+        let mut t: LpmTrie<&mut MapData, [u8; 16], u32> =
+            LpmTrie::try_from(self.map_mut(m::SUBNETS6)?).map_err(map_err(m::SUBNETS6))?;
+        absent_is_fine(t.remove(&subnet6_key(subnet))).map_err(map_err(m::SUBNETS6))
+    }
+
+    /// IPv6 subnets in the LPM map, with their network ids.
+    pub fn subnets6(&self) -> Result<Vec<(Ipv6Network, u32)>> {
+        let t: LpmTrie<&MapData, [u8; 16], u32> =
+            LpmTrie::try_from(self.map(m::SUBNETS6)?).map_err(map_err(m::SUBNETS6))?;
+        t.iter()
+            .map(|r| {
+                r.map(|(k, v)| {
+                    let net = Ipv6Network::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
+                        .expect("prefix from the kernel is valid");
+                    (net, v)
+                })
+                .map_err(map_err(m::SUBNETS6))
+            })
+            .collect()
+    }
+
+    /// Gives the endpoint `ep` (already written by [`Datapath::set_endpoint`],
+    /// on host-side veth `ifindex`) its IPv6 address: `ENDPOINTS6_BY_IP`
+    /// first (peers may reach it), then `ENDPOINT6_BY_IF` (it may send).
+    /// An endpoint without these entries has its IPv6 dropped.
+    pub fn set_endpoint6(&mut self, ifindex: u32, addr: Ipv6Addr, ep: &Endpoint) -> Result<()> {
+        let mut h: HashMap<&mut MapData, Ip6, Endpoint> =
+            HashMap::try_from(self.map_mut(m::ENDPOINTS6_BY_IP)?)
+                .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+        h.insert(ip6(addr), ep, 0)
+            .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+        let mut h: HashMap<&mut MapData, u32, Endpoint6> =
+            HashMap::try_from(self.map_mut(m::ENDPOINT6_BY_IF)?)
+                .map_err(map_err(m::ENDPOINT6_BY_IF))?;
+        let v = Endpoint6 {
+            addr: addr.octets(),
+        };
+        h.insert(ifindex, v, 0).map_err(map_err(m::ENDPOINT6_BY_IF))
+    }
+
+    /// Removes an endpoint's IPv6 entries (by address, by interface, or
+    /// both); missing entries are fine. The interface's entry goes first,
+    /// so the endpoint stops sending before peers stop reaching it.
+    pub fn clear_endpoint6(&mut self, addr: Option<Ipv6Addr>, ifindex: Option<u32>) -> Result<()> {
+        if let Some(ifindex) = ifindex {
+            let mut h: HashMap<&mut MapData, u32, Endpoint6> =
+                HashMap::try_from(self.map_mut(m::ENDPOINT6_BY_IF)?)
+                    .map_err(map_err(m::ENDPOINT6_BY_IF))?;
+            absent_is_fine(h.remove(&ifindex)).map_err(map_err(m::ENDPOINT6_BY_IF))?;
+        }
+        if let Some(addr) = addr {
+            let mut h: HashMap<&mut MapData, Ip6, Endpoint> =
+                HashMap::try_from(self.map_mut(m::ENDPOINTS6_BY_IP)?)
+                    .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+            absent_is_fine(h.remove(&ip6(addr))).map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+        }
+        Ok(())
+    }
+
+    /// Entries of `ENDPOINTS6_BY_IP`: dual-stack endpoints by IPv6 address.
+    pub fn endpoints6(&self) -> Result<Vec<(Ipv6Addr, Endpoint)>> {
+        let h: HashMap<&MapData, Ip6, Endpoint> = HashMap::try_from(self.map(m::ENDPOINTS6_BY_IP)?)
+            .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+        h.iter()
+            .map(|r| {
+                r.map(|(k, e)| (Ipv6Addr::from(k.addr), e))
+                    .map_err(map_err(m::ENDPOINTS6_BY_IP))
+            })
+            .collect()
+    }
+
+    /// Entries of `ENDPOINT6_BY_IF`: (host-side veth ifindex, IPv6 address).
+    pub fn endpoint6_addrs(&self) -> Result<Vec<(u32, Ipv6Addr)>> {
+        let h: HashMap<&MapData, u32, Endpoint6> = HashMap::try_from(self.map(m::ENDPOINT6_BY_IF)?)
+            .map_err(map_err(m::ENDPOINT6_BY_IF))?;
+        h.iter()
+            .map(|r| {
+                r.map(|(k, e)| (k, Ipv6Addr::from(e.addr)))
+                    .map_err(map_err(m::ENDPOINT6_BY_IF))
+            })
+            .collect()
+    }
+
     /// Zeroes a stats slot (before an endpoint takes it).
     pub fn reset_stats(&mut self, slot: u32) -> Result<()> {
         let cpus = nr_cpus().map_err(|(_, e)| io_err("count CPUs", Path::new("/sys"))(e))?;
@@ -1025,6 +1154,7 @@ impl Datapath {
                 let attach = match name {
                     PROG_FROM_CONTAINER => "tc ingress (cls_bpf), host-side veth",
                     PROG_TO_CONTAINER => "tc egress (cls_bpf), host-side veth",
+                    PROG_FROM_CONTAINER6 => "tail call of lxc_from_container (IPv6)",
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
                     PROG_TO_UPLINK => "tcx egress, uplink",
                     "sock_connect4" => "cgroup connect4",
@@ -1056,7 +1186,8 @@ impl Datapath {
                     | aya::maps::Map::LruHashMap(d)
                     | aya::maps::Map::LpmTrie(d)
                     | aya::maps::Map::PerCpuArray(d)
-                    | aya::maps::Map::PerCpuHashMap(d) => d,
+                    | aya::maps::Map::PerCpuHashMap(d)
+                    | aya::maps::Map::ProgramArray(d) => d,
                     _ => return None,
                 };
                 let info = data.info().ok()?;
@@ -1078,6 +1209,27 @@ impl Datapath {
     }
 }
 
+/// Points the tail-call slots at this build's programs (a pinned array of
+/// an older build's pointed at its own: programs still attached from it
+/// jump to this build's from now on).
+fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
+    let name = PROG_FROM_CONTAINER6;
+    let fd = ebpf
+        .program(name)
+        .ok_or(DatapathError::Missing(name))?
+        .fd()
+        .map_err(prog_err(name))?
+        .try_clone()
+        .map_err(io_err("duplicate the descriptor of", Path::new(name)))?;
+    let map = ebpf
+        .map_mut(m::PROGS)
+        .ok_or(DatapathError::Missing(m::PROGS))?;
+    let mut a: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(map).map_err(map_err(m::PROGS))?;
+    a.set(m::PROG_SLOT_FROM_CONTAINER6, &fd, 0)
+        .map_err(map_err(m::PROGS))
+}
+
 /// A delete of a missing key succeeds: the entry is gone either way.
 fn absent_is_fine(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
@@ -1093,6 +1245,16 @@ fn absent_is_fine(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::M
 
 fn subnet_key(subnet: Ipv4Network) -> Key<u32> {
     Key::new(subnet.prefix() as u32, ipv4_be(subnet.network()))
+}
+
+fn subnet6_key(subnet: Ipv6Network) -> Key<[u8; 16]> {
+    Key::new(subnet.prefix() as u32, subnet.network().octets())
+}
+
+fn ip6(addr: Ipv6Addr) -> Ip6 {
+    Ip6 {
+        addr: addr.octets(),
+    }
 }
 
 /// A conntrack table pinned by an older build is an LRU map, whose new

@@ -2097,3 +2097,6 @@ mod fuzz;
 
 /// Frames the property test found the datapath wrong on.
 mod found;
+
+/// IPv6: the map API and the container-side path (issue 13).
+mod ipv6;

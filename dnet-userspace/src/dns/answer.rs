@@ -89,15 +89,18 @@ pub fn answer(query: &[u8], names: &Names, src: Ipv4Addr, udp: bool) -> Outcome 
         Lookup::Known(mut addrs) => {
             let mut m = response(&req, q, ResponseCode::NoError);
             m.metadata.authoritative = true;
-            if matches!(q.query_type(), RecordType::A | RecordType::ANY) {
-                addrs.shuffle(&mut rand::rng());
-                for ip in addrs {
-                    m.add_answer(Record::from_rdata(
-                        q.name().clone(),
-                        TTL,
-                        RData::A(rdata::A(ip)),
-                    ));
-                }
+            addrs.shuffle(&mut rand::rng());
+            for ip in addrs {
+                let data = match (q.query_type(), ip) {
+                    (RecordType::A | RecordType::ANY, std::net::IpAddr::V4(a)) => {
+                        RData::A(rdata::A(a))
+                    }
+                    (RecordType::AAAA | RecordType::ANY, std::net::IpAddr::V6(a)) => {
+                        RData::AAAA(rdata::AAAA(a))
+                    }
+                    _ => continue,
+                };
+                m.add_answer(Record::from_rdata(q.name().clone(), TTL, data));
             }
             // A known name with no address of the asked type: an empty
             // NOERROR, never forwarded.
@@ -229,6 +232,39 @@ mod tests {
             assert_eq!(m.metadata.response_code, ResponseCode::NoError);
             assert!(m.answers.is_empty());
         }
+    }
+
+    #[test]
+    fn dual_stack_containers_get_aaaa_records() {
+        let mut st = sample();
+        let api = st.containers.get_mut("bbbbbbbbbbbbbbbb").unwrap();
+        api.endpoints[0].ip6 = Some("fd00:2::3".parse().unwrap());
+        let t = Names::build(&st, |_| vec![]);
+        let v6 = |m: &Message| -> Vec<std::net::Ipv6Addr> {
+            m.answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::AAAA(a) => Some(a.0),
+                    _ => None,
+                })
+                .collect()
+        };
+        for name in ["api.", "api.back.", "svc."] {
+            let m = ask(&t, "10.2.0.2", &query(name, RecordType::AAAA), true);
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert_eq!(
+                v6(&m),
+                vec!["fd00:2::3".parse::<std::net::Ipv6Addr>().unwrap()]
+            );
+            assert!(addrs(&m).is_empty(), "no A in an AAAA answer");
+        }
+        let m = ask(&t, "10.2.0.2", &query("api.", RecordType::A), true);
+        assert_eq!(addrs(&m), vec![ip("10.2.0.3")]);
+        assert!(v6(&m).is_empty(), "no AAAA in an A answer");
+        // IPv4-only api2: an empty NOERROR, as before.
+        let m = ask(&t, "10.2.0.2", &query("api2.", RecordType::AAAA), true);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(m.answers.is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
 use crate::model::{Container, DriverKind, Network, State};
@@ -31,8 +31,9 @@ pub struct Client {
 struct NetNames {
     name: String,
     subnet: Option<ipnetwork::Ipv4Network>,
-    /// Lower-case name → addresses (several containers may share an alias).
-    by_name: HashMap<String, Vec<Ipv4Addr>>,
+    /// Lower-case name → addresses, IPv4 and (dual-stack) IPv6 (several
+    /// containers may share an alias).
+    by_name: HashMap<String, Vec<IpAddr>>,
     /// Address → the container's name (PTR answers `name.network`).
     by_addr: HashMap<Ipv4Addr, String>,
 }
@@ -40,8 +41,9 @@ struct NetNames {
 /// What a name means to a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// A name of the client's networks, with its addresses (possibly none).
-    Known(Vec<Ipv4Addr>),
+    /// A name of the client's networks, with its addresses of both
+    /// families (possibly none of the one asked for).
+    Known(Vec<IpAddr>),
     /// Not a name dnet knows.
     Unknown,
 }
@@ -132,8 +134,13 @@ impl Names {
                     let name = name.to_ascii_lowercase();
                     for key in [format!("{name}.{}", nn.name), name] {
                         let v = nn.by_name.entry(key).or_default();
-                        if !v.contains(&ip) {
-                            v.push(ip);
+                        for a in [Some(IpAddr::V4(ip)), e.ip6.map(IpAddr::V6)]
+                            .into_iter()
+                            .flatten()
+                        {
+                            if !v.contains(&a) {
+                                v.push(a);
+                            }
                         }
                     }
                 }
@@ -162,7 +169,7 @@ impl Names {
     /// What `name` (any case, with or without the final dot) means to `client`.
     pub fn lookup(&self, client: &Client, name: &str) -> Lookup {
         let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-        let mut found: Option<Vec<Ipv4Addr>> = None;
+        let mut found: Option<Vec<IpAddr>> = None;
         for nn in client.networks.iter().filter_map(|id| self.nets.get(id)) {
             if let Some(v) = nn.by_name.get(&name) {
                 let all = found.get_or_insert_with(Vec::new);
@@ -217,6 +224,7 @@ pub(crate) mod tests {
                 gateway: subnet.nth(1).unwrap(),
                 ip_range: None,
             }),
+            ipam6: None,
             options: BTreeMap::new(),
             dp_id: 1,
             host_address: None,
@@ -237,6 +245,7 @@ pub(crate) mod tests {
                     ifname: None,
                     host_ifname: None,
                     ip: Some(ip.parse().unwrap()),
+                    ip6: None,
                     mac: None,
                     slot: None,
                     aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
@@ -284,6 +293,10 @@ pub(crate) mod tests {
         s.parse().unwrap()
     }
 
+    fn ipa(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn names_aliases_and_qualified_names_resolve_within_shared_networks() {
         let t = Names::build(&sample(), |_| vec![]);
@@ -293,16 +306,16 @@ pub(crate) mod tests {
             Some(&web),
             "one client, both addresses"
         );
-        assert_eq!(t.lookup(&web, "api"), Lookup::Known(vec![ip("10.2.0.3")]));
-        assert_eq!(t.lookup(&web, "API."), Lookup::Known(vec![ip("10.2.0.3")]));
+        assert_eq!(t.lookup(&web, "api"), Lookup::Known(vec![ipa("10.2.0.3")]));
+        assert_eq!(t.lookup(&web, "API."), Lookup::Known(vec![ipa("10.2.0.3")]));
         assert_eq!(
             t.lookup(&web, "api.back"),
-            Lookup::Known(vec![ip("10.2.0.3")])
+            Lookup::Known(vec![ipa("10.2.0.3")])
         );
         assert_eq!(t.lookup(&web, "api.front"), Lookup::Unknown);
         assert_eq!(
             t.lookup(&web, "bbbbbbbbbbbb"),
-            Lookup::Known(vec![ip("10.2.0.3")]),
+            Lookup::Known(vec![ipa("10.2.0.3")]),
             "short id"
         );
         // One alias on two containers: both addresses.
@@ -310,13 +323,13 @@ pub(crate) mod tests {
             panic!("svc unknown")
         };
         v.sort();
-        assert_eq!(v, vec![ip("10.2.0.3"), ip("10.2.0.4")]);
+        assert_eq!(v, vec![ipa("10.2.0.3"), ipa("10.2.0.4")]);
         // Its own name, in both networks.
         let Lookup::Known(mut v) = t.lookup(&web, "web") else {
             panic!("web unknown")
         };
         v.sort();
-        assert_eq!(v, vec![ip("10.1.0.2"), ip("10.2.0.2")]);
+        assert_eq!(v, vec![ipa("10.1.0.2"), ipa("10.2.0.2")]);
     }
 
     #[test]
@@ -326,7 +339,7 @@ pub(crate) mod tests {
         // "www" is web's alias in front only; api is not on front.
         assert_eq!(t.lookup(api, "www"), Lookup::Unknown);
         assert_eq!(t.lookup(api, "www.front"), Lookup::Unknown);
-        assert_eq!(t.lookup(api, "web"), Lookup::Known(vec![ip("10.2.0.2")]));
+        assert_eq!(t.lookup(api, "web"), Lookup::Known(vec![ipa("10.2.0.2")]));
         let vault = t.client(ip("10.3.0.2")).unwrap();
         assert_eq!(t.lookup(vault, "web"), Lookup::Unknown);
         assert!(!vault.forward, "internal only: no forwarding");
@@ -379,7 +392,7 @@ pub(crate) mod tests {
         let t = Names::build(&s, |_| vec![]);
         let api = t.client(ip("10.2.0.3")).unwrap();
         assert_eq!(t.lookup(api, "dock"), Lookup::Unknown);
-        assert_eq!(t.lookup(api, "pod"), Lookup::Known(vec![ip("10.2.0.10")]));
+        assert_eq!(t.lookup(api, "pod"), Lookup::Known(vec![ipa("10.2.0.10")]));
         assert_eq!(t.client(ip("10.2.0.9")), None);
     }
 }

@@ -17,12 +17,16 @@
 //! `Datapath::attach_endpoint`), a /32 route and a permanent neighbour
 //! entry (the host never ARPs for a container).
 
-use std::os::fd::{AsFd as _, BorrowedFd};
+use std::{
+    net::Ipv6Addr,
+    os::fd::{AsFd as _, BorrowedFd},
+};
 
 use async_trait::async_trait;
 use dnet_common::{
     Endpoint as DpEndpoint, Network as DpNetwork,
     addr::{docker_mac, ipv4_be},
+    ipv6::{NET6_F_NAT, Network6},
     maps::ENDPOINTS_BY_IF,
     network::{NET_F_INTERNAL, NET_F_NO_ICC},
 };
@@ -32,14 +36,14 @@ use crate::{
     conflict,
     datapath::Datapath,
     error::{Error, Result},
-    model::{Ipam, Netns, Network, State},
-    netlink::{Netlink, RouteSpec, VethPeer},
+    model::{Ipam, Ipam6, Netns, Network, State},
+    netlink::{Netlink, RouteSpec, RouteSpec6, VethPeer},
     netns, spec,
 };
 
 pub struct Bridge;
 
-const OPTIONS: &[&str] = &["mtu", "icc"];
+const OPTIONS: &[&str] = &["mtu", "icc", crate::model::GATEWAY_MODE_IPV6];
 
 /// The label of gateway addresses on `lo`: marks them as dnet's.
 pub const GATEWAY_LABEL: &str = "lo:dnet";
@@ -93,11 +97,50 @@ fn dp_network(net: &Network) -> Result<DpNetwork> {
     })
 }
 
-fn sysctl_disable_ipv6(ifname: &str) -> Result<()> {
-    Ok(netns::sysctl(
-        &format!("net/ipv6/conf/{ifname}/disable_ipv6"),
-        "1",
-    )?)
+/// The IPv6 side of a dual-stack network as the datapath sees it (its
+/// gateway MAC is the IPv4 entry's).
+pub fn dp_network6(net: &Network) -> Option<(ipnetwork::Ipv6Network, Network6)> {
+    let i6 = net.ipam6?;
+    let flags = match net.gateway_mode6() {
+        crate::model::GatewayMode6::Nat => NET6_F_NAT,
+        crate::model::GatewayMode6::Routed => 0,
+    };
+    Some((
+        i6.subnet,
+        Network6 {
+            subnet: i6.subnet.network().octets(),
+            gateway: i6.gateway.octets(),
+            flags,
+            prefix_len: i6.subnet.prefix(),
+            active: 1,
+            _pad: [0; 2],
+        },
+    ))
+}
+
+/// The endpoint's IPv6 side, when it and its network are dual-stack.
+fn v6_of(a: &Attachment<'_>) -> Option<(Ipam6, Ipv6Addr)> {
+    a.network.ipam6.zip(a.endpoint.ip6)
+}
+
+/// IPv6 on the host end of a pair: off for an IPv4-only endpoint; for a
+/// dual-stack one on, without a link-local address (`addr_gen_mode=1`, set
+/// before IPv6 comes on), deaf to router advertisements, and forwarding on
+/// this interface only (`bpf_fib_lookup` for IPv6 wants it; never
+/// `all.forwarding`, which makes the uplink ignore advertisements).
+fn host_side_ipv6(ifname: &str, dual: bool) -> Result<()> {
+    if !dual {
+        return Ok(netns::disable_ipv6(ifname)?);
+    }
+    for (key, value) in [
+        ("addr_gen_mode", "1"),
+        ("accept_ra", "0"),
+        ("forwarding", "1"),
+        ("disable_ipv6", "0"),
+    ] {
+        netns::sysctl6(ifname, key, value)?;
+    }
+    Ok(())
 }
 
 /// Brings a network's broadcast members in line with the endpoint map
@@ -153,6 +196,10 @@ impl Driver for Bridge {
         if let Some(v) = net.options.get("icc") {
             spec::parse_bool("icc", v).map_err(Error::Invalid)?;
         }
+        if let Some(v) = net.options.get(crate::model::GATEWAY_MODE_IPV6) {
+            v.parse::<crate::model::GatewayMode6>()
+                .map_err(Error::Invalid)?;
+        }
         // The gateway becomes an address dnet owns (and removes with the
         // network): one the host already has would be taken from it.
         let gw = ipam(net)?.gateway;
@@ -177,14 +224,43 @@ impl Driver for Bridge {
                 ipam.subnet.prefix(),
             ))
             .await?;
+        if let Some(i6) = net.ipam6 {
+            ctx.nl.add_address6(lo, i6.gateway, 128).await?;
+            ctx.nl
+                .add_route6(RouteSpec6::unreachable(
+                    i6.subnet.network(),
+                    i6.subnet.prefix(),
+                ))
+                .await?;
+        }
         ctx.dp
             .set_network(net.dp_id, ipam.subnet, &dp_network(net)?)?;
+        match dp_network6(net) {
+            Some((subnet, n6)) => ctx.dp.set_network6(net.dp_id, subnet, &n6)?,
+            // An id another network had may still have its IPv6 entry.
+            None => ctx.dp.clear_network6(net.dp_id, None)?,
+        }
         refresh_members(&mut ctx.dp, net.dp_id)?;
         Ok(())
     }
 
     async fn delete_network(&self, ctx: &mut Ctx, net: &Network) -> Vec<Error> {
         let mut errors = Vec::new();
+        if let Some(i6) = net.ipam6 {
+            match loopback(&ctx.nl).await {
+                Ok(lo) => keep(&mut errors, ctx.nl.del_address6(lo, i6.gateway, 128).await),
+                Err(e) => errors.push(e),
+            }
+            keep(
+                &mut errors,
+                ctx.nl
+                    .del_route6(RouteSpec6::unreachable(
+                        i6.subnet.network(),
+                        i6.subnet.prefix(),
+                    ))
+                    .await,
+            );
+        }
         if let Some(ipam) = net.ipam {
             match loopback(&ctx.nl).await {
                 Ok(lo) => keep(&mut errors, ctx.nl.del_address(lo, ipam.gateway, 32).await),
@@ -200,6 +276,11 @@ impl Driver for Bridge {
                     .await,
             );
         }
+        keep(
+            &mut errors,
+            ctx.dp
+                .clear_network6(net.dp_id, net.ipam6.map(|i| i.subnet)),
+        );
         keep(
             &mut errors,
             ctx.dp.clear_network(net.dp_id, net.ipam.map(|i| i.subnet)),
@@ -226,7 +307,30 @@ impl Driver for Bridge {
                     && r.kind == netlink_packet_route::route::RouteType::Unreachable
             })
         });
-        has_gw && has_route && ctx.dp.network(net.dp_id).is_ok_and(|n| n == want)
+        let has_v6 = match net.ipam6 {
+            None => true,
+            Some(i6) => {
+                let gw = ctx
+                    .nl
+                    .addresses6(Some(lo))
+                    .await
+                    .is_ok_and(|a| a.iter().any(|a| a.ip == i6.gateway && a.prefix == 128));
+                let route = ctx.nl.routes6().await.is_ok_and(|rs| {
+                    rs.iter().any(|r| {
+                        r.dst == i6.subnet.network()
+                            && r.prefix == i6.subnet.prefix()
+                            && r.kind == netlink_packet_route::route::RouteType::Unreachable
+                    })
+                });
+                gw && route
+            }
+        };
+        let want6 = dp_network6(net).map(|(_, n)| n).unwrap_or_default();
+        has_gw
+            && has_route
+            && has_v6
+            && ctx.dp.network(net.dp_id).is_ok_and(|n| n == want)
+            && ctx.dp.network6(net.dp_id).is_ok_and(|n| n == want6)
     }
 
     async fn attach(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
@@ -247,6 +351,7 @@ impl Driver for Bridge {
         };
         match ctx.nl.link(host_ifname).await {
             Ok(Some(l)) => {
+                keep(&mut errors, ctx.dp.clear_endpoint6(ep.ip6, Some(l.index)));
                 keep(&mut errors, ctx.dp.clear_endpoint(ep.ip, Some(l.index)));
                 // Deleting one end deletes the pair, its routes and neighbours,
                 // and detaches the programs.
@@ -257,6 +362,9 @@ impl Driver for Bridge {
         }
         // Entries the link no longer explains (a half-made attach, or a
         // link deleted behind the daemon's back).
+        if let Some(ip6) = ep.ip6 {
+            keep(&mut errors, forget_address6(&mut ctx.dp, ip6));
+        }
         if let Some(ip) = ep.ip {
             keep(&mut errors, forget_address(&mut ctx.dp, ip));
         }
@@ -279,6 +387,10 @@ impl Driver for Bridge {
             return self.detach(ctx, a).await;
         };
         let mut errors = Vec::new();
+        keep(&mut errors, ctx.dp.clear_endpoint6(ep.ip6, Some(index)));
+        if let Some(ip6) = ep.ip6 {
+            keep(&mut errors, forget_address6(&mut ctx.dp, ip6));
+        }
         keep(&mut errors, ctx.dp.clear_endpoint(ep.ip, Some(index)));
         if let Some(ip) = ep.ip {
             keep(&mut errors, forget_address(&mut ctx.dp, ip));
@@ -341,6 +453,7 @@ impl Driver for Bridge {
                 "by-address entry",
                 in_map(dnet_common::maps::ENDPOINTS_BY_IP),
             ),
+            ("IPv6 entries", endpoint6_ok(ctx, a, &want)),
             ("programs attached", ctx.dp.endpoint_attached(host_ifname)),
         ];
         match checks.iter().find(|(_, ok)| !ok) {
@@ -361,6 +474,34 @@ pub async fn loopback(nl: &Netlink) -> Result<u32> {
         .find(|l| l.loopback)
         .map(|l| l.index)
         .ok_or_else(|| conflict!("no loopback interface"))
+}
+
+/// The endpoint's IPv6 entries are as they should be: both there for a
+/// dual-stack endpoint, none by its interface for an IPv4-only one.
+fn endpoint6_ok(ctx: &Ctx, a: &Attachment<'_>, want: &DpEndpoint) -> bool {
+    let (Ok(by_if), Ok(by_ip)) = (ctx.dp.endpoint6_addrs(), ctx.dp.endpoints6()) else {
+        return false;
+    };
+    let own = by_if
+        .iter()
+        .find(|(i, _)| *i == want.ifindex)
+        .map(|(_, a)| *a);
+    match v6_of(a) {
+        None => own.is_none(),
+        Some((_, ip6)) => {
+            own == Some(ip6) && by_ip.iter().any(|(addr, e)| *addr == ip6 && e == want)
+        }
+    }
+}
+
+/// Removes every IPv6 map entry for `ip6`, whatever interface it names.
+fn forget_address6(dp: &mut Datapath, ip6: Ipv6Addr) -> Result<()> {
+    for (ifindex, addr) in dp.endpoint6_addrs()? {
+        if addr == ip6 {
+            dp.clear_endpoint6(None, Some(ifindex))?;
+        }
+    }
+    Ok(dp.clear_endpoint6(Some(ip6), None)?)
 }
 
 /// Removes every map entry for `ip`, whatever interface it names.
@@ -396,6 +537,12 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     };
     // The container's namespace, opened once for the whole attach.
     let ns = netns::open(a.netns)?;
+    let v6 = v6_of(a);
+    if v6.is_some() && !host_side {
+        // Before the container end arrives: it takes its IPv6 settings
+        // from `default` when it is made.
+        netns::run_in_fd(ns.as_fd(), netns::container_ipv6_defaults)??;
+    }
     let made = ctx
         .nl
         .add_veth(
@@ -424,7 +571,7 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    sysctl_disable_ipv6(host_ifname)?;
+    host_side_ipv6(host_ifname, v6.is_some())?;
     // The datapath's route lookups (bpf_fib_lookup) for the container's
     // packets want forwarding on the interface they arrived on. The kernel
     // forwards nothing itself: every packet it sees from here is local or
@@ -436,6 +583,9 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     let dp_ep = dp_endpoint(a, host.index)?;
     ctx.dp.reset_stats(dp_ep.slot)?;
     ctx.dp.set_endpoint(&dp_ep)?;
+    if let Some((_, ip6)) = v6 {
+        ctx.dp.set_endpoint6(host.index, ip6, &dp_ep)?;
+    }
     ctx.dp.attach_endpoint(host_ifname)?;
     refresh_members(&mut ctx.dp, a.network.dp_id)?;
 
@@ -444,11 +594,17 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     let mut route = RouteSpec::device(ip, 32, host.index);
     route.pref_src = Some(ipam.gateway);
     ctx.nl.add_route(route).await?;
+    if let Some((i6, ip6)) = v6 {
+        ctx.nl.add_neighbour6(host.index, ip6, mac.0).await?;
+        let mut route = RouteSpec6::device(ip6, 128, host.index);
+        route.pref_src = Some(i6.gateway);
+        ctx.nl.add_route6(route).await?;
+    }
 
     if host_side {
         return Ok(());
     }
-    configure_container_side(ns.as_fd(), ifname, ip, ipam, a.primary).await?;
+    configure_container_side(ns.as_fd(), ifname, ip, ipam, v6, a.primary).await?;
     wait_oper_up(&ctx.nl, host_ifname).await
 }
 
@@ -499,11 +655,15 @@ async fn configure_container_side(
     ifname: &str,
     ip: std::net::Ipv4Addr,
     ipam: Ipam,
+    v6: Option<(Ipam6, Ipv6Addr)>,
     primary: bool,
 ) -> Result<()> {
-    // A namespace dnet did not make may have IPv6 on by default.
-    let cnl = Netlink::open_in_fd(ns, || {
-        netns::sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")
+    // A namespace dnet did not make may have IPv6 on by default: off for
+    // an IPv4-only endpoint; on (with `lo`) for a dual-stack one.
+    let cnl = Netlink::open_in_fd(ns, || match v6 {
+        None => netns::disable_ipv6(ifname),
+        Some(_) => netns::sysctl6(ifname, "disable_ipv6", "0")
+            .and_then(|()| netns::sysctl6("lo", "disable_ipv6", "0")),
     })
     .await?;
     let link = cnl
@@ -530,6 +690,41 @@ async fn configure_container_side(
     }
     if primary {
         super::add_default_route(&cnl, ipam.gateway, link.index).await?;
+    }
+    if let Some((i6, ip6)) = v6 {
+        configure_container_ipv6(&cnl, link.index, i6, ip6, primary).await?;
+    }
+    Ok(())
+}
+
+/// The IPv6 side of a dual-stack container's interface: its address,
+/// usable at once (no DAD) and without an on-link subnet route; the
+/// gateway as a /128 on the link, the subnet and (as for IPv4) the default
+/// route through it; `::1` on `lo`.
+async fn configure_container_ipv6(
+    cnl: &Netlink,
+    index: u32,
+    i6: Ipam6,
+    ip6: Ipv6Addr,
+    primary: bool,
+) -> Result<()> {
+    cnl.add_address6(index, ip6, i6.subnet.prefix()).await?;
+    let lo = loopback(cnl).await?;
+    cnl.add_address6(lo, Ipv6Addr::LOCALHOST, 128).await?;
+    let gw = i6.gateway;
+    let mut routes = vec![
+        RouteSpec6::device(gw, 128, index),
+        RouteSpec6::via(i6.subnet.network(), i6.subnet.prefix(), gw, index),
+    ];
+    if primary {
+        routes.push(RouteSpec6::via(Ipv6Addr::UNSPECIFIED, 0, gw, index));
+    }
+    for mut r in routes {
+        // Routes already in the namespace are its owner's.
+        r.dnet = false;
+        if !cnl.add_route6_if_absent(r).await? {
+            tracing::info!(dst = %r.dst, prefix = r.prefix, "the namespace has this IPv6 route already: it stays");
+        }
     }
     Ok(())
 }

@@ -22,6 +22,8 @@ pub struct EndpointOpts<'a> {
     pub ifname: Option<&'a str>,
     /// Static IPv4 address.
     pub ip: Option<&'a str>,
+    /// Static IPv6 address (dual-stack networks).
+    pub ip6: Option<&'a str>,
     /// Static MAC (default: 02:42 + the IPv4 address).
     pub mac: Option<&'a str>,
     /// `-p` specs.
@@ -83,6 +85,9 @@ impl Engine {
     /// [`Engine::attach`], and whether the attachment is new (false: a
     /// repeat with the same runtime ref and network).
     pub async fn attach_created(&self, req: AttachRequest) -> Result<(AttachResponse, bool)> {
+        if let AttachTarget::Netns { path } = &req.target {
+            self.settled_in(std::path::Path::new(path)).await?;
+        }
         self.inner.lock().await.attach_req(req).await
     }
 
@@ -145,6 +150,7 @@ impl Inner {
         let opts = EndpointOpts {
             ifname: req.ifname.as_deref(),
             ip: req.ip.as_deref(),
+            ip6: None,
             mac: req.mac.as_deref(),
             publish: &req.publish,
             aliases: &req.aliases,

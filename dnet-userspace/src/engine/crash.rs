@@ -15,7 +15,8 @@
 //!
 //! `DNET_HOLD_AT=reaper:remove` stops the reaper (`driver::Reaper`) before
 //! its first link removal, for good: removals are recorded, answered and
-//! left for the next start.
+//! left for the next start. With `DNET_HOLD_WHILE=FILE` too, it holds only
+//! while FILE exists: a test releases it when it has seen what it waits.
 
 /// The environment variable that names the point to crash at.
 pub const ENV: &str = "DNET_CRASH_AT";
@@ -38,17 +39,31 @@ pub fn point(_name: &str) {}
 
 /// The environment variable that names the point to stop at for good.
 pub const HOLD_ENV: &str = "DNET_HOLD_AT";
+/// The environment variable that names the file whose removal ends a hold.
+pub const HOLD_WHILE_ENV: &str = "DNET_HOLD_WHILE";
 
-/// Blocks the calling thread for good if the daemon was started with
-/// `DNET_HOLD_AT=name`: a test holds background work there (the reaper's
-/// removals) to see what a daemon killed before it finished leaves.
+/// Blocks the calling thread if the daemon was started with
+/// `DNET_HOLD_AT=name`: for good, or while the file `DNET_HOLD_WHILE` names
+/// exists. A test holds background work there (the reaper's removals) to
+/// see what a daemon killed before it finished leaves, or what waits for it.
 #[cfg(debug_assertions)]
 pub fn hold(name: &str) {
     static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if AT.get_or_init(|| std::env::var(HOLD_ENV).ok()).as_deref() == Some(name) {
-        tracing::warn!("{HOLD_ENV}={name}: holding here");
-        loop {
-            std::thread::park();
+    if AT.get_or_init(|| std::env::var(HOLD_ENV).ok()).as_deref() != Some(name) {
+        return;
+    }
+    match std::env::var_os(HOLD_WHILE_ENV) {
+        Some(file) => {
+            tracing::warn!("{HOLD_ENV}={name}: holding here while {file:?} exists");
+            while std::path::Path::new(&file).exists() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        None => {
+            tracing::warn!("{HOLD_ENV}={name}: holding here");
+            loop {
+                std::thread::park();
+            }
         }
     }
 }

@@ -8,8 +8,10 @@
 //! names `--dns`, else the host's nameservers minus loopback ones
 //! (unreachable from a container), else Docker's fallback. hosts holds the
 //! container's own names with each of its addresses. Both are written again
-//! in place when the container joins or leaves a network and when the
-//! host's resolv.conf changes.
+//! when the container joins or leaves a network and when the host's
+//! resolv.conf changes: as new files swapped in whole (`mntns::write_file`,
+//! `mntns::replace`), never in place, where a reader in the container could
+//! find them empty or half-written; unchanged text is not written.
 
 use std::{
     fs,
@@ -87,8 +89,9 @@ pub(super) fn resolv_conf(host: &str, resolver: Option<Ipv4Addr>, dns: &[Ipv4Add
 
 /// The container's /etc/hosts: localhost, and its own names with each of
 /// its addresses, one line per network it is on (as Docker writes them on
-/// `network connect` and takes them out on `disconnect`).
-pub(super) fn hosts(hostname: &str, name: &str, ips: &[Ipv4Addr]) -> String {
+/// `network connect` and takes them out on `disconnect`); a dual-stack
+/// network's IPv6 address after its IPv4 one.
+pub(super) fn hosts(hostname: &str, name: &str, ips: &[std::net::IpAddr]) -> String {
     let mut out = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
@@ -205,9 +208,9 @@ impl Inner {
     }
 
     /// Writes `c`'s resolv.conf and hosts from its endpoints and the host's
-    /// resolv.conf. In place: the container sees the new text through its
-    /// bind mounts at once.
-    fn write_container_files(&self, c: &Container) -> Result<()> {
+    /// resolv.conf, as new files (see `mntns::write_file`); whether one
+    /// changed.
+    fn write_container_files(&self, c: &Container) -> Result<bool> {
         let dir = self.etc_dir(&c.id);
         // The resolver of its first network that has one (Docker's embedded
         // resolver serves a container from the first user-defined network
@@ -219,21 +222,43 @@ impl Inner {
             .filter_map(|e| self.state.networks.get(&e.network_id))
             .find_map(crate::dns::resolver_of);
         let rc = resolv_conf(&self.host_resolv, resolver, &c.dns);
-        write(&dir.join("resolv.conf"), &rc)?;
-        for f in ["resolv.conf", "stub-resolv.conf"] {
-            write(&dir.join("resolve").join(f), &rc)?;
+        let ips: Vec<std::net::IpAddr> = c
+            .endpoints
+            .iter()
+            .flat_map(|e| [e.ip.map(Into::into), e.ip6.map(Into::into)])
+            .flatten()
+            .collect();
+        let files = [
+            (dir.join("resolv.conf"), rc.clone()),
+            (dir.join("resolve").join("resolv.conf"), rc.clone()),
+            (dir.join("resolve").join("stub-resolv.conf"), rc),
+            (dir.join("hosts"), hosts(&hostname_of(c), &c.name, &ips)),
+        ];
+        let mut changed = false;
+        for (path, text) in &files {
+            changed |= mntns::write_file(path, text)?;
         }
-        let ips: Vec<Ipv4Addr> = c.endpoints.iter().filter_map(|e| e.ip).collect();
-        write(&dir.join("hosts"), &hosts(&hostname_of(c), &c.name, &ips))
+        Ok(changed)
     }
 
     /// Writes `c`'s files again after its endpoints or the host's
-    /// resolv.conf changed (a container with files of its own only).
+    /// resolv.conf changed (a container with files of its own only), and
+    /// swaps the container's binds of those that changed.
     pub(super) fn refresh_container_files(&self, c: &Container) {
-        if self.ns_paths(c).is_none() || !self.etc_dir(&c.id).is_dir() {
+        let Some(paths) = self.ns_paths(c) else {
+            return;
+        };
+        let dir = self.etc_dir(&c.id);
+        if !dir.is_dir() {
             return;
         }
-        if let Err(e) = self.write_container_files(c) {
+        let swapped = self.write_container_files(c).and_then(|changed| {
+            if changed && mntns::is_mntns(&paths.mnt) {
+                mntns::replace(&paths.mnt, &binds(&dir))?;
+            }
+            Ok(())
+        });
+        if let Err(e) = swapped {
             tracing::warn!(container = %c.name, "updating its resolv.conf and hosts: {e}");
         }
     }
@@ -317,22 +342,30 @@ mod tests {
 
     #[test]
     fn hosts_hold_localhost_and_the_containers_own_names() {
-        let h = hosts("abc123", "web", &[Ipv4Addr::new(172, 18, 0, 2)]);
+        let v4 = |a, b, c, d| std::net::IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+        let h = hosts("abc123", "web", &[v4(172, 18, 0, 2)]);
         assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
         assert!(
             h.ends_with("ip6-allrouters\n172.18.0.2\tabc123 web\n"),
             "{h}"
         );
-        let h = hosts("web", "web", &[Ipv4Addr::new(172, 18, 0, 2)]);
+        let h = hosts("web", "web", &[v4(172, 18, 0, 2)]);
         assert!(h.ends_with("172.18.0.2\tweb\n"), "{h}");
         assert!(!hosts("x", "x", &[]).contains("\tx"));
         // One line per network it is on.
         let h = hosts(
             "web",
             "web",
-            &[Ipv4Addr::new(172, 18, 0, 2), Ipv4Addr::new(172, 19, 0, 5)],
+            &[
+                v4(172, 18, 0, 2),
+                "fd00:1::2".parse().unwrap(),
+                v4(172, 19, 0, 5),
+            ],
         );
-        assert!(h.ends_with("172.18.0.2\tweb\n172.19.0.5\tweb\n"), "{h}");
+        assert!(
+            h.ends_with("172.18.0.2\tweb\nfd00:1::2\tweb\n172.19.0.5\tweb\n"),
+            "{h}"
+        );
     }
 
     #[test]

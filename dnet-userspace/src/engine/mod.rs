@@ -29,13 +29,13 @@ pub use runtime_net::PortRequest;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
-    path::PathBuf,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
     sync::{Arc, Mutex as StdMutex},
     time::Duration,
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use tokio::sync::Mutex;
 
 use crate::{
@@ -48,10 +48,10 @@ use crate::{
     driver::{self, Attachment, Ctx},
     error::{Error, Result},
     invalid,
-    ipam::{self, Pool},
+    ipam::{self, Pool, Pool6},
     model::{
-        Container, DriverKind, Endpoint, Ipam, MacAddr, Netns, Network, Process, RuntimeRef, State,
-        new_id, now,
+        Container, DriverKind, Endpoint, Ipam, Ipam6, MacAddr, Netns, Network, Process, RuntimeRef,
+        State, new_id, now,
     },
     netlink::{Netlink, RTPROT_DNET},
     netns, not_found, spec,
@@ -71,6 +71,13 @@ pub struct Config {
     pub dns: crate::dns::Options,
     /// The host's resolv.conf (followed: see `follow_host_files`).
     pub resolv_conf: PathBuf,
+    /// How long an attach waits for the removal of an interface in its
+    /// namespace (`driver::Reaper`) before it fails.
+    pub removal_wait: Duration,
+    /// The default `bridge` network is dual-stack (`--ipv6`), with this
+    /// IPv6 subnet (`--fixed-cidr-v6`) or one of the ULA /48.
+    pub ipv6: bool,
+    pub fixed_cidr_v6: Option<Ipv6Network>,
 }
 
 impl Config {
@@ -84,6 +91,9 @@ impl Config {
 
 pub struct Engine {
     inner: Mutex<Inner>,
+    /// The reaper of `Inner::ctx`, to wait for without the lock.
+    reaper: driver::Reaper,
+    removal_wait: Duration,
     /// Exit codes of detached processes the daemon started, by pid.
     exits: Arc<StdMutex<HashMap<u32, i32>>>,
 }
@@ -102,6 +112,18 @@ struct Inner {
     host_files: Vec<Option<(u64, u64)>>,
     /// The host's resolv.conf (`Config::resolv_conf`) when last read.
     host_resolv: String,
+}
+
+/// An attach refused because the removal of an interface in its namespace
+/// did not end within `wait` (a `del_link` that hangs).
+fn removal_stuck(path: &Path, wait: Duration) -> crate::error::Error {
+    conflict!(
+        "the removal of an earlier interface in namespace {} is still under way after {}s \
+         (its name may be the one this attach takes): try again later; \
+         the daemon's next start finishes it",
+        path.display(),
+        wait.as_secs()
+    )
 }
 
 /// The predefined networks, as Docker has them.
@@ -171,6 +193,8 @@ impl Engine {
         inner.dns.update(&inner.state);
         let gc_interval = inner.cfg.nat.gc_interval;
         let engine = Arc::new(Engine {
+            reaper: inner.ctx.reaper.clone(),
+            removal_wait: inner.cfg.removal_wait,
             inner: Mutex::new(inner),
             exits: Arc::new(StdMutex::new(HashMap::new())),
         });
@@ -224,9 +248,27 @@ impl Engine {
             networks: inner.state.networks.len(),
             containers: inner.state.containers.len(),
             pending_removals: inner.ctx.reaper.pending(),
+            removal_waits: self.reaper.waiting(),
             programs: inner.ctx.dp.programs(),
             maps: inner.ctx.dp.maps(),
         }
+    }
+
+    /// Waits, without the lock (the daemon answers meanwhile), for the
+    /// removals under way in the namespace at `path` (an interface of it
+    /// may still hold the name a new one takes): `--removal-wait` at most,
+    /// then a clear error. `Inner::attach` checks again under the lock.
+    pub(crate) async fn settled_in(&self, path: &Path) -> Result<()> {
+        if self.reaper.pending() == 0 {
+            return Ok(());
+        }
+        let Ok(id) = netns::identity(path) else {
+            return Ok(());
+        };
+        if self.reaper.settled_in(id, self.removal_wait).await {
+            return Ok(());
+        }
+        Err(removal_stuck(path, self.removal_wait))
     }
 
     /// Waits for the link removals under way (see `driver::Reaper`).
@@ -264,6 +306,21 @@ impl Engine {
     }
 
     pub async fn connect(&self, net: &str, req: ConnectRequest) -> Result<ContainerView> {
+        let path = match (&req.container, &req.netns) {
+            (Some(name), None) => {
+                let inner = self.inner.lock().await;
+                inner
+                    .find_container(name)
+                    .ok()
+                    .filter(|c| matches!(c.netns, Netns::Owned { .. } | Netns::External { .. }))
+                    .map(|c| inner.netns_path(c))
+            }
+            (None, Some(path)) => Some(PathBuf::from(path)),
+            _ => None,
+        };
+        if let Some(path) = path {
+            self.settled_in(&path).await?;
+        }
         let mut inner = self.inner.lock().await;
         let id = inner.connect(net, req).await?;
         Ok(inner.container_view(&inner.state.containers[&id]))
@@ -337,6 +394,7 @@ impl Engine {
                     network: net.name.clone(),
                     ifname: e.ifname.clone(),
                     ip: e.ip,
+                    ip6: e.ip6,
                     rx_packets: s.rx_packets,
                     rx_bytes: s.rx_bytes,
                     tx_packets: s.tx_packets,
@@ -494,6 +552,17 @@ fn parse_ip(what: &str, s: &str) -> Result<Ipv4Addr> {
         .map_err(|_| invalid!("invalid {what} {s:?}: expected an IPv4 address"))
 }
 
+fn parse_net6(what: &str, s: &str) -> Result<Ipv6Network> {
+    s.parse().map_err(|_| {
+        invalid!("invalid IPv6 {what} {s:?}: expected an IPv6 CIDR such as fd00:1::/64")
+    })
+}
+
+fn parse_ip6(what: &str, s: &str) -> Result<Ipv6Addr> {
+    s.parse()
+        .map_err(|_| invalid!("invalid {what} {s:?}: expected an IPv6 address"))
+}
+
 impl Inner {
     /// Makes `state` the committed state.
     fn commit(&mut self, state: State) -> Result<()> {
@@ -547,17 +616,43 @@ impl Inner {
 
     async fn ensure_predefined(&mut self) -> Result<()> {
         for (name, driver) in PREDEFINED {
-            if self.state.network_by_name(name).is_none() {
-                tracing::info!(network = name, "creating the predefined network");
-                self.create_network(
-                    NetworkCreate {
-                        name: name.to_owned(),
-                        driver: Some(driver.as_str().to_owned()),
-                        ..Default::default()
-                    },
-                    true,
-                )
-                .await?;
+            let ipv6 = driver == DriverKind::Bridge && self.cfg.ipv6;
+            match self.state.network_by_name(name) {
+                None => {
+                    tracing::info!(network = name, "creating the predefined network");
+                    self.create_network(
+                        NetworkCreate {
+                            name: name.to_owned(),
+                            driver: Some(driver.as_str().to_owned()),
+                            ipv6,
+                            subnet6: self
+                                .cfg
+                                .fixed_cidr_v6
+                                .filter(|_| ipv6)
+                                .map(|s| s.to_string()),
+                            ..Default::default()
+                        },
+                        true,
+                    )
+                    .await?;
+                }
+                Some(n) if driver == DriverKind::Bridge => {
+                    let has = n.ipam6.map(|i| i.subnet);
+                    let differs = match (ipv6, has, self.cfg.fixed_cidr_v6) {
+                        (false, None, _) | (true, Some(_), None) => false,
+                        (true, Some(h), Some(want)) => h != want,
+                        _ => true,
+                    };
+                    if differs {
+                        tracing::warn!(
+                            network = name,
+                            ipv6 = ?has,
+                            "the default bridge network keeps the IPv6 settings it was made with \
+                             (--ipv6 and --fixed-cidr-v6 apply when it is made: with a new state)"
+                        );
+                    }
+                }
+                Some(_) => {}
             }
         }
         Ok(())
@@ -595,6 +690,7 @@ impl Inner {
             let (k, v) = spec::parse_option(o)?;
             options.insert(k, v);
         }
+        let (ipam6, ula48) = self.choose_ipam6(&req, driver_kind)?;
         let ipam = match driver_kind {
             DriverKind::Bridge | DriverKind::Macvlan => {
                 Some(self.choose_ipam(&req, driver_kind, &[]).await?)
@@ -621,6 +717,7 @@ impl Inner {
             predefined,
             internal: req.internal,
             ipam,
+            ipam6,
             options,
             dp_id,
             host_address: None,
@@ -637,6 +734,9 @@ impl Inner {
         crash::point("network-create:made");
         let mut st = self.state.clone();
         st.networks.insert(net.id.clone(), net.clone());
+        if ula48.is_some() {
+            st.ula48 = ula48;
+        }
         if let Err(e) = self.commit(st) {
             for e in driver.delete_network(&mut self.ctx, &net).await {
                 tracing::warn!("cleaning up a failed network create: {e}");
@@ -718,6 +818,82 @@ impl Inner {
         })
     }
 
+    /// The IPv6 side of a new network (`None`: IPv4 only), and the ULA /48
+    /// when this is the first time one is chosen (to be committed with it).
+    fn choose_ipam6(
+        &self,
+        req: &NetworkCreate,
+        kind: DriverKind,
+    ) -> Result<(Option<Ipam6>, Option<Ipv6Network>)> {
+        if !req.ipv6 {
+            if let Some(s) = req.subnet6.as_ref().or(req.gateway6.as_ref()) {
+                return Err(invalid!(
+                    "{s} is an IPv6 address: an IPv6 subnet or gateway needs --ipv6"
+                ));
+            }
+            if let Some(r) = &req.ip_range6 {
+                return Err(invalid!(
+                    "{r} is an IPv6 range: an IPv6 --ip-range needs --ipv6"
+                ));
+            }
+            return Ok((None, None));
+        }
+        if kind != DriverKind::Bridge {
+            return Err(invalid!(
+                "--ipv6 is supported on bridge networks only (not {kind})"
+            ));
+        }
+        let others: Vec<(&str, Ipv6Network)> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| n.ipam6.map(|i| (n.name.as_str(), i.subnet)))
+            .collect();
+        let mut new_ula = None;
+        let subnet = match &req.subnet6 {
+            Some(s) => parse_net6("subnet", s)?,
+            None => {
+                if req.gateway6.is_some() || req.ip_range6.is_some() {
+                    return Err(invalid!(
+                        "an IPv6 --gateway or --ip-range needs an IPv6 --subnet"
+                    ));
+                }
+                let ula = match self.state.ula48 {
+                    Some(u) => u,
+                    None => *new_ula.insert(ipam::random_ula48()),
+                };
+                let taken: Vec<Ipv6Network> = others.iter().map(|(_, s)| *s).collect();
+                ipam::next_free_subnet6(ula, &taken)
+                    .ok_or_else(|| conflict!("no free /64 left in {ula}: give an IPv6 --subnet"))?
+            }
+        };
+        let gateway = req
+            .gateway6
+            .as_deref()
+            .map(|g| parse_ip6("gateway", g))
+            .transpose()?;
+        let range = req
+            .ip_range6
+            .as_deref()
+            .map(|r| parse_net6("ip-range", r))
+            .transpose()?;
+        let pool = Pool6::new(subnet, gateway, range)?;
+        if let Some((name, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
+            return Err(conflict!(
+                "IPv6 subnet {} overlaps {s} of network {name:?}",
+                pool.subnet
+            ));
+        }
+        Ok((
+            Some(Ipam6 {
+                subnet: pool.subnet,
+                gateway: pool.gateway,
+                ip_range: range.map(|_| pool.range),
+            }),
+            new_ula,
+        ))
+    }
+
     async fn remove_network(&mut self, key: &str) -> Result<()> {
         let net = self.find_network(key)?.clone();
         if net.predefined {
@@ -759,6 +935,7 @@ impl Inner {
         c: &Container,
         opts: &EndpointOpts<'_>,
     ) -> Result<Endpoint> {
+        self.check_runtime_addressing(net, c)?;
         let ip = opts.ip;
         for a in opts.aliases {
             spec::validate_name("alias", a)?;
@@ -793,10 +970,18 @@ impl Inner {
             ifname: None,
             host_ifname: None,
             ip: None,
+            ip6: None,
             mac: None,
             slot: None,
             aliases: opts.aliases.to_vec(),
         };
+        let requested6 = opts.ip6.map(|s| parse_ip6("--ip6", s)).transpose()?;
+        if let (Some(a), None) = (requested6, net.ipam6) {
+            return Err(invalid!(
+                "--ip6 {a}: network {} is not dual-stack (it was made without --ipv6)",
+                net.name
+            ));
+        }
         let Some(ipam) = net.ipam else {
             if ip.is_some() || mac.is_some() {
                 return Err(invalid!(
@@ -814,6 +999,10 @@ impl Inner {
         let mut used = self.state.used_addresses(&net.id);
         used.extend(driver::driver(net.driver).reserved(&self.ctx, net).await?);
         let addr = pool.allocate(&used, requested)?;
+        if let Some(i6) = net.ipam6 {
+            let pool6 = Pool6::new(i6.subnet, Some(i6.gateway), i6.ip_range)?;
+            ep.ip6 = Some(pool6.allocate(&self.state.used_addresses6(&net.id), requested6)?);
+        }
         ep.ifname = Some(match opts.ifname {
             Some(name) => name.to_owned(),
             None => {
@@ -869,11 +1058,14 @@ impl Inner {
         let path = self.netns_path(c);
         // An interface of the namespace being removed in the background may
         // still hold the name this one takes.
+        // (`Engine::settled_in` waited without the lock: this wait is for
+        // a removal that began since, and bounded too.)
         if matches!(c.netns, Netns::Owned { .. } | Netns::External { .. })
             && self.ctx.reaper.pending() > 0
             && let Ok(id) = netns::identity(&path)
+            && !self.ctx.reaper.settled_in(id, self.cfg.removal_wait).await
         {
-            self.ctx.reaper.settled_in(id).await;
+            return Err(removal_stuck(&path, self.cfg.removal_wait));
         }
         let a = Attachment {
             container: c,
@@ -994,6 +1186,7 @@ impl Inner {
                 &c,
                 &EndpointOpts {
                     ip: req.ip.as_deref(),
+                    ip6: req.ip6.as_deref(),
                     aliases: &req.aliases,
                     ..Default::default()
                 },
@@ -1117,6 +1310,7 @@ impl Inner {
         };
         let opts = EndpointOpts {
             ip: req.ip.as_deref(),
+            ip6: req.ip6.as_deref(),
             aliases: &req.aliases,
             ..Default::default()
         };
@@ -1217,6 +1411,15 @@ impl Inner {
                 .and_then(|n| n.ipam)
                 .map(|i| i.gateway)
                 .filter(|_| e.ip.is_some()),
+            ip6: e.ip6,
+            prefix6: net
+                .and_then(|n| n.ipam6)
+                .map(|i| i.subnet.prefix())
+                .filter(|_| e.ip6.is_some()),
+            gateway6: net
+                .and_then(|n| n.ipam6)
+                .map(|i| i.gateway)
+                .filter(|_| e.ip6.is_some()),
         }
     }
 
@@ -1229,6 +1432,7 @@ impl Inner {
             predefined: n.predefined,
             internal: n.internal,
             ipam: n.ipam,
+            ipam6: n.ipam6,
             options: n.options.clone(),
             gateway_link: (n.driver == DriverKind::Bridge)
                 .then(|| driver::GATEWAY_LABEL.to_owned()),

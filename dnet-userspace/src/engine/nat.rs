@@ -31,6 +31,25 @@ pub struct NatOptions {
     pub ports_per_destination: u32,
 }
 
+impl NatOptions {
+    /// The default `flows_per_endpoint` for a table of `ct_entries`: three
+    /// quarters of its flows (at least one), so that one container may use
+    /// most of the table but never all of it.
+    pub fn default_flows_per_endpoint(ct_entries: u32) -> u32 {
+        ((ct_entries / 2) as u64 * 3 / 4).max(1) as u32
+    }
+
+    /// The default `ports_per_destination` for a NAT port range: three
+    /// quarters of it (8,886 of the default 11,848; at least one), so that
+    /// a container flooding one resolver leaves the others a quarter of
+    /// the ports towards it. A closed TCP flow gives its port's charge back
+    /// at once, so the limit caps no connection rate.
+    pub fn default_ports_per_destination((lo, hi): (u16, u16)) -> u32 {
+        let size = (hi as u64).saturating_sub(lo as u64) + 1;
+        (size * 3 / 4).max(1) as u32
+    }
+}
+
 impl Default for NatOptions {
     fn default() -> Self {
         NatOptions {
@@ -39,8 +58,10 @@ impl Default for NatOptions {
             timeouts: conntrack::Timeouts::default(),
             gc_interval: Duration::from_secs(5),
             publish_from: Vec::new(),
-            flows_per_endpoint: 0,
-            ports_per_destination: 0,
+            flows_per_endpoint: NatOptions::default_flows_per_endpoint(
+                dnet_common::maps::CT_ENTRIES,
+            ),
+            ports_per_destination: NatOptions::default_ports_per_destination((49152, 60999)),
         }
     }
 }

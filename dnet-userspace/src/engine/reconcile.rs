@@ -268,6 +268,55 @@ impl Inner {
                 self.ctx.dp.clear_network(id, None)?;
             }
         }
+        // IPv6 entries, as the IPv4 ones above.
+        let ips6: HashSet<std::net::Ipv6Addr> = st
+            .containers
+            .values()
+            .flat_map(|c| c.endpoints.iter())
+            .filter(|e| e.host_ifname.is_some())
+            .filter_map(|e| e.ip6)
+            .collect();
+        for (addr, _) in self.ctx.dp.endpoints6()? {
+            if !ips6.contains(&addr) {
+                self.ctx.dp.clear_endpoint6(Some(addr), None)?;
+            }
+        }
+        for (ifindex, addr) in self.ctx.dp.endpoint6_addrs()? {
+            if !live_ifindexes.contains(&ifindex) || !ips6.contains(&addr) {
+                self.ctx.dp.clear_endpoint6(None, Some(ifindex))?;
+            }
+        }
+        for (subnet, id) in self.ctx.dp.subnets6()? {
+            if !bridges
+                .iter()
+                .any(|n| n.dp_id == id && n.ipam6.is_some_and(|i| i.subnet == subnet))
+            {
+                self.ctx.dp.clear_subnet6(subnet)?;
+            }
+        }
+        for id in 1..m::MAX_NETWORKS {
+            if self.ctx.dp.network6(id).is_ok_and(|n| n.active != 0)
+                && !bridges.iter().any(|n| n.dp_id == id && n.ipam6.is_some())
+            {
+                self.ctx.dp.clear_network6(id, None)?;
+            }
+        }
+        for r in self.ctx.nl.routes6().await? {
+            if r.protocol == RouteProtocol::Other(RTPROT_DNET)
+                && r.kind == RouteType::Unreachable
+                && !bridges.iter().any(|n| {
+                    n.ipam6.is_some_and(|i| {
+                        i.subnet.network() == r.dst && i.subnet.prefix() == r.prefix
+                    })
+                })
+            {
+                tracing::info!(route = %format!("{}/{}", r.dst, r.prefix), "removing an IPv6 route dnet no longer uses");
+                self.ctx
+                    .nl
+                    .del_route6(crate::netlink::RouteSpec6::unreachable(r.dst, r.prefix))
+                    .await?;
+            }
+        }
         for ifname in self.ctx.dp.pinned_interfaces()? {
             if !veths.contains(&ifname) {
                 self.ctx.dp.detach_endpoint(&ifname)?;

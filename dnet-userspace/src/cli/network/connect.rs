@@ -27,6 +27,9 @@ pub struct Args {
     /// A fixed IPv4 address in the network's subnet.
     #[arg(long)]
     ip: Option<String>,
+    /// A fixed IPv6 address in the network's IPv6 subnet (dual-stack).
+    #[arg(long)]
+    ip6: Option<String>,
     /// An extra name of the container in this network (repeatable).
     #[arg(long = "alias", value_name = "NAME")]
     aliases: Vec<String>,
@@ -38,6 +41,7 @@ pub async fn run(args: &Args, client: &Client, format: Format) -> anyhow::Result
         netns: args.netns.clone(),
         name: args.name.clone(),
         ip: args.ip.clone(),
+        ip6: args.ip6.clone(),
         aliases: args.aliases.clone(),
     };
     let c: ContainerView = client

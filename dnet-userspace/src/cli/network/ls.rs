@@ -26,11 +26,22 @@ pub async fn run(client: &Client, format: Format) -> anyhow::Result<ExitCode> {
             short(&n.id).to_owned(),
             n.name.clone(),
             n.driver.to_string(),
-            n.ipam.map(|i| i.subnet.to_string()).unwrap_or_default(),
-            n.ipam.map(|i| i.gateway.to_string()).unwrap_or_default(),
+            both(
+                n.ipam.map(|i| i.subnet.to_string()),
+                n.ipam6.map(|i| i.subnet.to_string()),
+            ),
+            both(
+                n.ipam.map(|i| i.gateway.to_string()),
+                n.ipam6.map(|i| i.gateway.to_string()),
+            ),
             n.containers.len().to_string(),
         ]);
     }
     t.print();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The IPv4 and the IPv6 value, as `A,B` when a network has both.
+fn both(v4: Option<String>, v6: Option<String>) -> String {
+    [v4, v6].into_iter().flatten().collect::<Vec<_>>().join(",")
 }

@@ -279,22 +279,61 @@ const SYN_OPTS: [u8; 8] = [2, 4, 0x05, 0xb4, 1, 3, 3, 7];
 
 /// A's connection to the world's port 80, through the handshake and a
 /// little data each way: client ISN 1000, server ISN 5000, both scaling
-/// windows by 7. Returns its NAT port and a segment builder from the
-/// world to it.
+/// windows by 7. Returns its NAT port. The only flow in the table.
 fn an_established_connection(fx: &Fixture) -> u16 {
+    let port = establish(fx, 40000);
+    assert_eq!(only_flow(&fx.dp).1, FlowState::Established);
+    port
+}
+
+/// A's segment from `sport` to the world's port 80.
+#[allow(clippy::too_many_arguments)]
+fn from_a(
+    fx: &Fixture,
+    sport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    win: u16,
+    opts: &[u8],
+    data: &[u8],
+) -> Vec<u8> {
+    tcp_seg(
+        fx.a.mac,
+        GW_MAC,
+        (A, sport),
+        (WORLD, 80),
+        flags,
+        seq,
+        ack,
+        win,
+        opts,
+        data,
+    )
+}
+
+/// The world's segment from port 80 to the uplink's `port`.
+fn to_port(port: u16, flags: u8, seq: u32, ack: u32, win: u16, opts: &[u8]) -> Vec<u8> {
+    tcp_seg(
+        WORLD_MAC,
+        up0_mac(),
+        (WORLD, 80),
+        (UPLINK, port),
+        flags,
+        seq,
+        ack,
+        win,
+        opts,
+        b"",
+    )
+}
+
+/// A's connection from `sport` to the world's port 80, as
+/// [`an_established_connection`] makes it (the server has sent up to
+/// 5007, the client up to 1006); returns its NAT port.
+fn establish(fx: &Fixture, sport: u16) -> u16 {
     let a = |flags, seq, ack, win, opts: &[u8], data: &[u8]| {
-        tcp_seg(
-            fx.a.mac,
-            GW_MAC,
-            (A, 40000),
-            (WORLD, 80),
-            flags,
-            seq,
-            ack,
-            win,
-            opts,
-            data,
-        )
+        from_a(fx, sport, flags, seq, ack, win, opts, data)
     };
     let (v, o) = run(&fx.dp, &a(0x02, 1000, 0, 64240, &SYN_OPTS, b""));
     assert_eq!(v, REDIRECT);
@@ -322,12 +361,11 @@ fn an_established_connection(fx: &Fixture) -> u16 {
     );
     let data = w(0x18, 5001, 1006, 509, &[], b"200 OK");
     assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &data).0, REDIRECT);
-    assert_eq!(only_flow(&fx.dp).1, FlowState::Established);
     port
 }
 
 #[test]
-fn ct_a_reset_outside_the_window_leaves_the_flow_and_one_inside_ends_it() {
+fn ct_a_reset_outside_the_window_or_inexact_leaves_the_flow_and_the_exact_one_ends_it() {
     in_fresh_netns(|| {
         let fx = nat_fixture(50000, 50009);
         let port = an_established_connection(&fx);
@@ -378,9 +416,17 @@ fn ct_a_reset_outside_the_window_leaves_the_flow_and_one_inside_ends_it() {
         let (v, o) = run(&fx.dp, &more);
         assert_eq!(v, REDIRECT);
         assert_eq!(parse_checked(&o).sport, port);
-        // A reset in the window (here a little ahead of the server's last
-        // byte, as Linux accepts it) ends the flow.
+        // A reset in the window but not at the server's next sequence
+        // number (here a little ahead): A gets it (and answers with a
+        // challenge ACK), the established flow goes on, as with Linux.
         let (v, o) = run_prog(&fx.dp, PROG_FROM_UPLINK, &rst(5007 + 1000));
+        assert_eq!(v, REDIRECT);
+        assert_eq!(parse_checked(&o).daddr, ip(A));
+        let (f, s) = only_flow(&fx.dp);
+        assert_eq!(s, FlowState::Established, "an inexact RST ends nothing");
+        assert_eq!(f.reply.unwrap().1.tcp_seen & dnet_common::nat::TCP_RST, 0);
+        // The exact one ends it.
+        let (v, o) = run_prog(&fx.dp, PROG_FROM_UPLINK, &rst(5007));
         assert_eq!(v, REDIRECT);
         assert_eq!(parse_checked(&o).daddr, ip(A));
         assert_eq!(only_flow(&fx.dp).1, FlowState::Closing);
@@ -534,5 +580,172 @@ fn ct_only_the_openers_plain_syn_starts_a_closed_flow_over() {
         // The opener's own SYN does.
         assert_eq!(run(&fx.dp, &a(0x02, 9000)).0, REDIRECT);
         assert_eq!(only_flow(&fx.dp).1, FlowState::SynSent);
+    });
+}
+
+#[test]
+fn ct_a_segment_with_none_of_syn_ack_and_rst_is_dropped_as_invalid() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let port = an_established_connection(&fx);
+        let before = fx.dp.conntrack().unwrap();
+        // In the window, from the world: a null segment, PSH alone, a FIN
+        // without ACK.
+        for flags in [0x00, 0x08, 0x01] {
+            let seg = to_port(port, flags, 5007, 0, 509, &[]);
+            assert_eq!(
+                run_prog(&fx.dp, PROG_FROM_UPLINK, &seg).0,
+                SHOT,
+                "{flags:#x}"
+            );
+        }
+        assert_eq!(drops(&fx.dp, 0, DropReason::CtTcpInvalid), 3);
+        // From A too.
+        let psh = from_a(&fx, 40000, 0x08, 1006, 0, 502, &[], b"x");
+        assert_eq!(run(&fx.dp, &psh).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtTcpInvalid), 1);
+        assert_eq!(fx.dp.conntrack().unwrap(), before, "nothing noted");
+    });
+}
+
+#[test]
+fn ct_a_forged_fin_before_the_syn_ack_does_not_spoil_the_handshake() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let (v, o) = run(
+            &fx.dp,
+            &from_a(&fx, 40000, 0x02, 1000, 0, 64240, &SYN_OPTS, b""),
+        );
+        assert_eq!(v, REDIRECT);
+        let port = parse_checked(&o).sport;
+        // The world's FIN (no ACK) on the flow's tuple, before the server
+        // answered: it would set where the server's side is.
+        let fin = to_port(port, 0x01, 9_000_000, 0, 512, &[]);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &fin).0, SHOT);
+        let synack = to_port(port, 0x12, 5000, 1001, 65160, &SYN_OPTS);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &synack).0, REDIRECT);
+        assert_eq!(only_flow(&fx.dp).1, FlowState::SynRecv);
+        let ack = from_a(&fx, 40000, 0x10, 1001, 5001, 502, &[], b"");
+        assert_eq!(run(&fx.dp, &ack).0, REDIRECT);
+        assert_eq!(only_flow(&fx.dp).1, FlowState::Established);
+    });
+}
+
+#[test]
+fn ct_a_forged_syn_ack_starts_nothing_and_the_real_one_completes_the_handshake() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        let (v, o) = run(
+            &fx.dp,
+            &from_a(&fx, 40000, 0x02, 1000, 0, 64240, &SYN_OPTS, b""),
+        );
+        assert_eq!(v, REDIRECT);
+        let port = parse_checked(&o).sport;
+        let before = fx.dp.conntrack().unwrap();
+        // A SYN-ACK that acknowledges nothing A sent, at another sequence.
+        let forged = to_port(port, 0x12, 5000 + 1_000_000, 777_777, 65160, &SYN_OPTS);
+        run_prog(&fx.dp, PROG_FROM_UPLINK, &forged);
+        assert_eq!(fx.dp.conntrack().unwrap(), before, "nothing noted");
+        let synack = to_port(port, 0x12, 5000, 1001, 65160, &SYN_OPTS);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &synack).0, REDIRECT);
+        let ack = from_a(&fx, 40000, 0x10, 1001, 5001, 502, &[], b"");
+        assert_eq!(run(&fx.dp, &ack).0, REDIRECT);
+        assert_eq!(only_flow(&fx.dp).1, FlowState::Established);
+    });
+}
+
+#[test]
+fn ct_an_icmp_error_writes_nothing_on_the_flow_it_is_about() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        // An answered UDP flow, both entries last used ten seconds ago.
+        let out = udp_to(fx.a.mac, GW_MAC, (A, 4000), (WORLD, 53), false);
+        let (_, o) = run(&fx.dp, &out);
+        let port = parse_checked(&o).sport;
+        let reply = udp_to(WORLD_MAC, up0_mac(), (WORLD, 53), (UPLINK, port), false);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &reply).0, REDIRECT);
+        for (k, mut e) in fx.dp.conntrack().unwrap() {
+            e.last_seen_ns = e.last_seen_ns.saturating_sub(10_000_000_000);
+            fx.dp.ct_insert(&k, &e).unwrap();
+        }
+        let before = fx.dp.conntrack().unwrap();
+        // "Port unreachable" from the world about it (forged or not): it
+        // reaches A, and the flow's idle time goes on.
+        let err = icmp_error_quoting(WORLD_MAC, up0_mac(), WORLD, UPLINK, 3, 3, &o);
+        let (v, b) = run_prog(&fx.dp, PROG_FROM_UPLINK, &err);
+        assert_eq!(v, REDIRECT);
+        assert_eq!(parse_checked(&b).daddr, ip(A));
+        assert_eq!(fx.dp.conntrack().unwrap(), before, "nothing written");
+        // An unanswered flow of A that lost its reply entry: A's own error
+        // about a datagram of that flow does not make the entry again.
+        let out = udp_to(fx.a.mac, GW_MAC, (A, 4001), (WORLD, 53), false);
+        assert_eq!(run(&fx.dp, &out).0, REDIRECT);
+        let ct = fx.dp.conntrack().unwrap();
+        let (rk, _) = *ct
+            .iter()
+            .find(|(k, e)| {
+                e.flags & CT_F_REPLY != 0 && e.new_dport_be == 4001u16.to_be() && k.proto == 17
+            })
+            .unwrap();
+        fx.dp.ct_remove(&[rk]).unwrap();
+        let before = fx.dp.conntrack().unwrap();
+        let got = udp_to(GW_MAC, fx.a.mac, (WORLD, 53), (A, 4001), false);
+        let err = icmp_error_quoting(fx.a.mac, GW_MAC, A, WORLD, 3, 3, &got);
+        run(&fx.dp, &err);
+        assert_eq!(fx.dp.conntrack().unwrap(), before, "no repair");
+    });
+}
+
+#[test]
+fn ct_a_closed_tcp_flow_gives_its_charge_back_at_once_and_a_restart_is_charged() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        let cfg = Config {
+            ep_flow_limit: 1,
+            dest_port_limit: 1,
+            ..fx.dp.config().unwrap()
+        };
+        fx.dp.set_config(&cfg).unwrap();
+        let a_total = dnet_common::QuotaKey::endpoint(fx.a.addr_be);
+        let charged = |dp: &Datapath| {
+            dp.quota()
+                .unwrap()
+                .iter()
+                .find(|(k, _)| *k == a_total)
+                .map_or(0, |(_, n)| *n)
+        };
+        let syn = |fx: &Fixture, sport| from_a(fx, sport, 0x02, 1000, 0, 64240, &SYN_OPTS, b"");
+        let port = an_established_connection(&fx);
+        assert_eq!(charged(&fx.dp), 1);
+        assert_eq!(run(&fx.dp, &syn(&fx, 40001)).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtEndpointLimit), 1);
+        // The server resets it (the answers' direction): the charge comes
+        // back at once, not when the collector runs.
+        let rst = to_port(port, 0x04, 5007, 0, 0, &[]);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &rst).0, REDIRECT);
+        assert_eq!(only_flow(&fx.dp).1, FlowState::Closing);
+        assert_eq!(charged(&fx.dp), 0);
+        // A starts the closed tuple over: a new flow, charged.
+        assert_eq!(run(&fx.dp, &syn(&fx, 40000)).0, REDIRECT);
+        assert_eq!(charged(&fx.dp), 1);
+        assert_eq!(run(&fx.dp, &syn(&fx, 40001)).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtEndpointLimit), 2);
+        // A resets it (the first direction): given back again.
+        let rst = from_a(&fx, 40000, 0x04, 1001, 0, 0, &[], b"");
+        assert_eq!(run(&fx.dp, &rst).0, REDIRECT);
+        assert_eq!(charged(&fx.dp), 0);
+        assert_eq!(run(&fx.dp, &syn(&fx, 40001)).0, REDIRECT);
+        assert_eq!(charged(&fx.dp), 1);
+        // The collector removes the closed flow later: nothing is given
+        // back twice.
+        let closed = conntrack::flows(&fx.dp.conntrack().unwrap())
+            .into_iter()
+            .find(|f| u16::from_be(f.key.sport_be) == 40000)
+            .unwrap();
+        fx.dp
+            .ct_remove(&[closed.key, closed.reply.unwrap().0])
+            .unwrap();
+        assert_eq!(charged(&fx.dp), 1);
+        assert_eq!(run(&fx.dp, &syn(&fx, 40002)).0, SHOT);
     });
 }

@@ -3,7 +3,7 @@
 //!
 //!   conntest dns query SERVER[:PORT] NAME [a|aaaa|ptr] [--tcp]
 //!       prints `rcode NoError` (the answer's code), then a line per
-//!       record: `A 10.1.0.2`, `PTR web.front.`
+//!       record: `A 10.1.0.2`, `AAAA fd00::2`, `PTR web.front.`
 //!   conntest dns serve [IP:]PORT ANSWER-IP
 //!       answers names under `example.`: A with ANSWER-IP (TTL 0), other
 //!       types empty; NXDOMAIN for every other name; until killed
@@ -66,6 +66,7 @@ pub fn query(
     for r in &m.answers {
         match &r.data {
             RData::A(a) => println!("A {}", a.0),
+            RData::AAAA(a) => println!("AAAA {}", a.0),
             RData::PTR(p) => println!("PTR {}", p.0),
             d => println!("{:?}", d.record_type()),
         }

@@ -1,0 +1,348 @@
+//! IPv6 from a container (issue 13): the header, the bounded walk of its
+//! extension headers, and the container-side path.
+//!
+//! A dual-stack endpoint has an entry in `DNET_EP6_BY_IF` and its network
+//! one in `DNET_NETWORKS6`; without both, its IPv6 is dropped (`ipv6`), as
+//! on an IPv4-only network. With them, in order:
+//! 1. the header must be valid (version 6, a payload length within the
+//!    packet) and its extension headers, at most
+//!    [`IPV6_MAX_EXT_HEADERS`], lead to the L4 header within it;
+//! 2. Neighbor Solicitations are answered here (`ndp`), before the source
+//!    check: a container may ask from its link-local address;
+//! 3. Router Solicitations and Advertisements, Redirects, MLD and Neighbor
+//!    Advertisements from a container are dropped, each with its reason,
+//!    whatever their source;
+//! 4. the source must be exactly the endpoint's IPv6 address (so link-local
+//!    and `::` sources go no further);
+//! 5. multicast fans out to the network's other members and goes up the
+//!    host stack, as IPv4's does;
+//! 6. a destination endpoint of the same network gets the packet straight
+//!    into its namespace (`bpf_redirect_peer`); one of another network, or
+//!    an unused address of a dnet subnet, is dropped; `icc=false` and
+//!    `--internal` hold as for IPv4;
+//! 7. the gateway and the host's other addresses go up the host stack;
+//!    beyond them, a routed network's packets go to the host stack, which
+//!    routes them, and a NAT66 network's are dropped (`nat-unsupported`:
+//!    NAT66 is not in the datapath yet).
+
+use aya_ebpf::{helpers::generated::bpf_redirect_peer, maps::lpm_trie::Key, programs::TcContext};
+use dnet_common::{
+    DropReason, Endpoint, Endpoint6, Ip6, Network, Network6,
+    drop::IPV6_MAX_EXT_HEADERS,
+    ipv6::NET6_F_NAT,
+    network::{NET_F_INTERNAL, NET_F_NO_ICC},
+};
+
+use crate::{
+    eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
+    fanout,
+    fib::{self, Route},
+    lxc,
+    maps::{EP6_BY_IF, EP6_BY_IP, NETWORKS, NETWORKS6, SUBNETS6},
+    ndp,
+    ptr::ptr_at,
+    stats::{count_tx, drop},
+    verdict::{TC_ACT_OK, TC_ACT_REDIRECT},
+};
+
+/// The fixed IPv6 header (RFC 8200), 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv6Hdr {
+    /// Version (high nibble of the first byte), traffic class, flow label.
+    pub vtcfl: [u8; 4],
+    pub payload_len_be: u16,
+    pub nexthdr: u8,
+    pub hop_limit: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+pub const IPV6_HLEN: usize = 40;
+
+/// Next-header values (`include/net/ipv6.h`).
+pub const NEXTHDR_HOP: u8 = 0;
+pub const NEXTHDR_ROUTING: u8 = 43;
+pub const NEXTHDR_FRAGMENT: u8 = 44;
+pub const NEXTHDR_AUTH: u8 = 51;
+pub const NEXTHDR_DEST: u8 = 60;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// ICMPv6 types a container may not send (RFC 4861, RFC 2710, RFC 3810).
+pub const ICMPV6_MLD_QUERY: u8 = 130;
+pub const ICMPV6_MLD_REPORT: u8 = 131;
+pub const ICMPV6_MLD_DONE: u8 = 132;
+pub const ICMPV6_ROUTER_SOLICIT: u8 = 133;
+pub const ICMPV6_ROUTER_ADVERT: u8 = 134;
+pub const ICMPV6_NEIGH_SOLICIT: u8 = 135;
+pub const ICMPV6_NEIGH_ADVERT: u8 = 136;
+pub const ICMPV6_REDIRECT: u8 = 137;
+pub const ICMPV6_MLD2_REPORT: u8 = 143;
+
+impl Ipv6Hdr {
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.vtcfl[0] >> 4
+    }
+
+    #[inline(always)]
+    pub fn payload_len(&self) -> usize {
+        u16::from_be(self.payload_len_be) as usize
+    }
+
+    /// A header that can be trusted: version 6 and a payload that fits in
+    /// the `avail` bytes from the header's start to the end of the packet
+    /// (checked against the whole packet, so GSO packets pass).
+    #[inline(always)]
+    pub fn is_valid(&self, avail: usize) -> bool {
+        self.version() == 6 && IPV6_HLEN + self.payload_len() <= avail
+    }
+}
+
+/// Two IPv6 addresses are the same (four 32-bit compares, not a `memcmp`
+/// call the BPF target does not have).
+#[inline(always)]
+pub fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let w = |x: &[u8; 16], i: usize| u32::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3]]);
+    w(a, 0) == w(b, 0) && w(a, 4) == w(b, 4) && w(a, 8) == w(b, 8) && w(a, 12) == w(b, 12)
+}
+
+/// `ff00::/8`.
+#[inline(always)]
+pub fn is_multicast(a: &[u8; 16]) -> bool {
+    a[0] == 0xff
+}
+
+/// `fe80::/10`.
+#[inline(always)]
+pub fn is_link_local(a: &[u8; 16]) -> bool {
+    a[0] == 0xfe && a[1] & 0xc0 == 0x80
+}
+
+/// `::`.
+#[inline(always)]
+pub fn is_unspecified(a: &[u8; 16]) -> bool {
+    addr_eq(a, &[0; 16])
+}
+
+/// Where the walk of the extension headers ended.
+#[derive(Clone, Copy)]
+pub struct L4At {
+    /// The upper-layer protocol; [`NEXTHDR_FRAGMENT`] for a fragment that
+    /// is not the first (it carries no L4 header).
+    pub proto: u8,
+    /// Its offset from the start of the frame.
+    pub off: usize,
+}
+
+/// Walks at most [`IPV6_MAX_EXT_HEADERS`] extension headers from the one
+/// `nexthdr` names, at `ETH_HLEN + IPV6_HLEN`, to the upper-layer header.
+/// `end` is where the IPv6 payload ends. A chain longer than the bound, or
+/// one that runs past `end`, is dropped (`ipv6-ext-headers`): what it hides
+/// (an RA behind many options) cannot be judged.
+#[inline(always)]
+pub fn walk(ctx: &TcContext, nexthdr: u8, end: usize) -> Result<L4At, DropReason> {
+    let mut proto = nexthdr;
+    let mut off = ETH_HLEN + IPV6_HLEN;
+    for _ in 0..IPV6_MAX_EXT_HEADERS {
+        let len = match proto {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
+                let h: [u8; 4] = ctx.load(off).map_err(|_| DropReason::Ipv6ExtHeaders)?;
+                let len = match proto {
+                    NEXTHDR_FRAGMENT => {
+                        // Offset (13 bits, in 8-byte units): a later
+                        // fragment has no upper-layer header.
+                        if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                            return Ok(L4At {
+                                proto: NEXTHDR_FRAGMENT,
+                                off,
+                            });
+                        }
+                        8
+                    }
+                    NEXTHDR_AUTH => (h[1] as usize + 2) * 4,
+                    _ => (h[1] as usize + 1) * 8,
+                };
+                proto = h[0];
+                len
+            }
+            _ => return Ok(L4At { proto, off }),
+        };
+        off += len;
+        if off > end {
+            return Err(DropReason::Ipv6ExtHeaders);
+        }
+    }
+    match proto {
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
+            Err(DropReason::Ipv6ExtHeaders)
+        }
+        _ => Ok(L4At { proto, off }),
+    }
+}
+
+#[inline(always)]
+fn endpoint6_of(ifindex: u32) -> Option<Endpoint6> {
+    // SAFETY: map values are only read here; userspace replaces a value
+    // whole, and `Endpoint6` is plain data.
+    unsafe { EP6_BY_IF.get(&ifindex).copied() }
+}
+
+#[inline(always)]
+pub fn endpoint6_at(addr: &[u8; 16]) -> Option<Endpoint> {
+    // SAFETY: as in `endpoint6_of`.
+    unsafe { EP6_BY_IP.get(&Ip6 { addr: *addr }).copied() }
+}
+
+/// A network's IPv6 side, if it is dual-stack.
+#[inline(always)]
+pub fn network6(net_id: u32) -> Option<&'static Network6> {
+    NETWORKS6.get(net_id).filter(|n| n.active != 0)
+}
+
+#[inline(always)]
+fn network(net_id: u32) -> Result<&'static Network, DropReason> {
+    NETWORKS
+        .get(net_id)
+        .filter(|n| n.active != 0)
+        .ok_or(DropReason::UnknownEndpoint)
+}
+
+/// The program `lxc_from_container` tail-calls for IPv6 (it counted the
+/// packet; this one counts its drop).
+#[inline(always)]
+pub fn from_container_tail(ctx: &TcContext) -> i32 {
+    let Some(ep) = lxc::endpoint_of(lxc::ifindex(ctx)) else {
+        return drop(0, DropReason::UnknownEndpoint);
+    };
+    match from_container_checked(ctx, &ep) {
+        Ok(v) => v,
+        Err(reason) => drop(ep.slot, reason),
+    }
+}
+
+/// The checks `lxc_from_container` made before its tail call, made again:
+/// this program must not trust that it was reached that way only.
+#[inline(always)]
+fn from_container_checked(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
+    if lxc::vlan_tagged(ctx) {
+        return Err(DropReason::VlanTagged);
+    }
+    let eth: *mut EthHdr = ptr_at(ctx, 0).map_err(|_| DropReason::Malformed)?;
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    let eth = unsafe { &mut *eth };
+    if !mac_eq(&eth.src, &ep.mac) {
+        return Err(DropReason::SpoofedMac);
+    }
+    if eth.proto() != ETH_P_IPV6 {
+        return Err(DropReason::UnknownL3);
+    }
+    from_container(ctx, ep, eth)
+}
+
+/// IPv6 from the container behind `ep` (the source MAC was checked).
+#[inline(always)]
+pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Result<i32, DropReason> {
+    let Some(me) = endpoint6_of(ep.ifindex) else {
+        return Err(DropReason::Ipv6);
+    };
+    let Some(net6) = network6(ep.net_id) else {
+        return Err(DropReason::Ipv6);
+    };
+    let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).map_err(|_| DropReason::Malformed)?;
+    // SAFETY: `ptr_at` checked that the fixed header lies inside the packet.
+    let ip = unsafe { &*ip };
+    let avail = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+    if !ip.is_valid(avail) {
+        return Err(DropReason::Malformed);
+    }
+    let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
+    let l4 = walk(ctx, ip.nexthdr, end)?;
+    if l4.proto == IPPROTO_ICMPV6 {
+        let ty: u8 = ctx.load(l4.off).map_err(|_| DropReason::Malformed)?;
+        match ty {
+            ICMPV6_NEIGH_SOLICIT => return ndp::answer_ns(ctx, ep, &me, net6, l4.off, end),
+            ICMPV6_NEIGH_ADVERT => return Err(DropReason::NdpAdvertisement),
+            ICMPV6_ROUTER_SOLICIT => return Err(DropReason::NdpRouterSolicitation),
+            ICMPV6_ROUTER_ADVERT => return Err(DropReason::NdpRouterAdvertisement),
+            ICMPV6_REDIRECT => return Err(DropReason::NdpRedirect),
+            ICMPV6_MLD_QUERY | ICMPV6_MLD_REPORT | ICMPV6_MLD_DONE | ICMPV6_MLD2_REPORT => {
+                return Err(DropReason::Mld);
+            }
+            _ => {}
+        }
+    }
+    if !addr_eq(&ip.saddr, &me.addr) {
+        return Err(DropReason::SpoofedIp);
+    }
+    let daddr = ip.daddr;
+    let net = network(ep.net_id)?;
+
+    if is_multicast(&daddr) {
+        if net.flags & NET_F_NO_ICC == 0 {
+            fanout::to_members(ctx, ep);
+        }
+        return Ok(TC_ACT_OK);
+    }
+
+    if let Some(dst) = endpoint6_at(&daddr) {
+        if dst.net_id != ep.net_id {
+            return Err(DropReason::CrossNetwork);
+        }
+        if net.flags & NET_F_NO_ICC != 0 {
+            return Err(DropReason::IccDisabled);
+        }
+        eth.dst = dst.mac;
+        // Delivered into the peer's namespace: its host-side veth's egress
+        // program never sees the packet, so it is counted here.
+        count_tx(dst.slot, ctx.len());
+        // SAFETY: a helper call with plain integer arguments.
+        let verdict = unsafe { bpf_redirect_peer(dst.ifindex, 0) } as i32;
+        return if verdict == TC_ACT_REDIRECT {
+            Ok(verdict)
+        } else {
+            Err(DropReason::RedirectFailed)
+        };
+    }
+
+    if let Some(owner) = SUBNETS6.get(Key::new(128, daddr)) {
+        let owner = *owner;
+        if addr_eq(&daddr, &net6.gateway) {
+            return Ok(TC_ACT_OK);
+        }
+        if owner != ep.net_id {
+            // Another network's gateway is a host address like any other.
+            if network6(owner).is_some_and(|n| addr_eq(&n.gateway, &daddr)) {
+                return outside(net);
+            }
+            return Err(DropReason::CrossNetwork);
+        }
+        return Err(DropReason::NoEndpoint);
+    }
+    outside(net)?;
+    // Link-local and other non-global destinations are no host's to reach
+    // through dnet (the host-side veth has no link-local address).
+    if is_link_local(&daddr) || is_unspecified(&daddr) {
+        return Err(DropReason::NoRoute);
+    }
+    if net6.flags & NET6_F_NAT == 0 {
+        // Routed: the host stack routes it (or answers it, for its own
+        // addresses).
+        return Ok(TC_ACT_OK);
+    }
+    // NAT66: the host's own addresses are reached as they are; nothing
+    // goes to the world untranslated, and NAT66 is not there yet.
+    match fib::route6(ctx, ep.ifindex, &me.addr, &daddr, l4.proto) {
+        Route::Local => Ok(TC_ACT_OK),
+        _ => Err(DropReason::NatUnsupported),
+    }
+}
+
+/// A destination beyond the network: refused on an internal network.
+#[inline(always)]
+fn outside(net: &Network) -> Result<i32, DropReason> {
+    if net.flags & NET_F_INTERNAL != 0 {
+        return Err(DropReason::Internal);
+    }
+    Ok(TC_ACT_OK)
+}

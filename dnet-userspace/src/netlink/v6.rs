@@ -1,0 +1,297 @@
+//! IPv6 addresses, routes and neighbours of dual-stack networks: the
+//! IPv6 counterparts of the IPv4 requests of [`Netlink`].
+
+use std::net::Ipv6Addr;
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    AddressFamily,
+    address::{AddressAttribute, AddressFlags, AddressMessage},
+    neighbour::{NeighbourFlags, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+};
+use rtnetlink::RouteMessageBuilder;
+
+use super::{Netlink, NetlinkError, RTPROT_DNET, req};
+
+/// An IPv6 address of a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address6 {
+    pub index: u32,
+    pub ip: Ipv6Addr,
+    pub prefix: u8,
+}
+
+/// An IPv6 route of the main table, as dnet sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route6 {
+    pub dst: Ipv6Addr,
+    pub prefix: u8,
+    pub oif: Option<u32>,
+    pub gateway: Option<Ipv6Addr>,
+    pub kind: RouteType,
+    pub protocol: RouteProtocol,
+    pub table: u32,
+}
+
+/// An IPv6 route to add or delete.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteSpec6 {
+    pub dst: Ipv6Addr,
+    pub prefix: u8,
+    pub kind: RouteType,
+    pub oif: Option<u32>,
+    pub gateway: Option<Ipv6Addr>,
+    pub pref_src: Option<Ipv6Addr>,
+    /// Mark the route as dnet's (`proto 213`).
+    pub dnet: bool,
+}
+
+impl RouteSpec6 {
+    /// `dst/prefix dev oif` (scope link), dnet's.
+    pub fn device(dst: Ipv6Addr, prefix: u8, oif: u32) -> RouteSpec6 {
+        RouteSpec6 {
+            dst,
+            prefix,
+            kind: RouteType::Unicast,
+            oif: Some(oif),
+            gateway: None,
+            pref_src: None,
+            dnet: true,
+        }
+    }
+
+    /// `dst/prefix via gw dev oif` (inside containers; the gateway has a
+    /// /128 device route of its own first).
+    pub fn via(dst: Ipv6Addr, prefix: u8, gateway: Ipv6Addr, oif: u32) -> RouteSpec6 {
+        RouteSpec6 {
+            dst,
+            prefix,
+            kind: RouteType::Unicast,
+            oif: Some(oif),
+            gateway: Some(gateway),
+            pref_src: None,
+            dnet: false,
+        }
+    }
+
+    /// `unreachable dst/prefix`, dnet's.
+    pub fn unreachable(dst: Ipv6Addr, prefix: u8) -> RouteSpec6 {
+        RouteSpec6 {
+            dst,
+            prefix,
+            kind: RouteType::Unreachable,
+            oif: None,
+            gateway: None,
+            pref_src: None,
+            dnet: true,
+        }
+    }
+
+    fn message(&self) -> RouteMessage {
+        let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(self.dst, self.prefix)
+            .kind(self.kind);
+        b = b.protocol(if self.dnet {
+            RouteProtocol::Other(RTPROT_DNET)
+        } else {
+            RouteProtocol::Boot
+        });
+        if let Some(o) = self.oif {
+            b = b.output_interface(o);
+        }
+        if let Some(g) = self.gateway {
+            b = b.gateway(g);
+        }
+        if let Some(s) = self.pref_src {
+            b = b.pref_source(s);
+        }
+        if self.oif.is_some() && self.gateway.is_none() {
+            b = b.scope(RouteScope::Link);
+        }
+        if self.kind != RouteType::Unicast {
+            b = b.scope(RouteScope::Universe);
+        }
+        b.build()
+    }
+}
+
+impl Netlink {
+    /// Adds (or replaces) `ip/prefix` on a link, usable at once (no
+    /// duplicate address detection) and without the prefix's connected
+    /// route (`IFA_F_NODAD | IFA_F_NOPREFIXROUTE`).
+    pub async fn add_address6(
+        &self,
+        index: u32,
+        ip: Ipv6Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut r = self
+            .handle
+            .address()
+            .add(index, ip.into(), prefix)
+            .replace();
+        r.message_mut().attributes.push(AddressAttribute::Flags(
+            AddressFlags::Nodad | AddressFlags::Noprefixroute,
+        ));
+        r.execute()
+            .await
+            .map_err(req(format!("add address {ip}/{prefix}")))
+    }
+
+    /// Removes an IPv6 address; a missing one is not an error.
+    pub async fn del_address6(
+        &self,
+        index: u32,
+        ip: Ipv6Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        msg.header.index = index;
+        msg.header.prefix_len = prefix;
+        msg.attributes.push(AddressAttribute::Address(ip.into()));
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = req(format!("delete address {ip}/{prefix}"))(e);
+                if e.errno() == Some(libc::EADDRNOTAVAIL) || e.errno() == Some(libc::ENOENT) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// IPv6 addresses of a link (or of every link).
+    pub async fn addresses6(&self, index: Option<u32>) -> Result<Vec<Address6>, NetlinkError> {
+        let mut r = self.handle.address().get();
+        if let Some(i) = index {
+            r = r.set_link_index_filter(i);
+        }
+        let msgs: Vec<_> = r
+            .execute()
+            .try_collect()
+            .await
+            .map_err(req("list addresses"))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.family == AddressFamily::Inet6)
+            .filter_map(|m| {
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(std::net::IpAddr::V6(ip)) => Some(*ip),
+                    _ => None,
+                })?;
+                Some(Address6 {
+                    index: m.header.index,
+                    ip,
+                    prefix: m.header.prefix_len,
+                })
+            })
+            .collect())
+    }
+
+    /// Adds (or replaces) an IPv6 route.
+    pub async fn add_route6(&self, route: RouteSpec6) -> Result<(), NetlinkError> {
+        let what = format!("add route {}/{}", route.dst, route.prefix);
+        self.handle
+            .route()
+            .add(route.message())
+            .replace()
+            .execute()
+            .await
+            .map_err(req(what))
+    }
+
+    /// Adds an IPv6 route only where none to its destination is (a
+    /// container's own routes are never replaced). `Ok(false)`: one is
+    /// there already.
+    pub async fn add_route6_if_absent(&self, route: RouteSpec6) -> Result<bool, NetlinkError> {
+        let what = format!("add route {}/{}", route.dst, route.prefix);
+        match self.handle.route().add(route.message()).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = req(what)(e);
+                if e.errno() == Some(libc::EEXIST) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Deletes an IPv6 route; a missing one is not an error.
+    pub async fn del_route6(&self, route: RouteSpec6) -> Result<(), NetlinkError> {
+        let what = format!("delete route {}/{}", route.dst, route.prefix);
+        match self.handle.route().del(route.message()).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = req(what)(e);
+                if e.errno() == Some(libc::ESRCH) || e.errno() == Some(libc::ENOENT) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// IPv6 routes of every table.
+    pub async fn routes6(&self) -> Result<Vec<Route6>, NetlinkError> {
+        let filter = RouteMessageBuilder::<Ipv6Addr>::new().build();
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(req("list routes"))?;
+        Ok(msgs
+            .iter()
+            .map(|m| {
+                let mut r = Route6 {
+                    dst: Ipv6Addr::UNSPECIFIED,
+                    prefix: m.header.destination_prefix_length,
+                    oif: None,
+                    gateway: None,
+                    kind: m.header.kind,
+                    protocol: m.header.protocol,
+                    table: m.header.table as u32,
+                };
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet6(d)) => r.dst = *d,
+                        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.gateway = Some(*g),
+                        RouteAttribute::Oif(o) => r.oif = Some(*o),
+                        RouteAttribute::Table(t) => r.table = *t,
+                        _ => {}
+                    }
+                }
+                r
+            })
+            .collect())
+    }
+
+    /// A permanent IPv6 neighbour entry: the host never solicits a
+    /// container.
+    pub async fn add_neighbour6(
+        &self,
+        index: u32,
+        ip: Ipv6Addr,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .neighbours()
+            .add(index, ip.into())
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .flags(NeighbourFlags::empty())
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add neighbour {ip}")))
+    }
+}
