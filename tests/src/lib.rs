@@ -1047,6 +1047,36 @@ impl Drop for Sandbox {
     }
 }
 
+/// Fixtures the scenarios share.
+impl Sandbox {
+    /// Starts a detached container `name` that sleeps (five minutes), made
+    /// with the extra `dnet run` flags `flags` (`--network NET`, say).
+    pub fn sleeper(&self, name: &str, flags: &[&str]) {
+        let mut a = vec!["run", "-d", "--name", name];
+        a.extend(flags);
+        a.extend(["--", "sleep", "300"]);
+        self.dnet_ok(&a);
+    }
+
+    /// One ping (two seconds at most) from container `name` to `to`, with
+    /// the extra ping flags `flags` (`-t TTL`, say).
+    pub fn ping_from(&self, name: &str, to: &str, flags: &[&str]) -> Output {
+        let mut a = vec!["exec", name, "--", "ping", "-c", "1", "-W", "2"];
+        a.extend(flags);
+        a.push(to);
+        self.dnet(&a)
+    }
+
+    /// Whether container `name` reaches the world: one ping of [`WORLD_IP`].
+    pub fn reaches_world(&self, name: &str) -> bool {
+        let o = self.ping_from(name, &WORLD_IP.to_string(), &[]);
+        if !o.status.success() {
+            eprintln!("{name} does not reach the world: {}", out(&o));
+        }
+        o.status.success()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::owner_pid;

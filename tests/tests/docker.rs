@@ -29,7 +29,12 @@ impl Env {
         let mut sb = Sandbox::without_daemon();
         let driver = sb.name.clone();
         let sock = format!("--docker-plugin-socket=/run/docker/plugins/{driver}.sock");
-        sb.set_daemon_args(&[&sock]);
+        // dockerd's socket (made below): where dnet learns Docker's names.
+        let api = format!(
+            "--docker-api-socket={}",
+            sb.dir.join("docker/docker.sock").display()
+        );
+        sb.set_daemon_args(&[&sock, &api]);
         sb.start_daemon();
         // No docker0: only dnet's networks.
         let docker = turn
@@ -142,6 +147,34 @@ fn docker_containers_on_a_dnet_network() {
     assert_eq!(net["ipam"]["subnet"], "10.89.0.0/24");
     assert_eq!(net["ipam"]["gateway"], "10.89.0.1");
     assert_eq!(net["runtime"]["runtime"], "docker");
+    // Docker does not send the name: dnet asks dockerd's API for it, after
+    // CreateNetwork has answered, and the network goes by it in dnet too.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            env.dnet_network(&id).is_some_and(|n| n["name"] == "dn1")
+        }),
+        "the network is not named dn1 in dnet: {:?}\n{}",
+        env.dnet_network(&id),
+        env.sb.log_tail(20)
+    );
+    let inspect = env.sb.dnet_json(&["network", "inspect", "dn1"]);
+    assert_eq!(inspect[0]["runtime"]["id"], id.as_str(), "{inspect}");
+    // Docker's IPAM hands out this network's addresses and knows none of
+    // dnet's: dnet's own containers are refused there, and nothing is made.
+    let before = env.sb.state();
+    let e = env.sb.dnet_err(&[
+        "run",
+        "-d",
+        "--name",
+        "own",
+        "--network",
+        "dn1",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert!(e.contains("IPAM") && e.contains("--ipam-driver"), "{e}");
+    assert_eq!(env.sb.state(), before);
 
     env.run("c1", "dn1", &[]);
     env.run("c2", "dn1", &["--ip", "10.89.0.77"]);
@@ -484,7 +517,10 @@ fn plugin_call(sock: &str, call: &str, body: &str) -> (u16, serde_json::Value) {
 fn docker_protocol_without_docker() {
     let mut sb = Sandbox::without_daemon();
     let sock = sb.dir.join("plugin.sock").display().to_string();
-    sb.set_daemon_args(&[&format!("--docker-plugin-socket={sock}")]);
+    sb.set_daemon_args(&[
+        &format!("--docker-plugin-socket={sock}"),
+        "--docker-api-socket=",
+    ]);
     sb.start_daemon();
     let call = |c: &str, b: &str| plugin_call(&sock, c, b);
     assert_eq!(
@@ -668,6 +704,28 @@ fn docker_ipam_driver() {
     assert_eq!(got, ["10.96.0.10/24", "10.96.0.128/24", "10.96.0.129/24"]);
     let o = env.exec("c8", &["ping", "-c", "1", "-W", "2", "10.96.0.10"]);
     assert!(ok(&o), "{}", out(&o));
+    // dnet's IPAM hands out the addresses here: dnet's own containers may
+    // join, and take none of Docker's.
+    env.sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "own",
+        "--network",
+        "ipn",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let own = env.sb.ip_of("own");
+    assert!(
+        own.starts_with("10.96.0.")
+            && !["10.96.0.10", "10.96.0.128", "10.96.0.129"].contains(&own.as_str()),
+        "{own}"
+    );
+    let o = env.exec("c8", &["ping", "-c", "1", "-W", "2", &own]);
+    assert!(ok(&o), "c8 -> dnet's own: {}", out(&o));
+    env.sb.dnet_ok(&["rm", "-f", "own"]);
     // dnet picks the subnet when none is given, from its own pools.
     let id2 = env.network("ipauto", &["--ipam-driver", &d]);
     let auto = env.dnet_network(&id2).expect("the second network");
@@ -709,6 +767,14 @@ fn docker_dockerd_crash_and_restart() {
         })
     };
     assert_eq!(runtime_records(&env), 2);
+    // The old namespace of `back` is held open across the restart, as a
+    // slow stop holds it (Docker stops the old containers with a 10 s
+    // timeout, `sleep` ignores SIGTERM, and the kernel tears a namespace
+    // down after that): its veth stays, so only Docker's word (it hands
+    // the address to the new endpoint) can tell dnet the old endpoint went.
+    let pid = env.docker.pid_of("back").expect("back's pid");
+    let old_ns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+    env.sb.spawn_in(&old_ns, "sleep", &["120"]);
     env.docker
         .crash_and_restart()
         .unwrap_or_else(|e| panic!("restarting dockerd: {e:#}"));
@@ -761,6 +827,16 @@ fn docker_macvlan_network() {
     let net = env.dnet_network(&id).expect("the dnet network of Docker's");
     assert_eq!(net["driver"], "macvlan", "{net}");
     assert_eq!(net["options"]["parent"], "eth0", "{net}");
+    // Docker's IPAM keeps its `--ip-range` to itself in CreateNetwork: dnet
+    // learns it from dockerd's API with the name, and shows it.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            env.dnet_network(&id)
+                .is_some_and(|n| n["name"] == "lan" && n["ipam"]["ip_range"] == "198.18.0.64/26")
+        }),
+        "{:?}",
+        env.dnet_network(&id)
+    );
     env.run("m1", "lan", &[]);
     env.run("m2", "lan", &["--ip", "198.18.0.100"]);
 
@@ -819,6 +895,47 @@ fn docker_macvlan_network() {
     env.docker(&["rm", "-f", "m1", "m2"]);
     env.docker(&["network", "rm", "lan"]);
     assert!(env.dnet_network(&id).is_none());
+    env.assert_clean();
+
+    // With dnet's IPAM: the pool is the parent's LAN, routed on the parent,
+    // which a macvlan network expects (a bridge's pool there is refused,
+    // when the network is made).
+    let d = env.driver.clone();
+    let lan = [
+        "--ipam-driver",
+        d.as_str(),
+        "--subnet",
+        "198.18.0.0/24",
+        "--gateway",
+        "198.18.0.1",
+        "--ip-range",
+        "198.18.0.64/26",
+    ];
+    let before = env.sb.state();
+    let e = env.docker_err(
+        &[
+            &["network", "create", "-d", d.as_str()][..],
+            &lan[..],
+            &["br"],
+        ]
+        .concat(),
+    );
+    assert!(e.contains("overlaps the route"), "{e}");
+    assert_eq!(env.sb.state(), before);
+    let mut args = vec!["-o", "driver=macvlan", "-o", "parent=eth0"];
+    args.extend(lan);
+    let id = env.network("lan2", &args);
+    let net = env.dnet_network(&id).expect("the dnet network of Docker's");
+    assert_eq!(net["driver"], "macvlan", "{net}");
+    assert_eq!(net["ipam"]["ip_range"], "198.18.0.64/26", "{net}");
+    env.run("m3", "lan2", &[]);
+    assert_eq!(env.eth0("m3").0, "198.18.0.64/24");
+    let o = env
+        .sb
+        .in_world("ping", &["-c", "1", "-W", "2", "198.18.0.64"]);
+    assert!(ok(&o), "the world -> m3: {}", out(&o));
+    env.docker(&["rm", "-f", "m3"]);
+    env.docker(&["network", "rm", "lan2"]);
     env.assert_clean();
     assert_eq!(env.sb.host_links(), links_before, "links left in the host");
 }

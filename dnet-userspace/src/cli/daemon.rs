@@ -78,6 +78,11 @@ pub struct Args {
     // Text, not a path: clap refuses an empty path.
     #[arg(long, default_value = crate::docker::DEFAULT_SOCKET)]
     docker_plugin_socket: String,
+    /// dockerd's own API socket, where the driver learns the names of
+    /// Docker's networks and whose IPAM they use (Docker does not send
+    /// them); asked outside the driver's calls. Empty: not asked.
+    #[arg(long, default_value = crate::docker::DEFAULT_API_SOCKET)]
+    docker_api_socket: String,
     /// Where the resolver forwards names that are not containers'
     /// (IP[:PORT], repeatable; default: the first three nameservers of
     /// --resolv-conf, followed as it changes), queried from the daemon's
@@ -327,6 +332,17 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                     path.display()
                 )
             })?;
+            if !args.docker_api_socket.is_empty() {
+                let driver = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                crate::docker::spawn_learner(
+                    &engine,
+                    PathBuf::from(&args.docker_api_socket),
+                    driver,
+                );
+            }
             let engine = engine.clone();
             let stopped = until_stopped(stopped.clone());
             Some(tokio::spawn(async move {

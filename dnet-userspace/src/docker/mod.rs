@@ -12,6 +12,7 @@
 //! never call back into Docker.
 
 mod ipam;
+mod learn;
 mod network;
 pub mod protocol;
 
@@ -32,10 +33,15 @@ use self::protocol::{
 };
 use crate::{engine::Engine, error::Error};
 
+pub use learn::spawn as spawn_learner;
 pub use network::docker_ref;
 
 /// The socket's default path: the driver is called `dnet`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/dnet.sock";
+
+/// dockerd's own API socket, where dnet learns what the plugin protocol
+/// does not carry (see [`learn`]).
+pub const DEFAULT_API_SOCKET: &str = "/var/run/docker.sock";
 
 /// A handler's result as Docker wants it: 200 either way, the error under
 /// `Err` (network driver) or `Error` (IPAM).

@@ -174,6 +174,8 @@ pub async fn create_network(e: &Engine, r: CreateNetwork) -> Result<Empty> {
     if !made {
         tracing::debug!(network = %net.name, "CreateNetwork repeated");
     }
+    // Its name is asked of dockerd once this call has answered.
+    super::learn::network_made();
     Ok(Empty {})
 }
 
@@ -209,9 +211,19 @@ pub async fn create_endpoint(e: &Engine, r: CreateEndpoint) -> Result<CreateEndp
     };
     // After an unclean restart, dockerd drops its old endpoints without a
     // call and starts its containers again at once, with their addresses:
-    // what it dropped goes first. Its namespaces may still be on their way
-    // out: a clash is tried again for a short while (well under any
-    // timeout of Docker's, which has none).
+    // what it dropped goes first. An old endpoint that holds the address
+    // Docker gives now is one Docker dropped (Docker hands out no address
+    // of a live endpoint of its own), even while its namespace, stopped
+    // with Docker's 10 s timeout, still holds its veth. Other endpoints
+    // whose veth is on its way out are waited for a short while (well
+    // under any timeout of Docker's, which has none).
+    if let Some(ip) = &req.ip {
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| invalid!("bad address {ip:?} from Docker: expected IPv4"))?;
+        e.collect_runtime_holders(&net.id, &docker_ref(&r.endpoint_id), ip)
+            .await?;
+    }
     let mut tries = 0;
     let resp = loop {
         e.collect_runtime_endpoints().await?;

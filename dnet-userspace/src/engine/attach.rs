@@ -306,14 +306,10 @@ impl Inner {
         if gone {
             st.containers.remove(&c.id);
         }
-        self.commit(st)?;
-        super::crash::point("disconnect:committed");
-        for ep in &eps {
-            self.remove(c, ep).await;
-        }
-        // The default route went with the endpoint that gave it: the next
+        // The default route goes with the endpoint that gave it: the next
         // non-internal network's gateway takes over, as Docker re-elects it.
-        // (A daemon killed before this point: reconcile re-elects.)
+        // (A daemon killed before the re-election: the next start re-elects,
+        // told where by `default_route_due`.)
         let was_primary = gateway_endpoint(c, |id| {
             self.state
                 .networks
@@ -321,6 +317,19 @@ impl Inner {
                 .or_else(|| nets.iter().find(|n| n.id == id))
         })
         .is_some_and(leaves);
+        if was_primary
+            && st
+                .containers
+                .get(&c.id)
+                .is_some_and(|sc| self.default_route_endpoint(sc).is_some())
+        {
+            st.default_route_due.insert(c.id.clone());
+        }
+        self.commit(st)?;
+        super::crash::point("disconnect:committed");
+        for ep in &eps {
+            self.remove(c, ep).await;
+        }
         if was_primary
             && let Some(sc) = self.state.containers.get(&c.id)
             && let Some(next) = self.default_route_endpoint(sc)
@@ -330,8 +339,14 @@ impl Inner {
             if let Err(e) = self.drop_default_routes(c, &eps).await {
                 tracing::warn!(container = %c.name, "removing its old default route: {e}");
             }
-            if let Err(e) = self.elect_default_route(c, &next).await {
-                tracing::warn!(container = %c.name, "re-electing its default route: {e}");
+            match self.elect_default_route(c, &next).await {
+                // Done: the next commit drops the mark.
+                Ok(()) => {
+                    self.state.default_route_due.remove(&c.id);
+                }
+                Err(e) => {
+                    tracing::warn!(container = %c.name, "re-electing its default route: {e}")
+                }
             }
         }
         // Its published ports now lead to its next address on a bridge

@@ -966,6 +966,7 @@ impl Inner {
         c: &Container,
         opts: &EndpointOpts<'_>,
     ) -> Result<Endpoint> {
+        self.check_runtime_addressing(net, c)?;
         let ip = opts.ip;
         for a in opts.aliases {
             spec::validate_name("alias", a)?;

@@ -17,7 +17,14 @@ use std::{
 use ipnetwork::Ipv4Network;
 
 use super::{Engine, Inner, parse_ip, parse_net};
-use crate::{api::NetworkCreate, error::Result, ipam::Pool, model::DriverKind, not_found};
+use crate::{
+    api::NetworkCreate,
+    conflict,
+    error::Result,
+    ipam::Pool,
+    model::{Container, DriverKind, Network},
+    not_found,
+};
 
 /// A pool handed out, not yet a network.
 #[derive(Clone, Copy, Debug, Default)]
@@ -30,6 +37,10 @@ struct Pending {
 pub(super) struct RuntimeIpam {
     pending: BTreeMap<Ipv4Network, Pending>,
     reserved: BTreeMap<Ipv4Network, BTreeSet<Ipv4Addr>>,
+    /// The runtime's networks whose addresses dnet's IPAM hands out (made
+    /// from one of its pools, or so the runtime says): only there may
+    /// dnet's own containers join. Learned again at each start.
+    dnet_addressed: BTreeSet<String>,
 }
 
 impl Engine {
@@ -54,13 +65,23 @@ impl Engine {
             return Ok(s);
         }
         // Chosen and checked as a network's, the pools handed out taken too.
+        // The runtime does not say which driver the pool is for: a subnet
+        // dnet picks is a bridge's (away from every network and route); a
+        // subnet given is checked against dnet's networks and pools here,
+        // and against what depends on the driver when the network is made
+        // (a bridge's subnet must not overlap a route where the daemon
+        // runs; a macvlan's is its parent's LAN, routed there).
         let held: Vec<Ipv4Network> = inner.runtime_ipam.pending.keys().copied().collect();
         let req = NetworkCreate {
             subnet: subnet.map(str::to_owned),
             ip_range: sub_pool.map(str::to_owned),
             ..NetworkCreate::default()
         };
-        let ipam = inner.choose_ipam(&req, DriverKind::Bridge, &held).await?;
+        let kind = match subnet {
+            Some(_) => DriverKind::Macvlan,
+            None => DriverKind::Bridge,
+        };
+        let ipam = inner.choose_ipam(&req, kind, &held).await?;
         inner.runtime_ipam.pending.insert(
             ipam.subnet,
             Pending {
@@ -167,8 +188,43 @@ impl Engine {
 }
 
 impl Inner {
-    /// A network made from a pending pool: it is a network now.
-    pub(super) fn pool_became_network(&mut self, subnet: Ipv4Network) {
-        self.runtime_ipam.pending.remove(&subnet);
+    /// A network made from a pending pool: it is a network now. Was it one?
+    pub(super) fn pool_became_network(&mut self, subnet: Ipv4Network) -> bool {
+        self.runtime_ipam.pending.remove(&subnet).is_some()
+    }
+
+    /// The network `id` (a runtime's) has dnet's addresses.
+    pub(super) fn addressed_by_dnet(&mut self, id: &str) {
+        self.runtime_ipam.dnet_addressed.insert(id.to_owned());
+    }
+
+    /// Refuses an endpoint of dnet's own (or of another runtime) on a
+    /// network whose addresses the runtime that made it hands out (Docker's
+    /// default IPAM). That IPAM does not know dnet's addresses: without
+    /// `--ip-range` it hands out the whole subnet, and with one the rest of
+    /// the subnet is where `docker run --ip` addresses go. Any address dnet
+    /// took there could be given to a Docker container later, which would
+    /// then fail to start. A Docker user expects Docker's IPAM to own a
+    /// Docker network's addresses; `--ipam-driver dnet` makes dnet's the
+    /// one IPAM of the network, and then both may attach.
+    pub(super) fn check_runtime_addressing(&self, net: &Network, c: &Container) -> Result<()> {
+        let Some(owner) = &net.runtime else {
+            return Ok(());
+        };
+        let runtime_own = c
+            .runtime
+            .as_ref()
+            .is_some_and(|r| r.runtime == owner.runtime);
+        if runtime_own || self.runtime_ipam.dnet_addressed.contains(&net.id) {
+            return Ok(());
+        }
+        Err(conflict!(
+            "network {} is {}'s and {}'s IPAM hands out its addresses, which does not know dnet's: attach containers with `{} run --network {}`, or make the network with `--ipam-driver` set to dnet's driver so that dnet's containers may join it too",
+            net.name,
+            owner.runtime,
+            owner.runtime,
+            owner.runtime,
+            net.name
+        ))
     }
 }

@@ -5,11 +5,13 @@
 
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
+use ipnetwork::Ipv4Network;
+
 use super::{Engine, Inner};
 use crate::{
     api::{AttachResponse, NetworkCreate, NetworkView},
     conflict,
-    error::Result,
+    error::{Error, Result},
     model::{Container, Netns, Network, RuntimeRef},
     not_found,
     spec::{PortMapping, Proto},
@@ -82,8 +84,10 @@ impl Engine {
             return Ok((inner.network_view(n), false));
         }
         let net = inner.create_network_for(req, false, Some(rt)).await?;
-        if let Some(i) = net.ipam {
-            inner.pool_became_network(i.subnet);
+        if let Some(i) = net.ipam
+            && inner.pool_became_network(i.subnet)
+        {
+            inner.addressed_by_dnet(&net.id);
         }
         Ok((inner.network_view(&net), true))
     }
@@ -103,6 +107,76 @@ impl Engine {
         inner.remove_network(&id).await
     }
 
+    /// The keys of the networks `runtime` made.
+    pub async fn runtime_networks(&self, runtime: &str) -> Vec<RuntimeRef> {
+        let inner = self.inner.lock().await;
+        inner
+            .state
+            .networks
+            .values()
+            .filter_map(|n| n.runtime.clone())
+            .filter(|r| r.runtime == runtime)
+            .collect()
+    }
+
+    /// What dnet learned about the network `rt` made, from the runtime
+    /// itself: its `name` there, which the dnet network takes if it is a
+    /// valid name no other dnet network has (else it keeps its own, and the
+    /// error says why); whether dnet's IPAM hands out its addresses; and
+    /// else the range the runtime's IPAM hands them out from (`--ip-range`,
+    /// which Docker does not send the driver), shown with the network.
+    pub async fn learn_runtime_network(
+        &self,
+        rt: &RuntimeRef,
+        name: &str,
+        dnet_ipam: bool,
+        ip_range: Option<Ipv4Network>,
+    ) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        let Some(net) = inner.runtime_network(rt).cloned() else {
+            return Ok(());
+        };
+        if dnet_ipam {
+            inner.addressed_by_dnet(&net.id);
+        }
+        let name_ok = if net.name == name {
+            Ok(false)
+        } else {
+            crate::spec::validate_name("network", name)
+                .map_err(Error::from)
+                .and_then(|()| match inner.state.network_by_name(name) {
+                    Some(other) => Err(conflict!(
+                        "dnet's network {} ({}) has that name: this one stays {}",
+                        other.name,
+                        &other.id[..12.min(other.id.len())],
+                        net.name
+                    )),
+                    None => Ok(true),
+                })
+        };
+        let mut st = inner.state.clone();
+        let rec = st.networks.get_mut(&net.id).expect("present");
+        let mut changed = false;
+        if matches!(name_ok, Ok(true)) {
+            rec.name = name.to_owned();
+            changed = true;
+        }
+        if !dnet_ipam
+            && let (Some(r), Some(ipam)) = (ip_range, rec.ipam.as_mut())
+            && ipam.ip_range.is_none()
+            && r.prefix() >= ipam.subnet.prefix()
+            && ipam.subnet.contains(r.network())
+        {
+            ipam.ip_range = Some(r);
+            changed = true;
+        }
+        if changed {
+            inner.commit(st)?;
+            tracing::info!(network = %net.name, "named {name} as in {}", rt.runtime);
+        }
+        name_ok.map(|_| ())
+    }
+
     /// The attachment `rt` made, if it exists.
     pub async fn runtime_attachment(&self, rt: &RuntimeRef) -> Option<AttachResponse> {
         let inner = self.inner.lock().await;
@@ -119,6 +193,47 @@ impl Engine {
             .await
             .collect_gone_runtime_endpoints()
             .await
+    }
+
+    /// Detaches the endpoints of `rt`'s runtime, other than `rt`, that hold
+    /// `ip` on the network `network_id`: the runtime has just handed that
+    /// address to its new endpoint `rt`, so by its own word they are gone.
+    /// dockerd drops its endpoints without a call after an unclean restart
+    /// and starts its containers again at once, while the old namespaces
+    /// (and so their veths) may live on for its stop timeout (10 s) and
+    /// the kernel's teardown after it. Returns how many went.
+    pub async fn collect_runtime_holders(
+        &self,
+        network_id: &str,
+        rt: &RuntimeRef,
+        ip: Ipv4Addr,
+    ) -> Result<usize> {
+        let mut inner = self.inner.lock().await;
+        let Some(net) = inner.state.networks.get(network_id).cloned() else {
+            return Ok(0);
+        };
+        let holders: Vec<Container> = inner
+            .state
+            .containers
+            .values()
+            .filter(|c| {
+                matches!(c.netns, Netns::Runtime)
+                    && c.runtime
+                        .as_ref()
+                        .is_some_and(|r| r.runtime == rt.runtime && r.id != rt.id)
+                    && c.endpoints
+                        .iter()
+                        .any(|e| e.network_id == net.id && e.ip == Some(ip))
+            })
+            .cloned()
+            .collect();
+        for c in &holders {
+            tracing::info!(container = %c.name, %ip, network = %net.name, "its runtime gave its address to a new endpoint: collecting it");
+            inner
+                .remove_endpoints(c, std::slice::from_ref(&net))
+                .await?;
+        }
+        Ok(holders.len())
     }
 
     /// Publishes `ports` for the container `rt` attached, in place of the

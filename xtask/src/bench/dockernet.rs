@@ -132,7 +132,11 @@ impl DockerDnetEnv {
             .map_err(|_| anyhow::anyhow!("cannot make the sandbox"))?;
         let driver = sb.name.clone();
         let sock = format!("--docker-plugin-socket=/run/docker/plugins/{driver}.sock");
-        sb.set_daemon_args(&[&sock]);
+        let api = format!(
+            "--docker-api-socket={}",
+            sb.dir.join("docker/docker.sock").display()
+        );
+        sb.set_daemon_args(&[&sock, &api]);
         let sb = std::panic::catch_unwind(move || {
             sb.start_daemon();
             sb
