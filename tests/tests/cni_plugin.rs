@@ -682,4 +682,20 @@ fn cni_on_a_dual_stack_network_gives_and_reports_both_addresses() {
         .assert_ok();
     cni(&sb, "DEL", "ctr6aaaa", s(&ns)).call(&c).assert_ok();
     assert_consistent(&sb);
+    // A static IPv6 address (runtimeConfig `ips`), and one refused on an
+    // IPv4-only network.
+    let mut c6 = c.clone();
+    c6["runtimeConfig"] = json!({"ips": ["10.76.0.50/24", "fd00:76::50/64"]});
+    let add = cni(&sb, "ADD", "ctr6bbbb", s(&ns)).call(&c6);
+    add.assert_ok();
+    let r = add.json();
+    assert_eq!(r["ips"][0]["address"], "10.76.0.50/24", "{r}");
+    assert_eq!(r["ips"][1]["address"], "fd00:76::50/64", "{r}");
+    cni(&sb, "DEL", "ctr6bbbb", s(&ns)).call(&c6).assert_ok();
+    let mut v4 = conf(&sb, "1.0.0", "bridge");
+    v4["runtimeConfig"] = json!({"ips": ["fd00:76::51/64"]});
+    cni(&sb, "ADD", "ctr6cccc", s(&ns))
+        .call(&v4)
+        .assert_error(100, "not dual-stack");
+    assert_consistent(&sb);
 }
