@@ -8,6 +8,7 @@
 
 mod batch;
 mod bpffs;
+mod lookup6;
 #[cfg(test)]
 mod tests;
 
