@@ -807,3 +807,64 @@ fn a_real_kernel_takes_the_advertisements_dnet_builds() {
         assert_eq!(s.drops[DropReason::NdpUnknownTarget as usize], 0);
     });
 }
+
+/// An ICMPv6 error body: the 4 bytes after the header (unused, MTU or
+/// pointer) and the quoted packet, an IPv6 header from `qs` to `qd` and 8
+/// bytes of UDP.
+fn quote6(qs: &str, qd: &str) -> Vec<u8> {
+    let mut b = vec![0, 0, 0x05, 0x00];
+    b.extend_from_slice(&[0x60, 0, 0, 0, 0, 12, UDP, 64]);
+    b.extend_from_slice(&ip6(qs).octets());
+    b.extend_from_slice(&ip6(qd).octets());
+    b.extend_from_slice(&[0x13, 0x88, 0x0f, 0xa0, 0, 12, 0, 0]);
+    b
+}
+
+#[test]
+fn a_container_sends_icmpv6_errors_only_about_packets_it_was_sent() {
+    in_fresh_netns(|| {
+        let fx = fixture6(0, 0);
+        let (a, b) = (fx.a.mac, fx.b.mac);
+        // Destination unreachable, packet too big, time exceeded, parameter
+        // problem, each about a packet B sent to A: delivered to B.
+        for ty in 1..=4u8 {
+            let f = icmp6(a, b, A6, B6, 64, ty, &quote6(B6, A6));
+            assert_eq!(run(&fx.dp, &f).0, REDIRECT, "type {ty}");
+        }
+        let forged = [
+            // B's flow to the gateway (the host), told to B.
+            ("a peer's flow to the host", B6, quote6(B6, GW6)),
+            // B's flow to C, told to B.
+            ("a peer's flow to another", B6, quote6(B6, C6)),
+            // About a packet to A, but told to someone other than its sender.
+            (
+                "told to another than the sender",
+                B6,
+                quote6("fd00:1::7", A6),
+            ),
+            // To the host about the host's flow to B.
+            ("the host's flow to a peer", GW6, quote6(GW6, B6)),
+            // No room for the quoted IPv6 header.
+            ("a quote cut short", B6, quote6(B6, A6)[..4 + 39].to_vec()),
+        ];
+        for (i, (what, to, body)) in forged.iter().enumerate() {
+            for ty in 1..=4u8 {
+                let f = icmp6(a, b, A6, to, 64, ty, body);
+                assert_eq!(run(&fx.dp, &f).0, SHOT, "{what}, type {ty}");
+            }
+            assert_eq!(
+                drops(&fx.dp, 1, DropReason::Icmp6ErrorForged),
+                (i as u64 + 1) * 4,
+                "{what}"
+            );
+        }
+        assert_eq!(
+            fx.dp.stats(2).unwrap().tx_packets,
+            4,
+            "only the own errors reached B"
+        );
+        // Informational messages are not errors: an echo request goes on.
+        let echo = icmp6(a, b, A6, B6, 64, 128, &[0, 1, 0, 1]);
+        assert_eq!(run(&fx.dp, &echo).0, REDIRECT);
+    });
+}
