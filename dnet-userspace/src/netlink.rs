@@ -735,3 +735,104 @@ impl RouteSpec {
 pub fn kind_name(kind: &InfoKind) -> String {
     kind.to_string()
 }
+
+/// A cls_bpf filter at a clsact hook of a link (`tc filter show dev X
+/// ingress`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BpfFilter {
+    pub priority: u16,
+    pub handle: u32,
+    /// The name it was attached under (`TCA_BPF_NAME`).
+    pub name: Option<String>,
+    /// Its program's tag (`TCA_BPF_TAG`), a hash of the instructions.
+    pub tag: Option<[u8; 8]>,
+}
+
+/// The clsact qdisc's ingress hook (`TC_H_CLSACT:TC_H_MIN_INGRESS`).
+pub const CLSACT_INGRESS: u32 = 0xFFFF_FFF2;
+/// The clsact qdisc's egress hook (`TC_H_CLSACT:TC_H_MIN_EGRESS`).
+pub const CLSACT_EGRESS: u32 = 0xFFFF_FFF3;
+
+/// The cls_bpf filters at clsact hook `parent` of link `ifindex` in the
+/// calling thread's namespace (none without a clsact qdisc): one dump on a
+/// socket of its own, answered before it returns, for the datapath, whose
+/// callers are not all async.
+pub fn bpf_filters(ifindex: u32, parent: u32) -> std::io::Result<Vec<BpfFilter>> {
+    use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcMessage, TcOption};
+    use rtnetlink::{
+        packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage},
+        sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
+    };
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    let mut m = TcMessage::with_index(ifindex as i32);
+    m.header.parent = parent.into();
+    let mut req = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::from(RouteNetlinkMessage::GetTrafficFilter(m)),
+    );
+    req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf);
+    sock.send(&buf, 0)?;
+    let mut found = Vec::new();
+    loop {
+        let (data, _) = sock.recv_from_full()?;
+        if data.is_empty() {
+            return Err(std::io::Error::other("netlink: the dump ended early"));
+        }
+        let mut off = 0;
+        while off < data.len() {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                .map_err(std::io::Error::other)?;
+            // Messages of a dump are 4-byte aligned.
+            off += (msg.header.length as usize + 3) & !3;
+            match msg.payload {
+                NetlinkPayload::Done(_) => return Ok(found),
+                NetlinkPayload::Error(e) => {
+                    return match e.code {
+                        Some(code) => Err(std::io::Error::from_raw_os_error(-code.get())),
+                        None => Ok(found),
+                    };
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(f)) => {
+                    let mut bpf = false;
+                    let mut filter = BpfFilter {
+                        priority: (f.header.info >> 16) as u16,
+                        handle: f.header.handle.into(),
+                        name: None,
+                        tag: None,
+                    };
+                    for a in &f.attributes {
+                        match a {
+                            TcAttribute::Kind(k) => bpf = k == "bpf",
+                            TcAttribute::Options(opts) => {
+                                for o in opts {
+                                    match o {
+                                        TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => {
+                                            filter.name = Some(n.clone())
+                                        }
+                                        TcOption::Bpf(TcFilterBpfOption::ProgTag(t)) => {
+                                            filter.tag = Some(*t)
+                                        }
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    // The first message of a priority is its classifier,
+                    // with no handle: not a filter.
+                    if bpf && filter.handle != 0 {
+                        found.push(filter);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}

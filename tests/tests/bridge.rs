@@ -67,14 +67,20 @@ fn the_first_container_looks_as_on_docker0() {
         "",
         "no nftables rules"
     );
-    // The host side: veth named as Docker's, the container programs on tcx.
+    // The host side: veth named as Docker's, the container programs in its
+    // clsact filters.
     let veth = sb.dnet_json(&["ps"])[0]["networks"][0]["host_ifname"]
         .as_str()
         .unwrap()
         .to_owned();
     assert!(veth.len() == 11 && veth.starts_with("veth"), "{veth}");
-    assert!(sb.pins().contains(&format!("links/{veth}-ingress")));
-    assert!(sb.pins().contains(&format!("links/{veth}-egress")));
+    assert_eq!(
+        sb.veth_programs(&veth),
+        (
+            Some("lxc_from_container".to_owned()),
+            Some("lxc_to_container".to_owned())
+        )
+    );
 }
 
 #[test]
@@ -586,13 +592,16 @@ fn a_restarted_daemon_puts_missing_programs_back_in_place() {
         .to_owned();
     let ifindex = |sb: &Sandbox| sb.host_ip_json(&["link", "show", &veth])[0]["ifindex"].clone();
     let before = ifindex(&sb);
-    let pins = sb.pins();
-    // With the daemon down, a's ingress link goes (its pin held it).
+    // With the daemon down, a's ingress filter goes.
     sb.stop_daemon(libc::SIGKILL);
-    let pin = sb.bpffs.join(format!("links/{veth}-ingress"));
-    std::fs::remove_file(&pin).unwrap();
+    sb_tc(&sb, &["filter", "del", "dev", &veth, "ingress"]);
+    assert_eq!(sb.veth_programs(&veth).0, None);
     sb.start_daemon();
-    assert_eq!(sb.pins(), pins, "the link is pinned again");
+    assert_eq!(
+        sb.veth_programs(&veth).0.as_deref(),
+        Some("lxc_from_container"),
+        "the filter is back"
+    );
     assert_eq!(
         ifindex(&sb),
         before,
@@ -698,4 +707,11 @@ fn a_gateway_that_is_already_a_host_address_is_refused() {
         addrs.to_string().contains("\"10.77.0.1\""),
         "the host lost its address: {addrs}"
     );
+}
+
+/// `tc` in the sandbox's host namespace.
+fn sb_tc(sb: &Sandbox, args: &[&str]) {
+    let mut a = vec!["-n", sb.host_ns.as_str()];
+    a.extend(args);
+    sh_ok("tc", &a);
 }

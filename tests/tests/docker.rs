@@ -69,11 +69,22 @@ impl Env {
     }
 
     /// `docker network create -d <driver> ARGS NAME`: Docker's network id.
+    /// Returns once dnet has learned the name from dockerd (its state does
+    /// not change behind a test's back after that).
     fn network(&self, name: &str, args: &[&str]) -> String {
         let mut a = vec!["network", "create", "-d", self.driver.as_str()];
         a.extend(args);
         a.push(name);
-        self.docker(&a).trim().to_owned()
+        let id = self.docker(&a).trim().to_owned();
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                self.dnet_network(&id).is_some_and(|n| n["name"] == name)
+            }),
+            "dnet did not learn Docker's name {name}: {:?}\n{}",
+            self.dnet_network(&id),
+            self.sb.log_tail(20)
+        );
+        id
     }
 
     /// `docker run -d --network NET ARGS IMAGE sleep 1000000`.
@@ -148,15 +159,8 @@ fn docker_containers_on_a_dnet_network() {
     assert_eq!(net["ipam"]["gateway"], "10.89.0.1");
     assert_eq!(net["runtime"]["runtime"], "docker");
     // Docker does not send the name: dnet asks dockerd's API for it, after
-    // CreateNetwork has answered, and the network goes by it in dnet too.
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            env.dnet_network(&id).is_some_and(|n| n["name"] == "dn1")
-        }),
-        "the network is not named dn1 in dnet: {:?}\n{}",
-        env.dnet_network(&id),
-        env.sb.log_tail(20)
-    );
+    // CreateNetwork has answered (`env.network` waits for it), and the
+    // network goes by it in dnet too.
     let inspect = env.sb.dnet_json(&["network", "inspect", "dn1"]);
     assert_eq!(inspect[0]["runtime"]["id"], id.as_str(), "{inspect}");
     // Docker's IPAM hands out this network's addresses and knows none of

@@ -2,9 +2,10 @@
 //!
 //! It loads the eBPF object embedded at build time, pins the maps under the
 //! daemon's bpffs folder (`<bpffs>/maps/NAME`) so that a restarted daemon
-//! adopts them, attaches the programs to interfaces with tcx links pinned at
-//! `<bpffs>/links/IFNAME-ingress|egress` (forwarding goes on while the daemon
-//! is down), and reads and writes the maps.
+//! adopts them, attaches the programs to the uplink with tcx links pinned
+//! at `<bpffs>/host/` and to containers' host-side veths with cls_bpf
+//! filters (see [`Datapath::attach_endpoint`]); either way forwarding goes
+//! on while the daemon is down. It also reads and writes the maps.
 
 mod batch;
 mod bpffs;
@@ -28,6 +29,7 @@ use aya::{
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
+        tc::{NlOptions, TcAttachOptions, TcHandle},
     },
     util::nr_cpus,
 };
@@ -65,6 +67,23 @@ const TC_PROGS: [&str; 5] = [
     PROG_FROM_UPLINK,
     PROG_TO_UPLINK,
 ];
+/// The container programs of a host-side veth, with their hooks.
+const EP_PROGS: [(&str, TcAttachType, u32); 2] = [
+    (
+        PROG_FROM_CONTAINER,
+        TcAttachType::Ingress,
+        crate::netlink::CLSACT_INGRESS,
+    ),
+    (
+        PROG_TO_CONTAINER,
+        TcAttachType::Egress,
+        crate::netlink::CLSACT_EGRESS,
+    ),
+];
+/// The priority and handle of dnet's filter at each hook of a host-side
+/// veth (`tc filter show dev VETH ingress`: `pref 1 ... handle 0x1`).
+const EP_FILTER_PRIORITY: u16 = 1;
+const EP_FILTER_HANDLE: TcHandle = TcHandle::new(0, 1);
 /// The uplink's programs, with their hooks and pins.
 const UPLINK_PROGS: [(TcAttachType, &str, &str); 2] = [
     (TcAttachType::Ingress, PROG_FROM_UPLINK, "uplink-ingress"),
@@ -250,21 +269,78 @@ impl Datapath {
             .map(|p| p.join("links").join(format!("{ifname}-{dir}")))
     }
 
-    /// Attaches the container programs to a host-side veth (tcx ingress and
-    /// egress) and pins the links, where this build's are not there yet; a
-    /// stale link or another build's program is swapped for this build's.
+    /// Attaches the container programs to a host-side veth: a clsact qdisc
+    /// and one direct-action cls_bpf filter at each hook (dnet's priority
+    /// and handle), where this build's are not there yet. A filter of
+    /// another build is replaced in place (every packet meets one of the
+    /// two), and the tcx links an older build pinned for the veth go once
+    /// the filters are in (tcx programs run before any filter).
+    ///
+    /// Not tcx, on purpose: each tcx attach waits for an RCU grace period
+    /// under the rtnl lock (most of a connect's time), while a filter on a
+    /// link that is still down costs a netlink round trip. The filters need
+    /// no pin: they belong to the link's qdisc and outlive the daemon.
     pub fn attach_endpoint(&mut self, ifname: &str) -> Result<()> {
-        for (prog, kind, dir) in [
-            (PROG_FROM_CONTAINER, TcAttachType::Ingress, "ingress"),
-            (PROG_TO_CONTAINER, TcAttachType::Egress, "egress"),
-        ] {
-            let pin = self.link_pin(ifname, dir);
-            if pin.as_ref().is_none_or(|p| p.exists()) && self.tcx_current(ifname, kind, prog) {
+        let index = ifindex_of(ifname)?;
+        match aya::programs::tc::qdisc_add_clsact(ifname) {
+            Ok(()) => {}
+            Err(aya::programs::tc::TcError::NetlinkError(e))
+                if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => {
+                return Err(DatapathError::Program {
+                    name: "clsact",
+                    source: Box::new(e.into()),
+                });
+            }
+        }
+        for (prog, kind, parent) in EP_PROGS {
+            let found = ep_filter(index, parent, ifname)?;
+            if found.as_ref().is_some_and(|f| self.filter_current(f, prog)) {
                 continue;
             }
-            self.attach_tcx(ifname, kind, prog, pin)?;
+            let p: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or(DatapathError::Missing(prog))?
+                .try_into()
+                .map_err(prog_err(prog))?;
+            let id = if found.is_some() {
+                let link = aya::programs::tc::SchedClassifierLink::attached(
+                    ifname,
+                    kind,
+                    EP_FILTER_PRIORITY,
+                    EP_FILTER_HANDLE,
+                    None,
+                )
+                .map_err(io_err("find", Path::new(ifname)))?;
+                p.attach_to_link(link).map_err(prog_err(prog))?
+            } else {
+                p.attach_with_options(
+                    ifname,
+                    kind,
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority: EP_FILTER_PRIORITY,
+                        handle: EP_FILTER_HANDLE,
+                        classid: None,
+                    }),
+                )
+                .map_err(prog_err(prog))?
+            };
+            let link = p.take_link(id).map_err(prog_err(prog))?;
+            // Dropping the handle would delete the filter: it stays with
+            // the link's qdisc (the handle holds no descriptor or memory
+            // of its own, so nothing leaks).
+            std::mem::forget(link);
         }
-        Ok(())
+        self.detach_endpoint(ifname)
+    }
+
+    /// The filter `f` runs program `name` as this build loaded it.
+    fn filter_current(&self, f: &crate::netlink::BpfFilter, name: &str) -> bool {
+        let Some(tag) = self.tag(name) else {
+            return false;
+        };
+        f.name.as_deref() == Some(name) && f.tag.map(u64::from_be_bytes) == Some(tag)
     }
 
     /// Attaches `prog` to `ifname` at `kind` and pins the link at `pin`
@@ -629,17 +705,23 @@ impl Datapath {
     }
 
     /// The container programs, as this build loaded them, are attached to
-    /// `ifname` and their links pinned.
+    /// `ifname` (its filters), and no tcx link of an older build is pinned
+    /// for it (its program would run first).
     pub fn endpoint_attached(&self, ifname: &str) -> bool {
-        let pinned = |dir| self.link_pin(ifname, dir).is_none_or(|p| p.exists());
-        self.tcx_current(ifname, TcAttachType::Ingress, PROG_FROM_CONTAINER)
-            && self.tcx_current(ifname, TcAttachType::Egress, PROG_TO_CONTAINER)
-            && pinned("ingress")
-            && pinned("egress")
+        let Ok(index) = ifindex_of(ifname) else {
+            return false;
+        };
+        let no_pin = |dir| self.link_pin(ifname, dir).is_none_or(|p| !p.exists());
+        EP_PROGS.iter().all(|&(prog, _, parent)| {
+            ep_filter(index, parent, ifname)
+                .is_ok_and(|f| f.is_some_and(|f| self.filter_current(&f, prog)))
+        }) && no_pin("ingress")
+            && no_pin("egress")
     }
 
-    /// Detaches from `ifname` by removing the link pins. (Deleting the
-    /// interface detaches too; this removes what would be left in bpffs.)
+    /// Removes the tcx link pins an older build made for `ifname`'s
+    /// programs (this build pins none for a veth: its filters go with the
+    /// link).
     pub fn detach_endpoint(&mut self, ifname: &str) -> Result<()> {
         for dir in ["ingress", "egress"] {
             if let Some(pin) = self.link_pin(ifname, dir) {
@@ -649,8 +731,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// The pins of `ifname`'s container program links (none when unpinned),
-    /// for whoever removes them after the interface (`driver::Reaper`).
+    /// Where an older build pinned `ifname`'s container program links (none
+    /// when unpinned), for whoever removes them after the interface
+    /// (`driver::Reaper`).
     pub fn endpoint_pins(&self, ifname: &str) -> Vec<PathBuf> {
         ["ingress", "egress"]
             .into_iter()
@@ -658,7 +741,7 @@ impl Datapath {
             .collect()
     }
 
-    /// Interfaces with pinned links.
+    /// Interfaces with links an older build pinned.
     pub fn pinned_interfaces(&self) -> Result<Vec<String>> {
         let Some(dir) = self.pins.as_ref().map(|p| p.join("links")) else {
             return Ok(Vec::new());
@@ -1069,8 +1152,8 @@ impl Datapath {
             .filter_map(|(name, p)| {
                 let info = p.info().ok()?;
                 let attach = match name {
-                    PROG_FROM_CONTAINER => "tcx ingress, host-side veth",
-                    PROG_TO_CONTAINER => "tcx egress, host-side veth",
+                    PROG_FROM_CONTAINER => "tc ingress (cls_bpf), host-side veth",
+                    PROG_TO_CONTAINER => "tc egress (cls_bpf), host-side veth",
                     PROG_FROM_CONTAINER6 => "tail call of lxc_from_container (IPv6)",
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
                     PROG_TO_UPLINK => "tcx egress, uplink",
@@ -1214,6 +1297,23 @@ fn drop_if_resized(pin: &Path, value_size: usize) -> Result<()> {
         remove_if_exists(pin)?;
     }
     Ok(())
+}
+
+/// The index of link `ifname` in the calling thread's namespace.
+fn ifindex_of(ifname: &str) -> Result<u32> {
+    crate::netlink::index_of(ifname).ok_or_else(|| DatapathError::Io {
+        op: "find",
+        path: PathBuf::from(ifname),
+        source: io::Error::from_raw_os_error(libc::ENODEV),
+    })
+}
+
+/// dnet's filter at clsact hook `parent` of link `index`, if there is one.
+fn ep_filter(index: u32, parent: u32, ifname: &str) -> Result<Option<crate::netlink::BpfFilter>> {
+    Ok(crate::netlink::bpf_filters(index, parent)
+        .map_err(io_err("list the filters of", Path::new(ifname)))?
+        .into_iter()
+        .find(|f| f.priority == EP_FILTER_PRIORITY && f.handle == u32::from(EP_FILTER_HANDLE)))
 }
 
 fn remove_if_exists(path: &Path) -> Result<()> {

@@ -1461,11 +1461,9 @@ unsafe fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> std::os::fd::OwnedFd {
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
 }
 
-/// What a daemon of another build leaves on a veth: a program of the same
-/// name (here one that drops everything), attached with tcx at ingress and
-/// its link pinned where this build pins its own.
-fn attach_other_build(ifname: &str, pin: &Path) {
-    use std::os::fd::AsRawFd as _;
+/// A program of another build: the same name as this build's
+/// `PROG_FROM_CONTAINER`, one that drops everything.
+fn other_build_prog() -> std::os::fd::OwnedFd {
     #[repr(C)]
     struct ProgLoad {
         prog_type: u32,
@@ -1479,6 +1477,38 @@ fn attach_other_build(ifname: &str, pin: &Path) {
         prog_flags: u32,
         prog_name: [u8; 16],
     }
+    // r0 = TC_ACT_SHOT; exit
+    let insns: [u64; 2] = [0xb7 | (2u64 << 32), 0x95];
+    let license = c"GPL";
+    let mut name = [0u8; 16];
+    name[..15].copy_from_slice(&PROG_FROM_CONTAINER.as_bytes()[..15]);
+    // The attr is the kernel's layout for the command (x86_64 and arm64),
+    // with every field set.
+    // SAFETY: `insns` and `license` outlive the call.
+    unsafe {
+        bpf_fd(
+            5, // BPF_PROG_LOAD
+            &mut ProgLoad {
+                prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
+                insn_cnt: 2,
+                insns: insns.as_ptr() as u64,
+                license: license.as_ptr() as u64,
+                log_level: 0,
+                log_size: 0,
+                log_buf: 0,
+                kern_version: 0,
+                prog_flags: 0,
+                prog_name: name,
+            },
+        )
+    }
+}
+
+/// What a daemon of an older build (one that attached with tcx) leaves on
+/// a veth: another build's program attached with tcx at ingress and its
+/// link pinned where that build pinned its own.
+fn attach_other_build(ifname: &str, pin: &Path) {
+    use std::os::fd::AsRawFd as _;
     #[repr(C)]
     struct LinkCreate {
         prog_fd: u32,
@@ -1495,31 +1525,9 @@ fn attach_other_build(ifname: &str, pin: &Path) {
         bpf_fd: u32,
         file_flags: u32,
     }
-    // r0 = TC_ACT_SHOT; exit
-    let insns: [u64; 2] = [0xb7 | (2u64 << 32), 0x95];
-    let license = c"GPL";
-    let mut name = [0u8; 16];
-    name[..15].copy_from_slice(&PROG_FROM_CONTAINER.as_bytes()[..15]);
+    let prog = other_build_prog();
     // Each attr below is the kernel's layout for its command (x86_64 and
     // arm64), with every field set.
-    // SAFETY: `insns` and `license` outlive the call.
-    let prog = unsafe {
-        bpf_fd(
-            5, // BPF_PROG_LOAD
-            &mut ProgLoad {
-                prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
-                insn_cnt: 2,
-                insns: insns.as_ptr() as u64,
-                license: license.as_ptr() as u64,
-                log_level: 0,
-                log_size: 0,
-                log_buf: 0,
-                kern_version: 0,
-                prog_flags: 0,
-                prog_name: name,
-            },
-        )
-    };
     // SAFETY: no pointers; `prog` is a live program descriptor.
     let link = unsafe {
         bpf_fd(
@@ -1548,6 +1556,55 @@ fn attach_other_build(ifname: &str, pin: &Path) {
             },
         )
     };
+}
+
+/// What a daemon of another build leaves on a veth with filters: its
+/// program at ingress under dnet's priority and handle (`tc filter
+/// replace`), direct action, under this build's program name.
+fn filter_other_build(ifname: &str) {
+    use std::os::fd::AsRawFd as _;
+
+    use netlink_packet_route::{
+        RouteNetlinkMessage,
+        tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcMessage, TcOption},
+    };
+    use rtnetlink::{
+        packet_core::{
+            NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+        },
+        sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
+    };
+    let prog = other_build_prog();
+    let mut m = TcMessage::with_index(nix::net::if_::if_nametoindex(ifname).unwrap() as i32);
+    m.header.parent = crate::netlink::CLSACT_INGRESS.into();
+    m.header.handle = u32::from(EP_FILTER_HANDLE).into();
+    m.header.info =
+        (u32::from(EP_FILTER_PRIORITY) << 16) | u32::from((libc::ETH_P_ALL as u16).to_be());
+    m.attributes.push(TcAttribute::Kind("bpf".into()));
+    m.attributes.push(TcAttribute::Options(vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(PROG_FROM_CONTAINER.into())),
+        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+    ]));
+    let mut req = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::from(RouteNetlinkMessage::NewTrafficFilter(m)),
+    );
+    // CREATE without EXCL: replaces the filter there.
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf);
+    let mut sock = Socket::new(NETLINK_ROUTE).unwrap();
+    sock.bind_auto().unwrap();
+    sock.connect(&SocketAddr::new(0, 0)).unwrap();
+    sock.send(&buf, 0).unwrap();
+    let (data, _) = sock.recv_from_full().unwrap();
+    let ack = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data).unwrap();
+    match ack.payload {
+        NetlinkPayload::Error(e) => assert!(e.code.is_none(), "tc filter replace: {e:?}"),
+        p => panic!("tc filter replace answered {p:?}"),
+    }
 }
 
 #[test]
@@ -1581,55 +1638,76 @@ fn programs_of_another_build_are_swapped_in_place() {
             assert!(o.status.success(), "ip {args:?}: {o:?}");
         };
         ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
-        ip(&["link", "set", "v0", "up"]);
-        ip(&["link", "set", "v1", "up"]);
         let mut dp = Datapath::load(Some(&dir)).unwrap();
+        // As the bridge driver does: before the link is up.
         dp.attach_endpoint("v0").unwrap();
         assert!(dp.endpoint_attached("v0"));
-
-        attach_other_build("v0", &dir.join("links/v0-ingress"));
-        let ingress = || {
-            SchedClassifier::query_tcx("v0", TcAttachType::Ingress)
+        ip(&["link", "set", "v0", "up"]);
+        ip(&["link", "set", "v1", "up"]);
+        let ours = dp.tag(PROG_FROM_CONTAINER).unwrap();
+        let index = nix::net::if_::if_nametoindex("v0").unwrap();
+        // The tags of the filters at v0's ingress.
+        let filters = || {
+            crate::netlink::bpf_filters(index, crate::netlink::CLSACT_INGRESS)
                 .unwrap()
-                .1
                 .iter()
-                .map(|p| p.tag())
+                .map(|f| f.tag.map(u64::from_be_bytes))
                 .collect::<Vec<_>>()
         };
-        let ours = dp.tag(PROG_FROM_CONTAINER).unwrap();
-        // A link whose pin goes is released from a kernel work queue.
-        let settles = |want: &dyn Fn(&[u64]) -> bool| {
-            (0..500).any(|_| {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                want(&ingress())
-            })
-        };
+        assert_eq!(filters(), [Some(ours)]);
+        // No pin: the filters need none.
+        assert!(!dir.join("links/v0-ingress").exists());
+
+        // Another build's filter in place of ours.
+        filter_other_build("v0");
         assert!(
-            settles(&|t| t.len() == 1 && t[0] != ours),
-            "the other build's link replaced ours: {:?}",
-            ingress()
+            filters().len() == 1 && filters()[0] != Some(ours),
+            "{:?}",
+            filters()
         );
         assert!(
             !dp.endpoint_attached("v0"),
             "a program of the same name from another build is not ours"
         );
-
         dp.attach_endpoint("v0").unwrap();
         assert!(dp.endpoint_attached("v0"));
-        let alone = || settles(&|t| t == [ours]);
-        assert!(alone(), "swapped: ours alone, not {:?}", ingress());
+        assert_eq!(filters(), [Some(ours)], "replaced in place, not added");
 
-        // A swap cut short between the new pin and its rename: the new pin
-        // is cleared when the daemon loads again, its program detached.
+        // An older build's tcx link: it runs before any filter, so it goes
+        // (its pin removed) once ours are in.
+        let tcx = || {
+            SchedClassifier::query_tcx("v0", TcAttachType::Ingress)
+                .unwrap()
+                .1
+                .len()
+        };
+        attach_other_build("v0", &dir.join("links/v0-ingress"));
+        assert_eq!(tcx(), 1);
+        assert!(
+            !dp.endpoint_attached("v0"),
+            "an older build's tcx program runs first"
+        );
+        dp.attach_endpoint("v0").unwrap();
+        assert!(dp.endpoint_attached("v0"));
+        assert!(!dir.join("links/v0-ingress").exists());
+        // A link whose pin goes is released from a kernel work queue.
+        let settles = || {
+            (0..500).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                tcx() == 0
+            })
+        };
+        assert!(settles(), "the tcx link goes");
+        assert_eq!(filters(), [Some(ours)]);
+
+        // An older build's swap cut short between its new pin and its
+        // rename: the new pin is cleared when the daemon loads again, its
+        // program detached.
         attach_other_build("v0", &dir.join("links/v0-ingress-new"));
-        assert_eq!(ingress().len(), 2);
+        assert_eq!(tcx(), 1);
         let again = Datapath::load(Some(&dir)).unwrap();
         assert!(!dir.join("links/v0-ingress-new").exists());
-        assert!(
-            alone(),
-            "the cut-short swap's program goes: {:?}",
-            ingress()
-        );
+        assert!(settles(), "the cut-short swap's program goes");
         assert!(again.endpoint_attached("v0"));
     });
 }

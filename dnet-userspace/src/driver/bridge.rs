@@ -12,8 +12,10 @@
 //! if it is the container's first endpoint on a network that is not
 //! internal: an internal network gives none, as in Docker) and whose host
 //! end `vethXXXXXXX` carries the gateway MAC (so frames to the gateway reach
-//! the host stack), the container programs (tcx), a /32 route
-//! and a permanent neighbour entry (the host never ARPs for a container).
+//! the host stack), the container programs (cls_bpf filters of a clsact
+//! qdisc, put there while the link is still down: see
+//! `Datapath::attach_endpoint`), a /32 route and a permanent neighbour
+//! entry (the host never ARPs for a container).
 
 use std::{
     net::Ipv6Addr,

@@ -1,7 +1,7 @@
 //! Link removals finished in the background.
 //!
 //! Deleting a veth takes the kernel tens of milliseconds (it unregisters
-//! both ends, detaches their tcx programs and waits for RCU grace periods,
+//! both ends, detaches their programs and waits for RCU grace periods,
 //! all under the rtnl lock), none of which the caller needs to wait for
 //! once the endpoint is out of the state and out of the datapath's maps:
 //! its programs, still attached, drop whatever the container sends
