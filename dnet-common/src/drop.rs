@@ -8,7 +8,8 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
     /// A frame too short for its headers, an IPv4 or IPv6 header that is
-    /// invalid (an IPv6 payload length beyond the packet), or a Neighbor
+    /// invalid (an IPv6 payload length beyond the packet, an ICMPv6, UDP
+    /// or TCP header that does not fit in the payload), or a Neighbor
     /// Solicitation that breaks RFC 4861's checks (hop limit, code, length,
     /// a multicast target, extension headers before it).
     Malformed = 0,

@@ -67,6 +67,8 @@ pub const NEXTHDR_FRAGMENT: u8 = 44;
 pub const NEXTHDR_AUTH: u8 = 51;
 pub const NEXTHDR_DEST: u8 = 60;
 pub const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 
 /// ICMPv6 error types (RFC 4443): destination unreachable, packet too
 /// big, time exceeded, parameter problem.
@@ -171,7 +173,7 @@ pub fn walk(ctx: &TcContext, nexthdr: u8, end: usize) -> Result<L4At, DropReason
                 proto = h[0];
                 len
             }
-            _ => return Ok(L4At { proto, off }),
+            _ => return l4_fits(proto, off, end),
         };
         off += len;
         if off > end {
@@ -182,8 +184,25 @@ pub fn walk(ctx: &TcContext, nexthdr: u8, end: usize) -> Result<L4At, DropReason
         NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
             Err(DropReason::Ipv6ExtHeaders)
         }
-        _ => Ok(L4At { proto, off }),
+        _ => l4_fits(proto, off, end),
     }
+}
+
+/// The upper-layer header must lie within the payload (ICMPv6 and UDP 8
+/// bytes, TCP 20), or the checks after the walk would read its type from
+/// Ethernet padding or judge a first fragment that hides it in the next
+/// (RFC 7112): `malformed`.
+#[inline(always)]
+fn l4_fits(proto: u8, off: usize, end: usize) -> Result<L4At, DropReason> {
+    let min = match proto {
+        IPPROTO_ICMPV6 | IPPROTO_UDP => 8,
+        IPPROTO_TCP => 20,
+        _ => 0,
+    };
+    if off + min > end {
+        return Err(DropReason::Malformed);
+    }
+    Ok(L4At { proto, off })
 }
 
 /// An ICMPv6 error a container sends must be about a packet it was sent

@@ -883,3 +883,58 @@ fn a_container_sends_icmpv6_errors_only_about_packets_it_was_sent() {
         assert_eq!(run(&fx.dp, &echo).0, REDIRECT);
     });
 }
+
+#[test]
+fn an_l4_header_the_payload_does_not_hold_is_malformed() {
+    in_fresh_netns(|| {
+        let fx = fixture6(0, NET6_F_NAT);
+        let (a, b) = (fx.a.mac, fx.b.mac);
+        let tcp = |len: usize| {
+            let mut l4 = vec![0; len];
+            l4[..4].copy_from_slice(&[0x0f, 0xa0, 0x13, 0x88]);
+            if len >= 20 {
+                l4[12] = 0x50;
+                l4[13] = 0x02; // SYN
+            }
+            frame6(a, b, ip6(A6), ip6(B6), 64, 0, 6, l4, None)
+        };
+        // Whole headers go on: UDP's 8 bytes, TCP's 20.
+        let mut udp8 = udp6(a, b, A6, B6, 0);
+        udp8.truncate(14 + 40 + 8);
+        udp8[18..20].copy_from_slice(&8u16.to_be_bytes());
+        assert_eq!(run(&fx.dp, &udp8).0, REDIRECT, "an 8-byte UDP header");
+        assert_eq!(run(&fx.dp, &tcp(20)).0, REDIRECT, "a 20-byte TCP header");
+
+        // The payload length says 4 bytes of UDP, the rest is padding.
+        let mut udp4 = udp6(a, b, A6, B6, 0);
+        udp4[18..20].copy_from_slice(&4u16.to_be_bytes());
+        // An echo request whose last 4 header bytes lie beyond the payload.
+        let mut echo4 = icmp6(a, b, A6, B6, 64, 128, &[0, 1, 0, 1]);
+        echo4[18..20].copy_from_slice(&4u16.to_be_bytes());
+        // A first fragment holding only 4 bytes of its ICMPv6 header (the
+        // rest in the next fragment, RFC 7112's case), behind one
+        // extension header.
+        let mut frag = vec![ICMPV6, 0, 0, 1, 0, 0, 0, 7];
+        frag.extend_from_slice(&[128, 0, 0, 0]);
+        let frag = frame6(a, b, ip6(A6), ip6(B6), 64, 1, 44, frag, None);
+        let cases = [
+            ("4 bytes of UDP", udp4),
+            ("12 bytes of TCP", tcp(12)),
+            ("4 bytes of an ICMPv6 header", echo4),
+            ("a first fragment cutting the ICMPv6 header", frag),
+        ];
+        for (i, (what, f)) in cases.iter().enumerate() {
+            assert_eq!(run(&fx.dp, f).0, SHOT, "{what}");
+            assert_eq!(
+                drops(&fx.dp, 1, DropReason::Malformed),
+                i as u64 + 1,
+                "{what}"
+            );
+        }
+        assert_eq!(
+            fx.dp.stats(2).unwrap().tx_packets,
+            2,
+            "only whole headers reached B"
+        );
+    });
+}
