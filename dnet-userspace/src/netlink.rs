@@ -746,6 +746,8 @@ pub struct BpfFilter {
     pub name: Option<String>,
     /// Its program's tag (`TCA_BPF_TAG`), a hash of the instructions.
     pub tag: Option<[u8; 8]>,
+    /// Its program's id (`TCA_BPF_ID`).
+    pub id: Option<u32>,
 }
 
 /// The clsact qdisc's ingress hook (`TC_H_CLSACT:TC_H_MIN_INGRESS`).
@@ -805,6 +807,7 @@ pub fn bpf_filters(ifindex: u32, parent: u32) -> std::io::Result<Vec<BpfFilter>>
                         handle: f.header.handle.into(),
                         name: None,
                         tag: None,
+                        id: None,
                     };
                     for a in &f.attributes {
                         match a {
@@ -817,6 +820,9 @@ pub fn bpf_filters(ifindex: u32, parent: u32) -> std::io::Result<Vec<BpfFilter>>
                                         }
                                         TcOption::Bpf(TcFilterBpfOption::ProgTag(t)) => {
                                             filter.tag = Some(*t)
+                                        }
+                                        TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => {
+                                            filter.id = Some(*i)
                                         }
                                         _ => {}
                                     }

@@ -10,6 +10,7 @@
 mod batch;
 mod bpffs;
 mod lookup6;
+mod progs;
 #[cfg(test)]
 mod tests;
 
@@ -179,6 +180,9 @@ pub struct Datapath {
     pins: Option<PathBuf>,
     /// Links of an unpinned datapath, kept alive here instead of in bpffs.
     held_links: Vec<FdLink>,
+    /// The ids of the pinned maps this load uses (see
+    /// [`Datapath::filter_current`]); none when unpinned.
+    pinned_maps: Vec<u32>,
 }
 
 /// For [`Datapath::ct_remove_if_created`]: whenever the entry was made.
@@ -257,10 +261,16 @@ impl Datapath {
                 .map_err(prog_err(name))?;
             p.load().map_err(prog_err(name))?;
         }
+        let mut pinned_maps = Vec::with_capacity(map_paths.len());
+        for (name, path) in &map_paths {
+            let info = aya::maps::MapInfo::from_pin(path).map_err(map_err(name))?;
+            pinned_maps.push(info.id());
+        }
         Ok(Datapath {
             ebpf,
             pins: pins.map(Path::to_owned),
             held_links: Vec::new(),
+            pinned_maps,
         })
     }
 
@@ -336,12 +346,38 @@ impl Datapath {
         self.detach_endpoint(ifname)
     }
 
-    /// The filter `f` runs program `name` as this build loaded it.
+    /// The filter `f` runs program `name` as this build loaded it: the same
+    /// code (name and tag) on the same maps. A filter a daemon attached
+    /// before its pinned maps were made anew (bpffs wiped, a map retired or
+    /// resized) has the same tag but reads the orphaned maps: it is not
+    /// current, and is replaced in place.
     fn filter_current(&self, f: &crate::netlink::BpfFilter, name: &str) -> bool {
         let Some(tag) = self.tag(name) else {
             return false;
         };
-        f.name.as_deref() == Some(name) && f.tag.map(u64::from_be_bytes) == Some(tag)
+        f.name.as_deref() == Some(name)
+            && f.tag.map(u64::from_be_bytes) == Some(tag)
+            && f.id.is_some_and(|id| self.same_maps(id, name))
+    }
+
+    /// Program `id` uses the pinned maps this load's program `name` uses
+    /// (its own `.rodata` and the like are per load).
+    fn same_maps(&self, id: u32, name: &str) -> bool {
+        let Some(info) = self.ebpf.program(name).and_then(|p| p.info().ok()) else {
+            return false;
+        };
+        if info.id() == id {
+            return true;
+        }
+        let Ok(Some(ours)) = info.map_ids() else {
+            return false;
+        };
+        let Ok(theirs) = progs::map_ids(id) else {
+            return false;
+        };
+        ours.iter()
+            .filter(|i| self.pinned_maps.contains(i))
+            .all(|i| theirs.contains(i))
     }
 
     /// Attaches `prog` to `ifname` at `kind` and pins the link at `pin`

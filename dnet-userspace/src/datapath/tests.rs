@@ -2100,3 +2100,86 @@ mod found;
 
 /// IPv6: the map API and the container-side path (issue 13).
 mod ipv6;
+
+#[test]
+fn filters_reading_maps_made_anew_are_replaced_at_the_next_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    in_fresh_netns(move || {
+        // A bpffs of the test's own, in a mount namespace of this thread's
+        // own: the pins go with the namespace, also when the test fails.
+        use nix::mount::{MsFlags, mount};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare mounts");
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("make mounts private");
+        mount(
+            Some("bpf"),
+            &dir,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("a bpffs");
+        let o = std::process::Command::new("ip")
+            .args(["link", "add", "v0", "type", "veth", "peer", "name", "v1"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let index = nix::net::if_::if_nametoindex("v0").unwrap();
+        // The programs of the filters at v0's ingress.
+        let filters = || {
+            crate::netlink::bpf_filters(index, crate::netlink::CLSACT_INGRESS)
+                .unwrap()
+                .iter()
+                .map(|f| f.id)
+                .collect::<Vec<_>>()
+        };
+        let id = |dp: &Datapath| {
+            dp.ebpf
+                .program(PROG_FROM_CONTAINER)
+                .unwrap()
+                .info()
+                .unwrap()
+                .id()
+        };
+        let first = {
+            let mut dp = Datapath::load(Some(&dir)).unwrap();
+            dp.attach_endpoint("v0").unwrap();
+            assert_eq!(filters(), [Some(id(&dp))]);
+            id(&dp)
+        };
+        // A restart on the same maps keeps the filter: same code, same maps.
+        {
+            let mut dp = Datapath::load(Some(&dir)).unwrap();
+            assert_ne!(id(&dp), first);
+            assert!(dp.endpoint_attached("v0"));
+            dp.attach_endpoint("v0").unwrap();
+            assert_eq!(filters(), [Some(first)], "left as it was");
+        }
+        // The endpoint map is made anew (its pin gone, as when the bpffs is
+        // wiped or a map is retired): the old filter reads the orphan.
+        fs::remove_file(dir.join("maps").join(m::ENDPOINTS_BY_IF)).unwrap();
+        let mut dp = Datapath::load(Some(&dir)).unwrap();
+        assert!(
+            !dp.endpoint_attached("v0"),
+            "a filter on the orphaned map is not current"
+        );
+        dp.attach_endpoint("v0").unwrap();
+        assert!(dp.endpoint_attached("v0"));
+        assert_eq!(filters(), [Some(id(&dp))], "replaced in place");
+        let new_map = aya::maps::MapInfo::from_pin(dir.join("maps").join(m::ENDPOINTS_BY_IF))
+            .unwrap()
+            .id();
+        assert!(
+            super::progs::map_ids(id(&dp)).unwrap().contains(&new_map),
+            "the veth's program reads the new map"
+        );
+    });
+    drop(tmp);
+}
