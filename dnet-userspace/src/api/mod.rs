@@ -188,6 +188,9 @@ pub struct AttachRequest {
     /// A static IPv4 address.
     #[serde(default)]
     pub ip: Option<String>,
+    /// A static IPv6 address (dual-stack networks).
+    #[serde(default)]
+    pub ip6: Option<String>,
     /// A static MAC, else 02:42 + the IPv4 address.
     #[serde(default)]
     pub mac: Option<String>,

@@ -123,6 +123,7 @@ async fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<Value, CniErr
         },
         ifname: Some(ifname.to_owned()),
         ip: conf.static_ip()?,
+        ip6: None,
         mac: conf.runtime_config.mac.clone().filter(|m| !m.is_empty()),
         publish: conf.publish()?,
         aliases: Vec::new(),

@@ -150,7 +150,7 @@ impl Inner {
         let opts = EndpointOpts {
             ifname: req.ifname.as_deref(),
             ip: req.ip.as_deref(),
-            ip6: None,
+            ip6: req.ip6.as_deref(),
             mac: req.mac.as_deref(),
             publish: &req.publish,
             aliases: &req.aliases,
