@@ -23,14 +23,20 @@ fn sandbox() -> Sandbox {
 struct Upstream(Child);
 
 impl Upstream {
+    /// The daemon's upstream (`sandbox`'s `--dns-upstream`).
     fn start(sb: &Sandbox) -> Upstream {
+        Upstream::on_port(sb, UPSTREAM_PORT.parse().unwrap())
+    }
+
+    /// One on `port` of the world address.
+    fn on_port(sb: &Sandbox, port: u16) -> Upstream {
         let c = Command::new("nsenter")
             .arg(format!("--net={}", sb.world_netns_path().display()))
             .arg(conntest_bin())
             .args([
                 "dns",
                 "serve",
-                &format!("{WORLD_IP}:{UPSTREAM_PORT}"),
+                &format!("{WORLD_IP}:{port}"),
                 UPSTREAM_ANSWER,
             ])
             .stdin(Stdio::null())
@@ -38,7 +44,6 @@ impl Upstream {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the fake upstream");
-        let port: u16 = UPSTREAM_PORT.parse().unwrap();
         dnet_sandbox::wait_listening(&sb.world_netns_path(), "udp", port);
         Upstream(c)
     }
@@ -471,16 +476,7 @@ fn dns_a_containers_own_upstream_and_a_restart_keep_its_files() {
     let gw = gateway(&sb, "front");
     // The container's own upstream (port 53 of the world), not the daemon's
     // (nothing listens on its port).
-    let mut up = Command::new("nsenter")
-        .arg(format!("--net={}", sb.world_netns_path().display()))
-        .arg(conntest_bin())
-        .args(["dns", "serve", &format!("{WORLD_IP}:53"), UPSTREAM_ANSWER])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    dnet_sandbox::wait_listening(&sb.world_netns_path(), "udp", 53);
+    let _up = Upstream::on_port(&sb, 53);
     sb.sleeper(
         "own",
         &["--network", "front", "--dns", &WORLD_IP.to_string()],
@@ -503,8 +499,6 @@ fn dns_a_containers_own_upstream_and_a_restart_keep_its_files() {
     assert_eq!(rc, rc2);
     let o = sb.dnet_ok(&["exec", "plain", "--", "getent", "hosts", "own"]);
     assert!(o.starts_with(&format!("{} ", sb.ip_of("own"))), "{o}");
-    let _ = up.kill();
-    let _ = up.wait();
 }
 
 /// Container `name`'s address on network `net` (`dnet ps`).
@@ -608,20 +602,8 @@ fn dns_the_hosts_resolv_conf_is_followed() {
     std::fs::write(&host_rc, "nameserver 127.0.0.1\nsearch one.example\n").unwrap();
     sb.set_daemon_args(&["--resolv-conf", host_rc.to_str().unwrap()]);
     sb.start_daemon();
-    let _up = {
-        // The upstream the new file will name, on port 53 of the world.
-        let c = Command::new("nsenter")
-            .arg(format!("--net={}", sb.world_netns_path().display()))
-            .arg(conntest_bin())
-            .args(["dns", "serve", &format!("{WORLD_IP}:53"), UPSTREAM_ANSWER])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        dnet_sandbox::wait_listening(&sb.world_netns_path(), "udp", 53);
-        Upstream(c)
-    };
+    // The upstream the new file will name, on port 53 of the world.
+    let _up = Upstream::on_port(&sb, 53);
     sb.dnet_ok(&["network", "create", "front"]);
     let gw = gateway(&sb, "front");
     sb.sleeper("client", &["--network", "front"]);

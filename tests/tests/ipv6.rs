@@ -710,3 +710,86 @@ fn ipv6_forwarding_goes_on_while_the_daemon_is_down_and_after_a_restart() {
     assert_eq!(ip6_of(&sb, "new"), "fd00:74::4");
     assert!(request6(&sb, "new", "tcp", &srv, 80).is_some());
 }
+
+#[test]
+fn a_dual_stack_network_connected_later_and_internal_ones_route_as_ipv4_does() {
+    let sb = Sandbox::new();
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.77.0.0/24",
+        "--subnet",
+        "fd00:77::/64",
+        "dual",
+    ]);
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--ipv6",
+        "--subnet",
+        "10.78.0.0/24",
+        "--subnet",
+        "fd00:78::/64",
+        "closed",
+    ]);
+    let map6 = |sb: &Sandbox| {
+        let m = sb.map_contents();
+        m.split("\n")
+            .filter(|l| l.contains(" => "))
+            .filter(|l| l.contains("fd0000770000") || l.contains("fd0000780000"))
+            .count()
+    };
+    let before = (sb.snapshot(), snapshot6(&sb), map6(&sb));
+    // On the default (IPv4-only) bridge first, then connected to dual.
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.dnet_ok(&["network", "connect", "--ip6", "fd00:77::77", "dual", "a"]);
+    let eth1 = &json_in(&sb, "a", &["ip", "-j", "-6", "addr", "show", "eth1"])[0];
+    assert!(
+        eth1["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["local"] == "fd00:77::77"),
+        "{eth1}"
+    );
+    assert_eq!(sysctl_in(&sb, "a", "eth0/disable_ipv6"), "1");
+    assert!(ping6(&sb, "a", "fd00:77::1"), "the gateway through eth1");
+    let routes = json_in(&sb, "a", &["ip", "-j", "-6", "route", "show"]);
+    // The IPv4 default route is eth0's: no IPv6 default either (as the
+    // IPv4 default goes, so goes the IPv6 one).
+    assert!(
+        !routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "default"),
+        "{routes}"
+    );
+    // An internal dual-stack network gives no default route.
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "b",
+        "--network",
+        "closed",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let routes = json_in(&sb, "b", &["ip", "-j", "-6", "route", "show"]);
+    let rs = routes.as_array().unwrap();
+    assert!(!rs.iter().any(|r| r["dst"] == "default"), "{routes}");
+    assert!(rs.iter().any(|r| r["dst"] == "fd00:78::/64"), "{routes}");
+    assert!(ping6(&sb, "b", "fd00:78::1"), "the internal gateway");
+    // Disconnect and removal leave nothing.
+    sb.dnet_ok(&["network", "disconnect", "dual", "a"]);
+    let o = sb.dnet(&["exec", "a", "--", "ip", "link", "show", "eth1"]);
+    assert!(!ok(&o), "eth1 is gone");
+    sb.dnet_ok(&["rm", "-f", "a", "b"]);
+    sb.settle();
+    assert_eq!((sb.snapshot(), snapshot6(&sb), map6(&sb)), before);
+}

@@ -261,7 +261,7 @@ pub async fn create_endpoint(e: &Engine, r: CreateEndpoint) -> Result<CreateEndp
         answer.mac_address = mac.to_string();
     }
     if asked.address_ipv6.is_empty()
-        && let Some((ip6, prefix6, _)) = e.runtime_attachment6(&docker_ref(&r.endpoint_id)).await
+        && let (Some(ip6), Some(prefix6)) = (resp.ip6, resp.prefix6)
     {
         answer.address_ipv6 = format!("{ip6}/{prefix6}");
     }
@@ -284,17 +284,13 @@ pub async fn join(e: &Engine, r: EndpointRef) -> Result<JoinAnswer> {
     let src_name = att.container_side.ok_or_else(|| {
         Error::Conflict("the endpoint's link is not in the host namespace".into())
     })?;
-    let gateway6 = e
-        .runtime_attachment6(&docker_ref(&r.endpoint_id))
-        .await
-        .and_then(|(_, _, g)| g);
     Ok(JoinAnswer {
         interface_name: InterfaceName {
             src_name,
             dst_prefix: "eth".into(),
         },
         gateway: att.gateway.map(|g| g.to_string()).unwrap_or_default(),
-        gateway_ipv6: gateway6.map(|g| g.to_string()).unwrap_or_default(),
+        gateway_ipv6: att.gateway6.map(|g| g.to_string()).unwrap_or_default(),
         static_routes: Vec::new(),
         disable_gateway_service: false,
     })

@@ -478,17 +478,17 @@ pub async fn loopback(nl: &Netlink) -> Result<u32> {
 /// The endpoint's IPv6 entries are as they should be: both there for a
 /// dual-stack endpoint, none by its interface for an IPv4-only one.
 fn endpoint6_ok(ctx: &Ctx, a: &Attachment<'_>, want: &DpEndpoint) -> bool {
-    let (Ok(by_if), Ok(by_ip)) = (ctx.dp.endpoint6_addrs(), ctx.dp.endpoints6()) else {
+    let Ok(own) = ctx.dp.endpoint6_addr(want.ifindex) else {
         return false;
     };
-    let own = by_if
-        .iter()
-        .find(|(i, _)| *i == want.ifindex)
-        .map(|(_, a)| *a);
     match v6_of(a) {
         None => own.is_none(),
         Some((_, ip6)) => {
-            own == Some(ip6) && by_ip.iter().any(|(addr, e)| *addr == ip6 && e == want)
+            own == Some(ip6)
+                && ctx
+                    .dp
+                    .endpoint6(ip6)
+                    .is_ok_and(|e| e.as_ref() == Some(want))
         }
     }
 }

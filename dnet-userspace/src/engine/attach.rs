@@ -443,14 +443,30 @@ impl Inner {
             // The subnet goes through the gateway (see the bridge driver).
             routes.push(RouteView {
                 dst: i.subnet.to_string(),
-                gateway: Some(i.gateway),
+                gateway: Some(i.gateway.into()),
             });
         }
         if primary && let Some(gw) = gateway {
             routes.push(RouteView {
                 dst: "0.0.0.0/0".into(),
-                gateway: Some(gw),
+                gateway: Some(gw.into()),
             });
+        }
+        // The IPv6 side of a dual-stack endpoint, routed as the bridge
+        // driver routes it.
+        let ipam6 = net.ipam6.filter(|_| ep.ip6.is_some());
+        let gateway6 = ipam6.map(|i| i.gateway).filter(|_| !net.internal);
+        if let Some(i) = ipam6 {
+            routes.push(RouteView {
+                dst: i.subnet.to_string(),
+                gateway: Some(i.gateway.into()),
+            });
+            if primary && let Some(gw) = gateway6 {
+                routes.push(RouteView {
+                    dst: "::/0".into(),
+                    gateway: Some(gw.into()),
+                });
+            }
         }
         AttachResponse {
             container_id: c.id.clone(),
@@ -472,6 +488,9 @@ impl Inner {
             prefix: ipam.map(|i| i.subnet.prefix()),
             mac: ep.mac,
             gateway,
+            ip6: ep.ip6,
+            prefix6: ipam6.map(|i| i.subnet.prefix()),
+            gateway6,
             routes,
             mtu: self.ctx.mtu(net),
             ports: ports.to_vec(),

@@ -3,11 +3,7 @@
 //! looked up by its ref, and ports it publishes on an existing attachment.
 //! Every call is idempotent: a runtime retries.
 
-use std::{
-    net::{Ipv4Addr, Ipv6Addr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use ipnetwork::Ipv4Network;
 
@@ -187,25 +183,6 @@ impl Engine {
         let c = inner.runtime_container(rt)?;
         let ep = c.endpoints.first()?;
         Some(inner.attach_response(c, ep, &c.ports))
-    }
-
-    /// The IPv6 side of the attachment `rt` made on a dual-stack network:
-    /// its address, the subnet's prefix length and the IPv6 gateway (none
-    /// on internal networks). `None` for IPv4-only attachments.
-    pub async fn runtime_attachment6(
-        &self,
-        rt: &RuntimeRef,
-    ) -> Option<(Ipv6Addr, u8, Option<Ipv6Addr>)> {
-        let inner = self.inner.lock().await;
-        let c = inner.runtime_container(rt)?;
-        let ep = c.endpoints.first()?;
-        let net = inner.state.networks.get(&ep.network_id)?;
-        let i6 = net.ipam6?;
-        Some((
-            ep.ip6?,
-            i6.subnet.prefix(),
-            (!net.internal).then_some(i6.gateway),
-        ))
     }
 
     /// Collects now the host-side attachments whose veth went (see
