@@ -643,6 +643,21 @@ fn malformed_ipv6_is_dropped() {
                 ),
             ),
             ("payload length beyond the packet", long_payload),
+            ("an ICMPv6 type in the padding only", {
+                let mut f = frame6(
+                    fx.a.mac,
+                    GW_MAC,
+                    ip6(A6),
+                    ip6(GW6),
+                    255,
+                    0,
+                    ICMPV6,
+                    vec![],
+                    None,
+                );
+                f.extend_from_slice(&[128, 0, 0, 0]);
+                f
+            }),
             ("version 4", v4),
             (
                 "an NS cut short",
