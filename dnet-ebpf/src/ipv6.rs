@@ -259,6 +259,10 @@ pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Resul
     let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
     let l4 = walk(ctx, ip.nexthdr, end)?;
     if l4.proto == IPPROTO_ICMPV6 {
+        // The type must be in the payload, not in padding beyond it.
+        if l4.off >= end {
+            return Err(DropReason::Malformed);
+        }
         let ty: u8 = ctx.load(l4.off).map_err(|_| DropReason::Malformed)?;
         match ty {
             ICMPV6_NEIGH_SOLICIT => return ndp::answer_ns(ctx, ep, &me, net6, l4.off, end),

@@ -236,20 +236,34 @@ pub fn remove(paths: &NsPaths) -> Result<(), NetnsError> {
 /// target no longer shows its source (the host renamed a file over it).
 /// Returns how many were bound again.
 pub fn rebind(mnt: &Path, binds: &[Bind]) -> Result<usize, NetnsError> {
-    let fd = fs::File::open(mnt).map_err(io_err("open", mnt))?;
     let binds = binds.to_vec();
-    std::thread::spawn(move || -> Result<usize, NetnsError> {
+    in_mntns(mnt, move || {
+        let stale: Vec<Bind> = binds
+            .into_iter()
+            .filter(|b| b.source.is_file() && file_id(&b.source) != file_id(&b.target))
+            .collect();
+        bind_all(&stale)?;
+        Ok(stale.len())
+    })
+}
+
+/// (device, inode) of the file at `p`, following links.
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Runs `f` on a thread of its own inside the mount namespace at `mnt`.
+fn in_mntns<T: Send + 'static>(
+    mnt: &Path,
+    f: impl FnOnce() -> Result<T, NetnsError> + Send + 'static,
+) -> Result<T, NetnsError> {
+    let fd = fs::File::open(mnt).map_err(io_err("open", mnt))?;
+    std::thread::spawn(move || {
         // A thread shares its filesystem context with the process until it
         // unshares it; setns into a mount namespace needs its own.
         nix::sched::unshare(CloneFlags::CLONE_FS).map_err(sys("unshare CLONE_FS"))?;
         nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWNS).map_err(sys("setns"))?;
-        let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-        let stale: Vec<Bind> = binds
-            .into_iter()
-            .filter(|b| b.source.is_file() && id(&b.source) != id(&b.target))
-            .collect();
-        bind_all(&stale)?;
-        Ok(stale.len())
+        f()
     })
     .join()
     .map_err(|_| NetnsError::Panicked)?
@@ -328,16 +342,12 @@ fn mount_beneath(source: &Path, target: &Path) -> nix::Result<()> {
 /// the new file is bound on top instead (as [`rebind`]). Returns how many
 /// were swapped.
 pub fn replace(mnt: &Path, binds: &[Bind]) -> Result<usize, NetnsError> {
-    let fd = fs::File::open(mnt).map_err(io_err("open", mnt))?;
     let binds = binds.to_vec();
-    std::thread::spawn(move || -> Result<usize, NetnsError> {
-        // As in `rebind`: a thread of its own filesystem context.
-        nix::sched::unshare(CloneFlags::CLONE_FS).map_err(sys("unshare CLONE_FS"))?;
-        nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWNS).map_err(sys("setns"))?;
-        let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    in_mntns(mnt, move || {
         let mut n = 0;
         for b in binds {
-            if !b.source.is_file() || !b.target.exists() || id(&b.source) == id(&b.target) {
+            if !b.source.is_file() || !b.target.exists() || file_id(&b.source) == file_id(&b.target)
+            {
                 continue;
             }
             match mount_beneath(&b.source, &b.target) {
@@ -350,8 +360,6 @@ pub fn replace(mnt: &Path, binds: &[Bind]) -> Result<usize, NetnsError> {
         }
         Ok(n)
     })
-    .join()
-    .map_err(|_| NetnsError::Panicked)?
 }
 
 /// What a process needs to enter a container: namespace files opened

@@ -27,6 +27,14 @@ pub struct State {
     /// chosen at random when the first one is needed, then kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ula48: Option<Ipv6Network>,
+    /// Containers whose default route a disconnect re-elects (it left the
+    /// network that gave it), committed with that disconnect: a start
+    /// checks these namespaces only, for one a daemon killed before the
+    /// re-election left without a default route. An id goes from the
+    /// state in memory once its route is elected, and from the file with
+    /// the next commit.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub default_route_due: BTreeSet<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -856,14 +856,19 @@ pub fn listening(netns: &Path, proto: &str, port: u16) -> bool {
         "reading {table} in {}: {o:?}",
         netns.display()
     );
+    // An IPv6 (or dual-stack `[::]`) socket is in the `6` table, which
+    // may be missing.
+    let o6 = in_netns(netns, "cat", &[&format!("{table}6")]);
     // local_address is ADDR:PORT in hex; TCP LISTEN is state 0A, a bound
     // UDP socket 07.
     let state = if proto == "tcp" { "0A" } else { "07" };
-    String::from_utf8_lossy(&o.stdout).lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3
-            && f[1].rsplit(':').next() == Some(format!("{port:04X}").as_str())
-            && f[3] == state
+    [o, o6].iter().filter(|o| o.status.success()).any(|o| {
+        String::from_utf8_lossy(&o.stdout).lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[1].rsplit(':').next() == Some(format!("{port:04X}").as_str())
+                && f[3] == state
+        })
     })
 }
 
@@ -1071,6 +1076,36 @@ impl Drop for Sandbox {
         }
         let _ = fs::remove_dir_all(&self.bpffs);
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Fixtures the scenarios share.
+impl Sandbox {
+    /// Starts a detached container `name` that sleeps (five minutes), made
+    /// with the extra `dnet run` flags `flags` (`--network NET`, say).
+    pub fn sleeper(&self, name: &str, flags: &[&str]) {
+        let mut a = vec!["run", "-d", "--name", name];
+        a.extend(flags);
+        a.extend(["--", "sleep", "300"]);
+        self.dnet_ok(&a);
+    }
+
+    /// One ping (two seconds at most) from container `name` to `to`, with
+    /// the extra ping flags `flags` (`-t TTL`, say).
+    pub fn ping_from(&self, name: &str, to: &str, flags: &[&str]) -> Output {
+        let mut a = vec!["exec", name, "--", "ping", "-c", "1", "-W", "2"];
+        a.extend(flags);
+        a.push(to);
+        self.dnet(&a)
+    }
+
+    /// Whether container `name` reaches the world: one ping of [`WORLD_IP`].
+    pub fn reaches_world(&self, name: &str) -> bool {
+        let o = self.ping_from(name, &WORLD_IP.to_string(), &[]);
+        if !o.status.success() {
+            eprintln!("{name} does not reach the world: {}", out(&o));
+        }
+        o.status.success()
     }
 }
 

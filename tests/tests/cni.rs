@@ -82,7 +82,7 @@ fn cni_api_collect_detaches_only_what_the_runtime_no_longer_knows() {
     attach_cni(&mut sb, "k1", "a");
     attach_cni(&mut sb, "k2", "b");
     attach_cni(&mut sb, "gone1", "c");
-    sb.dnet_ok(&["run", "-d", "--name", "own", "--", "sleep", "300"]);
+    sb.sleeper("own", &[]);
     // Another runtime's container is not the CNI's to collect.
     let ns = sb.add_netns("d");
     let (code, r) = sb.api_post(

@@ -623,3 +623,79 @@ impl Drop for Remove {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[test]
+fn cni_on_a_dual_stack_network_gives_and_reports_both_addresses() {
+    let mut sb = Sandbox::new();
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.76.0.0/24",
+        "--subnet",
+        "fd00:76::/64",
+        "dual",
+    ]);
+    let ns = sb.add_netns("d");
+    let c = conf(&sb, "0.4.0", "dual");
+    let add = cni(&sb, "ADD", "ctr6aaaa", s(&ns)).call(&c);
+    add.assert_ok();
+    let r = add.json();
+    assert_eq!(
+        r["ips"][1],
+        json!({"address": "fd00:76::2/64", "gateway": "fd00:76::1", "interface": 1, "version": "6"}),
+        "{r}"
+    );
+    assert!(
+        r["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["dst"] == "::/0" && x["gw"] == "fd00:76::1"),
+        "{r}"
+    );
+    // The namespace (another runtime's) has the address, and it works:
+    // the gateway answers over IPv6.
+    let l = in_netns(
+        &ns,
+        "ip",
+        &["-6", "-o", "addr", "show", "eth0", "scope", "global"],
+    );
+    assert!(
+        String::from_utf8_lossy(&l.stdout).contains("fd00:76::2/64"),
+        "{}",
+        out(&l)
+    );
+    let p = in_netns(
+        &ns,
+        "ping",
+        &["-6", "-n", "-c", "1", "-W", "2", "fd00:76::1"],
+    );
+    assert!(ok(&p), "{}", out(&p));
+    cni(&sb, "CHECK", "ctr6aaaa", s(&ns))
+        .call(&{
+            let mut c = c.clone();
+            c["prevResult"] = r.clone();
+            c
+        })
+        .assert_ok();
+    cni(&sb, "DEL", "ctr6aaaa", s(&ns)).call(&c).assert_ok();
+    assert_consistent(&sb);
+    // A static IPv6 address (runtimeConfig `ips`), and one refused on an
+    // IPv4-only network.
+    let mut c6 = c.clone();
+    c6["runtimeConfig"] = json!({"ips": ["10.76.0.50/24", "fd00:76::50/64"]});
+    let add = cni(&sb, "ADD", "ctr6bbbb", s(&ns)).call(&c6);
+    add.assert_ok();
+    let r = add.json();
+    assert_eq!(r["ips"][0]["address"], "10.76.0.50/24", "{r}");
+    assert_eq!(r["ips"][1]["address"], "fd00:76::50/64", "{r}");
+    cni(&sb, "DEL", "ctr6bbbb", s(&ns)).call(&c6).assert_ok();
+    let mut v4 = conf(&sb, "1.0.0", "bridge");
+    v4["runtimeConfig"] = json!({"ips": ["fd00:76::51/64"]});
+    cni(&sb, "ADD", "ctr6cccc", s(&ns))
+        .call(&v4)
+        .assert_error(100, "not dual-stack");
+    assert_consistent(&sb);
+}

@@ -28,7 +28,7 @@ fn ct_a_syn_flood_at_a_published_port_breaks_no_established_flow() {
         "run", "-d", "--name", "web", "-p", "8080:80", "--", &ctb, "serve", "tcp", "80",
     ]);
     sb.wait_server("web", "tcp", 80);
-    sb.dnet_ok(&["run", "-d", "--name", "b", "--", "sleep", "300"]);
+    sb.sleeper("b", &[]);
     // B opens 20 connections to the world and keeps them idle until the
     // flood is over, then uses each once more.
     let hold = sb.dir.join("hold");
@@ -144,8 +144,8 @@ fn ct_a_udp_flow_flood_from_one_container_leaves_others_their_flows_and_dns() {
     sb.spawn_in(&w, &ct(), &["serve", "udp", "53"]);
     wait_listening(&w, "tcp", 80);
     wait_listening(&w, "udp", 53);
-    sb.dnet_ok(&["run", "-d", "--name", "flood", "--", "sleep", "300"]);
-    sb.dnet_ok(&["run", "-d", "--name", "b", "--", "sleep", "300"]);
+    sb.sleeper("flood", &[]);
+    sb.sleeper("b", &[]);
     // B holds a connection to the world through the flood, then uses it.
     let hold = sb.dir.join("hold");
     std::fs::write(&hold, "").unwrap();
@@ -239,7 +239,7 @@ fn ct_many_short_nat_connections_from_one_container_all_succeed_with_the_default
     let w = sb.world_netns_path();
     sb.spawn_in(&w, connrate, &["serve", "7000"]);
     wait_listening(&w, "tcp", 7000);
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.sleeper("a", &[]);
     const N: u64 = 25_000;
     // Bounded in count; the time bound only stops a broken run.
     let o = sb.dnet(&[

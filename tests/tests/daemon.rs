@@ -109,7 +109,7 @@ fn a_detached_command_starts_clean_in_a_cgroup_of_its_own() {
     sb.start_daemon();
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&sb.state_dir()), 0o700, "state folder");
-    sb.dnet_ok(&["run", "-d", "--name", "x", "--", "sleep", "300"]);
+    sb.sleeper("x", &[]);
     let c = sb.container("x");
     let pid = c["pid"].as_u64().expect("a running pid");
     let daemon = sb.daemon_pid().expect("daemon pid");

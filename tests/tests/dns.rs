@@ -23,14 +23,20 @@ fn sandbox() -> Sandbox {
 struct Upstream(Child);
 
 impl Upstream {
+    /// The daemon's upstream (`sandbox`'s `--dns-upstream`).
     fn start(sb: &Sandbox) -> Upstream {
+        Upstream::on_port(sb, UPSTREAM_PORT.parse().unwrap())
+    }
+
+    /// One on `port` of the world address.
+    fn on_port(sb: &Sandbox, port: u16) -> Upstream {
         let c = Command::new("nsenter")
             .arg(format!("--net={}", sb.world_netns_path().display()))
             .arg(conntest_bin())
             .args([
                 "dns",
                 "serve",
-                &format!("{WORLD_IP}:{UPSTREAM_PORT}"),
+                &format!("{WORLD_IP}:{port}"),
                 UPSTREAM_ANSWER,
             ])
             .stdin(Stdio::null())
@@ -38,7 +44,6 @@ impl Upstream {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the fake upstream");
-        let port: u16 = UPSTREAM_PORT.parse().unwrap();
         dnet_sandbox::wait_listening(&sb.world_netns_path(), "udp", port);
         Upstream(c)
     }
@@ -87,27 +92,25 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-fn sleeper(sb: &Sandbox, name: &str, net: &str, extra: &[&str]) {
-    let mut a = vec!["run", "-d", "--name", name, "--network", net];
-    a.extend(extra);
-    a.extend(["--", "sleep", "300"]);
-    sb.dnet_ok(&a);
-}
-
 #[test]
 fn dns_containers_find_each_other_by_name_alias_and_network_name() {
     let sb = sandbox();
     let _up = Upstream::start(&sb);
     sb.dnet_ok(&["network", "create", "front"]);
     let gw = gateway(&sb, "front");
-    sleeper(
-        &sb,
+    sb.sleeper(
         "web",
-        "front",
-        &["--network-alias", "www", "--network-alias", "pool"],
+        &[
+            "--network",
+            "front",
+            "--network-alias",
+            "www",
+            "--network-alias",
+            "pool",
+        ],
     );
-    sleeper(&sb, "web2", "front", &["--network-alias", "pool"]);
-    sleeper(&sb, "client", "front", &[]);
+    sb.sleeper("web2", &["--network", "front", "--network-alias", "pool"]);
+    sb.sleeper("client", &["--network", "front"]);
     let web = sb.ip_of("web");
     let web2 = sb.ip_of("web2");
     for name in ["web", "WEB.", "www", "web.front", "www.front"] {
@@ -189,9 +192,9 @@ fn dns_names_are_scoped_to_the_asking_containers_networks() {
     sb.dnet_ok(&["network", "create", "front"]);
     sb.dnet_ok(&["network", "create", "back"]);
     let (gf, gb) = (gateway(&sb, "front"), gateway(&sb, "back"));
-    sleeper(&sb, "web", "front", &[]);
-    sleeper(&sb, "other", "back", &[]);
-    sleeper(&sb, "old", "bridge", &[]);
+    sb.sleeper("web", &["--network", "front"]);
+    sb.sleeper("other", &["--network", "back"]);
+    sb.sleeper("old", &["--network", "bridge"]);
     // A container of another network: web is a name like any unknown one,
     // forwarded, and the upstream knows nothing of it.
     assert_eq!(ask(&sb, "other", &gb, &["web"]), vec!["rcode NXDomain"]);
@@ -241,9 +244,9 @@ fn dns_removed_containers_stop_resolving_and_names_survive_a_restart() {
     let _up = Upstream::start(&sb);
     sb.dnet_ok(&["network", "create", "front"]);
     let gw = gateway(&sb, "front");
-    sleeper(&sb, "web", "front", &[]);
-    sleeper(&sb, "gone", "front", &[]);
-    sleeper(&sb, "client", "front", &[]);
+    sb.sleeper("web", &["--network", "front"]);
+    sb.sleeper("gone", &["--network", "front"]);
+    sb.sleeper("client", &["--network", "front"]);
     let web = sb.ip_of("web");
     assert_eq!(ask(&sb, "client", &gw, &["gone"]).len(), 2);
     sb.dnet_ok(&["rm", "-f", "gone"]);
@@ -285,9 +288,9 @@ fn dns_forwarding_servfails_when_upstreams_fail_and_skips_internal_networks() {
     sb.dnet_ok(&["network", "create", "front"]);
     sb.dnet_ok(&["network", "create", "--internal", "vault"]);
     let (gf, gv) = (gateway(&sb, "front"), gateway(&sb, "vault"));
-    sleeper(&sb, "client", "front", &[]);
-    sleeper(&sb, "secret", "vault", &[]);
-    sleeper(&sb, "peer", "vault", &[]);
+    sb.sleeper("client", &["--network", "front"]);
+    sb.sleeper("secret", &["--network", "vault"]);
+    sb.sleeper("peer", &["--network", "vault"]);
     {
         let _up = Upstream::start(&sb);
         assert_eq!(
@@ -346,7 +349,7 @@ fn dns_run_containers_get_their_own_resolv_conf_hosts_and_hostname() {
     let _up = Upstream::start(&sb);
     sb.dnet_ok(&["network", "create", "front"]);
     let gw = gateway(&sb, "front");
-    sleeper(&sb, "web", "front", &["--network-alias", "www"]);
+    sb.sleeper("web", &["--network", "front", "--network-alias", "www"]);
     let web = sb.ip_of("web");
     let id = sb.container("web")["id"].as_str().unwrap().to_owned();
     // A foreground `dnet run` resolves a detached container through glibc
@@ -473,18 +476,12 @@ fn dns_a_containers_own_upstream_and_a_restart_keep_its_files() {
     let gw = gateway(&sb, "front");
     // The container's own upstream (port 53 of the world), not the daemon's
     // (nothing listens on its port).
-    let mut up = Command::new("nsenter")
-        .arg(format!("--net={}", sb.world_netns_path().display()))
-        .arg(conntest_bin())
-        .args(["dns", "serve", &format!("{WORLD_IP}:53"), UPSTREAM_ANSWER])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    dnet_sandbox::wait_listening(&sb.world_netns_path(), "udp", 53);
-    sleeper(&sb, "own", "front", &["--dns", &WORLD_IP.to_string()]);
-    sleeper(&sb, "plain", "front", &[]);
+    let _up = Upstream::on_port(&sb, 53);
+    sb.sleeper(
+        "own",
+        &["--network", "front", "--dns", &WORLD_IP.to_string()],
+    );
+    sb.sleeper("plain", &["--network", "front"]);
     assert_eq!(
         ask(&sb, "own", &gw, &["host.example"]),
         vec!["rcode NoError".to_owned(), format!("A {UPSTREAM_ANSWER}")]
@@ -502,8 +499,6 @@ fn dns_a_containers_own_upstream_and_a_restart_keep_its_files() {
     assert_eq!(rc, rc2);
     let o = sb.dnet_ok(&["exec", "plain", "--", "getent", "hosts", "own"]);
     assert!(o.starts_with(&format!("{} ", sb.ip_of("own"))), "{o}");
-    let _ = up.kill();
-    let _ = up.wait();
 }
 
 /// Container `name`'s address on network `net` (`dnet ps`).
@@ -546,8 +541,8 @@ fn dns_hosts_and_resolv_conf_follow_network_connect_and_disconnect() {
     sb.dnet_ok(&["network", "create", "back"]);
     let (gf, gb) = (gateway(&sb, "front"), gateway(&sb, "back"));
     // web starts on the default bridge: no resolver of dnet's.
-    sleeper(&sb, "web", "bridge", &[]);
-    sleeper(&sb, "peer", "back", &[]);
+    sb.sleeper("web", &["--network", "bridge"]);
+    sb.sleeper("peer", &["--network", "back"]);
     let id = sb.container("web")["id"].as_str().unwrap()[..12].to_owned();
     let on_bridge = ip_on(&sb, "web", "bridge");
     let line = |ip: &str| format!("{ip}\t{id} web");
@@ -607,24 +602,12 @@ fn dns_the_hosts_resolv_conf_is_followed() {
     std::fs::write(&host_rc, "nameserver 127.0.0.1\nsearch one.example\n").unwrap();
     sb.set_daemon_args(&["--resolv-conf", host_rc.to_str().unwrap()]);
     sb.start_daemon();
-    let _up = {
-        // The upstream the new file will name, on port 53 of the world.
-        let c = Command::new("nsenter")
-            .arg(format!("--net={}", sb.world_netns_path().display()))
-            .arg(conntest_bin())
-            .args(["dns", "serve", &format!("{WORLD_IP}:53"), UPSTREAM_ANSWER])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        dnet_sandbox::wait_listening(&sb.world_netns_path(), "udp", 53);
-        Upstream(c)
-    };
+    // The upstream the new file will name, on port 53 of the world.
+    let _up = Upstream::on_port(&sb, 53);
     sb.dnet_ok(&["network", "create", "front"]);
     let gw = gateway(&sb, "front");
-    sleeper(&sb, "client", "front", &[]);
-    sleeper(&sb, "old", "bridge", &[]);
+    sb.sleeper("client", &["--network", "front"]);
+    sb.sleeper("old", &["--network", "bridge"]);
     assert_eq!(
         ask(&sb, "client", &gw, &["host.example"]),
         vec!["rcode ServFail"]

@@ -69,11 +69,22 @@ impl Env {
     }
 
     /// `docker network create -d <driver> ARGS NAME`: Docker's network id.
+    /// Returns once dnet has learned the name from dockerd (its state does
+    /// not change behind a test's back after that).
     fn network(&self, name: &str, args: &[&str]) -> String {
         let mut a = vec!["network", "create", "-d", self.driver.as_str()];
         a.extend(args);
         a.push(name);
-        self.docker(&a).trim().to_owned()
+        let id = self.docker(&a).trim().to_owned();
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                self.dnet_network(&id).is_some_and(|n| n["name"] == name)
+            }),
+            "dnet did not learn Docker's name {name}: {:?}\n{}",
+            self.dnet_network(&id),
+            self.sb.log_tail(20)
+        );
+        id
     }
 
     /// `docker run -d --network NET ARGS IMAGE sleep 1000000`.
@@ -148,15 +159,8 @@ fn docker_containers_on_a_dnet_network() {
     assert_eq!(net["ipam"]["gateway"], "10.89.0.1");
     assert_eq!(net["runtime"]["runtime"], "docker");
     // Docker does not send the name: dnet asks dockerd's API for it, after
-    // CreateNetwork has answered, and the network goes by it in dnet too.
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            env.dnet_network(&id).is_some_and(|n| n["name"] == "dn1")
-        }),
-        "the network is not named dn1 in dnet: {:?}\n{}",
-        env.dnet_network(&id),
-        env.sb.log_tail(20)
-    );
+    // CreateNetwork has answered (`env.network` waits for it), and the
+    // network goes by it in dnet too.
     let inspect = env.sb.dnet_json(&["network", "inspect", "dn1"]);
     assert_eq!(inspect[0]["runtime"]["id"], id.as_str(), "{inspect}");
     // Docker's IPAM hands out this network's addresses and knows none of
@@ -827,6 +831,16 @@ fn docker_macvlan_network() {
     let net = env.dnet_network(&id).expect("the dnet network of Docker's");
     assert_eq!(net["driver"], "macvlan", "{net}");
     assert_eq!(net["options"]["parent"], "eth0", "{net}");
+    // Docker's IPAM keeps its `--ip-range` to itself in CreateNetwork: dnet
+    // learns it from dockerd's API with the name, and shows it.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            env.dnet_network(&id)
+                .is_some_and(|n| n["name"] == "lan" && n["ipam"]["ip_range"] == "198.18.0.64/26")
+        }),
+        "{:?}",
+        env.dnet_network(&id)
+    );
     env.run("m1", "lan", &[]);
     env.run("m2", "lan", &["--ip", "198.18.0.100"]);
 
@@ -885,6 +899,47 @@ fn docker_macvlan_network() {
     env.docker(&["rm", "-f", "m1", "m2"]);
     env.docker(&["network", "rm", "lan"]);
     assert!(env.dnet_network(&id).is_none());
+    env.assert_clean();
+
+    // With dnet's IPAM: the pool is the parent's LAN, routed on the parent,
+    // which a macvlan network expects (a bridge's pool there is refused,
+    // when the network is made).
+    let d = env.driver.clone();
+    let lan = [
+        "--ipam-driver",
+        d.as_str(),
+        "--subnet",
+        "198.18.0.0/24",
+        "--gateway",
+        "198.18.0.1",
+        "--ip-range",
+        "198.18.0.64/26",
+    ];
+    let before = env.sb.state();
+    let e = env.docker_err(
+        &[
+            &["network", "create", "-d", d.as_str()][..],
+            &lan[..],
+            &["br"],
+        ]
+        .concat(),
+    );
+    assert!(e.contains("overlaps the route"), "{e}");
+    assert_eq!(env.sb.state(), before);
+    let mut args = vec!["-o", "driver=macvlan", "-o", "parent=eth0"];
+    args.extend(lan);
+    let id = env.network("lan2", &args);
+    let net = env.dnet_network(&id).expect("the dnet network of Docker's");
+    assert_eq!(net["driver"], "macvlan", "{net}");
+    assert_eq!(net["ipam"]["ip_range"], "198.18.0.64/26", "{net}");
+    env.run("m3", "lan2", &[]);
+    assert_eq!(env.eth0("m3").0, "198.18.0.64/24");
+    let o = env
+        .sb
+        .in_world("ping", &["-c", "1", "-W", "2", "198.18.0.64"]);
+    assert!(ok(&o), "the world -> m3: {}", out(&o));
+    env.docker(&["rm", "-f", "m3"]);
+    env.docker(&["network", "rm", "lan2"]);
     env.assert_clean();
     assert_eq!(env.sb.host_links(), links_before, "links left in the host");
 }

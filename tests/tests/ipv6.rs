@@ -74,6 +74,21 @@ fn bad_ipv6_input_gets_a_clear_error_and_changes_nothing() {
         "sleep",
         "300",
     ]);
+    // A prefix routed where the daemon runs (the uplink's, say).
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:5::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
     let before = (sb.snapshot(), snapshot6(&sb));
     let create = |extra: &[&str], want: &str| {
         let mut a = vec!["network", "create"];
@@ -85,6 +100,10 @@ fn bad_ipv6_input_gets_a_clear_error_and_changes_nothing() {
     create(&["--subnet", "fd00:61::/64"], "needs --ipv6");
     create(&["--gateway", "fd00:61::1"], "needs --ipv6");
     create(&["--ipv6", "--subnet", "fd00:60:0:0:1::/80"], "overlaps");
+    create(
+        &["--ipv6", "--subnet", "2001:db8:5::/64"],
+        "overlaps the route to 2001:db8:5::/64",
+    );
     create(&["--ipv6", "--subnet", "fd00::/40"], "shorter than /48");
     create(&["--ipv6", "--subnet", "fd00:62::/126"], "/124 or shorter");
     create(&["--ipv6", "--subnet", "fe80::/64"], "link-local");
@@ -436,4 +455,341 @@ fn dual_stack_names_have_their_ipv6_address_in_hosts_and_dns() {
     assert_eq!(ask("web.dual", "a"), vec!["rcode NoError", "A 10.64.0.2"]);
     let hosts = sb.dnet_ok(&["exec", "old", "--", "cat", "/etc/hosts"]);
     assert!(!hosts.contains("fd00:"), "{hosts}");
+}
+
+/// A daemon killed between the commit and the teardown of a dual-stack
+/// network's or container's removal: the next start removes the IPv6
+/// objects nobody owns (gateway on `lo`, unreachable route, map entries).
+#[test]
+fn an_interrupted_ipv6_removal_is_finished_at_the_next_start() {
+    let mut sb = Sandbox::new();
+    let clean = (sb.snapshot(), snapshot6(&sb));
+    for (point, setup, op) in [
+        (
+            "network-remove:committed",
+            &[&[
+                "network",
+                "create",
+                "--ipv6",
+                "--subnet",
+                "fd00:66::/64",
+                "gone",
+            ][..]][..],
+            &["network", "rm", "gone"][..],
+        ),
+        (
+            "container-remove:committed",
+            &[
+                &[
+                    "network",
+                    "create",
+                    "--ipv6",
+                    "--subnet",
+                    "fd00:67::/64",
+                    "keep",
+                ][..],
+                &[
+                    "run",
+                    "-d",
+                    "--name",
+                    "c",
+                    "--network",
+                    "keep",
+                    "--",
+                    "sleep",
+                    "300",
+                ][..],
+            ][..],
+            &["rm", "-f", "c"][..],
+        ),
+    ] {
+        for s in setup {
+            sb.dnet_ok(s);
+        }
+        sb.stop_daemon(libc::SIGTERM);
+        sb.set_daemon_env(&[("DNET_CRASH_AT", point)]);
+        sb.start_daemon();
+        assert!(!ok(&sb.dnet(op)), "{point}: {op:?} answered");
+        assert!(
+            sb.wait_daemon_exit(std::time::Duration::from_secs(30))
+                .is_some(),
+            "{point}: the daemon did not stop there"
+        );
+        sb.set_daemon_env(&[]);
+        sb.start_daemon();
+        dnet_sandbox::assert_consistent(&sb);
+        if point == "container-remove:committed" {
+            let maps = sb.map_contents();
+            assert!(
+                !maps.contains("fd006700000000000000000000000002"),
+                "{point}: {maps}"
+            );
+            sb.dnet_ok(&["network", "rm", "keep"]);
+        }
+        sb.settle();
+        assert_eq!((sb.snapshot(), snapshot6(&sb)), clean, "{point}");
+    }
+}
+
+/// A conntest server on `[::]:PORT` (IPv6 and IPv4) in a new container.
+fn server6(sb: &Sandbox, name: &str, net: &str, proto: &str, port: u16) {
+    let ct = conntest_bin();
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        net,
+        "--",
+        ct.to_str().unwrap(),
+        "serve",
+        proto,
+        &format!("[::]:{port}"),
+    ]);
+    sb.wait_server(name, proto, port);
+}
+
+fn ip6_of(sb: &Sandbox, name: &str) -> String {
+    sb.container(name)["networks"][0]["ip6"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name} has no IPv6 address"))
+        .to_owned()
+}
+
+/// `ping -6` from a container: every one of `count` echoes answered.
+fn ping6(sb: &Sandbox, from: &str, to: &str) -> bool {
+    ok(&sb.dnet(&[
+        "exec", from, "--", "ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", to,
+    ]))
+}
+
+/// What a conntest server saw of one request from `from` to `[to]:port`.
+fn request6(sb: &Sandbox, from: &str, proto: &str, to: &str, port: u16) -> Option<String> {
+    let o = sb.conntest_in(from, &[proto, &format!("[{to}]:{port}")]);
+    ok(&o).then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+#[test]
+fn dual_stack_containers_reach_each_other_and_the_gateway_over_ipv6() {
+    let sb = Sandbox::new();
+    for (net, v4, v6) in [
+        ("dual", "10.70.0.0/24", "fd00:70::/64"),
+        ("other", "10.71.0.0/24", "fd00:71::/64"),
+    ] {
+        sb.dnet_ok(&[
+            "network", "create", "--ipv6", "--subnet", v4, "--subnet", v6, net,
+        ]);
+    }
+    server6(&sb, "tcp", "dual", "tcp", 80);
+    server6(&sb, "udp", "dual", "udp", 53);
+    server6(&sb, "far", "other", "tcp", 80);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cli",
+        "--network",
+        "dual",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let (t, u, far, cli) = (
+        ip6_of(&sb, "tcp"),
+        ip6_of(&sb, "udp"),
+        ip6_of(&sb, "far"),
+        ip6_of(&sb, "cli"),
+    );
+    // The gateway and the peers, both ways; the server sees the client's
+    // own address.
+    assert!(ping6(&sb, "cli", "fd00:70::1"), "gateway");
+    assert!(ping6(&sb, "cli", &t) && ping6(&sb, "tcp", &cli), "peers");
+    for (proto, to, port) in [("tcp", &t, 80), ("udp", &u, 53)] {
+        let seen = request6(&sb, "cli", proto, to, port)
+            .unwrap_or_else(|| panic!("{proto} to [{to}]:{port}"));
+        assert!(seen.starts_with(&format!("[{cli}]:")), "{proto}: {seen}");
+    }
+    // The same servers over IPv4 still.
+    let seen = sb.conntest_in("cli", &["tcp", &format!("{}:80", sb.ip_of("tcp"))]);
+    assert!(ok(&seen), "{}", out(&seen));
+    // Another network's container is out of reach, over IPv6 as over IPv4.
+    assert!(
+        request6(&sb, "cli", "tcp", &far, 80).is_none(),
+        "reached another network"
+    );
+    assert!(!ping6(&sb, "cli", &far));
+    // The host reaches a container at its IPv6 address, from the gateway.
+    let o = sb.in_host("ping", &["-6", "-n", "-c", "1", "-W", "2", &t]);
+    assert!(ok(&o), "host to {t}: {}", out(&o));
+}
+
+#[test]
+fn an_ipv4_only_network_next_to_a_dual_stack_one_drops_ipv6() {
+    let sb = Sandbox::new();
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.72.0.0/24",
+        "--subnet",
+        "fd00:72::/64",
+        "dual",
+    ]);
+    sb.dnet_ok(&["network", "create", "--subnet", "10.73.0.0/24", "v4"]);
+    server6(&sb, "srv", "dual", "tcp", 80);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "v4c",
+        "--network",
+        "v4",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    // The IPv4-only container turns IPv6 on by itself, takes an address of
+    // the dual-stack subnet and sends to it: the datapath drops all of
+    // it with the `ipv6` reason (its network has no IPv6).
+    sb.dnet_ok(&[
+        "exec",
+        "v4c",
+        "--",
+        "sh",
+        "-c",
+        "echo 0 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6 && \
+         ip -6 addr add fd00:72::99/64 dev eth0 nodad && \
+         ip -6 route add default dev eth0",
+    ]);
+    let before = sb.drops("v4c", "ipv6");
+    let srv = ip6_of(&sb, "srv");
+    assert!(request6(&sb, "v4c", "tcp", &srv, 80).is_none());
+    assert!(sb.drops("v4c", "ipv6") > before, "counted");
+    // The dual-stack side is not disturbed.
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cli",
+        "--network",
+        "dual",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert!(request6(&sb, "cli", "tcp", &srv, 80).is_some());
+}
+
+#[test]
+fn ipv6_forwarding_goes_on_while_the_daemon_is_down_and_after_a_restart() {
+    let mut sb = Sandbox::with_daemon_args(&["--ipv6", "--fixed-cidr-v6", "fd00:74::/64"]);
+    server6(&sb, "srv", "bridge", "tcp", 80);
+    sb.dnet_ok(&["run", "-d", "--name", "cli", "--", "sleep", "300"]);
+    let srv = ip6_of(&sb, "srv");
+    assert!(request6(&sb, "cli", "tcp", &srv, 80).is_some());
+    let before = (sb.snapshot(), snapshot6(&sb));
+    let cli_ns = sb.netns_of("cli");
+    sb.stop_daemon(libc::SIGKILL);
+    // No daemon: the pinned programs and maps go on (`dnet exec` needs
+    // the daemon, so from the container's namespace directly).
+    let ct = conntest_bin();
+    let o = dnet_sandbox::in_netns(
+        &cli_ns,
+        ct.to_str().unwrap(),
+        &["tcp", &format!("[{srv}]:80")],
+    );
+    assert!(ok(&o), "while the daemon is down: {}", out(&o));
+    sb.start_daemon();
+    assert_eq!((sb.snapshot(), snapshot6(&sb)), before);
+    assert!(request6(&sb, "cli", "tcp", &srv, 80).is_some());
+    assert!(ping6(&sb, "cli", "fd00:74::1"));
+    // A new dual-stack container after the restart reaches the old ones.
+    sb.dnet_ok(&["run", "-d", "--name", "new", "--", "sleep", "300"]);
+    assert_eq!(ip6_of(&sb, "new"), "fd00:74::4");
+    assert!(request6(&sb, "new", "tcp", &srv, 80).is_some());
+}
+
+#[test]
+fn a_dual_stack_network_connected_later_and_internal_ones_route_as_ipv4_does() {
+    let sb = Sandbox::new();
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.77.0.0/24",
+        "--subnet",
+        "fd00:77::/64",
+        "dual",
+    ]);
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--ipv6",
+        "--subnet",
+        "10.78.0.0/24",
+        "--subnet",
+        "fd00:78::/64",
+        "closed",
+    ]);
+    let map6 = |sb: &Sandbox| {
+        let m = sb.map_contents();
+        m.split("\n")
+            .filter(|l| l.contains(" => "))
+            .filter(|l| l.contains("fd0000770000") || l.contains("fd0000780000"))
+            .count()
+    };
+    let before = (sb.snapshot(), snapshot6(&sb), map6(&sb));
+    // On the default (IPv4-only) bridge first, then connected to dual.
+    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.dnet_ok(&["network", "connect", "--ip6", "fd00:77::77", "dual", "a"]);
+    let eth1 = &json_in(&sb, "a", &["ip", "-j", "-6", "addr", "show", "eth1"])[0];
+    assert!(
+        eth1["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["local"] == "fd00:77::77"),
+        "{eth1}"
+    );
+    assert_eq!(sysctl_in(&sb, "a", "eth0/disable_ipv6"), "1");
+    assert!(ping6(&sb, "a", "fd00:77::1"), "the gateway through eth1");
+    let routes = json_in(&sb, "a", &["ip", "-j", "-6", "route", "show"]);
+    // The IPv4 default route is eth0's: no IPv6 default either (as the
+    // IPv4 default goes, so goes the IPv6 one).
+    assert!(
+        !routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "default"),
+        "{routes}"
+    );
+    // An internal dual-stack network gives no default route.
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "b",
+        "--network",
+        "closed",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let routes = json_in(&sb, "b", &["ip", "-j", "-6", "route", "show"]);
+    let rs = routes.as_array().unwrap();
+    assert!(!rs.iter().any(|r| r["dst"] == "default"), "{routes}");
+    assert!(rs.iter().any(|r| r["dst"] == "fd00:78::/64"), "{routes}");
+    assert!(ping6(&sb, "b", "fd00:78::1"), "the internal gateway");
+    // Disconnect and removal leave nothing.
+    sb.dnet_ok(&["network", "disconnect", "dual", "a"]);
+    let o = sb.dnet(&["exec", "a", "--", "ip", "link", "show", "eth1"]);
+    assert!(!ok(&o), "eth1 is gone");
+    sb.dnet_ok(&["rm", "-f", "a", "b"]);
+    sb.settle();
+    assert_eq!((sb.snapshot(), snapshot6(&sb), map6(&sb)), before);
 }

@@ -28,7 +28,7 @@ fn udp_in(sb: &Sandbox, container: &str) -> u64 {
 #[test]
 fn a_tagged_frame_from_a_container_is_dropped_and_no_tag_leaves_the_uplink() {
     let sb = Sandbox::new();
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.sleeper("a", &[]);
     // Watches what arrives on the world's side of the uplink.
     let mut sniff = Command::new("nsenter")
         .arg(format!("--net={}", sb.world_netns_path().display()))

@@ -27,20 +27,6 @@ fn inspect(sb: &Sandbox, name: &str) -> Value {
     sb.dnet_json(&["network", "inspect", name])[0].clone()
 }
 
-fn run_on(sb: &Sandbox, name: &str, network: &str) {
-    sb.dnet_ok(&[
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--network",
-        network,
-        "--",
-        "sleep",
-        "300",
-    ]);
-}
-
 /// The container's endpoint in `network`, as `dnet ps` shows it.
 fn endpoint(sb: &Sandbox, name: &str, network: &str) -> Value {
     sb.container(name)["networks"]
@@ -496,7 +482,7 @@ fn passthru_gives_the_parent_to_one_container() {
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("198.19.0.1:"));
 
     // A second endpoint: a clear error, nothing changed.
-    sb.dnet_ok(&["run", "-d", "--name", "c", "--", "sleep", "300"]);
+    sb.sleeper("c", &[]);
     let want = "network pt uses macvlan_mode=passthru: its parent eth1 carries one container, and a has it";
     for args in [
         &["run", "--network", "pt", "--", "true"][..],
@@ -545,7 +531,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "198.19.0.0/24",
         &["-o", "parent=eth1", "-o", "macvlan_mode=passthru"],
     );
-    run_on(&sb, "c1", "lan");
+    sb.sleeper("c1", &["--network", "lan"]);
 
     let cases: &[(&[&str], &str)] = &[
         (
@@ -731,9 +717,9 @@ fn endpoints_and_networks_leave_nothing_behind() {
     let empty = sb.snapshot();
     let net = macvlan(&sb, "lan", LAN, &["-o", "host_access=true"]);
     let id = net["id"].as_str().unwrap().to_owned();
-    run_on(&sb, "a", "lan");
+    sb.sleeper("a", &["--network", "lan"]);
     // A bridge container joins the LAN as its second interface.
-    sb.dnet_ok(&["run", "-d", "--name", "b", "--", "sleep", "300"]);
+    sb.sleeper("b", &[]);
     sb.dnet_ok(&["network", "connect", "lan", "b"]);
     let eth1 = &ip_in(&sb, "b", &["addr", "show", "eth1"])[0];
     assert_eq!(eth1["linkinfo"]["info_kind"], "macvlan", "{eth1}");

@@ -86,7 +86,7 @@ fn containers_reach_the_world_as_the_uplink_address() {
     let mut sb = Sandbox::new();
     world_servers(&mut sb, &[80, 81], &[53]);
     track_in_kernel(&sb);
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.sleeper("a", &[]);
     let seen = |o: std::process::Output| {
         assert!(ok(&o), "{}", out(&o));
         stdout(&o)
@@ -243,17 +243,7 @@ fn hairpin_reaches_a_published_port_from_containers() {
         "run", "-d", "--name", "web", "-p", "8080:80", "--", &ctb, "serve", "tcp", "80",
     ]);
     sb.dnet_ok(&["network", "create", "--subnet", "10.20.0.0/24", "other"]);
-    sb.dnet_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "client",
-        "--network",
-        "other",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    sb.sleeper("client", &["--network", "other"]);
     let up = UPLINK_IP.to_string();
     let target = format!("{up}:8080");
     assert!(
@@ -449,17 +439,7 @@ fn internal_networks_have_no_outbound() {
         "10.22.0.0/24",
         "closed",
     ]);
-    sb.dnet_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "x",
-        "--network",
-        "closed",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    sb.sleeper("x", &["--network", "closed"]);
     // No default route (as Docker): the world is unreachable at once.
     let o = sb.conntest_in("x", &["tcp", &format!("{WORLD_IP}:80"), "--timeout", "1"]);
     assert!(out(&o).contains("Network is unreachable"), "{}", out(&o));
@@ -502,7 +482,7 @@ fn when_the_nat_ports_run_out_the_next_flow_fails_and_established_ones_continue(
     ]);
     world_servers(&mut sb, &[], &[53]);
     for c in ["a", "b"] {
-        sb.dnet_ok(&["run", "-d", "--name", c, "--", "sleep", "300"]);
+        sb.sleeper(c, &[]);
     }
     let to = format!("{WORLD_IP}:53");
     for (c, sport) in [
@@ -562,7 +542,7 @@ fn expired_flows_are_collected() {
     // 1 s: no race between the first look and the collection.
     let mut sb = Sandbox::with_daemon_args(&["--ct-timeout-udp", "600", "--ct-gc-interval", "1"]);
     world_servers(&mut sb, &[], &[53]);
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.sleeper("a", &[]);
     assert!(ok(&sb.conntest_in("a", &["udp", &format!("{WORLD_IP}:53")])));
     assert!(
         sb.flows().iter().any(|f| f["proto"] == "udp"),
@@ -586,7 +566,7 @@ fn expired_flows_are_collected() {
 fn conntrack_flush_empties_the_table_and_new_flows_go_on() {
     let mut sb = Sandbox::new();
     world_servers(&mut sb, &[80], &[53]);
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.sleeper("a", &[]);
     for args in [
         vec!["tcp".to_owned(), format!("{WORLD_IP}:80")],
         vec!["udp".to_owned(), format!("{WORLD_IP}:53")],
@@ -620,15 +600,7 @@ fn a_thousand_concurrent_flows_from_ten_containers_are_all_translated() {
     let mut sb = Sandbox::new();
     world_servers(&mut sb, &[80], &[]);
     for i in 0..10 {
-        sb.dnet_ok(&[
-            "run",
-            "-d",
-            "--name",
-            &format!("c{i}"),
-            "--",
-            "sleep",
-            "300",
-        ]);
+        sb.sleeper(&format!("c{i}"), &[]);
     }
     let to = format!("{WORLD_IP}:80");
     // Each container opens 100 connections and keeps them open until the
@@ -688,7 +660,7 @@ fn a_thousand_concurrent_flows_from_ten_containers_are_all_translated() {
 fn a_translated_flow_survives_kill_9_and_a_restart() {
     let mut sb = Sandbox::new();
     world_servers(&mut sb, &[], &[53]);
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.sleeper("a", &[]);
     let pid = sb.dnet_json(&["ps"])[0]["pid"]
         .as_u64()
         .unwrap()
@@ -807,7 +779,7 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
     let mut sb = Sandbox::new();
     world_servers(&mut sb, &[], &[53]);
     let _far = NsGuard(far_network(&sb));
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.sleeper("a", &[]);
     // Port unreachable: the world has nothing on UDP 9.
     let o = sb.conntest_in("a", &["udp", &format!("{WORLD_IP}:9"), "--timeout", "2"]);
     assert!(
@@ -816,53 +788,13 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
         out(&o)
     );
     // Time exceeded: TTL 2 dies at the world's router, one hop past dnet.
-    let o = sb.dnet(&[
-        "exec",
-        "a",
-        "--",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "-t",
-        "2",
-        "203.0.113.2",
-    ]);
+    let o = sb.ping_from("a", "203.0.113.2", &["-t", "2"]);
     assert!(out(&o).contains("Time to live exceeded"), "{}", out(&o));
     // Fragmentation needed: the far link's MTU is 1280; the container learns it.
-    let _ = sb.dnet(&[
-        "exec",
-        "a",
-        "--",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "-M",
-        "do",
-        "-s",
-        "1400",
-        "203.0.113.2",
-    ]);
+    let _ = sb.ping_from("a", "203.0.113.2", &["-M", "do", "-s", "1400"]);
     let r = sb.dnet_ok(&["exec", "a", "--", "ip", "route", "get", "203.0.113.2"]);
     assert!(r.contains("mtu 1280"), "path MTU learned through dnet: {r}");
-    let o = sb.dnet(&[
-        "exec",
-        "a",
-        "--",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "-M",
-        "do",
-        "-s",
-        "1252",
-        "203.0.113.2",
-    ]);
+    let o = sb.ping_from("a", "203.0.113.2", &["-M", "do", "-s", "1252"]);
     assert!(ok(&o), "a packet that fits gets through: {}", out(&o));
 }
 
@@ -872,7 +804,7 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
 #[test]
 fn a_host_ping_on_a_containers_nat_identifier_and_the_containers_both_get_replies() {
     let mut sb = Sandbox::new();
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.sleeper("a", &[]);
     let world = WORLD_IP.to_string();
     let ping_a = || sb.conntest_in("a", &["ping", &world, "--id", "4660", "--timeout", "2"]);
     let o = ping_a();

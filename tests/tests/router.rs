@@ -41,7 +41,7 @@ fn udp_from(sb: &Sandbox, container: &str) -> (bool, String) {
 fn traceroute_through_a_dnet_network_shows_the_gateway() {
     let mut sb = Sandbox::new();
     world_udp_server(&mut sb, 53);
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.sleeper("a", &[]);
     let to = format!("{WORLD_IP}:53");
     // UDP probes, as traceroute sends them: TTL 1 runs out at dnet's hop,
     // TTL 2 reaches the world.
@@ -54,19 +54,7 @@ fn traceroute_through_a_dnet_network_shows_the_gateway() {
         out(&o)
     );
     // ICMP echo (traceroute -I, ping -t 1).
-    let o = sb.dnet(&[
-        "exec",
-        "a",
-        "--",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "-t",
-        "1",
-        &WORLD_IP.to_string(),
-    ]);
+    let o = sb.ping_from("a", &WORLD_IP.to_string(), &["-t", "1"]);
     assert!(
         out(&o).contains("From 172.17.0.1") && out(&o).contains("Time to live exceeded"),
         "{}",
@@ -106,7 +94,7 @@ fn traceroute_through_a_dnet_network_shows_the_gateway() {
 fn a_packet_too_big_for_the_uplink_gets_fragmentation_needed_from_the_gateway() {
     let mut sb = Sandbox::new();
     world_udp_server(&mut sb, 53);
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.sleeper("a", &[]);
     // The uplink's link shrinks under a running container (eth0 stays 1500).
     host_ip(&sb, &["link", "set", "eth0", "mtu", "1400"]);
     sh_ok(
@@ -162,7 +150,7 @@ fn a_bridge_mtu_above_the_uplinks_is_refused_and_changes_nothing() {
 fn the_daemon_follows_a_renumbered_uplink() {
     let mut sb = Sandbox::new();
     world_udp_server(&mut sb, 53);
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.sleeper("a", &[]);
     let (done, seen) = udp_from(&sb, "a");
     assert!(done && seen.starts_with("198.18.0.2:"), "{seen}");
     // A DHCP client gives the host another address.
@@ -247,7 +235,7 @@ fn a_recreated_uplink_gets_the_uplink_program_and_nat_again() {
     let mut sb = Sandbox::new();
     world_udp_server(&mut sb, 53);
     let ctb = ct();
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.sleeper("a", &[]);
     sb.dnet_ok(&[
         "run", "-d", "--name", "web", "-p", "8080:80", "--", &ctb, "serve", "tcp", "80",
     ]);
@@ -301,7 +289,7 @@ fn without_a_nat_address_nothing_leaves_untranslated_and_nat_starts_with_the_add
     sb.start_daemon();
     let w = sb.world_netns_path();
     sb.spawn_in(&w, &ct(), &["serve", "udp", "53"]);
-    sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
+    sb.sleeper("a", &[]);
     // Whatever reaches the world is seen there.
     let mut sniff = Command::new("nsenter")
         .arg(format!("--net={}", w.display()))

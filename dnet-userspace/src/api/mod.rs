@@ -188,6 +188,9 @@ pub struct AttachRequest {
     /// A static IPv4 address.
     #[serde(default)]
     pub ip: Option<String>,
+    /// A static IPv6 address (dual-stack networks).
+    #[serde(default)]
+    pub ip6: Option<String>,
     /// A static MAC, else 02:42 + the IPv4 address.
     #[serde(default)]
     pub mac: Option<String>,
@@ -208,10 +211,10 @@ pub struct AttachRequest {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RouteView {
-    /// "0.0.0.0/0", or the network's subnet.
+    /// "0.0.0.0/0", "::/0", or the network's subnet.
     pub dst: String,
     #[serde(default)]
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<std::net::IpAddr>,
 }
 
 /// What a runtime needs to know of an attachment.
@@ -238,6 +241,14 @@ pub struct AttachResponse {
     /// None on --internal networks.
     #[serde(default)]
     pub gateway: Option<Ipv4Addr>,
+    /// Dual-stack: the IPv6 address, its prefix and the IPv6 gateway
+    /// (None on --internal networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix6: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
     pub routes: Vec<RouteView>,
     pub mtu: u32,
     /// The mappings published by this request.

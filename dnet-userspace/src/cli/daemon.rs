@@ -122,7 +122,8 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
-/// Longest accepted conntrack timeout (a week) and GC interval (an hour).
+/// Longest accepted conntrack timeout and --removal-wait (a week), and GC
+/// interval (an hour).
 const MAX_TIMEOUT: u64 = 7 * 24 * 3600;
 const MAX_GC_INTERVAL: u64 = 3600;
 
@@ -170,16 +171,11 @@ fn preflight(args: &Args) -> anyhow::Result<std::os::unix::net::UnixListener> {
         ("--ct-timeout-udp", args.ct_timeout_udp),
         ("--ct-timeout-udp-unreplied", args.ct_timeout_udp_unreplied),
         ("--ct-timeout-icmp", args.ct_timeout_icmp),
+        ("--removal-wait", args.removal_wait),
     ] {
         if v == 0 || v > MAX_TIMEOUT {
             anyhow::bail!("{name} {v}: expected 1 to {MAX_TIMEOUT} seconds");
         }
-    }
-    if args.removal_wait == 0 || args.removal_wait > MAX_TIMEOUT {
-        anyhow::bail!(
-            "--removal-wait {}: expected 1 to {MAX_TIMEOUT} seconds",
-            args.removal_wait
-        );
     }
     if args.ct_gc_interval == 0 || args.ct_gc_interval > MAX_GC_INTERVAL {
         anyhow::bail!(

@@ -166,30 +166,29 @@ impl NetConf {
             .collect()
     }
 
-    /// The static IPv4 address asked for (`ips`), if any.
-    pub fn static_ip(&self) -> Result<Option<String>, CniError> {
-        let mut v4 = Vec::new();
+    /// The static addresses asked for (`ips`), if any: one IPv4 and one
+    /// IPv6 at most (the IPv6 one for a dual-stack network; the daemon
+    /// refuses it elsewhere).
+    pub fn static_ips(&self) -> Result<(Option<String>, Option<String>), CniError> {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for a in &self.runtime_config.ips {
             let addr = a.split_once('/').map_or(a.as_str(), |(ip, _)| ip);
-            match addr.parse::<Ipv4Addr>() {
-                Ok(ip) => v4.push(ip),
+            match addr.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(ip)) => v4.push(ip.to_string()),
+                Ok(std::net::IpAddr::V6(ip)) => v6.push(ip.to_string()),
                 Err(_) => {
-                    return Err(cni_err!(
-                        INVALID_CONFIG,
-                        "ips: {a:?} is not an IPv4 address (dnet assigns IPv4 only)"
-                    ));
+                    return Err(cni_err!(INVALID_CONFIG, "ips: {a:?} is not an IP address"));
                 }
             }
         }
-        match v4.as_slice() {
-            [] => Ok(None),
-            [ip] => Ok(Some(ip.to_string())),
-            _ => Err(cni_err!(
+        if v4.len() > 1 || v6.len() > 1 {
+            return Err(cni_err!(
                 INVALID_CONFIG,
-                "ips: {} addresses asked, dnet gives one IPv4 address per interface",
-                v4.len()
-            )),
+                "ips: {} addresses asked, dnet gives one address per family per interface",
+                v4.len() + v6.len()
+            ));
         }
+        Ok((v4.pop(), v6.pop()))
     }
 
     /// `bandwidth` is refused until dnet shapes traffic.
@@ -322,11 +321,17 @@ mod tests {
         assert!(e.msg.contains("bandwidth"), "{e}");
         let c = conf(serde_json::json!({"cniVersion": "1.0.0", "network": "x",
             "runtimeConfig": {"ips": ["fd00::5/64"]}}));
-        assert_eq!(c.static_ip().unwrap_err().code, INVALID_CONFIG);
+        assert_eq!(c.static_ips().unwrap(), (None, Some("fd00::5".into())));
+        let c = conf(serde_json::json!({"cniVersion": "1.0.0", "network": "x",
+            "runtimeConfig": {"ips": ["fd00::5/64", "fd00::6/64"]}}));
+        assert_eq!(c.static_ips().unwrap_err().code, INVALID_CONFIG);
+        let c = conf(serde_json::json!({"cniVersion": "1.0.0", "network": "x",
+            "runtimeConfig": {"ips": ["nonsense"]}}));
+        assert_eq!(c.static_ips().unwrap_err().code, INVALID_CONFIG);
         let c = conf(serde_json::json!({"cniVersion": "1.0.0", "network": "x",
             "runtimeConfig": {"ips": ["10.1.0.5/24"], "portMappings": [
                 {"hostPort": 1, "containerPort": 2, "protocol": "sctp"}]}}));
-        assert_eq!(c.static_ip().unwrap(), Some("10.1.0.5".into()));
+        assert_eq!(c.static_ips().unwrap(), (Some("10.1.0.5".into()), None));
         assert_eq!(c.publish().unwrap_err().code, INVALID_CONFIG);
     }
 

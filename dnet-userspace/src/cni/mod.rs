@@ -116,13 +116,15 @@ async fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<Value, CniErr
     let netns = env.netns()?;
     let ifname = env.ifname()?;
     conf.refuse_bandwidth()?;
+    let (ip, ip6) = conf.static_ips()?;
     let mut req = AttachRequest {
         network: network.to_owned(),
         target: AttachTarget::Netns {
             path: netns.to_owned(),
         },
         ifname: Some(ifname.to_owned()),
-        ip: conf.static_ip()?,
+        ip,
+        ip6,
         mac: conf.runtime_config.mac.clone().filter(|m| !m.is_empty()),
         publish: conf.publish()?,
         aliases: Vec::new(),

@@ -43,6 +43,16 @@ pub fn add_result(
         }
         ips.push(a);
     }
+    if let (Some(ip), Some(prefix)) = (r.ip6, r.prefix6) {
+        let mut a = json!({ "address": format!("{ip}/{prefix}"), "interface": index });
+        if let Some(gw) = r.gateway6 {
+            a["gateway"] = json!(gw.to_string());
+        }
+        if version == "0.4.0" {
+            a["version"] = json!("6");
+        }
+        ips.push(a);
+    }
     let routes: Vec<Value> = r
         .routes
         .iter()
@@ -146,6 +156,9 @@ mod tests {
             prefix: Some(16),
             mac: Some("02:42:ac:11:00:05".parse().unwrap()),
             gateway: Some("172.17.0.1".parse().unwrap()),
+            ip6: None,
+            prefix6: None,
+            gateway6: None,
             routes: vec![RouteView {
                 dst: "0.0.0.0/0".into(),
                 gateway: Some("172.17.0.1".parse().unwrap()),
@@ -182,6 +195,26 @@ mod tests {
         assert!(r["interfaces"][0].get("mac").is_none());
         let r = add_result("1.1.0", &resp(), "/run/netns/x", None);
         assert_eq!(r["interfaces"][1]["mtu"], 1500);
+    }
+
+    #[test]
+    fn a_dual_stack_result_lists_both_addresses() {
+        let mut d = resp();
+        d.ip6 = Some("fd00:17::5".parse().unwrap());
+        d.prefix6 = Some(64);
+        d.gateway6 = Some("fd00:17::1".parse().unwrap());
+        d.routes.push(RouteView {
+            dst: "::/0".into(),
+            gateway: Some("fd00:17::1".parse().unwrap()),
+        });
+        let r = add_result("0.4.0", &d, "/run/netns/x", None);
+        assert_eq!(
+            r["ips"][1],
+            json!({"address": "fd00:17::5/64", "gateway": "fd00:17::1", "interface": 1, "version": "6"})
+        );
+        assert_eq!(r["routes"][1], json!({"dst": "::/0", "gw": "fd00:17::1"}));
+        let prev = add_result("1.0.0", &d, "/run/netns/x", None);
+        check_against(&prev, &d, "eth0", "/run/netns/x").unwrap();
     }
 
     #[test]

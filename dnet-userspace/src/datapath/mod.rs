@@ -9,6 +9,7 @@
 
 mod batch;
 mod bpffs;
+mod lookup6;
 #[cfg(test)]
 mod tests;
 

@@ -1,6 +1,7 @@
 //! What Docker does not send the driver, learned from dockerd's own API
 //! (`GET /networks/{id}` on its socket, `dnet daemon --docker-api-socket`):
-//! the network's name, and whose IPAM hands out its addresses.
+//! the network's name, whose IPAM hands out its addresses, and the range
+//! Docker's IPAM hands them out from (`--ip-range`).
 //!
 //! Never from inside a plugin callback: dockerd may hold its own locks
 //! while it waits for the driver (a callback that calls back deadlocks).
@@ -54,6 +55,26 @@ struct Inspect {
 struct InspectIpam {
     #[serde(rename = "Driver", default)]
     driver: String,
+    #[serde(rename = "Config", default)]
+    config: Option<Vec<InspectPool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct InspectPool {
+    #[serde(rename = "IPRange", default)]
+    ip_range: String,
+}
+
+impl Inspect {
+    /// The IPv4 range Docker's IPAM hands addresses out from, if one was
+    /// given (`--ip-range`).
+    fn ip_range(&self) -> Option<ipnetwork::Ipv4Network> {
+        self.ipam
+            .config
+            .iter()
+            .flatten()
+            .find_map(|p| p.ip_range.parse().ok())
+    }
 }
 
 /// dockerd's answer for a network: `None` if it does not know it.
@@ -104,7 +125,10 @@ pub fn spawn(engine: &Arc<Engine>, socket: PathBuf, driver: String) {
                 match inspect(&socket, &rt.id).await {
                     Ok(Some(i)) => {
                         let ours = i.ipam.driver == driver;
-                        match engine.learn_runtime_network(rt, &i.name, ours).await {
+                        match engine
+                            .learn_runtime_network(rt, &i.name, ours, i.ip_range())
+                            .await
+                        {
                             Ok(()) => {}
                             Err(e) => tracing::warn!(
                                 network = %rt.id,
@@ -141,4 +165,32 @@ pub fn spawn(engine: &Arc<Engine>, socket: PathBuf, driver: String) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockers_network_inspect_gives_name_ipam_driver_and_range() {
+        // Docker 20.10's `GET /networks/ID`, trimmed.
+        let i: Inspect = serde_json::from_str(
+            r#"{"Name":"lan","Id":"3f1c","Driver":"dnet","EnableIPv6":false,
+                "IPAM":{"Driver":"default","Options":{},"Config":[
+                  {"Subnet":"198.18.0.0/24","IPRange":"198.18.0.64/26","Gateway":"198.18.0.1"}]},
+                "Containers":{},"Options":{"driver":"macvlan"}}"#,
+        )
+        .unwrap();
+        assert_eq!(i.name, "lan");
+        assert_eq!(i.ipam.driver, "default");
+        assert_eq!(i.ip_range(), Some("198.18.0.64/26".parse().unwrap()));
+        // No range, no config (`"Config": null`).
+        let i: Inspect = serde_json::from_str(
+            r#"{"Name":"n","IPAM":{"Driver":"dnet","Config":[{"Subnet":"10.0.0.0/24"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!((i.ipam.driver.as_str(), i.ip_range()), ("dnet", None));
+        let i: Inspect = serde_json::from_str(r#"{"Name":"n","IPAM":{"Config":null}}"#).unwrap();
+        assert_eq!(i.ip_range(), None);
+    }
 }

@@ -203,6 +203,7 @@ pub async fn create_endpoint(e: &Engine, r: CreateEndpoint) -> Result<CreateEndp
         target: AttachTarget::HostSide,
         ifname: None,
         ip: (!asked.address.is_empty()).then(|| cidr_addr(&asked.address).to_owned()),
+        ip6: None,
         mac: (!asked.mac_address.is_empty()).then(|| asked.mac_address.clone()),
         publish: Vec::new(),
         aliases: Vec::new(),

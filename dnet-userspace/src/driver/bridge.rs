@@ -225,7 +225,7 @@ impl Driver for Bridge {
             ))
             .await?;
         if let Some(i6) = net.ipam6 {
-            ctx.nl.add_address6(lo, i6.gateway, 128).await?;
+            ctx.nl.add_address6(lo, i6.gateway, 128, true).await?;
             ctx.nl
                 .add_route6(RouteSpec6::unreachable(
                     i6.subnet.network(),
@@ -310,11 +310,10 @@ impl Driver for Bridge {
         let has_v6 = match net.ipam6 {
             None => true,
             Some(i6) => {
-                let gw = ctx
-                    .nl
-                    .addresses6(Some(lo))
-                    .await
-                    .is_ok_and(|a| a.iter().any(|a| a.ip == i6.gateway && a.prefix == 128));
+                let gw = ctx.nl.addresses6(Some(lo)).await.is_ok_and(|a| {
+                    a.iter()
+                        .any(|a| a.ip == i6.gateway && a.prefix == 128 && a.dnet)
+                });
                 let route = ctx.nl.routes6().await.is_ok_and(|rs| {
                     rs.iter().any(|r| {
                         r.dst == i6.subnet.network()
@@ -479,17 +478,17 @@ pub async fn loopback(nl: &Netlink) -> Result<u32> {
 /// The endpoint's IPv6 entries are as they should be: both there for a
 /// dual-stack endpoint, none by its interface for an IPv4-only one.
 fn endpoint6_ok(ctx: &Ctx, a: &Attachment<'_>, want: &DpEndpoint) -> bool {
-    let (Ok(by_if), Ok(by_ip)) = (ctx.dp.endpoint6_addrs(), ctx.dp.endpoints6()) else {
+    let Ok(own) = ctx.dp.endpoint6_addr(want.ifindex) else {
         return false;
     };
-    let own = by_if
-        .iter()
-        .find(|(i, _)| *i == want.ifindex)
-        .map(|(_, a)| *a);
     match v6_of(a) {
         None => own.is_none(),
         Some((_, ip6)) => {
-            own == Some(ip6) && by_ip.iter().any(|(addr, e)| *addr == ip6 && e == want)
+            own == Some(ip6)
+                && ctx
+                    .dp
+                    .endpoint6(ip6)
+                    .is_ok_and(|e| e.as_ref() == Some(want))
         }
     }
 }
@@ -708,9 +707,11 @@ async fn configure_container_ipv6(
     ip6: Ipv6Addr,
     primary: bool,
 ) -> Result<()> {
-    cnl.add_address6(index, ip6, i6.subnet.prefix()).await?;
+    cnl.add_address6(index, ip6, i6.subnet.prefix(), false)
+        .await?;
     let lo = loopback(cnl).await?;
-    cnl.add_address6(lo, Ipv6Addr::LOCALHOST, 128).await?;
+    cnl.add_address6(lo, Ipv6Addr::LOCALHOST, 128, false)
+        .await?;
     let gw = i6.gateway;
     let mut routes = vec![
         RouteSpec6::device(gw, 128, index),

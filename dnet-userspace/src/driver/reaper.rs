@@ -215,6 +215,17 @@ fn run(rx: mpsc::Receiver<Job>, ready: mpsc::SyncSender<io::Result<()>>) {
 mod tests {
     use super::*;
 
+    /// A reaper whose thread is the test: jobs sent stay in `rx`.
+    fn idle() -> (Reaper, Arc<Shared>, mpsc::Receiver<Job>) {
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::channel::<Job>();
+        let reaper = Reaper {
+            tx,
+            shared: shared.clone(),
+        };
+        (reaper, shared, rx)
+    }
+
     fn job(shared: &Arc<Shared>, netns: NsId) -> Job {
         Job {
             ifindex: 0,
@@ -230,12 +241,7 @@ mod tests {
     /// waiting for good.
     #[tokio::test]
     async fn a_job_dropped_by_a_dead_reaper_leaves_no_removal_to_wait_for() {
-        let shared = Arc::new(Shared::default());
-        let (tx, rx) = mpsc::channel::<Job>();
-        let reaper = Reaper {
-            tx,
-            shared: shared.clone(),
-        };
+        let (reaper, shared, rx) = idle();
         reaper.tx.send(job(&shared, (1, 2))).unwrap();
         let other = job(&shared, (1, 3));
         assert_eq!(reaper.pending(), 2);
@@ -256,12 +262,7 @@ mod tests {
     /// A waiter is woken when the job of its namespace is dropped.
     #[tokio::test]
     async fn a_waiter_is_woken_when_its_namespaces_job_goes() {
-        let shared = Arc::new(Shared::default());
-        let (tx, _rx) = mpsc::channel::<Job>();
-        let reaper = Reaper {
-            tx,
-            shared: shared.clone(),
-        };
+        let (reaper, shared, _rx) = idle();
         let j = job(&shared, (4, 5));
         let w = reaper.clone();
         let waiter =

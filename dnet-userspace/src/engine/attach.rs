@@ -150,7 +150,7 @@ impl Inner {
         let opts = EndpointOpts {
             ifname: req.ifname.as_deref(),
             ip: req.ip.as_deref(),
-            ip6: None,
+            ip6: req.ip6.as_deref(),
             mac: req.mac.as_deref(),
             publish: &req.publish,
             aliases: &req.aliases,
@@ -306,14 +306,10 @@ impl Inner {
         if gone {
             st.containers.remove(&c.id);
         }
-        self.commit(st)?;
-        super::crash::point("disconnect:committed");
-        for ep in &eps {
-            self.remove(c, ep).await;
-        }
-        // The default route went with the endpoint that gave it: the next
+        // The default route goes with the endpoint that gave it: the next
         // non-internal network's gateway takes over, as Docker re-elects it.
-        // (A daemon killed before this point: reconcile re-elects.)
+        // (A daemon killed before the re-election: the next start re-elects,
+        // told where by `default_route_due`.)
         let was_primary = gateway_endpoint(c, |id| {
             self.state
                 .networks
@@ -321,6 +317,19 @@ impl Inner {
                 .or_else(|| nets.iter().find(|n| n.id == id))
         })
         .is_some_and(leaves);
+        if was_primary
+            && st
+                .containers
+                .get(&c.id)
+                .is_some_and(|sc| self.default_route_endpoint(sc).is_some())
+        {
+            st.default_route_due.insert(c.id.clone());
+        }
+        self.commit(st)?;
+        super::crash::point("disconnect:committed");
+        for ep in &eps {
+            self.remove(c, ep).await;
+        }
         if was_primary
             && let Some(sc) = self.state.containers.get(&c.id)
             && let Some(next) = self.default_route_endpoint(sc)
@@ -330,8 +339,14 @@ impl Inner {
             if let Err(e) = self.drop_default_routes(c, &eps).await {
                 tracing::warn!(container = %c.name, "removing its old default route: {e}");
             }
-            if let Err(e) = self.elect_default_route(c, &next).await {
-                tracing::warn!(container = %c.name, "re-electing its default route: {e}");
+            match self.elect_default_route(c, &next).await {
+                // Done: the next commit drops the mark.
+                Ok(()) => {
+                    self.state.default_route_due.remove(&c.id);
+                }
+                Err(e) => {
+                    tracing::warn!(container = %c.name, "re-electing its default route: {e}")
+                }
             }
         }
         // Its published ports now lead to its next address on a bridge
@@ -428,14 +443,30 @@ impl Inner {
             // The subnet goes through the gateway (see the bridge driver).
             routes.push(RouteView {
                 dst: i.subnet.to_string(),
-                gateway: Some(i.gateway),
+                gateway: Some(i.gateway.into()),
             });
         }
         if primary && let Some(gw) = gateway {
             routes.push(RouteView {
                 dst: "0.0.0.0/0".into(),
-                gateway: Some(gw),
+                gateway: Some(gw.into()),
             });
+        }
+        // The IPv6 side of a dual-stack endpoint, routed as the bridge
+        // driver routes it.
+        let ipam6 = net.ipam6.filter(|_| ep.ip6.is_some());
+        let gateway6 = ipam6.map(|i| i.gateway).filter(|_| !net.internal);
+        if let Some(i) = ipam6 {
+            routes.push(RouteView {
+                dst: i.subnet.to_string(),
+                gateway: Some(i.gateway.into()),
+            });
+            if primary && let Some(gw) = gateway6 {
+                routes.push(RouteView {
+                    dst: "::/0".into(),
+                    gateway: Some(gw.into()),
+                });
+            }
         }
         AttachResponse {
             container_id: c.id.clone(),
@@ -457,6 +488,9 @@ impl Inner {
             prefix: ipam.map(|i| i.subnet.prefix()),
             mac: ep.mac,
             gateway,
+            ip6: ep.ip6,
+            prefix6: ipam6.map(|i| i.subnet.prefix()),
+            gateway6,
             routes,
             mtu: self.ctx.mtu(net),
             ports: ports.to_vec(),

@@ -623,6 +623,29 @@ impl Inner {
             .collect())
     }
 
+    /// IPv6 subnets routed where the daemon runs (its own routes, the
+    /// default route, link-local and multicast aside).
+    async fn routed_subnets6(&self) -> Result<Vec<Ipv6Network>> {
+        let special: [Ipv6Network; 2] = [
+            "fe80::/10".parse().expect("a literal"),
+            "ff00::/8".parse().expect("a literal"),
+        ];
+        Ok(self
+            .ctx
+            .nl
+            .routes6()
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r.table == 254
+                    && r.prefix > 0
+                    && r.protocol != netlink_packet_route::route::RouteProtocol::Other(RTPROT_DNET)
+            })
+            .filter_map(|r| Ipv6Network::new(r.dst, r.prefix).ok())
+            .filter(|n| !special.iter().any(|s| s.overlaps(*n)))
+            .collect())
+    }
+
     async fn ensure_predefined(&mut self) -> Result<()> {
         for (name, driver) in PREDEFINED {
             let ipv6 = driver == DriverKind::Bridge && self.cfg.ipv6;
@@ -699,7 +722,7 @@ impl Inner {
             let (k, v) = spec::parse_option(o)?;
             options.insert(k, v);
         }
-        let (ipam6, ula48) = self.choose_ipam6(&req, driver_kind)?;
+        let (ipam6, ula48) = self.choose_ipam6(&req, driver_kind).await?;
         let ipam = match driver_kind {
             DriverKind::Bridge | DriverKind::Macvlan => {
                 Some(self.choose_ipam(&req, driver_kind, &[]).await?)
@@ -829,7 +852,7 @@ impl Inner {
 
     /// The IPv6 side of a new network (`None`: IPv4 only), and the ULA /48
     /// when this is the first time one is chosen (to be committed with it).
-    fn choose_ipam6(
+    async fn choose_ipam6(
         &self,
         req: &NetworkCreate,
         kind: DriverKind,
@@ -858,6 +881,7 @@ impl Inner {
             .values()
             .filter_map(|n| n.ipam6.map(|i| (n.name.as_str(), i.subnet)))
             .collect();
+        let routes = self.routed_subnets6().await?;
         let mut new_ula = None;
         let subnet = match &req.subnet6 {
             Some(s) => parse_net6("subnet", s)?,
@@ -871,7 +895,8 @@ impl Inner {
                     Some(u) => u,
                     None => *new_ula.insert(ipam::random_ula48()),
                 };
-                let taken: Vec<Ipv6Network> = others.iter().map(|(_, s)| *s).collect();
+                let mut taken: Vec<Ipv6Network> = others.iter().map(|(_, s)| *s).collect();
+                taken.extend(&routes);
                 ipam::next_free_subnet6(ula, &taken)
                     .ok_or_else(|| conflict!("no free /64 left in {ula}: give an IPv6 --subnet"))?
             }
@@ -890,6 +915,12 @@ impl Inner {
         if let Some((name, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
             return Err(conflict!(
                 "IPv6 subnet {} overlaps {s} of network {name:?}",
+                pool.subnet
+            ));
+        }
+        if let Some(r) = routes.iter().find(|r| r.overlaps(pool.subnet)) {
+            return Err(conflict!(
+                "IPv6 subnet {} overlaps the route to {r} where the daemon runs",
                 pool.subnet
             ));
         }

@@ -125,8 +125,16 @@ impl Inner {
     /// network that gives one gets it back: a daemon killed between a
     /// disconnect's commit and the re-election left it without (the
     /// collector above removed the endpoint the old route went through).
-    async fn elect_missing_default_routes(&self) {
-        for c in self.state.containers.values() {
+    /// Only the containers such a disconnect marked (`default_route_due`)
+    /// are looked at: a start enters no other namespace for this. The
+    /// marks of those checked go (with the next commit); one whose check
+    /// failed stays for the next start.
+    async fn elect_missing_default_routes(&mut self) {
+        let due = std::mem::take(&mut self.state.default_route_due);
+        for id in due {
+            let Some(c) = self.state.containers.get(&id) else {
+                continue;
+            };
             let Some(ep) = self.default_route_endpoint(c) else {
                 continue;
             };
@@ -149,6 +157,7 @@ impl Inner {
             };
             if let Err(e) = done {
                 tracing::warn!(container = %c.name, "checking its default route: {e}");
+                self.state.default_route_due.insert(id);
             }
         }
     }
@@ -299,6 +308,16 @@ impl Inner {
                 && !bridges.iter().any(|n| n.dp_id == id && n.ipam6.is_some())
             {
                 self.ctx.dp.clear_network6(id, None)?;
+            }
+        }
+        for a in self.ctx.nl.addresses6(Some(lo)).await? {
+            if a.dnet
+                && !bridges
+                    .iter()
+                    .any(|n| n.ipam6.is_some_and(|i| i.gateway == a.ip))
+            {
+                tracing::info!(address = %a.ip, "removing an IPv6 gateway address dnet no longer uses");
+                self.ctx.nl.del_address6(lo, a.ip, a.prefix).await?;
             }
         }
         for r in self.ctx.nl.routes6().await? {

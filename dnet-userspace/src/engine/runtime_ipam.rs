@@ -65,13 +65,23 @@ impl Engine {
             return Ok(s);
         }
         // Chosen and checked as a network's, the pools handed out taken too.
+        // The runtime does not say which driver the pool is for: a subnet
+        // dnet picks is a bridge's (away from every network and route); a
+        // subnet given is checked against dnet's networks and pools here,
+        // and against what depends on the driver when the network is made
+        // (a bridge's subnet must not overlap a route where the daemon
+        // runs; a macvlan's is its parent's LAN, routed there).
         let held: Vec<Ipv4Network> = inner.runtime_ipam.pending.keys().copied().collect();
         let req = NetworkCreate {
             subnet: subnet.map(str::to_owned),
             ip_range: sub_pool.map(str::to_owned),
             ..NetworkCreate::default()
         };
-        let ipam = inner.choose_ipam(&req, DriverKind::Bridge, &held).await?;
+        let kind = match subnet {
+            Some(_) => DriverKind::Macvlan,
+            None => DriverKind::Bridge,
+        };
+        let ipam = inner.choose_ipam(&req, kind, &held).await?;
         inner.runtime_ipam.pending.insert(
             ipam.subnet,
             Pending {

@@ -5,11 +5,13 @@
 
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
+use ipnetwork::Ipv4Network;
+
 use super::{Engine, Inner};
 use crate::{
     api::{AttachResponse, NetworkCreate, NetworkView},
     conflict,
-    error::Result,
+    error::{Error, Result},
     model::{Container, Netns, Network, RuntimeRef},
     not_found,
     spec::{PortMapping, Proto},
@@ -120,12 +122,15 @@ impl Engine {
     /// What dnet learned about the network `rt` made, from the runtime
     /// itself: its `name` there, which the dnet network takes if it is a
     /// valid name no other dnet network has (else it keeps its own, and the
-    /// error says why), and whether dnet's IPAM hands out its addresses.
+    /// error says why); whether dnet's IPAM hands out its addresses; and
+    /// else the range the runtime's IPAM hands them out from (`--ip-range`,
+    /// which Docker does not send the driver), shown with the network.
     pub async fn learn_runtime_network(
         &self,
         rt: &RuntimeRef,
         name: &str,
         dnet_ipam: bool,
+        ip_range: Option<Ipv4Network>,
     ) -> Result<()> {
         let mut inner = self.inner.lock().await;
         let Some(net) = inner.runtime_network(rt).cloned() else {
@@ -134,23 +139,42 @@ impl Engine {
         if dnet_ipam {
             inner.addressed_by_dnet(&net.id);
         }
-        if net.name == name {
-            return Ok(());
-        }
-        crate::spec::validate_name("network", name)?;
-        if let Some(other) = inner.state.network_by_name(name) {
-            return Err(conflict!(
-                "dnet's network {} ({}) has that name: this one stays {}",
-                other.name,
-                &other.id[..12.min(other.id.len())],
-                net.name
-            ));
-        }
+        let name_ok = if net.name == name {
+            Ok(false)
+        } else {
+            crate::spec::validate_name("network", name)
+                .map_err(Error::from)
+                .and_then(|()| match inner.state.network_by_name(name) {
+                    Some(other) => Err(conflict!(
+                        "dnet's network {} ({}) has that name: this one stays {}",
+                        other.name,
+                        &other.id[..12.min(other.id.len())],
+                        net.name
+                    )),
+                    None => Ok(true),
+                })
+        };
         let mut st = inner.state.clone();
-        st.networks.get_mut(&net.id).expect("present").name = name.to_owned();
-        inner.commit(st)?;
-        tracing::info!(network = %net.name, "named {name} as in {}", rt.runtime);
-        Ok(())
+        let rec = st.networks.get_mut(&net.id).expect("present");
+        let mut changed = false;
+        if matches!(name_ok, Ok(true)) {
+            rec.name = name.to_owned();
+            changed = true;
+        }
+        if !dnet_ipam
+            && let (Some(r), Some(ipam)) = (ip_range, rec.ipam.as_mut())
+            && ipam.ip_range.is_none()
+            && r.prefix() >= ipam.subnet.prefix()
+            && ipam.subnet.contains(r.network())
+        {
+            ipam.ip_range = Some(r);
+            changed = true;
+        }
+        if changed {
+            inner.commit(st)?;
+            tracing::info!(network = %net.name, "named {name} as in {}", rt.runtime);
+        }
+        name_ok.map(|_| ())
     }
 
     /// The attachment `rt` made, if it exists.

@@ -6,7 +6,7 @@ use std::net::Ipv6Addr;
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     AddressFamily,
-    address::{AddressAttribute, AddressFlags, AddressMessage},
+    address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol},
     neighbour::{NeighbourFlags, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
 };
@@ -20,6 +20,8 @@ pub struct Address6 {
     pub index: u32,
     pub ip: Ipv6Addr,
     pub prefix: u8,
+    /// Marked as dnet's (`IFA_PROTO` 213; IPv6 addresses have no label).
+    pub dnet: bool,
 }
 
 /// An IPv6 route of the main table, as dnet sees it.
@@ -119,12 +121,14 @@ impl RouteSpec6 {
 impl Netlink {
     /// Adds (or replaces) `ip/prefix` on a link, usable at once (no
     /// duplicate address detection) and without the prefix's connected
-    /// route (`IFA_F_NODAD | IFA_F_NOPREFIXROUTE`).
+    /// route (`IFA_F_NODAD | IFA_F_NOPREFIXROUTE`); with `dnet`, marked as
+    /// dnet's (`IFA_PROTO` 213), so that a restart finds its own.
     pub async fn add_address6(
         &self,
         index: u32,
         ip: Ipv6Addr,
         prefix: u8,
+        dnet: bool,
     ) -> Result<(), NetlinkError> {
         let mut r = self
             .handle
@@ -134,6 +138,13 @@ impl Netlink {
         r.message_mut().attributes.push(AddressAttribute::Flags(
             AddressFlags::Nodad | AddressFlags::Noprefixroute,
         ));
+        if dnet {
+            r.message_mut()
+                .attributes
+                .push(AddressAttribute::Protocol(AddressProtocol::Other(
+                    RTPROT_DNET,
+                )));
+        }
         r.execute()
             .await
             .map_err(req(format!("add address {ip}/{prefix}")))
@@ -183,10 +194,14 @@ impl Netlink {
                     AddressAttribute::Address(std::net::IpAddr::V6(ip)) => Some(*ip),
                     _ => None,
                 })?;
+                let dnet = m.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == RTPROT_DNET)
+                });
                 Some(Address6 {
                     index: m.header.index,
                     ip,
                     prefix: m.header.prefix_len,
+                    dnet,
                 })
             })
             .collect())

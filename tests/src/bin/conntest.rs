@@ -4,7 +4,9 @@
 //! Servers answer each request with the address they saw it come from, so
 //! a test can check NAT (`198.18.0.2:40000`) as well as reachability.
 //!
-//!   conntest serve tcp|udp [IP:]PORT      serve until killed
+//!   conntest serve tcp|udp [IP:]PORT      serve until killed (`[::]:PORT`:
+//!                                         IPv6 and IPv4; `tcp` and `udp`
+//!                                         take `[IPv6]:PORT` too)
 //!   conntest tcp IP:PORT [--timeout S]    print what the server saw; exit 0
 //!   conntest udp IP:PORT [--timeout S]      when it answered, 1 otherwise
 //!                [--broadcast]            (to a broadcast address)
@@ -271,7 +273,11 @@ fn udp_once(
     broadcast: bool,
     bind_port: u16,
 ) -> anyhow::Result<String> {
-    let s = UdpSocket::bind(("0.0.0.0", bind_port))?;
+    let s = if a.is_ipv6() {
+        UdpSocket::bind(("::", bind_port))?
+    } else {
+        UdpSocket::bind(("0.0.0.0", bind_port))?
+    };
     s.set_broadcast(broadcast)?;
     s.set_read_timeout(Some(timeout / 3))?;
     if !broadcast {

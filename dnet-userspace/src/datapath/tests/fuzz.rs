@@ -5,13 +5,16 @@
 //!
 //! Frames are built from parts that matter to the datapath (addresses,
 //! ports, TCP flags, TTL, IP options, fragments, ICMP errors quoting a
-//! crafted or a known flow's header, ARP, IPv6, 802.1Q/802.1ad tags) and
+//! crafted or a known flow's header, ARP, IPv6 (NDP, MLD, extension
+//! headers, UDP), 802.1Q/802.1ad tags) and
 //! then lie about their lengths, lose their tail, gain padding or have
 //! bytes flipped. After each frame:
 //! - the program returned a TC verdict, and a drop has a counted reason;
 //! - what goes on to the host stack (`TC_ACT_OK`) is the frame as it came;
 //! - from a container, nothing but a frame with the endpoint's own source
-//!   MAC and IPv4 (or ARP sender) is forwarded, redirected or passed on,
+//!   MAC and IPv4 (or ARP sender, or IPv6 and no NDP or MLD message) is
+//!   forwarded, redirected or passed on; a Neighbor Solicitation is
+//!   answered only for the gateway or B, with right MACs and checksum,
 //!   and what leaves carries the endpoint's, the gateway's or the uplink's
 //!   source (out of the uplink: the uplink's only);
 //! - from the uplink, only IPv4 to the uplink's address is dnet's;
@@ -30,7 +33,7 @@
 //! is random unless `DNET_PROPTEST_SEED` gives it, and a failure prints it
 //! with the smallest failing sequence and every frame in hex.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use proptest::{
     prelude::*,
@@ -121,9 +124,43 @@ enum L4Spec {
     },
 }
 
+/// An IPv6 packet, as parts (issue 13).
+#[derive(Clone, Debug)]
+struct V6 {
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    saddr: Ipv6Addr,
+    daddr: Ipv6Addr,
+    hop: u8,
+    /// Extension headers before the L4 header (padding options only).
+    exts: usize,
+    l4: L6,
+    /// A payload length other than the true one.
+    plen_lie: Option<u16>,
+}
+
+#[derive(Clone, Debug)]
+enum L6 {
+    /// A Neighbor Solicitation, with the sender's link-layer option or not.
+    Ns {
+        target: Ipv6Addr,
+        slla: bool,
+        code: u8,
+    },
+    /// Any ICMPv6 message (NDP, MLD, echo, ...).
+    Icmp {
+        typ: u8,
+        body: Vec<u8>,
+    },
+    Udp {
+        payload: Vec<u8>,
+    },
+}
+
 #[derive(Clone, Debug)]
 enum Frame {
     V4(V4),
+    V6(V6),
     Arp {
         op: u16,
         src_mac: [u8; 6],
@@ -288,8 +325,52 @@ fn icmp_sum(m: &mut [u8], bad: bool) {
     m[2..4].copy_from_slice(&c.to_be_bytes());
 }
 
+fn v6_bytes(p: &V6) -> Vec<u8> {
+    let (proto, l4, check_at) = match &p.l4 {
+        L6::Ns { target, slla, code } => {
+            let mut m = vec![ipv6::NS, *code, 0, 0, 0, 0, 0, 0];
+            m.extend_from_slice(&target.octets());
+            if *slla {
+                m.extend_from_slice(&[1, 1]);
+                m.extend_from_slice(&p.src_mac);
+            }
+            (ipv6::ICMPV6, m, 2)
+        }
+        L6::Icmp { typ, body } => {
+            let mut m = vec![*typ, 0, 0, 0];
+            m.extend_from_slice(body);
+            (ipv6::ICMPV6, m, 2)
+        }
+        L6::Udp { payload } => {
+            let mut m = Vec::new();
+            m.extend_from_slice(&4000u16.to_be_bytes());
+            m.extend_from_slice(&53u16.to_be_bytes());
+            m.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+            m.extend_from_slice(&[0, 0]);
+            m.extend_from_slice(payload);
+            (ipv6::UDP, m, 6)
+        }
+    };
+    let mut f = ipv6::frame6(
+        p.src_mac,
+        p.dst_mac,
+        p.saddr,
+        p.daddr,
+        p.hop,
+        p.exts,
+        proto,
+        l4,
+        Some(check_at),
+    );
+    if let Some(l) = p.plen_lie {
+        f[18..20].copy_from_slice(&l.to_be_bytes());
+    }
+    f
+}
+
 fn frame_bytes(f: &Frame) -> Vec<u8> {
     match f {
+        Frame::V6(p) => v6_bytes(p),
         Frame::V4(p) => {
             let mut b = eth(p.dst_mac, p.src_mac, 0x0800);
             b.extend_from_slice(&v4_bytes(p));
@@ -706,7 +787,7 @@ fn frame(p: &Pools, prog: Prog) -> BoxedStrategy<Frame> {
         });
     let other = (
         prop_oneof![3 => Just(0x86ddu16), 1 => Just(0x88ccu16), 1 => any::<u16>()],
-        src_mac,
+        src_mac.clone(),
         prop::collection::vec(any::<u8>(), 0..80),
     )
         .prop_map(|(ethertype, src_mac, body)| Frame::Other {
@@ -714,7 +795,76 @@ fn frame(p: &Pools, prog: Prog) -> BoxedStrategy<Frame> {
             src_mac,
             body,
         });
-    prop_oneof![5 => v4, 5 => flow, 2 => arp, 1 => other].boxed()
+    let addrs6: Vec<Ipv6Addr> = [
+        ipv6::A6,
+        ipv6::B6,
+        ipv6::GW6,
+        ipv6::C6,
+        "fd00:1::99",
+        "fd00:2::1",
+        ipv6::A_LL,
+        "::",
+        "2001:db8::1",
+        "ff02::1",
+        "ff02::2",
+        "ff02::1:ff00:1",
+        "ff02::16",
+    ]
+    .iter()
+    .map(|a| ipv6::ip6(a))
+    .collect();
+    let l6 = prop_oneof![
+        4 => (
+            prop_oneof![
+                3 => Just(ipv6::ip6(ipv6::GW6)),
+                2 => Just(ipv6::ip6(ipv6::B6)),
+                3 => pick(&addrs6)
+            ],
+            any::<bool>(),
+            prop_oneof![8 => Just(0u8), 1 => any::<u8>()]
+        )
+            .prop_map(|(target, slla, code)| L6::Ns { target, slla, code }),
+        3 => (
+            prop_oneof![
+                1 => Just(128u8),
+                1 => Just(129u8),
+                3 => 130u8..=137,
+                1 => Just(143u8),
+                1 => any::<u8>()
+            ],
+            prop::collection::vec(any::<u8>(), 0..40)
+        )
+            .prop_map(|(typ, body)| L6::Icmp { typ, body }),
+        3 => payload().prop_map(|payload| L6::Udp { payload }),
+    ];
+    let v6 = (
+        (src_mac.clone(), dst_mac.clone()),
+        prop_oneof![
+            6 => Just(ipv6::ip6(ipv6::A6)),
+            2 => Just(ipv6::ip6(ipv6::A_LL)),
+            2 => pick(&addrs6)
+        ],
+        pick(&addrs6),
+        prop_oneof![6 => Just(255u8), 2 => Just(64u8), 1 => any::<u8>()],
+        prop_oneof![8 => Just(0usize), 3 => 1usize..=4, 1 => 5usize..=7],
+        l6,
+        prop_oneof![8 => Just(None), 1 => any::<u16>().prop_map(Some)],
+    )
+        .prop_map(
+            |((src_mac, dst_mac), saddr, daddr, hop, exts, l4, plen_lie)| {
+                Frame::V6(V6 {
+                    src_mac,
+                    dst_mac,
+                    saddr,
+                    daddr,
+                    hop,
+                    exts,
+                    l4,
+                    plen_lie,
+                })
+            },
+        );
+    prop_oneof![5 => v4, 5 => flow, 2 => arp, 1 => other, 4 => v6].boxed()
 }
 
 fn wire(p: &Pools, prog: Prog) -> BoxedStrategy<Wire> {
@@ -911,6 +1061,8 @@ struct Tally {
     flows_made: u64,
     icmp_errors_translated: u64,
     icmp_errors_built: u64,
+    /// Neighbor Advertisements built (IPv6, issue 13).
+    ndp_answered: u64,
 }
 
 fn all_drops(dp: &Datapath) -> u64 {
@@ -1023,6 +1175,70 @@ fn is_built_answer(inp: &[u8], out: &[u8], from: Ipv4Addr) -> Result<bool, Strin
     Ok(built)
 }
 
+/// IPv6 from A that was not dropped: an advertisement dnet built for a
+/// solicitation it may answer, or A's own packet (its own source, no NDP
+/// or MLD message), passed on as it came or redirected to the endpoint of
+/// its destination unchanged beyond the MACs.
+/// True for an advertisement.
+fn check_v6(w: &World, inp: &[u8], v: u32, out: &[u8]) -> Result<bool, String> {
+    let a6 = ipv6::ip6(ipv6::A6).octets();
+    check(inp.len() >= 54, || "a short IPv6 frame got through".into())?;
+    let src = &inp[22..38];
+    if v == REDIRECT && out.len() == 86 && out[20] == ipv6::ICMPV6 && out[54] == ipv6::NA {
+        // The asker solicited, from its address or its link-local one, an
+        // address that is the gateway's or a peer's, not its own.
+        check(inp[20] == ipv6::ICMPV6 && inp[54] == ipv6::NS, || {
+            "an advertisement for something other than a solicitation".into()
+        })?;
+        check(
+            src == a6 || (src[0] == 0xfe && src[1] & 0xc0 == 0x80),
+            || format!("answered a solicitation from {}", hex(src)),
+        )?;
+        let target = &inp[62..78];
+        let gw = ipv6::ip6(ipv6::GW6).octets();
+        let b6 = ipv6::ip6(ipv6::B6).octets();
+        let mac = if target == gw {
+            GW_MAC
+        } else if target == b6 {
+            w.fx.b.mac
+        } else {
+            return Err(format!("answered for {}", hex(target)));
+        };
+        check(
+            out[..6] == w.fx.a.mac && out[6..12] == mac && out[80..86] == mac,
+            || format!("advertisement with the wrong MACs: {}", hex(out)),
+        )?;
+        check(
+            out[22..38] == *target && out[38..54] == *src && out[62..78] == *target,
+            || "advertisement with the wrong addresses".into(),
+        )?;
+        check(ipv6::icmp6_checksum_ok(out), || {
+            format!("advertisement with a wrong checksum: {}", hex(out))
+        })?;
+        return Ok(true);
+    }
+    check(src == a6, || {
+        format!("a foreign IPv6 source {} got through", hex(src))
+    })?;
+    if inp[20] == ipv6::ICMPV6 && inp.len() > 54 {
+        check(!matches!(inp[54], 130..=137 | 143), || {
+            format!("ICMPv6 type {} got through", inp[54])
+        })?;
+    }
+    if v == REDIRECT {
+        // To B, or back to A itself (its own address, as IPv4's).
+        let to = &inp[38..54];
+        let into = [(w.fx.b.mac, ipv6::B6), (w.fx.a.mac, ipv6::A6)]
+            .into_iter()
+            .find(|(_, a)| to == ipv6::ip6(a).octets());
+        check(
+            into.is_some_and(|(mac, _)| out[..6] == mac) && out[12..] == inp[12..],
+            || format!("redirected IPv6 other than to an endpoint: {}", hex(out)),
+        )?;
+    }
+    Ok(false)
+}
+
 fn check_step(w: &World, s: &Step, inp: &[u8]) -> Result<(), String> {
     let dp = &w.fx.dp;
     let a = &w.fx.a;
@@ -1069,6 +1285,11 @@ fn check_step(w: &World, s: &Step, inp: &[u8]) -> Result<(), String> {
                         inp.len() >= 42 && inp[22..28] == a.mac && inp[28..32] == [172, 17, 0, 2],
                         || "an ARP request with a foreign sender was answered".into(),
                     )?;
+                }
+                0x86dd => {
+                    if check_v6(w, inp, v, &out)? {
+                        tally.ndp_answered += 1;
+                    }
                 }
                 t => return Err(format!("EtherType {t:#06x} got through")),
             }
@@ -1248,6 +1469,17 @@ const GW: &str = "172.17.0.1";
 /// The NAT fixture, two published ports of A, and one flow of each kind.
 fn world() -> World {
     let mut fx = nat_fixture(50000, 50009);
+    // Dual-stack: networks 1 and 2, A, B and C (issue 13).
+    for (id, subnet, gw) in [
+        (1, "fd00:1::/64", ipv6::GW6),
+        (2, "fd00:2::/64", "fd00:2::1"),
+    ] {
+        let (s, n) = ipv6::net6(subnet, gw, dnet_common::ipv6::NET6_F_NAT);
+        fx.dp.set_network6(id, s, &n).unwrap();
+    }
+    for (e, a) in [(fx.a, ipv6::A6), (fx.b, ipv6::B6), (fx.c, ipv6::C6)] {
+        fx.dp.set_endpoint6(e.ifindex, ipv6::ip6(a), &e).unwrap();
+    }
     publish_8080_to_a(&mut fx.dp);
     let key = ServiceKey {
         addr_be: 0,
@@ -1457,6 +1689,7 @@ fn prop_random_and_mutated_frames_keep_the_datapaths_invariants() {
                 t.flows_made > 0
                     && t.icmp_errors_translated > 0
                     && t.icmp_errors_built > 0
+                    && t.ndp_answered > 0
                     && t.redirected > t.frames / 10,
                 "the frames no longer reach the datapath's paths: {t:?}"
             );

@@ -7,11 +7,11 @@ use dnet_common::{Network6, ipv6::NET6_F_NAT};
 
 use super::*;
 
-fn ip6(s: &str) -> Ipv6Addr {
+pub(super) fn ip6(s: &str) -> Ipv6Addr {
     s.parse().unwrap()
 }
 
-fn net6(subnet: &str, gw: &str, flags: u32) -> (Ipv6Network, Network6) {
+pub(super) fn net6(subnet: &str, gw: &str, flags: u32) -> (Ipv6Network, Network6) {
     let n: Ipv6Network = subnet.parse().unwrap();
     let v = Network6 {
         subnet: n.network().octets(),
@@ -145,23 +145,23 @@ fn the_ipv6_maps_are_pinned_and_adopted_by_a_restarted_datapath() {
 
 // ---- The container-side path on hand-made frames. ----
 
-const ICMPV6: u8 = 58;
-const UDP: u8 = 17;
+pub(super) const ICMPV6: u8 = 58;
+pub(super) const UDP: u8 = 17;
 const HOP: u8 = 0;
 const DEST: u8 = 60;
-const NS: u8 = 135;
-const NA: u8 = 136;
+pub(super) const NS: u8 = 135;
+pub(super) const NA: u8 = 136;
 
-const GW6: &str = "fd00:1::1";
-const A6: &str = "fd00:1::2";
-const B6: &str = "fd00:1::3";
-const C6: &str = "fd00:2::2";
-const A_LL: &str = "fe80::42:acff:fe11:2";
+pub(super) const GW6: &str = "fd00:1::1";
+pub(super) const A6: &str = "fd00:1::2";
+pub(super) const B6: &str = "fd00:1::3";
+pub(super) const C6: &str = "fd00:2::2";
+pub(super) const A_LL: &str = "fe80::42:acff:fe11:2";
 
 /// The IPv4 fixture, dual-stack: network 1 is also fd00:1::/64 (gateway
 /// fd00:1::1, flags `flags6`), network 2 fd00:2::/64; A is fd00:1::2, B
 /// fd00:1::3, C fd00:2::2.
-fn fixture6(flags1: u32, flags6: u32) -> Fixture {
+pub(super) fn fixture6(flags1: u32, flags6: u32) -> Fixture {
     let mut fx = fixture(flags1);
     let (s1, n1) = net6("fd00:1::/64", GW6, flags6);
     let (s2, n2) = net6("fd00:2::/64", "fd00:2::1", NET6_F_NAT);
@@ -175,7 +175,7 @@ fn fixture6(flags1: u32, flags6: u32) -> Fixture {
 
 /// The ICMPv6/UDP checksum of `l4` (its checksum field zero or not) over
 /// the pseudo-header: the sum a receiver checks.
-fn sum6(s: Ipv6Addr, d: Ipv6Addr, proto: u8, l4: &[u8]) -> u16 {
+pub(super) fn sum6(s: Ipv6Addr, d: Ipv6Addr, proto: u8, l4: &[u8]) -> u16 {
     let mut pseudo = Vec::new();
     pseudo.extend_from_slice(&s.octets());
     pseudo.extend_from_slice(&d.octets());
@@ -188,7 +188,7 @@ fn sum6(s: Ipv6Addr, d: Ipv6Addr, proto: u8, l4: &[u8]) -> u16 {
 /// destination options, 8 bytes each, padding only) before `l4` of
 /// protocol `proto`, whose checksum (at `check_at`, if any) is filled in.
 #[allow(clippy::too_many_arguments)]
-fn frame6(
+pub(super) fn frame6(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
     s: Ipv6Addr,
@@ -222,7 +222,7 @@ fn frame6(
     f
 }
 
-fn udp6(src_mac: [u8; 6], dst_mac: [u8; 6], s: &str, d: &str, exts: usize) -> Vec<u8> {
+pub(super) fn udp6(src_mac: [u8; 6], dst_mac: [u8; 6], s: &str, d: &str, exts: usize) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend_from_slice(&4000u16.to_be_bytes());
     l4.extend_from_slice(&5000u16.to_be_bytes());
@@ -233,7 +233,7 @@ fn udp6(src_mac: [u8; 6], dst_mac: [u8; 6], s: &str, d: &str, exts: usize) -> Ve
 }
 
 /// An ICMPv6 message of `ty` with `body` after the 4-byte header.
-fn icmp6(
+pub(super) fn icmp6(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
     s: &str,
@@ -258,7 +258,7 @@ fn icmp6(
 }
 
 /// The solicited-node multicast address of `target` and its MAC.
-fn solicited_node(target: Ipv6Addr) -> (Ipv6Addr, [u8; 6]) {
+pub(super) fn solicited_node(target: Ipv6Addr) -> (Ipv6Addr, [u8; 6]) {
     let t = target.octets();
     let a = Ipv6Addr::new(
         0xff02,
@@ -275,7 +275,7 @@ fn solicited_node(target: Ipv6Addr) -> (Ipv6Addr, [u8; 6]) {
 
 /// A Neighbor Solicitation from `from` (A's MAC) for `target`, to its
 /// solicited-node address, with A's link-layer address option when `slla`.
-fn ns(mac: [u8; 6], from: &str, target: &str, slla: bool) -> Vec<u8> {
+pub(super) fn ns(mac: [u8; 6], from: &str, target: &str, slla: bool) -> Vec<u8> {
     let t = ip6(target);
     let (dst, dst_mac) = solicited_node(t);
     let mut body = vec![0; 4];
@@ -291,7 +291,13 @@ fn ns(mac: [u8; 6], from: &str, target: &str, slla: bool) -> Vec<u8> {
 
 /// The advertisement dnet must answer with, byte for byte: from `target`
 /// (MAC `mac`) to the asker, flags `flags`, one target link-layer option.
-fn na(asker_mac: [u8; 6], asker: &str, target: &str, mac: [u8; 6], flags: u8) -> Vec<u8> {
+pub(super) fn na(
+    asker_mac: [u8; 6],
+    asker: &str,
+    target: &str,
+    mac: [u8; 6],
+    flags: u8,
+) -> Vec<u8> {
     let mut body = vec![flags, 0, 0, 0];
     body.extend_from_slice(&ip6(target).octets());
     body.extend_from_slice(&[2, 1]);
@@ -313,7 +319,7 @@ fn na(asker_mac: [u8; 6], asker: &str, target: &str, mac: [u8; 6], flags: u8) ->
 
 /// The checksum of the ICMPv6 message in `frame` (no extension headers)
 /// verifies.
-fn icmp6_checksum_ok(frame: &[u8]) -> bool {
+pub(super) fn icmp6_checksum_ok(frame: &[u8]) -> bool {
     let s = Ipv6Addr::from(<[u8; 16]>::try_from(&frame[22..38]).unwrap());
     let d = Ipv6Addr::from(<[u8; 16]>::try_from(&frame[38..54]).unwrap());
     let len = u16::from_be_bytes([frame[18], frame[19]]) as usize;
@@ -637,6 +643,21 @@ fn malformed_ipv6_is_dropped() {
                 ),
             ),
             ("payload length beyond the packet", long_payload),
+            ("an ICMPv6 type in the padding only", {
+                let mut f = frame6(
+                    fx.a.mac,
+                    GW_MAC,
+                    ip6(A6),
+                    ip6(GW6),
+                    255,
+                    0,
+                    ICMPV6,
+                    vec![],
+                    None,
+                );
+                f.extend_from_slice(&[128, 0, 0, 0]);
+                f
+            }),
             ("version 4", v4),
             (
                 "an NS cut short",
@@ -741,5 +762,63 @@ fn ipv6_of_an_ipv4_only_network_or_endpoint_is_dropped_as_before() {
         }
         assert_eq!(drops(&fx.dp, 1, DropReason::Ipv6), 2);
         assert_eq!(fx.dp.stats(2).unwrap().tx_packets, 0);
+    });
+}
+
+/// Runs a command in the calling thread's namespace; its stdout.
+fn cmd_out(prog: &str, args: &str) -> String {
+    let o = std::process::Command::new(prog)
+        .args(args.split_whitespace())
+        .output()
+        .unwrap_or_else(|e| panic!("{prog}: {e}"));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_real_kernel_takes_the_advertisements_dnet_builds() {
+    in_fresh_netns(|| {
+        // A veth pair: h0, the host side with the programs, and c0, whose
+        // kernel plays the container (same namespace: the gateway and the
+        // peer are not addresses of it). The container's address keeps its
+        // prefix route, so it solicits the peer as well as the gateway.
+        let mut fx = fixture6(0, NET6_F_NAT);
+        ip_cmd("link add h0 type veth peer name c0");
+        let a_mac = "02:42:ac:11:00:02";
+        ip_cmd(&format!("link set c0 address {a_mac}"));
+        ip_cmd("link set h0 address 02:42:ac:11:00:01");
+        ip_cmd("link set h0 up");
+        ip_cmd("link set c0 up");
+        ip_cmd(&format!("-6 addr add {A6}/64 dev c0 nodad"));
+        let a = Endpoint {
+            ifindex: ifindex("h0"),
+            ..fx.a
+        };
+        fx.dp.set_endpoint(&a).unwrap();
+        fx.dp.set_endpoint6(a.ifindex, ip6(A6), &a).unwrap();
+        fx.dp.attach_endpoint("h0").unwrap();
+
+        // Each echo request makes c0 solicit the address; the echo itself
+        // goes nowhere (to the host stack, or to a peer that is not there).
+        for target in [GW6, B6] {
+            let _ = cmd_out("ping", &format!("-6 -c 1 -W 1 -I c0 {target}"));
+        }
+        let neigh = cmd_out("ip", "-6 neigh show dev c0");
+        assert!(
+            neigh.contains(&format!("{GW6} lladdr 02:42:ac:11:00:01 router")),
+            "the gateway resolved to its MAC, as a router: {neigh}"
+        );
+        let b_mac =
+            fx.b.mac
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+        assert!(
+            neigh.contains(&format!("{B6} lladdr {b_mac}")),
+            "the peer resolved to its MAC: {neigh}"
+        );
+        let s = fx.dp.stats(a.slot).unwrap();
+        assert_eq!(s.drops[DropReason::Malformed as usize], 0);
+        assert_eq!(s.drops[DropReason::NdpUnknownTarget as usize], 0);
     });
 }
