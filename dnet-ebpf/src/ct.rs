@@ -264,10 +264,16 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
         if seen | add != seen {
             (*e).tcp_seen = seen | add;
         }
-        // A closed flow's port waits REUSE_GRACE_NS after its last packet,
-        // whichever way it went: timed on every packet from the end on.
+        // A closed flow's port waits REUSE_GRACE_NS after its last step
+        // (the closing FIN or RST, the last ACK), whichever way it went. A
+        // closed flow has given its charge back, so its time moves only
+        // when its state does (a bounded number of times, each bit once),
+        // never on a mere segment: an uncharged flow cannot be kept alive
+        // past the collector's short closed timeout by one segment now and
+        // then.
         let closed = tcp_closed(seen | add, other);
-        if refresh || closed {
+        let was_closed = tcp_closed(seen, other);
+        if (refresh && !was_closed) || (closed && seen | add != seen) {
             (*e).last_seen_ns = t;
         }
         // Closed: its charge comes back now (the first entry holds it).

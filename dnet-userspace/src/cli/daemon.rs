@@ -283,6 +283,7 @@ pub fn run(args: &Args, socket: &Path) -> ExitCode {
                 udp: secs(args.ct_timeout_udp),
                 udp_unreplied: secs(args.ct_timeout_udp_unreplied),
                 icmp: secs(args.ct_timeout_icmp),
+                ..Timeouts::default()
             },
             gc_interval: secs(args.ct_gc_interval),
             publish_from: args.publish_from.clone(),

@@ -9,8 +9,8 @@ use dnet_common::{
     CtEntry, CtKey,
     addr::ipv4_from_be,
     nat::{
-        CT_F_ASSURED, CT_F_DNAT, CT_F_HOST, CT_F_PUBLISHED, CT_F_REPLY, CT_F_REPLY_TO_ENDPOINT,
-        CT_F_SNAT, CT_SEEN, TCP_ACK, TCP_SYN, tcp_closed,
+        CT_F_ASSURED, CT_F_COUNTED, CT_F_DNAT, CT_F_HOST, CT_F_PUBLISHED, CT_F_REPLY,
+        CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_SEEN, TCP_ACK, TCP_SYN, tcp_closed,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,12 @@ pub struct Timeouts {
     pub tcp_syn: Duration,
     pub tcp_established: Duration,
     pub tcp_closing: Duration,
+    /// A closed TCP flow that has given its charge back (its first entry
+    /// has no `CT_F_COUNTED`): short, as such a flow counts against no
+    /// limit, and the datapath no longer times it on its segments. Its port
+    /// is reused long before (`ct::reclaim`, 50 ms); this only keeps a late
+    /// segment translated for a moment. Never longer than `tcp_closing`.
+    pub tcp_closed_uncharged: Duration,
     /// A UDP flow answered at least once.
     pub udp: Duration,
     /// A UDP flow seen one way only (Linux: 30 s).
@@ -36,6 +42,7 @@ impl Default for Timeouts {
             tcp_syn: Duration::from_secs(60),
             tcp_established: Duration::from_secs(6 * 3600),
             tcp_closing: Duration::from_secs(30),
+            tcp_closed_uncharged: Duration::from_secs(5),
             udp: Duration::from_secs(60),
             udp_unreplied: Duration::from_secs(30),
             icmp: Duration::from_secs(30),
@@ -129,6 +136,9 @@ pub fn state(f: &Flow) -> FlowState {
 pub fn timeout(f: &Flow, t: &Timeouts) -> Duration {
     match (f.key.proto, state(f)) {
         (6, FlowState::SynSent | FlowState::SynRecv) => t.tcp_syn,
+        (6, FlowState::Closing) if f.entry.flags & CT_F_COUNTED == 0 => {
+            t.tcp_closing.min(t.tcp_closed_uncharged)
+        }
         (6, FlowState::Closing) => t.tcp_closing,
         (6, _) => t.tcp_established,
         (1, _) => t.icmp,
@@ -410,7 +420,52 @@ mod tests {
         assert_eq!(state(&flows(&es)[0]), FlowState::Established, "half closed");
         es[1].1.tcp_seen |= TCP_FIN;
         assert_eq!(state(&flows(&es)[0]), FlowState::Closing);
-        assert_eq!(timeout(&flows(&es)[0], &t), t.tcp_closing);
+        assert_eq!(timeout(&flows(&es)[0], &t), t.tcp_closed_uncharged);
+        es[0].1.flags |= CT_F_COUNTED;
+        assert_eq!(timeout(&flows(&es)[0], &t), t.tcp_closing, "still charged");
+    }
+
+    #[test]
+    fn a_closed_flow_that_gave_its_charge_back_goes_by_the_short_timeout() {
+        let t = Timeouts::default();
+        let mut es = snat_pair(0, None);
+        for e in &mut es {
+            e.0.proto = 6;
+        }
+        es[1].0 = partner(&es[0].0, &es[0].1);
+        // Established, then reset by the server at 100 s; the datapath
+        // stops timing it there (later segments move nothing).
+        es[0].1.tcp_seen = TCP_SYN | TCP_ACK;
+        es[0].1.flags |= CT_F_ASSURED | CT_F_COUNTED;
+        es[1].1.tcp_seen = TCP_SYN | TCP_ACK | dnet_common::nat::TCP_RST;
+        es[1].1.last_seen_ns = 100 * S;
+        assert_eq!(state(&flows(&es)[0]), FlowState::Closing);
+        // Still charged (a closing packet raced the collector): the
+        // closing timeout, and the collector gives the charge back.
+        assert!(
+            expired(
+                &es,
+                100 * S + t.tcp_closed_uncharged.as_nanos() as u64 + 1,
+                &t
+            )
+            .is_empty()
+        );
+        // Charge given back by the datapath: gone after the short timeout,
+        // both entries, the first one first.
+        es[0].1.flags &= !CT_F_COUNTED;
+        let short = t.tcp_closed_uncharged.as_nanos() as u64;
+        assert!(short < t.tcp_closing.as_nanos() as u64);
+        assert!(expired(&es, 100 * S + short, &t).is_empty());
+        assert_eq!(
+            expired(&es, 100 * S + short + 1, &t),
+            vec![es[0].0, es[1].0]
+        );
+        // Never longer than the closing timeout when that is set shorter.
+        let t2 = Timeouts {
+            tcp_closing: Duration::from_secs(1),
+            ..t
+        };
+        assert_eq!(expired(&es, 100 * S + S + 1, &t2).len(), 2);
     }
 
     #[test]

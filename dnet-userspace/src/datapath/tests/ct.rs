@@ -4,7 +4,7 @@
 
 use dnet_common::{
     CtEntry,
-    nat::{CT_F_ASSURED, CT_F_DNAT, CT_F_REPLY, CT_F_TO_ENDPOINT},
+    nat::{CT_F_ASSURED, CT_F_COUNTED, CT_F_DNAT, CT_F_REPLY, CT_F_TO_ENDPOINT},
 };
 
 use super::*;
@@ -452,10 +452,11 @@ fn ct_the_reuse_grace_counts_from_the_flows_last_packet() {
             b"",
         );
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &rst).0, REDIRECT);
-        // Another packet of the closed flow, within the second that the
-        // open flow's refresh waits: the grace counts from it.
+        // Another step of the closed flow (A's own RST), within the second
+        // that the open flow's refresh waits: the grace counts from it.
         let since = conntrack::now_ns();
-        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &rst).0, REDIRECT);
+        let a_rst = from_a(&fx, 40000, 0x04, 1006, 0, 0, &[], b"");
+        assert_eq!(run(&fx.dp, &a_rst).0, REDIRECT);
         let (f, s) = only_flow(&fx.dp);
         assert_eq!(s, FlowState::Closing);
         assert!(
@@ -747,5 +748,68 @@ fn ct_a_closed_tcp_flow_gives_its_charge_back_at_once_and_a_restart_is_charged()
             .unwrap();
         assert_eq!(charged(&fx.dp), 1);
         assert_eq!(run(&fx.dp, &syn(&fx, 40002)).0, SHOT);
+    });
+}
+
+/// Finding 1 of the 10:58 review: a container could keep a closed,
+/// uncharged flow's entries alive (and fill the table for everyone) by
+/// resetting it itself and then sending one segment in the window now and
+/// then. After the closing RST the flow's segments still go through, but
+/// move its time no more, and the collector takes it by the short closed
+/// timeout from the RST on.
+#[test]
+fn ct_a_closed_flows_later_segments_do_not_keep_it_alive() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        let cfg = Config {
+            ep_flow_limit: 4,
+            ..fx.dp.config().unwrap()
+        };
+        fx.dp.set_config(&cfg).unwrap();
+        let port = an_established_connection(&fx);
+        assert_eq!(only_flow(&fx.dp).0.entry.flags & CT_F_COUNTED, CT_F_COUNTED);
+        // A resets its own connection at its exact sequence number.
+        let a_rst = from_a(&fx, 40000, 0x04, 1006, 0, 0, &[], b"");
+        assert_eq!(run(&fx.dp, &a_rst).0, REDIRECT);
+        let (closed, s) = only_flow(&fx.dp);
+        assert_eq!(s, FlowState::Closing);
+        assert_eq!(closed.entry.flags & CT_F_COUNTED, 0, "charge given back");
+        // Segments in the window afterwards, both ways, and the same RST
+        // again: forwarded, but the flow's time stays at the RST.
+        let later = [
+            (true, from_a(&fx, 40000, 0x10, 1006, 5007, 502, &[], b"")),
+            (true, from_a(&fx, 40000, 0x18, 1006, 5007, 502, &[], b"x")),
+            (true, a_rst.clone()),
+            (false, to_port(port, 0x10, 5007, 1006, 509, &[])),
+        ];
+        for (from_a_side, f) in &later {
+            let v = if *from_a_side {
+                run(&fx.dp, f).0
+            } else {
+                run_prog(&fx.dp, PROG_FROM_UPLINK, f).0
+            };
+            assert_eq!(v, REDIRECT);
+        }
+        let (f, s) = only_flow(&fx.dp);
+        assert_eq!(s, FlowState::Closing);
+        assert_eq!(f.entry.last_seen_ns, closed.entry.last_seen_ns);
+        assert_eq!(
+            f.reply.unwrap().1.last_seen_ns,
+            closed.reply.unwrap().1.last_seen_ns
+        );
+        // The collector's decision on these very entries, its clock set
+        // from the RST on: kept up to the short timeout, gone after it.
+        let t = Timeouts::default();
+        let es = fx.dp.conntrack().unwrap();
+        let end = conntrack::last_seen(&f) + t.tcp_closed_uncharged.as_nanos() as u64;
+        assert!(conntrack::expired(&es, end, &t).is_empty());
+        let gone = conntrack::expired(&es, end + 1, &t);
+        assert_eq!(gone, vec![f.key, f.reply.unwrap().0]);
+        fx.dp.ct_remove(&gone).unwrap();
+        assert!(fx.dp.conntrack().unwrap().is_empty());
+        assert!(
+            fx.dp.quota().unwrap().is_empty(),
+            "nothing given back twice"
+        );
     });
 }
