@@ -8,7 +8,8 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
     /// A frame too short for its headers, an IPv4 or IPv6 header that is
-    /// invalid (an IPv6 payload length beyond the packet), or a Neighbor
+    /// invalid (an IPv6 payload length beyond the packet, an ICMPv6, UDP
+    /// or TCP header that does not fit in the payload), or a Neighbor
     /// Solicitation that breaks RFC 4861's checks (hop limit, code, length,
     /// a multicast target, extension headers before it).
     Malformed = 0,
@@ -118,6 +119,12 @@ pub enum DropReason {
     /// A Neighbor Solicitation for an address that is neither the gateway
     /// nor an endpoint of the sender's network.
     NdpUnknownTarget = 38,
+    /// An ICMPv6 error (destination unreachable, packet too big, time
+    /// exceeded, parameter problem) from a container about a packet that
+    /// was not sent to it: the quoted packet's destination must be the
+    /// container's own address and its source the error's destination, so
+    /// that a container cannot speak into a peer's or the host's flows.
+    Icmp6ErrorForged = 39,
     /// A TCP segment of a known flow with a flag combination no TCP sends
     /// (none of SYN, ACK and RST: a null or PSH-only segment, a FIN
     /// without ACK; SYN with FIN or RST), as Linux's conntrack calls it
@@ -135,7 +142,7 @@ pub const DROP_REASON_SLOTS: usize = 48;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 40] = [
+    pub const ALL: [DropReason; 41] = [
         DropReason::Malformed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
@@ -175,6 +182,7 @@ impl DropReason {
         DropReason::Mld,
         DropReason::NdpAdvertisement,
         DropReason::NdpUnknownTarget,
+        DropReason::Icmp6ErrorForged,
         DropReason::CtTcpInvalid,
     ];
 
@@ -220,6 +228,7 @@ impl DropReason {
             DropReason::Mld => "mld",
             DropReason::NdpAdvertisement => "ndp-advertisement",
             DropReason::NdpUnknownTarget => "ndp-unknown-target",
+            DropReason::Icmp6ErrorForged => "icmpv6-error-forged",
             DropReason::CtTcpInvalid => "conntrack-tcp-invalid",
         }
     }

@@ -67,6 +67,13 @@ pub const NEXTHDR_FRAGMENT: u8 = 44;
 pub const NEXTHDR_AUTH: u8 = 51;
 pub const NEXTHDR_DEST: u8 = 60;
 pub const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// ICMPv6 error types (RFC 4443): destination unreachable, packet too
+/// big, time exceeded, parameter problem.
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PARAM_PROB: u8 = 4;
 
 /// ICMPv6 types a container may not send (RFC 4861, RFC 2710, RFC 3810).
 pub const ICMPV6_MLD_QUERY: u8 = 130;
@@ -166,7 +173,7 @@ pub fn walk(ctx: &TcContext, nexthdr: u8, end: usize) -> Result<L4At, DropReason
                 proto = h[0];
                 len
             }
-            _ => return Ok(L4At { proto, off }),
+            _ => return l4_fits(proto, off, end),
         };
         off += len;
         if off > end {
@@ -177,7 +184,55 @@ pub fn walk(ctx: &TcContext, nexthdr: u8, end: usize) -> Result<L4At, DropReason
         NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
             Err(DropReason::Ipv6ExtHeaders)
         }
-        _ => Ok(L4At { proto, off }),
+        _ => l4_fits(proto, off, end),
+    }
+}
+
+/// The upper-layer header must lie within the payload (ICMPv6 and UDP 8
+/// bytes, TCP 20), or the checks after the walk would read its type from
+/// Ethernet padding or judge a first fragment that hides it in the next
+/// (RFC 7112): `malformed`.
+#[inline(always)]
+fn l4_fits(proto: u8, off: usize, end: usize) -> Result<L4At, DropReason> {
+    let min = match proto {
+        IPPROTO_ICMPV6 | IPPROTO_UDP => 8,
+        IPPROTO_TCP => 20,
+        _ => 0,
+    };
+    if off + min > end {
+        return Err(DropReason::Malformed);
+    }
+    Ok(L4At { proto, off })
+}
+
+/// An ICMPv6 error a container sends must be about a packet it was sent
+/// (there is no IPv6 conntrack to look the quote up in): the quoted IPv6
+/// header, after the error's 8-byte header, has the container's own address
+/// as its destination and the error's destination as its source. Anything
+/// else (no room for the quote, a peer's or the host's flow) is dropped
+/// (`icmpv6-error-forged`).
+#[inline(always)]
+fn error_quote_is_own(
+    ctx: &TcContext,
+    me: &Endpoint6,
+    ip: &Ipv6Hdr,
+    icmp_off: usize,
+    end: usize,
+) -> Result<(), DropReason> {
+    let quote = icmp_off + 8;
+    if quote + IPV6_HLEN > end {
+        return Err(DropReason::Icmp6ErrorForged);
+    }
+    let qsrc: [u8; 16] = ctx
+        .load(quote + 8)
+        .map_err(|_| DropReason::Icmp6ErrorForged)?;
+    let qdst: [u8; 16] = ctx
+        .load(quote + 24)
+        .map_err(|_| DropReason::Icmp6ErrorForged)?;
+    if addr_eq(&qdst, &me.addr) && addr_eq(&qsrc, &ip.daddr) {
+        Ok(())
+    } else {
+        Err(DropReason::Icmp6ErrorForged)
     }
 }
 
@@ -272,6 +327,9 @@ pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Resul
             ICMPV6_REDIRECT => return Err(DropReason::NdpRedirect),
             ICMPV6_MLD_QUERY | ICMPV6_MLD_REPORT | ICMPV6_MLD_DONE | ICMPV6_MLD2_REPORT => {
                 return Err(DropReason::Mld);
+            }
+            ICMPV6_DEST_UNREACH..=ICMPV6_PARAM_PROB => {
+                error_quote_is_own(ctx, &me, ip, l4.off, end)?
             }
             _ => {}
         }

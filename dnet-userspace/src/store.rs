@@ -115,18 +115,39 @@ impl Store {
 
     /// The second half of a commit: the prepared file becomes the state.
     pub fn publish(&self) -> Result<(), StoreError> {
+        self.rename_prepared()?.run()
+    }
+
+    /// [`Store::publish`] with the folder's sync left to the caller: the
+    /// rename makes the prepared state the one any later load (a restarted
+    /// daemon's) reads, whole; the returned [`FolderSync`] makes the rename
+    /// survive a power loss as well.
+    pub fn rename_prepared(&self) -> Result<FolderSync, StoreError> {
         let path = self.path();
         let tmp = self.dir.join("state.json.tmp");
         fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
-        let dir = File::open(&self.dir).map_err(io_err("open", &self.dir))?;
-        nix::unistd::fsync(dir.as_fd())
-            .map_err(|e| io_err("sync", &self.dir)(io::Error::from(e)))?;
-        Ok(())
+        Ok(FolderSync {
+            dir: self.dir.clone(),
+        })
     }
 
     /// Drops a prepared state that is not to be published.
     pub fn discard(&self) {
         let _ = fs::remove_file(self.dir.join("state.json.tmp"));
+    }
+}
+
+/// The state folder's sync after a rename (see [`Store::rename_prepared`]).
+#[must_use = "the rename is not durable until the folder is synced"]
+pub struct FolderSync {
+    dir: PathBuf,
+}
+
+impl FolderSync {
+    /// Syncs the folder (blocking).
+    pub fn run(self) -> Result<(), StoreError> {
+        let dir = File::open(&self.dir).map_err(io_err("open", &self.dir))?;
+        nix::unistd::fsync(dir.as_fd()).map_err(|e| io_err("sync", &self.dir)(io::Error::from(e)))
     }
 }
 

@@ -1069,3 +1069,127 @@ fn docker_published_ports_follow_the_gateway_endpoint() {
     assert!(!maps.contains("8085"), "a service entry is left: {maps}");
     env.assert_clean();
 }
+
+/// `ping -6` from a Docker container: every one of two echoes answered.
+fn ping6(env: &Env, from: &str, to: &str) -> std::process::Output {
+    env.exec(
+        from,
+        &["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", to],
+    )
+}
+
+/// `docker network create --ipv6` with Docker's default IPAM: a dual-stack
+/// dnet network with Docker's IPv6 subnet and gateway; containers get
+/// Docker's IPv6 address on `eth0` (`--ip6` too), their default IPv6 route
+/// through the gateway Join gave, and reach each other and the gateway
+/// over IPv6 through dnet's datapath. An IPv6 subnet dnet refuses leaves
+/// nothing behind.
+#[test]
+fn docker_dual_stack_network() {
+    let env = Env::new();
+    let before = env.sb.state();
+    let e = env.docker_err(&[
+        "network",
+        "create",
+        "-d",
+        &env.driver,
+        "--ipv6",
+        "--subnet",
+        "10.92.0.0/24",
+        "--subnet",
+        "fe80::/64",
+        "bad6",
+    ]);
+    assert!(e.contains("link-local"), "{e}");
+    assert_eq!(
+        env.sb.state(),
+        before,
+        "a refused network changed the state"
+    );
+    assert_consistent(&env.sb);
+
+    let id = env.network(
+        "dn6",
+        &[
+            "--ipv6",
+            "--subnet",
+            "10.92.0.0/24",
+            "--subnet",
+            "fd00:92::/64",
+        ],
+    );
+    let net = env.dnet_network(&id).expect("the dnet network of Docker's");
+    assert_eq!(net["ipam"]["subnet"], "10.92.0.0/24", "{net}");
+    assert_eq!(net["ipam6"]["subnet"], "fd00:92::/64", "{net}");
+    assert_eq!(net["ipam6"]["gateway"], "fd00:92::1", "{net}");
+
+    env.run("c1", "dn6", &[]);
+    env.run("c2", "dn6", &["--ip6", "fd00:92::77"]);
+    let addr6 = |name: &str| -> Vec<String> {
+        let o = env.exec(name, &["ip", "-o", "-6", "addr", "show", "eth0"]);
+        assert!(ok(&o), "{}", out(&o));
+        stdout(&o)
+            .lines()
+            .filter(|l| l.contains("scope global"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .skip_while(|w| *w != "inet6")
+                    .nth(1)
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let a1 = addr6("c1");
+    assert_eq!(a1.len(), 1, "c1's global IPv6 addresses: {a1:?}");
+    assert!(
+        a1[0].starts_with("fd00:92::") && a1[0].ends_with("/64"),
+        "{a1:?}"
+    );
+    let ip1 = a1[0].trim_end_matches("/64").to_owned();
+    assert_eq!(addr6("c2"), vec!["fd00:92::77/64".to_owned()]);
+
+    // dnet has them, with Docker's IPv6 addresses.
+    let ps = env.sb.dnet_json(&["ps"]);
+    let ips: Vec<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["networks"][0]["ip6"].as_str())
+        .collect();
+    assert!(
+        ips.contains(&ip1.as_str()) && ips.contains(&"fd00:92::77"),
+        "{ps}"
+    );
+
+    // Join's GatewayIPv6 is the container's default IPv6 route.
+    let o = env.exec("c1", &["ip", "-6", "route"]);
+    assert!(stdout(&o).contains("default via fd00:92::1"), "{}", out(&o));
+
+    // Over IPv6, east-west and to the gateway, through dnet's datapath.
+    for (from, to) in [
+        ("c1", "fd00:92::77"),
+        ("c2", ip1.as_str()),
+        ("c1", "fd00:92::1"),
+        ("c2", "fd00:92::1"),
+    ] {
+        let o = ping6(&env, from, to);
+        assert!(ok(&o), "{from} -> {to}: {}", out(&o));
+    }
+    // IPv4 still works beside it.
+    let o = env.exec("c1", &["ping", "-c", "1", "-W", "2", "10.92.0.1"]);
+    assert!(ok(&o), "c1 -> the IPv4 gateway: {}", out(&o));
+    // The datapath counted c1's IPv6 packets.
+    let stats = env.sb.dnet_json(&["stats"]);
+    let counted = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["ip6"] == ip1.as_str() && e["tx_packets"].as_u64() > Some(0));
+    assert!(counted, "{stats}");
+    assert_consistent(&env.sb);
+
+    env.docker(&["rm", "-f", "c1", "c2"]);
+    env.docker(&["network", "rm", "dn6"]);
+    assert!(env.dnet_network(&id).is_none());
+    env.assert_clean();
+}

@@ -86,11 +86,8 @@ fn truthy(v: Option<&Value>) -> bool {
 /// before anything is made.
 pub fn network_request(r: &CreateNetwork) -> Result<NetworkCreate> {
     check_id("network id", &r.network_id)?;
-    if truthy(r.options.get(ENABLE_IPV6)) || !r.ipv6_data.is_empty() {
-        return Err(invalid!(
-            "dnet networks are IPv4 only: create the network without --ipv6"
-        ));
-    }
+    // `--ipv6`: Docker's IPAM sends the IPv6 pool it gave the network.
+    let ipv6 = truthy(r.options.get(ENABLE_IPV6)) || !r.ipv6_data.is_empty();
     let generic = match r.options.get(GENERIC) {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(m)) => m.clone().into_iter().collect(),
@@ -147,6 +144,23 @@ pub fn network_request(r: &CreateNetwork) -> Result<NetworkCreate> {
             ));
         }
     };
+    let (subnet6, gateway6) = match r.ipv6_data.as_slice() {
+        [] => (None, None),
+        [d] => (
+            (!d.pool.is_empty()).then(|| d.pool.clone()),
+            (!d.gateway.is_empty()).then(|| cidr_addr(&d.gateway).to_owned()),
+        ),
+        _ => {
+            return Err(invalid!(
+                "a dnet network has one IPv6 subnet: give one IPv6 --subnet"
+            ));
+        }
+    };
+    if ipv6 && driver != "bridge" {
+        return Err(invalid!(
+            "--ipv6: dnet's {driver} networks are IPv4 only (its bridge networks may be dual-stack)"
+        ));
+    }
     Ok(NetworkCreate {
         name: format!("docker-{}", short(&r.network_id)),
         driver: Some(driver.into()),
@@ -155,7 +169,10 @@ pub fn network_request(r: &CreateNetwork) -> Result<NetworkCreate> {
         ip_range: None,
         internal: truthy(r.options.get(INTERNAL)),
         options,
-        ..Default::default()
+        ipv6,
+        subnet6,
+        gateway6,
+        ip_range6: None,
     })
 }
 
@@ -192,18 +209,12 @@ pub async fn create_endpoint(e: &Engine, r: CreateEndpoint) -> Result<CreateEndp
         .await
         .ok_or_else(|| not_found!("dnet has no network of Docker's {}", short(&r.network_id)))?;
     let asked = r.interface.unwrap_or_default();
-    if !asked.address_ipv6.is_empty() {
-        return Err(invalid!(
-            "dnet networks are IPv4 only (asked for {})",
-            asked.address_ipv6
-        ));
-    }
     let req = AttachRequest {
         network: net.id.clone(),
         target: AttachTarget::HostSide,
         ifname: None,
         ip: (!asked.address.is_empty()).then(|| cidr_addr(&asked.address).to_owned()),
-        ip6: None,
+        ip6: (!asked.address_ipv6.is_empty()).then(|| cidr_addr(&asked.address_ipv6).to_owned()),
         mac: (!asked.mac_address.is_empty()).then(|| asked.mac_address.clone()),
         publish: Vec::new(),
         aliases: Vec::new(),
@@ -249,6 +260,11 @@ pub async fn create_endpoint(e: &Engine, r: CreateEndpoint) -> Result<CreateEndp
     {
         answer.mac_address = mac.to_string();
     }
+    if asked.address_ipv6.is_empty()
+        && let (Some(ip6), Some(prefix6)) = (resp.ip6, resp.prefix6)
+    {
+        answer.address_ipv6 = format!("{ip6}/{prefix6}");
+    }
     Ok(CreateEndpointAnswer {
         interface: (answer != Interface::default()).then_some(answer),
     })
@@ -274,6 +290,7 @@ pub async fn join(e: &Engine, r: EndpointRef) -> Result<JoinAnswer> {
             dst_prefix: "eth".into(),
         },
         gateway: att.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        gateway_ipv6: att.gateway6.map(|g| g.to_string()).unwrap_or_default(),
         static_routes: Vec::new(),
         disable_gateway_service: false,
     })
@@ -397,6 +414,25 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_network_request_takes_dockers_ipv6_pool() {
+        let mut c = create(serde_json::json!({ENABLE_IPV6: true}));
+        c.ipv6_data = vec![IpamData {
+            pool: "fd00:77::/64".into(),
+            gateway: "fd00:77::1/64".into(),
+            ..Default::default()
+        }];
+        let r = network_request(&c).unwrap();
+        assert!(r.ipv6);
+        assert_eq!(r.subnet6.as_deref(), Some("fd00:77::/64"));
+        assert_eq!(r.gateway6.as_deref(), Some("fd00:77::1"));
+        c.ipv6_data.push(c.ipv6_data[0].clone());
+        let e = network_request(&c).unwrap_err().to_string();
+        assert!(e.contains("one IPv6 subnet"), "{e}");
+        let r = network_request(&create(serde_json::json!({}))).unwrap();
+        assert!(!r.ipv6 && r.subnet6.is_none());
+    }
+
+    #[test]
     fn a_macvlan_network_request_takes_dockers_macvlan_options() {
         let r = network_request(&create(serde_json::json!({
             GENERIC: {"driver": "macvlan", "parent": "eth0", "macvlan_mode": "bridge"},
@@ -421,7 +457,10 @@ mod tests {
                 serde_json::json!({GENERIC: {"driver": "ipvlan"}}),
                 "unknown driver",
             ),
-            (serde_json::json!({ENABLE_IPV6: true}), "IPv4 only"),
+            (
+                serde_json::json!({GENERIC: {"driver": "macvlan"}, ENABLE_IPV6: true}),
+                "IPv4 only",
+            ),
         ] {
             let e = network_request(&create(opts)).unwrap_err().to_string();
             assert!(e.contains(says), "{e}");

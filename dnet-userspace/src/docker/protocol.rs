@@ -127,6 +127,9 @@ pub struct JoinAnswer {
     /// A plain IPv4 address; empty on internal networks.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub gateway: String,
+    /// A plain IPv6 address on dual-stack networks; empty on internal ones.
+    #[serde(rename = "GatewayIPv6", skip_serializing_if = "String::is_empty")]
+    pub gateway_ipv6: String,
     pub static_routes: Vec<Value>,
     pub disable_gateway_service: bool,
 }
@@ -276,6 +279,7 @@ mod tests {
                 dst_prefix: "eth".into(),
             },
             gateway: "10.0.0.1".into(),
+            gateway_ipv6: "fd00::1".into(),
             static_routes: vec![],
             disable_gateway_service: false,
         })
@@ -283,7 +287,8 @@ mod tests {
         assert_eq!(
             j,
             serde_json::json!({"InterfaceName":{"SrcName":"dntmp1","DstPrefix":"eth"},
-                "Gateway":"10.0.0.1","StaticRoutes":[],"DisableGatewayService":false})
+                "Gateway":"10.0.0.1","GatewayIPv6":"fd00::1","StaticRoutes":[],
+                "DisableGatewayService":false})
         );
         let j = serde_json::to_value(CreateEndpointAnswer {
             interface: Some(Interface {

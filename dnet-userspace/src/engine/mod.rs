@@ -572,9 +572,18 @@ impl Inner {
     }
 
     /// Makes `state`, prepared with `Store::prepare` and written, the
-    /// committed state.
+    /// committed state (an endpoint's addition). The folder's sync, which
+    /// only a power loss needs, runs after the answer on a blocking thread:
+    /// the file itself was synced before the rename, so a load finds the
+    /// old state or the new one, whole, and a power loss also takes every
+    /// link, filter and namespace the new record describes.
     fn commit_prepared(&mut self, state: State) -> Result<()> {
-        self.store.publish()?;
+        let sync = self.store.rename_prepared()?;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = sync.run() {
+                tracing::warn!("syncing the state folder: {e}");
+            }
+        });
         self.commit_published(state);
         Ok(())
     }

@@ -822,3 +822,119 @@ fn a_real_kernel_takes_the_advertisements_dnet_builds() {
         assert_eq!(s.drops[DropReason::NdpUnknownTarget as usize], 0);
     });
 }
+
+/// An ICMPv6 error body: the 4 bytes after the header (unused, MTU or
+/// pointer) and the quoted packet, an IPv6 header from `qs` to `qd` and 8
+/// bytes of UDP.
+fn quote6(qs: &str, qd: &str) -> Vec<u8> {
+    let mut b = vec![0, 0, 0x05, 0x00];
+    b.extend_from_slice(&[0x60, 0, 0, 0, 0, 12, UDP, 64]);
+    b.extend_from_slice(&ip6(qs).octets());
+    b.extend_from_slice(&ip6(qd).octets());
+    b.extend_from_slice(&[0x13, 0x88, 0x0f, 0xa0, 0, 12, 0, 0]);
+    b
+}
+
+#[test]
+fn a_container_sends_icmpv6_errors_only_about_packets_it_was_sent() {
+    in_fresh_netns(|| {
+        let fx = fixture6(0, 0);
+        let (a, b) = (fx.a.mac, fx.b.mac);
+        // Destination unreachable, packet too big, time exceeded, parameter
+        // problem, each about a packet B sent to A: delivered to B.
+        for ty in 1..=4u8 {
+            let f = icmp6(a, b, A6, B6, 64, ty, &quote6(B6, A6));
+            assert_eq!(run(&fx.dp, &f).0, REDIRECT, "type {ty}");
+        }
+        let forged = [
+            // B's flow to the gateway (the host), told to B.
+            ("a peer's flow to the host", B6, quote6(B6, GW6)),
+            // B's flow to C, told to B.
+            ("a peer's flow to another", B6, quote6(B6, C6)),
+            // About a packet to A, but told to someone other than its sender.
+            (
+                "told to another than the sender",
+                B6,
+                quote6("fd00:1::7", A6),
+            ),
+            // To the host about the host's flow to B.
+            ("the host's flow to a peer", GW6, quote6(GW6, B6)),
+            // No room for the quoted IPv6 header.
+            ("a quote cut short", B6, quote6(B6, A6)[..4 + 39].to_vec()),
+        ];
+        for (i, (what, to, body)) in forged.iter().enumerate() {
+            for ty in 1..=4u8 {
+                let f = icmp6(a, b, A6, to, 64, ty, body);
+                assert_eq!(run(&fx.dp, &f).0, SHOT, "{what}, type {ty}");
+            }
+            assert_eq!(
+                drops(&fx.dp, 1, DropReason::Icmp6ErrorForged),
+                (i as u64 + 1) * 4,
+                "{what}"
+            );
+        }
+        assert_eq!(
+            fx.dp.stats(2).unwrap().tx_packets,
+            4,
+            "only the own errors reached B"
+        );
+        // Informational messages are not errors: an echo request goes on.
+        let echo = icmp6(a, b, A6, B6, 64, 128, &[0, 1, 0, 1]);
+        assert_eq!(run(&fx.dp, &echo).0, REDIRECT);
+    });
+}
+
+#[test]
+fn an_l4_header_the_payload_does_not_hold_is_malformed() {
+    in_fresh_netns(|| {
+        let fx = fixture6(0, NET6_F_NAT);
+        let (a, b) = (fx.a.mac, fx.b.mac);
+        let tcp = |len: usize| {
+            let mut l4 = vec![0; len];
+            l4[..4].copy_from_slice(&[0x0f, 0xa0, 0x13, 0x88]);
+            if len >= 20 {
+                l4[12] = 0x50;
+                l4[13] = 0x02; // SYN
+            }
+            frame6(a, b, ip6(A6), ip6(B6), 64, 0, 6, l4, None)
+        };
+        // Whole headers go on: UDP's 8 bytes, TCP's 20.
+        let mut udp8 = udp6(a, b, A6, B6, 0);
+        udp8.truncate(14 + 40 + 8);
+        udp8[18..20].copy_from_slice(&8u16.to_be_bytes());
+        assert_eq!(run(&fx.dp, &udp8).0, REDIRECT, "an 8-byte UDP header");
+        assert_eq!(run(&fx.dp, &tcp(20)).0, REDIRECT, "a 20-byte TCP header");
+
+        // The payload length says 4 bytes of UDP, the rest is padding.
+        let mut udp4 = udp6(a, b, A6, B6, 0);
+        udp4[18..20].copy_from_slice(&4u16.to_be_bytes());
+        // An echo request whose last 4 header bytes lie beyond the payload.
+        let mut echo4 = icmp6(a, b, A6, B6, 64, 128, &[0, 1, 0, 1]);
+        echo4[18..20].copy_from_slice(&4u16.to_be_bytes());
+        // A first fragment holding only 4 bytes of its ICMPv6 header (the
+        // rest in the next fragment, RFC 7112's case), behind one
+        // extension header.
+        let mut frag = vec![ICMPV6, 0, 0, 1, 0, 0, 0, 7];
+        frag.extend_from_slice(&[128, 0, 0, 0]);
+        let frag = frame6(a, b, ip6(A6), ip6(B6), 64, 1, 44, frag, None);
+        let cases = [
+            ("4 bytes of UDP", udp4),
+            ("12 bytes of TCP", tcp(12)),
+            ("4 bytes of an ICMPv6 header", echo4),
+            ("a first fragment cutting the ICMPv6 header", frag),
+        ];
+        for (i, (what, f)) in cases.iter().enumerate() {
+            assert_eq!(run(&fx.dp, f).0, SHOT, "{what}");
+            assert_eq!(
+                drops(&fx.dp, 1, DropReason::Malformed),
+                i as u64 + 1,
+                "{what}"
+            );
+        }
+        assert_eq!(
+            fx.dp.stats(2).unwrap().tx_packets,
+            2,
+            "only whole headers reached B"
+        );
+    });
+}
