@@ -12,7 +12,10 @@
 //! entry has `CT_F_COUNTED`; whoever removes that entry gives the charge
 //! back, and a TCP flow gives it back as soon as it closes (the bit is
 //! cleared then), so that short connections do not hold their charge
-//! until the collector runs.
+//! until the collector runs. The counters may drift (a charge given back
+//! twice in a race, charges on CPUs beyond `MAX_CPUS`): the daemon's sweep
+//! recounts the charged flows in the table and sets `DNET_CT_CLOSED` so
+//! that the difference is that count again (`Datapath::quota_sweep`).
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,

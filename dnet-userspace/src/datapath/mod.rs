@@ -667,48 +667,67 @@ impl Datapath {
         Ok(())
     }
 
-    /// Live flows per limit key (`QuotaKey`), as the datapath judges them,
-    /// and keys with none left (which [`Datapath::quota_sweep`] forgets).
-    fn quota_counts(&self) -> Result<Vec<(QuotaKey, i64)>> {
+    /// The limit counters per key (`QuotaKey`): the datapath's, summed over
+    /// the CPUs it sums (`Config::nr_cpus`, at most `MAX_CPUS`: on a host
+    /// with more, charges on the others are not seen by the limits), and
+    /// the daemon's.
+    fn quota_parts(&self) -> Result<std::collections::HashMap<QuotaKey, (i64, i64)>> {
+        let cpus = self.config()?.nr_cpus as usize;
         let opened: PerCpuHashMap<&MapData, QuotaKey, i64> =
             PerCpuHashMap::try_from(self.map(m::CT_OPENED)?).map_err(map_err(m::CT_OPENED))?;
         let closed: HashMap<&MapData, QuotaKey, i64> =
             HashMap::try_from(self.map(m::CT_CLOSED)?).map_err(map_err(m::CT_CLOSED))?;
-        let mut out: std::collections::HashMap<QuotaKey, i64> = std::collections::HashMap::new();
+        let mut out: std::collections::HashMap<QuotaKey, (i64, i64)> =
+            std::collections::HashMap::new();
         for r in opened.iter() {
             let (k, per_cpu) = r.map_err(map_err(m::CT_OPENED))?;
-            *out.entry(k).or_default() += per_cpu.iter().sum::<i64>();
+            out.entry(k).or_default().0 += per_cpu.iter().take(cpus).sum::<i64>();
         }
         for r in closed.iter() {
             let (k, n) = r.map_err(map_err(m::CT_CLOSED))?;
-            *out.entry(k).or_default() -= n;
+            out.entry(k).or_default().1 += n;
         }
-        Ok(out.into_iter().collect())
+        Ok(out)
     }
 
-    /// Live flows per limit key with any (`QuotaKey`): what the limits
-    /// judge new flows by.
+    /// Live flows per limit key with any (`QuotaKey`), as the datapath
+    /// judges new flows by them.
     pub fn quota(&self) -> Result<Vec<(QuotaKey, u64)>> {
         Ok(self
-            .quota_counts()?
+            .quota_parts()?
             .into_iter()
+            .map(|(k, (opened, closed))| (k, opened - closed))
             .filter(|(_, n)| *n > 0)
             .map(|(k, n)| (k, n as u64))
             .collect())
     }
 
-    /// Forgets the counters of keys with no live flow left (the datapath
-    /// makes them again when needed); returns how many went. The datapath's
-    /// counter goes first: a flow it charges between the two removals is
-    /// counted from zero, and the daemon's count, which no longer applies,
-    /// goes next. (A flow charged between the read and the first removal
-    /// is not counted: the limit is then lenient by that one flow.)
+    /// Sets the limit counters to the truth: the charged flows
+    /// (`CT_F_COUNTED` first entries) in `DNET_CT` per key. The counters
+    /// drift: a closing packet that gives a charge back between the
+    /// collector's read of an entry and its removal gives it back twice,
+    /// and on a host with more than `MAX_CPUS` CPUs charges on the others
+    /// are never summed while their releases may be. The daemon's counter
+    /// is set so that the datapath's sum less it is the truth; keys with no
+    /// charged flow are forgotten (the datapath makes them again when
+    /// needed), the datapath's counter first, so that a flow it charges
+    /// between the two removals counts from zero. Returns how many keys
+    /// were forgotten.
+    ///
+    /// The table is read before the counters: a flow charged or given back
+    /// in between is off by one in the count until the next sweep, which
+    /// puts it right.
     pub fn quota_sweep(&mut self) -> Result<usize> {
-        let idle: Vec<QuotaKey> = self
-            .quota_counts()?
-            .into_iter()
-            .filter(|(_, n)| *n <= 0)
-            .map(|(k, _)| k)
+        if self.quota_parts()?.is_empty() {
+            // No counter: nothing was charged, nothing to read.
+            return Ok(0);
+        }
+        let truth = charged_flows(&self.conntrack()?);
+        let parts = self.quota_parts()?;
+        let idle: Vec<QuotaKey> = parts
+            .keys()
+            .filter(|k| !truth.contains_key(k))
+            .copied()
             .collect();
         {
             let mut h: PerCpuHashMap<&mut MapData, QuotaKey, i64> =
@@ -722,6 +741,12 @@ impl Datapath {
             HashMap::try_from(self.map_mut(m::CT_CLOSED)?).map_err(map_err(m::CT_CLOSED))?;
         for k in &idle {
             absent_is_fine(h.remove(k)).map_err(map_err(m::CT_CLOSED))?;
+        }
+        for (k, n) in &truth {
+            let (opened, closed) = parts.get(k).copied().unwrap_or_default();
+            if opened - closed != *n {
+                h.insert(k, opened - n, 0).map_err(map_err(m::CT_CLOSED))?;
+            }
         }
         Ok(idle.len())
     }
@@ -1359,4 +1384,22 @@ fn remove_if_exists(path: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err("remove", path)(e)),
     }
+}
+
+/// The charged flows per limit key: first entries with `CT_F_COUNTED`,
+/// each counted for its container and its destination (as `quota::charge`
+/// counts them).
+pub(crate) fn charged_flows(
+    entries: &[(CtKey, CtEntry)],
+) -> std::collections::HashMap<QuotaKey, i64> {
+    let mut out = std::collections::HashMap::new();
+    for (k, e) in entries {
+        if e.flags & (CT_F_COUNTED | CT_F_REPLY) != CT_F_COUNTED {
+            continue;
+        }
+        for q in [QuotaKey::endpoint(k.saddr_be), QuotaKey::destination(k)] {
+            *out.entry(q).or_default() += 1;
+        }
+    }
+    out
 }

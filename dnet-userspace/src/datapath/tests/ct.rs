@@ -813,3 +813,68 @@ fn ct_a_closed_flows_later_segments_do_not_keep_it_alive() {
         );
     });
 }
+
+/// The daemon's limit counter of `k` set to `n`, as drift leaves it.
+fn set_closed(dp: &mut Datapath, k: &dnet_common::QuotaKey, n: i64) {
+    let mut h: HashMap<&mut MapData, dnet_common::QuotaKey, i64> =
+        HashMap::try_from(dp.map_mut(m::CT_CLOSED).unwrap()).unwrap();
+    h.insert(k, n, 0).unwrap();
+}
+
+/// Finding 5 of the 10:58 review: the limit counters drift (a charge given
+/// back twice, charges on CPUs the limits do not sum), in either direction,
+/// which turned a limit off or tighter. The sweep recounts the charged
+/// flows in the table and sets the counters to that.
+#[test]
+fn ct_the_quota_sweep_puts_drifted_counters_right() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        let cfg = Config {
+            ep_flow_limit: 3,
+            ..fx.dp.config().unwrap()
+        };
+        fx.dp.set_config(&cfg).unwrap();
+        let a = |sport, dport| udp_to(fx.a.mac, GW_MAC, (A, sport), (WORLD, dport), false);
+        assert_eq!(run(&fx.dp, &a(4001, 53)).0, REDIRECT);
+        assert_eq!(run(&fx.dp, &a(4002, 54)).0, REDIRECT);
+        let a_total = dnet_common::QuotaKey::endpoint(fx.a.addr_be);
+        let count = |dp: &Datapath| {
+            dp.quota()
+                .unwrap()
+                .iter()
+                .find(|(k, _)| *k == a_total)
+                .map_or(0, |(_, n)| *n)
+        };
+        assert_eq!(count(&fx.dp), 2);
+        // Two charges given back too many: A's limit no longer holds.
+        set_closed(&mut fx.dp, &a_total, 2);
+        assert_eq!(count(&fx.dp), 0);
+        assert_eq!(run(&fx.dp, &a(4003, 55)).0, REDIRECT);
+        assert_eq!(run(&fx.dp, &a(4004, 56)).0, REDIRECT, "over the limit");
+        // The sweep counts A's four flows, and the limit holds again.
+        assert_eq!(fx.dp.quota_sweep().unwrap(), 0);
+        assert_eq!(count(&fx.dp), 4);
+        assert_eq!(run(&fx.dp, &a(4005, 57)).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtEndpointLimit), 1);
+        // Drift the other way (too many counted), and a counter of a
+        // container with no flow at all: put right, and forgotten.
+        set_closed(&mut fx.dp, &a_total, -10);
+        let b_total = dnet_common::QuotaKey::endpoint(dnet_common::addr::ipv4_be(
+            "172.17.0.9".parse().unwrap(),
+        ));
+        set_closed(&mut fx.dp, &b_total, -1);
+        assert_eq!(count(&fx.dp), 4 + 10);
+        assert_eq!(fx.dp.quota_sweep().unwrap(), 1, "B's counter");
+        assert_eq!(count(&fx.dp), 4);
+        let mut q = fx.dp.quota().unwrap();
+        q.sort_by_key(|(k, _)| (k.endpoint_be, k.daddr_be, k.dport_be));
+        assert_eq!(q.len(), 1 + 4, "A, and A to each of 53..=56: {q:?}");
+        assert!(
+            q.iter()
+                .all(|(k, n)| *n == if *k == a_total { 4 } else { 1 })
+        );
+        // Nothing drifted: the sweep changes nothing.
+        assert_eq!(fx.dp.quota_sweep().unwrap(), 0);
+        assert_eq!(fx.dp.quota().unwrap().len(), 5);
+    });
+}
