@@ -482,25 +482,47 @@ impl Netlink {
 
     /// Adds (or replaces) a route marked as dnet's.
     pub async fn add_route(&self, route: RouteSpec) -> Result<(), NetlinkError> {
-        let what = format!("add route {}/{}", route.dst, route.prefix);
-        self.handle
-            .route()
-            .add(route.message())
-            .replace()
-            .execute()
+        self.route_add(format!("{}/{}", route.dst, route.prefix), route.message())
             .await
-            .map_err(req(what))
     }
 
     /// Adds a route only where none to its destination is: in a container's
     /// namespace an existing route is its owner's, never replaced.
     /// `Ok(false)` when one is already there (nothing changed).
     pub async fn add_route_if_absent(&self, route: RouteSpec) -> Result<bool, NetlinkError> {
-        let what = format!("add route {}/{}", route.dst, route.prefix);
-        match self.handle.route().add(route.message()).execute().await {
+        self.route_add_if_absent(format!("{}/{}", route.dst, route.prefix), route.message())
+            .await
+    }
+
+    /// Deletes a route; a missing route is not an error.
+    pub async fn del_route(&self, route: RouteSpec) -> Result<(), NetlinkError> {
+        self.route_del(format!("{}/{}", route.dst, route.prefix), route.message())
+            .await
+    }
+
+    /// Adds (or replaces) the route `msg` describes (`dst` names it in
+    /// errors); either family.
+    async fn route_add(&self, dst: String, msg: RouteMessage) -> Result<(), NetlinkError> {
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add route {dst}")))
+    }
+
+    /// Adds the route `msg` describes unless one to its destination is
+    /// there (`Ok(false)`, nothing changed); either family.
+    async fn route_add_if_absent(
+        &self,
+        dst: String,
+        msg: RouteMessage,
+    ) -> Result<bool, NetlinkError> {
+        match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(true),
             Err(e) => {
-                let e = req(what)(e);
+                let e = req(format!("add route {dst}"))(e);
                 if e.errno() == Some(libc::EEXIST) {
                     Ok(false)
                 } else {
@@ -510,13 +532,13 @@ impl Netlink {
         }
     }
 
-    /// Deletes a route; a missing route is not an error.
-    pub async fn del_route(&self, route: RouteSpec) -> Result<(), NetlinkError> {
-        let what = format!("delete route {}/{}", route.dst, route.prefix);
-        match self.handle.route().del(route.message()).execute().await {
+    /// Deletes the route `msg` describes; a missing one is not an error;
+    /// either family.
+    async fn route_del(&self, dst: String, msg: RouteMessage) -> Result<(), NetlinkError> {
+        match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) => {
-                let e = req(what)(e);
+                let e = req(format!("delete route {dst}"))(e);
                 if e.errno() == Some(libc::ESRCH) || e.errno() == Some(libc::ENOENT) {
                     Ok(())
                 } else {

@@ -209,48 +209,22 @@ impl Netlink {
 
     /// Adds (or replaces) an IPv6 route.
     pub async fn add_route6(&self, route: RouteSpec6) -> Result<(), NetlinkError> {
-        let what = format!("add route {}/{}", route.dst, route.prefix);
-        self.handle
-            .route()
-            .add(route.message())
-            .replace()
-            .execute()
+        self.route_add(format!("{}/{}", route.dst, route.prefix), route.message())
             .await
-            .map_err(req(what))
     }
 
     /// Adds an IPv6 route only where none to its destination is (a
     /// container's own routes are never replaced). `Ok(false)`: one is
     /// there already.
     pub async fn add_route6_if_absent(&self, route: RouteSpec6) -> Result<bool, NetlinkError> {
-        let what = format!("add route {}/{}", route.dst, route.prefix);
-        match self.handle.route().add(route.message()).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let e = req(what)(e);
-                if e.errno() == Some(libc::EEXIST) {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        self.route_add_if_absent(format!("{}/{}", route.dst, route.prefix), route.message())
+            .await
     }
 
     /// Deletes an IPv6 route; a missing one is not an error.
     pub async fn del_route6(&self, route: RouteSpec6) -> Result<(), NetlinkError> {
-        let what = format!("delete route {}/{}", route.dst, route.prefix);
-        match self.handle.route().del(route.message()).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = req(what)(e);
-                if e.errno() == Some(libc::ESRCH) || e.errno() == Some(libc::ENOENT) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        self.route_del(format!("{}/{}", route.dst, route.prefix), route.message())
+            .await
     }
 
     /// IPv6 routes of every table.
