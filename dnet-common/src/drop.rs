@@ -119,12 +119,12 @@ pub enum DropReason {
     /// A Neighbor Solicitation for an address that is neither the gateway
     /// nor an endpoint of the sender's network.
     NdpUnknownTarget = 38,
-    /// An ICMPv6 error (destination unreachable, packet too big, time
-    /// exceeded, parameter problem) from a container about a packet that
-    /// was not sent to it: the quoted packet's destination must be the
+    /// An ICMP or ICMPv6 error (destination unreachable, packet too big,
+    /// time exceeded, parameter problem) from a container about a packet
+    /// that was not sent to it: the quoted packet's destination must be the
     /// container's own address and its source the error's destination, so
     /// that a container cannot speak into a peer's or the host's flows.
-    Icmp6ErrorForged = 39,
+    IcmpErrorForged = 39,
     /// A TCP segment of a known flow with a flag combination no TCP sends
     /// (none of SYN, ACK and RST: a null or PSH-only segment, a FIN
     /// without ACK; SYN with FIN or RST), as Linux's conntrack calls it
@@ -182,7 +182,7 @@ impl DropReason {
         DropReason::Mld,
         DropReason::NdpAdvertisement,
         DropReason::NdpUnknownTarget,
-        DropReason::Icmp6ErrorForged,
+        DropReason::IcmpErrorForged,
         DropReason::CtTcpInvalid,
     ];
 
@@ -228,7 +228,7 @@ impl DropReason {
             DropReason::Mld => "mld",
             DropReason::NdpAdvertisement => "ndp-advertisement",
             DropReason::NdpUnknownTarget => "ndp-unknown-target",
-            DropReason::Icmp6ErrorForged => "icmpv6-error-forged",
+            DropReason::IcmpErrorForged => "icmp-error-forged",
             DropReason::CtTcpInvalid => "conntrack-tcp-invalid",
         }
     }

@@ -210,7 +210,7 @@ fn l4_fits(proto: u8, off: usize, end: usize) -> Result<L4At, DropReason> {
 /// header, after the error's 8-byte header, has the container's own address
 /// as its destination and the error's destination as its source. Anything
 /// else (no room for the quote, a peer's or the host's flow) is dropped
-/// (`icmpv6-error-forged`).
+/// (`icmp-error-forged`).
 #[inline(always)]
 fn error_quote_is_own(
     ctx: &TcContext,
@@ -221,18 +221,18 @@ fn error_quote_is_own(
 ) -> Result<(), DropReason> {
     let quote = icmp_off + 8;
     if quote + IPV6_HLEN > end {
-        return Err(DropReason::Icmp6ErrorForged);
+        return Err(DropReason::IcmpErrorForged);
     }
     let qsrc: [u8; 16] = ctx
         .load(quote + 8)
-        .map_err(|_| DropReason::Icmp6ErrorForged)?;
+        .map_err(|_| DropReason::IcmpErrorForged)?;
     let qdst: [u8; 16] = ctx
         .load(quote + 24)
-        .map_err(|_| DropReason::Icmp6ErrorForged)?;
+        .map_err(|_| DropReason::IcmpErrorForged)?;
     if addr_eq(&qdst, &me.addr) && addr_eq(&qsrc, &ip.daddr) {
         Ok(())
     } else {
-        Err(DropReason::Icmp6ErrorForged)
+        Err(DropReason::IcmpErrorForged)
     }
 }
 

@@ -52,7 +52,10 @@ use crate::{
     icmp_error,
     icmp_reply::{self, IcmpError},
     ipv4::{self, Ipv4Hdr},
-    l4::{self, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Parsed},
+    l4::{
+        self, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED, IPPROTO_ICMP,
+        IPPROTO_TCP, IPPROTO_UDP, Parsed,
+    },
     maps::{EP_BY_IF, EP_BY_IP, NETWORKS, PROGS, SUBNETS},
     nat,
     ptr::ptr_at,
@@ -223,6 +226,40 @@ fn arp_respond(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Result<i32, 
     Ok(unsafe { bpf_redirect(ep.ifindex, 0) } as i32)
 }
 
+/// An ICMP error a container sends must be about a packet it was sent:
+/// the quoted header's destination is the container and its source the
+/// error's destination (a flow through NAT is also checked against
+/// conntrack later). An error about anything else, a peer's or the host's
+/// flow, is dropped (`icmp-error-forged`), so no container speaks into
+/// another's flows. Other ICMP, and a header too short to tell, pass on
+/// to the checks that follow.
+#[inline(always)]
+fn error_quote_is_own(ctx: &TcContext, ip: &Ipv4Hdr, ep: &Endpoint) -> Result<(), DropReason> {
+    let off = ETH_HLEN + ip.hlen();
+    let Ok(kind) = ctx.load::<u8>(off) else {
+        return Ok(());
+    };
+    if !matches!(
+        kind,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+    ) {
+        return Ok(());
+    }
+    // The quoted IPv4 header follows the 8-byte ICMP header.
+    let quote = off + 8;
+    let qsrc: u32 = ctx
+        .load(quote + 12)
+        .map_err(|_| DropReason::IcmpErrorForged)?;
+    let qdst: u32 = ctx
+        .load(quote + 16)
+        .map_err(|_| DropReason::IcmpErrorForged)?;
+    if qdst == ep.addr_be && qsrc == ip.daddr_be {
+        Ok(())
+    } else {
+        Err(DropReason::IcmpErrorForged)
+    }
+}
+
 #[inline(always)]
 fn from_container_ipv4(
     ctx: &TcContext,
@@ -240,6 +277,10 @@ fn from_container_ipv4(
     }
     if ip.saddr_be != ep.addr_be {
         return Err(DropReason::SpoofedIp);
+    }
+    // A first fragment or a whole datagram: its ICMP header is here.
+    if ip.proto == IPPROTO_ICMP && u16::from_be(ip.frag_off_be) & 0x1fff == 0 {
+        error_quote_is_own(ctx, ip, ep)?;
     }
     let daddr = ip.daddr_be;
     let net = network(ep.net_id)?;

@@ -933,6 +933,54 @@ fn icmp_error_quoting(
     ip_frame(src_mac, dst_mac, ip(s), ip(d), 1, &m)
 }
 
+/// A container's ICMP errors must quote a packet that was sent to it (its
+/// source the error's destination, its destination the container): one
+/// about B's datagram to A reaches B, and the host's to A reaches the host;
+/// errors about B's other flows, the host's flows with B, or a packet a
+/// third sent to A told to B are dropped and counted, whatever the type.
+#[test]
+fn a_container_sends_icmp_errors_only_about_packets_it_was_sent() {
+    in_fresh_netns(|| {
+        let fx = fixture(0);
+        let (a, b, gw, c) = ("172.17.0.2", "172.17.0.3", "172.17.0.1", "10.9.0.2");
+        let about = |s: &str, d: &str| udp(fx.b.mac, fx.a.mac, ip(s), ip(d), 0);
+        let forged_before = drops(&fx.dp, 1, DropReason::IcmpErrorForged);
+        let mut sent = 0;
+        for typ in [3u8, 11, 12] {
+            let own = icmp_error_quoting(fx.a.mac, fx.b.mac, a, b, typ, 0, &about(b, a));
+            assert_eq!(
+                run(&fx.dp, &own).0,
+                REDIRECT,
+                "type {typ} about B's packet to A"
+            );
+            let host = icmp_error_quoting(fx.a.mac, GW_MAC, a, gw, typ, 0, &about(gw, a));
+            assert_eq!(
+                run(&fx.dp, &host).0,
+                OK,
+                "type {typ} about the host's packet to A"
+            );
+            for (to, quoted) in [
+                (b, about(b, gw)),  // B's flow to the host
+                (b, about(gw, b)),  // the host's flow to B
+                (b, about(c, a)),   // a packet C sent to A, told to B
+                (gw, about(b, gw)), // B's flow to the host, told to the host
+            ] {
+                let dst_mac = if to == gw { GW_MAC } else { fx.b.mac };
+                let e = icmp_error_quoting(fx.a.mac, dst_mac, a, to, typ, 0, &quoted);
+                assert_eq!(run(&fx.dp, &e).0, SHOT, "type {typ} to {to}");
+                sent += 1;
+            }
+        }
+        assert_eq!(
+            drops(&fx.dp, 1, DropReason::IcmpErrorForged) - forged_before,
+            sent
+        );
+        // Echo is no error: untouched by the check.
+        let echo = icmp_echo(fx.a.mac, fx.b.mac, a, b, 8, 7);
+        assert_eq!(run(&fx.dp, &echo).0, REDIRECT);
+    });
+}
+
 /// Ping sockets pick identifiers without regard to the NAT range (issue 10
 /// item 6): a host echo on a container's NAT identifier leaves on another,
 /// and each answer reaches its own.
@@ -1364,7 +1412,7 @@ fn a_container_cannot_speak_into_another_containers_flow_with_an_icmp_error() {
         m[2..4].copy_from_slice(&c.to_be_bytes());
         let forged = ip_frame(fx.a.mac, GW_MAC, ip("172.17.0.2"), ip(WORLD), 1, &m);
         assert_eq!(run(&fx.dp, &forged).0, SHOT);
-        assert_eq!(drops(&fx.dp, 1, DropReason::NatUnsupported), 1);
+        assert_eq!(drops(&fx.dp, 1, DropReason::IcmpErrorForged), 1);
         assert_eq!(
             fx.dp.stats(fx.b.slot).unwrap().tx_packets,
             0,

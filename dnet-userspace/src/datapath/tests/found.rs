@@ -175,7 +175,7 @@ fn found_a_container_cannot_reflect_an_icmp_error_about_its_own_packet() {
         m[2..4].copy_from_slice(&c.to_be_bytes());
         let err = ip_frame(fx.a.mac, GW_MAC, ip(A), ip(UPLINK), 1, &m);
         assert_eq!(run(&fx.dp, &err).0, SHOT);
-        assert_eq!(drops(&fx.dp, 1, DropReason::NatUnsupported), 1);
+        assert_eq!(drops(&fx.dp, 1, DropReason::IcmpErrorForged), 1);
     });
 }
 

@@ -868,7 +868,7 @@ fn a_container_sends_icmpv6_errors_only_about_packets_it_was_sent() {
                 assert_eq!(run(&fx.dp, &f).0, SHOT, "{what}, type {ty}");
             }
             assert_eq!(
-                drops(&fx.dp, 1, DropReason::Icmp6ErrorForged),
+                drops(&fx.dp, 1, DropReason::IcmpErrorForged),
                 (i as u64 + 1) * 4,
                 "{what}"
             );
