@@ -920,3 +920,83 @@ fn the_host_reaches_ports_published_by_dual_stack_containers_over_ipv6() {
     assert!(!ok(&o));
     assert!(out(&o).contains("not on fd00:99::5"), "{}", out(&o));
 }
+
+#[test]
+fn the_resolver_answers_on_the_ipv6_gateway_of_a_dual_stack_network() {
+    let sb = Sandbox::new();
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.74.0.0/24",
+        "--subnet",
+        "fd00:74::/64",
+        "dual",
+    ]);
+    sb.dnet_ok(&["network", "create", "--subnet", "10.75.0.0/24", "v4only"]);
+    for (name, net) in [("web", "dual"), ("client", "dual"), ("old", "v4only")] {
+        sb.dnet_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            net,
+            "--",
+            "sleep",
+            "300",
+        ]);
+    }
+    // resolv.conf lists the IPv6 gateway after the IPv4 one, where it
+    // works only.
+    let rc = sb.dnet_ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        rc.contains("nameserver 10.74.0.1\nnameserver fd00:74::1\n"),
+        "{rc}"
+    );
+    let rc = sb.dnet_ok(&["exec", "old", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        rc.contains("nameserver 10.75.0.1\n") && !rc.contains("fd00:"),
+        "{rc}"
+    );
+    // Queries over IPv6 only, UDP and TCP: the client is known by its
+    // IPv6 source and sees its own networks' names.
+    let ct = conntest_bin();
+    let ask = |name: &str, ty: &str, tcp: bool| -> Vec<String> {
+        let mut a = vec![
+            "exec",
+            "client",
+            "--",
+            ct.to_str().unwrap(),
+            "dns",
+            "query",
+            "[fd00:74::1]:53",
+            name,
+            ty,
+        ];
+        if tcp {
+            a.push("--tcp");
+        }
+        let o = sb.dnet(&a);
+        assert!(ok(&o), "{}", out(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    for tcp in [false, true] {
+        assert_eq!(
+            ask("web", "aaaa", tcp),
+            vec!["rcode NoError", "AAAA fd00:74::2"]
+        );
+        assert_eq!(
+            ask("web.dual", "a", tcp),
+            vec!["rcode NoError", "A 10.74.0.2"]
+        );
+        // Another network's container is not its to know: forwarded (and
+        // the sandbox has no upstream), never answered with its address.
+        let a = ask("old", "a", tcp);
+        assert!(!a.iter().any(|l| l.starts_with("A ")), "scoped: {a:?}");
+    }
+}
