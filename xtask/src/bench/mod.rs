@@ -397,6 +397,14 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     // IPv6 on the default bridge networks (and the worlds) only when an
     // IPv6 group is measured.
     let ipv6 = !skip("ew6") || !skip("ns6");
+    if ipv6 && main {
+        notes.push(format!(
+            "IPv6 (ew6, ns6): dnet's default bridge network and docker0 are dual-stack ({}) for every group of this run, so their containers have IPv6 addresses in the IPv4 groups too; the uplink and the world have {} and {}.",
+            env::BRIDGE_CIDR6,
+            env::UPLINK_IP6,
+            env::WORLD_IP6
+        ));
+    }
     let mut envs: Vec<Box<dyn Env>> = Vec::new();
     if main {
         eprintln!("bench: setting up the three sides");
