@@ -241,6 +241,7 @@ mod tests {
             dp_id: 1,
             host_address: None,
             runtime: None,
+            runtime_ipam: false,
         }
     }
 
