@@ -259,6 +259,7 @@ pub(crate) mod tests {
             dp_id: 1,
             host_address: None,
             runtime: None,
+            runtime_ipam: false,
         }
     }
 

@@ -348,6 +348,7 @@ mod tests {
             dp_id: 1,
             host_address: None,
             runtime: None,
+            runtime_ipam: false,
         }
     }
 
