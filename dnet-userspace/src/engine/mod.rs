@@ -416,11 +416,17 @@ impl Engine {
     pub async fn conntrack(&self) -> Result<Vec<conntrack::FlowView>> {
         let inner = self.inner.lock().await;
         let entries = inner.ctx.dp.conntrack()?;
+        let entries6 = inner.ctx.dp.conntrack6()?;
         let now = conntrack::now_ns();
         let t = inner.cfg.nat.timeouts;
         Ok(conntrack::flows(&entries)
             .iter()
             .map(|f| conntrack::view(f, now, &t))
+            .chain(
+                conntrack::flows(&entries6)
+                    .iter()
+                    .map(|f| conntrack::view(f, now, &t)),
+            )
             .collect())
     }
 
@@ -435,7 +441,15 @@ impl Engine {
             .map(|(k, _)| k)
             .collect();
         inner.ctx.dp.ct_remove(&keys)?;
-        Ok(keys.len())
+        let keys6: Vec<_> = inner
+            .ctx
+            .dp
+            .conntrack6()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        inner.ctx.dp.ct_remove(&keys6)?;
+        Ok(keys.len() + keys6.len())
     }
 
     /// Removes foreground containers whose `dnet run` is gone, and notes
