@@ -13,7 +13,7 @@ use crate::{
     conflict,
     error::{Error, Result},
     invalid,
-    model::{Container, DriverKind, Network, State},
+    model::{Container, Network, State},
     spec::{PortMapping, Proto},
 };
 
@@ -41,7 +41,7 @@ fn service_keys(c: &Container) -> impl Iterator<Item = (ServiceKey, u16)> + '_ {
 pub fn services_of(st: &State, c: &Container) -> Vec<(ServiceKey, Service)> {
     let Some(ip) = c.endpoints.iter().find_map(|e| {
         let net = st.networks.get(&e.network_id)?;
-        (net.driver == DriverKind::Bridge && !net.internal)
+        (crate::driver::caps(net.driver).ports && !net.internal)
             .then_some(e.host_ifname.as_ref().and(e.ip))
             .flatten()
     }) else {
@@ -115,7 +115,7 @@ impl Inner {
         if ports.is_empty() {
             return Ok(());
         }
-        if net.driver != DriverKind::Bridge {
+        if !crate::driver::caps(net.driver).ports {
             return Err(invalid!(
                 "ports can only be published on a bridge network ({} uses the {} driver)",
                 net.name,
@@ -225,6 +225,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::DriverKind;
     use crate::model::{Endpoint, Netns};
 
     fn network(id: &str, driver: DriverKind, internal: bool) -> Network {

@@ -22,7 +22,7 @@ use crate::{
     conflict,
     error::Result,
     ipam::Pool,
-    model::{Container, DriverKind, Network},
+    model::{Container, Network},
     not_found,
 };
 
@@ -77,11 +77,7 @@ impl Engine {
             ip_range: sub_pool.map(str::to_owned),
             ..NetworkCreate::default()
         };
-        let kind = match subnet {
-            Some(_) => DriverKind::Macvlan,
-            None => DriverKind::Bridge,
-        };
-        let ipam = inner.choose_ipam(&req, kind, &held).await?;
+        let ipam = inner.choose_ipam(&req, None, &held).await?;
         inner.runtime_ipam.pending.insert(
             ipam.subnet,
             Pending {
