@@ -67,7 +67,7 @@ impl PortRequest {
         m.count == 1
             && m.proto == self.proto
             && m.container_port == self.container_port
-            && m.host_ip == self.host_ip
+            && m.host_ip == self.host_ip.map(std::net::IpAddr::V4)
             && match self.host_port {
                 0 => true,
                 p => (p..=self.host_port_end.max(p)).contains(&m.host_port),
@@ -344,7 +344,7 @@ impl Inner {
             let mut found = None;
             for port in candidates {
                 let m = PortMapping {
-                    host_ip: r.host_ip,
+                    host_ip: r.host_ip.map(std::net::IpAddr::V4),
                     host_port: port,
                     container_port: r.container_port,
                     count: 1,

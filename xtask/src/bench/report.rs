@@ -397,6 +397,8 @@ pub fn svg(path: &Path, meta: &Meta, r: &Results, ports: &[u32]) -> anyhow::Resu
             let tag = match d.group {
                 Group::EastWest => "EW",
                 Group::NorthSouth => "NS",
+                Group::EastWest6 => "EW6",
+                Group::NorthSouth6 => "NS6",
                 Group::Names => "DNS",
                 _ => "CP",
             };
