@@ -27,7 +27,7 @@ mod pod;
 
 pub use drop::DropReason;
 pub use endpoint::Endpoint;
-pub use ipv6::{Endpoint6, Ip6, Network6};
+pub use ipv6::{Endpoint6, Ip6, Network6, Service6, ServiceKey6, SockRev6, SockRevKey6};
 pub use nat::{
     Config, CtAddr, CtEntry, CtEntry6, CtEntryOf, CtKey, CtKey6, CtKeyOf, QuotaKey, Service,
     ServiceKey, SockRev, SockRevKey,
@@ -66,5 +66,9 @@ mod tests {
         assert_eq!(size_of::<crate::Config>(), 56);
         assert_eq!(size_of::<crate::SockRevKey>(), 16);
         assert_eq!(size_of::<crate::SockRev>(), 8);
+        assert_eq!(size_of::<crate::ServiceKey6>(), 20);
+        assert_eq!(size_of::<crate::Service6>(), 20);
+        assert_eq!(size_of::<crate::SockRevKey6>(), 32);
+        assert_eq!(size_of::<crate::SockRev6>(), 20);
     }
 }
