@@ -1072,3 +1072,74 @@ fn a_dual_stack_container_reaches_the_world_over_ipv6_as_the_uplink() {
         );
     }
 }
+
+#[test]
+fn nat66_follows_an_ipv6_address_the_uplink_gets_after_the_daemon_started() {
+    let mut sb = Sandbox::new();
+    let w = sb.world_netns_path();
+    let ct = conntest_bin();
+    sb.spawn_in(&w, ct.to_str().unwrap(), &["serve", "tcp", "[::]:80"]);
+    wait_listening(&w, "tcp", 80);
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.73.0.0/24",
+        "--subnet",
+        "fd00:73::/64",
+        "nat6late",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cli",
+        "--network",
+        "nat6late",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    // No IPv6 on the uplink yet: nothing leaves (no-nat-address).
+    assert!(request6(&sb, "cli", "tcp", WORLD6, 80).is_none());
+    for (ns, a) in [(&sb.host_ns, UPLINK6), (&sb.world_ns, WORLD6)] {
+        sh_ok(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{a}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+    }
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            WORLD6,
+        ],
+    );
+    // The daemon hears of the address (netlink) and translates to it.
+    let mut seen = None;
+    for _ in 0..50 {
+        seen = request6(&sb, "cli", "tcp", WORLD6, 80);
+        if seen.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let seen = seen.expect("NAT66 after the uplink got its IPv6 address");
+    assert!(seen.starts_with(&format!("[{UPLINK6}]:")), "{seen}");
+}
