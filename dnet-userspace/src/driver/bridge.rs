@@ -29,7 +29,7 @@ use dnet_common::{
     Endpoint as DpEndpoint, Network as DpNetwork,
     addr::{docker_mac, ipv4_be},
     ipv6::{NET6_F_NAT, Network6},
-    maps::{self as m, ENDPOINTS_BY_IF},
+    maps as m,
     network::{NET_F_INTERNAL, NET_F_NO_ICC},
 };
 use netlink_packet_route::route::{RouteProtocol, RouteType};
@@ -147,15 +147,10 @@ fn host_side_ipv6(ifname: &str, dual: bool) -> Result<()> {
 }
 
 /// Brings a network's broadcast members in line with the endpoint map
-/// (only what changed is written).
+/// (only what changed is written; both are known without a read of the
+/// maps: see `datapath/mirror.rs`).
 pub fn refresh_members(dp: &mut Datapath, dp_id: u32) -> Result<()> {
-    let mut members: Vec<u32> = dp
-        .endpoints(ENDPOINTS_BY_IF)?
-        .into_iter()
-        .filter(|(_, e)| e.net_id == dp_id)
-        .map(|(ifindex, _)| ifindex)
-        .collect();
-    members.sort_unstable();
+    let members = dp.network_ifindexes(dp_id)?;
     Ok(dp.set_members(dp_id, &members)?)
 }
 
@@ -738,21 +733,16 @@ fn endpoint6_ok(ctx: &Ctx, a: &Attachment<'_>, want: &DpEndpoint) -> bool {
 
 /// Removes every IPv6 map entry for `ip6`, whatever interface it names.
 fn forget_address6(dp: &mut Datapath, ip6: Ipv6Addr) -> Result<()> {
-    for (ifindex, addr) in dp.endpoint6_addrs()? {
-        if addr == ip6 {
-            dp.clear_endpoint6(None, Some(ifindex))?;
-        }
+    for ifindex in dp.ifindexes_with6(ip6)? {
+        dp.clear_endpoint6(None, Some(ifindex))?;
     }
     Ok(dp.clear_endpoint6(Some(ip6), None)?)
 }
 
 /// Removes every map entry for `ip`, whatever interface it names.
 fn forget_address(dp: &mut Datapath, ip: std::net::Ipv4Addr) -> Result<()> {
-    let addr = ipv4_be(ip);
-    for (ifindex, e) in dp.endpoints(ENDPOINTS_BY_IF)? {
-        if e.addr_be == addr {
-            dp.clear_endpoint(None, Some(ifindex))?;
-        }
+    for ifindex in dp.ifindexes_with(ip)? {
+        dp.clear_endpoint(None, Some(ifindex))?;
     }
     Ok(dp.clear_endpoint(Some(ip), None)?)
 }

@@ -202,7 +202,7 @@ impl Inner {
         // once they are.
         let mut st = self.state.clone();
         st.containers.insert(c.id.clone(), c.clone());
-        let prepared = self.store.prepare(&st);
+        let prepared = self.store.prepare(&self.state, &st)?;
         let written = tokio::task::spawn_blocking(move || prepared.write());
         let made = self.attach(&c, &ep).await;
         let written = match written.await {

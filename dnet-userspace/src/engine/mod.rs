@@ -132,7 +132,7 @@ impl Engine {
     /// here), brings the kernel in line with the state, and starts the
     /// reaper of finished containers.
     pub async fn start(cfg: Config) -> Result<Arc<Engine>> {
-        let store = Store::open(&cfg.state_dir)?;
+        let mut store = Store::open(&cfg.state_dir)?;
         let state = store.load()?;
         datapath::ensure_mounted(&cfg.bpffs)?;
         let dp = Datapath::load_with(Some(&cfg.bpffs), cfg.nat.ct_entries)?;
@@ -574,22 +574,22 @@ fn parse_ip6(what: &str, s: &str) -> Result<Ipv6Addr> {
 impl Inner {
     /// Makes `state` the committed state.
     fn commit(&mut self, state: State) -> Result<()> {
-        self.store.commit(&state)?;
+        self.store.commit(&self.state, &state)?;
         self.commit_published(state);
         Ok(())
     }
 
     /// Makes `state`, prepared with `Store::prepare` and written, the
-    /// committed state (an endpoint's addition). The folder's sync, which
-    /// only a power loss needs, runs after the answer on a blocking thread:
-    /// the file itself was synced before the rename, so a load finds the
-    /// old state or the new one, whole, and a power loss also takes every
-    /// link, filter and namespace the new record describes.
+    /// committed state (an endpoint's addition). The sync of the publish
+    /// line, which only a power loss needs, runs after the answer on a
+    /// blocking thread: the prepared changes were synced before, so a load
+    /// finds the old state or the new one, whole, and a power loss also
+    /// takes every link, filter and namespace the new record describes.
     fn commit_prepared(&mut self, state: State) -> Result<()> {
-        let sync = self.store.rename_prepared()?;
+        let sync = self.store.publish(&state)?;
         tokio::task::spawn_blocking(move || {
             if let Err(e) = sync.run() {
-                tracing::warn!("syncing the state folder: {e}");
+                tracing::warn!("syncing the state log: {e}");
             }
         });
         self.commit_published(state);
