@@ -41,6 +41,9 @@ pub const SOCK_REVNAT: &str = "DNET_SOCK_REVNAT";
 /// ports from the world (`dnet daemon --publish-from`; `0.0.0.0/0` when
 /// any may).
 pub const PUBLISH_FROM: &str = "DNET_PUBLISH_FROM";
+/// `LpmTrie<[u8; 16] addr, u8>`: [`PUBLISH_FROM`] for the world's IPv6
+/// sources (`::/0` when any may).
+pub const PUBLISH_FROM6: &str = "DNET_PUBLISH_FROM6";
 
 /// `HashMap<Ip6, Endpoint>`: dual-stack endpoints by IPv6 address (the
 /// value is the endpoint's one [`crate::Endpoint`] record).
@@ -74,11 +77,14 @@ pub const PROG_SLOT_NAT6_FROM_CONTAINER: u32 = 1;
 /// Slot of [`PROGS`]: IPv6 on the uplink (`host6_from_uplink`),
 /// tail-called by `host_from_uplink`.
 pub const PROG_SLOT_FROM_UPLINK6: u32 = 2;
+/// Slot of [`PROGS`]: a new flow from the world to a port published over
+/// IPv6 (`host6_publish`), tail-called by `host6_from_uplink`.
+pub const PROG_SLOT_PUBLISHED6: u32 = 3;
 /// Size of [`PROGS`].
 pub const PROGS_SLOTS: u32 = 4;
 
 /// Every map the datapath declares (but [`PROGS`] and scratch maps).
-pub const ALL: [&str; 21] = [
+pub const ALL: [&str; 22] = [
     ENDPOINTS_BY_IP,
     ENDPOINTS_BY_IF,
     NETWORKS,
@@ -100,6 +106,7 @@ pub const ALL: [&str; 21] = [
     SUBNETS6,
     SERVICES6,
     SOCK_REVNAT6,
+    PUBLISH_FROM6,
 ];
 
 /// Maps older builds pinned and no build uses any more: a daemon removes

@@ -40,6 +40,13 @@ pub fn host6_from_uplink(ctx: TcContext) -> i32 {
     dnet_ebpf::nat6::from_uplink_tail(&ctx)
 }
 
+/// A new flow from the world to a port published over IPv6: tail-called
+/// by `host6_from_uplink` (slot `PROG_SLOT_PUBLISHED6`).
+#[classifier]
+pub fn host6_publish(ctx: TcContext) -> i32 {
+    dnet_ebpf::nat6::publish_tail(&ctx)
+}
+
 /// tcx egress of a container's host-side veth: traffic the host stack sends
 /// into the container.
 #[classifier]

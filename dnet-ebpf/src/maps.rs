@@ -62,6 +62,10 @@ pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MA
 #[map(name = "DNET_PUBLISH_FROM")]
 pub static PUBLISH_FROM: LpmTrie<u32, u8> = LpmTrie::with_max_entries(MAX_PUBLISH_FROM, 0);
 
+/// [`PUBLISH_FROM`] for IPv6 sources.
+#[map(name = "DNET_PUBLISH_FROM6")]
+pub static PUBLISH_FROM6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_PUBLISH_FROM, 0);
+
 #[map(name = "DNET_CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 

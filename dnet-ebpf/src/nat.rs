@@ -22,12 +22,15 @@ use dnet_common::{
 };
 
 use crate::{
-    ct::{Family, InsertError, Xlate, entry, insert_flow, reclaim, reply_in_scratch},
+    ct::{
+        Family, InsertError, Xlate, XlateOf, entry, entry_into, insert_flow, reclaim,
+        reply_in_scratch,
+    },
     err,
     eth::ETH_HLEN,
     fib::{Route, RouteQuery, dec_ttl, forward, ingress_ifindex, route},
     l4::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L4},
-    maps::{CONFIG, EP_BY_IP, NETWORKS, PUBLISH_FROM, SERVICES},
+    maps::{CONFIG, EP_BY_IP, NETWORKS, PUBLISH_FROM, PUBLISH_FROM6, SERVICES},
     quota::{charge, release},
     stats::{count_translated, count_tx},
     verdict::{TC_ACT_OK, TC_ACT_REDIRECT},
@@ -69,6 +72,12 @@ pub fn service(addr_be: u32, port_be: u16, proto: u8) -> Option<dnet_common::Ser
 #[inline(always)]
 pub fn may_publish_to(saddr_be: u32) -> bool {
     PUBLISH_FROM.get(Key::new(32, saddr_be)).is_some()
+}
+
+/// [`may_publish_to`] for an IPv6 source.
+#[inline(always)]
+pub fn may_publish_to6(saddr: [u8; 16]) -> bool {
+    PUBLISH_FROM6.get(Key::new(128, saddr)).is_some()
 }
 
 /// Claims a source port for a flow whose first entry, but for the port,
@@ -159,17 +168,43 @@ pub fn new_dnat(
     backend_port_be: u16,
     seg: &Seg,
 ) -> Result<Xlate, DropReason> {
-    let mut fwd = entry(
-        0,
-        0,
+    let mut fwd = CtEntryOf::default();
+    dnat_into(
+        cfg,
+        key,
+        &mut fwd,
         backend_be,
         backend_port_be,
-        CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_PUBLISHED,
         backend_be,
         seg,
+    )
+}
+
+/// [`new_dnat`] for either family, its first entry built in `fwd` (a
+/// scratch slot for IPv6): to `backend`, `backend_port_be`, of the
+/// endpoint whose record is keyed `endpoint_be` (its IPv4 address).
+#[inline(always)]
+pub fn dnat_into<A: Family>(
+    cfg: &Config,
+    key: &CtKeyOf<A>,
+    fwd: &mut CtEntryOf<A>,
+    backend: A,
+    backend_port_be: u16,
+    endpoint_be: u32,
+    seg: &Seg,
+) -> Result<XlateOf<A>, DropReason> {
+    entry_into(
+        fwd,
+        A::ZERO,
+        0,
+        backend,
+        backend_port_be,
+        CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_PUBLISHED,
+        endpoint_be,
+        seg,
     );
-    insert_or_translate_port(cfg, key, &mut fwd)?;
-    Ok(Xlate::of(&fwd))
+    insert_or_translate_port(cfg, key, fwd)?;
+    Ok(XlateOf::of(fwd))
 }
 
 /// The host's own ICMP echo request out of the uplink (`CT_F_HOST`): its

@@ -32,6 +32,7 @@ use aya_ebpf::{
 use dnet_common::{
     Config, CtEntry6, CtKey6, DropReason, Endpoint,
     ipv6::NET6_F_NAT,
+    maps::PROG_SLOT_PUBLISHED6,
     nat::{CT_F_DNAT, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT, CT_SEEN, TCP_TRACKED},
 };
 
@@ -43,7 +44,7 @@ use crate::{
     ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
     l4::{IPPROTO_TCP, IPPROTO_UDP, L4},
     lxc,
-    maps::SUBNETS6,
+    maps::{PROGS, SUBNETS6},
     nat,
     ptr::ptr_at,
     stats::{count_translated, drop},
@@ -262,8 +263,11 @@ fn replace_addr(
 
 /// The NAT configuration when the uplink has a global IPv6 address.
 #[inline(always)]
-fn config6() -> Option<Config> {
-    nat::config().filter(|c| c.uplink_addr6 != [0; 16])
+fn config6() -> Option<&'static Config> {
+    // Borrowed from the map, not copied: the programs' stacks are full.
+    crate::maps::CONFIG
+        .get(0)
+        .filter(|c| c.uplink_ifindex != 0 && c.uplink_addr6 != [0; 16])
 }
 
 /// `lxc6_nat_from_container`: tail-called by `lxc6_from_container` for a
@@ -328,7 +332,7 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
             if ip.hop_limit <= 1 {
                 return Err(DropReason::TtlExceeded);
             }
-            new_snat(&cfg, key, &mut s.fwd, ep.addr_be, seg)?
+            new_snat(cfg, key, &mut s.fwd, ep.addr_be, seg)?
         }
     };
     let route = fib::route6(ctx, ep.ifindex, &e.new_saddr_be, &key.daddr_be, key.proto);
@@ -431,28 +435,68 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(cfg) = config6() else {
         return Ok(TC_ACT_OK);
     };
-    // A tagged frame is the host's (as for IPv4).
-    if lxc::vlan_tagged(ctx) {
+    let s = scratch().ok_or(DropReason::Malformed)?;
+    let Some(p) = uplink_flow(ctx, cfg, s)? else {
+        return Ok(TC_ACT_OK);
+    };
+    let key = &mut s.key;
+    let seg = crate::l4::seg_to(ctx, Some(&p.l4), key.proto, || p.end)?;
+    let Some(e) = ct::lookup(key, seg)? else {
+        // A new flow to a published port is made in a program of its own
+        // (this one's stack is full).
+        if may_be_published(key, &p.l4) {
+            // SAFETY: the tail call jumps to `host6_publish` with the same
+            // context, or returns when the slot is empty.
+            unsafe { PROGS.tail_call(ctx, PROG_SLOT_PUBLISHED6) };
+        }
+        return Ok(TC_ACT_OK);
+    };
+    if e.flags & CT_F_TO_ENDPOINT == 0 {
         return Ok(TC_ACT_OK);
     }
+    let ep = ipv6::endpoint6_at(&e.new_daddr_be).ok_or(DropReason::NoEndpoint)?;
+    rewrite(ctx, &p.l4, key, &e)?;
+    nat::into_endpoint(ctx, &ep, fib::dec_hop_limit)
+}
+
+/// What [`uplink_flow`] found: the L4 header, the hop limit, where the
+/// payload ends.
+struct UplinkFlow {
+    l4: L4,
+    hop_limit: u8,
+    end: usize,
+}
+
+/// The checks both uplink programs make before a packet can be dnet's,
+/// and its tuple (into `s.key`): `None` for a packet that is the host's.
+#[inline(always)]
+fn uplink_flow(
+    ctx: &TcContext,
+    cfg: &Config,
+    s: &mut Nat6Scratch,
+) -> Result<Option<UplinkFlow>, DropReason> {
+    // A tagged frame is the host's (as for IPv4).
+    if lxc::vlan_tagged(ctx) {
+        return Ok(None);
+    }
     let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Ok(TC_ACT_OK);
+        return Ok(None);
     };
     // SAFETY: `ptr_at` checked that the header lies inside the packet.
     if unsafe { (*eth).proto() } != ETH_P_IPV6 {
-        return Ok(TC_ACT_OK);
+        return Ok(None);
     }
     let Ok(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
-        return Ok(TC_ACT_OK);
+        return Ok(None);
     };
     // SAFETY: as above.
     let ip = unsafe { &*ip };
     if !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN)) {
-        return Ok(TC_ACT_OK);
+        return Ok(None);
     }
     // Only packets for the uplink's address can belong to dnet.
     if !addr_eq(&ip.daddr, &cfg.uplink_addr6) {
-        return Ok(TC_ACT_OK);
+        return Ok(None);
     }
     // dnet's IPv6 networks live behind its veths: a source of theirs on
     // the uplink is spoofed.
@@ -460,23 +504,113 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         return Err(DropReason::SpoofedIp);
     }
     let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
-    let s = scratch().ok_or(DropReason::Malformed)?;
     // A chain the walk refuses is the host's to judge, not dnet's.
     let Ok(at) = l4_at(ctx, s, ip, end) else {
-        return Ok(TC_ACT_OK);
+        return Ok(None);
     };
-    let key = &mut s.key;
-    let Parsed6::Flow(l4) = parse(ctx, ip, &at, end, key) else {
-        return Ok(TC_ACT_OK);
+    let Parsed6::Flow(l4) = parse(ctx, ip, &at, end, &mut s.key) else {
+        return Ok(None);
     };
-    let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
-    let Some(e) = ct::lookup(key, seg)? else {
-        return Ok(TC_ACT_OK);
-    };
-    if e.flags & CT_F_TO_ENDPOINT == 0 {
-        return Ok(TC_ACT_OK);
+    Ok(Some(UplinkFlow {
+        l4,
+        hop_limit: ip.hop_limit,
+        end,
+    }))
+}
+
+/// The packet (no flow yet) may open a flow to a port published over
+/// IPv6 on the uplink's address.
+#[inline(always)]
+fn may_be_published(key: &CtKey6, l4: &L4) -> bool {
+    (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
+        && ct::opens_flow(key.proto, l4.tcp_flags)
+        && crate::sock::service6(key.daddr_be, key.dport_be, key.proto).is_some()
+}
+
+/// `host6_publish`: tail-called by `host6_from_uplink` for a packet that
+/// may open a flow to a published port: the flow, and the packet into
+/// its container.
+#[inline(always)]
+pub fn publish_tail(ctx: &TcContext) -> i32 {
+    match publish(ctx) {
+        Ok(v) => v,
+        Err(reason) => drop(0, reason),
     }
-    let ep = ipv6::endpoint6_at(&e.new_daddr_be).ok_or(DropReason::NoEndpoint)?;
-    rewrite(ctx, &l4, key, &e)?;
+}
+
+#[inline(always)]
+fn publish(ctx: &TcContext) -> Result<i32, DropReason> {
+    // Checked again: this program must not trust that it was reached
+    // from `host6_from_uplink` only.
+    let Some(cfg) = config6() else {
+        return Ok(TC_ACT_OK);
+    };
+    let s = scratch().ok_or(DropReason::Malformed)?;
+    let Some(p) = uplink_flow(ctx, cfg, s)? else {
+        return Ok(TC_ACT_OK);
+    };
+    let key = &s.key;
+    let seg = crate::l4::seg_to(ctx, Some(&p.l4), key.proto, || p.end)?;
+    let (e, ep) = match published(cfg, key, &p.l4, p.hop_limit, &mut s.fwd, seg)? {
+        Published::Flow(e, ep) => (e, ep),
+        Published::No => return Ok(TC_ACT_OK),
+        Published::Refused(verdict) => return Ok(verdict),
+    };
+    rewrite(ctx, &p.l4, key, &e)?;
     nat::into_endpoint(ctx, &ep, fib::dec_hop_limit)
+}
+
+/// What [`published`] made of a packet that has no flow.
+enum Published {
+    /// The new flow to a published port, and its container.
+    Flow(Xlate6, Endpoint),
+    /// No published port there, or not a flow's first packet: the host's.
+    No,
+    /// Dropped (and counted on the container): the verdict.
+    Refused(i32),
+}
+
+/// A new flow from the world (`key`, no flow yet) to a port published over
+/// IPv6 on the uplink's address: DNAT to the container's IPv6 address and
+/// port, as IPv4's (`nat::dnat_into`), its first entry built in `fwd`.
+/// A source `--publish-from` does not list is dropped
+/// (`source-not-allowed`, counted on the container); a hop limit that
+/// runs out here takes no entry (`ttl-exceeded`; no ICMPv6 answer yet).
+#[inline(always)]
+fn published(
+    cfg: &Config,
+    key: &CtKey6,
+    l4: &L4,
+    hop_limit: u8,
+    fwd: &mut CtEntry6,
+    seg: &dnet_common::tcp::Seg,
+) -> Result<Published, DropReason> {
+    if (key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP)
+        || !ct::opens_flow(key.proto, l4.tcp_flags)
+    {
+        return Ok(Published::No);
+    }
+    let Some(svc) = crate::sock::service6(key.daddr_be, key.dport_be, key.proto) else {
+        return Ok(Published::No);
+    };
+    let ep = ipv6::endpoint6_at(&svc.backend).ok_or(DropReason::NoEndpoint)?;
+    if !nat::may_publish_to6(key.saddr_be) {
+        return Ok(Published::Refused(drop(
+            ep.slot,
+            DropReason::SourceNotAllowed,
+        )));
+    }
+    if hop_limit <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    let e = nat::dnat_into(
+        cfg,
+        key,
+        fwd,
+        svc.backend,
+        svc.backend_port_be,
+        ep.addr_be,
+        seg,
+    )?;
+    Ok(Published::Flow(e, ep))
 }

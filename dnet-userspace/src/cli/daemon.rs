@@ -31,11 +31,12 @@ pub struct Args {
     /// ephemeral ports).
     #[arg(long, default_value = "49152-60999", value_parser = parse_range)]
     nat_ports: (u16, u16),
-    /// Only these sources (CIDR, repeatable) open flows to published ports
-    /// from the world; others are dropped (`source-not-allowed`). Default:
-    /// any. The host and containers are not concerned.
+    /// Only these sources (IPv4 or IPv6 CIDR, repeatable) open flows to
+    /// published ports from the world; others are dropped
+    /// (`source-not-allowed`), IPv6 sources too when only IPv4 prefixes
+    /// are listed. Default: any. The host and containers are not concerned.
     #[arg(long = "publish-from")]
-    publish_from: Vec<ipnetwork::Ipv4Network>,
+    publish_from: Vec<ipnetwork::IpNetwork>,
     /// Size of the conntrack map, in entries (a flow takes two).
     #[arg(long, default_value_t = dnet_common::maps::CT_ENTRIES)]
     ct_entries: u32,

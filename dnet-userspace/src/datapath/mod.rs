@@ -44,7 +44,7 @@ use dnet_common::{
     maps as m,
     nat::{CT_F_COUNTED, CT_F_REPLY},
 };
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 /// The eBPF object, built from `dnet-ebpf` by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dnet"));
@@ -58,6 +58,9 @@ pub const PROG_FROM_CONTAINER6: &str = "lxc6_from_container";
 pub const PROG_NAT6_FROM_CONTAINER: &str = "lxc6_nat_from_container";
 /// IPv6 on the uplink, tail-called by [`PROG_FROM_UPLINK`].
 pub const PROG_FROM_UPLINK6: &str = "host6_from_uplink";
+/// New flows to ports published over IPv6, tail-called by
+/// [`PROG_FROM_UPLINK6`].
+pub const PROG_PUBLISHED6: &str = "host6_publish";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
 pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
@@ -71,11 +74,12 @@ pub const SOCK_PROGS: [&str; 8] = [
     "sock_recvmsg6",
     "sock_getpeername6",
 ];
-const TC_PROGS: [&str; 7] = [
+const TC_PROGS: [&str; 8] = [
     PROG_FROM_CONTAINER,
     PROG_FROM_CONTAINER6,
     PROG_NAT6_FROM_CONTAINER,
     PROG_FROM_UPLINK6,
+    PROG_PUBLISHED6,
     PROG_TO_CONTAINER,
     PROG_FROM_UPLINK,
     PROG_TO_UPLINK,
@@ -902,26 +906,50 @@ impl Datapath {
     }
 
     /// Sets the sources that may open flows to published ports from the
-    /// world (`0.0.0.0/0`: any). The new prefixes go in before the old ones
-    /// go, so a source listed in both is never refused meanwhile.
-    pub fn set_publish_from(&mut self, prefixes: &[Ipv4Network]) -> Result<()> {
-        let mut t: LpmTrie<&mut MapData, u32, u8> =
-            LpmTrie::try_from(self.map_mut(m::PUBLISH_FROM)?).map_err(map_err(m::PUBLISH_FROM))?;
-        for p in prefixes {
-            t.insert(&subnet_key(*p), 1, 0)
-                .map_err(map_err(m::PUBLISH_FROM))?;
-        }
-        let want: Vec<(u32, u32)> = prefixes
+    /// world (`0.0.0.0/0`, `::/0`: any of that family; a family none of
+    /// whose prefixes is listed opens none). The new prefixes go in before
+    /// the old ones go, so a source listed in both is never refused
+    /// meanwhile.
+    pub fn set_publish_from(&mut self, prefixes: &[IpNetwork]) -> Result<()> {
+        let v4: Vec<Key<u32>> = prefixes
             .iter()
-            .map(|p| (p.prefix() as u32, ipv4_be(p.network())))
+            .filter_map(|p| match p {
+                IpNetwork::V4(p) => Some(subnet_key(*p)),
+                IpNetwork::V6(_) => None,
+            })
             .collect();
-        let stale: Vec<Key<u32>> = t
+        let v6: Vec<Key<[u8; 16]>> = prefixes
+            .iter()
+            .filter_map(|p| match p {
+                IpNetwork::V6(p) => Some(subnet6_key(*p)),
+                IpNetwork::V4(_) => None,
+            })
+            .collect();
+        self.set_prefixes(m::PUBLISH_FROM, &v4)?;
+        self.set_prefixes(m::PUBLISH_FROM6, &v6)
+    }
+
+    /// Makes the LPM trie `name` hold exactly `want` (value 1), adding
+    /// before removing.
+    fn set_prefixes<K: aya::Pod + PartialEq>(
+        &mut self,
+        name: &'static str,
+        want: &[Key<K>],
+    ) -> Result<()> {
+        let mut t: LpmTrie<&mut MapData, K, u8> =
+            LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        for k in want {
+            t.insert(k, 1, 0).map_err(map_err(name))?;
+        }
+        let same =
+            |a: &Key<K>, b: &Key<K>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
+        let stale: Vec<Key<K>> = t
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| !want.contains(&(k.prefix_len(), k.data())))
+            .filter(|k| !want.iter().any(|w| same(k, w)))
             .collect();
         for k in &stale {
-            absent_is_fine(t.remove(k)).map_err(map_err(m::PUBLISH_FROM))?;
+            absent_is_fine(t.remove(k)).map_err(map_err(name))?;
         }
         Ok(())
     }
@@ -1314,6 +1342,7 @@ impl Datapath {
                     PROG_FROM_CONTAINER6 => "tail call of lxc_from_container (IPv6)",
                     PROG_NAT6_FROM_CONTAINER => "tail call of lxc6_from_container (NAT66)",
                     PROG_FROM_UPLINK6 => "tail call of host_from_uplink (IPv6)",
+                    PROG_PUBLISHED6 => "tail call of host6_from_uplink (published ports)",
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
                     PROG_TO_UPLINK => "tcx egress, uplink",
                     "sock_connect4" => "cgroup connect4",
@@ -1380,6 +1409,7 @@ fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
         (m::PROG_SLOT_FROM_CONTAINER6, PROG_FROM_CONTAINER6),
         (m::PROG_SLOT_NAT6_FROM_CONTAINER, PROG_NAT6_FROM_CONTAINER),
         (m::PROG_SLOT_FROM_UPLINK6, PROG_FROM_UPLINK6),
+        (m::PROG_SLOT_PUBLISHED6, PROG_PUBLISHED6),
     ] {
         let fd = ebpf
             .program(name)

@@ -716,7 +716,7 @@ fn nat_fixture_sized(flags1: u32, port_min: u16, port_max: u16, ct_entries: u32)
         .unwrap();
     // As the daemon does without --publish-from: any source.
     fx.dp
-        .set_publish_from(&["0.0.0.0/0".parse().unwrap()])
+        .set_publish_from(&["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()])
         .unwrap();
     fx
 }
@@ -2231,6 +2231,7 @@ mod fuzz;
 /// Frames the property test found the datapath wrong on.
 mod found;
 
+mod dnat6;
 /// IPv6: the map API and the container-side path (issue 13).
 mod ipv6;
 mod nat6;

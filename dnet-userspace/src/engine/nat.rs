@@ -22,7 +22,7 @@ pub struct NatOptions {
     pub gc_interval: Duration,
     /// The sources that may open flows to published ports from the world;
     /// empty: any.
-    pub publish_from: Vec<ipnetwork::Ipv4Network>,
+    pub publish_from: Vec<ipnetwork::IpNetwork>,
     /// Most live flows a container may have opened (to the world, or to a
     /// published port of the host); 0: no limit.
     pub flows_per_endpoint: u32,
@@ -99,8 +99,14 @@ impl Inner {
     /// socket hooks (each only if not already in place).
     pub(super) async fn setup_nat(&mut self) -> Result<()> {
         let any = [
-            ipnetwork::Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0)
-                .expect("a valid prefix"),
+            ipnetwork::IpNetwork::V4(
+                ipnetwork::Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0)
+                    .expect("a valid prefix"),
+            ),
+            ipnetwork::IpNetwork::V6(
+                ipnetwork::Ipv6Network::new(std::net::Ipv6Addr::UNSPECIFIED, 0)
+                    .expect("a valid prefix"),
+            ),
         ];
         let from = &self.cfg.nat.publish_from;
         let from = if from.is_empty() { &any[..] } else { from };

@@ -11,37 +11,37 @@ use super::{
 };
 
 /// A server in the world, beyond the uplink's default route.
-const SERVER6: &str = "2001:2:1::5";
-const TCP: u8 = 6;
-const UDP: u8 = 17;
+pub(super) const SERVER6: &str = "2001:2:1::5";
+pub(super) const TCP: u8 = 6;
+pub(super) const UDP: u8 = 17;
 const ICMPV6: u8 = 58;
 
 /// The NAT fixture, dual-stack with NAT66 on network 1.
-fn nat6_fixture() -> Fixture {
+pub(super) fn nat6_fixture() -> Fixture {
     let mut fx = nat_fixture(50000, 50009);
     dual_stack(&mut fx, NET6_F_NAT);
     fx
 }
 
 /// What the tests read of an IPv6 frame without extension headers.
-struct Pkt6 {
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    hop: u8,
-    proto: u8,
-    saddr: Ipv6Addr,
-    daddr: Ipv6Addr,
-    l4: Vec<u8>,
+pub(super) struct Pkt6 {
+    pub(super) dst_mac: [u8; 6],
+    pub(super) src_mac: [u8; 6],
+    pub(super) hop: u8,
+    pub(super) proto: u8,
+    pub(super) saddr: Ipv6Addr,
+    pub(super) daddr: Ipv6Addr,
+    pub(super) l4: Vec<u8>,
 }
 
 impl Pkt6 {
-    fn port(&self, at: usize) -> u16 {
+    pub(super) fn port(&self, at: usize) -> u16 {
         u16::from_be_bytes([self.l4[at], self.l4[at + 1]])
     }
 }
 
 /// Parses `f` and checks its L4 checksum over the IPv6 pseudo-header.
-fn parse6_checked(f: &[u8]) -> Pkt6 {
+pub(super) fn parse6_checked(f: &[u8]) -> Pkt6 {
     assert_eq!(u16::from_be_bytes([f[12], f[13]]), 0x86dd, "IPv6");
     let len = u16::from_be_bytes([f[18], f[19]]) as usize;
     let p = Pkt6 {
@@ -61,7 +61,12 @@ fn parse6_checked(f: &[u8]) -> Pkt6 {
     p
 }
 
-fn udp6_to(src_mac: [u8; 6], dst_mac: [u8; 6], s: (&str, u16), d: (&str, u16)) -> Vec<u8> {
+pub(super) fn udp6_to(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    s: (&str, u16),
+    d: (&str, u16),
+) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend_from_slice(&s.1.to_be_bytes());
     l4.extend_from_slice(&d.1.to_be_bytes());
@@ -81,7 +86,13 @@ fn udp6_to(src_mac: [u8; 6], dst_mac: [u8; 6], s: (&str, u16), d: (&str, u16)) -
     )
 }
 
-fn tcp6(src_mac: [u8; 6], dst_mac: [u8; 6], s: (&str, u16), d: (&str, u16), flags: u8) -> Vec<u8> {
+pub(super) fn tcp6(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    s: (&str, u16),
+    d: (&str, u16),
+    flags: u8,
+) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend_from_slice(&s.1.to_be_bytes());
     l4.extend_from_slice(&d.1.to_be_bytes());
