@@ -22,6 +22,9 @@ pub const STATS: &str = "DNET_STATS";
 /// table refuses new flows (`conntrack-full`) and the daemon's collector
 /// frees expired ones.
 pub const CT: &str = "DNET_CT";
+/// `HashMap<CtKey6, CtEntry6>`: the same for IPv6 (NAT66), the same
+/// sizes and rules.
+pub const CT6: &str = "DNET_CT6";
 /// `PerCpuHashMap<QuotaKey, i64>`: flows the datapath charged to containers'
 /// limits, less those it removed itself (`dnet-ebpf/src/quota.rs`).
 pub const CT_OPENED: &str = "DNET_CT_OPENED";
@@ -51,6 +54,13 @@ pub const NETWORKS6: &str = "DNET_NETWORKS6";
 /// `LpmTrie<[u8; 16], u32 net_id>`: which network an IPv6 subnet belongs to.
 pub const SUBNETS6: &str = "DNET_SUBNETS6";
 
+/// `HashMap<ServiceKey6, Service6>`: ports published over IPv6, to
+/// dual-stack containers' IPv6 addresses.
+pub const SERVICES6: &str = "DNET_SERVICES6";
+/// `LruHashMap<SockRevKey6, SockRev6>`: what host IPv6 sockets asked for
+/// (see [`SOCK_REVNAT`]).
+pub const SOCK_REVNAT6: &str = "DNET_SOCK_REVNAT6";
+
 /// `ProgramArray`: the programs the container program tail-calls, at
 /// the `PROG_SLOT_*` indexes. Pinned beside the others, but not in
 /// [`ALL`]: its entries are program ids, which every load rewrites.
@@ -58,11 +68,17 @@ pub const PROGS: &str = "DNET_PROGS";
 /// Slot of [`PROGS`]: IPv6 from a container (`lxc6_from_container`), which
 /// has a stack of its own there (the IPv4 program's is full).
 pub const PROG_SLOT_FROM_CONTAINER6: u32 = 0;
+/// Slot of [`PROGS`]: NAT66 of a container's IPv6 to the world
+/// (`lxc6_nat_from_container`), tail-called by `lxc6_from_container`.
+pub const PROG_SLOT_NAT6_FROM_CONTAINER: u32 = 1;
+/// Slot of [`PROGS`]: IPv6 on the uplink (`host6_from_uplink`),
+/// tail-called by `host_from_uplink`.
+pub const PROG_SLOT_FROM_UPLINK6: u32 = 2;
 /// Size of [`PROGS`].
 pub const PROGS_SLOTS: u32 = 4;
 
 /// Every map the datapath declares (but [`PROGS`] and scratch maps).
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 21] = [
     ENDPOINTS_BY_IP,
     ENDPOINTS_BY_IF,
     NETWORKS,
@@ -71,6 +87,7 @@ pub const ALL: [&str; 18] = [
     NET_MEMBER,
     STATS,
     CT,
+    CT6,
     CT_OPENED,
     CT_CLOSED,
     SERVICES,
@@ -81,6 +98,8 @@ pub const ALL: [&str; 18] = [
     ENDPOINT6_BY_IF,
     NETWORKS6,
     SUBNETS6,
+    SERVICES6,
+    SOCK_REVNAT6,
 ];
 
 /// Maps older builds pinned and no build uses any more: a daemon removes

@@ -22,19 +22,20 @@
 //!    `--internal` hold as for IPv4;
 //! 7. the gateway and the host's other addresses go up the host stack;
 //!    beyond them, a routed network's packets go to the host stack, which
-//!    routes them, and a NAT66 network's are dropped (`nat-unsupported`:
-//!    NAT66 is not in the datapath yet).
+//!    routes them, and a NAT66 network's go on to NAT66 (`nat6`, a tail
+//!    call).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dnet_common::{
     DropReason, Endpoint, Endpoint6, Ip6, Network6, drop::IPV6_MAX_EXT_HEADERS, ipv6::NET6_F_NAT,
+    maps::PROG_SLOT_NAT6_FROM_CONTAINER,
 };
 
 use crate::{
     eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
     fib::{self, Route},
     lxc,
-    maps::{EP6_BY_IF, EP6_BY_IP, NETWORKS6, SUBNETS6},
+    maps::{EP6_BY_IF, EP6_BY_IP, NETWORKS6, PROGS, SUBNETS6},
     ndp,
     ptr::ptr_at,
     stats::drop,
@@ -233,7 +234,7 @@ fn error_quote_is_own(
 }
 
 #[inline(always)]
-fn endpoint6_of(ifindex: u32) -> Option<Endpoint6> {
+pub(crate) fn endpoint6_of(ifindex: u32) -> Option<Endpoint6> {
     // SAFETY: map values are only read here; userspace replaces a value
     // whole, and `Endpoint6` is plain data.
     unsafe { EP6_BY_IF.get(&ifindex).copied() }
@@ -362,9 +363,15 @@ pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Resul
         return Ok(TC_ACT_OK);
     }
     // NAT66: the host's own addresses are reached as they are; nothing
-    // goes to the world untranslated, and NAT66 is not there yet.
+    // goes to the world untranslated: NAT66 has a program of its own
+    // (`nat6`; this one's stack is full).
     match fib::route6(ctx, ep.ifindex, &me.addr, &daddr, l4.proto) {
         Route::Local => Ok(TC_ACT_OK),
-        _ => Err(DropReason::NatUnsupported),
+        _ => {
+            // SAFETY: the tail call jumps to `lxc6_nat_from_container` with
+            // the same context, or returns when the slot is empty.
+            unsafe { PROGS.tail_call(ctx, PROG_SLOT_NAT6_FROM_CONTAINER) };
+            Err(DropReason::NatUnsupported)
+        }
     }
 }

@@ -127,13 +127,6 @@ fn removal_stuck(path: &Path, wait: Duration) -> crate::error::Error {
     )
 }
 
-/// The predefined networks, as Docker has them.
-const PREDEFINED: [(&str, DriverKind); 3] = [
-    ("bridge", DriverKind::Bridge),
-    ("host", DriverKind::Host),
-    ("none", DriverKind::None),
-];
-
 impl Engine {
     /// Opens the state, loads the datapath (a verifier rejection fails
     /// here), brings the kernel in line with the state, and starts the
@@ -417,11 +410,17 @@ impl Engine {
     pub async fn conntrack(&self) -> Result<Vec<conntrack::FlowView>> {
         let inner = self.inner.lock().await;
         let entries = inner.ctx.dp.conntrack()?;
+        let entries6 = inner.ctx.dp.conntrack6()?;
         let now = conntrack::now_ns();
         let t = inner.cfg.nat.timeouts;
         Ok(conntrack::flows(&entries)
             .iter()
             .map(|f| conntrack::view(f, now, &t))
+            .chain(
+                conntrack::flows(&entries6)
+                    .iter()
+                    .map(|f| conntrack::view(f, now, &t)),
+            )
             .collect())
     }
 
@@ -436,7 +435,15 @@ impl Engine {
             .map(|(k, _)| k)
             .collect();
         inner.ctx.dp.ct_remove(&keys)?;
-        Ok(keys.len())
+        let keys6: Vec<_> = inner
+            .ctx
+            .dp
+            .conntrack6()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        inner.ctx.dp.ct_remove(&keys6)?;
+        Ok(keys.len() + keys6.len())
     }
 
     /// Removes foreground containers whose `dnet run` is gone, and notes
@@ -648,8 +655,8 @@ impl Inner {
     }
 
     async fn ensure_predefined(&mut self) -> Result<()> {
-        for (name, driver) in PREDEFINED {
-            let ipv6 = driver == DriverKind::Bridge && self.cfg.ipv6;
+        for (name, driver) in driver::PREDEFINED {
+            let ipv6 = driver::caps(driver).ipv6 && self.cfg.ipv6;
             match self.state.network_by_name(name) {
                 None => {
                     tracing::info!(network = name, "creating the predefined network");
@@ -669,7 +676,7 @@ impl Inner {
                     )
                     .await?;
                 }
-                Some(n) if driver == DriverKind::Bridge => {
+                Some(n) if driver::caps(driver).ipv6 => {
                     let has = n.ipam6.map(|i| i.subnet);
                     let differs = match (ipv6, has, self.cfg.fixed_cidr_v6) {
                         (false, None, _) | (true, Some(_), None) => false,
@@ -713,7 +720,8 @@ impl Inner {
             .unwrap_or("bridge")
             .parse()
             .map_err(Error::Invalid)?;
-        if !predefined && matches!(driver_kind, DriverKind::Host | DriverKind::None) {
+        let caps = driver::caps(driver_kind);
+        if !predefined && caps.exclusive {
             return Err(invalid!(
                 "only one network with the {driver_kind} driver exists: the predefined {driver_kind:?} network"
             ));
@@ -723,19 +731,16 @@ impl Inner {
             let (k, v) = spec::parse_option(o)?;
             options.insert(k, v);
         }
-        let (ipam6, ula48) = self.choose_ipam6(&req, driver_kind).await?;
-        let ipam = match driver_kind {
-            DriverKind::Bridge | DriverKind::Macvlan => {
-                Some(self.choose_ipam(&req, driver_kind, &[]).await?)
+        let (ipam6, ula48) = self.choose_ipam6(&req, driver_kind, &[]).await?;
+        let ipam = if caps.addresses {
+            Some(self.choose_ipam(&req, Some(driver_kind), &[]).await?)
+        } else {
+            if req.subnet.is_some() || req.gateway.is_some() || req.ip_range.is_some() {
+                return Err(invalid!("the {driver_kind} driver takes no addresses"));
             }
-            DriverKind::Host | DriverKind::None => {
-                if req.subnet.is_some() || req.gateway.is_some() || req.ip_range.is_some() {
-                    return Err(invalid!("the {driver_kind} driver takes no addresses"));
-                }
-                None
-            }
+            None
         };
-        let dp_id = if driver_kind == DriverKind::Bridge {
+        let dp_id = if caps.datapath {
             self.state
                 .free_dp_id(dnet_common::maps::MAX_NETWORKS)
                 .ok_or_else(|| conflict!("too many networks"))?
@@ -755,6 +760,7 @@ impl Inner {
             dp_id,
             host_address: None,
             runtime,
+            runtime_ipam: false,
         };
         let driver = driver::driver(driver_kind);
         driver.validate(&self.ctx, &self.state, &mut net).await?;
@@ -780,28 +786,34 @@ impl Inner {
         Ok(net)
     }
 
-    /// The subnet, gateway and range of a new network, checked against the
-    /// other networks, the pools `held` for another runtime's networks
-    /// (dnet's IPAM for Docker) and the routes where the daemon runs.
+    /// The subnet, gateway and range of a new network of `kind`, checked
+    /// against the other networks, the pools `held` for another runtime's
+    /// networks (dnet's IPAM for Docker) and the routes where the daemon
+    /// runs. Without a kind (a runtime's pool, whose driver is not said), a
+    /// subnet given is taken as a LAN's and one picked as a host's own.
     async fn choose_ipam(
         &self,
         req: &NetworkCreate,
-        kind: DriverKind,
+        kind: Option<DriverKind>,
         held: &[Ipv4Network],
     ) -> Result<Ipam> {
-        // Two macvlan networks are checked by the driver, which knows their
-        // parents and says so.
+        let lan = match kind {
+            Some(k) => driver::caps(k).lan_subnet,
+            None => req.subnet.is_some(),
+        };
+        // Two networks on LANs are checked by their driver, which knows
+        // their parents and says so.
         let mut others: Vec<(String, Ipv4Network)> = self
             .state
             .networks
             .values()
-            .filter(|n| !(kind == DriverKind::Macvlan && n.driver == DriverKind::Macvlan))
+            .filter(|n| !(lan && driver::caps(n.driver).lan_subnet))
             .filter_map(|n| n.ipam.map(|i| (format!("network {:?}", n.name), i.subnet)))
             .collect();
         others.extend(held.iter().map(|s| ("a pool handed out".to_owned(), *s)));
-        // A macvlan network is the LAN's own subnet: the parent's route to
-        // it is expected, not a clash.
-        let routes = if kind == DriverKind::Bridge {
+        // A LAN's subnet (a macvlan network's) is routed where the daemon
+        // runs: the parent's route to it is expected, not a clash.
+        let routes = if !lan {
             self.routed_subnets().await?
         } else {
             Vec::new()
@@ -812,9 +824,9 @@ impl Inner {
                 if req.gateway.is_some() || req.ip_range.is_some() {
                     return Err(invalid!("--gateway and --ip-range need --subnet"));
                 }
-                if kind == DriverKind::Macvlan {
+                if let Some(kind) = kind.filter(|_| lan) {
                     return Err(invalid!(
-                        "a macvlan network needs --subnet (the parent LAN's)"
+                        "a {kind} network needs --subnet (the parent LAN's)"
                     ));
                 }
                 let mut taken: Vec<Ipv4Network> = others.iter().map(|(_, s)| *s).collect();
@@ -835,10 +847,12 @@ impl Inner {
 
     /// The IPv6 side of a new network (`None`: IPv4 only), and the ULA /48
     /// when this is the first time one is chosen (to be committed with it).
+    /// `held`: the IPv6 pools handed out for another runtime's networks.
     async fn choose_ipam6(
         &self,
         req: &NetworkCreate,
         kind: DriverKind,
+        held: &[Ipv6Network],
     ) -> Result<(Option<Ipam6>, Option<Ipv6Network>)> {
         if !req.ipv6 {
             if let Some(s) = req.subnet6.as_ref().or(req.gateway6.as_ref()) {
@@ -853,17 +867,18 @@ impl Inner {
             }
             return Ok((None, None));
         }
-        if kind != DriverKind::Bridge {
+        if !driver::caps(kind).ipv6 {
             return Err(invalid!(
                 "--ipv6 is supported on bridge networks only (not {kind})"
             ));
         }
-        let others: Vec<(String, Ipv6Network)> = self
+        let mut others: Vec<(String, Ipv6Network)> = self
             .state
             .networks
             .values()
             .filter_map(|n| n.ipam6.map(|i| (format!("network {:?}", n.name), i.subnet)))
             .collect();
+        others.extend(held.iter().map(|s| ("a pool handed out".to_owned(), *s)));
         let routes = self.routed_subnets6().await?;
         let mut new_ula = None;
         let subnet = match &req.subnet6 {
@@ -992,12 +1007,12 @@ impl Inner {
             return Ok(ep);
         };
         let requested = ip.map(|s| parse_ip("--ip", s)).transpose()?;
-        driver::driver(net.driver)
-            .check_endpoint(&self.ctx, &self.state, net, c)
+        let reserved = driver::driver(net.driver)
+            .prepare(&self.ctx, &self.state, net, c, &mut ep)
             .await?;
         let pool = Pool::new(ipam.subnet, Some(ipam.gateway), ipam.ip_range)?;
         let mut used = self.state.used_addresses(&net.id);
-        used.extend(driver::driver(net.driver).reserved(&self.ctx, net).await?);
+        used.extend(reserved);
         let addr = pool.allocate(&used, requested)?;
         if let Some(i6) = net.ipam6 {
             let pool6 = Pool6::new(i6.subnet, Some(i6.gateway), i6.ip_range)?;
@@ -1018,31 +1033,6 @@ impl Inner {
         });
         ep.ip = Some(addr);
         ep.mac = Some(mac.unwrap_or(MacAddr(dnet_common::addr::docker_mac(addr))));
-        if net.driver == DriverKind::Bridge {
-            // The datapath counts bridge endpoints in a slot of its per-CPU
-            // map; other drivers count otherwise (`Driver::stats`).
-            let used_slots = self.state.used_slots();
-            ep.slot = Some(
-                (1..=dnet_common::maps::MAX_ENDPOINTS)
-                    .find(|s| !used_slots.contains(s))
-                    .ok_or_else(|| conflict!("too many endpoints"))?,
-            );
-            // One lookup per candidate rather than a list of every link:
-            // the cost stays the same however many endpoints there are.
-            let taken = |n: &str| {
-                crate::netlink::index_of(n).is_some()
-                    || self.state.containers.values().any(|c| {
-                        c.endpoints
-                            .iter()
-                            .any(|e| e.host_ifname.as_deref() == Some(n))
-                    })
-            };
-            let name = std::iter::repeat_with(driver::veth_name)
-                .take(100)
-                .find(|n| !taken(n))
-                .ok_or_else(|| conflict!("no free veth name"))?;
-            ep.host_ifname = Some(name);
-        }
         Ok(ep)
     }
 
@@ -1141,7 +1131,8 @@ impl Inner {
         if let Some(h) = &req.hostname {
             etc::validate_hostname(h)?;
         }
-        if net.driver == DriverKind::Host && (req.hostname.is_some() || !dns.is_empty()) {
+        let caps = driver::caps(net.driver);
+        if caps.host_netns && (req.hostname.is_some() || !dns.is_empty()) {
             // As Docker: the host's own files and name are the container's.
             return Err(invalid!(
                 "--hostname and --dns do not go with the host network: the container shares the host's name and files"
@@ -1161,11 +1152,12 @@ impl Inner {
             }),
             None => None,
         };
-        let netns = match net.driver {
-            DriverKind::Host => Netns::Host,
-            _ => Netns::Owned {
+        let netns = if caps.host_netns {
+            Netns::Host
+        } else {
+            Netns::Owned {
                 path: self.cfg.netns_dir().join(&id),
-            },
+            }
         };
         let mut c = Container {
             id: id.clone(),
@@ -1434,8 +1426,7 @@ impl Inner {
             ipam: n.ipam,
             ipam6: n.ipam6,
             options: n.options.clone(),
-            gateway_link: (n.driver == DriverKind::Bridge)
-                .then(|| driver::GATEWAY_LABEL.to_owned()),
+            gateway_link: driver::driver(n.driver).gateway_link().map(str::to_owned),
             host_address: n.host_address,
             runtime: n.runtime.clone(),
             containers: self
