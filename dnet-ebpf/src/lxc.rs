@@ -1,5 +1,6 @@
-//! The programs on a container's host-side veth: what the container sends
-//! (tcx ingress) and what the host stack sends into it (tcx egress).
+//! The programs on a container's host-side veth, direct-action cls_bpf
+//! filters of its clsact qdisc: what the container sends (tc ingress) and
+//! what the host stack sends into it (tc egress).
 //!
 //! From the container, in order:
 //! 1. the frame must carry no VLAN tag, and its source MAC must be the
@@ -26,7 +27,7 @@
 //! runs out gets "time exceeded" and a packet too big for the next link
 //! "fragmentation needed", from the network's gateway (`icmp_reply`).
 //!
-//! Into the container (tcx egress) goes only what the datapath sent there
+//! Into the container (tc egress) goes only what the datapath sent there
 //! (ARP answers, ICMP errors, broadcast copies of the network's members)
 //! and what the host itself sends; a packet the host's kernel forwarded
 //! from another interface is dropped (`host-forwarded`), as is a tagged
@@ -92,7 +93,7 @@ const ANSWER_TIME_EXCEEDED: i32 = -100;
 /// The MTU is the last route lookup's (`fib::route_mtu`).
 const ANSWER_FRAG_NEEDED: i32 = -101;
 
-/// tcx ingress of the host-side veth.
+/// tc ingress (cls_bpf) of the host-side veth.
 #[inline(always)]
 pub fn from_container(ctx: &TcContext) -> i32 {
     let Some(ep) = endpoint_of(ifindex(ctx)) else {
@@ -113,7 +114,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 }
 
 /// The packet carries an 802.1Q/802.1ad tag in its metadata (the kernel
-/// moves a frame's outer tag there before tcx runs, and keeps it there on
+/// moves a frame's outer tag there before tc runs, and keeps it there on
 /// the way out).
 #[inline(always)]
 pub(crate) fn vlan_tagged(ctx: &TcContext) -> bool {
@@ -121,7 +122,7 @@ pub(crate) fn vlan_tagged(ctx: &TcContext) -> bool {
     unsafe { (*ctx.skb.skb).vlan_present != 0 }
 }
 
-/// tcx egress of the host-side veth: what goes into the container. The
+/// tc egress (cls_bpf) of the host-side veth: what goes into the container. The
 /// host's own packets have no ingress interface; dnet's ARP answers and
 /// ICMP errors come back through this veth; broadcast copies come from
 /// another member of the network. Anything else the host's kernel

@@ -9,7 +9,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext},
 };
 
-/// tcx ingress of a container's host-side veth: traffic the container sends.
+/// tc ingress of a container's host-side veth (a cls_bpf filter of its
+/// clsact qdisc): traffic the container sends.
 /// (`inline(always)` reaches the function `classifier` wraps: the body is
 /// large enough that LLVM would rather call it, and a BPF-to-BPF call costs
 /// the east-west path a few nanoseconds per packet.)
@@ -47,8 +48,8 @@ pub fn host6_publish(ctx: TcContext) -> i32 {
     dnet_ebpf::nat6::publish_tail(&ctx)
 }
 
-/// tcx egress of a container's host-side veth: traffic the host stack sends
-/// into the container.
+/// tc egress of a container's host-side veth (a cls_bpf filter): traffic
+/// the host stack sends into the container.
 #[classifier]
 pub fn lxc_to_container(ctx: TcContext) -> i32 {
     dnet_ebpf::lxc::to_container(&ctx)

@@ -6,7 +6,7 @@
 //! stays bound to it and the work goes on from the daemon's own threads.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     path::Path,
 };
@@ -14,7 +14,7 @@ use std::{
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    address::AddressAttribute,
+    address::{AddressAttribute, AddressMessage, AddressProtocol},
     link::{
         InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
         State,
@@ -177,20 +177,85 @@ impl Link {
 }
 
 /// An IPv4 address of a link.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Address {
-    pub index: u32,
-    pub ip: Ipv4Addr,
-    pub prefix: u8,
-    pub label: Option<String>,
+/// An address family, for the requests both families share: `Ipv4Addr`
+/// or `Ipv6Addr`.
+pub trait Family: Copy + Into<IpAddr> + sealed::Sealed {
+    const FAMILY: AddressFamily;
+    const UNSPECIFIED: Self;
+    /// The link's own address in an address message: `IFA_LOCAL` for IPv4
+    /// (on a point-to-point link `IFA_ADDRESS` is the peer's), `IFA_ADDRESS`
+    /// for IPv6 (which has `IFA_LOCAL` only there).
+    fn local(a: &AddressAttribute) -> Option<Self>;
+    fn of_route(a: &RouteAddress) -> Option<Self>;
+    /// A dump request for every route of the family.
+    fn route_filter() -> RouteMessage;
 }
 
-/// An IPv4 route as dnet sees it.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for std::net::Ipv4Addr {}
+    impl Sealed for std::net::Ipv6Addr {}
+}
+
+impl Family for Ipv4Addr {
+    const FAMILY: AddressFamily = AddressFamily::Inet;
+    const UNSPECIFIED: Self = Ipv4Addr::UNSPECIFIED;
+    fn local(a: &AddressAttribute) -> Option<Self> {
+        match a {
+            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        }
+    }
+    fn of_route(a: &RouteAddress) -> Option<Self> {
+        match a {
+            RouteAddress::Inet(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+    fn route_filter() -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    }
+}
+
+impl Family for Ipv6Addr {
+    const FAMILY: AddressFamily = AddressFamily::Inet6;
+    const UNSPECIFIED: Self = Ipv6Addr::UNSPECIFIED;
+    fn local(a: &AddressAttribute) -> Option<Self> {
+        match a {
+            AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+            _ => None,
+        }
+    }
+    fn of_route(a: &RouteAddress) -> Option<Self> {
+        match a {
+            RouteAddress::Inet6(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+    fn route_filter() -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    }
+}
+
+/// An address of a link (IPv4 unless said otherwise).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
-    pub dst: Ipv4Addr,
+pub struct Address<A = Ipv4Addr> {
+    pub index: u32,
+    pub ip: A,
+    pub prefix: u8,
+    /// Its label (`lo:dnet`; IPv6 addresses have none).
+    pub label: Option<String>,
+    /// Marked as dnet's (`IFA_PROTO` 213).
+    pub dnet: bool,
+}
+
+/// A route as dnet sees it (IPv4 unless said otherwise).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route<A = Ipv4Addr> {
+    pub dst: A,
     pub prefix: u8,
     pub oif: Option<u32>,
+    pub gateway: Option<A>,
     pub kind: RouteType,
     pub protocol: RouteProtocol,
     pub table: u32,
@@ -428,11 +493,24 @@ impl Netlink {
         ip: Ipv4Addr,
         prefix: u8,
     ) -> Result<(), NetlinkError> {
-        let mut msg = netlink_packet_route::address::AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        let mut msg = AddressMessage::default();
+        msg.attributes.push(AddressAttribute::Local(ip.into()));
+        self.address_del(msg, index, ip, prefix).await
+    }
+
+    /// Deletes the address `msg` (with the attributes the family needs)
+    /// names once `ip/prefix` on link `index` is added; a missing one is not
+    /// an error; either family.
+    async fn address_del<A: Family + std::fmt::Display>(
+        &self,
+        mut msg: AddressMessage,
+        index: u32,
+        ip: A,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        msg.header.family = A::FAMILY;
         msg.header.index = index;
         msg.header.prefix_len = prefix;
-        msg.attributes.push(AddressAttribute::Local(ip.into()));
         msg.attributes.push(AddressAttribute::Address(ip.into()));
         match self.handle.address().del(msg).execute().await {
             Ok(()) => Ok(()),
@@ -449,6 +527,14 @@ impl Netlink {
 
     /// IPv4 addresses of a link (or of every link).
     pub async fn addresses(&self, index: Option<u32>) -> Result<Vec<Address>, NetlinkError> {
+        self.addresses_of(index).await
+    }
+
+    /// The addresses of family `A` of a link (or of every link).
+    pub async fn addresses_of<A: Family>(
+        &self,
+        index: Option<u32>,
+    ) -> Result<Vec<Address<A>>, NetlinkError> {
         let mut r = self.handle.address().get();
         if let Some(i) = index {
             r = r.set_link_index_filter(i);
@@ -460,21 +546,22 @@ impl Netlink {
             .map_err(req("list addresses"))?;
         Ok(msgs
             .iter()
-            .filter(|m| m.header.family == AddressFamily::Inet)
+            .filter(|m| m.header.family == A::FAMILY)
             .filter_map(|m| {
-                let ip = m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => Some(*ip),
-                    _ => None,
-                })?;
+                let ip = m.attributes.iter().find_map(A::local)?;
                 let label = m.attributes.iter().find_map(|a| match a {
                     AddressAttribute::Label(l) => Some(l.clone()),
                     _ => None,
+                });
+                let dnet = m.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == RTPROT_DNET)
                 });
                 Some(Address {
                     index: m.header.index,
                     ip,
                     prefix: m.header.prefix_len,
                     label,
+                    dnet,
                 })
             })
             .collect())
@@ -548,13 +635,17 @@ impl Netlink {
         }
     }
 
-    /// IPv4 routes of the main table.
+    /// IPv4 routes (each with its table).
     pub async fn routes(&self) -> Result<Vec<Route>, NetlinkError> {
-        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        self.routes_of().await
+    }
+
+    /// The routes of family `A` the kernel lists, each with its table.
+    pub async fn routes_of<A: Family>(&self) -> Result<Vec<Route<A>>, NetlinkError> {
         let msgs: Vec<RouteMessage> = self
             .handle
             .route()
-            .get(filter)
+            .get(A::route_filter())
             .execute()
             .try_collect()
             .await
@@ -563,16 +654,18 @@ impl Netlink {
             .iter()
             .map(|m| {
                 let mut r = Route {
-                    dst: Ipv4Addr::UNSPECIFIED,
+                    dst: A::UNSPECIFIED,
                     prefix: m.header.destination_prefix_length,
                     oif: None,
+                    gateway: None,
                     kind: m.header.kind,
                     protocol: m.header.protocol,
                     table: m.header.table as u32,
                 };
                 for a in &m.attributes {
                     match a {
-                        RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = *d,
+                        RouteAttribute::Destination(d) => r.dst = A::of_route(d).unwrap_or(r.dst),
+                        RouteAttribute::Gateway(g) => r.gateway = A::of_route(g).or(r.gateway),
                         RouteAttribute::Oif(o) => r.oif = Some(*o),
                         RouteAttribute::Table(t) => r.table = *t,
                         _ => {}

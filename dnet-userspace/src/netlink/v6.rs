@@ -3,38 +3,20 @@
 
 use std::net::Ipv6Addr;
 
-use futures::TryStreamExt as _;
 use netlink_packet_route::{
-    AddressFamily,
     address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol},
     neighbour::{NeighbourFlags, NeighbourState},
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    route::{RouteMessage, RouteProtocol, RouteScope, RouteType},
 };
 use rtnetlink::RouteMessageBuilder;
 
 use super::{Netlink, NetlinkError, RTPROT_DNET, req};
 
 /// An IPv6 address of a link.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Address6 {
-    pub index: u32,
-    pub ip: Ipv6Addr,
-    pub prefix: u8,
-    /// Marked as dnet's (`IFA_PROTO` 213; IPv6 addresses have no label).
-    pub dnet: bool,
-}
+pub type Address6 = super::Address<Ipv6Addr>;
 
-/// An IPv6 route of the main table, as dnet sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route6 {
-    pub dst: Ipv6Addr,
-    pub prefix: u8,
-    pub oif: Option<u32>,
-    pub gateway: Option<Ipv6Addr>,
-    pub kind: RouteType,
-    pub protocol: RouteProtocol,
-    pub table: u32,
-}
+/// An IPv6 route, as dnet sees it.
+pub type Route6 = super::Route<Ipv6Addr>;
 
 /// An IPv6 route to add or delete.
 #[derive(Clone, Copy, Debug)]
@@ -157,54 +139,13 @@ impl Netlink {
         ip: Ipv6Addr,
         prefix: u8,
     ) -> Result<(), NetlinkError> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet6;
-        msg.header.index = index;
-        msg.header.prefix_len = prefix;
-        msg.attributes.push(AddressAttribute::Address(ip.into()));
-        match self.handle.address().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = req(format!("delete address {ip}/{prefix}"))(e);
-                if e.errno() == Some(libc::EADDRNOTAVAIL) || e.errno() == Some(libc::ENOENT) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        self.address_del(AddressMessage::default(), index, ip, prefix)
+            .await
     }
 
     /// IPv6 addresses of a link (or of every link).
     pub async fn addresses6(&self, index: Option<u32>) -> Result<Vec<Address6>, NetlinkError> {
-        let mut r = self.handle.address().get();
-        if let Some(i) = index {
-            r = r.set_link_index_filter(i);
-        }
-        let msgs: Vec<_> = r
-            .execute()
-            .try_collect()
-            .await
-            .map_err(req("list addresses"))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.family == AddressFamily::Inet6)
-            .filter_map(|m| {
-                let ip = m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(std::net::IpAddr::V6(ip)) => Some(*ip),
-                    _ => None,
-                })?;
-                let dnet = m.attributes.iter().any(|a| {
-                    matches!(a, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == RTPROT_DNET)
-                });
-                Some(Address6 {
-                    index: m.header.index,
-                    ip,
-                    prefix: m.header.prefix_len,
-                    dnet,
-                })
-            })
-            .collect())
+        self.addresses_of(index).await
     }
 
     /// Adds (or replaces) an IPv6 route.
@@ -229,39 +170,7 @@ impl Netlink {
 
     /// IPv6 routes of every table.
     pub async fn routes6(&self) -> Result<Vec<Route6>, NetlinkError> {
-        let filter = RouteMessageBuilder::<Ipv6Addr>::new().build();
-        let msgs: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(filter)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(req("list routes"))?;
-        Ok(msgs
-            .iter()
-            .map(|m| {
-                let mut r = Route6 {
-                    dst: Ipv6Addr::UNSPECIFIED,
-                    prefix: m.header.destination_prefix_length,
-                    oif: None,
-                    gateway: None,
-                    kind: m.header.kind,
-                    protocol: m.header.protocol,
-                    table: m.header.table as u32,
-                };
-                for a in &m.attributes {
-                    match a {
-                        RouteAttribute::Destination(RouteAddress::Inet6(d)) => r.dst = *d,
-                        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.gateway = Some(*g),
-                        RouteAttribute::Oif(o) => r.oif = Some(*o),
-                        RouteAttribute::Table(t) => r.table = *t,
-                        _ => {}
-                    }
-                }
-                r
-            })
-            .collect())
+        self.routes_of().await
     }
 
     /// A permanent IPv6 neighbour entry: the host never solicits a
