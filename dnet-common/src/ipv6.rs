@@ -50,3 +50,45 @@ pub struct Endpoint6 {
     /// The endpoint's IPv6 address.
     pub addr: [u8; 16],
 }
+
+/// Key of [`crate::maps::SERVICES6`]: a port published over IPv6 (to a
+/// dual-stack container).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey6 {
+    /// The host address it is published on; all zero for every address.
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`crate::maps::SERVICES6`]: the container's IPv6 address and
+/// port a published port leads to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service6 {
+    pub backend: [u8; 16],
+    pub backend_port_be: u16,
+    pub _pad: u16,
+}
+
+/// Key of [`crate::maps::SOCK_REVNAT6`]: a host IPv6 socket that was pointed
+/// at a published port's backend, and that backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockRevKey6 {
+    pub cookie: u64,
+    pub backend: [u8; 16],
+    pub backend_port_be: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of [`crate::maps::SOCK_REVNAT6`]: the address the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRev6 {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub _pad: u16,
+}

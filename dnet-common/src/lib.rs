@@ -27,7 +27,7 @@ mod pod;
 
 pub use drop::DropReason;
 pub use endpoint::Endpoint;
-pub use ipv6::{Endpoint6, Ip6, Network6};
+pub use ipv6::{Endpoint6, Ip6, Network6, Service6, ServiceKey6, SockRev6, SockRevKey6};
 pub use nat::{Config, CtEntry, CtKey, QuotaKey, Service, ServiceKey, SockRev, SockRevKey};
 pub use network::{MemberKey, NetFanout, Network};
 pub use stats::EndpointStats;
@@ -58,8 +58,12 @@ mod tests {
         assert_eq!(size_of::<crate::QuotaKey>(), 12);
         assert_eq!(size_of::<crate::ServiceKey>(), 8);
         assert_eq!(size_of::<crate::Service>(), 8);
-        assert_eq!(size_of::<crate::Config>(), 40);
+        assert_eq!(size_of::<crate::Config>(), 56);
         assert_eq!(size_of::<crate::SockRevKey>(), 16);
         assert_eq!(size_of::<crate::SockRev>(), 8);
+        assert_eq!(size_of::<crate::ServiceKey6>(), 20);
+        assert_eq!(size_of::<crate::Service6>(), 20);
+        assert_eq!(size_of::<crate::SockRevKey6>(), 32);
+        assert_eq!(size_of::<crate::SockRev6>(), 20);
     }
 }

@@ -51,6 +51,13 @@ pub const NETWORKS6: &str = "DNET_NETWORKS6";
 /// `LpmTrie<[u8; 16], u32 net_id>`: which network an IPv6 subnet belongs to.
 pub const SUBNETS6: &str = "DNET_SUBNETS6";
 
+/// `HashMap<ServiceKey6, Service6>`: ports published over IPv6, to
+/// dual-stack containers' IPv6 addresses.
+pub const SERVICES6: &str = "DNET_SERVICES6";
+/// `LruHashMap<SockRevKey6, SockRev6>`: what host IPv6 sockets asked for
+/// (see [`SOCK_REVNAT`]).
+pub const SOCK_REVNAT6: &str = "DNET_SOCK_REVNAT6";
+
 /// `ProgramArray`: the programs the container program tail-calls, at
 /// the `PROG_SLOT_*` indexes. Pinned beside the others, but not in
 /// [`ALL`]: its entries are program ids, which every load rewrites.
@@ -62,7 +69,7 @@ pub const PROG_SLOT_FROM_CONTAINER6: u32 = 0;
 pub const PROGS_SLOTS: u32 = 4;
 
 /// Every map the datapath declares (but [`PROGS`] and scratch maps).
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 20] = [
     ENDPOINTS_BY_IP,
     ENDPOINTS_BY_IF,
     NETWORKS,
@@ -81,6 +88,8 @@ pub const ALL: [&str; 18] = [
     ENDPOINT6_BY_IF,
     NETWORKS6,
     SUBNETS6,
+    SERVICES6,
+    SOCK_REVNAT6,
 ];
 
 /// Maps older builds pinned and no build uses any more: a daemon removes

@@ -264,6 +264,9 @@ pub struct Config {
     /// `maps::MAX_CPUS`).
     pub nr_cpus: u32,
     pub _pad2: u32,
+    /// The uplink's global IPv6 address NAT66 translates to; all zero when
+    /// it has none (no NAT66: such flows are dropped, `no-nat-address`).
+    pub uplink_addr6: [u8; 16],
 }
 
 /// Key of the limit counters (`DNET_CT_OPENED`, `DNET_CT_CLOSED`): a

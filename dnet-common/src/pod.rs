@@ -39,3 +39,11 @@ unsafe impl aya::Pod for crate::Network6 {}
 unsafe impl aya::Pod for crate::Ip6 {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::Endpoint6 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::ServiceKey6 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::Service6 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::SockRevKey6 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::SockRev6 {}

@@ -50,25 +50,50 @@ pub fn host_to_uplink(ctx: TcContext) -> i32 {
 /// The host's own `connect()` to a published port.
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    dnet_ebpf::sock::to_backend(&ctx)
+    dnet_ebpf::sock::to_backend::<dnet_ebpf::sock::V4>(&ctx)
 }
 
 /// The host's own `sendmsg()` to a published port.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    dnet_ebpf::sock::to_backend(&ctx)
+    dnet_ebpf::sock::to_backend::<dnet_ebpf::sock::V4>(&ctx)
 }
 
 /// Answers to the host's sockets read as coming from the published port.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    dnet_ebpf::sock::from_backend(&ctx)
+    dnet_ebpf::sock::from_backend::<dnet_ebpf::sock::V4>(&ctx)
 }
 
 /// `getpeername()` of such a socket shows the published port.
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    dnet_ebpf::sock::from_backend(&ctx)
+    dnet_ebpf::sock::from_backend::<dnet_ebpf::sock::V4>(&ctx)
+}
+
+/// The host's own IPv6 `connect()` to a published port (`[::1]`, the
+/// uplink's IPv6 address).
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    dnet_ebpf::sock::to_backend::<dnet_ebpf::sock::V6>(&ctx)
+}
+
+/// The host's own IPv6 `sendmsg()` to a published port.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    dnet_ebpf::sock::to_backend::<dnet_ebpf::sock::V6>(&ctx)
+}
+
+/// Answers to the host's IPv6 sockets read as coming from the published port.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    dnet_ebpf::sock::from_backend::<dnet_ebpf::sock::V6>(&ctx)
+}
+
+/// `getpeername()` of such an IPv6 socket shows the published port.
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    dnet_ebpf::sock::from_backend::<dnet_ebpf::sock::V6>(&ctx)
 }
 
 #[cfg(target_arch = "bpf")]

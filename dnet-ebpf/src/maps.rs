@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use dnet_common::{
     Config, Endpoint, Endpoint6, EndpointStats, Ip6, MemberKey, NetFanout, Network, Network6,
-    Service, ServiceKey, SockRev, SockRevKey,
+    Service, Service6, ServiceKey, ServiceKey6, SockRev, SockRev6, SockRevKey, SockRevKey6,
     maps::{
         MAX_ENDPOINTS, MAX_NETWORKS, MAX_PUBLISH_FROM, MAX_SERVICES, PROGS_SLOTS,
         SOCK_REVNAT_ENTRIES, STATS_SLOTS,
@@ -67,6 +67,14 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "DNET_SOCK_REVNAT")]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRev> =
+    LruHashMap::with_max_entries(SOCK_REVNAT_ENTRIES, 0);
+
+/// Ports published over IPv6 (to dual-stack containers' IPv6 addresses).
+#[map(name = "DNET_SERVICES6")]
+pub static SERVICES6: HashMap<ServiceKey6, Service6> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+#[map(name = "DNET_SOCK_REVNAT6")]
+pub static SOCK_REVNAT6: LruHashMap<SockRevKey6, SockRev6> =
     LruHashMap::with_max_entries(SOCK_REVNAT_ENTRIES, 0);
 
 /// ICMP errors sent, as a token bucket per endpoint slot (slot 0: the

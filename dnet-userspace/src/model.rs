@@ -150,6 +150,11 @@ pub struct Network {
     /// never replays its creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimeRef>,
+    /// The runtime's network hands out dnet's addresses (Docker's
+    /// `--ipam-driver` set to dnet's driver): dnet's own containers may
+    /// join it. Kept so that a restart knows it before the runtime answers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub runtime_ipam: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -434,6 +439,7 @@ mod tests {
                     runtime: "docker".into(),
                     id: "d1".into(),
                 }),
+                runtime_ipam: true,
             },
         );
         s.containers.insert(

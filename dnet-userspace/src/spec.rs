@@ -1,7 +1,11 @@
 //! Parsing and validation of what users type: names, publish specs, driver
 //! options. Pure logic.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -103,8 +107,11 @@ impl Proto {
 /// many consecutive container ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortMapping {
-    /// Host address the ports are published on; `None` is every address.
-    pub host_ip: Option<Ipv4Addr>,
+    /// Host address the ports are published on; `None` is every address of
+    /// both families (IPv6 for dual-stack containers only). An address of
+    /// one family publishes in that family only; `::` is every IPv6
+    /// address.
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub container_port: u16,
     pub count: u16,
@@ -120,7 +127,9 @@ impl PortMapping {
     /// The two mappings claim a common host port.
     pub fn clashes_with(&self, other: &PortMapping) -> bool {
         let ips_meet = match (self.host_ip, other.host_ip) {
-            (Some(a), Some(b)) => a == b,
+            (Some(a), Some(b)) => {
+                a.is_ipv4() == b.is_ipv4() && (a == b || a.is_unspecified() || b.is_unspecified())
+            }
             _ => true,
         };
         let a = self.host_ports();
@@ -131,7 +140,11 @@ impl PortMapping {
 
 impl fmt::Display for PortMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ip = self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let ip = match self.host_ip {
+            Some(IpAddr::V6(a)) => format!("[{a}]"),
+            Some(IpAddr::V4(a)) => a.to_string(),
+            None => Ipv4Addr::UNSPECIFIED.to_string(),
+        };
         if self.count == 1 {
             write!(
                 f,
@@ -172,14 +185,30 @@ impl FromStr for PortMapping {
             }
             None => (spec, Proto::Tcp),
         };
-        let parts: Vec<&str> = ports.split(':').collect();
-        let (host_ip, host, container) = match parts.as_slice() {
-            [h, c] => (None, *h, *c),
-            [ip, h, c] => {
-                let ip: Ipv4Addr = ip
+        // An IPv6 host address comes in brackets: `[::1]:8080:80`.
+        let (ip6, ports) = match ports.strip_prefix('[') {
+            Some(rest) => {
+                let (ip, rest) = rest
+                    .split_once("]:")
+                    .ok_or_else(|| err("expected [IPV6]:HOSTPORT:CONTAINERPORT[/PROTO]"))?;
+                let ip: std::net::Ipv6Addr = ip
                     .parse()
-                    .map_err(|_| err(&format!("{ip:?} is not an IPv4 address")))?;
-                (Some(ip), *h, *c)
+                    .map_err(|_| err(&format!("{ip:?} is not an IPv6 address")))?;
+                (Some(IpAddr::V6(ip)), rest)
+            }
+            None => (None, ports),
+        };
+        let parts: Vec<&str> = ports.split(':').collect();
+        let (host_ip, host, container) = match (ip6, parts.as_slice()) {
+            (Some(ip), [h, c]) => (Some(ip), *h, *c),
+            (None, [h, c]) => (None, *h, *c),
+            (None, [ip, h, c]) => {
+                let ip: Ipv4Addr = ip.parse().map_err(|_| {
+                    err(&format!(
+                        "{ip:?} is not an IPv4 address (an IPv6 one goes in brackets)"
+                    ))
+                })?;
+                (Some(IpAddr::V4(ip)), *h, *c)
             }
             _ => return Err(err("expected [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]")),
         };
@@ -189,7 +218,9 @@ impl FromStr for PortMapping {
             return Err(err("host and container port ranges differ in length"));
         }
         Ok(PortMapping {
-            host_ip: host_ip.filter(|ip| !ip.is_unspecified()),
+            // 0.0.0.0 is every address, as no address (dnet's habit
+            // before IPv6); `::` stays: every IPv6 address only.
+            host_ip: host_ip.filter(|ip| *ip != IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             host_port: hs,
             container_port: cs,
             count: he - hs + 1,
@@ -257,13 +288,19 @@ mod tests {
             }
         );
         let p: PortMapping = "127.0.0.1:53:5353/udp".parse().unwrap();
-        assert_eq!(p.host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(p.host_ip, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         assert_eq!(p.proto, Proto::Udp);
         let p: PortMapping = "8000-8010:9000-9010".parse().unwrap();
         assert_eq!((p.host_port, p.container_port, p.count), (8000, 9000, 11));
         assert_eq!(p.to_string(), "0.0.0.0:8000-8010->9000-9010/tcp");
         let p: PortMapping = "0.0.0.0:1:2".parse().unwrap();
         assert_eq!(p.host_ip, None);
+        let p: PortMapping = "[::1]:8080:80/udp".parse().unwrap();
+        assert_eq!(p.host_ip, Some("::1".parse().unwrap()));
+        assert_eq!((p.host_port, p.container_port), (8080, 80));
+        assert_eq!(p.to_string(), "[::1]:8080->80/udp");
+        let p: PortMapping = "[::]:1:2".parse().unwrap();
+        assert_eq!(p.host_ip, Some("::".parse().unwrap()), "every IPv6 address");
     }
 
     #[test]
@@ -275,6 +312,10 @@ mod tests {
             "65536:80",
             "1:2:3:4",
             "300.1.1.1:80:80",
+            "::1:80:80",
+            "[::1:80:80",
+            "[1.2.3.4]:80:80",
+            "[::1]:1:80:80",
             "80:80/sctp",
             "8000-8010:80",
             "8010-8000:8010-8000",
@@ -295,6 +336,11 @@ mod tests {
         assert!(!a.clashes_with(&d));
         let e: PortMapping = "127.0.0.2:8010:80".parse().unwrap();
         assert!(!b.clashes_with(&e));
+        // The families never meet; `::` meets every IPv6 address.
+        let f: PortMapping = "[::1]:8010:80".parse().unwrap();
+        let g: PortMapping = "[::]:8010:80".parse().unwrap();
+        assert!(!b.clashes_with(&f) && a.clashes_with(&f));
+        assert!(f.clashes_with(&g) && !g.clashes_with(&b));
     }
 
     #[test]

@@ -194,6 +194,7 @@ mod tests {
                 dp_id: 0,
                 host_address: None,
                 runtime: None,
+                runtime_ipam: false,
             },
         );
         store.commit(&s).unwrap();

@@ -653,6 +653,59 @@ fn docker_protocol_without_docker() {
         "{st}"
     );
     assert_consistent(&sb);
+    // IPAM, IPv6: the pool's id is its subnet, the gateway its first host,
+    // an endpoint's address the next free one; a repeat gets the same
+    // pool; releases are idempotent; an overlapping pool is refused.
+    let pool6 = serde_json::json!({"AddressSpace": "dnet-local", "Pool": "fd00:95::/64",
+        "SubPool": "", "Options": null, "V6": true})
+    .to_string();
+    for _ in 0..2 {
+        assert_eq!(
+            call("IpamDriver.RequestPool", &pool6),
+            (
+                200,
+                serde_json::json!({"PoolID": "fd00:95::/64", "Pool": "fd00:95::/64", "Data": {}})
+            )
+        );
+    }
+    let addr = |options: serde_json::Value| {
+        serde_json::json!({"PoolID": "fd00:95::/64", "Address": "", "Options": options}).to_string()
+    };
+    let gw = addr(serde_json::json!({"RequestAddressType": "com.docker.network.gateway"}));
+    assert_eq!(
+        call("IpamDriver.RequestAddress", &gw),
+        (
+            200,
+            serde_json::json!({"Address": "fd00:95::1/64", "Data": {}})
+        )
+    );
+    assert_eq!(
+        call("IpamDriver.RequestAddress", &addr(serde_json::Value::Null)),
+        (
+            200,
+            serde_json::json!({"Address": "fd00:95::2/64", "Data": {}})
+        )
+    );
+    let (code, body) = call(
+        "IpamDriver.RequestPool",
+        &serde_json::json!({"Pool": "fd00:95::/56", "V6": true}).to_string(),
+    );
+    assert!(
+        code == 200
+            && body["Error"]
+                .as_str()
+                .is_some_and(|e| e.contains("overlaps")),
+        "{body}"
+    );
+    let rel = serde_json::json!({"PoolID": "fd00:95::/64", "Address": "fd00:95::2"}).to_string();
+    for c in [
+        "IpamDriver.ReleaseAddress",
+        "IpamDriver.ReleaseAddress",
+        "IpamDriver.ReleasePool",
+        "IpamDriver.ReleasePool",
+    ] {
+        assert_eq!(call(c, &rel), (200, serde_json::json!({})), "{c}");
+    }
     // The socket goes with the daemon.
     sb.stop_daemon(libc::SIGTERM);
     assert!(!std::path::Path::new(&sock).exists(), "the socket is left");
@@ -1191,5 +1244,126 @@ fn docker_dual_stack_network() {
     env.docker(&["rm", "-f", "c1", "c2"]);
     env.docker(&["network", "rm", "dn6"]);
     assert!(env.dnet_network(&id).is_none());
+    env.assert_clean();
+}
+
+/// The global IPv6 addresses on a container's `eth0`.
+fn global_addr6(env: &Env, name: &str) -> Vec<String> {
+    let o = env.exec(name, &["ip", "-o", "-6", "addr", "show", "eth0"]);
+    assert!(ok(&o), "{}", out(&o));
+    stdout(&o)
+        .lines()
+        .filter(|l| l.contains("scope global"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "inet6")
+                .nth(1)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// `docker network create --ipv6 --ipam-driver <dnet>`: dnet's IPAM hands
+/// out both families (the IPv6 pool, its gateway, `--ip-range` and each
+/// endpoint's address, `--ip6` too), or picks a /64 of its own ULA /48 when
+/// no IPv6 subnet is given; overlapping IPv6 pools are refused with nothing
+/// made. Which networks dnet addresses is in its state: restarted with
+/// dockerd's API out of reach, dnet still lets its own containers join.
+#[test]
+fn docker_ipam_driver_dual_stack() {
+    let mut env = Env::new();
+    let d = env.driver.clone();
+    let id = env.network(
+        "ds",
+        &[
+            "--ipam-driver",
+            &d,
+            "--ipv6",
+            "--subnet",
+            "10.93.0.0/24",
+            "--subnet",
+            "fd00:93::/64",
+            "--ip-range",
+            "fd00:93::100/120",
+        ],
+    );
+    let net = env.dnet_network(&id).expect("the dnet network");
+    assert_eq!(net["ipam"]["subnet"], "10.93.0.0/24", "{net}");
+    assert_eq!(net["ipam6"]["subnet"], "fd00:93::/64", "{net}");
+    assert_eq!(net["ipam6"]["gateway"], "fd00:93::1", "{net}");
+    assert_eq!(net["ipam6"]["ip_range"], "fd00:93::100/120", "{net}");
+    env.run("c1", "ds", &[]);
+    env.run("c2", "ds", &["--ip6", "fd00:93::77"]);
+    assert_eq!(global_addr6(&env, "c1"), ["fd00:93::100/64"]);
+    assert_eq!(global_addr6(&env, "c2"), ["fd00:93::77/64"]);
+    for (from, to) in [("c1", "fd00:93::77"), ("c2", "fd00:93::1")] {
+        let o = ping6(&env, from, to);
+        assert!(ok(&o), "{from} -> {to}: {}", out(&o));
+    }
+
+    // No IPv6 subnet given: dnet picks a /64 of its ULA /48.
+    let id2 = env.network("ds-auto", &["--ipam-driver", &d, "--ipv6"]);
+    let auto = env.dnet_network(&id2).expect("the second network");
+    let subnet6 = auto["ipam6"]["subnet"].as_str().expect("an IPv6 subnet");
+    assert!(
+        subnet6.starts_with("fd") && subnet6.ends_with("/64"),
+        "{auto}"
+    );
+    env.run("c3", "ds-auto", &[]);
+    let a3 = global_addr6(&env, "c3");
+    let prefix = subnet6.trim_end_matches("::/64");
+    assert!(
+        a3.len() == 1 && a3[0].starts_with(prefix),
+        "{a3:?} {subnet6}"
+    );
+
+    // An overlapping IPv6 pool is refused, and nothing is made.
+    let before = env.sb.state();
+    let e = env.docker_err(&[
+        "network",
+        "create",
+        "-d",
+        &d,
+        "--ipam-driver",
+        &d,
+        "--ipv6",
+        "--subnet",
+        "10.94.0.0/24",
+        "--subnet",
+        "fd00:93::/56",
+        "bad6",
+    ]);
+    assert!(e.contains("overlaps"), "{e}");
+    assert_eq!(env.sb.state(), before);
+
+    // Restarted without dockerd's API, dnet still knows that its IPAM
+    // addresses "ds": its own containers may join, beside Docker's.
+    env.sb.stop_daemon(libc::SIGTERM);
+    let sock = format!("--docker-plugin-socket=/run/docker/plugins/{d}.sock");
+    env.sb.set_daemon_args(&[&sock, "--docker-api-socket="]);
+    env.sb.start_daemon();
+    env.sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "own",
+        "--network",
+        "ds",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let own = env.sb.container("own");
+    let own6 = own["networks"][0]["ip6"].as_str().expect("an IPv6 address");
+    assert!(
+        own6.starts_with("fd00:93::") && own6 != "fd00:93::100" && own6 != "fd00:93::77",
+        "{own}"
+    );
+    let o = ping6(&env, "c1", own6);
+    assert!(ok(&o), "c1 -> dnet's own: {}", out(&o));
+    env.sb.dnet_ok(&["rm", "-f", "own"]);
+
+    env.docker(&["rm", "-f", "c1", "c2", "c3"]);
+    env.docker(&["network", "rm", "ds", "ds-auto"]);
     env.assert_clean();
 }

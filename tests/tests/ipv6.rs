@@ -793,3 +793,210 @@ fn a_dual_stack_network_connected_later_and_internal_ones_route_as_ipv4_does() {
     sb.settle();
     assert_eq!((sb.snapshot(), snapshot6(&sb), map6(&sb)), before);
 }
+
+/// The uplink's IPv6 address in the IPv6 sandbox tests (the benchmarking
+/// range, RFC 5180), and the world's.
+const UPLINK6: &str = "2001:2::2";
+const WORLD6: &str = "2001:2::1";
+
+/// A sandbox whose uplink has an IPv6 address too, before its daemon
+/// starts.
+fn dual_stack_sandbox() -> Sandbox {
+    let mut sb = Sandbox::without_daemon();
+    for (ns, a) in [(&sb.host_ns, UPLINK6), (&sb.world_ns, WORLD6)] {
+        sh_ok(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{a}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+    }
+    sb.start_daemon();
+    sb
+}
+
+/// The host's `getpeername()` of a TCP connection to `[addr]:port`.
+fn host_peername6(sb: &Sandbox, addr: &str, port: u16) -> String {
+    let py = format!(
+        "import socket; s = socket.create_connection(('{addr}', {port}), 3); print(s.getpeername()[:2])"
+    );
+    let o = sb.in_host("python3", &["-c", &py]);
+    assert!(ok(&o), "{}", out(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+#[test]
+fn the_host_reaches_ports_published_by_dual_stack_containers_over_ipv6() {
+    let sb = dual_stack_sandbox();
+    let ct = conntest_bin();
+    let ct = ct.to_str().unwrap();
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.72.0.0/24",
+        "--subnet",
+        "fd00:72::/64",
+        "dual",
+    ]);
+    let serve = |name: &str, net: &str, p: &[&str], proto: &str, port: u16| {
+        let mut a = vec!["run", "-d", "--name", name, "--network", net];
+        for p in p {
+            a.extend(["-p", p]);
+        }
+        let listen = format!("[::]:{port}");
+        a.extend(["--", ct, "serve", proto, &listen]);
+        sb.dnet_ok(&a);
+        sb.wait_server(name, proto, port);
+    };
+    serve("web", "dual", &["8080:80"], "tcp", 80);
+    serve("dns", "dual", &["5353:53/udp"], "udp", 53);
+    serve("v6only", "dual", &["[::1]:8081:80"], "tcp", 80);
+    serve("v4only", "dual", &["127.0.0.1:8083:80"], "tcp", 80);
+    serve("old", "bridge", &["8082:80"], "tcp", 80);
+    let host = |proto: &str, to: &str| sb.in_host(ct, &[proto, to]);
+    // [::1] and the uplink's IPv6 address lead to the container's IPv6
+    // address, and it sees the host's own address (the gateway it routes
+    // from), not ::1 and not a proxy's.
+    for to in [
+        "[::1]:8080".to_owned(),
+        format!("[{UPLINK6}]:8080"),
+        "[::1]:8081".to_owned(),
+    ] {
+        let o = host("tcp", &to);
+        assert!(ok(&o), "host to {to}: {}", out(&o));
+        let seen = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        assert!(
+            seen.starts_with("[fd00:72::1]:") || seen.starts_with(&format!("[{UPLINK6}]:")),
+            "{to}: the container saw {seen}"
+        );
+    }
+    let o = host("udp", "[::1]:5353");
+    assert!(ok(&o), "host UDP to [::1]:5353: {}", out(&o));
+    // IPv4 still, for the port published on every address.
+    let o = host("tcp", "127.0.0.1:8080");
+    assert!(ok(&o), "{}", out(&o));
+    // The socket reads as connected to the published port (getpeername6).
+    assert_eq!(host_peername6(&sb, "::1", 8080), "('::1', 8080)");
+    assert_eq!(
+        host_peername6(&sb, UPLINK6, 8080),
+        format!("('{UPLINK6}', 8080)")
+    );
+    // A port published on one family's address is not in the other's; an
+    // IPv4-only container's ports are refused over IPv6 (no proxy).
+    for (proto, to) in [
+        ("tcp", "127.0.0.1:8081"),
+        ("tcp", "[::1]:8083"),
+        ("tcp", "[::1]:8082"),
+    ] {
+        let o = host(proto, to);
+        assert!(!ok(&o), "{to} answered: {}", out(&o));
+        assert!(out(&o).contains("refused"), "{to}: {}", out(&o));
+    }
+    let o = host("tcp", "127.0.0.1:8082");
+    assert!(ok(&o), "the IPv4-only container over IPv4: {}", out(&o));
+    // Gone with its container.
+    sb.dnet_ok(&["rm", "-f", "web"]);
+    let o = host("tcp", "[::1]:8080");
+    assert!(!ok(&o), "{}", out(&o));
+    // A published IPv6 address must be one the datapath answers on.
+    let o = sb.dnet(&[
+        "run",
+        "--network",
+        "dual",
+        "-p",
+        "[fd00:99::5]:9000:80",
+        "--",
+        "true",
+    ]);
+    assert!(!ok(&o));
+    assert!(out(&o).contains("not on fd00:99::5"), "{}", out(&o));
+}
+
+#[test]
+fn the_resolver_answers_on_the_ipv6_gateway_of_a_dual_stack_network() {
+    let sb = Sandbox::new();
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.74.0.0/24",
+        "--subnet",
+        "fd00:74::/64",
+        "dual",
+    ]);
+    sb.dnet_ok(&["network", "create", "--subnet", "10.75.0.0/24", "v4only"]);
+    for (name, net) in [("web", "dual"), ("client", "dual"), ("old", "v4only")] {
+        sb.dnet_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            net,
+            "--",
+            "sleep",
+            "300",
+        ]);
+    }
+    // resolv.conf lists the IPv6 gateway after the IPv4 one, where it
+    // works only.
+    let rc = sb.dnet_ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        rc.contains("nameserver 10.74.0.1\nnameserver fd00:74::1\n"),
+        "{rc}"
+    );
+    let rc = sb.dnet_ok(&["exec", "old", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        rc.contains("nameserver 10.75.0.1\n") && !rc.contains("fd00:"),
+        "{rc}"
+    );
+    // Queries over IPv6 only, UDP and TCP: the client is known by its
+    // IPv6 source and sees its own networks' names.
+    let ct = conntest_bin();
+    let ask = |name: &str, ty: &str, tcp: bool| -> Vec<String> {
+        let mut a = vec![
+            "exec",
+            "client",
+            "--",
+            ct.to_str().unwrap(),
+            "dns",
+            "query",
+            "[fd00:74::1]:53",
+            name,
+            ty,
+        ];
+        if tcp {
+            a.push("--tcp");
+        }
+        let o = sb.dnet(&a);
+        assert!(ok(&o), "{}", out(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    for tcp in [false, true] {
+        assert_eq!(
+            ask("web", "aaaa", tcp),
+            vec!["rcode NoError", "AAAA fd00:74::2"]
+        );
+        assert_eq!(
+            ask("web.dual", "a", tcp),
+            vec!["rcode NoError", "A 10.74.0.2"]
+        );
+        // Another network's container is not its to know: forwarded (and
+        // the sandbox has no upstream), never answered with its address.
+        let a = ask("old", "a", tcp);
+        assert!(!a.iter().any(|l| l.starts_with("A ")), "scoped: {a:?}");
+    }
+}

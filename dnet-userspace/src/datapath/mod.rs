@@ -38,7 +38,7 @@ use aya::{
 pub use bpffs::{check as check_bpffs, ensure_mounted};
 use dnet_common::{
     Config, CtEntry, CtKey, Endpoint, Endpoint6, EndpointStats, Ip6, MemberKey, NetFanout, Network,
-    Network6, QuotaKey, Service, ServiceKey,
+    Network6, QuotaKey, Service, Service6, ServiceKey, ServiceKey6,
     addr::ipv4_be,
     maps as m,
     nat::{CT_F_COUNTED, CT_F_REPLY},
@@ -56,11 +56,15 @@ pub const PROG_FROM_CONTAINER6: &str = "lxc6_from_container";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
 pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
-pub const SOCK_PROGS: [&str; 4] = [
+pub const SOCK_PROGS: [&str; 8] = [
     "sock_connect4",
     "sock_sendmsg4",
     "sock_recvmsg4",
     "sock_getpeername4",
+    "sock_connect6",
+    "sock_sendmsg6",
+    "sock_recvmsg6",
+    "sock_getpeername6",
 ];
 const TC_PROGS: [&str; 5] = [
     PROG_FROM_CONTAINER,
@@ -595,6 +599,26 @@ impl Datapath {
         let h: HashMap<&MapData, ServiceKey, Service> =
             HashMap::try_from(self.map(m::SERVICES)?).map_err(map_err(m::SERVICES))?;
         h.iter().map(|r| r.map_err(map_err(m::SERVICES))).collect()
+    }
+
+    /// Publishes a port over IPv6.
+    pub fn set_service6(&mut self, key: &ServiceKey6, svc: &Service6) -> Result<()> {
+        let mut h: HashMap<&mut MapData, ServiceKey6, Service6> =
+            HashMap::try_from(self.map_mut(m::SERVICES6)?).map_err(map_err(m::SERVICES6))?;
+        h.insert(key, svc, 0).map_err(map_err(m::SERVICES6))
+    }
+
+    /// Unpublishes an IPv6 port; a missing one is fine.
+    pub fn clear_service6(&mut self, key: &ServiceKey6) -> Result<()> {
+        let mut h: HashMap<&mut MapData, ServiceKey6, Service6> =
+            HashMap::try_from(self.map_mut(m::SERVICES6)?).map_err(map_err(m::SERVICES6))?;
+        absent_is_fine(h.remove(key)).map_err(map_err(m::SERVICES6))
+    }
+
+    pub fn services6(&self) -> Result<Vec<(ServiceKey6, Service6)>> {
+        let h: HashMap<&MapData, ServiceKey6, Service6> =
+            HashMap::try_from(self.map(m::SERVICES6)?).map_err(map_err(m::SERVICES6))?;
+        h.iter().map(|r| r.map_err(map_err(m::SERVICES6))).collect()
     }
 
     /// Every conntrack entry.
@@ -1223,6 +1247,10 @@ impl Datapath {
                     "sock_sendmsg4" => "cgroup sendmsg4",
                     "sock_recvmsg4" => "cgroup recvmsg4",
                     "sock_getpeername4" => "cgroup getpeername4",
+                    "sock_connect6" => "cgroup connect6",
+                    "sock_sendmsg6" => "cgroup sendmsg6",
+                    "sock_recvmsg6" => "cgroup recvmsg6",
+                    "sock_getpeername6" => "cgroup getpeername6",
                     _ => "",
                 };
                 Some(ProgramSummary {

@@ -627,6 +627,7 @@ fn nat_fixture_sized(flags1: u32, port_min: u16, port_max: u16, ct_entries: u32)
             dest_port_limit: 0,
             nr_cpus: Datapath::quota_cpus(),
             _pad2: 0,
+            uplink_addr6: [0; 16],
         })
         .unwrap();
     // As the daemon does without --publish-from: any source.

@@ -1,7 +1,8 @@
 //! The resolver: containers of a user-defined bridge network find each
 //! other by name.
 //!
-//! It listens on UDP and TCP port 53 of each such network's gateway, in
+//! It listens on UDP and TCP port 53 of each such network's gateway (both
+//! gateways of a dual-stack network), in
 //! the daemon's namespace, answers names of the asking container's
 //! networks from a table built from the state at every commit
 //! ([`Resolver::update`]), and forwards the rest upstream.
@@ -17,11 +18,11 @@ mod names;
 mod server;
 
 pub use forward::{from_resolv_conf, parse_upstream};
-pub use names::{has_names, resolver_of};
+pub use names::{has_names, resolver_of, resolver6_of};
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -99,7 +100,7 @@ pub struct Resolver {
     shared: Arc<Shared>,
     /// Upstreams given to the daemon; empty: the host's, followed.
     fixed: bool,
-    listeners: Mutex<HashMap<Ipv4Addr, tokio::task::JoinHandle<()>>>,
+    listeners: Mutex<HashMap<IpAddr, tokio::task::JoinHandle<()>>>,
 }
 
 impl Resolver {

@@ -11,7 +11,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use crate::model::{Container, Network, State};
@@ -63,7 +63,11 @@ pub enum Reverse {
 pub struct Names {
     nets: HashMap<String, NetNames>,
     clients: HashMap<Ipv4Addr, Client>,
-    gateways: BTreeSet<Ipv4Addr>,
+    /// A dual-stack client's IPv6 address, to the IPv4 address its
+    /// [`Client`] is keyed by (the same endpoint).
+    clients6: HashMap<Ipv6Addr, Ipv4Addr>,
+    /// IPv4 and IPv6 gateways the resolver listens on.
+    gateways: BTreeSet<IpAddr>,
 }
 
 /// A network whose containers are named: a bridge network made by a user
@@ -95,12 +99,19 @@ pub fn resolver_of(n: &Network) -> Option<Ipv4Addr> {
     has_names(n).then(|| n.ipam.map(|i| i.gateway)).flatten()
 }
 
+/// The resolver's IPv6 address in a dual-stack network that has one: its
+/// IPv6 gateway.
+pub fn resolver6_of(n: &Network) -> Option<Ipv6Addr> {
+    resolver_of(n).and(n.ipam6.as_ref().map(|i| i.gateway))
+}
+
 impl Names {
     /// The table for `state`; `upstreams_of` gives a container's own upstreams.
     pub fn build(state: &State, upstreams_of: impl Fn(&Container) -> Vec<SocketAddr>) -> Names {
         let mut t = Names::default();
         for n in state.networks.values().filter(|n| has_names(n)) {
-            t.gateways.extend(resolver_of(n));
+            t.gateways.extend(resolver_of(n).map(IpAddr::V4));
+            t.gateways.extend(resolver6_of(n).map(IpAddr::V6));
             t.nets.insert(
                 n.id.clone(),
                 NetNames {
@@ -149,16 +160,35 @@ impl Names {
             if client.networks.is_empty() {
                 continue;
             }
-            for ip in c.endpoints.iter().filter_map(|e| e.ip) {
-                t.clients.insert(ip, client.clone());
+            for e in &c.endpoints {
+                if let Some(ip) = e.ip {
+                    t.clients.insert(ip, client.clone());
+                    if let Some(ip6) = e.ip6 {
+                        t.clients6.insert(ip6, ip);
+                    }
+                }
             }
         }
         t
     }
 
     /// The gateway addresses the resolver listens on.
-    pub fn gateways(&self) -> &BTreeSet<Ipv4Addr> {
+    pub fn gateways(&self) -> &BTreeSet<IpAddr> {
         &self.gateways
+    }
+
+    /// The address a client is known by: its IPv4 address, also when it
+    /// asks from its IPv6 one (the client of a dual-stack endpoint is the
+    /// same over both; the source is trustworthy under the datapath's
+    /// anti-spoofing).
+    pub fn client_addr(&self, src: IpAddr) -> Option<Ipv4Addr> {
+        match src {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(a) => Some(a),
+                None => self.clients6.get(&a).copied(),
+            },
+        }
     }
 
     /// The client with this source address, if it may ask.
@@ -230,6 +260,7 @@ pub(crate) mod tests {
             dp_id: 1,
             host_address: None,
             runtime: None,
+            runtime_ipam: false,
         }
     }
 
@@ -368,7 +399,7 @@ pub(crate) mod tests {
     fn listens_on_user_defined_bridge_gateways_only() {
         let t = Names::build(&sample(), |_| vec![]);
         let g: Vec<_> = t.gateways().iter().copied().collect();
-        assert_eq!(g, vec![ip("10.1.0.1"), ip("10.2.0.1"), ip("10.3.0.1")]);
+        assert_eq!(g, vec![ipa("10.1.0.1"), ipa("10.2.0.1"), ipa("10.3.0.1")]);
     }
 
     #[test]

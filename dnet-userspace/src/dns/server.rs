@@ -1,17 +1,18 @@
-//! The listeners: UDP and TCP port 53 on one gateway address, in the
-//! daemon's namespace (the gateway sits on `lo`). Each query is answered
+//! The listeners: UDP and TCP port 53 on one gateway address, IPv4 or
+//! IPv6, in the daemon's namespace (the gateway sits on `lo`). Each query is answered
 //! from the current names table; forwards run as tasks of their own, a
 //! bounded number at a time.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsRawFd as _, OwnedFd, RawFd},
     sync::Arc,
     time::Duration,
 };
 
 use nix::sys::socket::{
-    AddressFamily, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket, sockopt,
+    AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, listen, setsockopt, socket,
+    sockopt,
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -34,25 +35,34 @@ const MAX_TCP: usize = 64;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// A socket bound to `addr`:53 that may be made before the address exists
-/// (`IP_FREEBIND`: the gateway is put on `lo` by the same daemon).
-fn bound(addr: Ipv4Addr, ty: SockType) -> std::io::Result<OwnedFd> {
+/// (`IP_FREEBIND`, which IPv6 sockets honour too: the gateway is put on
+/// `lo` by the same daemon).
+fn bound(addr: IpAddr, ty: SockType) -> std::io::Result<OwnedFd> {
+    let family = match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
     let fd = socket(
-        AddressFamily::Inet,
+        family,
         ty,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     setsockopt(&fd, sockopt::IpFreebind, &true)?;
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::from(SocketAddrV4::new(addr, PORT)),
-    )?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    match addr {
+        IpAddr::V4(a) => bind(raw, &SockaddrIn::from(SocketAddrV4::new(a, PORT)))?,
+        IpAddr::V6(a) => {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+            bind(raw, &SockaddrIn6::from(SocketAddrV6::new(a, PORT, 0, 0)))?
+        }
+    }
     Ok(fd)
 }
 
 /// Binds both sockets of `addr`, then serves them until aborted.
-pub fn start(addr: Ipv4Addr, shared: Arc<Shared>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn start(addr: IpAddr, shared: Arc<Shared>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let udp = UdpSocket::from_std(std::net::UdpSocket::from(bound(addr, SockType::Datagram)?))?;
     let tcp = bound(addr, SockType::Stream)?;
     listen(&tcp, nix::sys::socket::Backlog::new(128)?)?;
@@ -69,14 +79,14 @@ const BATCH: usize = 32;
 const DGRAM: usize = 4096;
 
 type MmsgArrays = (
-    [libc::sockaddr_in; BATCH],
+    [libc::sockaddr_in6; BATCH],
     [libc::iovec; BATCH],
     [libc::mmsghdr; BATCH],
 );
 
 /// Zeroed addresses, iovecs and headers for one `recvmmsg`/`sendmmsg`.
 fn mmsg_arrays() -> MmsgArrays {
-    // SAFETY: sockaddr_in, iovec and mmsghdr are plain C structs (integers
+    // SAFETY: sockaddr_in6, iovec and mmsghdr are plain C structs (integers
     // and raw pointers) for which all-zero bytes are a valid value.
     unsafe { std::mem::zeroed() }
 }
@@ -85,7 +95,7 @@ fn mmsg_arrays() -> MmsgArrays {
 struct Received {
     bufs: Vec<[u8; DGRAM]>,
     lens: [usize; BATCH],
-    from: [Option<SocketAddrV4>; BATCH],
+    from: [Option<SocketAddr>; BATCH],
     n: usize,
 }
 
@@ -112,12 +122,12 @@ impl Received {
             iov.iov_base = buf.as_mut_ptr().cast();
             iov.iov_len = DGRAM;
             h.msg_hdr.msg_name = std::ptr::from_mut(addr).cast();
-            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
             h.msg_hdr.msg_iov = iov;
             h.msg_hdr.msg_iovlen = 1;
         }
         // SAFETY: every header points at an iovec of DGRAM bytes inside
-        // self.bufs and at a sockaddr_in, all alive and not otherwise
+        // self.bufs and at a sockaddr_in6 (room for either family), all alive and not otherwise
         // borrowed during the call; the kernel writes at most BATCH
         // headers and within those bounds.
         let r = unsafe {
@@ -135,13 +145,7 @@ impl Received {
         self.n = r as usize;
         for i in 0..self.n {
             self.lens[i] = (hdrs[i].msg_len as usize).min(DGRAM);
-            let a = &addrs[i];
-            self.from[i] = (i32::from(a.sin_family) == libc::AF_INET).then(|| {
-                SocketAddrV4::new(
-                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                    u16::from_be(a.sin_port),
-                )
-            });
+            self.from[i] = from_raw(&addrs[i]);
         }
         Ok(())
     }
@@ -149,22 +153,20 @@ impl Received {
 
 /// Sends as many of `replies` as the socket takes in one system call
 /// (`sendmmsg`, without waiting); how many went, or `WouldBlock`.
-fn send_batch(fd: RawFd, replies: &[(Vec<u8>, SocketAddrV4)]) -> std::io::Result<usize> {
+fn send_batch(fd: RawFd, replies: &[(Vec<u8>, SocketAddr)]) -> std::io::Result<usize> {
     let n = replies.len().min(BATCH);
     let (mut addrs, mut iovs, mut hdrs) = mmsg_arrays();
     for i in 0..n {
         let (bytes, to) = &replies[i];
-        addrs[i].sin_family = libc::AF_INET as libc::sa_family_t;
-        addrs[i].sin_port = to.port().to_be();
-        addrs[i].sin_addr.s_addr = u32::from(*to.ip()).to_be();
+        let len = to_raw(to, &mut addrs[i]);
         iovs[i].iov_base = bytes.as_ptr().cast_mut().cast();
         iovs[i].iov_len = bytes.len();
         hdrs[i].msg_hdr.msg_name = std::ptr::from_mut(&mut addrs[i]).cast();
-        hdrs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        hdrs[i].msg_hdr.msg_namelen = len;
         hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
         hdrs[i].msg_hdr.msg_iovlen = 1;
     }
-    // SAFETY: the first n headers point at live sockaddr_in values and at
+    // SAFETY: the first n headers point at live socket addresses and at
     // iovecs over the replies' bytes, which the kernel only reads.
     let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
     if r < 0 {
@@ -173,12 +175,58 @@ fn send_batch(fd: RawFd, replies: &[(Vec<u8>, SocketAddrV4)]) -> std::io::Result
     Ok(r as usize)
 }
 
+/// A datagram's source, from the address `recvmmsg` wrote.
+fn from_raw(a: &libc::sockaddr_in6) -> Option<SocketAddr> {
+    match i32::from(a.sin6_family) {
+        libc::AF_INET => {
+            // SAFETY: an AF_INET address is a sockaddr_in, which is smaller
+            // than the sockaddr_in6 it was written into and shares its
+            // alignment.
+            let a4 = unsafe { &*std::ptr::from_ref(a).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a4.sin_addr.s_addr)),
+                u16::from_be(a4.sin_port),
+            )))
+        }
+        libc::AF_INET6 => Some(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(a.sin6_addr.s6_addr),
+            u16::from_be(a.sin6_port),
+            a.sin6_flowinfo,
+            a.sin6_scope_id,
+        ))),
+        _ => None,
+    }
+}
+
+/// Writes `to` into `raw` for `sendmmsg`; its length.
+fn to_raw(to: &SocketAddr, raw: &mut libc::sockaddr_in6) -> libc::socklen_t {
+    match to {
+        SocketAddr::V4(to) => {
+            // SAFETY: as in `from_raw`: a sockaddr_in fits in, and is
+            // aligned as, the sockaddr_in6 it is written into.
+            let a4 = unsafe { &mut *std::ptr::from_mut(raw).cast::<libc::sockaddr_in>() };
+            a4.sin_family = libc::AF_INET as libc::sa_family_t;
+            a4.sin_port = to.port().to_be();
+            a4.sin_addr.s_addr = u32::from(*to.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(to) => {
+            raw.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            raw.sin6_port = to.port().to_be();
+            raw.sin6_addr.s6_addr = to.ip().octets();
+            raw.sin6_flowinfo = to.flowinfo();
+            raw.sin6_scope_id = to.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
 async fn serve_udp(sock: UdpSocket, shared: Arc<Shared>) {
     let sock = Arc::new(sock);
     let fd = sock.as_raw_fd();
     let slots = Arc::new(Semaphore::new(MAX_FORWARDS));
     let mut got = Received::new();
-    let mut replies: Vec<(Vec<u8>, SocketAddrV4)> = Vec::with_capacity(BATCH);
+    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
     let mut view = View::new(&shared);
     loop {
         if let Err(e) = sock
@@ -192,12 +240,17 @@ async fn serve_udp(sock: UdpSocket, shared: Arc<Shared>) {
         let names = view.current(&shared);
         for i in 0..got.n {
             let Some(from) = got.from[i] else { continue };
+            // An IPv6 client is known by its endpoint's IPv4 address; an
+            // unknown one is answered as any unknown source is.
+            let src = names
+                .client_addr(from.ip())
+                .unwrap_or(Ipv4Addr::UNSPECIFIED);
             let query = &got.bufs[i][..got.lens[i]];
-            match answer::answer(query, names, *from.ip(), true) {
+            match answer::answer(query, names, src, true) {
                 Outcome::Reply(r) => replies.push((r, from)),
                 Outcome::Drop => {}
                 Outcome::Forward => {
-                    let ups = shared.upstreams_for(names, *from.ip());
+                    let ups = shared.upstreams_for(names, src);
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         replies.extend(answer::servfail(query).map(|r| (r, from)));
                         continue;
@@ -209,7 +262,7 @@ async fn serve_udp(sock: UdpSocket, shared: Arc<Shared>) {
                             None => answer::servfail(&query),
                         };
                         if let Some(r) = r {
-                            let _ = sock.send_to(&r, SocketAddr::V4(from)).await;
+                            let _ = sock.send_to(&r, from).await;
                         }
                         drop(permit);
                     });
@@ -245,21 +298,20 @@ async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let SocketAddr::V4(src) = from else { continue };
         // Beyond the limit the connection is closed at once.
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _ = serve_conn(stream, *src.ip(), &shared).await;
+            let _ = serve_conn(stream, from.ip(), &shared).await;
             drop(permit);
         });
     }
 }
 
 /// Queries of one TCP connection (two-byte length, then the message), in turn.
-async fn serve_conn(mut s: TcpStream, src: Ipv4Addr, shared: &Shared) -> std::io::Result<()> {
+async fn serve_conn(mut s: TcpStream, from: IpAddr, shared: &Shared) -> std::io::Result<()> {
     loop {
         let Ok(len) = tokio::time::timeout(TCP_IDLE, s.read_u16()).await else {
             return Ok(());
@@ -269,6 +321,7 @@ async fn serve_conn(mut s: TcpStream, src: Ipv4Addr, shared: &Shared) -> std::io
             .await
             .map_err(|_| std::io::ErrorKind::TimedOut)??;
         let names = shared.names();
+        let src = names.client_addr(from).unwrap_or(Ipv4Addr::UNSPECIFIED);
         let r = match answer::answer(&query, &names, src, false) {
             Outcome::Reply(r) => r,
             Outcome::Drop => return Ok(()),
@@ -341,11 +394,12 @@ mod tests {
             let i = i as u8;
             assert_eq!(bytes, &vec![i; usize::from(i) % 20 + 1]);
             let want = if i.is_multiple_of(2) { v4(&b) } else { v4(&c) };
-            assert_eq!(*from, Some(want), "datagram {i}");
+            assert_eq!(*from, Some(SocketAddr::V4(want)), "datagram {i}");
         }
         // 40 answers to b: two calls at least, every one arrives in order.
-        let replies: Vec<(Vec<u8>, SocketAddrV4)> =
-            (0..40u8).map(|i| (vec![i; 3], v4(&b))).collect();
+        let replies: Vec<(Vec<u8>, SocketAddr)> = (0..40u8)
+            .map(|i| (vec![i; 3], SocketAddr::V4(v4(&b))))
+            .collect();
         let mut sent = 0;
         let mut calls = 0;
         while sent < replies.len() {

@@ -5,22 +5,18 @@
 use std::collections::BTreeMap;
 
 use super::protocol::{AddressAnswer, AddressRequest, Empty, PoolAnswer, RequestPool};
-use crate::{engine::Engine, error::Result, invalid};
+use crate::{engine::Engine, error::Result};
 
 /// What Docker puts in `Options` when it asks for the gateway.
 const REQUEST_ADDRESS_TYPE: &str = "RequestAddressType";
 const GATEWAY: &str = "com.docker.network.gateway";
 
 pub async fn request_pool(e: &Engine, r: RequestPool) -> Result<PoolAnswer> {
-    if r.v6 {
-        return Err(invalid!(
-            "dnet networks are IPv4 only: create the network without --ipv6"
-        ));
-    }
     let subnet = e
         .request_pool(
             (!r.pool.is_empty()).then_some(r.pool.as_str()),
             (!r.sub_pool.is_empty()).then_some(r.sub_pool.as_str()),
+            r.v6,
         )
         .await?;
     Ok(PoolAnswer {

@@ -71,11 +71,14 @@ macro_rules! calls {
         $router
         $(
             .route(concat!("/", $path), post(|State(e): St, body: Bytes| async move {
+                let start = std::time::Instant::now();
                 let r = async {
                     let req = protocol::parse(&body).map_err(Error::Invalid)?;
                     $f(&e, req).await
                 };
-                reply($path, r.await)
+                let r = r.await;
+                tracing::debug!(call = $path, took_us = start.elapsed().as_micros() as u64, "docker call");
+                reply($path, r)
             }))
         )*
     };

@@ -3,7 +3,10 @@
 //! keeps as runtime refs (`docker` + id); every handler is idempotent,
 //! because dockerd retries a call whose connection failed.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use serde_json::Value;
 
@@ -178,12 +181,17 @@ pub fn network_request(r: &CreateNetwork) -> Result<NetworkCreate> {
 
 pub async fn create_network(e: &Engine, r: CreateNetwork) -> Result<Empty> {
     let mut req = network_request(&r)?;
-    // With dnet's IPAM, the range the pool was asked with (Docker does not
-    // tell the driver).
+    // With dnet's IPAM, the ranges the pools were asked with (Docker does
+    // not tell the driver).
     if let Some(subnet) = &req.subnet
         && let Some(range) = e.pool_range(subnet).await
     {
         req.ip_range = Some(range.to_string());
+    }
+    if let Some(subnet6) = &req.subnet6
+        && let Some(range6) = e.pool_range(subnet6).await
+    {
+        req.ip_range6 = Some(range6.to_string());
     }
     let (net, made) = e
         .create_runtime_network(req, docker_ref(&r.network_id))
@@ -229,13 +237,24 @@ pub async fn create_endpoint(e: &Engine, r: CreateEndpoint) -> Result<CreateEndp
     // with Docker's 10 s timeout, still holds its veth. Other endpoints
     // whose veth is on its way out are waited for a short while (well
     // under any timeout of Docker's, which has none).
-    if let Some(ip) = &req.ip {
-        let ip: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| invalid!("bad address {ip:?} from Docker: expected IPv4"))?;
-        e.collect_runtime_holders(&net.id, &docker_ref(&r.endpoint_id), ip)
-            .await?;
-    }
+    let ip: Option<Ipv4Addr> = req
+        .ip
+        .as_deref()
+        .map(|ip| {
+            ip.parse()
+                .map_err(|_| invalid!("bad address {ip:?} from Docker: expected IPv4"))
+        })
+        .transpose()?;
+    let ip6: Option<Ipv6Addr> = req
+        .ip6
+        .as_deref()
+        .map(|ip| {
+            ip.parse()
+                .map_err(|_| invalid!("bad address {ip:?} from Docker: expected IPv6"))
+        })
+        .transpose()?;
+    e.collect_runtime_holders(&net.id, &docker_ref(&r.endpoint_id), ip, ip6)
+        .await?;
     let mut tries = 0;
     let resp = loop {
         e.collect_runtime_endpoints().await?;

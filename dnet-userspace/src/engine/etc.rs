@@ -16,7 +16,7 @@
 use std::{
     fs,
     io::Write as _,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
@@ -38,7 +38,15 @@ const HOSTNAME: &str = "/etc/hostname";
 const RESOLVED_DIR: &str = "/run/systemd/resolve";
 
 /// The container's resolv.conf, from the host's (`host`).
-pub(super) fn resolv_conf(host: &str, resolver: Option<Ipv4Addr>, dns: &[Ipv4Addr]) -> String {
+///
+/// `resolver6`: the same resolver's IPv6 address, listed after the IPv4 one
+/// (as Docker does) for a container that is dual-stack on its network.
+pub(super) fn resolv_conf(
+    host: &str,
+    resolver: Option<Ipv4Addr>,
+    resolver6: Option<Ipv6Addr>,
+    dns: &[Ipv4Addr],
+) -> String {
     let mut search = None;
     let mut options: Vec<&str> = Vec::new();
     let mut servers: Vec<IpAddr> = Vec::new();
@@ -52,7 +60,10 @@ pub(super) fn resolv_conf(host: &str, resolver: Option<Ipv4Addr>, dns: &[Ipv4Add
         }
     }
     let servers: Vec<IpAddr> = match (resolver, dns) {
-        (Some(r), _) => vec![r.into()],
+        (Some(r), _) => [Some(r.into()), resolver6.map(IpAddr::V6)]
+            .into_iter()
+            .flatten()
+            .collect(),
         (None, [_, ..]) => dns.iter().map(|&a| a.into()).collect(),
         (None, []) => {
             // dnet containers have IPv4 only, and a loopback address is
@@ -215,13 +226,18 @@ impl Inner {
         // The resolver of its first network that has one (Docker's embedded
         // resolver serves a container from the first user-defined network
         // it joins).
-        let resolver = c
+        // Its IPv6 address too where the container has IPv6 on that network.
+        let (resolver, resolver6) = c
             .endpoints
             .iter()
             .filter(|e| e.ip.is_some())
-            .filter_map(|e| self.state.networks.get(&e.network_id))
-            .find_map(crate::dns::resolver_of);
-        let rc = resolv_conf(&self.host_resolv, resolver, &c.dns);
+            .filter_map(|e| Some((e, self.state.networks.get(&e.network_id)?)))
+            .find_map(|(e, n)| {
+                let r = crate::dns::resolver_of(n)?;
+                Some((r, crate::dns::resolver6_of(n).filter(|_| e.ip6.is_some())))
+            })
+            .unzip();
+        let rc = resolv_conf(&self.host_resolv, resolver, resolver6.flatten(), &c.dns);
         let ips: Vec<std::net::IpAddr> = c
             .endpoints
             .iter()
@@ -304,7 +320,7 @@ mod tests {
 
     #[test]
     fn user_defined_networks_name_their_resolver_with_the_hosts_search_and_options() {
-        let t = resolv_conf(HOST, Some(Ipv4Addr::new(172, 18, 0, 1)), &[]);
+        let t = resolv_conf(HOST, Some(Ipv4Addr::new(172, 18, 0, 1)), None, &[]);
         assert_eq!(
             t,
             "# Made by dnet for this container.\nnameserver 172.18.0.1\n\
@@ -315,25 +331,37 @@ mod tests {
         let t2 = resolv_conf(
             HOST,
             Some(Ipv4Addr::new(172, 18, 0, 1)),
+            None,
             &[Ipv4Addr::new(9, 9, 9, 9)],
         );
         assert_eq!(t, t2);
+        // A dual-stack container: the IPv6 gateway after the IPv4 one.
+        let t = resolv_conf(
+            HOST,
+            Some(Ipv4Addr::new(172, 18, 0, 1)),
+            Some("fd00:18::1".parse().unwrap()),
+            &[],
+        );
+        assert!(
+            t.contains("nameserver 172.18.0.1\nnameserver fd00:18::1\nsearch"),
+            "{t}"
+        );
     }
 
     #[test]
     fn the_default_bridge_gets_the_hosts_upstreams_minus_loopback() {
-        let t = resolv_conf(HOST, None, &[]);
+        let t = resolv_conf(HOST, None, None, &[]);
         assert_eq!(
             t,
             "# Made by dnet for this container.\nnameserver 10.0.0.2\n\
              search corp.example lab.example\noptions ndots:2 edns0\n"
         );
-        let t = resolv_conf("nameserver 127.0.0.53\n", None, &[]);
+        let t = resolv_conf("nameserver 127.0.0.53\n", None, None, &[]);
         assert!(
             t.contains("nameserver 8.8.8.8\nnameserver 8.8.4.4\n"),
             "{t}"
         );
-        let t = resolv_conf(HOST, None, &[Ipv4Addr::new(9, 9, 9, 9)]);
+        let t = resolv_conf(HOST, None, None, &[Ipv4Addr::new(9, 9, 9, 9)]);
         assert!(
             t.contains("nameserver 9.9.9.9\n") && !t.contains("10.0.0.2"),
             "{t}"

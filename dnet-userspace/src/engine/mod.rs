@@ -716,7 +716,7 @@ impl Inner {
             let (k, v) = spec::parse_option(o)?;
             options.insert(k, v);
         }
-        let (ipam6, ula48) = self.choose_ipam6(&req, driver_kind).await?;
+        let (ipam6, ula48) = self.choose_ipam6(&req, Some(driver_kind), &[]).await?;
         let ipam = if caps.addresses {
             Some(self.choose_ipam(&req, Some(driver_kind), &[]).await?)
         } else {
@@ -745,6 +745,7 @@ impl Inner {
             dp_id,
             host_address: None,
             runtime,
+            runtime_ipam: false,
         };
         let driver = driver::driver(driver_kind);
         driver.validate(&self.ctx, &self.state, &mut net).await?;
@@ -849,10 +850,14 @@ impl Inner {
 
     /// The IPv6 side of a new network (`None`: IPv4 only), and the ULA /48
     /// when this is the first time one is chosen (to be committed with it).
+    /// `held`: the IPv6 pools handed out for another runtime's networks;
+    /// without a kind, a pool for such a network (the runtime does not say
+    /// its driver: the network must then be one that can be dual-stack).
     async fn choose_ipam6(
         &self,
         req: &NetworkCreate,
-        kind: DriverKind,
+        kind: Option<DriverKind>,
+        held: &[Ipv6Network],
     ) -> Result<(Option<Ipam6>, Option<Ipv6Network>)> {
         if !req.ipv6 {
             if let Some(s) = req.subnet6.as_ref().or(req.gateway6.as_ref()) {
@@ -867,17 +872,20 @@ impl Inner {
             }
             return Ok((None, None));
         }
-        if !driver::caps(kind).ipv6 {
+        if let Some(kind) = kind
+            && !driver::caps(kind).ipv6
+        {
             return Err(invalid!(
                 "--ipv6 is supported on bridge networks only (not {kind})"
             ));
         }
-        let others: Vec<(&str, Ipv6Network)> = self
+        let mut others: Vec<(String, Ipv6Network)> = self
             .state
             .networks
             .values()
-            .filter_map(|n| n.ipam6.map(|i| (n.name.as_str(), i.subnet)))
+            .filter_map(|n| n.ipam6.map(|i| (format!("network {:?}", n.name), i.subnet)))
             .collect();
+        others.extend(held.iter().map(|s| ("a pool handed out".to_owned(), *s)));
         let routes = self.routed_subnets6().await?;
         let mut new_ula = None;
         let subnet = match &req.subnet6 {
@@ -909,9 +917,9 @@ impl Inner {
             .map(|r| parse_net6("ip-range", r))
             .transpose()?;
         let pool = Pool6::new(subnet, gateway, range)?;
-        if let Some((name, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
+        if let Some((what, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
             return Err(conflict!(
-                "IPv6 subnet {} overlaps {s} of network {name:?}",
+                "IPv6 subnet {} overlaps {s} of {what}",
                 pool.subnet
             ));
         }

@@ -141,6 +141,22 @@ impl Inner {
                 .map(|a| a.ip),
             None => None,
         };
+        // NAT66 translates to the uplink's global IPv6 address (a unique
+        // local one when it has no global one), if it has one.
+        let addr6 = match &link {
+            Some(l) => uplink_addr6(
+                &self
+                    .ctx
+                    .nl
+                    .addresses6(Some(l.index))
+                    .await?
+                    .into_iter()
+                    .filter(|a| !a.dnet)
+                    .map(|a| a.ip)
+                    .collect::<Vec<_>>(),
+            ),
+            None => None,
+        };
         let mut cfg = DpConfig {
             nat_port_min: opts.ports.0,
             nat_port_max: opts.ports.1,
@@ -156,6 +172,9 @@ impl Inner {
             self.ctx.dp.attach_uplink(&l.name)?;
             cfg.uplink_ifindex = l.index;
             cfg.uplink_addr_be = ipv4_be(a);
+        }
+        if let (Some(_), Some(a6)) = (&link, addr6) {
+            cfg.uplink_addr6 = a6.octets();
         }
         let old = self.ctx.dp.config().ok();
         if self.ctx.uplink.as_ref().map(|l| (l.index, &l.name))
@@ -237,4 +256,17 @@ impl Inner {
             tracing::warn!("removing flows: {e}");
         }
     }
+}
+
+/// The address NAT66 translates to among an uplink's IPv6 addresses: the
+/// first global unicast one (`2000::/3`), else the first unique local one
+/// (`fc00::/7`); never link-local, loopback or multicast.
+pub(crate) fn uplink_addr6(addrs: &[std::net::Ipv6Addr]) -> Option<std::net::Ipv6Addr> {
+    let global = |a: &std::net::Ipv6Addr| a.segments()[0] & 0xe000 == 0x2000;
+    let ula = |a: &std::net::Ipv6Addr| a.segments()[0] & 0xfe00 == 0xfc00;
+    addrs
+        .iter()
+        .find(|a| global(a))
+        .or_else(|| addrs.iter().find(|a| ula(a)))
+        .copied()
 }

@@ -2,49 +2,96 @@
 //! containers, and keeping the datapath's service map equal to the state.
 
 use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket},
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
 };
 
-use dnet_common::{Service, ServiceKey, addr::ipv4_be};
+use dnet_common::{Service, Service6, ServiceKey, ServiceKey6, addr::ipv4_be};
 
 use super::Inner;
 use crate::{
     conflict,
     error::{Error, Result},
     invalid,
-    model::{Container, Network, State},
+    model::{Container, Endpoint, Network, State},
     spec::{PortMapping, Proto},
 };
 
+/// The published ports of a container one family answers, each as (host
+/// address, host port, container port, protocol): a mapping without an
+/// address is in both families, one with an address in that address's.
+fn ports_of<'a, const V6: bool>(
+    c: &'a Container,
+) -> impl Iterator<Item = (Option<IpAddr>, u16, u16, u8)> + 'a {
+    c.ports
+        .iter()
+        .filter(|m| m.host_ip.is_none_or(|ip| ip.is_ipv6() == V6))
+        .flat_map(|m| {
+            (0..m.count).map(move |i| {
+                (
+                    m.host_ip,
+                    m.host_port + i,
+                    m.container_port + i,
+                    m.proto.number(),
+                )
+            })
+        })
+}
+
 /// The keys of a container's published ports, one per port.
 fn service_keys(c: &Container) -> impl Iterator<Item = (ServiceKey, u16)> + '_ {
-    c.ports.iter().flat_map(|m| {
-        (0..m.count).map(move |i| {
-            (
-                ServiceKey {
-                    addr_be: m.host_ip.map(ipv4_be).unwrap_or(0),
-                    port_be: (m.host_port + i).to_be(),
-                    proto: m.proto.number(),
-                    _pad: 0,
-                },
-                m.container_port + i,
-            )
-        })
+    ports_of::<false>(c).map(|(ip, host_port, port, proto)| {
+        let addr_be = match ip {
+            Some(IpAddr::V4(a)) => ipv4_be(a),
+            _ => 0,
+        };
+        (
+            ServiceKey {
+                addr_be,
+                port_be: host_port.to_be(),
+                proto,
+                _pad: 0,
+            },
+            port,
+        )
+    })
+}
+
+/// The keys of a container's ports published over IPv6, one per port.
+fn service_keys6(c: &Container) -> impl Iterator<Item = (ServiceKey6, u16)> + '_ {
+    ports_of::<true>(c).map(|(ip, host_port, port, proto)| {
+        let addr = match ip {
+            Some(IpAddr::V6(a)) => a.octets(),
+            _ => [0; 16],
+        };
+        (
+            ServiceKey6 {
+                addr,
+                port_be: host_port.to_be(),
+                proto,
+                _pad: 0,
+            },
+            port,
+        )
+    })
+}
+
+/// The endpoint a container's published ports lead to: its first on a
+/// bridge network that is not internal. With none, they lead nowhere (a
+/// port never moves onto an internal network, where nothing from outside
+/// may reach) until the container joins such a network again.
+fn backend_of<'a>(st: &State, c: &'a Container) -> Option<&'a Endpoint> {
+    c.endpoints.iter().find(|e| {
+        st.networks.get(&e.network_id).is_some_and(|net| {
+            crate::driver::caps(net.driver).ports && !net.internal && e.host_ifname.is_some()
+        }) && e.ip.is_some()
     })
 }
 
 /// The service entries a container's published ports need: to its address
-/// on its first bridge network that is not internal. With none, they lead
-/// nowhere (a port never moves onto an internal network, where nothing
-/// from outside may reach) until the container joins such a network again.
+/// on the endpoint [`backend_of`] picks.
 pub fn services_of(st: &State, c: &Container) -> Vec<(ServiceKey, Service)> {
-    let Some(ip) = c.endpoints.iter().find_map(|e| {
-        let net = st.networks.get(&e.network_id)?;
-        (crate::driver::caps(net.driver).ports && !net.internal)
-            .then_some(e.host_ifname.as_ref().and(e.ip))
-            .flatten()
-    }) else {
+    let Some(ip) = backend_of(st, c).and_then(|e| e.ip) else {
         return Vec::new();
     };
     service_keys(c)
@@ -53,6 +100,28 @@ pub fn services_of(st: &State, c: &Container) -> Vec<(ServiceKey, Service)> {
                 k,
                 Service {
                     backend_be: ipv4_be(ip),
+                    backend_port_be: port.to_be(),
+                    _pad: 0,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The IPv6 service entries: to the IPv6 address of the same endpoint,
+/// when it is dual-stack. An IPv4-only container has none, and the host's
+/// IPv6 connections to its ports are refused by the kernel (dnet has no
+/// proxy to carry them over IPv4).
+pub fn services6_of(st: &State, c: &Container) -> Vec<(ServiceKey6, Service6)> {
+    let Some(ip6) = backend_of(st, c).and_then(|e| e.ip6) else {
+        return Vec::new();
+    };
+    service_keys6(c)
+        .map(|(k, port)| {
+            (
+                k,
+                Service6 {
+                    backend: ip6.octets(),
                     backend_port_be: port.to_be(),
                     _pad: 0,
                 },
@@ -70,11 +139,19 @@ pub fn services_of_state(st: &State) -> BTreeMap<(u32, u16, u8), Service> {
         .collect()
 }
 
+/// Every IPv6 service entry the state asks for.
+pub fn services6_of_state(st: &State) -> HashMap<ServiceKey6, Service6> {
+    st.containers
+        .values()
+        .flat_map(|c| services6_of(st, c))
+        .collect()
+}
+
 /// Can the host give this port away? A process listening on it (or an
 /// address the host does not have) says no, as `docker-proxy`'s bind
 /// would.
-fn host_port_free(ip: Option<Ipv4Addr>, port: u16, proto: Proto) -> Result<()> {
-    let addr = SocketAddrV4::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port);
+fn host_port_free(ip: Option<IpAddr>, port: u16, proto: Proto) -> Result<()> {
+    let addr = SocketAddr::new(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), port);
     let r = match proto {
         Proto::Tcp => TcpListener::bind(addr).map(drop),
         Proto::Udp => UdpSocket::bind(addr).map(drop),
@@ -147,26 +224,36 @@ impl Inner {
         // The datapath answers on the uplink's address and the host's
         // sockets on loopback: a port on any other address would never be
         // reached.
-        let uplink = self
-            .ctx
-            .dp
-            .config()
-            .ok()
-            .filter(|c| c.uplink_ifindex != 0)
-            .map(|c| dnet_common::addr::ipv4_from_be(c.uplink_addr_be));
+        let cfg = self.ctx.dp.config().ok().filter(|c| c.uplink_ifindex != 0);
+        let uplink = cfg.map(|c| dnet_common::addr::ipv4_from_be(c.uplink_addr_be));
+        let uplink6 = cfg
+            .map(|c| Ipv6Addr::from(c.uplink_addr6))
+            .filter(|a| !a.is_unspecified());
         for p in ports {
-            if let Some(ip) = p.host_ip
-                && !ip.is_loopback()
-                && Some(ip) != uplink
-            {
-                return Err(match uplink {
-                    Some(u) => invalid!(
-                        "ports can be published on the uplink's address ({u}), on a loopback address or on all addresses, not on {ip}"
-                    ),
-                    None => invalid!(
-                        "without an uplink, ports can be published on a loopback address only, not on {ip}"
-                    ),
-                });
+            match p.host_ip {
+                Some(IpAddr::V4(ip)) if !ip.is_loopback() && Some(ip) != uplink => {
+                    return Err(match uplink {
+                        Some(u) => invalid!(
+                            "ports can be published on the uplink's address ({u}), on a loopback address or on all addresses, not on {ip}"
+                        ),
+                        None => invalid!(
+                            "without an uplink, ports can be published on a loopback address only, not on {ip}"
+                        ),
+                    });
+                }
+                Some(IpAddr::V6(ip))
+                    if !ip.is_loopback() && !ip.is_unspecified() && Some(ip) != uplink6 =>
+                {
+                    return Err(match uplink6 {
+                        Some(u) => invalid!(
+                            "ports can be published on the uplink's IPv6 address ({u}), on ::1 or on all IPv6 addresses (::), not on {ip}"
+                        ),
+                        None => invalid!(
+                            "the uplink has no global IPv6 address: ports can be published on ::1 only, not on {ip}"
+                        ),
+                    });
+                }
+                _ => {}
             }
             for port in p.host_ports() {
                 host_port_free(p.host_ip, port, p.proto)?;
@@ -180,6 +267,9 @@ impl Inner {
         for (k, s) in services_of(&self.state, c) {
             self.ctx.dp.set_service(&k, &s)?;
         }
+        for (k, s) in services6_of(&self.state, c) {
+            self.ctx.dp.set_service6(&k, &s)?;
+        }
         Ok(())
     }
 
@@ -188,6 +278,11 @@ impl Inner {
         for (k, _) in service_keys(c) {
             if let Err(e) = self.ctx.dp.clear_service(&k) {
                 tracing::warn!(container = %c.name, "unpublishing: {e}");
+            }
+        }
+        for (k, _) in service_keys6(c) {
+            if let Err(e) = self.ctx.dp.clear_service6(&k) {
+                tracing::warn!(container = %c.name, "unpublishing over IPv6: {e}");
             }
         }
     }
@@ -218,6 +313,18 @@ impl Inner {
                 self.ctx.dp.set_service(&k, &s)?;
             }
         }
+        let want6 = services6_of_state(&self.state);
+        let have6: HashMap<ServiceKey6, Service6> = self.ctx.dp.services6()?.into_iter().collect();
+        for (k, s) in &have6 {
+            if want6.get(k) != Some(s) {
+                self.ctx.dp.clear_service6(k)?;
+            }
+        }
+        for (k, s) in &want6 {
+            if have6.get(k) != Some(s) {
+                self.ctx.dp.set_service6(k, s)?;
+            }
+        }
         Ok(())
     }
 }
@@ -242,6 +349,7 @@ mod tests {
             dp_id: 1,
             host_address: None,
             runtime: None,
+            runtime_ipam: false,
         }
     }
 
@@ -320,5 +428,47 @@ mod tests {
         let c = container(vec![endpoint("closed", "10.23.0.2")]);
         assert!(services_of(&st, &c).is_empty());
         assert_eq!(service_keys(&c).count(), 4, "their keys stay known");
+    }
+
+    #[test]
+    fn a_dual_stack_container_publishes_over_ipv6_in_the_families_asked() {
+        let mut e = endpoint("n", "172.17.0.2");
+        let mut c = container(vec![e.clone()]);
+        assert!(services6_of(&state(), &c).is_empty(), "IPv4-only: none");
+        e.ip6 = Some("fd00::2".parse().unwrap());
+        c.endpoints = vec![e];
+        c.ports = vec![
+            "8080:80".parse().unwrap(),
+            "127.0.0.1:8081:81".parse().unwrap(),
+            "[::1]:8082:82/udp".parse().unwrap(),
+            "[::]:8083:83".parse().unwrap(),
+        ];
+        let v4: Vec<u16> = services_of(&state(), &c)
+            .iter()
+            .map(|(k, _)| u16::from_be(k.port_be))
+            .collect();
+        assert_eq!(v4, [8080, 8081]);
+        let v6 = services6_of(&state(), &c);
+        let got: Vec<(u16, [u8; 16], u16)> = v6
+            .iter()
+            .map(|(k, s)| {
+                (
+                    u16::from_be(k.port_be),
+                    k.addr,
+                    u16::from_be(s.backend_port_be),
+                )
+            })
+            .collect();
+        let lo: std::net::Ipv6Addr = "::1".parse().unwrap();
+        assert_eq!(
+            got,
+            [
+                (8080, [0; 16], 80),
+                (8082, lo.octets(), 82),
+                (8083, [0; 16], 83)
+            ]
+        );
+        let ip6: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+        assert!(v6.iter().all(|(_, s)| s.backend == ip6.octets()));
     }
 }

@@ -1,27 +1,29 @@
 //! dnet's IPAM for another runtime (Docker's `--ipam-driver`): pools and
 //! addresses handed out before the runtime creates the network and its
-//! endpoints, drawn by the same rules as dnet's own networks.
+//! endpoints, drawn by the same rules as dnet's own networks, for IPv4 and
+//! IPv6 (`docker network create --ipv6`) alike.
 //!
 //! A pool is known by its subnet. Until the runtime creates its network, a
 //! pool is pending here (with its range and gateway); an address handed out
 //! is reserved until the runtime releases it (its endpoint holds it by
 //! then). Both live in memory only: an endpoint's address is in the state
 //! once attached, and a pool becomes a network at once; what is lost in a
-//! restart between the two steps is the runtime's retry to make again.
+//! restart between the two steps is the runtime's retry to make again. A
+//! network made from a pool is marked so in the state.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use super::{Engine, Inner, parse_ip, parse_net};
+use super::{Engine, Inner, parse_ip, parse_ip6, parse_net, parse_net6};
 use crate::{
     api::NetworkCreate,
     conflict,
     error::Result,
-    ipam::Pool,
+    ipam::{Pool, Pool6},
     model::{Container, Network},
     not_found,
 };
@@ -29,33 +31,52 @@ use crate::{
 /// A pool handed out, not yet a network.
 #[derive(Clone, Copy, Debug, Default)]
 struct Pending {
-    range: Option<Ipv4Network>,
-    gateway: Option<Ipv4Addr>,
+    range: Option<IpNetwork>,
+    gateway: Option<IpAddr>,
 }
 
 #[derive(Debug, Default)]
 pub(super) struct RuntimeIpam {
-    pending: BTreeMap<Ipv4Network, Pending>,
-    reserved: BTreeMap<Ipv4Network, BTreeSet<Ipv4Addr>>,
-    /// The runtime's networks whose addresses dnet's IPAM hands out (made
-    /// from one of its pools, or so the runtime says): only there may
-    /// dnet's own containers join. Learned again at each start.
-    dnet_addressed: BTreeSet<String>,
+    pending: BTreeMap<IpNetwork, Pending>,
+    reserved: BTreeMap<IpNetwork, BTreeSet<IpAddr>>,
+}
+
+/// A pool's id: its subnet, of either family.
+fn parse_pool(pool: &str) -> Result<IpNetwork> {
+    if pool.contains(':') {
+        Ok(IpNetwork::V6(parse_net6("pool id", pool)?))
+    } else {
+        Ok(IpNetwork::V4(parse_net("pool id", pool)?))
+    }
+}
+
+/// An address of the pool `subnet`'s family.
+fn parse_addr(subnet: IpNetwork, what: &str, a: &str) -> Result<IpAddr> {
+    match subnet {
+        IpNetwork::V4(_) => Ok(IpAddr::V4(parse_ip(what, a)?)),
+        IpNetwork::V6(_) => Ok(IpAddr::V6(parse_ip6(what, a)?)),
+    }
 }
 
 impl Engine {
     /// A pool for a new network: `subnet` if given and free, else the next
-    /// free one of dnet's default pools; `sub_pool` limits its dynamic
-    /// addresses. Returns the subnet (the pool's id).
+    /// free one of dnet's default pools (IPv6: a /64 of the host's ULA
+    /// /48); `sub_pool` limits its dynamic addresses. Returns the subnet
+    /// (the pool's id).
     pub async fn request_pool(
         &self,
         subnet: Option<&str>,
         sub_pool: Option<&str>,
-    ) -> Result<Ipv4Network> {
+        v6: bool,
+    ) -> Result<IpNetwork> {
         let mut inner = self.inner.lock().await;
-        let range = sub_pool.map(|r| parse_net("ip-range", r)).transpose()?;
+        let parse = |what, s| match v6 {
+            false => parse_net(what, s).map(IpNetwork::V4),
+            true => parse_net6(what, s).map(IpNetwork::V6),
+        };
+        let range = sub_pool.map(|r| parse("ip-range", r)).transpose()?;
         // A repeat (the runtime retries) gets the same pool.
-        if let Some(s) = subnet.map(|s| parse_net("subnet", s)).transpose()?
+        if let Some(s) = subnet.map(|s| parse("subnet", s)).transpose()?
             && inner
                 .runtime_ipam
                 .pending
@@ -65,32 +86,64 @@ impl Engine {
             return Ok(s);
         }
         // Chosen and checked as a network's, the pools handed out taken too.
-        // The runtime does not say which driver the pool is for: a subnet
-        // dnet picks is a bridge's (away from every network and route); a
-        // subnet given is checked against dnet's networks and pools here,
-        // and against what depends on the driver when the network is made
-        // (a bridge's subnet must not overlap a route where the daemon
-        // runs; a macvlan's is its parent's LAN, routed there).
-        let held: Vec<Ipv4Network> = inner.runtime_ipam.pending.keys().copied().collect();
-        let req = NetworkCreate {
-            subnet: subnet.map(str::to_owned),
-            ip_range: sub_pool.map(str::to_owned),
-            ..NetworkCreate::default()
+        let held = inner.runtime_ipam.pending.keys().copied();
+        let subnet = if v6 {
+            // Only networks whose driver can be dual-stack (bridge ones).
+            let held: Vec<Ipv6Network> = held
+                .filter_map(|n| match n {
+                    IpNetwork::V6(n) => Some(n),
+                    IpNetwork::V4(_) => None,
+                })
+                .collect();
+            let req = NetworkCreate {
+                ipv6: true,
+                subnet6: subnet.map(str::to_owned),
+                ip_range6: sub_pool.map(str::to_owned),
+                ..NetworkCreate::default()
+            };
+            let (ipam6, ula48) = inner.choose_ipam6(&req, None, &held).await?;
+            let ipam6 = ipam6.expect("an IPv6 request has an IPv6 side");
+            if ula48.is_some() {
+                // The /48 later pools and networks come from.
+                let mut st = inner.state.clone();
+                st.ula48 = ula48;
+                inner.commit(st)?;
+            }
+            IpNetwork::V6(ipam6.subnet)
+        } else {
+            // The runtime does not say which driver the pool is for: a
+            // subnet dnet picks is a bridge's (away from every network and
+            // route); a subnet given is checked against dnet's networks and
+            // pools here, and against what depends on the driver when the
+            // network is made (a bridge's subnet must not overlap a route
+            // where the daemon runs; a macvlan's is its parent's LAN,
+            // routed there).
+            let held: Vec<Ipv4Network> = held
+                .filter_map(|n| match n {
+                    IpNetwork::V4(n) => Some(n),
+                    IpNetwork::V6(_) => None,
+                })
+                .collect();
+            let req = NetworkCreate {
+                subnet: subnet.map(str::to_owned),
+                ip_range: sub_pool.map(str::to_owned),
+                ..NetworkCreate::default()
+            };
+            IpNetwork::V4(inner.choose_ipam(&req, None, &held).await?.subnet)
         };
-        let ipam = inner.choose_ipam(&req, None, &held).await?;
         inner.runtime_ipam.pending.insert(
-            ipam.subnet,
+            subnet,
             Pending {
                 range,
                 gateway: None,
             },
         );
-        Ok(ipam.subnet)
+        Ok(subnet)
     }
 
     /// Forgets a pool handed out (its network, if any, goes on its own).
     pub async fn release_pool(&self, pool: &str) -> Result<()> {
-        let subnet = parse_net("pool id", pool)?;
+        let subnet = parse_pool(pool)?;
         let mut inner = self.inner.lock().await;
         inner.runtime_ipam.pending.remove(&subnet);
         inner.runtime_ipam.reserved.remove(&subnet);
@@ -98,8 +151,8 @@ impl Engine {
     }
 
     /// The range a pending pool was asked with.
-    pub async fn pool_range(&self, subnet: &str) -> Option<Ipv4Network> {
-        let subnet: Ipv4Network = subnet.parse().ok()?;
+    pub async fn pool_range(&self, subnet: &str) -> Option<IpNetwork> {
+        let subnet = parse_pool(subnet).ok()?;
         let inner = self.inner.lock().await;
         inner
             .runtime_ipam
@@ -116,65 +169,134 @@ impl Engine {
         pool: &str,
         requested: Option<&str>,
         gateway: bool,
-    ) -> Result<(Ipv4Addr, u8)> {
-        let subnet = parse_net("pool id", pool)?;
-        let requested = requested.map(|a| parse_ip("address", a)).transpose()?;
+    ) -> Result<(IpAddr, u8)> {
+        let subnet = parse_pool(pool)?;
+        let requested = requested
+            .map(|a| parse_addr(subnet, "address", a))
+            .transpose()?;
         let mut inner = self.inner.lock().await;
         let net = inner
             .state
             .networks
             .values()
-            .find(|n| n.ipam.is_some_and(|i| i.subnet == subnet))
+            .find(|n| match subnet {
+                IpNetwork::V4(s) => n.ipam.is_some_and(|i| i.subnet == s),
+                IpNetwork::V6(s) => n.ipam6.is_some_and(|i| i.subnet == s),
+            })
             .cloned();
         let pending = inner.runtime_ipam.pending.get(&subnet).copied();
         let (range, gw) = match (&net, pending) {
-            (Some(n), _) => {
-                let i = n.ipam.expect("found by its ipam");
-                (i.ip_range, Some(i.gateway))
-            }
+            (Some(n), _) => match subnet {
+                IpNetwork::V4(_) => {
+                    let i = n.ipam.expect("found by its ipam");
+                    (i.ip_range.map(IpNetwork::V4), Some(IpAddr::V4(i.gateway)))
+                }
+                IpNetwork::V6(_) => {
+                    let i = n.ipam6.expect("found by its ipam6");
+                    (i.ip_range.map(IpNetwork::V6), Some(IpAddr::V6(i.gateway)))
+                }
+            },
             (None, Some(p)) => (p.range, p.gateway),
             (None, None) => return Err(not_found!("dnet handed out no pool {subnet}")),
         };
+        let used = |inner: &Inner| -> BTreeSet<IpAddr> {
+            let mut used: BTreeSet<IpAddr> = match (&net, subnet) {
+                (Some(n), IpNetwork::V4(_)) => inner
+                    .state
+                    .used_addresses(&n.id)
+                    .into_iter()
+                    .map(IpAddr::V4)
+                    .collect(),
+                (Some(n), IpNetwork::V6(_)) => inner
+                    .state
+                    .used_addresses6(&n.id)
+                    .into_iter()
+                    .map(IpAddr::V6)
+                    .collect(),
+                (None, _) => BTreeSet::new(),
+            };
+            used.extend(
+                inner
+                    .runtime_ipam
+                    .reserved
+                    .get(&subnet)
+                    .into_iter()
+                    .flatten()
+                    .copied(),
+            );
+            used
+        };
+        let ip = match subnet {
+            IpNetwork::V4(s) => {
+                let v4 = |a: Option<IpAddr>| match a {
+                    Some(IpAddr::V4(a)) => Some(a),
+                    _ => None,
+                };
+                let range = match range {
+                    Some(IpNetwork::V4(r)) => Some(r),
+                    _ => None,
+                };
+                let pool = Pool::new(s, v4(requested.or(gw)), range)?;
+                if gateway {
+                    IpAddr::V4(pool.gateway)
+                } else {
+                    let pool = Pool::new(s, v4(gw), range)?;
+                    let used = used(&inner)
+                        .into_iter()
+                        .filter_map(|a| v4(Some(a)))
+                        .collect();
+                    IpAddr::V4(pool.allocate(&used, v4(requested))?)
+                }
+            }
+            IpNetwork::V6(s) => {
+                let v6 = |a: Option<IpAddr>| match a {
+                    Some(IpAddr::V6(a)) => Some(a),
+                    _ => None,
+                };
+                let range = match range {
+                    Some(IpNetwork::V6(r)) => Some(r),
+                    _ => None,
+                };
+                if gateway {
+                    IpAddr::V6(Pool6::new(s, v6(requested.or(gw)), range)?.gateway)
+                } else {
+                    let pool = Pool6::new(s, v6(gw), range)?;
+                    let used = used(&inner)
+                        .into_iter()
+                        .filter_map(|a| v6(Some(a)))
+                        .collect();
+                    IpAddr::V6(pool.allocate(&used, v6(requested))?)
+                }
+            }
+        };
         if gateway {
-            let pool = Pool::new(subnet, requested.or(gw), range)?;
             if net.is_none() {
                 inner
                     .runtime_ipam
                     .pending
                     .entry(subnet)
                     .or_default()
-                    .gateway = Some(pool.gateway);
+                    .gateway = Some(ip);
             }
-            return Ok((pool.gateway, subnet.prefix()));
-        }
-        let pool = Pool::new(subnet, gw, range)?;
-        let mut used = net
-            .as_ref()
-            .map(|n| inner.state.used_addresses(&n.id))
-            .unwrap_or_default();
-        used.extend(
+        } else {
             inner
                 .runtime_ipam
                 .reserved
-                .get(&subnet)
-                .into_iter()
-                .flatten()
-                .copied(),
-        );
-        let ip = pool.allocate(&used, requested)?;
-        inner
-            .runtime_ipam
-            .reserved
-            .entry(subnet)
-            .or_default()
-            .insert(ip);
+                .entry(subnet)
+                .or_default()
+                .insert(ip);
+        }
         Ok((ip, subnet.prefix()))
     }
 
     /// Ends the reservation of an address (none is success: a repeat).
     pub async fn release_address(&self, pool: &str, addr: &str) -> Result<()> {
-        let subnet = parse_net("pool id", pool)?;
-        let ip = parse_ip("address", addr.split_once('/').map_or(addr, |(a, _)| a))?;
+        let subnet = parse_pool(pool)?;
+        let ip = parse_addr(
+            subnet,
+            "address",
+            addr.split_once('/').map_or(addr, |(a, _)| a),
+        )?;
         let mut inner = self.inner.lock().await;
         if let Some(r) = inner.runtime_ipam.reserved.get_mut(&subnet) {
             r.remove(&ip);
@@ -184,14 +306,33 @@ impl Engine {
 }
 
 impl Inner {
-    /// A network made from a pending pool: it is a network now. Was it one?
-    pub(super) fn pool_became_network(&mut self, subnet: Ipv4Network) -> bool {
-        self.runtime_ipam.pending.remove(&subnet).is_some()
+    /// A network made from pending pools: they are a network now. Was it
+    /// made from one?
+    pub(super) fn pools_became_network(&mut self, net: &Network) -> bool {
+        let v4 = net.ipam.is_some_and(|i| {
+            self.runtime_ipam
+                .pending
+                .remove(&IpNetwork::V4(i.subnet))
+                .is_some()
+        });
+        let v6 = net.ipam6.is_some_and(|i| {
+            self.runtime_ipam
+                .pending
+                .remove(&IpNetwork::V6(i.subnet))
+                .is_some()
+        });
+        v4 || v6
     }
 
-    /// The network `id` (a runtime's) has dnet's addresses.
-    pub(super) fn addressed_by_dnet(&mut self, id: &str) {
-        self.runtime_ipam.dnet_addressed.insert(id.to_owned());
+    /// The network `id` (a runtime's) has dnet's addresses: marked so in the
+    /// state.
+    pub(super) fn addressed_by_dnet(&mut self, id: &str) -> Result<()> {
+        if self.state.networks.get(id).is_none_or(|n| n.runtime_ipam) {
+            return Ok(());
+        }
+        let mut st = self.state.clone();
+        st.networks.get_mut(id).expect("present").runtime_ipam = true;
+        self.commit(st)
     }
 
     /// Refuses an endpoint of dnet's own (or of another runtime) on a
@@ -211,7 +352,7 @@ impl Inner {
             .runtime
             .as_ref()
             .is_some_and(|r| r.runtime == owner.runtime);
-        if runtime_own || self.runtime_ipam.dnet_addressed.contains(&net.id) {
+        if runtime_own || net.runtime_ipam {
             return Ok(());
         }
         Err(conflict!(

@@ -3,7 +3,11 @@
 //! looked up by its ref, and ports it publishes on an existing attachment.
 //! Every call is idempotent: a runtime retries.
 
-use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+    time::Duration,
+};
 
 use ipnetwork::Ipv4Network;
 
@@ -63,7 +67,7 @@ impl PortRequest {
         m.count == 1
             && m.proto == self.proto
             && m.container_port == self.container_port
-            && m.host_ip == self.host_ip
+            && m.host_ip == self.host_ip.map(std::net::IpAddr::V4)
             && match self.host_port {
                 0 => true,
                 p => (p..=self.host_port_end.max(p)).contains(&m.host_port),
@@ -84,11 +88,10 @@ impl Engine {
             return Ok((inner.network_view(n), false));
         }
         let net = inner.create_network_for(req, false, Some(rt)).await?;
-        if let Some(i) = net.ipam
-            && inner.pool_became_network(i.subnet)
-        {
-            inner.addressed_by_dnet(&net.id);
+        if inner.pools_became_network(&net) {
+            inner.addressed_by_dnet(&net.id)?;
         }
+        let net = inner.state.networks.get(&net.id).expect("made").clone();
         Ok((inner.network_view(&net), true))
     }
 
@@ -137,7 +140,7 @@ impl Engine {
             return Ok(());
         };
         if dnet_ipam {
-            inner.addressed_by_dnet(&net.id);
+            inner.addressed_by_dnet(&net.id)?;
         }
         let name_ok = if net.name == name {
             Ok(false)
@@ -196,8 +199,10 @@ impl Engine {
     }
 
     /// Detaches the endpoints of `rt`'s runtime, other than `rt`, that hold
-    /// `ip` on the network `network_id`: the runtime has just handed that
-    /// address to its new endpoint `rt`, so by its own word they are gone.
+    /// `ip` or `ip6` on the network `network_id`: the runtime has just
+    /// handed that address to its new endpoint `rt`, so by its own word they
+    /// are gone. (Its IPAM hands out each family's addresses on its own: an
+    /// old endpoint may hold the new one's IPv6 address and not its IPv4.)
     /// dockerd drops its endpoints without a call after an unclean restart
     /// and starts its containers again at once, while the old namespaces
     /// (and so their veths) may live on for its stop timeout (10 s) and
@@ -206,8 +211,12 @@ impl Engine {
         &self,
         network_id: &str,
         rt: &RuntimeRef,
-        ip: Ipv4Addr,
+        ip: Option<Ipv4Addr>,
+        ip6: Option<Ipv6Addr>,
     ) -> Result<usize> {
+        if ip.is_none() && ip6.is_none() {
+            return Ok(0);
+        }
         let mut inner = self.inner.lock().await;
         let Some(net) = inner.state.networks.get(network_id).cloned() else {
             return Ok(0);
@@ -221,14 +230,15 @@ impl Engine {
                     && c.runtime
                         .as_ref()
                         .is_some_and(|r| r.runtime == rt.runtime && r.id != rt.id)
-                    && c.endpoints
-                        .iter()
-                        .any(|e| e.network_id == net.id && e.ip == Some(ip))
+                    && c.endpoints.iter().any(|e| {
+                        e.network_id == net.id
+                            && ((ip.is_some() && e.ip == ip) || (ip6.is_some() && e.ip6 == ip6))
+                    })
             })
             .cloned()
             .collect();
         for c in &holders {
-            tracing::info!(container = %c.name, %ip, network = %net.name, "its runtime gave its address to a new endpoint: collecting it");
+            tracing::info!(container = %c.name, ?ip, ?ip6, network = %net.name, "its runtime gave its address to a new endpoint: collecting it");
             inner
                 .remove_endpoints(c, std::slice::from_ref(&net))
                 .await?;
@@ -334,7 +344,7 @@ impl Inner {
             let mut found = None;
             for port in candidates {
                 let m = PortMapping {
-                    host_ip: r.host_ip,
+                    host_ip: r.host_ip.map(std::net::IpAddr::V4),
                     host_port: port,
                     container_port: r.container_port,
                     count: 1,

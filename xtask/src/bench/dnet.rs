@@ -2,9 +2,15 @@
 //! containers on the default `bridge` network for east-west, and the
 //! world's servers for north-south; for names, two containers of a
 //! user-defined network and a fake upstream resolver in the world (the
-//! daemon's `--dns-upstream`).
+//! daemon's `--dns-upstream`). With an IPv6 group measured the default
+//! bridge is dual-stack (`--ipv6 --fixed-cidr-v6`) and the uplink and the
+//! world have IPv6 addresses: the same two containers talk IPv6 too.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Instant};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Instant,
+};
 
 use anyhow::{Context as _, bail};
 use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP};
@@ -12,7 +18,8 @@ use serde_json::Value;
 
 use super::{
     env::{
-        self, CpFigures, DnsTarget, Env, FILLER_FIRST, Miss, Outcome, PP_PORT, PUBLISH_FIRST, Tools,
+        self, CpFigures, DnsTarget, Env, FILLER_FIRST, Miss, Outcome, PP_PORT, PUBLISH_FIRST,
+        Tools, WORLD_IP6,
     },
     measure::Ctx,
     sys::{self, Procs, in_netns},
@@ -33,6 +40,11 @@ pub struct DnetEnv {
     ew_client: PathBuf,
     ew_server: Ipv4Addr,
     nat: Option<String>,
+    /// The server's IPv6 address, or why there is none.
+    ew6_server: Result<Ipv6Addr, String>,
+    /// Why a container does not reach the world through NAT66: `Na` (not
+    /// built) or a failure.
+    nat6: Option<(bool, String)>,
     published: Option<String>,
     cp_ready: usize,
     dns: Option<DnsTarget>,
@@ -59,16 +71,37 @@ fn find(ps: &Value, name: &str) -> anyhow::Result<(PathBuf, Option<Ipv4Addr>)> {
     Ok((ns, ip))
 }
 
+/// A container's IPv6 address on its first network, from `dnet ps`.
+fn find6(ps: &Value, name: &str) -> Option<Ipv6Addr> {
+    ps.as_array()?.iter().find(|c| c["name"] == name)?["networks"][0]["ip6"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
 impl DnetEnv {
-    pub fn new(tools: &Tools, pin: bool) -> anyhow::Result<DnetEnv> {
+    pub fn new(tools: &Tools, pin: bool, ipv6: bool) -> anyhow::Result<DnetEnv> {
         // Sandbox reads the binaries from DNET_BIN / CONNTEST_BIN (set by
         // the caller to the release builds).
         // Forwarded names go to the world's fake upstream (never to the
         // machine's own resolvers).
         let upstream = format!("{WORLD_IP}:53");
-        let sb =
-            std::panic::catch_unwind(|| Sandbox::with_daemon_args(&["--dns-upstream", &upstream]))
-                .map_err(|_| anyhow::anyhow!("the dnet sandbox did not start (see above)"))?;
+        let mut daemon_args = vec!["--dns-upstream", &upstream];
+        if ipv6 {
+            daemon_args.extend(["--ipv6", "--fixed-cidr-v6", env::BRIDGE_CIDR6]);
+        }
+        let sb = std::panic::catch_unwind(|| {
+            let mut sb = Sandbox::without_daemon();
+            // The uplink's IPv6 address is there before the daemon starts.
+            if ipv6 {
+                env::world6(&sb.host_netns_path(), &sb.world_netns_path())
+                    .expect("IPv6 for the sandbox's uplink and world");
+            }
+            sb.set_daemon_args(&daemon_args);
+            sb.start_daemon();
+            sb
+        })
+        .map_err(|_| anyhow::anyhow!("the dnet sandbox did not start (see above)"))?;
         let mut e = DnetEnv {
             procs: Procs::default(),
             pp_procs: Procs::default(),
@@ -78,6 +111,8 @@ impl DnetEnv {
             ew_client: PathBuf::new(),
             ew_server: Ipv4Addr::UNSPECIFIED,
             nat: None,
+            ew6_server: Err("n/a: set up without IPv6".into()),
+            nat6: None,
             published: None,
             cp_ready: 0,
             dns: None,
@@ -96,7 +131,44 @@ impl DnetEnv {
         if let Err(Miss::Na(why)) = env::probe_nat(&e.ew_client, tools, WORLD_IP, UPLINK_IP) {
             e.nat = Some(why);
         }
+        if ipv6 {
+            e.ew6_server = find6(&ps, "srv").ok_or_else(|| "srv has no IPv6 address".to_owned());
+            e.nat6 = match env::probe_nat6(&e.ew_client, tools, || e.nat6_silence()) {
+                Ok(()) => None,
+                Err(Miss::Na(why)) => Some((true, why)),
+                Err(Miss::Failed(err)) => Some((false, format!("{err:#}"))),
+            };
+        }
         Ok(e)
+    }
+
+    /// Why the world did not answer a container over IPv6: dnet's own
+    /// drop reason when it has one (`nat-unsupported`: no NAT66 in the
+    /// datapath yet), else a failure.
+    fn nat6_silence(&self) -> Miss {
+        let drops = self
+            .dnet(&["stats", "--format", "json"])
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .and_then(|s| {
+                s["endpoints"].as_array().map(|eps| {
+                    eps.iter()
+                        .filter(|e| e["container"] == "cli")
+                        .filter_map(|e| e["drops"]["nat-unsupported"].as_u64())
+                        .sum::<u64>()
+                })
+            })
+            .unwrap_or(0);
+        if drops > 0 {
+            Miss::Na(
+                "n/a (not built yet): dnet drops a container's IPv6 to the world (nat-unsupported: no NAT66 in its datapath)"
+                    .into(),
+            )
+        } else {
+            Miss::Failed(anyhow::anyhow!(
+                "a container gets no answer from the world over IPv6 ({WORLD_IP6}), and dnet counts no nat-unsupported drop"
+            ))
+        }
     }
 
     fn dnet(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -211,7 +283,7 @@ impl Env for DnetEnv {
         "dnet".into()
     }
     fn describe(&self) -> String {
-        "dnet (release build): its daemon in a sandbox host namespace, containers on the default bridge network (on a user-defined one for names)".into()
+        "dnet (release build): its daemon in a sandbox host namespace, containers on the default bridge network (dual-stack when IPv6 is measured; a user-defined one for names)".into()
     }
     fn conntrack_netns(&self) -> Vec<PathBuf> {
         vec![self.sb.host_netns_path()]
@@ -223,6 +295,19 @@ impl Env for DnetEnv {
         match &self.nat {
             Some(why) => Err(Miss::Na(why.clone())),
             None => Ok((self.ew_client.clone(), WORLD_IP)),
+        }
+    }
+    fn east_west6(&self) -> Outcome<(PathBuf, Ipv6Addr)> {
+        match &self.ew6_server {
+            Ok(ip) => Ok((self.ew_client.clone(), *ip)),
+            Err(why) => Err(Miss::Na(why.clone())),
+        }
+    }
+    fn north_south6(&self) -> Outcome<(PathBuf, Ipv6Addr)> {
+        match &self.nat6 {
+            None => Ok((self.ew_client.clone(), WORLD_IP6)),
+            Some((true, why)) => Err(Miss::Na(why.clone())),
+            Some((false, why)) => Err(Miss::Failed(anyhow::anyhow!("{why}"))),
         }
     }
     fn world(&self) -> PathBuf {

@@ -11,13 +11,18 @@
 //! datapath) and the `vfs` storage driver (fewest mounts; storage does not
 //! touch the network).
 //!
+//! IPv6 (when an IPv6 group is measured): docker0 is dual-stack (`--ipv6
+//! --fixed-cidr-v6`) with Docker's experimental `--ip6tables`, which
+//! masquerades the subnet's IPv6 to the world as IPv4 is; the uplink and
+//! the world get IPv6 addresses before the daemon starts.
+//!
 //! Names: two containers of a user-defined network ask Docker's embedded
 //! resolver (127.0.0.11 in their namespace); the asking one has `--dns` the
 //! world's fake upstream, where Docker forwards other names.
 
 use std::{
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
@@ -28,7 +33,8 @@ use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP, docker::Dockerd};
 
 use super::{
     env::{
-        self, CpFigures, DnsTarget, Env, FILLER_FIRST, Miss, Outcome, PP_PORT, PUBLISH_FIRST, Tools,
+        self, CpFigures, DnsTarget, Env, FILLER_FIRST, Miss, Outcome, PP_PORT, PUBLISH_FIRST,
+        Tools, WORLD_IP6,
     },
     parse, rules,
     sys::{self, Procs, in_netns},
@@ -71,6 +77,10 @@ pub struct DockerEnv {
     pin: bool,
     ew_client: PathBuf,
     ew_server: Ipv4Addr,
+    /// The server's IPv6 address, or why there is none.
+    ew6_server: Result<Ipv6Addr, String>,
+    /// Why a container does not reach the world through NAT66.
+    nat6: Option<String>,
     filler: u32,
     cp_ready: usize,
     dns: Option<DnsTarget>,
@@ -83,15 +93,21 @@ pub struct DockerEnv {
 
 impl DockerEnv {
     /// Starts dockerd in a fresh sandbox; fails when it cannot run here.
-    pub fn start(tools: &Tools, pin: bool) -> anyhow::Result<DockerEnv> {
+    pub fn start(tools: &Tools, pin: bool, ipv6: bool) -> anyhow::Result<DockerEnv> {
         let sb = std::panic::catch_unwind(Sandbox::without_daemon)
             .map_err(|_| anyhow::anyhow!("cannot make the sandbox"))?;
-        let dockerd = Dockerd::start(
-            &sb.host_netns_path(),
-            &sb.dir,
-            &sb.name,
-            &["--userland-proxy=false"],
-        )?;
+        let mut flags = vec!["--userland-proxy=false"];
+        if ipv6 {
+            env::world6(&sb.host_netns_path(), &sb.world_netns_path())?;
+            flags.extend([
+                "--ipv6",
+                "--fixed-cidr-v6",
+                env::BRIDGE_CIDR6,
+                "--experimental",
+                "--ip6tables",
+            ]);
+        }
+        let dockerd = Dockerd::start(&sb.host_netns_path(), &sb.dir, &sb.name, &flags)?;
         dockerd.import_busybox(IMAGE)?;
         let mut e = DockerEnv {
             procs: Procs::default(),
@@ -100,6 +116,8 @@ impl DockerEnv {
             pin,
             ew_client: PathBuf::new(),
             ew_server: Ipv4Addr::UNSPECIFIED,
+            ew6_server: Err("n/a: set up without IPv6".into()),
+            nat6: None,
             filler: 0,
             cp_ready: 0,
             dns: None,
@@ -116,6 +134,29 @@ impl DockerEnv {
         env::start_world_servers(&mut e.procs, &e.sb.world_netns_path(), tools, pin)?;
         sys::client_sysctls(&e.ew_client)?;
         sys::client_sysctls(&e.sb.world_netns_path())?;
+        if ipv6 {
+            let ip6 = e.cmd(&[
+                "inspect",
+                "-f",
+                "{{.NetworkSettings.GlobalIPv6Address}}",
+                "dnb-srv",
+            ])?;
+            e.ew6_server = ip6
+                .trim()
+                .parse()
+                .map_err(|_| format!("dnb-srv has no IPv6 address ({ip6:?})"));
+            // Docker's NAT66 is expected to work: silence is a failure.
+            if let Err(m) = env::probe_nat6(&e.ew_client, tools, || {
+                Miss::Na(format!(
+                    "n/a: a container of docker0 gets no answer from the world over IPv6 ({WORLD_IP6})"
+                ))
+            }) {
+                e.nat6 = Some(match m {
+                    Miss::Na(why) => why,
+                    Miss::Failed(err) => format!("{err:#}"),
+                });
+            }
+        }
         Ok(e)
     }
 
@@ -173,9 +214,14 @@ impl Env for DockerEnv {
     }
     fn describe(&self) -> String {
         format!(
-            "real Docker {} (Debian docker.io) in a sandbox host namespace: docker0, iptables ({}), --userland-proxy=false",
+            "real Docker {} (Debian docker.io) in a sandbox host namespace: docker0, iptables ({}), --userland-proxy=false{}",
             self.dockerd.version,
-            iptables_backend()
+            iptables_backend(),
+            if self.ew6_server.is_ok() {
+                "; IPv6: --ipv6 --fixed-cidr-v6, --experimental --ip6tables (NAT66 by masquerade)"
+            } else {
+                ""
+            }
         )
     }
     fn conntrack_netns(&self) -> Vec<PathBuf> {
@@ -186,6 +232,18 @@ impl Env for DockerEnv {
     }
     fn north_south(&self) -> Outcome<(PathBuf, Ipv4Addr)> {
         Ok((self.ew_client.clone(), WORLD_IP))
+    }
+    fn east_west6(&self) -> Outcome<(PathBuf, Ipv6Addr)> {
+        match &self.ew6_server {
+            Ok(ip) => Ok((self.ew_client.clone(), *ip)),
+            Err(why) => Err(Miss::Na(why.clone())),
+        }
+    }
+    fn north_south6(&self) -> Outcome<(PathBuf, Ipv6Addr)> {
+        match &self.nat6 {
+            None => Ok((self.ew_client.clone(), WORLD_IP6)),
+            Some(why) => Err(Miss::Failed(anyhow::anyhow!("{why}"))),
+        }
     }
     fn world(&self) -> PathBuf {
         self.sb.world_netns_path()

@@ -3,7 +3,7 @@
 //! the published-port and control-plane measurements.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -19,6 +19,17 @@ pub const IPERF_PORT: u16 = 5201;
 pub const SOCKPERF_PORT: u16 = 11111;
 pub const CONNRATE_PORT: u16 = 7000;
 pub const PROBE_PORT: u16 = 7100;
+/// The IPv6 servers of the world (connrate, the NAT probe), on `[::]`:
+/// the IPv4 ones hold `0.0.0.0` of their own ports.
+pub const CONNRATE6_PORT: u16 = 7001;
+pub const PROBE6_PORT: u16 = 7101;
+/// The IPv6 uplink and world addresses every side with an IPv6 world gets
+/// (`2001:2::/48`, IPv6's benchmarking range, RFC 5180).
+pub const WORLD_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
+pub const UPLINK_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+/// The IPv6 subnet of the default bridge network on dnet's and docker0's
+/// sides (`--fixed-cidr-v6`), and of the limit's namespaces.
+pub const BRIDGE_CIDR6: &str = "fd00:d6e7::/64";
 /// The measured published port (host port = container port).
 pub const PP_PORT: u16 = 20000;
 /// Ports published by others before the measured one: from here up.
@@ -96,6 +107,18 @@ pub trait Env {
     /// server's address; `Na` when this side cannot reach the world
     /// through NAT.
     fn north_south(&self) -> Outcome<(PathBuf, Ipv4Addr)>;
+    /// East-west over IPv6, between the two dual-stack containers of
+    /// `east_west`: the client's namespace and the server's IPv6 address;
+    /// `Na` for a side without IPv6.
+    fn east_west6(&self) -> Outcome<(PathBuf, Ipv6Addr)> {
+        Err(Miss::Na(format!("n/a: {} has no IPv6", self.label())))
+    }
+    /// North-south over IPv6: the client's namespace (a dual-stack
+    /// container) and the world server's IPv6 address; `Na` when this side
+    /// cannot reach the world through NAT66.
+    fn north_south6(&self) -> Outcome<(PathBuf, Ipv6Addr)> {
+        Err(Miss::Na(format!("n/a: {} has no IPv6", self.label())))
+    }
     /// The world namespace, where published-port clients run.
     fn world(&self) -> PathBuf;
     /// Publishes [`PP_PORT`] on a fresh container, after `others` ports
@@ -231,7 +254,8 @@ pub fn start_servers(
 }
 
 /// The world's servers: iperf3 and connrate for the measurements, and a
-/// conntest echo that tells which source address arrived (NAT or not).
+/// conntest echo that tells which source address arrived (NAT or not);
+/// connrate and the echo also on IPv6 ports of their own.
 pub fn start_world_servers(
     procs: &mut Procs,
     world: &Path,
@@ -245,7 +269,58 @@ pub fn start_world_servers(
         tools.conntest(),
         &["serve", "tcp", &PROBE_PORT.to_string()],
     ))?;
-    wait_listening(world, PROBE_PORT)
+    procs.spawn(in_netns(
+        world,
+        server_cpu(pin),
+        tools.connrate(),
+        &["serve", &format!("[::]:{CONNRATE6_PORT}")],
+    ))?;
+    procs.spawn(in_netns(
+        world,
+        None,
+        tools.conntest(),
+        &["serve", "tcp", &format!("[::]:{PROBE6_PORT}")],
+    ))?;
+    for port in [PROBE_PORT, CONNRATE6_PORT, PROBE6_PORT] {
+        wait_listening(world, port)?;
+    }
+    Ok(())
+}
+
+/// `ip ARGS` inside a namespace.
+pub fn ip_in(netns: &Path, args: &[&str]) -> anyhow::Result<()> {
+    sys::ok(&mut in_netns(netns, None, "ip", args))
+}
+
+/// Gives a sandbox's uplink (`eth0` of `host`) and world (`eth0` of
+/// `world`) their IPv6 addresses, usable at once, and the host a default
+/// IPv6 route through the world, as IPv4 has.
+pub fn world6(host: &Path, world: &Path) -> anyhow::Result<()> {
+    for (ns, ip) in [(host, UPLINK_IP6), (world, WORLD_IP6)] {
+        sys::sysctl_in(ns, &["net.ipv6.conf.eth0.disable_ipv6=0"])?;
+        ip_in(
+            ns,
+            &[
+                "addr",
+                "replace",
+                &format!("{ip}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+    }
+    ip_in(
+        host,
+        &[
+            "-6",
+            "route",
+            "replace",
+            "default",
+            "via",
+            &WORLD_IP6.to_string(),
+        ],
+    )
 }
 
 /// Does a container reach the world through source NAT? `Ok` when the
@@ -278,6 +353,31 @@ pub fn probe_nat(
         )));
     }
     Ok(())
+}
+
+/// Does a container reach the world through NAT66? `Ok` when the world
+/// saw the uplink's IPv6 address; else why not, with `no_answer` saying
+/// why when the world got nothing.
+pub fn probe_nat6(client: &Path, tools: &Tools, no_answer: impl FnOnce() -> Miss) -> Outcome<()> {
+    let target = SocketAddr::new(WORLD_IP6.into(), PROBE6_PORT).to_string();
+    let o = in_netns(
+        client,
+        None,
+        tools.conntest(),
+        &["tcp", &target, "--timeout", "2"],
+    )
+    .output()
+    .context("conntest")?;
+    let seen = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    if !o.status.success() {
+        return Err(no_answer());
+    }
+    match seen.parse::<SocketAddr>() {
+        Ok(a) if a.ip() == IpAddr::V6(UPLINK_IP6) => Ok(()),
+        _ => Err(Miss::Na(format!(
+            "n/a: the world saw {seen}, not the uplink's IPv6 address (no NAT66)"
+        ))),
+    }
 }
 
 /// Can the world open connections to a published port? Three tries.

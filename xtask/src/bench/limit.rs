@@ -6,17 +6,29 @@
 //!   namespace, each joined by a veth pair; the world routes the container
 //!   subnet to the router, so published-port clients reach the container's
 //!   own address without DNAT.
+//! - IPv6 (when an IPv6 group is measured): the same namespaces with IPv6
+//!   addresses too, the router forwarding IPv6 (no NAT66: the world routes
+//!   the container's subnet back to the router).
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use super::{
-    env::{self, CpFigures, Env, Miss, Outcome, PP_PORT, Tools},
+    env::{self, CpFigures, Env, Miss, Outcome, PP_PORT, Tools, UPLINK_IP6, WORLD_IP6},
     sys::{self, Netns, Procs, in_netns},
 };
 
 const A: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
 const B: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 3);
 const WORLD: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// IPv6 in [`env::BRIDGE_CIDR6`]: the two ends of the pair (and the
+/// north-south container, `A6`) and the router's side of the container
+/// subnet.
+const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xd6e7, 0, 0, 0, 0, 0, 2);
+const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xd6e7, 0, 0, 0, 0, 0, 3);
+const GW6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xd6e7, 0, 0, 0, 0, 0, 1);
 
 pub struct LimitEnv {
     procs: Procs,
@@ -26,10 +38,11 @@ pub struct LimitEnv {
     c: Netns,
     router: Netns,
     world: Netns,
+    ipv6: bool,
 }
 
 impl LimitEnv {
-    pub fn new(tools: &Tools, pin: bool) -> anyhow::Result<LimitEnv> {
+    pub fn new(tools: &Tools, pin: bool, ipv6: bool) -> anyhow::Result<LimitEnv> {
         let mut e = LimitEnv {
             procs: Procs::default(),
             ew_a: Netns::new("la")?,
@@ -37,6 +50,7 @@ impl LimitEnv {
             c: Netns::new("lc")?,
             router: Netns::new("lr")?,
             world: Netns::new("lw")?,
+            ipv6,
         };
         let (a, b) = (&e.ew_a, &e._ew_b);
         a.ip(&[
@@ -64,6 +78,28 @@ impl LimitEnv {
         c.ip(&["route", "add", "default", "via", "172.17.0.1"])?;
         w.ip(&["route", "add", "172.17.0.0/16", "via", "198.18.0.2"])?;
         sys::sysctl_in(&r.path(), &["net.ipv4.ip_forward=1"])?;
+        if ipv6 {
+            // Addresses usable at once (no DAD), as dnet's and Docker's.
+            let v6 = |ns: &Netns, ip: Ipv6Addr, dev: &str| {
+                ns.ip(&["addr", "add", &format!("{ip}/64"), "dev", dev, "nodad"])
+            };
+            v6(a, A6, "eth0")?;
+            v6(b, B6, "eth0")?;
+            v6(c, A6, "eth0")?;
+            v6(r, GW6, "vc")?;
+            v6(r, UPLINK_IP6, "eth0")?;
+            v6(w, WORLD_IP6, "eth0")?;
+            c.ip(&["-6", "route", "add", "default", "via", &GW6.to_string()])?;
+            w.ip(&[
+                "-6",
+                "route",
+                "add",
+                env::BRIDGE_CIDR6,
+                "via",
+                &UPLINK_IP6.to_string(),
+            ])?;
+            sys::sysctl_in(&r.path(), &["net.ipv6.conf.all.forwarding=1"])?;
+        }
         let (bp, wp, cp) = (b.path(), w.path(), c.path());
         env::start_servers(&mut e.procs, &bp, tools, pin, true)?;
         env::start_world_servers(&mut e.procs, &wp, tools, pin)?;
@@ -81,12 +117,22 @@ impl LimitEnv {
     }
 }
 
+impl LimitEnv {
+    fn v6(&self) -> Outcome<()> {
+        if self.ipv6 {
+            Ok(())
+        } else {
+            Err(Miss::Na("n/a: set up without IPv6".into()))
+        }
+    }
+}
+
 impl Env for LimitEnv {
     fn label(&self) -> String {
         "limit".into()
     }
     fn describe(&self) -> String {
-        "the limit: east-west one direct veth pair; north-south and published ports a plain routed path (veth, router namespace, veth), no NAT, no netfilter rules".into()
+        "the limit: east-west one direct veth pair; north-south and published ports a plain routed path (veth, router namespace, veth), no NAT, no netfilter rules; the same over IPv6 (no NAT66)".into()
     }
     fn conntrack_netns(&self) -> Vec<PathBuf> {
         vec![self.router.path()]
@@ -96,6 +142,14 @@ impl Env for LimitEnv {
     }
     fn north_south(&self) -> Outcome<(PathBuf, Ipv4Addr)> {
         Ok((self.c.path(), WORLD))
+    }
+    fn east_west6(&self) -> Outcome<(PathBuf, Ipv6Addr)> {
+        self.v6()?;
+        Ok((self.ew_a.path(), B6))
+    }
+    fn north_south6(&self) -> Outcome<(PathBuf, Ipv6Addr)> {
+        self.v6()?;
+        Ok((self.c.path(), WORLD_IP6))
     }
     fn world(&self) -> PathBuf {
         self.world.path()

@@ -1,7 +1,11 @@
 //! One measurement each: the load tools run inside a namespace, bounded in
 //! time (their own duration, and a kill past a margin) and in count.
 
-use std::{net::Ipv4Addr, path::Path, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 
@@ -42,10 +46,14 @@ fn clk_tck() -> f64 {
 
 /// TCP bulk throughput (Gbit/s, receiver side) and the host's CPU seconds
 /// per gigabyte moved (all CPUs, from `/proc/stat`, over the run).
-pub fn tcp_stream(ctx: &Ctx, client: &Path, server: Ipv4Addr) -> anyhow::Result<(f64, f64)> {
+pub fn tcp_stream(
+    ctx: &Ctx,
+    client: &Path,
+    server: impl Into<IpAddr>,
+) -> anyhow::Result<(f64, f64)> {
     let mut args = vec![
         "-c".to_owned(),
-        server.to_string(),
+        server.into().to_string(),
         "-p".into(),
         IPERF_PORT.to_string(),
         "-t".into(),
@@ -72,8 +80,12 @@ pub fn tcp_stream(ctx: &Ctx, client: &Path, server: Ipv4Addr) -> anyhow::Result<
 
 /// 64-byte UDP datagrams delivered per second (thousands), iperf3 sending
 /// as fast as it can.
-pub fn udp_pps(ctx: &Ctx, client: &Path, server: Ipv4Addr) -> anyhow::Result<f64> {
-    let (s, p, t) = (server.to_string(), IPERF_PORT.to_string(), ctx.secs_arg());
+pub fn udp_pps(ctx: &Ctx, client: &Path, server: impl Into<IpAddr>) -> anyhow::Result<f64> {
+    let (s, p, t) = (
+        server.into().to_string(),
+        IPERF_PORT.to_string(),
+        ctx.secs_arg(),
+    );
     let a = [
         "-c", &s, "-p", &p, "-t", &t, "-u", "-l", "64", "-b", "0", "-J",
     ];
@@ -119,10 +131,10 @@ pub fn rr_latency(ctx: &Ctx, client: &Path, server: Ipv4Addr) -> anyhow::Result<
 pub fn conn_rate(
     ctx: &Ctx,
     client: &Path,
-    ip: Ipv4Addr,
+    ip: impl Into<IpAddr>,
     port: u16,
 ) -> anyhow::Result<parse::ConnRate> {
-    let target = format!("{ip}:{port}");
+    let target = SocketAddr::new(ip.into(), port).to_string();
     let (s, m) = (format!("{}", ctx.secs), ctx.max_conns.to_string());
     let a = [
         "run",

@@ -41,7 +41,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use self::{
-    env::{DNS_FORWARDED, DNS_UPSTREAM_ANSWER, Env, Miss, Tools},
+    env::{CONNRATE6_PORT, DNS_FORWARDED, DNS_UPSTREAM_ANSWER, Env, Miss, Tools},
     measure::Ctx,
     results::{Results, metric_defs, pp_p99, pp_rps},
 };
@@ -94,9 +94,9 @@ pub struct Args {
     /// 1,000; none with --quick; 0 skips them).
     #[arg(long)]
     lat_scale: Option<usize>,
-    /// Skip groups (ew, ns, pp, cp, dns, bc: broadcast, lat: control-plane
-    /// latency, dd: Docker + dnet) or single metrics (ew_tcp, ns_cps, ...),
-    /// comma separated.
+    /// Skip groups (ew, ns, ew6 and ns6: their IPv6 counterparts, pp, cp,
+    /// dns, bc: broadcast, lat: control-plane latency, dd: Docker + dnet)
+    /// or single metrics (ew_tcp, ns_cps, ...), comma separated.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -130,6 +130,9 @@ enum Task {
     NsTcp,
     NsUdp,
     NsCps,
+    Ew6Tcp,
+    Ew6Udp,
+    Ns6Cps,
     Cp,
     DnsName,
     DnsFwd,
@@ -146,6 +149,9 @@ impl Task {
             Task::NsTcp => &["ns_tcp", "ns_tcp_cpu"],
             Task::NsUdp => &["ns_udp"],
             Task::NsCps => &["ns_cps"],
+            Task::Ew6Tcp => &["ew6_tcp", "ew6_tcp_cpu"],
+            Task::Ew6Udp => &["ew6_udp"],
+            Task::Ns6Cps => &["ns6_cps"],
             Task::Cp => &[
                 "cp_attach",
                 "cp_detach",
@@ -164,6 +170,8 @@ impl Task {
         match self {
             Task::EwTcp | Task::EwUdp | Task::EwRr | Task::EwCps => "ew",
             Task::NsTcp | Task::NsUdp | Task::NsCps => "ns",
+            Task::Ew6Tcp | Task::Ew6Udp => "ew6",
+            Task::Ns6Cps => "ns6",
             Task::Cp => "cp",
             Task::DnsName | Task::DnsFwd => "dns",
             Task::Bcast => "bc",
@@ -211,6 +219,22 @@ fn run_task(task: Task, ctx: &Ctx, env: &mut dyn Env, plan: &Plan) -> Figures {
             vec![(
                 "ns_cps",
                 measure::conn_rate(ctx, &client, server, measure::CPS_PORT)?.rate,
+            )]
+        }
+        Task::Ew6Tcp => {
+            let (client, server) = env.east_west6()?;
+            let (g, c) = measure::tcp_stream(ctx, &client, server)?;
+            vec![("ew6_tcp", g), ("ew6_tcp_cpu", c)]
+        }
+        Task::Ew6Udp => {
+            let (client, server) = env.east_west6()?;
+            vec![("ew6_udp", measure::udp_pps(ctx, &client, server)?)]
+        }
+        Task::Ns6Cps => {
+            let (client, server) = env.north_south6()?;
+            vec![(
+                "ns6_cps",
+                measure::conn_rate(ctx, &client, server, CONNRATE6_PORT)?.rate,
             )]
         }
         Task::Cp => env.control_plane(plan.endpoints, plan.publish)?,
@@ -367,14 +391,25 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     ];
     let skip = |g: &str| args.skip.iter().any(|s| s == g);
     // The three main sides only when one of their groups is measured.
-    let main = ["ew", "ns", "pp", "cp", "dns", "bc"]
+    let main = ["ew", "ns", "ew6", "ns6", "pp", "cp", "dns", "bc"]
         .iter()
         .any(|g| !skip(g));
+    // IPv6 on the default bridge networks (and the worlds) only when an
+    // IPv6 group is measured.
+    let ipv6 = !skip("ew6") || !skip("ns6");
+    if ipv6 && main {
+        notes.push(format!(
+            "IPv6 (ew6, ns6): dnet's default bridge network and docker0 are dual-stack ({}) for every group of this run, so their containers have IPv6 addresses in the IPv4 groups too; the uplink and the world have {} and {}.",
+            env::BRIDGE_CIDR6,
+            env::UPLINK_IP6,
+            env::WORLD_IP6
+        ));
+    }
     let mut envs: Vec<Box<dyn Env>> = Vec::new();
     if main {
         eprintln!("bench: setting up the three sides");
         envs.push(Box::new(
-            dnet::DnetEnv::new(&tools, args.pin).context("dnet's side")?,
+            dnet::DnetEnv::new(&tools, args.pin, ipv6).context("dnet's side")?,
         ));
         let docker_env: Box<dyn Env> = match args.docker {
             DockerMode::Model => Box::new(model::ModelEnv::new(
@@ -382,7 +417,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 args.pin,
                 "--docker model".into(),
             )?),
-            mode => match docker::DockerEnv::start(&tools, args.pin) {
+            mode => match docker::DockerEnv::start(&tools, args.pin, ipv6) {
                 Ok(d) => Box::new(d),
                 Err(e) if mode == DockerMode::Auto => {
                     eprintln!(
@@ -398,7 +433,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         };
         envs.push(docker_env);
         envs.push(Box::new(
-            limit::LimitEnv::new(&tools, args.pin).context("the limit's side")?,
+            limit::LimitEnv::new(&tools, args.pin, ipv6).context("the limit's side")?,
         ));
     }
     let (labels, sides): ([String; 3], [String; 3]) = if main {
@@ -417,21 +452,12 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let mut defs = metric_defs(&ports, plan.endpoints, plan.publish);
     defs.extend(results::broadcast_defs(plan.members));
     let mut r = Results::new(defs, plan.rounds);
-    // Skipped groups and metrics: every side says so (ids start with ew,
-    // ns, pp, cp, bc).
+    // Skipped groups and metrics: every side says so.
     let skipped: Vec<String> = r
         .defs
         .iter()
         .map(|d| d.id.clone())
-        .filter(|id| {
-            skip(id)
-                || skip(
-                    id.split('_')
-                        .next()
-                        .unwrap_or("")
-                        .trim_end_matches(|c: char| c.is_ascii_digit()),
-                )
-        })
+        .filter(|id| skip(id) || skip(group_of(id)))
         .collect();
     for id in skipped {
         for side in 0..3 {
@@ -448,6 +474,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         Task::NsTcp,
         Task::NsUdp,
         Task::NsCps,
+        Task::Ew6Tcp,
+        Task::Ew6Udp,
+        Task::Ns6Cps,
         Task::Cp,
         Task::DnsName,
         Task::DnsFwd,
@@ -626,9 +655,47 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The group (`--skip` name) of a metric id: what comes before the first
+/// `_`, with the published-port series' counts dropped (`pp1000_rps` is
+/// in `pp`; `ew6_tcp` in `ew6`, not `ew`).
+fn group_of(id: &str) -> &str {
+    let g = id.split('_').next().unwrap_or("");
+    match g.strip_prefix("pp") {
+        Some(n) if n.bytes().all(|b| b.is_ascii_digit()) => "pp",
+        _ => g,
+    }
+}
+
 fn write_both(dir: &Path, stem: &str, ext: &str, text: &str) -> anyhow::Result<()> {
     let p: PathBuf = dir.join(format!("{stem}.{ext}"));
     std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
     std::fs::write(dir.join(format!("latest.{ext}")), text)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_ids_fall_in_their_skip_groups() {
+        assert_eq!(group_of("ew_tcp"), "ew");
+        assert_eq!(group_of("ew6_tcp_cpu"), "ew6");
+        assert_eq!(group_of("ns6_cps"), "ns6");
+        assert_eq!(group_of("pp1_rps"), "pp");
+        assert_eq!(group_of("pp10000_p99"), "pp");
+        assert_eq!(group_of("dns_fwd_qps"), "dns");
+        // Every task's metrics are in its group.
+        for t in [
+            Task::EwTcp,
+            Task::Ew6Tcp,
+            Task::Ew6Udp,
+            Task::Ns6Cps,
+            Task::Bcast,
+        ] {
+            for m in t.metrics() {
+                assert_eq!(group_of(m), t.group(), "{m}");
+            }
+        }
+    }
 }

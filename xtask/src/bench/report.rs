@@ -72,7 +72,7 @@ impl DockerDnet {
 
     fn markdown(&self, s: &mut String) {
         s.push_str(
-            "\nDocker + dnet: real Docker containers, one dockerd, on a dnet network and on docker0:\n\n",
+            "\nDocker + dnet: real Docker containers, one dockerd, on a dnet network and on docker0 (and, for `docker run`, on a user-defined network of Docker's bridge driver):\n\n",
         );
         let (r, describe) = match self {
             DockerDnet::Skipped(why) => {
@@ -82,23 +82,25 @@ impl DockerDnet {
             DockerDnet::Done { r, describe } => (r, describe),
         };
         s.push_str(&format!(
-            "| | {} | {} | dnet ÷ docker0 |\n|---|---:|---:|---:|\n",
-            COLUMNS[0], COLUMNS[1]
+            "| | {} | {} | dnet ÷ docker0 | {} | dnet ÷ user-defined bridge |\n|---|---:|---:|---:|---:|---:|\n",
+            COLUMNS[0], COLUMNS[1], COLUMNS[2]
         ));
         let mut group: Option<Group> = None;
         for d in &r.defs {
             if group != Some(d.group) {
                 group = Some(d.group);
-                s.push_str(&format!("| **{}** | | | |\n", d.group.title()));
+                s.push_str(&format!("| **{}** | | | | | |\n", d.group.title()));
             }
             let arrow = if d.higher_is_better { "↑" } else { "↓" };
             s.push_str(&format!(
-                "| {} ({} {arrow}) | {} | {} | {} |\n",
+                "| {} ({} {arrow}) | {} | {} | {} | {} | {} |\n",
                 d.label,
                 d.unit,
                 cell(r.summary(&d.id, 0)),
                 cell(r.summary(&d.id, 1)),
-                ratio_cell(r.ratio(&d.id, 0, 1))
+                ratio_cell(r.ratio(&d.id, 0, 1)),
+                cell(r.summary(&d.id, 2)),
+                ratio_cell(r.ratio(&d.id, 0, 2))
             ));
         }
         s.push_str(&format!("\n- {describe}\n"));
@@ -137,6 +139,8 @@ impl DockerDnet {
                             "dnet": col(0),
                             "docker0": col(1),
                             "ratio": summary_json(r.ratio(&d.id, 0, 1)),
+                            "user_bridge": col(2),
+                            "ratio_user_bridge": summary_json(r.ratio(&d.id, 0, 2)),
                         })
                     })
                     .collect();
@@ -393,6 +397,8 @@ pub fn svg(path: &Path, meta: &Meta, r: &Results, ports: &[u32]) -> anyhow::Resu
             let tag = match d.group {
                 Group::EastWest => "EW",
                 Group::NorthSouth => "NS",
+                Group::EastWest6 => "EW6",
+                Group::NorthSouth6 => "NS6",
                 Group::Names => "DNS",
                 _ => "CP",
             };

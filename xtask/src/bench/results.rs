@@ -10,6 +10,8 @@ use super::stats::{Summary, ratios};
 pub enum Group {
     EastWest,
     NorthSouth,
+    EastWest6,
+    NorthSouth6,
     Published,
     ControlPlane,
     Names,
@@ -21,6 +23,8 @@ impl Group {
         match self {
             Group::EastWest => "East-west, container to container",
             Group::NorthSouth => "North-south, container to world through NAT",
+            Group::EastWest6 => "East-west over IPv6, dual-stack container to container",
+            Group::NorthSouth6 => "North-south over IPv6, container to world through NAT66",
             Group::Published => "Published ports, world to container",
             Group::ControlPlane => "Control plane",
             Group::Names => "Names, a container asking its network's resolver (dnsperf)",
@@ -114,6 +118,28 @@ pub fn metric_defs(ports: &[u32], endpoints: usize, publish: u32) -> Vec<MetricD
         MetricDef::new(
             "ns_cps",
             NorthSouth,
+            "TCP connections per second",
+            "conn/s",
+            true,
+        ),
+        MetricDef::new("ew6_tcp", EastWest6, "TCP throughput", "Gbit/s", true),
+        MetricDef::new(
+            "ew6_tcp_cpu",
+            EastWest6,
+            "host CPU per GB moved (TCP)",
+            "CPU s/GB",
+            false,
+        ),
+        MetricDef::new(
+            "ew6_udp",
+            EastWest6,
+            "UDP 64-byte datagrams delivered",
+            "kpps",
+            true,
+        ),
+        MetricDef::new(
+            "ns6_cps",
+            NorthSouth6,
             "TCP connections per second",
             "conn/s",
             true,
@@ -390,6 +416,24 @@ pub fn goals(r: &Results, ports: &[u32]) -> Vec<Goal> {
         ratio_goal(
             "connection rate through NAT ≥ 1.3× docker0",
             "ns_cps",
+            1,
+            &|x| x >= 1.3,
+        ),
+        ratio_goal(
+            "east-west IPv6 small-packet rate ≥ 1.3× docker0",
+            "ew6_udp",
+            1,
+            &|x| x >= 1.3,
+        ),
+        ratio_goal(
+            "east-west IPv6 small-packet rate ≥ 0.9× the direct veth pair",
+            "ew6_udp",
+            2,
+            &|x| x >= 0.9,
+        ),
+        ratio_goal(
+            "connection rate through NAT66 ≥ 1.3× docker0",
+            "ns6_cps",
             1,
             &|x| x >= 1.3,
         ),

@@ -52,7 +52,11 @@ pub fn query(
         s.read_exact(&mut buf)?;
         buf
     } else {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind(if server.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        })?;
         s.set_read_timeout(Some(timeout))?;
         s.send_to(&bytes, server)?;
         let mut buf = vec![0u8; 65535];
