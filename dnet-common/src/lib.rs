@@ -28,7 +28,10 @@ mod pod;
 pub use drop::DropReason;
 pub use endpoint::Endpoint;
 pub use ipv6::{Endpoint6, Ip6, Network6, Service6, ServiceKey6, SockRev6, SockRevKey6};
-pub use nat::{Config, CtEntry, CtKey, QuotaKey, Service, ServiceKey, SockRev, SockRevKey};
+pub use nat::{
+    Config, CtAddr, CtEntry, CtEntry6, CtEntryOf, CtKey, CtKey6, CtKeyOf, QuotaKey, Service,
+    ServiceKey, SockRev, SockRevKey,
+};
 pub use network::{MemberKey, NetFanout, Network};
 pub use stats::EndpointStats;
 
@@ -54,6 +57,8 @@ mod tests {
         );
         assert_eq!(size_of::<crate::CtKey>(), 16);
         assert_eq!(size_of::<crate::CtEntry>(), 56);
+        assert_eq!(size_of::<crate::CtKey6>(), 40);
+        assert_eq!(size_of::<crate::CtEntry6>(), 80);
         assert_eq!(size_of::<crate::tcp::TcpWindow>(), 16);
         assert_eq!(size_of::<crate::QuotaKey>(), 12);
         assert_eq!(size_of::<crate::ServiceKey>(), 8);

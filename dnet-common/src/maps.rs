@@ -22,6 +22,9 @@ pub const STATS: &str = "DNET_STATS";
 /// table refuses new flows (`conntrack-full`) and the daemon's collector
 /// frees expired ones.
 pub const CT: &str = "DNET_CT";
+/// `HashMap<CtKey6, CtEntry6>`: the same for IPv6 (NAT66), the same
+/// sizes and rules.
+pub const CT6: &str = "DNET_CT6";
 /// `PerCpuHashMap<QuotaKey, i64>`: flows the datapath charged to containers'
 /// limits, less those it removed itself (`dnet-ebpf/src/quota.rs`).
 pub const CT_OPENED: &str = "DNET_CT_OPENED";
@@ -65,11 +68,17 @@ pub const PROGS: &str = "DNET_PROGS";
 /// Slot of [`PROGS`]: IPv6 from a container (`lxc6_from_container`), which
 /// has a stack of its own there (the IPv4 program's is full).
 pub const PROG_SLOT_FROM_CONTAINER6: u32 = 0;
+/// Slot of [`PROGS`]: NAT66 of a container's IPv6 to the world
+/// (`lxc6_nat_from_container`), tail-called by `lxc6_from_container`.
+pub const PROG_SLOT_NAT6_FROM_CONTAINER: u32 = 1;
+/// Slot of [`PROGS`]: IPv6 on the uplink (`host6_from_uplink`),
+/// tail-called by `host_from_uplink`.
+pub const PROG_SLOT_FROM_UPLINK6: u32 = 2;
 /// Size of [`PROGS`].
 pub const PROGS_SLOTS: u32 = 4;
 
 /// Every map the datapath declares (but [`PROGS`] and scratch maps).
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 21] = [
     ENDPOINTS_BY_IP,
     ENDPOINTS_BY_IF,
     NETWORKS,
@@ -78,6 +87,7 @@ pub const ALL: [&str; 20] = [
     NET_MEMBER,
     STATS,
     CT,
+    CT6,
     CT_OPENED,
     CT_CLOSED,
     SERVICES,

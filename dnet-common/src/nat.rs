@@ -22,23 +22,75 @@
 
 use crate::tcp::TcpWindow;
 
-/// Key of [`crate::maps::CT`]: a packet's tuple. Ports in network order.
+/// An address conntrack keys flows by, as the packet holds it: IPv4 (`u32`,
+/// network order) or IPv6 (`[u8; 16]`). The conntrack code is written once,
+/// generic over it; each family has its own table (`DNET_CT`, `DNET_CT6`).
+pub trait CtAddr: Copy + PartialEq + Eq + core::hash::Hash + Default + core::fmt::Debug {
+    /// The unspecified address.
+    const ZERO: Self;
+    /// [`QuotaKey::family`] of this family's limit counters.
+    const FAMILY: u8;
+    /// The address as 32 bits: itself for IPv4, a mixing hash of its four
+    /// words for IPv6 (limit keys and the NAT port probe start).
+    fn fold(&self) -> u32;
+}
+
+impl CtAddr for u32 {
+    const ZERO: u32 = 0;
+    const FAMILY: u8 = 0;
+    #[inline(always)]
+    fn fold(&self) -> u32 {
+        *self
+    }
+}
+
+impl CtAddr for [u8; 16] {
+    const ZERO: [u8; 16] = [0; 16];
+    const FAMILY: u8 = 6;
+    #[inline(always)]
+    fn fold(&self) -> u32 {
+        let w = |i: usize| u32::from_ne_bytes([self[i], self[i + 1], self[i + 2], self[i + 3]]);
+        let mut h = w(0);
+        h = fmix(h ^ w(4).rotate_left(11));
+        h = fmix(h ^ w(8).rotate_left(19));
+        fmix(h ^ w(12))
+    }
+}
+
+/// murmur3's final avalanche.
+#[inline(always)]
+const fn fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// Key of a conntrack table: a packet's tuple. Ports in network order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct CtKey {
-    pub saddr_be: u32,
-    pub daddr_be: u32,
+pub struct CtKeyOf<A> {
+    pub saddr_be: A,
+    pub daddr_be: A,
     pub sport_be: u16,
     pub dport_be: u16,
-    /// IP protocol number.
+    /// IP protocol number (ICMPv6 is 58).
     pub proto: u8,
     pub _pad: [u8; 3],
 }
 
-impl CtKey {
+/// Key of [`crate::maps::CT`] (IPv4).
+pub type CtKey = CtKeyOf<u32>;
+/// Key of [`crate::maps::CT6`] (IPv6).
+pub type CtKey6 = CtKeyOf<[u8; 16]>;
+
+impl<A: CtAddr> CtKeyOf<A> {
     /// The key of the packets that answer this one.
-    pub const fn reversed(&self) -> CtKey {
-        CtKey {
+    #[inline(always)]
+    pub const fn reversed(&self) -> CtKeyOf<A> {
+        CtKeyOf {
             saddr_be: self.daddr_be,
             daddr_be: self.saddr_be,
             sport_be: self.dport_be,
@@ -99,12 +151,12 @@ pub const CT_FIN_ACKED: u8 = 0x40;
 /// a packet went this way.
 pub const CT_SEEN: u8 = 0x80;
 
-/// Value of [`crate::maps::CT`].
+/// Value of a conntrack table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct CtEntry {
-    pub new_saddr_be: u32,
-    pub new_daddr_be: u32,
+pub struct CtEntryOf<A> {
+    pub new_saddr_be: A,
+    pub new_daddr_be: A,
     pub new_sport_be: u16,
     pub new_dport_be: u16,
     /// `CT_F_*`.
@@ -114,7 +166,8 @@ pub struct CtEntry {
     pub tcp_seen: u8,
     pub _pad: u8,
     /// The container of the flow (whose counters count it, and whose
-    /// removal removes it).
+    /// removal removes it): its IPv4 address, in both tables (a dual-stack
+    /// endpoint's record is keyed by it).
     pub endpoint_be: u32,
     /// The flow's identity, the same in both of its entries: an entry pairs
     /// only with a partner of the same id, so a reply tuple taken over by
@@ -131,9 +184,14 @@ pub struct CtEntry {
     pub win: TcpWindow,
 }
 
+/// Value of [`crate::maps::CT`] (IPv4).
+pub type CtEntry = CtEntryOf<u32>;
+/// Value of [`crate::maps::CT6`] (IPv6).
+pub type CtEntry6 = CtEntryOf<[u8; 16]>;
+
 /// The tuple a packet keyed `k` has after `e` rewrote it.
 #[inline(always)]
-pub const fn translated(k: &CtKey, e: &CtEntry) -> CtKey {
+pub const fn translated<A: CtAddr>(k: &CtKeyOf<A>, e: &CtEntryOf<A>) -> CtKeyOf<A> {
     let mut t = *k;
     if e.flags & CT_F_SNAT != 0 {
         t.saddr_be = e.new_saddr_be;
@@ -148,7 +206,7 @@ pub const fn translated(k: &CtKey, e: &CtEntry) -> CtKey {
 
 /// The key of the other direction of the flow `k` belongs to.
 #[inline(always)]
-pub const fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
+pub const fn partner<A: CtAddr>(k: &CtKeyOf<A>, e: &CtEntryOf<A>) -> CtKeyOf<A> {
     translated(k, e).reversed()
 }
 
@@ -159,7 +217,12 @@ pub const fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
 /// Written in place (the datapath builds it in a scratch map, off its small
 /// stack); every field is written.
 #[inline(always)]
-pub const fn reply_into(k: &CtKey, e: &CtEntry, rk: &mut CtKey, r: &mut CtEntry) {
+pub const fn reply_into<A: CtAddr>(
+    k: &CtKeyOf<A>,
+    e: &CtEntryOf<A>,
+    rk: &mut CtKeyOf<A>,
+    r: &mut CtEntryOf<A>,
+) {
     // The answers' tuple: the first direction's, translated, reversed.
     let snat = e.flags & CT_F_SNAT != 0;
     let dnat = e.flags & CT_F_DNAT != 0;
@@ -179,9 +242,9 @@ pub const fn reply_into(k: &CtKey, e: &CtEntry, rk: &mut CtKey, r: &mut CtEntry)
     if e.flags & CT_F_REPLY_TO_ENDPOINT != 0 {
         flags |= CT_F_TO_ENDPOINT;
     }
-    r.new_saddr_be = if dnat { k.daddr_be } else { 0 };
+    r.new_saddr_be = if dnat { k.daddr_be } else { A::ZERO };
     r.new_sport_be = if dnat { k.dport_be } else { 0 };
-    r.new_daddr_be = if snat { k.saddr_be } else { 0 };
+    r.new_daddr_be = if snat { k.saddr_be } else { A::ZERO };
     r.new_dport_be = if snat { k.sport_be } else { 0 };
     r.flags = flags;
     r.tcp_seen = 0;
@@ -281,7 +344,10 @@ pub struct QuotaKey {
     pub daddr_be: u32,
     pub dport_be: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// 0: the counters of IPv4 flows; 6: of IPv6 flows, whose addresses
+    /// are folded to 32 bits ([`CtAddr::fold`]). A dual-stack container's
+    /// limits hold for each family on its own.
+    pub family: u8,
 }
 
 impl QuotaKey {
@@ -292,19 +358,33 @@ impl QuotaKey {
             daddr_be: 0,
             dport_be: 0,
             proto: 0,
-            _pad: 0,
+            family: 0,
+        }
+    }
+
+    /// Every flow of its family the container that opened the flow keyed
+    /// `k` opened.
+    #[inline(always)]
+    pub fn opener<A: CtAddr>(k: &CtKeyOf<A>) -> QuotaKey {
+        QuotaKey {
+            endpoint_be: k.saddr_be.fold(),
+            daddr_be: 0,
+            dport_be: 0,
+            proto: 0,
+            family: A::FAMILY,
         }
     }
 
     /// The flows of the container that opened the flow keyed `k` towards
     /// `k`'s destination: each holds a NAT port of that destination.
-    pub const fn destination(k: &CtKey) -> QuotaKey {
+    #[inline(always)]
+    pub fn destination<A: CtAddr>(k: &CtKeyOf<A>) -> QuotaKey {
         QuotaKey {
-            endpoint_be: k.saddr_be,
-            daddr_be: k.daddr_be,
+            endpoint_be: k.saddr_be.fold(),
+            daddr_be: k.daddr_be.fold(),
             dport_be: k.dport_be,
             proto: k.proto,
-            _pad: 0,
+            family: A::FAMILY,
         }
     }
 }
@@ -357,17 +437,11 @@ pub const fn nat_port_candidate(hash: u32, n: u32, min: u16, size: u32) -> u16 {
 
 /// A cheap mixing hash of a tuple (the start of its port probe sequence).
 #[inline(always)]
-pub const fn tuple_hash(k: &CtKey) -> u32 {
-    let mut h = k.saddr_be ^ k.daddr_be.rotate_left(7);
+pub fn tuple_hash<A: CtAddr>(k: &CtKeyOf<A>) -> u32 {
+    let mut h = k.saddr_be.fold() ^ k.daddr_be.fold().rotate_left(7);
     h ^= ((k.sport_be as u32) << 16 | k.dport_be as u32).rotate_left(13);
     h ^= k.proto as u32;
-    // Final avalanche (from murmur3's fmix32).
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^= h >> 16;
-    h
+    fmix(h)
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! `aya::Pod` for the map types, so userspace can read and write them.
 
 use crate::{
-    Config, CtEntry, CtKey, Endpoint, EndpointStats, MemberKey, NetFanout, Network, Service,
-    ServiceKey, SockRev, SockRevKey,
+    Config, Endpoint, EndpointStats, MemberKey, NetFanout, Network, Service, ServiceKey, SockRev,
+    SockRevKey,
 };
 
 // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and integer
@@ -18,9 +18,11 @@ unsafe impl aya::Pod for MemberKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for EndpointStats {}
 // SAFETY: as above.
-unsafe impl aya::Pod for CtKey {}
+// (Both families: `u32` and `[u8; 16]` addresses, the layout test pins
+// their sizes.)
+unsafe impl<A: crate::CtAddr + aya::Pod> aya::Pod for crate::CtKeyOf<A> {}
 // SAFETY: as above.
-unsafe impl aya::Pod for CtEntry {}
+unsafe impl<A: crate::CtAddr + aya::Pod> aya::Pod for crate::CtEntryOf<A> {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ServiceKey {}
 // SAFETY: as above.

@@ -17,7 +17,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
 };
 use dnet_common::{
-    CtEntry, CtKey, DropReason,
+    CtAddr, CtEntry, CtEntry6, CtEntryOf, CtKey, CtKey6, CtKeyOf, DropReason,
     maps::CT_ENTRIES,
     nat::{
         CT_F_ASSURED, CT_F_COUNTED, CT_F_REPLY, CT_FIN_ACKED, CT_PEER_FIN, CT_SEEN, TCP_ACK,
@@ -47,24 +47,61 @@ const E2BIG: i32 = -7;
 #[map(name = "DNET_CT")]
 pub static CT: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(CT_ENTRIES, 0);
 
+/// Both directions of every IPv6 flow (NAT66): the same code, keyed by
+/// 128-bit addresses.
+#[map(name = "DNET_CT6")]
+pub static CT6: HashMap<CtKey6, CtEntry6> = HashMap::with_max_entries(CT_ENTRIES, 0);
+
 /// Room (one per CPU) for a new reply entry and its key while it is made:
 /// the programs' 512-byte stacks are spoken for.
-pub struct CtScratch {
-    pub rkey: CtKey,
-    pub reply: CtEntry,
+pub struct CtScratch<A> {
+    pub rkey: CtKeyOf<A>,
+    pub reply: CtEntryOf<A>,
     /// The first entry's key, for [`reclaim`].
-    pub fkey: CtKey,
+    pub fkey: CtKeyOf<A>,
 }
 
 #[map(name = "DNET_CT_SCRATCH")]
-pub static CT_SCRATCH: PerCpuArray<CtScratch> = PerCpuArray::with_max_entries(1, 0);
+pub static CT_SCRATCH: PerCpuArray<CtScratch<u32>> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "DNET_CT6_SCRATCH")]
+pub static CT6_SCRATCH: PerCpuArray<CtScratch<[u8; 16]>> = PerCpuArray::with_max_entries(1, 0);
+
+/// An address family's conntrack table and scratch: what the code below,
+/// written once, is monomorphised over.
+pub trait Family: CtAddr + 'static {
+    fn table() -> &'static HashMap<CtKeyOf<Self>, CtEntryOf<Self>>;
+    fn scratch_map() -> &'static PerCpuArray<CtScratch<Self>>;
+}
+
+impl Family for u32 {
+    #[inline(always)]
+    fn table() -> &'static HashMap<CtKey, CtEntry> {
+        &CT
+    }
+    #[inline(always)]
+    fn scratch_map() -> &'static PerCpuArray<CtScratch<u32>> {
+        &CT_SCRATCH
+    }
+}
+
+impl Family for [u8; 16] {
+    #[inline(always)]
+    fn table() -> &'static HashMap<CtKey6, CtEntry6> {
+        &CT6
+    }
+    #[inline(always)]
+    fn scratch_map() -> &'static PerCpuArray<CtScratch<[u8; 16]>> {
+        &CT6_SCRATCH
+    }
+}
 
 /// This CPU's scratch slot.
 #[inline(always)]
-pub fn scratch() -> Option<&'static mut CtScratch> {
+pub fn scratch<A: Family>() -> Option<&'static mut CtScratch<A>> {
     // SAFETY: this CPU's slot of a live per-CPU array; nothing else runs on
     // this CPU while the program does, and no caller holds two of them.
-    CT_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+    A::scratch_map().get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 #[inline(always)]
@@ -77,19 +114,22 @@ pub fn now() -> u64 {
 /// rewriting and delivery read, copied out small (the programs' stacks
 /// are full; the entry itself is larger).
 #[derive(Clone, Copy)]
-pub struct Xlate {
-    pub new_saddr_be: u32,
-    pub new_daddr_be: u32,
+pub struct XlateOf<A> {
+    pub new_saddr_be: A,
+    pub new_daddr_be: A,
     pub new_sport_be: u16,
     pub new_dport_be: u16,
     pub flags: u16,
     pub endpoint_be: u32,
 }
 
-impl Xlate {
+/// [`XlateOf`] for IPv4.
+pub type Xlate = XlateOf<u32>;
+
+impl<A: Copy> XlateOf<A> {
     #[inline(always)]
-    pub fn of(e: &CtEntry) -> Xlate {
-        Xlate {
+    pub fn of(e: &CtEntryOf<A>) -> XlateOf<A> {
+        XlateOf {
             new_saddr_be: e.new_saddr_be,
             new_daddr_be: e.new_daddr_be,
             new_sport_be: e.new_sport_be,
@@ -111,8 +151,8 @@ pub enum InsertError {
 /// Inserts `e` under `k` only if `k` is free. A full table refuses; nothing
 /// is evicted.
 #[inline(always)]
-pub fn insert_new(k: &CtKey, e: &CtEntry) -> Result<(), InsertError> {
-    match CT.insert(k, e, BPF_NOEXIST as u64) {
+pub fn insert_new<A: Family>(k: &CtKeyOf<A>, e: &CtEntryOf<A>) -> Result<(), InsertError> {
+    match A::table().insert(k, e, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(E2BIG) => Err(InsertError::Full),
         Err(_) => Err(InsertError::Exists),
@@ -144,8 +184,8 @@ pub fn insert_new(k: &CtKey, e: &CtEntry) -> Result<(), InsertError> {
 ///
 /// An ICMP error's quote is looked up with [`probe`], which writes nothing.
 #[inline(always)]
-pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
-    let Some(e) = CT.get_ptr_mut(key) else {
+pub fn lookup<A: Family>(key: &CtKeyOf<A>, seg: &Seg) -> Result<Option<XlateOf<A>>, DropReason> {
+    let Some(e) = A::table().get_ptr_mut(key) else {
         return Ok(None);
     };
     let t = now();
@@ -171,7 +211,7 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
         let mut p = None;
         if tcp || (first && !assured) {
             let rk = partner(key, &*e);
-            p = match CT.get_ptr_mut(&rk) {
+            p = match A::table().get_ptr_mut(&rk) {
                 Some(p) => Some(p),
                 None if first => repair(key, &*e),
                 None => None,
@@ -196,7 +236,7 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
             if seen & CT_SEEN == 0 {
                 (*e).tcp_seen = seen | tcp_flags;
             }
-            return Ok(Some(Xlate::of(&*e)));
+            return Ok(Some(XlateOf::of(&*e)));
         }
         if first && opens_flow(IPPROTO_TCP, tcp_flags) && tcp_closed(seen, other) {
             // A new connection on the tuple of a closed one, from the side
@@ -216,7 +256,7 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
                 (*p).tcp_seen = 0;
                 (*p).win = TcpWindow::default();
             }
-            return Ok(Some(Xlate::of(&*e)));
+            return Ok(Some(XlateOf::of(&*e)));
         }
         let mut add = tcp_flags;
         if let Some(p) = p {
@@ -224,7 +264,7 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
                 if tcp_flags & TCP_RST != 0 {
                     return Err(DropReason::CtRstOutOfWindow);
                 }
-                return Ok(Some(Xlate::of(&*e)));
+                return Ok(Some(XlateOf::of(&*e)));
             }
             // An established flow ends only by a RST at the exact sequence
             // number; another in the window goes to the endpoint, which
@@ -286,7 +326,7 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
                 _ => {}
             }
         }
-        Ok(Some(Xlate::of(&*e)))
+        Ok(Some(XlateOf::of(&*e)))
     }
 }
 
@@ -296,14 +336,14 @@ pub fn lookup(key: &CtKey, seg: &Seg) -> Result<Option<Xlate>, DropReason> {
 /// entry is missing answers for no flow (its next packet repairs or ends
 /// it).
 #[inline(always)]
-pub fn probe(key: &CtKey) -> Option<Xlate> {
+pub fn probe<A: Family>(key: &CtKeyOf<A>) -> Option<XlateOf<A>> {
     // SAFETY: read-only map access to plain data (copied out).
     unsafe {
-        let e = CT.get(key)?;
-        if e.flags & CT_F_REPLY == 0 && CT.get(&partner(key, e))?.flow_id != e.flow_id {
+        let e = A::table().get(key)?;
+        if e.flags & CT_F_REPLY == 0 && A::table().get(&partner(key, e))?.flow_id != e.flow_id {
             return None;
         }
-        Some(Xlate::of(e))
+        Some(XlateOf::of(e))
     }
 }
 
@@ -315,7 +355,7 @@ pub fn probe(key: &CtKey) -> Option<Xlate> {
 /// container's count one low (as two charging at once may pass a limit by
 /// one).
 #[inline(always)]
-fn uncharge(key: &CtKey, f: *mut CtEntry) {
+fn uncharge<A: Family>(key: &CtKeyOf<A>, f: *mut CtEntryOf<A>) {
     // SAFETY: `f` points into a live map value; `flags` is plain data.
     let flags = unsafe { (*f).flags };
     if flags & CT_F_COUNTED == 0 {
@@ -331,15 +371,15 @@ fn uncharge(key: &CtKey, f: *mut CtEntry) {
 /// gives back its charge. Reads the entry before the removal frees it for
 /// another flow.
 #[inline(always)]
-fn remove_first(key: &CtKey, flow_id: u32) {
+fn remove_first<A: Family>(key: &CtKeyOf<A>, flow_id: u32) {
     // SAFETY: read-only map access to plain data (copied out).
-    let Some(flags) = (unsafe { CT.get(key) })
+    let Some(flags) = (unsafe { A::table().get(key) })
         .filter(|f| f.flow_id == flow_id)
         .map(|f| f.flags)
     else {
         return;
     };
-    if CT.remove(key).is_ok() {
+    if A::table().remove(key).is_ok() {
         release(key, flags);
     }
 }
@@ -348,17 +388,20 @@ fn remove_first(key: &CtKey, flow_id: u32) {
 /// has lost it, if its tuple is free; returns what holds the tuple then
 /// (another CPU may have made the same entry meanwhile: same identity).
 #[inline(always)]
-fn repair(key: &CtKey, e: &CtEntry) -> Option<*mut CtEntry> {
+fn repair<A: Family>(key: &CtKeyOf<A>, e: &CtEntryOf<A>) -> Option<*mut CtEntryOf<A>> {
     let s = reply_in_scratch(key, e)?;
     let _ = insert_new(&s.rkey, &s.reply);
-    CT.get_ptr_mut(&s.rkey)
+    A::table().get_ptr_mut(&s.rkey)
 }
 
 /// This CPU's scratch slot with the reply entry (and its key) of the flow
 /// whose first entry is `fwd`, keyed `key`. Built there: the callers'
 /// stacks are full.
 #[inline(always)]
-pub fn reply_in_scratch(key: &CtKey, fwd: &CtEntry) -> Option<&'static mut CtScratch> {
+pub fn reply_in_scratch<A: Family>(
+    key: &CtKeyOf<A>,
+    fwd: &CtEntryOf<A>,
+) -> Option<&'static mut CtScratch<A>> {
     let s = scratch()?;
     reply_into(key, fwd, &mut s.rkey, &mut s.reply);
     Some(s)
@@ -377,34 +420,59 @@ pub fn opens_flow(proto: u8, tcp_flags: u8) -> bool {
 /// `reply_into`), with a fresh identity; a TCP flow's window starts from
 /// its SYN (`seg`).
 #[inline(always)]
-pub fn entry(
-    new_saddr_be: u32,
+pub fn entry<A: Family>(
+    new_saddr_be: A,
     new_sport_be: u16,
-    new_daddr_be: u32,
+    new_daddr_be: A,
     new_dport_be: u16,
     flags: u16,
     endpoint_be: u32,
     seg: &Seg,
-) -> CtEntry {
-    let t = now();
-    let mut win = TcpWindow::default();
-    if seg.flags & TCP_SYN != 0 {
-        start(&mut win, seg);
-    }
-    CtEntry {
+) -> CtEntryOf<A> {
+    let mut e = CtEntryOf::default();
+    entry_into(
+        &mut e,
         new_saddr_be,
-        new_daddr_be,
         new_sport_be,
+        new_daddr_be,
         new_dport_be,
         flags,
-        tcp_seen: seg.flags,
-        _pad: 0,
         endpoint_be,
-        // SAFETY: a helper call without arguments.
-        flow_id: unsafe { bpf_get_prandom_u32() },
-        created_ns: t,
-        last_seen_ns: t,
-        win,
+        seg,
+    );
+    e
+}
+
+/// [`entry`], written in place (a scratch slot: IPv6's entries are too
+/// large for the stack beside the rest). Every field is written.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn entry_into<A: Family>(
+    e: &mut CtEntryOf<A>,
+    new_saddr_be: A,
+    new_sport_be: u16,
+    new_daddr_be: A,
+    new_dport_be: u16,
+    flags: u16,
+    endpoint_be: u32,
+    seg: &Seg,
+) {
+    let t = now();
+    e.new_saddr_be = new_saddr_be;
+    e.new_daddr_be = new_daddr_be;
+    e.new_sport_be = new_sport_be;
+    e.new_dport_be = new_dport_be;
+    e.flags = flags;
+    e.tcp_seen = seg.flags;
+    e._pad = 0;
+    e.endpoint_be = endpoint_be;
+    // SAFETY: a helper call without arguments.
+    e.flow_id = unsafe { bpf_get_prandom_u32() };
+    e.created_ns = t;
+    e.last_seen_ns = t;
+    e.win = TcpWindow::default();
+    if seg.flags & TCP_SYN != 0 {
+        start(&mut e.win, seg);
     }
 }
 
@@ -412,19 +480,19 @@ pub fn entry(
 /// free, then its first entry. `Ok(true)`: made here; `Ok(false)`: another
 /// CPU made the same flow meanwhile, and `fwd` is now its first entry.
 #[inline(always)]
-pub fn insert_flow(
-    key: &CtKey,
-    fwd: &mut CtEntry,
-    rkey: &CtKey,
-    reply: &CtEntry,
+pub fn insert_flow<A: Family>(
+    key: &CtKeyOf<A>,
+    fwd: &mut CtEntryOf<A>,
+    rkey: &CtKeyOf<A>,
+    reply: &CtEntryOf<A>,
 ) -> Result<bool, InsertError> {
     insert_new(rkey, reply)?;
     match insert_new(key, fwd) {
         Ok(()) => Ok(true),
         Err(e) => {
-            let _ = CT.remove(rkey);
+            let _ = A::table().remove(rkey);
             // SAFETY: read-only map access to plain data (copied out).
-            match unsafe { CT.get(key) } {
+            match unsafe { A::table().get(key) } {
                 Some(f) => {
                     *fwd = *f;
                     Ok(false)
@@ -442,8 +510,8 @@ pub fn insert_flow(
 /// Without it, short connections to one server would hold every port of
 /// the range for the closing timeout. Uses `s.fkey`.
 #[inline(always)]
-pub fn reclaim(s: &mut CtScratch) {
-    let Some(old) = CT.get_ptr(&s.rkey) else {
+pub fn reclaim<A: Family>(s: &mut CtScratch<A>) {
+    let Some(old) = A::table().get_ptr(&s.rkey) else {
         return;
     };
     // SAFETY: `old` and `f` point into live map values, read field by
@@ -452,7 +520,7 @@ pub fn reclaim(s: &mut CtScratch) {
         s.fkey = partner(&s.rkey, &*old);
         // Only a first entry of the same identity is this flow's: another
         // flow may have that key now.
-        let f = CT
+        let f = A::table()
             .get_ptr(&s.fkey)
             .filter(|f| (**f).flow_id == (*old).flow_id);
         let closed = match f {
@@ -473,5 +541,5 @@ pub fn reclaim(s: &mut CtScratch) {
             remove_first(&s.fkey, (*old).flow_id);
         }
     }
-    let _ = CT.remove(&s.rkey);
+    let _ = A::table().remove(&s.rkey);
 }

@@ -48,6 +48,16 @@ pub fn dec_ttl(ctx: &TcContext, ip_off: usize) -> Result<(), DropReason> {
     err(ctx.store(ip_off + 8, &new[0], 0))
 }
 
+/// Decrements the IPv6 hop limit (no header checksum to fix).
+#[inline(always)]
+pub fn dec_hop_limit(ctx: &TcContext, ip_off: usize) -> Result<(), DropReason> {
+    let hl: u8 = err(ctx.load(ip_off + 7))?;
+    if hl <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    err(ctx.store(ip_off + 7, &(hl - 1), 0))
+}
+
 /// What [`route`] looks up.
 pub struct RouteQuery {
     /// The interface the packet arrived on.
@@ -119,11 +129,25 @@ pub fn route(ctx: &TcContext, q: &RouteQuery) -> Route {
 /// without it the answer is [`Route::None`].
 #[inline(always)]
 pub fn route6(ctx: &TcContext, iif: u32, saddr: &[u8; 16], daddr: &[u8; 16], proto: u8) -> Route {
+    route6_len(ctx, iif, saddr, daddr, proto, 0)
+}
+
+/// As [`route6`], with the length the next link must carry (`tot_len`,
+/// as in [`RouteQuery`]).
+#[inline(always)]
+pub fn route6_len(
+    ctx: &TcContext,
+    iif: u32,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+    proto: u8,
+    tot_len: u16,
+) -> Route {
     let w = |a: &[u8; 16]| {
         let x = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
         [x(0), x(4), x(8), x(12)]
     };
-    lookup(ctx, AF_INET6, proto, 0, iif, w(saddr), w(daddr))
+    lookup(ctx, AF_INET6, proto, tot_len, iif, w(saddr), w(daddr))
 }
 
 #[inline(always)]
@@ -201,12 +225,27 @@ pub fn route_mtu() -> u16 {
 /// Sends the (already rewritten) packet out along `route`.
 #[inline(always)]
 pub fn forward(ctx: &TcContext, route: &Route) -> Result<i32, DropReason> {
+    forward_dec(ctx, route, dec_ttl)
+}
+
+/// As [`forward`], for IPv6 (the hop limit goes down by one).
+#[inline(always)]
+pub fn forward6(ctx: &TcContext, route: &Route) -> Result<i32, DropReason> {
+    forward_dec(ctx, route, dec_hop_limit)
+}
+
+#[inline(always)]
+fn forward_dec(
+    ctx: &TcContext,
+    route: &Route,
+    dec: fn(&TcContext, usize) -> Result<(), DropReason>,
+) -> Result<i32, DropReason> {
     let (ifindex, macs) = match route {
         Route::Out { ifindex, macs } => (ifindex, macs),
         Route::TooBig { .. } => return Err(DropReason::FragNeeded),
         _ => return Err(DropReason::NoRoute),
     };
-    dec_ttl(ctx, ETH_HLEN)?;
+    dec(ctx, ETH_HLEN)?;
     // SAFETY: helper calls with plain arguments (a null neighbour means:
     // resolve the route's next hop).
     let v = unsafe {

@@ -10,16 +10,16 @@
 //! identifiers apart from the containers' (`CT_F_HOST`).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
-use dnet_common::{DropReason, nat::CT_F_HOST};
+use dnet_common::{DropReason, maps::PROG_SLOT_FROM_UPLINK6, nat::CT_F_HOST};
 
 use crate::{
     ct,
-    eth::{ETH_HLEN, ETH_P_IP, EthHdr},
+    eth::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr},
     icmp_error,
     icmp_reply::{self, IcmpError},
     ipv4::Ipv4Hdr,
     l4::{self, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Parsed},
-    maps::SUBNETS,
+    maps::{PROGS, SUBNETS},
     nat,
     ptr::ptr_at,
     stats::drop,
@@ -45,6 +45,11 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     }
     let Some(ip) = ipv4_of(ctx) else {
+        if is_ipv6(ctx) {
+            // SAFETY: the tail call jumps to `host6_from_uplink` with the
+            // same context, or returns when the slot is empty.
+            unsafe { PROGS.tail_call(ctx, PROG_SLOT_FROM_UPLINK6) };
+        }
         return Ok(TC_ACT_OK);
     };
     // Only packets for the uplink's address can belong to dnet; the host's
@@ -106,6 +111,13 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         // discovery).
         _ => Ok(TC_ACT_OK),
     }
+}
+
+/// An IPv6 frame (NAT66's answers: `nat6`, a program of its own).
+#[inline(always)]
+fn is_ipv6(ctx: &TcContext) -> bool {
+    // SAFETY: `ptr_at` checked the header is in the packet.
+    ptr_at::<EthHdr>(ctx, 0).is_ok_and(|eth| unsafe { (*eth).proto() } == ETH_P_IPV6)
 }
 
 /// The IPv4 header (copied) of an IPv4 frame whose header is whole and

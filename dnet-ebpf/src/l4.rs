@@ -191,6 +191,21 @@ pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
 /// are full.
 #[inline(always)]
 pub fn seg(ctx: &TcContext, l4: Option<&L4>, proto: u8) -> Result<&'static Seg, DropReason> {
+    seg_to(ctx, l4, proto, || {
+        let tot = ctx.load::<u16>(ETH_HLEN + 2).map(u16::from_be).unwrap_or(0) as usize;
+        ETH_HLEN + tot
+    })
+}
+
+/// As [`seg`], for a datagram that ends where `end` says (IPv6: after its
+/// payload length).
+#[inline(always)]
+pub fn seg_to(
+    ctx: &TcContext,
+    l4: Option<&L4>,
+    proto: u8,
+    end: impl FnOnce() -> usize,
+) -> Result<&'static Seg, DropReason> {
     let p = SEG_SCRATCH.get_ptr_mut(0).ok_or(DropReason::Malformed)?;
     // SAFETY: this CPU's slot of a live per-CPU array; nothing else runs
     // on this CPU while the program does, and each program fills it once,
@@ -213,8 +228,7 @@ pub fn seg(ctx: &TcContext, l4: Option<&L4>, proto: u8) -> Result<&'static Seg, 
     s.ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
     s.win = u16::from_be_bytes([h[14], h[15]]);
     let hlen = ((h[12] >> 4) as usize) * 4;
-    let tot = ctx.load::<u16>(ETH_HLEN + 2).map(u16::from_be).unwrap_or(0) as usize;
-    s.len = (ETH_HLEN + tot).saturating_sub(l4.off + hlen) as u32;
+    s.len = end().saturating_sub(l4.off + hlen) as u32;
     if s.flags & TCP_SYN != 0 {
         s.wscale = wscale(ctx, l4.off, hlen);
     }

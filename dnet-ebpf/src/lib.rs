@@ -5,7 +5,8 @@
 //! Discovery answered for them), `l4` (headers and tuples), `maps` (the maps), `stats`
 //! (counters and drops), `ct` (conntrack), `quota` (containers'
 //! flow limits), `nat` (new flows and their
-//! ports, rewriting, delivery), `fib` (routing where the datapath
+//! ports, rewriting, delivery), `nat6` (NAT66: IPv6 to the world and
+//! its answers), `fib` (routing where the datapath
 //! forwards), `icmp_error` (ICMP errors about translated flows),
 //! `icmp_reply` (the ICMP errors dnet sends at its own hop), `lxc` (the
 //! container-facing programs), `fanout` (broadcast copies to a network's
@@ -34,6 +35,7 @@ pub mod l4;
 pub mod lxc;
 pub mod maps;
 pub mod nat;
+pub mod nat6;
 pub mod ndp;
 pub mod ptr;
 pub mod quota;

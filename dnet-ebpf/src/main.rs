@@ -26,6 +26,20 @@ pub fn lxc6_from_container(ctx: TcContext) -> i32 {
     dnet_ebpf::ipv6::from_container_tail(&ctx)
 }
 
+/// NAT66 of a container's IPv6 to the world: tail-called by
+/// `lxc6_from_container` (slot `PROG_SLOT_NAT6_FROM_CONTAINER`).
+#[classifier]
+pub fn lxc6_nat_from_container(ctx: TcContext) -> i32 {
+    dnet_ebpf::nat6::from_container_tail(&ctx)
+}
+
+/// IPv6 on the uplink (NAT66's answers): tail-called by
+/// `host_from_uplink` (slot `PROG_SLOT_FROM_UPLINK6`).
+#[classifier]
+pub fn host6_from_uplink(ctx: TcContext) -> i32 {
+    dnet_ebpf::nat6::from_uplink_tail(&ctx)
+}
+
 /// tcx egress of a container's host-side veth: traffic the host stack sends
 /// into the container.
 #[classifier]

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dnet_common::{
-    Config, CtEntry, CtKey, DropReason, Endpoint, ServiceKey,
+    Config, CtEntryOf, CtKey, CtKeyOf, DropReason, Endpoint, ServiceKey,
     nat::{
         CT_F_COUNTED, CT_F_DNAT, CT_F_HOST, CT_F_PUBLISHED, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT,
         CT_F_TO_ENDPOINT, CT_SEEN, NAT_PORT_PROBES, nat_port_candidate, tuple_hash,
@@ -22,7 +22,7 @@ use dnet_common::{
 };
 
 use crate::{
-    ct::{InsertError, Xlate, entry, insert_flow, reclaim, reply_in_scratch},
+    ct::{Family, InsertError, Xlate, entry, insert_flow, reclaim, reply_in_scratch},
     err,
     eth::ETH_HLEN,
     fib::{Route, RouteQuery, dec_ttl, forward, ingress_ifindex, route},
@@ -82,7 +82,11 @@ pub fn may_publish_to(saddr_be: u32) -> bool {
 /// a subprogram, or with its entries on the stack, the programs that make
 /// new flows outgrow the 512-byte stack.
 #[inline(always)]
-fn claim_port(cfg: &Config, key: &CtKey, fwd: &mut CtEntry) -> Result<bool, DropReason> {
+fn claim_port<A: Family>(
+    cfg: &Config,
+    key: &CtKeyOf<A>,
+    fwd: &mut CtEntryOf<A>,
+) -> Result<bool, DropReason> {
     let size = (cfg.nat_port_max as u32).saturating_sub(cfg.nat_port_min as u32) + 1;
     let hash = tuple_hash(key);
     for n in 0..NAT_PORT_PROBES {
@@ -108,7 +112,11 @@ fn claim_port(cfg: &Config, key: &CtKey, fwd: &mut CtEntry) -> Result<bool, Drop
 /// to its limits first (`quota`); the charge is given back unless the
 /// flow was made here.
 #[inline(always)]
-fn claim_charged(cfg: &Config, key: &CtKey, fwd: &mut CtEntry) -> Result<(), DropReason> {
+pub fn claim_charged<A: Family>(
+    cfg: &Config,
+    key: &CtKeyOf<A>,
+    fwd: &mut CtEntryOf<A>,
+) -> Result<(), DropReason> {
     let charged = charge(cfg, key)?;
     if charged {
         fwd.flags |= CT_F_COUNTED;
@@ -193,10 +201,10 @@ pub fn new_host_echo(cfg: &Config, key: &CtKey) -> Result<Xlate, DropReason> {
 /// to a free NAT port (its source address stays), as Linux does on a NAT
 /// clash.
 #[inline(always)]
-fn insert_or_translate_port(
+fn insert_or_translate_port<A: Family>(
     cfg: &Config,
-    key: &CtKey,
-    fwd: &mut CtEntry,
+    key: &CtKeyOf<A>,
+    fwd: &mut CtEntryOf<A>,
 ) -> Result<(), DropReason> {
     let s = reply_in_scratch(key, fwd).ok_or(DropReason::CtFull)?;
     match insert_flow(key, fwd, &s.rkey, &s.reply) {
@@ -308,6 +316,18 @@ pub fn rewrite(
 #[inline(always)]
 pub fn to_endpoint(ctx: &TcContext, addr_be: u32) -> Result<i32, DropReason> {
     let ep = endpoint_at(addr_be).ok_or(DropReason::NoEndpoint)?;
+    into_endpoint(ctx, &ep, dec_ttl)
+}
+
+/// Delivers the translated packet into `ep`, as a router would (gateway
+/// MAC as source, TTL or hop limit down by one: `dec`), for both
+/// families.
+#[inline(always)]
+pub fn into_endpoint(
+    ctx: &TcContext,
+    ep: &Endpoint,
+    dec: fn(&TcContext, usize) -> Result<(), DropReason>,
+) -> Result<i32, DropReason> {
     let net = NETWORKS.get(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     // Nothing translated goes into an internal network, whatever a flow
     // or a published port says.
@@ -315,7 +335,7 @@ pub fn to_endpoint(ctx: &TcContext, addr_be: u32) -> Result<i32, DropReason> {
         return Err(DropReason::Internal);
     }
     let gw_mac = net.gateway_mac;
-    dec_ttl(ctx, ETH_HLEN)?;
+    dec(ctx, ETH_HLEN)?;
     err(ctx.store(0, &ep.mac, 0))?;
     err(ctx.store(6, &gw_mac, 0))?;
     count_tx(ep.slot, ctx.len());

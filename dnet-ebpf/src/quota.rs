@@ -24,7 +24,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuHashMap},
 };
 use dnet_common::{
-    Config, CtEntry, CtKey, DropReason,
+    Config, CtAddr, CtEntryOf, CtKeyOf, DropReason,
     maps::{MAX_CPUS, QUOTA_ENTRIES},
     nat::{CT_F_COUNTED, CT_F_REPLY_TO_ENDPOINT, QuotaKey},
 };
@@ -92,12 +92,12 @@ fn add(c: *mut i64, n: i64) {
 /// flow is refused with its reason. Two CPUs charging one key at the same
 /// moment may each pass a limit by one.
 #[inline(always)]
-pub fn charge(cfg: &Config, key: &CtKey) -> Result<bool, DropReason> {
+pub fn charge<A: CtAddr>(cfg: &Config, key: &CtKeyOf<A>) -> Result<bool, DropReason> {
     if cfg.ep_flow_limit == 0 && cfg.dest_port_limit == 0 {
         return Ok(false);
     }
     // Both counters count; only a limit that is set is summed.
-    let ep = QuotaKey::endpoint(key.saddr_be);
+    let ep = QuotaKey::opener(key);
     let ec = slot(&ep)?;
     if cfg.ep_flow_limit != 0 && live(cfg, &ep) >= cfg.ep_flow_limit as i64 {
         return Err(DropReason::CtEndpointLimit);
@@ -118,7 +118,7 @@ pub fn charge(cfg: &Config, key: &CtKey) -> Result<bool, DropReason> {
 /// `Ok(true)` when charged; beyond a limit the SYN is refused and the flow
 /// stays closed.
 #[inline(always)]
-pub fn recharge(key: &CtKey, e: &CtEntry) -> Result<bool, DropReason> {
+pub fn recharge<A: CtAddr>(key: &CtKeyOf<A>, e: &CtEntryOf<A>) -> Result<bool, DropReason> {
     if e.flags & (CT_F_REPLY_TO_ENDPOINT | CT_F_COUNTED) != CT_F_REPLY_TO_ENDPOINT {
         return Ok(false);
     }
@@ -133,11 +133,11 @@ pub fn recharge(key: &CtKey, e: &CtEntry) -> Result<bool, DropReason> {
 /// when the flow closed (TCP: RST, or a FIN each way; `ct::lookup`), or
 /// when the flow it charged was not made after all.
 #[inline(always)]
-pub fn release(key: &CtKey, flags: u16) {
+pub fn release<A: CtAddr>(key: &CtKeyOf<A>, flags: u16) {
     if flags & CT_F_COUNTED == 0 {
         return;
     }
-    for k in [QuotaKey::endpoint(key.saddr_be), QuotaKey::destination(key)] {
+    for k in [QuotaKey::opener(key), QuotaKey::destination(key)] {
         if let Some(c) = OPENED.get_ptr_mut(&k) {
             add(c, -1);
         }

@@ -794,13 +794,13 @@ fn a_dual_stack_network_connected_later_and_internal_ones_route_as_ipv4_does() {
     assert_eq!((sb.snapshot(), snapshot6(&sb), map6(&sb)), before);
 }
 
-/// The uplink's IPv6 address in the IPv6 sandbox tests (the benchmarking
-/// range, RFC 5180), and the world's.
+/// The uplink's and the world's IPv6 addresses in [`dual_stack_sandbox`]
+/// (benchmarking range, RFC 5180).
 const UPLINK6: &str = "2001:2::2";
 const WORLD6: &str = "2001:2::1";
 
-/// A sandbox whose uplink has an IPv6 address too, before its daemon
-/// starts.
+/// A sandbox whose uplink and world have IPv6 addresses too (the host's
+/// default IPv6 route via the world), its daemon started after them.
 fn dual_stack_sandbox() -> Sandbox {
     let mut sb = Sandbox::without_daemon();
     for (ns, a) in [(&sb.host_ns, UPLINK6), (&sb.world_ns, WORLD6)] {
@@ -809,6 +809,7 @@ fn dual_stack_sandbox() -> Sandbox {
             &[
                 "-n",
                 ns,
+                "-6",
                 "addr",
                 "add",
                 &format!("{a}/64"),
@@ -818,6 +819,19 @@ fn dual_stack_sandbox() -> Sandbox {
             ],
         );
     }
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            WORLD6,
+        ],
+    );
     sb.start_daemon();
     sb
 }
@@ -998,5 +1012,63 @@ fn the_resolver_answers_on_the_ipv6_gateway_of_a_dual_stack_network() {
         // the sandbox has no upstream), never answered with its address.
         let a = ask("old", "a", tcp);
         assert!(!a.iter().any(|l| l.starts_with("A ")), "scoped: {a:?}");
+    }
+}
+
+#[test]
+fn a_dual_stack_container_reaches_the_world_over_ipv6_as_the_uplink() {
+    let mut sb = dual_stack_sandbox();
+    let w = sb.world_netns_path();
+    let ct = conntest_bin();
+    let ct = ct.to_str().unwrap();
+    sb.spawn_in(&w, ct, &["serve", "tcp", "[::]:80"]);
+    sb.spawn_in(&w, ct, &["serve", "udp", "[::]:53"]);
+    wait_listening(&w, "tcp", 80);
+    wait_listening(&w, "udp", 53);
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.72.0.0/24",
+        "--subnet",
+        "fd00:72::/64",
+        "nat6",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cli",
+        "--network",
+        "nat6",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    // The world sees the uplink's IPv6 address, never the container's.
+    for (proto, port) in [("tcp", 80), ("udp", 53)] {
+        let seen = request6(&sb, "cli", proto, WORLD6, port)
+            .unwrap_or_else(|| panic!("{proto} to [{WORLD6}]:{port}"));
+        assert!(
+            seen.starts_with(&format!("[{UPLINK6}]:")),
+            "{proto}: {seen}"
+        );
+    }
+    assert!(ping6(&sb, "cli", WORLD6), "ping over NAT66");
+    // The flows are in dnet's IPv6 table, translated to the uplink.
+    let f = sb.flows();
+    for proto in ["tcp", "udp", "icmpv6"] {
+        let x = f
+            .iter()
+            .find(|x| x["proto"] == proto)
+            .unwrap_or_else(|| panic!("no {proto} flow: {f:?}"));
+        assert_eq!(x["kind"], "snat");
+        let src = x["translated"]["src"].as_str().unwrap();
+        // `[addr]:port`, or `addr id N` for an echo.
+        assert!(
+            src.starts_with(&format!("[{UPLINK6}]")) || src.starts_with(UPLINK6),
+            "{x}"
+        );
     }
 }

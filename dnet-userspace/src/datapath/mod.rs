@@ -37,8 +37,8 @@ use aya::{
 };
 pub use bpffs::{check as check_bpffs, ensure_mounted};
 use dnet_common::{
-    Config, CtEntry, CtKey, Endpoint, Endpoint6, EndpointStats, Ip6, MemberKey, NetFanout, Network,
-    Network6, QuotaKey, Service, Service6, ServiceKey, ServiceKey6,
+    Config, CtAddr, CtEntry, CtEntryOf, CtKey, CtKeyOf, Endpoint, Endpoint6, EndpointStats, Ip6,
+    MemberKey, NetFanout, Network, Network6, QuotaKey, Service, Service6, ServiceKey, ServiceKey6,
     addr::ipv4_be,
     maps as m,
     nat::{CT_F_COUNTED, CT_F_REPLY},
@@ -53,6 +53,10 @@ pub const PROG_FROM_CONTAINER: &str = "lxc_from_container";
 pub const PROG_TO_CONTAINER: &str = "lxc_to_container";
 /// IPv6 from a container, tail-called by [`PROG_FROM_CONTAINER`].
 pub const PROG_FROM_CONTAINER6: &str = "lxc6_from_container";
+/// NAT66 of a container's IPv6, tail-called by [`PROG_FROM_CONTAINER6`].
+pub const PROG_NAT6_FROM_CONTAINER: &str = "lxc6_nat_from_container";
+/// IPv6 on the uplink, tail-called by [`PROG_FROM_UPLINK`].
+pub const PROG_FROM_UPLINK6: &str = "host6_from_uplink";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
 pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
@@ -66,9 +70,11 @@ pub const SOCK_PROGS: [&str; 8] = [
     "sock_recvmsg6",
     "sock_getpeername6",
 ];
-const TC_PROGS: [&str; 5] = [
+const TC_PROGS: [&str; 7] = [
     PROG_FROM_CONTAINER,
     PROG_FROM_CONTAINER6,
+    PROG_NAT6_FROM_CONTAINER,
+    PROG_FROM_UPLINK6,
     PROG_TO_CONTAINER,
     PROG_FROM_UPLINK,
     PROG_TO_UPLINK,
@@ -207,6 +213,7 @@ impl Datapath {
     pub fn load_with(pins: Option<&Path>, ct_entries: u32) -> Result<Datapath> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(m::CT, ct_entries);
+        loader.map_max_entries(m::CT6, ct_entries);
         // A counter key per live flow at most, and one per endpoint.
         let quota_entries = ct_entries / 2 + m::MAX_ENDPOINTS;
         loader.map_max_entries(m::CT_OPENED, quota_entries);
@@ -623,21 +630,36 @@ impl Datapath {
 
     /// Every conntrack entry.
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>> {
-        let aya::maps::Map::HashMap(data) = self.map(m::CT)? else {
-            return Err(DatapathError::Missing(m::CT));
+        self.conntrack_of(m::CT)
+    }
+
+    /// Every IPv6 conntrack entry (NAT66).
+    pub fn conntrack6(&self) -> Result<Vec<(dnet_common::CtKey6, dnet_common::CtEntry6)>> {
+        self.conntrack_of(m::CT6)
+    }
+
+    /// Every entry of the conntrack table `name` (`DNET_CT` of `u32`
+    /// addresses, `DNET_CT6` of `[u8; 16]` ones).
+    fn conntrack_of<A: CtAddr + aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(CtKeyOf<A>, CtEntryOf<A>)>> {
+        let aya::maps::Map::HashMap(data) = self.map(name)? else {
+            return Err(DatapathError::Missing(name));
         };
-        // SAFETY: DNET_CT is a hash map of `CtKey` keys and `CtEntry`
-        // values (the layout test in dnet-common pins their sizes).
+        // SAFETY: the conntrack tables are hash maps of `CtKeyOf<A>` keys
+        // and `CtEntryOf<A>` values, `A` their family's address (the layout
+        // test in dnet-common pins their sizes).
         unsafe { batch::lookup_all(data.fd().as_fd(), 4096) }
-            .map_err(io_err("read", Path::new(m::CT)))
+            .map_err(io_err("read", Path::new(name)))
     }
 
     /// Removes conntrack entries; missing ones are fine. A flow's first
     /// entry goes before its reply entry, whatever the order of `keys`:
     /// while the first is there, the datapath holds its reply tuple (and
     /// NAT port) for it.
-    pub fn ct_remove(&mut self, keys: &[CtKey]) -> Result<()> {
-        let keys: Vec<(CtKey, u64)> = keys.iter().map(|k| (*k, ANY_CREATED)).collect();
+    pub fn ct_remove<A: Family>(&mut self, keys: &[CtKeyOf<A>]) -> Result<()> {
+        let keys: Vec<(CtKeyOf<A>, u64)> = keys.iter().map(|k| (*k, ANY_CREATED)).collect();
         self.ct_remove_if_created(&keys).map(|_| ())
     }
 
@@ -645,9 +667,9 @@ impl Datapath {
     /// entry made meanwhile under the same key stays; [`ANY_CREATED`]
     /// matches any); returns how many went. First entries go before reply
     /// entries, as in [`Datapath::ct_remove`].
-    pub fn ct_remove_if_created(&mut self, keys: &[(CtKey, u64)]) -> Result<usize> {
-        let mut h: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.map_mut(m::CT)?).map_err(map_err(m::CT))?;
+    pub fn ct_remove_if_created<A: Family>(&mut self, keys: &[(CtKeyOf<A>, u64)]) -> Result<usize> {
+        let mut h: HashMap<&mut MapData, CtKeyOf<A>, CtEntryOf<A>> =
+            HashMap::try_from(self.map_mut(A::CT)?).map_err(map_err(A::CT))?;
         let mut n = 0;
         let mut charged = Vec::new();
         for replies in [false, true] {
@@ -661,7 +683,7 @@ impl Datapath {
                 match h.remove(k) {
                     // Removed here: a charged flow's charge comes back.
                     Ok(()) if e.flags & CT_F_COUNTED != 0 => charged.push(*k),
-                    r => absent_is_fine(r).map_err(map_err(m::CT))?,
+                    r => absent_is_fine(r).map_err(map_err(A::CT))?,
                 }
                 n += 1;
             }
@@ -672,10 +694,10 @@ impl Datapath {
 
     /// Gives back, in `DNET_CT_CLOSED`, the charges of the flows whose
     /// first entries (`keys`, charged ones) the daemon removed.
-    fn quota_closed(&mut self, keys: &[CtKey]) -> Result<()> {
+    fn quota_closed<A: CtAddr>(&mut self, keys: &[CtKeyOf<A>]) -> Result<()> {
         let mut gone: std::collections::HashMap<QuotaKey, i64> = std::collections::HashMap::new();
         for k in keys {
-            for q in [QuotaKey::endpoint(k.saddr_be), QuotaKey::destination(k)] {
+            for q in [QuotaKey::opener(k), QuotaKey::destination(k)] {
                 *gone.entry(q).or_default() += 1;
             }
         }
@@ -746,7 +768,10 @@ impl Datapath {
             // No counter: nothing was charged, nothing to read.
             return Ok(0);
         }
-        let truth = charged_flows(&self.conntrack()?);
+        let mut truth = charged_flows(&self.conntrack()?);
+        for (k, n) in charged_flows(&self.conntrack6()?) {
+            *truth.entry(k).or_default() += n;
+        }
         let parts = self.quota_parts()?;
         let idle: Vec<QuotaKey> = parts
             .keys()
@@ -1241,6 +1266,8 @@ impl Datapath {
                     PROG_FROM_CONTAINER => "tc ingress (cls_bpf), host-side veth",
                     PROG_TO_CONTAINER => "tc egress (cls_bpf), host-side veth",
                     PROG_FROM_CONTAINER6 => "tail call of lxc_from_container (IPv6)",
+                    PROG_NAT6_FROM_CONTAINER => "tail call of lxc6_from_container (NAT66)",
+                    PROG_FROM_UPLINK6 => "tail call of host_from_uplink (IPv6)",
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
                     PROG_TO_UPLINK => "tcx egress, uplink",
                     "sock_connect4" => "cgroup connect4",
@@ -1303,21 +1330,40 @@ impl Datapath {
 /// an older build's pointed at its own: programs still attached from it
 /// jump to this build's from now on).
 fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
-    let name = PROG_FROM_CONTAINER6;
-    let fd = ebpf
-        .program(name)
-        .ok_or(DatapathError::Missing(name))?
-        .fd()
-        .map_err(prog_err(name))?
-        .try_clone()
-        .map_err(io_err("duplicate the descriptor of", Path::new(name)))?;
-    let map = ebpf
-        .map_mut(m::PROGS)
-        .ok_or(DatapathError::Missing(m::PROGS))?;
-    let mut a: ProgramArray<&mut MapData> =
-        ProgramArray::try_from(map).map_err(map_err(m::PROGS))?;
-    a.set(m::PROG_SLOT_FROM_CONTAINER6, &fd, 0)
-        .map_err(map_err(m::PROGS))
+    for (slot, name) in [
+        (m::PROG_SLOT_FROM_CONTAINER6, PROG_FROM_CONTAINER6),
+        (m::PROG_SLOT_NAT6_FROM_CONTAINER, PROG_NAT6_FROM_CONTAINER),
+        (m::PROG_SLOT_FROM_UPLINK6, PROG_FROM_UPLINK6),
+    ] {
+        let fd = ebpf
+            .program(name)
+            .ok_or(DatapathError::Missing(name))?
+            .fd()
+            .map_err(prog_err(name))?
+            .try_clone()
+            .map_err(io_err("duplicate the descriptor of", Path::new(name)))?;
+        let map = ebpf
+            .map_mut(m::PROGS)
+            .ok_or(DatapathError::Missing(m::PROGS))?;
+        let mut a: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(map).map_err(map_err(m::PROGS))?;
+        a.set(slot, &fd, 0).map_err(map_err(m::PROGS))?;
+    }
+    Ok(())
+}
+
+/// An address family's conntrack table, by its address type.
+pub trait Family: CtAddr + aya::Pod {
+    /// The table's map name.
+    const CT: &'static str;
+}
+
+impl Family for u32 {
+    const CT: &'static str = m::CT;
+}
+
+impl Family for [u8; 16] {
+    const CT: &'static str = m::CT6;
 }
 
 /// A delete of a missing key succeeds: the entry is gone either way.
@@ -1417,15 +1463,15 @@ fn remove_if_exists(path: &Path) -> Result<()> {
 /// The charged flows per limit key: first entries with `CT_F_COUNTED`,
 /// each counted for its container and its destination (as `quota::charge`
 /// counts them).
-pub(crate) fn charged_flows(
-    entries: &[(CtKey, CtEntry)],
+pub(crate) fn charged_flows<A: CtAddr>(
+    entries: &[(CtKeyOf<A>, CtEntryOf<A>)],
 ) -> std::collections::HashMap<QuotaKey, i64> {
     let mut out = std::collections::HashMap::new();
     for (k, e) in entries {
         if e.flags & (CT_F_COUNTED | CT_F_REPLY) != CT_F_COUNTED {
             continue;
         }
-        for q in [QuotaKey::endpoint(k.saddr_be), QuotaKey::destination(k)] {
+        for q in [QuotaKey::opener(k), QuotaKey::destination(k)] {
             *out.entry(q).or_default() += 1;
         }
     }

@@ -573,6 +573,9 @@ use dnet_common::{Config, Service, ServiceKey, csum};
 const UPLINK: &str = "198.18.0.2";
 const WORLD: &str = "198.18.0.1";
 const WORLD_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+/// The uplink's IPv6 address (benchmarking range, RFC 5180); the world's
+/// router beyond it is 2001:2::1 (MAC `WORLD_MAC`).
+const UPLINK6: &str = "2001:2::2";
 
 /// Runs a command in the calling thread's namespace (a forked child keeps
 /// the namespace of the thread that forks it).
@@ -612,9 +615,13 @@ fn nat_fixture_sized(flags1: u32, port_min: u16, port_max: u16, ct_entries: u32)
     ip_cmd("link set up1 up");
     ip_cmd("route add default via 198.18.0.1");
     ip_cmd("neigh replace 198.18.0.1 lladdr 02:00:00:00:00:01 dev up0 nud permanent");
+    ip_cmd("-6 addr add 2001:2::2/64 dev up0 nodad");
+    ip_cmd("-6 route add default via 2001:2::1 dev up0");
+    ip_cmd("-6 neigh replace 2001:2::1 lladdr 02:00:00:00:00:01 dev up0 nud permanent");
     // As on a container's host-side veth: the route lookup wants forwarding
     // on the interface the packet arrived on (here loopback).
     std::fs::write("/proc/sys/net/ipv4/conf/lo/forwarding", "1").unwrap();
+    std::fs::write("/proc/sys/net/ipv6/conf/lo/forwarding", "1").unwrap();
     fx.dp
         .set_config(&Config {
             uplink_ifindex: ifindex("up0"),
@@ -627,7 +634,7 @@ fn nat_fixture_sized(flags1: u32, port_min: u16, port_max: u16, ct_entries: u32)
             dest_port_limit: 0,
             nr_cpus: Datapath::quota_cpus(),
             _pad2: 0,
-            uplink_addr6: [0; 16],
+            uplink_addr6: ipv6::ip6(UPLINK6).octets(),
         })
         .unwrap();
     // As the daemon does without --publish-from: any source.
@@ -2149,6 +2156,7 @@ mod found;
 
 /// IPv6: the map API and the container-side path (issue 13).
 mod ipv6;
+mod nat6;
 
 #[test]
 fn filters_reading_maps_made_anew_are_replaced_at_the_next_load() {

@@ -3,10 +3,14 @@
 //! shows. Pure logic over the entries, so it is unit-tested without a
 //! kernel.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    any::Any,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use dnet_common::{
-    CtEntry, CtKey,
+    CtAddr, CtEntryOf, CtKeyOf,
     addr::ipv4_from_be,
     nat::{
         CT_F_ASSURED, CT_F_COUNTED, CT_F_DNAT, CT_F_HOST, CT_F_PUBLISHED, CT_F_REPLY,
@@ -69,12 +73,28 @@ pub enum FlowState {
 }
 
 /// A flow: its first entry (the direction that opened it) and, when
-/// present, its reply entry.
+/// present, its reply entry. Of either table: `A` is `u32` for IPv4,
+/// `[u8; 16]` for IPv6 (NAT66).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Flow {
-    pub key: CtKey,
-    pub entry: CtEntry,
-    pub reply: Option<(CtKey, CtEntry)>,
+pub struct Flow<A = u32> {
+    pub key: CtKeyOf<A>,
+    pub entry: CtEntryOf<A>,
+    pub reply: Option<(CtKeyOf<A>, CtEntryOf<A>)>,
+}
+
+/// An address of either table, as users read it.
+fn addr<A: CtAddr + 'static>(a: &A) -> IpAddr {
+    let a: &dyn Any = a;
+    match (a.downcast_ref::<u32>(), a.downcast_ref::<[u8; 16]>()) {
+        (Some(v4), _) => IpAddr::V4(ipv4_from_be(*v4)),
+        (_, Some(v6)) => IpAddr::V6(Ipv6Addr::from(*v6)),
+        _ => unreachable!("conntrack addresses are u32 or [u8; 16]"),
+    }
+}
+
+/// ICMP or ICMPv6 (echo, tracked by its identifier).
+fn is_icmp(proto: u8) -> bool {
+    proto == 1 || proto == 58
 }
 
 pub use dnet_common::nat::{partner, translated};
@@ -83,8 +103,9 @@ pub use dnet_common::nat::{partner, translated};
 /// partner and they carry the same flow identity; an entry whose partner
 /// is missing, or whose partner's key another flow holds now, becomes a
 /// flow of its own (and expires by itself, taking nothing of the other).
-pub fn flows(entries: &[(CtKey, CtEntry)]) -> Vec<Flow> {
-    let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
+pub fn flows<A: CtAddr>(entries: &[(CtKeyOf<A>, CtEntryOf<A>)]) -> Vec<Flow<A>> {
+    let by_key: std::collections::HashMap<CtKeyOf<A>, CtEntryOf<A>> =
+        entries.iter().copied().collect();
     let mut out = Vec::new();
     for (k, e) in entries {
         let p = partner(k, e);
@@ -113,7 +134,7 @@ pub fn flows(entries: &[(CtKey, CtEntry)]) -> Vec<Flow> {
     out
 }
 
-pub fn state(f: &Flow) -> FlowState {
+pub fn state<A: CtAddr>(f: &Flow<A>) -> FlowState {
     let fwd = f.entry.tcp_seen;
     let rev = f.reply.map(|(_, e)| e.tcp_seen).unwrap_or(0);
     if f.key.proto == 6 {
@@ -133,7 +154,7 @@ pub fn state(f: &Flow) -> FlowState {
     }
 }
 
-pub fn timeout(f: &Flow, t: &Timeouts) -> Duration {
+pub fn timeout<A: CtAddr>(f: &Flow<A>, t: &Timeouts) -> Duration {
     match (f.key.proto, state(f)) {
         (6, FlowState::SynSent | FlowState::SynRecv) => t.tcp_syn,
         (6, FlowState::Closing) if f.entry.flags & CT_F_COUNTED == 0 => {
@@ -141,14 +162,14 @@ pub fn timeout(f: &Flow, t: &Timeouts) -> Duration {
         }
         (6, FlowState::Closing) => t.tcp_closing,
         (6, _) => t.tcp_established,
-        (1, _) => t.icmp,
+        (p, _) if is_icmp(p) => t.icmp,
         (_, FlowState::Unreplied) => t.udp_unreplied,
         _ => t.udp,
     }
 }
 
 /// When the flow was last used (either way), in `bpf_ktime_get_ns` time.
-pub fn last_seen(f: &Flow) -> u64 {
+pub fn last_seen<A: CtAddr>(f: &Flow<A>) -> u64 {
     f.entry
         .last_seen_ns
         .max(f.reply.map(|(_, e)| e.last_seen_ns).unwrap_or(0))
@@ -156,7 +177,11 @@ pub fn last_seen(f: &Flow) -> u64 {
 
 /// Keys of the flows idle beyond their timeout at `now_ns` (both entries,
 /// the first one first: while it is there, its reply tuple is held).
-pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64, t: &Timeouts) -> Vec<CtKey> {
+pub fn expired<A: CtAddr>(
+    entries: &[(CtKeyOf<A>, CtEntryOf<A>)],
+    now_ns: u64,
+    t: &Timeouts,
+) -> Vec<CtKeyOf<A>> {
     let mut keys = Vec::new();
     for f in flows(entries) {
         let idle = now_ns.saturating_sub(last_seen(&f));
@@ -170,24 +195,26 @@ pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64, t: &Timeouts) -> Vec<C
     keys
 }
 
-/// Keys of the entries that involve any of `addrs` (a container's).
-pub fn keys_of(entries: &[(CtKey, CtEntry)], addrs: &[Ipv4Addr]) -> Vec<CtKey> {
+/// Keys of the entries that involve any of `addrs` (a container's IPv4
+/// addresses; an IPv6 flow names its container by them too, in
+/// `endpoint_be`).
+pub fn keys_of<A: CtAddr + 'static>(
+    entries: &[(CtKeyOf<A>, CtEntryOf<A>)],
+    addrs: &[Ipv4Addr],
+) -> Vec<CtKeyOf<A>> {
     let be: Vec<u32> = addrs
         .iter()
         .map(|a| dnet_common::addr::ipv4_be(*a))
         .collect();
+    let v4 = |a: &A| (a as &dyn Any).downcast_ref::<u32>().copied();
     entries
         .iter()
         .filter(|(k, e)| {
-            [
-                k.saddr_be,
-                k.daddr_be,
-                e.new_saddr_be,
-                e.new_daddr_be,
-                e.endpoint_be,
-            ]
-            .iter()
-            .any(|a| be.contains(a))
+            be.contains(&e.endpoint_be)
+                || [k.saddr_be, k.daddr_be, e.new_saddr_be, e.new_daddr_be]
+                    .iter()
+                    .filter_map(v4)
+                    .any(|a| be.contains(&a))
         })
         .map(|(k, _)| *k)
         .collect()
@@ -216,9 +243,9 @@ pub struct Tuple {
     pub dst: String,
 }
 
-fn endpoint(addr_be: u32, port_be: u16, proto: u8) -> String {
-    let a = ipv4_from_be(addr_be);
-    if proto == 1 {
+fn endpoint<A: CtAddr + 'static>(a: &A, port_be: u16, proto: u8) -> String {
+    let a = addr(a);
+    if is_icmp(proto) {
         // ICMP: the identifier.
         if port_be == 0 {
             a.to_string()
@@ -226,18 +253,21 @@ fn endpoint(addr_be: u32, port_be: u16, proto: u8) -> String {
             format!("{a} id {}", u16::from_be(port_be))
         }
     } else {
-        format!("{a}:{}", u16::from_be(port_be))
+        match a {
+            IpAddr::V4(a) => format!("{a}:{}", u16::from_be(port_be)),
+            IpAddr::V6(a) => format!("[{a}]:{}", u16::from_be(port_be)),
+        }
     }
 }
 
-fn tuple(k: &CtKey) -> Tuple {
+fn tuple<A: CtAddr + 'static>(k: &CtKeyOf<A>) -> Tuple {
     Tuple {
-        src: endpoint(k.saddr_be, k.sport_be, k.proto),
-        dst: endpoint(k.daddr_be, k.dport_be, k.proto),
+        src: endpoint(&k.saddr_be, k.sport_be, k.proto),
+        dst: endpoint(&k.daddr_be, k.dport_be, k.proto),
     }
 }
 
-pub fn view(f: &Flow, now_ns: u64, t: &Timeouts) -> FlowView {
+pub fn view<A: CtAddr + 'static>(f: &Flow<A>, now_ns: u64, t: &Timeouts) -> FlowView {
     let e = &f.entry;
     let kind = match (
         e.flags & CT_F_SNAT != 0,
@@ -260,6 +290,7 @@ pub fn view(f: &Flow, now_ns: u64, t: &Timeouts) -> FlowView {
             6 => "tcp".into(),
             17 => "udp".into(),
             1 => "icmp".into(),
+            58 => "icmpv6".into(),
             p => p.to_string(),
         },
         kind: kind.into(),
@@ -281,6 +312,7 @@ pub fn now_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use dnet_common::{
+        CtEntry, CtKey,
         addr::ipv4_be,
         nat::{CT_F_TO_ENDPOINT, TCP_FIN},
     };

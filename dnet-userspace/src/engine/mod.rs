@@ -16,6 +16,7 @@ pub mod conntrack;
 pub mod crash;
 mod etc;
 mod nat;
+mod pool;
 mod ports;
 mod process;
 mod reconcile;
@@ -409,11 +410,17 @@ impl Engine {
     pub async fn conntrack(&self) -> Result<Vec<conntrack::FlowView>> {
         let inner = self.inner.lock().await;
         let entries = inner.ctx.dp.conntrack()?;
+        let entries6 = inner.ctx.dp.conntrack6()?;
         let now = conntrack::now_ns();
         let t = inner.cfg.nat.timeouts;
         Ok(conntrack::flows(&entries)
             .iter()
             .map(|f| conntrack::view(f, now, &t))
+            .chain(
+                conntrack::flows(&entries6)
+                    .iter()
+                    .map(|f| conntrack::view(f, now, &t)),
+            )
             .collect())
     }
 
@@ -428,7 +435,15 @@ impl Engine {
             .map(|(k, _)| k)
             .collect();
         inner.ctx.dp.ct_remove(&keys)?;
-        Ok(keys.len())
+        let keys6: Vec<_> = inner
+            .ctx
+            .dp
+            .conntrack6()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        inner.ctx.dp.ct_remove(&keys6)?;
+        Ok(keys.len() + keys6.len())
     }
 
     /// Removes foreground containers whose `dnet run` is gone, and notes
@@ -821,31 +836,13 @@ impl Inner {
                 })?
             }
         };
-        let gateway = req
-            .gateway
-            .as_deref()
-            .map(|g| parse_ip("gateway", g))
-            .transpose()?;
-        let range = req
-            .ip_range
-            .as_deref()
-            .map(|r| parse_net("ip-range", r))
-            .transpose()?;
-        let pool = Pool::new(subnet, gateway, range)?;
-        if let Some((what, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
-            return Err(conflict!("subnet {} overlaps {s} of {what}", pool.subnet));
-        }
-        if let Some(r) = routes.iter().find(|r| r.overlaps(pool.subnet)) {
-            return Err(conflict!(
-                "subnet {} overlaps the route to {r} where the daemon runs",
-                pool.subnet
-            ));
-        }
-        Ok(Ipam {
-            subnet: pool.subnet,
-            gateway: pool.gateway,
-            ip_range: range.map(|_| pool.range),
-        })
+        pool::choose(
+            subnet,
+            req.gateway.as_deref(),
+            req.ip_range.as_deref(),
+            &others,
+            &routes,
+        )
     }
 
     /// The IPv6 side of a new network (`None`: IPv4 only), and the ULA /48
@@ -906,37 +903,14 @@ impl Inner {
                     .ok_or_else(|| conflict!("no free /64 left in {ula}: give an IPv6 --subnet"))?
             }
         };
-        let gateway = req
-            .gateway6
-            .as_deref()
-            .map(|g| parse_ip6("gateway", g))
-            .transpose()?;
-        let range = req
-            .ip_range6
-            .as_deref()
-            .map(|r| parse_net6("ip-range", r))
-            .transpose()?;
-        let pool = Pool6::new(subnet, gateway, range)?;
-        if let Some((what, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
-            return Err(conflict!(
-                "IPv6 subnet {} overlaps {s} of {what}",
-                pool.subnet
-            ));
-        }
-        if let Some(r) = routes.iter().find(|r| r.overlaps(pool.subnet)) {
-            return Err(conflict!(
-                "IPv6 subnet {} overlaps the route to {r} where the daemon runs",
-                pool.subnet
-            ));
-        }
-        Ok((
-            Some(Ipam6 {
-                subnet: pool.subnet,
-                gateway: pool.gateway,
-                ip_range: range.map(|_| pool.range),
-            }),
-            new_ula,
-        ))
+        let ipam6 = pool::choose(
+            subnet,
+            req.gateway6.as_deref(),
+            req.ip_range6.as_deref(),
+            &others,
+            &routes,
+        )?;
+        Ok((Some(ipam6), new_ula))
     }
 
     async fn remove_network(&mut self, key: &str) -> Result<()> {

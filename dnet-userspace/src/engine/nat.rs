@@ -204,6 +204,9 @@ impl Inner {
             ),
             (None, _) => {}
         }
+        if let (Some(u), Some(addr6)) = (&self.ctx.uplink, addr6) {
+            tracing::info!(uplink = %u.name, %addr6, "NAT66 to the uplink");
+        }
         if let Some(old) = old
             && old.uplink_addr_be != 0
             && old.uplink_addr_be != cfg.uplink_addr_be
@@ -232,24 +235,37 @@ impl Inner {
     /// Removes flows idle beyond their timeout; returns how many entries.
     pub(super) fn collect_flows(&mut self) -> Result<usize> {
         let entries = self.ctx.dp.conntrack()?;
-        let keys = conntrack::expired(&entries, conntrack::now_ns(), &self.cfg.nat.timeouts);
-        // The datapath may have handed a key to a new flow since the read
-        // (a closed TCP flow's port is reused at once): such keys stay.
-        let created: std::collections::HashMap<_, _> =
-            entries.iter().map(|(k, e)| (*k, e.created_ns)).collect();
-        let judged: Vec<_> = keys.iter().map(|k| (*k, created[k])).collect();
-        let n = self.ctx.dp.ct_remove_if_created(&judged)?;
+        let mut n = self.collect_expired(&entries)?;
+        let entries6 = self.ctx.dp.conntrack6()?;
+        n += self.collect_expired(&entries6)?;
         // Limit counters of containers and destinations with no flow left.
         self.ctx.dp.quota_sweep()?;
         Ok(n)
     }
 
-    /// Removes the flows of a container's addresses.
+    /// Removes the expired flows among `entries` (of one table).
+    fn collect_expired<A: crate::datapath::Family>(
+        &mut self,
+        entries: &[(dnet_common::CtKeyOf<A>, dnet_common::CtEntryOf<A>)],
+    ) -> Result<usize> {
+        let keys = conntrack::expired(entries, conntrack::now_ns(), &self.cfg.nat.timeouts);
+        // The datapath may have handed a key to a new flow since the read
+        // (a closed TCP flow's port is reused at once): such keys stay.
+        let created: std::collections::HashMap<_, _> =
+            entries.iter().map(|(k, e)| (*k, e.created_ns)).collect();
+        let judged: Vec<_> = keys.iter().map(|k| (*k, created[k])).collect();
+        Ok(self.ctx.dp.ct_remove_if_created(&judged)?)
+    }
+
+    /// Removes the flows of a container's addresses (IPv4 and NAT66 ones).
     pub(super) fn forget_flows(&mut self, addrs: &[std::net::Ipv4Addr]) {
         let r = self
             .ctx
             .dp
             .conntrack()
+            .map(|es| conntrack::keys_of(&es, addrs))
+            .and_then(|keys| self.ctx.dp.ct_remove(&keys))
+            .and_then(|()| self.ctx.dp.conntrack6())
             .map(|es| conntrack::keys_of(&es, addrs))
             .and_then(|keys| self.ctx.dp.ct_remove(&keys));
         if let Err(e) = r {
@@ -269,4 +285,21 @@ pub(crate) fn uplink_addr6(addrs: &[std::net::Ipv6Addr]) -> Option<std::net::Ipv
         .find(|a| global(a))
         .or_else(|| addrs.iter().find(|a| ula(a)))
         .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nat66_takes_a_global_address_before_a_unique_local_one() {
+        let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        assert_eq!(
+            super::uplink_addr6(&[a("fe80::1"), a("fd00::2"), a("2001:2::2")]),
+            Some(a("2001:2::2"))
+        );
+        assert_eq!(
+            super::uplink_addr6(&[a("fe80::1"), a("fd00::2")]),
+            Some(a("fd00::2"))
+        );
+        assert_eq!(super::uplink_addr6(&[a("fe80::1"), a("::1")]), None);
+    }
 }

@@ -192,6 +192,16 @@ impl Inner {
             .map(|(k, _)| *k)
             .collect();
         self.ctx.dp.ct_remove(&stale)?;
+        // NAT66 flows name their container by its IPv4 address too.
+        let stale6: Vec<_> = self
+            .ctx
+            .dp
+            .conntrack6()?
+            .iter()
+            .filter(|(_, e)| !known_be.contains(&e.endpoint_be))
+            .map(|(k, _)| *k)
+            .collect();
+        self.ctx.dp.ct_remove(&stale6)?;
 
         // Namespaces under the state folder that no container owns.
         let owned: HashSet<_> = st

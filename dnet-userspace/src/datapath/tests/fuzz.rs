@@ -1178,7 +1178,8 @@ fn is_built_answer(inp: &[u8], out: &[u8], from: Ipv4Addr) -> Result<bool, Strin
 /// IPv6 from A that was not dropped: an advertisement dnet built for a
 /// solicitation it may answer, or A's own packet (its own source, no NDP
 /// or MLD message), passed on as it came or redirected to the endpoint of
-/// its destination unchanged beyond the MACs.
+/// its destination unchanged beyond the MACs, or translated (NAT66) out
+/// to the world.
 /// True for an advertisement.
 fn check_v6(w: &World, inp: &[u8], v: u32, out: &[u8]) -> Result<bool, String> {
     let a6 = ipv6::ip6(ipv6::A6).octets();
@@ -1224,6 +1225,20 @@ fn check_v6(w: &World, inp: &[u8], v: u32, out: &[u8]) -> Result<bool, String> {
         check(!matches!(inp[54], 130..=137 | 143), || {
             format!("ICMPv6 type {} got through", inp[54])
         })?;
+    }
+    if v == REDIRECT && out.len() >= 54 && out[22..38] == ipv6::ip6(UPLINK6).octets() {
+        // NAT66: to the same destination beyond dnet's subnets
+        // (fd00:1::/64, fd00:2::/64), from the uplink's address, through
+        // the world's router.
+        let to = &inp[38..54];
+        let dnet = [[0xfd, 0, 0, 1], [0xfd, 0, 0, 2]]
+            .iter()
+            .any(|p| to[..4] == *p);
+        check(
+            out[38..54] == *to && !dnet && out[..6] == WORLD_MAC && out[21] + 1 == inp[21],
+            || format!("translated IPv6 that should not be: {}", hex(out)),
+        )?;
+        return Ok(false);
     }
     if v == REDIRECT {
         // To B, or back to A itself (its own address, as IPv4's).

@@ -163,6 +163,13 @@ pub(super) const A_LL: &str = "fe80::42:acff:fe11:2";
 /// fd00:1::3, C fd00:2::2.
 pub(super) fn fixture6(flags1: u32, flags6: u32) -> Fixture {
     let mut fx = fixture(flags1);
+    dual_stack(&mut fx, flags6);
+    fx
+}
+
+/// Makes the fixture's networks and endpoints dual-stack, as
+/// [`fixture6`] describes.
+pub(super) fn dual_stack(fx: &mut Fixture, flags6: u32) {
     let (s1, n1) = net6("fd00:1::/64", GW6, flags6);
     let (s2, n2) = net6("fd00:2::/64", "fd00:2::1", NET6_F_NAT);
     fx.dp.set_network6(1, s1, &n1).unwrap();
@@ -170,7 +177,6 @@ pub(super) fn fixture6(flags1: u32, flags6: u32) -> Fixture {
     for (e, a) in [(fx.a, A6), (fx.b, B6), (fx.c, C6)] {
         fx.dp.set_endpoint6(e.ifindex, ip6(a), &e).unwrap();
     }
-    fx
 }
 
 /// The ICMPv6/UDP checksum of `l4` (its checksum field zero or not) over
@@ -699,9 +705,10 @@ fn ipv6_keeps_networks_apart_and_honours_icc_and_internal() {
         // The gateway and another network's gateway go up the host stack.
         assert_eq!(send(&fx.dp, GW6), OK);
         assert_eq!(send(&fx.dp, "fd00:2::1"), OK);
-        // The world, on a NAT66 network, is not reached untranslated.
+        // The world, on a NAT66 network, is not reached untranslated: with
+        // no uplink address to translate to (none here), nothing leaves.
         assert_eq!(send(&fx.dp, "2001:db8::1"), SHOT);
-        assert_eq!(drops(&fx.dp, 1, DropReason::NatUnsupported), 1);
+        assert_eq!(drops(&fx.dp, 1, DropReason::NoNatAddress), 1);
         // Link-local destinations lead nowhere through dnet.
         assert_eq!(send(&fx.dp, "fe80::1"), SHOT);
         assert_eq!(drops(&fx.dp, 1, DropReason::NoRoute), 1);

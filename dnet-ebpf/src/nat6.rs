@@ -1,0 +1,482 @@
+//! NAT66 (issue 13): a dual-stack container's IPv6 to the world, translated
+//! to the uplink's global IPv6 address and a NAT port, and the answers back
+//! into the container. The conntrack code is IPv4's (`ct`, `quota`, the port
+//! choice in `nat`), monomorphised over 128-bit addresses (`DNET_CT6`).
+//!
+//! Two programs of their own (tail calls; their callers' stacks are full):
+//! - `lxc6_nat_from_container` (slot `PROG_SLOT_NAT6_FROM_CONTAINER`),
+//!   reached from `lxc6_from_container` once a NAT66 network's packet is
+//!   bound beyond the host: the flow (new or known), the rewrite of source
+//!   address and port with the L4 checksum (IPv6 pseudo-header: TCP, UDP
+//!   and ICMPv6 alike), and out along the FIB route, which must be the
+//!   uplink;
+//! - `host6_from_uplink` (slot `PROG_SLOT_FROM_UPLINK6`), reached from
+//!   `host_from_uplink` for IPv6 frames: answers of NAT66 flows to the
+//!   uplink's address go into their container (`bpf_redirect_peer`);
+//!   a source of a dnet IPv6 subnet on the uplink is spoofed
+//!   (`spoofed-ip`); everything else is the host's.
+//!
+//! Tracked: TCP, UDP, ICMPv6 echo (its identifier as a port, as IPv4's).
+//! Fragments are dropped from containers (`fragment`) and left to the host
+//! on the uplink, as for IPv4. Not yet: ICMPv6 errors about NAT66 flows,
+//! either way (a container's is dropped, `nat-unsupported`; the world's go
+//! to the host).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::generated::bpf_csum_diff,
+    macros::map,
+    maps::{PerCpuArray, lpm_trie::Key},
+    programs::TcContext,
+};
+use dnet_common::{
+    Config, CtEntry6, CtKey6, DropReason, Endpoint,
+    ipv6::NET6_F_NAT,
+    nat::{CT_F_DNAT, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT, CT_SEEN, TCP_TRACKED},
+};
+
+use crate::{
+    ct::{self, XlateOf},
+    err,
+    eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
+    fib::{self, Route},
+    ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
+    l4::{IPPROTO_TCP, IPPROTO_UDP, L4},
+    lxc,
+    maps::SUBNETS6,
+    nat,
+    ptr::ptr_at,
+    stats::{count_translated, drop},
+    verdict::TC_ACT_OK,
+};
+
+/// ICMPv6 echo request and reply (RFC 4443).
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// A NAT66 flow's translation.
+pub type Xlate6 = XlateOf<[u8; 16]>;
+
+/// What [`parse`] found after the extension headers.
+pub enum Parsed6 {
+    /// TCP, UDP, or ICMPv6 echo (its tuple written where [`parse`] was
+    /// told).
+    Flow(L4),
+    /// A fragment (first or later): no ports to translate by.
+    Fragment,
+    /// Another protocol or ICMPv6 type.
+    Other,
+    /// Headers lying about their lengths (as `l4::parse` judges IPv4's).
+    Truncated,
+}
+
+/// The tuple (into `key`) of the IPv6 packet whose fixed header is `ip`,
+/// its upper-layer header at `at` (from `ipv6::walk`), its payload ending
+/// at `end`.
+#[inline(always)]
+pub fn parse(
+    ctx: &TcContext,
+    ip: &Ipv6Hdr,
+    at: &ipv6::L4At,
+    end: usize,
+    key: &mut CtKey6,
+) -> Parsed6 {
+    let off = at.off;
+    let seg_len = end.saturating_sub(off);
+    key.saddr_be = ip.saddr;
+    key.daddr_be = ip.daddr;
+    key.sport_be = 0;
+    key.dport_be = 0;
+    key.proto = at.proto;
+    key._pad = [0; 3];
+    // The walk stops at a fragment header for a later fragment; a first
+    // fragment is caught by its fragment header right after the fixed one
+    // (where Linux puts it). One with the fragment header deeper in the
+    // chain passes as whole: its later fragments are caught, so its
+    // datagram never completes beyond dnet.
+    if at.proto == NEXTHDR_FRAGMENT || ip.nexthdr == NEXTHDR_FRAGMENT {
+        return Parsed6::Fragment;
+    }
+    match at.proto {
+        IPPROTO_TCP => {
+            let Ok(p) = ptr_at::<[u8; 20]>(ctx, off) else {
+                return Parsed6::Truncated;
+            };
+            // SAFETY: `ptr_at` checked the bytes are in the packet.
+            let h = unsafe { &*p };
+            let doff = ((h[12] >> 4) as usize) * 4;
+            if doff < 20 || doff > seg_len {
+                return Parsed6::Truncated;
+            }
+            key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
+            key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
+            Parsed6::Flow(L4 {
+                off,
+                csum_off: off + 16,
+                sport_off: off,
+                dport_off: off + 2,
+                tcp_flags: h[13] & TCP_TRACKED,
+                icmp_type: 0,
+            })
+        }
+        IPPROTO_UDP => {
+            let Ok(p) = ptr_at::<[u8; 8]>(ctx, off) else {
+                return Parsed6::Truncated;
+            };
+            // SAFETY: as above.
+            let h = unsafe { &*p };
+            let len = u16::from_be_bytes([h[4], h[5]]) as usize;
+            if len < 8 || len > seg_len {
+                return Parsed6::Truncated;
+            }
+            key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
+            key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
+            Parsed6::Flow(L4 {
+                off,
+                csum_off: off + 6,
+                sport_off: off,
+                dport_off: off + 2,
+                tcp_flags: CT_SEEN,
+                icmp_type: 0,
+            })
+        }
+        IPPROTO_ICMPV6 => {
+            let Ok(p) = ptr_at::<[u8; 8]>(ctx, off) else {
+                return Parsed6::Truncated;
+            };
+            if seg_len < 8 {
+                return Parsed6::Truncated;
+            }
+            // SAFETY: as above.
+            let h = unsafe { &*p };
+            let id = u16::from_ne_bytes([h[4], h[5]]);
+            let ty = h[0];
+            match ty {
+                ICMPV6_ECHO_REQUEST => key.sport_be = id,
+                ICMPV6_ECHO_REPLY => key.dport_be = id,
+                _ => return Parsed6::Other,
+            }
+            Parsed6::Flow(L4 {
+                off,
+                csum_off: off + 2,
+                sport_off: off + 4,
+                dport_off: off + 4,
+                tcp_flags: CT_SEEN,
+                icmp_type: ty,
+            })
+        }
+        _ => Parsed6::Other,
+    }
+}
+
+/// Rewrites the packet's addresses and ports as `e` says, keeping the L4
+/// checksum right: for IPv6 it covers the pseudo-header, so an address
+/// change is folded in for TCP, UDP and ICMPv6 alike (UDP's may never
+/// become zero, which means "none" and is invalid over IPv6: it becomes
+/// 0xffff).
+#[inline(always)]
+pub fn rewrite(ctx: &TcContext, l4: &L4, key: &CtKey6, e: &Xlate6) -> Result<(), DropReason> {
+    let mangled = if key.proto == IPPROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
+    if e.flags & CT_F_SNAT != 0 {
+        if !addr_eq(&e.new_saddr_be, &key.saddr_be) {
+            replace_addr(
+                ctx,
+                l4,
+                ETH_HLEN + 8,
+                &key.saddr_be,
+                &e.new_saddr_be,
+                mangled,
+            )?;
+        }
+        if e.new_sport_be != key.sport_be {
+            err(ctx.l4_csum_replace(
+                l4.csum_off,
+                key.sport_be as u64,
+                e.new_sport_be as u64,
+                mangled | 2,
+            ))?;
+            err(ctx.store(l4.sport_off, &e.new_sport_be, 0))?;
+        }
+    }
+    if e.flags & CT_F_DNAT != 0 {
+        if !addr_eq(&e.new_daddr_be, &key.daddr_be) {
+            replace_addr(
+                ctx,
+                l4,
+                ETH_HLEN + 24,
+                &key.daddr_be,
+                &e.new_daddr_be,
+                mangled,
+            )?;
+        }
+        if e.new_dport_be != key.dport_be {
+            err(ctx.l4_csum_replace(
+                l4.csum_off,
+                key.dport_be as u64,
+                e.new_dport_be as u64,
+                mangled | 2,
+            ))?;
+            err(ctx.store(l4.dport_off, &e.new_dport_be, 0))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `new` over the address at `off` (was `old`), folding the change
+/// into the L4 checksum as a pseudo-header change.
+#[inline(always)]
+fn replace_addr(
+    ctx: &TcContext,
+    l4: &L4,
+    off: usize,
+    old: &[u8; 16],
+    new: &[u8; 16],
+    mangled: u64,
+) -> Result<(), DropReason> {
+    // SAFETY: both buffers are 16 bytes (on the stack or in a map value),
+    // as the sizes given say; the helper only reads them.
+    let diff = unsafe {
+        bpf_csum_diff(
+            old.as_ptr() as *mut u32,
+            16,
+            new.as_ptr() as *mut u32,
+            16,
+            0,
+        )
+    };
+    if diff < 0 {
+        return Err(DropReason::Malformed);
+    }
+    err(ctx.l4_csum_replace(
+        l4.csum_off,
+        0,
+        diff as u64,
+        BPF_F_PSEUDO_HDR as u64 | mangled,
+    ))?;
+    err(ctx.store(off, new, 0))
+}
+
+/// The NAT configuration when the uplink has a global IPv6 address.
+#[inline(always)]
+fn config6() -> Option<Config> {
+    nat::config().filter(|c| c.uplink_addr6 != [0; 16])
+}
+
+/// `lxc6_nat_from_container`: tail-called by `lxc6_from_container` for a
+/// packet of a NAT66 network bound beyond the host.
+#[inline(always)]
+pub fn from_container_tail(ctx: &TcContext) -> i32 {
+    let Some(ep) = lxc::endpoint_of(lxc::ifindex(ctx)) else {
+        return drop(0, DropReason::UnknownEndpoint);
+    };
+    match from_container(ctx, &ep) {
+        Ok(v) => v,
+        Err(reason) => drop(ep.slot, reason),
+    }
+}
+
+#[inline(always)]
+fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
+    // What its caller checked that this program relies on, checked again
+    // (it must not trust that it was reached that way only): the source
+    // MAC and IPv6 address are the endpoint's, its network is NAT66.
+    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| DropReason::Malformed)?;
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    let eth = unsafe { &*eth };
+    if !mac_eq(&eth.src, &ep.mac) || eth.proto() != ETH_P_IPV6 {
+        return Err(DropReason::SpoofedMac);
+    }
+    let me = ipv6::endpoint6_of(ep.ifindex).ok_or(DropReason::Ipv6)?;
+    let net6 = ipv6::network6(ep.net_id).ok_or(DropReason::Ipv6)?;
+    if net6.flags & NET6_F_NAT == 0 {
+        return Err(DropReason::NatUnsupported);
+    }
+    let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).map_err(|_| DropReason::Malformed)?;
+    // SAFETY: as above.
+    let ip = unsafe { &*ip };
+    if !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN)) {
+        return Err(DropReason::Malformed);
+    }
+    if !addr_eq(&ip.saddr, &me.addr) {
+        return Err(DropReason::SpoofedIp);
+    }
+    // No global address to translate to: dropped, never left to the host,
+    // which would route it out untranslated.
+    let cfg = config6().ok_or(DropReason::NoNatAddress)?;
+    let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
+    let s = scratch().ok_or(DropReason::Malformed)?;
+    let at = l4_at(ctx, s, ip, end)?;
+    let key = &mut s.key;
+    let l4 = match parse(ctx, ip, &at, end, key) {
+        Parsed6::Flow(l4) => l4,
+        Parsed6::Fragment => return Err(DropReason::Fragment),
+        Parsed6::Truncated => return Err(DropReason::Malformed),
+        Parsed6::Other => return Err(DropReason::NatUnsupported),
+    };
+    let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
+    let e = match ct::lookup(key, seg)? {
+        Some(e) => e,
+        None => {
+            // An echo reply opens nothing (nothing asked it from the world).
+            if l4.icmp_type == ICMPV6_ECHO_REPLY || !ct::opens_flow(key.proto, l4.tcp_flags) {
+                return Err(DropReason::CtNoFlow);
+            }
+            if ip.hop_limit <= 1 {
+                return Err(DropReason::TtlExceeded);
+            }
+            new_snat(&cfg, key, &mut s.fwd, ep.addr_be, seg)?
+        }
+    };
+    let route = fib::route6(ctx, ep.ifindex, &e.new_saddr_be, &key.daddr_be, key.proto);
+    // dnet forwards, and translates, through the uplink only.
+    if let Route::Out { ifindex, .. } = route
+        && ifindex != cfg.uplink_ifindex
+    {
+        return Err(DropReason::NoRoute);
+    }
+    rewrite(ctx, &l4, key, &e)?;
+    count_translated(ep.slot);
+    fib::forward6(ctx, &route)
+}
+
+/// A new flow from the container at `endpoint_be` (its IPv4 address, its
+/// record's key) to the world, translated to the uplink's IPv6 address and
+/// a free NAT port, charged to the container's limits.
+#[inline(always)]
+fn new_snat(
+    cfg: &Config,
+    key: &CtKey6,
+    fwd: &mut CtEntry6,
+    endpoint_be: u32,
+    seg: &dnet_common::tcp::Seg,
+) -> Result<Xlate6, DropReason> {
+    ct::entry_into(
+        fwd,
+        cfg.uplink_addr6,
+        0,
+        [0; 16],
+        0,
+        CT_F_SNAT | CT_F_REPLY_TO_ENDPOINT,
+        endpoint_be,
+        seg,
+    );
+    nat::claim_charged(cfg, key, fwd)?;
+    Ok(XlateOf::of(fwd))
+}
+
+/// Room (one per CPU) for a NAT66 packet's tuple and a new flow's first
+/// entry: the 128-bit tuples do not fit the stack beside the rest.
+pub struct Nat6Scratch {
+    pub key: CtKey6,
+    pub fwd: CtEntry6,
+    /// The L4 offset the walk found, passed through memory ([`l4_at`]).
+    pub l4_off: u32,
+}
+
+#[map(name = "DNET_NAT6_SCRATCH")]
+static NAT6_SCRATCH: PerCpuArray<Nat6Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The walk of the extension headers (`ipv6::walk`), its L4 offset
+/// passed through this CPU's scratch slot: the verifier then knows it as
+/// one bounded value rather than one constant per number of headers, and
+/// checks what follows once instead of once per chain length (which
+/// outgrows its budget).
+#[inline(always)]
+fn l4_at(
+    ctx: &TcContext,
+    s: &mut Nat6Scratch,
+    ip: &Ipv6Hdr,
+    end: usize,
+) -> Result<ipv6::L4At, DropReason> {
+    let at = ipv6::walk(ctx, ip.nexthdr, end)?;
+    // SAFETY: `s.l4_off` is plain data in this CPU's scratch slot.
+    let off = unsafe {
+        core::ptr::write_volatile(&mut s.l4_off, at.off as u32);
+        core::ptr::read_volatile(&s.l4_off)
+    } as usize;
+    // Bounded well below the verifier's packet offset limit (0xffff) so
+    // that offsets beyond it still count; at most four extension headers
+    // of 2 KiB each lie before it.
+    if off > 0x3fff {
+        return Err(DropReason::Malformed);
+    }
+    Ok(ipv6::L4At {
+        proto: at.proto,
+        off,
+    })
+}
+
+#[inline(always)]
+fn scratch() -> Option<&'static mut Nat6Scratch> {
+    // SAFETY: this CPU's slot of a live per-CPU array; nothing else runs on
+    // this CPU while the program does, and each program takes it once.
+    NAT6_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// `host6_from_uplink`: tail-called by `host_from_uplink` for IPv6.
+#[inline(always)]
+pub fn from_uplink_tail(ctx: &TcContext) -> i32 {
+    match from_uplink(ctx) {
+        Ok(v) => v,
+        Err(reason) => drop(0, reason),
+    }
+}
+
+#[inline(always)]
+fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some(cfg) = config6() else {
+        return Ok(TC_ACT_OK);
+    };
+    // A tagged frame is the host's (as for IPv4).
+    if lxc::vlan_tagged(ctx) {
+        return Ok(TC_ACT_OK);
+    }
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    if unsafe { (*eth).proto() } != ETH_P_IPV6 {
+        return Ok(TC_ACT_OK);
+    }
+    let Ok(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: as above.
+    let ip = unsafe { &*ip };
+    if !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN)) {
+        return Ok(TC_ACT_OK);
+    }
+    // Only packets for the uplink's address can belong to dnet.
+    if !addr_eq(&ip.daddr, &cfg.uplink_addr6) {
+        return Ok(TC_ACT_OK);
+    }
+    // dnet's IPv6 networks live behind its veths: a source of theirs on
+    // the uplink is spoofed.
+    if SUBNETS6.get(Key::new(128, ip.saddr)).is_some() {
+        return Err(DropReason::SpoofedIp);
+    }
+    let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
+    let s = scratch().ok_or(DropReason::Malformed)?;
+    // A chain the walk refuses is the host's to judge, not dnet's.
+    let Ok(at) = l4_at(ctx, s, ip, end) else {
+        return Ok(TC_ACT_OK);
+    };
+    let key = &mut s.key;
+    let Parsed6::Flow(l4) = parse(ctx, ip, &at, end, key) else {
+        return Ok(TC_ACT_OK);
+    };
+    let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
+    let Some(e) = ct::lookup(key, seg)? else {
+        return Ok(TC_ACT_OK);
+    };
+    if e.flags & CT_F_TO_ENDPOINT == 0 {
+        return Ok(TC_ACT_OK);
+    }
+    let ep = ipv6::endpoint6_at(&e.new_daddr_be).ok_or(DropReason::NoEndpoint)?;
+    rewrite(ctx, &l4, key, &e)?;
+    nat::into_endpoint(ctx, &ep, fib::dec_hop_limit)
+}

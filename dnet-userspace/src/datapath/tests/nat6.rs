@@ -1,0 +1,271 @@
+//! NAT66 (issue 13): a dual-stack container's IPv6 to the world through
+//! the uplink's IPv6 address, and the answers back, on hand-made frames.
+
+use std::net::Ipv6Addr;
+
+use dnet_common::ipv6::NET6_F_NAT;
+
+use super::{
+    ipv6::{A6, dual_stack, frame6, ip6, sum6},
+    *,
+};
+
+/// A server in the world, beyond the uplink's default route.
+const SERVER6: &str = "2001:2:1::5";
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMPV6: u8 = 58;
+
+/// The NAT fixture, dual-stack with NAT66 on network 1.
+fn nat6_fixture() -> Fixture {
+    let mut fx = nat_fixture(50000, 50009);
+    dual_stack(&mut fx, NET6_F_NAT);
+    fx
+}
+
+/// What the tests read of an IPv6 frame without extension headers.
+struct Pkt6 {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    hop: u8,
+    proto: u8,
+    saddr: Ipv6Addr,
+    daddr: Ipv6Addr,
+    l4: Vec<u8>,
+}
+
+impl Pkt6 {
+    fn port(&self, at: usize) -> u16 {
+        u16::from_be_bytes([self.l4[at], self.l4[at + 1]])
+    }
+}
+
+/// Parses `f` and checks its L4 checksum over the IPv6 pseudo-header.
+fn parse6_checked(f: &[u8]) -> Pkt6 {
+    assert_eq!(u16::from_be_bytes([f[12], f[13]]), 0x86dd, "IPv6");
+    let len = u16::from_be_bytes([f[18], f[19]]) as usize;
+    let p = Pkt6 {
+        dst_mac: f[0..6].try_into().unwrap(),
+        src_mac: f[6..12].try_into().unwrap(),
+        proto: f[20],
+        hop: f[21],
+        saddr: Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap()),
+        daddr: Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap()),
+        l4: f[54..54 + len].to_vec(),
+    };
+    assert_eq!(
+        sum6(p.saddr, p.daddr, p.proto, &p.l4),
+        0,
+        "the L4 checksum verifies"
+    );
+    p
+}
+
+fn udp6_to(src_mac: [u8; 6], dst_mac: [u8; 6], s: (&str, u16), d: (&str, u16)) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&s.1.to_be_bytes());
+    l4.extend_from_slice(&d.1.to_be_bytes());
+    l4.extend_from_slice(&12u16.to_be_bytes());
+    l4.extend_from_slice(&[0, 0]);
+    l4.extend_from_slice(b"dnet");
+    frame6(
+        src_mac,
+        dst_mac,
+        ip6(s.0),
+        ip6(d.0),
+        64,
+        0,
+        UDP,
+        l4,
+        Some(6),
+    )
+}
+
+fn tcp6(src_mac: [u8; 6], dst_mac: [u8; 6], s: (&str, u16), d: (&str, u16), flags: u8) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&s.1.to_be_bytes());
+    l4.extend_from_slice(&d.1.to_be_bytes());
+    l4.extend_from_slice(&1u32.to_be_bytes());
+    l4.extend_from_slice(&0u32.to_be_bytes());
+    l4.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    l4.extend_from_slice(b"ping");
+    frame6(
+        src_mac,
+        dst_mac,
+        ip6(s.0),
+        ip6(d.0),
+        64,
+        0,
+        TCP,
+        l4,
+        Some(16),
+    )
+}
+
+fn echo6(src_mac: [u8; 6], dst_mac: [u8; 6], s: &str, d: &str, ty: u8, id: u16) -> Vec<u8> {
+    let mut l4 = vec![ty, 0, 0, 0];
+    l4.extend_from_slice(&id.to_be_bytes());
+    l4.extend_from_slice(&7u16.to_be_bytes());
+    l4.extend_from_slice(b"dnet");
+    frame6(src_mac, dst_mac, ip6(s), ip6(d), 64, 0, ICMPV6, l4, Some(2))
+}
+
+#[test]
+fn nat66_udp_leaves_as_the_uplinks_ipv6_and_its_answer_comes_back() {
+    in_fresh_netns(|| {
+        let fx = nat6_fixture();
+        let frame = udp6_to(fx.a.mac, GW_MAC, (A6, 4000), (SERVER6, 53));
+        let (v, out) = run(&fx.dp, &frame);
+        assert_eq!(v, REDIRECT, "out through the uplink");
+        let p = parse6_checked(&out);
+        assert_eq!(p.saddr, ip6(UPLINK6), "translated to the uplink's IPv6");
+        assert_eq!(p.daddr, ip6(SERVER6));
+        let port = p.port(0);
+        assert!((50000..=50009).contains(&port), "NAT port {port}");
+        assert_eq!(p.port(2), 53);
+        assert_eq!(p.hop, 63, "routed: hop limit down by one");
+        assert_eq!((p.dst_mac, p.src_mac), (WORLD_MAC, up0_mac()));
+        assert_eq!(
+            fx.dp.conntrack6().unwrap().len(),
+            2,
+            "one entry per direction"
+        );
+        assert!(
+            fx.dp.conntrack().unwrap().is_empty(),
+            "IPv4's table untouched"
+        );
+        assert_eq!(fx.dp.stats(1).unwrap().translated, 1);
+
+        let reply = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 53), (UPLINK6, port));
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &reply);
+        assert_eq!(v, REDIRECT, "into the container");
+        let b = parse6_checked(&back);
+        assert_eq!((b.saddr, b.port(0)), (ip6(SERVER6), 53));
+        assert_eq!((b.daddr, b.port(2)), (ip6(A6), 4000));
+        assert_eq!((b.dst_mac, b.src_mac), (fx.a.mac, GW_MAC));
+        assert_eq!(b.hop, 63);
+
+        // The flow's next packet takes the same port; an answer to a port
+        // no flow holds is the host's.
+        let (_, again) = run(&fx.dp, &frame);
+        assert_eq!(parse6_checked(&again).port(0), port);
+        let stray = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 53), (UPLINK6, 40000));
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &stray).0, OK);
+    });
+}
+
+#[test]
+fn nat66_tcp_keeps_its_checksum_and_state() {
+    in_fresh_netns(|| {
+        let fx = nat6_fixture();
+        // Only a SYN opens a flow.
+        let ack = tcp6(fx.a.mac, GW_MAC, (A6, 40000), (SERVER6, 80), 0x10);
+        assert_eq!(run(&fx.dp, &ack).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtNoFlow), 1);
+        let syn = tcp6(fx.a.mac, GW_MAC, (A6, 40000), (SERVER6, 80), 0x02);
+        let (v, out) = run(&fx.dp, &syn);
+        assert_eq!(v, REDIRECT);
+        let p = parse6_checked(&out);
+        assert_eq!(p.saddr, ip6(UPLINK6));
+        let synack = tcp6(
+            WORLD_MAC,
+            up0_mac(),
+            (SERVER6, 80),
+            (UPLINK6, p.port(0)),
+            0x12,
+        );
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &synack);
+        assert_eq!(v, REDIRECT);
+        let b = parse6_checked(&back);
+        assert_eq!((b.daddr, b.port(2)), (ip6(A6), 40000));
+        let ct = fx.dp.conntrack6().unwrap();
+        let fwd = ct
+            .iter()
+            .find(|(k, _)| k.saddr_be == ip6(A6).octets())
+            .unwrap();
+        let rev = ct
+            .iter()
+            .find(|(k, _)| k.saddr_be == ip6(SERVER6).octets())
+            .unwrap();
+        assert_eq!(fwd.1.tcp_seen, 0x02);
+        assert_eq!(rev.1.tcp_seen, 0x12);
+        assert_eq!(
+            fwd.1.endpoint_be, fx.a.addr_be,
+            "the container, by its record"
+        );
+    });
+}
+
+#[test]
+fn nat66_ping_is_translated_by_its_identifier() {
+    in_fresh_netns(|| {
+        let fx = nat6_fixture();
+        let req = echo6(fx.a.mac, GW_MAC, A6, SERVER6, 128, 0x1234);
+        let (v, out) = run(&fx.dp, &req);
+        assert_eq!(v, REDIRECT);
+        let p = parse6_checked(&out);
+        assert_eq!(p.saddr, ip6(UPLINK6));
+        let id = p.port(4);
+        assert!((50000..=50009).contains(&id), "identifier {id}");
+        let rep = echo6(WORLD_MAC, up0_mac(), SERVER6, UPLINK6, 129, id);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &rep);
+        assert_eq!(v, REDIRECT);
+        let b = parse6_checked(&back);
+        assert_eq!(b.daddr, ip6(A6));
+        assert_eq!(b.port(4), 0x1234);
+        // An echo reply from the container opens nothing.
+        let stray = echo6(fx.a.mac, GW_MAC, A6, SERVER6, 129, 0x4321);
+        assert_eq!(run(&fx.dp, &stray).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtNoFlow), 1);
+    });
+}
+
+#[test]
+fn a_dnet_ipv6_source_on_the_uplink_is_spoofed() {
+    in_fresh_netns(|| {
+        let fx = nat6_fixture();
+        // Open a flow, then answer it "from" a container's subnet.
+        let (_, out) = run(
+            &fx.dp,
+            &udp6_to(fx.a.mac, GW_MAC, (A6, 4000), (SERVER6, 53)),
+        );
+        let port = parse6_checked(&out).port(0);
+        let spoofed = udp6_to(WORLD_MAC, up0_mac(), ("fd00:1::3", 53), (UPLINK6, port));
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &spoofed).0, SHOT);
+        assert_eq!(drops(&fx.dp, 0, DropReason::SpoofedIp), 1);
+        // IPv6 for another address than the uplink's is the host's.
+        let other = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 53), ("2001:2::9", port));
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &other).0, OK);
+    });
+}
+
+#[test]
+fn without_an_ipv6_uplink_address_nothing_leaves_untranslated() {
+    in_fresh_netns(|| {
+        let mut fx = nat6_fixture();
+        let mut cfg = fx.dp.config().unwrap();
+        cfg.uplink_addr6 = [0; 16];
+        fx.dp.set_config(&cfg).unwrap();
+        let frame = udp6_to(fx.a.mac, GW_MAC, (A6, 4000), (SERVER6, 53));
+        assert_eq!(run(&fx.dp, &frame).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::NoNatAddress), 1);
+        assert!(fx.dp.conntrack6().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn nat66_fragments_are_dropped_with_their_reason() {
+    in_fresh_netns(|| {
+        let fx = nat6_fixture();
+        // A first fragment: a fragment header (offset 0, more to come)
+        // before UDP.
+        let mut l4 = vec![UDP, 0, 0, 1, 0, 0, 0, 7];
+        l4.extend_from_slice(&4000u16.to_be_bytes());
+        l4.extend_from_slice(&53u16.to_be_bytes());
+        l4.extend_from_slice(&[0, 12, 0, 0]);
+        l4.extend_from_slice(b"dnet");
+        let frame = frame6(fx.a.mac, GW_MAC, ip6(A6), ip6(SERVER6), 64, 0, 44, l4, None);
+        assert_eq!(run(&fx.dp, &frame).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::Fragment), 1);
+    });
+}
