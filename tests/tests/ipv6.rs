@@ -2,7 +2,7 @@
 //! addresses, links, routes, sysctls), what it refuses, and real IPv6
 //! traffic through the eBPF datapath.
 
-use dnet_sandbox::{Sandbox, conntest_bin, dnet_bin, ok, out, sh_ok};
+use dnet_sandbox::{Sandbox, conntest_bin, dnet_bin, ok, out, sh_ok, wait_listening};
 use serde_json::Value;
 
 /// The host namespace's IPv6 addresses and dnet's IPv6 routes (the
