@@ -731,7 +731,7 @@ impl Inner {
             let (k, v) = spec::parse_option(o)?;
             options.insert(k, v);
         }
-        let (ipam6, ula48) = self.choose_ipam6(&req, driver_kind, &[]).await?;
+        let (ipam6, ula48) = self.choose_ipam6(&req, Some(driver_kind), &[]).await?;
         let ipam = if caps.addresses {
             Some(self.choose_ipam(&req, Some(driver_kind), &[]).await?)
         } else {
@@ -847,11 +847,13 @@ impl Inner {
 
     /// The IPv6 side of a new network (`None`: IPv4 only), and the ULA /48
     /// when this is the first time one is chosen (to be committed with it).
-    /// `held`: the IPv6 pools handed out for another runtime's networks.
+    /// `held`: the IPv6 pools handed out for another runtime's networks;
+    /// without a kind, a pool for such a network (the runtime does not say
+    /// its driver: the network must then be one that can be dual-stack).
     async fn choose_ipam6(
         &self,
         req: &NetworkCreate,
-        kind: DriverKind,
+        kind: Option<DriverKind>,
         held: &[Ipv6Network],
     ) -> Result<(Option<Ipam6>, Option<Ipv6Network>)> {
         if !req.ipv6 {
@@ -867,7 +869,9 @@ impl Inner {
             }
             return Ok((None, None));
         }
-        if !driver::caps(kind).ipv6 {
+        if let Some(kind) = kind
+            && !driver::caps(kind).ipv6
+        {
             return Err(invalid!(
                 "--ipv6 is supported on bridge networks only (not {kind})"
             ));

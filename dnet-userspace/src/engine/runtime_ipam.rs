@@ -24,7 +24,7 @@ use crate::{
     conflict,
     error::Result,
     ipam::{Pool, Pool6},
-    model::{Container, DriverKind, Network},
+    model::{Container, Network},
     not_found,
 };
 
@@ -88,7 +88,7 @@ impl Engine {
         // Chosen and checked as a network's, the pools handed out taken too.
         let held = inner.runtime_ipam.pending.keys().copied();
         let subnet = if v6 {
-            // Only bridge networks are dual-stack.
+            // Only networks whose driver can be dual-stack (bridge ones).
             let held: Vec<Ipv6Network> = held
                 .filter_map(|n| match n {
                     IpNetwork::V6(n) => Some(n),
@@ -101,7 +101,7 @@ impl Engine {
                 ip_range6: sub_pool.map(str::to_owned),
                 ..NetworkCreate::default()
             };
-            let (ipam6, ula48) = inner.choose_ipam6(&req, DriverKind::Bridge, &held).await?;
+            let (ipam6, ula48) = inner.choose_ipam6(&req, None, &held).await?;
             let ipam6 = ipam6.expect("an IPv6 request has an IPv6 side");
             if ula48.is_some() {
                 // The /48 later pools and networks come from.
