@@ -151,7 +151,7 @@ impl Inner {
                     .addresses6(Some(l.index))
                     .await?
                     .into_iter()
-                    .filter(|a| !a.dnet)
+                    .filter(|a| !a.dnet && a.stable)
                     .map(|a| a.ip)
                     .collect::<Vec<_>>(),
             ),

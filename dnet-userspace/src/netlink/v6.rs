@@ -22,6 +22,18 @@ pub struct Address6 {
     pub prefix: u8,
     /// Marked as dnet's (`IFA_PROTO` 213; IPv6 addresses have no label).
     pub dnet: bool,
+    /// Neither temporary (privacy, it rotates), deprecated, tentative nor
+    /// failed duplicate address detection: an address to translate to.
+    pub stable: bool,
+}
+
+/// Whether `IFA_F_*` flags leave an address [`Address6::stable`].
+pub(crate) fn stable6(flags: u32) -> bool {
+    const TEMPORARY: u32 = 0x01;
+    const DADFAILED: u32 = 0x08;
+    const DEPRECATED: u32 = 0x20;
+    const TENTATIVE: u32 = 0x40;
+    flags & (TEMPORARY | DADFAILED | DEPRECATED | TENTATIVE) == 0
 }
 
 /// An IPv6 route of the main table, as dnet sees it.
@@ -197,11 +209,21 @@ impl Netlink {
                 let dnet = m.attributes.iter().any(|a| {
                     matches!(a, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == RTPROT_DNET)
                 });
+                // IFA_FLAGS (32 bits) when present, else the header's 8.
+                let flags = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        AddressAttribute::Flags(f) => Some(f.bits()),
+                        _ => None,
+                    })
+                    .unwrap_or(u32::from(m.header.flags.bits()));
                 Some(Address6 {
                     index: m.header.index,
                     ip,
                     prefix: m.header.prefix_len,
                     dnet,
+                    stable: stable6(flags),
                 })
             })
             .collect())
@@ -282,5 +304,21 @@ impl Netlink {
             .execute()
             .await
             .map_err(req(format!("add neighbour {ip}")))
+    }
+}
+
+#[cfg(test)]
+mod stable_tests {
+    #[test]
+    fn nat66_never_takes_a_temporary_deprecated_tentative_or_failed_address() {
+        assert!(super::stable6(0));
+        assert!(super::stable6(0x80), "permanent");
+        assert!(
+            super::stable6(0x100),
+            "managetempaddr: the stable one privacy derives from"
+        );
+        for f in [0x01, 0x08, 0x20, 0x40, 0x80 | 0x20] {
+            assert!(!super::stable6(f), "{f:#x}");
+        }
     }
 }
