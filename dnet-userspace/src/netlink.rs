@@ -247,6 +247,9 @@ pub struct Address<A = Ipv4Addr> {
     pub label: Option<String>,
     /// Marked as dnet's (`IFA_PROTO` 213).
     pub dnet: bool,
+    /// Neither temporary (privacy, it rotates), deprecated, tentative nor
+    /// failed duplicate address detection: an address to translate to.
+    pub stable: bool,
 }
 
 /// A route as dnet sees it (IPv4 unless said otherwise).
@@ -556,12 +559,22 @@ impl Netlink {
                 let dnet = m.attributes.iter().any(|a| {
                     matches!(a, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == RTPROT_DNET)
                 });
+                // IFA_FLAGS (32 bits) when present, else the header's 8.
+                let flags = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        AddressAttribute::Flags(f) => Some(f.bits()),
+                        _ => None,
+                    })
+                    .unwrap_or(u32::from(m.header.flags.bits()));
                 Some(Address {
                     index: m.header.index,
                     ip,
                     prefix: m.header.prefix_len,
                     label,
                     dnet,
+                    stable: v6::stable6(flags),
                 })
             })
             .collect())

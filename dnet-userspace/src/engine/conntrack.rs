@@ -220,6 +220,19 @@ pub fn keys_of<A: CtAddr + 'static>(
         .collect()
 }
 
+/// The entries whose tuple or translation holds `addr` (an address the
+/// uplink no longer has: both entries of every flow translated to it).
+pub fn keys_with<A: CtAddr + PartialEq>(
+    entries: &[(CtKeyOf<A>, CtEntryOf<A>)],
+    addr: A,
+) -> Vec<CtKeyOf<A>> {
+    entries
+        .iter()
+        .filter(|(k, e)| [k.saddr_be, k.daddr_be, e.new_saddr_be, e.new_daddr_be].contains(&addr))
+        .map(|(k, _)| *k)
+        .collect()
+}
+
 /// One flow as `dnet conntrack ls` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FlowView {
@@ -516,5 +529,13 @@ mod tests {
         let es = snat_pair(0, None);
         assert_eq!(keys_of(&es, &["172.17.0.2".parse().unwrap()]).len(), 2);
         assert!(keys_of(&es, &["172.17.0.3".parse().unwrap()]).is_empty());
+    }
+
+    #[test]
+    fn the_flows_of_an_old_uplink_address_are_found_by_it() {
+        let es = snat_pair(0, None);
+        let uplink = es[0].1.new_saddr_be;
+        assert_eq!(keys_with(&es, uplink).len(), 2, "both entries");
+        assert!(keys_with(&es, uplink ^ 1).is_empty());
     }
 }

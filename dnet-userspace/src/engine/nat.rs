@@ -157,7 +157,7 @@ impl Inner {
                     .addresses6(Some(l.index))
                     .await?
                     .into_iter()
-                    .filter(|a| !a.dnet)
+                    .filter(|a| !a.dnet && a.stable)
                     .map(|a| a.ip)
                     .collect::<Vec<_>>(),
             ),
@@ -220,6 +220,22 @@ impl Inner {
             let gone = dnet_common::addr::ipv4_from_be(old.uplink_addr_be);
             tracing::info!(address = %gone, "forgetting the flows translated to the uplink's old address");
             self.forget_flows(&[gone]);
+        }
+        if let Some(old) = old
+            && old.uplink_addr6 != [0; 16]
+            && old.uplink_addr6 != cfg.uplink_addr6
+        {
+            let gone = std::net::Ipv6Addr::from(old.uplink_addr6);
+            tracing::info!(address = %gone, "forgetting the NAT66 flows translated to the uplink's old IPv6 address");
+            let r = self
+                .ctx
+                .dp
+                .conntrack6()
+                .map(|es| conntrack::keys_with(&es, old.uplink_addr6))
+                .and_then(|keys| self.ctx.dp.ct_remove(&keys));
+            if let Err(e) = r {
+                tracing::warn!("removing NAT66 flows: {e}");
+            }
         }
         Ok(())
     }

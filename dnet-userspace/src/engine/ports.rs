@@ -3,7 +3,12 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd as _,
+};
+
+use nix::sys::socket::{
+    AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, setsockopt, socket, sockopt,
 };
 
 use dnet_common::{Service, Service6, ServiceKey, ServiceKey6, addr::ipv4_be};
@@ -147,25 +152,72 @@ pub fn services6_of_state(st: &State) -> HashMap<ServiceKey6, Service6> {
         .collect()
 }
 
+/// Binds (without listening) a socket of `proto` to `addr` and closes it:
+/// an IPv6 one with `IPV6_V6ONLY`, so that it judges IPv6 alone.
+fn probe_bind(addr: SocketAddr, proto: Proto) -> std::io::Result<()> {
+    let ty = match proto {
+        Proto::Tcp => SockType::Stream,
+        Proto::Udp => SockType::Datagram,
+    };
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket(family, ty, SockFlag::SOCK_CLOEXEC, None)?;
+    match addr {
+        SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
+        SocketAddr::V6(a) => {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+            bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?
+        }
+    }
+    Ok(())
+}
+
 /// Can the host give this port away? A process listening on it (or an
 /// address the host does not have) says no, as `docker-proxy`'s bind
-/// would.
-fn host_port_free(ip: Option<IpAddr>, port: u16, proto: Proto) -> Result<()> {
-    let addr = SocketAddr::new(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), port);
-    let r = match proto {
-        Proto::Tcp => TcpListener::bind(addr).map(drop),
-        Proto::Udp => UdpSocket::bind(addr).map(drop),
+/// would. A mapping without an address is checked on `0.0.0.0`, and also
+/// on `[::]` when the container is `dual_stack` (its port is then
+/// published over IPv6 too, so a host listener on `[::1]:P` or on the
+/// uplink's IPv6 would lose its clients to the container).
+fn host_port_free(ip: Option<IpAddr>, port: u16, proto: Proto, dual_stack: bool) -> Result<()> {
+    let addrs: Vec<IpAddr> = match ip {
+        Some(ip) => vec![ip],
+        None if dual_stack => vec![
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ],
+        None => vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
     };
-    match r {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(conflict!(
-            "host port {port}/{} is in use on this host",
-            proto.as_str()
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
-            Err(invalid!("{} is not an address of this host", addr.ip()))
+    for ip in addrs {
+        let addr = SocketAddr::new(ip, port);
+        match probe_bind(addr, proto) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(conflict!(
+                    "host port {port}/{} is in use on this host{}",
+                    proto.as_str(),
+                    if ip.is_ipv6() { " (over IPv6)" } else { "" }
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                return Err(invalid!("{} is not an address of this host", addr.ip()));
+            }
+            Err(e) => return Err(Error::io(format!("checking host port {addr}"))(e)),
         }
-        Err(e) => Err(Error::io(format!("checking host port {addr}"))(e)),
+    }
+    Ok(())
+}
+
+/// An IPv6 host address needs a container with an IPv6 address to lead
+/// to: on a network without IPv6 it would publish nothing.
+fn check_family(p: &PortMapping, net: &Network) -> Result<()> {
+    match p.host_ip {
+        Some(IpAddr::V6(ip)) if net.ipam6.is_none() => Err(invalid!(
+            "network {} is IPv4-only: its containers cannot publish ports on [{ip}] (publish on an IPv4 address, or use a network made with --ipv6)",
+            net.name
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -206,6 +258,7 @@ impl Inner {
             ));
         }
         for (i, p) in ports.iter().enumerate() {
+            check_family(p, net)?;
             if let Some(q) = ports[..i].iter().find(|q| q.clashes_with(p)) {
                 return Err(conflict!("published ports {q} and {p} overlap"));
             }
@@ -256,7 +309,7 @@ impl Inner {
                 _ => {}
             }
             for port in p.host_ports() {
-                host_port_free(p.host_ip, port, p.proto)?;
+                host_port_free(p.host_ip, port, p.proto, net.ipam6.is_some())?;
             }
         }
         Ok(())
@@ -470,5 +523,58 @@ mod tests {
         );
         let ip6: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
         assert!(v6.iter().all(|(_, s)| s.backend == ip6.octets()));
+    }
+
+    #[test]
+    fn an_ipv6_host_address_needs_a_dual_stack_network() {
+        let mut net = network("n", DriverKind::Bridge, false);
+        let lo6: PortMapping = "[::1]:8080:80".parse().unwrap();
+        let all6: PortMapping = "[::]:8080:80".parse().unwrap();
+        for p in [lo6, all6] {
+            let e = check_family(&p, &net).unwrap_err();
+            assert!(matches!(e, Error::Invalid(_)), "{e}");
+            assert!(e.to_string().contains("IPv4-only"), "{e}");
+        }
+        assert!(check_family(&"127.0.0.1:8080:80".parse().unwrap(), &net).is_ok());
+        assert!(check_family(&"8080:80".parse().unwrap(), &net).is_ok());
+        net.ipam6 = Some(crate::model::Ipam6 {
+            subnet: "fd00:1::/64".parse().unwrap(),
+            gateway: "fd00:1::1".parse().unwrap(),
+            ip_range: None,
+        });
+        assert!(check_family(&lo6, &net).is_ok());
+    }
+
+    #[test]
+    fn a_dual_stack_publish_sees_host_listeners_on_ipv6_only() {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            // A host service on [::1] only (IPV6_V6ONLY), on a port the
+            // kernel chose, which 0.0.0.0 does not see.
+            let fd = socket(
+                AddressFamily::Inet6,
+                match proto {
+                    Proto::Tcp => SockType::Stream,
+                    Proto::Udp => SockType::Datagram,
+                },
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .unwrap();
+            setsockopt(&fd, sockopt::Ipv6V6Only, &true).unwrap();
+            let lo = std::net::SocketAddrV6::new(Ipv6Addr::LOCALHOST, 0, 0, 0);
+            bind(fd.as_raw_fd(), &SockaddrIn6::from(lo)).unwrap();
+            if proto == Proto::Tcp {
+                nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(1).unwrap()).unwrap();
+            }
+            let port = nix::sys::socket::getsockname::<SockaddrIn6>(fd.as_raw_fd())
+                .unwrap()
+                .port();
+            host_port_free(None, port, proto, false).expect("IPv4 alone does not see it");
+            let e = host_port_free(None, port, proto, true).unwrap_err();
+            assert!(matches!(e, Error::Conflict(_)), "{e}");
+            assert!(e.to_string().contains("over IPv6"), "{e}");
+            let e = host_port_free(Some(IpAddr::V6(Ipv6Addr::LOCALHOST)), port, proto, true);
+            assert!(matches!(e, Err(Error::Conflict(_))));
+        }
     }
 }

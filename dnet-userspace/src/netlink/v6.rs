@@ -15,6 +15,15 @@ use super::{Netlink, NetlinkError, RTPROT_DNET, req};
 /// An IPv6 address of a link.
 pub type Address6 = super::Address<Ipv6Addr>;
 
+/// Whether `IFA_F_*` flags leave an address [`Address6::stable`].
+pub(crate) fn stable6(flags: u32) -> bool {
+    const TEMPORARY: u32 = 0x01;
+    const DADFAILED: u32 = 0x08;
+    const DEPRECATED: u32 = 0x20;
+    const TENTATIVE: u32 = 0x40;
+    flags & (TEMPORARY | DADFAILED | DEPRECATED | TENTATIVE) == 0
+}
+
 /// An IPv6 route, as dnet sees it.
 pub type Route6 = super::Route<Ipv6Addr>;
 
@@ -191,5 +200,21 @@ impl Netlink {
             .execute()
             .await
             .map_err(req(format!("add neighbour {ip}")))
+    }
+}
+
+#[cfg(test)]
+mod stable_tests {
+    #[test]
+    fn nat66_never_takes_a_temporary_deprecated_tentative_or_failed_address() {
+        assert!(super::stable6(0));
+        assert!(super::stable6(0x80), "permanent");
+        assert!(
+            super::stable6(0x100),
+            "managetempaddr: the stable one privacy derives from"
+        );
+        for f in [0x01, 0x08, 0x20, 0x40, 0x80 | 0x20] {
+            assert!(!super::stable6(f), "{f:#x}");
+        }
     }
 }
