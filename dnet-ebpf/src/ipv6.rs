@@ -25,25 +25,21 @@
 //!    routes them, and a NAT66 network's go on to NAT66 (`nat6`, a tail
 //!    call).
 
-use aya_ebpf::{helpers::generated::bpf_redirect_peer, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dnet_common::{
-    DropReason, Endpoint, Endpoint6, Ip6, Network, Network6,
-    drop::IPV6_MAX_EXT_HEADERS,
-    ipv6::NET6_F_NAT,
+    DropReason, Endpoint, Endpoint6, Ip6, Network6, drop::IPV6_MAX_EXT_HEADERS, ipv6::NET6_F_NAT,
     maps::PROG_SLOT_NAT6_FROM_CONTAINER,
-    network::{NET_F_INTERNAL, NET_F_NO_ICC},
 };
 
 use crate::{
     eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
-    fanout,
     fib::{self, Route},
     lxc,
-    maps::{EP6_BY_IF, EP6_BY_IP, NETWORKS, NETWORKS6, PROGS, SUBNETS6},
+    maps::{EP6_BY_IF, EP6_BY_IP, NETWORKS6, PROGS, SUBNETS6},
     ndp,
     ptr::ptr_at,
-    stats::{count_tx, drop},
-    verdict::{TC_ACT_OK, TC_ACT_REDIRECT},
+    stats::drop,
+    verdict::TC_ACT_OK,
 };
 
 /// The fixed IPv6 header (RFC 8200), 40 bytes.
@@ -256,14 +252,6 @@ pub fn network6(net_id: u32) -> Option<&'static Network6> {
     NETWORKS6.get(net_id).filter(|n| n.active != 0)
 }
 
-#[inline(always)]
-fn network(net_id: u32) -> Result<&'static Network, DropReason> {
-    NETWORKS
-        .get(net_id)
-        .filter(|n| n.active != 0)
-        .ok_or(DropReason::UnknownEndpoint)
-}
-
 /// The program `lxc_from_container` tail-calls for IPv6 (it counted the
 /// packet; this one counts its drop).
 #[inline(always)]
@@ -339,33 +327,14 @@ pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Resul
         return Err(DropReason::SpoofedIp);
     }
     let daddr = ip.daddr;
-    let net = network(ep.net_id)?;
+    let net = lxc::network(ep.net_id)?;
 
     if is_multicast(&daddr) {
-        if net.flags & NET_F_NO_ICC == 0 {
-            fanout::to_members(ctx, ep);
-        }
-        return Ok(TC_ACT_OK);
+        return lxc::fan_out(ctx, ep, net);
     }
 
     if let Some(dst) = endpoint6_at(&daddr) {
-        if dst.net_id != ep.net_id {
-            return Err(DropReason::CrossNetwork);
-        }
-        if net.flags & NET_F_NO_ICC != 0 {
-            return Err(DropReason::IccDisabled);
-        }
-        eth.dst = dst.mac;
-        // Delivered into the peer's namespace: its host-side veth's egress
-        // program never sees the packet, so it is counted here.
-        count_tx(dst.slot, ctx.len());
-        // SAFETY: a helper call with plain integer arguments.
-        let verdict = unsafe { bpf_redirect_peer(dst.ifindex, 0) } as i32;
-        return if verdict == TC_ACT_REDIRECT {
-            Ok(verdict)
-        } else {
-            Err(DropReason::RedirectFailed)
-        };
+        return lxc::to_peer(ctx, ep, net, eth, &dst);
     }
 
     if let Some(owner) = SUBNETS6.get(Key::new(128, daddr)) {
@@ -376,13 +345,13 @@ pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Resul
         if owner != ep.net_id {
             // Another network's gateway is a host address like any other.
             if network6(owner).is_some_and(|n| addr_eq(&n.gateway, &daddr)) {
-                return outside(net);
+                return lxc::outside(net);
             }
             return Err(DropReason::CrossNetwork);
         }
         return Err(DropReason::NoEndpoint);
     }
-    outside(net)?;
+    lxc::outside(net)?;
     // Link-local and other non-global destinations are no host's to reach
     // through dnet (the host-side veth has no link-local address).
     if is_link_local(&daddr) || is_unspecified(&daddr) {
@@ -405,13 +374,4 @@ pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Resul
             Err(DropReason::NatUnsupported)
         }
     }
-}
-
-/// A destination beyond the network: refused on an internal network.
-#[inline(always)]
-fn outside(net: &Network) -> Result<i32, DropReason> {
-    if net.flags & NET_F_INTERNAL != 0 {
-        return Err(DropReason::Internal);
-    }
-    Ok(TC_ACT_OK)
 }

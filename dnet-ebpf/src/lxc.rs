@@ -178,7 +178,7 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason>
 }
 
 #[inline(always)]
-fn network(net_id: u32) -> Result<&'static Network, DropReason> {
+pub(crate) fn network(net_id: u32) -> Result<&'static Network, DropReason> {
     NETWORKS
         .get(net_id)
         .filter(|n| n.active != 0)
@@ -291,21 +291,7 @@ fn from_container_ipv4(
     }
 
     if let Some(dst) = endpoint_at(daddr) {
-        if dst.net_id != ep.net_id {
-            return Err(DropReason::CrossNetwork);
-        }
-        if net.flags & NET_F_NO_ICC != 0 {
-            return Err(DropReason::IccDisabled);
-        }
-        eth.dst = dst.mac;
-        count_tx(dst.slot, ctx.len());
-        // SAFETY: a helper call with plain integer arguments.
-        let verdict = unsafe { bpf_redirect_peer(dst.ifindex, 0) } as i32;
-        return if verdict == TC_ACT_REDIRECT {
-            Ok(verdict)
-        } else {
-            Err(DropReason::RedirectFailed)
-        };
+        return to_peer(ctx, ep, net, eth, &dst);
     }
 
     // Beyond the network: flows the datapath translates come first. An
@@ -435,9 +421,40 @@ fn from_container_ipv4(
     }
 }
 
+/// East-west, either family: `dst`, the endpoint that holds the
+/// destination address, gets the packet straight into its namespace if it
+/// is of the sender's network and the network lets its members talk
+/// (`icc`).
+#[inline(always)]
+pub(crate) fn to_peer(
+    ctx: &TcContext,
+    ep: &Endpoint,
+    net: &Network,
+    eth: &mut EthHdr,
+    dst: &Endpoint,
+) -> Result<i32, DropReason> {
+    if dst.net_id != ep.net_id {
+        return Err(DropReason::CrossNetwork);
+    }
+    if net.flags & NET_F_NO_ICC != 0 {
+        return Err(DropReason::IccDisabled);
+    }
+    eth.dst = dst.mac;
+    // Delivered into the peer's namespace: its host-side veth's egress
+    // program never sees the packet, so it is counted here.
+    count_tx(dst.slot, ctx.len());
+    // SAFETY: a helper call with plain integer arguments.
+    let verdict = unsafe { bpf_redirect_peer(dst.ifindex, 0) } as i32;
+    if verdict == TC_ACT_REDIRECT {
+        Ok(verdict)
+    } else {
+        Err(DropReason::RedirectFailed)
+    }
+}
+
 /// A destination beyond the network: refused on an internal network.
 #[inline(always)]
-fn outside(net: &Network) -> Result<i32, DropReason> {
+pub(crate) fn outside(net: &Network) -> Result<i32, DropReason> {
     if net.flags & NET_F_INTERNAL != 0 {
         return Err(DropReason::Internal);
     }
@@ -447,7 +464,7 @@ fn outside(net: &Network) -> Result<i32, DropReason> {
 /// Broadcast and multicast: a copy to every other member of the network,
 /// then up the host stack as a bridge would.
 #[inline(always)]
-fn fan_out(ctx: &TcContext, ep: &Endpoint, net: &Network) -> Result<i32, DropReason> {
+pub(crate) fn fan_out(ctx: &TcContext, ep: &Endpoint, net: &Network) -> Result<i32, DropReason> {
     if net.flags & NET_F_NO_ICC == 0 {
         fanout::to_members(ctx, ep);
     }

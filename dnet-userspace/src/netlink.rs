@@ -625,8 +625,9 @@ impl Change {
                     name: (!l.name.is_empty()).then_some(l.name),
                 })
             }
+            // IPv6 too: NAT66 translates to the uplink's IPv6 address.
             RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a)
-                if a.header.family == AddressFamily::Inet =>
+                if matches!(a.header.family, AddressFamily::Inet | AddressFamily::Inet6) =>
             {
                 Some(Change::Address {
                     index: a.header.index,
@@ -643,9 +644,9 @@ impl Change {
     }
 }
 
-/// Link, IPv4 address and IPv4 route notifications of the calling thread's
-/// namespace (the `RTNLGRP_LINK`, `RTNLGRP_IPV4_IFADDR` and
-/// `RTNLGRP_IPV4_ROUTE` groups), as [`Change`]s, from the moment this
+/// Link, address and IPv4 route notifications of the calling thread's
+/// namespace (the `RTNLGRP_LINK`, `RTNLGRP_IPV4_IFADDR`,
+/// `RTNLGRP_IPV6_IFADDR` and `RTNLGRP_IPV4_ROUTE` groups), as [`Change`]s, from the moment this
 /// returns. Needs a tokio runtime. The kernel drops notifications when the
 /// socket's buffer is full, so a caller that must not miss one also looks
 /// again now and then.
@@ -655,6 +656,7 @@ pub fn monitor() -> Result<impl futures::Stream<Item = Change> + Unpin, NetlinkE
     let (conn, handle, messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
         MulticastGroup::Ipv4Route,
     ])
     .map_err(NetlinkError::Socket)?;

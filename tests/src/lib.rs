@@ -552,12 +552,64 @@ impl Sandbox {
         v
     }
 
-    /// The committed state file, parsed.
+    /// The committed state, parsed: the snapshot `state.json` with the
+    /// commits of `state.log` replayed over it (the format is
+    /// `dnet-userspace/src/store.rs`'s; a line that does not parse, one a
+    /// commit under way has not finished, ends the replay).
     pub fn state(&self) -> serde_json::Value {
-        fs::read_to_string(self.state_dir().join("state.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(serde_json::Value::Null)
+        use serde_json::Value;
+        let snapshot = fs::read_to_string(self.state_dir().join("state.json")).ok();
+        let log = fs::read_to_string(self.state_dir().join("state.log")).ok();
+        let mut st = match (&snapshot, &log) {
+            (None, None) => return Value::Null,
+            (Some(s), _) => match serde_json::from_str::<Value>(s) {
+                Ok(st) => st,
+                Err(_) => return Value::Null,
+            },
+            (None, Some(_)) => serde_json::json!({"networks": {}, "containers": {}}),
+        };
+        let log = log.unwrap_or_default();
+        let mut prepared = std::collections::BTreeMap::new();
+        let apply = |st: &mut Value, changes: &Value| {
+            for key in ["networks", "containers"] {
+                for (id, v) in changes[key].as_object().into_iter().flatten() {
+                    let records = st[key].as_object_mut().expect("records");
+                    match v {
+                        Value::Null => records.remove(id),
+                        v => records.insert(id.clone(), v.clone()),
+                    };
+                }
+            }
+            if let Some(rest) = changes["rest"].as_object() {
+                let st = st.as_object_mut().expect("state");
+                for (k, v) in rest {
+                    match v {
+                        Value::Null => st.remove(k),
+                        Value::Array(a) if a.is_empty() => st.remove(k),
+                        v => st.insert(k.clone(), v.clone()),
+                    };
+                }
+            }
+        };
+        for line in log.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            let Some(e) = line
+                .get(9..)
+                .and_then(|j| serde_json::from_str::<Value>(j).ok())
+            else {
+                break;
+            };
+            if let Some(c) = e.get("commit") {
+                apply(&mut st, c);
+            } else if let Some(p) = e.get("prepared") {
+                prepared.insert(p["id"].as_u64(), p["changes"].clone());
+            } else if let Some(c) = e
+                .get("publish")
+                .and_then(|p| prepared.remove(&p["id"].as_u64()))
+            {
+                apply(&mut st, &c);
+            }
+        }
+        st
     }
 
     /// The contents of every pinned map but the counters (`DNET_STATS`),

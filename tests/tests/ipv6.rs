@@ -2,7 +2,9 @@
 //! addresses, links, routes, sysctls), what it refuses, and real IPv6
 //! traffic through the eBPF datapath.
 
-use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP, conntest_bin, dnet_bin, ok, out, sh_ok};
+use dnet_sandbox::{
+    Sandbox, UPLINK_IP, WORLD_IP, conntest_bin, dnet_bin, ok, out, sh_ok, wait_listening,
+};
 use serde_json::Value;
 
 /// The host namespace's IPv6 addresses and dnet's IPv6 routes (the
@@ -794,13 +796,13 @@ fn a_dual_stack_network_connected_later_and_internal_ones_route_as_ipv4_does() {
     assert_eq!((sb.snapshot(), snapshot6(&sb), map6(&sb)), before);
 }
 
-/// The uplink's and the world's IPv6 addresses in [`dual_stack_sandbox`]
-/// (benchmarking range, RFC 5180).
+/// The uplink's IPv6 address in the IPv6 sandbox tests (the benchmarking
+/// range, RFC 5180), and the world's.
 const UPLINK6: &str = "2001:2::2";
 const WORLD6: &str = "2001:2::1";
 
-/// A sandbox whose uplink and world have IPv6 addresses too (the host's
-/// default IPv6 route via the world), its daemon started after them.
+/// A sandbox whose uplink has an IPv6 address too, before its daemon
+/// starts.
 fn dual_stack_sandbox() -> Sandbox {
     let mut sb = Sandbox::without_daemon();
     for (ns, a) in [(&sb.host_ns, UPLINK6), (&sb.world_ns, WORLD6)] {
@@ -809,7 +811,6 @@ fn dual_stack_sandbox() -> Sandbox {
             &[
                 "-n",
                 ns,
-                "-6",
                 "addr",
                 "add",
                 &format!("{a}/64"),
@@ -819,19 +820,6 @@ fn dual_stack_sandbox() -> Sandbox {
             ],
         );
     }
-    sh_ok(
-        "ip",
-        &[
-            "-n",
-            &sb.host_ns,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            WORLD6,
-        ],
-    );
     sb.start_daemon();
     sb
 }
@@ -1018,6 +1006,20 @@ fn the_resolver_answers_on_the_ipv6_gateway_of_a_dual_stack_network() {
 #[test]
 fn a_dual_stack_container_reaches_the_world_over_ipv6_as_the_uplink() {
     let mut sb = dual_stack_sandbox();
+    // The host's default IPv6 route: via the world.
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            WORLD6,
+        ],
+    );
     let w = sb.world_netns_path();
     let ct = conntest_bin();
     let ct = ct.to_str().unwrap();
@@ -1071,6 +1073,77 @@ fn a_dual_stack_container_reaches_the_world_over_ipv6_as_the_uplink() {
             "{x}"
         );
     }
+}
+
+#[test]
+fn nat66_follows_an_ipv6_address_the_uplink_gets_after_the_daemon_started() {
+    let mut sb = Sandbox::new();
+    let w = sb.world_netns_path();
+    let ct = conntest_bin();
+    sb.spawn_in(&w, ct.to_str().unwrap(), &["serve", "tcp", "[::]:80"]);
+    wait_listening(&w, "tcp", 80);
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.73.0.0/24",
+        "--subnet",
+        "fd00:73::/64",
+        "nat6late",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cli",
+        "--network",
+        "nat6late",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    // No IPv6 on the uplink yet: nothing leaves (no-nat-address).
+    assert!(request6(&sb, "cli", "tcp", WORLD6, 80).is_none());
+    for (ns, a) in [(&sb.host_ns, UPLINK6), (&sb.world_ns, WORLD6)] {
+        sh_ok(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{a}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+    }
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            WORLD6,
+        ],
+    );
+    // The daemon hears of the address (netlink) and translates to it.
+    let mut seen = None;
+    for _ in 0..50 {
+        seen = request6(&sb, "cli", "tcp", WORLD6, 80);
+        if seen.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let seen = seen.expect("NAT66 after the uplink got its IPv6 address");
+    assert!(seen.starts_with(&format!("[{UPLINK6}]:")), "{seen}");
 }
 
 /// Published ports from the world over IPv6 (issue 13): the world reaches

@@ -10,6 +10,7 @@
 mod batch;
 mod bpffs;
 mod lookup6;
+mod mirror;
 mod progs;
 #[cfg(test)]
 mod tests;
@@ -197,6 +198,12 @@ pub struct Datapath {
     /// The ids of the pinned maps this load uses (see
     /// [`Datapath::filter_current`]); none when unpinned.
     pinned_maps: Vec<u32>,
+    /// The endpoint maps by interface as written (see `mirror.rs`); read
+    /// at first use.
+    mirror: Option<mirror::Mirror>,
+    /// Each network's broadcast members by index, as written (see
+    /// [`Datapath::set_members`]); a network's is read at its first use.
+    members: std::collections::HashMap<u32, Vec<u32>>,
 }
 
 /// For [`Datapath::ct_remove_if_created`]: whenever the entry was made.
@@ -286,6 +293,8 @@ impl Datapath {
             pins: pins.map(Path::to_owned),
             held_links: Vec::new(),
             pinned_maps,
+            mirror: None,
+            members: Default::default(),
         })
     }
 
@@ -992,12 +1001,29 @@ impl Datapath {
     /// a member that goes leaves its index to the last one (copied there
     /// before the count shrinks), a new one is written before the count
     /// grows to take it in.
+    ///
+    /// The members as written are kept (read from the maps once per
+    /// network), so a call writes only the difference, with no read.
     pub fn set_members(&mut self, dp_id: u32, ifindexes: &[u32]) -> Result<()> {
-        let (mut now, stale) = self.member_entries(dp_id)?;
-        // Left behind by a daemon stopped halfway: beyond the count, never read.
-        for index in stale {
-            self.remove_member(dp_id, index)?;
-        }
+        let mut now = match self.members.remove(&dp_id) {
+            Some(now) => now,
+            None => {
+                let (now, stale) = self.member_entries(dp_id)?;
+                // Left behind by a daemon stopped halfway: beyond the count,
+                // never read.
+                for index in stale {
+                    self.remove_member(dp_id, index)?;
+                }
+                now
+            }
+        };
+        // A write that fails leaves the cache out (read again next time).
+        self.write_members(dp_id, &mut now, ifindexes)?;
+        self.members.insert(dp_id, now);
+        Ok(())
+    }
+
+    fn write_members(&mut self, dp_id: u32, now: &mut Vec<u32>, ifindexes: &[u32]) -> Result<()> {
         let want: HashSet<u32> = ifindexes.iter().copied().collect();
         // Going: from the top down, so that the last member (moved into the
         // hole) has been looked at already. A duplicate goes too.
@@ -1083,6 +1109,11 @@ impl Datapath {
 
     /// Writes an endpoint into both endpoint maps.
     pub fn set_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
+        let r = self.write_endpoint(ep);
+        self.mirrored(r, |m| m.set(ep))
+    }
+
+    fn write_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
         for name in [m::ENDPOINTS_BY_IP, m::ENDPOINTS_BY_IF] {
             let key = if name == m::ENDPOINTS_BY_IP {
                 ep.addr_be
@@ -1098,6 +1129,11 @@ impl Datapath {
 
     /// Removes an endpoint from both maps; missing entries are fine.
     pub fn clear_endpoint(&mut self, addr: Option<Ipv4Addr>, ifindex: Option<u32>) -> Result<()> {
+        let r = self.remove_endpoint(addr, ifindex);
+        self.mirrored(r, |m| m.clear(ifindex))
+    }
+
+    fn remove_endpoint(&mut self, addr: Option<Ipv4Addr>, ifindex: Option<u32>) -> Result<()> {
         for (name, key) in [
             (m::ENDPOINTS_BY_IP, addr.map(ipv4_be)),
             (m::ENDPOINTS_BY_IF, ifindex),
@@ -1198,6 +1234,11 @@ impl Datapath {
     /// first (peers may reach it), then `ENDPOINT6_BY_IF` (it may send).
     /// An endpoint without these entries has its IPv6 dropped.
     pub fn set_endpoint6(&mut self, ifindex: u32, addr: Ipv6Addr, ep: &Endpoint) -> Result<()> {
+        let r = self.write_endpoint6(ifindex, addr, ep);
+        self.mirrored(r, |m| m.set6(ifindex, addr))
+    }
+
+    fn write_endpoint6(&mut self, ifindex: u32, addr: Ipv6Addr, ep: &Endpoint) -> Result<()> {
         let mut h: HashMap<&mut MapData, Ip6, Endpoint> =
             HashMap::try_from(self.map_mut(m::ENDPOINTS6_BY_IP)?)
                 .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
@@ -1216,6 +1257,11 @@ impl Datapath {
     /// both); missing entries are fine. The interface's entry goes first,
     /// so the endpoint stops sending before peers stop reaching it.
     pub fn clear_endpoint6(&mut self, addr: Option<Ipv6Addr>, ifindex: Option<u32>) -> Result<()> {
+        let r = self.remove_endpoint6(addr, ifindex);
+        self.mirrored(r, |m| m.clear6(ifindex))
+    }
+
+    fn remove_endpoint6(&mut self, addr: Option<Ipv6Addr>, ifindex: Option<u32>) -> Result<()> {
         if let Some(ifindex) = ifindex {
             let mut h: HashMap<&mut MapData, u32, Endpoint6> =
                 HashMap::try_from(self.map_mut(m::ENDPOINT6_BY_IF)?)

@@ -501,6 +501,83 @@ fn the_pin_of_a_retired_map_goes_at_load() {
     });
 }
 
+/// The in-memory copy of the endpoint maps (`mirror.rs`) answers as the
+/// maps do: after writes and removals, and in a second load of the same
+/// pins (a restarted daemon), which reads it from the maps; members are
+/// written as differences against what the maps hold.
+#[test]
+fn the_endpoint_copy_follows_the_maps() {
+    struct Pins(PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    if let Some(run) = std::env::var_os("DNET_TEST_RUN_DIR") {
+        let pids = Path::new(&run).join("pids");
+        fs::create_dir_all(&pids)
+            .and_then(|()| fs::write(pids.join(std::process::id().to_string()), ""))
+            .expect("record the pid in the run folder");
+    }
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/dnet-test-{}-mirror",
+        std::process::id()
+    )));
+    let dir = pins.0.clone();
+    in_fresh_netns(move || {
+        let ep = |ifindex, addr: &str, net_id| Endpoint {
+            ifindex,
+            addr_be: ipv4_be(ip(addr)),
+            net_id,
+            slot: ifindex,
+            mac: docker_mac(ip(addr)),
+            _pad: [0; 2],
+        };
+        let mut dp = Datapath::load(Some(&dir)).unwrap();
+        for e in [
+            ep(11, "10.1.0.2", 1),
+            ep(12, "10.1.0.3", 1),
+            ep(13, "10.2.0.2", 2),
+            // A stale entry of the same address on another interface.
+            ep(14, "10.1.0.3", 1),
+        ] {
+            dp.set_endpoint(&e).unwrap();
+        }
+        dp.set_endpoint6(12, "fd00::3".parse().unwrap(), &ep(12, "10.1.0.3", 1))
+            .unwrap();
+        assert_eq!(dp.network_ifindexes(1).unwrap(), vec![11, 12, 14]);
+        let mut with = dp.ifindexes_with(ip("10.1.0.3")).unwrap();
+        with.sort_unstable();
+        assert_eq!(with, vec![12, 14]);
+        dp.clear_endpoint(None, Some(14)).unwrap();
+        assert_eq!(dp.ifindexes_with(ip("10.1.0.3")).unwrap(), vec![12]);
+        let members = dp.network_ifindexes(1).unwrap();
+        dp.set_members(1, &members).unwrap();
+        drop(dp);
+
+        let mut dp = Datapath::load(Some(&dir)).unwrap();
+        assert_eq!(dp.network_ifindexes(1).unwrap(), vec![11, 12]);
+        assert_eq!(dp.network_ifindexes(2).unwrap(), vec![13]);
+        assert_eq!(
+            dp.ifindexes_with6("fd00::3".parse().unwrap()).unwrap(),
+            vec![12]
+        );
+        dp.clear_endpoint6(None, Some(12)).unwrap();
+        assert!(
+            dp.ifindexes_with6("fd00::3".parse().unwrap())
+                .unwrap()
+                .is_empty()
+        );
+        // Members: read from the maps once, then written as differences.
+        dp.set_members(1, &[12, 15]).unwrap();
+        assert_eq!(dp.members(1).unwrap(), vec![12, 15]);
+        dp.set_members(1, &[12, 15, 16]).unwrap();
+        assert_eq!(dp.members(1).unwrap(), vec![12, 15, 16]);
+        dp.set_members(1, &[]).unwrap();
+        assert!(dp.members(1).unwrap().is_empty());
+    });
+}
+
 #[test]
 fn malformed_frames_are_dropped_without_fault() {
     in_fresh_netns(|| {

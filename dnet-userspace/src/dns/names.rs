@@ -14,7 +14,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use crate::model::{Container, DriverKind, Network, State};
+use crate::model::{Container, Network, State};
 
 /// Who may ask: a container with an endpoint in a user-defined bridge network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub struct Names {
 /// A network whose containers are named: a bridge network made by a user
 /// (not by Docker, whose containers ask Docker's own resolver).
 pub fn has_names(n: &Network) -> bool {
-    n.driver == DriverKind::Bridge
+    crate::driver::caps(n.driver).host_gateway
         && !n.predefined
         && n.ipam.is_some()
         && n.runtime.as_ref().is_none_or(|r| r.runtime != "docker")
@@ -238,6 +238,7 @@ pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::model::DriverKind;
     use crate::model::{Endpoint, Ipam, Netns, RuntimeRef};
 
     pub fn net(id: &str, name: &str, subnet: &str, internal: bool, predefined: bool) -> Network {

@@ -18,8 +18,10 @@
 //! entry (the host never ARPs for a container).
 
 use std::{
-    net::Ipv6Addr,
+    collections::{BTreeSet, HashSet},
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, BorrowedFd},
+    path::PathBuf,
 };
 
 use async_trait::async_trait;
@@ -27,17 +29,18 @@ use dnet_common::{
     Endpoint as DpEndpoint, Network as DpNetwork,
     addr::{docker_mac, ipv4_be},
     ipv6::{NET6_F_NAT, Network6},
-    maps::ENDPOINTS_BY_IF,
+    maps as m,
     network::{NET_F_INTERNAL, NET_F_NO_ICC},
 };
+use netlink_packet_route::route::{RouteProtocol, RouteType};
 
-use super::{Attachment, Ctx, Driver, check_mtu, check_options, keep};
+use super::{Attachment, Caps, Ctx, Driver, check_mtu, check_options, keep};
 use crate::{
     conflict,
     datapath::Datapath,
     error::{Error, Result},
-    model::{Ipam, Ipam6, Netns, Network, State},
-    netlink::{Netlink, RouteSpec, RouteSpec6, VethPeer},
+    model::{Container, DriverKind, Endpoint, Ipam, Ipam6, Netns, Network, State},
+    netlink::{Netlink, RTPROT_DNET, RouteSpec, RouteSpec6, VethPeer},
     netns, spec,
 };
 
@@ -46,17 +49,17 @@ pub struct Bridge;
 const OPTIONS: &[&str] = &["mtu", "icc", crate::model::GATEWAY_MODE_IPV6];
 
 /// The label of gateway addresses on `lo`: marks them as dnet's.
-pub const GATEWAY_LABEL: &str = "lo:dnet";
+const GATEWAY_LABEL: &str = "lo:dnet";
 
 /// A new host-side veth name, as Docker makes them.
-pub fn veth_name() -> String {
+fn veth_name() -> String {
     format!("veth{:07x}", rand::random::<u32>() & 0x0fff_ffff)
 }
 
 /// The temporary name of a pair's container end left in the daemon's
 /// namespace for another runtime to move (`Netns::Runtime`): derived from
 /// the host end's, so that it is never stored apart and never clashes.
-pub fn container_side_name(host_ifname: &str) -> String {
+fn container_side_name(host_ifname: &str) -> String {
     format!("dntmp{}", host_ifname.trim_start_matches("veth"))
 }
 
@@ -144,15 +147,10 @@ fn host_side_ipv6(ifname: &str, dual: bool) -> Result<()> {
 }
 
 /// Brings a network's broadcast members in line with the endpoint map
-/// (only what changed is written).
+/// (only what changed is written; both are known without a read of the
+/// maps: see `datapath/mirror.rs`).
 pub fn refresh_members(dp: &mut Datapath, dp_id: u32) -> Result<()> {
-    let mut members: Vec<u32> = dp
-        .endpoints(ENDPOINTS_BY_IF)?
-        .into_iter()
-        .filter(|(_, e)| e.net_id == dp_id)
-        .map(|(ifindex, _)| ifindex)
-        .collect();
-    members.sort_unstable();
+    let members = dp.network_ifindexes(dp_id)?;
     Ok(dp.set_members(dp_id, &members)?)
 }
 
@@ -176,6 +174,246 @@ fn dp_endpoint(a: &Attachment<'_>, ifindex: u32) -> Result<DpEndpoint> {
 
 #[async_trait]
 impl Driver for Bridge {
+    fn caps(&self) -> Caps {
+        Caps {
+            addresses: true,
+            host_gateway: true,
+            datapath: true,
+            ports: true,
+            ipv6: true,
+            ..Caps::default()
+        }
+    }
+
+    /// A slot in the datapath's per-CPU counters and a free host-side
+    /// veth name.
+    async fn prepare(
+        &self,
+        _ctx: &Ctx,
+        state: &State,
+        _net: &Network,
+        _container: &Container,
+        ep: &mut Endpoint,
+    ) -> Result<BTreeSet<Ipv4Addr>> {
+        let used_slots = state.used_slots();
+        ep.slot = Some(
+            (1..=dnet_common::maps::MAX_ENDPOINTS)
+                .find(|s| !used_slots.contains(s))
+                .ok_or_else(|| conflict!("too many endpoints"))?,
+        );
+        // One lookup per candidate rather than a list of every link: the
+        // cost stays the same however many endpoints there are.
+        let taken = |n: &str| {
+            crate::netlink::index_of(n).is_some()
+                || state.containers.values().any(|c| {
+                    c.endpoints
+                        .iter()
+                        .any(|e| e.host_ifname.as_deref() == Some(n))
+                })
+        };
+        let name = std::iter::repeat_with(veth_name)
+            .take(100)
+            .find(|n| !taken(n))
+            .ok_or_else(|| conflict!("no free veth name"))?;
+        ep.host_ifname = Some(name);
+        Ok(BTreeSet::new())
+    }
+
+    /// The host ends, gateway addresses, unreachable routes and datapath
+    /// entries (IPv4 and IPv6) of endpoints and networks the state no
+    /// longer holds; then each network's broadcast members.
+    async fn collect_garbage(
+        &self,
+        ctx: &mut Ctx,
+        state: &State,
+        _containers: &[(Container, PathBuf)],
+    ) -> Result<()> {
+        let veths: HashSet<String> = state
+            .containers
+            .values()
+            .flat_map(|c| c.endpoints.iter().filter_map(|e| e.host_ifname.clone()))
+            .collect();
+        let bridges: Vec<_> = state
+            .networks
+            .values()
+            .filter(|n| n.driver == DriverKind::Bridge)
+            .cloned()
+            .collect();
+        // A veth cut short between its creation and its alias (a crash
+        // between the two netlink calls) has no alias yet; its host end
+        // already carries a bridge network's gateway MAC, which only dnet's
+        // host ends do.
+        let gateway_macs: Vec<[u8; 6]> = bridges
+            .iter()
+            .filter_map(|n| n.ipam.map(|i| dnet_common::addr::docker_mac(i.gateway)))
+            .collect();
+        for l in ctx.nl.links().await? {
+            let ours = match l.alias.as_deref() {
+                Some(alias) => alias.starts_with("dnet:ep:"),
+                None => {
+                    l.kind.as_deref() == Some("veth")
+                        && l.mac.is_some_and(|m| gateway_macs.contains(&m))
+                }
+            };
+            if ours && !veths.contains(&l.name) {
+                tracing::info!(link = %l.name, "removing a link dnet no longer uses");
+                ctx.nl.del_link(l.index).await?;
+            }
+        }
+
+        let lo = loopback(&ctx.nl).await?;
+        for a in ctx.nl.addresses(Some(lo)).await? {
+            if a.label.as_deref() == Some(GATEWAY_LABEL)
+                && !bridges
+                    .iter()
+                    .any(|n| n.ipam.is_some_and(|i| i.gateway == a.ip))
+            {
+                tracing::info!(address = %a.ip, "removing a gateway address dnet no longer uses");
+                ctx.nl.del_address(lo, a.ip, a.prefix).await?;
+            }
+        }
+
+        for r in ctx.nl.routes().await? {
+            if r.protocol == RouteProtocol::Other(RTPROT_DNET)
+                && r.kind == RouteType::Unreachable
+                && !bridges.iter().any(|n| {
+                    n.ipam.is_some_and(|i| {
+                        i.subnet.network() == r.dst && i.subnet.prefix() == r.prefix
+                    })
+                })
+            {
+                tracing::info!(route = %format!("{}/{}", r.dst, r.prefix), "removing a route dnet no longer uses");
+                ctx.nl
+                    .del_route(RouteSpec::unreachable(r.dst, r.prefix))
+                    .await?;
+            }
+        }
+
+        // Datapath entries.
+        let ips: HashSet<u32> = state
+            .containers
+            .values()
+            .flat_map(|c| c.endpoints.iter())
+            .filter(|e| e.host_ifname.is_some())
+            .filter_map(|e| e.ip.map(ipv4_be))
+            .collect();
+        let live_ifindexes: HashSet<u32> = ctx
+            .nl
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| veths.contains(&l.name))
+            .map(|l| l.index)
+            .collect();
+        for (addr, _) in ctx.dp.endpoints(m::ENDPOINTS_BY_IP)? {
+            if !ips.contains(&addr) {
+                ctx.dp
+                    .clear_endpoint(Some(dnet_common::addr::ipv4_from_be(addr)), None)?;
+            }
+        }
+        for (ifindex, _) in ctx.dp.endpoints(m::ENDPOINTS_BY_IF)? {
+            if !live_ifindexes.contains(&ifindex) {
+                ctx.dp.clear_endpoint(None, Some(ifindex))?;
+            }
+        }
+        for (subnet, id) in ctx.dp.subnets()? {
+            if bridges
+                .iter()
+                .any(|n| n.dp_id == id && n.ipam.is_some_and(|i| i.subnet == subnet))
+            {
+                continue;
+            }
+            if bridges.iter().any(|n| n.dp_id == id) {
+                // The id is another network's now: only the subnet goes.
+                ctx.dp.clear_subnet(subnet)?;
+            } else {
+                ctx.dp.clear_network(id, Some(subnet))?;
+            }
+        }
+        for id in 1..m::MAX_NETWORKS {
+            if ctx.dp.network(id).is_ok_and(|n| n.active != 0)
+                && !bridges.iter().any(|n| n.dp_id == id)
+            {
+                ctx.dp.clear_network(id, None)?;
+            }
+        }
+        // IPv6 entries, as the IPv4 ones above.
+        let ips6: HashSet<std::net::Ipv6Addr> = state
+            .containers
+            .values()
+            .flat_map(|c| c.endpoints.iter())
+            .filter(|e| e.host_ifname.is_some())
+            .filter_map(|e| e.ip6)
+            .collect();
+        for (addr, _) in ctx.dp.endpoints6()? {
+            if !ips6.contains(&addr) {
+                ctx.dp.clear_endpoint6(Some(addr), None)?;
+            }
+        }
+        for (ifindex, addr) in ctx.dp.endpoint6_addrs()? {
+            if !live_ifindexes.contains(&ifindex) || !ips6.contains(&addr) {
+                ctx.dp.clear_endpoint6(None, Some(ifindex))?;
+            }
+        }
+        for (subnet, id) in ctx.dp.subnets6()? {
+            if !bridges
+                .iter()
+                .any(|n| n.dp_id == id && n.ipam6.is_some_and(|i| i.subnet == subnet))
+            {
+                ctx.dp.clear_subnet6(subnet)?;
+            }
+        }
+        for id in 1..m::MAX_NETWORKS {
+            if ctx.dp.network6(id).is_ok_and(|n| n.active != 0)
+                && !bridges.iter().any(|n| n.dp_id == id && n.ipam6.is_some())
+            {
+                ctx.dp.clear_network6(id, None)?;
+            }
+        }
+        for a in ctx.nl.addresses6(Some(lo)).await? {
+            if a.dnet
+                && !bridges
+                    .iter()
+                    .any(|n| n.ipam6.is_some_and(|i| i.gateway == a.ip))
+            {
+                tracing::info!(address = %a.ip, "removing an IPv6 gateway address dnet no longer uses");
+                ctx.nl.del_address6(lo, a.ip, a.prefix).await?;
+            }
+        }
+        for r in ctx.nl.routes6().await? {
+            if r.protocol == RouteProtocol::Other(RTPROT_DNET)
+                && r.kind == RouteType::Unreachable
+                && !bridges.iter().any(|n| {
+                    n.ipam6.is_some_and(|i| {
+                        i.subnet.network() == r.dst && i.subnet.prefix() == r.prefix
+                    })
+                })
+            {
+                tracing::info!(route = %format!("{}/{}", r.dst, r.prefix), "removing an IPv6 route dnet no longer uses");
+                ctx.nl
+                    .del_route6(crate::netlink::RouteSpec6::unreachable(r.dst, r.prefix))
+                    .await?;
+            }
+        }
+        for ifname in ctx.dp.pinned_interfaces()? {
+            if !veths.contains(&ifname) {
+                ctx.dp.detach_endpoint(&ifname)?;
+            }
+        }
+        for n in &bridges {
+            refresh_members(&mut ctx.dp, n.dp_id)?;
+        }
+        Ok(())
+    }
+
+    fn runtime_link(&self, _c: &Container, _net: &Network, ep: &Endpoint) -> Option<String> {
+        ep.host_ifname.as_deref().map(container_side_name)
+    }
+
+    fn gateway_link(&self) -> Option<&'static str> {
+        Some(GATEWAY_LABEL)
+    }
+
     async fn validate(&self, ctx: &Ctx, _state: &State, net: &mut Network) -> Result<()> {
         check_options(net, OPTIONS)?;
         check_mtu(net)?;
@@ -495,21 +733,16 @@ fn endpoint6_ok(ctx: &Ctx, a: &Attachment<'_>, want: &DpEndpoint) -> bool {
 
 /// Removes every IPv6 map entry for `ip6`, whatever interface it names.
 fn forget_address6(dp: &mut Datapath, ip6: Ipv6Addr) -> Result<()> {
-    for (ifindex, addr) in dp.endpoint6_addrs()? {
-        if addr == ip6 {
-            dp.clear_endpoint6(None, Some(ifindex))?;
-        }
+    for ifindex in dp.ifindexes_with6(ip6)? {
+        dp.clear_endpoint6(None, Some(ifindex))?;
     }
     Ok(dp.clear_endpoint6(Some(ip6), None)?)
 }
 
 /// Removes every map entry for `ip`, whatever interface it names.
 fn forget_address(dp: &mut Datapath, ip: std::net::Ipv4Addr) -> Result<()> {
-    let addr = ipv4_be(ip);
-    for (ifindex, e) in dp.endpoints(ENDPOINTS_BY_IF)? {
-        if e.addr_be == addr {
-            dp.clear_endpoint(None, Some(ifindex))?;
-        }
+    for ifindex in dp.ifindexes_with(ip)? {
+        dp.clear_endpoint(None, Some(ifindex))?;
     }
     Ok(dp.clear_endpoint(Some(ip), None)?)
 }

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{Attachment, Ctx, Driver, check_options};
+use super::{Attachment, Caps, Ctx, Driver, check_options};
 use crate::{
     error::{Error, Result},
     model::{Network, State},
@@ -13,6 +13,13 @@ pub struct Host;
 
 #[async_trait]
 impl Driver for Host {
+    fn caps(&self) -> Caps {
+        Caps {
+            exclusive: true,
+            host_netns: true,
+            ..Caps::default()
+        }
+    }
     async fn validate(&self, _ctx: &Ctx, _state: &State, net: &mut Network) -> Result<()> {
         check_options(net, &[])
     }

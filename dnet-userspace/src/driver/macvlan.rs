@@ -45,13 +45,13 @@ use dnet_common::addr::docker_mac;
 use netlink_packet_route::route::RouteProtocol;
 use rtnetlink::packet_route::link::MacVlanMode;
 
-use super::{Attachment, Counters, Ctx, Driver, check_mtu, check_options, keep};
+use super::{Attachment, Caps, Counters, Ctx, Driver, check_mtu, check_options, keep};
 use crate::{
     conflict,
     error::{Error, Result},
     invalid,
     ipam::Pool,
-    model::{Container, DriverKind, Ipam, Netns, Network, State},
+    model::{Container, DriverKind, Endpoint, Ipam, Netns, Network, State},
     netlink::{Link, Netlink, RTPROT_DNET, RouteSpec},
     netns, spec,
 };
@@ -181,7 +181,7 @@ const RUNTIME_NAME_DIGITS: usize = 11;
 /// network: ~3% at 1,000). A name taken all the same is refused at attach
 /// ([`attach`]), and a child is only deleted when it carries its endpoint's
 /// MAC ([`is_runtime_child_of`]), so one endpoint never removes another's.
-pub fn runtime_link_name(container_id: &str, network_id: &str) -> String {
+fn runtime_link_name(container_id: &str, network_id: &str) -> String {
     let digit = |s: &str, i: usize| {
         s.as_bytes()
             .get(i)
@@ -247,6 +247,14 @@ fn is_child(l: &Link, net: &Network, parent: Option<u32>) -> bool {
 
 #[async_trait]
 impl Driver for Macvlan {
+    fn caps(&self) -> Caps {
+        Caps {
+            addresses: true,
+            lan_subnet: true,
+            ..Caps::default()
+        }
+    }
+
     async fn validate(&self, ctx: &Ctx, state: &State, net: &mut Network) -> Result<()> {
         check_options(net, OPTIONS)?;
         check_mtu(net)?;
@@ -370,24 +378,18 @@ impl Driver for Macvlan {
         Ok(())
     }
 
-    /// The addresses of the parent, and the host's own.
-    async fn reserved(&self, ctx: &Ctx, net: &Network) -> Result<BTreeSet<Ipv4Addr>> {
-        let s = settings(net)?;
-        let parent = parent(ctx, net, s.parent).await?;
-        let mut r = addresses_of(&ctx.nl, parent.index).await?;
-        r.extend(net.host_address);
-        Ok(r)
-    }
-
-    async fn check_endpoint(
+    /// One container per network in passthru mode; IPAM never hands out
+    /// the parent's addresses, nor the host's own.
+    async fn prepare(
         &self,
         ctx: &Ctx,
         state: &State,
         net: &Network,
         _container: &Container,
-    ) -> Result<()> {
+        _ep: &mut Endpoint,
+    ) -> Result<BTreeSet<Ipv4Addr>> {
         let s = settings(net)?;
-        parent(ctx, net, s.parent).await?;
+        let parent = parent(ctx, net, s.parent).await?;
         if s.mode == Mode::Passthru
             && let Some((c, _)) = state.endpoints_of(&net.id).next()
         {
@@ -398,7 +400,9 @@ impl Driver for Macvlan {
                 c.name
             ));
         }
-        Ok(())
+        let mut r = addresses_of(&ctx.nl, parent.index).await?;
+        r.extend(net.host_address);
+        Ok(r)
     }
 
     async fn create_network(&self, ctx: &mut Ctx, net: &Network) -> Result<()> {
@@ -607,6 +611,19 @@ impl Driver for Macvlan {
             translated: 0,
             drops,
         }))
+    }
+
+    async fn collect_garbage(
+        &self,
+        ctx: &mut Ctx,
+        state: &State,
+        containers: &[(Container, PathBuf)],
+    ) -> Result<()> {
+        collect_garbage(ctx, state, containers).await
+    }
+
+    fn runtime_link(&self, c: &Container, net: &Network, _ep: &Endpoint) -> Option<String> {
+        Some(runtime_link_name(&c.id, &net.id))
     }
 
     fn notes(&self, net: &Network) -> Vec<String> {
@@ -859,7 +876,7 @@ async fn endpoint_problem(ctx: &Ctx, a: &Attachment<'_>) -> Option<&'static str>
 /// routes to containers that are gone, and children in the containers'
 /// namespaces that no endpoint explains (a crash between making one and
 /// the commit). `containers` pairs each container with its namespace.
-pub async fn collect_garbage(
+async fn collect_garbage(
     ctx: &Ctx,
     state: &State,
     containers: &[(Container, PathBuf)],

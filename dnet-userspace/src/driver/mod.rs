@@ -2,9 +2,15 @@
 //!
 //! The engine owns the state and the order of operations (validate, make
 //! the kernel objects, commit); a driver only makes and removes its kernel
-//! objects. `detach` and `delete_network` keep going after a failure and
-//! return every error they met, so a half-made endpoint is always removed
-//! whole.
+//! objects, in netavark's shape: `validate` a network, `prepare` then
+//! `attach` an endpoint, `detach` it, and `collect_garbage` for what it
+//! made and the state no longer holds. `detach` and `delete_network` keep
+//! going after a failure and return every error they met, so a half-made
+//! endpoint is always removed whole.
+//!
+//! Outside this module no driver is named: the engine asks a network's
+//! driver ([`driver`]) what it can do ([`Caps`]) and to do it. This file's
+//! [`driver`] and [`PREDEFINED`] are the only places that list them.
 
 mod bridge;
 mod host;
@@ -15,7 +21,7 @@ mod reaper;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use async_trait::async_trait;
@@ -28,9 +34,36 @@ use crate::{
     netlink::{Link, Netlink},
 };
 
-pub use bridge::{GATEWAY_LABEL, container_side_name, loopback, refresh_members, veth_name};
-pub use macvlan::{collect_garbage as collect_macvlan_garbage, runtime_link_name};
 pub use reaper::{NsId, Reaper};
+
+/// What a driver's networks are and can do: the questions the engine asks
+/// of a network instead of naming its driver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// Its networks hand out IPv4 addresses (`--subnet`, `--gateway`,
+    /// `--ip-range`), and another runtime may attach to them host-side.
+    pub addresses: bool,
+    /// Only its predefined network exists: a container is on it from the
+    /// start, alone, and never joins another network nor leaves it.
+    pub exclusive: bool,
+    /// Its containers share the daemon's network namespace.
+    pub host_netns: bool,
+    /// The gateway is an address of the host, the subnet is routed to each
+    /// endpoint through it (and the resolver answers on it); a subnet dnet
+    /// picks or is given must not overlap a route where the daemon runs.
+    pub host_gateway: bool,
+    /// The subnet is an outside LAN's: given, never picked, routed where
+    /// the daemon runs already; the driver checks it against its own other
+    /// networks (it knows their parents).
+    pub lan_subnet: bool,
+    /// Endpoints are the eBPF datapath's: the network has a datapath id
+    /// and each endpoint a slot.
+    pub datapath: bool,
+    /// Containers may publish ports on it.
+    pub ports: bool,
+    /// Its networks may be dual-stack (`--ipv6`).
+    pub ipv6: bool,
+}
 
 /// What drivers work with: the daemon namespace's netlink handle, the
 /// datapath, the uplink, and the reaper that finishes link removals in the
@@ -97,20 +130,21 @@ pub trait Driver: Send + Sync {
     /// options' defaults, say). Changes nothing in the kernel.
     async fn validate(&self, ctx: &Ctx, state: &State, net: &mut Network) -> Result<()>;
 
-    /// Checks that `container` may get a new endpoint in `net`, before
-    /// anything is made for it.
-    async fn check_endpoint(
+    /// What this driver's networks are and can do.
+    fn caps(&self) -> Caps;
+
+    /// Checks that `container` may get the new endpoint `ep` in `net`,
+    /// before anything is made for it, and fills in what the driver owns
+    /// of it (a datapath slot, a host-side name). Returns the addresses
+    /// IPAM must never hand out in `net`. Changes nothing in the kernel.
+    async fn prepare(
         &self,
         _ctx: &Ctx,
         _state: &State,
         _net: &Network,
         _container: &Container,
-    ) -> Result<()> {
-        Ok(())
-    }
-
-    /// Addresses IPAM must never hand out in this network.
-    async fn reserved(&self, _ctx: &Ctx, _net: &Network) -> Result<BTreeSet<Ipv4Addr>> {
+        _ep: &mut Endpoint,
+    ) -> Result<BTreeSet<Ipv4Addr>> {
         Ok(BTreeSet::new())
     }
 
@@ -164,13 +198,38 @@ pub trait Driver: Send + Sync {
         }))
     }
 
+    /// Removes what this driver made and `state` no longer holds (a crash
+    /// between making and committing, a network removed while no daemon
+    /// ran). `containers` pairs each container that has a namespace of its
+    /// own with it. Runs at each start, before the engine's own collection.
+    async fn collect_garbage(
+        &self,
+        _ctx: &mut Ctx,
+        _state: &State,
+        _containers: &[(Container, PathBuf)],
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// The name of the endpoint's container end as left in the daemon's
+    /// namespace for another runtime to move (`Netns::Runtime`).
+    fn runtime_link(&self, _c: &Container, _net: &Network, _ep: &Endpoint) -> Option<String> {
+        None
+    }
+
+    /// The label of the host's gateway addresses (`network inspect`), for
+    /// a driver whose gateway is an address of the host.
+    fn gateway_link(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Driver-specific lines for `network inspect`.
     fn notes(&self, _net: &Network) -> Vec<String> {
         Vec::new()
     }
 }
 
-/// The driver for a kind.
+/// The driver for a kind: the factory, and the one `match` on drivers.
 pub fn driver(kind: DriverKind) -> &'static dyn Driver {
     match kind {
         DriverKind::Bridge => &bridge::Bridge,
@@ -179,6 +238,28 @@ pub fn driver(kind: DriverKind) -> &'static dyn Driver {
         DriverKind::None => &none::NoneDriver,
     }
 }
+
+/// What a kind's networks are and can do.
+pub fn caps(kind: DriverKind) -> Caps {
+    driver(kind).caps()
+}
+
+/// Every driver, for what concerns them all (garbage collection).
+pub fn all() -> [&'static dyn Driver; 4] {
+    [
+        &bridge::Bridge,
+        &macvlan::Macvlan,
+        &host::Host,
+        &none::NoneDriver,
+    ]
+}
+
+/// The predefined networks, as Docker has them.
+pub const PREDEFINED: [(&str, DriverKind); 3] = [
+    ("bridge", DriverKind::Bridge),
+    ("host", DriverKind::Host),
+    ("none", DriverKind::None),
+];
 
 /// The datapath's drop counters by reason name, the zero ones left out.
 pub fn drops_by_reason(drops: &[u64]) -> BTreeMap<String, u64> {

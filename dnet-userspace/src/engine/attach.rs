@@ -10,7 +10,7 @@ use crate::{
     driver::{self},
     error::Result,
     invalid,
-    model::{Container, DriverKind, Endpoint, MacAddr, Netns, Network},
+    model::{Container, Endpoint, MacAddr, Netns, Network},
     not_found,
     spec::PortMapping,
 };
@@ -112,7 +112,7 @@ impl Inner {
         }
         let c = match &req.target {
             AttachTarget::HostSide => {
-                if !matches!(net.driver, DriverKind::Bridge | DriverKind::Macvlan) {
+                if !driver::caps(net.driver).addresses {
                     return Err(invalid!(
                         "a host-side attach needs a bridge or macvlan network ({} uses the {} driver)",
                         net.name,
@@ -167,7 +167,7 @@ impl Inner {
         net: &Network,
         opts: &EndpointOpts<'_>,
     ) -> Result<(Container, Endpoint, Vec<PortMapping>)> {
-        if matches!(net.driver, DriverKind::Host | DriverKind::None) {
+        if driver::caps(net.driver).exclusive {
             return Err(invalid!(
                 "cannot connect to the {} network: a container joins it only when it is made",
                 net.name
@@ -178,7 +178,7 @@ impl Inner {
                 self.state
                     .networks
                     .get(&e.network_id)
-                    .is_some_and(|n| n.driver == DriverKind::None)
+                    .is_some_and(|n| driver::caps(n.driver).exclusive)
             })
         {
             return Err(invalid!(
@@ -202,7 +202,7 @@ impl Inner {
         // once they are.
         let mut st = self.state.clone();
         st.containers.insert(c.id.clone(), c.clone());
-        let prepared = self.store.prepare(&st);
+        let prepared = self.store.prepare(&self.state, &st)?;
         let written = tokio::task::spawn_blocking(move || prepared.write());
         let made = self.attach(&c, &ep).await;
         let written = match written.await {
@@ -278,10 +278,7 @@ impl Inner {
                 .filter_map(|e| self.state.networks.get(&e.network_id).cloned())
                 .collect(),
         };
-        if let Some(net) = nets
-            .iter()
-            .find(|n| matches!(n.driver, DriverKind::Host | DriverKind::None))
-        {
+        if let Some(net) = nets.iter().find(|n| driver::caps(n.driver).exclusive) {
             return Err(invalid!(
                 "a container cannot leave the {} network",
                 net.name
@@ -438,7 +435,7 @@ impl Inner {
         let primary = self.gives_default_route(c, ep);
         let mut routes = Vec::new();
         if let Some(i) = ipam
-            && net.driver == DriverKind::Bridge
+            && driver::caps(net.driver).host_gateway
         {
             // The subnet goes through the gateway (see the bridge driver).
             routes.push(RouteView {
@@ -475,13 +472,8 @@ impl Inner {
             network: net.name.clone(),
             ifname: ep.ifname.clone().unwrap_or_default(),
             host_ifname: ep.host_ifname.clone(),
-            container_side: match (&c.netns, net.driver, &ep.host_ifname) {
-                (Netns::Runtime, DriverKind::Bridge, Some(h)) => {
-                    Some(driver::container_side_name(h))
-                }
-                (Netns::Runtime, DriverKind::Macvlan, _) => {
-                    Some(driver::runtime_link_name(&c.id, &net.id))
-                }
+            container_side: match c.netns {
+                Netns::Runtime => driver::driver(net.driver).runtime_link(c, net, ep),
                 _ => None,
             },
             ip: ep.ip,

@@ -16,6 +16,7 @@ pub mod conntrack;
 pub mod crash;
 mod etc;
 mod nat;
+mod pool;
 mod ports;
 mod process;
 mod reconcile;
@@ -126,19 +127,12 @@ fn removal_stuck(path: &Path, wait: Duration) -> crate::error::Error {
     )
 }
 
-/// The predefined networks, as Docker has them.
-const PREDEFINED: [(&str, DriverKind); 3] = [
-    ("bridge", DriverKind::Bridge),
-    ("host", DriverKind::Host),
-    ("none", DriverKind::None),
-];
-
 impl Engine {
     /// Opens the state, loads the datapath (a verifier rejection fails
     /// here), brings the kernel in line with the state, and starts the
     /// reaper of finished containers.
     pub async fn start(cfg: Config) -> Result<Arc<Engine>> {
-        let store = Store::open(&cfg.state_dir)?;
+        let mut store = Store::open(&cfg.state_dir)?;
         let state = store.load()?;
         datapath::ensure_mounted(&cfg.bpffs)?;
         let dp = Datapath::load_with(Some(&cfg.bpffs), cfg.nat.ct_entries)?;
@@ -580,22 +574,22 @@ fn parse_ip6(what: &str, s: &str) -> Result<Ipv6Addr> {
 impl Inner {
     /// Makes `state` the committed state.
     fn commit(&mut self, state: State) -> Result<()> {
-        self.store.commit(&state)?;
+        self.store.commit(&self.state, &state)?;
         self.commit_published(state);
         Ok(())
     }
 
     /// Makes `state`, prepared with `Store::prepare` and written, the
-    /// committed state (an endpoint's addition). The folder's sync, which
-    /// only a power loss needs, runs after the answer on a blocking thread:
-    /// the file itself was synced before the rename, so a load finds the
-    /// old state or the new one, whole, and a power loss also takes every
-    /// link, filter and namespace the new record describes.
+    /// committed state (an endpoint's addition). The sync of the publish
+    /// line, which only a power loss needs, runs after the answer on a
+    /// blocking thread: the prepared changes were synced before, so a load
+    /// finds the old state or the new one, whole, and a power loss also
+    /// takes every link, filter and namespace the new record describes.
     fn commit_prepared(&mut self, state: State) -> Result<()> {
-        let sync = self.store.rename_prepared()?;
+        let sync = self.store.publish(&state)?;
         tokio::task::spawn_blocking(move || {
             if let Err(e) = sync.run() {
-                tracing::warn!("syncing the state folder: {e}");
+                tracing::warn!("syncing the state log: {e}");
             }
         });
         self.commit_published(state);
@@ -661,8 +655,8 @@ impl Inner {
     }
 
     async fn ensure_predefined(&mut self) -> Result<()> {
-        for (name, driver) in PREDEFINED {
-            let ipv6 = driver == DriverKind::Bridge && self.cfg.ipv6;
+        for (name, driver) in driver::PREDEFINED {
+            let ipv6 = driver::caps(driver).ipv6 && self.cfg.ipv6;
             match self.state.network_by_name(name) {
                 None => {
                     tracing::info!(network = name, "creating the predefined network");
@@ -682,7 +676,7 @@ impl Inner {
                     )
                     .await?;
                 }
-                Some(n) if driver == DriverKind::Bridge => {
+                Some(n) if driver::caps(driver).ipv6 => {
                     let has = n.ipam6.map(|i| i.subnet);
                     let differs = match (ipv6, has, self.cfg.fixed_cidr_v6) {
                         (false, None, _) | (true, Some(_), None) => false,
@@ -726,7 +720,8 @@ impl Inner {
             .unwrap_or("bridge")
             .parse()
             .map_err(Error::Invalid)?;
-        if !predefined && matches!(driver_kind, DriverKind::Host | DriverKind::None) {
+        let caps = driver::caps(driver_kind);
+        if !predefined && caps.exclusive {
             return Err(invalid!(
                 "only one network with the {driver_kind} driver exists: the predefined {driver_kind:?} network"
             ));
@@ -737,18 +732,15 @@ impl Inner {
             options.insert(k, v);
         }
         let (ipam6, ula48) = self.choose_ipam6(&req, driver_kind, &[]).await?;
-        let ipam = match driver_kind {
-            DriverKind::Bridge | DriverKind::Macvlan => {
-                Some(self.choose_ipam(&req, driver_kind, &[]).await?)
+        let ipam = if caps.addresses {
+            Some(self.choose_ipam(&req, Some(driver_kind), &[]).await?)
+        } else {
+            if req.subnet.is_some() || req.gateway.is_some() || req.ip_range.is_some() {
+                return Err(invalid!("the {driver_kind} driver takes no addresses"));
             }
-            DriverKind::Host | DriverKind::None => {
-                if req.subnet.is_some() || req.gateway.is_some() || req.ip_range.is_some() {
-                    return Err(invalid!("the {driver_kind} driver takes no addresses"));
-                }
-                None
-            }
+            None
         };
-        let dp_id = if driver_kind == DriverKind::Bridge {
+        let dp_id = if caps.datapath {
             self.state
                 .free_dp_id(dnet_common::maps::MAX_NETWORKS)
                 .ok_or_else(|| conflict!("too many networks"))?
@@ -794,28 +786,34 @@ impl Inner {
         Ok(net)
     }
 
-    /// The subnet, gateway and range of a new network, checked against the
-    /// other networks, the pools `held` for another runtime's networks
-    /// (dnet's IPAM for Docker) and the routes where the daemon runs.
+    /// The subnet, gateway and range of a new network of `kind`, checked
+    /// against the other networks, the pools `held` for another runtime's
+    /// networks (dnet's IPAM for Docker) and the routes where the daemon
+    /// runs. Without a kind (a runtime's pool, whose driver is not said), a
+    /// subnet given is taken as a LAN's and one picked as a host's own.
     async fn choose_ipam(
         &self,
         req: &NetworkCreate,
-        kind: DriverKind,
+        kind: Option<DriverKind>,
         held: &[Ipv4Network],
     ) -> Result<Ipam> {
-        // Two macvlan networks are checked by the driver, which knows their
-        // parents and says so.
+        let lan = match kind {
+            Some(k) => driver::caps(k).lan_subnet,
+            None => req.subnet.is_some(),
+        };
+        // Two networks on LANs are checked by their driver, which knows
+        // their parents and says so.
         let mut others: Vec<(String, Ipv4Network)> = self
             .state
             .networks
             .values()
-            .filter(|n| !(kind == DriverKind::Macvlan && n.driver == DriverKind::Macvlan))
+            .filter(|n| !(lan && driver::caps(n.driver).lan_subnet))
             .filter_map(|n| n.ipam.map(|i| (format!("network {:?}", n.name), i.subnet)))
             .collect();
         others.extend(held.iter().map(|s| ("a pool handed out".to_owned(), *s)));
-        // A macvlan network is the LAN's own subnet: the parent's route to
-        // it is expected, not a clash.
-        let routes = if kind == DriverKind::Bridge {
+        // A LAN's subnet (a macvlan network's) is routed where the daemon
+        // runs: the parent's route to it is expected, not a clash.
+        let routes = if !lan {
             self.routed_subnets().await?
         } else {
             Vec::new()
@@ -826,9 +824,9 @@ impl Inner {
                 if req.gateway.is_some() || req.ip_range.is_some() {
                     return Err(invalid!("--gateway and --ip-range need --subnet"));
                 }
-                if kind == DriverKind::Macvlan {
+                if let Some(kind) = kind.filter(|_| lan) {
                     return Err(invalid!(
-                        "a macvlan network needs --subnet (the parent LAN's)"
+                        "a {kind} network needs --subnet (the parent LAN's)"
                     ));
                 }
                 let mut taken: Vec<Ipv4Network> = others.iter().map(|(_, s)| *s).collect();
@@ -838,31 +836,13 @@ impl Inner {
                 })?
             }
         };
-        let gateway = req
-            .gateway
-            .as_deref()
-            .map(|g| parse_ip("gateway", g))
-            .transpose()?;
-        let range = req
-            .ip_range
-            .as_deref()
-            .map(|r| parse_net("ip-range", r))
-            .transpose()?;
-        let pool = Pool::new(subnet, gateway, range)?;
-        if let Some((what, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
-            return Err(conflict!("subnet {} overlaps {s} of {what}", pool.subnet));
-        }
-        if let Some(r) = routes.iter().find(|r| r.overlaps(pool.subnet)) {
-            return Err(conflict!(
-                "subnet {} overlaps the route to {r} where the daemon runs",
-                pool.subnet
-            ));
-        }
-        Ok(Ipam {
-            subnet: pool.subnet,
-            gateway: pool.gateway,
-            ip_range: range.map(|_| pool.range),
-        })
+        pool::choose(
+            subnet,
+            req.gateway.as_deref(),
+            req.ip_range.as_deref(),
+            &others,
+            &routes,
+        )
     }
 
     /// The IPv6 side of a new network (`None`: IPv4 only), and the ULA /48
@@ -887,7 +867,7 @@ impl Inner {
             }
             return Ok((None, None));
         }
-        if kind != DriverKind::Bridge {
+        if !driver::caps(kind).ipv6 {
             return Err(invalid!(
                 "--ipv6 is supported on bridge networks only (not {kind})"
             ));
@@ -919,37 +899,14 @@ impl Inner {
                     .ok_or_else(|| conflict!("no free /64 left in {ula}: give an IPv6 --subnet"))?
             }
         };
-        let gateway = req
-            .gateway6
-            .as_deref()
-            .map(|g| parse_ip6("gateway", g))
-            .transpose()?;
-        let range = req
-            .ip_range6
-            .as_deref()
-            .map(|r| parse_net6("ip-range", r))
-            .transpose()?;
-        let pool = Pool6::new(subnet, gateway, range)?;
-        if let Some((what, s)) = others.iter().find(|(_, s)| s.overlaps(pool.subnet)) {
-            return Err(conflict!(
-                "IPv6 subnet {} overlaps {s} of {what}",
-                pool.subnet
-            ));
-        }
-        if let Some(r) = routes.iter().find(|r| r.overlaps(pool.subnet)) {
-            return Err(conflict!(
-                "IPv6 subnet {} overlaps the route to {r} where the daemon runs",
-                pool.subnet
-            ));
-        }
-        Ok((
-            Some(Ipam6 {
-                subnet: pool.subnet,
-                gateway: pool.gateway,
-                ip_range: range.map(|_| pool.range),
-            }),
-            new_ula,
-        ))
+        let ipam6 = pool::choose(
+            subnet,
+            req.gateway6.as_deref(),
+            req.ip_range6.as_deref(),
+            &others,
+            &routes,
+        )?;
+        Ok((Some(ipam6), new_ula))
     }
 
     async fn remove_network(&mut self, key: &str) -> Result<()> {
@@ -1050,12 +1007,12 @@ impl Inner {
             return Ok(ep);
         };
         let requested = ip.map(|s| parse_ip("--ip", s)).transpose()?;
-        driver::driver(net.driver)
-            .check_endpoint(&self.ctx, &self.state, net, c)
+        let reserved = driver::driver(net.driver)
+            .prepare(&self.ctx, &self.state, net, c, &mut ep)
             .await?;
         let pool = Pool::new(ipam.subnet, Some(ipam.gateway), ipam.ip_range)?;
         let mut used = self.state.used_addresses(&net.id);
-        used.extend(driver::driver(net.driver).reserved(&self.ctx, net).await?);
+        used.extend(reserved);
         let addr = pool.allocate(&used, requested)?;
         if let Some(i6) = net.ipam6 {
             let pool6 = Pool6::new(i6.subnet, Some(i6.gateway), i6.ip_range)?;
@@ -1076,31 +1033,6 @@ impl Inner {
         });
         ep.ip = Some(addr);
         ep.mac = Some(mac.unwrap_or(MacAddr(dnet_common::addr::docker_mac(addr))));
-        if net.driver == DriverKind::Bridge {
-            // The datapath counts bridge endpoints in a slot of its per-CPU
-            // map; other drivers count otherwise (`Driver::stats`).
-            let used_slots = self.state.used_slots();
-            ep.slot = Some(
-                (1..=dnet_common::maps::MAX_ENDPOINTS)
-                    .find(|s| !used_slots.contains(s))
-                    .ok_or_else(|| conflict!("too many endpoints"))?,
-            );
-            // One lookup per candidate rather than a list of every link:
-            // the cost stays the same however many endpoints there are.
-            let taken = |n: &str| {
-                crate::netlink::index_of(n).is_some()
-                    || self.state.containers.values().any(|c| {
-                        c.endpoints
-                            .iter()
-                            .any(|e| e.host_ifname.as_deref() == Some(n))
-                    })
-            };
-            let name = std::iter::repeat_with(driver::veth_name)
-                .take(100)
-                .find(|n| !taken(n))
-                .ok_or_else(|| conflict!("no free veth name"))?;
-            ep.host_ifname = Some(name);
-        }
         Ok(ep)
     }
 
@@ -1199,7 +1131,8 @@ impl Inner {
         if let Some(h) = &req.hostname {
             etc::validate_hostname(h)?;
         }
-        if net.driver == DriverKind::Host && (req.hostname.is_some() || !dns.is_empty()) {
+        let caps = driver::caps(net.driver);
+        if caps.host_netns && (req.hostname.is_some() || !dns.is_empty()) {
             // As Docker: the host's own files and name are the container's.
             return Err(invalid!(
                 "--hostname and --dns do not go with the host network: the container shares the host's name and files"
@@ -1219,11 +1152,12 @@ impl Inner {
             }),
             None => None,
         };
-        let netns = match net.driver {
-            DriverKind::Host => Netns::Host,
-            _ => Netns::Owned {
+        let netns = if caps.host_netns {
+            Netns::Host
+        } else {
+            Netns::Owned {
                 path: self.cfg.netns_dir().join(&id),
-            },
+            }
         };
         let mut c = Container {
             id: id.clone(),
@@ -1492,8 +1426,7 @@ impl Inner {
             ipam: n.ipam,
             ipam6: n.ipam6,
             options: n.options.clone(),
-            gateway_link: (n.driver == DriverKind::Bridge)
-                .then(|| driver::GATEWAY_LABEL.to_owned()),
+            gateway_link: driver::driver(n.driver).gateway_link().map(str::to_owned),
             host_address: n.host_address,
             runtime: n.runtime.clone(),
             containers: self

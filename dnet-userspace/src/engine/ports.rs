@@ -13,7 +13,7 @@ use crate::{
     conflict,
     error::{Error, Result},
     invalid,
-    model::{Container, DriverKind, Endpoint, Network, State},
+    model::{Container, Endpoint, Network, State},
     spec::{PortMapping, Proto},
 };
 
@@ -83,7 +83,7 @@ fn service_keys6(c: &Container) -> impl Iterator<Item = (ServiceKey6, u16)> + '_
 fn backend_of<'a>(st: &State, c: &'a Container) -> Option<&'a Endpoint> {
     c.endpoints.iter().find(|e| {
         st.networks.get(&e.network_id).is_some_and(|net| {
-            net.driver == DriverKind::Bridge && !net.internal && e.host_ifname.is_some()
+            crate::driver::caps(net.driver).ports && !net.internal && e.host_ifname.is_some()
         }) && e.ip.is_some()
     })
 }
@@ -192,7 +192,7 @@ impl Inner {
         if ports.is_empty() {
             return Ok(());
         }
-        if net.driver != DriverKind::Bridge {
+        if !crate::driver::caps(net.driver).ports {
             return Err(invalid!(
                 "ports can only be published on a bridge network ({} uses the {} driver)",
                 net.name,
@@ -332,6 +332,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::DriverKind;
     use crate::model::{Endpoint, Netns};
 
     fn network(id: &str, driver: DriverKind, internal: bool) -> Network {

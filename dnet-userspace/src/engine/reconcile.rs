@@ -9,15 +9,13 @@
 
 use std::collections::HashSet;
 
-use dnet_common::{addr::ipv4_be, maps as m};
-use netlink_packet_route::route::{RouteProtocol, RouteType};
+use dnet_common::addr::ipv4_be;
 
 use super::{Inner, process};
 use crate::{
     driver::{self, Attachment},
     error::Result,
-    model::{DriverKind, Netns},
-    netlink::{RTPROT_DNET, RouteSpec},
+    model::Netns,
     netns,
 };
 
@@ -165,184 +163,16 @@ impl Inner {
     /// Removes what dnet made and the state does not hold.
     async fn collect_garbage(&mut self) -> Result<()> {
         let st = self.state.clone();
-        let veths: HashSet<String> = st
+        // What each driver made first: the links, addresses, routes and
+        // datapath entries of endpoints and networks that are gone.
+        let containers: Vec<_> = st
             .containers
             .values()
-            .flat_map(|c| c.endpoints.iter().filter_map(|e| e.host_ifname.clone()))
+            .filter(|c| !matches!(c.netns, Netns::Host))
+            .map(|c| (c.clone(), self.netns_path(c)))
             .collect();
-        let bridges: Vec<_> = st
-            .networks
-            .values()
-            .filter(|n| n.driver == DriverKind::Bridge)
-            .cloned()
-            .collect();
-        // A veth cut short between its creation and its alias (a crash
-        // between the two netlink calls) has no alias yet; its host end
-        // already carries a bridge network's gateway MAC, which only dnet's
-        // host ends do.
-        let gateway_macs: Vec<[u8; 6]> = bridges
-            .iter()
-            .filter_map(|n| n.ipam.map(|i| dnet_common::addr::docker_mac(i.gateway)))
-            .collect();
-        for l in self.ctx.nl.links().await? {
-            let ours = match l.alias.as_deref() {
-                Some(alias) => alias.starts_with("dnet:ep:"),
-                None => {
-                    l.kind.as_deref() == Some("veth")
-                        && l.mac.is_some_and(|m| gateway_macs.contains(&m))
-                }
-            };
-            if ours && !veths.contains(&l.name) {
-                tracing::info!(link = %l.name, "removing a link dnet no longer uses");
-                self.ctx.nl.del_link(l.index).await?;
-            }
-        }
-
-        let lo = driver::loopback(&self.ctx.nl).await?;
-        for a in self.ctx.nl.addresses(Some(lo)).await? {
-            if a.label.as_deref() == Some(driver::GATEWAY_LABEL)
-                && !bridges
-                    .iter()
-                    .any(|n| n.ipam.is_some_and(|i| i.gateway == a.ip))
-            {
-                tracing::info!(address = %a.ip, "removing a gateway address dnet no longer uses");
-                self.ctx.nl.del_address(lo, a.ip, a.prefix).await?;
-            }
-        }
-
-        for r in self.ctx.nl.routes().await? {
-            if r.protocol == RouteProtocol::Other(RTPROT_DNET)
-                && r.kind == RouteType::Unreachable
-                && !bridges.iter().any(|n| {
-                    n.ipam.is_some_and(|i| {
-                        i.subnet.network() == r.dst && i.subnet.prefix() == r.prefix
-                    })
-                })
-            {
-                tracing::info!(route = %format!("{}/{}", r.dst, r.prefix), "removing a route dnet no longer uses");
-                self.ctx
-                    .nl
-                    .del_route(RouteSpec::unreachable(r.dst, r.prefix))
-                    .await?;
-            }
-        }
-
-        // Datapath entries.
-        let ips: HashSet<u32> = st
-            .containers
-            .values()
-            .flat_map(|c| c.endpoints.iter())
-            .filter(|e| e.host_ifname.is_some())
-            .filter_map(|e| e.ip.map(ipv4_be))
-            .collect();
-        let live_ifindexes: HashSet<u32> = self
-            .ctx
-            .nl
-            .links()
-            .await?
-            .into_iter()
-            .filter(|l| veths.contains(&l.name))
-            .map(|l| l.index)
-            .collect();
-        for (addr, _) in self.ctx.dp.endpoints(m::ENDPOINTS_BY_IP)? {
-            if !ips.contains(&addr) {
-                self.ctx
-                    .dp
-                    .clear_endpoint(Some(dnet_common::addr::ipv4_from_be(addr)), None)?;
-            }
-        }
-        for (ifindex, _) in self.ctx.dp.endpoints(m::ENDPOINTS_BY_IF)? {
-            if !live_ifindexes.contains(&ifindex) {
-                self.ctx.dp.clear_endpoint(None, Some(ifindex))?;
-            }
-        }
-        for (subnet, id) in self.ctx.dp.subnets()? {
-            if bridges
-                .iter()
-                .any(|n| n.dp_id == id && n.ipam.is_some_and(|i| i.subnet == subnet))
-            {
-                continue;
-            }
-            if bridges.iter().any(|n| n.dp_id == id) {
-                // The id is another network's now: only the subnet goes.
-                self.ctx.dp.clear_subnet(subnet)?;
-            } else {
-                self.ctx.dp.clear_network(id, Some(subnet))?;
-            }
-        }
-        for id in 1..m::MAX_NETWORKS {
-            if self.ctx.dp.network(id).is_ok_and(|n| n.active != 0)
-                && !bridges.iter().any(|n| n.dp_id == id)
-            {
-                self.ctx.dp.clear_network(id, None)?;
-            }
-        }
-        // IPv6 entries, as the IPv4 ones above.
-        let ips6: HashSet<std::net::Ipv6Addr> = st
-            .containers
-            .values()
-            .flat_map(|c| c.endpoints.iter())
-            .filter(|e| e.host_ifname.is_some())
-            .filter_map(|e| e.ip6)
-            .collect();
-        for (addr, _) in self.ctx.dp.endpoints6()? {
-            if !ips6.contains(&addr) {
-                self.ctx.dp.clear_endpoint6(Some(addr), None)?;
-            }
-        }
-        for (ifindex, addr) in self.ctx.dp.endpoint6_addrs()? {
-            if !live_ifindexes.contains(&ifindex) || !ips6.contains(&addr) {
-                self.ctx.dp.clear_endpoint6(None, Some(ifindex))?;
-            }
-        }
-        for (subnet, id) in self.ctx.dp.subnets6()? {
-            if !bridges
-                .iter()
-                .any(|n| n.dp_id == id && n.ipam6.is_some_and(|i| i.subnet == subnet))
-            {
-                self.ctx.dp.clear_subnet6(subnet)?;
-            }
-        }
-        for id in 1..m::MAX_NETWORKS {
-            if self.ctx.dp.network6(id).is_ok_and(|n| n.active != 0)
-                && !bridges.iter().any(|n| n.dp_id == id && n.ipam6.is_some())
-            {
-                self.ctx.dp.clear_network6(id, None)?;
-            }
-        }
-        for a in self.ctx.nl.addresses6(Some(lo)).await? {
-            if a.dnet
-                && !bridges
-                    .iter()
-                    .any(|n| n.ipam6.is_some_and(|i| i.gateway == a.ip))
-            {
-                tracing::info!(address = %a.ip, "removing an IPv6 gateway address dnet no longer uses");
-                self.ctx.nl.del_address6(lo, a.ip, a.prefix).await?;
-            }
-        }
-        for r in self.ctx.nl.routes6().await? {
-            if r.protocol == RouteProtocol::Other(RTPROT_DNET)
-                && r.kind == RouteType::Unreachable
-                && !bridges.iter().any(|n| {
-                    n.ipam6.is_some_and(|i| {
-                        i.subnet.network() == r.dst && i.subnet.prefix() == r.prefix
-                    })
-                })
-            {
-                tracing::info!(route = %format!("{}/{}", r.dst, r.prefix), "removing an IPv6 route dnet no longer uses");
-                self.ctx
-                    .nl
-                    .del_route6(crate::netlink::RouteSpec6::unreachable(r.dst, r.prefix))
-                    .await?;
-            }
-        }
-        for ifname in self.ctx.dp.pinned_interfaces()? {
-            if !veths.contains(&ifname) {
-                self.ctx.dp.detach_endpoint(&ifname)?;
-            }
-        }
-        for n in &bridges {
-            driver::refresh_members(&mut self.ctx.dp, n.dp_id)?;
+        for d in driver::all() {
+            d.collect_garbage(&mut self.ctx, &st, &containers).await?;
         }
         self.sync_services()?;
         // Flows of containers the state no longer holds.
@@ -372,14 +202,6 @@ impl Inner {
             .map(|(k, _)| *k)
             .collect();
         self.ctx.dp.ct_remove(&stale6)?;
-
-        let containers: Vec<_> = st
-            .containers
-            .values()
-            .filter(|c| !matches!(c.netns, Netns::Host))
-            .map(|c| (c.clone(), self.netns_path(c)))
-            .collect();
-        driver::collect_macvlan_garbage(&self.ctx, &st, &containers).await?;
 
         // Namespaces under the state folder that no container owns.
         let owned: HashSet<_> = st

@@ -129,11 +129,7 @@ impl Engine {
                 ip_range: sub_pool.map(str::to_owned),
                 ..NetworkCreate::default()
             };
-            let kind = match subnet {
-                Some(_) => DriverKind::Macvlan,
-                None => DriverKind::Bridge,
-            };
-            IpNetwork::V4(inner.choose_ipam(&req, kind, &held).await?.subnet)
+            IpNetwork::V4(inner.choose_ipam(&req, None, &held).await?.subnet)
         };
         inner.runtime_ipam.pending.insert(
             subnet,

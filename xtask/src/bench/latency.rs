@@ -11,7 +11,10 @@
 //! attached one after another (the mean attach time of the last 100 against
 //! the first 100), the daemon's resident memory with them, and its restart
 //! with them (SIGTERM, then a new daemon until its API answers, the
-//! reconcile of every endpoint included).
+//! reconcile of every endpoint included). Meanwhile the first endpoint
+//! pings the second (50 a second, from the second attach to after the
+//! restart): the echoes lost say whether traffic between endpoints was
+//! disturbed by the attaches and the restart.
 //!
 //! Each sample attaches a fresh namespace. Before each timed operation the
 //! daemon has no removal finishing in the background (`pending_removals`
@@ -67,6 +70,56 @@ pub struct Scale {
     pub last_ms: f64,
     pub rss_kib: Option<u64>,
     pub restart_ms: f64,
+    /// Echo requests the first endpoint sent the second meanwhile, and
+    /// those never answered.
+    pub pings: Option<(u64, u64)>,
+}
+
+/// A ping between two endpoints, bounded (`-w`), that reports when told
+/// (SIGINT).
+struct Ping(std::process::Child);
+
+impl Ping {
+    fn start(netns: &Path, to: &str) -> anyhow::Result<Ping> {
+        let c = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(["ping", "-q", "-n", "-i", "0.02", "-w", "1800", to])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting ping")?;
+        Ok(Ping(c))
+    }
+
+    /// (sent, lost), from ping's summary.
+    fn stop(mut self) -> Option<(u64, u64)> {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let o = std::mem::replace(&mut self.0, Command::new("true").spawn().ok()?)
+            .wait_with_output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        // "N packets transmitted, M received, ..."
+        let line = text.lines().find(|l| l.contains("packets transmitted"))?;
+        let num = |i: usize| -> Option<u64> {
+            line.split(',')
+                .nth(i)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        let (sent, got) = (num(0)?, num(1)?);
+        Some((sent, sent.saturating_sub(got)))
+    }
+}
+
+impl Drop for Ping {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Attaches `n` namespaces to a fresh sandbox's daemon one after another,
@@ -75,6 +128,8 @@ pub fn scale(n: usize) -> anyhow::Result<Scale> {
     let mut sb = std::panic::catch_unwind(Sandbox::new)
         .map_err(|_| anyhow::anyhow!("the dnet sandbox did not start (see above)"))?;
     let mut ms = Vec::with_capacity(n);
+    let mut first = None;
+    let mut ping = None;
     for i in 0..n {
         sys::check_stop()?;
         let ns = sb.add_netns(&format!("s{i}"));
@@ -90,6 +145,14 @@ pub fn scale(n: usize) -> anyhow::Result<Scale> {
                 "attach {i} of {n}: {}",
                 String::from_utf8_lossy(&o.stderr).trim()
             );
+        }
+        match i {
+            0 => first = Some(ns),
+            1 => {
+                let to = sb.ip_of("s1");
+                ping = Some(Ping::start(first.as_deref().context("first")?, &to)?);
+            }
+            _ => {}
         }
     }
     let window = (n / 2).clamp(1, 100);
@@ -113,6 +176,9 @@ pub fn scale(n: usize) -> anyhow::Result<Scale> {
     let start = Instant::now();
     sb.start_daemon();
     let restart_ms = start.elapsed().as_secs_f64() * 1e3;
+    // Echoes after the restart too.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let pings = ping.and_then(Ping::stop);
     Ok(Scale {
         n,
         window,
@@ -120,6 +186,7 @@ pub fn scale(n: usize) -> anyhow::Result<Scale> {
         last_ms: mean(&ms[n - window..]),
         rss_kib,
         restart_ms,
+        pings,
     })
 }
 
@@ -335,13 +402,14 @@ impl Latency {
                 scale: Some(Ok(sc)),
                 ..
             } => s.push_str(&format!(
-                "\n{} endpoints on one host: mean attach {:.1} ms for the first {w}, {:.1} ms for the last {w} ({:.2}x); daemon RSS {}; restart with them (SIGTERM, start, reconcile, API up) {:.0} ms.\n",
+                "\n{} endpoints on one host: mean attach {:.1} ms for the first {w}, {:.1} ms for the last {w} ({:.2}x); daemon RSS {}; restart with them (SIGTERM, start, reconcile, API up) {:.0} ms; a ping between two of them throughout: {}.\n",
                 sc.n,
                 sc.first_ms,
                 sc.last_ms,
                 sc.last_ms / sc.first_ms,
                 sc.rss_kib.map_or("n/a".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
                 sc.restart_ms,
+                sc.pings.map_or("n/a".to_owned(), |(sent, lost)| format!("{lost} of {sent} lost")),
                 w = sc.window,
             )),
             Latency::Done {
@@ -367,6 +435,7 @@ impl Latency {
                         "first_mean_ms": s.first_ms, "last_mean_ms": s.last_ms,
                         "ratio": s.last_ms / s.first_ms,
                         "daemon_rss_kib": s.rss_kib, "restart_ms": s.restart_ms,
+                        "ping_sent": s.pings.map(|p| p.0), "ping_lost": s.pings.map(|p| p.1),
                     }),
                     Some(Err(e)) => json!({"na": e}),
                     None => Value::Null,
