@@ -2,7 +2,9 @@
 //! addresses, links, routes, sysctls), what it refuses, and real IPv6
 //! traffic through the eBPF datapath.
 
-use dnet_sandbox::{Sandbox, conntest_bin, dnet_bin, ok, out, sh_ok, wait_listening};
+use dnet_sandbox::{
+    Sandbox, UPLINK_IP, WORLD_IP, conntest_bin, dnet_bin, ok, out, sh_ok, wait_listening,
+};
 use serde_json::Value;
 
 /// The host namespace's IPv6 addresses and dnet's IPv6 routes (the
@@ -1142,4 +1144,80 @@ fn nat66_follows_an_ipv6_address_the_uplink_gets_after_the_daemon_started() {
     }
     let seen = seen.expect("NAT66 after the uplink got its IPv6 address");
     assert!(seen.starts_with(&format!("[{UPLINK6}]:")), "{seen}");
+}
+
+/// Published ports from the world over IPv6 (issue 13): the world reaches
+/// a dual-stack container's `-p H:C` at `[uplink6]:H` over IPv6 and at
+/// the uplink's IPv4 `:H` over IPv4, TCP and UDP, and the container sees
+/// the world's own address each time (no proxy); a port nobody published
+/// is the host's (refused).
+#[test]
+fn the_world_reaches_a_dual_stack_containers_published_ports_over_ipv6_and_ipv4() {
+    let sb = dual_stack_sandbox();
+    let ct = conntest_bin();
+    let ct = ct.to_str().unwrap();
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.73.0.0/24",
+        "--subnet",
+        "fd00:73::/64",
+        "dual",
+    ]);
+    for (name, p, proto, port) in [
+        ("web", "8080:80", "tcp", 80),
+        ("dns", "5353:53/udp", "udp", 53),
+    ] {
+        let listen = format!("[::]:{port}");
+        sb.dnet_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "dual",
+            "-p",
+            p,
+            "--",
+            ct,
+            "serve",
+            proto,
+            &listen,
+        ]);
+        sb.wait_server(name, proto, port);
+    }
+    let world = |proto: &str, to: &str| sb.in_world(ct, &[proto, to]);
+    for (proto, to, seen) in [
+        ("tcp", format!("[{UPLINK6}]:8080"), format!("[{WORLD6}]:")),
+        ("udp", format!("[{UPLINK6}]:5353"), format!("[{WORLD6}]:")),
+        ("tcp", format!("{UPLINK_IP}:8080"), format!("{WORLD_IP}:")),
+        ("udp", format!("{UPLINK_IP}:5353"), format!("{WORLD_IP}:")),
+    ] {
+        let o = world(proto, &to);
+        assert!(ok(&o), "the world to {proto} {to}: {}", out(&o));
+        let got = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        // The server listens on [::]: an IPv4 client reads v4-mapped.
+        let got = got.replace("[::ffff:", "").replace("]:", ":");
+        let seen = seen.replace("]:", ":");
+        assert!(
+            got.starts_with(&seen),
+            "{proto} {to}: the container saw {got}"
+        );
+    }
+    // The IPv6 flows are DNAT flows in dnet's IPv6 table, to the
+    // container's IPv6 address.
+    let web6 = ip6_of(&sb, "web");
+    let f = sb.flows();
+    assert!(
+        f.iter().any(|x| x["proto"] == "tcp"
+            && x["kind"] == "dnat"
+            && x["translated"]["dst"] == format!("[{web6}]:80")),
+        "no IPv6 DNAT flow to [{web6}]:80: {f:?}"
+    );
+    // A port nobody published is the host's: nothing listens there.
+    let o = sb.in_world(ct, &["tcp", &format!("[{UPLINK6}]:8081"), "--timeout", "1"]);
+    assert!(!ok(&o), "{}", out(&o));
+    assert!(out(&o).contains("refused"), "{}", out(&o));
 }
