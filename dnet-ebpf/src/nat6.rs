@@ -318,6 +318,16 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
         Parsed6::Other => return Err(DropReason::NatUnsupported),
     };
     let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
+    // The route first, from the address the packet will leave with (a
+    // flow's translated source is the uplink's): a new flow that dies or
+    // does not fit here takes no entry, port or charge, as IPv4's.
+    let route = fib::route6(ctx, ep.ifindex, &cfg.uplink_addr6, &key.daddr_be, key.proto);
+    // dnet forwards, and translates, through the uplink only.
+    if let Route::Out { ifindex, .. } = route
+        && ifindex != cfg.uplink_ifindex
+    {
+        return Err(DropReason::NoRoute);
+    }
     let e = match ct::lookup(key, seg)? {
         Some(e) => e,
         None => {
@@ -328,16 +338,14 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
             if ip.hop_limit <= 1 {
                 return Err(DropReason::TtlExceeded);
             }
+            match route {
+                Route::Out { .. } => {}
+                Route::TooBig { .. } => return Err(DropReason::FragNeeded),
+                _ => return Err(DropReason::NoRoute),
+            }
             new_snat(&cfg, key, &mut s.fwd, ep.addr_be, seg)?
         }
     };
-    let route = fib::route6(ctx, ep.ifindex, &e.new_saddr_be, &key.daddr_be, key.proto);
-    // dnet forwards, and translates, through the uplink only.
-    if let Route::Out { ifindex, .. } = route
-        && ifindex != cfg.uplink_ifindex
-    {
-        return Err(DropReason::NoRoute);
-    }
     rewrite(ctx, &l4, key, &e)?;
     count_translated(ep.slot);
     fib::forward6(ctx, &route)

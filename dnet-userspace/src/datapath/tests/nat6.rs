@@ -269,3 +269,24 @@ fn nat66_fragments_are_dropped_with_their_reason() {
         assert_eq!(drops(&fx.dp, 1, DropReason::Fragment), 1);
     });
 }
+
+#[test]
+fn a_nat66_flow_that_cannot_leave_takes_no_entry() {
+    in_fresh_netns(|| {
+        let fx = nat6_fixture();
+        // Unreachable, and a route over another interface than the uplink.
+        ip_cmd("-6 route add unreachable 2001:db8:dead::/48");
+        ip_cmd("link add other0 type veth peer name other1");
+        ip_cmd("link set other0 up");
+        ip_cmd("-6 route add 2001:db8:beef::/48 dev other0");
+        for d in ["2001:db8:dead::1", "2001:db8:beef::1"] {
+            let frame = udp6_to(fx.a.mac, GW_MAC, (A6, 4000), (d, 53));
+            assert_eq!(run(&fx.dp, &frame).0, SHOT, "{d}");
+        }
+        assert_eq!(drops(&fx.dp, 1, DropReason::NoRoute), 2);
+        assert!(
+            fx.dp.conntrack6().unwrap().is_empty(),
+            "no conntrack entry, hence no NAT port nor charge"
+        );
+    });
+}
