@@ -436,9 +436,6 @@ pub fn from_uplink_tail(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
-    let Some(cfg) = config6() else {
-        return Ok(TC_ACT_OK);
-    };
     // A tagged frame is the host's (as for IPv4).
     if lxc::vlan_tagged(ctx) {
         return Ok(TC_ACT_OK);
@@ -458,14 +455,19 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     if !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN)) {
         return Ok(TC_ACT_OK);
     }
-    // Only packets for the uplink's address can belong to dnet.
-    if !addr_eq(&ip.daddr, &cfg.uplink_addr6) {
-        return Ok(TC_ACT_OK);
-    }
     // dnet's IPv6 networks live behind its veths: a source of theirs on
-    // the uplink is spoofed.
+    // the uplink is spoofed, whatever its destination (a gateway, on `lo`,
+    // is reached from any interface; IPv6 has no rp_filter), and whether
+    // the uplink has a global address or not.
     if SUBNETS6.get(Key::new(128, ip.saddr)).is_some() {
         return Err(DropReason::SpoofedIp);
+    }
+    // Only packets for the uplink's address can belong to dnet.
+    let Some(cfg) = config6() else {
+        return Ok(TC_ACT_OK);
+    };
+    if !addr_eq(&ip.daddr, &cfg.uplink_addr6) {
+        return Ok(TC_ACT_OK);
     }
     let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
     let s = scratch().ok_or(DropReason::Malformed)?;

@@ -6,7 +6,7 @@ use std::net::Ipv6Addr;
 use dnet_common::ipv6::NET6_F_NAT;
 
 use super::{
-    ipv6::{A6, dual_stack, frame6, ip6, sum6},
+    ipv6::{A6, GW6, dual_stack, frame6, ip6, sum6},
     *,
 };
 
@@ -223,7 +223,7 @@ fn nat66_ping_is_translated_by_its_identifier() {
 #[test]
 fn a_dnet_ipv6_source_on_the_uplink_is_spoofed() {
     in_fresh_netns(|| {
-        let fx = nat6_fixture();
+        let mut fx = nat6_fixture();
         // Open a flow, then answer it "from" a container's subnet.
         let (_, out) = run(
             &fx.dp,
@@ -236,6 +236,19 @@ fn a_dnet_ipv6_source_on_the_uplink_is_spoofed() {
         // IPv6 for another address than the uplink's is the host's.
         let other = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 53), ("2001:2::9", port));
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &other).0, OK);
+        // A container's address to its network's gateway (where the
+        // resolver listens) is spoofed too, and so it stays when the
+        // uplink has no global IPv6 address.
+        let to_gw = udp6_to(WORLD_MAC, up0_mac(), (A6, 5353), (GW6, 53));
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &to_gw).0, SHOT);
+        assert_eq!(drops(&fx.dp, 0, DropReason::SpoofedIp), 2);
+        let mut cfg = fx.dp.config().unwrap();
+        cfg.uplink_addr6 = [0; 16];
+        fx.dp.set_config(&cfg).unwrap();
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &to_gw).0, SHOT);
+        assert_eq!(drops(&fx.dp, 0, DropReason::SpoofedIp), 3);
+        let world = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 5353), (GW6, 53));
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &world).0, OK);
     });
 }
 
