@@ -303,3 +303,31 @@ fn a_nat66_flow_that_cannot_leave_takes_no_entry() {
         );
     });
 }
+
+#[test]
+fn nat66_a_routing_header_with_segments_left_is_dropped() {
+    in_fresh_netns(|| {
+        let fx = nat6_fixture();
+        // A routing header (type 4, one segment left, one address) before
+        // UDP: its final destination is not the header's.
+        let rh = |left: u8| {
+            let mut l4 = vec![UDP, 2, 4, left, 0, 0, 0, 0];
+            l4.extend_from_slice(&ip6("2001:2:9::9").octets());
+            l4.extend_from_slice(&4000u16.to_be_bytes());
+            l4.extend_from_slice(&53u16.to_be_bytes());
+            l4.extend_from_slice(&[0, 12, 0, 0]);
+            l4.extend_from_slice(b"dnet");
+            frame6(fx.a.mac, GW_MAC, ip6(A6), ip6(SERVER6), 64, 0, 43, l4, None)
+        };
+        assert_eq!(run(&fx.dp, &rh(1)).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::Ipv6ExtHeaders), 1);
+        assert!(fx.dp.conntrack6().unwrap().is_empty());
+        // With no segment left it is an ordinary extension header.
+        let (v, _) = run(&fx.dp, &rh(0));
+        assert_ne!(
+            drops(&fx.dp, 1, DropReason::Ipv6ExtHeaders),
+            2,
+            "verdict {v}: not dropped for its routing header"
+        );
+    });
+}
