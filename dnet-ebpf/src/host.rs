@@ -1,7 +1,7 @@
 //! The program on the uplink's tcx ingress: answers of translated flows, and
 //! new flows to published ports, go straight into their containers; every
 //! other packet goes on to the host stack untouched, but one from an
-//! address of dnet's networks, which is spoofed. A tagged frame belongs
+//! address of dnet's networks, which is spoofed (whatever its destination). A tagged frame belongs
 //! to a VLAN on the uplink's link, not to the uplink's own network (nor to
 //! dnet): the host's. A packet whose TTL runs out at dnet's hop gets "time
 //! exceeded" from the uplink's address.
@@ -52,16 +52,19 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         return Ok(TC_ACT_OK);
     };
+    // dnet's networks live behind its veths: a source of theirs on the
+    // uplink is spoofed, whatever its destination. For the uplink's address
+    // it would find a hairpin flow (keyed by its container's tuple to the
+    // uplink's address) and speak into it; for a gateway (on `lo`, which
+    // the host accepts on any interface) it would speak to dnet's
+    // resolver as that container.
+    if SUBNETS.get(Key::new(32, ip.saddr_be)).is_some() {
+        return Err(DropReason::SpoofedIp);
+    }
     // Only packets for the uplink's address can belong to dnet; the host's
     // own traffic is not dnet's to judge.
     if ip.daddr_be != cfg.uplink_addr_be {
         return Ok(TC_ACT_OK);
-    }
-    // dnet's networks live behind its veths: a source of theirs on the
-    // uplink is spoofed, and would find a hairpin flow (keyed by its
-    // container's tuple to the uplink's address) and speak into it.
-    if SUBNETS.get(Key::new(32, ip.saddr_be)).is_some() {
-        return Err(DropReason::SpoofedIp);
     }
     match l4::parse(ctx, ETH_HLEN, &ip) {
         Parsed::Flow(key, l4) => {

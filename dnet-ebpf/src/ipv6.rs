@@ -143,7 +143,8 @@ pub struct L4At {
 /// `nexthdr` names, at `ETH_HLEN + IPV6_HLEN`, to the upper-layer header.
 /// `end` is where the IPv6 payload ends. A chain longer than the bound, or
 /// one that runs past `end`, is dropped (`ipv6-ext-headers`): what it hides
-/// (an RA behind many options) cannot be judged.
+/// (an RA behind many options) cannot be judged; so is a routing header with
+/// segments left.
 #[inline(always)]
 pub fn walk(ctx: &TcContext, nexthdr: u8, end: usize) -> Result<L4At, DropReason> {
     let mut proto = nexthdr;
@@ -152,6 +153,12 @@ pub fn walk(ctx: &TcContext, nexthdr: u8, end: usize) -> Result<L4At, DropReason
         let len = match proto {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
                 let h: [u8; 4] = ctx.load(off).map_err(|_| DropReason::Ipv6ExtHeaders)?;
+                // A routing header with segments left: the packet's final
+                // destination is not the one its header names, which every
+                // check judges (as Linux by default and Cilium, dropped).
+                if proto == NEXTHDR_ROUTING && h[3] != 0 {
+                    return Err(DropReason::Ipv6ExtHeaders);
+                }
                 let len = match proto {
                     NEXTHDR_FRAGMENT => {
                         // Offset (13 bits, in 8-byte units): a later

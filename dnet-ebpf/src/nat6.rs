@@ -332,6 +332,15 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
             if ip.hop_limit <= 1 {
                 return Err(DropReason::TtlExceeded);
             }
+            // The route first, from the address the packet will leave with:
+            // a new flow that dies or does not fit here takes no entry, port
+            // or charge, as IPv4's. (Its answer is dead before `new_snat`:
+            // this program's stack has no room to keep it.)
+            match fib::route6(ctx, ep.ifindex, &cfg.uplink_addr6, &key.daddr_be, key.proto) {
+                Route::Out { ifindex, .. } if ifindex == cfg.uplink_ifindex => {}
+                Route::TooBig { .. } => return Err(DropReason::FragNeeded),
+                _ => return Err(DropReason::NoRoute),
+            }
             new_snat(cfg, key, &mut s.fwd, ep.addr_be, seg)?
         }
     };
@@ -432,11 +441,8 @@ pub fn from_uplink_tail(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
-    let Some(cfg) = config6() else {
-        return Ok(TC_ACT_OK);
-    };
     let s = scratch().ok_or(DropReason::Malformed)?;
-    let Some(p) = uplink_flow(ctx, cfg, s)? else {
+    let Some((p, _)) = uplink_flow(ctx, s)? else {
         return Ok(TC_ACT_OK);
     };
     let key = &mut s.key;
@@ -472,9 +478,8 @@ struct UplinkFlow {
 #[inline(always)]
 fn uplink_flow(
     ctx: &TcContext,
-    cfg: &Config,
     s: &mut Nat6Scratch,
-) -> Result<Option<UplinkFlow>, DropReason> {
+) -> Result<Option<(UplinkFlow, &'static Config)>, DropReason> {
     // A tagged frame is the host's (as for IPv4).
     if lxc::vlan_tagged(ctx) {
         return Ok(None);
@@ -494,14 +499,19 @@ fn uplink_flow(
     if !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN)) {
         return Ok(None);
     }
-    // Only packets for the uplink's address can belong to dnet.
-    if !addr_eq(&ip.daddr, &cfg.uplink_addr6) {
-        return Ok(None);
-    }
     // dnet's IPv6 networks live behind its veths: a source of theirs on
-    // the uplink is spoofed.
+    // the uplink is spoofed, whatever its destination (a gateway, on `lo`,
+    // is reached from any interface; IPv6 has no rp_filter), and whether
+    // the uplink has a global address or not.
     if SUBNETS6.get(Key::new(128, ip.saddr)).is_some() {
         return Err(DropReason::SpoofedIp);
+    }
+    // Only packets for the uplink's address can belong to dnet.
+    let Some(cfg) = config6() else {
+        return Ok(None);
+    };
+    if !addr_eq(&ip.daddr, &cfg.uplink_addr6) {
+        return Ok(None);
     }
     let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
     // A chain the walk refuses is the host's to judge, not dnet's.
@@ -511,11 +521,14 @@ fn uplink_flow(
     let Parsed6::Flow(l4) = parse(ctx, ip, &at, end, &mut s.key) else {
         return Ok(None);
     };
-    Ok(Some(UplinkFlow {
-        l4,
-        hop_limit: ip.hop_limit,
-        end,
-    }))
+    Ok(Some((
+        UplinkFlow {
+            l4,
+            hop_limit: ip.hop_limit,
+            end,
+        },
+        cfg,
+    )))
 }
 
 /// The packet (no flow yet) may open a flow to a port published over
@@ -542,11 +555,8 @@ pub fn publish_tail(ctx: &TcContext) -> i32 {
 fn publish(ctx: &TcContext) -> Result<i32, DropReason> {
     // Checked again: this program must not trust that it was reached
     // from `host6_from_uplink` only.
-    let Some(cfg) = config6() else {
-        return Ok(TC_ACT_OK);
-    };
     let s = scratch().ok_or(DropReason::Malformed)?;
-    let Some(p) = uplink_flow(ctx, cfg, s)? else {
+    let Some((p, cfg)) = uplink_flow(ctx, s)? else {
         return Ok(TC_ACT_OK);
     };
     let key = &s.key;

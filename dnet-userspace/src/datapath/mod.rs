@@ -225,8 +225,12 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(m::CT, ct_entries);
         loader.map_max_entries(m::CT6, ct_entries);
-        // A counter key per live flow at most, and one per endpoint.
-        let quota_entries = ct_entries / 2 + m::MAX_ENDPOINTS;
+        // A counter key per live flow at most, and one per endpoint and
+        // family: both conntrack tables (IPv4 and IPv6, `ct_entries / 2`
+        // flows each, an entry per direction) keep their keys in the same
+        // counter maps, so that one family's flows never use up the keys
+        // the other's need.
+        let quota_entries = ct_entries + 2 * m::MAX_ENDPOINTS;
         loader.map_max_entries(m::CT_OPENED, quota_entries);
         loader.map_max_entries(m::CT_CLOSED, quota_entries);
         let map_paths: Vec<(&'static str, PathBuf)> = match pins {

@@ -217,3 +217,24 @@ fn found_an_icmp_error_keeps_its_checksum_when_padding_follows_its_quote() {
         assert_ne!(run(&fx.dp, &err).0, REDIRECT);
     });
 }
+
+#[test]
+fn found_a_dnet_source_on_the_uplink_is_spoofed_whatever_its_destination() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        // A's address, from the world, to its network's gateway (where the
+        // resolver listens): dropped, not taken up as A.
+        let spoofed = udp_to(WORLD_MAC, up0_mac(), (A, 5353), ("172.17.0.1", 53), false);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &spoofed).0, SHOT);
+        assert_eq!(drops(&fx.dp, 0, DropReason::SpoofedIp), 1);
+        // The world's own address to the same gateway is the host's.
+        let world = udp_to(
+            WORLD_MAC,
+            up0_mac(),
+            (WORLD, 5353),
+            ("172.17.0.1", 53),
+            false,
+        );
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &world).0, OK);
+    });
+}

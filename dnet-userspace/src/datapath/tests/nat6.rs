@@ -6,7 +6,7 @@ use std::net::Ipv6Addr;
 use dnet_common::ipv6::NET6_F_NAT;
 
 use super::{
-    ipv6::{A6, dual_stack, frame6, ip6, sum6},
+    ipv6::{A6, GW6, dual_stack, frame6, ip6, sum6},
     *,
 };
 
@@ -234,7 +234,7 @@ fn nat66_ping_is_translated_by_its_identifier() {
 #[test]
 fn a_dnet_ipv6_source_on_the_uplink_is_spoofed() {
     in_fresh_netns(|| {
-        let fx = nat6_fixture();
+        let mut fx = nat6_fixture();
         // Open a flow, then answer it "from" a container's subnet.
         let (_, out) = run(
             &fx.dp,
@@ -247,6 +247,19 @@ fn a_dnet_ipv6_source_on_the_uplink_is_spoofed() {
         // IPv6 for another address than the uplink's is the host's.
         let other = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 53), ("2001:2::9", port));
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &other).0, OK);
+        // A container's address to its network's gateway (where the
+        // resolver listens) is spoofed too, and so it stays when the
+        // uplink has no global IPv6 address.
+        let to_gw = udp6_to(WORLD_MAC, up0_mac(), (A6, 5353), (GW6, 53));
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &to_gw).0, SHOT);
+        assert_eq!(drops(&fx.dp, 0, DropReason::SpoofedIp), 2);
+        let mut cfg = fx.dp.config().unwrap();
+        cfg.uplink_addr6 = [0; 16];
+        fx.dp.set_config(&cfg).unwrap();
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &to_gw).0, SHOT);
+        assert_eq!(drops(&fx.dp, 0, DropReason::SpoofedIp), 3);
+        let world = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 5353), (GW6, 53));
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &world).0, OK);
     });
 }
 
@@ -278,5 +291,54 @@ fn nat66_fragments_are_dropped_with_their_reason() {
         let frame = frame6(fx.a.mac, GW_MAC, ip6(A6), ip6(SERVER6), 64, 0, 44, l4, None);
         assert_eq!(run(&fx.dp, &frame).0, SHOT);
         assert_eq!(drops(&fx.dp, 1, DropReason::Fragment), 1);
+    });
+}
+
+#[test]
+fn a_nat66_flow_that_cannot_leave_takes_no_entry() {
+    in_fresh_netns(|| {
+        let fx = nat6_fixture();
+        // Unreachable, and a route over another interface than the uplink.
+        ip_cmd("-6 route add unreachable 2001:db8:dead::/48");
+        ip_cmd("link add other0 type veth peer name other1");
+        ip_cmd("link set other0 up");
+        ip_cmd("-6 route add 2001:db8:beef::/48 dev other0");
+        for d in ["2001:db8:dead::1", "2001:db8:beef::1"] {
+            let frame = udp6_to(fx.a.mac, GW_MAC, (A6, 4000), (d, 53));
+            assert_eq!(run(&fx.dp, &frame).0, SHOT, "{d}");
+        }
+        assert_eq!(drops(&fx.dp, 1, DropReason::NoRoute), 2);
+        assert!(
+            fx.dp.conntrack6().unwrap().is_empty(),
+            "no conntrack entry, hence no NAT port nor charge"
+        );
+    });
+}
+
+#[test]
+fn nat66_a_routing_header_with_segments_left_is_dropped() {
+    in_fresh_netns(|| {
+        let fx = nat6_fixture();
+        // A routing header (type 4, one segment left, one address) before
+        // UDP: its final destination is not the header's.
+        let rh = |left: u8| {
+            let mut l4 = vec![UDP, 2, 4, left, 0, 0, 0, 0];
+            l4.extend_from_slice(&ip6("2001:2:9::9").octets());
+            l4.extend_from_slice(&4000u16.to_be_bytes());
+            l4.extend_from_slice(&53u16.to_be_bytes());
+            l4.extend_from_slice(&[0, 12, 0, 0]);
+            l4.extend_from_slice(b"dnet");
+            frame6(fx.a.mac, GW_MAC, ip6(A6), ip6(SERVER6), 64, 0, 43, l4, None)
+        };
+        assert_eq!(run(&fx.dp, &rh(1)).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::Ipv6ExtHeaders), 1);
+        assert!(fx.dp.conntrack6().unwrap().is_empty());
+        // With no segment left it is an ordinary extension header.
+        let (v, _) = run(&fx.dp, &rh(0));
+        assert_ne!(
+            drops(&fx.dp, 1, DropReason::Ipv6ExtHeaders),
+            2,
+            "verdict {v}: not dropped for its routing header"
+        );
     });
 }
