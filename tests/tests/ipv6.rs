@@ -883,6 +883,23 @@ fn the_host_reaches_ports_published_by_dual_stack_containers_over_ipv6() {
     }
     let o = host("udp", "[::1]:5353");
     assert!(ok(&o), "host UDP to [::1]:5353: {}", out(&o));
+    // Unconnected, as glibc's resolver: sendmsg6 leads the datagram in and
+    // recvmsg6 makes the answer read as coming from [::1]:5353.
+    let py = [
+        "import socket",
+        "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)",
+        "s.settimeout(1)",
+        "for _ in range(3):",
+        "    s.sendto(b'hello', ('::1', 5353))",
+        "    try:",
+        "        print(s.recvfrom(512)[1][:2]); break",
+        "    except socket.timeout:",
+        "        pass",
+    ]
+    .join("\n");
+    let o = sb.in_host("python3", &["-c", &py]);
+    assert!(ok(&o), "{}", out(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "('::1', 5353)");
     // IPv4 still, for the port published on every address.
     let o = host("tcp", "127.0.0.1:8080");
     assert!(ok(&o), "{}", out(&o));
@@ -921,6 +938,46 @@ fn the_host_reaches_ports_published_by_dual_stack_containers_over_ipv6() {
     ]);
     assert!(!ok(&o));
     assert!(out(&o).contains("not on fd00:99::5"), "{}", out(&o));
+    // An IPv6 host address on an IPv4-only network publishes nothing: refused.
+    let e = sb.dnet_err(&[
+        "run",
+        "--network",
+        "bridge",
+        "-p",
+        "[::1]:9001:80",
+        "--",
+        "true",
+    ]);
+    assert!(e.contains("IPv4-only"), "{e}");
+    // A host service on [::1] alone keeps its port from a dual-stack publish.
+    let py = "import socket, subprocess, sys\n\
+s = socket.socket(socket.AF_INET6)\n\
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\n\
+s.bind(('::1', 9002)); s.listen()\n\
+r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n\
+print(r.returncode, r.stdout, r.stderr)\n";
+    let (dnet, sock) = (dnet_bin(), sb.socket());
+    let o = sb.in_host(
+        "python3",
+        &[
+            "-c",
+            py,
+            dnet.to_str().unwrap(),
+            "--socket",
+            sock.to_str().unwrap(),
+            "run",
+            "--network",
+            "dual",
+            "-p",
+            "9002:80",
+            "--",
+            "true",
+        ],
+    );
+    assert!(ok(&o), "{}", out(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(!said.starts_with("0 "), "the publish was accepted: {said}");
+    assert!(said.contains("in use"), "{said}");
 }
 
 #[test]
