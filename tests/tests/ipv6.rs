@@ -51,7 +51,26 @@ fn host_sysctl(sb: &Sandbox, name: &str) -> String {
 
 #[test]
 fn bad_ipv6_input_gets_a_clear_error_and_changes_nothing() {
-    let sb = Sandbox::new();
+    // The uplink's IPv6 address is there before the daemon starts: one it
+    // gets later is taken up asynchronously (NAT66 follows it), which
+    // would race with the snapshots below.
+    let mut sb = Sandbox::without_daemon();
+    // A prefix routed where the daemon runs (the uplink's, say).
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:5::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    sb.start_daemon();
     sb.dnet_ok(&[
         "network",
         "create",
@@ -76,21 +95,6 @@ fn bad_ipv6_input_gets_a_clear_error_and_changes_nothing() {
         "sleep",
         "300",
     ]);
-    // A prefix routed where the daemon runs (the uplink's, say).
-    sh_ok(
-        "ip",
-        &[
-            "-n",
-            &sb.host_ns,
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:5::2/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ],
-    );
     let before = (sb.snapshot(), snapshot6(&sb));
     let create = |extra: &[&str], want: &str| {
         let mut a = vec!["network", "create"];
