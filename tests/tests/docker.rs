@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use dnet_sandbox::{
-    Sandbox, UPLINK_IP, WORLD_IP, assert_consistent, ct,
+    Sandbox, UPLINK_IP, UPLINK6, WORLD_IP, WORLD6, assert_consistent, ct,
     docker::{Dockerd, Turn},
     ok, out, stdout, wait_until,
 };
@@ -25,8 +25,18 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
+        Env::start(false)
+    }
+
+    /// With `ipv6`, the uplink has [`UPLINK6`] (the world [`WORLD6`]) and
+    /// the host's default IPv6 route goes to the world, before dnet starts.
+    fn start(ipv6: bool) -> Env {
         let turn = Turn::take();
         let mut sb = Sandbox::without_daemon();
+        if ipv6 {
+            sb.add_uplink6();
+            sb.route6_via_world();
+        }
         let driver = sb.name.clone();
         let sock = format!("--docker-plugin-socket=/run/docker/plugins/{driver}.sock");
         // dockerd's socket (made below): where dnet learns Docker's names.
@@ -1134,12 +1144,14 @@ fn ping6(env: &Env, from: &str, to: &str) -> std::process::Output {
 /// `docker network create --ipv6` with Docker's default IPAM: a dual-stack
 /// dnet network with Docker's IPv6 subnet and gateway; containers get
 /// Docker's IPv6 address on `eth0` (`--ip6` too), their default IPv6 route
-/// through the gateway Join gave, and reach each other and the gateway
-/// over IPv6 through dnet's datapath. An IPv6 subnet dnet refuses leaves
-/// nothing behind.
+/// through the gateway Join gave, and reach each other (by name too:
+/// Docker's embedded DNS answers AAAA) and the gateway over IPv6 through
+/// dnet's datapath, the world's IPv6 address through dnet's NAT66, and a
+/// `-p` port is reached from the world over IPv6 and IPv4. An IPv6 subnet
+/// dnet refuses leaves nothing behind.
 #[test]
 fn docker_dual_stack_network() {
-    let env = Env::new();
+    let mut env = Env::start(true);
     let before = env.sb.state();
     let e = env.docker_err(&[
         "network",
@@ -1177,7 +1189,7 @@ fn docker_dual_stack_network() {
     assert_eq!(net["ipam6"]["gateway"], "fd00:92::1", "{net}");
 
     env.run("c1", "dn6", &[]);
-    env.run("c2", "dn6", &["--ip6", "fd00:92::77"]);
+    env.run("c2", "dn6", &["--ip6", "fd00:92::77", "-p", "8086:80"]);
     let addr6 = |name: &str| -> Vec<String> {
         let o = env.exec(name, &["ip", "-o", "-6", "addr", "show", "eth0"]);
         assert!(ok(&o), "{}", out(&o));
@@ -1228,6 +1240,54 @@ fn docker_dual_stack_network() {
         let o = ping6(&env, from, to);
         assert!(ok(&o), "{from} -> {to}: {}", out(&o));
     }
+    // By name: Docker's embedded DNS answers AAAA with the address dnet
+    // forwards to.
+    assert_eq!(
+        ask_docker_dns(&env, "c1", &["c2", "aaaa"]),
+        ["rcode NoError", "AAAA fd00:92::77"]
+    );
+    let o = ping6(&env, "c1", "c2");
+    assert!(
+        ok(&o) && stdout(&o).contains("fd00:92::77"),
+        "c1 -> c2 by name over IPv6: {}",
+        out(&o)
+    );
+
+    // Out to the world's IPv6 address through dnet's NAT66: the world
+    // sees the uplink's address.
+    let world = env.sb.world_netns_path();
+    env.sb.spawn_in(&world, &ct(), &["serve", "tcp", "[::]:80"]);
+    dnet_sandbox::wait_listening(&world, "tcp", 80);
+    let c1 = std::path::PathBuf::from(format!("/proc/{}/ns/net", env.docker.pid_of("c1").unwrap()));
+    let o = dnet_sandbox::in_netns(&c1, &ct(), &["tcp", &format!("[{WORLD6}]:80")]);
+    assert!(
+        ok(&o) && stdout(&o).starts_with(&format!("[{UPLINK6}]:")),
+        "c1 -> the world over IPv6, seen as the uplink: {}",
+        out(&o)
+    );
+    let o = ping6(&env, "c1", WORLD6);
+    assert!(ok(&o), "c1 -> the world's IPv6: {}", out(&o));
+
+    // c2's `-p 8086:80` from the world, over IPv6 and IPv4: it sees the
+    // world's own address (the server listens on [::]: IPv4 reads
+    // v4-mapped).
+    let c2 = std::path::PathBuf::from(format!("/proc/{}/ns/net", env.docker.pid_of("c2").unwrap()));
+    env.sb.spawn_in(&c2, &ct(), &["serve", "tcp", "[::]:80"]);
+    dnet_sandbox::wait_listening(&c2, "tcp", 80);
+    for (to, seen) in [
+        (format!("[{UPLINK6}]:8086"), format!("[{WORLD6}]:")),
+        (format!("{UPLINK_IP}:8086"), format!("[::ffff:{WORLD_IP}]:")),
+    ] {
+        let tcp = || env.sb.in_world(&ct(), &["tcp", &to]);
+        assert!(
+            wait_until(Duration::from_secs(5), || ok(&tcp())),
+            "{to} from the world: {}",
+            out(&tcp())
+        );
+        let o = tcp();
+        assert!(stdout(&o).starts_with(&seen), "{to}: c2 saw {}", out(&o));
+    }
+
     // IPv4 still works beside it.
     let o = env.exec("c1", &["ping", "-c", "1", "-W", "2", "10.92.0.1"]);
     assert!(ok(&o), "c1 -> the IPv4 gateway: {}", out(&o));

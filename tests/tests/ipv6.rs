@@ -3,7 +3,8 @@
 //! traffic through the eBPF datapath.
 
 use dnet_sandbox::{
-    Sandbox, UPLINK_IP, WORLD_IP, conntest_bin, dnet_bin, ok, out, sh_ok, wait_listening,
+    Sandbox, UPLINK_IP, UPLINK6, WORLD_IP, WORLD6, conntest_bin, dnet_bin, dual_stack_sandbox, ok,
+    out, sh_ok, wait_listening,
 };
 use serde_json::Value;
 
@@ -800,34 +801,6 @@ fn a_dual_stack_network_connected_later_and_internal_ones_route_as_ipv4_does() {
     assert_eq!((sb.snapshot(), snapshot6(&sb), map6(&sb)), before);
 }
 
-/// The uplink's IPv6 address in the IPv6 sandbox tests (the benchmarking
-/// range, RFC 5180), and the world's.
-const UPLINK6: &str = "2001:2::2";
-const WORLD6: &str = "2001:2::1";
-
-/// A sandbox whose uplink has an IPv6 address too, before its daemon
-/// starts.
-fn dual_stack_sandbox() -> Sandbox {
-    let mut sb = Sandbox::without_daemon();
-    for (ns, a) in [(&sb.host_ns, UPLINK6), (&sb.world_ns, WORLD6)] {
-        sh_ok(
-            "ip",
-            &[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{a}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        );
-    }
-    sb.start_daemon();
-    sb
-}
-
 /// The host's `getpeername()` of a TCP connection to `[addr]:port`.
 fn host_peername6(sb: &Sandbox, addr: &str, port: u16) -> String {
     let py = format!(
@@ -1067,20 +1040,7 @@ fn the_resolver_answers_on_the_ipv6_gateway_of_a_dual_stack_network() {
 #[test]
 fn a_dual_stack_container_reaches_the_world_over_ipv6_as_the_uplink() {
     let mut sb = dual_stack_sandbox();
-    // The host's default IPv6 route: via the world.
-    sh_ok(
-        "ip",
-        &[
-            "-n",
-            &sb.host_ns,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            WORLD6,
-        ],
-    );
+    sb.route6_via_world();
     let w = sb.world_netns_path();
     let ct = conntest_bin();
     let ct = ct.to_str().unwrap();
@@ -1166,34 +1126,8 @@ fn nat66_follows_an_ipv6_address_the_uplink_gets_after_the_daemon_started() {
     ]);
     // No IPv6 on the uplink yet: nothing leaves (no-nat-address).
     assert!(request6(&sb, "cli", "tcp", WORLD6, 80).is_none());
-    for (ns, a) in [(&sb.host_ns, UPLINK6), (&sb.world_ns, WORLD6)] {
-        sh_ok(
-            "ip",
-            &[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{a}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        );
-    }
-    sh_ok(
-        "ip",
-        &[
-            "-n",
-            &sb.host_ns,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            WORLD6,
-        ],
-    );
+    sb.add_uplink6();
+    sb.route6_via_world();
     // The daemon hears of the address (netlink) and translates to it.
     let mut seen = None;
     for _ in 0..50 {
