@@ -1180,6 +1180,13 @@ impl Sandbox {
         self.dnet_ok(&a);
     }
 
+    /// `dnet network create --ipv6 --subnet V4 --subnet V6 NAME`.
+    pub fn dual_stack_network(&self, name: &str, v4: &str, v6: &str) {
+        self.dnet_ok(&[
+            "network", "create", "--ipv6", "--subnet", v4, "--subnet", v6, name,
+        ]);
+    }
+
     /// One ping (two seconds at most) from container `name` to `to`, with
     /// the extra ping flags `flags` (`-t TTL`, say).
     pub fn ping_from(&self, name: &str, to: &str, flags: &[&str]) -> Output {
