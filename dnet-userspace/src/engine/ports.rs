@@ -567,6 +567,46 @@ mod tests {
     }
 
     #[test]
+    fn a_routed_network_publishes_at_the_containers_own_address_too() {
+        let mut st = state();
+        st.networks
+            .get_mut("n")
+            .unwrap()
+            .options
+            .insert("gateway_mode_ipv6".into(), "routed".into());
+        let mut e = endpoint("n", "172.17.0.2");
+        e.ip6 = Some("fd00::2".parse().unwrap());
+        let mut c = container(vec![e]);
+        c.ports = vec![
+            "8080:80".parse().unwrap(),
+            "[::1]:5353:53/udp".parse().unwrap(),
+        ];
+        let ip6: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+        let got: Vec<([u8; 16], u16, u8, u16)> = services6_of(&st, &c)
+            .iter()
+            .map(|(k, s)| {
+                assert_eq!(s.backend, ip6.octets());
+                (
+                    k.addr,
+                    u16::from_be(k.port_be),
+                    k.proto,
+                    u16::from_be(s.backend_port_be),
+                )
+            })
+            .collect();
+        let lo: std::net::Ipv6Addr = "::1".parse().unwrap();
+        assert_eq!(
+            got,
+            [
+                ([0; 16], 8080, 6, 80),
+                (lo.octets(), 5353, 17, 53),
+                (ip6.octets(), 80, 6, 80),
+                (ip6.octets(), 53, 17, 53),
+            ]
+        );
+    }
+
+    #[test]
     fn an_ipv6_host_address_needs_a_dual_stack_network() {
         let mut net = network("n", DriverKind::Bridge, false);
         let lo6: PortMapping = "[::1]:8080:80".parse().unwrap();
