@@ -37,10 +37,10 @@ use crate::{
     ct::{self, InsertError, XlateOf},
     eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
     fib::{self, Route},
-    ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, addr_eq},
-    l4::{IPPROTO_TCP, IPPROTO_UDP},
+    ipv6::{self, IPV6_HLEN, Ipv6Hdr, addr_eq},
+    l4::{IPPROTO_TCP, IPPROTO_UDP, Tuple},
     lxc, nat,
-    nat6::{self, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, Nat6Scratch, Parsed6, Xlate6},
+    nat6::{self, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, Nat6Scratch, Xlate6},
     ptr::ptr_at,
     stats::drop,
     verdict::TC_ACT_OK,
@@ -104,7 +104,7 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     let s = nat6::scratch().ok_or(DropReason::Malformed)?;
     let at = nat6::l4_at(ctx, s, ip, end)?;
     match nat6::parse(ctx, ip, &at, end, &mut s.key) {
-        Parsed6::Flow(l4) => {
+        Tuple::Flow(l4) => {
             let key = &s.key;
             let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
             let e = match ct::lookup(key, seg)? {
@@ -124,11 +124,11 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
             // from there.
             nat6::rewrite(ctx, &l4, &s.key, &e)?;
         }
-        Parsed6::Fragment => return Err(DropReason::Fragment),
-        Parsed6::Truncated => return Err(DropReason::Malformed),
+        Tuple::Fragment => return Err(DropReason::Fragment),
+        Tuple::Truncated => return Err(DropReason::Malformed),
         // ICMPv6 errors (their quote was checked by `lxc6_from_container`)
         // and other protocols: routed as they are, with no flow.
-        Parsed6::Other => {}
+        Tuple::IcmpError(_) | Tuple::Other => {}
     }
     fib::forward6(ctx, &route)
 }
@@ -237,22 +237,15 @@ fn into_routed(ctx: &TcContext, ip: &Ipv6Hdr, ep: &Endpoint) -> Result<i32, Drop
     let s = nat6::scratch().ok_or(DropReason::Malformed)?;
     let at = nat6::l4_at(ctx, s, ip, end)?;
     let l4 = match nat6::parse(ctx, ip, &at, end, &mut s.key) {
-        Parsed6::Flow(l4) => l4,
-        Parsed6::Fragment => return Err(DropReason::Fragment),
-        Parsed6::Truncated => return Err(DropReason::Malformed),
-        Parsed6::Other => {
-            // ICMPv6 errors (packet too big above all: PMTU discovery) go
-            // in, as Docker's routed mode lets every ICMPv6 in; other
-            // ICMPv6 (NDP, MLD: link-local matters, never routed) and other
-            // protocols do not.
-            if at.proto == IPPROTO_ICMPV6 {
-                let ty: u8 = ctx.load(at.off).map_err(|_| DropReason::Malformed)?;
-                if ty < ICMPV6_ECHO_REQUEST {
-                    return nat::into_endpoint_as(ctx, ep, fib::dec_hop_limit, false);
-                }
-            }
-            return Err(DropReason::NotPublished);
-        }
+        Tuple::Flow(l4) => l4,
+        Tuple::Fragment => return Err(DropReason::Fragment),
+        Tuple::Truncated => return Err(DropReason::Malformed),
+        // ICMPv6 errors (packet too big above all: PMTU discovery) go in,
+        // as Docker's routed mode lets every ICMPv6 in; other ICMPv6 (NDP,
+        // MLD: link-local matters, never routed) and other protocols do
+        // not.
+        Tuple::IcmpError(_) => return nat::into_endpoint_as(ctx, ep, fib::dec_hop_limit, false),
+        Tuple::Other => return Err(DropReason::NotPublished),
     };
     let key = &s.key;
     let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
