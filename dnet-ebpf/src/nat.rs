@@ -355,6 +355,18 @@ pub fn into_endpoint(
     ep: &Endpoint,
     dec: fn(&TcContext, usize) -> Result<(), DropReason>,
 ) -> Result<i32, DropReason> {
+    into_endpoint_as(ctx, ep, dec, true)
+}
+
+/// [`into_endpoint`], counted as translated or not (a routed IPv6
+/// network's packets are not).
+#[inline(always)]
+pub fn into_endpoint_as(
+    ctx: &TcContext,
+    ep: &Endpoint,
+    dec: fn(&TcContext, usize) -> Result<(), DropReason>,
+    translated: bool,
+) -> Result<i32, DropReason> {
     let net = NETWORKS.get(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     // Nothing translated goes into an internal network, whatever a flow
     // or a published port says.
@@ -366,7 +378,9 @@ pub fn into_endpoint(
     err(ctx.store(0, &ep.mac, 0))?;
     err(ctx.store(6, &gw_mac, 0))?;
     count_tx(ep.slot, ctx.len());
-    count_translated(ep.slot);
+    if translated {
+        count_translated(ep.slot);
+    }
     // SAFETY: a helper call with plain integer arguments.
     let v = unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32;
     if v == TC_ACT_REDIRECT {

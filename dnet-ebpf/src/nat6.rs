@@ -14,7 +14,8 @@
 //!   `host_from_uplink` for IPv6 frames: answers of NAT66 flows to the
 //!   uplink's address go into their container (`bpf_redirect_peer`);
 //!   a source of a dnet IPv6 subnet on the uplink is spoofed
-//!   (`spoofed-ip`); everything else is the host's.
+//!   (`spoofed-ip`); a packet to a container's own address goes on to
+//!   `host6_routed` (`routed6`); everything else is the host's.
 //!
 //! Tracked: TCP, UDP, ICMPv6 echo (its identifier as a port, as IPv4's).
 //! Fragments are dropped from containers (`fragment`) and left to the host
@@ -32,7 +33,7 @@ use aya_ebpf::{
 use dnet_common::{
     Config, CtEntry6, CtKey6, DropReason, Endpoint,
     ipv6::NET6_F_NAT,
-    maps::PROG_SLOT_PUBLISHED6,
+    maps::{PROG_SLOT_PUBLISHED6, PROG_SLOT_ROUTED6_FROM_UPLINK},
     nat::{CT_F_DNAT, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT},
 };
 
@@ -319,7 +320,7 @@ static NAT6_SCRATCH: PerCpuArray<Nat6Scratch> = PerCpuArray::with_max_entries(1,
 /// checks what follows once instead of once per chain length (which
 /// outgrows its budget).
 #[inline(always)]
-fn l4_at(
+pub(crate) fn l4_at(
     ctx: &TcContext,
     s: &mut Nat6Scratch,
     ip: &Ipv6Hdr,
@@ -344,7 +345,7 @@ fn l4_at(
 }
 
 #[inline(always)]
-fn scratch() -> Option<&'static mut Nat6Scratch> {
+pub(crate) fn scratch() -> Option<&'static mut Nat6Scratch> {
     // SAFETY: this CPU's slot of a live per-CPU array; nothing else runs on
     // this CPU while the program does, and each program takes it once.
     NAT6_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
@@ -426,13 +427,18 @@ fn uplink_flow(
     if SUBNETS6.get(Key::new(128, ip.saddr)).is_some() {
         return Err(DropReason::SpoofedIp);
     }
-    // Only packets for the uplink's address can belong to dnet.
-    let Some(cfg) = config6() else {
+    // Only packets for the uplink's address, or for a container's own
+    // address (a routed network's: `routed6`, a program of its own), can
+    // belong to dnet.
+    let cfg = config6();
+    let Some(cfg) = cfg.filter(|c| addr_eq(&ip.daddr, &c.uplink_addr6)) else {
+        if ipv6::endpoint6_at(&ip.daddr).is_some() {
+            // SAFETY: the tail call jumps to `host6_routed` with the same
+            // context, or returns when the slot is empty.
+            unsafe { PROGS.tail_call(ctx, PROG_SLOT_ROUTED6_FROM_UPLINK) };
+        }
         return Ok(None);
     };
-    if !addr_eq(&ip.daddr, &cfg.uplink_addr6) {
-        return Ok(None);
-    }
     let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
     // A chain the walk refuses is the host's to judge, not dnet's.
     let Ok(at) = l4_at(ctx, s, ip, end) else {

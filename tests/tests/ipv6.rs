@@ -1045,3 +1045,130 @@ fn the_world_reaches_a_dual_stack_containers_published_ports_over_ipv6_and_ipv4(
     assert!(!ok(&o), "{}", out(&o));
     assert!(out(&o).contains("refused"), "{}", out(&o));
 }
+
+#[test]
+fn a_routed_ipv6_network_reaches_the_world_and_is_reached_on_its_published_ports() {
+    let mut sb = dual_stack_sandbox();
+    let h = sb.host_ns.clone();
+    let world_ns = sb.world_ns.clone();
+    // The host's default IPv6 route: via the world; the world routes the
+    // routed subnet to the host's uplink address (so it never asks for
+    // the containers' addresses on its link: no proxy NDP).
+    sh_ok(
+        "ip",
+        &["-n", &h, "-6", "route", "add", "default", "via", WORLD6],
+    );
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &world_ns,
+            "-6",
+            "route",
+            "add",
+            "fd00:75::/64",
+            "via",
+            UPLINK6,
+        ],
+    );
+    // dnet forwards, not the host: its forwarding stays off.
+    assert_eq!(host_sysctl(&sb, "all/forwarding"), "0");
+    let w = sb.world_netns_path();
+    let ct = conntest_bin();
+    let ct = ct.to_str().unwrap();
+    sb.spawn_in(&w, ct, &["serve", "tcp", "[::]:80"]);
+    wait_listening(&w, "tcp", 80);
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.75.0.0/24",
+        "--subnet",
+        "fd00:75::/64",
+        "-o",
+        "gateway_mode_ipv6=routed",
+        "routed",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cli",
+        "--network",
+        "routed",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "routed",
+        "-p",
+        "8080:80",
+        "--",
+        ct,
+        "serve",
+        "tcp",
+        "[::]:80",
+    ]);
+    sb.wait_server("web", "tcp", 80);
+    let cli6 = ip6_of(&sb, "cli");
+    let web6 = ip6_of(&sb, "web");
+
+    // Out: the world sees the container's own address.
+    let seen = request6(&sb, "cli", "tcp", WORLD6, 80).expect("tcp to the world");
+    assert!(seen.starts_with(&format!("[{cli6}]:")), "{seen}");
+    assert!(ping6(&sb, "cli", WORLD6), "ping the world");
+    // In: the published port at the container's own address, from the
+    // world's own address.
+    let o = sb.in_world(ct, &["tcp", &format!("[{web6}]:80")]);
+    assert!(ok(&o), "the world to [{web6}]:80: {}", out(&o));
+    let got = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert!(got.starts_with(&format!("[{WORLD6}]:")), "{got}");
+    // Echo is let in; a port the container did not publish is not.
+    let o = sb.in_world("ping", &["-6", "-n", "-c", "1", "-W", "2", &web6]);
+    assert!(ok(&o), "the world pings {web6}: {}", out(&o));
+    let o = sb.in_world(ct, &["tcp", &format!("[{cli6}]:80"), "--timeout", "1"]);
+    assert!(!ok(&o), "{}", out(&o));
+    assert!(sb.drops("cli", "not-published") > 0, "counted");
+    assert_eq!(host_sysctl(&sb, "all/forwarding"), "0");
+
+    // A connection from the world lives on through the daemon's kill and
+    // restart.
+    let hold = sb.dir.join("hold-routed");
+    std::fs::write(&hold, "").unwrap();
+    let conn = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", w.display()))
+        .args([ct, "connections", &format!("[{web6}]:80"), "--count", "1"])
+        .args([
+            "--hold",
+            "30",
+            "--hold-while",
+            hold.to_str().unwrap(),
+            "--again",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let open = dnet_sandbox::wait_until(std::time::Duration::from_secs(10), || {
+        sb.flows()
+            .iter()
+            .any(|x| x["proto"] == "tcp" && x["state"] == "established")
+    });
+    assert!(open, "the connection is established: {:?}", sb.flows());
+    sb.stop_daemon(libc::SIGKILL);
+    let o = sb.in_world(ct, &["tcp", &format!("[{web6}]:80")]);
+    assert!(ok(&o), "while the daemon is down: {}", out(&o));
+    sb.start_daemon();
+    std::fs::remove_file(&hold).unwrap();
+    let o = conn.wait_with_output().unwrap();
+    assert!(ok(&o), "the held connection: {}", out(&o));
+    let seen = request6(&sb, "cli", "tcp", WORLD6, 80).expect("after the restart");
+    assert!(seen.starts_with(&format!("[{cli6}]:")), "{seen}");
+}

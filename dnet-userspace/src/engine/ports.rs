@@ -117,11 +117,23 @@ pub fn services_of(st: &State, c: &Container) -> Vec<(ServiceKey, Service)> {
 /// when it is dual-stack. An IPv4-only container has none, and the host's
 /// IPv6 connections to its ports are refused by the kernel (dnet has no
 /// proxy to carry them over IPv4).
+///
+/// On a routed IPv6 network (`gateway_mode_ipv6=routed`), each port is
+/// also published at the container's own address and port, as Docker's
+/// routed mode opens it: the datapath lets the world in there on published
+/// ports only (`routed6`).
 pub fn services6_of(st: &State, c: &Container) -> Vec<(ServiceKey6, Service6)> {
-    let Some(ip6) = backend_of(st, c).and_then(|e| e.ip6) else {
+    let Some(e) = backend_of(st, c) else {
         return Vec::new();
     };
-    service_keys6(c)
+    let Some(ip6) = e.ip6 else {
+        return Vec::new();
+    };
+    let routed = st
+        .networks
+        .get(&e.network_id)
+        .is_some_and(|n| n.gateway_mode6() == crate::model::GatewayMode6::Routed);
+    let mut v: Vec<(ServiceKey6, Service6)> = service_keys6(c)
         .map(|(k, port)| {
             (
                 k,
@@ -132,7 +144,31 @@ pub fn services6_of(st: &State, c: &Container) -> Vec<(ServiceKey6, Service6)> {
                 },
             )
         })
-        .collect()
+        .collect();
+    if routed {
+        v.extend(routed_keys6(c, ip6).map(|k| {
+            (
+                k,
+                Service6 {
+                    backend: k.addr,
+                    backend_port_be: k.port_be,
+                    _pad: 0,
+                },
+            )
+        }));
+    }
+    v
+}
+
+/// The keys under which a routed network's container `c`, at `ip6`, has
+/// its ports published at its own address (see [`services6_of`]).
+fn routed_keys6(c: &Container, ip6: Ipv6Addr) -> impl Iterator<Item = ServiceKey6> + '_ {
+    ports_of::<true>(c).map(move |(_, _, port, proto)| ServiceKey6 {
+        addr: ip6.octets(),
+        port_be: port.to_be(),
+        proto,
+        _pad: 0,
+    })
 }
 
 /// Every service entry the state asks for.
@@ -333,7 +369,12 @@ impl Inner {
                 tracing::warn!(container = %c.name, "unpublishing: {e}");
             }
         }
-        for (k, _) in service_keys6(c) {
+        let routed = c
+            .endpoints
+            .iter()
+            .filter_map(|e| e.ip6)
+            .flat_map(|ip6| routed_keys6(c, ip6));
+        for k in service_keys6(c).map(|(k, _)| k).chain(routed) {
             if let Err(e) = self.ctx.dp.clear_service6(&k) {
                 tracing::warn!(container = %c.name, "unpublishing over IPv6: {e}");
             }
@@ -523,6 +564,46 @@ mod tests {
         );
         let ip6: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
         assert!(v6.iter().all(|(_, s)| s.backend == ip6.octets()));
+    }
+
+    #[test]
+    fn a_routed_network_publishes_at_the_containers_own_address_too() {
+        let mut st = state();
+        st.networks
+            .get_mut("n")
+            .unwrap()
+            .options
+            .insert("gateway_mode_ipv6".into(), "routed".into());
+        let mut e = endpoint("n", "172.17.0.2");
+        e.ip6 = Some("fd00::2".parse().unwrap());
+        let mut c = container(vec![e]);
+        c.ports = vec![
+            "8080:80".parse().unwrap(),
+            "[::1]:5353:53/udp".parse().unwrap(),
+        ];
+        let ip6: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+        let got: Vec<([u8; 16], u16, u8, u16)> = services6_of(&st, &c)
+            .iter()
+            .map(|(k, s)| {
+                assert_eq!(s.backend, ip6.octets());
+                (
+                    k.addr,
+                    u16::from_be(k.port_be),
+                    k.proto,
+                    u16::from_be(s.backend_port_be),
+                )
+            })
+            .collect();
+        let lo: std::net::Ipv6Addr = "::1".parse().unwrap();
+        assert_eq!(
+            got,
+            [
+                ([0; 16], 8080, 6, 80),
+                (lo.octets(), 5353, 17, 53),
+                (ip6.octets(), 80, 6, 80),
+                (ip6.octets(), 53, 17, 53),
+            ]
+        );
     }
 
     #[test]
