@@ -28,7 +28,7 @@ use crate::{
     invalid,
     ipam::{self, Pool, Pool6},
     model::{Container, DriverKind, Ipam, Ipam6, Network},
-    netlink::{Family, RTPROT_DNET},
+    netlink::{Family, markers},
     not_found,
 };
 
@@ -413,11 +413,7 @@ impl Inner {
             .routes_of::<A>()
             .await?
             .into_iter()
-            .filter(|r| {
-                r.table == 254
-                    && r.prefix > 0
-                    && r.protocol != netlink_packet_route::route::RouteProtocol::Other(RTPROT_DNET)
-            })
+            .filter(|r| r.table == 254 && r.prefix > 0 && !markers::is_dnet_route(r.protocol))
             .filter_map(|r| A::network(r.dst, r.prefix))
             .filter(|n| !A::special(*n))
             .collect())
