@@ -96,7 +96,7 @@ fn reserve_ports(lo: u16, hi: u16) -> Result<()> {
 
 impl Engine {
     /// The translated flows.
-    pub async fn conntrack(&self) -> Result<Vec<conntrack::FlowView>> {
+    pub async fn conntrack(&self) -> Result<Vec<crate::api::FlowView>> {
         let inner = self.inner.lock().await;
         let entries = inner.ctx.dp.conntrack()?;
         let entries6 = inner.ctx.dp.conntrack6()?;
