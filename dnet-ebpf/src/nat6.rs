@@ -17,6 +17,10 @@
 //!   (`spoofed-ip`); a packet to a container's own address goes on to
 //!   `host6_routed` (`routed6`); everything else is the host's.
 //!
+//! The uplink's egress (`host_to_uplink`, [`to_uplink`]) keeps the host's
+//! own ICMPv6 echo identifiers apart from the containers' (`CT_F_HOST`), as
+//! for IPv4.
+//!
 //! Tracked: TCP, UDP, ICMPv6 echo (its identifier as a port, as IPv4's).
 //! Fragments are dropped from containers (`fragment`) and left to the host
 //! on the uplink, as for IPv4. Not yet: ICMPv6 errors about NAT66 flows,
@@ -24,7 +28,7 @@
 //! to the host).
 
 use aya_ebpf::{
-    bindings::BPF_F_PSEUDO_HDR,
+    bindings::{BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
     helpers::generated::bpf_csum_diff,
     macros::map,
     maps::{PerCpuArray, lpm_trie::Key},
@@ -34,7 +38,7 @@ use dnet_common::{
     Config, CtEntry6, CtKey6, DropReason, Endpoint,
     ipv6::NET6_F_NAT,
     maps::{PROG_SLOT_PUBLISHED6, PROG_SLOT_ROUTED6_FROM_UPLINK},
-    nat::{CT_F_DNAT, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT},
+    nat::{CT_F_DNAT, CT_F_HOST, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT},
 };
 
 use crate::{
@@ -42,7 +46,7 @@ use crate::{
     err,
     eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
     fib::{self, KeptRoute, Route},
-    ipv6::{self, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
+    ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
     l4::{self, IPPROTO_TCP, IPPROTO_UDP, L4, Tuple},
     lxc,
     maps::{PROGS, SUBNETS6},
@@ -169,7 +173,16 @@ fn replace_addr(
         diff as u64,
         BPF_F_PSEUDO_HDR as u64 | mangled,
     ))?;
-    err(ctx.store(off, new, 0))
+    // On a CHECKSUM_COMPLETE skb (a NIC's, on the uplink) the helper above
+    // takes the L4 checksum's change out of `skb->csum` (right for IPv4,
+    // whose header checksum absorbs the address change). IPv6 has no
+    // header checksum: the address bytes change the packet's sum by as
+    // much again, so their store puts that back
+    // (`BPF_F_RECOMPUTE_CSUM`: `skb->csum` less the old bytes, plus the
+    // new). The two cancel and `skb->csum` stays the packet's sum, as the
+    // kernel's own NAT keeps it. (Kernel 6.16+ has `BPF_F_IPV6` for the
+    // helper to leave `skb->csum` alone; older kernels refuse the flag.)
+    err(ctx.store(off, new, BPF_F_RECOMPUTE_CSUM as u64))
 }
 
 /// The NAT configuration when the uplink has a global IPv6 address.
@@ -378,12 +391,63 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         return Ok(TC_ACT_OK);
     };
+    // An answer to the host's own echo: up its stack, with the identifier
+    // it sent (`to_uplink`).
+    if e.flags & CT_F_HOST != 0 {
+        rewrite(ctx, &p.l4, key, &e)?;
+        return Ok(TC_ACT_OK);
+    }
     if e.flags & CT_F_TO_ENDPOINT == 0 {
         return Ok(TC_ACT_OK);
     }
     let ep = ipv6::endpoint6_at(&e.new_daddr_be).ok_or(DropReason::NoEndpoint)?;
     rewrite(ctx, &p.l4, key, &e)?;
     nat::into_endpoint(ctx, &ep, fib::dec_hop_limit)
+}
+
+/// `host_to_uplink` for IPv6 (the uplink's tcx egress, a packet the host
+/// itself sends): an ICMPv6 echo request from the uplink's IPv6 address
+/// takes its identifier through `DNET_CT6` (`CT_F_HOST`), as IPv4's does
+/// (`nat::new_host_echo`): kept while no container's flow holds it (and
+/// held from then on, so no NAT66 flow gets it), translated to a free NAT
+/// port when one does. Its answers go up the host's stack with the
+/// identifier it sent ([`from_uplink`]), never into a container. Anything
+/// else goes out untouched.
+#[inline(always)]
+pub fn to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Ok(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    let ip = unsafe { &*ip };
+    if !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN)) {
+        return Ok(TC_ACT_OK);
+    }
+    let Some(cfg) = config6() else {
+        return Ok(TC_ACT_OK);
+    };
+    if !addr_eq(&ip.saddr, &cfg.uplink_addr6) {
+        return Ok(TC_ACT_OK);
+    }
+    let s = scratch().ok_or(DropReason::Malformed)?;
+    let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
+    let Ok(at) = l4_at(ctx, s, ip, end) else {
+        return Ok(TC_ACT_OK);
+    };
+    let Tuple::Flow(l4) = parse(ctx, ip, &at, end, &mut s.key) else {
+        return Ok(TC_ACT_OK);
+    };
+    if at.proto != IPPROTO_ICMPV6 || l4.icmp_type != ICMPV6_ECHO_REQUEST {
+        return Ok(TC_ACT_OK);
+    }
+    let key = &s.key;
+    let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
+    let e = match ct::lookup(key, seg)? {
+        Some(e) => e,
+        None => nat::host_echo_into(cfg, key, &mut s.fwd, 0)?,
+    };
+    rewrite(ctx, &l4, key, &e)?;
+    Ok(TC_ACT_OK)
 }
 
 /// What [`uplink_flow`] found: the L4 header, the hop limit, where the

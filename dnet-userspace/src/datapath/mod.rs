@@ -710,7 +710,7 @@ impl Datapath {
                 }
                 match h.remove(k) {
                     // Removed here: a charged flow's charge comes back.
-                    Ok(()) if e.flags & CT_F_COUNTED != 0 => charged.push(*k),
+                    Ok(()) if e.flags & CT_F_COUNTED != 0 => charged.push((*k, e.endpoint_be)),
                     r => absent_is_fine(r).map_err(map_err(A::CT))?,
                 }
                 n += 1;
@@ -721,11 +721,12 @@ impl Datapath {
     }
 
     /// Gives back, in `DNET_CT_CLOSED`, the charges of the flows whose
-    /// first entries (`keys`, charged ones) the daemon removed.
-    fn quota_closed<A: CtAddr>(&mut self, keys: &[CtKeyOf<A>]) -> Result<()> {
+    /// first entries (`keys`, charged ones, with the endpoint each names)
+    /// the daemon removed.
+    fn quota_closed<A: CtAddr>(&mut self, keys: &[(CtKeyOf<A>, u32)]) -> Result<()> {
         let mut gone: std::collections::HashMap<QuotaKey, i64> = std::collections::HashMap::new();
-        for k in keys {
-            for q in [QuotaKey::opener(k), QuotaKey::destination(k)] {
+        for (k, ep) in keys {
+            for q in [QuotaKey::opener(k, *ep), QuotaKey::destination(k, *ep)] {
                 *gone.entry(q).or_default() += 1;
             }
         }
@@ -1584,7 +1585,10 @@ pub(crate) fn charged_flows<A: CtAddr>(
         if e.flags & (CT_F_COUNTED | CT_F_REPLY) != CT_F_COUNTED {
             continue;
         }
-        for q in [QuotaKey::opener(k), QuotaKey::destination(k)] {
+        for q in [
+            QuotaKey::opener(k, e.endpoint_be),
+            QuotaKey::destination(k, e.endpoint_be),
+        ] {
             *out.entry(q).or_default() += 1;
         }
     }
