@@ -18,9 +18,11 @@
 //!
 //! Tracked: TCP, UDP, ICMPv6 echo (its identifier as a port, as IPv4's).
 //! Fragments are dropped from containers (`fragment`) and left to the host
-//! on the uplink, as for IPv4. Not yet: ICMPv6 errors about NAT66 flows,
-//! either way (a container's is dropped, `nat-unsupported`; the world's go
-//! to the host).
+//! on the uplink, as for IPv4. ICMPv6 errors about NAT66 flows are
+//! translated either way by `icmp6_error`; a container's packet that does
+//! not fit the uplink's route, or whose hop limit runs out here, is
+//! answered from its gateway by `icmp6_reply` (packet too big, time
+//! exceeded) before anything is rewritten.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -32,7 +34,7 @@ use aya_ebpf::{
 use dnet_common::{
     Config, CtEntry6, CtKey6, DropReason, Endpoint,
     ipv6::NET6_F_NAT,
-    maps::PROG_SLOT_PUBLISHED6,
+    maps::{PROG_SLOT_ICMP6_ERROR_FROM_UPLINK, PROG_SLOT_ICMP6_REPLY, PROG_SLOT_PUBLISHED6},
     nat::{CT_F_DNAT, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT, CT_SEEN, TCP_TRACKED},
 };
 
@@ -41,6 +43,7 @@ use crate::{
     err,
     eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
     fib::{self, Route},
+    icmp6_reply,
     ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
     l4::{IPPROTO_TCP, IPPROTO_UDP, L4},
     lxc,
@@ -279,6 +282,14 @@ pub fn from_container_tail(ctx: &TcContext) -> i32 {
     };
     match from_container(ctx, &ep) {
         Ok(v) => v,
+        // Refused before anything was rewritten: the container is told
+        // by a program of its own (`icmp6_reply`, from its gateway).
+        Err(reason @ (DropReason::FragNeeded | DropReason::TtlExceeded)) => {
+            // SAFETY: the tail call jumps to `lxc6_icmp6_reply` with the
+            // same context, or returns when the slot is empty.
+            unsafe { PROGS.tail_call(ctx, PROG_SLOT_ICMP6_REPLY) };
+            drop(ep.slot, reason)
+        }
         Err(reason) => drop(ep.slot, reason),
     }
 }
@@ -321,6 +332,15 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
         Parsed6::Truncated => return Err(DropReason::Malformed),
         Parsed6::Other => return Err(DropReason::NatUnsupported),
     };
+    // The length the uplink's route must carry, kept in the scratch slot
+    // (the stack has no room for it across the lookups).
+    // SAFETY: `s.mtu_len` is plain data in this CPU's scratch slot.
+    unsafe {
+        core::ptr::write_volatile(
+            &mut s.mtu_len,
+            icmp6_reply::mtu_len6(ctx, ip, key.proto, l4.off) as u32,
+        )
+    };
     let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
     let e = match ct::lookup(key, seg)? {
         Some(e) => e,
@@ -336,7 +356,14 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
             // a new flow that dies or does not fit here takes no entry, port
             // or charge, as IPv4's. (Its answer is dead before `new_snat`:
             // this program's stack has no room to keep it.)
-            match fib::route6(ctx, ep.ifindex, &cfg.uplink_addr6, &key.daddr_be, key.proto) {
+            match fib::route6_len(
+                ctx,
+                ep.ifindex,
+                &cfg.uplink_addr6,
+                &key.daddr_be,
+                key.proto,
+                mtu_len(&s.mtu_len),
+            ) {
                 Route::Out { ifindex, .. } if ifindex == cfg.uplink_ifindex => {}
                 Route::TooBig { .. } => return Err(DropReason::FragNeeded),
                 _ => return Err(DropReason::NoRoute),
@@ -344,12 +371,32 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
             new_snat(cfg, key, &mut s.fwd, ep.addr_be, seg)?
         }
     };
-    let route = fib::route6(ctx, ep.ifindex, &e.new_saddr_be, &key.daddr_be, key.proto);
-    // dnet forwards, and translates, through the uplink only.
-    if let Route::Out { ifindex, .. } = route
-        && ifindex != cfg.uplink_ifindex
-    {
-        return Err(DropReason::NoRoute);
+    let route = fib::route6_len(
+        ctx,
+        ep.ifindex,
+        &e.new_saddr_be,
+        &key.daddr_be,
+        key.proto,
+        mtu_len(&s.mtu_len),
+    );
+    // dnet forwards, and translates, through the uplink only. A packet
+    // that dies or does not fit here is refused as it came (nothing
+    // rewritten yet), so that its sender can be told with a quote it
+    // knows.
+    match route {
+        Route::Out { ifindex, .. } if ifindex != cfg.uplink_ifindex => {
+            return Err(DropReason::NoRoute);
+        }
+        Route::TooBig { .. } => return Err(DropReason::FragNeeded),
+        // (Read again: the stack has no room to keep the header.)
+        _ if ctx
+            .load::<u8>(ETH_HLEN + 7)
+            .map_err(|_| DropReason::Malformed)?
+            <= 1 =>
+        {
+            return Err(DropReason::TtlExceeded);
+        }
+        _ => {}
     }
     rewrite(ctx, &l4, key, &e)?;
     count_translated(ep.slot);
@@ -388,6 +435,15 @@ pub struct Nat6Scratch {
     pub fwd: CtEntry6,
     /// The L4 offset the walk found, passed through memory ([`l4_at`]).
     pub l4_off: u32,
+    /// The length the next link must carry (`icmp6_reply::mtu_len6`).
+    pub mtu_len: u32,
+}
+
+/// The length [`from_container`] kept in the scratch slot.
+#[inline(always)]
+fn mtu_len(v: &u32) -> u16 {
+    // SAFETY: plain data in this CPU's scratch slot.
+    unsafe { core::ptr::read_volatile(v) as u16 }
 }
 
 #[map(name = "DNET_NAT6_SCRATCH")]
@@ -443,6 +499,12 @@ pub fn from_uplink_tail(ctx: &TcContext) -> i32 {
 fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let s = scratch().ok_or(DropReason::Malformed)?;
     let Some((p, _)) = uplink_flow(ctx, s)? else {
+        // Not a flow: an ICMPv6 error about one is translated by a
+        // program of its own (`icmp6_error`), which leaves the rest to
+        // the host.
+        // SAFETY: the tail call jumps to `host6_icmp6_error` with the
+        // same context, or returns when the slot is empty.
+        unsafe { PROGS.tail_call(ctx, PROG_SLOT_ICMP6_ERROR_FROM_UPLINK) };
         return Ok(TC_ACT_OK);
     };
     let key = &mut s.key;

@@ -61,6 +61,15 @@ pub const PROG_FROM_UPLINK6: &str = "host6_from_uplink";
 /// New flows to ports published over IPv6, tail-called by
 /// [`PROG_FROM_UPLINK6`].
 pub const PROG_PUBLISHED6: &str = "host6_publish";
+/// ICMPv6 errors from the world about NAT66 flows, tail-called by
+/// [`PROG_FROM_UPLINK6`].
+pub const PROG_ICMP6_ERROR_FROM_UPLINK: &str = "host6_icmp6_error";
+/// ICMPv6 errors from containers about flows to ports published over
+/// IPv6, tail-called by [`PROG_FROM_CONTAINER6`].
+pub const PROG_ICMP6_ERROR_FROM_CONTAINER: &str = "lxc6_icmp6_error";
+/// "Packet too big" and "time exceeded" for containers' NAT66 packets,
+/// tail-called by [`PROG_NAT6_FROM_CONTAINER`].
+pub const PROG_ICMP6_REPLY: &str = "lxc6_icmp6_reply";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
 pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
@@ -74,12 +83,15 @@ pub const SOCK_PROGS: [&str; 8] = [
     "sock_recvmsg6",
     "sock_getpeername6",
 ];
-const TC_PROGS: [&str; 8] = [
+const TC_PROGS: [&str; 11] = [
     PROG_FROM_CONTAINER,
     PROG_FROM_CONTAINER6,
     PROG_NAT6_FROM_CONTAINER,
     PROG_FROM_UPLINK6,
     PROG_PUBLISHED6,
+    PROG_ICMP6_ERROR_FROM_UPLINK,
+    PROG_ICMP6_ERROR_FROM_CONTAINER,
+    PROG_ICMP6_REPLY,
     PROG_TO_CONTAINER,
     PROG_FROM_UPLINK,
     PROG_TO_UPLINK,
@@ -256,6 +268,7 @@ impl Datapath {
                 drop_if_resized(&maps_dir.join(m::CT), size_of::<CtEntry>())?;
                 drop_if_resized(&maps_dir.join(m::CONFIG), size_of::<Config>())?;
                 drop_if_resized(&maps_dir.join(m::STATS), size_of::<EndpointStats>())?;
+                drop_if_fewer(&maps_dir.join(m::PROGS), m::PROGS_SLOTS)?;
                 m::ALL
                     .iter()
                     .chain([&m::PROGS])
@@ -1347,6 +1360,13 @@ impl Datapath {
                     PROG_NAT6_FROM_CONTAINER => "tail call of lxc6_from_container (NAT66)",
                     PROG_FROM_UPLINK6 => "tail call of host_from_uplink (IPv6)",
                     PROG_PUBLISHED6 => "tail call of host6_from_uplink (published ports)",
+                    PROG_ICMP6_ERROR_FROM_UPLINK => {
+                        "tail call of host6_from_uplink (ICMPv6 errors)"
+                    }
+                    PROG_ICMP6_ERROR_FROM_CONTAINER => {
+                        "tail call of lxc6_from_container (ICMPv6 errors)"
+                    }
+                    PROG_ICMP6_REPLY => "tail call of lxc6_nat_from_container (ICMPv6 answers)",
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
                     PROG_TO_UPLINK => "tcx egress, uplink",
                     "sock_connect4" => "cgroup connect4",
@@ -1414,6 +1434,15 @@ fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
         (m::PROG_SLOT_NAT6_FROM_CONTAINER, PROG_NAT6_FROM_CONTAINER),
         (m::PROG_SLOT_FROM_UPLINK6, PROG_FROM_UPLINK6),
         (m::PROG_SLOT_PUBLISHED6, PROG_PUBLISHED6),
+        (
+            m::PROG_SLOT_ICMP6_ERROR_FROM_UPLINK,
+            PROG_ICMP6_ERROR_FROM_UPLINK,
+        ),
+        (
+            m::PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER,
+            PROG_ICMP6_ERROR_FROM_CONTAINER,
+        ),
+        (m::PROG_SLOT_ICMP6_REPLY, PROG_ICMP6_REPLY),
     ] {
         let fd = ebpf
             .program(name)
@@ -1509,6 +1538,23 @@ fn drop_if_resized(pin: &Path, value_size: usize) -> Result<()> {
         tracing::warn!(
             pin = %pin.display(),
             "replacing a pinned map of an older layout"
+        );
+        remove_if_exists(pin)?;
+    }
+    Ok(())
+}
+
+/// Removes the pinned map at `pin` when it has fewer than `entries`
+/// entries (an older build's tail-call array, before slots were added):
+/// made anew. Programs still attached from that build keep their own.
+fn drop_if_fewer(pin: &Path, entries: u32) -> Result<()> {
+    let Ok(info) = aya::maps::MapInfo::from_pin(pin) else {
+        return Ok(());
+    };
+    if info.max_entries() < entries {
+        tracing::warn!(
+            pin = %pin.display(),
+            "replacing a pinned map of an older size"
         );
         remove_if_exists(pin)?;
     }

@@ -11,7 +11,7 @@ use super::{
 };
 
 /// `-p 8080:80` (TCP and UDP) of container A, on every host address.
-fn publish6_8080_to_a(dp: &mut Datapath) {
+pub(super) fn publish6_8080_to_a(dp: &mut Datapath) {
     for proto in [TCP, UDP] {
         dp.set_service6(
             &ServiceKey6 {
