@@ -1297,8 +1297,8 @@ impl Drop for NsGuard {
 const FAR6: &str = "2001:db8:f::2";
 
 /// A router in the world towards a "far" IPv6 network 2001:db8:f::/64
-/// whose link has an MTU of 1280 (IPv6's minimum): what does not fit is
-/// answered "packet too big" to the uplink's address.
+/// whose link (its side of it) has an MTU of 1280, IPv6's minimum: what
+/// does not fit is answered "packet too big" to the uplink's address.
 fn far_network6(sb: &Sandbox) -> String {
     let far = format!("{}f", sb.name);
     sh_ok("ip", &["netns", "add", &far]);
@@ -1314,8 +1314,11 @@ fn far_network6(sb: &Sandbox) -> String {
         (far.as_str(), "eth0", "2001:db8:f::2/64"),
     ] {
         sh_ok("ip", &["-n", ns, "addr", "add", a, "dev", dev, "nodad"]);
-        sh_ok("ip", &["-n", ns, "link", "set", dev, "mtu", "1280", "up"]);
+        sh_ok("ip", &["-n", ns, "link", "set", dev, "up"]);
     }
+    // Only the router's side is small: the far server's own MTU (1500)
+    // makes it announce a TCP MSS the router's link cannot carry.
+    sh_ok("ip", &["-n", w, "link", "set", "eth1", "mtu", "1280"]);
     sh_ok("ip", &["-n", &far, "link", "set", "lo", "up"]);
     sh_ok(
         "ip",
