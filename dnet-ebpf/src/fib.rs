@@ -144,6 +144,12 @@ impl KeptRoute {
     pub fn out_ifindex(&self) -> Option<u32> {
         matches!(self.kind, KEPT_OUT | KEPT_OUT_NO_NEIGH).then_some(self.ifindex)
     }
+
+    /// The packet does not fit the route's next link.
+    #[inline(always)]
+    pub fn is_too_big(&self) -> bool {
+        self.kind == KEPT_TOO_BIG
+    }
 }
 
 /// [`forward6`] along a kept route (read where it is kept: no copy of it

@@ -23,9 +23,11 @@
 //!
 //! Tracked: TCP, UDP, ICMPv6 echo (its identifier as a port, as IPv4's).
 //! Fragments are dropped from containers (`fragment`) and left to the host
-//! on the uplink, as for IPv4. Not yet: ICMPv6 errors about NAT66 flows,
-//! either way (a container's is dropped, `nat-unsupported`; the world's go
-//! to the host).
+//! on the uplink, as for IPv4. ICMPv6 errors about NAT66 flows are
+//! translated either way by `icmp6_error`; a container's packet that does
+//! not fit the uplink's route, or whose hop limit runs out here, is
+//! answered from its gateway by `icmp6_reply` (packet too big, time
+//! exceeded) before anything is rewritten.
 
 use aya_ebpf::{
     bindings::{BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
@@ -37,7 +39,10 @@ use aya_ebpf::{
 use dnet_common::{
     Config, CtEntry6, CtKey6, DropReason, Endpoint,
     ipv6::NET6_F_NAT,
-    maps::{PROG_SLOT_PUBLISHED6, PROG_SLOT_ROUTED6_FROM_UPLINK},
+    maps::{
+        PROG_SLOT_ICMP6_ERROR_FROM_UPLINK, PROG_SLOT_ICMP6_REPLY, PROG_SLOT_PUBLISHED6,
+        PROG_SLOT_ROUTED6_FROM_UPLINK,
+    },
     nat::{CT_F_DNAT, CT_F_HOST, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT},
 };
 
@@ -46,6 +51,7 @@ use crate::{
     err,
     eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
     fib::{self, KeptRoute, Route},
+    icmp6_reply,
     ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
     l4::{self, IPPROTO_TCP, IPPROTO_UDP, L4, Tuple},
     lxc,
@@ -203,6 +209,14 @@ pub fn from_container_tail(ctx: &TcContext) -> i32 {
     };
     match from_container(ctx, &ep) {
         Ok(v) => v,
+        // Refused before anything was rewritten: the container is told
+        // by a program of its own (`icmp6_reply`, from its gateway).
+        Err(reason @ (DropReason::FragNeeded | DropReason::TtlExceeded)) => {
+            // SAFETY: the tail call jumps to `lxc6_icmp6_reply` with the
+            // same context, or returns when the slot is empty.
+            unsafe { PROGS.tail_call(ctx, PROG_SLOT_ICMP6_REPLY) };
+            drop(ep.slot, reason)
+        }
         Err(reason) => drop(ep.slot, reason),
     }
 }
@@ -243,15 +257,31 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
         Tuple::Flow(l4) => l4,
         Tuple::Fragment => return Err(DropReason::Fragment),
         Tuple::Truncated => return Err(DropReason::Malformed),
-        // Not yet: ICMPv6 errors about NAT66 flows.
+        // ICMPv6 errors go to `icmp6_error` from `lxc6_from_container`.
         Tuple::IcmpError(_) | Tuple::Other => return Err(DropReason::NatUnsupported),
+    };
+    // The length the uplink's route must carry, kept in the scratch slot
+    // (the stack has no room for it across the lookups).
+    // SAFETY: `s.mtu_len` is plain data in this CPU's scratch slot.
+    unsafe {
+        core::ptr::write_volatile(
+            &mut s.mtu_len,
+            icmp6_reply::mtu_len6(ctx, ip, key.proto, l4.off) as u32,
+        )
     };
     let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
     // The route is kept in the scratch slot (the stack has no room), so
     // a new flow looks it up once.
     let e = match ct::lookup(key, seg)? {
         Some(e) => {
-            let r = fib::route6(ctx, ep.ifindex, &e.new_saddr_be, &key.daddr_be, key.proto);
+            let r = fib::route6_len(
+                ctx,
+                ep.ifindex,
+                &e.new_saddr_be,
+                &key.daddr_be,
+                key.proto,
+                mtu_len(&s.mtu_len),
+            );
             s.route.set(&r);
             e
         }
@@ -264,9 +294,17 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
                 return Err(DropReason::TtlExceeded);
             }
             // The route first, from the address the packet will leave with
-            // (the new flow's): a new flow that dies or does not fit here
-            // takes no entry, port or charge, as IPv4's.
-            let r = fib::route6(ctx, ep.ifindex, &cfg.uplink_addr6, &key.daddr_be, key.proto);
+            // (the new flow's), for the packet's length: a new flow that
+            // dies or does not fit here takes no entry, port or charge, as
+            // IPv4's.
+            let r = fib::route6_len(
+                ctx,
+                ep.ifindex,
+                &cfg.uplink_addr6,
+                &key.daddr_be,
+                key.proto,
+                mtu_len(&s.mtu_len),
+            );
             match r {
                 Route::Out { ifindex, .. } if ifindex == cfg.uplink_ifindex => {}
                 Route::TooBig { .. } => return Err(DropReason::FragNeeded),
@@ -282,6 +320,20 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
         .is_some_and(|i| i != cfg.uplink_ifindex)
     {
         return Err(DropReason::NoRoute);
+    }
+    // A packet that does not fit or dies here is refused as it came
+    // (nothing rewritten yet), so that its sender can be told with a quote
+    // it knows. (The hop limit read again: the stack has no room to keep
+    // the header.)
+    if s.route.is_too_big() {
+        return Err(DropReason::FragNeeded);
+    }
+    if ctx
+        .load::<u8>(ETH_HLEN + 7)
+        .map_err(|_| DropReason::Malformed)?
+        <= 1
+    {
+        return Err(DropReason::TtlExceeded);
     }
     rewrite(ctx, &l4, key, &e)?;
     count_translated(ep.slot);
@@ -322,6 +374,15 @@ pub struct Nat6Scratch {
     pub l4_off: u32,
     /// The route of a container's packet, looked up once.
     pub route: KeptRoute,
+    /// The length the next link must carry (`icmp6_reply::mtu_len6`).
+    pub mtu_len: u32,
+}
+
+/// The length [`from_container`] kept in the scratch slot.
+#[inline(always)]
+fn mtu_len(v: &u32) -> u16 {
+    // SAFETY: plain data in this CPU's scratch slot.
+    unsafe { core::ptr::read_volatile(v) as u16 }
 }
 
 #[map(name = "DNET_NAT6_SCRATCH")]
@@ -377,6 +438,12 @@ pub fn from_uplink_tail(ctx: &TcContext) -> i32 {
 fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let s = scratch().ok_or(DropReason::Malformed)?;
     let Some((p, _)) = uplink_flow(ctx, s)? else {
+        // Not a flow: an ICMPv6 error about one is translated by a
+        // program of its own (`icmp6_error`), which leaves the rest to
+        // the host.
+        // SAFETY: the tail call jumps to `host6_icmp6_error` with the
+        // same context, or returns when the slot is empty.
+        unsafe { PROGS.tail_call(ctx, PROG_SLOT_ICMP6_ERROR_FROM_UPLINK) };
         return Ok(TC_ACT_OK);
     };
     let key = &mut s.key;

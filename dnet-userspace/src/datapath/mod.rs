@@ -67,6 +67,15 @@ pub const PROG_ROUTED6_FROM_CONTAINER: &str = "lxc6_routed_from_container";
 /// Packets from the world to a routed IPv6 network's containers,
 /// tail-called by [`PROG_FROM_UPLINK6`].
 pub const PROG_ROUTED6_FROM_UPLINK: &str = "host6_routed";
+/// ICMPv6 errors from the world about NAT66 flows, tail-called by
+/// [`PROG_FROM_UPLINK6`].
+pub const PROG_ICMP6_ERROR_FROM_UPLINK: &str = "host6_icmp6_error";
+/// ICMPv6 errors from containers about flows to ports published over
+/// IPv6, tail-called by [`PROG_FROM_CONTAINER6`].
+pub const PROG_ICMP6_ERROR_FROM_CONTAINER: &str = "lxc6_icmp6_error";
+/// "Packet too big" and "time exceeded" for containers' NAT66 packets,
+/// tail-called by [`PROG_NAT6_FROM_CONTAINER`].
+pub const PROG_ICMP6_REPLY: &str = "lxc6_icmp6_reply";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
 pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
@@ -80,7 +89,7 @@ pub const SOCK_PROGS: [&str; 8] = [
     "sock_recvmsg6",
     "sock_getpeername6",
 ];
-const TC_PROGS: [&str; 10] = [
+const TC_PROGS: [&str; 13] = [
     PROG_FROM_CONTAINER,
     PROG_FROM_CONTAINER6,
     PROG_NAT6_FROM_CONTAINER,
@@ -88,6 +97,9 @@ const TC_PROGS: [&str; 10] = [
     PROG_PUBLISHED6,
     PROG_ROUTED6_FROM_CONTAINER,
     PROG_ROUTED6_FROM_UPLINK,
+    PROG_ICMP6_ERROR_FROM_UPLINK,
+    PROG_ICMP6_ERROR_FROM_CONTAINER,
+    PROG_ICMP6_REPLY,
     PROG_TO_CONTAINER,
     PROG_FROM_UPLINK,
     PROG_TO_UPLINK,
@@ -1361,6 +1373,13 @@ impl Datapath {
                     PROG_PUBLISHED6 => "tail call of host6_from_uplink (published ports)",
                     PROG_ROUTED6_FROM_CONTAINER => "tail call of lxc6_from_container (routed IPv6)",
                     PROG_ROUTED6_FROM_UPLINK => "tail call of host6_from_uplink (routed IPv6)",
+                    PROG_ICMP6_ERROR_FROM_UPLINK => {
+                        "tail call of host6_from_uplink (ICMPv6 errors)"
+                    }
+                    PROG_ICMP6_ERROR_FROM_CONTAINER => {
+                        "tail call of lxc6_from_container (ICMPv6 errors)"
+                    }
+                    PROG_ICMP6_REPLY => "tail call of lxc6_nat_from_container (ICMPv6 answers)",
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
                     PROG_TO_UPLINK => "tcx egress, uplink",
                     "sock_connect4" => "cgroup connect4",
@@ -1433,6 +1452,15 @@ fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
             PROG_ROUTED6_FROM_CONTAINER,
         ),
         (m::PROG_SLOT_ROUTED6_FROM_UPLINK, PROG_ROUTED6_FROM_UPLINK),
+        (
+            m::PROG_SLOT_ICMP6_ERROR_FROM_UPLINK,
+            PROG_ICMP6_ERROR_FROM_UPLINK,
+        ),
+        (
+            m::PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER,
+            PROG_ICMP6_ERROR_FROM_CONTAINER,
+        ),
+        (m::PROG_SLOT_ICMP6_REPLY, PROG_ICMP6_REPLY),
     ] {
         let fd = ebpf
             .program(name)
