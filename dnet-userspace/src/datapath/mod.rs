@@ -62,6 +62,12 @@ pub const PROG_FROM_UPLINK6: &str = "host6_from_uplink";
 /// New flows to ports published over IPv6, tail-called by
 /// [`PROG_FROM_UPLINK6`].
 pub const PROG_PUBLISHED6: &str = "host6_publish";
+/// A routed IPv6 network's packets to the world, tail-called by
+/// [`PROG_FROM_CONTAINER6`].
+pub const PROG_ROUTED6_FROM_CONTAINER: &str = "lxc6_routed_from_container";
+/// Packets from the world to a routed IPv6 network's containers,
+/// tail-called by [`PROG_FROM_UPLINK6`].
+pub const PROG_ROUTED6_FROM_UPLINK: &str = "host6_routed";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
 pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
@@ -75,12 +81,14 @@ pub const SOCK_PROGS: [&str; 8] = [
     "sock_recvmsg6",
     "sock_getpeername6",
 ];
-const TC_PROGS: [&str; 8] = [
+const TC_PROGS: [&str; 10] = [
     PROG_FROM_CONTAINER,
     PROG_FROM_CONTAINER6,
     PROG_NAT6_FROM_CONTAINER,
     PROG_FROM_UPLINK6,
     PROG_PUBLISHED6,
+    PROG_ROUTED6_FROM_CONTAINER,
+    PROG_ROUTED6_FROM_UPLINK,
     PROG_TO_CONTAINER,
     PROG_FROM_UPLINK,
     PROG_TO_UPLINK,
@@ -1252,6 +1260,8 @@ impl Datapath {
                     PROG_NAT6_FROM_CONTAINER => "tail call of lxc6_from_container (NAT66)",
                     PROG_FROM_UPLINK6 => "tail call of host_from_uplink (IPv6)",
                     PROG_PUBLISHED6 => "tail call of host6_from_uplink (published ports)",
+                    PROG_ROUTED6_FROM_CONTAINER => "tail call of lxc6_from_container (routed IPv6)",
+                    PROG_ROUTED6_FROM_UPLINK => "tail call of host6_from_uplink (routed IPv6)",
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
                     PROG_TO_UPLINK => "tcx egress, uplink",
                     "sock_connect4" => "cgroup connect4",
@@ -1294,6 +1304,11 @@ fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
         (m::PROG_SLOT_NAT6_FROM_CONTAINER, PROG_NAT6_FROM_CONTAINER),
         (m::PROG_SLOT_FROM_UPLINK6, PROG_FROM_UPLINK6),
         (m::PROG_SLOT_PUBLISHED6, PROG_PUBLISHED6),
+        (
+            m::PROG_SLOT_ROUTED6_FROM_CONTAINER,
+            PROG_ROUTED6_FROM_CONTAINER,
+        ),
+        (m::PROG_SLOT_ROUTED6_FROM_UPLINK, PROG_ROUTED6_FROM_UPLINK),
     ] {
         let fd = ebpf
             .program(name)
