@@ -80,8 +80,12 @@ pub const PROG_SLOT_FROM_UPLINK6: u32 = 2;
 /// Slot of [`PROGS`]: a new flow from the world to a port published over
 /// IPv6 (`host6_publish`), tail-called by `host6_from_uplink`.
 pub const PROG_SLOT_PUBLISHED6: u32 = 3;
+/// Slot of [`PROGS`]: a container's TCP and UDP to the uplink's IPv6
+/// address or to its IPv6 gateway (hairpin over IPv6, `lxc6_hairpin`),
+/// tail-called by `lxc6_from_container`.
+pub const PROG_SLOT_HAIRPIN6: u32 = 4;
 /// Size of [`PROGS`].
-pub const PROGS_SLOTS: u32 = 4;
+pub const PROGS_SLOTS: u32 = 5;
 
 /// Every map the datapath declares (but [`PROGS`] and scratch maps).
 pub const ALL: [&str; 22] = [

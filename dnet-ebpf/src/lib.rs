@@ -6,7 +6,8 @@
 //! (counters and drops), `ct` (conntrack), `quota` (containers'
 //! flow limits), `nat` (new flows and their
 //! ports, rewriting, delivery), `nat6` (NAT66: IPv6 to the world and
-//! its answers), `fib` (routing where the datapath
+//! its answers), `hairpin6` (containers to ports published on the
+//! uplink's IPv6 address), `fib` (routing where the datapath
 //! forwards), `icmp_error` (ICMP errors about translated flows),
 //! `icmp_reply` (the ICMP errors dnet sends at its own hop), `lxc` (the
 //! container-facing programs), `fanout` (broadcast copies to a network's
@@ -26,6 +27,7 @@ pub mod ct;
 pub mod eth;
 pub mod fanout;
 pub mod fib;
+pub mod hairpin6;
 pub mod host;
 pub mod icmp_error;
 pub mod icmp_reply;

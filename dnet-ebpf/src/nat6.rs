@@ -263,7 +263,7 @@ fn replace_addr(
 
 /// The NAT configuration when the uplink has a global IPv6 address.
 #[inline(always)]
-fn config6() -> Option<&'static Config> {
+pub(crate) fn config6() -> Option<&'static Config> {
     // Borrowed from the map, not copied: the programs' stacks are full.
     crate::maps::CONFIG
         .get(0)
@@ -399,7 +399,7 @@ static NAT6_SCRATCH: PerCpuArray<Nat6Scratch> = PerCpuArray::with_max_entries(1,
 /// checks what follows once instead of once per chain length (which
 /// outgrows its budget).
 #[inline(always)]
-fn l4_at(
+pub(crate) fn l4_at(
     ctx: &TcContext,
     s: &mut Nat6Scratch,
     ip: &Ipv6Hdr,
@@ -424,7 +424,7 @@ fn l4_at(
 }
 
 #[inline(always)]
-fn scratch() -> Option<&'static mut Nat6Scratch> {
+pub(crate) fn scratch() -> Option<&'static mut Nat6Scratch> {
     // SAFETY: this CPU's slot of a live per-CPU array; nothing else runs on
     // this CPU while the program does, and each program takes it once.
     NAT6_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })

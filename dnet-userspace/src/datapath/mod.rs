@@ -61,6 +61,8 @@ pub const PROG_FROM_UPLINK6: &str = "host6_from_uplink";
 /// New flows to ports published over IPv6, tail-called by
 /// [`PROG_FROM_UPLINK6`].
 pub const PROG_PUBLISHED6: &str = "host6_publish";
+/// Hairpin over IPv6, tail-called by [`PROG_FROM_CONTAINER6`].
+pub const PROG_HAIRPIN6: &str = "lxc6_hairpin";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
 pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
@@ -74,10 +76,11 @@ pub const SOCK_PROGS: [&str; 8] = [
     "sock_recvmsg6",
     "sock_getpeername6",
 ];
-const TC_PROGS: [&str; 8] = [
+const TC_PROGS: [&str; 9] = [
     PROG_FROM_CONTAINER,
     PROG_FROM_CONTAINER6,
     PROG_NAT6_FROM_CONTAINER,
+    PROG_HAIRPIN6,
     PROG_FROM_UPLINK6,
     PROG_PUBLISHED6,
     PROG_TO_CONTAINER,
@@ -256,6 +259,9 @@ impl Datapath {
                 drop_if_resized(&maps_dir.join(m::CT), size_of::<CtEntry>())?;
                 drop_if_resized(&maps_dir.join(m::CONFIG), size_of::<Config>())?;
                 drop_if_resized(&maps_dir.join(m::STATS), size_of::<EndpointStats>())?;
+                // An older build's, with fewer tail-call slots: its entries
+                // are rewritten at every load anyway.
+                drop_if_fewer(&maps_dir.join(m::PROGS), m::PROGS_SLOTS)?;
                 m::ALL
                     .iter()
                     .chain([&m::PROGS])
@@ -1345,6 +1351,7 @@ impl Datapath {
                     PROG_TO_CONTAINER => "tc egress (cls_bpf), host-side veth",
                     PROG_FROM_CONTAINER6 => "tail call of lxc_from_container (IPv6)",
                     PROG_NAT6_FROM_CONTAINER => "tail call of lxc6_from_container (NAT66)",
+                    PROG_HAIRPIN6 => "tail call of lxc6_from_container (hairpin)",
                     PROG_FROM_UPLINK6 => "tail call of host_from_uplink (IPv6)",
                     PROG_PUBLISHED6 => "tail call of host6_from_uplink (published ports)",
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
@@ -1414,6 +1421,7 @@ fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
         (m::PROG_SLOT_NAT6_FROM_CONTAINER, PROG_NAT6_FROM_CONTAINER),
         (m::PROG_SLOT_FROM_UPLINK6, PROG_FROM_UPLINK6),
         (m::PROG_SLOT_PUBLISHED6, PROG_PUBLISHED6),
+        (m::PROG_SLOT_HAIRPIN6, PROG_HAIRPIN6),
     ] {
         let fd = ebpf
             .program(name)
@@ -1509,6 +1517,22 @@ fn drop_if_resized(pin: &Path, value_size: usize) -> Result<()> {
         tracing::warn!(
             pin = %pin.display(),
             "replacing a pinned map of an older layout"
+        );
+        remove_if_exists(pin)?;
+    }
+    Ok(())
+}
+
+/// Removes the pinned map at `pin` if it has fewer than `max_entries`
+/// entries (an older build's), so that the load makes it anew.
+fn drop_if_fewer(pin: &Path, max_entries: u32) -> Result<()> {
+    let Ok(info) = aya::maps::MapInfo::from_pin(pin) else {
+        return Ok(());
+    };
+    if info.max_entries() < max_entries {
+        tracing::warn!(
+            pin = %pin.display(),
+            "replacing a pinned map of an older size"
         );
         remove_if_exists(pin)?;
     }

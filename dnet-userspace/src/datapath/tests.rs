@@ -2232,6 +2232,8 @@ mod fuzz;
 mod found;
 
 mod dnat6;
+/// Hairpin over IPv6 (issue 13).
+mod hairpin6;
 /// IPv6: the map API and the container-side path (issue 13).
 mod ipv6;
 mod nat6;
