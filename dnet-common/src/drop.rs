@@ -130,6 +130,12 @@ pub enum DropReason {
     /// without ACK; SYN with FIN or RST), as Linux's conntrack calls it
     /// invalid: it would be judged by no window.
     CtTcpInvalid = 40,
+    /// On the uplink, a new flow from the world to a container of a routed
+    /// IPv6 network (`-o gateway_mode_ipv6=routed`) that its container did
+    /// not publish: as Docker's routed mode, the world reaches a routed
+    /// container's published ports (and ICMPv6) only, and the answers of
+    /// flows it opened.
+    NotPublished = 41,
 }
 
 /// Most IPv6 extension headers the datapath walks to find the L4 header.
@@ -142,7 +148,7 @@ pub const DROP_REASON_SLOTS: usize = 48;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 41] = [
+    pub const ALL: [DropReason; 42] = [
         DropReason::Malformed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
@@ -184,6 +190,7 @@ impl DropReason {
         DropReason::NdpUnknownTarget,
         DropReason::IcmpErrorForged,
         DropReason::CtTcpInvalid,
+        DropReason::NotPublished,
     ];
 
     /// The stable, user-visible name (`dnet stats` prints it).
@@ -230,6 +237,7 @@ impl DropReason {
             DropReason::NdpUnknownTarget => "ndp-unknown-target",
             DropReason::IcmpErrorForged => "icmp-error-forged",
             DropReason::CtTcpInvalid => "conntrack-tcp-invalid",
+            DropReason::NotPublished => "not-published",
         }
     }
 

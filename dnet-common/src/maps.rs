@@ -80,12 +80,19 @@ pub const PROG_SLOT_FROM_UPLINK6: u32 = 2;
 /// Slot of [`PROGS`]: a new flow from the world to a port published over
 /// IPv6 (`host6_publish`), tail-called by `host6_from_uplink`.
 pub const PROG_SLOT_PUBLISHED6: u32 = 3;
+/// Slot of [`PROGS`]: a routed IPv6 network's packet from a container to
+/// the world (`lxc6_routed_from_container`), tail-called by
+/// `lxc6_from_container`.
+pub const PROG_SLOT_ROUTED6_FROM_CONTAINER: u32 = 4;
+/// Slot of [`PROGS`]: a packet on the uplink to a container of a routed
+/// IPv6 network (`host6_routed`), tail-called by `host6_from_uplink`.
+pub const PROG_SLOT_ROUTED6_FROM_UPLINK: u32 = 5;
 /// Slot of [`PROGS`]: a container's TCP and UDP to the uplink's IPv6
 /// address or to its IPv6 gateway (hairpin over IPv6, `lxc6_hairpin`),
 /// tail-called by `lxc6_from_container`.
-pub const PROG_SLOT_HAIRPIN6: u32 = 4;
+pub const PROG_SLOT_HAIRPIN6: u32 = 6;
 /// Size of [`PROGS`].
-pub const PROGS_SLOTS: u32 = 5;
+pub const PROGS_SLOTS: u32 = 7;
 
 /// Every map the datapath declares (but [`PROGS`] and scratch maps).
 pub const ALL: [&str; 22] = [

@@ -86,6 +86,74 @@ pub enum Route {
     None,
 }
 
+/// A [`Route`] as plain data, every byte written, to keep in a scratch
+/// slot (a program's stack may have no room for it): an enum's unused
+/// bytes are uninitialised, and the verifier refuses to store those in a
+/// map value.
+#[derive(Clone, Copy, Default)]
+pub struct KeptRoute {
+    kind: u8,
+    mtu: u16,
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+const KEPT_OUT: u8 = 1;
+const KEPT_OUT_NO_NEIGH: u8 = 2;
+const KEPT_TOO_BIG: u8 = 3;
+const KEPT_LOCAL: u8 = 4;
+
+impl KeptRoute {
+    /// Keeps `r`.
+    #[inline(always)]
+    pub fn set(&mut self, r: &Route) {
+        *self = KeptRoute::default();
+        match r {
+            Route::Out {
+                ifindex,
+                macs: Some((smac, dmac)),
+            } => {
+                self.kind = KEPT_OUT;
+                self.ifindex = *ifindex;
+                self.smac = *smac;
+                self.dmac = *dmac;
+            }
+            Route::Out {
+                ifindex,
+                macs: None,
+            } => {
+                self.kind = KEPT_OUT_NO_NEIGH;
+                self.ifindex = *ifindex;
+            }
+            Route::TooBig { mtu } => {
+                self.kind = KEPT_TOO_BIG;
+                self.mtu = *mtu;
+            }
+            Route::Local => self.kind = KEPT_LOCAL,
+            Route::None => {}
+        }
+    }
+
+    /// The interface a route out leaves by.
+    #[inline(always)]
+    pub fn out_ifindex(&self) -> Option<u32> {
+        matches!(self.kind, KEPT_OUT | KEPT_OUT_NO_NEIGH).then_some(self.ifindex)
+    }
+}
+
+/// [`forward6`] along a kept route (read where it is kept: no copy of it
+/// on the stack).
+#[inline(always)]
+pub fn forward6_kept(ctx: &TcContext, r: &KeptRoute) -> Result<i32, DropReason> {
+    match r.kind {
+        KEPT_OUT => out(ctx, r.ifindex, Some((&r.smac, &r.dmac)), dec_hop_limit),
+        KEPT_OUT_NO_NEIGH => out(ctx, r.ifindex, None, dec_hop_limit),
+        KEPT_TOO_BIG => Err(DropReason::FragNeeded),
+        _ => Err(DropReason::NoRoute),
+    }
+}
+
 /// `struct bpf_fib_lookup` as kernel 6.10+ has it (with `mark`), plus room
 /// to grow: the helper refuses a buffer smaller than the kernel's struct,
 /// and the bindings' copy predates `mark`.
@@ -240,11 +308,30 @@ fn forward_dec(
     route: &Route,
     dec: fn(&TcContext, usize) -> Result<(), DropReason>,
 ) -> Result<i32, DropReason> {
-    let (ifindex, macs) = match route {
-        Route::Out { ifindex, macs } => (ifindex, macs),
-        Route::TooBig { .. } => return Err(DropReason::FragNeeded),
-        _ => return Err(DropReason::NoRoute),
-    };
+    match route {
+        Route::Out {
+            ifindex,
+            macs: Some((smac, dmac)),
+        } => out(ctx, *ifindex, Some((smac, dmac)), dec),
+        Route::Out {
+            ifindex,
+            macs: None,
+        } => out(ctx, *ifindex, None, dec),
+        Route::TooBig { .. } => Err(DropReason::FragNeeded),
+        _ => Err(DropReason::NoRoute),
+    }
+}
+
+/// Out of `ifindex`: to the next hop's MAC (`macs`: ours, theirs) when
+/// known, else resolved by the kernel; TTL or hop limit down by one
+/// (`dec`).
+#[inline(always)]
+fn out(
+    ctx: &TcContext,
+    ifindex: u32,
+    macs: Option<(&[u8; 6], &[u8; 6])>,
+    dec: fn(&TcContext, usize) -> Result<(), DropReason>,
+) -> Result<i32, DropReason> {
     dec(ctx, ETH_HLEN)?;
     // SAFETY: helper calls with plain arguments (a null neighbour means:
     // resolve the route's next hop).
@@ -253,9 +340,9 @@ fn forward_dec(
             Some((smac, dmac)) => {
                 err(ctx.store(0, dmac, 0))?;
                 err(ctx.store(6, smac, 0))?;
-                bpf_redirect(*ifindex, 0)
+                bpf_redirect(ifindex, 0)
             }
-            None => bpf_redirect_neigh(*ifindex, core::ptr::null_mut(), 0, 0),
+            None => bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0),
         }
     } as i32;
     if v == TC_ACT_REDIRECT {

@@ -29,11 +29,11 @@ use crate::{
     eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
     fib,
     ipv6::{self, IPV6_HLEN, Ipv6Hdr, addr_eq},
-    l4::{IPPROTO_TCP, IPPROTO_UDP},
+    l4::{self, IPPROTO_TCP, IPPROTO_UDP},
     lxc,
     maps::{EP_BY_IF, EP6_BY_IF, EP6_BY_IP, SERVICES6},
     nat,
-    nat6::{self, Parsed6, Xlate6},
+    nat6::{self, Xlate6},
     ptr::ptr_at,
     stats::drop,
     verdict::TC_ACT_OK,
@@ -130,10 +130,10 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     let at = nat6::l4_at(ctx, s, ip, end)?;
     let key = &mut s.key;
     // Fragments and other protocols: the host's, as IPv4's.
-    let Parsed6::Flow(l4) = nat6::parse(ctx, ip, &at, end, key) else {
+    let l4::Tuple::Flow(l4) = nat6::parse(ctx, ip, &at, end, key) else {
         return Ok(TC_ACT_OK);
     };
-    let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
+    let seg = l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
     let e = match ct::lookup(key, seg)? {
         Some(e) if e.flags & CT_F_TO_ENDPOINT != 0 => e,
         // No flow of a container's goes to the host's own addresses

@@ -23,16 +23,16 @@
 //! 7. the gateway and the host's other addresses go up the host stack,
 //!    but for hairpin over IPv6 (`hairpin6`, a tail call): TCP and UDP to
 //!    the uplink's IPv6 address, and to the gateway (a hairpin flow's
-//!    answers), pass there first; beyond them, a routed network's packets go to the host stack, which
-//!    routes them, and a NAT66 network's go on to NAT66 (`nat6`, a tail
-//!    call).
+//!    answers), pass there first; beyond them, a routed network's packets
+//!    go on to `routed6` and a NAT66 network's to NAT66 (`nat6`), each a
+//!    tail call.
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dnet_common::{
     DropReason, Endpoint, Endpoint6, Ip6, Network6,
     drop::IPV6_MAX_EXT_HEADERS,
     ipv6::NET6_F_NAT,
-    maps::{PROG_SLOT_HAIRPIN6, PROG_SLOT_NAT6_FROM_CONTAINER},
+    maps::{PROG_SLOT_HAIRPIN6, PROG_SLOT_NAT6_FROM_CONTAINER, PROG_SLOT_ROUTED6_FROM_CONTAINER},
     network::NET_F_INTERNAL,
 };
 
@@ -392,20 +392,23 @@ pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Resul
         unsafe { PROGS.tail_call(ctx, PROG_SLOT_HAIRPIN6) };
         return Ok(TC_ACT_OK);
     }
-    if net6.flags & NET6_F_NAT == 0 {
-        // Routed: the host stack routes it (or answers it, for its own
-        // addresses).
-        return Ok(TC_ACT_OK);
-    }
-    // NAT66: the host's own addresses are reached as they are; nothing
-    // goes to the world untranslated: NAT66 has a program of its own
-    // (`nat6`; this one's stack is full).
+    // The host's own addresses are reached as they are. Beyond them,
+    // nothing goes to the world untranslated from a NAT66 network, and a
+    // routed network's packets are forwarded by dnet, not by the host's
+    // stack (whose forwarding sysctl stays as it is): each has a program
+    // of its own (`nat6`, `routed6`; this one's stack is full).
     match fib::route6(ctx, ep.ifindex, &me.addr, &daddr, l4.proto) {
         Route::Local => Ok(TC_ACT_OK),
         _ => {
-            // SAFETY: the tail call jumps to `lxc6_nat_from_container` with
-            // the same context, or returns when the slot is empty.
-            unsafe { PROGS.tail_call(ctx, PROG_SLOT_NAT6_FROM_CONTAINER) };
+            let slot = if net6.flags & NET6_F_NAT != 0 {
+                PROG_SLOT_NAT6_FROM_CONTAINER
+            } else {
+                PROG_SLOT_ROUTED6_FROM_CONTAINER
+            };
+            // SAFETY: the tail call jumps to `lxc6_nat_from_container` or
+            // `lxc6_routed_from_container` with the same context, or
+            // returns when the slot is empty.
+            unsafe { PROGS.tail_call(ctx, slot) };
             Err(DropReason::NatUnsupported)
         }
     }

@@ -1,14 +1,23 @@
 //! The transport layer as NAT sees it: a packet's tuple and where its ports
 //! and checksum sit.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TcContext};
+use aya_ebpf::{
+    bindings::BPF_F_MARK_MANGLED_0, macros::map, maps::PerCpuArray, programs::TcContext,
+};
 use dnet_common::{
-    CtKey, DropReason,
+    CtAddr, CtKey, CtKeyOf, DropReason,
     nat::{CT_SEEN, TCP_SYN, TCP_TRACKED},
     tcp::{NO_WSCALE, Seg},
 };
 
-use crate::{eth::ETH_HLEN, ipv4::Ipv4Hdr, ptr::ptr_at};
+use crate::{
+    err,
+    eth::ETH_HLEN,
+    ipv4::Ipv4Hdr,
+    ipv6::IPPROTO_ICMPV6,
+    nat6::{ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST},
+    ptr::ptr_at,
+};
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -43,7 +52,7 @@ pub struct L4 {
     pub icmp_type: u8,
 }
 
-/// What parsing found.
+/// What [`parse`] found in an IPv4 packet.
 pub enum Parsed {
     /// A TCP or UDP segment, or an ICMP echo request or reply.
     Flow(CtKey, L4),
@@ -58,25 +67,72 @@ pub enum Parsed {
     Truncated,
 }
 
+/// What [`tuple`] found after the network header(s), for either family.
+pub enum Tuple {
+    /// TCP, UDP, or an ICMP echo request or reply: its ports (or echo
+    /// identifier) are in the key [`tuple`] was given.
+    Flow(L4),
+    /// An ICMP error (quoting another packet): the offset of its ICMP
+    /// header.
+    IcmpError(usize),
+    /// A fragment (first or later): no ports to translate by. (Found by
+    /// the caller, which knows its family's fragment headers.)
+    Fragment,
+    /// Another protocol or ICMP type.
+    Other,
+    /// Headers cut short, or lying about their lengths.
+    Truncated,
+}
+
+/// An address family's ICMP, as [`tuple`] reads it: IPv4's ICMP or
+/// ICMPv6, whose echo and error types differ but whose echo header is
+/// the same (type, code, checksum, identifier, sequence).
+pub trait IcmpFamily: CtAddr {
+    /// The protocol number of the family's ICMP (1, 58).
+    const IPPROTO: u8;
+    const ECHO_REQUEST: u8;
+    const ECHO_REPLY: u8;
+    /// An error that quotes the packet it is about.
+    fn is_error(ty: u8) -> bool;
+}
+
+impl IcmpFamily for u32 {
+    const IPPROTO: u8 = IPPROTO_ICMP;
+    const ECHO_REQUEST: u8 = ICMP_ECHO;
+    const ECHO_REPLY: u8 = ICMP_ECHOREPLY;
+    #[inline(always)]
+    fn is_error(ty: u8) -> bool {
+        matches!(
+            ty,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+        )
+    }
+}
+
+impl IcmpFamily for [u8; 16] {
+    const IPPROTO: u8 = IPPROTO_ICMPV6;
+    const ECHO_REQUEST: u8 = ICMPV6_ECHO_REQUEST;
+    const ECHO_REPLY: u8 = ICMPV6_ECHO_REPLY;
+    /// Destination unreachable, packet too big, time exceeded, parameter
+    /// problem (RFC 4443).
+    #[inline(always)]
+    fn is_error(ty: u8) -> bool {
+        (1..=4).contains(&ty)
+    }
+}
+
 #[inline(always)]
 fn is_fragment(ip: &Ipv4Hdr) -> bool {
     // MF set, or a fragment offset: only whole datagrams carry both ports.
     u16::from_be(ip.frag_off_be) & 0x3fff != 0
 }
 
-/// The tuple of the IPv4 packet whose header is at `ip_off`. The transport
-/// header must lie inside the datagram as its total length says (bytes past
-/// it are link padding, which the receiver trims), with a TCP data offset
-/// of 5 words to the segment's length and a UDP length of 8 bytes to the
-/// datagram's: what lies about its lengths reaches no socket, and Linux's
-/// conntrack calls it invalid. It is `Truncated`, and so opens no flow.
+/// The tuple of the IPv4 packet whose header is at `ip_off` ([`tuple`]).
 #[inline(always)]
 pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
     if is_fragment(ip) {
         return Parsed::Fragment;
     }
-    let off = ip_off + ip.hlen();
-    let seg_len = ip.tot_len().saturating_sub(ip.hlen());
     let mut key = CtKey {
         saddr_be: ip.saddr_be,
         daddr_be: ip.daddr_be,
@@ -85,102 +141,140 @@ pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
         proto: ip.proto,
         _pad: [0; 3],
     };
-    match ip.proto {
-        IPPROTO_TCP => {
-            let Ok(p) = ptr_at::<[u8; 20]>(ctx, off) else {
-                return Parsed::Truncated;
-            };
-            // SAFETY: `ptr_at` checked the bytes are in the packet.
-            let h = unsafe { &*p };
-            let doff = ((h[12] >> 4) as usize) * 4;
-            if doff < 20 || doff > seg_len {
-                return Parsed::Truncated;
-            }
-            key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
-            key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
-            Parsed::Flow(
-                key,
-                L4 {
-                    off,
-                    csum_off: off + 16,
-                    sport_off: off,
-                    dport_off: off + 2,
-                    tcp_flags: h[13] & TCP_TRACKED,
-                    icmp_type: 0,
-                },
-            )
-        }
-        IPPROTO_UDP => {
-            let Ok(p) = ptr_at::<[u8; 8]>(ctx, off) else {
-                return Parsed::Truncated;
-            };
-            // SAFETY: as above.
-            let h = unsafe { &*p };
-            let len = u16::from_be_bytes([h[4], h[5]]) as usize;
-            if len < 8 || len > seg_len {
-                return Parsed::Truncated;
-            }
-            key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
-            key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
-            Parsed::Flow(
-                key,
-                L4 {
-                    off,
-                    csum_off: off + 6,
-                    sport_off: off,
-                    dport_off: off + 2,
-                    tcp_flags: CT_SEEN,
-                    icmp_type: 0,
-                },
-            )
-        }
-        IPPROTO_ICMP => {
-            let Ok(p) = ptr_at::<[u8; 8]>(ctx, off) else {
-                return Parsed::Truncated;
-            };
-            if seg_len < 8 {
-                return Parsed::Truncated;
-            }
-            // SAFETY: as above.
-            let h = unsafe { &*p };
-            let id = u16::from_ne_bytes([h[4], h[5]]);
-            match h[0] {
-                ICMP_ECHO => {
-                    key.sport_be = id;
-                    Parsed::Flow(
-                        key,
-                        L4 {
-                            off,
-                            csum_off: off + 2,
-                            sport_off: off + 4,
-                            dport_off: off + 4,
-                            tcp_flags: CT_SEEN,
-                            icmp_type: ICMP_ECHO,
-                        },
-                    )
-                }
-                ICMP_ECHOREPLY => {
-                    key.dport_be = id;
-                    Parsed::Flow(
-                        key,
-                        L4 {
-                            off,
-                            csum_off: off + 2,
-                            sport_off: off + 4,
-                            dport_off: off + 4,
-                            tcp_flags: CT_SEEN,
-                            icmp_type: ICMP_ECHOREPLY,
-                        },
-                    )
-                }
-                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB => {
-                    Parsed::IcmpError(off)
-                }
-                _ => Parsed::Other,
-            }
-        }
-        _ => Parsed::Other,
+    let seg_len = ip.tot_len().saturating_sub(ip.hlen());
+    match tuple(ctx, ip_off + ip.hlen(), seg_len, &mut key) {
+        Tuple::Flow(l4) => Parsed::Flow(key, l4),
+        Tuple::IcmpError(off) => Parsed::IcmpError(off),
+        Tuple::Fragment => Parsed::Fragment,
+        Tuple::Other => Parsed::Other,
+        Tuple::Truncated => Parsed::Truncated,
     }
+}
+
+/// The ports (or echo identifier) of the transport header at `off`, into
+/// `key` (whose addresses and protocol the caller wrote), for either
+/// family: the one parser of TCP, UDP and ICMP echo. The transport header
+/// must lie inside the datagram as its length says (`seg_len` bytes from
+/// `off`; bytes past it are link padding, which the receiver trims), with
+/// a TCP data offset of 5 words to the segment's length and a UDP length
+/// of 8 bytes to the datagram's: what lies about its lengths reaches no
+/// socket, and Linux's conntrack calls it invalid. It is `Truncated`, and
+/// so opens no flow.
+#[inline(always)]
+pub fn tuple<A: IcmpFamily>(
+    ctx: &TcContext,
+    off: usize,
+    seg_len: usize,
+    key: &mut CtKeyOf<A>,
+) -> Tuple {
+    key.sport_be = 0;
+    key.dport_be = 0;
+    let proto = key.proto;
+    if proto == IPPROTO_TCP {
+        let Ok(p) = ptr_at::<[u8; 20]>(ctx, off) else {
+            return Tuple::Truncated;
+        };
+        // SAFETY: `ptr_at` checked the bytes are in the packet.
+        let h = unsafe { &*p };
+        let doff = ((h[12] >> 4) as usize) * 4;
+        if doff < 20 || doff > seg_len {
+            return Tuple::Truncated;
+        }
+        key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
+        key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
+        return Tuple::Flow(L4 {
+            off,
+            csum_off: off + 16,
+            sport_off: off,
+            dport_off: off + 2,
+            tcp_flags: h[13] & TCP_TRACKED,
+            icmp_type: 0,
+        });
+    }
+    if proto == IPPROTO_UDP {
+        let Ok(p) = ptr_at::<[u8; 8]>(ctx, off) else {
+            return Tuple::Truncated;
+        };
+        // SAFETY: as above.
+        let h = unsafe { &*p };
+        let len = u16::from_be_bytes([h[4], h[5]]) as usize;
+        if len < 8 || len > seg_len {
+            return Tuple::Truncated;
+        }
+        key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
+        key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
+        return Tuple::Flow(L4 {
+            off,
+            csum_off: off + 6,
+            sport_off: off,
+            dport_off: off + 2,
+            tcp_flags: CT_SEEN,
+            icmp_type: 0,
+        });
+    }
+    if proto != A::IPPROTO {
+        return Tuple::Other;
+    }
+    let Ok(p) = ptr_at::<[u8; 8]>(ctx, off) else {
+        return Tuple::Truncated;
+    };
+    if seg_len < 8 {
+        return Tuple::Truncated;
+    }
+    // SAFETY: as above.
+    let h = unsafe { &*p };
+    let id = u16::from_ne_bytes([h[4], h[5]]);
+    let ty = h[0];
+    if ty == A::ECHO_REQUEST {
+        key.sport_be = id;
+    } else if ty == A::ECHO_REPLY {
+        key.dport_be = id;
+    } else if A::is_error(ty) {
+        return Tuple::IcmpError(off);
+    } else {
+        return Tuple::Other;
+    }
+    Tuple::Flow(L4 {
+        off,
+        csum_off: off + 2,
+        sport_off: off + 4,
+        dport_off: off + 4,
+        tcp_flags: CT_SEEN,
+        icmp_type: ty,
+    })
+}
+
+/// `BPF_F_MARK_MANGLED_0` for UDP (whose zero checksum means "none": a
+/// rewrite that would make it zero writes 0xffff), nothing for others:
+/// the flags every L4 checksum rewrite of a `proto` packet carries.
+#[inline(always)]
+pub fn mangled(proto: u8) -> u64 {
+    if proto == IPPROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    }
+}
+
+/// Writes `new_be` over the port (or echo identifier) at `port_off`, which
+/// held `old_be`, folding the change into the L4 checksum at `csum_off`
+/// (`mangled`: [`mangled`]); nothing when they are equal. For either
+/// family: a port is no part of a pseudo-header, and its change and the
+/// checksum's cancel out in the packet's sum (`skb->csum` stays right).
+#[inline(always)]
+pub fn replace_port(
+    ctx: &TcContext,
+    csum_off: usize,
+    port_off: usize,
+    old_be: u16,
+    new_be: u16,
+    mangled: u64,
+) -> Result<(), DropReason> {
+    if old_be == new_be {
+        return Ok(());
+    }
+    err(ctx.l4_csum_replace(csum_off, old_be as u64, new_be as u64, mangled | 2))?;
+    err(ctx.store(port_off, &new_be, 0))
 }
 
 /// What conntrack reads of the segment `l4` describes, in a packet whose

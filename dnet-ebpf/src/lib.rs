@@ -6,8 +6,8 @@
 //! (counters and drops), `ct` (conntrack), `quota` (containers'
 //! flow limits), `nat` (new flows and their
 //! ports, rewriting, delivery), `nat6` (NAT66: IPv6 to the world and
-//! its answers), `hairpin6` (containers to ports published on the
-//! uplink's IPv6 address), `fib` (routing where the datapath
+//! its answers), `routed6` (routed IPv6 networks, untranslated), `hairpin6` (containers to
+//! ports published on the uplink's IPv6 address), `fib` (routing where the datapath
 //! forwards), `icmp_error` (ICMP errors about translated flows),
 //! `icmp_reply` (the ICMP errors dnet sends at its own hop), `lxc` (the
 //! container-facing programs), `fanout` (broadcast copies to a network's
@@ -41,6 +41,7 @@ pub mod nat6;
 pub mod ndp;
 pub mod ptr;
 pub mod quota;
+pub mod routed6;
 pub mod sock;
 pub mod stats;
 

@@ -56,6 +56,21 @@ pub fn host6_publish(ctx: TcContext) -> i32 {
     dnet_ebpf::nat6::publish_tail(&ctx)
 }
 
+/// A routed IPv6 network's packet from a container to the world:
+/// tail-called by `lxc6_from_container` (slot
+/// `PROG_SLOT_ROUTED6_FROM_CONTAINER`).
+#[classifier]
+pub fn lxc6_routed_from_container(ctx: TcContext) -> i32 {
+    dnet_ebpf::routed6::from_container_tail(&ctx)
+}
+
+/// A packet from the world to a routed IPv6 network's container:
+/// tail-called by `host6_from_uplink` (slot `PROG_SLOT_ROUTED6_FROM_UPLINK`).
+#[classifier]
+pub fn host6_routed(ctx: TcContext) -> i32 {
+    dnet_ebpf::routed6::from_uplink_tail(&ctx)
+}
+
 /// tc egress of a container's host-side veth (a cls_bpf filter): traffic
 /// the host stack sends into the container.
 #[classifier]

@@ -6,9 +6,7 @@
 //! `dnet_common::nat`.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::generated::bpf_redirect_peer,
-    maps::lpm_trie::Key,
+    bindings::BPF_F_PSEUDO_HDR, helpers::generated::bpf_redirect_peer, maps::lpm_trie::Key,
     programs::TcContext,
 };
 use dnet_common::{
@@ -29,7 +27,7 @@ use crate::{
     err,
     eth::ETH_HLEN,
     fib::{Route, RouteQuery, dec_ttl, forward, ingress_ifindex, route},
-    l4::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L4},
+    l4::{self, IPPROTO_ICMP, IPPROTO_TCP, L4},
     maps::{CONFIG, EP_BY_IP, NETWORKS, PUBLISH_FROM, PUBLISH_FROM6, SERVICES},
     quota::{charge, release},
     stats::{count_translated, count_tx},
@@ -292,11 +290,7 @@ pub fn rewrite(
     e: &Xlate,
 ) -> Result<(), DropReason> {
     let icmp = key.proto == IPPROTO_ICMP;
-    let mangled = if key.proto == IPPROTO_UDP {
-        BPF_F_MARK_MANGLED_0 as u64
-    } else {
-        0
-    };
+    let mangled = l4::mangled(key.proto);
     if e.flags & CT_F_SNAT != 0 {
         if e.new_saddr_be != key.saddr_be {
             err(ctx.l3_csum_replace(ip_off + 10, key.saddr_be as u64, e.new_saddr_be as u64, 4))?;
@@ -310,15 +304,14 @@ pub fn rewrite(
             }
             err(ctx.store(ip_off + 12, &e.new_saddr_be, 0))?;
         }
-        if e.new_sport_be != key.sport_be {
-            err(ctx.l4_csum_replace(
-                l4.csum_off,
-                key.sport_be as u64,
-                e.new_sport_be as u64,
-                mangled | 2,
-            ))?;
-            err(ctx.store(l4.sport_off, &e.new_sport_be, 0))?;
-        }
+        l4::replace_port(
+            ctx,
+            l4.csum_off,
+            l4.sport_off,
+            key.sport_be,
+            e.new_sport_be,
+            mangled,
+        )?;
     }
     if e.flags & CT_F_DNAT != 0 {
         if e.new_daddr_be != key.daddr_be {
@@ -333,15 +326,14 @@ pub fn rewrite(
             }
             err(ctx.store(ip_off + 16, &e.new_daddr_be, 0))?;
         }
-        if e.new_dport_be != key.dport_be {
-            err(ctx.l4_csum_replace(
-                l4.csum_off,
-                key.dport_be as u64,
-                e.new_dport_be as u64,
-                mangled | 2,
-            ))?;
-            err(ctx.store(l4.dport_off, &e.new_dport_be, 0))?;
-        }
+        l4::replace_port(
+            ctx,
+            l4.csum_off,
+            l4.dport_off,
+            key.dport_be,
+            e.new_dport_be,
+            mangled,
+        )?;
     }
     Ok(())
 }
@@ -363,6 +355,18 @@ pub fn into_endpoint(
     ep: &Endpoint,
     dec: fn(&TcContext, usize) -> Result<(), DropReason>,
 ) -> Result<i32, DropReason> {
+    into_endpoint_as(ctx, ep, dec, true)
+}
+
+/// [`into_endpoint`], counted as translated or not (a routed IPv6
+/// network's packets are not).
+#[inline(always)]
+pub fn into_endpoint_as(
+    ctx: &TcContext,
+    ep: &Endpoint,
+    dec: fn(&TcContext, usize) -> Result<(), DropReason>,
+    translated: bool,
+) -> Result<i32, DropReason> {
     let net = NETWORKS.get(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     // Nothing translated goes into an internal network, whatever a flow
     // or a published port says.
@@ -374,7 +378,9 @@ pub fn into_endpoint(
     err(ctx.store(0, &ep.mac, 0))?;
     err(ctx.store(6, &gw_mac, 0))?;
     count_tx(ep.slot, ctx.len());
-    count_translated(ep.slot);
+    if translated {
+        count_translated(ep.slot);
+    }
     // SAFETY: a helper call with plain integer arguments.
     let v = unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32;
     if v == TC_ACT_REDIRECT {

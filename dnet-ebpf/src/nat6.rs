@@ -14,7 +14,8 @@
 //!   `host_from_uplink` for IPv6 frames: answers of NAT66 flows to the
 //!   uplink's address go into their container (`bpf_redirect_peer`);
 //!   a source of a dnet IPv6 subnet on the uplink is spoofed
-//!   (`spoofed-ip`); everything else is the host's.
+//!   (`spoofed-ip`); a packet to a container's own address goes on to
+//!   `host6_routed` (`routed6`); everything else is the host's.
 //!
 //! Tracked: TCP, UDP, ICMPv6 echo (its identifier as a port, as IPv4's).
 //! Fragments are dropped from containers (`fragment`) and left to the host
@@ -23,7 +24,7 @@
 //! to the host).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::BPF_F_PSEUDO_HDR,
     helpers::generated::bpf_csum_diff,
     macros::map,
     maps::{PerCpuArray, lpm_trie::Key},
@@ -32,17 +33,17 @@ use aya_ebpf::{
 use dnet_common::{
     Config, CtEntry6, CtKey6, DropReason, Endpoint,
     ipv6::NET6_F_NAT,
-    maps::PROG_SLOT_PUBLISHED6,
-    nat::{CT_F_DNAT, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT, CT_SEEN, TCP_TRACKED},
+    maps::{PROG_SLOT_PUBLISHED6, PROG_SLOT_ROUTED6_FROM_UPLINK},
+    nat::{CT_F_DNAT, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT},
 };
 
 use crate::{
     ct::{self, XlateOf},
     err,
     eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
-    fib::{self, Route},
-    ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
-    l4::{IPPROTO_TCP, IPPROTO_UDP, L4},
+    fib::{self, KeptRoute, Route},
+    ipv6::{self, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
+    l4::{self, IPPROTO_TCP, IPPROTO_UDP, L4, Tuple},
     lxc,
     maps::{PROGS, SUBNETS6},
     nat,
@@ -58,22 +59,9 @@ pub const ICMPV6_ECHO_REPLY: u8 = 129;
 /// A NAT66 flow's translation.
 pub type Xlate6 = XlateOf<[u8; 16]>;
 
-/// What [`parse`] found after the extension headers.
-pub enum Parsed6 {
-    /// TCP, UDP, or ICMPv6 echo (its tuple written where [`parse`] was
-    /// told).
-    Flow(L4),
-    /// A fragment (first or later): no ports to translate by.
-    Fragment,
-    /// Another protocol or ICMPv6 type.
-    Other,
-    /// Headers lying about their lengths (as `l4::parse` judges IPv4's).
-    Truncated,
-}
-
 /// The tuple (into `key`) of the IPv6 packet whose fixed header is `ip`,
 /// its upper-layer header at `at` (from `ipv6::walk`), its payload ending
-/// at `end`.
+/// at `end`: IPv4's parser (`l4::tuple`), after IPv6's fragments.
 #[inline(always)]
 pub fn parse(
     ctx: &TcContext,
@@ -81,9 +69,7 @@ pub fn parse(
     at: &ipv6::L4At,
     end: usize,
     key: &mut CtKey6,
-) -> Parsed6 {
-    let off = at.off;
-    let seg_len = end.saturating_sub(off);
+) -> Tuple {
     key.saddr_be = ip.saddr;
     key.daddr_be = ip.daddr;
     key.sport_be = 0;
@@ -96,78 +82,9 @@ pub fn parse(
     // chain passes as whole: its later fragments are caught, so its
     // datagram never completes beyond dnet.
     if at.proto == NEXTHDR_FRAGMENT || ip.nexthdr == NEXTHDR_FRAGMENT {
-        return Parsed6::Fragment;
+        return Tuple::Fragment;
     }
-    match at.proto {
-        IPPROTO_TCP => {
-            let Ok(p) = ptr_at::<[u8; 20]>(ctx, off) else {
-                return Parsed6::Truncated;
-            };
-            // SAFETY: `ptr_at` checked the bytes are in the packet.
-            let h = unsafe { &*p };
-            let doff = ((h[12] >> 4) as usize) * 4;
-            if doff < 20 || doff > seg_len {
-                return Parsed6::Truncated;
-            }
-            key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
-            key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
-            Parsed6::Flow(L4 {
-                off,
-                csum_off: off + 16,
-                sport_off: off,
-                dport_off: off + 2,
-                tcp_flags: h[13] & TCP_TRACKED,
-                icmp_type: 0,
-            })
-        }
-        IPPROTO_UDP => {
-            let Ok(p) = ptr_at::<[u8; 8]>(ctx, off) else {
-                return Parsed6::Truncated;
-            };
-            // SAFETY: as above.
-            let h = unsafe { &*p };
-            let len = u16::from_be_bytes([h[4], h[5]]) as usize;
-            if len < 8 || len > seg_len {
-                return Parsed6::Truncated;
-            }
-            key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
-            key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
-            Parsed6::Flow(L4 {
-                off,
-                csum_off: off + 6,
-                sport_off: off,
-                dport_off: off + 2,
-                tcp_flags: CT_SEEN,
-                icmp_type: 0,
-            })
-        }
-        IPPROTO_ICMPV6 => {
-            let Ok(p) = ptr_at::<[u8; 8]>(ctx, off) else {
-                return Parsed6::Truncated;
-            };
-            if seg_len < 8 {
-                return Parsed6::Truncated;
-            }
-            // SAFETY: as above.
-            let h = unsafe { &*p };
-            let id = u16::from_ne_bytes([h[4], h[5]]);
-            let ty = h[0];
-            match ty {
-                ICMPV6_ECHO_REQUEST => key.sport_be = id,
-                ICMPV6_ECHO_REPLY => key.dport_be = id,
-                _ => return Parsed6::Other,
-            }
-            Parsed6::Flow(L4 {
-                off,
-                csum_off: off + 2,
-                sport_off: off + 4,
-                dport_off: off + 4,
-                tcp_flags: CT_SEEN,
-                icmp_type: ty,
-            })
-        }
-        _ => Parsed6::Other,
-    }
+    l4::tuple(ctx, at.off, end.saturating_sub(at.off), key)
 }
 
 /// Rewrites the packet's addresses and ports as `e` says, keeping the L4
@@ -177,11 +94,7 @@ pub fn parse(
 /// 0xffff).
 #[inline(always)]
 pub fn rewrite(ctx: &TcContext, l4: &L4, key: &CtKey6, e: &Xlate6) -> Result<(), DropReason> {
-    let mangled = if key.proto == IPPROTO_UDP {
-        BPF_F_MARK_MANGLED_0 as u64
-    } else {
-        0
-    };
+    let mangled = l4::mangled(key.proto);
     if e.flags & CT_F_SNAT != 0 {
         if !addr_eq(&e.new_saddr_be, &key.saddr_be) {
             replace_addr(
@@ -193,15 +106,14 @@ pub fn rewrite(ctx: &TcContext, l4: &L4, key: &CtKey6, e: &Xlate6) -> Result<(),
                 mangled,
             )?;
         }
-        if e.new_sport_be != key.sport_be {
-            err(ctx.l4_csum_replace(
-                l4.csum_off,
-                key.sport_be as u64,
-                e.new_sport_be as u64,
-                mangled | 2,
-            ))?;
-            err(ctx.store(l4.sport_off, &e.new_sport_be, 0))?;
-        }
+        l4::replace_port(
+            ctx,
+            l4.csum_off,
+            l4.sport_off,
+            key.sport_be,
+            e.new_sport_be,
+            mangled,
+        )?;
     }
     if e.flags & CT_F_DNAT != 0 {
         if !addr_eq(&e.new_daddr_be, &key.daddr_be) {
@@ -214,15 +126,14 @@ pub fn rewrite(ctx: &TcContext, l4: &L4, key: &CtKey6, e: &Xlate6) -> Result<(),
                 mangled,
             )?;
         }
-        if e.new_dport_be != key.dport_be {
-            err(ctx.l4_csum_replace(
-                l4.csum_off,
-                key.dport_be as u64,
-                e.new_dport_be as u64,
-                mangled | 2,
-            ))?;
-            err(ctx.store(l4.dport_off, &e.new_dport_be, 0))?;
-        }
+        l4::replace_port(
+            ctx,
+            l4.csum_off,
+            l4.dport_off,
+            key.dport_be,
+            e.new_dport_be,
+            mangled,
+        )?;
     }
     Ok(())
 }
@@ -316,14 +227,21 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     let at = l4_at(ctx, s, ip, end)?;
     let key = &mut s.key;
     let l4 = match parse(ctx, ip, &at, end, key) {
-        Parsed6::Flow(l4) => l4,
-        Parsed6::Fragment => return Err(DropReason::Fragment),
-        Parsed6::Truncated => return Err(DropReason::Malformed),
-        Parsed6::Other => return Err(DropReason::NatUnsupported),
+        Tuple::Flow(l4) => l4,
+        Tuple::Fragment => return Err(DropReason::Fragment),
+        Tuple::Truncated => return Err(DropReason::Malformed),
+        // Not yet: ICMPv6 errors about NAT66 flows.
+        Tuple::IcmpError(_) | Tuple::Other => return Err(DropReason::NatUnsupported),
     };
     let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
+    // The route is kept in the scratch slot (the stack has no room), so
+    // a new flow looks it up once.
     let e = match ct::lookup(key, seg)? {
-        Some(e) => e,
+        Some(e) => {
+            let r = fib::route6(ctx, ep.ifindex, &e.new_saddr_be, &key.daddr_be, key.proto);
+            s.route.set(&r);
+            e
+        }
         None => {
             // An echo reply opens nothing (nothing asked it from the world).
             if l4.icmp_type == ICMPV6_ECHO_REPLY || !ct::opens_flow(key.proto, l4.tcp_flags) {
@@ -332,28 +250,29 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
             if ip.hop_limit <= 1 {
                 return Err(DropReason::TtlExceeded);
             }
-            // The route first, from the address the packet will leave with:
-            // a new flow that dies or does not fit here takes no entry, port
-            // or charge, as IPv4's. (Its answer is dead before `new_snat`:
-            // this program's stack has no room to keep it.)
-            match fib::route6(ctx, ep.ifindex, &cfg.uplink_addr6, &key.daddr_be, key.proto) {
+            // The route first, from the address the packet will leave with
+            // (the new flow's): a new flow that dies or does not fit here
+            // takes no entry, port or charge, as IPv4's.
+            let r = fib::route6(ctx, ep.ifindex, &cfg.uplink_addr6, &key.daddr_be, key.proto);
+            match r {
                 Route::Out { ifindex, .. } if ifindex == cfg.uplink_ifindex => {}
                 Route::TooBig { .. } => return Err(DropReason::FragNeeded),
                 _ => return Err(DropReason::NoRoute),
             }
+            s.route.set(&r);
             new_snat(cfg, key, &mut s.fwd, ep.addr_be, seg)?
         }
     };
-    let route = fib::route6(ctx, ep.ifindex, &e.new_saddr_be, &key.daddr_be, key.proto);
     // dnet forwards, and translates, through the uplink only.
-    if let Route::Out { ifindex, .. } = route
-        && ifindex != cfg.uplink_ifindex
+    if s.route
+        .out_ifindex()
+        .is_some_and(|i| i != cfg.uplink_ifindex)
     {
         return Err(DropReason::NoRoute);
     }
     rewrite(ctx, &l4, key, &e)?;
     count_translated(ep.slot);
-    fib::forward6(ctx, &route)
+    fib::forward6_kept(ctx, &s.route)
 }
 
 /// A new flow from the container at `endpoint_be` (its IPv4 address, its
@@ -388,6 +307,8 @@ pub struct Nat6Scratch {
     pub fwd: CtEntry6,
     /// The L4 offset the walk found, passed through memory ([`l4_at`]).
     pub l4_off: u32,
+    /// The route of a container's packet, looked up once.
+    pub route: KeptRoute,
 }
 
 #[map(name = "DNET_NAT6_SCRATCH")]
@@ -506,19 +427,24 @@ fn uplink_flow(
     if SUBNETS6.get(Key::new(128, ip.saddr)).is_some() {
         return Err(DropReason::SpoofedIp);
     }
-    // Only packets for the uplink's address can belong to dnet.
-    let Some(cfg) = config6() else {
+    // Only packets for the uplink's address, or for a container's own
+    // address (a routed network's: `routed6`, a program of its own), can
+    // belong to dnet.
+    let cfg = config6();
+    let Some(cfg) = cfg.filter(|c| addr_eq(&ip.daddr, &c.uplink_addr6)) else {
+        if ipv6::endpoint6_at(&ip.daddr).is_some() {
+            // SAFETY: the tail call jumps to `host6_routed` with the same
+            // context, or returns when the slot is empty.
+            unsafe { PROGS.tail_call(ctx, PROG_SLOT_ROUTED6_FROM_UPLINK) };
+        }
         return Ok(None);
     };
-    if !addr_eq(&ip.daddr, &cfg.uplink_addr6) {
-        return Ok(None);
-    }
     let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
     // A chain the walk refuses is the host's to judge, not dnet's.
     let Ok(at) = l4_at(ctx, s, ip, end) else {
         return Ok(None);
     };
-    let Parsed6::Flow(l4) = parse(ctx, ip, &at, end, &mut s.key) else {
+    let Tuple::Flow(l4) = parse(ctx, ip, &at, end, &mut s.key) else {
         return Ok(None);
     };
     Ok(Some((

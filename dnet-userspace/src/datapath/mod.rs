@@ -61,6 +61,12 @@ pub const PROG_FROM_UPLINK6: &str = "host6_from_uplink";
 /// New flows to ports published over IPv6, tail-called by
 /// [`PROG_FROM_UPLINK6`].
 pub const PROG_PUBLISHED6: &str = "host6_publish";
+/// A routed IPv6 network's packets to the world, tail-called by
+/// [`PROG_FROM_CONTAINER6`].
+pub const PROG_ROUTED6_FROM_CONTAINER: &str = "lxc6_routed_from_container";
+/// Packets from the world to a routed IPv6 network's containers,
+/// tail-called by [`PROG_FROM_UPLINK6`].
+pub const PROG_ROUTED6_FROM_UPLINK: &str = "host6_routed";
 /// Hairpin over IPv6, tail-called by [`PROG_FROM_CONTAINER6`].
 pub const PROG_HAIRPIN6: &str = "lxc6_hairpin";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
@@ -76,13 +82,15 @@ pub const SOCK_PROGS: [&str; 8] = [
     "sock_recvmsg6",
     "sock_getpeername6",
 ];
-const TC_PROGS: [&str; 9] = [
+const TC_PROGS: [&str; 11] = [
     PROG_FROM_CONTAINER,
     PROG_FROM_CONTAINER6,
     PROG_NAT6_FROM_CONTAINER,
     PROG_HAIRPIN6,
     PROG_FROM_UPLINK6,
     PROG_PUBLISHED6,
+    PROG_ROUTED6_FROM_CONTAINER,
+    PROG_ROUTED6_FROM_UPLINK,
     PROG_TO_CONTAINER,
     PROG_FROM_UPLINK,
     PROG_TO_UPLINK,
@@ -259,9 +267,9 @@ impl Datapath {
                 drop_if_resized(&maps_dir.join(m::CT), size_of::<CtEntry>())?;
                 drop_if_resized(&maps_dir.join(m::CONFIG), size_of::<Config>())?;
                 drop_if_resized(&maps_dir.join(m::STATS), size_of::<EndpointStats>())?;
-                // An older build's, with fewer tail-call slots: its entries
-                // are rewritten at every load anyway.
-                drop_if_fewer(&maps_dir.join(m::PROGS), m::PROGS_SLOTS)?;
+                // A tail-call array of fewer slots (an older build's): made
+                // anew (its entries are rewritten at every load anyway).
+                drop_if_fewer_entries(&maps_dir.join(m::PROGS), m::PROGS_SLOTS)?;
                 m::ALL
                     .iter()
                     .chain([&m::PROGS])
@@ -1354,6 +1362,8 @@ impl Datapath {
                     PROG_HAIRPIN6 => "tail call of lxc6_from_container (hairpin)",
                     PROG_FROM_UPLINK6 => "tail call of host_from_uplink (IPv6)",
                     PROG_PUBLISHED6 => "tail call of host6_from_uplink (published ports)",
+                    PROG_ROUTED6_FROM_CONTAINER => "tail call of lxc6_from_container (routed IPv6)",
+                    PROG_ROUTED6_FROM_UPLINK => "tail call of host6_from_uplink (routed IPv6)",
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
                     PROG_TO_UPLINK => "tcx egress, uplink",
                     "sock_connect4" => "cgroup connect4",
@@ -1421,6 +1431,11 @@ fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
         (m::PROG_SLOT_NAT6_FROM_CONTAINER, PROG_NAT6_FROM_CONTAINER),
         (m::PROG_SLOT_FROM_UPLINK6, PROG_FROM_UPLINK6),
         (m::PROG_SLOT_PUBLISHED6, PROG_PUBLISHED6),
+        (
+            m::PROG_SLOT_ROUTED6_FROM_CONTAINER,
+            PROG_ROUTED6_FROM_CONTAINER,
+        ),
+        (m::PROG_SLOT_ROUTED6_FROM_UPLINK, PROG_ROUTED6_FROM_UPLINK),
         (m::PROG_SLOT_HAIRPIN6, PROG_HAIRPIN6),
     ] {
         let fd = ebpf
@@ -1523,13 +1538,12 @@ fn drop_if_resized(pin: &Path, value_size: usize) -> Result<()> {
     Ok(())
 }
 
-/// Removes the pinned map at `pin` if it has fewer than `max_entries`
-/// entries (an older build's), so that the load makes it anew.
-fn drop_if_fewer(pin: &Path, max_entries: u32) -> Result<()> {
+/// Removes the map pinned at `pin` if it has fewer than `entries` entries.
+fn drop_if_fewer_entries(pin: &Path, entries: u32) -> Result<()> {
     let Ok(info) = aya::maps::MapInfo::from_pin(pin) else {
         return Ok(());
     };
-    if info.max_entries() < max_entries {
+    if info.max_entries() < entries {
         tracing::warn!(
             pin = %pin.display(),
             "replacing a pinned map of an older size"

@@ -2237,6 +2237,8 @@ mod hairpin6;
 /// IPv6: the map API and the container-side path (issue 13).
 mod ipv6;
 mod nat6;
+/// Routed IPv6 networks: to and from the world untranslated (issue 13).
+mod routed6;
 
 #[test]
 fn filters_reading_maps_made_anew_are_replaced_at_the_next_load() {

@@ -13,12 +13,13 @@ use nix::sys::socket::{
 
 use dnet_common::{Service, Service6, ServiceKey, ServiceKey6, addr::ipv4_be};
 
-use super::Inner;
+use super::{Engine, Inner};
 use crate::{
     conflict,
     error::{Error, Result},
     invalid,
-    model::{Container, Endpoint, Network, State},
+    model::{Container, Endpoint, Network, RuntimeRef, State},
+    not_found,
     spec::{PortMapping, Proto},
 };
 
@@ -117,11 +118,23 @@ pub fn services_of(st: &State, c: &Container) -> Vec<(ServiceKey, Service)> {
 /// when it is dual-stack. An IPv4-only container has none, and the host's
 /// IPv6 connections to its ports are refused by the kernel (dnet has no
 /// proxy to carry them over IPv4).
+///
+/// On a routed IPv6 network (`gateway_mode_ipv6=routed`), each port is
+/// also published at the container's own address and port, as Docker's
+/// routed mode opens it: the datapath lets the world in there on published
+/// ports only (`routed6`).
 pub fn services6_of(st: &State, c: &Container) -> Vec<(ServiceKey6, Service6)> {
-    let Some(ip6) = backend_of(st, c).and_then(|e| e.ip6) else {
+    let Some(e) = backend_of(st, c) else {
         return Vec::new();
     };
-    service_keys6(c)
+    let Some(ip6) = e.ip6 else {
+        return Vec::new();
+    };
+    let routed = st
+        .networks
+        .get(&e.network_id)
+        .is_some_and(|n| n.gateway_mode6() == crate::model::GatewayMode6::Routed);
+    let mut v: Vec<(ServiceKey6, Service6)> = service_keys6(c)
         .map(|(k, port)| {
             (
                 k,
@@ -132,7 +145,31 @@ pub fn services6_of(st: &State, c: &Container) -> Vec<(ServiceKey6, Service6)> {
                 },
             )
         })
-        .collect()
+        .collect();
+    if routed {
+        v.extend(routed_keys6(c, ip6).map(|k| {
+            (
+                k,
+                Service6 {
+                    backend: k.addr,
+                    backend_port_be: k.port_be,
+                    _pad: 0,
+                },
+            )
+        }));
+    }
+    v
+}
+
+/// The keys under which a routed network's container `c`, at `ip6`, has
+/// its ports published at its own address (see [`services6_of`]).
+fn routed_keys6(c: &Container, ip6: Ipv6Addr) -> impl Iterator<Item = ServiceKey6> + '_ {
+    ports_of::<true>(c).map(move |(_, _, port, proto)| ServiceKey6 {
+        addr: ip6.octets(),
+        port_be: port.to_be(),
+        proto,
+        _pad: 0,
+    })
 }
 
 /// Every service entry the state asks for.
@@ -218,6 +255,50 @@ fn check_family(p: &PortMapping, net: &Network) -> Result<()> {
             net.name
         )),
         _ => Ok(()),
+    }
+}
+
+/// A port to publish, as a runtime asks for it: one container port, a host
+/// port, a range to pick one free host port from, or none (dnet picks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRequest {
+    pub proto: Proto,
+    pub container_port: u16,
+    /// `None`: every address of the host (both families on a dual-stack
+    /// network); an address publishes in its own family only.
+    pub host_ip: Option<IpAddr>,
+    /// 0: dnet picks a free port.
+    pub host_port: u16,
+    /// The end of a range to pick from (0 or equal to `host_port`: exactly
+    /// `host_port`).
+    pub host_port_end: u16,
+}
+
+impl PortRequest {
+    /// Does an existing mapping answer this request?
+    fn met_by(&self, m: &PortMapping) -> bool {
+        m.count == 1
+            && m.proto == self.proto
+            && m.container_port == self.container_port
+            && m.host_ip == self.host_ip
+            && match self.host_port {
+                0 => true,
+                p => (p..=self.host_port_end.max(p)).contains(&m.host_port),
+            }
+    }
+}
+
+impl Engine {
+    /// Publishes `ports` for the container `rt` attached, in place of the
+    /// ports it published before; requests that its current mappings meet
+    /// keep them (a repeat changes nothing). Returns the mappings. Bad
+    /// input changes nothing.
+    pub async fn set_runtime_ports(
+        &self,
+        rt: &RuntimeRef,
+        ports: &[PortRequest],
+    ) -> Result<Vec<PortMapping>> {
+        self.inner.lock().await.set_runtime_ports(rt, ports)
     }
 }
 
@@ -333,7 +414,12 @@ impl Inner {
                 tracing::warn!(container = %c.name, "unpublishing: {e}");
             }
         }
-        for (k, _) in service_keys6(c) {
+        let routed = c
+            .endpoints
+            .iter()
+            .filter_map(|e| e.ip6)
+            .flat_map(|ip6| routed_keys6(c, ip6));
+        for k in service_keys6(c).map(|(k, _)| k).chain(routed) {
             if let Err(e) = self.ctx.dp.clear_service6(&k) {
                 tracing::warn!(container = %c.name, "unpublishing over IPv6: {e}");
             }
@@ -379,6 +465,108 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    pub(super) fn set_runtime_ports(
+        &mut self,
+        rt: &RuntimeRef,
+        reqs: &[PortRequest],
+    ) -> Result<Vec<PortMapping>> {
+        let c = self
+            .runtime_container(rt)
+            .ok_or_else(|| not_found!("no container attached by {} {}", rt.runtime, rt.id))?
+            .clone();
+        let net = c
+            .endpoints
+            .first()
+            .and_then(|e| self.state.networks.get(&e.network_id))
+            .ok_or_else(|| not_found!("container {} has no network", c.name))?
+            .clone();
+        // A network that cannot publish (not a bridge, internal) is refused
+        // by `check_mappings` at the first request.
+        let mut chosen: Vec<PortMapping> = Vec::new();
+        for r in reqs {
+            if let Some(m) = c.ports.iter().find(|m| r.met_by(m) && !chosen.contains(m)) {
+                chosen.push(*m);
+                continue;
+            }
+            let candidates: Vec<u16> = match r.host_port {
+                0 => self.free_port_candidates(),
+                p => (p..=r.host_port_end.max(p)).collect(),
+            };
+            let mut last_err = None;
+            let mut found = None;
+            for port in candidates {
+                let m = PortMapping {
+                    host_ip: r.host_ip,
+                    host_port: port,
+                    container_port: r.container_port,
+                    count: 1,
+                    proto: r.proto,
+                };
+                let mut all = chosen.clone();
+                all.push(m);
+                match self.check_mappings(&all, &net, Some(&c.id)) {
+                    Ok(()) => {
+                        found = Some(m);
+                        break;
+                    }
+                    // A bad address is bad for every port.
+                    Err(e @ crate::error::Error::Invalid(_)) => return Err(e),
+                    Err(e) => last_err = Some(e),
+                }
+            }
+            match (found, last_err) {
+                (Some(m), _) => chosen.push(m),
+                (None, Some(e)) if r.host_port != 0 && r.host_port_end <= r.host_port => {
+                    return Err(e);
+                }
+                (None, _) => {
+                    return Err(conflict!(
+                        "no free host port for {}/{} in the range asked for",
+                        r.container_port,
+                        r.proto.as_str()
+                    ));
+                }
+            }
+        }
+        if chosen == c.ports {
+            return Ok(chosen);
+        }
+        let old = self.state.clone();
+        let mut st = self.state.clone();
+        st.containers
+            .get_mut(&c.id)
+            .expect("present")
+            .ports
+            .clone_from(&chosen);
+        self.commit(st)?;
+        if let Err(e) = self.sync_services() {
+            // Back to what was published.
+            if let Err(e) = self.commit(old) {
+                tracing::warn!(container = %c.name, "restoring its ports: {e}");
+            }
+            if let Err(e) = self.sync_services() {
+                tracing::warn!(container = %c.name, "restoring its ports: {e}");
+            }
+            return Err(e);
+        }
+        tracing::info!(container = %c.name, ports = chosen.len(), "ports published");
+        Ok(chosen)
+    }
+
+    /// Host ports to pick from: the host's ephemeral range without the
+    /// NAT's ports (a published port there would meet translated flows).
+    pub(super) fn free_port_candidates(&self) -> Vec<u16> {
+        let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| {
+                let mut it = s.split_whitespace().map(str::parse::<u16>);
+                Some((it.next()?.ok()?, it.next()?.ok()?))
+            })
+            .unwrap_or((32768, 60999));
+        let (nlo, nhi) = self.cfg.nat.ports;
+        (lo..=hi).filter(|p| !(nlo..=nhi).contains(p)).collect()
     }
 }
 
@@ -526,6 +714,46 @@ mod tests {
     }
 
     #[test]
+    fn a_routed_network_publishes_at_the_containers_own_address_too() {
+        let mut st = state();
+        st.networks
+            .get_mut("n")
+            .unwrap()
+            .options
+            .insert("gateway_mode_ipv6".into(), "routed".into());
+        let mut e = endpoint("n", "172.17.0.2");
+        e.ip6 = Some("fd00::2".parse().unwrap());
+        let mut c = container(vec![e]);
+        c.ports = vec![
+            "8080:80".parse().unwrap(),
+            "[::1]:5353:53/udp".parse().unwrap(),
+        ];
+        let ip6: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+        let got: Vec<([u8; 16], u16, u8, u16)> = services6_of(&st, &c)
+            .iter()
+            .map(|(k, s)| {
+                assert_eq!(s.backend, ip6.octets());
+                (
+                    k.addr,
+                    u16::from_be(k.port_be),
+                    k.proto,
+                    u16::from_be(s.backend_port_be),
+                )
+            })
+            .collect();
+        let lo: std::net::Ipv6Addr = "::1".parse().unwrap();
+        assert_eq!(
+            got,
+            [
+                ([0; 16], 8080, 6, 80),
+                (lo.octets(), 5353, 17, 53),
+                (ip6.octets(), 80, 6, 80),
+                (ip6.octets(), 53, 17, 53),
+            ]
+        );
+    }
+
+    #[test]
     fn an_ipv6_host_address_needs_a_dual_stack_network() {
         let mut net = network("n", DriverKind::Bridge, false);
         let lo6: PortMapping = "[::1]:8080:80".parse().unwrap();
@@ -576,5 +804,48 @@ mod tests {
             let e = host_port_free(Some(IpAddr::V6(Ipv6Addr::LOCALHOST)), port, proto, true);
             assert!(matches!(e, Err(Error::Conflict(_))));
         }
+    }
+
+    #[test]
+    fn a_request_is_met_by_a_matching_mapping_only() {
+        let m: PortMapping = "8080:80".parse().unwrap();
+        let r = PortRequest {
+            proto: Proto::Tcp,
+            container_port: 80,
+            host_ip: None,
+            host_port: 8080,
+            host_port_end: 8080,
+        };
+        assert!(r.met_by(&m));
+        assert!(PortRequest { host_port: 0, ..r }.met_by(&m));
+        assert!(
+            PortRequest {
+                host_port: 8000,
+                host_port_end: 8090,
+                ..r
+            }
+            .met_by(&m)
+        );
+        assert!(
+            !PortRequest {
+                host_port: 8081,
+                ..r
+            }
+            .met_by(&m)
+        );
+        assert!(
+            !PortRequest {
+                proto: Proto::Udp,
+                ..r
+            }
+            .met_by(&m)
+        );
+        assert!(
+            !PortRequest {
+                host_ip: Some(Ipv4Addr::LOCALHOST.into()),
+                ..r
+            }
+            .met_by(&m)
+        );
     }
 }

@@ -722,9 +722,11 @@ fn ipv6_keeps_networks_apart_and_honours_icc_and_internal() {
             OK
         );
 
-        // A routed network's world traffic goes to the host stack.
+        // A routed network's world traffic is forwarded by dnet through
+        // the uplink (`routed6`): without one, it goes nowhere.
         let fx = fixture6(0, 0);
-        assert_eq!(send(&fx.dp, "2001:db8::1"), OK);
+        assert_eq!(send(&fx.dp, "2001:db8::1"), SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::NoRoute), 1);
 
         let fx = fixture6(NET_F_NO_ICC, NET6_F_NAT);
         assert_eq!(send(&fx.dp, B6), SHOT);

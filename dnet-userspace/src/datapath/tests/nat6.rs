@@ -14,7 +14,7 @@ use super::{
 pub(super) const SERVER6: &str = "2001:2:1::5";
 pub(super) const TCP: u8 = 6;
 pub(super) const UDP: u8 = 17;
-const ICMPV6: u8 = 58;
+pub(super) const ICMPV6: u8 = 58;
 
 /// The NAT fixture, dual-stack with NAT66 on network 1.
 pub(super) fn nat6_fixture() -> Fixture {
@@ -113,7 +113,14 @@ pub(super) fn tcp6(
     )
 }
 
-fn echo6(src_mac: [u8; 6], dst_mac: [u8; 6], s: &str, d: &str, ty: u8, id: u16) -> Vec<u8> {
+pub(super) fn echo6(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    s: &str,
+    d: &str,
+    ty: u8,
+    id: u16,
+) -> Vec<u8> {
     let mut l4 = vec![ty, 0, 0, 0];
     l4.extend_from_slice(&id.to_be_bytes());
     l4.extend_from_slice(&7u16.to_be_bytes());

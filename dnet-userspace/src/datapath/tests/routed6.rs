@@ -1,0 +1,201 @@
+//! Routed IPv6 (`-o gateway_mode_ipv6=routed`): a container's own address
+//! to and from the world, forwarded by the datapath (not the host's
+//! forwarding), the world let in on published ports only, as Docker's
+//! routed mode.
+
+use dnet_common::{Service6, ServiceKey6, network::NET_F_INTERNAL};
+
+use super::{
+    ipv6::{A6, B6, dual_stack, frame6, ip6},
+    nat6::{ICMPV6, SERVER6, TCP, echo6, parse6_checked, tcp6, udp6_to},
+    *,
+};
+
+/// The NAT fixture (an uplink, a world beyond it), network 1 dual-stack
+/// and routed, with `flags1` on network 1.
+fn routed6_fixture(flags1: u32) -> Fixture {
+    let mut fx = nat_fixture_on(flags1, 50000, 50009);
+    dual_stack(&mut fx, 0);
+    fx
+}
+
+/// Container A's port `port` published, as the daemon does on a routed
+/// network: at the container's own address and port.
+fn publish_at_a(dp: &mut Datapath, port: u16, proto: u8) {
+    dp.set_service6(
+        &ServiceKey6 {
+            addr: ip6(A6).octets(),
+            port_be: port.to_be(),
+            proto,
+            _pad: 0,
+        },
+        &Service6 {
+            backend: ip6(A6).octets(),
+            backend_port_be: port.to_be(),
+            _pad: 0,
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn routed6_leaves_with_the_containers_own_address_and_its_answer_comes_back() {
+    in_fresh_netns(|| {
+        let fx = routed6_fixture(0);
+        // The host's forwarding is off (a fresh namespace's): dnet forwards.
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap(),
+            "0\n"
+        );
+        let frame = udp6_to(fx.a.mac, GW_MAC, (A6, 4000), (SERVER6, 53));
+        let (v, out) = run(&fx.dp, &frame);
+        assert_eq!(v, REDIRECT, "out through the uplink");
+        let p = parse6_checked(&out);
+        assert_eq!((p.saddr, p.port(0)), (ip6(A6), 4000), "untranslated");
+        assert_eq!((p.daddr, p.port(2)), (ip6(SERVER6), 53));
+        assert_eq!(p.hop, 63, "routed: hop limit down by one");
+        assert_eq!((p.dst_mac, p.src_mac), (WORLD_MAC, up0_mac()));
+        assert_eq!(fx.dp.conntrack6().unwrap().len(), 2, "a tracked flow");
+        assert_eq!(fx.dp.stats(1).unwrap().translated, 0);
+
+        let reply = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 53), (A6, 4000));
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &reply);
+        assert_eq!(v, REDIRECT, "into the container");
+        let b = parse6_checked(&back);
+        assert_eq!((b.saddr, b.port(0)), (ip6(SERVER6), 53));
+        assert_eq!((b.daddr, b.port(2)), (ip6(A6), 4000));
+        assert_eq!((b.dst_mac, b.src_mac), (fx.a.mac, GW_MAC));
+        assert_eq!(b.hop, 63);
+
+        // Echo, both ways.
+        let req = echo6(fx.a.mac, GW_MAC, A6, SERVER6, 128, 0x1234);
+        let (v, out) = run(&fx.dp, &req);
+        assert_eq!(v, REDIRECT);
+        let p = parse6_checked(&out);
+        assert_eq!((p.saddr, p.port(4)), (ip6(A6), 0x1234));
+        let rep = echo6(WORLD_MAC, up0_mac(), SERVER6, A6, 129, 0x1234);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &rep).0, REDIRECT);
+    });
+}
+
+#[test]
+fn routed6_lets_the_world_in_on_published_ports_only() {
+    in_fresh_netns(|| {
+        let mut fx = routed6_fixture(0);
+        publish_at_a(&mut fx.dp, 80, TCP);
+        // A port published on every host address (the uplink's) is the
+        // host's, not the container's own port 8080.
+        fx.dp
+            .set_service6(
+                &ServiceKey6 {
+                    addr: [0; 16],
+                    port_be: 8080u16.to_be(),
+                    proto: TCP,
+                    _pad: 0,
+                },
+                &Service6 {
+                    backend: ip6(A6).octets(),
+                    backend_port_be: 8080u16.to_be(),
+                    _pad: 0,
+                },
+            )
+            .unwrap();
+        let client = (SERVER6, 41000);
+        let syn = tcp6(WORLD_MAC, up0_mac(), client, (A6, 80), 0x02);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &syn);
+        assert_eq!(v, REDIRECT, "a published port");
+        let b = parse6_checked(&back);
+        assert_eq!(
+            (b.saddr, b.port(0)),
+            (ip6(SERVER6), 41000),
+            "the client's own"
+        );
+        assert_eq!((b.daddr, b.port(2)), (ip6(A6), 80));
+        assert_eq!((b.dst_mac, b.hop), (fx.a.mac, 63));
+        // The container's answer leaves as it is.
+        let synack = tcp6(fx.a.mac, GW_MAC, (A6, 80), client, 0x12);
+        let (v, out) = run(&fx.dp, &synack);
+        assert_eq!(v, REDIRECT);
+        let p = parse6_checked(&out);
+        assert_eq!((p.saddr, p.port(0)), (ip6(A6), 80));
+        assert_eq!((p.daddr, p.port(2)), (ip6(SERVER6), 41000));
+
+        // Not published: refused, counted on the container.
+        for f in [
+            tcp6(WORLD_MAC, up0_mac(), client, (A6, 81), 0x02),
+            tcp6(WORLD_MAC, up0_mac(), client, (A6, 8080), 0x02),
+            udp6_to(WORLD_MAC, up0_mac(), client, (A6, 80)),
+        ] {
+            assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &f).0, SHOT);
+        }
+        assert_eq!(drops(&fx.dp, 1, DropReason::NotPublished), 3);
+        // A stray segment opens nothing.
+        let ack = tcp6(WORLD_MAC, up0_mac(), (SERVER6, 41001), (A6, 80), 0x10);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &ack).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtNoFlow), 1);
+        // ICMPv6 echo is let in (as Docker's routed mode), and answered.
+        let req = echo6(WORLD_MAC, up0_mac(), SERVER6, A6, 128, 0x77);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &req).0, REDIRECT);
+        let rep = echo6(fx.a.mac, GW_MAC, A6, SERVER6, 129, 0x77);
+        assert_eq!(run(&fx.dp, &rep).0, REDIRECT);
+        // A packet too big (ICMPv6 errors are let in): delivered.
+        let mut ptb = vec![2, 0, 0, 0, 0, 0, 5, 0];
+        ptb.extend_from_slice(&out[14..14 + 48]);
+        let ptb = frame6(
+            WORLD_MAC,
+            up0_mac(),
+            ip6("2001:2::1"),
+            ip6(A6),
+            64,
+            0,
+            ICMPV6,
+            ptb,
+            Some(2),
+        );
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &ptb).0, REDIRECT);
+        // A hop limit that runs out here.
+        let mut l4 = vec![0u8; 20];
+        l4[0..2].copy_from_slice(&41002u16.to_be_bytes());
+        l4[2..4].copy_from_slice(&80u16.to_be_bytes());
+        l4[12] = 0x50;
+        l4[13] = 0x02;
+        let dying = frame6(
+            WORLD_MAC,
+            up0_mac(),
+            ip6(SERVER6),
+            ip6(A6),
+            1,
+            0,
+            TCP,
+            l4,
+            Some(16),
+        );
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &dying).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::TtlExceeded), 1);
+        // Another endpoint's unpublished port, and an unused address of
+        // the subnet (the host's: it does not forward).
+        let syn_b = tcp6(WORLD_MAC, up0_mac(), client, (B6, 80), 0x02);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn_b).0, SHOT);
+        let unused = tcp6(WORLD_MAC, up0_mac(), client, ("fd00:1::99", 80), 0x02);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &unused).0, OK);
+    });
+}
+
+#[test]
+fn routed6_internal_and_nat66_networks_are_not_reached_from_the_world() {
+    in_fresh_netns(|| {
+        let mut fx = routed6_fixture(NET_F_INTERNAL);
+        publish_at_a(&mut fx.dp, 80, TCP);
+        let syn = tcp6(WORLD_MAC, up0_mac(), (SERVER6, 41000), (A6, 80), 0x02);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::Internal), 1);
+        // Nor does an internal network's container reach the world.
+        let out = udp6_to(fx.a.mac, GW_MAC, (A6, 4000), (SERVER6, 53));
+        assert_eq!(run(&fx.dp, &out).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::Internal), 2);
+        // C is on network 2, NAT66: its own address is the host's matter.
+        let to_c = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 53), ("fd00:2::2", 53));
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &to_c).0, OK);
+        assert!(fx.dp.conntrack6().unwrap().is_empty());
+    });
+}
