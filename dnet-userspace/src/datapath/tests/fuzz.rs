@@ -1231,9 +1231,10 @@ fn check_v6(w: &World, inp: &[u8], v: u32, out: &[u8]) -> Result<bool, String> {
         // (fd00:1::/64, fd00:2::/64), from the uplink's address, through
         // the world's router.
         let to = &inp[38..54];
-        let dnet = [[0xfd, 0, 0, 1], [0xfd, 0, 0, 2]]
+        // Whole /64s: fd00:1:100::2 is beyond them, and translated.
+        let dnet = [[0xfd, 0, 0, 1, 0, 0, 0, 0], [0xfd, 0, 0, 2, 0, 0, 0, 0]]
             .iter()
-            .any(|p| to[..4] == *p);
+            .any(|p| to[..8] == *p);
         check(
             out[38..54] == *to && !dnet && out[..6] == WORLD_MAC && out[21] + 1 == inp[21],
             || format!("translated IPv6 that should not be: {}", hex(out)),
