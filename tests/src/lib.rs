@@ -27,6 +27,19 @@ use std::{
 pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// The host's uplink address.
 pub const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The uplink's IPv6 address in the dual-stack sandboxes (IPv6's
+/// benchmarking range, RFC 5180), and the world's.
+pub const UPLINK6: &str = "2001:2::2";
+pub const WORLD6: &str = "2001:2::1";
+
+/// A sandbox whose uplink has an IPv6 address too ([`UPLINK6`], the world
+/// [`WORLD6`]), before its daemon starts.
+pub fn dual_stack_sandbox() -> Sandbox {
+    let mut sb = Sandbox::without_daemon();
+    sb.add_uplink6();
+    sb.start_daemon();
+    sb
+}
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -112,6 +125,31 @@ impl Sandbox {
         let mut sb = Sandbox::without_daemon();
         sb.start_daemon();
         sb
+    }
+
+    /// Gives the uplink [`UPLINK6`] and the world [`WORLD6`] (/64, no DAD).
+    pub fn add_uplink6(&self) {
+        for (ns, a) in [(&self.host_ns, UPLINK6), (&self.world_ns, WORLD6)] {
+            let a = format!("{a}/64");
+            sh_ok("ip", &["-n", ns, "addr", "add", &a, "dev", "eth0", "nodad"]);
+        }
+    }
+
+    /// The host's default IPv6 route: via [`WORLD6`].
+    pub fn route6_via_world(&self) {
+        sh_ok(
+            "ip",
+            &[
+                "-n",
+                &self.host_ns,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                WORLD6,
+            ],
+        );
     }
 
     /// A sandbox whose daemon runs with extra flags.
@@ -1140,6 +1178,13 @@ impl Sandbox {
         a.extend(flags);
         a.extend(["--", "sleep", "300"]);
         self.dnet_ok(&a);
+    }
+
+    /// `dnet network create --ipv6 --subnet V4 --subnet V6 NAME`.
+    pub fn dual_stack_network(&self, name: &str, v4: &str, v6: &str) {
+        self.dnet_ok(&[
+            "network", "create", "--ipv6", "--subnet", v4, "--subnet", v6, name,
+        ]);
     }
 
     /// One ping (two seconds at most) from container `name` to `to`, with

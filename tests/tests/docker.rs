@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use dnet_sandbox::{
-    Sandbox, UPLINK_IP, WORLD_IP, assert_consistent, ct,
+    Sandbox, UPLINK_IP, UPLINK6, WORLD_IP, WORLD6, assert_consistent, ct,
     docker::{Dockerd, Turn},
     ok, out, stdout, wait_until,
 };
@@ -25,8 +25,18 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
+        Env::start(false)
+    }
+
+    /// With `ipv6`, the uplink has [`UPLINK6`] (the world [`WORLD6`]) and
+    /// the host's default IPv6 route goes to the world, before dnet starts.
+    fn start(ipv6: bool) -> Env {
         let turn = Turn::take();
         let mut sb = Sandbox::without_daemon();
+        if ipv6 {
+            sb.add_uplink6();
+            sb.route6_via_world();
+        }
         let driver = sb.name.clone();
         let sock = format!("--docker-plugin-socket=/run/docker/plugins/{driver}.sock");
         // dockerd's socket (made below): where dnet learns Docker's names.
@@ -66,6 +76,35 @@ impl Env {
         let o = self.docker.output(args);
         assert!(!ok(&o), "docker {args:?} succeeded: {}", out(&o));
         String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// `docker network create -d <driver> ARGS NAME`, which must fail and
+    /// leave dnet's state as it was: its stderr.
+    fn network_refused(&self, name: &str, args: &[&str]) -> String {
+        let before = self.sb.state();
+        let mut a = vec!["network", "create", "-d", self.driver.as_str()];
+        a.extend(args);
+        a.push(name);
+        let e = self.docker_err(&a);
+        assert_eq!(
+            self.sb.state(),
+            before,
+            "the refused network {name} changed the state"
+        );
+        assert_consistent(&self.sb);
+        e
+    }
+
+    /// The addresses of one family (`"ip"` or `"ip6"`) of the containers
+    /// in `dnet ps` (their first network's).
+    fn dnet_ips(&self, family: &str) -> Vec<String> {
+        let ps = self.sb.dnet_json(&["ps"]);
+        ps.as_array()
+            .expect("containers")
+            .iter()
+            .filter_map(|c| c["networks"][0][family].as_str())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// `docker network create -d <driver> ARGS NAME`: Docker's network id.
@@ -198,16 +237,10 @@ fn docker_containers_on_a_dnet_network() {
     assert_eq!(mac2, "02:42:0a:59:00:4d");
 
     // dnet knows them, with Docker's addresses.
-    let ps = env.sb.dnet_json(&["ps"]);
-    let ips: Vec<&str> = ps
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["networks"][0]["ip"].as_str())
-        .collect();
+    let ips = env.dnet_ips("ip");
     assert!(
-        ips.contains(&ip1.as_str()) && ips.contains(&"10.89.0.77"),
-        "{ps}"
+        ips.contains(&ip1) && ips.contains(&"10.89.0.77".to_owned()),
+        "{ips:?}"
     );
 
     // East-west, the gateway, and out through dnet's NAT.
@@ -370,46 +403,14 @@ fn docker_published_ports() {
 #[test]
 fn docker_bad_input_changes_nothing() {
     let env = Env::new();
-    let before = env.sb.state();
-    let e = env.docker_err(&[
-        "network",
-        "create",
-        "-d",
-        &env.driver,
-        "-o",
-        "foo=bar",
-        "bad1",
-    ]);
+    let e = env.network_refused("bad1", &["-o", "foo=bar"]);
     assert!(e.contains("unknown option \"foo\""), "{e}");
-    let e = env.docker_err(&[
-        "network",
-        "create",
-        "-d",
-        &env.driver,
-        "-o",
-        "driver=macvlan",
-        "-o",
-        "parent=nosuch0",
-        "bad2",
-    ]);
+    let e = env.network_refused("bad2", &["-o", "driver=macvlan", "-o", "parent=nosuch0"]);
     assert!(e.contains("\"nosuch0\" does not exist"), "{e}");
-    assert_eq!(
-        env.sb.state(),
-        before,
-        "a refused network changed the state"
-    );
 
     env.network("dn3", &["--subnet", "10.91.0.0/24"]);
     // A subnet dnet already has.
-    let e = env.docker_err(&[
-        "network",
-        "create",
-        "-d",
-        &env.driver,
-        "--subnet",
-        "10.91.0.0/25",
-        "bad3",
-    ]);
+    let e = env.network_refused("bad3", &["--subnet", "10.91.0.0/25"]);
     assert!(e.contains("overlaps"), "{e}");
     let before = env.sb.state();
     let e = env.docker_err(&[
@@ -789,20 +790,8 @@ fn docker_ipam_driver() {
     let subnet = auto["ipam"]["subnet"].as_str().unwrap().to_owned();
     assert!(subnet.starts_with("172."), "{subnet}");
     // Overlaps are refused by dnet's IPAM, and nothing is made.
-    let before = env.sb.state();
-    let e = env.docker_err(&[
-        "network",
-        "create",
-        "-d",
-        &d,
-        "--ipam-driver",
-        &d,
-        "--subnet",
-        "10.96.0.0/16",
-        "bad",
-    ]);
+    let e = env.network_refused("bad", &["--ipam-driver", &d, "--subnet", "10.96.0.0/16"]);
     assert!(e.contains("overlaps"), "{e}");
-    assert_eq!(env.sb.state(), before);
     // An address is free again once its container is gone.
     env.docker(&["rm", "-f", "c8"]);
     env.run("c11", "ipn", &[]);
@@ -936,16 +925,10 @@ fn docker_macvlan_network() {
     );
     let o = env.exec("m1", &["ip", "route"]);
     assert!(stdout(&o).contains("default via 198.18.0.1"), "{}", out(&o));
-    let ps = env.sb.dnet_json(&["ps"]);
-    let ips: Vec<&str> = ps
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["networks"][0]["ip"].as_str())
-        .collect();
+    let ips = env.dnet_ips("ip");
     assert!(
-        ips.contains(&ip1.as_str()) && ips.contains(&"198.18.0.100"),
-        "{ps}"
+        ips.contains(&ip1) && ips.contains(&"198.18.0.100".to_owned()),
+        "{ips:?}"
     );
     assert_consistent(&env.sb);
 
@@ -968,17 +951,8 @@ fn docker_macvlan_network() {
         "--ip-range",
         "198.18.0.64/26",
     ];
-    let before = env.sb.state();
-    let e = env.docker_err(
-        &[
-            &["network", "create", "-d", d.as_str()][..],
-            &lan[..],
-            &["br"],
-        ]
-        .concat(),
-    );
+    let e = env.network_refused("br", &lan);
     assert!(e.contains("overlaps the route"), "{e}");
-    assert_eq!(env.sb.state(), before);
     let mut args = vec!["-o", "driver=macvlan", "-o", "parent=eth0"];
     args.extend(lan);
     let id = env.network("lan2", &args);
@@ -1134,32 +1108,25 @@ fn ping6(env: &Env, from: &str, to: &str) -> std::process::Output {
 /// `docker network create --ipv6` with Docker's default IPAM: a dual-stack
 /// dnet network with Docker's IPv6 subnet and gateway; containers get
 /// Docker's IPv6 address on `eth0` (`--ip6` too), their default IPv6 route
-/// through the gateway Join gave, and reach each other and the gateway
-/// over IPv6 through dnet's datapath. An IPv6 subnet dnet refuses leaves
-/// nothing behind.
+/// through the gateway Join gave, and reach each other (by name too:
+/// Docker's embedded DNS answers AAAA) and the gateway over IPv6 through
+/// dnet's datapath, the world's IPv6 address through dnet's NAT66, and a
+/// `-p` port is reached from the world over IPv6 and IPv4. An IPv6 subnet
+/// dnet refuses leaves nothing behind.
 #[test]
 fn docker_dual_stack_network() {
-    let env = Env::new();
-    let before = env.sb.state();
-    let e = env.docker_err(&[
-        "network",
-        "create",
-        "-d",
-        &env.driver,
-        "--ipv6",
-        "--subnet",
-        "10.92.0.0/24",
-        "--subnet",
-        "fe80::/64",
+    let mut env = Env::start(true);
+    let e = env.network_refused(
         "bad6",
-    ]);
-    assert!(e.contains("link-local"), "{e}");
-    assert_eq!(
-        env.sb.state(),
-        before,
-        "a refused network changed the state"
+        &[
+            "--ipv6",
+            "--subnet",
+            "10.92.0.0/24",
+            "--subnet",
+            "fe80::/64",
+        ],
     );
-    assert_consistent(&env.sb);
+    assert!(e.contains("link-local"), "{e}");
 
     let id = env.network(
         "dn6",
@@ -1177,41 +1144,21 @@ fn docker_dual_stack_network() {
     assert_eq!(net["ipam6"]["gateway"], "fd00:92::1", "{net}");
 
     env.run("c1", "dn6", &[]);
-    env.run("c2", "dn6", &["--ip6", "fd00:92::77"]);
-    let addr6 = |name: &str| -> Vec<String> {
-        let o = env.exec(name, &["ip", "-o", "-6", "addr", "show", "eth0"]);
-        assert!(ok(&o), "{}", out(&o));
-        stdout(&o)
-            .lines()
-            .filter(|l| l.contains("scope global"))
-            .filter_map(|l| {
-                l.split_whitespace()
-                    .skip_while(|w| *w != "inet6")
-                    .nth(1)
-                    .map(str::to_owned)
-            })
-            .collect()
-    };
-    let a1 = addr6("c1");
+    env.run("c2", "dn6", &["--ip6", "fd00:92::77", "-p", "8086:80"]);
+    let a1 = global_addr6(&env, "c1");
     assert_eq!(a1.len(), 1, "c1's global IPv6 addresses: {a1:?}");
     assert!(
         a1[0].starts_with("fd00:92::") && a1[0].ends_with("/64"),
         "{a1:?}"
     );
     let ip1 = a1[0].trim_end_matches("/64").to_owned();
-    assert_eq!(addr6("c2"), vec!["fd00:92::77/64".to_owned()]);
+    assert_eq!(global_addr6(&env, "c2"), vec!["fd00:92::77/64".to_owned()]);
 
     // dnet has them, with Docker's IPv6 addresses.
-    let ps = env.sb.dnet_json(&["ps"]);
-    let ips: Vec<&str> = ps
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["networks"][0]["ip6"].as_str())
-        .collect();
+    let ips = env.dnet_ips("ip6");
     assert!(
-        ips.contains(&ip1.as_str()) && ips.contains(&"fd00:92::77"),
-        "{ps}"
+        ips.contains(&ip1) && ips.contains(&"fd00:92::77".to_owned()),
+        "{ips:?}"
     );
 
     // Join's GatewayIPv6 is the container's default IPv6 route.
@@ -1228,6 +1175,54 @@ fn docker_dual_stack_network() {
         let o = ping6(&env, from, to);
         assert!(ok(&o), "{from} -> {to}: {}", out(&o));
     }
+    // By name: Docker's embedded DNS answers AAAA with the address dnet
+    // forwards to.
+    assert_eq!(
+        ask_docker_dns(&env, "c1", &["c2", "aaaa"]),
+        ["rcode NoError", "AAAA fd00:92::77"]
+    );
+    let o = ping6(&env, "c1", "c2");
+    assert!(
+        ok(&o) && stdout(&o).contains("fd00:92::77"),
+        "c1 -> c2 by name over IPv6: {}",
+        out(&o)
+    );
+
+    // Out to the world's IPv6 address through dnet's NAT66: the world
+    // sees the uplink's address.
+    let world = env.sb.world_netns_path();
+    env.sb.spawn_in(&world, &ct(), &["serve", "tcp", "[::]:80"]);
+    dnet_sandbox::wait_listening(&world, "tcp", 80);
+    let c1 = std::path::PathBuf::from(format!("/proc/{}/ns/net", env.docker.pid_of("c1").unwrap()));
+    let o = dnet_sandbox::in_netns(&c1, &ct(), &["tcp", &format!("[{WORLD6}]:80")]);
+    assert!(
+        ok(&o) && stdout(&o).starts_with(&format!("[{UPLINK6}]:")),
+        "c1 -> the world over IPv6, seen as the uplink: {}",
+        out(&o)
+    );
+    let o = ping6(&env, "c1", WORLD6);
+    assert!(ok(&o), "c1 -> the world's IPv6: {}", out(&o));
+
+    // c2's `-p 8086:80` from the world, over IPv6 and IPv4: it sees the
+    // world's own address (the server listens on [::]: IPv4 reads
+    // v4-mapped).
+    let c2 = std::path::PathBuf::from(format!("/proc/{}/ns/net", env.docker.pid_of("c2").unwrap()));
+    env.sb.spawn_in(&c2, &ct(), &["serve", "tcp", "[::]:80"]);
+    dnet_sandbox::wait_listening(&c2, "tcp", 80);
+    for (to, seen) in [
+        (format!("[{UPLINK6}]:8086"), format!("[{WORLD6}]:")),
+        (format!("{UPLINK_IP}:8086"), format!("[::ffff:{WORLD_IP}]:")),
+    ] {
+        let tcp = || env.sb.in_world(&ct(), &["tcp", &to]);
+        assert!(
+            wait_until(Duration::from_secs(5), || ok(&tcp())),
+            "{to} from the world: {}",
+            out(&tcp())
+        );
+        let o = tcp();
+        assert!(stdout(&o).starts_with(&seen), "{to}: c2 saw {}", out(&o));
+    }
+
     // IPv4 still works beside it.
     let o = env.exec("c1", &["ping", "-c", "1", "-W", "2", "10.92.0.1"]);
     assert!(ok(&o), "c1 -> the IPv4 gateway: {}", out(&o));
@@ -1318,23 +1313,19 @@ fn docker_ipam_driver_dual_stack() {
     );
 
     // An overlapping IPv6 pool is refused, and nothing is made.
-    let before = env.sb.state();
-    let e = env.docker_err(&[
-        "network",
-        "create",
-        "-d",
-        &d,
-        "--ipam-driver",
-        &d,
-        "--ipv6",
-        "--subnet",
-        "10.94.0.0/24",
-        "--subnet",
-        "fd00:93::/56",
+    let e = env.network_refused(
         "bad6",
-    ]);
+        &[
+            "--ipam-driver",
+            &d,
+            "--ipv6",
+            "--subnet",
+            "10.94.0.0/24",
+            "--subnet",
+            "fd00:93::/56",
+        ],
+    );
     assert!(e.contains("overlaps"), "{e}");
-    assert_eq!(env.sb.state(), before);
 
     // Restarted without dockerd's API, dnet still knows that its IPAM
     // addresses "ds": its own containers may join, beside Docker's.

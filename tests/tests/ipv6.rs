@@ -3,7 +3,8 @@
 //! traffic through the eBPF datapath.
 
 use dnet_sandbox::{
-    Sandbox, UPLINK_IP, WORLD_IP, conntest_bin, dnet_bin, ok, out, sh_ok, wait_listening,
+    Sandbox, UPLINK_IP, UPLINK6, WORLD_IP, WORLD6, conntest_bin, dnet_bin, dual_stack_sandbox, ok,
+    out, sh_ok, wait_listening,
 };
 use serde_json::Value;
 
@@ -71,16 +72,7 @@ fn bad_ipv6_input_gets_a_clear_error_and_changes_nothing() {
         ],
     );
     sb.start_daemon();
-    sb.dnet_ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "10.60.0.0/24",
-        "--subnet",
-        "fd00:60::/64",
-        "dual",
-    ]);
+    sb.dual_stack_network("dual", "10.60.0.0/24", "fd00:60::/64");
     sb.dnet_ok(&["network", "create", "--subnet", "10.61.0.0/24", "v4only"]);
     sb.dnet_ok(&[
         "run",
@@ -211,17 +203,7 @@ fn a_dual_stack_container_gets_its_address_routes_and_sysctls() {
     let mut sb = Sandbox::with_daemon_args(&["--ipv6", "--fixed-cidr-v6", "fd00:17::/64"]);
     sb.dnet_ok(&["run", "-d", "--name", "a", "--", "sleep", "300"]);
     sb.dnet_ok(&["network", "create", "--subnet", "10.63.0.0/24", "v4only"]);
-    sb.dnet_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "b",
-        "--network",
-        "v4only",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    sb.sleeper("b", &["--network", "v4only"]);
 
     // Inside: the address, at once usable and without a prefix route.
     let eth0 = &json_in(&sb, "a", &["ip", "-j", "-6", "addr", "show", "eth0"])[0];
@@ -405,29 +387,10 @@ fn a_dual_stack_container_gets_its_address_routes_and_sysctls() {
 #[test]
 fn dual_stack_names_have_their_ipv6_address_in_hosts_and_dns() {
     let sb = Sandbox::new();
-    sb.dnet_ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "10.64.0.0/24",
-        "--subnet",
-        "fd00:64::/64",
-        "dual",
-    ]);
+    sb.dual_stack_network("dual", "10.64.0.0/24", "fd00:64::/64");
     sb.dnet_ok(&["network", "create", "--subnet", "10.65.0.0/24", "v4only"]);
     for (name, net) in [("web", "dual"), ("client", "dual"), ("old", "v4only")] {
-        sb.dnet_ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            net,
-            "--",
-            "sleep",
-            "300",
-        ]);
+        sb.sleeper(name, &["--network", net]);
     }
     let hosts = sb.dnet_ok(&["exec", "web", "--", "cat", "/etc/hosts"]);
     let id = sb.container("web")["id"].as_str().unwrap().to_owned();
@@ -590,17 +553,7 @@ fn dual_stack_containers_reach_each_other_and_the_gateway_over_ipv6() {
     server6(&sb, "tcp", "dual", "tcp", 80);
     server6(&sb, "udp", "dual", "udp", 53);
     server6(&sb, "far", "other", "tcp", 80);
-    sb.dnet_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "cli",
-        "--network",
-        "dual",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    sb.sleeper("cli", &["--network", "dual"]);
     let (t, u, far, cli) = (
         ip6_of(&sb, "tcp"),
         ip6_of(&sb, "udp"),
@@ -633,29 +586,10 @@ fn dual_stack_containers_reach_each_other_and_the_gateway_over_ipv6() {
 #[test]
 fn an_ipv4_only_network_next_to_a_dual_stack_one_drops_ipv6() {
     let sb = Sandbox::new();
-    sb.dnet_ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "10.72.0.0/24",
-        "--subnet",
-        "fd00:72::/64",
-        "dual",
-    ]);
+    sb.dual_stack_network("dual", "10.72.0.0/24", "fd00:72::/64");
     sb.dnet_ok(&["network", "create", "--subnet", "10.73.0.0/24", "v4"]);
     server6(&sb, "srv", "dual", "tcp", 80);
-    sb.dnet_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "v4c",
-        "--network",
-        "v4",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    sb.sleeper("v4c", &["--network", "v4"]);
     // The IPv4-only container turns IPv6 on by itself, takes an address of
     // the dual-stack subnet and sends to it: the datapath drops all of
     // it with the `ipv6` reason (its network has no IPv6).
@@ -674,17 +608,7 @@ fn an_ipv4_only_network_next_to_a_dual_stack_one_drops_ipv6() {
     assert!(request6(&sb, "v4c", "tcp", &srv, 80).is_none());
     assert!(sb.drops("v4c", "ipv6") > before, "counted");
     // The dual-stack side is not disturbed.
-    sb.dnet_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "cli",
-        "--network",
-        "dual",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    sb.sleeper("cli", &["--network", "dual"]);
     assert!(request6(&sb, "cli", "tcp", &srv, 80).is_some());
 }
 
@@ -720,16 +644,7 @@ fn ipv6_forwarding_goes_on_while_the_daemon_is_down_and_after_a_restart() {
 #[test]
 fn a_dual_stack_network_connected_later_and_internal_ones_route_as_ipv4_does() {
     let sb = Sandbox::new();
-    sb.dnet_ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "10.77.0.0/24",
-        "--subnet",
-        "fd00:77::/64",
-        "dual",
-    ]);
+    sb.dual_stack_network("dual", "10.77.0.0/24", "fd00:77::/64");
     sb.dnet_ok(&[
         "network",
         "create",
@@ -775,17 +690,7 @@ fn a_dual_stack_network_connected_later_and_internal_ones_route_as_ipv4_does() {
         "{routes}"
     );
     // An internal dual-stack network gives no default route.
-    sb.dnet_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "b",
-        "--network",
-        "closed",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    sb.sleeper("b", &["--network", "closed"]);
     let routes = json_in(&sb, "b", &["ip", "-j", "-6", "route", "show"]);
     let rs = routes.as_array().unwrap();
     assert!(!rs.iter().any(|r| r["dst"] == "default"), "{routes}");
@@ -798,34 +703,6 @@ fn a_dual_stack_network_connected_later_and_internal_ones_route_as_ipv4_does() {
     sb.dnet_ok(&["rm", "-f", "a", "b"]);
     sb.settle();
     assert_eq!((sb.snapshot(), snapshot6(&sb), map6(&sb)), before);
-}
-
-/// The uplink's IPv6 address in the IPv6 sandbox tests (the benchmarking
-/// range, RFC 5180), and the world's.
-const UPLINK6: &str = "2001:2::2";
-const WORLD6: &str = "2001:2::1";
-
-/// A sandbox whose uplink has an IPv6 address too, before its daemon
-/// starts.
-fn dual_stack_sandbox() -> Sandbox {
-    let mut sb = Sandbox::without_daemon();
-    for (ns, a) in [(&sb.host_ns, UPLINK6), (&sb.world_ns, WORLD6)] {
-        sh_ok(
-            "ip",
-            &[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{a}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        );
-    }
-    sb.start_daemon();
-    sb
 }
 
 /// The host's `getpeername()` of a TCP connection to `[addr]:port`.
@@ -843,16 +720,7 @@ fn the_host_reaches_ports_published_by_dual_stack_containers_over_ipv6() {
     let sb = dual_stack_sandbox();
     let ct = conntest_bin();
     let ct = ct.to_str().unwrap();
-    sb.dnet_ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "10.72.0.0/24",
-        "--subnet",
-        "fd00:72::/64",
-        "dual",
-    ]);
+    sb.dual_stack_network("dual", "10.72.0.0/24", "fd00:72::/64");
     let serve = |name: &str, net: &str, p: &[&str], proto: &str, port: u16| {
         let mut a = vec!["run", "-d", "--name", name, "--network", net];
         for p in p {
@@ -987,29 +855,10 @@ print(r.returncode, r.stdout, r.stderr)\n";
 #[test]
 fn the_resolver_answers_on_the_ipv6_gateway_of_a_dual_stack_network() {
     let sb = Sandbox::new();
-    sb.dnet_ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "10.74.0.0/24",
-        "--subnet",
-        "fd00:74::/64",
-        "dual",
-    ]);
+    sb.dual_stack_network("dual", "10.74.0.0/24", "fd00:74::/64");
     sb.dnet_ok(&["network", "create", "--subnet", "10.75.0.0/24", "v4only"]);
     for (name, net) in [("web", "dual"), ("client", "dual"), ("old", "v4only")] {
-        sb.dnet_ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            net,
-            "--",
-            "sleep",
-            "300",
-        ]);
+        sb.sleeper(name, &["--network", net]);
     }
     // resolv.conf lists the IPv6 gateway after the IPv4 one, where it
     // works only.
@@ -1067,20 +916,7 @@ fn the_resolver_answers_on_the_ipv6_gateway_of_a_dual_stack_network() {
 #[test]
 fn a_dual_stack_container_reaches_the_world_over_ipv6_as_the_uplink() {
     let mut sb = dual_stack_sandbox();
-    // The host's default IPv6 route: via the world.
-    sh_ok(
-        "ip",
-        &[
-            "-n",
-            &sb.host_ns,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            WORLD6,
-        ],
-    );
+    sb.route6_via_world();
     let w = sb.world_netns_path();
     let ct = conntest_bin();
     let ct = ct.to_str().unwrap();
@@ -1088,27 +924,8 @@ fn a_dual_stack_container_reaches_the_world_over_ipv6_as_the_uplink() {
     sb.spawn_in(&w, ct, &["serve", "udp", "[::]:53"]);
     wait_listening(&w, "tcp", 80);
     wait_listening(&w, "udp", 53);
-    sb.dnet_ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "10.72.0.0/24",
-        "--subnet",
-        "fd00:72::/64",
-        "nat6",
-    ]);
-    sb.dnet_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "cli",
-        "--network",
-        "nat6",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    sb.dual_stack_network("nat6", "10.72.0.0/24", "fd00:72::/64");
+    sb.sleeper("cli", &["--network", "nat6"]);
     // The world sees the uplink's IPv6 address, never the container's.
     for (proto, port) in [("tcp", 80), ("udp", 53)] {
         let seen = request6(&sb, "cli", proto, WORLD6, port)
@@ -1143,57 +960,12 @@ fn nat66_follows_an_ipv6_address_the_uplink_gets_after_the_daemon_started() {
     let ct = conntest_bin();
     sb.spawn_in(&w, ct.to_str().unwrap(), &["serve", "tcp", "[::]:80"]);
     wait_listening(&w, "tcp", 80);
-    sb.dnet_ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "10.73.0.0/24",
-        "--subnet",
-        "fd00:73::/64",
-        "nat6late",
-    ]);
-    sb.dnet_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "cli",
-        "--network",
-        "nat6late",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    sb.dual_stack_network("nat6late", "10.73.0.0/24", "fd00:73::/64");
+    sb.sleeper("cli", &["--network", "nat6late"]);
     // No IPv6 on the uplink yet: nothing leaves (no-nat-address).
     assert!(request6(&sb, "cli", "tcp", WORLD6, 80).is_none());
-    for (ns, a) in [(&sb.host_ns, UPLINK6), (&sb.world_ns, WORLD6)] {
-        sh_ok(
-            "ip",
-            &[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{a}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        );
-    }
-    sh_ok(
-        "ip",
-        &[
-            "-n",
-            &sb.host_ns,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            WORLD6,
-        ],
-    );
+    sb.add_uplink6();
+    sb.route6_via_world();
     // The daemon hears of the address (netlink) and translates to it.
     let mut seen = None;
     for _ in 0..50 {
@@ -1217,16 +989,7 @@ fn the_world_reaches_a_dual_stack_containers_published_ports_over_ipv6_and_ipv4(
     let sb = dual_stack_sandbox();
     let ct = conntest_bin();
     let ct = ct.to_str().unwrap();
-    sb.dnet_ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "10.73.0.0/24",
-        "--subnet",
-        "fd00:73::/64",
-        "dual",
-    ]);
+    sb.dual_stack_network("dual", "10.73.0.0/24", "fd00:73::/64");
     for (name, p, proto, port) in [
         ("web", "8080:80", "tcp", 80),
         ("dns", "5353:53/udp", "udp", 53),

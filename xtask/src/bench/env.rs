@@ -323,6 +323,22 @@ pub fn world6(host: &Path, world: &Path) -> anyhow::Result<()> {
     )
 }
 
+/// One TCP connection from `client` to the world's probe server at
+/// `target`: the client address the world saw, `None` without an answer.
+fn seen_by_world(client: &Path, tools: &Tools, target: &str) -> anyhow::Result<Option<String>> {
+    let o = in_netns(
+        client,
+        None,
+        tools.conntest(),
+        &["tcp", target, "--timeout", "2"],
+    )
+    .output()
+    .context("conntest")?;
+    Ok(o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned()))
+}
+
 /// Does a container reach the world through source NAT? `Ok` when the
 /// world saw the uplink's address.
 pub fn probe_nat(
@@ -331,22 +347,12 @@ pub fn probe_nat(
     world_ip: Ipv4Addr,
     uplink: Ipv4Addr,
 ) -> Outcome<()> {
-    let target = format!("{world_ip}:{PROBE_PORT}");
-    let o = in_netns(
-        client,
-        None,
-        tools.conntest(),
-        &["tcp", &target, "--timeout", "2"],
-    )
-    .output()
-    .context("conntest")?;
-    let seen = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-    if !o.status.success() {
+    let Some(seen) = seen_by_world(client, tools, &format!("{world_ip}:{PROBE_PORT}"))? else {
         return Err(Miss::Na(
             "n/a (not built yet): a container gets no answer from the world (no outbound NAT)"
                 .into(),
         ));
-    }
+    };
     if !seen.starts_with(&format!("{uplink}:")) {
         return Err(Miss::Na(format!(
             "n/a (not built yet): the world saw {seen}, not the uplink address (no NAT)"
@@ -360,18 +366,9 @@ pub fn probe_nat(
 /// why when the world got nothing.
 pub fn probe_nat6(client: &Path, tools: &Tools, no_answer: impl FnOnce() -> Miss) -> Outcome<()> {
     let target = SocketAddr::new(WORLD_IP6.into(), PROBE6_PORT).to_string();
-    let o = in_netns(
-        client,
-        None,
-        tools.conntest(),
-        &["tcp", &target, "--timeout", "2"],
-    )
-    .output()
-    .context("conntest")?;
-    let seen = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-    if !o.status.success() {
+    let Some(seen) = seen_by_world(client, tools, &target)? else {
         return Err(no_answer());
-    }
+    };
     match seen.parse::<SocketAddr>() {
         Ok(a) if a.ip() == IpAddr::V6(UPLINK_IP6) => Ok(()),
         _ => Err(Miss::Na(format!(

@@ -10,24 +10,44 @@ use super::{
     *,
 };
 
+/// The service key of host port 8080 on `addr` (all zeros: every host
+/// address).
+fn key8080(addr: [u8; 16], proto: u8) -> ServiceKey6 {
+    ServiceKey6 {
+        addr,
+        port_be: 8080u16.to_be(),
+        proto,
+        _pad: 0,
+    }
+}
+
+/// Container A's port 80.
+fn to_a80() -> Service6 {
+    Service6 {
+        backend: ip6(A6).octets(),
+        backend_port_be: 80u16.to_be(),
+        _pad: 0,
+    }
+}
+
 /// `-p 8080:80` (TCP and UDP) of container A, on every host address.
 fn publish6_8080_to_a(dp: &mut Datapath) {
     for proto in [TCP, UDP] {
-        dp.set_service6(
-            &ServiceKey6 {
-                addr: [0; 16],
-                port_be: 8080u16.to_be(),
-                proto,
-                _pad: 0,
-            },
-            &Service6 {
-                backend: ip6(A6).octets(),
-                backend_port_be: 80u16.to_be(),
-                _pad: 0,
-            },
-        )
-        .unwrap();
+        dp.set_service6(&key8080([0; 16], proto), &to_a80())
+            .unwrap();
     }
+}
+
+/// A TCP segment (`flags`) from the world's `[SERVER6]:33333` to the
+/// uplink's `[UPLINK6]:port`.
+fn from_world6(port: u16, flags: u8) -> Vec<u8> {
+    tcp6(
+        WORLD_MAC,
+        up0_mac(),
+        (SERVER6, 33333),
+        (UPLINK6, port),
+        flags,
+    )
 }
 
 #[test]
@@ -35,13 +55,7 @@ fn dnat6_tcp_reaches_the_container_and_its_reply_leaves_as_the_uplink() {
     in_fresh_netns(|| {
         let mut fx = nat6_fixture();
         publish6_8080_to_a(&mut fx.dp);
-        let syn = tcp6(
-            WORLD_MAC,
-            up0_mac(),
-            (SERVER6, 33333),
-            (UPLINK6, 8080),
-            0x02,
-        );
+        let syn = from_world6(8080, 0x02);
         let (v, into) = run_prog(&fx.dp, PROG_FROM_UPLINK, &syn);
         assert_eq!(v, REDIRECT, "into the container");
         let p = parse6_checked(&into);
@@ -68,13 +82,7 @@ fn dnat6_tcp_reaches_the_container_and_its_reply_leaves_as_the_uplink() {
         assert_eq!((o.dst_mac, o.src_mac), (WORLD_MAC, up0_mac()));
 
         // The flow's next packet from the world goes in the same way.
-        let ack = tcp6(
-            WORLD_MAC,
-            up0_mac(),
-            (SERVER6, 33333),
-            (UPLINK6, 8080),
-            0x10,
-        );
+        let ack = from_world6(8080, 0x10);
         let (v, again) = run_prog(&fx.dp, PROG_FROM_UPLINK, &ack);
         assert_eq!(v, REDIRECT);
         assert_eq!(parse6_checked(&again).daddr, ip6(A6));
@@ -110,54 +118,16 @@ fn dnat6_a_port_nobody_published_is_the_hosts() {
         publish6_8080_to_a(&mut fx.dp);
         // Another port, and a segment that opens no flow to the published
         // one: the host stack's, untouched, no entry.
-        let other = tcp6(
-            WORLD_MAC,
-            up0_mac(),
-            (SERVER6, 33333),
-            (UPLINK6, 8081),
-            0x02,
-        );
+        let other = from_world6(8081, 0x02);
         let (v, out) = run_prog(&fx.dp, PROG_FROM_UPLINK, &other);
         assert_eq!((v, out), (OK, other));
-        let ack = tcp6(
-            WORLD_MAC,
-            up0_mac(),
-            (SERVER6, 33333),
-            (UPLINK6, 8080),
-            0x10,
-        );
+        let ack = from_world6(8080, 0x10);
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &ack).0, OK);
         // Published on another host address only: not on the uplink's.
-        fx.dp
-            .clear_service6(&ServiceKey6 {
-                addr: [0; 16],
-                port_be: 8080u16.to_be(),
-                proto: TCP,
-                _pad: 0,
-            })
-            .unwrap();
-        fx.dp
-            .set_service6(
-                &ServiceKey6 {
-                    addr: ip6("2001:2::9").octets(),
-                    port_be: 8080u16.to_be(),
-                    proto: TCP,
-                    _pad: 0,
-                },
-                &Service6 {
-                    backend: ip6(A6).octets(),
-                    backend_port_be: 80u16.to_be(),
-                    _pad: 0,
-                },
-            )
-            .unwrap();
-        let syn = tcp6(
-            WORLD_MAC,
-            up0_mac(),
-            (SERVER6, 33333),
-            (UPLINK6, 8080),
-            0x02,
-        );
+        fx.dp.clear_service6(&key8080([0; 16], TCP)).unwrap();
+        let elsewhere = key8080(ip6("2001:2::9").octets(), TCP);
+        fx.dp.set_service6(&elsewhere, &to_a80()).unwrap();
+        let syn = from_world6(8080, 0x02);
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, OK);
         assert!(fx.dp.conntrack6().unwrap().is_empty());
     });
@@ -173,13 +143,7 @@ fn dnat6_only_listed_sources_reach_published_ports() {
         fx.dp
             .set_publish_from(&["0.0.0.0/0".parse().unwrap()])
             .unwrap();
-        let syn = tcp6(
-            WORLD_MAC,
-            up0_mac(),
-            (SERVER6, 33333),
-            (UPLINK6, 8080),
-            0x02,
-        );
+        let syn = from_world6(8080, 0x02);
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, SHOT);
         assert_eq!(drops(&fx.dp, 1, DropReason::SourceNotAllowed), 1);
         assert!(fx.dp.conntrack6().unwrap().is_empty());
@@ -206,13 +170,7 @@ fn dnat6_a_hop_limit_of_one_opens_nothing() {
     in_fresh_netns(|| {
         let mut fx = nat6_fixture();
         publish6_8080_to_a(&mut fx.dp);
-        let mut syn = tcp6(
-            WORLD_MAC,
-            up0_mac(),
-            (SERVER6, 33333),
-            (UPLINK6, 8080),
-            0x02,
-        );
+        let mut syn = from_world6(8080, 0x02);
         syn[21] = 1;
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, SHOT);
         assert_eq!(drops(&fx.dp, 0, DropReason::TtlExceeded), 1);
