@@ -33,12 +33,9 @@ use rtnetlink::{
 
 use crate::netns::{self, NetnsError};
 
+pub mod markers;
 mod v6;
-pub use v6::{Address6, Route6, RouteSpec6};
-
-/// The route protocol number dnet marks its routes with (`ip route` shows
-/// `proto 213`), so that it can find and remove exactly its own.
-pub const RTPROT_DNET: u8 = 213;
+pub use v6::{Address6, Route6};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -188,7 +185,18 @@ pub trait Family: Copy + Into<IpAddr> + sealed::Sealed {
     fn local(a: &AddressAttribute) -> Option<Self>;
     fn of_route(a: &RouteAddress) -> Option<Self>;
     /// A dump request for every route of the family.
-    fn route_filter() -> RouteMessage;
+    fn route_filter() -> RouteMessage {
+        Self::route_builder().build()
+    }
+    /// A route message of the family, to fill in.
+    fn route_builder() -> RouteMessageBuilder<Self>;
+    /// The address as a route's attribute holds it.
+    fn route_address(self) -> RouteAddress;
+    /// Whether a route's gateway is given as on-link: an IPv4 one is
+    /// (inside containers the gateway is the next hop even for the
+    /// container's own subnet); an IPv6 one has a /128 device route of its
+    /// own first.
+    const GATEWAY_ONLINK: bool;
 }
 
 mod sealed {
@@ -212,9 +220,13 @@ impl Family for Ipv4Addr {
             _ => None,
         }
     }
-    fn route_filter() -> RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    fn route_builder() -> RouteMessageBuilder<Self> {
+        RouteMessageBuilder::<Ipv4Addr>::new()
     }
+    fn route_address(self) -> RouteAddress {
+        RouteAddress::Inet(self)
+    }
+    const GATEWAY_ONLINK: bool = true;
 }
 
 impl Family for Ipv6Addr {
@@ -232,9 +244,13 @@ impl Family for Ipv6Addr {
             _ => None,
         }
     }
-    fn route_filter() -> RouteMessage {
-        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    fn route_builder() -> RouteMessageBuilder<Self> {
+        RouteMessageBuilder::<Ipv6Addr>::new()
     }
+    fn route_address(self) -> RouteAddress {
+        RouteAddress::Inet6(self)
+    }
+    const GATEWAY_ONLINK: bool = false;
 }
 
 /// An address of a link (IPv4 unless said otherwise).
@@ -557,7 +573,7 @@ impl Netlink {
                     _ => None,
                 });
                 let dnet = m.attributes.iter().any(|a| {
-                    matches!(a, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == RTPROT_DNET)
+                    matches!(a, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == markers::RTPROT_DNET)
                 });
                 // IFA_FLAGS (32 bits) when present, else the header's 8.
                 let flags = m
@@ -580,24 +596,25 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds (or replaces) a route marked as dnet's.
-    pub async fn add_route(&self, route: RouteSpec) -> Result<(), NetlinkError> {
-        self.route_add(format!("{}/{}", route.dst, route.prefix), route.message())
-            .await
+    /// Adds (or replaces) a route, of either family.
+    pub async fn add_route<A: Family>(&self, route: RouteSpec<A>) -> Result<(), NetlinkError> {
+        self.route_add(route.name(), route.message()).await
     }
 
     /// Adds a route only where none to its destination is: in a container's
     /// namespace an existing route is its owner's, never replaced.
     /// `Ok(false)` when one is already there (nothing changed).
-    pub async fn add_route_if_absent(&self, route: RouteSpec) -> Result<bool, NetlinkError> {
-        self.route_add_if_absent(format!("{}/{}", route.dst, route.prefix), route.message())
+    pub async fn add_route_if_absent<A: Family>(
+        &self,
+        route: RouteSpec<A>,
+    ) -> Result<bool, NetlinkError> {
+        self.route_add_if_absent(route.name(), route.message())
             .await
     }
 
     /// Deletes a route; a missing route is not an error.
-    pub async fn del_route(&self, route: RouteSpec) -> Result<(), NetlinkError> {
-        self.route_del(format!("{}/{}", route.dst, route.prefix), route.message())
-            .await
+    pub async fn del_route<A: Family>(&self, route: RouteSpec<A>) -> Result<(), NetlinkError> {
+        self.route_del(route.name(), route.message()).await
     }
 
     /// Adds (or replaces) the route `msg` describes (`dst` names it in
@@ -779,22 +796,26 @@ pub fn monitor() -> Result<impl futures::Stream<Item = Change> + Unpin, NetlinkE
     }))
 }
 
-/// A route to add or delete.
+/// A route to add or delete, of either family (IPv4 unless said
+/// otherwise).
 #[derive(Clone, Copy, Debug)]
-pub struct RouteSpec {
-    pub dst: Ipv4Addr,
+pub struct RouteSpec<A = Ipv4Addr> {
+    pub dst: A,
     pub prefix: u8,
     pub kind: RouteType,
     pub oif: Option<u32>,
-    pub gateway: Option<Ipv4Addr>,
-    pub pref_src: Option<Ipv4Addr>,
-    /// Mark the route as dnet's (`proto 213`).
+    pub gateway: Option<A>,
+    pub pref_src: Option<A>,
+    /// Mark the route as dnet's (`proto 213`, see [`markers`]).
     pub dnet: bool,
 }
 
-impl RouteSpec {
-    /// `dst/prefix dev oif` (scope link).
-    pub fn device(dst: Ipv4Addr, prefix: u8, oif: u32) -> RouteSpec {
+/// An IPv6 route to add or delete.
+pub type RouteSpec6 = RouteSpec<Ipv6Addr>;
+
+impl<A: Family> RouteSpec<A> {
+    /// `dst/prefix dev oif` (scope link), dnet's.
+    pub fn device(dst: A, prefix: u8, oif: u32) -> RouteSpec<A> {
         RouteSpec {
             dst,
             prefix,
@@ -806,9 +827,9 @@ impl RouteSpec {
         }
     }
 
-    /// `dst/prefix via gw dev oif onlink` (inside containers: the gateway
-    /// is the next hop even for the container's own subnet).
-    pub fn via(dst: Ipv4Addr, prefix: u8, gateway: Ipv4Addr, oif: u32) -> RouteSpec {
+    /// `dst/prefix via gw dev oif` (inside containers; IPv4 adds `onlink`,
+    /// see [`Family::GATEWAY_ONLINK`]).
+    pub fn via(dst: A, prefix: u8, gateway: A, oif: u32) -> RouteSpec<A> {
         RouteSpec {
             dst,
             prefix,
@@ -820,8 +841,8 @@ impl RouteSpec {
         }
     }
 
-    /// `unreachable dst/prefix`.
-    pub fn unreachable(dst: Ipv4Addr, prefix: u8) -> RouteSpec {
+    /// `unreachable dst/prefix`, dnet's.
+    pub fn unreachable(dst: A, prefix: u8) -> RouteSpec<A> {
         RouteSpec {
             dst,
             prefix,
@@ -833,23 +854,37 @@ impl RouteSpec {
         }
     }
 
+    /// `dst/prefix`, as errors name the route.
+    fn name(&self) -> String {
+        let dst: IpAddr = self.dst.into();
+        format!("{dst}/{}", self.prefix)
+    }
+
     fn message(&self) -> RouteMessage {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(self.dst, self.prefix)
-            .kind(self.kind);
-        b = b.protocol(if self.dnet {
-            RouteProtocol::Other(RTPROT_DNET)
+        let mut b = A::route_builder().kind(self.kind).protocol(if self.dnet {
+            markers::route_protocol()
         } else {
             RouteProtocol::Boot
         });
+        // What the builder's family-own setters do (`destination_prefix`,
+        // `gateway`, `pref_source`).
+        let m = b.get_mut();
+        m.header.destination_prefix_length = self.prefix;
+        m.attributes
+            .push(RouteAttribute::Destination(self.dst.route_address()));
+        if let Some(g) = self.gateway {
+            m.attributes
+                .push(RouteAttribute::Gateway(g.route_address()));
+        }
+        if let Some(s) = self.pref_src {
+            m.attributes
+                .push(RouteAttribute::PrefSource(s.route_address()));
+        }
         if let Some(o) = self.oif {
             b = b.output_interface(o);
         }
-        if let Some(g) = self.gateway {
-            b = b.gateway(g).onlink();
-        }
-        if let Some(s) = self.pref_src {
-            b = b.pref_source(s);
+        if self.gateway.is_some() && A::GATEWAY_ONLINK {
+            b = b.onlink();
         }
         if self.oif.is_some() && self.gateway.is_none() {
             b = b.scope(RouteScope::Link);

@@ -398,3 +398,45 @@ pub struct EndpointStatsView {
 pub struct ErrorBody {
     pub message: String,
 }
+
+/// A flow's state, as `dnet conntrack ls` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowState {
+    /// TCP: a SYN went out, nothing came back yet.
+    SynSent,
+    /// TCP: the SYN was answered (SYN-ACK), the opener's ACK is still due.
+    /// Half-open: the short SYN timeout.
+    SynRecv,
+    /// TCP: the handshake completed (the opener's ACK after the SYN-ACK).
+    Established,
+    /// TCP: FIN both ways, or a RST.
+    Closing,
+    /// UDP or ICMP: seen one way only.
+    Unreplied,
+    /// UDP or ICMP: seen both ways.
+    Replied,
+}
+
+/// One flow as `dnet conntrack ls` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FlowView {
+    pub proto: String,
+    /// `snat` (a container to the world), `dnat` (the world to a published
+    /// port), `hairpin` (a container to a published port) or `host` (the
+    /// host's own echo request, its identifier held).
+    pub kind: String,
+    /// The tuple as the flow's first packet was sent.
+    pub original: Tuple,
+    /// The same packet after translation.
+    pub translated: Tuple,
+    pub state: FlowState,
+    pub age_secs: u64,
+    pub expires_in_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Tuple {
+    pub src: String,
+    pub dst: String,
+}

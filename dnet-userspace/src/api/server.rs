@@ -300,7 +300,7 @@ async fn stats(State(e): Engine_) -> Api<super::StatsView> {
     Ok(Json(e.stats().await?))
 }
 
-async fn conntrack(State(e): Engine_) -> Api<Vec<crate::engine::conntrack::FlowView>> {
+async fn conntrack(State(e): Engine_) -> Api<Vec<super::FlowView>> {
     Ok(Json(e.conntrack().await?))
 }
 

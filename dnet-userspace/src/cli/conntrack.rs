@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use super::{Format, print_json, table::Table};
-use crate::{api::client::Client, engine::conntrack::FlowView};
+use crate::api::{FlowView, client::Client};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {

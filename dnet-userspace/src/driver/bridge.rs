@@ -32,7 +32,7 @@ use dnet_common::{
     maps as m,
     network::{NET_F_INTERNAL, NET_F_NO_ICC},
 };
-use netlink_packet_route::route::{RouteProtocol, RouteType};
+use netlink_packet_route::route::RouteType;
 
 use super::{Attachment, Caps, Ctx, Driver, check_mtu, check_options, keep};
 use crate::{
@@ -40,16 +40,16 @@ use crate::{
     datapath::Datapath,
     error::{Error, Result},
     model::{Container, DriverKind, Endpoint, Ipam, Ipam6, Netns, Network, State},
-    netlink::{Netlink, RTPROT_DNET, RouteSpec, RouteSpec6, VethPeer},
+    netlink::{
+        Family, Netlink, RouteSpec, RouteSpec6, VethPeer,
+        markers::{self, GATEWAY_LABEL},
+    },
     netns, spec,
 };
 
 pub struct Bridge;
 
 const OPTIONS: &[&str] = &["mtu", "icc", crate::model::GATEWAY_MODE_IPV6];
-
-/// The label of gateway addresses on `lo`: marks them as dnet's.
-const GATEWAY_LABEL: &str = "lo:dnet";
 
 /// A new host-side veth name, as Docker makes them.
 fn veth_name() -> String {
@@ -63,8 +63,24 @@ fn container_side_name(host_ifname: &str) -> String {
     format!("dntmp{}", host_ifname.trim_start_matches("veth"))
 }
 
-fn ep_alias(container_id: &str) -> String {
-    format!("dnet:ep:{container_id}")
+/// Removes dnet's unreachable routes of family `A` to a subnet no bridge
+/// network has (`subnets`: theirs, as network address and prefix).
+async fn collect_unreachable<A: Family + PartialEq>(
+    nl: &Netlink,
+    subnets: &[(A, u8)],
+) -> Result<()> {
+    for r in nl.routes_of::<A>().await? {
+        if markers::is_dnet_route(r.protocol)
+            && r.kind == RouteType::Unreachable
+            && !subnets.contains(&(r.dst, r.prefix))
+        {
+            let dst: std::net::IpAddr = r.dst.into();
+            tracing::info!(route = %format!("{dst}/{}", r.prefix), "removing a route dnet no longer uses");
+            nl.del_route(RouteSpec::unreachable(r.dst, r.prefix))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 fn ipam(net: &Network) -> Result<Ipam> {
@@ -249,7 +265,7 @@ impl Driver for Bridge {
             .collect();
         for l in ctx.nl.links().await? {
             let ours = match l.alias.as_deref() {
-                Some(alias) => alias.starts_with("dnet:ep:"),
+                Some(alias) => markers::is_endpoint_alias(alias),
                 None => {
                     l.kind.as_deref() == Some("veth")
                         && l.mac.is_some_and(|m| gateway_macs.contains(&m))
@@ -273,21 +289,11 @@ impl Driver for Bridge {
             }
         }
 
-        for r in ctx.nl.routes().await? {
-            if r.protocol == RouteProtocol::Other(RTPROT_DNET)
-                && r.kind == RouteType::Unreachable
-                && !bridges.iter().any(|n| {
-                    n.ipam.is_some_and(|i| {
-                        i.subnet.network() == r.dst && i.subnet.prefix() == r.prefix
-                    })
-                })
-            {
-                tracing::info!(route = %format!("{}/{}", r.dst, r.prefix), "removing a route dnet no longer uses");
-                ctx.nl
-                    .del_route(RouteSpec::unreachable(r.dst, r.prefix))
-                    .await?;
-            }
-        }
+        let subnets: Vec<(Ipv4Addr, u8)> = bridges
+            .iter()
+            .filter_map(|n| n.ipam.map(|i| (i.subnet.network(), i.subnet.prefix())))
+            .collect();
+        collect_unreachable(&ctx.nl, &subnets).await?;
 
         // Datapath entries.
         let ips: HashSet<u32> = state
@@ -380,21 +386,11 @@ impl Driver for Bridge {
                 ctx.nl.del_address6(lo, a.ip, a.prefix).await?;
             }
         }
-        for r in ctx.nl.routes6().await? {
-            if r.protocol == RouteProtocol::Other(RTPROT_DNET)
-                && r.kind == RouteType::Unreachable
-                && !bridges.iter().any(|n| {
-                    n.ipam6.is_some_and(|i| {
-                        i.subnet.network() == r.dst && i.subnet.prefix() == r.prefix
-                    })
-                })
-            {
-                tracing::info!(route = %format!("{}/{}", r.dst, r.prefix), "removing an IPv6 route dnet no longer uses");
-                ctx.nl
-                    .del_route6(crate::netlink::RouteSpec6::unreachable(r.dst, r.prefix))
-                    .await?;
-            }
-        }
+        let subnets6: Vec<(Ipv6Addr, u8)> = bridges
+            .iter()
+            .filter_map(|n| n.ipam6.map(|i| (i.subnet.network(), i.subnet.prefix())))
+            .collect();
+        collect_unreachable(&ctx.nl, &subnets6).await?;
         for ifname in ctx.dp.pinned_interfaces()? {
             if !veths.contains(&ifname) {
                 ctx.dp.detach_endpoint(&ifname)?;
@@ -465,7 +461,7 @@ impl Driver for Bridge {
         if let Some(i6) = net.ipam6 {
             ctx.nl.add_address6(lo, i6.gateway, 128, true).await?;
             ctx.nl
-                .add_route6(RouteSpec6::unreachable(
+                .add_route(RouteSpec6::unreachable(
                     i6.subnet.network(),
                     i6.subnet.prefix(),
                 ))
@@ -492,7 +488,7 @@ impl Driver for Bridge {
             keep(
                 &mut errors,
                 ctx.nl
-                    .del_route6(RouteSpec6::unreachable(
+                    .del_route(RouteSpec6::unreachable(
                         i6.subnet.network(),
                         i6.subnet.prefix(),
                     ))
@@ -679,7 +675,7 @@ impl Driver for Bridge {
         let checks = [
             (
                 "alias",
-                link.alias.as_deref() == Some(ep_alias(&a.container.id).as_str()),
+                link.alias.as_deref() == Some(markers::endpoint_alias(&a.container.id).as_str()),
             ),
             ("up", link.up),
             (
@@ -781,7 +777,7 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
             host_ifname,
             docker_mac(ipam.gateway),
             mtu,
-            &ep_alias(&a.container.id),
+            &markers::endpoint_alias(&a.container.id),
             VethPeer {
                 name: &peer_name,
                 netns: &ns,
@@ -830,7 +826,7 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         ctx.nl.add_neighbour6(host.index, ip6, mac.0).await?;
         let mut route = RouteSpec6::device(ip6, 128, host.index);
         route.pref_src = Some(i6.gateway);
-        ctx.nl.add_route6(route).await?;
+        ctx.nl.add_route(route).await?;
     }
 
     if host_side {
@@ -956,7 +952,7 @@ async fn configure_container_ipv6(
     for mut r in routes {
         // Routes already in the namespace are its owner's.
         r.dnet = false;
-        if !cnl.add_route6_if_absent(r).await? {
+        if !cnl.add_route_if_absent(r).await? {
             tracing::info!(dst = %r.dst, prefix = r.prefix, "the namespace has this IPv6 route already: it stays");
         }
     }

@@ -42,7 +42,6 @@ use std::{
 
 use async_trait::async_trait;
 use dnet_common::addr::docker_mac;
-use netlink_packet_route::route::RouteProtocol;
 use rtnetlink::packet_route::link::MacVlanMode;
 
 use super::{Attachment, Caps, Counters, Ctx, Driver, check_mtu, check_options, keep};
@@ -52,18 +51,13 @@ use crate::{
     invalid,
     ipam::Pool,
     model::{Container, DriverKind, Endpoint, Ipam, Netns, Network, State},
-    netlink::{Link, Netlink, RTPROT_DNET, RouteSpec},
+    netlink::{Link, Netlink, RouteSpec, markers},
     netns, spec,
 };
 
 pub struct Macvlan;
 
 const OPTIONS: &[&str] = &["parent", "macvlan_mode", "host_access", "mtu"];
-
-/// The alias prefix of the host's own interface on a parent (`host_access`).
-const HOST_LINK_ALIAS: &str = "dnet:net:";
-/// The alias prefix of the children in containers.
-const CHILD_ALIAS: &str = "dnet:mv:";
 
 /// How the kernel switches between the children of one parent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,11 +155,11 @@ fn host_link_name(net: &Network) -> String {
 }
 
 fn host_link_alias(net: &Network) -> String {
-    format!("{HOST_LINK_ALIAS}{}", net.id)
+    markers::network_alias(&net.id)
 }
 
 fn child_alias(net: &Network) -> String {
-    format!("{CHILD_ALIAS}{}", net.id)
+    markers::child_alias(&net.id)
 }
 
 /// Hex digits of a runtime child's name after its `dnmv` (15 characters in
@@ -302,11 +296,7 @@ impl Driver for Macvlan {
                 "parent {parent_name} is not an Ethernet interface"
             ));
         }
-        if parent
-            .alias
-            .as_deref()
-            .is_some_and(|a| a.starts_with("dnet:"))
-        {
+        if parent.alias.as_deref().is_some_and(markers::is_dnet_alias) {
             return Err(invalid!(
                 "parent {parent_name} is an interface dnet made, not a LAN's"
             ));
@@ -890,11 +880,7 @@ async fn collect_garbage(
         .collect();
     let links = ctx.nl.links().await?;
     for l in &links {
-        let Some(id) = l
-            .alias
-            .as_deref()
-            .and_then(|a| a.strip_prefix(HOST_LINK_ALIAS))
-        else {
+        let Some(id) = l.alias.as_deref().and_then(markers::network_of_alias) else {
             continue;
         };
         if !host_links
@@ -914,7 +900,7 @@ async fn collect_garbage(
         for r in &routes {
             if r.oif == Some(h.index)
                 && r.prefix == 32
-                && r.protocol == RouteProtocol::Other(RTPROT_DNET)
+                && markers::is_dnet_route(r.protocol)
                 && !ips.contains(&r.dst)
             {
                 tracing::info!(route = %r.dst, "removing a host route dnet no longer uses");
@@ -926,7 +912,7 @@ async fn collect_garbage(
     // between making one and the commit) are still here, in the daemon's
     // namespace.
     for l in &links {
-        let Some(net_id) = l.alias.as_deref().and_then(|a| a.strip_prefix(CHILD_ALIAS)) else {
+        let Some(net_id) = l.alias.as_deref().and_then(markers::network_of_child_alias) else {
             continue;
         };
         let explained = containers.iter().any(|(c, _)| {
@@ -956,7 +942,7 @@ async fn collect_garbage(
 async fn collect_children(c: &Container, path: &Path) -> Result<()> {
     let cnl = Netlink::open_in(path).await?;
     for l in cnl.links().await? {
-        let Some(net_id) = l.alias.as_deref().and_then(|a| a.strip_prefix(CHILD_ALIAS)) else {
+        let Some(net_id) = l.alias.as_deref().and_then(markers::network_of_child_alias) else {
             continue;
         };
         let explained = c

@@ -1,16 +1,29 @@
 //! The one attach path. `POST /v1/attach` and `POST /v1/detach` (the Docker
 //! and CNI front ends), `network connect` and `network disconnect` all add
 //! and remove endpoints through [`Inner::add_endpoint`] and
-//! [`Inner::remove_endpoints`].
+//! [`Inner::remove_endpoints`]. A runtime's front end also asks about its
+//! own attachments by its own keys: `POST /v1/attach/check` (CNI CHECK: the
+//! attachment as it stands) and `POST /v1/attach/collect` (CNI GC: detach
+//! what the runtime no longer knows); the attachments a runtime dropped
+//! without a word are collected here too.
 
-use super::{Engine, Inner};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use super::{Engine, Inner, endpoint::gateway_endpoint};
 use crate::{
-    api::{AttachRequest, AttachResponse, AttachTarget, DetachRequest, RouteView},
-    conflict,
-    driver::{self},
-    error::Result,
+    api::{
+        AttachCheck, AttachCollect, AttachRequest, AttachResponse, AttachTarget, Collected,
+        ConnectRequest, ContainerView, DetachRequest, DisconnectRequest,
+    },
+    conflict, driver,
+    error::{Error, Result},
     invalid,
-    model::{Container, Endpoint, MacAddr, Netns, Network},
+    model::{Container, Endpoint, Netns, Network, RuntimeRef},
     not_found,
     spec::PortMapping,
 };
@@ -32,47 +45,29 @@ pub struct EndpointOpts<'a> {
     pub aliases: &'a [String],
 }
 
-/// A unicast MAC other than all zeros.
-pub(super) fn parse_mac(s: &str) -> Result<MacAddr> {
-    let m: MacAddr = s.parse().map_err(|_| {
-        invalid!("invalid MAC {s:?}: expected six hex bytes such as 02:42:ac:11:00:02")
-    })?;
-    if m.0[0] & 1 == 1 {
-        return Err(invalid!("MAC {m} is a multicast address"));
-    }
-    if m.0 == [0; 6] {
-        return Err(invalid!("MAC {m} is all zeros"));
-    }
-    Ok(m)
-}
+/// How often host-side attachments are checked for a veth that went.
+const COLLECT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// An interface name the kernel takes.
-pub(super) fn validate_ifname(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() < 16
-        && name != "."
-        && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid!(
-            "invalid interface name {name:?}: 1 to 15 letters, digits, '_', '-' or '.'"
-        ))
-    }
-}
-
-/// The endpoint of `c` whose network's gateway is its default route: the
-/// first with an address on a network that is not internal.
-fn gateway_endpoint<'a, 'n>(
-    c: &'a Container,
-    net_of: impl Fn(&str) -> Option<&'n Network>,
-) -> Option<&'a Endpoint> {
-    c.endpoints.iter().find(|e| {
-        e.ip.is_some() && net_of(&e.network_id).is_some_and(|n| !n.internal && n.ipam.is_some())
-    })
+/// Collects, for the engine's lifetime, the host-side attachments whose
+/// runtime dropped them without a word (see
+/// [`Inner::collect_gone_runtime_endpoints`]).
+pub(super) fn spawn_runtime_collector(engine: &Arc<Engine>) {
+    let weak = Arc::downgrade(engine);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(COLLECT_INTERVAL).await;
+            let Some(engine) = weak.upgrade() else { break };
+            if let Err(e) = engine
+                .inner
+                .lock()
+                .await
+                .collect_gone_runtime_endpoints()
+                .await
+            {
+                tracing::warn!("collecting runtime endpoints: {e}");
+            }
+        }
+    });
 }
 
 impl Engine {
@@ -95,10 +90,115 @@ impl Engine {
     pub async fn detach(&self, req: DetachRequest) -> Result<()> {
         self.inner.lock().await.detach_req(req).await
     }
+
+    pub async fn connect(&self, net: &str, req: ConnectRequest) -> Result<ContainerView> {
+        let path = match (&req.container, &req.netns) {
+            (Some(name), None) => {
+                let inner = self.inner.lock().await;
+                inner
+                    .find_container(name)
+                    .ok()
+                    .filter(|c| matches!(c.netns, Netns::Owned { .. } | Netns::External { .. }))
+                    .map(|c| inner.netns_path(c))
+            }
+            (None, Some(path)) => Some(PathBuf::from(path)),
+            _ => None,
+        };
+        if let Some(path) = path {
+            self.settled_in(&path).await?;
+        }
+        let mut inner = self.inner.lock().await;
+        let id = inner.connect(net, req).await?;
+        Ok(inner.container_view(&inner.state.containers[&id]))
+    }
+
+    pub async fn disconnect(&self, net: &str, req: DisconnectRequest) -> Result<()> {
+        self.inner.lock().await.disconnect(net, req).await
+    }
+
+    /// The existing attachment of a runtime's container to a network.
+    pub async fn attach_check(&self, req: AttachCheck) -> Result<AttachResponse> {
+        self.inner.lock().await.attach_check(&req)
+    }
+
+    /// Detaches the runtime's containers not in `keep` (from `network`
+    /// only, when given).
+    pub async fn attach_collect(&self, req: AttachCollect) -> Result<Collected> {
+        self.inner.lock().await.attach_collect(req).await
+    }
+
+    /// The attachment `rt` made, if it exists.
+    pub async fn runtime_attachment(&self, rt: &RuntimeRef) -> Option<AttachResponse> {
+        let inner = self.inner.lock().await;
+        let c = inner.runtime_container(rt)?;
+        let ep = c.endpoints.first()?;
+        Some(inner.attach_response(c, ep, &c.ports))
+    }
+
+    /// Collects now the host-side attachments whose veth went (see
+    /// [`Inner::collect_gone_runtime_endpoints`]); how many.
+    pub async fn collect_runtime_endpoints(&self) -> Result<usize> {
+        self.inner
+            .lock()
+            .await
+            .collect_gone_runtime_endpoints()
+            .await
+    }
+
+    /// Detaches the endpoints of `rt`'s runtime, other than `rt`, that hold
+    /// `ip` or `ip6` on the network `network_id`: the runtime has just
+    /// handed that address to its new endpoint `rt`, so by its own word they
+    /// are gone. (Its IPAM hands out each family's addresses on its own: an
+    /// old endpoint may hold the new one's IPv6 address and not its IPv4.)
+    /// dockerd drops its endpoints without a call after an unclean restart
+    /// and starts its containers again at once, while the old namespaces
+    /// (and so their veths) may live on for its stop timeout (10 s) and
+    /// the kernel's teardown after it. Returns how many went.
+    pub async fn collect_runtime_holders(
+        &self,
+        network_id: &str,
+        rt: &RuntimeRef,
+        ip: Option<Ipv4Addr>,
+        ip6: Option<Ipv6Addr>,
+    ) -> Result<usize> {
+        if ip.is_none() && ip6.is_none() {
+            return Ok(0);
+        }
+        let mut inner = self.inner.lock().await;
+        let Some(net) = inner.state.networks.get(network_id).cloned() else {
+            return Ok(0);
+        };
+        let holders: Vec<Container> = inner
+            .state
+            .containers
+            .values()
+            .filter(|c| {
+                matches!(c.netns, Netns::Runtime)
+                    && c.runtime
+                        .as_ref()
+                        .is_some_and(|r| r.runtime == rt.runtime && r.id != rt.id)
+                    && c.endpoints.iter().any(|e| {
+                        e.network_id == net.id
+                            && ((ip.is_some() && e.ip == ip) || (ip6.is_some() && e.ip6 == ip6))
+                    })
+            })
+            .cloned()
+            .collect();
+        for c in &holders {
+            tracing::info!(container = %c.name, ?ip, ?ip6, network = %net.name, "its runtime gave its address to a new endpoint: collecting it");
+            inner
+                .remove_endpoints(c, std::slice::from_ref(&net))
+                .await?;
+        }
+        Ok(holders.len())
+    }
 }
 
 impl Inner {
-    async fn attach_req(&mut self, req: AttachRequest) -> Result<(AttachResponse, bool)> {
+    pub(super) async fn attach_req(
+        &mut self,
+        req: AttachRequest,
+    ) -> Result<(AttachResponse, bool)> {
         let net = self.find_network(&req.network)?.clone();
         let by_runtime = req
             .runtime
@@ -363,130 +463,150 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes the default routes of `c` through `eps`' gateways and
-    /// interfaces (interfaces whose removal may still be under way).
-    async fn drop_default_routes(&self, c: &Container, eps: &[Endpoint]) -> Result<()> {
-        let cnl = crate::netlink::Netlink::open_in(&self.netns_path(c)).await?;
-        for old in eps {
-            let gw = self
-                .state
-                .networks
-                .get(&old.network_id)
-                .and_then(|n| n.ipam)
-                .map(|i| i.gateway);
-            if let (Some(gw), Some(name)) = (gw, old.ifname.as_deref())
-                && let Some(l) = cnl.link(name).await?
-            {
-                cnl.del_route(crate::netlink::RouteSpec::via(
-                    std::net::Ipv4Addr::UNSPECIFIED,
-                    0,
-                    gw,
-                    l.index,
-                ))
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The endpoint whose gateway gives `c` its default route: the first
-    /// on a network that is not internal. None for another runtime's
-    /// namespace (its routes are its own business) or the host's.
-    pub(super) fn default_route_endpoint(&self, c: &Container) -> Option<Endpoint> {
-        if !matches!(c.netns, Netns::Owned { .. } | Netns::External { .. }) {
-            return None;
-        }
-        gateway_endpoint(c, |id| self.state.networks.get(id)).cloned()
-    }
-
-    /// Whether `ep` is the endpoint of `c` whose gateway is its default
-    /// route (in any namespace: for another runtime's, the route it is told
-    /// of). An internal network never is, as in Docker: a container on
-    /// internal networks only has no default route at all.
-    pub(super) fn gives_default_route(&self, c: &Container, ep: &Endpoint) -> bool {
-        gateway_endpoint(c, |id| self.state.networks.get(id))
-            .is_some_and(|e| e.network_id == ep.network_id)
-    }
-
-    /// Gives `c` a default route through the gateway of `ep`'s network.
-    pub(super) async fn elect_default_route(&self, c: &Container, ep: &Endpoint) -> Result<()> {
-        let net = &self.state.networks[&ep.network_id];
-        let (Some(ipam), Some(ifname), Some(_)) = (net.ipam, ep.ifname.as_deref(), ep.ip) else {
-            return Ok(());
+    pub(super) async fn connect(&mut self, net_key: &str, req: ConnectRequest) -> Result<String> {
+        let net = self.find_network(net_key)?.clone();
+        let c = match (&req.container, &req.netns) {
+            (Some(name), None) => self.find_container(name)?.clone(),
+            (None, Some(path)) => self.external_container(path, req.name.as_deref())?,
+            _ => return Err(invalid!("give either a container or --netns")),
         };
-        let cnl = crate::netlink::Netlink::open_in(&self.netns_path(c)).await?;
-        let link = cnl
-            .link(ifname)
-            .await?
-            .ok_or_else(|| conflict!("{ifname} is missing in the container"))?;
-        driver::add_default_route(&cnl, ipam.gateway, link.index).await
+        let opts = EndpointOpts {
+            ip: req.ip.as_deref(),
+            ip6: req.ip6.as_deref(),
+            aliases: &req.aliases,
+            ..Default::default()
+        };
+        let (c, _, _) = self.add_endpoint(c, &net, &opts).await?;
+        Ok(c.id)
     }
 
-    /// What a runtime needs to know of `c`'s endpoint `ep`.
-    pub(super) fn attach_response(
-        &self,
-        c: &Container,
-        ep: &Endpoint,
-        ports: &[PortMapping],
-    ) -> AttachResponse {
-        let net = &self.state.networks[&ep.network_id];
-        let ipam = net.ipam.filter(|_| ep.ip.is_some());
-        let gateway = ipam.map(|i| i.gateway).filter(|_| !net.internal);
-        let primary = self.gives_default_route(c, ep);
-        let mut routes = Vec::new();
-        if let Some(i) = ipam
-            && driver::caps(net.driver).host_gateway
-        {
-            // The subnet goes through the gateway (see the bridge driver).
-            routes.push(RouteView {
-                dst: i.subnet.to_string(),
-                gateway: Some(i.gateway.into()),
-            });
+    pub(super) async fn disconnect(&mut self, net_key: &str, req: DisconnectRequest) -> Result<()> {
+        self.detach_req(DetachRequest {
+            network: Some(net_key.to_owned()),
+            container: Some(req.container),
+            runtime: None,
+            missing_ok: false,
+        })
+        .await
+    }
+
+    pub(super) fn attach_check(&self, req: &AttachCheck) -> Result<AttachResponse> {
+        let net = self.find_network(&req.network)?;
+        let r = &req.runtime;
+        let c = self
+            .state
+            .containers
+            .values()
+            .find(|c| c.runtime.as_ref() == Some(r))
+            .ok_or_else(|| not_found!("no container attached by {} {}", r.runtime, r.id))?;
+        let ep = c
+            .endpoints
+            .iter()
+            .find(|e| e.network_id == net.id)
+            .ok_or_else(|| {
+                not_found!(
+                    "the container {} of {} {} is not attached to network {}",
+                    c.name,
+                    r.runtime,
+                    r.id,
+                    net.name
+                )
+            })?;
+        Ok(self.attach_response(c, ep, &c.ports))
+    }
+
+    pub(super) async fn attach_collect(&mut self, req: AttachCollect) -> Result<Collected> {
+        if req.runtime.is_empty() {
+            return Err(invalid!("collect needs a runtime (\"cni\")"));
         }
-        if primary && let Some(gw) = gateway {
-            routes.push(RouteView {
-                dst: "0.0.0.0/0".into(),
-                gateway: Some(gw.into()),
-            });
-        }
-        // The IPv6 side of a dual-stack endpoint, routed as the bridge
-        // driver routes it.
-        let ipam6 = net.ipam6.filter(|_| ep.ip6.is_some());
-        let gateway6 = ipam6.map(|i| i.gateway).filter(|_| !net.internal);
-        if let Some(i) = ipam6 {
-            routes.push(RouteView {
-                dst: i.subnet.to_string(),
-                gateway: Some(i.gateway.into()),
-            });
-            if primary && let Some(gw) = gateway6 {
-                routes.push(RouteView {
-                    dst: "::/0".into(),
-                    gateway: Some(gw.into()),
-                });
+        let net = match &req.network {
+            Some(key) => Some(self.find_network(key)?.clone()),
+            None => None,
+        };
+        let stale: Vec<(Container, Vec<Network>)> = self
+            .state
+            .containers
+            .values()
+            .filter_map(|c| {
+                let r = c.runtime.as_ref()?;
+                if r.runtime != req.runtime || req.keep.contains(&r.id) {
+                    return None;
+                }
+                let nets: Vec<Network> = c
+                    .endpoints
+                    .iter()
+                    .filter(|e| net.as_ref().is_none_or(|n| n.id == e.network_id))
+                    .filter_map(|e| self.state.networks.get(&e.network_id).cloned())
+                    .collect();
+                (!nets.is_empty()).then(|| (c.clone(), nets))
+            })
+            .collect();
+        let mut out = Collected::default();
+        let mut first_err: Option<Error> = None;
+        // Each container on its own: one that fails does not keep the
+        // others attached.
+        for (c, nets) in stale {
+            match self.remove_endpoints(&c, &nets).await {
+                Ok(()) => {
+                    tracing::info!(container = %c.name, "collected: its runtime no longer knows it");
+                    out.detached
+                        .push(c.runtime.map(|r| r.id).unwrap_or_default());
+                }
+                Err(e) => {
+                    tracing::warn!(container = %c.name, "collecting: {e}");
+                    first_err.get_or_insert(e);
+                }
             }
         }
-        AttachResponse {
-            container_id: c.id.clone(),
-            container: c.name.clone(),
-            network_id: net.id.clone(),
-            network: net.name.clone(),
-            ifname: ep.ifname.clone().unwrap_or_default(),
-            host_ifname: ep.host_ifname.clone(),
-            container_side: match c.netns {
-                Netns::Runtime => driver::driver(net.driver).runtime_link(c, net, ep),
-                _ => None,
-            },
-            ip: ep.ip,
-            prefix: ipam.map(|i| i.subnet.prefix()),
-            mac: ep.mac,
-            gateway,
-            ip6: ep.ip6,
-            prefix6: ipam6.map(|i| i.subnet.prefix()),
-            gateway6,
-            routes,
-            mtu: self.ctx.mtu(net),
-            ports: ports.to_vec(),
-            dns: crate::dns::resolver_of(net).filter(|_| ep.ip.is_some()),
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
+    }
+
+    /// The container record `rt` made, if any.
+    pub(super) fn runtime_container(&self, rt: &RuntimeRef) -> Option<&Container> {
+        self.state
+            .containers
+            .values()
+            .find(|c| c.runtime.as_ref() == Some(rt))
+    }
+
+    /// Host-side attachments whose host veth is gone: the runtime's
+    /// namespace went, and the kernel took the pair with it, without the
+    /// runtime telling dnet (dockerd after an unclean restart drops its
+    /// endpoints so). They go as a detach would take them.
+    pub(super) async fn collect_gone_runtime_endpoints(&mut self) -> Result<usize> {
+        let runtime: Vec<Container> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| matches!(c.netns, Netns::Runtime))
+            .cloned()
+            .collect();
+        if runtime.is_empty() {
+            return Ok(0);
+        }
+        let links = self.ctx.nl.links().await?;
+        let mut collected = 0;
+        for c in runtime {
+            let gone: Vec<Network> = c
+                .endpoints
+                .iter()
+                .filter(|e| {
+                    e.host_ifname
+                        .as_ref()
+                        .is_some_and(|h| !links.iter().any(|l| &l.name == h))
+                })
+                .filter_map(|e| self.state.networks.get(&e.network_id).cloned())
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            tracing::info!(container = %c.name, "its veth is gone with its runtime's namespace: collecting it");
+            self.remove_endpoints(&c, &gone).await?;
+            collected += gone.len();
+        }
+        Ok(collected)
     }
 }

@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use crate::api::{FlowState, FlowView, Tuple};
 use dnet_common::{
     CtAddr, CtEntryOf, CtKeyOf,
     addr::ipv4_from_be,
@@ -17,7 +18,6 @@ use dnet_common::{
         CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_SEEN, TCP_ACK, TCP_SYN, tcp_closed,
     },
 };
-use serde::{Deserialize, Serialize};
 
 /// How long an idle flow lives, by protocol and state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,24 +52,6 @@ impl Default for Timeouts {
             icmp: Duration::from_secs(30),
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FlowState {
-    /// TCP: a SYN went out, nothing came back yet.
-    SynSent,
-    /// TCP: the SYN was answered (SYN-ACK), the opener's ACK is still due.
-    /// Half-open: the short SYN timeout.
-    SynRecv,
-    /// TCP: the handshake completed (the opener's ACK after the SYN-ACK).
-    Established,
-    /// TCP: FIN both ways, or a RST.
-    Closing,
-    /// UDP or ICMP: seen one way only.
-    Unreplied,
-    /// UDP or ICMP: seen both ways.
-    Replied,
 }
 
 /// A flow: its first entry (the direction that opened it) and, when
@@ -231,29 +213,6 @@ pub fn keys_with<A: CtAddr + PartialEq>(
         .filter(|(k, e)| [k.saddr_be, k.daddr_be, e.new_saddr_be, e.new_daddr_be].contains(&addr))
         .map(|(k, _)| *k)
         .collect()
-}
-
-/// One flow as `dnet conntrack ls` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct FlowView {
-    pub proto: String,
-    /// `snat` (a container to the world), `dnat` (the world to a published
-    /// port), `hairpin` (a container to a published port) or `host` (the
-    /// host's own echo request, its identifier held).
-    pub kind: String,
-    /// The tuple as the flow's first packet was sent.
-    pub original: Tuple,
-    /// The same packet after translation.
-    pub translated: Tuple,
-    pub state: FlowState,
-    pub age_secs: u64,
-    pub expires_in_secs: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Tuple {
-    pub src: String,
-    pub dst: String,
 }
 
 fn endpoint<A: CtAddr + 'static>(a: &A, port_be: u16, proto: u8) -> String {

@@ -190,6 +190,28 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 impl Inner {
+    /// Binds the containers' own /etc files again when the host's changed
+    /// (a file renamed over one detaches the bind in every namespace), and
+    /// follows the host's resolv.conf: the resolver's upstreams and the
+    /// containers' own resolv.conf.
+    pub(super) fn follow_host_files(&mut self) {
+        let now = host_file_ids();
+        if now != self.host_files {
+            self.host_files = now;
+            self.rebind_container_files();
+        }
+        // A missing file reads as empty, as at start.
+        let text = std::fs::read_to_string(&self.cfg.resolv_conf).unwrap_or_default();
+        if text != self.host_resolv {
+            tracing::info!(path = %self.cfg.resolv_conf.display(), "the host's resolv.conf changed");
+            self.host_resolv = text;
+            self.dns.host_resolv_conf(&self.host_resolv);
+            for c in self.state.containers.values() {
+                self.refresh_container_files(c);
+            }
+        }
+    }
+
     /// The folder of a container's files.
     pub(super) fn etc_dir(&self, id: &str) -> PathBuf {
         self.cfg.state_dir.join("containers").join(id)

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 
 use dnet_common::{Config as DpConfig, addr::ipv4_be};
 
-use super::{Inner, conntrack, default_route_link};
+use super::{Engine, Inner, conntrack, default_route_link};
 use crate::{error::Result, netlink::Change, netns};
 
 /// NAT and conntrack settings (`dnet daemon` flags).
@@ -92,6 +92,48 @@ fn reserve_ports(lo: u16, hi: u16) -> Result<()> {
         format!("{},{range}", now.trim())
     };
     Ok(netns::sysctl(key, &new)?)
+}
+
+impl Engine {
+    /// The translated flows.
+    pub async fn conntrack(&self) -> Result<Vec<crate::api::FlowView>> {
+        let inner = self.inner.lock().await;
+        let entries = inner.ctx.dp.conntrack()?;
+        let entries6 = inner.ctx.dp.conntrack6()?;
+        let now = conntrack::now_ns();
+        let t = inner.cfg.nat.timeouts;
+        Ok(conntrack::flows(&entries)
+            .iter()
+            .map(|f| conntrack::view(f, now, &t))
+            .chain(
+                conntrack::flows(&entries6)
+                    .iter()
+                    .map(|f| conntrack::view(f, now, &t)),
+            )
+            .collect())
+    }
+
+    /// Empties the conntrack table; returns how many entries went.
+    pub async fn flush_conntrack(&self) -> Result<usize> {
+        let mut inner = self.inner.lock().await;
+        let keys: Vec<_> = inner
+            .ctx
+            .dp
+            .conntrack()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        inner.ctx.dp.ct_remove(&keys)?;
+        let keys6: Vec<_> = inner
+            .ctx
+            .dp
+            .conntrack6()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        inner.ctx.dp.ct_remove(&keys6)?;
+        Ok(keys.len() + keys6.len())
+    }
 }
 
 impl Inner {

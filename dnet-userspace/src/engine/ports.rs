@@ -13,12 +13,13 @@ use nix::sys::socket::{
 
 use dnet_common::{Service, Service6, ServiceKey, ServiceKey6, addr::ipv4_be};
 
-use super::Inner;
+use super::{Engine, Inner};
 use crate::{
     conflict,
     error::{Error, Result},
     invalid,
-    model::{Container, Endpoint, Network, State},
+    model::{Container, Endpoint, Network, RuntimeRef, State},
+    not_found,
     spec::{PortMapping, Proto},
 };
 
@@ -257,6 +258,49 @@ fn check_family(p: &PortMapping, net: &Network) -> Result<()> {
     }
 }
 
+/// A port to publish, as a runtime asks for it: one container port, a host
+/// port, a range to pick one free host port from, or none (dnet picks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRequest {
+    pub proto: Proto,
+    pub container_port: u16,
+    /// `None`: every address of the host.
+    pub host_ip: Option<Ipv4Addr>,
+    /// 0: dnet picks a free port.
+    pub host_port: u16,
+    /// The end of a range to pick from (0 or equal to `host_port`: exactly
+    /// `host_port`).
+    pub host_port_end: u16,
+}
+
+impl PortRequest {
+    /// Does an existing mapping answer this request?
+    fn met_by(&self, m: &PortMapping) -> bool {
+        m.count == 1
+            && m.proto == self.proto
+            && m.container_port == self.container_port
+            && m.host_ip == self.host_ip.map(std::net::IpAddr::V4)
+            && match self.host_port {
+                0 => true,
+                p => (p..=self.host_port_end.max(p)).contains(&m.host_port),
+            }
+    }
+}
+
+impl Engine {
+    /// Publishes `ports` for the container `rt` attached, in place of the
+    /// ports it published before; requests that its current mappings meet
+    /// keep them (a repeat changes nothing). Returns the mappings. Bad
+    /// input changes nothing.
+    pub async fn set_runtime_ports(
+        &self,
+        rt: &RuntimeRef,
+        ports: &[PortRequest],
+    ) -> Result<Vec<PortMapping>> {
+        self.inner.lock().await.set_runtime_ports(rt, ports)
+    }
+}
+
 impl Inner {
     /// Parses `-p` specs and checks them against the network, the ports
     /// already published and the host's own sockets.
@@ -420,6 +464,108 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    pub(super) fn set_runtime_ports(
+        &mut self,
+        rt: &RuntimeRef,
+        reqs: &[PortRequest],
+    ) -> Result<Vec<PortMapping>> {
+        let c = self
+            .runtime_container(rt)
+            .ok_or_else(|| not_found!("no container attached by {} {}", rt.runtime, rt.id))?
+            .clone();
+        let net = c
+            .endpoints
+            .first()
+            .and_then(|e| self.state.networks.get(&e.network_id))
+            .ok_or_else(|| not_found!("container {} has no network", c.name))?
+            .clone();
+        // A network that cannot publish (not a bridge, internal) is refused
+        // by `check_mappings` at the first request.
+        let mut chosen: Vec<PortMapping> = Vec::new();
+        for r in reqs {
+            if let Some(m) = c.ports.iter().find(|m| r.met_by(m) && !chosen.contains(m)) {
+                chosen.push(*m);
+                continue;
+            }
+            let candidates: Vec<u16> = match r.host_port {
+                0 => self.free_port_candidates(),
+                p => (p..=r.host_port_end.max(p)).collect(),
+            };
+            let mut last_err = None;
+            let mut found = None;
+            for port in candidates {
+                let m = PortMapping {
+                    host_ip: r.host_ip.map(std::net::IpAddr::V4),
+                    host_port: port,
+                    container_port: r.container_port,
+                    count: 1,
+                    proto: r.proto,
+                };
+                let mut all = chosen.clone();
+                all.push(m);
+                match self.check_mappings(&all, &net, Some(&c.id)) {
+                    Ok(()) => {
+                        found = Some(m);
+                        break;
+                    }
+                    // A bad address is bad for every port.
+                    Err(e @ crate::error::Error::Invalid(_)) => return Err(e),
+                    Err(e) => last_err = Some(e),
+                }
+            }
+            match (found, last_err) {
+                (Some(m), _) => chosen.push(m),
+                (None, Some(e)) if r.host_port != 0 && r.host_port_end <= r.host_port => {
+                    return Err(e);
+                }
+                (None, _) => {
+                    return Err(conflict!(
+                        "no free host port for {}/{} in the range asked for",
+                        r.container_port,
+                        r.proto.as_str()
+                    ));
+                }
+            }
+        }
+        if chosen == c.ports {
+            return Ok(chosen);
+        }
+        let old = self.state.clone();
+        let mut st = self.state.clone();
+        st.containers
+            .get_mut(&c.id)
+            .expect("present")
+            .ports
+            .clone_from(&chosen);
+        self.commit(st)?;
+        if let Err(e) = self.sync_services() {
+            // Back to what was published.
+            if let Err(e) = self.commit(old) {
+                tracing::warn!(container = %c.name, "restoring its ports: {e}");
+            }
+            if let Err(e) = self.sync_services() {
+                tracing::warn!(container = %c.name, "restoring its ports: {e}");
+            }
+            return Err(e);
+        }
+        tracing::info!(container = %c.name, ports = chosen.len(), "ports published");
+        Ok(chosen)
+    }
+
+    /// Host ports to pick from: the host's ephemeral range without the
+    /// NAT's ports (a published port there would meet translated flows).
+    pub(super) fn free_port_candidates(&self) -> Vec<u16> {
+        let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| {
+                let mut it = s.split_whitespace().map(str::parse::<u16>);
+                Some((it.next()?.ok()?, it.next()?.ok()?))
+            })
+            .unwrap_or((32768, 60999));
+        let (nlo, nhi) = self.cfg.nat.ports;
+        (lo..=hi).filter(|p| !(nlo..=nhi).contains(p)).collect()
     }
 }
 
@@ -657,5 +803,48 @@ mod tests {
             let e = host_port_free(Some(IpAddr::V6(Ipv6Addr::LOCALHOST)), port, proto, true);
             assert!(matches!(e, Err(Error::Conflict(_))));
         }
+    }
+
+    #[test]
+    fn a_request_is_met_by_a_matching_mapping_only() {
+        let m: PortMapping = "8080:80".parse().unwrap();
+        let r = PortRequest {
+            proto: Proto::Tcp,
+            container_port: 80,
+            host_ip: None,
+            host_port: 8080,
+            host_port_end: 8080,
+        };
+        assert!(r.met_by(&m));
+        assert!(PortRequest { host_port: 0, ..r }.met_by(&m));
+        assert!(
+            PortRequest {
+                host_port: 8000,
+                host_port_end: 8090,
+                ..r
+            }
+            .met_by(&m)
+        );
+        assert!(
+            !PortRequest {
+                host_port: 8081,
+                ..r
+            }
+            .met_by(&m)
+        );
+        assert!(
+            !PortRequest {
+                proto: Proto::Udp,
+                ..r
+            }
+            .met_by(&m)
+        );
+        assert!(
+            !PortRequest {
+                host_ip: Some(Ipv4Addr::LOCALHOST),
+                ..r
+            }
+            .met_by(&m)
+        );
     }
 }

@@ -6,11 +6,9 @@ use std::net::Ipv6Addr;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol},
     neighbour::{NeighbourFlags, NeighbourState},
-    route::{RouteMessage, RouteProtocol, RouteScope, RouteType},
 };
-use rtnetlink::RouteMessageBuilder;
 
-use super::{Netlink, NetlinkError, RTPROT_DNET, req};
+use super::{Netlink, NetlinkError, markers::RTPROT_DNET, req};
 
 /// An IPv6 address of a link.
 pub type Address6 = super::Address<Ipv6Addr>;
@@ -26,88 +24,6 @@ pub(crate) fn stable6(flags: u32) -> bool {
 
 /// An IPv6 route, as dnet sees it.
 pub type Route6 = super::Route<Ipv6Addr>;
-
-/// An IPv6 route to add or delete.
-#[derive(Clone, Copy, Debug)]
-pub struct RouteSpec6 {
-    pub dst: Ipv6Addr,
-    pub prefix: u8,
-    pub kind: RouteType,
-    pub oif: Option<u32>,
-    pub gateway: Option<Ipv6Addr>,
-    pub pref_src: Option<Ipv6Addr>,
-    /// Mark the route as dnet's (`proto 213`).
-    pub dnet: bool,
-}
-
-impl RouteSpec6 {
-    /// `dst/prefix dev oif` (scope link), dnet's.
-    pub fn device(dst: Ipv6Addr, prefix: u8, oif: u32) -> RouteSpec6 {
-        RouteSpec6 {
-            dst,
-            prefix,
-            kind: RouteType::Unicast,
-            oif: Some(oif),
-            gateway: None,
-            pref_src: None,
-            dnet: true,
-        }
-    }
-
-    /// `dst/prefix via gw dev oif` (inside containers; the gateway has a
-    /// /128 device route of its own first).
-    pub fn via(dst: Ipv6Addr, prefix: u8, gateway: Ipv6Addr, oif: u32) -> RouteSpec6 {
-        RouteSpec6 {
-            dst,
-            prefix,
-            kind: RouteType::Unicast,
-            oif: Some(oif),
-            gateway: Some(gateway),
-            pref_src: None,
-            dnet: false,
-        }
-    }
-
-    /// `unreachable dst/prefix`, dnet's.
-    pub fn unreachable(dst: Ipv6Addr, prefix: u8) -> RouteSpec6 {
-        RouteSpec6 {
-            dst,
-            prefix,
-            kind: RouteType::Unreachable,
-            oif: None,
-            gateway: None,
-            pref_src: None,
-            dnet: true,
-        }
-    }
-
-    fn message(&self) -> RouteMessage {
-        let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(self.dst, self.prefix)
-            .kind(self.kind);
-        b = b.protocol(if self.dnet {
-            RouteProtocol::Other(RTPROT_DNET)
-        } else {
-            RouteProtocol::Boot
-        });
-        if let Some(o) = self.oif {
-            b = b.output_interface(o);
-        }
-        if let Some(g) = self.gateway {
-            b = b.gateway(g);
-        }
-        if let Some(s) = self.pref_src {
-            b = b.pref_source(s);
-        }
-        if self.oif.is_some() && self.gateway.is_none() {
-            b = b.scope(RouteScope::Link);
-        }
-        if self.kind != RouteType::Unicast {
-            b = b.scope(RouteScope::Universe);
-        }
-        b.build()
-    }
-}
 
 impl Netlink {
     /// Adds (or replaces) `ip/prefix` on a link, usable at once (no
@@ -155,26 +71,6 @@ impl Netlink {
     /// IPv6 addresses of a link (or of every link).
     pub async fn addresses6(&self, index: Option<u32>) -> Result<Vec<Address6>, NetlinkError> {
         self.addresses_of(index).await
-    }
-
-    /// Adds (or replaces) an IPv6 route.
-    pub async fn add_route6(&self, route: RouteSpec6) -> Result<(), NetlinkError> {
-        self.route_add(format!("{}/{}", route.dst, route.prefix), route.message())
-            .await
-    }
-
-    /// Adds an IPv6 route only where none to its destination is (a
-    /// container's own routes are never replaced). `Ok(false)`: one is
-    /// there already.
-    pub async fn add_route6_if_absent(&self, route: RouteSpec6) -> Result<bool, NetlinkError> {
-        self.route_add_if_absent(format!("{}/{}", route.dst, route.prefix), route.message())
-            .await
-    }
-
-    /// Deletes an IPv6 route; a missing one is not an error.
-    pub async fn del_route6(&self, route: RouteSpec6) -> Result<(), NetlinkError> {
-        self.route_del(format!("{}/{}", route.dst, route.prefix), route.message())
-            .await
     }
 
     /// IPv6 routes of every table.

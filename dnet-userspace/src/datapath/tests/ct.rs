@@ -8,7 +8,10 @@ use dnet_common::{
 };
 
 use super::*;
-use crate::engine::conntrack::{self, FlowState, Timeouts};
+use crate::{
+    api::FlowState,
+    engine::conntrack::{self, Timeouts},
+};
 
 const A: &str = "172.17.0.2";
 

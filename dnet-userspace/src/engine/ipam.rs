@@ -1,3 +1,5 @@
+//! Addresses of networks: the subnets of a new network, chosen and checked
+//! against the other networks and the routes where the daemon runs, and
 //! dnet's IPAM for another runtime (Docker's `--ipam-driver`): pools and
 //! addresses handed out before the runtime creates the network and its
 //! endpoints, drawn by the same rules as dnet's own networks, for IPv4 and
@@ -13,18 +15,20 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use super::{Engine, Inner, parse_ip, parse_ip6, parse_net, parse_net6};
+use super::{Engine, Inner, parse_ip, parse_ip6, parse_net, parse_net6, pool};
 use crate::{
     api::NetworkCreate,
-    conflict,
+    conflict, driver,
     error::Result,
-    ipam::{Pool, Pool6},
-    model::{Container, Network},
+    invalid,
+    ipam::{self, Pool, Pool6},
+    model::{Container, DriverKind, Ipam, Ipam6, Network},
+    netlink::{Family, markers},
     not_found,
 };
 
@@ -55,6 +59,41 @@ fn parse_addr(subnet: IpNetwork, what: &str, a: &str) -> Result<IpAddr> {
     match subnet {
         IpNetwork::V4(_) => Ok(IpAddr::V4(parse_ip(what, a)?)),
         IpNetwork::V6(_) => Ok(IpAddr::V6(parse_ip6(what, a)?)),
+    }
+}
+
+/// An address family whose routes a new network's subnet must not clash
+/// with.
+trait Routed: Family {
+    type Net: Copy;
+    fn network(dst: Self, prefix: u8) -> Option<Self::Net>;
+    /// Routed everywhere, never a network's (IPv6 link-local, multicast).
+    fn special(n: Self::Net) -> bool;
+}
+
+impl Routed for Ipv4Addr {
+    type Net = Ipv4Network;
+    fn network(dst: Self, prefix: u8) -> Option<Ipv4Network> {
+        Ipv4Network::new(dst, prefix).ok()
+    }
+    fn special(_: Ipv4Network) -> bool {
+        false
+    }
+}
+
+impl Routed for Ipv6Addr {
+    type Net = Ipv6Network;
+    fn network(dst: Self, prefix: u8) -> Option<Ipv6Network> {
+        Ipv6Network::new(dst, prefix).ok()
+    }
+    fn special(n: Ipv6Network) -> bool {
+        const LINK_LOCAL: Ipv6Network =
+            Ipv6Network::new_checked(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10)
+                .expect("a valid prefix");
+        const MULTICAST: Ipv6Network =
+            Ipv6Network::new_checked(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8)
+                .expect("a valid prefix");
+        LINK_LOCAL.overlaps(n) || MULTICAST.overlaps(n)
     }
 }
 
@@ -363,5 +402,147 @@ impl Inner {
             owner.runtime,
             net.name
         ))
+    }
+
+    /// Subnets of family `A` routed where the daemon runs (its own routes,
+    /// the default route, and IPv6 link-local and multicast aside).
+    async fn routed_subnets<A: Routed>(&self) -> Result<Vec<A::Net>> {
+        Ok(self
+            .ctx
+            .nl
+            .routes_of::<A>()
+            .await?
+            .into_iter()
+            .filter(|r| r.table == 254 && r.prefix > 0 && !markers::is_dnet_route(r.protocol))
+            .filter_map(|r| A::network(r.dst, r.prefix))
+            .filter(|n| !A::special(*n))
+            .collect())
+    }
+
+    /// The subnet, gateway and range of a new network of `kind`, checked
+    /// against the other networks, the pools `held` for another runtime's
+    /// networks (dnet's IPAM for Docker) and the routes where the daemon
+    /// runs. Without a kind (a runtime's pool, whose driver is not said), a
+    /// subnet given is taken as a LAN's and one picked as a host's own.
+    pub(super) async fn choose_ipam(
+        &self,
+        req: &NetworkCreate,
+        kind: Option<DriverKind>,
+        held: &[Ipv4Network],
+    ) -> Result<Ipam> {
+        let lan = match kind {
+            Some(k) => driver::caps(k).lan_subnet,
+            None => req.subnet.is_some(),
+        };
+        // Two networks on LANs are checked by their driver, which knows
+        // their parents and says so.
+        let mut others: Vec<(String, Ipv4Network)> = self
+            .state
+            .networks
+            .values()
+            .filter(|n| !(lan && driver::caps(n.driver).lan_subnet))
+            .filter_map(|n| n.ipam.map(|i| (format!("network {:?}", n.name), i.subnet)))
+            .collect();
+        others.extend(held.iter().map(|s| ("a pool handed out".to_owned(), *s)));
+        // A LAN's subnet (a macvlan network's) is routed where the daemon
+        // runs: the parent's route to it is expected, not a clash.
+        let routes = if !lan {
+            self.routed_subnets::<Ipv4Addr>().await?
+        } else {
+            Vec::new()
+        };
+        let subnet = match &req.subnet {
+            Some(s) => parse_net("subnet", s)?,
+            None => {
+                if req.gateway.is_some() || req.ip_range.is_some() {
+                    return Err(invalid!("--gateway and --ip-range need --subnet"));
+                }
+                if let Some(kind) = kind.filter(|_| lan) {
+                    return Err(invalid!(
+                        "a {kind} network needs --subnet (the parent LAN's)"
+                    ));
+                }
+                let mut taken: Vec<Ipv4Network> = others.iter().map(|(_, s)| *s).collect();
+                taken.extend(&routes);
+                ipam::next_free_subnet(&taken).ok_or_else(|| {
+                    conflict!("no free subnet left in the default pools: give --subnet")
+                })?
+            }
+        };
+        pool::choose(
+            subnet,
+            req.gateway.as_deref(),
+            req.ip_range.as_deref(),
+            &others,
+            &routes,
+        )
+    }
+
+    /// The IPv6 side of a new network (`None`: IPv4 only), and the ULA /48
+    /// when this is the first time one is chosen (to be committed with it).
+    /// `held`: the IPv6 pools handed out for another runtime's networks;
+    /// without a kind, a pool for such a network (the runtime does not say
+    /// its driver: the network must then be one that can be dual-stack).
+    pub(super) async fn choose_ipam6(
+        &self,
+        req: &NetworkCreate,
+        kind: Option<DriverKind>,
+        held: &[Ipv6Network],
+    ) -> Result<(Option<Ipam6>, Option<Ipv6Network>)> {
+        if !req.ipv6 {
+            if let Some(s) = req.subnet6.as_ref().or(req.gateway6.as_ref()) {
+                return Err(invalid!(
+                    "{s} is an IPv6 address: an IPv6 subnet or gateway needs --ipv6"
+                ));
+            }
+            if let Some(r) = &req.ip_range6 {
+                return Err(invalid!(
+                    "{r} is an IPv6 range: an IPv6 --ip-range needs --ipv6"
+                ));
+            }
+            return Ok((None, None));
+        }
+        if let Some(kind) = kind
+            && !driver::caps(kind).ipv6
+        {
+            return Err(invalid!(
+                "--ipv6 is supported on bridge networks only (not {kind})"
+            ));
+        }
+        let mut others: Vec<(String, Ipv6Network)> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| n.ipam6.map(|i| (format!("network {:?}", n.name), i.subnet)))
+            .collect();
+        others.extend(held.iter().map(|s| ("a pool handed out".to_owned(), *s)));
+        let routes = self.routed_subnets::<Ipv6Addr>().await?;
+        let mut new_ula = None;
+        let subnet = match &req.subnet6 {
+            Some(s) => parse_net6("subnet", s)?,
+            None => {
+                if req.gateway6.is_some() || req.ip_range6.is_some() {
+                    return Err(invalid!(
+                        "an IPv6 --gateway or --ip-range needs an IPv6 --subnet"
+                    ));
+                }
+                let ula = match self.state.ula48 {
+                    Some(u) => u,
+                    None => *new_ula.insert(ipam::random_ula48()),
+                };
+                let mut taken: Vec<Ipv6Network> = others.iter().map(|(_, s)| *s).collect();
+                taken.extend(&routes);
+                ipam::next_free_subnet6(ula, &taken)
+                    .ok_or_else(|| conflict!("no free /64 left in {ula}: give an IPv6 --subnet"))?
+            }
+        };
+        let ipam6 = pool::choose(
+            subnet,
+            req.gateway6.as_deref(),
+            req.ip_range6.as_deref(),
+            &others,
+            &routes,
+        )?;
+        Ok((Some(ipam6), new_ula))
     }
 }
