@@ -87,8 +87,19 @@ pub const PROG_SLOT_ROUTED6_FROM_CONTAINER: u32 = 4;
 /// Slot of [`PROGS`]: a packet on the uplink to a container of a routed
 /// IPv6 network (`host6_routed`), tail-called by `host6_from_uplink`.
 pub const PROG_SLOT_ROUTED6_FROM_UPLINK: u32 = 5;
+/// Slot of [`PROGS`]: an ICMPv6 error from the world about a NAT66 flow
+/// (`host6_icmp6_error`), tail-called by `host6_from_uplink`.
+pub const PROG_SLOT_ICMP6_ERROR_FROM_UPLINK: u32 = 6;
+/// Slot of [`PROGS`]: an ICMPv6 error from a container about a flow to a
+/// port published over IPv6 (`lxc6_icmp6_error`), tail-called by
+/// `lxc6_from_container`.
+pub const PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER: u32 = 7;
+/// Slot of [`PROGS`]: "packet too big" or "time exceeded" for a
+/// container's NAT66 packet, from its gateway (`lxc6_icmp6_reply`),
+/// tail-called by `lxc6_nat_from_container`.
+pub const PROG_SLOT_ICMP6_REPLY: u32 = 8;
 /// Size of [`PROGS`].
-pub const PROGS_SLOTS: u32 = 6;
+pub const PROGS_SLOTS: u32 = 9;
 
 /// Every map the datapath declares (but [`PROGS`] and scratch maps).
 pub const ALL: [&str; 22] = [

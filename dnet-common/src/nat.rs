@@ -31,8 +31,17 @@ pub trait CtAddr: Copy + PartialEq + Eq + core::hash::Hash + Default + core::fmt
     /// [`QuotaKey::family`] of this family's limit counters.
     const FAMILY: u8;
     /// The address as 32 bits: itself for IPv4, a mixing hash of its four
-    /// words for IPv6 (limit keys and the NAT port probe start).
+    /// words for IPv6 (a destination's limit key, the NAT port probe
+    /// start).
     fn fold(&self) -> u32;
+    /// Who opened a flow from `saddr` whose entry names the endpoint
+    /// `endpoint_be`, as its limit counters key it ([`QuotaKey`]):
+    /// exactly, never a hash two containers could share. IPv4: the
+    /// address itself (a hairpin flow's entry names its backend, not its
+    /// opener). IPv6: the endpoint's record key (its IPv4 address, one
+    /// per container), which every IPv6 flow a container opens carries
+    /// (only those are charged).
+    fn opener_id(saddr: &Self, endpoint_be: u32) -> u32;
 }
 
 impl CtAddr for u32 {
@@ -41,6 +50,10 @@ impl CtAddr for u32 {
     #[inline(always)]
     fn fold(&self) -> u32 {
         *self
+    }
+    #[inline(always)]
+    fn opener_id(saddr: &u32, _endpoint_be: u32) -> u32 {
+        *saddr
     }
 }
 
@@ -54,6 +67,10 @@ impl CtAddr for [u8; 16] {
         h = fmix(h ^ w(4).rotate_left(11));
         h = fmix(h ^ w(8).rotate_left(19));
         fmix(h ^ w(12))
+    }
+    #[inline(always)]
+    fn opener_id(_saddr: &[u8; 16], endpoint_be: u32) -> u32 {
+        endpoint_be
     }
 }
 
@@ -344,9 +361,11 @@ pub struct QuotaKey {
     pub daddr_be: u32,
     pub dport_be: u16,
     pub proto: u8,
-    /// 0: the counters of IPv4 flows; 6: of IPv6 flows, whose addresses
-    /// are folded to 32 bits ([`CtAddr::fold`]). A dual-stack container's
-    /// limits hold for each family on its own.
+    /// 0: the counters of IPv4 flows; 6: of IPv6 flows, whose container
+    /// is its record key ([`CtAddr::opener_id`]) and whose destination
+    /// address is folded to 32 bits ([`CtAddr::fold`]: two destinations
+    /// may share one container's counter, never two containers one). A
+    /// dual-stack container's limits hold for each family on its own.
     pub family: u8,
 }
 
@@ -363,11 +382,11 @@ impl QuotaKey {
     }
 
     /// Every flow of its family the container that opened the flow keyed
-    /// `k` opened.
+    /// `k` (its entry naming the endpoint `endpoint_be`) opened.
     #[inline(always)]
-    pub fn opener<A: CtAddr>(k: &CtKeyOf<A>) -> QuotaKey {
+    pub fn opener<A: CtAddr>(k: &CtKeyOf<A>, endpoint_be: u32) -> QuotaKey {
         QuotaKey {
-            endpoint_be: k.saddr_be.fold(),
+            endpoint_be: A::opener_id(&k.saddr_be, endpoint_be),
             daddr_be: 0,
             dport_be: 0,
             proto: 0,
@@ -375,12 +394,13 @@ impl QuotaKey {
         }
     }
 
-    /// The flows of the container that opened the flow keyed `k` towards
-    /// `k`'s destination: each holds a NAT port of that destination.
+    /// The flows of the container that opened the flow keyed `k` (as in
+    /// [`QuotaKey::opener`]) towards `k`'s destination: each holds a NAT
+    /// port of that destination.
     #[inline(always)]
-    pub fn destination<A: CtAddr>(k: &CtKeyOf<A>) -> QuotaKey {
+    pub fn destination<A: CtAddr>(k: &CtKeyOf<A>, endpoint_be: u32) -> QuotaKey {
         QuotaKey {
-            endpoint_be: k.saddr_be.fold(),
+            endpoint_be: A::opener_id(&k.saddr_be, endpoint_be),
             daddr_be: k.daddr_be.fold(),
             dport_be: k.dport_be,
             proto: k.proto,

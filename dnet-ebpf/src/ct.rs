@@ -362,8 +362,11 @@ fn uncharge<A: Family>(key: &CtKeyOf<A>, f: *mut CtEntryOf<A>) {
         return;
     }
     // SAFETY: as above.
-    unsafe { (*f).flags = flags & !CT_F_COUNTED };
-    release(key, flags);
+    let endpoint_be = unsafe {
+        (*f).flags = flags & !CT_F_COUNTED;
+        (*f).endpoint_be
+    };
+    release(key, endpoint_be, flags);
 }
 
 /// Removes the first entry keyed `key` if it is still of the flow
@@ -373,14 +376,14 @@ fn uncharge<A: Family>(key: &CtKeyOf<A>, f: *mut CtEntryOf<A>) {
 #[inline(always)]
 fn remove_first<A: Family>(key: &CtKeyOf<A>, flow_id: u32) {
     // SAFETY: read-only map access to plain data (copied out).
-    let Some(flags) = (unsafe { A::table().get(key) })
+    let Some((flags, endpoint_be)) = (unsafe { A::table().get(key) })
         .filter(|f| f.flow_id == flow_id)
-        .map(|f| f.flags)
+        .map(|f| (f.flags, f.endpoint_be))
     else {
         return;
     };
     if A::table().remove(key).is_ok() {
-        release(key, flags);
+        release(key, endpoint_be, flags);
     }
 }
 

@@ -4,8 +4,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+        BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
     },
     helpers::generated::{bpf_fib_lookup as fib_lookup_helper, bpf_redirect, bpf_redirect_neigh},
     macros::map,
@@ -48,14 +48,18 @@ pub fn dec_ttl(ctx: &TcContext, ip_off: usize) -> Result<(), DropReason> {
     err(ctx.store(ip_off + 8, &new[0], 0))
 }
 
-/// Decrements the IPv6 hop limit (no header checksum to fix).
+/// Decrements the IPv6 hop limit. No header checksum absorbs the change,
+/// so on a CHECKSUM_COMPLETE skb (a NIC's, on the uplink) `skb->csum`
+/// follows it (`BPF_F_RECOMPUTE_CSUM`; nothing for other skbs), or the
+/// receiver's checksum check would see a sum off by one hop and report a
+/// hardware checksum failure.
 #[inline(always)]
 pub fn dec_hop_limit(ctx: &TcContext, ip_off: usize) -> Result<(), DropReason> {
     let hl: u8 = err(ctx.load(ip_off + 7))?;
     if hl <= 1 {
         return Err(DropReason::TtlExceeded);
     }
-    err(ctx.store(ip_off + 7, &(hl - 1), 0))
+    err(ctx.store(ip_off + 7, &(hl - 1), BPF_F_RECOMPUTE_CSUM as u64))
 }
 
 /// What [`route`] looks up.
@@ -139,6 +143,12 @@ impl KeptRoute {
     #[inline(always)]
     pub fn out_ifindex(&self) -> Option<u32> {
         matches!(self.kind, KEPT_OUT | KEPT_OUT_NO_NEIGH).then_some(self.ifindex)
+    }
+
+    /// The packet does not fit the route's next link.
+    #[inline(always)]
+    pub fn is_too_big(&self) -> bool {
+        self.kind == KEPT_TOO_BIG
     }
 }
 

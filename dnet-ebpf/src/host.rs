@@ -6,8 +6,9 @@
 //! dnet): the host's. A packet whose TTL runs out at dnet's hop gets "time
 //! exceeded" from the uplink's address.
 //!
-//! The program on the uplink's tcx egress keeps the host's own ICMP echo
-//! identifiers apart from the containers' (`CT_F_HOST`).
+//! The program on the uplink's tcx egress keeps the host's own ICMP and
+//! ICMPv6 echo identifiers apart from the containers' (`CT_F_HOST`; IPv6's
+//! in `nat6::to_uplink`).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dnet_common::{DropReason, maps::PROG_SLOT_FROM_UPLINK6, nat::CT_F_HOST};
@@ -160,6 +161,9 @@ fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     }
     let Some(ip) = ipv4_of(ctx) else {
+        if is_ipv6(ctx) {
+            return crate::nat6::to_uplink(ctx);
+        }
         return Ok(TC_ACT_OK);
     };
     if ip.proto != IPPROTO_ICMP {

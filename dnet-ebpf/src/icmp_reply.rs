@@ -157,7 +157,7 @@ pub fn reply(ctx: &TcContext, err: IcmpError, ifindex: u32, slot: u32, from_be: 
 /// The GCRA form of a token bucket: `*tat` is when the next message would
 /// be due at the steady rate; a message may come up to a burst earlier.
 #[inline(always)]
-fn allowed(slot: u32) -> bool {
+pub(crate) fn allowed(slot: u32) -> bool {
     let Some(tat) = ICMP_RATE.get_ptr_mut(slot) else {
         return false;
     };
@@ -176,7 +176,7 @@ fn allowed(slot: u32) -> bool {
 }
 
 #[inline(always)]
-fn ok(rc: i64) -> Result<(), DropReason> {
+pub(crate) fn ok(rc: i64) -> Result<(), DropReason> {
     if rc == 0 {
         Ok(())
     } else {
@@ -309,7 +309,7 @@ fn fold(mut sum: u32) -> u16 {
 /// As [`fold`] for a sum of words in memory order (`bpf_csum_diff`'s):
 /// the result is in memory order too.
 #[inline(always)]
-fn fold_ne(mut sum: u64) -> u16 {
+pub(crate) fn fold_ne(mut sum: u64) -> u16 {
     sum = (sum & 0xffff_ffff) + (sum >> 32);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);

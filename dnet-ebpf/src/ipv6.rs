@@ -22,14 +22,18 @@
 //!    `--internal` hold as for IPv4;
 //! 7. the gateway and the host's other addresses go up the host stack;
 //!    beyond them, a routed network's packets go on to `routed6` and a
-//!    NAT66 network's to NAT66 (`nat6`), each a tail call.
+//!    NAT66 network's to NAT66 (`nat6`), its ICMPv6 errors to their
+//!    translation (`icmp6_error`), each a tail call.
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dnet_common::{
     DropReason, Endpoint, Endpoint6, Ip6, Network6,
     drop::IPV6_MAX_EXT_HEADERS,
     ipv6::NET6_F_NAT,
-    maps::{PROG_SLOT_NAT6_FROM_CONTAINER, PROG_SLOT_ROUTED6_FROM_CONTAINER},
+    maps::{
+        PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER, PROG_SLOT_NAT6_FROM_CONTAINER,
+        PROG_SLOT_ROUTED6_FROM_CONTAINER,
+    },
 };
 
 use crate::{
@@ -373,14 +377,24 @@ pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Resul
     match fib::route6(ctx, ep.ifindex, &me.addr, &daddr, l4.proto) {
         Route::Local => Ok(TC_ACT_OK),
         _ => {
-            let slot = if net6.flags & NET6_F_NAT != 0 {
-                PROG_SLOT_NAT6_FROM_CONTAINER
-            } else {
+            // A NAT66 network's ICMPv6 error (its quote checked above) is
+            // translated by a program of its own (`icmp6_error`), its flows
+            // by NAT66's; a routed network's packets go out untranslated.
+            let slot = if net6.flags & NET6_F_NAT == 0 {
                 PROG_SLOT_ROUTED6_FROM_CONTAINER
+            } else if l4.proto == IPPROTO_ICMPV6
+                && matches!(
+                    ctx.load::<u8>(l4.off),
+                    Ok(ICMPV6_DEST_UNREACH..=ICMPV6_PARAM_PROB)
+                )
+            {
+                PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER
+            } else {
+                PROG_SLOT_NAT6_FROM_CONTAINER
             };
-            // SAFETY: the tail call jumps to `lxc6_nat_from_container` or
-            // `lxc6_routed_from_container` with the same context, or
-            // returns when the slot is empty.
+            // SAFETY: the tail call jumps to `lxc6_nat_from_container`,
+            // `lxc6_icmp6_error` or `lxc6_routed_from_container` with the
+            // same context, or returns when the slot is empty.
             unsafe { PROGS.tail_call(ctx, slot) };
             Err(DropReason::NatUnsupported)
         }

@@ -8,7 +8,8 @@
 //! ports, rewriting, delivery), `nat6` (NAT66: IPv6 to the world and
 //! its answers), `routed6` (routed IPv6 networks, untranslated), `fib` (routing where the datapath
 //! forwards), `icmp_error` (ICMP errors about translated flows),
-//! `icmp_reply` (the ICMP errors dnet sends at its own hop), `lxc` (the
+//! `icmp_reply` (the ICMP errors dnet sends at its own hop), `icmp6_error`
+//! and `icmp6_reply` (the same for IPv6), `lxc` (the
 //! container-facing programs), `fanout` (broadcast copies to a network's
 //! members), `host` (the uplink program), `sock` (the
 //! socket hooks for host access to published ports).
@@ -27,6 +28,8 @@ pub mod eth;
 pub mod fanout;
 pub mod fib;
 pub mod host;
+pub mod icmp6_error;
+pub mod icmp6_reply;
 pub mod icmp_error;
 pub mod icmp_reply;
 pub mod ipv4;

@@ -63,6 +63,28 @@ pub fn host6_routed(ctx: TcContext) -> i32 {
     dnet_ebpf::routed6::from_uplink_tail(&ctx)
 }
 
+/// An ICMPv6 error from the world about a NAT66 flow: tail-called by
+/// `host6_from_uplink` (slot `PROG_SLOT_ICMP6_ERROR_FROM_UPLINK`).
+#[classifier]
+pub fn host6_icmp6_error(ctx: TcContext) -> i32 {
+    dnet_ebpf::icmp6_error::from_uplink_tail(&ctx)
+}
+
+/// An ICMPv6 error from a container about a flow to a port it publishes
+/// over IPv6: tail-called by `lxc6_from_container` (slot
+/// `PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER`).
+#[classifier]
+pub fn lxc6_icmp6_error(ctx: TcContext) -> i32 {
+    dnet_ebpf::icmp6_error::from_container_tail(&ctx)
+}
+
+/// "Packet too big" or "time exceeded" for a container's NAT66 packet:
+/// tail-called by `lxc6_nat_from_container` (slot `PROG_SLOT_ICMP6_REPLY`).
+#[classifier]
+pub fn lxc6_icmp6_reply(ctx: TcContext) -> i32 {
+    dnet_ebpf::icmp6_reply::reply_tail(&ctx)
+}
+
 /// tc egress of a container's host-side veth (a cls_bpf filter): traffic
 /// the host stack sends into the container.
 #[classifier]

@@ -124,13 +124,14 @@ pub fn claim_charged<A: Family>(
     key: &CtKeyOf<A>,
     fwd: &mut CtEntryOf<A>,
 ) -> Result<(), DropReason> {
-    let charged = charge(cfg, key)?;
+    let endpoint_be = fwd.endpoint_be;
+    let charged = charge(cfg, key, endpoint_be)?;
     if charged {
         fwd.flags |= CT_F_COUNTED;
     }
     let r = claim_port(cfg, key, fwd);
     if charged && !matches!(r, Ok(true)) {
-        release(key, CT_F_COUNTED);
+        release(key, endpoint_be, CT_F_COUNTED);
     }
     r.map(|_| ())
 }
@@ -212,21 +213,36 @@ pub fn dnat_into<A: Family>(
 /// gets an identifier the host uses.
 #[inline(always)]
 pub fn new_host_echo(cfg: &Config, key: &CtKey) -> Result<Xlate, DropReason> {
-    let mut fwd = entry(
+    let mut fwd = CtEntryOf::default();
+    host_echo_into(cfg, key, &mut fwd, key.saddr_be)
+}
+
+/// [`new_host_echo`] for either family, its first entry built in `fwd` (a
+/// scratch slot for IPv6), naming `endpoint_be` (IPv4: the uplink's
+/// address; IPv6: 0, no endpoint).
+#[inline(always)]
+pub fn host_echo_into<A: Family>(
+    cfg: &Config,
+    key: &CtKeyOf<A>,
+    fwd: &mut CtEntryOf<A>,
+    endpoint_be: u32,
+) -> Result<XlateOf<A>, DropReason> {
+    entry_into(
+        fwd,
         key.saddr_be,
         key.sport_be,
-        0,
+        A::ZERO,
         0,
         CT_F_SNAT | CT_F_HOST,
-        key.saddr_be,
+        endpoint_be,
         // An echo request: no TCP segment.
         &Seg {
             flags: CT_SEEN,
             ..Seg::default()
         },
     );
-    insert_or_translate_port(cfg, key, &mut fwd)?;
-    Ok(Xlate::of(&fwd))
+    insert_or_translate_port(cfg, key, fwd)?;
+    Ok(XlateOf::of(fwd))
 }
 
 /// Inserts the flow whose first entry is `fwd` (keyed `key`) as it is; if

@@ -17,14 +17,20 @@
 //!   (`spoofed-ip`); a packet to a container's own address goes on to
 //!   `host6_routed` (`routed6`); everything else is the host's.
 //!
+//! The uplink's egress (`host_to_uplink`, [`to_uplink`]) keeps the host's
+//! own ICMPv6 echo identifiers apart from the containers' (`CT_F_HOST`), as
+//! for IPv4.
+//!
 //! Tracked: TCP, UDP, ICMPv6 echo (its identifier as a port, as IPv4's).
 //! Fragments are dropped from containers (`fragment`) and left to the host
-//! on the uplink, as for IPv4. Not yet: ICMPv6 errors about NAT66 flows,
-//! either way (a container's is dropped, `nat-unsupported`; the world's go
-//! to the host).
+//! on the uplink, as for IPv4. ICMPv6 errors about NAT66 flows are
+//! translated either way by `icmp6_error`; a container's packet that does
+//! not fit the uplink's route, or whose hop limit runs out here, is
+//! answered from its gateway by `icmp6_reply` (packet too big, time
+//! exceeded) before anything is rewritten.
 
 use aya_ebpf::{
-    bindings::BPF_F_PSEUDO_HDR,
+    bindings::{BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
     helpers::generated::bpf_csum_diff,
     macros::map,
     maps::{PerCpuArray, lpm_trie::Key},
@@ -33,8 +39,11 @@ use aya_ebpf::{
 use dnet_common::{
     Config, CtEntry6, CtKey6, DropReason, Endpoint,
     ipv6::NET6_F_NAT,
-    maps::{PROG_SLOT_PUBLISHED6, PROG_SLOT_ROUTED6_FROM_UPLINK},
-    nat::{CT_F_DNAT, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT},
+    maps::{
+        PROG_SLOT_ICMP6_ERROR_FROM_UPLINK, PROG_SLOT_ICMP6_REPLY, PROG_SLOT_PUBLISHED6,
+        PROG_SLOT_ROUTED6_FROM_UPLINK,
+    },
+    nat::{CT_F_DNAT, CT_F_HOST, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT},
 };
 
 use crate::{
@@ -42,7 +51,8 @@ use crate::{
     err,
     eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
     fib::{self, KeptRoute, Route},
-    ipv6::{self, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
+    icmp6_reply,
+    ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
     l4::{self, IPPROTO_TCP, IPPROTO_UDP, L4, Tuple},
     lxc,
     maps::{PROGS, SUBNETS6},
@@ -169,7 +179,16 @@ fn replace_addr(
         diff as u64,
         BPF_F_PSEUDO_HDR as u64 | mangled,
     ))?;
-    err(ctx.store(off, new, 0))
+    // On a CHECKSUM_COMPLETE skb (a NIC's, on the uplink) the helper above
+    // takes the L4 checksum's change out of `skb->csum` (right for IPv4,
+    // whose header checksum absorbs the address change). IPv6 has no
+    // header checksum: the address bytes change the packet's sum by as
+    // much again, so their store puts that back
+    // (`BPF_F_RECOMPUTE_CSUM`: `skb->csum` less the old bytes, plus the
+    // new). The two cancel and `skb->csum` stays the packet's sum, as the
+    // kernel's own NAT keeps it. (Kernel 6.16+ has `BPF_F_IPV6` for the
+    // helper to leave `skb->csum` alone; older kernels refuse the flag.)
+    err(ctx.store(off, new, BPF_F_RECOMPUTE_CSUM as u64))
 }
 
 /// The NAT configuration when the uplink has a global IPv6 address.
@@ -190,6 +209,14 @@ pub fn from_container_tail(ctx: &TcContext) -> i32 {
     };
     match from_container(ctx, &ep) {
         Ok(v) => v,
+        // Refused before anything was rewritten: the container is told
+        // by a program of its own (`icmp6_reply`, from its gateway).
+        Err(reason @ (DropReason::FragNeeded | DropReason::TtlExceeded)) => {
+            // SAFETY: the tail call jumps to `lxc6_icmp6_reply` with the
+            // same context, or returns when the slot is empty.
+            unsafe { PROGS.tail_call(ctx, PROG_SLOT_ICMP6_REPLY) };
+            drop(ep.slot, reason)
+        }
         Err(reason) => drop(ep.slot, reason),
     }
 }
@@ -230,15 +257,31 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
         Tuple::Flow(l4) => l4,
         Tuple::Fragment => return Err(DropReason::Fragment),
         Tuple::Truncated => return Err(DropReason::Malformed),
-        // Not yet: ICMPv6 errors about NAT66 flows.
+        // ICMPv6 errors go to `icmp6_error` from `lxc6_from_container`.
         Tuple::IcmpError(_) | Tuple::Other => return Err(DropReason::NatUnsupported),
+    };
+    // The length the uplink's route must carry, kept in the scratch slot
+    // (the stack has no room for it across the lookups).
+    // SAFETY: `s.mtu_len` is plain data in this CPU's scratch slot.
+    unsafe {
+        core::ptr::write_volatile(
+            &mut s.mtu_len,
+            icmp6_reply::mtu_len6(ctx, ip, key.proto, l4.off) as u32,
+        )
     };
     let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
     // The route is kept in the scratch slot (the stack has no room), so
     // a new flow looks it up once.
     let e = match ct::lookup(key, seg)? {
         Some(e) => {
-            let r = fib::route6(ctx, ep.ifindex, &e.new_saddr_be, &key.daddr_be, key.proto);
+            let r = fib::route6_len(
+                ctx,
+                ep.ifindex,
+                &e.new_saddr_be,
+                &key.daddr_be,
+                key.proto,
+                mtu_len(&s.mtu_len),
+            );
             s.route.set(&r);
             e
         }
@@ -251,9 +294,17 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
                 return Err(DropReason::TtlExceeded);
             }
             // The route first, from the address the packet will leave with
-            // (the new flow's): a new flow that dies or does not fit here
-            // takes no entry, port or charge, as IPv4's.
-            let r = fib::route6(ctx, ep.ifindex, &cfg.uplink_addr6, &key.daddr_be, key.proto);
+            // (the new flow's), for the packet's length: a new flow that
+            // dies or does not fit here takes no entry, port or charge, as
+            // IPv4's.
+            let r = fib::route6_len(
+                ctx,
+                ep.ifindex,
+                &cfg.uplink_addr6,
+                &key.daddr_be,
+                key.proto,
+                mtu_len(&s.mtu_len),
+            );
             match r {
                 Route::Out { ifindex, .. } if ifindex == cfg.uplink_ifindex => {}
                 Route::TooBig { .. } => return Err(DropReason::FragNeeded),
@@ -269,6 +320,20 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
         .is_some_and(|i| i != cfg.uplink_ifindex)
     {
         return Err(DropReason::NoRoute);
+    }
+    // A packet that does not fit or dies here is refused as it came
+    // (nothing rewritten yet), so that its sender can be told with a quote
+    // it knows. (The hop limit read again: the stack has no room to keep
+    // the header.)
+    if s.route.is_too_big() {
+        return Err(DropReason::FragNeeded);
+    }
+    if ctx
+        .load::<u8>(ETH_HLEN + 7)
+        .map_err(|_| DropReason::Malformed)?
+        <= 1
+    {
+        return Err(DropReason::TtlExceeded);
     }
     rewrite(ctx, &l4, key, &e)?;
     count_translated(ep.slot);
@@ -309,6 +374,15 @@ pub struct Nat6Scratch {
     pub l4_off: u32,
     /// The route of a container's packet, looked up once.
     pub route: KeptRoute,
+    /// The length the next link must carry (`icmp6_reply::mtu_len6`).
+    pub mtu_len: u32,
+}
+
+/// The length [`from_container`] kept in the scratch slot.
+#[inline(always)]
+fn mtu_len(v: &u32) -> u16 {
+    // SAFETY: plain data in this CPU's scratch slot.
+    unsafe { core::ptr::read_volatile(v) as u16 }
 }
 
 #[map(name = "DNET_NAT6_SCRATCH")]
@@ -364,6 +438,12 @@ pub fn from_uplink_tail(ctx: &TcContext) -> i32 {
 fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let s = scratch().ok_or(DropReason::Malformed)?;
     let Some((p, _)) = uplink_flow(ctx, s)? else {
+        // Not a flow: an ICMPv6 error about one is translated by a
+        // program of its own (`icmp6_error`), which leaves the rest to
+        // the host.
+        // SAFETY: the tail call jumps to `host6_icmp6_error` with the
+        // same context, or returns when the slot is empty.
+        unsafe { PROGS.tail_call(ctx, PROG_SLOT_ICMP6_ERROR_FROM_UPLINK) };
         return Ok(TC_ACT_OK);
     };
     let key = &mut s.key;
@@ -378,12 +458,63 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         return Ok(TC_ACT_OK);
     };
+    // An answer to the host's own echo: up its stack, with the identifier
+    // it sent (`to_uplink`).
+    if e.flags & CT_F_HOST != 0 {
+        rewrite(ctx, &p.l4, key, &e)?;
+        return Ok(TC_ACT_OK);
+    }
     if e.flags & CT_F_TO_ENDPOINT == 0 {
         return Ok(TC_ACT_OK);
     }
     let ep = ipv6::endpoint6_at(&e.new_daddr_be).ok_or(DropReason::NoEndpoint)?;
     rewrite(ctx, &p.l4, key, &e)?;
     nat::into_endpoint(ctx, &ep, fib::dec_hop_limit)
+}
+
+/// `host_to_uplink` for IPv6 (the uplink's tcx egress, a packet the host
+/// itself sends): an ICMPv6 echo request from the uplink's IPv6 address
+/// takes its identifier through `DNET_CT6` (`CT_F_HOST`), as IPv4's does
+/// (`nat::new_host_echo`): kept while no container's flow holds it (and
+/// held from then on, so no NAT66 flow gets it), translated to a free NAT
+/// port when one does. Its answers go up the host's stack with the
+/// identifier it sent ([`from_uplink`]), never into a container. Anything
+/// else goes out untouched.
+#[inline(always)]
+pub fn to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Ok(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    let ip = unsafe { &*ip };
+    if !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN)) {
+        return Ok(TC_ACT_OK);
+    }
+    let Some(cfg) = config6() else {
+        return Ok(TC_ACT_OK);
+    };
+    if !addr_eq(&ip.saddr, &cfg.uplink_addr6) {
+        return Ok(TC_ACT_OK);
+    }
+    let s = scratch().ok_or(DropReason::Malformed)?;
+    let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
+    let Ok(at) = l4_at(ctx, s, ip, end) else {
+        return Ok(TC_ACT_OK);
+    };
+    let Tuple::Flow(l4) = parse(ctx, ip, &at, end, &mut s.key) else {
+        return Ok(TC_ACT_OK);
+    };
+    if at.proto != IPPROTO_ICMPV6 || l4.icmp_type != ICMPV6_ECHO_REQUEST {
+        return Ok(TC_ACT_OK);
+    }
+    let key = &s.key;
+    let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
+    let e = match ct::lookup(key, seg)? {
+        Some(e) => e,
+        None => nat::host_echo_into(cfg, key, &mut s.fwd, 0)?,
+    };
+    rewrite(ctx, &l4, key, &e)?;
+    Ok(TC_ACT_OK)
 }
 
 /// What [`uplink_flow`] found: the L4 header, the hop limit, where the

@@ -86,23 +86,29 @@ fn add(c: *mut i64, n: i64) {
     unsafe { *c += n };
 }
 
-/// Charges a new flow, keyed `key`, of the container at `key.saddr_be` to
-/// its limits: `Ok(true)` when charged (the flow's first entry then carries
-/// `CT_F_COUNTED`), `Ok(false)` when no limit is set. Beyond a limit, the
-/// flow is refused with its reason. Two CPUs charging one key at the same
-/// moment may each pass a limit by one.
+/// Charges a new flow, keyed `key`, of the container at `key.saddr_be`
+/// (whose first entry names the endpoint `endpoint_be`: IPv6's limits are
+/// keyed by it, `CtAddr::opener_id`) to its limits: `Ok(true)` when
+/// charged (the flow's first entry then carries `CT_F_COUNTED`),
+/// `Ok(false)` when no limit is set. Beyond a limit, the flow is refused
+/// with its reason. Two CPUs charging one key at the same moment may each
+/// pass a limit by one.
 #[inline(always)]
-pub fn charge<A: CtAddr>(cfg: &Config, key: &CtKeyOf<A>) -> Result<bool, DropReason> {
+pub fn charge<A: CtAddr>(
+    cfg: &Config,
+    key: &CtKeyOf<A>,
+    endpoint_be: u32,
+) -> Result<bool, DropReason> {
     if cfg.ep_flow_limit == 0 && cfg.dest_port_limit == 0 {
         return Ok(false);
     }
     // Both counters count; only a limit that is set is summed.
-    let ep = QuotaKey::opener(key);
+    let ep = QuotaKey::opener(key, endpoint_be);
     let ec = slot(&ep)?;
     if cfg.ep_flow_limit != 0 && live(cfg, &ep) >= cfg.ep_flow_limit as i64 {
         return Err(DropReason::CtEndpointLimit);
     }
-    let dest = QuotaKey::destination(key);
+    let dest = QuotaKey::destination(key, endpoint_be);
     let dc = slot(&dest)?;
     if cfg.dest_port_limit != 0 && live(cfg, &dest) >= cfg.dest_port_limit as i64 {
         return Err(DropReason::NatDestinationLimit);
@@ -123,21 +129,25 @@ pub fn recharge<A: CtAddr>(key: &CtKeyOf<A>, e: &CtEntryOf<A>) -> Result<bool, D
         return Ok(false);
     }
     match CONFIG.get(0) {
-        Some(cfg) => charge(cfg, key),
+        Some(cfg) => charge(cfg, key, e.endpoint_be),
         None => Ok(false),
     }
 }
 
 /// Gives back what the flow whose first entry (keyed `key`) has `flags`
-/// was charged: called by the datapath when it removed that entry itself,
-/// when the flow closed (TCP: RST, or a FIN each way; `ct::lookup`), or
-/// when the flow it charged was not made after all.
+/// and names `endpoint_be` was charged: called by the datapath when it
+/// removed that entry itself, when the flow closed (TCP: RST, or a FIN
+/// each way; `ct::lookup`), or when the flow it charged was not made
+/// after all.
 #[inline(always)]
-pub fn release<A: CtAddr>(key: &CtKeyOf<A>, flags: u16) {
+pub fn release<A: CtAddr>(key: &CtKeyOf<A>, endpoint_be: u32, flags: u16) {
     if flags & CT_F_COUNTED == 0 {
         return;
     }
-    for k in [QuotaKey::opener(key), QuotaKey::destination(key)] {
+    for k in [
+        QuotaKey::opener(key, endpoint_be),
+        QuotaKey::destination(key, endpoint_be),
+    ] {
         if let Some(c) = OPENED.get_ptr_mut(&k) {
             add(c, -1);
         }

@@ -153,13 +153,13 @@ fn new_outbound(
         endpoint_be,
         seg,
     );
-    let charged = crate::quota::charge(cfg, &s.key)?;
+    let charged = crate::quota::charge(cfg, &s.key, endpoint_be)?;
     if charged {
         s.fwd.flags |= dnet_common::nat::CT_F_COUNTED;
     }
     let r = insert(&s.key, &mut s.fwd);
     if charged && !matches!(r, Ok(true)) {
-        crate::quota::release(&s.key, dnet_common::nat::CT_F_COUNTED);
+        crate::quota::release(&s.key, endpoint_be, dnet_common::nat::CT_F_COUNTED);
     }
     r?;
     Ok(XlateOf::of(&s.fwd))

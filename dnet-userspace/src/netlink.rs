@@ -16,8 +16,8 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage, AddressProtocol},
     link::{
-        InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-        State,
+        AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoKind, InfoMacVlan, InfoVeth,
+        LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
     },
     neighbour::{NeighbourFlags, NeighbourState},
     route::{
@@ -359,8 +359,12 @@ impl Netlink {
     }
 
     /// Makes a veth pair whose peer is born in another namespace (so no
-    /// rename or move is needed), both ends with the given MACs and MTU;
-    /// returns the host end.
+    /// rename or move is needed), both ends with the given MACs and MTU,
+    /// the host end marked with `alias` and forwarding IPv4 (the
+    /// datapath's route lookups, `bpf_fib_lookup`, want forwarding on the
+    /// interface a packet arrived on; the kernel forwards nothing itself:
+    /// every packet it sees from there is local or already steered by the
+    /// datapath); returns the host end.
     pub async fn add_veth(
         &self,
         name: &str,
@@ -387,11 +391,26 @@ impl Netlink {
             .await
             .map_err(req(format!("add veth {name}")))?;
         crate::engine::crash::point("veth:created");
-        // The kernel ignores IFLA_IFALIAS when it creates a link.
+        // The kernel ignores IFLA_IFALIAS (and IFLA_AF_SPEC) when it
+        // creates a link: both are set at once afterwards. Forwarding goes
+        // over netlink rather than `/proc/sys/net/ipv4/conf/NAME/`, whose
+        // lookup grows with the number of interfaces.
         let mut link = self.link(name).await?.ok_or_else(|| {
             NetlinkError::Socket(std::io::Error::other(format!("veth {name} vanished")))
         })?;
-        self.set_alias(link.index, alias).await?;
+        let mut conf = InetDevConf::default();
+        conf.forwarding = 1;
+        let mut msg = LinkUnspec::new_with_index(link.index).alias(alias).build();
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::DevConfRequest(conf),
+            ])]));
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(req(format!("set alias and forwarding of {name}")))?;
         link.alias = Some(alias.to_owned());
         Ok(link)
     }

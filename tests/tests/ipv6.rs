@@ -1172,3 +1172,131 @@ fn a_routed_ipv6_network_reaches_the_world_and_is_reached_on_its_published_ports
     let seen = request6(&sb, "cli", "tcp", WORLD6, 80).expect("after the restart");
     assert!(seen.starts_with(&format!("[{cli6}]:")), "{seen}");
 }
+
+/// Removes a namespace the test made beside its sandbox's.
+struct NsGuard(String);
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+/// The far network's server, behind the world's router.
+const FAR6: &str = "2001:db8:f::2";
+
+/// A router in the world towards a "far" IPv6 network 2001:db8:f::/64
+/// whose link (its side of it) has an MTU of 1280, IPv6's minimum: what
+/// does not fit is answered "packet too big" to the uplink's address.
+fn far_network6(sb: &Sandbox) -> String {
+    let far = format!("{}f", sb.name);
+    sh_ok("ip", &["netns", "add", &far]);
+    let w = sb.world_ns.as_str();
+    sh_ok(
+        "ip",
+        &[
+            "-n", w, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &far,
+        ],
+    );
+    for (ns, dev, a) in [
+        (w, "eth1", "2001:db8:f::1/64"),
+        (far.as_str(), "eth0", "2001:db8:f::2/64"),
+    ] {
+        sh_ok("ip", &["-n", ns, "addr", "add", a, "dev", dev, "nodad"]);
+        sh_ok("ip", &["-n", ns, "link", "set", dev, "up"]);
+    }
+    // Only the router's side is small: the far server's own MTU (1500)
+    // makes it announce a TCP MSS the router's link cannot carry.
+    sh_ok("ip", &["-n", w, "link", "set", "eth1", "mtu", "1280"]);
+    sh_ok("ip", &["-n", &far, "link", "set", "lo", "up"]);
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &far,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:f::1",
+        ],
+    );
+    sh_ok(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            w,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ],
+    );
+    far
+}
+
+#[test]
+fn path_mtu_discovery_works_over_nat66_through_a_smaller_link_in_the_world() {
+    let mut sb = dual_stack_sandbox();
+    let _far = NsGuard(far_network6(&sb));
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            WORLD6,
+        ],
+    );
+    let far_ns = std::path::PathBuf::from("/run/netns").join(&_far.0);
+    let ct = conntest_bin();
+    sb.spawn_in(&far_ns, ct.to_str().unwrap(), &["serve", "tcp", "[::]:80"]);
+    wait_listening(&far_ns, "tcp", 80);
+    sb.dnet_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.73.0.0/24",
+        "--subnet",
+        "fd00:73::/64",
+        "pmtu6",
+    ]);
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "big",
+        "--network",
+        "pmtu6",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    // 300 kB in one line: full-sized segments (the container's link has
+    // the uplink's MTU, 1500) that the far link cannot carry. Without
+    // "packet too big" translated back into the container, TCP would stall
+    // (a path-MTU black hole) until the timeout.
+    let py = format!(
+        "import socket\n\
+         s = socket.create_connection(('{FAR6}', 80), 5)\n\
+         s.settimeout(15)\n\
+         s.sendall(b'x' * 300000 + b'\\n')\n\
+         print(s.makefile().readline().strip())\n"
+    );
+    let o = sb.dnet(&["exec", "big", "--", "python3", "-c", &py]);
+    assert!(ok(&o), "the transfer completed: {}", out(&o));
+    let seen = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert!(
+        seen.starts_with(&format!("[{UPLINK6}]:")),
+        "the far server saw the uplink's address: {seen}"
+    );
+    let r = sb.dnet_ok(&["exec", "big", "--", "ip", "-6", "route", "get", FAR6]);
+    assert!(r.contains("mtu 1280"), "path MTU learned through dnet: {r}");
+}

@@ -4,8 +4,8 @@
 
 use std::net::Ipv6Addr;
 
-use aya::maps::{HashMap, MapData, MapError};
-use dnet_common::{Endpoint, ipv6::Endpoint6, maps as m};
+use aya::maps::MapError;
+use dnet_common::{Endpoint, maps as m};
 
 use super::{Datapath, Result, ip6, map_err};
 
@@ -24,16 +24,13 @@ fn found<V>(r: std::result::Result<V, MapError>, name: &'static str) -> Result<O
 impl Datapath {
     /// The `ENDPOINTS6_BY_IP` entry of `addr`, if any.
     pub fn endpoint6(&self, addr: Ipv6Addr) -> Result<Option<Endpoint>> {
-        let h: HashMap<&MapData, dnet_common::ipv6::Ip6, Endpoint> =
-            HashMap::try_from(self.map(m::ENDPOINTS6_BY_IP)?)
-                .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+        let h = &self.maps.ep6_by_ip;
         found(h.get(&ip6(addr), 0), m::ENDPOINTS6_BY_IP)
     }
 
     /// The IPv6 address `ENDPOINT6_BY_IF` gives host-side veth `ifindex`.
     pub fn endpoint6_addr(&self, ifindex: u32) -> Result<Option<Ipv6Addr>> {
-        let h: HashMap<&MapData, u32, Endpoint6> = HashMap::try_from(self.map(m::ENDPOINT6_BY_IF)?)
-            .map_err(map_err(m::ENDPOINT6_BY_IF))?;
+        let h = &self.maps.ep6_by_if;
         Ok(found(h.get(&ifindex, 0), m::ENDPOINT6_BY_IF)?.map(|e| Ipv6Addr::from(e.addr)))
     }
 }

@@ -14,6 +14,7 @@ mod mirror;
 mod progs;
 #[cfg(test)]
 mod tests;
+mod typed;
 
 use std::{
     collections::HashSet,
@@ -26,8 +27,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, ProgramArray,
-        lpm_trie::Key,
+        HashMap, IterableMap as _, LpmTrie, MapData, PerCpuValues, ProgramArray, lpm_trie::Key,
     },
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
@@ -45,6 +45,7 @@ use dnet_common::{
     nat::{CT_F_COUNTED, CT_F_REPLY},
 };
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use typed::Maps;
 
 /// The eBPF object, built from `dnet-ebpf` by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dnet"));
@@ -67,6 +68,15 @@ pub const PROG_ROUTED6_FROM_CONTAINER: &str = "lxc6_routed_from_container";
 /// Packets from the world to a routed IPv6 network's containers,
 /// tail-called by [`PROG_FROM_UPLINK6`].
 pub const PROG_ROUTED6_FROM_UPLINK: &str = "host6_routed";
+/// ICMPv6 errors from the world about NAT66 flows, tail-called by
+/// [`PROG_FROM_UPLINK6`].
+pub const PROG_ICMP6_ERROR_FROM_UPLINK: &str = "host6_icmp6_error";
+/// ICMPv6 errors from containers about flows to ports published over
+/// IPv6, tail-called by [`PROG_FROM_CONTAINER6`].
+pub const PROG_ICMP6_ERROR_FROM_CONTAINER: &str = "lxc6_icmp6_error";
+/// "Packet too big" and "time exceeded" for containers' NAT66 packets,
+/// tail-called by [`PROG_NAT6_FROM_CONTAINER`].
+pub const PROG_ICMP6_REPLY: &str = "lxc6_icmp6_reply";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
 pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
@@ -80,7 +90,7 @@ pub const SOCK_PROGS: [&str; 8] = [
     "sock_recvmsg6",
     "sock_getpeername6",
 ];
-const TC_PROGS: [&str; 10] = [
+const TC_PROGS: [&str; 13] = [
     PROG_FROM_CONTAINER,
     PROG_FROM_CONTAINER6,
     PROG_NAT6_FROM_CONTAINER,
@@ -88,6 +98,9 @@ const TC_PROGS: [&str; 10] = [
     PROG_PUBLISHED6,
     PROG_ROUTED6_FROM_CONTAINER,
     PROG_ROUTED6_FROM_UPLINK,
+    PROG_ICMP6_ERROR_FROM_UPLINK,
+    PROG_ICMP6_ERROR_FROM_CONTAINER,
+    PROG_ICMP6_REPLY,
     PROG_TO_CONTAINER,
     PROG_FROM_UPLINK,
     PROG_TO_UPLINK,
@@ -152,6 +165,8 @@ pub enum DatapathError {
     },
     #[error("object has no {0}")]
     Missing(&'static str),
+    #[error("parsing the eBPF object: {0}")]
+    Object(#[source] Box<aya_obj::ParseError>),
 }
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
@@ -199,6 +214,11 @@ pub struct MapSummary {
 
 pub struct Datapath {
     ebpf: Ebpf,
+    /// The maps userspace uses, taken from `ebpf` once at load.
+    maps: Maps,
+    /// Every map of the load as `dnet info` shows it (read at load: a map's
+    /// id and size never change).
+    map_summaries: Vec<MapSummary>,
     /// The daemon's bpffs folder; `None` loads unpinned (tests).
     pins: Option<PathBuf>,
     /// Links of an unpinned datapath, kept alive here instead of in bpffs.
@@ -231,16 +251,10 @@ impl Datapath {
     /// As [`Datapath::load`], with the conntrack map's size.
     pub fn load_with(pins: Option<&Path>, ct_entries: u32) -> Result<Datapath> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(m::CT, ct_entries);
-        loader.map_max_entries(m::CT6, ct_entries);
-        // A counter key per live flow at most, and one per endpoint and
-        // family: both conntrack tables (IPv4 and IPv6, `ct_entries / 2`
-        // flows each, an entry per direction) keep their keys in the same
-        // counter maps, so that one family's flows never use up the keys
-        // the other's need.
-        let quota_entries = ct_entries + 2 * m::MAX_ENDPOINTS;
-        loader.map_max_entries(m::CT_OPENED, quota_entries);
-        loader.map_max_entries(m::CT_CLOSED, quota_entries);
+        let sizes = map_sizes(ct_entries);
+        for (name, n) in sizes {
+            loader.map_max_entries(name, n);
+        }
         let map_paths: Vec<(&'static str, PathBuf)> = match pins {
             Some(dir) => {
                 let maps_dir = dir.join("maps");
@@ -256,17 +270,10 @@ impl Datapath {
                         }
                     }
                 }
-                drop_lru_conntrack(&maps_dir.join(m::CT))?;
                 for name in m::RETIRED {
                     remove_if_exists(&maps_dir.join(name))?;
                 }
-                // Maps whose values grew (an older build's): made anew.
-                drop_if_resized(&maps_dir.join(m::CT), size_of::<CtEntry>())?;
-                drop_if_resized(&maps_dir.join(m::CONFIG), size_of::<Config>())?;
-                drop_if_resized(&maps_dir.join(m::STATS), size_of::<EndpointStats>())?;
-                // A tail-call array of fewer slots (an older build's): made
-                // anew (its entries are rewritten at every load anyway).
-                drop_if_fewer_entries(&maps_dir.join(m::PROGS), m::PROGS_SLOTS)?;
+                drop_reshaped(&maps_dir, &sizes)?;
                 m::ALL
                     .iter()
                     .chain([&m::PROGS])
@@ -303,8 +310,12 @@ impl Datapath {
             let info = aya::maps::MapInfo::from_pin(path).map_err(map_err(name))?;
             pinned_maps.push(info.id());
         }
+        let map_summaries = map_summaries(&ebpf, pins);
+        let maps = Maps::take(&mut ebpf)?;
         Ok(Datapath {
             ebpf,
+            maps,
+            map_summaries,
             pins: pins.map(Path::to_owned),
             held_links: Vec::new(),
             pinned_maps,
@@ -526,8 +537,9 @@ impl Datapath {
     }
 
     /// Program `name`, as this build loaded it, is attached to `ifname` at
-    /// `kind`: one of another build's (a daemon of another version left it)
-    /// must be swapped. A program whose link was just unpinned may still be
+    /// `kind`, on the maps this load uses: one of another build's (a daemon
+    /// of another version left it), or one on maps since made anew, must be
+    /// swapped. A program whose link was just unpinned may still be
     /// listed beside it for a moment (the kernel releases links from a work
     /// queue), so this asks for ours, not for ours alone.
     fn tcx_current(&self, ifname: &str, kind: TcAttachType, name: &str) -> bool {
@@ -537,13 +549,16 @@ impl Datapath {
         // The kernel keeps the first 15 bytes of a program's name.
         let kernel_name = &name[..name.len().min(15)];
         SchedClassifier::query_tcx(ifname, kind).is_ok_and(|(_, progs)| {
-            progs
-                .iter()
-                .any(|p| p.name_as_str() == Some(kernel_name) && p.tag() == tag)
+            progs.iter().any(|p| {
+                p.name_as_str() == Some(kernel_name)
+                    && p.tag() == tag
+                    && self.same_maps(p.id(), name)
+            })
         })
     }
 
-    /// The link pinned at `pin` runs program `name` as this build loaded it.
+    /// The link pinned at `pin` runs program `name` as this build loaded it,
+    /// on the maps this load uses.
     fn pinned_link_current(&self, pin: &Path, name: &str) -> bool {
         let Some(tag) = self.tag(name) else {
             return false;
@@ -558,7 +573,7 @@ impl Datapath {
         let id = info.program_id();
         aya::programs::loaded_programs()
             .flatten()
-            .any(|p| p.id() == id && p.tag() == tag)
+            .any(|p| p.id() == id && p.tag() == tag && self.same_maps(id, name))
     }
 
     /// Attaches the socket hooks to the cgroup v2 hierarchy at `cgroup`,
@@ -605,81 +620,57 @@ impl Datapath {
 
     /// Writes the NAT configuration.
     pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
-        let mut a: Array<&mut MapData, Config> =
-            Array::try_from(self.map_mut(m::CONFIG)?).map_err(map_err(m::CONFIG))?;
+        let a = &mut self.maps.config;
         a.set(0, cfg, 0).map_err(map_err(m::CONFIG))
     }
 
     pub fn config(&self) -> Result<Config> {
-        let a: Array<&MapData, Config> =
-            Array::try_from(self.map(m::CONFIG)?).map_err(map_err(m::CONFIG))?;
+        let a = &self.maps.config;
         a.get(&0, 0).map_err(map_err(m::CONFIG))
     }
 
     /// Publishes a port.
     pub fn set_service(&mut self, key: &ServiceKey, svc: &Service) -> Result<()> {
-        let mut h: HashMap<&mut MapData, ServiceKey, Service> =
-            HashMap::try_from(self.map_mut(m::SERVICES)?).map_err(map_err(m::SERVICES))?;
+        let h = &mut self.maps.services;
         h.insert(key, svc, 0).map_err(map_err(m::SERVICES))
     }
 
     /// Unpublishes a port; a missing one is fine.
     pub fn clear_service(&mut self, key: &ServiceKey) -> Result<()> {
-        let mut h: HashMap<&mut MapData, ServiceKey, Service> =
-            HashMap::try_from(self.map_mut(m::SERVICES)?).map_err(map_err(m::SERVICES))?;
+        let h = &mut self.maps.services;
         absent_is_fine(h.remove(key)).map_err(map_err(m::SERVICES))
     }
 
     pub fn services(&self) -> Result<Vec<(ServiceKey, Service)>> {
-        let h: HashMap<&MapData, ServiceKey, Service> =
-            HashMap::try_from(self.map(m::SERVICES)?).map_err(map_err(m::SERVICES))?;
+        let h = &self.maps.services;
         h.iter().map(|r| r.map_err(map_err(m::SERVICES))).collect()
     }
 
     /// Publishes a port over IPv6.
     pub fn set_service6(&mut self, key: &ServiceKey6, svc: &Service6) -> Result<()> {
-        let mut h: HashMap<&mut MapData, ServiceKey6, Service6> =
-            HashMap::try_from(self.map_mut(m::SERVICES6)?).map_err(map_err(m::SERVICES6))?;
+        let h = &mut self.maps.services6;
         h.insert(key, svc, 0).map_err(map_err(m::SERVICES6))
     }
 
     /// Unpublishes an IPv6 port; a missing one is fine.
     pub fn clear_service6(&mut self, key: &ServiceKey6) -> Result<()> {
-        let mut h: HashMap<&mut MapData, ServiceKey6, Service6> =
-            HashMap::try_from(self.map_mut(m::SERVICES6)?).map_err(map_err(m::SERVICES6))?;
+        let h = &mut self.maps.services6;
         absent_is_fine(h.remove(key)).map_err(map_err(m::SERVICES6))
     }
 
     pub fn services6(&self) -> Result<Vec<(ServiceKey6, Service6)>> {
-        let h: HashMap<&MapData, ServiceKey6, Service6> =
-            HashMap::try_from(self.map(m::SERVICES6)?).map_err(map_err(m::SERVICES6))?;
+        let h = &self.maps.services6;
         h.iter().map(|r| r.map_err(map_err(m::SERVICES6))).collect()
     }
 
     /// Every conntrack entry.
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>> {
-        self.conntrack_of(m::CT)
+        conntrack_of(&self.maps.ct, m::CT)
     }
 
     /// Every IPv6 conntrack entry (NAT66).
     pub fn conntrack6(&self) -> Result<Vec<(dnet_common::CtKey6, dnet_common::CtEntry6)>> {
-        self.conntrack_of(m::CT6)
-    }
-
-    /// Every entry of the conntrack table `name` (`DNET_CT` of `u32`
-    /// addresses, `DNET_CT6` of `[u8; 16]` ones).
-    fn conntrack_of<A: CtAddr + aya::Pod>(
-        &self,
-        name: &'static str,
-    ) -> Result<Vec<(CtKeyOf<A>, CtEntryOf<A>)>> {
-        let aya::maps::Map::HashMap(data) = self.map(name)? else {
-            return Err(DatapathError::Missing(name));
-        };
-        // SAFETY: the conntrack tables are hash maps of `CtKeyOf<A>` keys
-        // and `CtEntryOf<A>` values, `A` their family's address (the layout
-        // test in dnet-common pins their sizes).
-        unsafe { batch::lookup_all(data.fd().as_fd(), 4096) }
-            .map_err(io_err("read", Path::new(name)))
+        conntrack_of(&self.maps.ct6, m::CT6)
     }
 
     /// Removes conntrack entries; missing ones are fine. A flow's first
@@ -696,8 +687,7 @@ impl Datapath {
     /// matches any); returns how many went. First entries go before reply
     /// entries, as in [`Datapath::ct_remove`].
     pub fn ct_remove_if_created<A: Family>(&mut self, keys: &[(CtKeyOf<A>, u64)]) -> Result<usize> {
-        let mut h: HashMap<&mut MapData, CtKeyOf<A>, CtEntryOf<A>> =
-            HashMap::try_from(self.map_mut(A::CT)?).map_err(map_err(A::CT))?;
+        let h = A::table(&mut self.maps);
         let mut n = 0;
         let mut charged = Vec::new();
         for replies in [false, true] {
@@ -710,7 +700,7 @@ impl Datapath {
                 }
                 match h.remove(k) {
                     // Removed here: a charged flow's charge comes back.
-                    Ok(()) if e.flags & CT_F_COUNTED != 0 => charged.push(*k),
+                    Ok(()) if e.flags & CT_F_COUNTED != 0 => charged.push((*k, e.endpoint_be)),
                     r => absent_is_fine(r).map_err(map_err(A::CT))?,
                 }
                 n += 1;
@@ -721,19 +711,19 @@ impl Datapath {
     }
 
     /// Gives back, in `DNET_CT_CLOSED`, the charges of the flows whose
-    /// first entries (`keys`, charged ones) the daemon removed.
-    fn quota_closed<A: CtAddr>(&mut self, keys: &[CtKeyOf<A>]) -> Result<()> {
+    /// first entries (`keys`, charged ones, with the endpoint each names)
+    /// the daemon removed.
+    fn quota_closed<A: CtAddr>(&mut self, keys: &[(CtKeyOf<A>, u32)]) -> Result<()> {
         let mut gone: std::collections::HashMap<QuotaKey, i64> = std::collections::HashMap::new();
-        for k in keys {
-            for q in [QuotaKey::opener(k), QuotaKey::destination(k)] {
+        for (k, ep) in keys {
+            for q in [QuotaKey::opener(k, *ep), QuotaKey::destination(k, *ep)] {
                 *gone.entry(q).or_default() += 1;
             }
         }
         if gone.is_empty() {
             return Ok(());
         }
-        let mut h: HashMap<&mut MapData, QuotaKey, i64> =
-            HashMap::try_from(self.map_mut(m::CT_CLOSED)?).map_err(map_err(m::CT_CLOSED))?;
+        let h = &mut self.maps.ct_closed;
         for (q, n) in gone {
             let was = h.get(&q, 0).unwrap_or(0);
             h.insert(q, was + n, 0).map_err(map_err(m::CT_CLOSED))?;
@@ -747,10 +737,8 @@ impl Datapath {
     /// the daemon's.
     fn quota_parts(&self) -> Result<std::collections::HashMap<QuotaKey, (i64, i64)>> {
         let cpus = self.config()?.nr_cpus as usize;
-        let opened: PerCpuHashMap<&MapData, QuotaKey, i64> =
-            PerCpuHashMap::try_from(self.map(m::CT_OPENED)?).map_err(map_err(m::CT_OPENED))?;
-        let closed: HashMap<&MapData, QuotaKey, i64> =
-            HashMap::try_from(self.map(m::CT_CLOSED)?).map_err(map_err(m::CT_CLOSED))?;
+        let opened = &self.maps.ct_opened;
+        let closed = &self.maps.ct_closed;
         let mut out: std::collections::HashMap<QuotaKey, (i64, i64)> =
             std::collections::HashMap::new();
         for r in opened.iter() {
@@ -807,15 +795,12 @@ impl Datapath {
             .copied()
             .collect();
         {
-            let mut h: PerCpuHashMap<&mut MapData, QuotaKey, i64> =
-                PerCpuHashMap::try_from(self.map_mut(m::CT_OPENED)?)
-                    .map_err(map_err(m::CT_OPENED))?;
+            let h = &mut self.maps.ct_opened;
             for k in &idle {
                 absent_is_fine(h.remove(k)).map_err(map_err(m::CT_OPENED))?;
             }
         }
-        let mut h: HashMap<&mut MapData, QuotaKey, i64> =
-            HashMap::try_from(self.map_mut(m::CT_CLOSED)?).map_err(map_err(m::CT_CLOSED))?;
+        let h = &mut self.maps.ct_closed;
         for k in &idle {
             absent_is_fine(h.remove(k)).map_err(map_err(m::CT_CLOSED))?;
         }
@@ -831,15 +816,13 @@ impl Datapath {
     /// Removes a subnet from the LPM map only (its id may be another
     /// network's now); a missing entry is fine.
     pub fn clear_subnet(&mut self, subnet: Ipv4Network) -> Result<()> {
-        let mut t: LpmTrie<&mut MapData, u32, u32> =
-            LpmTrie::try_from(self.map_mut(m::SUBNETS)?).map_err(map_err(m::SUBNETS))?;
+        let t = &mut self.maps.subnets;
         absent_is_fine(t.remove(&subnet_key(subnet))).map_err(map_err(m::SUBNETS))
     }
 
     /// Inserts a conntrack entry (tests, and nothing else).
     pub fn ct_insert(&mut self, key: &CtKey, e: &CtEntry) -> Result<()> {
-        let mut h: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.map_mut(m::CT)?).map_err(map_err(m::CT))?;
+        let h = &mut self.maps.ct;
         h.insert(key, e, 0).map_err(map_err(m::CT))
     }
 
@@ -900,21 +883,11 @@ impl Datapath {
         Ok(names)
     }
 
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).ok_or(DatapathError::Missing(name))
-    }
-
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
-        self.ebpf.map(name).ok_or(DatapathError::Missing(name))
-    }
-
     /// Writes a network's entry and its subnet.
     pub fn set_network(&mut self, dp_id: u32, subnet: Ipv4Network, net: &Network) -> Result<()> {
-        let mut a: Array<&mut MapData, Network> =
-            Array::try_from(self.map_mut(m::NETWORKS)?).map_err(map_err(m::NETWORKS))?;
+        let a = &mut self.maps.networks;
         a.set(dp_id, net, 0).map_err(map_err(m::NETWORKS))?;
-        let mut t: LpmTrie<&mut MapData, u32, u32> =
-            LpmTrie::try_from(self.map_mut(m::SUBNETS)?).map_err(map_err(m::SUBNETS))?;
+        let t = &mut self.maps.subnets;
         t.insert(&subnet_key(subnet), dp_id, 0)
             .map_err(map_err(m::SUBNETS))?;
         Ok(())
@@ -940,52 +913,24 @@ impl Datapath {
                 IpNetwork::V4(_) => None,
             })
             .collect();
-        self.set_prefixes(m::PUBLISH_FROM, &v4)?;
-        self.set_prefixes(m::PUBLISH_FROM6, &v6)
-    }
-
-    /// Makes the LPM trie `name` hold exactly `want` (value 1), adding
-    /// before removing.
-    fn set_prefixes<K: aya::Pod + PartialEq>(
-        &mut self,
-        name: &'static str,
-        want: &[Key<K>],
-    ) -> Result<()> {
-        let mut t: LpmTrie<&mut MapData, K, u8> =
-            LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        for k in want {
-            t.insert(k, 1, 0).map_err(map_err(name))?;
-        }
-        let same =
-            |a: &Key<K>, b: &Key<K>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
-        let stale: Vec<Key<K>> = t
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !want.iter().any(|w| same(k, w)))
-            .collect();
-        for k in &stale {
-            absent_is_fine(t.remove(k)).map_err(map_err(name))?;
-        }
-        Ok(())
+        set_prefixes(&mut self.maps.publish_from, m::PUBLISH_FROM, &v4)?;
+        set_prefixes(&mut self.maps.publish_from6, m::PUBLISH_FROM6, &v6)
     }
 
     /// The network entry at `dp_id`.
     pub fn network(&self, dp_id: u32) -> Result<Network> {
-        let a: Array<&MapData, Network> =
-            Array::try_from(self.map(m::NETWORKS)?).map_err(map_err(m::NETWORKS))?;
+        let a = &self.maps.networks;
         a.get(&dp_id, 0).map_err(map_err(m::NETWORKS))
     }
 
     /// Removes a network's entries.
     pub fn clear_network(&mut self, dp_id: u32, subnet: Option<Ipv4Network>) -> Result<()> {
-        let mut a: Array<&mut MapData, Network> =
-            Array::try_from(self.map_mut(m::NETWORKS)?).map_err(map_err(m::NETWORKS))?;
+        let a = &mut self.maps.networks;
         a.set(dp_id, Network::default(), 0)
             .map_err(map_err(m::NETWORKS))?;
         self.set_members(dp_id, &[])?;
         if let Some(subnet) = subnet {
-            let mut t: LpmTrie<&mut MapData, u32, u32> =
-                LpmTrie::try_from(self.map_mut(m::SUBNETS)?).map_err(map_err(m::SUBNETS))?;
+            let t = &mut self.maps.subnets;
             absent_is_fine(t.remove(&subnet_key(subnet))).map_err(map_err(m::SUBNETS))?;
         }
         Ok(())
@@ -993,8 +938,7 @@ impl Datapath {
 
     /// Subnets in the LPM map, with their network ids.
     pub fn subnets(&self) -> Result<Vec<(Ipv4Network, u32)>> {
-        let t: LpmTrie<&MapData, u32, u32> =
-            LpmTrie::try_from(self.map(m::SUBNETS)?).map_err(map_err(m::SUBNETS))?;
+        let t = &self.maps.subnets;
         t.iter()
             .map(|r| {
                 r.map(|(k, v)| {
@@ -1070,21 +1014,18 @@ impl Datapath {
     }
 
     fn put_member(&mut self, dp_id: u32, index: usize, ifindex: u32) -> Result<()> {
-        let mut h: HashMap<&mut MapData, MemberKey, u32> =
-            HashMap::try_from(self.map_mut(m::NET_MEMBER)?).map_err(map_err(m::NET_MEMBER))?;
+        let h = &mut self.maps.net_member;
         h.insert(member_key(dp_id, index), ifindex, 0)
             .map_err(map_err(m::NET_MEMBER))
     }
 
     fn remove_member(&mut self, dp_id: u32, index: usize) -> Result<()> {
-        let mut h: HashMap<&mut MapData, MemberKey, u32> =
-            HashMap::try_from(self.map_mut(m::NET_MEMBER)?).map_err(map_err(m::NET_MEMBER))?;
+        let h = &mut self.maps.net_member;
         absent_is_fine(h.remove(&member_key(dp_id, index))).map_err(map_err(m::NET_MEMBER))
     }
 
     fn put_member_count(&mut self, dp_id: u32, count: usize) -> Result<()> {
-        let mut a: Array<&mut MapData, NetFanout> =
-            Array::try_from(self.map_mut(m::NET_FANOUT)?).map_err(map_err(m::NET_FANOUT))?;
+        let a = &mut self.maps.net_fanout;
         let v = NetFanout {
             count: count as u32,
             _pad: 0,
@@ -1101,15 +1042,13 @@ impl Datapath {
     /// A network's members by index (`0` where an index below the count
     /// has no entry), and the indexes of its entries beyond the count.
     fn member_entries(&self, dp_id: u32) -> Result<(Vec<u32>, Vec<usize>)> {
-        let counts: Array<&MapData, NetFanout> =
-            Array::try_from(self.map(m::NET_FANOUT)?).map_err(map_err(m::NET_FANOUT))?;
+        let counts = &self.maps.net_fanout;
         let count = counts.get(&dp_id, 0).map_err(map_err(m::NET_FANOUT))?.count as usize;
-        let aya::maps::Map::HashMap(data) = self.map(m::NET_MEMBER)? else {
-            return Err(DatapathError::Missing(m::NET_MEMBER));
-        };
+        let fd = self.maps.net_member.map().fd().as_fd();
         // SAFETY: DNET_NET_MEMBER is a hash map of `MemberKey` keys and `u32`
-        // values (the layout test in dnet-common pins the key's size).
-        let all: Vec<(MemberKey, u32)> = unsafe { batch::lookup_all(data.fd().as_fd(), 1024) }
+        // values, as its typed handle says (the layout test in dnet-common
+        // pins the key's size).
+        let all: Vec<(MemberKey, u32)> = unsafe { batch::lookup_all(fd, 1024) }
             .map_err(io_err("read", Path::new(m::NET_MEMBER)))?;
         let mut members = vec![0; count.min(m::MAX_ENDPOINTS as usize)];
         let mut stale = Vec::new();
@@ -1129,17 +1068,14 @@ impl Datapath {
     }
 
     fn write_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
-        for name in [m::ENDPOINTS_BY_IP, m::ENDPOINTS_BY_IF] {
-            let key = if name == m::ENDPOINTS_BY_IP {
-                ep.addr_be
-            } else {
-                ep.ifindex
-            };
-            let mut h: HashMap<&mut MapData, u32, Endpoint> =
-                HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-            h.insert(key, ep, 0).map_err(map_err(name))?;
-        }
-        Ok(())
+        self.maps
+            .ep_by_ip
+            .insert(ep.addr_be, ep, 0)
+            .map_err(map_err(m::ENDPOINTS_BY_IP))?;
+        self.maps
+            .ep_by_if
+            .insert(ep.ifindex, ep, 0)
+            .map_err(map_err(m::ENDPOINTS_BY_IF))
     }
 
     /// Removes an endpoint from both maps; missing entries are fine.
@@ -1149,13 +1085,12 @@ impl Datapath {
     }
 
     fn remove_endpoint(&mut self, addr: Option<Ipv4Addr>, ifindex: Option<u32>) -> Result<()> {
-        for (name, key) in [
-            (m::ENDPOINTS_BY_IP, addr.map(ipv4_be)),
-            (m::ENDPOINTS_BY_IF, ifindex),
+        let maps = &mut self.maps;
+        for (h, name, key) in [
+            (&mut maps.ep_by_ip, m::ENDPOINTS_BY_IP, addr.map(ipv4_be)),
+            (&mut maps.ep_by_if, m::ENDPOINTS_BY_IF, ifindex),
         ] {
             let Some(key) = key else { continue };
-            let mut h: HashMap<&mut MapData, u32, Endpoint> =
-                HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
             absent_is_fine(h.remove(&key)).map_err(map_err(name))?;
         }
         Ok(())
@@ -1163,8 +1098,7 @@ impl Datapath {
 
     /// Entries of an endpoint map (`ENDPOINTS_BY_IP` or `ENDPOINTS_BY_IF`).
     pub fn endpoints(&self, name: &'static str) -> Result<Vec<(u32, Endpoint)>> {
-        let h: HashMap<&MapData, u32, Endpoint> =
-            HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        let h = self.maps.endpoints(name)?;
         h.iter().map(|r| r.map_err(map_err(name))).collect()
     }
 
@@ -1172,8 +1106,7 @@ impl Datapath {
     /// `ENDPOINTS_BY_IF`), if there is one: one lookup, however many
     /// endpoints there are.
     pub fn endpoint(&self, name: &'static str, key: u32) -> Result<Option<Endpoint>> {
-        let h: HashMap<&MapData, u32, Endpoint> =
-            HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        let h = self.maps.endpoints(name)?;
         match h.get(&key, 0) {
             Ok(e) => Ok(Some(e)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -1190,19 +1123,16 @@ impl Datapath {
     /// network's IPv4 entry, written by [`Datapath::set_network`], stays
     /// as it is: its gateway MAC answers for both gateways).
     pub fn set_network6(&mut self, dp_id: u32, subnet: Ipv6Network, net: &Network6) -> Result<()> {
-        let mut a: Array<&mut MapData, Network6> =
-            Array::try_from(self.map_mut(m::NETWORKS6)?).map_err(map_err(m::NETWORKS6))?;
+        let a = &mut self.maps.networks6;
         a.set(dp_id, net, 0).map_err(map_err(m::NETWORKS6))?;
-        let mut t: LpmTrie<&mut MapData, [u8; 16], u32> =
-            LpmTrie::try_from(self.map_mut(m::SUBNETS6)?).map_err(map_err(m::SUBNETS6))?;
+        let t = &mut self.maps.subnets6;
         t.insert(&subnet6_key(subnet), dp_id, 0)
             .map_err(map_err(m::SUBNETS6))
     }
 
     /// The IPv6 entry of network `dp_id` (`active == 0`: IPv4 only).
     pub fn network6(&self, dp_id: u32) -> Result<Network6> {
-        let a: Array<&MapData, Network6> =
-            Array::try_from(self.map(m::NETWORKS6)?).map_err(map_err(m::NETWORKS6))?;
+        let a = &self.maps.networks6;
         a.get(&dp_id, 0).map_err(map_err(m::NETWORKS6))
     }
 
@@ -1210,8 +1140,7 @@ impl Datapath {
     /// missing subnet is fine. The network is IPv4-only afterwards (its
     /// IPv6 is dropped with the `ipv6` reason).
     pub fn clear_network6(&mut self, dp_id: u32, subnet: Option<Ipv6Network>) -> Result<()> {
-        let mut a: Array<&mut MapData, Network6> =
-            Array::try_from(self.map_mut(m::NETWORKS6)?).map_err(map_err(m::NETWORKS6))?;
+        let a = &mut self.maps.networks6;
         a.set(dp_id, Network6::default(), 0)
             .map_err(map_err(m::NETWORKS6))?;
         if let Some(subnet) = subnet {
@@ -1223,15 +1152,13 @@ impl Datapath {
     /// Removes an IPv6 subnet from the LPM map only (its id may be another
     /// network's now); a missing entry is fine.
     pub fn clear_subnet6(&mut self, subnet: Ipv6Network) -> Result<()> {
-        let mut t: LpmTrie<&mut MapData, [u8; 16], u32> =
-            LpmTrie::try_from(self.map_mut(m::SUBNETS6)?).map_err(map_err(m::SUBNETS6))?;
+        let t = &mut self.maps.subnets6;
         absent_is_fine(t.remove(&subnet6_key(subnet))).map_err(map_err(m::SUBNETS6))
     }
 
     /// IPv6 subnets in the LPM map, with their network ids.
     pub fn subnets6(&self) -> Result<Vec<(Ipv6Network, u32)>> {
-        let t: LpmTrie<&MapData, [u8; 16], u32> =
-            LpmTrie::try_from(self.map(m::SUBNETS6)?).map_err(map_err(m::SUBNETS6))?;
+        let t = &self.maps.subnets6;
         t.iter()
             .map(|r| {
                 r.map(|(k, v)| {
@@ -1254,14 +1181,10 @@ impl Datapath {
     }
 
     fn write_endpoint6(&mut self, ifindex: u32, addr: Ipv6Addr, ep: &Endpoint) -> Result<()> {
-        let mut h: HashMap<&mut MapData, Ip6, Endpoint> =
-            HashMap::try_from(self.map_mut(m::ENDPOINTS6_BY_IP)?)
-                .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+        let h = &mut self.maps.ep6_by_ip;
         h.insert(ip6(addr), ep, 0)
             .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
-        let mut h: HashMap<&mut MapData, u32, Endpoint6> =
-            HashMap::try_from(self.map_mut(m::ENDPOINT6_BY_IF)?)
-                .map_err(map_err(m::ENDPOINT6_BY_IF))?;
+        let h = &mut self.maps.ep6_by_if;
         let v = Endpoint6 {
             addr: addr.octets(),
         };
@@ -1278,15 +1201,11 @@ impl Datapath {
 
     fn remove_endpoint6(&mut self, addr: Option<Ipv6Addr>, ifindex: Option<u32>) -> Result<()> {
         if let Some(ifindex) = ifindex {
-            let mut h: HashMap<&mut MapData, u32, Endpoint6> =
-                HashMap::try_from(self.map_mut(m::ENDPOINT6_BY_IF)?)
-                    .map_err(map_err(m::ENDPOINT6_BY_IF))?;
+            let h = &mut self.maps.ep6_by_if;
             absent_is_fine(h.remove(&ifindex)).map_err(map_err(m::ENDPOINT6_BY_IF))?;
         }
         if let Some(addr) = addr {
-            let mut h: HashMap<&mut MapData, Ip6, Endpoint> =
-                HashMap::try_from(self.map_mut(m::ENDPOINTS6_BY_IP)?)
-                    .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+            let h = &mut self.maps.ep6_by_ip;
             absent_is_fine(h.remove(&ip6(addr))).map_err(map_err(m::ENDPOINTS6_BY_IP))?;
         }
         Ok(())
@@ -1294,8 +1213,7 @@ impl Datapath {
 
     /// Entries of `ENDPOINTS6_BY_IP`: dual-stack endpoints by IPv6 address.
     pub fn endpoints6(&self) -> Result<Vec<(Ipv6Addr, Endpoint)>> {
-        let h: HashMap<&MapData, Ip6, Endpoint> = HashMap::try_from(self.map(m::ENDPOINTS6_BY_IP)?)
-            .map_err(map_err(m::ENDPOINTS6_BY_IP))?;
+        let h = &self.maps.ep6_by_ip;
         h.iter()
             .map(|r| {
                 r.map(|(k, e)| (Ipv6Addr::from(k.addr), e))
@@ -1306,8 +1224,7 @@ impl Datapath {
 
     /// Entries of `ENDPOINT6_BY_IF`: (host-side veth ifindex, IPv6 address).
     pub fn endpoint6_addrs(&self) -> Result<Vec<(u32, Ipv6Addr)>> {
-        let h: HashMap<&MapData, u32, Endpoint6> = HashMap::try_from(self.map(m::ENDPOINT6_BY_IF)?)
-            .map_err(map_err(m::ENDPOINT6_BY_IF))?;
+        let h = &self.maps.ep6_by_if;
         h.iter()
             .map(|r| {
                 r.map(|(k, e)| (k, Ipv6Addr::from(e.addr)))
@@ -1321,15 +1238,13 @@ impl Datapath {
         let cpus = nr_cpus().map_err(|(_, e)| io_err("count CPUs", Path::new("/sys"))(e))?;
         let zero = PerCpuValues::try_from(vec![EndpointStats::default(); cpus])
             .map_err(|e| io_err("build per-CPU value", Path::new(""))(e))?;
-        let mut a: PerCpuArray<&mut MapData, EndpointStats> =
-            PerCpuArray::try_from(self.map_mut(m::STATS)?).map_err(map_err(m::STATS))?;
+        let a = &mut self.maps.stats;
         a.set(slot, zero, 0).map_err(map_err(m::STATS))
     }
 
     /// A stats slot, summed over CPUs.
     pub fn stats(&self, slot: u32) -> Result<EndpointStats> {
-        let a: PerCpuArray<&MapData, EndpointStats> =
-            PerCpuArray::try_from(self.map(m::STATS)?).map_err(map_err(m::STATS))?;
+        let a = &self.maps.stats;
         let per_cpu = a.get(&slot, 0).map_err(map_err(m::STATS))?;
         let mut sum = EndpointStats::default();
         for s in per_cpu.iter() {
@@ -1360,6 +1275,13 @@ impl Datapath {
                     PROG_PUBLISHED6 => "tail call of host6_from_uplink (published ports)",
                     PROG_ROUTED6_FROM_CONTAINER => "tail call of lxc6_from_container (routed IPv6)",
                     PROG_ROUTED6_FROM_UPLINK => "tail call of host6_from_uplink (routed IPv6)",
+                    PROG_ICMP6_ERROR_FROM_UPLINK => {
+                        "tail call of host6_from_uplink (ICMPv6 errors)"
+                    }
+                    PROG_ICMP6_ERROR_FROM_CONTAINER => {
+                        "tail call of lxc6_from_container (ICMPv6 errors)"
+                    }
+                    PROG_ICMP6_REPLY => "tail call of lxc6_nat_from_container (ICMPv6 answers)",
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
                     PROG_TO_UPLINK => "tcx egress, uplink",
                     "sock_connect4" => "cgroup connect4",
@@ -1384,32 +1306,7 @@ impl Datapath {
 
     /// The maps, for `dnet info`.
     pub fn maps(&self) -> Vec<MapSummary> {
-        let mut v: Vec<MapSummary> = self
-            .ebpf
-            .maps()
-            .filter_map(|(name, map)| {
-                let data = match map {
-                    aya::maps::Map::Array(d)
-                    | aya::maps::Map::HashMap(d)
-                    | aya::maps::Map::PerCpuLruHashMap(d)
-                    | aya::maps::Map::LruHashMap(d)
-                    | aya::maps::Map::LpmTrie(d)
-                    | aya::maps::Map::PerCpuArray(d)
-                    | aya::maps::Map::PerCpuHashMap(d)
-                    | aya::maps::Map::ProgramArray(d) => d,
-                    _ => return None,
-                };
-                let info = data.info().ok()?;
-                Some(MapSummary {
-                    name: name.to_owned(),
-                    id: info.id(),
-                    max_entries: info.max_entries(),
-                    pinned: self.pins.as_ref().map(|p| p.join("maps").join(name)),
-                })
-            })
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+        self.map_summaries.clone()
     }
 
     /// The program, for `BPF_PROG_TEST_RUN`.
@@ -1432,6 +1329,15 @@ fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
             PROG_ROUTED6_FROM_CONTAINER,
         ),
         (m::PROG_SLOT_ROUTED6_FROM_UPLINK, PROG_ROUTED6_FROM_UPLINK),
+        (
+            m::PROG_SLOT_ICMP6_ERROR_FROM_UPLINK,
+            PROG_ICMP6_ERROR_FROM_UPLINK,
+        ),
+        (
+            m::PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER,
+            PROG_ICMP6_ERROR_FROM_CONTAINER,
+        ),
+        (m::PROG_SLOT_ICMP6_REPLY, PROG_ICMP6_REPLY),
     ] {
         let fd = ebpf
             .program(name)
@@ -1454,14 +1360,85 @@ fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
 pub trait Family: CtAddr + aya::Pod {
     /// The table's map name.
     const CT: &'static str;
+    /// The table.
+    fn table(maps: &mut Maps) -> &mut HashMap<MapData, CtKeyOf<Self>, CtEntryOf<Self>>;
 }
 
 impl Family for u32 {
     const CT: &'static str = m::CT;
+    fn table(maps: &mut Maps) -> &mut HashMap<MapData, CtKey, CtEntry> {
+        &mut maps.ct
+    }
 }
 
 impl Family for [u8; 16] {
     const CT: &'static str = m::CT6;
+    fn table(maps: &mut Maps) -> &mut HashMap<MapData, dnet_common::CtKey6, dnet_common::CtEntry6> {
+        &mut maps.ct6
+    }
+}
+
+/// Makes the LPM trie `t` (map `name`) hold exactly `want` (value 1),
+/// adding before removing.
+fn set_prefixes<K: aya::Pod + PartialEq>(
+    t: &mut LpmTrie<MapData, K, u8>,
+    name: &'static str,
+    want: &[Key<K>],
+) -> Result<()> {
+    for k in want {
+        t.insert(k, 1, 0).map_err(map_err(name))?;
+    }
+    let same = |a: &Key<K>, b: &Key<K>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
+    let stale: Vec<Key<K>> = t
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !want.iter().any(|w| same(k, w)))
+        .collect();
+    for k in &stale {
+        absent_is_fine(t.remove(k)).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+/// Every entry of the conntrack table `h` (map `name`).
+fn conntrack_of<A: CtAddr + aya::Pod>(
+    h: &HashMap<MapData, CtKeyOf<A>, CtEntryOf<A>>,
+    name: &'static str,
+) -> Result<Vec<(CtKeyOf<A>, CtEntryOf<A>)>> {
+    // SAFETY: the conntrack tables are hash maps of `CtKeyOf<A>` keys and
+    // `CtEntryOf<A>` values, `A` their family's address (the layout test in
+    // dnet-common pins their sizes), as the typed handle `h` says.
+    unsafe { batch::lookup_all(h.map().fd().as_fd(), 4096) }
+        .map_err(io_err("read", Path::new(name)))
+}
+
+/// The maps of a load, by name, as `dnet info` shows them.
+fn map_summaries(ebpf: &Ebpf, pins: Option<&Path>) -> Vec<MapSummary> {
+    let mut v: Vec<MapSummary> = ebpf
+        .maps()
+        .filter_map(|(name, map)| {
+            let data = match map {
+                aya::maps::Map::Array(d)
+                | aya::maps::Map::HashMap(d)
+                | aya::maps::Map::PerCpuLruHashMap(d)
+                | aya::maps::Map::LruHashMap(d)
+                | aya::maps::Map::LpmTrie(d)
+                | aya::maps::Map::PerCpuArray(d)
+                | aya::maps::Map::PerCpuHashMap(d)
+                | aya::maps::Map::ProgramArray(d) => d,
+                _ => return None,
+            };
+            let info = data.info().ok()?;
+            Some(MapSummary {
+                name: name.to_owned(),
+                id: info.id(),
+                max_entries: info.max_entries(),
+                pinned: pins.map(|p| p.join("maps").join(name)),
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
 }
 
 /// A delete of a missing key succeeds: the entry is gone either way.
@@ -1491,21 +1468,104 @@ fn ip6(addr: Ipv6Addr) -> Ip6 {
     }
 }
 
-/// A conntrack table pinned by an older build is an LRU map, whose new
-/// flows evict established ones. A pinned map is reused whatever its type,
-/// so that one is removed (its flows start over) and a plain hash made.
-fn drop_lru_conntrack(pin: &Path) -> Result<()> {
-    let Ok(info) = aya::maps::MapInfo::from_pin(pin) else {
-        return Ok(());
-    };
-    if matches!(info.map_type(), Ok(aya::maps::MapType::LruHash)) {
-        tracing::warn!(
-            pin = %pin.display(),
-            "replacing the pinned LRU conntrack table with a plain hash: translated flows start over"
-        );
-        remove_if_exists(pin)?;
+/// The sizes set at load rather than by the object: the conntrack tables
+/// hold `ct_entries` entries (two per flow), and the limit counters a key
+/// per live flow at most and one per endpoint and family: both conntrack
+/// tables (IPv4 and IPv6, `ct_entries / 2` flows each) keep their keys in
+/// the same counter maps, so that one family's flows never use up the keys
+/// the other's need.
+fn map_sizes(ct_entries: u32) -> [(&'static str, u32); 4] {
+    let quota_entries = ct_entries + 2 * m::MAX_ENDPOINTS;
+    [
+        (m::CT, ct_entries),
+        (m::CT6, ct_entries),
+        (m::CT_OPENED, quota_entries),
+        (m::CT_CLOSED, quota_entries),
+    ]
+}
+
+/// A map's shape as the kernel keeps it: type, key and value sizes, and
+/// entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {}, key {} B, value {} B, {} entries",
+            self.map_type, self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+/// The shape this build gives each pinned map: the object's definitions,
+/// with the sizes of [`map_sizes`].
+fn wanted_shapes(sizes: &[(&'static str, u32)]) -> Result<Vec<(&'static str, Shape)>> {
+    let obj = aya_obj::Object::parse(OBJECT).map_err(|e| DatapathError::Object(Box::new(e)))?;
+    m::ALL
+        .iter()
+        .chain([&m::PROGS])
+        .map(|&name| {
+            let def = obj.maps.get(name).ok_or(DatapathError::Missing(name))?;
+            let max_entries = sizes
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(def.max_entries(), |(_, n)| *n);
+            let shape = Shape {
+                map_type: def.map_type(),
+                key_size: def.key_size(),
+                value_size: def.value_size(),
+                max_entries,
+            };
+            Ok((name, shape))
+        })
+        .collect()
+}
+
+/// Removes each map pinned under `maps_dir` whose shape is not the one this
+/// build gives it (an older build's layout or map type, such as the LRU
+/// conntrack table of old, or another `--ct-entries`): a pinned map is
+/// reused as it is, so this build's programs could not use it, or it would
+/// keep its old size. The load makes it anew, and the daemon fills it
+/// again (the conntrack tables start empty: translated flows start over).
+fn drop_reshaped(maps_dir: &Path, sizes: &[(&'static str, u32)]) -> Result<()> {
+    for (name, want) in wanted_shapes(sizes)? {
+        let pin = maps_dir.join(name);
+        let Ok(info) = aya::maps::MapInfo::from_pin(&pin) else {
+            continue;
+        };
+        let Some(map_type) = map_type_of(&info) else {
+            continue;
+        };
+        let have = Shape {
+            map_type,
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        if have != want {
+            tracing::warn!(
+                map = name,
+                pinned = %have,
+                wanted = %want,
+                "replacing a pinned map of another shape (its entries start over)"
+            );
+            remove_if_exists(&pin)?;
+        }
     }
     Ok(())
+}
+
+/// The kernel's number for the type of map `info`.
+fn map_type_of(info: &aya::maps::MapInfo) -> Option<u32> {
+    let t = info.map_type().ok()?;
+    Some(t as u32)
 }
 
 fn member_key(dp_id: u32, index: usize) -> MemberKey {
@@ -1513,39 +1573,6 @@ fn member_key(dp_id: u32, index: usize) -> MemberKey {
         net_id: dp_id,
         index: index as u32,
     }
-}
-
-/// Removes the map pinned at `pin` if its values are not `value_size`
-/// bytes (pinned by a build whose layout was older): this build's programs
-/// could not use it, and the daemon makes it again (for the conntrack
-/// table: translated flows start over; the configuration is rewritten).
-fn drop_if_resized(pin: &Path, value_size: usize) -> Result<()> {
-    let Ok(info) = aya::maps::MapInfo::from_pin(pin) else {
-        return Ok(());
-    };
-    if info.value_size() as usize != value_size {
-        tracing::warn!(
-            pin = %pin.display(),
-            "replacing a pinned map of an older layout"
-        );
-        remove_if_exists(pin)?;
-    }
-    Ok(())
-}
-
-/// Removes the map pinned at `pin` if it has fewer than `entries` entries.
-fn drop_if_fewer_entries(pin: &Path, entries: u32) -> Result<()> {
-    let Ok(info) = aya::maps::MapInfo::from_pin(pin) else {
-        return Ok(());
-    };
-    if info.max_entries() < entries {
-        tracing::warn!(
-            pin = %pin.display(),
-            "replacing a pinned map of an older size"
-        );
-        remove_if_exists(pin)?;
-    }
-    Ok(())
 }
 
 /// The index of link `ifname` in the calling thread's namespace.
@@ -1584,7 +1611,10 @@ pub(crate) fn charged_flows<A: CtAddr>(
         if e.flags & (CT_F_COUNTED | CT_F_REPLY) != CT_F_COUNTED {
             continue;
         }
-        for q in [QuotaKey::opener(k), QuotaKey::destination(k)] {
+        for q in [
+            QuotaKey::opener(k, e.endpoint_be),
+            QuotaKey::destination(k, e.endpoint_be),
+        ] {
             *out.entry(q).or_default() += 1;
         }
     }

@@ -1942,8 +1942,8 @@ fn run_ctx(dp: &Datapath, prog: &str, frame: &[u8], ctx: &[u8]) -> (u32, Vec<u8>
 /// Sets when the next ICMP error of `slot` is due, on every CPU.
 fn set_icmp_due(dp: &mut Datapath, slot: u32, due_ns: u64) {
     let cpus = nr_cpus().unwrap();
-    let mut a: PerCpuArray<&mut MapData, u64> =
-        PerCpuArray::try_from(dp.ebpf.map_mut("DNET_ICMP_RATE").unwrap()).unwrap();
+    let mut a: aya::maps::PerCpuArray<&mut MapData, u64> =
+        aya::maps::PerCpuArray::try_from(dp.ebpf.map_mut("DNET_ICMP_RATE").unwrap()).unwrap();
     a.set(slot, PerCpuValues::try_from(vec![due_ns; cpus]).unwrap(), 0)
         .unwrap();
 }
@@ -2232,6 +2232,8 @@ mod fuzz;
 mod found;
 
 mod dnat6;
+/// ICMPv6 errors across NAT66, and the ones dnet sends (issue 13).
+mod icmp6;
 /// IPv6: the map API and the container-side path (issue 13).
 mod ipv6;
 mod nat6;

@@ -799,12 +799,8 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
+    // IPv4 forwarding on the host end is set by `add_veth`.
     host_side_ipv6(host_ifname, v6.is_some())?;
-    // The datapath's route lookups (bpf_fib_lookup) for the container's
-    // packets want forwarding on the interface they arrived on. The kernel
-    // forwards nothing itself: every packet it sees from here is local or
-    // already steered by the datapath.
-    netns::sysctl(&format!("net/ipv4/conf/{host_ifname}/forwarding"), "1")?;
 
     // The programs and map entries come first: no frame crosses the pair
     // before the datapath knows the endpoint.

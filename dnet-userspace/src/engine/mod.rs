@@ -130,22 +130,6 @@ impl Engine {
         let state = store.load()?;
         datapath::ensure_mounted(&cfg.bpffs)?;
         let dp = Datapath::load_with(Some(&cfg.bpffs), cfg.nat.ct_entries)?;
-        // A pinned map keeps the size it was made with.
-        if let Some(ct) = dp
-            .maps()
-            .into_iter()
-            .find(|m| m.name == dnet_common::maps::CT)
-            && ct.max_entries != cfg.nat.ct_entries
-        {
-            tracing::warn!(
-                "the pinned conntrack table has {} entries, not the {} of --ct-entries: \
-                 it keeps its size while it is pinned; to resize it, stop the daemon, \
-                 remove {} (translated flows are lost) and start it again",
-                ct.max_entries,
-                cfg.nat.ct_entries,
-                cfg.bpffs.display()
-            );
-        }
         let nl = Netlink::open()?;
         if let Some(name) = &cfg.uplink
             && nl.link(name).await?.is_none()

@@ -819,9 +819,7 @@ fn ct_a_closed_flows_later_segments_do_not_keep_it_alive() {
 
 /// The daemon's limit counter of `k` set to `n`, as drift leaves it.
 fn set_closed(dp: &mut Datapath, k: &dnet_common::QuotaKey, n: i64) {
-    let mut h: HashMap<&mut MapData, dnet_common::QuotaKey, i64> =
-        HashMap::try_from(dp.map_mut(m::CT_CLOSED).unwrap()).unwrap();
-    h.insert(k, n, 0).unwrap();
+    dp.maps.ct_closed.insert(k, n, 0).unwrap();
 }
 
 /// Finding 5 of the 10:58 review: the limit counters drift (a charge given

@@ -31,7 +31,7 @@ fn to_a80() -> Service6 {
 }
 
 /// `-p 8080:80` (TCP and UDP) of container A, on every host address.
-fn publish6_8080_to_a(dp: &mut Datapath) {
+pub(super) fn publish6_8080_to_a(dp: &mut Datapath) {
     for proto in [TCP, UDP] {
         dp.set_service6(&key8080([0; 16], proto), &to_a80())
             .unwrap();

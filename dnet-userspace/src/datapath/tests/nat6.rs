@@ -349,3 +349,164 @@ fn nat66_a_routing_header_with_segments_left_is_dropped() {
         );
     });
 }
+
+/// The host's own ping6 through the uplink (issue 13, review N3): a host
+/// echo on a container's NAT identifier leaves on another, and each
+/// answer reaches its own, as for IPv4.
+#[test]
+fn nat66_the_hosts_own_echo_ids_never_meet_a_containers() {
+    in_fresh_netns(|| {
+        let fx = nat6_fixture();
+        let req = echo6(fx.a.mac, GW_MAC, A6, SERVER6, 128, 0x1234);
+        let (v, out) = run(&fx.dp, &req);
+        assert_eq!(v, REDIRECT);
+        let p = parse6_checked(&out).port(4);
+        // What dnet forwards came in on an interface: untouched.
+        let (v, same) = run_ctx(&fx.dp, PROG_TO_UPLINK, &out, &skb_ctx(TEST_IFINDEX, 0));
+        assert_eq!((v, &same), (OK, &out));
+        assert_eq!(fx.dp.conntrack6().unwrap().len(), 2);
+        // The host pings the same server with identifier p.
+        let host_req = echo6(up0_mac(), WORLD_MAC, UPLINK6, SERVER6, 128, p);
+        let (v, hout) = host_out(&fx.dp, &host_req);
+        assert_eq!(v, OK);
+        let h = parse6_checked(&hout);
+        assert_eq!((h.saddr, h.daddr), (ip6(UPLINK6), ip6(SERVER6)));
+        let hid = h.port(4);
+        assert_ne!(hid, p, "the container's identifier");
+        assert!((50000..=50009).contains(&hid), "{hid}");
+        assert_eq!(h.hop, 64, "the host's packet, not routed");
+        let (_, again) = host_out(&fx.dp, &host_req);
+        assert_eq!(parse6_checked(&again).port(4), hid, "one flow");
+        // The host's answer goes up its stack with its own identifier.
+        let rep = echo6(WORLD_MAC, up0_mac(), SERVER6, UPLINK6, 129, hid);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &rep);
+        assert_eq!(v, OK, "the host's, not a container's");
+        let b = parse6_checked(&back);
+        assert_eq!((b.daddr, b.port(4), b.hop), (ip6(UPLINK6), p, 64));
+        // The container's goes into A.
+        let rep = echo6(WORLD_MAC, up0_mac(), SERVER6, UPLINK6, 129, p);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &rep);
+        assert_eq!(v, REDIRECT);
+        let b = parse6_checked(&back);
+        assert_eq!((b.daddr, b.port(4)), (ip6(A6), 0x1234));
+        // Echo replies the host sends (to the world's pings), and its pings
+        // from another address, are not its flows.
+        for f in [
+            echo6(up0_mac(), WORLD_MAC, UPLINK6, SERVER6, 129, 7),
+            echo6(up0_mac(), WORLD_MAC, "2001:2::9", SERVER6, 128, 7),
+        ] {
+            assert_eq!(host_out(&fx.dp, &f), (OK, f.clone()));
+        }
+        assert_eq!(fx.dp.conntrack6().unwrap().len(), 4);
+        assert!(
+            fx.dp.conntrack().unwrap().is_empty(),
+            "IPv4's table untouched"
+        );
+    });
+}
+
+/// The other order (N3): identifiers the host's ping6 uses are held (kept
+/// as they are while free), so a container's echo never gets one, and the
+/// host's answers never go into a container.
+#[test]
+fn nat66_a_containers_echo_never_takes_an_identifier_the_host_uses() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50001);
+        dual_stack(&mut fx, NET6_F_NAT);
+        for id in [50000, 50001] {
+            let (v, out) = host_out(
+                &fx.dp,
+                &echo6(up0_mac(), WORLD_MAC, UPLINK6, SERVER6, 128, id),
+            );
+            assert_eq!(v, OK);
+            assert_eq!(parse6_checked(&out).port(4), id, "kept");
+        }
+        let req = echo6(fx.a.mac, GW_MAC, A6, SERVER6, 128, 0x1234);
+        assert_eq!(run(&fx.dp, &req).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::NatPortsExhausted), 1);
+        let rep = echo6(WORLD_MAC, up0_mac(), SERVER6, UPLINK6, 129, 50000);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &rep), (OK, rep.clone()));
+    });
+}
+
+/// A second address of `a`'s /64 that IPv6's address fold
+/// (`CtAddr::fold`, murmur3's mixing, rebuilt here step by step) maps to
+/// the same 32 bits.
+fn folding_like(a: Ipv6Addr) -> Ipv6Addr {
+    fn fmix(mut h: u32) -> u32 {
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+    let o = a.octets();
+    let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    let prefix = fmix(w(0) ^ w(4).rotate_left(11));
+    let w8 = w(8) ^ 0x5a5a_0001;
+    let w12 = w(12) ^ fmix(prefix ^ w(8).rotate_left(19)) ^ fmix(prefix ^ w8.rotate_left(19));
+    let mut b = o;
+    b[8..12].copy_from_slice(&w8.to_ne_bytes());
+    b[12..16].copy_from_slice(&w12.to_ne_bytes());
+    Ipv6Addr::from(b)
+}
+
+/// Review N5: NAT66's limits were keyed by the container's IPv6 address
+/// folded to 32 bits, so two containers whose addresses fold alike shared
+/// one counter (and one could spend the other's flows). They are keyed by
+/// the endpoint's record now: each container has its own.
+#[test]
+fn nat66_limits_are_per_container_even_for_addresses_that_fold_alike() {
+    use dnet_common::{CtAddr as _, QuotaKey};
+    in_fresh_netns(|| {
+        let mut fx = nat6_fixture();
+        let cfg = Config {
+            ep_flow_limit: 1,
+            ..fx.dp.config().unwrap()
+        };
+        fx.dp.set_config(&cfg).unwrap();
+        let b6 = folding_like(ip6(A6));
+        assert_ne!(b6, ip6(A6));
+        assert_eq!(b6.octets().fold(), ip6(A6).octets().fold(), "alike");
+        let b6 = b6.to_string();
+        // Frames reach the program from A's veth only (the test's
+        // interface): B is put behind it, with the address that folds as
+        // A's, after A's first flow.
+        let from = |mac, src: &str, sport| udp6_to(mac, GW_MAC, (src, sport), (SERVER6, 53));
+        assert_eq!(run(&fx.dp, &from(fx.a.mac, A6, 4000)).0, REDIRECT);
+        let b = Endpoint {
+            ifindex: fx.a.ifindex,
+            ..fx.b
+        };
+        fx.dp.set_endpoint(&b).unwrap();
+        fx.dp.set_endpoint6(b.ifindex, ip6(&b6), &b).unwrap();
+        assert_eq!(
+            run(&fx.dp, &from(b.mac, &b6, 4000)).0,
+            REDIRECT,
+            "B's first flow: its own limit, not A's"
+        );
+        assert_eq!(run(&fx.dp, &from(b.mac, &b6, 4001)).0, SHOT);
+        assert_eq!(drops(&fx.dp, b.slot, DropReason::CtEndpointLimit), 1);
+        // A back behind its veth: its limit is reached by its own flow.
+        fx.dp.set_endpoint(&fx.a).unwrap();
+        fx.dp.set_endpoint6(fx.a.ifindex, ip6(A6), &fx.a).unwrap();
+        assert_eq!(run(&fx.dp, &from(fx.a.mac, A6, 4001)).0, SHOT);
+        assert_eq!(drops(&fx.dp, fx.a.slot, DropReason::CtEndpointLimit), 1);
+        let quota = |dp: &Datapath| {
+            let mut q = dp.quota().unwrap();
+            q.sort_by_key(|(k, _)| (k.endpoint_be, k.daddr_be, k.dport_be, k.family));
+            q
+        };
+        let q = quota(&fx.dp);
+        for ep in [fx.a.addr_be, fx.b.addr_be] {
+            let total = QuotaKey {
+                family: 6,
+                ..QuotaKey::endpoint(ep)
+            };
+            assert!(q.contains(&(total, 1)), "{q:?}");
+        }
+        // The daemon's sweep counts them the same way: nothing drifts.
+        assert_eq!(fx.dp.quota_sweep().unwrap(), 0);
+        assert_eq!(quota(&fx.dp), q);
+    });
+}
