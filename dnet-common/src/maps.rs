@@ -98,8 +98,12 @@ pub const PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER: u32 = 7;
 /// container's NAT66 packet, from its gateway (`lxc6_icmp6_reply`),
 /// tail-called by `lxc6_nat_from_container`.
 pub const PROG_SLOT_ICMP6_REPLY: u32 = 8;
+/// Slot of [`PROGS`]: a container's TCP and UDP to the uplink's IPv6
+/// address or to its IPv6 gateway (hairpin over IPv6, `lxc6_hairpin`),
+/// tail-called by `lxc6_from_container`.
+pub const PROG_SLOT_HAIRPIN6: u32 = 9;
 /// Size of [`PROGS`].
-pub const PROGS_SLOTS: u32 = 9;
+pub const PROGS_SLOTS: u32 = 10;
 
 /// Every map the datapath declares (but [`PROGS`] and scratch maps).
 pub const ALL: [&str; 22] = [

@@ -27,7 +27,9 @@
 //! extension headers is not translated.
 
 use aya_ebpf::{
-    bindings::BPF_F_PSEUDO_HDR, helpers::generated::bpf_csum_diff, maps::lpm_trie::Key,
+    bindings::{BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
+    helpers::generated::bpf_csum_diff,
+    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use dnet_common::{
@@ -343,7 +345,10 @@ fn fix(
     let outer_old: [u8; 16] = err(ctx.load(outer_off))?;
     let d = diff(&outer_old, new)?;
     err(ctx.l4_csum_replace(q.icmp_csum, 0, d as u64, BPF_F_PSEUDO_HDR as u64))?;
-    err(ctx.store(outer_off, new, 0))?;
+    // `BPF_F_RECOMPUTE_CSUM` keeps a CHECKSUM_COMPLETE `skb->csum` right
+    // (IPv6 has no header checksum to absorb the address change), as
+    // `nat6::replace_addr` does.
+    err(ctx.store(outer_off, new, BPF_F_RECOMPUTE_CSUM as u64))?;
     // Inner: the address, in the ICMPv6 payload and in the quoted
     // transport checksum's pseudo-header.
     let d = diff(old, new)?;

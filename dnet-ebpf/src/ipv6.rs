@@ -20,10 +20,12 @@
 //!    into its namespace (`bpf_redirect_peer`); one of another network, or
 //!    an unused address of a dnet subnet, is dropped; `icc=false` and
 //!    `--internal` hold as for IPv4;
-//! 7. the gateway and the host's other addresses go up the host stack;
-//!    beyond them, a routed network's packets go on to `routed6` and a
-//!    NAT66 network's to NAT66 (`nat6`), its ICMPv6 errors to their
-//!    translation (`icmp6_error`), each a tail call.
+//! 7. the gateway and the host's other addresses go up the host stack,
+//!    but for hairpin over IPv6 (`hairpin6`, a tail call): TCP and UDP to
+//!    the uplink's IPv6 address, and to the gateway (a hairpin flow's
+//!    answers), pass there first; beyond them, a routed network's packets
+//!    go on to `routed6` and a NAT66 network's to NAT66 (`nat6`), its
+//!    ICMPv6 errors to their translation (`icmp6_error`), each a tail call.
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dnet_common::{
@@ -31,9 +33,10 @@ use dnet_common::{
     drop::IPV6_MAX_EXT_HEADERS,
     ipv6::NET6_F_NAT,
     maps::{
-        PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER, PROG_SLOT_NAT6_FROM_CONTAINER,
+        PROG_SLOT_HAIRPIN6, PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER, PROG_SLOT_NAT6_FROM_CONTAINER,
         PROG_SLOT_ROUTED6_FROM_CONTAINER,
     },
+    network::NET_F_INTERNAL,
 };
 
 use crate::{
@@ -132,6 +135,12 @@ pub fn is_link_local(a: &[u8; 16]) -> bool {
 #[inline(always)]
 pub fn is_unspecified(a: &[u8; 16]) -> bool {
     addr_eq(a, &[0; 16])
+}
+
+/// TCP or UDP: the protocols of published ports.
+#[inline(always)]
+fn is_tcp_or_udp(proto: u8) -> bool {
+    proto == IPPROTO_TCP || proto == IPPROTO_UDP
 }
 
 /// Where the walk of the extension headers ended.
@@ -352,6 +361,14 @@ pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Resul
     if let Some(owner) = SUBNETS6.get(Key::new(128, daddr)) {
         let owner = *owner;
         if addr_eq(&daddr, &net6.gateway) {
+            // The answers of a hairpin flow come to the gateway (`hairpin6`,
+            // its own program; this one's stack is full). What is no
+            // hairpin flow's goes up the host stack there.
+            if is_tcp_or_udp(l4.proto) && net.flags & NET_F_INTERNAL == 0 {
+                // SAFETY: the tail call jumps to `lxc6_hairpin` with the
+                // same context, or returns when the slot is empty.
+                unsafe { PROGS.tail_call(ctx, PROG_SLOT_HAIRPIN6) };
+            }
             return Ok(TC_ACT_OK);
         }
         if owner != ep.net_id {
@@ -368,6 +385,15 @@ pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Resul
     // through dnet (the host-side veth has no link-local address).
     if is_link_local(&daddr) || is_unspecified(&daddr) {
         return Err(DropReason::NoRoute);
+    }
+    // A port published on the uplink's IPv6 address is reached by hairpin
+    // NAT (`hairpin6`); what is not published there is the host's.
+    if is_tcp_or_udp(l4.proto)
+        && crate::nat6::config6().is_some_and(|c| addr_eq(&daddr, &c.uplink_addr6))
+    {
+        // SAFETY: as above.
+        unsafe { PROGS.tail_call(ctx, PROG_SLOT_HAIRPIN6) };
+        return Ok(TC_ACT_OK);
     }
     // The host's own addresses are reached as they are. Beyond them,
     // nothing goes to the world untranslated from a NAT66 network, and a

@@ -6,7 +6,8 @@
 //! (counters and drops), `ct` (conntrack), `quota` (containers'
 //! flow limits), `nat` (new flows and their
 //! ports, rewriting, delivery), `nat6` (NAT66: IPv6 to the world and
-//! its answers), `routed6` (routed IPv6 networks, untranslated), `fib` (routing where the datapath
+//! its answers), `routed6` (routed IPv6 networks, untranslated), `hairpin6` (containers to
+//! ports published on the uplink's IPv6 address), `fib` (routing where the datapath
 //! forwards), `icmp_error` (ICMP errors about translated flows),
 //! `icmp_reply` (the ICMP errors dnet sends at its own hop), `icmp6_error`
 //! and `icmp6_reply` (the same for IPv6), `lxc` (the
@@ -27,6 +28,7 @@ pub mod ct;
 pub mod eth;
 pub mod fanout;
 pub mod fib;
+pub mod hairpin6;
 pub mod host;
 pub mod icmp6_error;
 pub mod icmp6_reply;

@@ -34,6 +34,14 @@ pub fn lxc6_nat_from_container(ctx: TcContext) -> i32 {
     dnet_ebpf::nat6::from_container_tail(&ctx)
 }
 
+/// Hairpin over IPv6 (a container to `[uplink6]:H`, and the answers to
+/// its gateway): tail-called by `lxc6_from_container` (slot
+/// `PROG_SLOT_HAIRPIN6`).
+#[classifier]
+pub fn lxc6_hairpin(ctx: TcContext) -> i32 {
+    dnet_ebpf::hairpin6::from_container_tail(&ctx)
+}
+
 /// IPv6 on the uplink (NAT66's answers): tail-called by
 /// `host_from_uplink` (slot `PROG_SLOT_FROM_UPLINK6`).
 #[classifier]

@@ -193,7 +193,7 @@ fn replace_addr(
 
 /// The NAT configuration when the uplink has a global IPv6 address.
 #[inline(always)]
-fn config6() -> Option<&'static Config> {
+pub(crate) fn config6() -> Option<&'static Config> {
     // Borrowed from the map, not copied: the programs' stacks are full.
     crate::maps::CONFIG
         .get(0)

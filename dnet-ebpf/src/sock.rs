@@ -6,7 +6,11 @@
 //!
 //! The logic is written once, generic over the family ([`Family`]); each
 //! family has its own service and reverse maps (an IPv6 port leads to the
-//! container's IPv6 address, in `DNET_SERVICES6`). An IPv4-only container
+//! container's IPv6 address, in `DNET_SERVICES6`). A dual-stack socket's
+//! v4-mapped address (`::ffff:127.0.0.1`, `::ffff:UPLINK4`) is IPv4's, in
+//! the IPv6 hooks too: it is pointed at the container's IPv4 address,
+//! mapped, and remembered in IPv4's reverse map (a UDP `sendmsg()` to it
+//! runs the IPv4 hook, its answers the IPv6 `recvmsg()` one). An IPv4-only container
 //! has no IPv6 service: a host's IPv6 connection to its port is left to
 //! the kernel, which refuses it (nothing listens there).
 //!
@@ -166,11 +170,17 @@ impl Family for V6 {
 
     #[inline(always)]
     fn published_on(cfg: &Config, addr: &[u8; 16]) -> bool {
+        if let Some(v4) = v4_mapped(addr) {
+            return V4::published_on(cfg, &v4);
+        }
         *addr == LOOPBACK6 || (cfg.uplink_addr6 != [0; 16] && *addr == cfg.uplink_addr6)
     }
 
     #[inline(always)]
     fn service(addr: [u8; 16], port_be: u16, proto: u8) -> Option<([u8; 16], u16)> {
+        if let Some(v4) = v4_mapped(&addr) {
+            return V4::service(v4, port_be, proto).map(|(b, p)| (mapped(b), p));
+        }
         service6(addr, port_be, proto).map(|s| (s.backend, s.backend_port_be))
     }
 
@@ -182,6 +192,9 @@ impl Family for V6 {
         addr: [u8; 16],
         port_be: u16,
     ) {
+        if let (Some(b4), Some(a4)) = (v4_mapped(&backend), v4_mapped(&addr)) {
+            return V4::remember(cookie, b4, backend_port_be, a4, port_be);
+        }
         let key = SockRevKey6 {
             cookie,
             backend,
@@ -198,6 +211,9 @@ impl Family for V6 {
 
     #[inline(always)]
     fn recall(cookie: u64, backend: [u8; 16], backend_port_be: u16) -> Option<([u8; 16], u16)> {
+        if let Some(b4) = v4_mapped(&backend) {
+            return V4::recall(cookie, b4, backend_port_be).map(|(a, p)| (mapped(a), p));
+        }
         let key = SockRevKey6 {
             cookie,
             backend,
@@ -207,6 +223,23 @@ impl Family for V6 {
         // SAFETY: read-only map access to plain data.
         unsafe { SOCK_REVNAT6.get(&key) }.map(|r| (r.addr, r.port_be))
     }
+}
+
+/// The IPv4 address (network order) of a v4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`), which a dual-stack socket carries for an IPv4 peer.
+#[inline(always)]
+fn v4_mapped(a: &[u8; 16]) -> Option<u32> {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    (w(0) == 0 && w(4) == 0 && w(8) == u32::from_be(0xffff)).then(|| w(12))
+}
+
+/// `::ffff:a.b.c.d` for the IPv4 address `v4` (network order).
+#[inline(always)]
+fn mapped(v4: u32) -> [u8; 16] {
+    let b = v4.to_ne_bytes();
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3],
+    ]
 }
 
 /// The port published over IPv6 at `addr`, `port_be`, or on every address.

@@ -300,7 +300,7 @@ impl Sandbox {
             .spawn()
             .expect("start the daemon");
         self.daemon = Some(child);
-        let up = wait_until(Duration::from_secs(30), || {
+        let up = wait_until(Duration::from_secs(60), || {
             if let Some(c) = self.daemon.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {

@@ -698,4 +698,28 @@ fn cni_on_a_dual_stack_network_gives_and_reports_both_addresses() {
         .call(&v4)
         .assert_error(100, "not dual-stack");
     assert_consistent(&sb);
+    // Port mappings on IPv6 host addresses publish in their family, as
+    // `dnet run -p [IPv6]:H:C`; on an IPv4-only network they are refused.
+    let mappings = json!({"portMappings": [
+        {"hostPort": 8085, "containerPort": 80, "protocol": "tcp", "hostIP": "::1"},
+        {"HostPort": 5355, "ContainerPort": 53, "Protocol": "udp", "HostIP": "::"}]});
+    let mut cp = c.clone();
+    cp["runtimeConfig"] = mappings.clone();
+    cni(&sb, "ADD", "ctr6dddd", s(&ns)).call(&cp).assert_ok();
+    let d = sb.container("ctr6dddd");
+    assert_eq!(
+        (&d["ports"][0]["host_ip"], &d["ports"][0]["host_port"]),
+        (&json!("::1"), &json!(8085)),
+        "{d}"
+    );
+    assert_eq!(d["ports"][1]["host_ip"], "::", "{d}");
+    cni(&sb, "DEL", "ctr6dddd", s(&ns)).call(&cp).assert_ok();
+    let before = sb.snapshot();
+    let mut v4p = conf(&sb, "1.0.0", "bridge");
+    v4p["runtimeConfig"] = mappings;
+    cni(&sb, "ADD", "ctr6eeee", s(&ns))
+        .call(&v4p)
+        .assert_error(100, "IPv4-only");
+    assert_eq!(sb.snapshot(), before, "a refused ADD changed something");
+    assert_consistent(&sb);
 }

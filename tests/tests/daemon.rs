@@ -60,6 +60,10 @@ fn bad_daemon_options_are_refused_and_leave_nothing() {
     assert!(err.contains("--ct-gc-interval"), "{err}");
     let err = refused_start(&sb, "timeout", &bpffs, &["--ct-timeout-udp", "99999999999"]);
     assert!(err.contains("--ct-timeout-udp"), "{err}");
+    // A table size the kernel could not make is refused before any pinned
+    // table of another size is let go.
+    let err = refused_start(&sb, "ctsize", &bpffs, &["--ct-entries", "4294967295"]);
+    assert!(err.contains("--ct-entries"), "{err}");
     // Limits beyond what they limit (the table's flows, the NAT ports).
     let err = refused_start(
         &sb,

@@ -615,6 +615,16 @@ fn docker_protocol_without_docker() {
     let (code, e) = call("NetworkDriver.ProgramExternalConnectivity", &sctp);
     assert_eq!(code, 200);
     assert!(e["Err"].as_str().is_some_and(|e| e.contains("sctp")), "{e}");
+    // An IPv6 host address publishes in its family only: on this
+    // IPv4-only network, refused clearly.
+    let v6 = program.replace("\"HostIP\":\"\"", "\"HostIP\":\"::1\"");
+    assert!(v6.contains("::1"), "{v6}");
+    let (code, e) = call("NetworkDriver.ProgramExternalConnectivity", &v6);
+    assert_eq!(code, 200);
+    assert!(
+        e["Err"].as_str().is_some_and(|e| e.contains("IPv4-only")),
+        "{e}"
+    );
     let (code, e) = call("NetworkDriver.CreateNetwork", "{\"NetworkID\": 5}");
     assert_eq!(code, 200);
     assert!(

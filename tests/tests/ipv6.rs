@@ -1046,6 +1046,142 @@ fn the_world_reaches_a_dual_stack_containers_published_ports_over_ipv6_and_ipv4(
     assert!(out(&o).contains("refused"), "{}", out(&o));
 }
 
+/// Hairpin over IPv6 (issue 13): containers reach a port published at
+/// `[uplink6]:H`, TCP and UDP, from another network and from the
+/// publishing container itself, as over IPv4; the server sees its own
+/// network's IPv6 gateway (the source it answers through the datapath, as
+/// IPv4's hairpin gives), and the flows are hairpin flows of dnet's IPv6
+/// table.
+#[test]
+fn containers_reach_ports_published_on_the_uplinks_ipv6_address_by_hairpin() {
+    let sb = dual_stack_sandbox();
+    for (name, v4, v6) in [
+        ("dual", "10.74.0.0/24", "fd00:74::/64"),
+        ("other", "10.75.0.0/24", "fd00:75::/64"),
+    ] {
+        sb.dnet_ok(&[
+            "network", "create", "--ipv6", "--subnet", v4, "--subnet", v6, name,
+        ]);
+    }
+    let ct = conntest_bin();
+    let ct = ct.to_str().unwrap();
+    for (name, p, proto, port) in [
+        ("web", "8080:80", "tcp", 80),
+        ("dns", "5353:53/udp", "udp", 53),
+    ] {
+        let listen = format!("[::]:{port}");
+        sb.dnet_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "dual",
+            "-p",
+            p,
+            "--",
+            ct,
+            "serve",
+            proto,
+            &listen,
+        ]);
+        sb.wait_server(name, proto, port);
+    }
+    sb.sleeper("client", &["--network", "other"]);
+    for (from, proto, port) in [
+        ("client", "tcp", 8080),
+        ("client", "udp", 5353),
+        ("web", "tcp", 8080),
+        ("dns", "udp", 5353),
+    ] {
+        let seen = request6(&sb, from, proto, UPLINK6, port)
+            .unwrap_or_else(|| panic!("{from} to {proto} [{UPLINK6}]:{port} got no answer"));
+        assert!(
+            seen.starts_with("[fd00:74::1]:"),
+            "{from} to {proto} [{UPLINK6}]:{port}: the server saw {seen}"
+        );
+    }
+    let web6 = ip6_of(&sb, "web");
+    let f = sb.flows();
+    assert!(
+        f.iter().any(|x| x["proto"] == "tcp"
+            && x["kind"] == "hairpin"
+            && x["translated"]["dst"] == format!("[{web6}]:80")),
+        "no IPv6 hairpin flow to [{web6}]:80: {f:?}"
+    );
+    // A port nobody published on the uplink's IPv6 address is the host's:
+    // nothing listens there.
+    let o = sb.conntest_in(
+        "client",
+        &["tcp", &format!("[{UPLINK6}]:8081"), "--timeout", "1"],
+    );
+    assert!(!ok(&o), "{}", out(&o));
+    assert!(out(&o).contains("refused"), "{}", out(&o));
+}
+
+/// A dual-stack host socket (`AF_INET6`) reaching an IPv4 published port at
+/// a v4-mapped address (`::ffff:127.0.0.1`, `::ffff:UPLINK4`) gets there
+/// as `127.0.0.1:H` does, and reads the mapped published address back
+/// (`getpeername()`, `recvfrom()`).
+#[test]
+fn a_dual_stack_host_socket_reaches_ipv4_published_ports_at_v4_mapped_addresses() {
+    let sb = Sandbox::new();
+    let ct = conntest_bin();
+    let ct = ct.to_str().unwrap();
+    for (name, p, proto, port) in [
+        ("web", "8080:80", "tcp", "80"),
+        ("dns", "5353:53/udp", "udp", "53"),
+    ] {
+        sb.dnet_ok(&[
+            "run", "-d", "--name", name, "-p", p, "--", ct, "serve", proto, port,
+        ]);
+        sb.wait_server(name, proto, port.parse().unwrap());
+    }
+    let up = UPLINK_IP.to_string();
+    for addr in ["::ffff:127.0.0.1".to_owned(), format!("::ffff:{up}")] {
+        // TCP: connect6 points it at the container; getpeername6 reads back
+        // the published address; the server's answer names the host's
+        // gateway-side address it saw.
+        let py = format!(
+            "import socket\n\
+s = socket.socket(socket.AF_INET6)\n\
+s.settimeout(3)\n\
+s.connect(('{addr}', 8080))\n\
+print(s.getpeername()[:2])\n\
+s.sendall(b'hello\\n')\n\
+print(s.recv(512).decode().strip())\n"
+        );
+        let o = sb.in_host("python3", &["-c", &py]);
+        assert!(ok(&o), "TCP to [{addr}]:8080: {}", out(&o));
+        let said = String::from_utf8_lossy(&o.stdout);
+        let mut lines = said.lines();
+        assert_eq!(lines.next(), Some(format!("('{addr}', 8080)").as_str()));
+        assert!(
+            lines.next().is_some_and(|l| !l.is_empty()),
+            "no answer from the server: {said}"
+        );
+        // UDP, unconnected: the answer reads as from the published port.
+        let py = [
+            "import socket",
+            "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)",
+            "s.settimeout(1)",
+            "for _ in range(3):",
+            &format!("    s.sendto(b'hello', ('{addr}', 5353))"),
+            "    try:",
+            "        print(s.recvfrom(512)[1][:2]); break",
+            "    except socket.timeout:",
+            "        pass",
+        ]
+        .join("\n");
+        let o = sb.in_host("python3", &["-c", &py]);
+        assert!(ok(&o), "{}", out(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            format!("('{addr}', 5353)")
+        );
+    }
+}
+
 #[test]
 fn a_routed_ipv6_network_reaches_the_world_and_is_reached_on_its_published_ports() {
     let mut sb = dual_stack_sandbox();

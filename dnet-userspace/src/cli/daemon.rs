@@ -37,8 +37,11 @@ pub struct Args {
     /// are listed. Default: any. The host and containers are not concerned.
     #[arg(long = "publish-from")]
     publish_from: Vec<ipnetwork::IpNetwork>,
-    /// Size of the conntrack map, in entries (a flow takes two).
-    #[arg(long, default_value_t = dnet_common::maps::CT_ENTRIES)]
+    /// Size of the conntrack map, in entries (a flow takes two): 256 to
+    /// 16777216. Checked before anything is loaded: a pinned table of
+    /// another size is made anew only once the value is known good.
+    #[arg(long, default_value_t = dnet_common::maps::CT_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(256..=16_777_216))]
     ct_entries: u32,
     /// Idle timeout of a half-open TCP flow (before the handshake completes
     /// with the opener's ACK), in seconds.

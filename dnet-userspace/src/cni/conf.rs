@@ -2,7 +2,7 @@
 //! (with `runtimeConfig` for the declared capabilities and `prevResult`)
 //! and the `CNI_*` environment.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -125,9 +125,24 @@ impl NetConf {
 
     /// `-p` specs as `dnet run -p` takes them, from `portMappings`.
     pub fn publish(&self) -> Result<Vec<String>, CniError> {
-        self.runtime_config
-            .port_mappings
-            .iter()
+        let maps = &self.runtime_config.port_mappings;
+        // An all-addresses mapping's IPv6 twin (`::`) is covered by it:
+        // dnet's all-addresses publish takes both families.
+        let all_addresses =
+            |m: &PortMap| matches!(m.host_ip.as_deref(), None | Some("" | "0.0.0.0"));
+        let twin = |m: &PortMap| {
+            m.host_ip.as_deref() == Some("::")
+                && maps.iter().any(|o| {
+                    all_addresses(o)
+                        && (o.host_port, o.container_port) == (m.host_port, m.container_port)
+                        && o.protocol
+                            .as_deref()
+                            .unwrap_or("tcp")
+                            .eq_ignore_ascii_case(m.protocol.as_deref().unwrap_or("tcp"))
+                })
+        };
+        maps.iter()
+            .filter(|m| !twin(m))
             .map(|m| {
                 let proto = m.protocol.as_deref().unwrap_or("tcp").to_ascii_lowercase();
                 let proto = match proto.as_str() {
@@ -146,17 +161,21 @@ impl NetConf {
                         "portMappings: containerPort 0 is not a port"
                     ));
                 }
+                // An address publishes in its own family only, as `dnet
+                // run -p` (the daemon refuses an IPv6 one on an IPv4-only
+                // network).
                 let host = match m.host_ip.as_deref() {
                     None | Some("") | Some("0.0.0.0") => String::new(),
-                    Some(ip) => {
-                        let ip: Ipv4Addr = ip.parse().map_err(|_| {
-                            cni_err!(
+                    Some(ip) => match ip.parse::<IpAddr>() {
+                        Ok(IpAddr::V4(ip)) => format!("{ip}:"),
+                        Ok(IpAddr::V6(ip)) => format!("[{ip}]:"),
+                        Err(_) => {
+                            return Err(cni_err!(
                                 INVALID_CONFIG,
-                                "portMappings: hostIP {ip:?} is not an IPv4 address"
-                            )
-                        })?;
-                        format!("{ip}:")
-                    }
+                                "portMappings: hostIP {ip:?} is not an IP address"
+                            ));
+                        }
+                    },
                 };
                 Ok(format!(
                     "{host}{}:{}/{proto}",
@@ -301,6 +320,38 @@ mod tests {
             c.publish().unwrap(),
             ["8080:80/tcp", "198.18.0.2:5353:53/udp", "0:443/tcp"]
         );
+    }
+
+    #[test]
+    fn ipv6_host_ips_publish_in_their_family() {
+        let c = conf(serde_json::json!({
+            "cniVersion": "1.0.0", "name": "n", "type": "dnet-cni", "network": "dual",
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""},
+                {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "::"},
+                {"hostPort": 8081, "containerPort": 80, "hostIP": "::1"},
+                {"HostPort": 5353, "ContainerPort": 53, "Protocol": "udp", "HostIP": "::"},
+                {"hostPort": 8082, "containerPort": 80, "hostIP": "2001:2::2"}
+            ]}
+        }));
+        assert_eq!(
+            c.publish().unwrap(),
+            [
+                "8080:80/tcp",
+                "[::1]:8081:80/tcp",
+                "[::]:5353:53/udp",
+                "[2001:2::2]:8082:80/tcp"
+            ],
+            "the all-addresses mapping's :: twin is covered by it"
+        );
+        let c = conf(serde_json::json!({
+            "cniVersion": "1.0.0", "name": "n", "network": "dual",
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": 8080, "containerPort": 80, "hostIP": "nonsense"}]}
+        }));
+        let e = c.publish().unwrap_err();
+        assert_eq!(e.code, INVALID_CONFIG);
+        assert!(e.msg.contains("is not an IP address"), "{e}");
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub const PROG_ICMP6_ERROR_FROM_CONTAINER: &str = "lxc6_icmp6_error";
 /// "Packet too big" and "time exceeded" for containers' NAT66 packets,
 /// tail-called by [`PROG_NAT6_FROM_CONTAINER`].
 pub const PROG_ICMP6_REPLY: &str = "lxc6_icmp6_reply";
+/// Hairpin over IPv6, tail-called by [`PROG_FROM_CONTAINER6`].
+pub const PROG_HAIRPIN6: &str = "lxc6_hairpin";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
 pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
@@ -90,10 +92,11 @@ pub const SOCK_PROGS: [&str; 8] = [
     "sock_recvmsg6",
     "sock_getpeername6",
 ];
-const TC_PROGS: [&str; 13] = [
+const TC_PROGS: [&str; 14] = [
     PROG_FROM_CONTAINER,
     PROG_FROM_CONTAINER6,
     PROG_NAT6_FROM_CONTAINER,
+    PROG_HAIRPIN6,
     PROG_FROM_UPLINK6,
     PROG_PUBLISHED6,
     PROG_ROUTED6_FROM_CONTAINER,
@@ -1271,6 +1274,7 @@ impl Datapath {
                     PROG_TO_CONTAINER => "tc egress (cls_bpf), host-side veth",
                     PROG_FROM_CONTAINER6 => "tail call of lxc_from_container (IPv6)",
                     PROG_NAT6_FROM_CONTAINER => "tail call of lxc6_from_container (NAT66)",
+                    PROG_HAIRPIN6 => "tail call of lxc6_from_container (hairpin)",
                     PROG_FROM_UPLINK6 => "tail call of host_from_uplink (IPv6)",
                     PROG_PUBLISHED6 => "tail call of host6_from_uplink (published ports)",
                     PROG_ROUTED6_FROM_CONTAINER => "tail call of lxc6_from_container (routed IPv6)",
@@ -1338,6 +1342,7 @@ fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
             PROG_ICMP6_ERROR_FROM_CONTAINER,
         ),
         (m::PROG_SLOT_ICMP6_REPLY, PROG_ICMP6_REPLY),
+        (m::PROG_SLOT_HAIRPIN6, PROG_HAIRPIN6),
     ] {
         let fd = ebpf
             .program(name)

@@ -2232,6 +2232,8 @@ mod fuzz;
 mod found;
 
 mod dnat6;
+/// Hairpin over IPv6 (issue 13).
+mod hairpin6;
 /// ICMPv6 errors across NAT66, and the ones dnet sends (issue 13).
 mod icmp6;
 /// IPv6: the map API and the container-side path (issue 13).

@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use serde_json::Value;
@@ -338,8 +338,19 @@ pub fn port_requests(options: &BTreeMap<String, Value>) -> Result<Vec<PortReques
         None | Some(Value::Null) => Vec::new(),
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| invalid!("bad {PORTMAP}: {e}"))?,
     };
+    // Docker sends an all-addresses binding with its IPv6 twin (`::`):
+    // dnet's all-addresses publish covers both families already.
+    let all_addresses = |b: &PortBinding| matches!(b.host_ip.as_str(), "" | "0.0.0.0");
+    let twin = |b: &PortBinding| {
+        b.host_ip == "::"
+            && bindings.iter().any(|o| {
+                all_addresses(o)
+                    && (o.proto, o.port, o.host_port, o.host_port_end)
+                        == (b.proto, b.port, b.host_port, b.host_port_end)
+            })
+    };
     let mut out = Vec::new();
-    for b in bindings {
+    for b in bindings.iter().filter(|b| !twin(b)) {
         let proto = match b.proto {
             6 => Proto::Tcp,
             17 => Proto::Udp,
@@ -351,14 +362,15 @@ pub fn port_requests(options: &BTreeMap<String, Value>) -> Result<Vec<PortReques
             }
             n => return Err(invalid!("port {}: unknown protocol number {n}", b.port)),
         };
+        // An address publishes in its own family only (`::`: every IPv6
+        // address), as `dnet run -p`; the engine refuses an IPv6 one on an
+        // IPv4-only network.
         let host_ip = match b.host_ip.as_str() {
             "" | "0.0.0.0" => None,
-            // dnet is IPv4 only: the IPv6 twin of an all-addresses binding
-            // has nothing to publish.
-            "::" => continue,
-            s => Some(s.parse::<Ipv4Addr>().map_err(|_| {
-                invalid!("host address {s:?}: dnet publishes on IPv4 addresses only")
-            })?),
+            s => Some(
+                s.parse::<IpAddr>()
+                    .map_err(|_| invalid!("host address {s:?} is not an IP address"))?,
+            ),
         };
         if b.port == 0 {
             return Err(invalid!("container port 0 cannot be published"));
@@ -502,12 +514,37 @@ mod tests {
         )
         .unwrap();
         let r = port_requests(&opts.options).unwrap();
-        assert_eq!(r.len(), 2);
+        assert_eq!(r.len(), 2, "the all-addresses binding's :: twin is covered");
         assert_eq!(
             (r[0].proto, r[0].host_port, r[0].host_ip),
             (Proto::Tcp, 8080, None)
         );
-        assert_eq!(r[1].host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(r[1].host_ip, Some(Ipv4Addr::LOCALHOST.into()));
+        // IPv6 host addresses publish in their family, as `dnet run -p
+        // [IPv6]:H:C` (`::` alone: every IPv6 address).
+        let v6: BTreeMap<String, Value> = serde_json::from_value(serde_json::json!({
+            PORTMAP: [
+                {"Proto":6,"Port":80,"HostIP":"::1","HostPort":8081,"HostPortEnd":8081},
+                {"Proto":17,"Port":53,"HostIP":"::","HostPort":5353,"HostPortEnd":5353},
+                {"Proto":6,"Port":80,"HostIP":"2001:2::2","HostPort":8082,"HostPortEnd":8082}]
+        }))
+        .unwrap();
+        let r = port_requests(&v6).unwrap();
+        assert_eq!(
+            r.iter().map(|r| r.host_ip).collect::<Vec<_>>(),
+            [
+                Some(Ipv6Addr::LOCALHOST.into()),
+                Some(Ipv6Addr::UNSPECIFIED.into()),
+                Some("2001:2::2".parse().unwrap())
+            ]
+        );
+        assert_eq!((r[1].proto, r[1].host_port), (Proto::Udp, 5353));
+        let bad: BTreeMap<String, Value> = serde_json::from_value(serde_json::json!({
+            PORTMAP: [{"Proto":6,"Port":80,"HostIP":"nonsense","HostPort":1,"HostPortEnd":1}]
+        }))
+        .unwrap();
+        let e = port_requests(&bad).unwrap_err().to_string();
+        assert!(e.contains("\"nonsense\" is not an IP address"), "{e}");
         let sctp: BTreeMap<String, Value> = serde_json::from_value(serde_json::json!({
             PORTMAP: [{"Proto":132,"Port":9,"HostPort":9,"HostPortEnd":9}]
         }))

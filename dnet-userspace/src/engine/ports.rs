@@ -264,8 +264,9 @@ fn check_family(p: &PortMapping, net: &Network) -> Result<()> {
 pub struct PortRequest {
     pub proto: Proto,
     pub container_port: u16,
-    /// `None`: every address of the host.
-    pub host_ip: Option<Ipv4Addr>,
+    /// `None`: every address of the host (both families on a dual-stack
+    /// network); an address publishes in its own family only.
+    pub host_ip: Option<IpAddr>,
     /// 0: dnet picks a free port.
     pub host_port: u16,
     /// The end of a range to pick from (0 or equal to `host_port`: exactly
@@ -279,7 +280,7 @@ impl PortRequest {
         m.count == 1
             && m.proto == self.proto
             && m.container_port == self.container_port
-            && m.host_ip == self.host_ip.map(std::net::IpAddr::V4)
+            && m.host_ip == self.host_ip
             && match self.host_port {
                 0 => true,
                 p => (p..=self.host_port_end.max(p)).contains(&m.host_port),
@@ -497,7 +498,7 @@ impl Inner {
             let mut found = None;
             for port in candidates {
                 let m = PortMapping {
-                    host_ip: r.host_ip.map(std::net::IpAddr::V4),
+                    host_ip: r.host_ip,
                     host_port: port,
                     container_port: r.container_port,
                     count: 1,
@@ -841,7 +842,7 @@ mod tests {
         );
         assert!(
             !PortRequest {
-                host_ip: Some(Ipv4Addr::LOCALHOST),
+                host_ip: Some(Ipv4Addr::LOCALHOST.into()),
                 ..r
             }
             .met_by(&m)

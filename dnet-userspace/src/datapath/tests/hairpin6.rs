@@ -1,0 +1,146 @@
+//! Hairpin over IPv6 (issue 13): a container reaching a port published
+//! over IPv6 at `[uplink6]:H`, its own or another network's container's,
+//! on hand-made frames.
+
+use dnet_common::{Service6, ServiceKey6, network::NET_F_INTERNAL};
+
+use super::{
+    ipv6::{A6, C6, GW6, dual_stack, ip6},
+    nat6::{TCP, UDP, nat6_fixture, parse6_checked, tcp6, udp6_to},
+    *,
+};
+
+/// C's IPv6 gateway (network 2).
+const GW6_2: &str = "fd00:2::1";
+
+/// `-p 8080:80` (TCP and UDP) of the container at `backend`, on every
+/// host address.
+fn publish6_8080_to(dp: &mut Datapath, backend: &str) {
+    for proto in [TCP, UDP] {
+        dp.set_service6(
+            &ServiceKey6 {
+                addr: [0; 16],
+                port_be: 8080u16.to_be(),
+                proto,
+                _pad: 0,
+            },
+            &Service6 {
+                backend: ip6(backend).octets(),
+                backend_port_be: 80u16.to_be(),
+                _pad: 0,
+            },
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn hairpin6_tcp_reaches_the_containers_own_published_port_and_back() {
+    in_fresh_netns(|| {
+        let mut fx = nat6_fixture();
+        publish6_8080_to(&mut fx.dp, A6);
+        let syn = tcp6(fx.a.mac, GW_MAC, (A6, 40000), (UPLINK6, 8080), 0x02);
+        let (v, into) = run(&fx.dp, &syn);
+        assert_eq!(v, REDIRECT, "into the backend");
+        let p = parse6_checked(&into);
+        assert_eq!(p.saddr, ip6(GW6), "from the backend's gateway");
+        let nat_port = p.port(0);
+        assert!((50000..=50009).contains(&nat_port), "NAT port {nat_port}");
+        assert_eq!((p.daddr, p.port(2)), (ip6(A6), 80), "to [A6]:80");
+        assert_eq!((p.dst_mac, p.src_mac), (fx.a.mac, GW_MAC));
+        assert_eq!(p.hop, 63, "routed: hop limit down by one");
+        let ct = fx.dp.conntrack6().unwrap();
+        assert_eq!(ct.len(), 2, "one entry per direction");
+        assert!(fx.dp.conntrack().unwrap().is_empty(), "IPv4's untouched");
+
+        // The answer to the gateway goes back as the published port.
+        let synack = tcp6(fx.a.mac, GW_MAC, (A6, 80), (GW6, nat_port), 0x12);
+        let (v, back) = run(&fx.dp, &synack);
+        assert_eq!(v, REDIRECT);
+        let b = parse6_checked(&back);
+        assert_eq!((b.saddr, b.port(0)), (ip6(UPLINK6), 8080));
+        assert_eq!((b.daddr, b.port(2)), (ip6(A6), 40000));
+        assert_eq!((b.dst_mac, b.src_mac), (fx.a.mac, GW_MAC));
+
+        // The opener's next segment takes the same flow.
+        let ack = tcp6(fx.a.mac, GW_MAC, (A6, 40000), (UPLINK6, 8080), 0x10);
+        let (v, again) = run(&fx.dp, &ack);
+        assert_eq!(v, REDIRECT);
+        let a = parse6_checked(&again);
+        assert_eq!((a.saddr, a.port(0)), (ip6(GW6), nat_port));
+        assert_eq!(fx.dp.conntrack6().unwrap().len(), 2, "still one flow");
+    });
+}
+
+#[test]
+fn hairpin6_udp_reaches_a_container_of_another_network_and_back() {
+    in_fresh_netns(|| {
+        let mut fx = nat6_fixture();
+        publish6_8080_to(&mut fx.dp, C6);
+        let q = udp6_to(fx.a.mac, GW_MAC, (A6, 5353), (UPLINK6, 8080));
+        let (v, into) = run(&fx.dp, &q);
+        assert_eq!(v, REDIRECT, "into C, on network 2");
+        let p = parse6_checked(&into);
+        assert_eq!(p.saddr, ip6(GW6_2), "from C's own gateway");
+        let nat_port = p.port(0);
+        assert_eq!((p.daddr, p.port(2)), (ip6(C6), 80));
+        assert_eq!(
+            (p.dst_mac, p.src_mac),
+            (fx.c.mac, docker_mac(ip("10.9.0.1")))
+        );
+        assert_eq!(fx.dp.stats(fx.c.slot).unwrap().translated, 1);
+
+        // C answers from the test interface.
+        let c = Endpoint {
+            ifindex: TEST_IFINDEX,
+            ..fx.c
+        };
+        fx.dp.set_endpoint(&c).unwrap();
+        fx.dp.set_endpoint6(TEST_IFINDEX, ip6(C6), &c).unwrap();
+        let a = udp6_to(c.mac, GW_MAC, (C6, 80), (GW6_2, nat_port));
+        let (v, back) = run(&fx.dp, &a);
+        assert_eq!(v, REDIRECT, "into A");
+        let b = parse6_checked(&back);
+        assert_eq!((b.saddr, b.port(0)), (ip6(UPLINK6), 8080));
+        assert_eq!((b.daddr, b.port(2)), (ip6(A6), 5353));
+        assert_eq!(b.dst_mac, fx.a.mac);
+    });
+}
+
+#[test]
+fn hairpin6_leaves_what_is_not_published_to_the_host() {
+    in_fresh_netns(|| {
+        let mut fx = nat6_fixture();
+        publish6_8080_to(&mut fx.dp, A6);
+        // Another port of the uplink, a segment that opens no flow, and the
+        // gateway's own services: up the host stack, untouched, no entry.
+        for f in [
+            tcp6(fx.a.mac, GW_MAC, (A6, 40000), (UPLINK6, 8081), 0x02),
+            tcp6(fx.a.mac, GW_MAC, (A6, 40000), (UPLINK6, 8080), 0x10),
+            udp6_to(fx.a.mac, GW_MAC, (A6, 5353), (GW6, 53)),
+            tcp6(fx.a.mac, GW_MAC, (A6, 40000), (GW6, 50000), 0x12),
+        ] {
+            assert_eq!(run(&fx.dp, &f), (OK, f.clone()));
+        }
+        assert!(fx.dp.conntrack6().unwrap().is_empty());
+        // A hop limit that runs out here takes no port.
+        let mut syn = tcp6(fx.a.mac, GW_MAC, (A6, 40000), (UPLINK6, 8080), 0x02);
+        syn[21] = 1;
+        assert_eq!(run(&fx.dp, &syn).0, SHOT);
+        assert_eq!(drops(&fx.dp, fx.a.slot, DropReason::TtlExceeded), 1);
+        assert!(fx.dp.conntrack6().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn hairpin6_is_refused_from_an_internal_network() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture_on(NET_F_INTERNAL, 50000, 50009);
+        dual_stack(&mut fx, 0);
+        publish6_8080_to(&mut fx.dp, C6);
+        let syn = tcp6(fx.a.mac, GW_MAC, (A6, 40000), (UPLINK6, 8080), 0x02);
+        assert_eq!(run(&fx.dp, &syn).0, SHOT);
+        assert_eq!(drops(&fx.dp, fx.a.slot, DropReason::Internal), 1);
+        assert!(fx.dp.conntrack6().unwrap().is_empty());
+    });
+}
