@@ -95,8 +95,9 @@ pub const PROG_SLOT_ICMP6_ERROR_FROM_UPLINK: u32 = 6;
 /// `lxc6_from_container`.
 pub const PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER: u32 = 7;
 /// Slot of [`PROGS`]: "packet too big" or "time exceeded" for a
-/// container's NAT66 packet, from its gateway (`lxc6_icmp6_reply`),
-/// tail-called by `lxc6_nat_from_container`.
+/// container's NAT66 or routed packet, from its gateway
+/// (`lxc6_icmp6_reply`), tail-called by `lxc6_nat_from_container` and
+/// `lxc6_routed_from_container`.
 pub const PROG_SLOT_ICMP6_REPLY: u32 = 8;
 /// Slot of [`PROGS`]: a container's TCP and UDP to the uplink's IPv6
 /// address or to its IPv6 gateway (hairpin over IPv6, `lxc6_hairpin`),
@@ -159,3 +160,59 @@ pub const MAX_ENDPOINTS: u32 = 8192;
 pub const MAX_NETWORKS: u32 = 1024;
 /// Stats slots; slot 0 counts what belongs to no endpoint.
 pub const STATS_SLOTS: u32 = MAX_ENDPOINTS + 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `PROG_SLOT_*` with its name. A slot shared by two programs
+    /// would make a tail call jump to the wrong one.
+    const SLOTS: [(&str, u32); 10] = [
+        ("PROG_SLOT_FROM_CONTAINER6", PROG_SLOT_FROM_CONTAINER6),
+        (
+            "PROG_SLOT_NAT6_FROM_CONTAINER",
+            PROG_SLOT_NAT6_FROM_CONTAINER,
+        ),
+        ("PROG_SLOT_FROM_UPLINK6", PROG_SLOT_FROM_UPLINK6),
+        ("PROG_SLOT_PUBLISHED6", PROG_SLOT_PUBLISHED6),
+        (
+            "PROG_SLOT_ROUTED6_FROM_CONTAINER",
+            PROG_SLOT_ROUTED6_FROM_CONTAINER,
+        ),
+        (
+            "PROG_SLOT_ROUTED6_FROM_UPLINK",
+            PROG_SLOT_ROUTED6_FROM_UPLINK,
+        ),
+        (
+            "PROG_SLOT_ICMP6_ERROR_FROM_UPLINK",
+            PROG_SLOT_ICMP6_ERROR_FROM_UPLINK,
+        ),
+        (
+            "PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER",
+            PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER,
+        ),
+        ("PROG_SLOT_ICMP6_REPLY", PROG_SLOT_ICMP6_REPLY),
+        ("PROG_SLOT_HAIRPIN6", PROG_SLOT_HAIRPIN6),
+    ];
+
+    #[test]
+    fn every_prog_slot_is_distinct_and_inside_the_array() {
+        // The list above is every slot this file declares.
+        let declared: Vec<&str> = include_str!("maps.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const PROG_SLOT_"))
+            .filter_map(|l| l.split(':').next())
+            .collect();
+        let listed: Vec<&str> = SLOTS
+            .iter()
+            .map(|(n, _)| n.strip_prefix("PROG_SLOT_").unwrap())
+            .collect();
+        assert_eq!(declared, listed, "a PROG_SLOT_* missing from SLOTS");
+        for (i, (name, slot)) in SLOTS.iter().enumerate() {
+            assert!(*slot < PROGS_SLOTS, "{name} = {slot} >= PROGS_SLOTS");
+            for (other, s) in &SLOTS[..i] {
+                assert_ne!(slot, s, "{name} and {other} share slot {slot}");
+            }
+        }
+    }
+}

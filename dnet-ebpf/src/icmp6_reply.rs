@@ -1,5 +1,5 @@
 //! ICMPv6 errors dnet sends as the router at its own hop for a container's
-//! NAT66 packet (issue 13), IPv4's `icmp_reply` for IPv6: "packet too big"
+//! NAT66 or routed packet (issue 13), IPv4's `icmp_reply` for IPv6: "packet too big"
 //! (RFC 4443 3.2) with the next link's MTU when the packet does not fit
 //! the uplink's route, so that path-MTU discovery works at dnet's hop, and
 //! "time exceeded" (3.3) when its hop limit runs out here, so traceroute
@@ -7,8 +7,9 @@
 //! container sees.
 //!
 //! `lxc6_icmp6_reply` (slot `PROG_SLOT_ICMP6_REPLY`) is a program of its
-//! own, tail-called by `lxc6_nat_from_container` before it rewrites
-//! anything (its stack has no room for the builder). It judges the packet
+//! own, tail-called by `lxc6_nat_from_container` and
+//! `lxc6_routed_from_container` before they rewrite anything (their
+//! stacks have no room for the builder). It judges the packet
 //! again (hop limit, then the route with the packet's length) rather than
 //! trusting how it was reached, and answers only the packet's own sender.
 //!
@@ -133,8 +134,8 @@ pub fn mtu_len6(ctx: &TcContext, ip: &Ipv6Hdr, proto: u8, l4_off: usize) -> u16 
     seg.min(tot).min(0xffff) as u16
 }
 
-/// `lxc6_icmp6_reply`: the container's NAT66 packet that dies or does not
-/// fit here, answered.
+/// `lxc6_icmp6_reply`: the container's NAT66 or routed packet that dies
+/// or does not fit here, answered.
 #[inline(always)]
 pub fn reply_tail(ctx: &TcContext) -> i32 {
     let Some(ep) = lxc::endpoint_of(lxc::ifindex(ctx)) else {
@@ -158,9 +159,9 @@ fn judge(ctx: &TcContext, ep: &Endpoint) -> Result<(Icmp6Error, [u8; 16], usize)
     }
     let me = ipv6::endpoint6_of(ep.ifindex).ok_or(DropReason::Ipv6)?;
     let net6 = ipv6::network6(ep.net_id).ok_or(DropReason::Ipv6)?;
-    if net6.flags & NET6_F_NAT == 0 {
-        return Err(DropReason::NatUnsupported);
-    }
+    // Nothing of an internal network's goes beyond the host: no route
+    // there to judge it by.
+    lxc::outside(lxc::network(ep.net_id)?)?;
     let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).map_err(|_| DropReason::Malformed)?;
     // SAFETY: as above.
     let ip = unsafe { &*ip };
@@ -172,11 +173,16 @@ fn judge(ctx: &TcContext, ep: &Endpoint) -> Result<(Icmp6Error, [u8; 16], usize)
     }
     let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
     let at = ipv6::walk(ctx, ip.nexthdr, end)?;
-    // An ICMPv6 error is never answered with one (RFC 4443 2.4 e).
+    // An ICMPv6 error (a routed network's: NAT66 sends them elsewhere) is
+    // never answered with one (RFC 4443 2.4 e): dropped for its cause.
     if at.proto == IPPROTO_ICMPV6 {
         let ty: u8 = ctx.load(at.off).map_err(|_| DropReason::Malformed)?;
         if ty < 128 {
-            return Err(DropReason::NatUnsupported);
+            return Err(if ip.hop_limit <= 1 {
+                DropReason::TtlExceeded
+            } else {
+                DropReason::FragNeeded
+            });
         }
     }
     let l4 = if at.proto == IPPROTO_TCP { 20 } else { 8 };
@@ -186,10 +192,18 @@ fn judge(ctx: &TcContext, ep: &Endpoint) -> Result<(Icmp6Error, [u8; 16], usize)
     } else {
         let cfg = crate::maps::CONFIG.get(0).ok_or(DropReason::NoNatAddress)?;
         let len = mtu_len6(ctx, ip, at.proto, at.off);
-        match fib::route6_len(ctx, ep.ifindex, &cfg.uplink_addr6, &ip.daddr, at.proto, len) {
+        // The route the packet would take: from the uplink's address
+        // (NAT66), or from its own (routed).
+        let from = if net6.flags & NET6_F_NAT != 0 {
+            &cfg.uplink_addr6
+        } else {
+            &ip.saddr
+        };
+        match fib::route6_len(ctx, ep.ifindex, from, &ip.daddr, at.proto, len) {
             Route::TooBig { mtu } => Icmp6Error::TooBig(mtu),
-            // Not reached from `lxc6_nat_from_container` (it goes on
-            // then): nothing to answer.
+            // Not reached from `lxc6_nat_from_container` or
+            // `lxc6_routed_from_container` (they go on then): nothing to
+            // answer.
             _ => return Err(DropReason::NoRoute),
         }
     };

@@ -86,8 +86,9 @@ pub fn lxc6_icmp6_error(ctx: TcContext) -> i32 {
     dnet_ebpf::icmp6_error::from_container_tail(&ctx)
 }
 
-/// "Packet too big" or "time exceeded" for a container's NAT66 packet:
-/// tail-called by `lxc6_nat_from_container` (slot `PROG_SLOT_ICMP6_REPLY`).
+/// "Packet too big" or "time exceeded" for a container's NAT66 or routed
+/// packet: tail-called by `lxc6_nat_from_container` and
+/// `lxc6_routed_from_container` (slot `PROG_SLOT_ICMP6_REPLY`).
 #[classifier]
 pub fn lxc6_icmp6_reply(ctx: TcContext) -> i32 {
     dnet_ebpf::icmp6_reply::reply_tail(&ctx)

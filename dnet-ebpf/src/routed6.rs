@@ -10,14 +10,18 @@
 //! address), by ICMPv6 echo and errors, and with the answers of flows the
 //! container opened. Flows are tracked in the NAT66 table (`DNET_CT6`)
 //! with an identity translation, so the same conntrack rules (TCP windows,
-//! the containers' flow limits) hold.
+//! the containers' flow limits) hold. The world's echo requests and the
+//! container's replies are not tracked (the world could fill the table
+//! with them).
 //!
 //! Two programs of their own (tail calls; their callers' stacks are full):
 //! - `lxc6_routed_from_container` (slot `PROG_SLOT_ROUTED6_FROM_CONTAINER`),
 //!   reached from `lxc6_from_container` for a routed network's packet bound
 //!   beyond the host: its flow (known, or a new one the container opens),
 //!   and out along the FIB route, which must be the uplink
-//!   (`bpf_fib_lookup` and a redirect, the hop limit down by one);
+//!   (`bpf_fib_lookup` and a redirect, the hop limit down by one); a
+//!   packet too big for that route, or whose hop limit runs out, is
+//!   answered from the gateway by `lxc6_icmp6_reply`;
 //! - `host6_routed` (slot `PROG_SLOT_ROUTED6_FROM_UPLINK`), reached from
 //!   `host6_from_uplink` for a packet on the uplink to an endpoint's IPv6
 //!   address: on a routed network, delivered into the container
@@ -30,6 +34,7 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dnet_common::{
     CtKey6, DropReason, Endpoint,
     ipv6::NET6_F_NAT,
+    maps::PROG_SLOT_ICMP6_REPLY,
     nat::{CT_F_DNAT, CT_F_PUBLISHED, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT},
 };
 
@@ -37,9 +42,11 @@ use crate::{
     ct::{self, InsertError, XlateOf},
     eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
     fib::{self, Route},
-    ipv6::{self, IPV6_HLEN, Ipv6Hdr, addr_eq},
+    ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, addr_eq},
     l4::{IPPROTO_TCP, IPPROTO_UDP, Tuple},
-    lxc, nat,
+    lxc,
+    maps::PROGS,
+    nat,
     nat6::{self, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, Nat6Scratch, Xlate6},
     ptr::ptr_at,
     stats::drop,
@@ -55,6 +62,15 @@ pub fn from_container_tail(ctx: &TcContext) -> i32 {
     };
     match from_container(ctx, &ep) {
         Ok(v) => v,
+        // Refused before anything was rewritten: the container is told
+        // from its gateway (packet too big, time exceeded) by the program
+        // that answers NAT66's too (`icmp6_reply`).
+        Err(reason @ (DropReason::FragNeeded | DropReason::TtlExceeded)) => {
+            // SAFETY: the tail call jumps to `lxc6_icmp6_reply` with the
+            // same context, or returns when the slot is empty.
+            unsafe { PROGS.tail_call(ctx, PROG_SLOT_ICMP6_REPLY) };
+            drop(ep.slot, reason)
+        }
         Err(reason) => drop(ep.slot, reason),
     }
 }
@@ -104,16 +120,16 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     let s = nat6::scratch().ok_or(DropReason::Malformed)?;
     let at = nat6::l4_at(ctx, s, ip, end)?;
     match nat6::parse(ctx, ip, &at, end, &mut s.key) {
+        // The container's answer to the world's echo request, which came
+        // in untracked (`into_routed`): out untracked too.
+        Tuple::Flow(l4) if s.key.proto == IPPROTO_ICMPV6 && l4.icmp_type == ICMPV6_ECHO_REPLY => {}
         Tuple::Flow(l4) => {
             let key = &s.key;
             let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
             let e = match ct::lookup(key, seg)? {
                 Some(e) => e,
                 None => {
-                    // An echo reply opens nothing (nothing asked it from
-                    // the world).
-                    if l4.icmp_type == ICMPV6_ECHO_REPLY || !ct::opens_flow(key.proto, l4.tcp_flags)
-                    {
+                    if !ct::opens_flow(key.proto, l4.tcp_flags) {
                         return Err(DropReason::CtNoFlow);
                     }
                     new_outbound(&cfg, s, ep.addr_be, seg)?
@@ -248,6 +264,13 @@ fn into_routed(ctx: &TcContext, ip: &Ipv6Hdr, ep: &Endpoint) -> Result<i32, Drop
         Tuple::Other => return Err(DropReason::NotPublished),
     };
     let key = &s.key;
+    // An echo request goes in untracked, as Docker's routed mode lets
+    // ICMPv6 in (the container's reply leaves untracked too): a flow
+    // entry for each would let anyone fill the table shared by every
+    // container's flows, the world having source addresses enough.
+    if key.proto == IPPROTO_ICMPV6 && l4.icmp_type == ICMPV6_ECHO_REQUEST {
+        return nat::into_endpoint_as(ctx, ep, fib::dec_hop_limit, false);
+    }
     let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
     let e = match ct::lookup(key, seg)? {
         // An answer of the container's own flow, or a flow to a published
@@ -255,21 +278,15 @@ fn into_routed(ctx: &TcContext, ip: &Ipv6Hdr, ep: &Endpoint) -> Result<i32, Drop
         Some(e) if e.flags & CT_F_TO_ENDPOINT != 0 && addr_eq(&e.new_daddr_be, &ip.daddr) => e,
         Some(_) => return Err(DropReason::CtNoFlow),
         None => {
-            let published = match key.proto {
-                IPPROTO_TCP | IPPROTO_UDP => {
-                    if !ct::opens_flow(key.proto, l4.tcp_flags) {
-                        return Err(DropReason::CtNoFlow);
-                    }
-                    if !published_here(key) {
-                        return Err(DropReason::NotPublished);
-                    }
-                    true
-                }
-                // Echo, as Docker's routed mode lets ICMPv6 in.
-                _ if l4.icmp_type == ICMPV6_ECHO_REQUEST => false,
-                _ => return Err(DropReason::CtNoFlow),
-            };
-            if published && !nat::may_publish_to6(key.saddr_be) {
+            if !matches!(key.proto, IPPROTO_TCP | IPPROTO_UDP)
+                || !ct::opens_flow(key.proto, l4.tcp_flags)
+            {
+                return Err(DropReason::CtNoFlow);
+            }
+            if !published_here(key) {
+                return Err(DropReason::NotPublished);
+            }
+            if !nat::may_publish_to6(key.saddr_be) {
                 return Err(DropReason::SourceNotAllowed);
             }
             if ip.hop_limit <= 1 {

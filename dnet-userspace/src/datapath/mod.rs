@@ -1285,7 +1285,9 @@ impl Datapath {
                     PROG_ICMP6_ERROR_FROM_CONTAINER => {
                         "tail call of lxc6_from_container (ICMPv6 errors)"
                     }
-                    PROG_ICMP6_REPLY => "tail call of lxc6_nat_from_container (ICMPv6 answers)",
+                    PROG_ICMP6_REPLY => {
+                        "tail call of lxc6_nat/routed_from_container (ICMPv6 answers)"
+                    }
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
                     PROG_TO_UPLINK => "tcx egress, uplink",
                     "sock_connect4" => "cgroup connect4",

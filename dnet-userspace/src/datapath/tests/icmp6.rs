@@ -66,7 +66,7 @@ fn port(b: &[u8], at: usize) -> u16 {
 }
 
 /// A UDP datagram of `payload` bytes from A to the server.
-fn udp6_sized(fx: &Fixture, sport: u16, payload: usize) -> Vec<u8> {
+pub(super) fn udp6_sized(fx: &Fixture, sport: u16, payload: usize) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend_from_slice(&sport.to_be_bytes());
     l4.extend_from_slice(&53u16.to_be_bytes());
@@ -269,7 +269,14 @@ fn a_containers_icmpv6_error_about_a_published_flow_leaves_as_the_uplink() {
 
 /// Checks `out` is ICMPv6 `ty` with `word`, from the gateway to A,
 /// quoting the first `quoted` bytes of `sent` from its IPv6 header.
-fn assert_answer(fx: &Fixture, out: &[u8], ty: u8, word: u32, sent: &[u8], quoted: usize) {
+pub(super) fn assert_answer(
+    fx: &Fixture,
+    out: &[u8],
+    ty: u8,
+    word: u32,
+    sent: &[u8],
+    quoted: usize,
+) {
     let p = parse6_checked(out);
     assert_eq!((p.dst_mac, p.src_mac), (fx.a.mac, GW_MAC));
     assert_eq!((p.saddr, p.daddr), (ip6(GW6), ip6(A6)));

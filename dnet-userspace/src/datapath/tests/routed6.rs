@@ -6,8 +6,9 @@
 use dnet_common::{Service6, ServiceKey6, network::NET_F_INTERNAL};
 
 use super::{
+    icmp6::{assert_answer, udp6_sized},
     ipv6::{A6, B6, dual_stack, frame6, ip6},
-    nat6::{ICMPV6, SERVER6, TCP, echo6, parse6_checked, tcp6, udp6_to},
+    nat6::{ICMPV6, SERVER6, TCP, UDP, echo6, parse6_checked, tcp6, udp6_to},
     *,
 };
 
@@ -133,11 +134,29 @@ fn routed6_lets_the_world_in_on_published_ports_only() {
         let ack = tcp6(WORLD_MAC, up0_mac(), (SERVER6, 41001), (A6, 80), 0x10);
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &ack).0, SHOT);
         assert_eq!(drops(&fx.dp, 1, DropReason::CtNoFlow), 1);
-        // ICMPv6 echo is let in (as Docker's routed mode), and answered.
+        // ICMPv6 echo is let in (as Docker's routed mode), and answered,
+        // both untracked: the world could fill the table with pings.
+        let flows = fx.dp.conntrack6().unwrap();
         let req = echo6(WORLD_MAC, up0_mac(), SERVER6, A6, 128, 0x77);
-        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &req).0, REDIRECT);
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &req);
+        assert_eq!(v, REDIRECT);
+        let b = parse6_checked(&back);
+        assert_eq!((b.saddr, b.daddr, b.hop), (ip6(SERVER6), ip6(A6), 63));
+        assert_eq!((b.dst_mac, b.src_mac), (fx.a.mac, GW_MAC));
+        assert_eq!(fx.dp.conntrack6().unwrap(), flows, "no entry for a ping");
         let rep = echo6(fx.a.mac, GW_MAC, A6, SERVER6, 129, 0x77);
-        assert_eq!(run(&fx.dp, &rep).0, REDIRECT);
+        let (v, out) = run(&fx.dp, &rep);
+        assert_eq!(v, REDIRECT, "the reply leaves without a flow");
+        let o = parse6_checked(&out);
+        assert_eq!((o.saddr, o.daddr, o.hop), (ip6(A6), ip6(SERVER6), 63));
+        assert_eq!((o.dst_mac, o.src_mac), (WORLD_MAC, up0_mac()));
+        assert_eq!(o.l4[0], 129);
+        assert_eq!(fx.dp.conntrack6().unwrap(), flows);
+        // An echo reply from the world that no ping of the container asked
+        // for is not let in.
+        let stray = echo6(WORLD_MAC, up0_mac(), SERVER6, A6, 129, 0x78);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &stray).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtNoFlow), 2);
         // A packet too big (ICMPv6 errors are let in): delivered.
         let mut ptb = vec![2, 0, 0, 0, 0, 0, 5, 0];
         ptb.extend_from_slice(&out[14..14 + 48]);
@@ -197,5 +216,70 @@ fn routed6_internal_and_nat66_networks_are_not_reached_from_the_world() {
         let to_c = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 53), ("fd00:2::2", 53));
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &to_c).0, OK);
         assert!(fx.dp.conntrack6().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn a_routed_packet_too_big_for_the_uplink_is_answered_with_its_mtu() {
+    in_fresh_netns(|| {
+        let fx = routed6_fixture(0);
+        ip_cmd("link set up0 mtu 1400");
+        // 1,448 bytes of IPv6: answered from the gateway with the route's
+        // MTU, quoted as sent; no flow.
+        let big = udp6_sized(&fx, 4000, 1400);
+        let (v, out) = run(&fx.dp, &big);
+        assert_eq!(v, REDIRECT, "answered");
+        assert_answer(&fx, &out, 2, 1400, &big, 48);
+        assert_eq!(drops(&fx.dp, 1, DropReason::FragNeeded), 1);
+        assert!(fx.dp.conntrack6().unwrap().is_empty());
+        // 1,400 fits and goes out as it is.
+        let (v, out) = run(&fx.dp, &udp6_sized(&fx, 4000, 1352));
+        assert_eq!(v, REDIRECT);
+        assert_eq!(parse6_checked(&out).saddr, ip6(A6));
+        // The flow under way: the same answer.
+        let (v, out) = run(&fx.dp, &big);
+        assert_eq!(v, REDIRECT);
+        assert_answer(&fx, &out, 2, 1400, &big, 48);
+        assert_eq!(drops(&fx.dp, 1, DropReason::FragNeeded), 2);
+        // A hop limit that runs out here: "time exceeded", from the
+        // gateway too.
+        let mut last = udp6_to(fx.a.mac, GW_MAC, (A6, 4001), (SERVER6, 53));
+        last[21] = 1;
+        let (v, out) = run(&fx.dp, &last);
+        assert_eq!(v, REDIRECT);
+        assert_answer(&fx, &out, 3, 0, &last, 48);
+        assert_eq!(drops(&fx.dp, 1, DropReason::TtlExceeded), 1);
+        // An ICMPv6 error too big (about a datagram from the server) is
+        // dropped, never answered with one.
+        let mut udp = vec![0u8; 1408];
+        udp[..2].copy_from_slice(&53u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&4000u16.to_be_bytes());
+        udp[4..6].copy_from_slice(&1408u16.to_be_bytes());
+        let quote = frame6(
+            WORLD_MAC,
+            up0_mac(),
+            ip6(SERVER6),
+            ip6(A6),
+            64,
+            0,
+            UDP,
+            udp,
+            Some(6),
+        );
+        let mut l4 = vec![1u8, 4, 0, 0, 0, 0, 0, 0];
+        l4.extend_from_slice(&quote[14..14 + 1400]);
+        let err = frame6(
+            fx.a.mac,
+            GW_MAC,
+            ip6(A6),
+            ip6(SERVER6),
+            64,
+            0,
+            ICMPV6,
+            l4,
+            Some(2),
+        );
+        assert_eq!(run(&fx.dp, &err).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::FragNeeded), 3);
     });
 }
