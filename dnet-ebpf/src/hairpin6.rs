@@ -26,12 +26,12 @@ use dnet_common::{
 
 use crate::{
     ct::{self, XlateOf},
-    eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
+    eth::ETH_HLEN,
     fib,
     ipv6::{self, IPV6_HLEN, Ipv6Hdr, addr_eq},
     l4::{self, IPPROTO_TCP, IPPROTO_UDP},
     lxc,
-    maps::{EP_BY_IF, EP6_BY_IF, EP6_BY_IP, SERVICES6},
+    maps::{EP_BY_IF, EP6_BY_IP, SERVICES6},
     nat,
     nat6::{self, Xlate6},
     ptr::ptr_at,
@@ -87,15 +87,7 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     // (it must not trust that it was reached that way only): the source
     // MAC and IPv6 address are the endpoint's, the destination is its
     // gateway or the uplink's address, the network is not internal.
-    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| DropReason::Malformed)?;
-    // SAFETY: `ptr_at` checked that the header lies inside the packet.
-    let eth = unsafe { &*eth };
-    if !mac_eq(&eth.src, &ep.mac) || eth.proto() != ETH_P_IPV6 {
-        return Err(DropReason::SpoofedMac);
-    }
-    // SAFETY: as in `from_container_tail`.
-    let me = unsafe { EP6_BY_IF.get(&ep.ifindex) }.ok_or(DropReason::Ipv6)?;
-    let net6 = ipv6::network6(ep.net_id).ok_or(DropReason::Ipv6)?;
+    let (me, net6) = ipv6::tail_checked(ctx, ep)?;
     let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).map_err(|_| DropReason::Malformed)?;
     // SAFETY: as above.
     let ip = unsafe { &*ip };

@@ -40,7 +40,7 @@ use dnet_common::{
 
 use crate::{
     ct, err,
-    eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
+    eth::{ETH_HLEN, ETH_P_IPV6, EthHdr},
     fib::{self, Route},
     icmp_reply::fold_ne,
     ipv6::{self, ICMPV6_DEST_UNREACH, ICMPV6_PARAM_PROB, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr},
@@ -114,14 +114,7 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     // What `lxc6_from_container` checked that this relies on, checked
     // again: the source MAC and IPv6 address are the endpoint's, its
     // network is NAT66, the packet an ICMPv6 error.
-    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| DropReason::Malformed)?;
-    // SAFETY: `ptr_at` checked that the header lies inside the packet.
-    let eth = unsafe { &*eth };
-    if !mac_eq(&eth.src, &ep.mac) || eth.proto() != ETH_P_IPV6 {
-        return Err(DropReason::SpoofedMac);
-    }
-    let me = ipv6::endpoint6_of(ep.ifindex).ok_or(DropReason::Ipv6)?;
-    let net6 = ipv6::network6(ep.net_id).ok_or(DropReason::Ipv6)?;
+    let (me, net6) = ipv6::tail_checked(ctx, ep)?;
     if net6.flags & NET6_F_NAT == 0 {
         return Err(DropReason::NatUnsupported);
     }

@@ -36,7 +36,7 @@ use aya_ebpf::{
 use dnet_common::{DropReason, Endpoint, ipv6::NET6_F_NAT};
 
 use crate::{
-    eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
+    eth::{ETH_HLEN, ETH_P_IPV6},
     fib::{self, Route},
     icmp_reply::{allowed, fold_ne, ok},
     ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, addr_eq},
@@ -151,14 +151,7 @@ pub fn reply_tail(ctx: &TcContext) -> i32 {
 /// is quoted.
 #[inline(always)]
 fn judge(ctx: &TcContext, ep: &Endpoint) -> Result<(Icmp6Error, [u8; 16], usize), DropReason> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| DropReason::Malformed)?;
-    // SAFETY: `ptr_at` checked that the header lies inside the packet.
-    let eth = unsafe { &*eth };
-    if !mac_eq(&eth.src, &ep.mac) || eth.proto() != ETH_P_IPV6 {
-        return Err(DropReason::SpoofedMac);
-    }
-    let me = ipv6::endpoint6_of(ep.ifindex).ok_or(DropReason::Ipv6)?;
-    let net6 = ipv6::network6(ep.net_id).ok_or(DropReason::Ipv6)?;
+    let (me, net6) = ipv6::tail_checked(ctx, ep)?;
     // Nothing of an internal network's goes beyond the host: no route
     // there to judge it by.
     lxc::outside(lxc::network(ep.net_id)?)?;

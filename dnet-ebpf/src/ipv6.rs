@@ -267,6 +267,27 @@ pub fn endpoint6_at(addr: &[u8; 16]) -> Option<Endpoint> {
     unsafe { EP6_BY_IP.get(&Ip6 { addr: *addr }).copied() }
 }
 
+/// What a program tail-called for a container's IPv6 packet relies on,
+/// checked again (it must not trust that it was reached from
+/// `lxc6_from_container` only): the frame's source MAC is the endpoint's
+/// and it carries IPv6. Gives the endpoint's IPv6 record and its
+/// network's IPv6 side.
+#[inline(always)]
+pub fn tail_checked(
+    ctx: &TcContext,
+    ep: &Endpoint,
+) -> Result<(Endpoint6, &'static Network6), DropReason> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| DropReason::Malformed)?;
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    let eth = unsafe { &*eth };
+    if !mac_eq(&eth.src, &ep.mac) || eth.proto() != ETH_P_IPV6 {
+        return Err(DropReason::SpoofedMac);
+    }
+    let me = endpoint6_of(ep.ifindex).ok_or(DropReason::Ipv6)?;
+    let net6 = network6(ep.net_id).ok_or(DropReason::Ipv6)?;
+    Ok((me, net6))
+}
+
 /// A network's IPv6 side, if it is dual-stack.
 #[inline(always)]
 pub fn network6(net_id: u32) -> Option<&'static Network6> {

@@ -49,7 +49,7 @@ use dnet_common::{
 use crate::{
     ct::{self, XlateOf},
     err,
-    eth::{ETH_HLEN, ETH_P_IPV6, EthHdr, mac_eq},
+    eth::{ETH_HLEN, ETH_P_IPV6, EthHdr},
     fib::{self, KeptRoute, Route},
     icmp6_reply,
     ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
@@ -226,14 +226,7 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     // What its caller checked that this program relies on, checked again
     // (it must not trust that it was reached that way only): the source
     // MAC and IPv6 address are the endpoint's, its network is NAT66.
-    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| DropReason::Malformed)?;
-    // SAFETY: `ptr_at` checked that the header lies inside the packet.
-    let eth = unsafe { &*eth };
-    if !mac_eq(&eth.src, &ep.mac) || eth.proto() != ETH_P_IPV6 {
-        return Err(DropReason::SpoofedMac);
-    }
-    let me = ipv6::endpoint6_of(ep.ifindex).ok_or(DropReason::Ipv6)?;
-    let net6 = ipv6::network6(ep.net_id).ok_or(DropReason::Ipv6)?;
+    let (me, net6) = ipv6::tail_checked(ctx, ep)?;
     if net6.flags & NET6_F_NAT == 0 {
         return Err(DropReason::NatUnsupported);
     }

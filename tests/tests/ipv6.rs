@@ -979,17 +979,11 @@ fn nat66_follows_an_ipv6_address_the_uplink_gets_after_the_daemon_started() {
     assert!(seen.starts_with(&format!("[{UPLINK6}]:")), "{seen}");
 }
 
-/// Published ports from the world over IPv6 (issue 13): the world reaches
-/// a dual-stack container's `-p H:C` at `[uplink6]:H` over IPv6 and at
-/// the uplink's IPv4 `:H` over IPv4, TCP and UDP, and the container sees
-/// the world's own address each time (no proxy); a port nobody published
-/// is the host's (refused).
-#[test]
-fn the_world_reaches_a_dual_stack_containers_published_ports_over_ipv6_and_ipv4() {
-    let sb = dual_stack_sandbox();
+/// Runs `web` (TCP, `-p 8080:80`) and `dns` (UDP, `-p 5353:53/udp`),
+/// conntest servers listening on `[::]`, on `network`, and waits for both.
+fn publish_web_and_dns(sb: &Sandbox, network: &str) {
     let ct = conntest_bin();
     let ct = ct.to_str().unwrap();
-    sb.dual_stack_network("dual", "10.73.0.0/24", "fd00:73::/64");
     for (name, p, proto, port) in [
         ("web", "8080:80", "tcp", 80),
         ("dns", "5353:53/udp", "udp", 53),
@@ -1001,7 +995,7 @@ fn the_world_reaches_a_dual_stack_containers_published_ports_over_ipv6_and_ipv4(
             "--name",
             name,
             "--network",
-            "dual",
+            network,
             "-p",
             p,
             "--",
@@ -1012,6 +1006,20 @@ fn the_world_reaches_a_dual_stack_containers_published_ports_over_ipv6_and_ipv4(
         ]);
         sb.wait_server(name, proto, port);
     }
+}
+
+/// Published ports from the world over IPv6 (issue 13): the world reaches
+/// a dual-stack container's `-p H:C` at `[uplink6]:H` over IPv6 and at
+/// the uplink's IPv4 `:H` over IPv4, TCP and UDP, and the container sees
+/// the world's own address each time (no proxy); a port nobody published
+/// is the host's (refused).
+#[test]
+fn the_world_reaches_a_dual_stack_containers_published_ports_over_ipv6_and_ipv4() {
+    let sb = dual_stack_sandbox();
+    let ct = conntest_bin();
+    let ct = ct.to_str().unwrap();
+    sb.dual_stack_network("dual", "10.73.0.0/24", "fd00:73::/64");
+    publish_web_and_dns(&sb, "dual");
     let world = |proto: &str, to: &str| sb.in_world(ct, &[proto, to]);
     for (proto, to, seen) in [
         ("tcp", format!("[{UPLINK6}]:8080"), format!("[{WORLD6}]:")),
@@ -1055,38 +1063,9 @@ fn the_world_reaches_a_dual_stack_containers_published_ports_over_ipv6_and_ipv4(
 #[test]
 fn containers_reach_ports_published_on_the_uplinks_ipv6_address_by_hairpin() {
     let sb = dual_stack_sandbox();
-    for (name, v4, v6) in [
-        ("dual", "10.74.0.0/24", "fd00:74::/64"),
-        ("other", "10.75.0.0/24", "fd00:75::/64"),
-    ] {
-        sb.dnet_ok(&[
-            "network", "create", "--ipv6", "--subnet", v4, "--subnet", v6, name,
-        ]);
-    }
-    let ct = conntest_bin();
-    let ct = ct.to_str().unwrap();
-    for (name, p, proto, port) in [
-        ("web", "8080:80", "tcp", 80),
-        ("dns", "5353:53/udp", "udp", 53),
-    ] {
-        let listen = format!("[::]:{port}");
-        sb.dnet_ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            "dual",
-            "-p",
-            p,
-            "--",
-            ct,
-            "serve",
-            proto,
-            &listen,
-        ]);
-        sb.wait_server(name, proto, port);
-    }
+    sb.dual_stack_network("dual", "10.74.0.0/24", "fd00:74::/64");
+    sb.dual_stack_network("other", "10.75.0.0/24", "fd00:75::/64");
+    publish_web_and_dns(&sb, "dual");
     sb.sleeper("client", &["--network", "other"]);
     for (from, proto, port) in [
         ("client", "tcp", 8080),

@@ -290,22 +290,7 @@ pub(super) fn assert_answer(
 fn a_nat66_packet_too_big_for_the_uplink_is_answered_with_its_mtu() {
     in_fresh_netns(|| {
         let fx = nat6_fixture();
-        ip_cmd("link set up0 mtu 1400");
-        // 1,448 bytes of IPv6: does not fit; no port is taken.
-        let big = udp6_sized(&fx, 4000, 1400);
-        let (v, out) = run(&fx.dp, &big);
-        assert_eq!(v, REDIRECT, "answered");
-        assert_answer(&fx, &out, 2, 1400, &big, 48);
-        assert_eq!(drops(&fx.dp, 1, DropReason::FragNeeded), 1);
-        assert!(fx.dp.conntrack6().unwrap().is_empty());
-        // 1,400 fits and goes out, translated.
-        let (v, out) = run(&fx.dp, &udp6_sized(&fx, 4000, 1352));
-        assert_eq!(v, REDIRECT);
-        assert_eq!(parse6_checked(&out).saddr, ip6(UPLINK6));
-        // The flow under way: the same answer, quoted as sent.
-        let (v, out) = run(&fx.dp, &big);
-        assert_eq!(v, REDIRECT);
-        assert_answer(&fx, &out, 2, 1400, &big, 48);
+        too_big_and_expiring_are_answered(&fx, ip6(UPLINK6));
         // A GSO packet is judged by its segments: 1,400-byte ones pass,
         // 1,428-byte ones do not.
         let gso = udp6_sized(&fx, 4000, 2600);
@@ -328,22 +313,41 @@ fn a_nat66_packet_too_big_for_the_uplink_is_answered_with_its_mtu() {
         let (v, out) = run(&fx.dp, &data);
         assert_eq!(v, REDIRECT);
         assert_answer(&fx, &out, 2, 1400, &data, 60);
-
-        // A hop limit that runs out here: "time exceeded", from the
-        // gateway too, and no flow.
-        let mut last = udp6_to(fx.a.mac, GW_MAC, (A6, 4001), (SERVER6, 53));
-        last[21] = 1;
-        let (v, out) = run(&fx.dp, &last);
-        assert_eq!(v, REDIRECT);
-        assert_answer(&fx, &out, 3, 0, &last, 48);
-        assert_eq!(drops(&fx.dp, 1, DropReason::TtlExceeded), 1);
-        assert!(
-            !fx.dp
-                .conntrack6()
-                .unwrap()
-                .iter()
-                .any(|(k, _)| k.sport_be == 4001u16.to_be()),
-            "no flow for it"
-        );
     });
+}
+
+/// Shared by NAT66 and routed IPv6 (the uplink's MTU set to 1400 here): a
+/// container's 1,448-byte packet is answered "packet too big" with the
+/// route's MTU from its gateway, quoted as sent, and takes no flow; 1,400
+/// bytes leave from `out_src`; on the flow under way, the same answer; a
+/// hop limit that runs out here gets "time exceeded" and no flow.
+pub(super) fn too_big_and_expiring_are_answered(fx: &Fixture, out_src: Ipv6Addr) {
+    ip_cmd("link set up0 mtu 1400");
+    let big = udp6_sized(fx, 4000, 1400);
+    let (v, out) = run(&fx.dp, &big);
+    assert_eq!(v, REDIRECT, "answered");
+    assert_answer(fx, &out, 2, 1400, &big, 48);
+    assert_eq!(drops(&fx.dp, 1, DropReason::FragNeeded), 1);
+    assert!(fx.dp.conntrack6().unwrap().is_empty());
+    let (v, out) = run(&fx.dp, &udp6_sized(fx, 4000, 1352));
+    assert_eq!(v, REDIRECT);
+    assert_eq!(parse6_checked(&out).saddr, out_src);
+    let (v, out) = run(&fx.dp, &big);
+    assert_eq!(v, REDIRECT);
+    assert_answer(fx, &out, 2, 1400, &big, 48);
+    assert_eq!(drops(&fx.dp, 1, DropReason::FragNeeded), 2);
+    let mut last = udp6_to(fx.a.mac, GW_MAC, (A6, 4001), (SERVER6, 53));
+    last[21] = 1;
+    let (v, out) = run(&fx.dp, &last);
+    assert_eq!(v, REDIRECT);
+    assert_answer(fx, &out, 3, 0, &last, 48);
+    assert_eq!(drops(&fx.dp, 1, DropReason::TtlExceeded), 1);
+    assert!(
+        !fx.dp
+            .conntrack6()
+            .unwrap()
+            .iter()
+            .any(|(k, _)| k.sport_be == 4001u16.to_be()),
+        "no flow for the expired packet"
+    );
 }

@@ -6,7 +6,7 @@
 use dnet_common::{Service6, ServiceKey6, network::NET_F_INTERNAL};
 
 use super::{
-    icmp6::{assert_answer, udp6_sized},
+    icmp6::too_big_and_expiring_are_answered,
     ipv6::{A6, B6, dual_stack, frame6, ip6},
     nat6::{ICMPV6, SERVER6, TCP, UDP, echo6, parse6_checked, tcp6, udp6_to},
     *,
@@ -223,32 +223,8 @@ fn routed6_internal_and_nat66_networks_are_not_reached_from_the_world() {
 fn a_routed_packet_too_big_for_the_uplink_is_answered_with_its_mtu() {
     in_fresh_netns(|| {
         let fx = routed6_fixture(0);
-        ip_cmd("link set up0 mtu 1400");
-        // 1,448 bytes of IPv6: answered from the gateway with the route's
-        // MTU, quoted as sent; no flow.
-        let big = udp6_sized(&fx, 4000, 1400);
-        let (v, out) = run(&fx.dp, &big);
-        assert_eq!(v, REDIRECT, "answered");
-        assert_answer(&fx, &out, 2, 1400, &big, 48);
-        assert_eq!(drops(&fx.dp, 1, DropReason::FragNeeded), 1);
-        assert!(fx.dp.conntrack6().unwrap().is_empty());
-        // 1,400 fits and goes out as it is.
-        let (v, out) = run(&fx.dp, &udp6_sized(&fx, 4000, 1352));
-        assert_eq!(v, REDIRECT);
-        assert_eq!(parse6_checked(&out).saddr, ip6(A6));
-        // The flow under way: the same answer.
-        let (v, out) = run(&fx.dp, &big);
-        assert_eq!(v, REDIRECT);
-        assert_answer(&fx, &out, 2, 1400, &big, 48);
-        assert_eq!(drops(&fx.dp, 1, DropReason::FragNeeded), 2);
-        // A hop limit that runs out here: "time exceeded", from the
-        // gateway too.
-        let mut last = udp6_to(fx.a.mac, GW_MAC, (A6, 4001), (SERVER6, 53));
-        last[21] = 1;
-        let (v, out) = run(&fx.dp, &last);
-        assert_eq!(v, REDIRECT);
-        assert_answer(&fx, &out, 3, 0, &last, 48);
-        assert_eq!(drops(&fx.dp, 1, DropReason::TtlExceeded), 1);
+        // Out as it is: the container's own address.
+        too_big_and_expiring_are_answered(&fx, ip6(A6));
         // An ICMPv6 error too big (about a datagram from the server) is
         // dropped, never answered with one.
         let mut udp = vec![0u8; 1408];
