@@ -1271,12 +1271,13 @@ fn global_addr6(env: &Env, name: &str) -> Vec<String> {
 /// `docker network create --ipv6 --ipam-driver <dnet>`: dnet's IPAM hands
 /// out both families (the IPv6 pool, its gateway, `--ip-range` and each
 /// endpoint's address, `--ip6` too), or picks a /64 of its own ULA /48 when
-/// no IPv6 subnet is given; overlapping IPv6 pools are refused with nothing
+/// no IPv6 subnet is given; names resolve to those addresses and NAT66
+/// takes them to the world; overlapping IPv6 pools are refused with nothing
 /// made. Which networks dnet addresses is in its state: restarted with
 /// dockerd's API out of reach, dnet still lets its own containers join.
 #[test]
 fn docker_ipam_driver_dual_stack() {
-    let mut env = Env::new();
+    let mut env = Env::start(true);
     let d = env.driver.clone();
     let id = env.network(
         "ds",
@@ -1305,6 +1306,22 @@ fn docker_ipam_driver_dual_stack() {
         let o = ping6(&env, from, to);
         assert!(ok(&o), "{from} -> {to}: {}", out(&o));
     }
+    // By name (Docker's embedded DNS answers AAAA with dnet's address),
+    // and out to the world's IPv6 through dnet's NAT66, seen as the uplink.
+    assert_eq!(
+        ask_docker_dns(&env, "c1", &["c2", "aaaa"]),
+        ["rcode NoError", "AAAA fd00:93::77"]
+    );
+    let world = env.sb.world_netns_path();
+    env.sb.spawn_in(&world, &ct(), &["serve", "tcp", "[::]:80"]);
+    dnet_sandbox::wait_listening(&world, "tcp", 80);
+    let c1 = std::path::PathBuf::from(format!("/proc/{}/ns/net", env.docker.pid_of("c1").unwrap()));
+    let o = dnet_sandbox::in_netns(&c1, &ct(), &["tcp", &format!("[{WORLD6}]:80")]);
+    assert!(
+        ok(&o) && stdout(&o).starts_with(&format!("[{UPLINK6}]:")),
+        "c1 -> the world over IPv6 through NAT66: {}",
+        out(&o)
+    );
 
     // No IPv6 subnet given: dnet picks a /64 of its ULA /48.
     let id2 = env.network("ds-auto", &["--ipam-driver", &d, "--ipv6"]);
