@@ -725,16 +725,18 @@ impl Netlink {
             .collect())
     }
 
-    /// A permanent neighbour entry: the host never ARPs for a container.
+    /// A permanent neighbour entry (IPv4 or IPv6): the host never ARPs
+    /// for, or solicits, a container.
     pub async fn add_neighbour(
         &self,
         index: u32,
-        ip: Ipv4Addr,
+        ip: impl Into<IpAddr>,
         mac: [u8; 6],
     ) -> Result<(), NetlinkError> {
+        let ip = ip.into();
         self.handle
             .neighbours()
-            .add(index, ip.into())
+            .add(index, ip)
             .link_layer_address(&mac)
             .state(NeighbourState::Permanent)
             .flags(NeighbourFlags::empty())

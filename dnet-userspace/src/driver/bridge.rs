@@ -819,7 +819,7 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     route.pref_src = Some(ipam.gateway);
     ctx.nl.add_route(route).await?;
     if let Some((i6, ip6)) = v6 {
-        ctx.nl.add_neighbour6(host.index, ip6, mac.0).await?;
+        ctx.nl.add_neighbour(host.index, ip6, mac.0).await?;
         let mut route = RouteSpec6::device(ip6, 128, host.index);
         route.pref_src = Some(i6.gateway);
         ctx.nl.add_route(route).await?;

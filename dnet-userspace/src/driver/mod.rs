@@ -148,21 +148,34 @@ pub trait Driver: Send + Sync {
         Ok(BTreeSet::new())
     }
 
+    // The defaults of the kernel-object methods below are those of a
+    // driver that makes nothing (host, none).
+
     /// Makes the network's kernel objects (idempotent).
-    async fn create_network(&self, ctx: &mut Ctx, net: &Network) -> Result<()>;
+    async fn create_network(&self, _ctx: &mut Ctx, _net: &Network) -> Result<()> {
+        Ok(())
+    }
 
     /// Removes the network's kernel objects; missing ones are fine.
-    async fn delete_network(&self, ctx: &mut Ctx, net: &Network) -> Vec<Error>;
+    async fn delete_network(&self, _ctx: &mut Ctx, _net: &Network) -> Vec<Error> {
+        Vec::new()
+    }
 
     /// The network's kernel objects are all there.
-    async fn network_ok(&self, ctx: &Ctx, net: &Network) -> bool;
+    async fn network_ok(&self, _ctx: &Ctx, _net: &Network) -> bool {
+        true
+    }
 
     /// Makes the endpoint's interface in the container and everything the
     /// host needs for it. Leaves nothing behind on failure.
-    async fn attach(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()>;
+    async fn attach(&self, _ctx: &mut Ctx, _a: &Attachment<'_>) -> Result<()> {
+        Ok(())
+    }
 
     /// Removes what `attach` made; missing pieces are fine.
-    async fn detach(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Vec<Error>;
+    async fn detach(&self, _ctx: &mut Ctx, _a: &Attachment<'_>) -> Vec<Error> {
+        Vec::new()
+    }
 
     /// Removes an endpoint the state no longer holds, as `detach` does,
     /// except that what the kernel takes long to remove may finish in the
@@ -172,7 +185,9 @@ pub trait Driver: Send + Sync {
     }
 
     /// The endpoint's kernel objects are all there and current.
-    async fn endpoint_ok(&self, ctx: &Ctx, a: &Attachment<'_>) -> bool;
+    async fn endpoint_ok(&self, _ctx: &Ctx, _a: &Attachment<'_>) -> bool {
+        true
+    }
 
     /// Brings what can change in place up to this build, without touching
     /// the endpoint's links (a daemon upgrade swaps the datapath programs

@@ -1,11 +1,10 @@
-//! IPv6 addresses, routes and neighbours of dual-stack networks: the
+//! IPv6 addresses and routes of dual-stack networks: the
 //! IPv6 counterparts of the IPv4 requests of [`Netlink`].
 
 use std::net::Ipv6Addr;
 
-use netlink_packet_route::{
-    address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol},
-    neighbour::{NeighbourFlags, NeighbourState},
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressMessage, AddressProtocol,
 };
 
 use super::{Netlink, NetlinkError, markers::RTPROT_DNET, req};
@@ -76,26 +75,6 @@ impl Netlink {
     /// IPv6 routes of every table.
     pub async fn routes6(&self) -> Result<Vec<Route6>, NetlinkError> {
         self.routes_of().await
-    }
-
-    /// A permanent IPv6 neighbour entry: the host never solicits a
-    /// container.
-    pub async fn add_neighbour6(
-        &self,
-        index: u32,
-        ip: Ipv6Addr,
-        mac: [u8; 6],
-    ) -> Result<(), NetlinkError> {
-        self.handle
-            .neighbours()
-            .add(index, ip.into())
-            .link_layer_address(&mac)
-            .state(NeighbourState::Permanent)
-            .flags(NeighbourFlags::empty())
-            .replace()
-            .execute()
-            .await
-            .map_err(req(format!("add neighbour {ip}")))
     }
 }
 
