@@ -1180,6 +1180,32 @@ impl Sandbox {
         self.dnet_ok(&a);
     }
 
+    /// [`Sandbox::server`] on `[::]:PORT`: IPv6 and IPv4 clients alike.
+    pub fn server6(&self, name: &str, network: &str, proto: &str, port: u16) {
+        let ct = conntest_bin();
+        self.dnet_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            network,
+            "--",
+            ct.to_str().expect("utf-8 path"),
+            "serve",
+            proto,
+            &format!("[::]:{port}"),
+        ]);
+        self.wait_server(name, proto, port);
+    }
+
+    /// `ping -6` from container `from` to `to`: both echoes answered.
+    pub fn ping6(&self, from: &str, to: &str) -> bool {
+        ok(&self.dnet(&[
+            "exec", from, "--", "ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", to,
+        ]))
+    }
+
     /// `dnet network create --ipv6 --subnet V4 --subnet V6 NAME`.
     pub fn dual_stack_network(&self, name: &str, v4: &str, v6: &str) {
         self.dnet_ok(&[

@@ -149,18 +149,6 @@ fn bad_ipv6_input_gets_a_clear_error_and_changes_nothing() {
         &["--ipv6", "-o", "gateway_mode_ipv6=bogus"],
         "not nat or routed",
     );
-    create(
-        &[
-            "--ipv6",
-            "-d",
-            "macvlan",
-            "--subnet",
-            "10.62.0.0/24",
-            "-o",
-            "parent=eth0",
-        ],
-        "bridge networks only",
-    );
     let run = |net: &str, ip6: &str, want: &str| {
         let e = sb.dnet_err(&[
             "run",
@@ -501,36 +489,11 @@ fn an_interrupted_ipv6_removal_is_finished_at_the_next_start() {
 }
 
 /// A conntest server on `[::]:PORT` (IPv6 and IPv4) in a new container.
-fn server6(sb: &Sandbox, name: &str, net: &str, proto: &str, port: u16) {
-    let ct = conntest_bin();
-    sb.dnet_ok(&[
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--network",
-        net,
-        "--",
-        ct.to_str().unwrap(),
-        "serve",
-        proto,
-        &format!("[::]:{port}"),
-    ]);
-    sb.wait_server(name, proto, port);
-}
-
 fn ip6_of(sb: &Sandbox, name: &str) -> String {
     sb.container(name)["networks"][0]["ip6"]
         .as_str()
         .unwrap_or_else(|| panic!("{name} has no IPv6 address"))
         .to_owned()
-}
-
-/// `ping -6` from a container: every one of `count` echoes answered.
-fn ping6(sb: &Sandbox, from: &str, to: &str) -> bool {
-    ok(&sb.dnet(&[
-        "exec", from, "--", "ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", to,
-    ]))
 }
 
 /// What a conntest server saw of one request from `from` to `[to]:port`.
@@ -550,9 +513,9 @@ fn dual_stack_containers_reach_each_other_and_the_gateway_over_ipv6() {
             "network", "create", "--ipv6", "--subnet", v4, "--subnet", v6, net,
         ]);
     }
-    server6(&sb, "tcp", "dual", "tcp", 80);
-    server6(&sb, "udp", "dual", "udp", 53);
-    server6(&sb, "far", "other", "tcp", 80);
+    sb.server6("tcp", "dual", "tcp", 80);
+    sb.server6("udp", "dual", "udp", 53);
+    sb.server6("far", "other", "tcp", 80);
     sb.sleeper("cli", &["--network", "dual"]);
     let (t, u, far, cli) = (
         ip6_of(&sb, "tcp"),
@@ -562,8 +525,8 @@ fn dual_stack_containers_reach_each_other_and_the_gateway_over_ipv6() {
     );
     // The gateway and the peers, both ways; the server sees the client's
     // own address.
-    assert!(ping6(&sb, "cli", "fd00:70::1"), "gateway");
-    assert!(ping6(&sb, "cli", &t) && ping6(&sb, "tcp", &cli), "peers");
+    assert!(sb.ping6("cli", "fd00:70::1"), "gateway");
+    assert!(sb.ping6("cli", &t) && sb.ping6("tcp", &cli), "peers");
     for (proto, to, port) in [("tcp", &t, 80), ("udp", &u, 53)] {
         let seen = request6(&sb, "cli", proto, to, port)
             .unwrap_or_else(|| panic!("{proto} to [{to}]:{port}"));
@@ -577,7 +540,7 @@ fn dual_stack_containers_reach_each_other_and_the_gateway_over_ipv6() {
         request6(&sb, "cli", "tcp", &far, 80).is_none(),
         "reached another network"
     );
-    assert!(!ping6(&sb, "cli", &far));
+    assert!(!sb.ping6("cli", &far));
     // The host reaches a container at its IPv6 address, from the gateway.
     let o = sb.in_host("ping", &["-6", "-n", "-c", "1", "-W", "2", &t]);
     assert!(ok(&o), "host to {t}: {}", out(&o));
@@ -588,7 +551,7 @@ fn an_ipv4_only_network_next_to_a_dual_stack_one_drops_ipv6() {
     let sb = Sandbox::new();
     sb.dual_stack_network("dual", "10.72.0.0/24", "fd00:72::/64");
     sb.dnet_ok(&["network", "create", "--subnet", "10.73.0.0/24", "v4"]);
-    server6(&sb, "srv", "dual", "tcp", 80);
+    sb.server6("srv", "dual", "tcp", 80);
     sb.sleeper("v4c", &["--network", "v4"]);
     // The IPv4-only container turns IPv6 on by itself, takes an address of
     // the dual-stack subnet and sends to it: the datapath drops all of
@@ -615,7 +578,7 @@ fn an_ipv4_only_network_next_to_a_dual_stack_one_drops_ipv6() {
 #[test]
 fn ipv6_forwarding_goes_on_while_the_daemon_is_down_and_after_a_restart() {
     let mut sb = Sandbox::with_daemon_args(&["--ipv6", "--fixed-cidr-v6", "fd00:74::/64"]);
-    server6(&sb, "srv", "bridge", "tcp", 80);
+    sb.server6("srv", "bridge", "tcp", 80);
     sb.dnet_ok(&["run", "-d", "--name", "cli", "--", "sleep", "300"]);
     let srv = ip6_of(&sb, "srv");
     assert!(request6(&sb, "cli", "tcp", &srv, 80).is_some());
@@ -634,7 +597,7 @@ fn ipv6_forwarding_goes_on_while_the_daemon_is_down_and_after_a_restart() {
     sb.start_daemon();
     assert_eq!((sb.snapshot(), snapshot6(&sb)), before);
     assert!(request6(&sb, "cli", "tcp", &srv, 80).is_some());
-    assert!(ping6(&sb, "cli", "fd00:74::1"));
+    assert!(sb.ping6("cli", "fd00:74::1"));
     // A new dual-stack container after the restart reaches the old ones.
     sb.dnet_ok(&["run", "-d", "--name", "new", "--", "sleep", "300"]);
     assert_eq!(ip6_of(&sb, "new"), "fd00:74::4");
@@ -677,7 +640,7 @@ fn a_dual_stack_network_connected_later_and_internal_ones_route_as_ipv4_does() {
         "{eth1}"
     );
     assert_eq!(sysctl_in(&sb, "a", "eth0/disable_ipv6"), "1");
-    assert!(ping6(&sb, "a", "fd00:77::1"), "the gateway through eth1");
+    assert!(sb.ping6("a", "fd00:77::1"), "the gateway through eth1");
     let routes = json_in(&sb, "a", &["ip", "-j", "-6", "route", "show"]);
     // The IPv4 default route is eth0's: no IPv6 default either (as the
     // IPv4 default goes, so goes the IPv6 one).
@@ -695,7 +658,7 @@ fn a_dual_stack_network_connected_later_and_internal_ones_route_as_ipv4_does() {
     let rs = routes.as_array().unwrap();
     assert!(!rs.iter().any(|r| r["dst"] == "default"), "{routes}");
     assert!(rs.iter().any(|r| r["dst"] == "fd00:78::/64"), "{routes}");
-    assert!(ping6(&sb, "b", "fd00:78::1"), "the internal gateway");
+    assert!(sb.ping6("b", "fd00:78::1"), "the internal gateway");
     // Disconnect and removal leave nothing.
     sb.dnet_ok(&["network", "disconnect", "dual", "a"]);
     let o = sb.dnet(&["exec", "a", "--", "ip", "link", "show", "eth1"]);
@@ -935,7 +898,7 @@ fn a_dual_stack_container_reaches_the_world_over_ipv6_as_the_uplink() {
             "{proto}: {seen}"
         );
     }
-    assert!(ping6(&sb, "cli", WORLD6), "ping over NAT66");
+    assert!(sb.ping6("cli", WORLD6), "ping over NAT66");
     // The flows are in dnet's IPv6 table, translated to the uplink.
     let f = sb.flows();
     for proto in ["tcp", "udp", "icmpv6"] {
@@ -1238,7 +1201,7 @@ fn a_routed_ipv6_network_reaches_the_world_and_is_reached_on_its_published_ports
     // Out: the world sees the container's own address.
     let seen = request6(&sb, "cli", "tcp", WORLD6, 80).expect("tcp to the world");
     assert!(seen.starts_with(&format!("[{cli6}]:")), "{seen}");
-    assert!(ping6(&sb, "cli", WORLD6), "ping the world");
+    assert!(sb.ping6("cli", WORLD6), "ping the world");
     // In: the published port at the container's own address, from the
     // world's own address.
     let o = sb.in_world(ct, &["tcp", &format!("[{web6}]:80")]);

@@ -8,10 +8,16 @@ use std::{
     time::Duration,
 };
 
-use dnet_sandbox::{Sandbox, UPLINK_IP, WORLD_IP, ct, in_netns, ok, out, sh_ok, wait_until};
+use dnet_sandbox::{
+    Sandbox, UPLINK_IP, UPLINK6, WORLD_IP, WORLD6, ct, dual_stack_sandbox, in_netns, ok, out,
+    sh_ok, wait_until,
+};
 use serde_json::Value;
 
 const LAN: &str = "198.18.0.0/24";
+/// The LAN's IPv6 subnet in the dual-stack sandboxes: the world's router
+/// at ::1 ([`WORLD6`]), the host at ::2 ([`UPLINK6`]).
+const LAN6: &str = "2001:2::/64";
 
 /// `dnet network create -d macvlan --subnet SUBNET [ARGS...] NAME`; returns
 /// the network as `network inspect` shows it.
@@ -71,6 +77,35 @@ fn second_lan(sb: &Sandbox, world_ip: &str) {
     sh_ok("ip", &["-n", w, "addr", "add", world_ip, "dev", "eth1"]);
     sh_ok("ip", &["-n", w, "link", "set", "eth1", "up"]);
     sh_ok("ip", &["-n", h, "link", "set", "eth1", "up"]);
+}
+
+/// The host namespace's global IPv6 addresses and dnet's IPv6 routes there
+/// (a macvlan network makes neither).
+fn host6(sb: &Sandbox) -> String {
+    let h = sb.host_ns.as_str();
+    let addrs = sh_ok(
+        "ip",
+        &["-n", h, "-6", "-o", "addr", "show", "scope", "global"],
+    );
+    let addrs: Vec<&str> = addrs
+        .lines()
+        .map(|l| l.split("valid_lft").next().unwrap_or(l))
+        .collect();
+    let routes = sh_ok(
+        "ip",
+        &[
+            "-n", h, "-6", "route", "show", "table", "all", "proto", "213",
+        ],
+    );
+    format!("{}\n---\n{routes}", addrs.join("\n"))
+}
+
+/// A sysctl of `net.ipv6.conf` (`eth0/accept_ra`, say) in a container.
+fn sysctl6_in(sb: &Sandbox, container: &str, name: &str) -> String {
+    let path = format!("/proc/sys/net/ipv6/conf/{name}");
+    sb.dnet_ok(&["exec", container, "--", "cat", &path])
+        .trim()
+        .to_owned()
 }
 
 /// Every network namespace on the machine that a process is in or that is
@@ -894,6 +929,267 @@ fn a_restart_keeps_healthy_endpoints_and_mends_the_rest() {
     assert!(!out(&links).contains("eth7"), "{}", out(&links));
     assert!(!sb.host_links().contains(&"mvhost-deadbeef".to_owned()));
     assert_eq!(ifindex(&sb, "a"), a_index);
+}
+
+#[test]
+fn a_dual_stack_network_gives_containers_the_lans_ipv6() {
+    // The host's uplink (the parent) and the world's router are on the
+    // LAN's IPv6 subnet too.
+    let mut sb = dual_stack_sandbox();
+    let empty = (sb.snapshot(), host6(&sb));
+    let net = macvlan(&sb, "lan6", LAN, &["--ipv6", "--subnet", LAN6]);
+    let id = net["id"].as_str().unwrap().to_owned();
+    // The gateway defaults to the subnet's first address, as for IPv4.
+    assert_eq!(net["ipam6"]["subnet"], LAN6, "{net}");
+    assert_eq!(net["ipam6"]["gateway"], WORLD6, "{net}");
+    assert_eq!(net["ipam"]["gateway"], "198.18.0.1", "{net}");
+    sb.server6("a", "lan6", "tcp", 80);
+    sb.sleeper("b", &["--network", "lan6"]);
+    sb.sleeper("c", &["--network", "lan6", "--ip6", "2001:2::99"]);
+
+    // The first addresses after the gateway and the parent's own (::2),
+    // and the one asked for.
+    for (c, ip, ip6) in [
+        ("a", "198.18.0.3", "2001:2::3"),
+        ("b", "198.18.0.4", "2001:2::4"),
+        ("c", "198.18.0.5", "2001:2::99"),
+    ] {
+        let ep = endpoint(&sb, c, "lan6");
+        assert_eq!(
+            (ep["ip"].as_str(), ep["ip6"].as_str()),
+            (Some(ip), Some(ip6)),
+            "{ep}"
+        );
+        assert_eq!(ep["prefix6"], 64, "{ep}");
+        assert_eq!(ep["gateway6"], WORLD6, "{ep}");
+    }
+
+    // Inside: the address on eth0, at once usable; the subnet on the link,
+    // the default route via the LAN's router; the sysctls of a dual-stack
+    // bridge container.
+    let eth0 = &ip_in(&sb, "a", &["-6", "addr", "show", "eth0"])[0];
+    let global: Vec<&Value> = eth0["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["scope"] == "global")
+        .collect();
+    assert_eq!(global.len(), 1, "{eth0}");
+    assert_eq!(global[0]["local"], "2001:2::3", "{eth0}");
+    assert_eq!(global[0]["prefixlen"], 64, "{eth0}");
+    assert_eq!(global[0]["nodad"], true, "{eth0}");
+    assert_ne!(global[0]["tentative"], true, "{eth0}");
+    let routes = ip_in(&sb, "a", &["-6", "route", "show"]);
+    let routes = routes.as_array().unwrap();
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["dst"] == LAN6 && r["dev"] == "eth0" && r["gateway"].is_null()),
+        "{routes:?}"
+    );
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == WORLD6 && r["dev"] == "eth0"),
+        "{routes:?}"
+    );
+    for (name, want) in [
+        ("eth0/disable_ipv6", "0"),
+        ("eth0/accept_ra", "0"),
+        ("eth0/autoconf", "0"),
+        ("eth0/accept_dad", "0"),
+        ("eth0/router_solicitations", "0"),
+        ("eth0/accept_redirects", "0"),
+        ("lo/disable_ipv6", "0"),
+    ] {
+        assert_eq!(sysctl6_in(&sb, "a", name), want, "{name}");
+    }
+    let lo = &ip_in(&sb, "a", &["-6", "addr", "show", "lo"])[0];
+    assert!(
+        lo["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["local"] == "::1"),
+        "{lo}"
+    );
+
+    // The containers reach each other over IPv6, straight through the
+    // parent's children: ping and TCP, the server seeing the client's own
+    // address.
+    assert!(sb.ping6("b", "2001:2::3"), "b -> a");
+    assert!(sb.ping6("a", "2001:2::99"), "a -> c");
+    let o = sb.conntest_in("b", &["tcp", "[2001:2::3]:80"]);
+    assert!(ok(&o), "b -> a over TCP: {}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("[2001:2::4]:"),
+        "{}",
+        out(&o)
+    );
+
+    // The LAN: its router answers, reaches the container at its own
+    // address (no NAT), and has learnt the container's own MAC.
+    assert!(sb.ping6("a", WORLD6), "a -> the LAN's router");
+    let o = sb.in_world(&ct(), &["tcp", "[2001:2::3]:80"]);
+    assert!(ok(&o), "world -> a: {}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with(&format!("[{WORLD6}]:")),
+        "{}",
+        out(&o)
+    );
+    let neigh = ip_world(&sb, &["-6", "neigh", "show", "2001:2::3"]);
+    assert_eq!(neigh[0]["lladdr"], "02:42:c6:12:00:03", "{neigh}");
+    let world_ns = sb.world_netns_path();
+    sb.spawn_in(
+        &world_ns,
+        &ct(),
+        &["serve", "tcp", &format!("[{WORLD6}]:7000")],
+    );
+    let mut last = None;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let o = sb.conntest_in("c", &["tcp", &format!("[{WORLD6}]:7000")]);
+            let good = ok(&o);
+            last = Some(o);
+            good
+        }),
+        "c -> world: {}",
+        out(last.as_ref().unwrap())
+    );
+    assert!(
+        String::from_utf8_lossy(&last.unwrap().stdout).starts_with("[2001:2::99]:"),
+        "the world sees the container's own IPv6 address"
+    );
+    // The host's own IPv6 on the parent is left as it was.
+    assert_eq!(host6(&sb), empty.1);
+
+    // A restart leaves a healthy dual-stack endpoint alone and mends one
+    // that lost its IPv6 address.
+    let ifindex =
+        |sb: &Sandbox, c: &str| ip_in(sb, c, &["link", "show", "eth0"])[0]["ifindex"].clone();
+    let a_index = ifindex(&sb, "a");
+    sb.dnet_ok(&[
+        "exec",
+        "b",
+        "--",
+        "ip",
+        "-6",
+        "addr",
+        "del",
+        "2001:2::4/64",
+        "dev",
+        "eth0",
+    ]);
+    sb.stop_daemon(libc::SIGKILL);
+    sb.start_daemon();
+    assert_eq!(
+        ifindex(&sb, "a"),
+        a_index,
+        "a healthy endpoint is left alone"
+    );
+    assert!(
+        sb.log_tail(200).contains("making its endpoint again"),
+        "{}",
+        sb.log_tail(40)
+    );
+    assert!(sb.ping6("a", "2001:2::4"), "b mended");
+
+    // Removal leaves nothing behind.
+    sb.dnet_ok(&["rm", "-f", "a", "b", "c"]);
+    sb.dnet_ok(&["network", "rm", "lan6"]);
+    let strip = |s: &str| s.rsplit_once("\n---\n").expect("parts").0.to_owned();
+    assert_eq!(strip(&sb.snapshot()), strip(&empty.0));
+    assert_eq!(host6(&sb), empty.1);
+    assert_eq!(links_with_alias_anywhere(&id), Vec::<String>::new());
+}
+
+#[test]
+fn bad_dual_stack_input_gets_a_clear_error_and_changes_nothing() {
+    let sb = dual_stack_sandbox();
+    macvlan(&sb, "lan6", LAN, &["--ipv6", "--subnet", LAN6]);
+    macvlan(&sb, "lan4", "198.18.1.0/24", &[]);
+    sb.dual_stack_network("dual", "10.60.0.0/24", "fd00:60::/64");
+    let v4 = ["--subnet", "10.30.0.0/24"];
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--ipv6"],
+            "a dual-stack macvlan network needs an IPv6 --subnet (the parent LAN's)",
+        ),
+        (
+            &["--ipv6", "--gateway", "2001:db8:7::1"],
+            "an IPv6 --gateway or --ip-range needs an IPv6 --subnet",
+        ),
+        (
+            &["--subnet", "2001:db8:7::/64"],
+            "an IPv6 subnet or gateway needs --ipv6",
+        ),
+        (&["--ipv6", "--subnet", "fe80::/64"], "link-local"),
+        (
+            &["--ipv6", "--subnet", "2001:2::/80"],
+            "IPv6 subnet 2001:2::/80 overlaps 2001:2::/64 of macvlan network \"lan6\" on the same parent eth0",
+        ),
+        (
+            &["--ipv6", "--subnet", "fd00:60::/64"],
+            "IPv6 subnet fd00:60::/64 overlaps fd00:60::/64 of network \"dual\"",
+        ),
+        (
+            &[
+                "--ipv6",
+                "--subnet",
+                "2001:db8:7::/64",
+                "--gateway",
+                "2001:db8:8::1",
+            ],
+            "not a usable address",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut a = vec!["network", "create", "-d", "macvlan"];
+        a.extend(v4);
+        a.extend(*args);
+        a.push("x");
+        let before = (sb.snapshot(), host6(&sb));
+        let err = sb.dnet_err(&a);
+        assert!(
+            err.contains(want),
+            "dnet {a:?}: expected {want:?} in {err:?}"
+        );
+        assert_eq!(
+            before,
+            (sb.snapshot(), host6(&sb)),
+            "dnet {a:?} changed something"
+        );
+    }
+    // A bridge network may not take a LAN's IPv6 subnet either.
+    let err = sb.dnet_err(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.31.0.0/24",
+        "--subnet",
+        "2001:2::/96",
+        "y",
+    ]);
+    assert!(
+        err.contains("overlaps 2001:2::/64 of network \"lan6\""),
+        "{err}"
+    );
+
+    let run = |net: &str, ip6: &str, want: &str| {
+        let before = (sb.snapshot(), host6(&sb));
+        let e = sb.dnet_err(&["run", "--network", net, "--ip6", ip6, "--", "true"]);
+        assert!(e.contains(want), "--ip6 {ip6}: {e:?} does not say {want:?}");
+        assert_eq!(
+            before,
+            (sb.snapshot(), host6(&sb)),
+            "--ip6 {ip6} changed something"
+        );
+    };
+    run("lan6", "2001:db8:9::5", "not a usable address");
+    run("lan6", UPLINK6, "already in use");
+    run("lan6", WORLD6, "gateway");
+    run("lan4", "2001:2::5", "not dual-stack");
 }
 
 /// The namespace file of a container.

@@ -18,7 +18,7 @@
 //! entry (the host never ARPs for a container).
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::HashSet,
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, BorrowedFd},
     path::PathBuf,
@@ -34,7 +34,7 @@ use dnet_common::{
 };
 use netlink_packet_route::route::RouteType;
 
-use super::{Attachment, Caps, Ctx, Driver, check_mtu, check_options, keep};
+use super::{Attachment, Caps, Ctx, Driver, Reserved, check_mtu, check_options, keep, loopback};
 use crate::{
     conflict,
     datapath::Datapath,
@@ -137,11 +137,6 @@ pub fn dp_network6(net: &Network) -> Option<(ipnetwork::Ipv6Network, Network6)> 
     ))
 }
 
-/// The endpoint's IPv6 side, when it and its network are dual-stack.
-fn v6_of(a: &Attachment<'_>) -> Option<(Ipam6, Ipv6Addr)> {
-    a.network.ipam6.zip(a.endpoint.ip6)
-}
-
 /// IPv6 on the host end of a pair: off for an IPv4-only endpoint; for a
 /// dual-stack one on, without a link-local address (`addr_gen_mode=1`, set
 /// before IPv6 comes on), deaf to router advertisements, and forwarding on
@@ -210,7 +205,7 @@ impl Driver for Bridge {
         _net: &Network,
         _container: &Container,
         ep: &mut Endpoint,
-    ) -> Result<BTreeSet<Ipv4Addr>> {
+    ) -> Result<Reserved> {
         let used_slots = state.used_slots();
         ep.slot = Some(
             (1..=dnet_common::maps::MAX_ENDPOINTS)
@@ -232,7 +227,7 @@ impl Driver for Bridge {
             .find(|n| !taken(n))
             .ok_or_else(|| conflict!("no free veth name"))?;
         ep.host_ifname = Some(name);
-        Ok(BTreeSet::new())
+        Ok(Reserved::default())
     }
 
     /// The host ends, gateway addresses, unreachable routes and datapath
@@ -699,23 +694,13 @@ impl Driver for Bridge {
     }
 }
 
-/// The loopback's ifindex (1 in every namespace, but asked, not assumed).
-pub async fn loopback(nl: &Netlink) -> Result<u32> {
-    nl.links()
-        .await?
-        .into_iter()
-        .find(|l| l.loopback)
-        .map(|l| l.index)
-        .ok_or_else(|| conflict!("no loopback interface"))
-}
-
 /// The endpoint's IPv6 entries are as they should be: both there for a
 /// dual-stack endpoint, none by its interface for an IPv4-only one.
 fn endpoint6_ok(ctx: &Ctx, a: &Attachment<'_>, want: &DpEndpoint) -> bool {
     let Ok(own) = ctx.dp.endpoint6_addr(want.ifindex) else {
         return false;
     };
-    match v6_of(a) {
+    match a.v6() {
         None => own.is_none(),
         Some((_, ip6)) => {
             own == Some(ip6)
@@ -765,7 +750,7 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     };
     // The container's namespace, opened once for the whole attach.
     let ns = netns::open(a.netns)?;
-    let v6 = v6_of(a);
+    let v6 = a.v6();
     if v6.is_some() && !host_side {
         // Before the container end arrives: it takes its IPv6 settings
         // from `default` when it is made.
@@ -882,14 +867,8 @@ async fn configure_container_side(
     v6: Option<(Ipam6, Ipv6Addr)>,
     primary: bool,
 ) -> Result<()> {
-    // A namespace dnet did not make may have IPv6 on by default: off for
-    // an IPv4-only endpoint; on (with `lo`) for a dual-stack one.
-    let cnl = Netlink::open_in_fd(ns, || match v6 {
-        None => netns::disable_ipv6(ifname),
-        Some(_) => netns::sysctl6(ifname, "disable_ipv6", "0")
-            .and_then(|()| netns::sysctl6("lo", "disable_ipv6", "0")),
-    })
-    .await?;
+    let cnl =
+        Netlink::open_in_fd(ns, || super::container_ipv6_switch(ifname, v6.is_some())).await?;
     let link = cnl
         .link(ifname)
         .await?
@@ -916,41 +895,15 @@ async fn configure_container_side(
         super::add_default_route(&cnl, ipam.gateway, link.index).await?;
     }
     if let Some((i6, ip6)) = v6 {
-        configure_container_ipv6(&cnl, link.index, i6, ip6, primary).await?;
-    }
-    Ok(())
-}
-
-/// The IPv6 side of a dual-stack container's interface: its address,
-/// usable at once (no DAD) and without an on-link subnet route; the
-/// gateway as a /128 on the link, the subnet and (as for IPv4) the default
-/// route through it; `::1` on `lo`.
-async fn configure_container_ipv6(
-    cnl: &Netlink,
-    index: u32,
-    i6: Ipam6,
-    ip6: Ipv6Addr,
-    primary: bool,
-) -> Result<()> {
-    cnl.add_address6(index, ip6, i6.subnet.prefix(), false)
+        super::configure_container_ipv6(
+            &cnl,
+            link.index,
+            i6,
+            ip6,
+            primary,
+            super::Subnet6Route::ViaGateway,
+        )
         .await?;
-    let lo = loopback(cnl).await?;
-    cnl.add_address6(lo, Ipv6Addr::LOCALHOST, 128, false)
-        .await?;
-    let gw = i6.gateway;
-    let mut routes = vec![
-        RouteSpec6::device(gw, 128, index),
-        RouteSpec6::via(i6.subnet.network(), i6.subnet.prefix(), gw, index),
-    ];
-    if primary {
-        routes.push(RouteSpec6::via(Ipv6Addr::UNSPECIFIED, 0, gw, index));
-    }
-    for mut r in routes {
-        // Routes already in the namespace are its owner's.
-        r.dnet = false;
-        if !cnl.add_route_if_absent(r).await? {
-            tracing::info!(dst = %r.dst, prefix = r.prefix, "the namespace has this IPv6 route already: it stays");
-        }
     }
     Ok(())
 }

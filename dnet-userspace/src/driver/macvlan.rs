@@ -4,7 +4,11 @@
 //! Per endpoint: a macvlan child of the parent, born in the container's
 //! namespace under its final name (`eth0`), with the Docker MAC (`02:42` +
 //! IPv4), an address of the LAN's subnet (on-link, as any host of the LAN)
-//! and a default route via the LAN's router (the network's gateway). The
+//! and a default route via the LAN's router (the network's gateway). On a
+//! dual-stack network (`--ipv6`, the LAN's IPv6 subnet given) the same for
+//! IPv6, set up as on a dual-stack bridge network's container (no DAD, no
+//! router advertisements or solicitations, `::1` on `lo`) except that the
+//! subnet is on the link. The
 //! child carries the alias `dnet:mv:NETWORK-ID`, so that what a crash leaves
 //! in a container can be told from what the user made there.
 //!
@@ -44,7 +48,10 @@ use async_trait::async_trait;
 use dnet_common::addr::docker_mac;
 use rtnetlink::packet_route::link::MacVlanMode;
 
-use super::{Attachment, Caps, Counters, Ctx, Driver, check_mtu, check_options, keep};
+use super::{
+    Attachment, Caps, Counters, Ctx, Driver, Reserved, Subnet6Route, check_mtu, check_options,
+    configure_container_ipv6, container_ipv6_switch, keep,
+};
 use crate::{
     conflict,
     error::{Error, Result},
@@ -245,6 +252,7 @@ impl Driver for Macvlan {
         Caps {
             addresses: true,
             lan_subnet: true,
+            ipv6: true,
             ..Caps::default()
         }
     }
@@ -322,22 +330,25 @@ impl Driver for Macvlan {
             .filter_map(|o| settings(o).ok().map(|s| (o, s)))
             .collect();
         for (other, o) in &others {
-            let same_parent = o.parent == parent_name;
-            if let Some(oi) = other.ipam
-                && oi.subnet.overlaps(ipam.subnet)
-            {
-                return Err(if same_parent {
+            // Each family's subnet against the other network's.
+            let v4 = other
+                .ipam
+                .filter(|oi| oi.subnet.overlaps(ipam.subnet))
+                .map(|oi| ("", ipam.subnet.to_string(), oi.subnet.to_string()));
+            let v6 = net
+                .ipam6
+                .zip(other.ipam6)
+                .filter(|(i6, oi)| oi.subnet.overlaps(i6.subnet))
+                .map(|(i6, oi)| ("IPv6 ", i6.subnet.to_string(), oi.subnet.to_string()));
+            if let Some((family, mine, theirs)) = v4.or(v6) {
+                return Err(if o.parent == parent_name {
                     conflict!(
-                        "subnet {} overlaps {} of macvlan network {:?} on the same parent {parent_name}",
-                        ipam.subnet,
-                        oi.subnet,
+                        "{family}subnet {mine} overlaps {theirs} of macvlan network {:?} on the same parent {parent_name}",
                         other.name
                     )
                 } else {
                     conflict!(
-                        "subnet {} overlaps {} of network {:?}",
-                        ipam.subnet,
-                        oi.subnet,
+                        "{family}subnet {mine} overlaps {theirs} of network {:?}",
                         other.name
                     )
                 });
@@ -369,7 +380,7 @@ impl Driver for Macvlan {
     }
 
     /// One container per network in passthru mode; IPAM never hands out
-    /// the parent's addresses, nor the host's own.
+    /// the parent's addresses (of either family), nor the host's own.
     async fn prepare(
         &self,
         ctx: &Ctx,
@@ -377,7 +388,7 @@ impl Driver for Macvlan {
         net: &Network,
         _container: &Container,
         _ep: &mut Endpoint,
-    ) -> Result<BTreeSet<Ipv4Addr>> {
+    ) -> Result<Reserved> {
         let s = settings(net)?;
         let parent = parent(ctx, net, s.parent).await?;
         if s.mode == Mode::Passthru
@@ -390,8 +401,20 @@ impl Driver for Macvlan {
                 c.name
             ));
         }
-        let mut r = addresses_of(&ctx.nl, parent.index).await?;
-        r.extend(net.host_address);
+        let mut r = Reserved {
+            v4: addresses_of(&ctx.nl, parent.index).await?,
+            ..Reserved::default()
+        };
+        r.v4.extend(net.host_address);
+        if net.ipam6.is_some() {
+            r.v6 = ctx
+                .nl
+                .addresses6(Some(parent.index))
+                .await?
+                .into_iter()
+                .map(|a| a.ip)
+                .collect();
+        }
         Ok(r)
     }
 
@@ -623,9 +646,14 @@ impl Driver for Macvlan {
         let mut notes = Vec::new();
         match (s.host_access, net.host_address) {
             (true, Some(addr)) => notes.push(format!(
-                "the host reaches this network's containers through {}, its own macvlan interface on {}, at {addr}; the containers reach the host at {addr}",
+                "the host reaches this network's containers through {}, its own macvlan interface on {}, at {addr}; the containers reach the host at {addr}{}",
                 host_link_name(net),
-                s.parent
+                s.parent,
+                if net.ipam6.is_some() {
+                    " (over IPv4 only)"
+                } else {
+                    ""
+                }
             )),
             _ => notes.push(format!(
                 "the host cannot reach this network's containers, nor they the host, through the parent {}: the kernel never passes frames between a parent and its macvlan interfaces. -o host_access=true gives the host a macvlan interface of its own on {} so that it can",
@@ -693,6 +721,12 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         Some(n) => (n.as_str(), None),
         None => (ifname, Some(netns::open(a.netns)?)),
     };
+    let v6 = a.v6();
+    if let (Some(ns), Some(_)) = (&ns, v6) {
+        // Before the child is born there: it takes its IPv6 settings from
+        // `default` when it is made (no RA, no DAD, no solicitations).
+        netns::run_in_fd(std::os::fd::AsFd::as_fd(ns), netns::container_ipv6_defaults)??;
+    }
     let made = ctx
         .nl
         .add_macvlan(
@@ -728,11 +762,13 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     }
     let cnl = match &ns {
         // One entry into the namespace. A namespace dnet did not make may
-        // have IPv6 on by default; off before the link is up, so that it
-        // says nothing on the LAN.
+        // have IPv6 on by default: off before the link is up for an
+        // IPv4-only endpoint, so that it says nothing on the LAN.
         Some(ns) => {
-            Netlink::open_in_fd(std::os::fd::AsFd::as_fd(ns), || netns::disable_ipv6(ifname))
-                .await?
+            Netlink::open_in_fd(std::os::fd::AsFd::as_fd(ns), || {
+                container_ipv6_switch(ifname, v6.is_some())
+            })
+            .await?
         }
         None => ctx.nl.clone(),
     };
@@ -769,6 +805,11 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
     cnl.set_up(link.index).await?;
     if a.primary {
         super::add_default_route(&cnl, ipam.gateway, link.index).await?;
+    }
+    if let Some((i6, ip6)) = v6 {
+        // The LAN's IPv6 subnet is on the link, as its IPv4 one.
+        configure_container_ipv6(&cnl, link.index, i6, ip6, a.primary, Subnet6Route::OnLink)
+            .await?;
     }
     if s.host_access {
         let host = a
@@ -845,6 +886,23 @@ async fn endpoint_problem(ctx: &Ctx, a: &Attachment<'_>) -> Option<&'static str>
             .is_ok_and(|rs| rs.iter().any(|r| r.prefix == 0 && r.oif == Some(l.index)))
     {
         return Some("default route");
+    }
+    if let Some((i6, ip6)) = a.v6() {
+        let has_addr6 = cnl.addresses6(Some(l.index)).await.is_ok_and(|v| {
+            v.iter()
+                .any(|x| x.ip == ip6 && x.prefix == i6.subnet.prefix())
+        });
+        if !has_addr6 {
+            return Some("IPv6 address");
+        }
+        if a.primary
+            && !cnl
+                .routes6()
+                .await
+                .is_ok_and(|rs| rs.iter().any(|r| r.prefix == 0 && r.oif == Some(l.index)))
+        {
+            return Some("IPv6 default route");
+        }
     }
     if s.host_access {
         let Ok(Some(h)) = ctx.nl.link(&host_link_name(a.network)).await else {

@@ -20,7 +20,7 @@ mod reaper;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -28,10 +28,12 @@ use async_trait::async_trait;
 use dnet_common::DropReason;
 
 use crate::{
+    conflict,
     datapath::Datapath,
     error::{Error, Result},
-    model::{Container, DriverKind, Endpoint, Network, State},
-    netlink::{Link, Netlink},
+    model::{Container, DriverKind, Endpoint, Ipam6, Network, State},
+    netlink::{Link, Netlink, RouteSpec6},
+    netns,
 };
 
 pub use reaper::{NsId, Reaper};
@@ -61,7 +63,8 @@ pub struct Caps {
     pub datapath: bool,
     /// Containers may publish ports on it.
     pub ports: bool,
-    /// Its networks may be dual-stack (`--ipv6`).
+    /// Its networks may be dual-stack (`--ipv6`); with `lan_subnet`, the
+    /// IPv6 subnet is the LAN's too (given, never picked).
     pub ipv6: bool,
 }
 
@@ -96,6 +99,100 @@ pub async fn add_default_route(cnl: &Netlink, gateway: Ipv4Addr, index: u32) -> 
     Ok(())
 }
 
+/// IPv6 on a container's interface `ifname` and its `lo`, from inside its
+/// namespace (one dnet did not make may have IPv6 on by default): off on
+/// the interface of an IPv4-only endpoint; on, with `lo`, for a
+/// dual-stack one.
+pub fn container_ipv6_switch(
+    ifname: &str,
+    dual: bool,
+) -> std::result::Result<(), netns::NetnsError> {
+    if !dual {
+        return netns::disable_ipv6(ifname);
+    }
+    netns::sysctl6(ifname, "disable_ipv6", "0")?;
+    netns::sysctl6("lo", "disable_ipv6", "0")
+}
+
+/// How a dual-stack container reaches the rest of its IPv6 subnet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subnet6Route {
+    /// Through the gateway, itself a /128 on the link (the host's address:
+    /// the bridge driver's datapath answers for it and every peer).
+    ViaGateway,
+    /// On the link, as any host of the LAN (the macvlan driver's).
+    OnLink,
+}
+
+/// The IPv6 side of a dual-stack container's interface `index`: its
+/// address, usable at once (no DAD) and without the kernel's prefix route;
+/// the subnet routed as `subnet` says; the default route through the
+/// gateway for the primary endpoint, as for IPv4; `::1` on `lo`. Routes
+/// already in the namespace are its owner's and stay.
+pub async fn configure_container_ipv6(
+    cnl: &Netlink,
+    index: u32,
+    i6: Ipam6,
+    ip6: Ipv6Addr,
+    primary: bool,
+    subnet: Subnet6Route,
+) -> Result<()> {
+    cnl.add_address6(index, ip6, i6.subnet.prefix(), false)
+        .await?;
+    let lo = loopback(cnl).await?;
+    cnl.add_address6(lo, Ipv6Addr::LOCALHOST, 128, false)
+        .await?;
+    let gw = i6.gateway;
+    let (net, prefix) = (i6.subnet.network(), i6.subnet.prefix());
+    let mut routes = match subnet {
+        Subnet6Route::ViaGateway => vec![
+            RouteSpec6::device(gw, 128, index),
+            RouteSpec6::via(net, prefix, gw, index),
+        ],
+        Subnet6Route::OnLink => vec![RouteSpec6::device(net, prefix, index)],
+    };
+    if primary {
+        routes.push(RouteSpec6::via(Ipv6Addr::UNSPECIFIED, 0, gw, index));
+    }
+    for mut r in routes {
+        // Routes already in the namespace are its owner's.
+        r.dnet = false;
+        if !cnl.add_route_if_absent(r).await? {
+            tracing::info!(dst = %r.dst, prefix = r.prefix, "the namespace has this IPv6 route already: it stays");
+        }
+    }
+    Ok(())
+}
+
+/// The loopback's ifindex (1 in every namespace, but asked, not assumed).
+pub async fn loopback(nl: &Netlink) -> Result<u32> {
+    nl.links()
+        .await?
+        .into_iter()
+        .find(|l| l.loopback)
+        .map(|l| l.index)
+        .ok_or_else(|| conflict!("no loopback interface"))
+}
+
+/// Addresses IPAM must never hand out in a network (the parent's own on a
+/// LAN, say), of both families.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reserved {
+    pub v4: BTreeSet<Ipv4Addr>,
+    pub v6: BTreeSet<Ipv6Addr>,
+}
+
+impl Extend<IpAddr> for Reserved {
+    fn extend<T: IntoIterator<Item = IpAddr>>(&mut self, iter: T) {
+        for a in iter {
+            match a {
+                IpAddr::V4(a) => self.v4.insert(a),
+                IpAddr::V6(a) => self.v6.insert(a),
+            };
+        }
+    }
+}
+
 /// One endpoint being attached or detached, with what it belongs to.
 pub struct Attachment<'a> {
     pub container: &'a Container,
@@ -106,6 +203,13 @@ pub struct Attachment<'a> {
     /// The container's first endpoint on a network that is not internal:
     /// its gateway is the default route (an internal network gives none).
     pub primary: bool,
+}
+
+impl Attachment<'_> {
+    /// The endpoint's IPv6 side, when it and its network are dual-stack.
+    pub fn v6(&self) -> Option<(Ipam6, Ipv6Addr)> {
+        self.network.ipam6.zip(self.endpoint.ip6)
+    }
 }
 
 /// One endpoint's counters as `dnet stats` shows them, from the point of
@@ -144,8 +248,8 @@ pub trait Driver: Send + Sync {
         _net: &Network,
         _container: &Container,
         _ep: &mut Endpoint,
-    ) -> Result<BTreeSet<Ipv4Addr>> {
-        Ok(BTreeSet::new())
+    ) -> Result<Reserved> {
+        Ok(Reserved::default())
     }
 
     // The defaults of the kernel-object methods below are those of a

@@ -126,11 +126,13 @@ impl Inner {
             .await?;
         let pool = Pool::new(ipam.subnet, Some(ipam.gateway), ipam.ip_range)?;
         let mut used = self.state.used_addresses(&net.id);
-        used.extend(reserved);
+        used.extend(reserved.v4);
         let addr = pool.allocate(&used, requested)?;
         if let Some(i6) = net.ipam6 {
             let pool6 = Pool6::new(i6.subnet, Some(i6.gateway), i6.ip_range)?;
-            ep.ip6 = Some(pool6.allocate(&self.state.used_addresses6(&net.id), requested6)?);
+            let mut used6 = self.state.used_addresses6(&net.id);
+            used6.extend(reserved.v6);
+            ep.ip6 = Some(pool6.allocate(&used6, requested6)?);
         }
         ep.ifname = Some(match opts.ifname {
             Some(name) => name.to_owned(),

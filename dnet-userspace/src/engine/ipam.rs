@@ -127,7 +127,8 @@ impl Engine {
         // Chosen and checked as a network's, the pools handed out taken too.
         let held = inner.runtime_ipam.pending.keys().copied();
         let subnet = if v6 {
-            // Only networks whose driver can be dual-stack (bridge ones).
+            // A pool of a network dnet's Docker driver may make dual-stack
+            // (a bridge one).
             let held: Vec<Ipv6Network> = held
                 .filter_map(|n| match n {
                     IpNetwork::V6(n) => Some(n),
@@ -419,6 +420,35 @@ impl Inner {
             .collect())
     }
 
+    /// What a new network's subnet of family `A` (`subnet_of` a network)
+    /// must not overlap: the other networks' (and what holds them, as
+    /// messages name it), the pools `held` for another runtime's networks,
+    /// and the routes where the daemon runs. For a LAN's subnet (`lan`, a
+    /// macvlan network's) neither the other LANs' subnets, which their
+    /// driver checks (it knows their parents and says so), nor the routes:
+    /// the parent's route to it is expected, not a clash.
+    async fn taken<A: Routed>(
+        &self,
+        lan: bool,
+        held: &[A::Net],
+        subnet_of: impl Fn(&Network) -> Option<A::Net>,
+    ) -> Result<(Vec<(String, A::Net)>, Vec<A::Net>)> {
+        let mut others: Vec<(String, A::Net)> = self
+            .state
+            .networks
+            .values()
+            .filter(|n| !(lan && driver::caps(n.driver).lan_subnet))
+            .filter_map(|n| subnet_of(n).map(|s| (format!("network {:?}", n.name), s)))
+            .collect();
+        others.extend(held.iter().map(|s| ("a pool handed out".to_owned(), *s)));
+        let routes = if lan {
+            Vec::new()
+        } else {
+            self.routed_subnets::<A>().await?
+        };
+        Ok((others, routes))
+    }
+
     /// The subnet, gateway and range of a new network of `kind`, checked
     /// against the other networks, the pools `held` for another runtime's
     /// networks (dnet's IPAM for Docker) and the routes where the daemon
@@ -434,23 +464,9 @@ impl Inner {
             Some(k) => driver::caps(k).lan_subnet,
             None => req.subnet.is_some(),
         };
-        // Two networks on LANs are checked by their driver, which knows
-        // their parents and says so.
-        let mut others: Vec<(String, Ipv4Network)> = self
-            .state
-            .networks
-            .values()
-            .filter(|n| !(lan && driver::caps(n.driver).lan_subnet))
-            .filter_map(|n| n.ipam.map(|i| (format!("network {:?}", n.name), i.subnet)))
-            .collect();
-        others.extend(held.iter().map(|s| ("a pool handed out".to_owned(), *s)));
-        // A LAN's subnet (a macvlan network's) is routed where the daemon
-        // runs: the parent's route to it is expected, not a clash.
-        let routes = if !lan {
-            self.routed_subnets::<Ipv4Addr>().await?
-        } else {
-            Vec::new()
-        };
+        let (others, routes) = self
+            .taken::<Ipv4Addr>(lan, held, |n| n.ipam.map(|i| i.subnet))
+            .await?;
         let subnet = match &req.subnet {
             Some(s) => parse_net("subnet", s)?,
             None => {
@@ -506,17 +522,15 @@ impl Inner {
             && !driver::caps(kind).ipv6
         {
             return Err(invalid!(
-                "--ipv6 is supported on bridge networks only (not {kind})"
+                "--ipv6 is supported on bridge and macvlan networks only (not {kind})"
             ));
         }
-        let mut others: Vec<(String, Ipv6Network)> = self
-            .state
-            .networks
-            .values()
-            .filter_map(|n| n.ipam6.map(|i| (format!("network {:?}", n.name), i.subnet)))
-            .collect();
-        others.extend(held.iter().map(|s| ("a pool handed out".to_owned(), *s)));
-        let routes = self.routed_subnets::<Ipv6Addr>().await?;
+        // A LAN's subnet is given, as for IPv4. A runtime's pool (no kind)
+        // is a bridge's: dnet's Docker driver makes no dual-stack macvlan.
+        let lan = kind.is_some_and(|k| driver::caps(k).lan_subnet);
+        let (others, routes) = self
+            .taken::<Ipv6Addr>(lan, held, |n| n.ipam6.map(|i| i.subnet))
+            .await?;
         let mut new_ula = None;
         let subnet = match &req.subnet6 {
             Some(s) => parse_net6("subnet", s)?,
@@ -524,6 +538,11 @@ impl Inner {
                 if req.gateway6.is_some() || req.ip_range6.is_some() {
                     return Err(invalid!(
                         "an IPv6 --gateway or --ip-range needs an IPv6 --subnet"
+                    ));
+                }
+                if let Some(kind) = kind.filter(|_| lan) {
+                    return Err(invalid!(
+                        "a dual-stack {kind} network needs an IPv6 --subnet (the parent LAN's): dnet picks none for a LAN"
                     ));
                 }
                 let ula = match self.state.ula48 {

@@ -86,15 +86,17 @@ impl Inner {
                 gateway: Some(gw.into()),
             });
         }
-        // The IPv6 side of a dual-stack endpoint, routed as the bridge
-        // driver routes it.
+        // The IPv6 side of a dual-stack endpoint, routed as its driver
+        // routes it (a LAN's subnet is on the link, as for IPv4).
         let ipam6 = net.ipam6.filter(|_| ep.ip6.is_some());
         let gateway6 = ipam6.map(|i| i.gateway).filter(|_| !net.internal);
         if let Some(i) = ipam6 {
-            routes.push(RouteView {
-                dst: i.subnet.to_string(),
-                gateway: Some(i.gateway.into()),
-            });
+            if driver::caps(net.driver).host_gateway {
+                routes.push(RouteView {
+                    dst: i.subnet.to_string(),
+                    gateway: Some(i.gateway.into()),
+                });
+            }
             if primary && let Some(gw) = gateway6 {
                 routes.push(RouteView {
                     dst: "::/0".into(),
