@@ -161,7 +161,7 @@ pub fn network_request(r: &CreateNetwork) -> Result<NetworkCreate> {
     };
     if ipv6 && driver != "bridge" {
         return Err(invalid!(
-            "--ipv6: dnet's {driver} networks are IPv4 only (its bridge networks may be dual-stack)"
+            "--ipv6: dnet's Docker driver makes {driver} networks IPv4 only (its bridge networks may be dual-stack, and so may a {driver} network made with `dnet network create -d {driver} --ipv6`)"
         ));
     }
     Ok(NetworkCreate {
