@@ -39,6 +39,15 @@ fn publish_at_a(dp: &mut Datapath, port: u16, proto: u8) {
     .unwrap();
 }
 
+/// The kinds `dnet conntrack ls` shows for the IPv6 table's flows.
+fn kinds(dp: &Datapath) -> Vec<String> {
+    let es = dp.conntrack6().unwrap();
+    crate::engine::conntrack::flows(&es)
+        .iter()
+        .map(|f| crate::engine::conntrack::view(f, 0, &Default::default()).kind)
+        .collect()
+}
+
 #[test]
 fn routed6_leaves_with_the_containers_own_address_and_its_answer_comes_back() {
     in_fresh_netns(|| {
@@ -57,6 +66,7 @@ fn routed6_leaves_with_the_containers_own_address_and_its_answer_comes_back() {
         assert_eq!(p.hop, 63, "routed: hop limit down by one");
         assert_eq!((p.dst_mac, p.src_mac), (WORLD_MAC, up0_mac()));
         assert_eq!(fx.dp.conntrack6().unwrap().len(), 2, "a tracked flow");
+        assert_eq!(kinds(&fx.dp), ["routed"], "not snat: nothing translated");
         assert_eq!(fx.dp.stats(1).unwrap().translated, 0);
 
         let reply = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 53), (A6, 4000));
@@ -120,6 +130,7 @@ fn routed6_lets_the_world_in_on_published_ports_only() {
         let p = parse6_checked(&out);
         assert_eq!((p.saddr, p.port(0)), (ip6(A6), 80));
         assert_eq!((p.daddr, p.port(2)), (ip6(SERVER6), 41000));
+        assert_eq!(kinds(&fx.dp), ["routed"], "not dnat: nothing translated");
 
         // Not published: refused, counted on the container.
         for f in [
