@@ -185,3 +185,30 @@ fn hairpin6_flows_go_with_the_uplinks_old_ipv6_address() {
         assert_eq!((p.saddr, p.daddr), (ip6(GW6_2), ip6(C6)));
     });
 }
+
+/// Network `id` (of the fixture) made internal.
+pub(super) fn make_internal(dp: &mut Datapath, id: u32, subnet: &str) {
+    let mut n = dp.network(id).unwrap();
+    n.flags |= NET_F_INTERNAL;
+    dp.set_network(id, subnet.parse().unwrap(), &n).unwrap();
+}
+
+#[test]
+fn hairpin6_into_an_internal_network_takes_no_entry() {
+    in_fresh_netns(|| {
+        let mut fx = nat6_fixture();
+        // A port that leads into an internal network (the daemon never
+        // publishes one there; the datapath refuses it all the same).
+        publish6_8080_to(&mut fx.dp, C6);
+        make_internal(&mut fx.dp, 2, "10.9.0.0/24");
+        for sport in [40000, 40001] {
+            let syn = tcp6(fx.a.mac, GW_MAC, (A6, sport), (UPLINK6, 8080), 0x02);
+            assert_eq!(run(&fx.dp, &syn).0, SHOT);
+        }
+        assert_eq!(drops(&fx.dp, fx.a.slot, DropReason::Internal), 2);
+        assert!(
+            fx.dp.conntrack6().unwrap().is_empty(),
+            "no entry, port or charge for a flow whose packet was dropped"
+        );
+    });
+}
