@@ -177,6 +177,9 @@ fn new_hairpin(
     seg: &Seg,
 ) -> Result<Xlate6, DropReason> {
     let backend = endpoint6_at(&svc.backend).ok_or(DropReason::NoEndpoint)?;
+    // What delivery would refuse (`nat::into_endpoint`), refused before the
+    // flow takes an entry, a port and a charge.
+    nat::open_network(backend)?;
     let net6 = ipv6::network6(backend.net_id).ok_or(DropReason::NoEndpoint)?;
     ct::entry_into(
         fwd,

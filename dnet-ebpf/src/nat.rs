@@ -362,6 +362,20 @@ pub fn to_endpoint(ctx: &TcContext, addr_be: u32) -> Result<i32, DropReason> {
     into_endpoint(ctx, &ep, dec_ttl)
 }
 
+/// The network of `ep` when packets from beyond it may go in: nothing
+/// translated goes into an internal network, whatever a flow or a
+/// published port says. Checked by [`into_endpoint_as`], and before a new
+/// flow into `ep` is made, so that a flow whose packet would be refused
+/// here takes no entry.
+#[inline(always)]
+pub fn open_network(ep: &Endpoint) -> Result<&'static dnet_common::Network, DropReason> {
+    let net = NETWORKS.get(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    if net.flags & NET_F_INTERNAL != 0 {
+        return Err(DropReason::Internal);
+    }
+    Ok(net)
+}
+
 /// Delivers the translated packet into `ep`, as a router would (gateway
 /// MAC as source, TTL or hop limit down by one: `dec`), for both
 /// families.
@@ -383,13 +397,7 @@ pub fn into_endpoint_as(
     dec: fn(&TcContext, usize) -> Result<(), DropReason>,
     translated: bool,
 ) -> Result<i32, DropReason> {
-    let net = NETWORKS.get(ep.net_id).ok_or(DropReason::NoEndpoint)?;
-    // Nothing translated goes into an internal network, whatever a flow
-    // or a published port says.
-    if net.flags & NET_F_INTERNAL != 0 {
-        return Err(DropReason::Internal);
-    }
-    let gw_mac = net.gateway_mac;
+    let gw_mac = open_network(ep)?.gateway_mac;
     dec(ctx, ETH_HLEN)?;
     err(ctx.store(0, &ep.mac, 0))?;
     err(ctx.store(6, &gw_mac, 0))?;

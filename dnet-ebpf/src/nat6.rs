@@ -663,6 +663,9 @@ fn published(
     if hop_limit <= 1 {
         return Err(DropReason::TtlExceeded);
     }
+    // What delivery would refuse (`nat::into_endpoint`), refused before the
+    // flow takes an entry.
+    nat::open_network(&ep)?;
     let e = nat::dnat_into(
         cfg,
         key,

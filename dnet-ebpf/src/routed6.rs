@@ -98,20 +98,26 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     if ip.hop_limit <= 1 {
         return Err(DropReason::TtlExceeded);
     }
+    // The upper-layer protocol past the extension headers (the walk's, not
+    // the first next header, which may be a hop-by-hop or destination
+    // options header): the route is looked up, and the flow keyed, by it.
+    let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
+    let s = nat6::scratch().ok_or(DropReason::Malformed)?;
+    let at = nat6::l4_at(ctx, s, ip, end)?;
     // The route first, once, by the packet's own addresses (a routed flow
     // translates nothing): a new flow that dies here takes no entry or
     // charge.
     // dnet forwards through the uplink only (the answers come back there,
     // where `host6_routed` takes them).
-    let route = fib::route6(ctx, ep.ifindex, &ip.saddr, &ip.daddr, ip.nexthdr);
+    // Kept in the scratch slot: the stack has no room for it beside the
+    // walk's answer.
+    let route = fib::route6(ctx, ep.ifindex, &ip.saddr, &ip.daddr, at.proto);
     match route {
         Route::Out { ifindex, .. } if ifindex == cfg.uplink_ifindex => {}
         Route::TooBig { .. } => return Err(DropReason::FragNeeded),
         _ => return Err(DropReason::NoRoute),
     }
-    let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
-    let s = nat6::scratch().ok_or(DropReason::Malformed)?;
-    let at = nat6::l4_at(ctx, s, ip, end)?;
+    s.route.set(&route);
     match nat6::parse(ctx, ip, &at, end, &mut s.key) {
         // The container's answer to the world's echo request, which came
         // in untracked (`into_routed`): out untracked too.
@@ -139,7 +145,7 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
         // and other protocols: routed as they are, with no flow.
         Tuple::IcmpError(_) | Tuple::Other => {}
     }
-    fib::forward6(ctx, &route)
+    fib::forward6_kept(ctx, &s.route)
 }
 
 /// A new flow the container opens (`s.key`), untranslated: its answers

@@ -1240,6 +1240,14 @@ fn a_routed_ipv6_network_reaches_the_world_and_is_reached_on_its_published_ports
             .any(|x| x["proto"] == "tcp" && x["state"] == "established")
     });
     assert!(open, "the connection is established: {:?}", sb.flows());
+    // Listed as routed (nothing translated), not as a DNAT flow.
+    let f = sb.flows();
+    assert!(
+        f.iter().any(|x| x["proto"] == "tcp"
+            && x["kind"] == "routed"
+            && x["translated"]["dst"] == format!("[{web6}]:80")),
+        "a routed flow to [{web6}]:80: {f:?}"
+    );
     sb.stop_daemon(libc::SIGKILL);
     let o = sb.in_world(ct, &["tcp", &format!("[{web6}]:80")]);
     assert!(ok(&o), "while the daemon is down: {}", out(&o));

@@ -423,8 +423,10 @@ pub enum FlowState {
 pub struct FlowView {
     pub proto: String,
     /// `snat` (a container to the world), `dnat` (the world to a published
-    /// port), `hairpin` (a container to a published port) or `host` (the
-    /// host's own echo request, its identifier held).
+    /// port), `hairpin` (a container to a published port), `routed` (a
+    /// routed IPv6 network's flow, either way: tracked, nothing
+    /// translated) or `host` (the host's own echo request, its identifier
+    /// held).
     pub kind: String,
     /// The tuple as the flow's first packet was sent.
     pub original: Tuple,

@@ -247,6 +247,9 @@ pub fn view<A: CtAddr + 'static>(f: &Flow<A>, now_ns: u64, t: &Timeouts) -> Flow
         e.flags & CT_F_PUBLISHED != 0,
     ) {
         _ if e.flags & CT_F_HOST != 0 => "host",
+        // A routed IPv6 network's flow (`routed6`): tracked with an
+        // identity translation, nothing rewritten.
+        (true, _, _) | (_, true, _) if translated(&f.key, e) == f.key => "routed",
         (true, true, _) if e.flags & CT_F_REPLY_TO_ENDPOINT != 0 => "hairpin",
         // A published port whose client port was translated too (a clash).
         (_, true, true) => "dnat",
@@ -488,6 +491,84 @@ mod tests {
         let es = snat_pair(0, None);
         assert_eq!(keys_of(&es, &["172.17.0.2".parse().unwrap()]).len(), 2);
         assert!(keys_of(&es, &["172.17.0.3".parse().unwrap()]).is_empty());
+    }
+
+    #[test]
+    fn a_routed_flow_is_neither_snat_nor_dnat() {
+        use dnet_common::{CtEntry6, CtKey6};
+        let a6: [u8; 16] = "fd00:1::2".parse::<Ipv6Addr>().unwrap().octets();
+        let w6: [u8; 16] = "2001:2:1::5".parse::<Ipv6Addr>().unwrap().octets();
+        let t = Timeouts::default();
+        // Opened by the container, as `routed6::new_outbound` makes it.
+        let out = CtKey6 {
+            saddr_be: a6,
+            daddr_be: w6,
+            sport_be: 4000u16.to_be(),
+            dport_be: 53u16.to_be(),
+            proto: 17,
+            _pad: [0; 3],
+        };
+        let e = CtEntry6 {
+            new_saddr_be: a6,
+            new_sport_be: 4000u16.to_be(),
+            flags: CT_F_SNAT | CT_F_REPLY_TO_ENDPOINT,
+            flow_id: 1,
+            ..Default::default()
+        };
+        let f = Flow {
+            key: out,
+            entry: e,
+            reply: None,
+        };
+        let v = view(&f, 0, &t);
+        assert_eq!(v.kind, "routed");
+        assert_eq!(v.translated, v.original, "nothing rewritten");
+        // Opened by the world to a published port (`routed6::new_inbound`).
+        let inb = CtKey6 {
+            saddr_be: w6,
+            daddr_be: a6,
+            sport_be: 41000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let e = CtEntry6 {
+            new_daddr_be: a6,
+            new_dport_be: 80u16.to_be(),
+            flags: CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_PUBLISHED,
+            flow_id: 2,
+            ..Default::default()
+        };
+        let f = Flow {
+            key: inb,
+            entry: e,
+            reply: None,
+        };
+        assert_eq!(view(&f, 0, &t).kind, "routed");
+        // NAT66 stays what it is.
+        let mut e = CtEntry6 {
+            new_saddr_be: "2001:2::2".parse::<Ipv6Addr>().unwrap().octets(),
+            new_sport_be: 50000u16.to_be(),
+            flags: CT_F_SNAT | CT_F_REPLY_TO_ENDPOINT,
+            ..Default::default()
+        };
+        let f = Flow {
+            key: out,
+            entry: e,
+            reply: None,
+        };
+        assert_eq!(view(&f, 0, &t).kind, "snat");
+        e.flags = CT_F_DNAT | CT_F_TO_ENDPOINT | CT_F_PUBLISHED;
+        e.new_daddr_be = a6;
+        let f = Flow {
+            key: CtKey6 {
+                daddr_be: e.new_saddr_be,
+                ..inb
+            },
+            entry: e,
+            reply: None,
+        };
+        assert_eq!(view(&f, 0, &t).kind, "dnat");
     }
 
     #[test]

@@ -267,6 +267,12 @@ impl Inner {
             && old.uplink_addr6 != [0; 16]
             && old.uplink_addr6 != cfg.uplink_addr6
         {
+            // Every entry that names it: NAT66 flows translated to it, flows
+            // to ports published on it, and hairpin flows opened to it
+            // (`hairpin6`), whose packets no longer reach the hairpin
+            // program once the address is not the uplink's: kept, the next
+            // one would take NAT66's way out of the uplink, translated
+            // into the backend's address.
             let gone = std::net::Ipv6Addr::from(old.uplink_addr6);
             tracing::info!(address = %gone, "forgetting the NAT66 flows translated to the uplink's old IPv6 address");
             let r = self

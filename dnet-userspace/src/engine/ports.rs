@@ -87,10 +87,16 @@ fn service_keys6(c: &Container) -> impl Iterator<Item = (ServiceKey6, u16)> + '_
 /// port never moves onto an internal network, where nothing from outside
 /// may reach) until the container joins such a network again.
 fn backend_of<'a>(st: &State, c: &'a Container) -> Option<&'a Endpoint> {
-    c.endpoints.iter().find(|e| {
-        st.networks.get(&e.network_id).is_some_and(|net| {
-            crate::driver::caps(net.driver).ports && !net.internal && e.host_ifname.is_some()
-        }) && e.ip.is_some()
+    c.endpoints
+        .iter()
+        .find(|e| publishable(st, e).is_some() && e.ip.is_some())
+}
+
+/// The network of `e` when published ports may lead there: a bridge
+/// network that is not internal, `e` plugged in on the host side.
+fn publishable<'a>(st: &'a State, e: &Endpoint) -> Option<&'a crate::model::Network> {
+    st.networks.get(&e.network_id).filter(|net| {
+        crate::driver::caps(net.driver).ports && !net.internal && e.host_ifname.is_some()
     })
 }
 
@@ -122,20 +128,14 @@ pub fn services_of(st: &State, c: &Container) -> Vec<(ServiceKey, Service)> {
 /// On a routed IPv6 network (`gateway_mode_ipv6=routed`), each port is
 /// also published at the container's own address and port, as Docker's
 /// routed mode opens it: the datapath lets the world in there on published
-/// ports only (`routed6`).
+/// ports only (`routed6`). That holds on each routed network the container
+/// is on, whichever of its networks the host ports lead to (a container on
+/// a NAT66 network and a routed one has its ports at its routed address
+/// too).
 pub fn services6_of(st: &State, c: &Container) -> Vec<(ServiceKey6, Service6)> {
-    let Some(e) = backend_of(st, c) else {
-        return Vec::new();
-    };
-    let Some(ip6) = e.ip6 else {
-        return Vec::new();
-    };
-    let routed = st
-        .networks
-        .get(&e.network_id)
-        .is_some_and(|n| n.gateway_mode6() == crate::model::GatewayMode6::Routed);
-    let mut v: Vec<(ServiceKey6, Service6)> = service_keys6(c)
-        .map(|(k, port)| {
+    let mut v: Vec<(ServiceKey6, Service6)> = Vec::new();
+    if let Some(ip6) = backend_of(st, c).and_then(|e| e.ip6) {
+        v.extend(service_keys6(c).map(|(k, port)| {
             (
                 k,
                 Service6 {
@@ -144,9 +144,14 @@ pub fn services6_of(st: &State, c: &Container) -> Vec<(ServiceKey6, Service6)> {
                     _pad: 0,
                 },
             )
-        })
-        .collect();
-    if routed {
+        }));
+    }
+    let routed = c.endpoints.iter().filter_map(|e| {
+        publishable(st, e)
+            .filter(|n| n.gateway_mode6() == crate::model::GatewayMode6::Routed)
+            .and(e.ip6)
+    });
+    for ip6 in routed {
         v.extend(routed_keys6(c, ip6).map(|k| {
             (
                 k,
@@ -750,6 +755,67 @@ mod tests {
                 (ip6.octets(), 80, 6, 80),
                 (ip6.octets(), 53, 17, 53),
             ]
+        );
+    }
+
+    #[test]
+    fn each_routed_network_of_a_container_gets_its_ports_at_its_own_address() {
+        let mut st = state();
+        // "n" NAT66, "other" routed; the container on both, NAT66 first
+        // (the host ports lead there), and on the internal one too.
+        st.networks
+            .get_mut("other")
+            .unwrap()
+            .options
+            .insert("gateway_mode_ipv6".into(), "routed".into());
+        let mut closed = st.networks["closed"].clone();
+        closed
+            .options
+            .insert("gateway_mode_ipv6".into(), "routed".into());
+        st.networks.insert("closed".into(), closed);
+        let with6 = |net, ip, ip6: &str| Endpoint {
+            ip6: Some(ip6.parse().unwrap()),
+            ..endpoint(net, ip)
+        };
+        let nat6: std::net::Ipv6Addr = "fd00:1::2".parse().unwrap();
+        let routed6: std::net::Ipv6Addr = "fd00:2::2".parse().unwrap();
+        let mut c = container(vec![
+            with6("n", "172.17.0.2", "fd00:1::2"),
+            with6("other", "10.24.0.2", "fd00:2::2"),
+            with6("closed", "10.23.0.2", "fd00:3::2"),
+        ]);
+        c.ports = vec!["8080:80".parse().unwrap()];
+        let got: Vec<([u8; 16], u16, [u8; 16], u16)> = services6_of(&st, &c)
+            .iter()
+            .map(|(k, s)| {
+                (
+                    k.addr,
+                    u16::from_be(k.port_be),
+                    s.backend,
+                    u16::from_be(s.backend_port_be),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ([0; 16], 8080, nat6.octets(), 80),
+                (routed6.octets(), 80, routed6.octets(), 80),
+            ],
+            "the host port to the first network, [routed]:80 on the routed one, \
+             nothing on the internal one"
+        );
+        // The routed network first: its address gets both.
+        c.endpoints.swap(0, 1);
+        let got: Vec<([u8; 16], u16)> = services6_of(&st, &c)
+            .iter()
+            .map(|(k, _)| (k.addr, u16::from_be(k.port_be)))
+            .collect();
+        assert_eq!(got, [([0; 16], 8080), (routed6.octets(), 80)]);
+        assert!(
+            services6_of(&st, &c)
+                .iter()
+                .all(|(_, s)| s.backend == routed6.octets())
         );
     }
 

@@ -144,3 +144,71 @@ fn hairpin6_is_refused_from_an_internal_network() {
         assert!(fx.dp.conntrack6().unwrap().is_empty());
     });
 }
+
+#[test]
+fn hairpin6_flows_go_with_the_uplinks_old_ipv6_address() {
+    in_fresh_netns(|| {
+        let mut fx = nat6_fixture();
+        publish6_8080_to(&mut fx.dp, C6);
+        let syn = tcp6(fx.a.mac, GW_MAC, (A6, 40000), (UPLINK6, 8080), 0x02);
+        assert_eq!(run(&fx.dp, &syn).0, REDIRECT, "a hairpin flow into C");
+        let before = fx.dp.conntrack6().unwrap();
+        assert_eq!(before.len(), 2);
+        // The uplink's IPv6 address changes (2001:2::2 to 2001:2::3), and
+        // the engine forgets what names the old one
+        // (`Engine::set_uplink`: `keys_with` the old address).
+        ip_cmd("-6 addr del 2001:2::2/64 dev up0");
+        ip_cmd("-6 addr add 2001:2::3/64 dev up0 nodad");
+        let mut cfg = fx.dp.config().unwrap();
+        let old = cfg.uplink_addr6;
+        cfg.uplink_addr6 = ip6("2001:2::3").octets();
+        fx.dp.set_config(&cfg).unwrap();
+        let keys = crate::engine::conntrack::keys_with(&before, old);
+        // Both entries of the hairpin flow: it was opened to the old
+        // address (its first entry's key) and answers from it (its reply
+        // entry's translation).
+        assert_eq!(keys.len(), 2, "the hairpin flow's two entries");
+        fx.dp.ct_remove(&keys).unwrap();
+        assert!(fx.dp.conntrack6().unwrap().is_empty());
+        // Kept, the flow would have met A's next segment to the old
+        // address on its way out (no longer the uplink's, it goes to
+        // NAT66): translated to C and sent out of the uplink. Gone, the
+        // segment opens nothing.
+        let ack = tcp6(fx.a.mac, GW_MAC, (A6, 40000), (UPLINK6, 8080), 0x10);
+        assert_eq!(run(&fx.dp, &ack).0, SHOT);
+        assert_eq!(drops(&fx.dp, fx.a.slot, DropReason::CtNoFlow), 1);
+        // The port is reached at the new address.
+        let syn = tcp6(fx.a.mac, GW_MAC, (A6, 40001), ("2001:2::3", 8080), 0x02);
+        let (v, into) = run(&fx.dp, &syn);
+        assert_eq!(v, REDIRECT);
+        let p = parse6_checked(&into);
+        assert_eq!((p.saddr, p.daddr), (ip6(GW6_2), ip6(C6)));
+    });
+}
+
+/// Network `id` (of the fixture) made internal.
+pub(super) fn make_internal(dp: &mut Datapath, id: u32, subnet: &str) {
+    let mut n = dp.network(id).unwrap();
+    n.flags |= NET_F_INTERNAL;
+    dp.set_network(id, subnet.parse().unwrap(), &n).unwrap();
+}
+
+#[test]
+fn hairpin6_into_an_internal_network_takes_no_entry() {
+    in_fresh_netns(|| {
+        let mut fx = nat6_fixture();
+        // A port that leads into an internal network (the daemon never
+        // publishes one there; the datapath refuses it all the same).
+        publish6_8080_to(&mut fx.dp, C6);
+        make_internal(&mut fx.dp, 2, "10.9.0.0/24");
+        for sport in [40000, 40001] {
+            let syn = tcp6(fx.a.mac, GW_MAC, (A6, sport), (UPLINK6, 8080), 0x02);
+            assert_eq!(run(&fx.dp, &syn).0, SHOT);
+        }
+        assert_eq!(drops(&fx.dp, fx.a.slot, DropReason::Internal), 2);
+        assert!(
+            fx.dp.conntrack6().unwrap().is_empty(),
+            "no entry, port or charge for a flow whose packet was dropped"
+        );
+    });
+}

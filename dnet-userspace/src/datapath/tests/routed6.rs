@@ -39,6 +39,15 @@ fn publish_at_a(dp: &mut Datapath, port: u16, proto: u8) {
     .unwrap();
 }
 
+/// The kinds `dnet conntrack ls` shows for the IPv6 table's flows.
+fn kinds(dp: &Datapath) -> Vec<String> {
+    let es = dp.conntrack6().unwrap();
+    crate::engine::conntrack::flows(&es)
+        .iter()
+        .map(|f| crate::engine::conntrack::view(f, 0, &Default::default()).kind)
+        .collect()
+}
+
 #[test]
 fn routed6_leaves_with_the_containers_own_address_and_its_answer_comes_back() {
     in_fresh_netns(|| {
@@ -57,6 +66,7 @@ fn routed6_leaves_with_the_containers_own_address_and_its_answer_comes_back() {
         assert_eq!(p.hop, 63, "routed: hop limit down by one");
         assert_eq!((p.dst_mac, p.src_mac), (WORLD_MAC, up0_mac()));
         assert_eq!(fx.dp.conntrack6().unwrap().len(), 2, "a tracked flow");
+        assert_eq!(kinds(&fx.dp), ["routed"], "not snat: nothing translated");
         assert_eq!(fx.dp.stats(1).unwrap().translated, 0);
 
         let reply = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 53), (A6, 4000));
@@ -120,6 +130,7 @@ fn routed6_lets_the_world_in_on_published_ports_only() {
         let p = parse6_checked(&out);
         assert_eq!((p.saddr, p.port(0)), (ip6(A6), 80));
         assert_eq!((p.daddr, p.port(2)), (ip6(SERVER6), 41000));
+        assert_eq!(kinds(&fx.dp), ["routed"], "not dnat: nothing translated");
 
         // Not published: refused, counted on the container.
         for f in [
@@ -257,5 +268,61 @@ fn a_routed_packet_too_big_for_the_uplink_is_answered_with_its_mtu() {
         );
         assert_eq!(run(&fx.dp, &err).0, SHOT);
         assert_eq!(drops(&fx.dp, 1, DropReason::FragNeeded), 3);
+    });
+}
+
+/// A TCP SYN from `s` to `d` behind `exts` extension headers (hop-by-hop
+/// first: see `frame6`).
+fn tcp6_syn_behind(src_mac: [u8; 6], s: (&str, u16), d: (&str, u16), exts: usize) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&s.1.to_be_bytes());
+    l4.extend_from_slice(&d.1.to_be_bytes());
+    l4.extend_from_slice(&1u32.to_be_bytes());
+    l4.extend_from_slice(&0u32.to_be_bytes());
+    l4.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    frame6(
+        src_mac,
+        GW_MAC,
+        ip6(s.0),
+        ip6(d.0),
+        64,
+        exts,
+        TCP,
+        l4,
+        Some(16),
+    )
+}
+
+#[test]
+fn routed6_routes_by_the_protocol_past_the_extension_headers() {
+    in_fresh_netns(|| {
+        let fx = routed6_fixture(0);
+        // Policy routing by protocol: TCP to the world by a table of its
+        // own, nothing else (the main table's default is unreachable).
+        ip_cmd("-6 route del default");
+        ip_cmd("-6 route add unreachable default");
+        ip_cmd("-6 route add default via 2001:2::1 dev up0 table 100");
+        ip_cmd("-6 rule add ipproto tcp table 100");
+        let udp = udp6_to(fx.a.mac, GW_MAC, (A6, 4000), (SERVER6, 53));
+        assert_eq!(run(&fx.dp, &udp).0, SHOT, "no route for UDP");
+        assert_eq!(drops(&fx.dp, 1, DropReason::NoRoute), 1);
+        // A SYN behind a hop-by-hop header (and a destination options
+        // one) is TCP's: routed by TCP's rule, tracked as TCP.
+        for exts in [0, 1, 2] {
+            let sport = 41000 + exts as u16;
+            let syn = tcp6_syn_behind(fx.a.mac, (A6, sport), (SERVER6, 80), exts);
+            let (v, out) = run(&fx.dp, &syn);
+            assert_eq!(v, REDIRECT, "{exts} extension headers: out by TCP's route");
+            assert_eq!((&out[0..6], &out[6..12]), (&WORLD_MAC[..], &up0_mac()[..]));
+            assert!(
+                fx.dp
+                    .conntrack6()
+                    .unwrap()
+                    .iter()
+                    .any(|(k, _)| k.proto == TCP && k.sport_be == sport.to_be()),
+                "{exts} extension headers: a TCP flow"
+            );
+        }
+        assert_eq!(drops(&fx.dp, 1, DropReason::NoRoute), 1);
     });
 }
