@@ -161,8 +161,24 @@ pub struct L4At {
 /// segments left.
 #[inline(always)]
 pub fn walk(ctx: &TcContext, nexthdr: u8, end: usize) -> Result<L4At, DropReason> {
+    let at = walk_from(ctx, nexthdr, ETH_HLEN + IPV6_HLEN, end)?;
+    l4_fits(at.proto, at.off, end)
+}
+
+/// The chain of [`walk`] from `start` (where the header `nexthdr` names
+/// lies), to the upper-layer header or to the fragment header of a later
+/// fragment, without judging the upper-layer header's room: also the walk
+/// of the packet an ICMPv6 error quotes (`icmp6_error`), which may end
+/// inside the quoted transport header.
+#[inline(always)]
+pub fn walk_from(
+    ctx: &TcContext,
+    nexthdr: u8,
+    start: usize,
+    end: usize,
+) -> Result<L4At, DropReason> {
     let mut proto = nexthdr;
-    let mut off = ETH_HLEN + IPV6_HLEN;
+    let mut off = start;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         let len = match proto {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
@@ -191,7 +207,7 @@ pub fn walk(ctx: &TcContext, nexthdr: u8, end: usize) -> Result<L4At, DropReason
                 proto = h[0];
                 len
             }
-            _ => return l4_fits(proto, off, end),
+            _ => return Ok(L4At { proto, off }),
         };
         off += len;
         if off > end {
@@ -202,7 +218,7 @@ pub fn walk(ctx: &TcContext, nexthdr: u8, end: usize) -> Result<L4At, DropReason
         NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
             Err(DropReason::Ipv6ExtHeaders)
         }
-        _ => l4_fits(proto, off, end),
+        _ => Ok(L4At { proto, off }),
     }
 }
 

@@ -394,9 +394,19 @@ pub(crate) fn l4_at(
     end: usize,
 ) -> Result<ipv6::L4At, DropReason> {
     let at = ipv6::walk(ctx, ip.nexthdr, end)?;
+    Ok(ipv6::L4At {
+        proto: at.proto,
+        off: kept_off(s, at.off)?,
+    })
+}
+
+/// An offset a walk found (`off`), passed through this CPU's scratch slot
+/// and bounded, as [`l4_at`] does.
+#[inline(always)]
+pub(crate) fn kept_off(s: &mut Nat6Scratch, off: usize) -> Result<usize, DropReason> {
     // SAFETY: `s.l4_off` is plain data in this CPU's scratch slot.
     let off = unsafe {
-        core::ptr::write_volatile(&mut s.l4_off, at.off as u32);
+        core::ptr::write_volatile(&mut s.l4_off, off as u32);
         core::ptr::read_volatile(&s.l4_off)
     } as usize;
     // Bounded well below the verifier's packet offset limit (0xffff) so
@@ -405,10 +415,7 @@ pub(crate) fn l4_at(
     if off > 0x3fff {
         return Err(DropReason::Malformed);
     }
-    Ok(ipv6::L4At {
-        proto: at.proto,
-        off,
-    })
+    Ok(off)
 }
 
 #[inline(always)]

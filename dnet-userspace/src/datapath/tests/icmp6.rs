@@ -175,6 +175,77 @@ fn a_packet_too_big_from_the_world_reaches_the_nat66_container_translated() {
     });
 }
 
+/// `f` (an IPv6 frame without extension headers) with a destination-
+/// options header (a PadN option) before its transport header: the
+/// transport checksum, over the addresses and the transport segment only,
+/// still verifies.
+fn with_dest_opts(f: &[u8]) -> Vec<u8> {
+    const DEST: u8 = 60;
+    let mut g = f[..54].to_vec();
+    g.extend_from_slice(&[f[20], 0, 1, 4, 0, 0, 0, 0]);
+    g.extend_from_slice(&f[54..]);
+    g[20] = DEST;
+    let len = u16::from_be_bytes([f[18], f[19]]) + 8;
+    g[18..20].copy_from_slice(&len.to_be_bytes());
+    g
+}
+
+#[test]
+fn a_packet_too_big_quoting_extension_headers_reaches_the_nat66_container_translated() {
+    in_fresh_netns(|| {
+        let fx = nat6_fixture();
+        // A's SYN carries destination options; NAT66 translates it behind
+        // them.
+        let syn = with_dest_opts(&tcp6(fx.a.mac, GW_MAC, (A6, 40000), (SERVER6, 80), 0x02));
+        let (v, out) = run(&fx.dp, &syn);
+        assert_eq!(v, REDIRECT);
+        assert_eq!(out[20], 60, "the options kept");
+        let nat_port = u16::from_be_bytes([out[62], out[63]]);
+        assert_ne!(nat_port, 40000);
+        // A router of the world quotes it whole as it left.
+        let ptb = error6(
+            WORLD_MAC,
+            up0_mac(),
+            ROUTER6,
+            UPLINK6,
+            2,
+            0,
+            1280,
+            &out[14..],
+        );
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &ptb);
+        assert_eq!(v, REDIRECT, "into the container");
+        // Checks the ICMPv6 checksum (over the new addresses and quote).
+        let p = parse6_checked(&back);
+        assert_eq!((p.saddr, p.daddr), (ip6(ROUTER6), ip6(A6)));
+        assert_eq!(&p.l4[..2], &[2, 0], "packet too big");
+        assert_eq!(&p.l4[4..8], &1280u32.to_be_bytes(), "the MTU kept");
+        // The quote: as A sent it, options and all (its hop limit aside:
+        // it left a hop further on).
+        let q = &p.l4[8..];
+        assert_eq!(q.len(), syn.len() - 14);
+        assert_eq!(&q[..7], &syn[14..21], "the quoted header's first bytes");
+        assert_eq!(q[7], 63);
+        assert_eq!(
+            Ipv6Addr::from(<[u8; 16]>::try_from(&q[8..24]).unwrap()),
+            ip6(A6)
+        );
+        assert_eq!(
+            Ipv6Addr::from(<[u8; 16]>::try_from(&q[24..40]).unwrap()),
+            ip6(SERVER6)
+        );
+        assert_eq!(&q[40..48], &syn[54..62], "the options untouched");
+        let tcp = &q[48..];
+        assert_eq!((port(tcp, 0), port(tcp, 2)), (40000, 80));
+        assert_eq!(tcp, &syn[62..], "the segment as A sent it");
+        assert_eq!(
+            sum6(ip6(A6), ip6(SERVER6), 6, tcp),
+            0,
+            "the quoted TCP checksum verifies"
+        );
+    });
+}
+
 #[test]
 fn an_icmpv6_error_about_no_nat66_flow_is_not_translated() {
     in_fresh_netns(|| {
