@@ -18,12 +18,18 @@
 //!   reached from `lxc6_from_container` for an ICMPv6 error a container of
 //!   a NAT66 network sends beyond the host: one about a flow from the world
 //!   to a port it publishes over IPv6 leaves as from the uplink's address
-//!   and the published port.
+//!   and the published port; and for one a container sends to its IPv6
+//!   gateway or the uplink's IPv6 address about a hairpin flow
+//!   (`hairpin6`), as the backend (about what it was sent from its
+//!   gateway) or as the client (about an answer from `[uplink6]:H`): it
+//!   goes into the other container translated, as the flow's packets do.
 //!
 //! The quote is looked up only (`ct::probe`): an error, forged or not,
 //! keeps no flow alive. From the uplink, an error about no flow of dnet's
 //! is the host's (its own traffic from the same address); from a
-//! container it is dropped (`nat-unsupported`), as IPv4's. A quote with
+//! container it is dropped (`nat-unsupported`), as IPv4's, but for one to
+//! the gateway or the uplink's address, which goes up the host stack as
+//! before. A quote with
 //! extension headers is walked as a packet's own are (`ipv6::walk_from`,
 //! the same bound) to its transport header, which is translated; the
 //! extension headers are left as they are (the transport checksum's
@@ -118,7 +124,15 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     // again: the source MAC and IPv6 address are the endpoint's, its
     // network is NAT66, the packet an ICMPv6 error.
     let (me, net6) = ipv6::tail_checked(ctx, ep)?;
-    if net6.flags & NET6_F_NAT == 0 {
+    // To the container's IPv6 gateway or the uplink's IPv6 address: about a
+    // hairpin flow (of a NAT66 or a routed network), or the host's.
+    // Elsewhere: about a NAT66 flow.
+    let daddr: [u8; 16] = err(ctx.load(ETH_HLEN + 24))?;
+    let local = ipv6::addr_eq(&daddr, &net6.gateway)
+        || nat6::config6().is_some_and(|c| ipv6::addr_eq(&daddr, &c.uplink_addr6));
+    if local {
+        lxc::outside(lxc::network(ep.net_id)?)?;
+    } else if net6.flags & NET6_F_NAT == 0 {
         return Err(DropReason::NatUnsupported);
     }
     let icmp_off = icmp_error_at(ctx)?.ok_or(DropReason::NatUnsupported)?;
@@ -127,7 +141,9 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
         return Err(DropReason::SpoofedIp);
     }
     match translate(ctx, icmp_off, Some((ep, &me.addr)))? {
-        // About no flow of dnet's: nothing leaves untranslated.
+        // About no flow of dnet's: up the host stack when it is the host's
+        // to hear, as before; otherwise nothing leaves untranslated.
+        TC_ACT_OK if local => Ok(TC_ACT_OK),
         TC_ACT_OK => Err(DropReason::NatUnsupported),
         v => Ok(v),
     }
