@@ -422,3 +422,65 @@ pub(super) fn too_big_and_expiring_are_answered(fx: &Fixture, out_src: Ipv6Addr)
         "no flow for the expired packet"
     );
 }
+
+/// Checks `out` is "time exceeded" (code 0) from the uplink's IPv6
+/// address back to the sender of `sent` (a frame from the world), out of
+/// the uplink to the MAC it came from, quoting its first `quoted` bytes
+/// (from its IPv6 header) as they came.
+pub(super) fn assert_time_exceeded_from_uplink(out: &[u8], sent: &[u8], quoted: usize) {
+    // Checks the ICMPv6 checksum over the pseudo-header and whole message.
+    let p = parse6_checked(out);
+    assert_eq!((p.dst_mac, p.src_mac), (WORLD_MAC, up0_mac()));
+    assert_eq!(p.saddr, ip6(UPLINK6), "from the uplink's address");
+    assert_eq!(&p.daddr.octets()[..], &sent[22..38], "to the sender");
+    assert_eq!((p.proto, p.hop), (ICMPV6, 64));
+    assert_eq!(&p.l4[..8], &[3, 0, p.l4[2], p.l4[3], 0, 0, 0, 0]);
+    assert_eq!(p.l4.len(), 8 + quoted);
+    assert_eq!(&p.l4[8..], &sent[14..14 + quoted], "quoted as it came");
+    assert_eq!(out.len(), 14 + 40 + 8 + quoted, "nothing beyond");
+}
+
+#[test]
+fn the_worlds_packet_dying_at_dnets_hop_is_answered_time_exceeded() {
+    in_fresh_netns(|| {
+        let mut fx = nat6_fixture();
+        publish6_8080_to_a(&mut fx.dp);
+        // A flow under way, to the published port.
+        let req = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 33333), (UPLINK6, 8080));
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &req).0, REDIRECT);
+        let flows = fx.dp.conntrack6().unwrap();
+        // Its next datagram arrives with a hop limit of 1, and is too long
+        // to quote whole: the first 1,232 bytes are, the answer 1,280 long.
+        let mut l4 = Vec::new();
+        l4.extend_from_slice(&33333u16.to_be_bytes());
+        l4.extend_from_slice(&8080u16.to_be_bytes());
+        l4.extend_from_slice(&1408u16.to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+        l4.extend((0..1400).map(|i| i as u8));
+        let big = frame6(
+            WORLD_MAC,
+            up0_mac(),
+            ip6(SERVER6),
+            ip6(UPLINK6),
+            1,
+            0,
+            UDP,
+            l4,
+            Some(6),
+        );
+        let (v, out) = run_prog(&fx.dp, PROG_FROM_UPLINK, &big);
+        assert_eq!(v, REDIRECT, "answered, out of the uplink");
+        assert_time_exceeded_from_uplink(&out, &big, 1232);
+        assert_eq!(u16::from_be_bytes([out[18], out[19]]), 1240);
+        assert_eq!(drops(&fx.dp, 0, DropReason::TtlExceeded), 1);
+        assert_eq!(fx.dp.conntrack6().unwrap(), flows, "the flow untouched");
+        assert_eq!(fx.dp.stats(1).unwrap().translated, 1, "nothing went in");
+        // A short one is quoted whole.
+        let mut short = req.clone();
+        short[21] = 1;
+        let (v, out) = run_prog(&fx.dp, PROG_FROM_UPLINK, &short);
+        assert_eq!(v, REDIRECT);
+        assert_time_exceeded_from_uplink(&out, &short, short.len() - 14);
+        assert_eq!(drops(&fx.dp, 0, DropReason::TtlExceeded), 2);
+    });
+}
