@@ -272,10 +272,8 @@ fn judge_from_uplink(
     if !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN)) || ip.hop_limit > 1 {
         return Ok(None);
     }
-    let Some(cfg) = crate::nat6::config6() else {
-        return Ok(None);
-    };
-    let slot = if addr_eq(&ip.daddr, &cfg.uplink_addr6) {
+    let cfg = crate::nat6::config6();
+    let slot = if cfg.is_some_and(|c| addr_eq(&ip.daddr, &c.uplink_addr6)) {
         0
     } else {
         match ipv6::endpoint6_at(&ip.daddr) {
@@ -289,6 +287,11 @@ fn judge_from_uplink(
         }
     };
     let fail = |reason| Err((slot, reason));
+    // No global IPv6 address on the uplink to answer from (a routed
+    // network's container may still be reached): dropped unanswered.
+    let Some(cfg) = cfg else {
+        return fail(DropReason::TtlExceeded);
+    };
     if SUBNETS6.get(Key::new(128, ip.saddr)).is_some() {
         return fail(DropReason::SpoofedIp);
     }

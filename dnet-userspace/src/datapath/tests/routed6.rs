@@ -209,6 +209,15 @@ fn routed6_lets_the_world_in_on_published_ports_only() {
         dying_ptb[21] = 1;
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &dying_ptb).0, SHOT);
         assert_eq!(drops(&fx.dp, 1, DropReason::TtlExceeded), 4);
+        // Without a global IPv6 address on the uplink to answer from: dropped
+        // unanswered (not left to the host).
+        let mut cfg = fx.dp.config().unwrap();
+        cfg.uplink_addr6 = [0; 16];
+        fx.dp.set_config(&cfg).unwrap();
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &late).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::TtlExceeded), 5);
+        cfg.uplink_addr6 = ip6(UPLINK6).octets();
+        fx.dp.set_config(&cfg).unwrap();
         // Another endpoint's unpublished port, and an unused address of
         // the subnet (the host's: it does not forward).
         let syn_b = tcp6(WORLD_MAC, up0_mac(), client, (B6, 80), 0x02);
