@@ -243,13 +243,14 @@ pub fn from_uplink_tail(ctx: &TcContext) -> i32 {
     }
 }
 
+/// Where an answer goes, from which address, quoting how many bytes.
+type Judged = (Answer, [u8; 16], usize);
+
 /// Where the answer to the world's packet goes, from which address, and
 /// how much of the packet it quotes; `None` for a packet that is no dying
 /// packet of dnet's (the host's).
 #[inline(always)]
-fn judge_from_uplink(
-    ctx: &TcContext,
-) -> Result<Option<(Answer, [u8; 16], usize)>, (u32, DropReason)> {
+fn judge_from_uplink(ctx: &TcContext) -> Result<Option<Judged>, (u32, DropReason)> {
     // What the callers checked, checked again (this program must not
     // trust that it was reached from them only): an IPv6 packet on the
     // uplink whose hop limit runs out, to the uplink's address (NAT66) or
