@@ -103,8 +103,13 @@ pub const PROG_SLOT_ICMP6_REPLY: u32 = 8;
 /// address or to its IPv6 gateway (hairpin over IPv6, `lxc6_hairpin`),
 /// tail-called by `lxc6_from_container`.
 pub const PROG_SLOT_HAIRPIN6: u32 = 9;
+/// Slot of [`PROGS`]: "time exceeded" for a packet from the world that
+/// dnet would route into a container (NAT66 or routed) and whose hop limit
+/// runs out here, from the uplink's IPv6 address (`host6_icmp6_reply`),
+/// tail-called by `host6_from_uplink`, `host6_publish` and `host6_routed`.
+pub const PROG_SLOT_ICMP6_REPLY_FROM_UPLINK: u32 = 10;
 /// Size of [`PROGS`].
-pub const PROGS_SLOTS: u32 = 10;
+pub const PROGS_SLOTS: u32 = 11;
 
 /// Every map the datapath declares (but [`PROGS`] and scratch maps).
 pub const ALL: [&str; 22] = [
@@ -167,7 +172,7 @@ mod tests {
 
     /// Every `PROG_SLOT_*` with its name. A slot shared by two programs
     /// would make a tail call jump to the wrong one.
-    const SLOTS: [(&str, u32); 10] = [
+    const SLOTS: [(&str, u32); 11] = [
         ("PROG_SLOT_FROM_CONTAINER6", PROG_SLOT_FROM_CONTAINER6),
         (
             "PROG_SLOT_NAT6_FROM_CONTAINER",
@@ -193,6 +198,10 @@ mod tests {
         ),
         ("PROG_SLOT_ICMP6_REPLY", PROG_SLOT_ICMP6_REPLY),
         ("PROG_SLOT_HAIRPIN6", PROG_SLOT_HAIRPIN6),
+        (
+            "PROG_SLOT_ICMP6_REPLY_FROM_UPLINK",
+            PROG_SLOT_ICMP6_REPLY_FROM_UPLINK,
+        ),
     ];
 
     #[test]

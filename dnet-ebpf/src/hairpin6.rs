@@ -14,7 +14,10 @@
 //! IPv6 address (a new flow, or a flow under way) and to the container's
 //! own IPv6 gateway (a hairpin flow's answers): its stack is full. A
 //! packet that belongs to no hairpin flow and opens none goes up the host
-//! stack, as it did before.
+//! stack, as it did before. ICMPv6 errors about a hairpin flow, which
+//! either container sends to the address it sees the other at (its
+//! gateway, or the uplink's address), are translated into the other by
+//! `icmp6_error`, as NAT66's are.
 
 use aya_ebpf::programs::TcContext;
 use dnet_common::{

@@ -18,22 +18,31 @@
 //!   reached from `lxc6_from_container` for an ICMPv6 error a container of
 //!   a NAT66 network sends beyond the host: one about a flow from the world
 //!   to a port it publishes over IPv6 leaves as from the uplink's address
-//!   and the published port.
+//!   and the published port; and for one a container sends to its IPv6
+//!   gateway or the uplink's IPv6 address about a hairpin flow
+//!   (`hairpin6`), as the backend (about what it was sent from its
+//!   gateway) or as the client (about an answer from `[uplink6]:H`): it
+//!   goes into the other container translated, as the flow's packets do.
 //!
 //! The quote is looked up only (`ct::probe`): an error, forged or not,
 //! keeps no flow alive. From the uplink, an error about no flow of dnet's
 //! is the host's (its own traffic from the same address); from a
-//! container it is dropped (`nat-unsupported`), as IPv4's. A quote with
-//! extension headers is not translated.
+//! container it is dropped (`nat-unsupported`), as IPv4's, but for one to
+//! the gateway or the uplink's address, which goes up the host stack as
+//! before. A quote with
+//! extension headers is walked as a packet's own are (`ipv6::walk_from`,
+//! the same bound) to its transport header, which is translated; the
+//! extension headers are left as they are (the transport checksum's
+//! pseudo-header holds the addresses only).
 
 use aya_ebpf::{
     bindings::{BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
-    helpers::generated::bpf_csum_diff,
+    helpers::generated::{bpf_csum_diff, bpf_skb_load_bytes},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use dnet_common::{
-    CtKey6, DropReason, Endpoint,
+    DropReason, Endpoint,
     ipv6::NET6_F_NAT,
     nat::{CT_F_DNAT, CT_F_HOST, CT_F_SNAT, CT_F_TO_ENDPOINT},
 };
@@ -48,7 +57,7 @@ use crate::{
     lxc,
     maps::SUBNETS6,
     nat,
-    nat6::{ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST},
+    nat6::{self, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST},
     ptr::ptr_at,
     stats::drop,
     verdict::TC_ACT_OK,
@@ -115,7 +124,15 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     // again: the source MAC and IPv6 address are the endpoint's, its
     // network is NAT66, the packet an ICMPv6 error.
     let (me, net6) = ipv6::tail_checked(ctx, ep)?;
-    if net6.flags & NET6_F_NAT == 0 {
+    // To the container's IPv6 gateway or the uplink's IPv6 address: about a
+    // hairpin flow (of a NAT66 or a routed network), or the host's.
+    // Elsewhere: about a NAT66 flow.
+    let daddr: [u8; 16] = err(ctx.load(ETH_HLEN + 24))?;
+    let local = ipv6::addr_eq(&daddr, &net6.gateway)
+        || nat6::config6().is_some_and(|c| ipv6::addr_eq(&daddr, &c.uplink_addr6));
+    if local {
+        lxc::outside(lxc::network(ep.net_id)?)?;
+    } else if net6.flags & NET6_F_NAT == 0 {
         return Err(DropReason::NatUnsupported);
     }
     let icmp_off = icmp_error_at(ctx)?.ok_or(DropReason::NatUnsupported)?;
@@ -124,7 +141,9 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
         return Err(DropReason::SpoofedIp);
     }
     match translate(ctx, icmp_off, Some((ep, &me.addr)))? {
-        // About no flow of dnet's: nothing leaves untranslated.
+        // About no flow of dnet's: up the host stack when it is the host's
+        // to hear, as before; otherwise nothing leaves untranslated.
+        TC_ACT_OK if local => Ok(TC_ACT_OK),
         TC_ACT_OK => Err(DropReason::NatUnsupported),
         v => Ok(v),
     }
@@ -140,13 +159,13 @@ fn icmp_error_at(ctx: &TcContext) -> Result<Option<usize>, DropReason> {
     if !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN)) {
         return Err(DropReason::Malformed);
     }
-    let at = ipv6::walk(ctx, ip.nexthdr, message_end(ctx)?)?;
+    let s = nat6::scratch().ok_or(DropReason::Malformed)?;
+    // Its offset passed through memory, as the quote's is ([`translate`]):
+    // the verifier then checks what follows once, not once per pair of
+    // chain lengths.
+    let at = nat6::l4_at(ctx, s, ip, message_end(ctx)?)?;
     if at.proto != IPPROTO_ICMPV6 {
         return Ok(None);
-    }
-    // Bounded for the verifier, as `nat6::l4_at` does.
-    if at.off > 0x3fff {
-        return Err(DropReason::Malformed);
     }
     let ty: u8 = err(ctx.load(at.off))?;
     Ok((ICMPV6_DEST_UNREACH..=ICMPV6_PARAM_PROB)
@@ -174,17 +193,35 @@ fn translate(
     from: Option<(&Endpoint, &[u8; 16])>,
 ) -> Result<i32, DropReason> {
     let inner = icmp_off + 8;
-    let il4 = inner + IPV6_HLEN;
-    if il4 + 8 > message_end(ctx)? {
+    let end = message_end(ctx)?;
+    if inner + IPV6_HLEN > end {
         return Ok(TC_ACT_OK);
     }
     let v: u8 = err(ctx.load(inner))?;
-    let proto: u8 = err(ctx.load(inner + 6))?;
+    let nexthdr: u8 = err(ctx.load(inner + 6))?;
     if v >> 4 != 6 {
         return Ok(TC_ACT_OK);
     }
-    let isaddr: [u8; 16] = err(ctx.load(inner + 8))?;
-    let idaddr: [u8; 16] = err(ctx.load(inner + 24))?;
+    // The quoted packet's extension headers (destination options, a first
+    // fragment's header, ...) walked as the packet's own are, within the
+    // quote; a chain the walk refuses, or a later fragment (no transport
+    // header), is not translated.
+    let Ok(at) = ipv6::walk_from(ctx, nexthdr, inner + IPV6_HLEN, end) else {
+        return Ok(TC_ACT_OK);
+    };
+    let proto = at.proto;
+    let s = nat6::scratch().ok_or(DropReason::Malformed)?;
+    let il4 = nat6::kept_off(s, at.off)?;
+    if il4 + 8 > end {
+        return Ok(TC_ACT_OK);
+    }
+    // The quoted packet is one we sent; its answers are keyed reversed.
+    // The key is made in the scratch slot (this program's stack has no room
+    // for it): its source is the quoted destination (`idaddr`), its
+    // destination the quoted source (`isaddr`).
+    let key = &mut s.key;
+    quoted_addr(ctx, inner + 24, &mut key.saddr_be)?;
+    quoted_addr(ctx, inner + 8, &mut key.daddr_be)?;
     // The quoted transport header's first 8 bytes (ports, or
     // type/code/checksum/identifier).
     let h: [u8; 8] = err(ctx.load(il4))?;
@@ -206,34 +243,30 @@ fn translate(
         ),
         _ => return Ok(TC_ACT_OK),
     };
+    key.sport_be = idport;
+    key.dport_be = isport;
+    key.proto = proto;
+    key._pad = [0; 3];
+    let (isaddr, idaddr) = (&key.daddr_be, &key.saddr_be);
     // An error goes back to the quoted packet's sender (as Linux's
     // conntrack checks): from the uplink, one about a packet that left
     // from the uplink's address to none of dnet's networks; from a
     // container, one about a packet it was sent, to that packet's sender.
     let outer_daddr: [u8; 16] = err(ctx.load(ETH_HLEN + 24))?;
-    if !ipv6::addr_eq(&outer_daddr, &isaddr) {
+    if !ipv6::addr_eq(&outer_daddr, isaddr) {
         return match from {
             None => Ok(TC_ACT_OK),
             Some(_) => Err(DropReason::IcmpErrorForged),
         };
     }
     match from {
-        None if SUBNETS6.get(Key::new(128, idaddr)).is_some() => return Ok(TC_ACT_OK),
-        Some((_, me)) if !ipv6::addr_eq(&idaddr, me) => {
+        None if SUBNETS6.get(Key::new(128, *idaddr)).is_some() => return Ok(TC_ACT_OK),
+        Some((_, me)) if !ipv6::addr_eq(idaddr, me) => {
             return Err(DropReason::IcmpErrorForged);
         }
         _ => {}
     }
-    // The quoted packet is one we sent; its answers are keyed reversed.
-    let key = CtKey6 {
-        saddr_be: idaddr,
-        daddr_be: isaddr,
-        sport_be: idport,
-        dport_be: isport,
-        proto,
-        _pad: [0; 3],
-    };
-    let Some(e) = ct::probe(&key) else {
+    let Some(e) = ct::probe(key) else {
         return Ok(TC_ACT_OK);
     };
     // About the host's own flow: the host's.
@@ -263,7 +296,7 @@ fn translate(
                 l4_csum_off,
                 icmp_csum,
             },
-            &isaddr,
+            isaddr,
             &e.new_daddr_be,
             isport,
             e.new_dport_be,
@@ -279,7 +312,7 @@ fn translate(
                 l4_csum_off,
                 icmp_csum,
             },
-            &idaddr,
+            idaddr,
             &e.new_saddr_be,
             idport,
             e.new_sport_be,
@@ -289,7 +322,7 @@ fn translate(
         let dst = if e.flags & CT_F_DNAT != 0 {
             e.new_daddr_be
         } else {
-            idaddr
+            *idaddr
         };
         let ep = ipv6::endpoint6_at(&dst).ok_or(DropReason::NoEndpoint)?;
         return nat::into_endpoint(ctx, &ep, fib::dec_hop_limit);
@@ -306,6 +339,27 @@ fn translate(
         Route::Out { ifindex, .. } if ifindex == uplink => fib::forward6(ctx, &route),
         Route::TooBig { .. } => Err(DropReason::FragNeeded),
         _ => Err(DropReason::NoRoute),
+    }
+}
+
+/// Reads the quoted address at `off` into `to` (scratch memory).
+#[inline(always)]
+fn quoted_addr(ctx: &TcContext, off: usize, to: &mut [u8; 16]) -> Result<(), DropReason> {
+    // SAFETY: the helper gets the program's own context and checks the
+    // offset and length against the packet; `to` is 16 bytes long, the
+    // length given.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off as u32,
+            to.as_mut_ptr() as *mut _,
+            16,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(DropReason::Malformed)
     }
 }
 

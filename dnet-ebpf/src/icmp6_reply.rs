@@ -22,7 +22,21 @@
 //! than [`MAX_QUOTE`] (a long extension-header chain) is not answered; the
 //! packet is dropped with its cause either way. Rate limit: IPv4's bucket
 //! of the endpoint (`icmp_reply::allowed`).
+//!
+//! `host6_icmp6_reply` (slot `PROG_SLOT_ICMP6_REPLY_FROM_UPLINK`) does the
+//! same for the world: a packet on the uplink that dnet would route into a
+//! container (a NAT66 flow or published port at the uplink's address, a
+//! routed network's container) and whose hop limit runs out here is
+//! answered "time exceeded" from the uplink's IPv6 address, the hop its
+//! sender sees, back out of the uplink, as Linux's forwarding does,
+//! quoting as much of the packet as fits in 1,280 bytes; it is counted
+//! (`ttl-exceeded`) on its container (0 for the uplink's address), the
+//! rate limit the uplink's bucket (slot 0), as IPv4's. Tail-called by
+//! `host6_from_uplink`, `host6_publish` and `host6_routed` before they
+//! rewrite anything; it judges the packet again (hop limit, destination,
+//! no ICMPv6 error, a source that names one node).
 
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     helpers::generated::{
@@ -33,18 +47,19 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::TcContext,
 };
-use dnet_common::{DropReason, Endpoint, ipv6::NET6_F_NAT};
+use dnet_common::{DropReason, Endpoint, ipv6::NET6_F_NAT, network::NET_F_INTERNAL};
 
 use crate::{
-    eth::{ETH_HLEN, ETH_P_IPV6},
+    eth::{ETH_HLEN, ETH_P_IPV6, EthHdr},
     fib::{self, Route},
     icmp_reply::{allowed, fold_ne, ok},
     ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, addr_eq},
     l4::{IPPROTO_TCP, IPPROTO_UDP},
     lxc,
+    maps::SUBNETS6,
     ptr::ptr_at,
     stats::{count_drops, drop},
-    verdict::TC_ACT_SHOT,
+    verdict::{TC_ACT_OK, TC_ACT_SHOT},
 };
 
 /// ICMPv6 "packet too big" and "time exceeded" (RFC 4443).
@@ -53,14 +68,20 @@ pub const ICMPV6_TIME_EXCEED: u8 = 3;
 const ICMPV6_HLEN: usize = 8;
 /// The new IPv6 and ICMPv6 headers put in front of the quote.
 const ROOM: usize = IPV6_HLEN + ICMPV6_HLEN;
-/// The longest quote: the IPv6 header, 64 bytes of extension headers, a
-/// TCP header.
-pub const MAX_QUOTE: usize = IPV6_HLEN + 64 + 20;
+/// IPv6's minimum MTU, which an ICMPv6 error must not exceed (RFC 4443
+/// 2.4 c).
+const IPV6_MIN_MTU: usize = 1280;
+/// The longest quote: what fits in [`IPV6_MIN_MTU`] beside the new headers.
+pub const MAX_QUOTE: usize = IPV6_MIN_MTU - ROOM;
 /// The longest ICMPv6 message.
 const MAX_MSG: usize = ICMPV6_HLEN + MAX_QUOTE;
 /// The pseudo-header (RFC 8200 8.1) before the message in the buffer the
 /// checksum is summed over.
 const PSEUDO: usize = 40;
+/// The buffer the checksum is summed over.
+const SUM_LEN: usize = PSEUDO + MAX_MSG;
+/// The most `bpf_csum_diff` sums in one call.
+const SUM_CHUNK: usize = 512;
 /// Linux's default hop limit for what it sends.
 const HOP_LIMIT: u8 = 64;
 
@@ -71,9 +92,9 @@ pub struct Icmp6Scratch {
     old: [u8; ETH_HLEN + IPV6_HLEN + 2],
     /// The new Ethernet (14 bytes), IPv6 (40) and ICMPv6 (8) headers.
     hdr: [u8; ETH_HLEN + ROOM + 2],
-    /// The pseudo-header and the message, read back for the checksum;
-    /// zero beyond the message's end.
-    sum: [u32; (PSEUDO + MAX_MSG) / 4],
+    /// The pseudo-header and the message, read back for the checksum
+    /// (the word it ends in padded with zeros).
+    sum: [u32; SUM_LEN / 4],
 }
 
 #[map(name = "DNET_ICMP6_SCRATCH")]
@@ -142,7 +163,14 @@ pub fn reply_tail(ctx: &TcContext) -> i32 {
         return drop(0, DropReason::UnknownEndpoint);
     };
     match judge(ctx, &ep) {
-        Ok((err, gw, quote)) => reply(ctx, err, &ep, &gw, quote),
+        Ok((err, gw, quote)) => {
+            let to = Answer {
+                slot: ep.slot,
+                bucket: ep.slot,
+                ifindex: ep.ifindex,
+            };
+            reply(ctx, err, to, &gw, quote)
+        }
         Err(reason) => drop(ep.slot, reason),
     }
 }
@@ -203,22 +231,126 @@ fn judge(ctx: &TcContext, ep: &Endpoint) -> Result<(Icmp6Error, [u8; 16], usize)
     Ok((err, net6.gateway, quote))
 }
 
-/// Answers the packet with `err` from `gw`, back into `ep`: counts the
+/// `host6_icmp6_reply`: a packet from the world that dnet would route
+/// into a container, whose hop limit runs out here, answered "time
+/// exceeded" from the uplink's IPv6 address, back out of the uplink.
+#[inline(always)]
+pub fn from_uplink_tail(ctx: &TcContext) -> i32 {
+    match judge_from_uplink(ctx) {
+        Ok(Some((to, from, quote))) => reply(ctx, Icmp6Error::TimeExceeded, to, &from, quote),
+        Ok(None) => TC_ACT_OK,
+        Err((slot, reason)) => drop(slot, reason),
+    }
+}
+
+/// Where an answer goes, from which address, quoting how many bytes.
+type Judged = (Answer, [u8; 16], usize);
+
+/// Where the answer to the world's packet goes, from which address, and
+/// how much of the packet it quotes; `None` for a packet that is no dying
+/// packet of dnet's (the host's).
+#[inline(always)]
+fn judge_from_uplink(ctx: &TcContext) -> Result<Option<Judged>, (u32, DropReason)> {
+    // What the callers checked, checked again (this program must not
+    // trust that it was reached from them only): an IPv6 packet on the
+    // uplink whose hop limit runs out, to the uplink's address (NAT66) or
+    // to a routed network's container.
+    if lxc::vlan_tagged(ctx) {
+        return Ok(None);
+    }
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Ok(None);
+    };
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    if unsafe { (*eth).proto() } != ETH_P_IPV6 {
+        return Ok(None);
+    }
+    let Ok(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+        return Ok(None);
+    };
+    // SAFETY: as above.
+    let ip = unsafe { &*ip };
+    if !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN)) || ip.hop_limit > 1 {
+        return Ok(None);
+    }
+    let cfg = crate::nat6::config6();
+    let slot = if cfg.is_some_and(|c| addr_eq(&ip.daddr, &c.uplink_addr6)) {
+        0
+    } else {
+        match ipv6::endpoint6_at(&ip.daddr) {
+            Some(ep)
+                if ipv6::network6(ep.net_id).is_some_and(|n| n.flags & NET6_F_NAT == 0)
+                    && lxc::network(ep.net_id).is_ok_and(|n| n.flags & NET_F_INTERNAL == 0) =>
+            {
+                ep.slot
+            }
+            _ => return Ok(None),
+        }
+    };
+    let fail = |reason| Err((slot, reason));
+    // No global IPv6 address on the uplink to answer from (a routed
+    // network's container may still be reached): dropped unanswered.
+    let Some(cfg) = cfg else {
+        return fail(DropReason::TtlExceeded);
+    };
+    if SUBNETS6.get(Key::new(128, ip.saddr)).is_some() {
+        return fail(DropReason::SpoofedIp);
+    }
+    // Never to a source that names no single node (RFC 4443 2.4 e).
+    if ipv6::is_multicast(&ip.saddr) || ipv6::is_unspecified(&ip.saddr) {
+        return fail(DropReason::TtlExceeded);
+    }
+    let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
+    let at = match ipv6::walk(ctx, ip.nexthdr, end) {
+        Ok(at) => at,
+        Err(r) => return fail(r),
+    };
+    // Never about an ICMPv6 error (RFC 4443 2.4 e): dropped for its cause.
+    if at.proto == IPPROTO_ICMPV6 {
+        match ctx.load::<u8>(at.off) {
+            Ok(ty) if ty >= 128 => {}
+            _ => return fail(DropReason::TtlExceeded),
+        }
+    }
+    // As much of the packet as fits (RFC 4443 3.3): a packet from the
+    // uplink is never `CHECKSUM_PARTIAL` from a NIC, and may be cut
+    // anywhere.
+    let quote = (end - ETH_HLEN).min(MAX_QUOTE);
+    let to = Answer {
+        slot,
+        // The world's answers share the uplink's bucket, as IPv4's.
+        bucket: 0,
+        ifindex: cfg.uplink_ifindex,
+    };
+    Ok(Some((to, cfg.uplink_addr6, quote)))
+}
+
+/// Where an answer goes and what it is counted against.
+struct Answer {
+    /// The stats slot the packet is counted on, by its cause.
+    slot: u32,
+    /// The rate limit's bucket (an endpoint's slot; 0: the uplink's).
+    bucket: u32,
+    /// Out of this interface (egress), back to the packet's sender.
+    ifindex: u32,
+}
+
+/// Answers the packet with `err` from `from`, as `to` says: counts the
 /// packet by its cause and returns the verdict (a redirect, or a drop
 /// when the rate limit or the packet says no, counted too).
 #[inline(always)]
-fn reply(ctx: &TcContext, err: Icmp6Error, ep: &Endpoint, gw: &[u8; 16], quote: usize) -> i32 {
-    count_drops(ep.slot, err.cause(), 1);
-    let reason = if allowed(ep.slot) {
-        match build(ctx, err.header(), gw, quote) {
+fn reply(ctx: &TcContext, err: Icmp6Error, to: Answer, from: &[u8; 16], quote: usize) -> i32 {
+    count_drops(to.slot, err.cause(), 1);
+    let reason = if allowed(to.bucket) {
+        match build(ctx, err.header(), from, quote) {
             // SAFETY: a helper call with plain integer arguments.
-            Ok(()) => return unsafe { bpf_redirect(ep.ifindex, 0) } as i32,
+            Ok(()) => return unsafe { bpf_redirect(to.ifindex, 0) } as i32,
             Err(r) => r,
         }
     } else {
         DropReason::IcmpRateLimited
     };
-    count_drops(ep.slot, reason, 1);
+    count_drops(to.slot, reason, 1);
     TC_ACT_SHOT
 }
 
@@ -273,20 +405,23 @@ fn build(ctx: &TcContext, icmp: [u8; 8], from: &[u8; 16], quote: usize) -> Resul
         ))?;
 
         // The checksum over the pseudo-header (addresses, length, next
-        // header) and the message read back, in a zeroed buffer of fixed
-        // size (zeros add nothing).
-        let m = &mut (*s).sum;
-        for w in m.iter_mut() {
-            *w = 0;
-        }
-        let b = m.as_mut_ptr() as *mut u8;
-        core::ptr::copy_nonoverlapping(h.as_ptr().add(ip + 8), b, 32);
-        let mlen = ((ICMPV6_HLEN + quote) as u32).to_be_bytes();
-        core::ptr::copy_nonoverlapping(mlen.as_ptr(), b.add(32), 4);
-        *b.add(39) = IPPROTO_ICMPV6;
+        // header) and the message read back, summed in whole words (the
+        // last one padded with zeros, which add nothing) and in chunks
+        // (`bpf_csum_diff` sums 512 bytes at most), each seeded with the
+        // sum so far.
         let n = ICMPV6_HLEN + quote;
         if n > MAX_MSG {
             return Err(DropReason::Malformed);
+        }
+        let m = &mut (*s).sum;
+        let b = m.as_mut_ptr() as *mut u8;
+        core::ptr::copy_nonoverlapping(h.as_ptr().add(ip + 8), b, 32);
+        let mlen = (n as u32).to_be_bytes();
+        core::ptr::copy_nonoverlapping(mlen.as_ptr(), b.add(32), 4);
+        m[9] = u32::from_ne_bytes([0, 0, 0, IPPROTO_ICMPV6]);
+        let words = (PSEUDO + n).div_ceil(4);
+        if let Some(w) = m.get_mut(words - 1) {
+            *w = 0;
         }
         ok(bpf_skb_load_bytes(
             skb as *const _,
@@ -294,15 +429,25 @@ fn build(ctx: &TcContext, icmp: [u8; 8], from: &[u8; 16], quote: usize) -> Resul
             b.add(PSEUDO) as *mut _,
             n as u32,
         ))?;
-        let sum = bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            m.as_mut_ptr(),
-            (PSEUDO + MAX_MSG) as u32,
-            0,
-        );
-        if sum < 0 {
-            return Err(DropReason::Malformed);
+        let len = words * 4;
+        let mut sum: u32 = 0;
+        for i in 0..SUM_LEN.div_ceil(SUM_CHUNK) {
+            let start = i * SUM_CHUNK;
+            if start >= len {
+                break;
+            }
+            let chunk = (len - start).min(SUM_CHUNK).min(SUM_LEN - start);
+            let r = bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                m.as_mut_ptr().add(start / 4),
+                chunk as u32,
+                sum,
+            );
+            if r < 0 {
+                return Err(DropReason::Malformed);
+            }
+            sum = r as u32;
         }
         let c = fold_ne(sum as u64);
         ok(bpf_skb_store_bytes(

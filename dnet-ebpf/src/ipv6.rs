@@ -23,7 +23,8 @@
 //! 7. the gateway and the host's other addresses go up the host stack,
 //!    but for hairpin over IPv6 (`hairpin6`, a tail call): TCP and UDP to
 //!    the uplink's IPv6 address, and to the gateway (a hairpin flow's
-//!    answers), pass there first; beyond them, a routed network's packets
+//!    answers), pass there first, and ICMPv6 errors to either pass through
+//!    their translation (`icmp6_error`: a hairpin flow's); beyond them, a routed network's packets
 //!    go on to `routed6` and a NAT66 network's to NAT66 (`nat6`), its
 //!    ICMPv6 errors to their translation (`icmp6_error`), each a tail call.
 
@@ -143,6 +144,17 @@ fn is_tcp_or_udp(proto: u8) -> bool {
     proto == IPPROTO_TCP || proto == IPPROTO_UDP
 }
 
+/// The packet's upper layer (at `l4`) is an ICMPv6 error (its type read
+/// again, where the stack has no room to keep it).
+#[inline(always)]
+fn is_icmp6_error(ctx: &TcContext, l4: &L4At) -> bool {
+    l4.proto == IPPROTO_ICMPV6
+        && matches!(
+            ctx.load::<u8>(l4.off),
+            Ok(ICMPV6_DEST_UNREACH..=ICMPV6_PARAM_PROB)
+        )
+}
+
 /// Where the walk of the extension headers ended.
 #[derive(Clone, Copy)]
 pub struct L4At {
@@ -161,8 +173,24 @@ pub struct L4At {
 /// segments left.
 #[inline(always)]
 pub fn walk(ctx: &TcContext, nexthdr: u8, end: usize) -> Result<L4At, DropReason> {
+    let at = walk_from(ctx, nexthdr, ETH_HLEN + IPV6_HLEN, end)?;
+    l4_fits(at.proto, at.off, end)
+}
+
+/// The chain of [`walk`] from `start` (where the header `nexthdr` names
+/// lies), to the upper-layer header or to the fragment header of a later
+/// fragment, without judging the upper-layer header's room: also the walk
+/// of the packet an ICMPv6 error quotes (`icmp6_error`), which may end
+/// inside the quoted transport header.
+#[inline(always)]
+pub fn walk_from(
+    ctx: &TcContext,
+    nexthdr: u8,
+    start: usize,
+    end: usize,
+) -> Result<L4At, DropReason> {
     let mut proto = nexthdr;
-    let mut off = ETH_HLEN + IPV6_HLEN;
+    let mut off = start;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         let len = match proto {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
@@ -191,7 +219,7 @@ pub fn walk(ctx: &TcContext, nexthdr: u8, end: usize) -> Result<L4At, DropReason
                 proto = h[0];
                 len
             }
-            _ => return l4_fits(proto, off, end),
+            _ => return Ok(L4At { proto, off }),
         };
         off += len;
         if off > end {
@@ -202,7 +230,7 @@ pub fn walk(ctx: &TcContext, nexthdr: u8, end: usize) -> Result<L4At, DropReason
         NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
             Err(DropReason::Ipv6ExtHeaders)
         }
-        _ => l4_fits(proto, off, end),
+        _ => Ok(L4At { proto, off }),
     }
 }
 
@@ -383,12 +411,20 @@ pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Resul
         let owner = *owner;
         if addr_eq(&daddr, &net6.gateway) {
             // The answers of a hairpin flow come to the gateway (`hairpin6`,
-            // its own program; this one's stack is full). What is no
+            // its own program; this one's stack is full), and so do the
+            // backend's ICMPv6 errors about it (`icmp6_error`). What is no
             // hairpin flow's goes up the host stack there.
-            if is_tcp_or_udp(l4.proto) && net.flags & NET_F_INTERNAL == 0 {
-                // SAFETY: the tail call jumps to `lxc6_hairpin` with the
-                // same context, or returns when the slot is empty.
-                unsafe { PROGS.tail_call(ctx, PROG_SLOT_HAIRPIN6) };
+            if net.flags & NET_F_INTERNAL == 0 {
+                if is_tcp_or_udp(l4.proto) {
+                    // SAFETY: the tail call jumps to `lxc6_hairpin` with
+                    // the same context, or returns when the slot is empty.
+                    unsafe { PROGS.tail_call(ctx, PROG_SLOT_HAIRPIN6) };
+                } else if is_icmp6_error(ctx, &l4) {
+                    // SAFETY: the tail call jumps to `lxc6_icmp6_error`
+                    // with the same context, or returns when the slot is
+                    // empty.
+                    unsafe { PROGS.tail_call(ctx, PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER) };
+                }
             }
             return Ok(TC_ACT_OK);
         }
@@ -408,13 +444,20 @@ pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Resul
         return Err(DropReason::NoRoute);
     }
     // A port published on the uplink's IPv6 address is reached by hairpin
-    // NAT (`hairpin6`); what is not published there is the host's.
-    if is_tcp_or_udp(l4.proto)
-        && crate::nat6::config6().is_some_and(|c| addr_eq(&daddr, &c.uplink_addr6))
-    {
-        // SAFETY: as above.
-        unsafe { PROGS.tail_call(ctx, PROG_SLOT_HAIRPIN6) };
-        return Ok(TC_ACT_OK);
+    // NAT (`hairpin6`), and the client's ICMPv6 errors about a hairpin
+    // flow's answers are translated (`icmp6_error`); what is no hairpin
+    // flow's is the host's.
+    if crate::nat6::config6().is_some_and(|c| addr_eq(&daddr, &c.uplink_addr6)) {
+        if is_tcp_or_udp(l4.proto) {
+            // SAFETY: as above.
+            unsafe { PROGS.tail_call(ctx, PROG_SLOT_HAIRPIN6) };
+            return Ok(TC_ACT_OK);
+        }
+        if is_icmp6_error(ctx, &l4) {
+            // SAFETY: as above.
+            unsafe { PROGS.tail_call(ctx, PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER) };
+            return Ok(TC_ACT_OK);
+        }
     }
     // The host's own addresses are reached as they are. Beyond them,
     // nothing goes to the world untranslated from a NAT66 network, and a
@@ -429,12 +472,7 @@ pub fn from_container(ctx: &TcContext, ep: &Endpoint, eth: &mut EthHdr) -> Resul
             // by NAT66's; a routed network's packets go out untranslated.
             let slot = if net6.flags & NET6_F_NAT == 0 {
                 PROG_SLOT_ROUTED6_FROM_CONTAINER
-            } else if l4.proto == IPPROTO_ICMPV6
-                && matches!(
-                    ctx.load::<u8>(l4.off),
-                    Ok(ICMPV6_DEST_UNREACH..=ICMPV6_PARAM_PROB)
-                )
-            {
+            } else if is_icmp6_error(ctx, &l4) {
                 PROG_SLOT_ICMP6_ERROR_FROM_CONTAINER
             } else {
                 PROG_SLOT_NAT6_FROM_CONTAINER

@@ -94,6 +94,15 @@ pub fn lxc6_icmp6_reply(ctx: TcContext) -> i32 {
     dnet_ebpf::icmp6_reply::reply_tail(&ctx)
 }
 
+/// "Time exceeded" for a packet from the world to a container whose hop
+/// limit runs out here: tail-called by `host6_from_uplink`,
+/// `host6_publish` and `host6_routed` (slot
+/// `PROG_SLOT_ICMP6_REPLY_FROM_UPLINK`).
+#[classifier]
+pub fn host6_icmp6_reply(ctx: TcContext) -> i32 {
+    dnet_ebpf::icmp6_reply::from_uplink_tail(&ctx)
+}
+
 /// tc egress of a container's host-side veth (a cls_bpf filter): traffic
 /// the host stack sends into the container.
 #[classifier]

@@ -27,7 +27,9 @@
 //! translated either way by `icmp6_error`; a container's packet that does
 //! not fit the uplink's route, or whose hop limit runs out here, is
 //! answered from its gateway by `icmp6_reply` (packet too big, time
-//! exceeded) before anything is rewritten.
+//! exceeded) before anything is rewritten, and so is the world's packet
+//! into a container whose hop limit runs out here (time exceeded, from the
+//! uplink's address: `host6_icmp6_reply`).
 
 use aya_ebpf::{
     bindings::{BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
@@ -40,8 +42,8 @@ use dnet_common::{
     Config, CtEntry6, CtKey6, DropReason, Endpoint,
     ipv6::NET6_F_NAT,
     maps::{
-        PROG_SLOT_ICMP6_ERROR_FROM_UPLINK, PROG_SLOT_ICMP6_REPLY, PROG_SLOT_PUBLISHED6,
-        PROG_SLOT_ROUTED6_FROM_UPLINK,
+        PROG_SLOT_ICMP6_ERROR_FROM_UPLINK, PROG_SLOT_ICMP6_REPLY,
+        PROG_SLOT_ICMP6_REPLY_FROM_UPLINK, PROG_SLOT_PUBLISHED6, PROG_SLOT_ROUTED6_FROM_UPLINK,
     },
     nat::{CT_F_DNAT, CT_F_HOST, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT},
 };
@@ -394,9 +396,19 @@ pub(crate) fn l4_at(
     end: usize,
 ) -> Result<ipv6::L4At, DropReason> {
     let at = ipv6::walk(ctx, ip.nexthdr, end)?;
+    Ok(ipv6::L4At {
+        proto: at.proto,
+        off: kept_off(s, at.off)?,
+    })
+}
+
+/// An offset a walk found (`off`), passed through this CPU's scratch slot
+/// and bounded, as [`l4_at`] does.
+#[inline(always)]
+pub(crate) fn kept_off(s: &mut Nat6Scratch, off: usize) -> Result<usize, DropReason> {
     // SAFETY: `s.l4_off` is plain data in this CPU's scratch slot.
     let off = unsafe {
-        core::ptr::write_volatile(&mut s.l4_off, at.off as u32);
+        core::ptr::write_volatile(&mut s.l4_off, off as u32);
         core::ptr::read_volatile(&s.l4_off)
     } as usize;
     // Bounded well below the verifier's packet offset limit (0xffff) so
@@ -405,10 +417,7 @@ pub(crate) fn l4_at(
     if off > 0x3fff {
         return Err(DropReason::Malformed);
     }
-    Ok(ipv6::L4At {
-        proto: at.proto,
-        off,
-    })
+    Ok(off)
 }
 
 #[inline(always)]
@@ -460,9 +469,26 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     if e.flags & CT_F_TO_ENDPOINT == 0 {
         return Ok(TC_ACT_OK);
     }
+    // Its hop limit runs out here: refused as it came (nothing rewritten
+    // yet) and answered "time exceeded" (`icmp6_reply`).
+    if p.hop_limit <= 1 {
+        return Err(expired(ctx));
+    }
     let ep = ipv6::endpoint6_at(&e.new_daddr_be).ok_or(DropReason::NoEndpoint)?;
     rewrite(ctx, &p.l4, key, &e)?;
     nat::into_endpoint(ctx, &ep, fib::dec_hop_limit)
+}
+
+/// A packet from the world whose hop limit runs out at dnet's hop: its
+/// sender is answered "time exceeded" by a program of its own
+/// (`host6_icmp6_reply`; the callers' stacks are full), which drops it
+/// with its cause. Here only when that slot is empty.
+#[inline(always)]
+pub(crate) fn expired(ctx: &TcContext) -> DropReason {
+    // SAFETY: the tail call jumps to `host6_icmp6_reply` with the same
+    // context, or returns when the slot is empty.
+    unsafe { PROGS.tail_call(ctx, PROG_SLOT_ICMP6_REPLY_FROM_UPLINK) };
+    DropReason::TtlExceeded
 }
 
 /// `host_to_uplink` for IPv6 (the uplink's tcx egress, a packet the host
@@ -597,6 +623,8 @@ fn may_be_published(key: &CtKey6, l4: &L4) -> bool {
 pub fn publish_tail(ctx: &TcContext) -> i32 {
     match publish(ctx) {
         Ok(v) => v,
+        // A new flow that dies here took no entry; its sender is told.
+        Err(DropReason::TtlExceeded) => drop(0, expired(ctx)),
         Err(reason) => drop(0, reason),
     }
 }
@@ -635,7 +663,8 @@ enum Published {
 /// port, as IPv4's (`nat::dnat_into`), its first entry built in `fwd`.
 /// A source `--publish-from` does not list is dropped
 /// (`source-not-allowed`, counted on the container); a hop limit that
-/// runs out here takes no entry (`ttl-exceeded`; no ICMPv6 answer yet).
+/// runs out here takes no entry (`ttl-exceeded`, answered "time
+/// exceeded" by `host6_icmp6_reply`).
 #[inline(always)]
 fn published(
     cfg: &Config,

@@ -27,7 +27,9 @@
 //!   address: on a routed network, delivered into the container
 //!   (`bpf_redirect_peer`, hop limit down by one) when it belongs to a
 //!   flow, opens one to a published port or is ICMPv6 echo or an ICMPv6
-//!   error; anything else is dropped (`not-published`). A NAT66 network's
+//!   error; anything else is dropped (`not-published`). Such a packet
+//!   whose hop limit runs out here is answered "time exceeded" from the
+//!   uplink's address (`host6_icmp6_reply`), an ICMPv6 error excepted. A NAT66 network's
 //!   endpoints are not reachable this way (the host's, as before).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
@@ -201,6 +203,9 @@ fn insert(key: &CtKey6, fwd: &mut dnet_common::CtEntry6) -> Result<bool, DropRea
 pub fn from_uplink_tail(ctx: &TcContext) -> i32 {
     match from_uplink(ctx) {
         Ok(v) => v,
+        // Refused before anything was rewritten: its sender is told
+        // (`host6_icmp6_reply`, "time exceeded" from the uplink's address).
+        Err((slot, DropReason::TtlExceeded)) => drop(slot, nat6::expired(ctx)),
         Err((slot, reason)) => drop(slot, reason),
     }
 }
@@ -294,6 +299,10 @@ fn into_routed(ctx: &TcContext, ip: &Ipv6Hdr, ep: &Endpoint) -> Result<i32, Drop
             new_inbound(s, ep.addr_be, seg)?
         }
     };
+    // A hop limit that runs out here: refused as it came, to be answered.
+    if ip.hop_limit <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
     // Identity (the flow translates nothing), but for a flow the container
     // opened towards a port published on the uplink's address.
     nat6::rewrite(ctx, &l4, &s.key, &e)?;

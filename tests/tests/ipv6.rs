@@ -1211,6 +1211,19 @@ fn a_routed_ipv6_network_reaches_the_world_and_is_reached_on_its_published_ports
     // Echo is let in; a port the container did not publish is not.
     let o = sb.in_world("ping", &["-6", "-n", "-c", "1", "-W", "2", &web6]);
     assert!(ok(&o), "the world pings {web6}: {}", out(&o));
+    // A ping whose hop limit runs out at dnet's hop is answered "time
+    // exceeded" from the uplink's address, as a router's (traceroute).
+    let o = sb.in_world(
+        "ping",
+        &["-6", "-n", "-c", "1", "-W", "2", "-t", "1", &web6],
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains(&format!("From {UPLINK6}")) && said.contains("Time exceeded"),
+        "{}",
+        out(&o)
+    );
+    assert!(sb.drops("web", "ttl-exceeded") > 0, "counted");
     let o = sb.in_world(ct, &["tcp", &format!("[{cli6}]:80"), "--timeout", "1"]);
     assert!(!ok(&o), "{}", out(&o));
     assert!(sb.drops("cli", "not-published") > 0, "counted");

@@ -77,6 +77,10 @@ pub const PROG_ICMP6_ERROR_FROM_CONTAINER: &str = "lxc6_icmp6_error";
 /// "Packet too big" and "time exceeded" for containers' NAT66 packets,
 /// tail-called by [`PROG_NAT6_FROM_CONTAINER`].
 pub const PROG_ICMP6_REPLY: &str = "lxc6_icmp6_reply";
+/// "Time exceeded" for the world's packets to containers whose hop limit
+/// runs out at dnet's hop, tail-called by [`PROG_FROM_UPLINK6`],
+/// [`PROG_PUBLISHED6`] and [`PROG_ROUTED6_FROM_UPLINK`].
+pub const PROG_ICMP6_REPLY_FROM_UPLINK: &str = "host6_icmp6_reply";
 /// Hairpin over IPv6, tail-called by [`PROG_FROM_CONTAINER6`].
 pub const PROG_HAIRPIN6: &str = "lxc6_hairpin";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
@@ -92,7 +96,7 @@ pub const SOCK_PROGS: [&str; 8] = [
     "sock_recvmsg6",
     "sock_getpeername6",
 ];
-const TC_PROGS: [&str; 14] = [
+const TC_PROGS: [&str; 15] = [
     PROG_FROM_CONTAINER,
     PROG_FROM_CONTAINER6,
     PROG_NAT6_FROM_CONTAINER,
@@ -104,6 +108,7 @@ const TC_PROGS: [&str; 14] = [
     PROG_ICMP6_ERROR_FROM_UPLINK,
     PROG_ICMP6_ERROR_FROM_CONTAINER,
     PROG_ICMP6_REPLY,
+    PROG_ICMP6_REPLY_FROM_UPLINK,
     PROG_TO_CONTAINER,
     PROG_FROM_UPLINK,
     PROG_TO_UPLINK,
@@ -1288,6 +1293,9 @@ impl Datapath {
                     PROG_ICMP6_REPLY => {
                         "tail call of lxc6_nat/routed_from_container (ICMPv6 answers)"
                     }
+                    PROG_ICMP6_REPLY_FROM_UPLINK => {
+                        "tail call of host6_from_uplink/publish/routed (time exceeded)"
+                    }
                     PROG_FROM_UPLINK => "tcx ingress, uplink",
                     PROG_TO_UPLINK => "tcx egress, uplink",
                     "sock_connect4" => "cgroup connect4",
@@ -1345,6 +1353,10 @@ fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
         ),
         (m::PROG_SLOT_ICMP6_REPLY, PROG_ICMP6_REPLY),
         (m::PROG_SLOT_HAIRPIN6, PROG_HAIRPIN6),
+        (
+            m::PROG_SLOT_ICMP6_REPLY_FROM_UPLINK,
+            PROG_ICMP6_REPLY_FROM_UPLINK,
+        ),
     ] {
         let fd = ebpf
             .program(name)

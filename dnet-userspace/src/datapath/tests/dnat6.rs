@@ -5,6 +5,7 @@
 use dnet_common::{Service6, ServiceKey6};
 
 use super::{
+    icmp6::assert_time_exceeded_from_uplink,
     ipv6::{A6, ip6},
     nat6::{SERVER6, TCP, UDP, nat6_fixture, parse6_checked, tcp6, udp6_to},
     *,
@@ -164,7 +165,8 @@ fn dnat6_only_listed_sources_reach_published_ports() {
     });
 }
 
-/// A hop limit that runs out at dnet's hop takes no entry.
+/// A hop limit that runs out at dnet's hop takes no entry, and is
+/// answered "time exceeded" from the uplink's address.
 #[test]
 fn dnat6_a_hop_limit_of_one_opens_nothing() {
     in_fresh_netns(|| {
@@ -172,7 +174,9 @@ fn dnat6_a_hop_limit_of_one_opens_nothing() {
         publish6_8080_to_a(&mut fx.dp);
         let mut syn = from_world6(8080, 0x02);
         syn[21] = 1;
-        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, SHOT);
+        let (v, out) = run_prog(&fx.dp, PROG_FROM_UPLINK, &syn);
+        assert_eq!(v, REDIRECT, "answered");
+        assert_time_exceeded_from_uplink(&out, &syn, syn.len() - 14);
         assert_eq!(drops(&fx.dp, 0, DropReason::TtlExceeded), 1);
         assert!(fx.dp.conntrack6().unwrap().is_empty());
     });

@@ -2,11 +2,13 @@
 //! over IPv6 at `[uplink6]:H`, its own or another network's container's,
 //! on hand-made frames.
 
+use std::net::Ipv6Addr;
+
 use dnet_common::{Service6, ServiceKey6, network::NET_F_INTERNAL};
 
 use super::{
-    ipv6::{A6, C6, GW6, dual_stack, ip6},
-    nat6::{TCP, UDP, nat6_fixture, parse6_checked, tcp6, udp6_to},
+    ipv6::{A6, C6, GW6, dual_stack, frame6, ip6, sum6},
+    nat6::{ICMPV6, Pkt6, TCP, UDP, nat6_fixture, parse6_checked, tcp6, udp6_to},
     *,
 };
 
@@ -210,5 +212,88 @@ fn hairpin6_into_an_internal_network_takes_no_entry() {
             fx.dp.conntrack6().unwrap().is_empty(),
             "no entry, port or charge for a flow whose packet was dropped"
         );
+    });
+}
+
+/// The ICMPv6 error `ty`/`code` from `s` to `d` (a container's, to the
+/// gateway's MAC), quoting `quote` (an IPv6 packet, from its header).
+fn error6(mac: [u8; 6], s: &str, d: &str, ty: u8, code: u8, quote: &[u8]) -> Vec<u8> {
+    let mut l4 = vec![ty, code, 0, 0, 0, 0, 0, 0];
+    l4.extend_from_slice(quote);
+    frame6(mac, GW_MAC, ip6(s), ip6(d), 64, 0, ICMPV6, l4, Some(2))
+}
+
+/// The quoted packet of the ICMPv6 error `p`: its addresses, its ports,
+/// its transport segment (whose checksum must verify).
+fn quote6(p: &Pkt6) -> (Ipv6Addr, u16, Ipv6Addr, u16, Vec<u8>) {
+    let q = &p.l4[8..];
+    let s = Ipv6Addr::from(<[u8; 16]>::try_from(&q[8..24]).unwrap());
+    let d = Ipv6Addr::from(<[u8; 16]>::try_from(&q[24..40]).unwrap());
+    let l4 = q[40..].to_vec();
+    assert_eq!(sum6(s, d, q[6], &l4), 0, "the quoted checksum verifies");
+    let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
+    (s, port(0), d, port(2), l4)
+}
+
+#[test]
+fn hairpin6_icmpv6_errors_are_translated_both_ways() {
+    in_fresh_netns(|| {
+        let mut fx = nat6_fixture();
+        publish6_8080_to(&mut fx.dp, A6);
+        // A, as the client, to its own published port.
+        let q = udp6_to(fx.a.mac, GW_MAC, (A6, 5353), (UPLINK6, 8080));
+        let (v, into) = run(&fx.dp, &q);
+        assert_eq!(v, REDIRECT);
+        let nat_port = parse6_checked(&into).port(0);
+        let ct_before = fx.dp.conntrack6().unwrap();
+
+        // A, as the backend, says port unreachable about what it was sent
+        // (from the gateway): the client hears it from [uplink6], about
+        // what it sent.
+        let e = error6(fx.a.mac, A6, GW6, 1, 4, &into[14..]);
+        let (v, back) = run(&fx.dp, &e);
+        assert_eq!(v, REDIRECT, "into the client");
+        let p = parse6_checked(&back);
+        assert_eq!((p.saddr, p.daddr), (ip6(UPLINK6), ip6(A6)));
+        assert_eq!((p.dst_mac, p.src_mac), (fx.a.mac, GW_MAC));
+        assert_eq!(&p.l4[..2], &[1, 4]);
+        let (s, sp, d, dp, l4) = quote6(&p);
+        assert_eq!((s, sp, d, dp), (ip6(A6), 5353, ip6(UPLINK6), 8080));
+        assert_eq!(l4, q[54..], "the quote is what the client sent");
+        assert_eq!(
+            fx.dp.conntrack6().unwrap(),
+            ct_before,
+            "an error changes no flow"
+        );
+
+        // The backend's answer reaches the client from [uplink6]:8080; the
+        // client says port unreachable about it: the backend hears it from
+        // its gateway, about what it sent.
+        let a = udp6_to(fx.a.mac, GW_MAC, (A6, 80), (GW6, nat_port));
+        let (v, answer) = run(&fx.dp, &a);
+        assert_eq!(v, REDIRECT);
+        let ct_before = fx.dp.conntrack6().unwrap();
+        let e = error6(fx.a.mac, A6, UPLINK6, 1, 4, &answer[14..]);
+        let (v, back) = run(&fx.dp, &e);
+        assert_eq!(v, REDIRECT, "into the backend");
+        let p = parse6_checked(&back);
+        assert_eq!((p.saddr, p.daddr), (ip6(GW6), ip6(A6)));
+        let (s, sp, d, dp, l4) = quote6(&p);
+        assert_eq!((s, sp, d, dp), (ip6(A6), 80, ip6(GW6), nat_port));
+        assert_eq!(l4, a[54..], "the quote is what the backend sent");
+        assert_eq!(
+            fx.dp.conntrack6().unwrap(),
+            ct_before,
+            "an error changes no flow"
+        );
+
+        // An error to the gateway or the uplink's address about no hairpin
+        // flow is the host's, untouched.
+        let stray = udp6_to(GW_MAC, fx.a.mac, (GW6, 4000), (A6, 99));
+        let e = error6(fx.a.mac, A6, GW6, 1, 4, &stray[14..]);
+        assert_eq!(run(&fx.dp, &e), (OK, e.clone()));
+        let stray = udp6_to(GW_MAC, fx.a.mac, (UPLINK6, 4000), (A6, 99));
+        let e = error6(fx.a.mac, A6, UPLINK6, 1, 4, &stray[14..]);
+        assert_eq!(run(&fx.dp, &e), (OK, e.clone()));
     });
 }

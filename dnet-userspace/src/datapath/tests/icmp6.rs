@@ -175,6 +175,77 @@ fn a_packet_too_big_from_the_world_reaches_the_nat66_container_translated() {
     });
 }
 
+/// `f` (an IPv6 frame without extension headers) with a destination-
+/// options header (a PadN option) before its transport header: the
+/// transport checksum, over the addresses and the transport segment only,
+/// still verifies.
+fn with_dest_opts(f: &[u8]) -> Vec<u8> {
+    const DEST: u8 = 60;
+    let mut g = f[..54].to_vec();
+    g.extend_from_slice(&[f[20], 0, 1, 4, 0, 0, 0, 0]);
+    g.extend_from_slice(&f[54..]);
+    g[20] = DEST;
+    let len = u16::from_be_bytes([f[18], f[19]]) + 8;
+    g[18..20].copy_from_slice(&len.to_be_bytes());
+    g
+}
+
+#[test]
+fn a_packet_too_big_quoting_extension_headers_reaches_the_nat66_container_translated() {
+    in_fresh_netns(|| {
+        let fx = nat6_fixture();
+        // A's SYN carries destination options; NAT66 translates it behind
+        // them.
+        let syn = with_dest_opts(&tcp6(fx.a.mac, GW_MAC, (A6, 40000), (SERVER6, 80), 0x02));
+        let (v, out) = run(&fx.dp, &syn);
+        assert_eq!(v, REDIRECT);
+        assert_eq!(out[20], 60, "the options kept");
+        let nat_port = u16::from_be_bytes([out[62], out[63]]);
+        assert_ne!(nat_port, 40000);
+        // A router of the world quotes it whole as it left.
+        let ptb = error6(
+            WORLD_MAC,
+            up0_mac(),
+            ROUTER6,
+            UPLINK6,
+            2,
+            0,
+            1280,
+            &out[14..],
+        );
+        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &ptb);
+        assert_eq!(v, REDIRECT, "into the container");
+        // Checks the ICMPv6 checksum (over the new addresses and quote).
+        let p = parse6_checked(&back);
+        assert_eq!((p.saddr, p.daddr), (ip6(ROUTER6), ip6(A6)));
+        assert_eq!(&p.l4[..2], &[2, 0], "packet too big");
+        assert_eq!(&p.l4[4..8], &1280u32.to_be_bytes(), "the MTU kept");
+        // The quote: as A sent it, options and all (its hop limit aside:
+        // it left a hop further on).
+        let q = &p.l4[8..];
+        assert_eq!(q.len(), syn.len() - 14);
+        assert_eq!(&q[..7], &syn[14..21], "the quoted header's first bytes");
+        assert_eq!(q[7], 63);
+        assert_eq!(
+            Ipv6Addr::from(<[u8; 16]>::try_from(&q[8..24]).unwrap()),
+            ip6(A6)
+        );
+        assert_eq!(
+            Ipv6Addr::from(<[u8; 16]>::try_from(&q[24..40]).unwrap()),
+            ip6(SERVER6)
+        );
+        assert_eq!(&q[40..48], &syn[54..62], "the options untouched");
+        let tcp = &q[48..];
+        assert_eq!((port(tcp, 0), port(tcp, 2)), (40000, 80));
+        assert_eq!(tcp, &syn[62..], "the segment as A sent it");
+        assert_eq!(
+            sum6(ip6(A6), ip6(SERVER6), 6, tcp),
+            0,
+            "the quoted TCP checksum verifies"
+        );
+    });
+}
+
 #[test]
 fn an_icmpv6_error_about_no_nat66_flow_is_not_translated() {
     in_fresh_netns(|| {
@@ -350,4 +421,66 @@ pub(super) fn too_big_and_expiring_are_answered(fx: &Fixture, out_src: Ipv6Addr)
             .any(|(k, _)| k.sport_be == 4001u16.to_be()),
         "no flow for the expired packet"
     );
+}
+
+/// Checks `out` is "time exceeded" (code 0) from the uplink's IPv6
+/// address back to the sender of `sent` (a frame from the world), out of
+/// the uplink to the MAC it came from, quoting its first `quoted` bytes
+/// (from its IPv6 header) as they came.
+pub(super) fn assert_time_exceeded_from_uplink(out: &[u8], sent: &[u8], quoted: usize) {
+    // Checks the ICMPv6 checksum over the pseudo-header and whole message.
+    let p = parse6_checked(out);
+    assert_eq!((p.dst_mac, p.src_mac), (WORLD_MAC, up0_mac()));
+    assert_eq!(p.saddr, ip6(UPLINK6), "from the uplink's address");
+    assert_eq!(&p.daddr.octets()[..], &sent[22..38], "to the sender");
+    assert_eq!((p.proto, p.hop), (ICMPV6, 64));
+    assert_eq!(&p.l4[..8], &[3, 0, p.l4[2], p.l4[3], 0, 0, 0, 0]);
+    assert_eq!(p.l4.len(), 8 + quoted);
+    assert_eq!(&p.l4[8..], &sent[14..14 + quoted], "quoted as it came");
+    assert_eq!(out.len(), 14 + 40 + 8 + quoted, "nothing beyond");
+}
+
+#[test]
+fn the_worlds_packet_dying_at_dnets_hop_is_answered_time_exceeded() {
+    in_fresh_netns(|| {
+        let mut fx = nat6_fixture();
+        publish6_8080_to_a(&mut fx.dp);
+        // A flow under way, to the published port.
+        let req = udp6_to(WORLD_MAC, up0_mac(), (SERVER6, 33333), (UPLINK6, 8080));
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &req).0, REDIRECT);
+        let flows = fx.dp.conntrack6().unwrap();
+        // Its next datagram arrives with a hop limit of 1, and is too long
+        // to quote whole: the first 1,232 bytes are, the answer 1,280 long.
+        let mut l4 = Vec::new();
+        l4.extend_from_slice(&33333u16.to_be_bytes());
+        l4.extend_from_slice(&8080u16.to_be_bytes());
+        l4.extend_from_slice(&1408u16.to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+        l4.extend((0..1400).map(|i| i as u8));
+        let big = frame6(
+            WORLD_MAC,
+            up0_mac(),
+            ip6(SERVER6),
+            ip6(UPLINK6),
+            1,
+            0,
+            UDP,
+            l4,
+            Some(6),
+        );
+        let (v, out) = run_prog(&fx.dp, PROG_FROM_UPLINK, &big);
+        assert_eq!(v, REDIRECT, "answered, out of the uplink");
+        assert_time_exceeded_from_uplink(&out, &big, 1232);
+        assert_eq!(u16::from_be_bytes([out[18], out[19]]), 1240);
+        assert_eq!(drops(&fx.dp, 0, DropReason::TtlExceeded), 1);
+        assert_eq!(fx.dp.conntrack6().unwrap(), flows, "the flow untouched");
+        assert_eq!(fx.dp.stats(1).unwrap().translated, 1, "nothing went in");
+        // A short one is quoted whole.
+        let mut short = req.clone();
+        short[21] = 1;
+        let (v, out) = run_prog(&fx.dp, PROG_FROM_UPLINK, &short);
+        assert_eq!(v, REDIRECT);
+        assert_time_exceeded_from_uplink(&out, &short, short.len() - 14);
+        assert_eq!(drops(&fx.dp, 0, DropReason::TtlExceeded), 2);
+    });
 }

@@ -6,7 +6,7 @@
 use dnet_common::{Service6, ServiceKey6, network::NET_F_INTERNAL};
 
 use super::{
-    icmp6::too_big_and_expiring_are_answered,
+    icmp6::{assert_time_exceeded_from_uplink, too_big_and_expiring_are_answered},
     ipv6::{A6, B6, dual_stack, frame6, ip6},
     nat6::{ICMPV6, SERVER6, TCP, UDP, echo6, parse6_checked, tcp6, udp6_to},
     *,
@@ -200,8 +200,35 @@ fn routed6_lets_the_world_in_on_published_ports_only() {
             l4,
             Some(16),
         );
-        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &dying).0, SHOT);
+        let (v, out) = run_prog(&fx.dp, PROG_FROM_UPLINK, &dying);
+        assert_eq!(v, REDIRECT, "answered from the uplink's address");
+        assert_time_exceeded_from_uplink(&out, &dying, dying.len() - 14);
         assert_eq!(drops(&fx.dp, 1, DropReason::TtlExceeded), 1);
+        // So is the next packet of a flow under way, and an echo request;
+        // an ICMPv6 error is dropped, never answered with one.
+        let mut late = tcp6(WORLD_MAC, up0_mac(), client, (A6, 80), 0x10);
+        late[21] = 1;
+        let (v, out) = run_prog(&fx.dp, PROG_FROM_UPLINK, &late);
+        assert_eq!(v, REDIRECT);
+        assert_time_exceeded_from_uplink(&out, &late, late.len() - 14);
+        let mut ping = echo6(WORLD_MAC, up0_mac(), SERVER6, A6, 128, 0x79);
+        ping[21] = 1;
+        let (v, out) = run_prog(&fx.dp, PROG_FROM_UPLINK, &ping);
+        assert_eq!(v, REDIRECT);
+        assert_time_exceeded_from_uplink(&out, &ping, ping.len() - 14);
+        let mut dying_ptb = ptb.clone();
+        dying_ptb[21] = 1;
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &dying_ptb).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::TtlExceeded), 4);
+        // Without a global IPv6 address on the uplink to answer from: dropped
+        // unanswered (not left to the host).
+        let mut cfg = fx.dp.config().unwrap();
+        cfg.uplink_addr6 = [0; 16];
+        fx.dp.set_config(&cfg).unwrap();
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &late).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::TtlExceeded), 5);
+        cfg.uplink_addr6 = ip6(UPLINK6).octets();
+        fx.dp.set_config(&cfg).unwrap();
         // Another endpoint's unpublished port, and an unused address of
         // the subnet (the host's: it does not forward).
         let syn_b = tcp6(WORLD_MAC, up0_mac(), client, (B6, 80), 0x02);
