@@ -96,7 +96,9 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     if !addr_eq(&ip.saddr, &me.addr) {
         return Err(DropReason::SpoofedIp);
     }
-    let cfg = nat::config().ok_or(DropReason::NoRoute)?;
+    // Only the uplink, not the whole configuration: the stack has no room
+    // to keep a copy of it across the walk and the route.
+    let uplink = nat::config().ok_or(DropReason::NoRoute)?.uplink_ifindex;
     if ip.hop_limit <= 1 {
         return Err(DropReason::TtlExceeded);
     }
@@ -115,7 +117,7 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     // walk's answer.
     let route = fib::route6(ctx, ep.ifindex, &ip.saddr, &ip.daddr, at.proto);
     match route {
-        Route::Out { ifindex, .. } if ifindex == cfg.uplink_ifindex => {}
+        Route::Out { ifindex, .. } if ifindex == uplink => {}
         Route::TooBig { .. } => return Err(DropReason::FragNeeded),
         _ => return Err(DropReason::NoRoute),
     }
@@ -133,7 +135,7 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
                     if !ct::opens_flow(key.proto, l4.tcp_flags) {
                         return Err(DropReason::CtNoFlow);
                     }
-                    new_outbound(&cfg, s, ep.addr_be, seg)?
+                    new_outbound(s, ep.addr_be, seg)?
                 }
             };
             // Identity for the container's own flows; a flow the world
@@ -155,7 +157,6 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
 /// to the container's limits as a NAT66 flow is.
 #[inline(always)]
 fn new_outbound(
-    cfg: &dnet_common::Config,
     s: &mut Nat6Scratch,
     endpoint_be: u32,
     seg: &dnet_common::tcp::Seg,
@@ -170,7 +171,8 @@ fn new_outbound(
         endpoint_be,
         seg,
     );
-    let charged = crate::quota::charge(cfg, &s.key, endpoint_be)?;
+    let cfg = nat::config().ok_or(DropReason::NoRoute)?;
+    let charged = crate::quota::charge(&cfg, &s.key, endpoint_be)?;
     if charged {
         s.fwd.flags |= dnet_common::nat::CT_F_COUNTED;
     }
