@@ -14,5 +14,6 @@ pub mod mntns;
 pub mod model;
 pub mod netlink;
 pub mod netns;
+mod procsys;
 pub mod spec;
 pub mod store;

@@ -179,9 +179,9 @@ pub fn remove(path: &Path) -> Result<(), NetnsError> {
 
 /// Writes a sysctl of the calling thread's network namespace
 /// (`net/ipv4/ip_forward` form).
+/// (Looked up in a proc instance of dnet's own: see `procsys`.)
 pub fn sysctl(name: &str, value: &str) -> Result<(), NetnsError> {
-    let path = Path::new("/proc/sys").join(name);
-    fs::write(&path, value).map_err(io_err("write", &path))
+    crate::procsys::write(name, value).map_err(io_err("write", &crate::procsys::path_of(name)))
 }
 
 /// Writes `net/ipv6/conf/CONF/KEY` of the calling thread's namespace
@@ -215,10 +215,9 @@ pub fn container_ipv6_defaults() -> Result<(), NetnsError> {
 
 /// Reads a sysctl of the calling thread's network namespace.
 pub fn sysctl_read(name: &str) -> Result<String, NetnsError> {
-    let path = Path::new("/proc/sys").join(name);
-    fs::read_to_string(&path)
+    crate::procsys::read(name)
         .map(|s| s.trim().to_owned())
-        .map_err(io_err("read", &path))
+        .map_err(io_err("read", &crate::procsys::path_of(name)))
 }
 
 /// Sets an interface of the calling thread's namespace up (SIOCSIFFLAGS),

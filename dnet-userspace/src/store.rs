@@ -396,6 +396,22 @@ impl Store {
     /// synced, not yet part of the state. Nothing is committed until
     /// [`Store::publish`].
     pub fn prepare(&mut self, old: &State, new: &State) -> Result<Prepared, StoreError> {
+        self.prepare_changes(Changes::between(old, new))
+    }
+
+    /// [`Store::prepare`] of a commit that sets one container record (adds
+    /// it, or replaces it with `c`) and changes nothing else: the same line
+    /// as `prepare(old, new)` would write, made without comparing every
+    /// record of the state (a cost that grew with the number of containers
+    /// at every attach).
+    pub fn prepare_container(&mut self, c: &Container) -> Result<Prepared, StoreError> {
+        self.prepare_changes(Changes {
+            containers: BTreeMap::from([(c.id.clone(), Some(c.clone()))]),
+            ..Changes::default()
+        })
+    }
+
+    fn prepare_changes(&mut self, changes: Changes) -> Result<Prepared, StoreError> {
         let log = self
             .log()
             .try_clone()
@@ -403,10 +419,7 @@ impl Store {
         let id = self.next_id;
         self.next_id += 1;
         self.pending = Some((id, self.log_len));
-        let bytes = line(&Entry::Prepared {
-            id,
-            changes: Changes::between(old, new),
-        });
+        let bytes = line(&Entry::Prepared { id, changes });
         // Counted now: nothing else is appended before it is written.
         self.log_len += bytes.len() as u64;
         Ok(Prepared {
@@ -662,6 +675,66 @@ mod tests {
         store.publish(&s3).unwrap().run().unwrap();
         drop(store);
         assert_eq!(opened(dir.path()).1, s3);
+    }
+
+    fn container(id: &str, net: &str) -> Container {
+        Container {
+            id: id.into(),
+            name: format!("c-{id}"),
+            created: 0,
+            netns: crate::model::Netns::Host,
+            endpoints: vec![crate::model::Endpoint {
+                network_id: net.into(),
+                ifname: None,
+                host_ifname: None,
+                ip: None,
+                ip6: None,
+                mac: None,
+                slot: None,
+                aliases: Vec::new(),
+            }],
+            ports: Vec::new(),
+            process: None,
+            owner: None,
+            runtime: None,
+            dns: Vec::new(),
+            hostname: None,
+        }
+    }
+
+    #[test]
+    fn a_prepared_container_writes_the_line_a_whole_diff_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, s0) = opened(dir.path());
+        let mut s1 = with(&s0, "a", 1);
+        for i in 0..20 {
+            let c = container(&format!("c{i:02}"), "a");
+            s1.containers.insert(c.id.clone(), c);
+        }
+        store.commit(&s0, &s1).unwrap();
+        // A new record, then one replaced (a second endpoint).
+        let mut c = container("new", "a");
+        for _ in 0..2 {
+            let mut s2 = s1.clone();
+            s2.containers.insert(c.id.clone(), c.clone());
+            let before = log_len(dir.path());
+            store.prepare_container(&c).unwrap().write().unwrap();
+            let written = fs::read(dir.path().join(LOG)).unwrap()[before as usize..].to_vec();
+            let whole = line(&Entry::Prepared {
+                id: store.pending.unwrap().0,
+                changes: Changes::between(&s1, &s2),
+            });
+            assert_eq!(written, whole);
+            // Not the state until published.
+            assert_eq!(read(dir.path()).unwrap(), s1);
+            store.publish(&s2).unwrap().run().unwrap();
+            assert_eq!(read(dir.path()).unwrap(), s2);
+            s1 = s2;
+            c.endpoints.push(c.endpoints[0].clone());
+            c.endpoints[1].network_id = "b".into();
+        }
+        drop(store);
+        assert_eq!(opened(dir.path()).1, s1);
     }
 
     #[test]

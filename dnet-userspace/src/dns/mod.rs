@@ -18,7 +18,7 @@ mod names;
 mod server;
 
 pub use forward::{from_resolv_conf, parse_upstream};
-pub use names::{has_names, resolver_of, resolver6_of};
+pub use names::{contributes, has_names, resolver_of, resolver6_of};
 
 use std::{
     collections::HashMap,
@@ -150,6 +150,25 @@ impl Resolver {
         let want = names.gateways().clone();
         *self.shared.names.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(names);
         self.shared.generation.fetch_add(1, Ordering::Release);
+        self.listen(want);
+    }
+
+    /// After a change of the state that leaves the names as they are (see
+    /// [`contributes`]): only the listeners are checked again, as
+    /// [`Resolver::update`] checks them (one that failed is tried again).
+    pub fn relisten(&self) {
+        let want = self
+            .shared
+            .names
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .gateways()
+            .clone();
+        self.listen(want);
+    }
+
+    /// Listens on exactly the gateways `want`.
+    fn listen(&self, want: std::collections::BTreeSet<IpAddr>) {
         let mut l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         l.retain(|addr, task| {
             let keep = want.contains(addr) && !task.is_finished();

@@ -27,7 +27,7 @@ pub struct Client {
     pub upstreams: std::sync::Arc<[SocketAddr]>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 struct NetNames {
     name: String,
     subnet: Option<ipnetwork::Ipv4Network>,
@@ -59,7 +59,7 @@ pub enum Reverse {
     Unknown,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Names {
     nets: HashMap<String, NetNames>,
     clients: HashMap<Ipv4Addr, Client>,
@@ -92,6 +92,16 @@ fn dns_name(c: &Container) -> String {
 /// Whether a container's names are dnet's to answer.
 fn named(c: &Container) -> bool {
     c.runtime.as_ref().is_none_or(|r| r.runtime != "docker")
+}
+
+/// Whether `c` has a part in the table of `state` (names in a network
+/// that has them, or a client of one): a change of a container that has
+/// none before nor after it leaves [`Names::build`]'s table as it was.
+pub fn contributes(state: &State, c: &Container) -> bool {
+    named(c)
+        && c.endpoints
+            .iter()
+            .any(|e| e.ip.is_some() && state.networks.get(&e.network_id).is_some_and(has_names))
 }
 
 /// The resolver's address in a network, if it has one.
@@ -323,6 +333,40 @@ pub(crate) mod tests {
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_container_that_does_not_contribute_leaves_the_table_as_it_was() {
+        let s = sample();
+        let table = |s: &State| Names::build(s, |_| Vec::new());
+        let without = |id: &str| {
+            let mut t = s.clone();
+            t.containers.remove(id);
+            t
+        };
+        // old: the default bridge only (no names there).
+        let old = &s.containers["dddddddddddddddd"];
+        assert!(!contributes(&s, old));
+        assert_eq!(table(&without(&old.id)), table(&s));
+        // web, api and vault (an internal network's names) all do.
+        for id in ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "eeeeeeeeeeeeeeee"] {
+            assert!(contributes(&s, &s.containers[id]), "{id}");
+            assert_ne!(table(&without(id)), table(&s), "{id}");
+        }
+        // A Docker container, or one without an address, has no part.
+        let mut docker = ctr("ffffffffffffffff", "d", &[("nf", "10.1.0.9", &[])]);
+        docker.runtime = Some(RuntimeRef {
+            runtime: "docker".into(),
+            id: "x".into(),
+        });
+        let mut bare = ctr("9999999999999999", "bare", &[("nf", "10.1.0.8", &[])]);
+        bare.endpoints[0].ip = None;
+        for c in [docker, bare] {
+            assert!(!contributes(&s, &c));
+            let mut with = s.clone();
+            with.containers.insert(c.id.clone(), c);
+            assert_eq!(table(&with), table(&s));
+        }
     }
 
     fn ipa(s: &str) -> IpAddr {

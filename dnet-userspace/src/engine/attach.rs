@@ -299,10 +299,9 @@ impl Inner {
         c.ports.extend(ports.iter().cloned());
         // The state's file is written and synced while the kernel objects
         // are made (most of an attach waits for the kernel), and published
-        // once they are.
-        let mut st = self.state.clone();
-        st.containers.insert(c.id.clone(), c.clone());
-        let prepared = self.store.prepare(&self.state, &st)?;
+        // once they are. The commit sets this one record: written as such,
+        // with no copy or comparison of the whole state.
+        let prepared = self.store.prepare_container(&c)?;
         let written = tokio::task::spawn_blocking(move || prepared.write());
         let made = self.attach(&c, &ep).await;
         let written = match written.await {
@@ -320,7 +319,7 @@ impl Inner {
             return Err(e);
         }
         super::crash::point("connect:made");
-        if let Err(e) = self.commit_prepared(st) {
+        if let Err(e) = self.commit_prepared_container(c.clone()) {
             self.detach(&c, &ep).await;
             return Err(e);
         }

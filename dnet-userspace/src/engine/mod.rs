@@ -342,20 +342,46 @@ impl Inner {
         Ok(())
     }
 
-    /// Makes `state`, prepared with `Store::prepare` and written, the
-    /// committed state (an endpoint's addition). The sync of the publish
-    /// line, which only a power loss needs, runs after the answer on a
-    /// blocking thread: the prepared changes were synced before, so a load
-    /// finds the old state or the new one, whole, and a power loss also
-    /// takes every link, filter and namespace the new record describes.
-    fn commit_prepared(&mut self, state: State) -> Result<()> {
-        let sync = self.store.publish(&state)?;
+    /// Makes the state with container record `c` set, prepared with
+    /// `Store::prepare_container` and written, the committed state (an
+    /// endpoint's addition): `c` goes into the state in place (no copy of
+    /// the whole). The sync of the publish line, which only a power loss
+    /// needs, runs after the answer on a blocking thread: the prepared
+    /// changes were synced before, so a load finds the old state or the new
+    /// one, whole, and a power loss also takes every link, filter and
+    /// namespace the new record describes.
+    fn commit_prepared_container(&mut self, c: Container) -> Result<()> {
+        let id = c.id.clone();
+        // The names change only if the record has a part in them, before
+        // or after (a table built again for every attach was a cost that
+        // grew with the number of containers).
+        let names = crate::dns::contributes(&self.state, &c);
+        let old = self.state.containers.insert(id.clone(), c);
+        let names = names
+            || old
+                .as_ref()
+                .is_some_and(|o| crate::dns::contributes(&self.state, o));
+        let sync = match self.store.publish(&self.state) {
+            Ok(sync) => sync,
+            Err(e) => {
+                // Not committed: the state stays as it was.
+                match old {
+                    Some(old) => self.state.containers.insert(id, old),
+                    None => self.state.containers.remove(&id),
+                };
+                return Err(e.into());
+            }
+        };
         tokio::task::spawn_blocking(move || {
             if let Err(e) = sync.run() {
                 tracing::warn!("syncing the state log: {e}");
             }
         });
-        self.commit_published(state);
+        if names {
+            self.dns.update(&self.state);
+        } else {
+            self.dns.relisten();
+        }
         Ok(())
     }
 

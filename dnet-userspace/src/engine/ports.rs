@@ -178,18 +178,25 @@ fn routed_keys6(c: &Container, ip6: Ipv6Addr) -> impl Iterator<Item = ServiceKey
 }
 
 /// Every service entry the state asks for.
+///
+/// Containers that publish nothing (most of them) are passed over before
+/// their backend is looked for: that look-up, for each container at every
+/// attach, grew with their number.
 pub fn services_of_state(st: &State) -> BTreeMap<(u32, u16, u8), Service> {
     st.containers
         .values()
+        .filter(|c| !c.ports.is_empty())
         .flat_map(|c| services_of(st, c))
         .map(|(k, s)| ((k.addr_be, k.port_be, k.proto), s))
         .collect()
 }
 
 /// Every IPv6 service entry the state asks for.
+/// (Containers that publish nothing are passed over, as above.)
 pub fn services6_of_state(st: &State) -> HashMap<ServiceKey6, Service6> {
     st.containers
         .values()
+        .filter(|c| !c.ports.is_empty())
         .flat_map(|c| services6_of(st, c))
         .collect()
 }
