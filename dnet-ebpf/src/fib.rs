@@ -191,15 +191,10 @@ pub struct FibParams {
 /// kernel would for that packet).
 #[inline(always)]
 pub fn route(ctx: &TcContext, q: &RouteQuery) -> Route {
-    lookup(
-        ctx,
-        AF_INET,
-        q.proto,
-        q.tot_len,
-        q.iif,
-        [q.saddr_be, 0, 0, 0],
-        [q.daddr_be, 0, 0, 0],
-    )
+    lookup(ctx, AF_INET, q.proto, q.tot_len, q.iif, |src, dst| {
+        src[0] = q.saddr_be;
+        dst[0] = q.daddr_be;
+    })
 }
 
 /// As [`route`], for IPv6 addresses as the packet holds them. The helper
@@ -221,13 +216,23 @@ pub fn route6_len(
     proto: u8,
     tot_len: u16,
 ) -> Route {
-    let w = |a: &[u8; 16]| {
-        let x = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-        [x(0), x(4), x(8), x(12)]
-    };
-    lookup(ctx, AF_INET6, proto, tot_len, iif, w(saddr), w(daddr))
+    lookup(ctx, AF_INET6, proto, tot_len, iif, |src, dst| {
+        // Written word by word into the scratch slot: built on the stack
+        // first, the two addresses cost the container programs room they
+        // lack.
+        let w = |a: &[u8; 16], i: usize| {
+            u32::from_ne_bytes([a[i * 4], a[i * 4 + 1], a[i * 4 + 2], a[i * 4 + 3]])
+        };
+        for i in 0..4 {
+            src[i] = w(saddr, i);
+            dst[i] = w(daddr, i);
+        }
+    })
 }
 
+/// Looks the route up with the given parameters, the addresses written
+/// into the parameters by `addrs` (source, destination), which find them
+/// zeroed.
 #[inline(always)]
 fn lookup(
     ctx: &TcContext,
@@ -235,8 +240,7 @@ fn lookup(
     proto: u8,
     tot_len: u16,
     iif: u32,
-    src: [u32; 4],
-    dst: [u32; 4],
+    addrs: impl FnOnce(&mut [u32; 4], &mut [u32; 4]),
 ) -> Route {
     // The parameters live in a per-CPU scratch slot, not on the stack: the
     // container program's 512 bytes are spoken for.
@@ -256,14 +260,15 @@ fn lookup(
             tot_len,
             ifindex: iif,
             tos: 0,
-            src,
-            dst,
+            src: [0; 4],
+            dst: [0; 4],
             vlan_or_tbid: 0,
             smac: [0; 6],
             dmac: [0; 6],
             mark: 0,
             _reserved: [0; 3],
         };
+        addrs(&mut (*p).src, &mut (*p).dst);
         fib_lookup_helper(
             ctx.as_ptr(),
             p.cast::<bpf_fib_lookup>(),

@@ -98,11 +98,15 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             let e = match (e, svc) {
                 (Some(e), _) => e,
-                (None, Some(svc)) if !nat::may_publish_to(key.saddr_be) => {
-                    let slot = nat::endpoint_at(svc.backend_be).map_or(0, |ep| ep.slot);
-                    return Ok(drop(slot, DropReason::SourceNotAllowed));
-                }
                 (None, Some(svc)) => {
+                    let ep = nat::endpoint_at(svc.backend_be);
+                    if !nat::may_publish_to(key.saddr_be) {
+                        let slot = ep.map_or(0, |ep| ep.slot);
+                        return Ok(drop(slot, DropReason::SourceNotAllowed));
+                    }
+                    // What delivery would refuse (`nat::to_endpoint`),
+                    // refused before the flow takes an entry.
+                    nat::open_network(&ep.ok_or(DropReason::NoEndpoint)?)?;
                     nat::new_dnat(&cfg, &key, svc.backend_be, svc.backend_port_be, seg)?
                 }
                 (None, None) => return Ok(TC_ACT_OK),

@@ -269,7 +269,9 @@ fn insert_or_translate_port<A: Family>(
 
 /// A new flow from a container to a published port of the host (hairpin):
 /// to the backend, from the backend's gateway and a NAT port, so that the
-/// backend's answer comes back through the datapath.
+/// backend's answer comes back through the datapath. A backend whose
+/// network delivery would refuse ([`open_network`]) is refused here, before
+/// the flow takes an entry, a port and a charge.
 #[inline(always)]
 pub fn new_hairpin(
     cfg: &Config,
@@ -278,10 +280,7 @@ pub fn new_hairpin(
     backend_port_be: u16,
     seg: &Seg,
 ) -> Result<Xlate, DropReason> {
-    let gw = NETWORKS
-        .get(backend.net_id)
-        .map(|n| n.gateway_be)
-        .ok_or(DropReason::NoEndpoint)?;
+    let gw = open_network(backend)?.gateway_be;
     let mut fwd = entry(
         gw,
         0,

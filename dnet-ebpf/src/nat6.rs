@@ -257,13 +257,10 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     };
     // The length the uplink's route must carry, kept in the scratch slot
     // (the stack has no room for it across the lookups).
-    // SAFETY: `s.mtu_len` is plain data in this CPU's scratch slot.
-    unsafe {
-        core::ptr::write_volatile(
-            &mut s.mtu_len,
-            icmp6_reply::mtu_len6(ctx, ip, key.proto, l4.off) as u32,
-        )
-    };
+    keep_mtu_len(
+        &mut s.mtu_len,
+        icmp6_reply::mtu_len6(ctx, ip, key.proto, l4.off),
+    );
     let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
     // The route is kept in the scratch slot (the stack has no room), so
     // a new flow looks it up once.
@@ -275,7 +272,7 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
                 &e.new_saddr_be,
                 &key.daddr_be,
                 key.proto,
-                mtu_len(&s.mtu_len),
+                kept_mtu_len(&s.mtu_len),
             );
             s.route.set(&r);
             e
@@ -298,7 +295,7 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
                 &cfg.uplink_addr6,
                 &key.daddr_be,
                 key.proto,
-                mtu_len(&s.mtu_len),
+                kept_mtu_len(&s.mtu_len),
             );
             match r {
                 Route::Out { ifindex, .. } if ifindex == cfg.uplink_ifindex => {}
@@ -373,9 +370,18 @@ pub struct Nat6Scratch {
     pub mtu_len: u32,
 }
 
-/// The length [`from_container`] kept in the scratch slot.
+/// Keeps `len`, the length the next link must carry, in the scratch slot
+/// (`v`: [`Nat6Scratch::mtu_len`]): the stack has no room for it across a
+/// route lookup.
 #[inline(always)]
-fn mtu_len(v: &u32) -> u16 {
+pub(crate) fn keep_mtu_len(v: &mut u32, len: u16) {
+    // SAFETY: `v` is plain data in this CPU's scratch slot.
+    unsafe { core::ptr::write_volatile(v, len as u32) }
+}
+
+/// The length [`keep_mtu_len`] kept in `v`.
+#[inline(always)]
+pub(crate) fn kept_mtu_len(v: &u32) -> u16 {
     // SAFETY: plain data in this CPU's scratch slot.
     unsafe { core::ptr::read_volatile(v) as u16 }
 }

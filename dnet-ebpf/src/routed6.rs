@@ -44,6 +44,7 @@ use crate::{
     ct::{self, InsertError, XlateOf},
     eth::{ETH_HLEN, ETH_P_IPV6, EthHdr},
     fib::{self, Route},
+    icmp6_reply,
     ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, addr_eq},
     l4::{IPPROTO_TCP, IPPROTO_UDP, Tuple},
     lxc,
@@ -109,13 +110,25 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     let s = nat6::scratch().ok_or(DropReason::Malformed)?;
     let at = nat6::l4_at(ctx, s, ip, end)?;
     // The route first, once, by the packet's own addresses (a routed flow
-    // translates nothing): a new flow that dies here takes no entry or
-    // charge.
+    // translates nothing), for the packet's length (without one the
+    // kernel checks the MTU only once the next hop is resolved): a new
+    // flow that dies or does not fit here takes no entry or charge.
     // dnet forwards through the uplink only (the answers come back there,
     // where `host6_routed` takes them).
-    // Kept in the scratch slot: the stack has no room for it beside the
-    // walk's answer.
-    let route = fib::route6(ctx, ep.ifindex, &ip.saddr, &ip.daddr, at.proto);
+    // The length and the route are kept in the scratch slot: the stack has
+    // no room for them beside the walk's answer.
+    nat6::keep_mtu_len(
+        &mut s.mtu_len,
+        icmp6_reply::mtu_len6(ctx, ip, at.proto, at.off),
+    );
+    let route = fib::route6_len(
+        ctx,
+        ep.ifindex,
+        &ip.saddr,
+        &ip.daddr,
+        at.proto,
+        nat6::kept_mtu_len(&s.mtu_len),
+    );
     match route {
         Route::Out { ifindex, .. } if ifindex == uplink => {}
         Route::TooBig { .. } => return Err(DropReason::FragNeeded),

@@ -870,6 +870,11 @@ fn parse_checked(f: &[u8]) -> Pkt {
 /// up0's MAC (asked of `ip`: /sys shows the namespace that mounted it).
 /// Publishes TCP port 8080, on every address, to A (172.17.0.2) port 80.
 fn publish_8080_to_a(dp: &mut Datapath) {
+    publish_8080_to(dp, "172.17.0.2");
+}
+
+/// Publishes TCP port 8080, on every address, to `backend` port 80.
+fn publish_8080_to(dp: &mut Datapath, backend: &str) {
     let key = ServiceKey {
         addr_be: 0,
         port_be: 8080u16.to_be(),
@@ -877,11 +882,18 @@ fn publish_8080_to_a(dp: &mut Datapath) {
         _pad: 0,
     };
     let svc = Service {
-        backend_be: ipv4_be(ip("172.17.0.2")),
+        backend_be: ipv4_be(ip(backend)),
         backend_port_be: 80u16.to_be(),
         _pad: 0,
     };
     dp.set_service(&key, &svc).unwrap();
+}
+
+/// Network `id` (of the fixture) made internal.
+fn make_internal(dp: &mut Datapath, id: u32, subnet: &str) {
+    let mut n = dp.network(id).unwrap();
+    n.flags |= NET_F_INTERNAL;
+    dp.set_network(id, subnet.parse().unwrap(), &n).unwrap();
 }
 
 fn up0_mac() -> [u8; 6] {
@@ -2014,20 +2026,79 @@ fn only_what_dnet_delivers_or_the_host_sends_goes_into_a_container() {
 #[test]
 fn nothing_translated_enters_or_leaves_an_internal_network() {
     in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        publish_8080_to_a(&mut fx.dp);
+        let syn = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 8080), 0x02);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, REDIRECT);
+        assert_eq!(fx.dp.stats(1).unwrap().tx_packets, 1);
+        // A's network becomes internal with the flow in the table (the
+        // control plane never makes one so; the datapath refuses it all
+        // the same): neither the world's next segment nor A's answer
+        // passes.
+        make_internal(&mut fx.dp, 1, "172.17.0.0/16");
+        assert_eq!(fx.dp.conntrack().unwrap().len(), 2);
+        let ack = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 8080), 0x10);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &ack).0, SHOT);
+        assert_eq!(drops(&fx.dp, 0, DropReason::Internal), 1);
+        assert_eq!(
+            fx.dp.stats(1).unwrap().tx_packets,
+            1,
+            "nothing more reached A"
+        );
+        let synack = tcp(fx.a.mac, GW_MAC, ("172.17.0.2", 80), (WORLD, 33333), 0x12);
+        assert_eq!(run(&fx.dp, &synack).0, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::Internal), 1);
+    });
+}
+
+#[test]
+fn dnat_into_an_internal_network_takes_no_entry() {
+    in_fresh_netns(|| {
         let mut fx = nat_fixture_on(NET_F_INTERNAL, 50000, 50009);
         // A port published to A, on an internal network (the control plane
         // never makes one; the datapath refuses it all the same).
         publish_8080_to_a(&mut fx.dp);
-        let syn = tcp(WORLD_MAC, up0_mac(), (WORLD, 33333), (UPLINK, 8080), 0x02);
-        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, SHOT);
-        assert_eq!(drops(&fx.dp, 0, DropReason::Internal), 1);
+        for port in [33333, 33334] {
+            let syn = tcp(WORLD_MAC, up0_mac(), (WORLD, port), (UPLINK, 8080), 0x02);
+            assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, SHOT);
+        }
+        assert_eq!(drops(&fx.dp, 0, DropReason::Internal), 2);
         assert_eq!(fx.dp.stats(1).unwrap().tx_packets, 0, "nothing reached A");
-        // The flow is in the table now: A's answer to it still meets the
-        // internal check, and leaves nowhere.
-        assert_eq!(fx.dp.conntrack().unwrap().len(), 2);
-        let synack = tcp(fx.a.mac, GW_MAC, ("172.17.0.2", 80), (WORLD, 33333), 0x12);
-        assert_eq!(run(&fx.dp, &synack).0, SHOT);
-        assert_eq!(drops(&fx.dp, 1, DropReason::Internal), 1);
+        assert!(
+            fx.dp.conntrack().unwrap().is_empty(),
+            "no entry for a flow whose packet was dropped"
+        );
+    });
+}
+
+#[test]
+fn hairpin_into_an_internal_network_takes_no_entry() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        // A port that leads into an internal network (the daemon never
+        // publishes one there; the datapath refuses it all the same).
+        publish_8080_to(&mut fx.dp, "10.9.0.2");
+        make_internal(&mut fx.dp, 2, "10.9.0.0/24");
+        for sport in [40000, 40001] {
+            let syn = tcp(
+                fx.a.mac,
+                GW_MAC,
+                ("172.17.0.2", sport),
+                (UPLINK, 8080),
+                0x02,
+            );
+            assert_eq!(run(&fx.dp, &syn).0, SHOT);
+        }
+        assert_eq!(drops(&fx.dp, fx.a.slot, DropReason::Internal), 2);
+        assert_eq!(
+            fx.dp.stats(fx.c.slot).unwrap().tx_packets,
+            0,
+            "nothing reached C"
+        );
+        assert!(
+            fx.dp.conntrack().unwrap().is_empty(),
+            "no entry, port or charge for a flow whose packet was dropped"
+        );
     });
 }
 

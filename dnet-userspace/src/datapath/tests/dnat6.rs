@@ -187,7 +187,7 @@ fn dnat6_into_an_internal_network_takes_no_entry() {
     in_fresh_netns(|| {
         let mut fx = nat6_fixture();
         publish6_8080_to_a(&mut fx.dp);
-        super::hairpin6::make_internal(&mut fx.dp, 1, "172.17.0.0/16");
+        make_internal(&mut fx.dp, 1, "172.17.0.0/16");
         for port in [33333, 33334] {
             let syn = tcp6(WORLD_MAC, up0_mac(), (SERVER6, port), (UPLINK6, 8080), 0x02);
             assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &syn).0, SHOT);

@@ -188,13 +188,6 @@ fn hairpin6_flows_go_with_the_uplinks_old_ipv6_address() {
     });
 }
 
-/// Network `id` (of the fixture) made internal.
-pub(super) fn make_internal(dp: &mut Datapath, id: u32, subnet: &str) {
-    let mut n = dp.network(id).unwrap();
-    n.flags |= NET_F_INTERNAL;
-    dp.set_network(id, subnet.parse().unwrap(), &n).unwrap();
-}
-
 #[test]
 fn hairpin6_into_an_internal_network_takes_no_entry() {
     in_fresh_netns(|| {

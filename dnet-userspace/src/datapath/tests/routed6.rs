@@ -6,7 +6,10 @@
 use dnet_common::{Service6, ServiceKey6, network::NET_F_INTERNAL};
 
 use super::{
-    icmp6::{assert_time_exceeded_from_uplink, too_big_and_expiring_are_answered},
+    icmp6::{
+        assert_answer, assert_time_exceeded_from_uplink, too_big_and_expiring_are_answered,
+        udp6_sized,
+    },
     ipv6::{A6, B6, dual_stack, frame6, ip6},
     nat6::{ICMPV6, SERVER6, TCP, UDP, echo6, parse6_checked, tcp6, udp6_to},
     *,
@@ -295,6 +298,30 @@ fn a_routed_packet_too_big_for_the_uplink_is_answered_with_its_mtu() {
         );
         assert_eq!(run(&fx.dp, &err).0, SHOT);
         assert_eq!(drops(&fx.dp, 1, DropReason::FragNeeded), 3);
+    });
+}
+
+/// A route whose next hop is not resolved yet (no neighbour entry): a
+/// packet too big for the uplink is answered "packet too big" all the same
+/// (the kernel's lookup checks the MTU without a neighbour only when told
+/// the packet's length), and takes no flow; one that fits goes out, the
+/// kernel resolving the next hop.
+#[test]
+fn a_routed_packet_too_big_for_an_unresolved_next_hop_is_answered_with_its_mtu() {
+    in_fresh_netns(|| {
+        let fx = routed6_fixture(0);
+        ip_cmd("link set up0 mtu 1400");
+        ip_cmd("-6 route replace default via 2001:2::99 dev up0");
+        let big = udp6_sized(&fx, 4000, 1400);
+        let (v, out) = run(&fx.dp, &big);
+        assert_eq!(v, REDIRECT, "answered");
+        assert_answer(&fx, &out, 2, 1400, &big, 48);
+        assert_eq!(drops(&fx.dp, 1, DropReason::FragNeeded), 1);
+        assert!(fx.dp.conntrack6().unwrap().is_empty());
+        let (v, out) = run(&fx.dp, &udp6_sized(&fx, 4000, 1352));
+        assert_eq!(v, REDIRECT);
+        assert_eq!(parse6_checked(&out).saddr, ip6(A6), "out as it is");
+        assert_eq!(fx.dp.conntrack6().unwrap().len(), 2, "one flow");
     });
 }
 
