@@ -50,7 +50,7 @@ use aya_ebpf::{
 use dnet_common::{DropReason, Endpoint, ipv6::NET6_F_NAT, network::NET_F_INTERNAL};
 
 use crate::{
-    eth::{ETH_HLEN, ETH_P_IPV6, EthHdr},
+    eth::{ETH_HLEN, ETH_P_IPV6},
     fib::{self, Route},
     icmp_reply::{allowed, fold_ne, ok},
     ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, addr_eq},
@@ -255,24 +255,9 @@ fn judge_from_uplink(ctx: &TcContext) -> Result<Option<Judged>, (u32, DropReason
     // trust that it was reached from them only): an IPv6 packet on the
     // uplink whose hop limit runs out, to the uplink's address (NAT66) or
     // to a routed network's container.
-    if lxc::vlan_tagged(ctx) {
-        return Ok(None);
-    }
-    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    let Some(ip) = ipv6::uplink_ipv6(ctx).filter(|ip| ip.hop_limit <= 1) else {
         return Ok(None);
     };
-    // SAFETY: `ptr_at` checked that the header lies inside the packet.
-    if unsafe { (*eth).proto() } != ETH_P_IPV6 {
-        return Ok(None);
-    }
-    let Ok(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
-        return Ok(None);
-    };
-    // SAFETY: as above.
-    let ip = unsafe { &*ip };
-    if !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN)) || ip.hop_limit > 1 {
-        return Ok(None);
-    }
     let cfg = crate::nat6::config6();
     let slot = if cfg.is_some_and(|c| addr_eq(&ip.daddr, &c.uplink_addr6)) {
         0

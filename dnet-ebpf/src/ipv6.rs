@@ -316,6 +316,26 @@ pub fn tail_checked(
     Ok((me, net6))
 }
 
+/// An untagged, well-formed IPv6 packet on the uplink: its header, or
+/// `None` for a frame that cannot be dnet's (the host's to handle). The
+/// opening both uplink directions and the time-exceeded answer share.
+#[inline(always)]
+pub fn uplink_ipv6(ctx: &TcContext) -> Option<&Ipv6Hdr> {
+    if lxc::vlan_tagged(ctx) {
+        return None;
+    }
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok()?;
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    if unsafe { (*eth).proto() } != ETH_P_IPV6 {
+        return None;
+    }
+    let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok()?;
+    // SAFETY: as above; the header stays valid while `ctx` is borrowed.
+    let ip = unsafe { &*ip };
+    ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN))
+        .then_some(ip)
+}
+
 /// A network's IPv6 side, if it is dual-stack.
 #[inline(always)]
 pub fn network6(net_id: u32) -> Option<&'static Network6> {

@@ -51,7 +51,7 @@ use dnet_common::{
 use crate::{
     ct::{self, XlateOf},
     err,
-    eth::{ETH_HLEN, ETH_P_IPV6, EthHdr},
+    eth::ETH_HLEN,
     fib::{self, KeptRoute, Route},
     icmp6_reply,
     ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
@@ -558,24 +558,9 @@ fn uplink_flow(
     s: &mut Nat6Scratch,
 ) -> Result<Option<(UplinkFlow, &'static Config)>, DropReason> {
     // A tagged frame is the host's (as for IPv4).
-    if lxc::vlan_tagged(ctx) {
-        return Ok(None);
-    }
-    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    let Some(ip) = ipv6::uplink_ipv6(ctx) else {
         return Ok(None);
     };
-    // SAFETY: `ptr_at` checked that the header lies inside the packet.
-    if unsafe { (*eth).proto() } != ETH_P_IPV6 {
-        return Ok(None);
-    }
-    let Ok(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
-        return Ok(None);
-    };
-    // SAFETY: as above.
-    let ip = unsafe { &*ip };
-    if !ip.is_valid((ctx.len() as usize).saturating_sub(ETH_HLEN)) {
-        return Ok(None);
-    }
     // dnet's IPv6 networks live behind its veths: a source of theirs on
     // the uplink is spoofed, whatever its destination (a gateway, on `lo`,
     // is reached from any interface; IPv6 has no rp_filter), and whether

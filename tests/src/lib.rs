@@ -444,8 +444,12 @@ impl Sandbox {
     /// Starts a detached container running a conntest server, and waits
     /// until it listens.
     pub fn server(&self, name: &str, network: &str, proto: &str, port: u16) {
+        self.server_at(name, network, proto, &port.to_string(), port);
+    }
+
+    /// [`Sandbox::server`], listening on `bind` (`PORT` or `[ADDR]:PORT`).
+    fn server_at(&self, name: &str, network: &str, proto: &str, bind: &str, port: u16) {
         let ct = conntest_bin();
-        let port_s = port.to_string();
         self.dnet_ok(&[
             "run",
             "-d",
@@ -457,7 +461,7 @@ impl Sandbox {
             ct.to_str().expect("utf-8 path"),
             "serve",
             proto,
-            &port_s,
+            bind,
         ]);
         self.wait_server(name, proto, port);
     }
@@ -1182,21 +1186,7 @@ impl Sandbox {
 
     /// [`Sandbox::server`] on `[::]:PORT`: IPv6 and IPv4 clients alike.
     pub fn server6(&self, name: &str, network: &str, proto: &str, port: u16) {
-        let ct = conntest_bin();
-        self.dnet_ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            network,
-            "--",
-            ct.to_str().expect("utf-8 path"),
-            "serve",
-            proto,
-            &format!("[::]:{port}"),
-        ]);
-        self.wait_server(name, proto, port);
+        self.server_at(name, network, proto, &format!("[::]:{port}"), port);
     }
 
     /// `ping -6` from container `from` to `to`: both echoes answered.

@@ -86,6 +86,30 @@ pub(super) fn udp6_sized(fx: &Fixture, sport: u16, payload: usize) -> Vec<u8> {
     )
 }
 
+/// A router of the world answers `out` (a frame NAT66 sent on to the
+/// uplink) with "packet too big, MTU 1280", quoting it whole: the answer
+/// reaches A, from the router, with its type and MTU kept and its ICMPv6
+/// checksum verified over the new pseudo-header. Gives the frame A gets.
+fn too_big_from_the_world_to_a(fx: &Fixture, out: &[u8]) -> Pkt6 {
+    let ptb = error6(
+        WORLD_MAC,
+        up0_mac(),
+        ROUTER6,
+        UPLINK6,
+        2,
+        0,
+        1280,
+        &out[14..],
+    );
+    let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &ptb);
+    assert_eq!(v, REDIRECT, "into the container");
+    let p = parse6_checked(&back);
+    assert_eq!((p.saddr, p.daddr), (ip6(ROUTER6), ip6(A6)));
+    assert_eq!(&p.l4[..2], &[2, 0], "packet too big");
+    assert_eq!(&p.l4[4..8], &1280u32.to_be_bytes(), "the MTU kept");
+    p
+}
+
 #[test]
 fn a_packet_too_big_from_the_world_reaches_the_nat66_container_translated() {
     in_fresh_netns(|| {
@@ -97,25 +121,9 @@ fn a_packet_too_big_from_the_world_reaches_the_nat66_container_translated() {
         let ct_before = fx.dp.conntrack6().unwrap();
         // A router of the world says the translated segment is too big,
         // quoting it whole as it left.
-        let ptb = error6(
-            WORLD_MAC,
-            up0_mac(),
-            ROUTER6,
-            UPLINK6,
-            2,
-            0,
-            1280,
-            &out[14..],
-        );
-        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &ptb);
-        assert_eq!(v, REDIRECT, "into the container");
-        // Checks the ICMPv6 checksum over the new pseudo-header.
-        let p = parse6_checked(&back);
-        assert_eq!((p.saddr, p.daddr), (ip6(ROUTER6), ip6(A6)));
+        let p = too_big_from_the_world_to_a(&fx, &out);
         assert_eq!((p.dst_mac, p.src_mac), (fx.a.mac, GW_MAC));
         assert_eq!(p.hop, 63, "routed: hop limit down by one");
-        assert_eq!(&p.l4[..2], &[2, 0], "packet too big");
-        assert_eq!(&p.l4[4..8], &1280u32.to_be_bytes(), "the MTU kept");
         let q = quote_of(&p);
         assert_eq!((q.saddr, port(&q.l4, 0)), (ip6(A6), 40000), "as A sent it");
         assert_eq!((q.daddr, port(&q.l4, 2)), (ip6(SERVER6), 80));
@@ -203,23 +211,7 @@ fn a_packet_too_big_quoting_extension_headers_reaches_the_nat66_container_transl
         let nat_port = u16::from_be_bytes([out[62], out[63]]);
         assert_ne!(nat_port, 40000);
         // A router of the world quotes it whole as it left.
-        let ptb = error6(
-            WORLD_MAC,
-            up0_mac(),
-            ROUTER6,
-            UPLINK6,
-            2,
-            0,
-            1280,
-            &out[14..],
-        );
-        let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &ptb);
-        assert_eq!(v, REDIRECT, "into the container");
-        // Checks the ICMPv6 checksum (over the new addresses and quote).
-        let p = parse6_checked(&back);
-        assert_eq!((p.saddr, p.daddr), (ip6(ROUTER6), ip6(A6)));
-        assert_eq!(&p.l4[..2], &[2, 0], "packet too big");
-        assert_eq!(&p.l4[4..8], &1280u32.to_be_bytes(), "the MTU kept");
+        let p = too_big_from_the_world_to_a(&fx, &out);
         // The quote: as A sent it, options and all (its hop limit aside:
         // it left a hop further on).
         let q = &p.l4[8..];
