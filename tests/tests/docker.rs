@@ -981,6 +981,107 @@ fn docker_macvlan_network() {
     assert_eq!(env.sb.host_links(), links_before, "links left in the host");
 }
 
+/// `-o driver=macvlan --ipv6` with the LAN's IPv6 subnet: Docker's IPAM
+/// addresses both families (`--ip-range` and `--ip6` too); the containers
+/// are IPv6 hosts of the LAN, reached by the world at their own addresses
+/// and seen by it with theirs, their default IPv6 route via the LAN's
+/// router. The parent's own IPv6 address is refused with nothing left.
+#[test]
+fn docker_dual_stack_macvlan_network() {
+    let mut env = Env::start(true);
+    let links_before = env.sb.host_links();
+    let id = env.network(
+        "lan6",
+        &[
+            "-o",
+            "driver=macvlan",
+            "-o",
+            "parent=eth0",
+            "--ipv6",
+            "--subnet",
+            "198.18.0.0/24",
+            "--gateway",
+            "198.18.0.1",
+            "--ip-range",
+            "198.18.0.64/26",
+            "--subnet",
+            "2001:2::/64",
+            "--gateway",
+            WORLD6,
+            "--ip-range",
+            "2001:2::100/120",
+        ],
+    );
+    let net = env.dnet_network(&id).expect("the dnet network of Docker's");
+    assert_eq!(net["driver"], "macvlan", "{net}");
+    assert_eq!(net["ipam6"]["subnet"], "2001:2::/64", "{net}");
+    assert_eq!(net["ipam6"]["gateway"], WORLD6, "{net}");
+    env.run("m1", "lan6", &[]);
+    env.run("m2", "lan6", &["--ip6", "2001:2::99"]);
+    assert_eq!(global_addr6(&env, "m1"), ["2001:2::100/64"]);
+    assert_eq!(global_addr6(&env, "m2"), ["2001:2::99/64"]);
+    let o = env.exec("m1", &["ip", "-6", "route"]);
+    assert!(
+        stdout(&o).contains(&format!("default via {WORLD6} dev eth0")),
+        "{}",
+        out(&o)
+    );
+
+    // Hosts of the LAN: the world reaches them at their own addresses and
+    // sees theirs (no NAT66), and they reach each other.
+    let o = env
+        .sb
+        .in_world("ping", &["-6", "-c", "1", "-W", "2", "2001:2::99"]);
+    assert!(ok(&o), "the world -> m2 over IPv6: {}", out(&o));
+    let o = ping6(&env, "m1", "2001:2::99");
+    assert!(ok(&o), "m1 -> m2 over IPv6: {}", out(&o));
+    let world = env.sb.world_netns_path();
+    env.sb
+        .spawn_in(&world, &ct(), &["serve", "tcp", "[::]:7300"]);
+    dnet_sandbox::wait_listening(&world, "tcp", 7300);
+    let ns = std::path::PathBuf::from(format!("/proc/{}/ns/net", env.docker.pid_of("m1").unwrap()));
+    let o = dnet_sandbox::in_netns(&ns, &ct(), &["tcp", &format!("[{WORLD6}]:7300")]);
+    assert!(
+        ok(&o) && stdout(&o).starts_with("[2001:2::100]:"),
+        "the world sees m1's own IPv6 address: {}",
+        out(&o)
+    );
+    assert_consistent(&env.sb);
+
+    // The parent's own address is not the container's to take. (Once dnet
+    // has learnt Docker's name for the network, which changes its state.)
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            env.dnet_network(&id).is_some_and(|n| n["name"] == "lan6")
+        }),
+        "{:?}",
+        env.dnet_network(&id)
+    );
+    let before = env.sb.snapshot();
+    let e = env.docker_err(&[
+        "run",
+        "-d",
+        "--name",
+        "m3",
+        "--network",
+        "lan6",
+        "--ip6",
+        UPLINK6,
+        IMAGE,
+        "sleep",
+        "300",
+    ]);
+    assert!(e.contains(UPLINK6), "{e}");
+    env.docker(&["rm", "-f", "m3"]);
+    assert_eq!(env.sb.snapshot(), before, "the refused run left something");
+
+    env.docker(&["rm", "-f", "m1", "m2"]);
+    env.docker(&["network", "rm", "lan6"]);
+    assert!(env.dnet_network(&id).is_none());
+    env.assert_clean();
+    assert_eq!(env.sb.host_links(), links_before, "links left in the host");
+}
+
 /// `conntest dns query 127.0.0.11 ARGS` in a Docker container's namespace:
 /// Docker's embedded resolver answers there. Its output lines.
 fn ask_docker_dns(env: &Env, container: &str, args: &[&str]) -> Vec<String> {
@@ -1115,6 +1216,21 @@ fn ping6(env: &Env, from: &str, to: &str) -> std::process::Output {
     )
 }
 
+/// Docker container `name` reaches a TCP server on the world's IPv6
+/// address through dnet's NAT66, and the world sees the uplink's address.
+fn assert_nat66_to_world(env: &mut Env, name: &str) {
+    let world = env.sb.world_netns_path();
+    env.sb.spawn_in(&world, &ct(), &["serve", "tcp", "[::]:80"]);
+    dnet_sandbox::wait_listening(&world, "tcp", 80);
+    let ns = std::path::PathBuf::from(format!("/proc/{}/ns/net", env.docker.pid_of(name).unwrap()));
+    let o = dnet_sandbox::in_netns(&ns, &ct(), &["tcp", &format!("[{WORLD6}]:80")]);
+    assert!(
+        ok(&o) && stdout(&o).starts_with(&format!("[{UPLINK6}]:")),
+        "{name} -> the world over IPv6 through NAT66, seen as the uplink: {}",
+        out(&o)
+    );
+}
+
 /// `docker network create --ipv6` with Docker's default IPAM: a dual-stack
 /// dnet network with Docker's IPv6 subnet and gateway; containers get
 /// Docker's IPv6 address on `eth0` (`--ip6` too), their default IPv6 route
@@ -1198,18 +1314,7 @@ fn docker_dual_stack_network() {
         out(&o)
     );
 
-    // Out to the world's IPv6 address through dnet's NAT66: the world
-    // sees the uplink's address.
-    let world = env.sb.world_netns_path();
-    env.sb.spawn_in(&world, &ct(), &["serve", "tcp", "[::]:80"]);
-    dnet_sandbox::wait_listening(&world, "tcp", 80);
-    let c1 = std::path::PathBuf::from(format!("/proc/{}/ns/net", env.docker.pid_of("c1").unwrap()));
-    let o = dnet_sandbox::in_netns(&c1, &ct(), &["tcp", &format!("[{WORLD6}]:80")]);
-    assert!(
-        ok(&o) && stdout(&o).starts_with(&format!("[{UPLINK6}]:")),
-        "c1 -> the world over IPv6, seen as the uplink: {}",
-        out(&o)
-    );
+    assert_nat66_to_world(&mut env, "c1");
     let o = ping6(&env, "c1", WORLD6);
     assert!(ok(&o), "c1 -> the world's IPv6: {}", out(&o));
 
@@ -1312,16 +1417,7 @@ fn docker_ipam_driver_dual_stack() {
         ask_docker_dns(&env, "c1", &["c2", "aaaa"]),
         ["rcode NoError", "AAAA fd00:93::77"]
     );
-    let world = env.sb.world_netns_path();
-    env.sb.spawn_in(&world, &ct(), &["serve", "tcp", "[::]:80"]);
-    dnet_sandbox::wait_listening(&world, "tcp", 80);
-    let c1 = std::path::PathBuf::from(format!("/proc/{}/ns/net", env.docker.pid_of("c1").unwrap()));
-    let o = dnet_sandbox::in_netns(&c1, &ct(), &["tcp", &format!("[{WORLD6}]:80")]);
-    assert!(
-        ok(&o) && stdout(&o).starts_with(&format!("[{UPLINK6}]:")),
-        "c1 -> the world over IPv6 through NAT66: {}",
-        out(&o)
-    );
+    assert_nat66_to_world(&mut env, "c1");
 
     // No IPv6 subnet given: dnet picks a /64 of its ULA /48.
     let id2 = env.network("ds-auto", &["--ipam-driver", &d, "--ipv6"]);

@@ -159,11 +159,6 @@ pub fn network_request(r: &CreateNetwork) -> Result<NetworkCreate> {
             ));
         }
     };
-    if ipv6 && driver != "bridge" {
-        return Err(invalid!(
-            "--ipv6: dnet's Docker driver makes {driver} networks IPv4 only (its bridge networks may be dual-stack, and so may a {driver} network made with `dnet network create -d {driver} --ipv6`)"
-        ));
-    }
     Ok(NetworkCreate {
         name: format!("docker-{}", short(&r.network_id)),
         driver: Some(driver.into()),
@@ -471,6 +466,22 @@ mod tests {
         .unwrap();
         assert_eq!(r.driver.as_deref(), Some("macvlan"));
         assert_eq!(r.options, vec!["macvlan_mode=bridge", "parent=eth0"]);
+        // `--ipv6` with the LAN's IPv6 subnet: a dual-stack macvlan network
+        // (the engine checks the subnet against the parent's LAN).
+        let mut c = create(serde_json::json!({
+            GENERIC: {"driver": "macvlan", "parent": "eth0"},
+            ENABLE_IPV6: true,
+        }));
+        c.ipv6_data = vec![IpamData {
+            pool: "2001:db8::/64".into(),
+            gateway: "2001:db8::1/64".into(),
+            ..Default::default()
+        }];
+        let r = network_request(&c).unwrap();
+        assert_eq!(r.driver.as_deref(), Some("macvlan"));
+        assert!(r.ipv6);
+        assert_eq!(r.subnet6.as_deref(), Some("2001:db8::/64"));
+        assert_eq!(r.gateway6.as_deref(), Some("2001:db8::1"));
     }
 
     #[test]
@@ -487,10 +498,6 @@ mod tests {
             (
                 serde_json::json!({GENERIC: {"driver": "ipvlan"}}),
                 "unknown driver",
-            ),
-            (
-                serde_json::json!({GENERIC: {"driver": "macvlan"}, ENABLE_IPV6: true}),
-                "IPv4 only",
             ),
         ] {
             let e = network_request(&create(opts)).unwrap_err().to_string();
