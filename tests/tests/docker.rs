@@ -1035,17 +1035,7 @@ fn docker_dual_stack_macvlan_network() {
     assert!(ok(&o), "the world -> m2 over IPv6: {}", out(&o));
     let o = ping6(&env, "m1", "2001:2::99");
     assert!(ok(&o), "m1 -> m2 over IPv6: {}", out(&o));
-    let world = env.sb.world_netns_path();
-    env.sb
-        .spawn_in(&world, &ct(), &["serve", "tcp", "[::]:7300"]);
-    dnet_sandbox::wait_listening(&world, "tcp", 7300);
-    let ns = std::path::PathBuf::from(format!("/proc/{}/ns/net", env.docker.pid_of("m1").unwrap()));
-    let o = dnet_sandbox::in_netns(&ns, &ct(), &["tcp", &format!("[{WORLD6}]:7300")]);
-    assert!(
-        ok(&o) && stdout(&o).starts_with("[2001:2::100]:"),
-        "the world sees m1's own IPv6 address: {}",
-        out(&o)
-    );
+    assert_world_sees6(&mut env, "m1", "2001:2::100");
     assert_consistent(&env.sb);
 
     // The parent's own address is not the container's to take. (Once dnet
@@ -1217,16 +1207,17 @@ fn ping6(env: &Env, from: &str, to: &str) -> std::process::Output {
 }
 
 /// Docker container `name` reaches a TCP server on the world's IPv6
-/// address through dnet's NAT66, and the world sees the uplink's address.
-fn assert_nat66_to_world(env: &mut Env, name: &str) {
+/// address, and the world sees the connection come from `seen` (the
+/// uplink's address through NAT66, the container's own on a LAN).
+fn assert_world_sees6(env: &mut Env, name: &str, seen: &str) {
     let world = env.sb.world_netns_path();
     env.sb.spawn_in(&world, &ct(), &["serve", "tcp", "[::]:80"]);
     dnet_sandbox::wait_listening(&world, "tcp", 80);
     let ns = std::path::PathBuf::from(format!("/proc/{}/ns/net", env.docker.pid_of(name).unwrap()));
     let o = dnet_sandbox::in_netns(&ns, &ct(), &["tcp", &format!("[{WORLD6}]:80")]);
     assert!(
-        ok(&o) && stdout(&o).starts_with(&format!("[{UPLINK6}]:")),
-        "{name} -> the world over IPv6 through NAT66, seen as the uplink: {}",
+        ok(&o) && stdout(&o).starts_with(&format!("[{seen}]:")),
+        "{name} -> the world over IPv6, to be seen as {seen}: {}",
         out(&o)
     );
 }
@@ -1314,7 +1305,7 @@ fn docker_dual_stack_network() {
         out(&o)
     );
 
-    assert_nat66_to_world(&mut env, "c1");
+    assert_world_sees6(&mut env, "c1", UPLINK6);
     let o = ping6(&env, "c1", WORLD6);
     assert!(ok(&o), "c1 -> the world's IPv6: {}", out(&o));
 
@@ -1417,7 +1408,7 @@ fn docker_ipam_driver_dual_stack() {
         ask_docker_dns(&env, "c1", &["c2", "aaaa"]),
         ["rcode NoError", "AAAA fd00:93::77"]
     );
-    assert_nat66_to_world(&mut env, "c1");
+    assert_world_sees6(&mut env, "c1", UPLINK6);
 
     // No IPv6 subnet given: dnet picks a /64 of its ULA /48.
     let id2 = env.network("ds-auto", &["--ipam-driver", &d, "--ipv6"]);

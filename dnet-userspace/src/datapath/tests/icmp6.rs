@@ -86,12 +86,10 @@ pub(super) fn udp6_sized(fx: &Fixture, sport: u16, payload: usize) -> Vec<u8> {
     )
 }
 
-/// A router of the world answers `out` (a frame NAT66 sent on to the
-/// uplink) with "packet too big, MTU 1280", quoting it whole: the answer
-/// reaches A, from the router, with its type and MTU kept and its ICMPv6
-/// checksum verified over the new pseudo-header. Gives the frame A gets.
-fn too_big_from_the_world_to_a(fx: &Fixture, out: &[u8]) -> Pkt6 {
-    let ptb = error6(
+/// "Packet too big, MTU 1280" from a router of the world to the uplink's
+/// address, quoting `frame` (an Ethernet frame) whole.
+fn too_big_from_the_world(frame: &[u8]) -> Vec<u8> {
+    error6(
         WORLD_MAC,
         up0_mac(),
         ROUTER6,
@@ -99,9 +97,16 @@ fn too_big_from_the_world_to_a(fx: &Fixture, out: &[u8]) -> Pkt6 {
         2,
         0,
         1280,
-        &out[14..],
-    );
-    let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &ptb);
+        &frame[14..],
+    )
+}
+
+/// A router of the world answers `out` (a frame NAT66 sent on to the
+/// uplink) with "packet too big, MTU 1280", quoting it whole: the answer
+/// reaches A, from the router, with its type and MTU kept and its ICMPv6
+/// checksum verified over the new pseudo-header. Gives the frame A gets.
+fn too_big_from_the_world_to_a(fx: &Fixture, out: &[u8]) -> Pkt6 {
+    let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &too_big_from_the_world(out));
     assert_eq!(v, REDIRECT, "into the container");
     let p = parse6_checked(&back);
     assert_eq!((p.saddr, p.daddr), (ip6(ROUTER6), ip6(A6)));
@@ -245,16 +250,7 @@ fn an_icmpv6_error_about_no_nat66_flow_is_not_translated() {
         // From the world: about a packet no flow sent (the host's own, say):
         // the host's, untouched.
         let host = udp6_to(up0_mac(), WORLD_MAC, (UPLINK6, 40001), (SERVER6, 53));
-        let ptb = error6(
-            WORLD_MAC,
-            up0_mac(),
-            ROUTER6,
-            UPLINK6,
-            2,
-            0,
-            1280,
-            &host[14..],
-        );
+        let ptb = too_big_from_the_world(&host);
         let (v, back) = run_prog(&fx.dp, PROG_FROM_UPLINK, &ptb);
         assert_eq!(v, OK, "the host's");
         assert_eq!(back, ptb, "untouched");
