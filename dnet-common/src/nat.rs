@@ -621,6 +621,26 @@ mod tests {
     }
 
     #[test]
+    fn each_half_of_the_probes_covers_a_range_of_up_to_half_of_them() {
+        // The NAT port choice leaves just-closed ports alone in the first
+        // half and takes them in the second: both must see every port of a
+        // small range.
+        let half = NAT_PORT_PROBES / 2;
+        for size in 1..=half {
+            for h in [0, 7, 0xdead_beef, u32::MAX] {
+                for probes in [0..half, half..NAT_PORT_PROBES] {
+                    let mut seen: Vec<u16> = probes
+                        .map(|n| nat_port_candidate(h, n, 1000, size))
+                        .collect();
+                    seen.sort_unstable();
+                    seen.dedup();
+                    assert_eq!(seen.len(), size as usize, "size {size}, hash {h:#x}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn probe_sequences_do_not_gather_into_runs() {
         // Half of a 1,000-port range taken in one block, as a stride of one
         // leaves it: flows whose start falls in the block must not walk it.

@@ -33,11 +33,20 @@ use crate::{
 
 pub const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// How long a closed TCP flow keeps its port after its last packet (the
-/// last ACK, or the RST). That packet and a new flow's SYN on the same tuple
+/// last ACK, or the RST) from the later probes of a new flow, the ones
+/// made once the first found no free port. That packet and a new flow's SYN on the same tuple
 /// may reach the peer out of order when two CPUs forward them; a SYN that
 /// comes first meets the old connection and is answered with a challenge
 /// ACK, which costs the new connect a SYN retransmit (1 s).
-const REUSE_GRACE_NS: u64 = NSEC_PER_SEC / 20;
+pub const REUSE_GRACE_NS: u64 = NSEC_PER_SEC / 20;
+/// How long a closed TCP flow keeps its port from the first probes of a new
+/// flow ([`reclaim`]'s `grace` in the NAT port choice), while free ports
+/// remain. The grace alone protects only an order: a last ACK that is
+/// lost, or queued behind a busy CPU for longer than the grace, leaves the
+/// server in LAST_ACK on that tuple, and a new SYN on it meets a challenge
+/// ACK whose answering RST is outside the new flow's window. A second
+/// covers the server's first FIN retransmit and its answer.
+pub const REUSE_SETTLE_NS: u64 = NSEC_PER_SEC;
 
 /// `-E2BIG`: what inserting into a full hash map returns.
 const E2BIG: i32 = -7;
@@ -507,13 +516,13 @@ pub fn insert_flow<A: Family>(
 }
 
 /// Frees the port of the TCP flow whose reply is keyed `s.rkey` if that
-/// flow is over (a RST, or a FIN each way and the last ACK) since
-/// [`REUSE_GRACE_NS`], so a closed connection's port serves a new one
-/// almost at once, as Linux reuses a TIME_WAIT tuple for a new SYN.
-/// Without it, short connections to one server would hold every port of
-/// the range for the closing timeout. Uses `s.fkey`.
+/// flow is over (a RST, or a FIN each way and the last ACK) since `grace`
+/// ([`REUSE_SETTLE_NS`] or [`REUSE_GRACE_NS`]), so a closed connection's
+/// port serves a new one soon, as Linux reuses a TIME_WAIT tuple for a new
+/// SYN. Without it, short connections to one server would hold every port
+/// of the range for the closing timeout. Uses `s.fkey`.
 #[inline(always)]
-pub fn reclaim<A: Family>(s: &mut CtScratch<A>) {
+pub fn reclaim<A: Family>(s: &mut CtScratch<A>, grace: u64) {
     let Some(old) = A::table().get_ptr(&s.rkey) else {
         return;
     };
@@ -529,8 +538,7 @@ pub fn reclaim<A: Family>(s: &mut CtScratch<A>) {
         let closed = match f {
             Some(f) => {
                 tcp_reusable((*old).tcp_seen, (*f).tcp_seen)
-                    && now().saturating_sub((*old).last_seen_ns.max((*f).last_seen_ns))
-                        > REUSE_GRACE_NS
+                    && now().saturating_sub((*old).last_seen_ns.max((*f).last_seen_ns)) > grace
             }
             // Half a flow: another CPU may be between its two inserts, so
             // only an orphan older than a second is taken.

@@ -21,8 +21,8 @@ use dnet_common::{
 
 use crate::{
     ct::{
-        Family, InsertError, Xlate, XlateOf, entry, entry_into, insert_flow, reclaim,
-        reply_in_scratch,
+        Family, InsertError, REUSE_GRACE_NS, REUSE_SETTLE_NS, Xlate, XlateOf, entry, entry_into,
+        insert_flow, reclaim, reply_in_scratch,
     },
     err,
     eth::ETH_HLEN,
@@ -96,15 +96,23 @@ fn claim_port<A: Family>(
 ) -> Result<bool, DropReason> {
     let size = (cfg.nat_port_max as u32).saturating_sub(cfg.nat_port_min as u32) + 1;
     let hash = tuple_hash(key);
+    // The first half of the probes leave a just-closed flow's port to its
+    // peer; the second half take it after the short grace. A sequence
+    // visits every port of the range before it repeats one, so each half
+    // covers a range of up to half the probes. (A constant bound: one
+    // that depends on the range would split the verifier's paths at every
+    // probe.)
     for n in 0..NAT_PORT_PROBES {
-        if n >= size {
-            break;
-        }
         fwd.new_sport_be = nat_port_candidate(hash, n, cfg.nat_port_min, size).to_be();
         let s = reply_in_scratch(key, fwd).ok_or(DropReason::CtFull)?;
         // A closed TCP flow's port serves the next one.
         if key.proto == IPPROTO_TCP {
-            reclaim(s);
+            let grace = if n < NAT_PORT_PROBES / 2 {
+                REUSE_SETTLE_NS
+            } else {
+                REUSE_GRACE_NS
+            };
+            reclaim(s, grace);
         }
         match insert_flow(key, fwd, &s.rkey, &s.reply) {
             Ok(made) => return Ok(made),

@@ -263,7 +263,8 @@ fn ct_many_short_nat_connections_from_one_container_all_succeed_with_the_default
     assert_eq!(
         (r["requests"].as_u64(), r["errors"].as_u64()),
         (Some(N), Some(0)),
-        "{r}"
+        "{r}\nstats: {}",
+        sb.dnet_json(&["stats"])
     );
     assert_eq!(sb.drops("a", "nat-destination-limit"), 0);
     assert_eq!(sb.drops("a", "conntrack-endpoint-limit"), 0);

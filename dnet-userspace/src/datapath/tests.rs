@@ -1427,7 +1427,8 @@ fn a_closed_tcp_flows_port_serves_the_next_flow_after_its_last_ack() {
         assert_eq!(v, REDIRECT, "the last ACK still finds its flow");
         assert_eq!(parse_checked(&o).sport, p1);
         // The port waits REUSE_GRACE_NS (50 ms) after the last ACK, for
-        // that ACK to reach the server before a new SYN does.
+        // that ACK to reach the server before a new SYN does (no port is
+        // free, so the probes that take a just-closed port come to it).
         std::thread::sleep(std::time::Duration::from_millis(60));
         let (v, o3) = run(&fx.dp, &syn(1003));
         assert_eq!(v, REDIRECT, "the closed flow's port is reused");
@@ -1436,6 +1437,55 @@ fn a_closed_tcp_flows_port_serves_the_next_flow_after_its_last_ack() {
         let ct = fx.dp.conntrack().unwrap();
         assert_eq!(ct.len(), 4);
         assert!(!ct.iter().any(|(k, _)| u16::from_be(k.sport_be) == 1001));
+    });
+}
+
+#[test]
+fn a_just_closed_flows_port_is_left_to_its_peer_while_another_is_free() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50001);
+        let a = "172.17.0.2";
+        let syn = |sport| tcp(fx.a.mac, GW_MAC, (a, sport), (WORLD, 80), 0x02);
+        let (_, o) = run(&fx.dp, &syn(1001));
+        let p1 = parse_checked(&o).sport;
+        // Flow 1001 closes whole (a FIN each way, the last ACK), and its
+        // short grace goes by.
+        let fin_out = tcp(fx.a.mac, GW_MAC, (a, 1001), (WORLD, 80), 0x11);
+        let fin_in = tcp(WORLD_MAC, up0_mac(), (WORLD, 80), (UPLINK, p1), 0x11);
+        let last_ack = tcp(fx.a.mac, GW_MAC, (a, 1001), (WORLD, 80), 0x10);
+        assert_eq!(run(&fx.dp, &fin_out).0, REDIRECT);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &fin_in).0, REDIRECT);
+        assert_eq!(run(&fx.dp, &last_ack).0, REDIRECT);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        // A new flow whose first probe is that port takes the free one: the
+        // server may not have the last ACK yet.
+        let first_probe = |sport: u16| {
+            let k = dnet_common::CtKey {
+                saddr_be: ipv4_be(ip(a)),
+                daddr_be: ipv4_be(ip(WORLD)),
+                sport_be: sport.to_be(),
+                dport_be: 80u16.to_be(),
+                proto: 6,
+                _pad: [0; 3],
+            };
+            dnet_common::nat::nat_port_candidate(dnet_common::nat::tuple_hash(&k), 0, 50000, 2)
+        };
+        let sport = (1002..2000).find(|s| first_probe(*s) == p1).unwrap();
+        let (v, o) = run(&fx.dp, &syn(sport));
+        assert_eq!(v, REDIRECT);
+        let p2 = parse_checked(&o).sport;
+        assert_ne!(
+            p2, p1,
+            "the port closed 60 ms ago was taken while {p2} was free"
+        );
+        // No port is free now: the next flow's later probe takes the
+        // closed one after the short grace.
+        let (v, o) = run(&fx.dp, &syn(sport + 1));
+        assert_eq!(
+            v, REDIRECT,
+            "the closed flow's port serves when none is free"
+        );
+        assert_eq!(parse_checked(&o).sport, p1);
     });
 }
 

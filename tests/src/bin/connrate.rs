@@ -114,6 +114,9 @@ fn serve(a: SocketAddr) -> anyhow::Result<()> {
 struct Report {
     requests: u64,
     errors: u64,
+    /// The first error, for a failing run's message: what it was and after
+    /// how long.
+    first_error: Option<String>,
     seconds: f64,
     /// Sorted latencies of the successful requests, in microseconds.
     lat_us: Vec<u32>,
@@ -130,9 +133,13 @@ impl Report {
 
     fn to_json(&self) -> String {
         format!(
-            "{{\"requests\":{},\"errors\":{},\"seconds\":{:.6},\"rate\":{:.3},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1}}}",
+            "{{\"requests\":{},\"errors\":{},\"first_error\":{},\"seconds\":{:.6},\"rate\":{:.3},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1}}}",
             self.requests,
             self.errors,
+            match &self.first_error {
+                Some(e) => format!("{e:?}"),
+                None => "null".into(),
+            },
             self.seconds,
             if self.seconds > 0.0 {
                 self.requests as f64 / self.seconds
@@ -175,6 +182,7 @@ fn client(
             std::thread::spawn(move || {
                 let mut lat = Vec::with_capacity(1 << 16);
                 let mut errors = 0u64;
+                let mut first_error = None;
                 let mut in_a_row = 0u32;
                 while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max {
                     let t = Instant::now();
@@ -183,8 +191,11 @@ fn client(
                             lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                             in_a_row = 0;
                         }
-                        Err(_) => {
+                        Err(e) => {
                             errors += 1;
+                            first_error.get_or_insert_with(|| {
+                                format!("{:?} after {:?}: {e}", e.kind(), t.elapsed())
+                            });
                             in_a_row += 1;
                             if in_a_row >= 50 {
                                 break;
@@ -192,22 +203,25 @@ fn client(
                         }
                     }
                 }
-                (lat, errors)
+                (lat, errors, first_error)
             })
         })
         .collect();
     let mut lat_us = Vec::new();
     let mut errors = 0;
+    let mut first_error = None;
     for h in handles {
-        let (l, e) = h.join().expect("worker");
+        let (l, e, f) = h.join().expect("worker");
         lat_us.extend(l);
         errors += e;
+        first_error = first_error.or(f);
     }
     let seconds = start.elapsed().as_secs_f64();
     lat_us.sort_unstable();
     Report {
         requests: lat_us.len() as u64,
         errors,
+        first_error,
         seconds,
         lat_us,
     }
