@@ -270,7 +270,14 @@ pub fn lookup<A: Family>(key: &CtKeyOf<A>, seg: &Seg) -> Result<Option<XlateOf<A
         let mut add = tcp_flags;
         if let Some(p) = p {
             if !track(&mut (*e).win, &mut (*p).win, seg) {
-                if tcp_flags & TCP_RST != 0 {
+                // The opener's RST before the other side has answered
+                // goes through, ending nothing: it answers an ACK of an
+                // older connection on the tuple (the peer still in
+                // LAST_ACK, which the RST ends), as RFC 793 has a
+                // connecting side do, and its sequence number is the old
+                // connection's. The peer judges it; this flow has no
+                // window of the peer's to protect yet.
+                if tcp_flags & TCP_RST != 0 && !(first && (*p).win.maxwin == 0) {
                     return Err(DropReason::CtRstOutOfWindow);
                 }
                 return Ok(Some(XlateOf::of(&*e)));

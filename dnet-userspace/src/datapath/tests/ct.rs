@@ -438,6 +438,51 @@ fn ct_a_reset_outside_the_window_or_inexact_leaves_the_flow_and_the_exact_one_en
 }
 
 #[test]
+fn ct_the_openers_reset_to_an_older_connections_ack_reaches_the_peer_and_ends_nothing() {
+    in_fresh_netns(|| {
+        let fx = nat_fixture(50000, 50009);
+        // A opens a connection on a tuple whose server still holds an older
+        // one (in LAST_ACK: its last ACK was lost): the server answers the
+        // SYN with that connection's ACK, and A with a RST at its ACK
+        // number, far from A's own sequence space.
+        let (v, o) = run(
+            &fx.dp,
+            &from_a(&fx, 40000, 0x02, 1000, 0, 64240, &SYN_OPTS, b""),
+        );
+        assert_eq!(v, REDIRECT);
+        let port = parse_checked(&o).sport;
+        let old_ack = 1000u32.wrapping_add(1 << 31);
+        let challenge = to_port(port, 0x10, 777_000, old_ack, 509, &[]);
+        let (v, o) = run_prog(&fx.dp, PROG_FROM_UPLINK, &challenge);
+        assert_eq!(v, REDIRECT, "A gets the ACK, and answers it");
+        assert_eq!(parse_checked(&o).daddr, ip(A));
+        let rst = from_a(&fx, 40000, 0x04, old_ack, 0, 0, &[], b"");
+        let (v, o) = run(&fx.dp, &rst);
+        assert_eq!(v, REDIRECT, "the RST reaches the server, which it frees");
+        assert_eq!(parse_checked(&o).sport, port);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtRstOutOfWindow), 0);
+        assert_eq!(only_flow(&fx.dp).1, FlowState::SynSent, "it ends nothing");
+        // A's SYN again, then the server's answer: the handshake goes on.
+        assert_eq!(
+            run(
+                &fx.dp,
+                &from_a(&fx, 40000, 0x02, 1000, 0, 64240, &SYN_OPTS, b"")
+            )
+            .0,
+            REDIRECT
+        );
+        let synack = to_port(port, 0x12, 5000, 1001, 65160, &SYN_OPTS);
+        assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &synack).0, REDIRECT);
+        // Once the server has answered, A's RST outside the window is
+        // dropped, as the world's is.
+        let (v, _) = run(&fx.dp, &from_a(&fx, 40000, 0x04, old_ack, 0, 0, &[], b""));
+        assert_eq!(v, SHOT);
+        assert_eq!(drops(&fx.dp, 1, DropReason::CtRstOutOfWindow), 1);
+        assert_eq!(only_flow(&fx.dp).1, FlowState::SynRecv);
+    });
+}
+
+#[test]
 fn ct_the_reuse_grace_counts_from_the_flows_last_packet() {
     in_fresh_netns(|| {
         let fx = nat_fixture(50000, 50009);
