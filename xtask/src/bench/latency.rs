@@ -68,6 +68,16 @@ pub struct Scale {
     pub window: usize,
     pub first_ms: f64,
     pub last_ms: f64,
+    /// Medians of the same windows: a few attaches that waited for
+    /// something else on the machine move a mean more.
+    pub first_median_ms: f64,
+    pub last_median_ms: f64,
+    /// The daemon's CPU time (user and system, all its threads) per attach
+    /// over each window: what the daemon itself does, in userspace and in
+    /// its system calls, without what others on the machine do meanwhile.
+    pub cpu_ms: Option<(f64, f64)>,
+    /// Every attach, in order (for the JSON).
+    pub ms: Vec<f64>,
     pub rss_kib: Option<u64>,
     pub restart_ms: f64,
     /// Echo requests the first endpoint sent the second meanwhile, and
@@ -127,10 +137,20 @@ impl Drop for Ping {
 pub fn scale(n: usize) -> anyhow::Result<Scale> {
     let mut sb = std::panic::catch_unwind(Sandbox::new)
         .map_err(|_| anyhow::anyhow!("the dnet sandbox did not start (see above)"))?;
+    let window = (n / 2).clamp(1, 100);
+    let pid = daemon_pid(&sb);
+    let cpu = || pid.and_then(cpu_ticks);
+    // The daemon's CPU ticks at the start and end of each window.
+    let mut ticks = [None; 4];
     let mut ms = Vec::with_capacity(n);
     let mut first = None;
     let mut ping = None;
     for i in 0..n {
+        if i == 0 {
+            ticks[0] = cpu();
+        } else if i == n - window {
+            ticks[2] = cpu();
+        }
         sys::check_stop()?;
         let ns = sb.add_netns(&format!("s{i}"));
         let ns_s = ns.to_str().context("utf-8 path")?.to_owned();
@@ -154,13 +174,18 @@ pub fn scale(n: usize) -> anyhow::Result<Scale> {
             }
             _ => {}
         }
+        if i + 1 == window {
+            ticks[1] = cpu();
+        }
     }
-    let window = (n / 2).clamp(1, 100);
+    ticks[3] = cpu();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let o = sb.dnet(&["info", "--format", "json"]);
-    let pid = serde_json::from_slice::<Value>(&o.stdout)
-        .ok()
-        .and_then(|i| i["pid"].as_u64());
+    let median = |v: &[f64]| percentile(v, 50.0).unwrap_or(f64::NAN);
+    // SAFETY: sysconf reads a constant of the system; no memory is shared.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let per_attach =
+        |a: Option<u64>, b: Option<u64>| Some((b? - a?) as f64 * 1e3 / hz / window as f64);
+    let cpu_ms = per_attach(ticks[0], ticks[1]).zip(per_attach(ticks[2], ticks[3]));
     let rss_kib = pid.and_then(|p| {
         std::fs::read_to_string(format!("/proc/{p}/status"))
             .ok()?
@@ -184,10 +209,35 @@ pub fn scale(n: usize) -> anyhow::Result<Scale> {
         window,
         first_ms: mean(&ms[..window]),
         last_ms: mean(&ms[n - window..]),
+        first_median_ms: median(&ms[..window]),
+        last_median_ms: median(&ms[n - window..]),
+        cpu_ms,
         rss_kib,
         restart_ms,
+        ms,
         pings,
     })
+}
+
+/// The pid of the sandbox's daemon (`dnet info`).
+fn daemon_pid(sb: &Sandbox) -> Option<u64> {
+    let o = sb.dnet(&["info", "--format", "json"]);
+    serde_json::from_slice::<Value>(&o.stdout)
+        .ok()
+        .and_then(|i| i["pid"].as_u64())
+}
+
+/// A process's CPU time so far, user and system, in clock ticks
+/// (`/proc/PID/stat` fields 14 and 15, after the parenthesised name).
+fn cpu_ticks(pid: u64) -> Option<u64> {
+    stat_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// [`cpu_ticks`] of a `/proc/PID/stat` line (the name may hold spaces and
+/// parentheses: the fields start after the last `)`).
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
 }
 
 pub enum Latency {
@@ -402,11 +452,18 @@ impl Latency {
                 scale: Some(Ok(sc)),
                 ..
             } => s.push_str(&format!(
-                "\n{} endpoints on one host: mean attach {:.1} ms for the first {w}, {:.1} ms for the last {w} ({:.2}x); daemon RSS {}; restart with them (SIGTERM, start, reconcile, API up) {:.0} ms; a ping between two of them throughout: {}.\n",
+                "\n{} endpoints on one host: mean attach {:.1} ms for the first {w}, {:.1} ms for the last {w} ({:.2}x); medians {:.1} and {:.1} ms ({:.2}x); the daemon's CPU per attach {}; daemon RSS {}; restart with them (SIGTERM, start, reconcile, API up) {:.0} ms; a ping between two of them throughout: {}.\n",
                 sc.n,
                 sc.first_ms,
                 sc.last_ms,
                 sc.last_ms / sc.first_ms,
+                sc.first_median_ms,
+                sc.last_median_ms,
+                sc.last_median_ms / sc.first_median_ms,
+                sc.cpu_ms.map_or("n/a".to_owned(), |(a, b)| format!(
+                    "{a:.2} and {b:.2} ms ({:.2}x)",
+                    b / a
+                )),
                 sc.rss_kib.map_or("n/a".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
                 sc.restart_ms,
                 sc.pings.map_or("n/a".to_owned(), |(sent, lost)| format!("{lost} of {sent} lost")),
@@ -434,6 +491,9 @@ impl Latency {
                         "endpoints": s.n, "window": s.window,
                         "first_mean_ms": s.first_ms, "last_mean_ms": s.last_ms,
                         "ratio": s.last_ms / s.first_ms,
+                        "first_median_ms": s.first_median_ms, "last_median_ms": s.last_median_ms,
+                        "first_cpu_ms": s.cpu_ms.map(|c| c.0), "last_cpu_ms": s.cpu_ms.map(|c| c.1),
+                        "attach_ms": s.ms,
                         "daemon_rss_kib": s.rss_kib, "restart_ms": s.restart_ms,
                         "ping_sent": s.pings.map(|p| p.0), "ping_lost": s.pings.map(|p| p.1),
                     }),
@@ -455,7 +515,15 @@ impl Latency {
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::{cpu_ticks, percentile, stat_cpu_ticks};
+
+    #[test]
+    fn cpu_ticks_are_utime_and_stime_after_the_name() {
+        let line = "4242 (dnet (x) y) S 1 4242 4242 0 -1 4194560 900 0 0 0 123 45 0 0 20 0 9 0";
+        assert_eq!(stat_cpu_ticks(line), Some(168));
+        assert_eq!(stat_cpu_ticks("4242 (dnet) S 1"), None);
+        assert!(cpu_ticks(std::process::id() as u64).is_some());
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
