@@ -325,8 +325,12 @@ impl Inner {
         }
         // This request's ports, and those that led nowhere (the container
         // was on internal networks only) lead to this network now, if it may
-        // carry them.
-        if let Err(e) = self.sync_services() {
+        // carry them. A container without ports changes no published port,
+        // and its attach skips reading the maps whole (each read walks all
+        // 65,536 buckets of each empty map).
+        if !c.ports.is_empty()
+            && let Err(e) = self.sync_services()
+        {
             tracing::warn!(container = %c.name, "publishing: {e}");
         }
         // Its hosts file gains the new address; its resolv.conf names this
@@ -447,8 +451,11 @@ impl Inner {
         }
         // Its published ports now lead to its next address on a bridge
         // network that is not internal, if any (or nowhere, if it went);
-        // the flows of the addresses it left go.
-        if let Err(e) = self.sync_services() {
+        // the flows of the addresses it left go. Without ports, nothing to
+        // republish.
+        if !c.ports.is_empty()
+            && let Err(e) = self.sync_services()
+        {
             tracing::warn!(container = %c.name, "republishing: {e}");
         }
         let addrs: Vec<_> = eps.iter().filter_map(|e| e.ip).collect();
