@@ -34,10 +34,11 @@ use crate::{
 pub const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// How long a closed TCP flow keeps its port after its last packet (the
 /// last ACK, or the RST) from the later probes of a new flow, the ones
-/// made once the first found no free port. That packet and a new flow's SYN on the same tuple
-/// may reach the peer out of order when two CPUs forward them; a SYN that
-/// comes first meets the old connection and is answered with a challenge
-/// ACK, which costs the new connect a SYN retransmit (1 s).
+/// made once the first found no free port. That packet and a new flow's
+/// SYN on the same tuple may reach the peer out of order when two CPUs
+/// forward them; a SYN that comes first meets the old connection and is
+/// answered with a challenge ACK, which costs the new connect a SYN
+/// retransmit (1 s).
 pub const REUSE_GRACE_NS: u64 = NSEC_PER_SEC / 20;
 /// How long a closed TCP flow keeps its port from the first probes of a new
 /// flow ([`reclaim`]'s `grace` in the NAT port choice), while free ports
@@ -178,10 +179,11 @@ pub fn insert_new<A: Family>(k: &CtKeyOf<A>, e: &CtEntryOf<A>) -> Result<(), Ins
 /// (`dnet_common::tcp`): one with a flag combination no TCP sends is
 /// dropped (`conntrack-tcp-invalid`), one outside the windows moves
 /// nothing, and a RST outside them is dropped
-/// (`conntrack-rst-out-of-window`). A RST in the window ends an
-/// established flow only when its sequence number is exact; another
-/// reaches the endpoint, which answers it with a challenge ACK, as
-/// Linux's conntrack lets it. When a TCP flow closes, it gives back what
+/// (`conntrack-rst-out-of-window`). The exception is the opener's RST
+/// before the other side has answered: it goes through and ends nothing.
+/// A RST in the window ends an established flow only when its sequence
+/// number is exact; another reaches the endpoint, which answers it with a
+/// challenge ACK, as Linux's conntrack lets it. When a TCP flow closes, it gives back what
 /// it was charged to its container's limits (`quota`) at once, not when
 /// the collector removes it.
 ///

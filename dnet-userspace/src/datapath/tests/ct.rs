@@ -331,6 +331,17 @@ fn to_port(port: u16, flags: u8, seq: u32, ack: u32, win: u16, opts: &[u8]) -> V
     )
 }
 
+/// A's SYN from `sport` to the world's port 80 (ISN 1000, scaling by 7),
+/// forwarded; returns the flow's NAT port.
+fn syn_from_a(fx: &Fixture, sport: u16) -> u16 {
+    let (v, o) = run(
+        &fx.dp,
+        &from_a(fx, sport, 0x02, 1000, 0, 64240, &SYN_OPTS, b""),
+    );
+    assert_eq!(v, REDIRECT);
+    parse_checked(&o).sport
+}
+
 /// A's connection from `sport` to the world's port 80, as
 /// [`an_established_connection`] makes it (the server has sent up to
 /// 5007, the client up to 1006); returns its NAT port.
@@ -338,9 +349,7 @@ fn establish(fx: &Fixture, sport: u16) -> u16 {
     let a = |flags, seq, ack, win, opts: &[u8], data: &[u8]| {
         from_a(fx, sport, flags, seq, ack, win, opts, data)
     };
-    let (v, o) = run(&fx.dp, &a(0x02, 1000, 0, 64240, &SYN_OPTS, b""));
-    assert_eq!(v, REDIRECT);
-    let port = parse_checked(&o).sport;
+    let port = syn_from_a(fx, sport);
     let w = |flags, seq, ack, win, opts: &[u8], data: &[u8]| {
         tcp_seg(
             WORLD_MAC,
@@ -445,12 +454,7 @@ fn ct_the_openers_reset_to_an_older_connections_ack_reaches_the_peer_and_ends_no
         // one (in LAST_ACK: its last ACK was lost): the server answers the
         // SYN with that connection's ACK, and A with a RST at its ACK
         // number, far from A's own sequence space.
-        let (v, o) = run(
-            &fx.dp,
-            &from_a(&fx, 40000, 0x02, 1000, 0, 64240, &SYN_OPTS, b""),
-        );
-        assert_eq!(v, REDIRECT);
-        let port = parse_checked(&o).sport;
+        let port = syn_from_a(&fx, 40000);
         let old_ack = 1000u32.wrapping_add(1 << 31);
         let challenge = to_port(port, 0x10, 777_000, old_ack, 509, &[]);
         let (v, o) = run_prog(&fx.dp, PROG_FROM_UPLINK, &challenge);
@@ -463,14 +467,7 @@ fn ct_the_openers_reset_to_an_older_connections_ack_reaches_the_peer_and_ends_no
         assert_eq!(drops(&fx.dp, 1, DropReason::CtRstOutOfWindow), 0);
         assert_eq!(only_flow(&fx.dp).1, FlowState::SynSent, "it ends nothing");
         // A's SYN again, then the server's answer: the handshake goes on.
-        assert_eq!(
-            run(
-                &fx.dp,
-                &from_a(&fx, 40000, 0x02, 1000, 0, 64240, &SYN_OPTS, b"")
-            )
-            .0,
-            REDIRECT
-        );
+        assert_eq!(syn_from_a(&fx, 40000), port, "on the same port");
         let synack = to_port(port, 0x12, 5000, 1001, 65160, &SYN_OPTS);
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &synack).0, REDIRECT);
         // Once the server has answered, A's RST outside the window is
@@ -661,12 +658,7 @@ fn ct_a_segment_with_none_of_syn_ack_and_rst_is_dropped_as_invalid() {
 fn ct_a_forged_fin_before_the_syn_ack_does_not_spoil_the_handshake() {
     in_fresh_netns(|| {
         let fx = nat_fixture(50000, 50009);
-        let (v, o) = run(
-            &fx.dp,
-            &from_a(&fx, 40000, 0x02, 1000, 0, 64240, &SYN_OPTS, b""),
-        );
-        assert_eq!(v, REDIRECT);
-        let port = parse_checked(&o).sport;
+        let port = syn_from_a(&fx, 40000);
         // The world's FIN (no ACK) on the flow's tuple, before the server
         // answered: it would set where the server's side is.
         let fin = to_port(port, 0x01, 9_000_000, 0, 512, &[]);
@@ -684,12 +676,7 @@ fn ct_a_forged_fin_before_the_syn_ack_does_not_spoil_the_handshake() {
 fn ct_a_forged_syn_ack_starts_nothing_and_the_real_one_completes_the_handshake() {
     in_fresh_netns(|| {
         let fx = nat_fixture(50000, 50009);
-        let (v, o) = run(
-            &fx.dp,
-            &from_a(&fx, 40000, 0x02, 1000, 0, 64240, &SYN_OPTS, b""),
-        );
-        assert_eq!(v, REDIRECT);
-        let port = parse_checked(&o).sport;
+        let port = syn_from_a(&fx, 40000);
         let before = fx.dp.conntrack().unwrap();
         // A SYN-ACK that acknowledges nothing A sent, at another sequence.
         let forged = to_port(port, 0x12, 5000 + 1_000_000, 777_777, 65160, &SYN_OPTS);
