@@ -145,6 +145,11 @@ pub struct Network {
     /// it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_address: Option<Ipv4Addr>,
+    /// Its IPv6 side on a dual-stack network (an address of `ipam6`'s
+    /// subnet on the same interface). `None` on a network made before
+    /// dnet gave the host one: the host reaches it over IPv4 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_address6: Option<Ipv6Addr>,
     /// The runtime that made this network through its own front end
     /// (Docker's network id): it is known by that key, since the runtime
     /// never replays its creation.
@@ -435,6 +440,7 @@ mod tests {
                 options: BTreeMap::new(),
                 dp_id: 1,
                 host_address: None,
+                host_address6: None,
                 runtime: Some(RuntimeRef {
                     runtime: "docker".into(),
                     id: "d1".into(),

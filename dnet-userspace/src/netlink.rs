@@ -197,6 +197,8 @@ pub trait Family: Copy + Into<IpAddr> + sealed::Sealed {
     /// container's own subnet); an IPv6 one has a /128 device route of its
     /// own first.
     const GATEWAY_ONLINK: bool;
+    /// The prefix length of one address: 32 or 128.
+    const HOST_PREFIX: u8;
 }
 
 mod sealed {
@@ -227,6 +229,7 @@ impl Family for Ipv4Addr {
         RouteAddress::Inet(self)
     }
     const GATEWAY_ONLINK: bool = true;
+    const HOST_PREFIX: u8 = 32;
 }
 
 impl Family for Ipv6Addr {
@@ -251,6 +254,7 @@ impl Family for Ipv6Addr {
         RouteAddress::Inet6(self)
     }
     const GATEWAY_ONLINK: bool = false;
+    const HOST_PREFIX: u8 = 128;
 }
 
 /// An address of a link (IPv4 unless said otherwise).

@@ -1104,6 +1104,142 @@ fn a_dual_stack_network_gives_containers_the_lans_ipv6() {
 }
 
 #[test]
+fn with_host_access_the_host_reaches_dual_stack_containers_over_both_families() {
+    let mut sb = dual_stack_sandbox();
+    let empty = (sb.snapshot(), host6(&sb));
+    let eth0_mac = mac_of_host_link(&sb, "eth0");
+    let net = macvlan(
+        &sb,
+        "lan6",
+        LAN,
+        &["--ipv6", "--subnet", LAN6, "-o", "host_access=true"],
+    );
+    let id = net["id"].as_str().unwrap().to_owned();
+    // The first free address of each family: after the gateway (::1) and
+    // the parent's own (::2).
+    assert_eq!(net["host_address"], "198.18.0.3", "{net}");
+    assert_eq!(net["host_address6"], "2001:2::3", "{net}");
+    let notes = net["notes"].to_string();
+    assert!(
+        notes.contains("at 198.18.0.3 and 2001:2::3") && !notes.contains("IPv4 only"),
+        "{net}"
+    );
+    let shim = format!("mvhost-{}", &id[..8]);
+    let l = &sb.host_ip_json(&["-6", "addr", "show", &shim])[0];
+    let global: Vec<&Value> = l["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["scope"] == "global")
+        .collect();
+    assert_eq!(global.len(), 1, "{l}");
+    assert_eq!(global[0]["local"], "2001:2::3", "{l}");
+    assert_eq!(global[0]["prefixlen"], 128, "{l}");
+    assert_ne!(global[0]["tentative"], true, "{l}");
+    // Nothing taken from the LAN's routers.
+    for key in [
+        "accept_ra",
+        "autoconf",
+        "accept_dad",
+        "router_solicitations",
+    ] {
+        let o = sb.in_host("cat", &[&format!("/proc/sys/net/ipv6/conf/{shim}/{key}")]);
+        assert_eq!(out(&o).trim(), "0", "{key}");
+    }
+
+    sb.server6("a", "lan6", "tcp", 80);
+    sb.sleeper("b", &["--network", "lan6"]);
+    let ep = endpoint(&sb, "a", "lan6");
+    assert_eq!(
+        (ep["ip"].as_str(), ep["ip6"].as_str()),
+        (Some("198.18.0.4"), Some("2001:2::4")),
+        "the host's addresses are never handed out: {ep}"
+    );
+    let ping6 = |sb: &Sandbox, to: &str| {
+        sb.in_host("ping", &["-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", to])
+    };
+    let o = ping6(&sb, "2001:2::4");
+    assert!(ok(&o), "host -> a over IPv6: {}", out(&o));
+    assert!(ok(&ping6(&sb, "2001:2::5")), "host -> b over IPv6");
+    assert!(ok(&sb.in_host(&ct(), &["ping", "198.18.0.4"])), "and IPv4");
+    let o = sb.in_host(&ct(), &["tcp", "[2001:2::4]:80"]);
+    assert!(ok(&o), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("[2001:2::3]:"),
+        "the host speaks from its IPv6 address on the network: {}",
+        out(&o)
+    );
+    // The containers reach a host service at the host's IPv6 address.
+    let host_ns = sb.host_netns_path();
+    sb.spawn_in(&host_ns, &ct(), &["serve", "tcp", "[2001:2::3]:9000"]);
+    assert!(wait_until(Duration::from_secs(5), || ok(
+        &sb.conntest_in("a", &["tcp", "[2001:2::3]:9000"])
+    )));
+
+    // The host's own way to the LAN has not moved, and the LAN still
+    // knows the host's uplink IPv6 address by the uplink's MAC.
+    let get = |ip: &str| sh_ok("ip", &["-n", &sb.host_ns, "-6", "route", "get", ip]);
+    let world = get(WORLD6);
+    assert!(
+        world.contains("dev eth0") && world.contains(&format!("src {UPLINK6}")),
+        "{world}"
+    );
+    assert!(
+        get("2001:2::77").contains("dev eth0"),
+        "{}",
+        get("2001:2::77")
+    );
+    assert!(
+        get("2001:2::4").contains(&format!("dev {shim}"))
+            && get("2001:2::4").contains("src 2001:2::3"),
+        "{}",
+        get("2001:2::4")
+    );
+    sh_ok(
+        "ip",
+        &["-n", &sb.world_ns, "-6", "neigh", "flush", "dev", "eth0"],
+    );
+    assert!(ok(&sb.in_world(
+        "ping",
+        &["-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", UPLINK6]
+    )));
+    let neigh = ip_world(&sb, &["-6", "neigh", "show", UPLINK6]);
+    assert_eq!(neigh[0]["lladdr"], eth0_mac, "{neigh}");
+
+    // A restart mends a container's lost IPv6 host route.
+    sh_ok(
+        "ip",
+        &[
+            "-n",
+            &sb.host_ns,
+            "-6",
+            "route",
+            "del",
+            "2001:2::5/128",
+            "dev",
+            &shim,
+        ],
+    );
+    assert!(!ok(&ping6(&sb, "2001:2::5")), "b is cut off");
+    sb.stop_daemon(libc::SIGKILL);
+    sb.start_daemon();
+    assert!(ok(&ping6(&sb, "2001:2::5")), "b mended");
+    assert!(ok(&ping6(&sb, "2001:2::4")), "a untouched");
+
+    // A container's routes go with it, the interface with the network.
+    sb.dnet_ok(&["rm", "-f", "a"]);
+    let routes = sh_ok("ip", &["-n", &sb.host_ns, "-6", "route"]);
+    assert!(!routes.contains("2001:2::4"), "{routes}");
+    assert!(routes.contains("2001:2::5"), "{routes}");
+    sb.dnet_ok(&["rm", "-f", "b"]);
+    sb.dnet_ok(&["network", "rm", "lan6"]);
+    assert!(!sb.host_links().contains(&shim));
+    let strip = |s: &str| s.rsplit_once("\n---\n").expect("parts").0.to_owned();
+    assert_eq!(strip(&sb.snapshot()), strip(&empty.0));
+    assert_eq!(host6(&sb), empty.1);
+}
+
+#[test]
 fn bad_dual_stack_input_gets_a_clear_error_and_changes_nothing() {
     let sb = dual_stack_sandbox();
     macvlan(&sb, "lan6", LAN, &["--ipv6", "--subnet", LAN6]);

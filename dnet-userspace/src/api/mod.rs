@@ -72,6 +72,9 @@ pub struct NetworkView {
     /// The host's own address in the network (macvlan `host_access`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_address: Option<Ipv4Addr>,
+    /// Its IPv6 side on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_address6: Option<Ipv6Addr>,
     /// The runtime that made the network (Docker, with its network id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimeRef>,

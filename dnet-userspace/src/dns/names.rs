@@ -269,6 +269,7 @@ pub(crate) mod tests {
             options: BTreeMap::new(),
             dp_id: 1,
             host_address: None,
+            host_address6: None,
             runtime: None,
             runtime_ipam: false,
         }

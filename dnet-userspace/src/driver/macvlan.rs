@@ -22,9 +22,10 @@
 //! containers through the parent. `-o host_access=true` gives the host a
 //! macvlan interface of its own on the parent (`mvhost-XXXXXXXX`, alias
 //! `dnet:net:NETWORK-ID`) with an address of the network, and a /32 route per
-//! container through it. Only per-container routes: the subnet stays routed
-//! on the parent, so the host's own traffic to the LAN (its router included)
-//! does not move.
+//! container through it; on a dual-stack network an IPv6 address of the
+//! network too, and a /128 route per container. Only per-container routes:
+//! the subnets stay routed on the parent, so the host's own traffic to the
+//! LAN (its router included) does not move.
 //!
 //! Per network there is nothing else to make: the parent and the subnet
 //! belong to the LAN.
@@ -40,7 +41,7 @@
 use std::{
     collections::BTreeSet,
     fmt,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -56,9 +57,9 @@ use crate::{
     conflict,
     error::{Error, Result},
     invalid,
-    ipam::Pool,
+    ipam::{Pool, Pool6},
     model::{Container, DriverKind, Endpoint, Ipam, Netns, Network, State},
-    netlink::{Link, Netlink, RouteSpec, markers},
+    netlink::{Family, Link, Netlink, RouteSpec, markers},
     netns, spec,
 };
 
@@ -231,9 +232,21 @@ async fn addresses_of(nl: &Netlink, index: u32) -> Result<BTreeSet<Ipv4Addr>> {
         .collect())
 }
 
-/// The route from the host to one container through its host interface.
-fn host_route(ip: Ipv4Addr, host_link: u32, host_address: Ipv4Addr) -> RouteSpec {
-    let mut r = RouteSpec::device(ip, 32, host_link);
+/// IPv6 addresses configured on a link.
+async fn addresses6_of(nl: &Netlink, index: u32) -> Result<BTreeSet<Ipv6Addr>> {
+    Ok(nl
+        .addresses6(Some(index))
+        .await?
+        .into_iter()
+        .map(|a| a.ip)
+        .collect())
+}
+
+/// The route from the host to one container through its host interface,
+/// of either family: the container's address alone, spoken to from the
+/// host's address on the network.
+fn host_route<A: Family>(ip: A, host_link: u32, host_address: A) -> RouteSpec<A> {
+    let mut r = RouteSpec::device(ip, A::HOST_PREFIX, host_link);
     r.pref_src = Some(host_address);
     r
 }
@@ -375,6 +388,11 @@ impl Driver for Macvlan {
             let pool = Pool::new(ipam.subnet, Some(ipam.gateway), ipam.ip_range)?;
             let used = addresses_of(&ctx.nl, parent.index).await?;
             net.host_address = Some(pool.allocate(&used, None)?);
+            if let Some(i6) = net.ipam6 {
+                let pool = Pool6::new(i6.subnet, Some(i6.gateway), i6.ip_range)?;
+                let used = addresses6_of(&ctx.nl, parent.index).await?;
+                net.host_address6 = Some(pool.allocate(&used, None)?);
+            }
         }
         Ok(())
     }
@@ -407,13 +425,8 @@ impl Driver for Macvlan {
         };
         r.v4.extend(net.host_address);
         if net.ipam6.is_some() {
-            r.v6 = ctx
-                .nl
-                .addresses6(Some(parent.index))
-                .await?
-                .into_iter()
-                .map(|a| a.ip)
-                .collect();
+            r.v6 = addresses6_of(&ctx.nl, parent.index).await?;
+            r.v6.extend(net.host_address6);
         }
         Ok(r)
     }
@@ -451,12 +464,31 @@ impl Driver for Macvlan {
         // Answer ARP for its own address only, and ask from it: otherwise it
         // would answer for every host address on the LAN next to the parent,
         // and the LAN could learn its MAC for the host's uplink address.
-        netns::disable_ipv6(&name)?;
+        // (Neighbour discovery answers for the link's own addresses only.)
         for (key, value) in [
             (format!("net/ipv4/conf/{name}/arp_ignore"), "1"),
             (format!("net/ipv4/conf/{name}/arp_announce"), "2"),
         ] {
             netns::sysctl(&key, value)?;
+        }
+        match net.host_address6 {
+            // IPv6 as on a container's interface: its address usable at
+            // once, and nothing taken from the LAN's routers (no RA, no
+            // autoconfiguration, no redirects) nor asked of them.
+            Some(addr6) => {
+                for key in [
+                    "accept_ra",
+                    "autoconf",
+                    "accept_dad",
+                    "router_solicitations",
+                    "accept_redirects",
+                ] {
+                    netns::sysctl6(&name, key, "0")?;
+                }
+                netns::sysctl6(&name, "disable_ipv6", "0")?;
+                ctx.nl.add_address6(l.index, addr6, 128, false).await?;
+            }
+            None => netns::disable_ipv6(&name)?,
         }
         ctx.nl.add_address(l.index, addr, 32, None, false).await?;
         ctx.nl.set_up(l.index).await?;
@@ -495,6 +527,12 @@ impl Driver for Macvlan {
             && addresses_of(&ctx.nl, l.index)
                 .await
                 .is_ok_and(|a| a.contains(&addr))
+            && match net.host_address6 {
+                Some(addr6) => addresses6_of(&ctx.nl, l.index)
+                    .await
+                    .is_ok_and(|a| a.contains(&addr6)),
+                None => true,
+            }
     }
 
     async fn attach(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
@@ -516,10 +554,18 @@ impl Driver for Macvlan {
         };
         if let (true, Some(ip), Some(host)) = (s.host_access, ep.ip, a.network.host_address) {
             match ctx.nl.link(&host_link_name(a.network)).await {
-                Ok(Some(l)) => keep(
-                    &mut errors,
-                    ctx.nl.del_route(host_route(ip, l.index, host)).await,
-                ),
+                Ok(Some(l)) => {
+                    keep(
+                        &mut errors,
+                        ctx.nl.del_route(host_route(ip, l.index, host)).await,
+                    );
+                    if let (Some(ip6), Some(host6)) = (ep.ip6, a.network.host_address6) {
+                        keep(
+                            &mut errors,
+                            ctx.nl.del_route(host_route(ip6, l.index, host6)).await,
+                        );
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => errors.push(e.into()),
             }
@@ -646,13 +692,14 @@ impl Driver for Macvlan {
         let mut notes = Vec::new();
         match (s.host_access, net.host_address) {
             (true, Some(addr)) => notes.push(format!(
-                "the host reaches this network's containers through {}, its own macvlan interface on {}, at {addr}; the containers reach the host at {addr}{}",
+                "the host reaches this network's containers through {}, its own macvlan interface on {}, at {addr}{}; the containers reach the host there",
                 host_link_name(net),
                 s.parent,
-                if net.ipam6.is_some() {
-                    " (over IPv4 only)"
-                } else {
-                    ""
+                match (net.ipam6, net.host_address6) {
+                    (Some(_), Some(addr6)) => format!(" and {addr6}"),
+                    // Made before the host had an IPv6 address there.
+                    (Some(_), None) => " (over IPv4 only)".into(),
+                    (None, _) => String::new(),
                 }
             )),
             _ => notes.push(format!(
@@ -828,6 +875,9 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
                 )
             })?;
         ctx.nl.add_route(host_route(ip, l.index, host)).await?;
+        if let (Some((_, ip6)), Some(host6)) = (v6, a.network.host_address6) {
+            ctx.nl.add_route(host_route(ip6, l.index, host6)).await?;
+        }
     }
     Ok(())
 }
@@ -915,6 +965,15 @@ async fn endpoint_problem(ctx: &Ctx, a: &Attachment<'_>) -> Option<&'static str>
         if !routed {
             return Some("host route");
         }
+        if let (Some(ip6), Some(_)) = (ep.ip6, a.network.host_address6) {
+            let routed = ctx.nl.routes6().await.is_ok_and(|rs| {
+                rs.iter()
+                    .any(|r| r.dst == ip6 && r.prefix == 128 && r.oif == Some(h.index))
+            });
+            if !routed {
+                return Some("IPv6 host route");
+            }
+        }
     }
     None
 }
@@ -950,20 +1009,15 @@ async fn collect_garbage(
         }
     }
     let routes = ctx.nl.routes().await?;
+    let routes6 = ctx.nl.routes6().await?;
     for (net, host) in &host_links {
         let Some(h) = links.iter().find(|l| l.name == host_link_name(net)) else {
             continue;
         };
-        let ips: BTreeSet<Ipv4Addr> = state.used_addresses(&net.id);
-        for r in &routes {
-            if r.oif == Some(h.index)
-                && r.prefix == 32
-                && markers::is_dnet_route(r.protocol)
-                && !ips.contains(&r.dst)
-            {
-                tracing::info!(route = %r.dst, "removing a host route dnet no longer uses");
-                ctx.nl.del_route(host_route(r.dst, h.index, *host)).await?;
-            }
+        stale_host_routes(ctx, &routes, h.index, *host, &state.used_addresses(&net.id)).await?;
+        if let Some(host6) = net.host_address6 {
+            let ips = state.used_addresses6(&net.id);
+            stale_host_routes(ctx, &routes6, h.index, host6, &ips).await?;
         }
     }
     // Children made for another runtime that no endpoint explains (a crash
@@ -992,6 +1046,28 @@ async fn collect_garbage(
         // One namespace that cannot be read does not stop the daemon.
         if let Err(e) = collect_children(c, path).await {
             tracing::warn!(container = %c.name, "looking for macvlan interfaces dnet no longer uses: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the host routes of one family through the host interface
+/// `link` whose container (an address of `ips`) is gone.
+async fn stale_host_routes<A: Family + Ord + fmt::Display>(
+    ctx: &Ctx,
+    routes: &[crate::netlink::Route<A>],
+    link: u32,
+    host: A,
+    ips: &BTreeSet<A>,
+) -> Result<()> {
+    for r in routes {
+        if r.oif == Some(link)
+            && r.prefix == A::HOST_PREFIX
+            && markers::is_dnet_route(r.protocol)
+            && !ips.contains(&r.dst)
+        {
+            tracing::info!(route = %r.dst, "removing a host route dnet no longer uses");
+            ctx.nl.del_route(host_route(r.dst, link, host)).await?;
         }
     }
     Ok(())

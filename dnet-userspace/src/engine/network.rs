@@ -260,6 +260,7 @@ impl Inner {
             options,
             dp_id,
             host_address: None,
+            host_address6: None,
             runtime,
             runtime_ipam: false,
         };

@@ -601,6 +601,7 @@ mod tests {
             options: Default::default(),
             dp_id: 1,
             host_address: None,
+            host_address6: None,
             runtime: None,
             runtime_ipam: false,
         }

@@ -172,6 +172,7 @@ impl Inner {
             options: n.options.clone(),
             gateway_link: driver::driver(n.driver).gateway_link().map(str::to_owned),
             host_address: n.host_address,
+            host_address6: n.host_address6,
             runtime: n.runtime.clone(),
             containers: self
                 .state
