@@ -986,6 +986,8 @@ fn docker_macvlan_network() {
 /// are IPv6 hosts of the LAN, reached by the world at their own addresses
 /// and seen by it with theirs, their default IPv6 route via the LAN's
 /// router. The parent's own IPv6 address is refused with nothing left.
+/// Then with dnet's IPAM (`--ipam-driver`): the pools are the LAN's, and
+/// the addresses it hands out skip the parent's own of each family.
 #[test]
 fn docker_dual_stack_macvlan_network() {
     let mut env = Env::start(true);
@@ -1067,6 +1069,69 @@ fn docker_dual_stack_macvlan_network() {
 
     env.docker(&["rm", "-f", "m1", "m2"]);
     env.docker(&["network", "rm", "lan6"]);
+    assert!(env.dnet_network(&id).is_none());
+    env.assert_clean();
+
+    // With dnet's IPAM: both pools are the LAN's, and dnet hands out the
+    // addresses of both families, never the gateway's or the parent's own
+    // (::2), nor an address in use.
+    let d = env.driver.clone();
+    let id = env.network(
+        "lan6d",
+        &[
+            "-o",
+            "driver=macvlan",
+            "-o",
+            "parent=eth0",
+            "--ipam-driver",
+            &d,
+            "--ipv6",
+            "--subnet",
+            "198.18.0.0/24",
+            "--gateway",
+            "198.18.0.1",
+            "--subnet",
+            "2001:2::/64",
+            "--gateway",
+            WORLD6,
+        ],
+    );
+    let net = env.dnet_network(&id).expect("the dnet network of Docker's");
+    assert_eq!(net["driver"], "macvlan", "{net}");
+    assert_eq!(net["ipam6"]["subnet"], "2001:2::/64", "{net}");
+    assert_eq!(net["ipam6"]["gateway"], WORLD6, "{net}");
+    env.run("m4", "lan6d", &[]);
+    env.run("m5", "lan6d", &["--ip6", "2001:2::99"]);
+    assert_eq!(global_addr6(&env, "m4"), ["2001:2::3/64"]);
+    assert_eq!(global_addr6(&env, "m5"), ["2001:2::99/64"]);
+    assert_eq!(env.eth0("m4").0, "198.18.0.3/24");
+    let o = env
+        .sb
+        .in_world("ping", &["-6", "-c", "1", "-W", "2", "2001:2::3"]);
+    assert!(ok(&o), "the world -> m4 over IPv6: {}", out(&o));
+    let o = ping6(&env, "m5", "2001:2::3");
+    assert!(ok(&o), "m5 -> m4 over IPv6: {}", out(&o));
+    assert_world_sees6(&mut env, "m5", "2001:2::99");
+    for taken in [UPLINK6, "2001:2::3"] {
+        let e = env.docker_err(&[
+            "run",
+            "-d",
+            "--name",
+            "m6",
+            "--network",
+            "lan6d",
+            "--ip6",
+            taken,
+            IMAGE,
+            "sleep",
+            "300",
+        ]);
+        assert!(e.contains(taken), "{e}");
+        env.docker(&["rm", "-f", "m6"]);
+    }
+    assert_consistent(&env.sb);
+    env.docker(&["rm", "-f", "m4", "m5"]);
+    env.docker(&["network", "rm", "lan6d"]);
     assert!(env.dnet_network(&id).is_none());
     env.assert_clean();
     assert_eq!(env.sb.host_links(), links_before, "links left in the host");

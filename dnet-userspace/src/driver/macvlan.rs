@@ -397,28 +397,10 @@ impl Driver for Macvlan {
         Ok(())
     }
 
-    /// One container per network in passthru mode; IPAM never hands out
-    /// the parent's addresses (of either family), nor the host's own.
-    async fn prepare(
-        &self,
-        ctx: &Ctx,
-        state: &State,
-        net: &Network,
-        _container: &Container,
-        _ep: &mut Endpoint,
-    ) -> Result<Reserved> {
+    /// The parent's addresses (of either family) and the host's own.
+    async fn reserved(&self, ctx: &Ctx, net: &Network) -> Result<Reserved> {
         let s = settings(net)?;
         let parent = parent(ctx, net, s.parent).await?;
-        if s.mode == Mode::Passthru
-            && let Some((c, _)) = state.endpoints_of(&net.id).next()
-        {
-            return Err(conflict!(
-                "network {} uses macvlan_mode=passthru: its parent {} carries one container, and {} has it",
-                net.name,
-                s.parent,
-                c.name
-            ));
-        }
         let mut r = Reserved {
             v4: addresses_of(&ctx.nl, parent.index).await?,
             ..Reserved::default()
@@ -429,6 +411,29 @@ impl Driver for Macvlan {
             r.v6.extend(net.host_address6);
         }
         Ok(r)
+    }
+
+    /// One container per network in passthru mode.
+    async fn prepare(
+        &self,
+        ctx: &Ctx,
+        state: &State,
+        net: &Network,
+        _container: &Container,
+        _ep: &mut Endpoint,
+    ) -> Result<Reserved> {
+        let s = settings(net)?;
+        if s.mode == Mode::Passthru
+            && let Some((c, _)) = state.endpoints_of(&net.id).next()
+        {
+            return Err(conflict!(
+                "network {} uses macvlan_mode=passthru: its parent {} carries one container, and {} has it",
+                net.name,
+                s.parent,
+                c.name
+            ));
+        }
+        self.reserved(ctx, net).await
     }
 
     async fn create_network(&self, ctx: &mut Ctx, net: &Network) -> Result<()> {

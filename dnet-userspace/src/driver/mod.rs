@@ -237,6 +237,14 @@ pub trait Driver: Send + Sync {
     /// What this driver's networks are and can do.
     fn caps(&self) -> Caps;
 
+    /// The addresses IPAM must never hand out in `net` (a LAN's parent's
+    /// own, the host's), of both families: `prepare` returns them for an
+    /// endpoint dnet addresses, and dnet's IPAM leaves them out of what it
+    /// hands a runtime (Docker's `--ipam-driver`).
+    async fn reserved(&self, _ctx: &Ctx, _net: &Network) -> Result<Reserved> {
+        Ok(Reserved::default())
+    }
+
     /// Checks that `container` may get the new endpoint `ep` in `net`,
     /// before anything is made for it, and fills in what the driver owns
     /// of it (a datapath slot, a host-side name). Returns the addresses

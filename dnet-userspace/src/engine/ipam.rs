@@ -126,9 +126,14 @@ impl Engine {
         }
         // Chosen and checked as a network's, the pools handed out taken too.
         let held = inner.runtime_ipam.pending.keys().copied();
+        // The runtime does not say which driver the pool is for: a subnet
+        // dnet picks is a bridge's (away from every network and route); a
+        // subnet given is checked against dnet's networks and pools here,
+        // and against what depends on the driver when the network is made
+        // (a bridge's subnet must not overlap a route where the daemon
+        // runs; a macvlan's is its parent's LAN, routed there). The same
+        // for both families.
         let subnet = if v6 {
-            // A pool of a network dnet's Docker driver may make dual-stack
-            // (a bridge one).
             let held: Vec<Ipv6Network> = held
                 .filter_map(|n| match n {
                     IpNetwork::V6(n) => Some(n),
@@ -151,13 +156,6 @@ impl Engine {
             }
             IpNetwork::V6(ipam6.subnet)
         } else {
-            // The runtime does not say which driver the pool is for: a
-            // subnet dnet picks is a bridge's (away from every network and
-            // route); a subnet given is checked against dnet's networks and
-            // pools here, and against what depends on the driver when the
-            // network is made (a bridge's subnet must not overlap a route
-            // where the daemon runs; a macvlan's is its parent's LAN,
-            // routed there).
             let held: Vec<Ipv4Network> = held
                 .filter_map(|n| match n {
                     IpNetwork::V4(n) => Some(n),
@@ -224,6 +222,12 @@ impl Engine {
                 IpNetwork::V6(s) => n.ipam6.is_some_and(|i| i.subnet == s),
             })
             .cloned();
+        // What the network's driver keeps for itself (a LAN's parent's
+        // addresses): the runtime asks before the endpoint is made.
+        let reserved = match &net {
+            Some(n) if !gateway => driver::driver(n.driver).reserved(&inner.ctx, n).await?,
+            _ => driver::Reserved::default(),
+        };
         let pending = inner.runtime_ipam.pending.get(&subnet).copied();
         let (range, gw) = match (&net, pending) {
             (Some(n), _) => match subnet {
@@ -255,6 +259,8 @@ impl Engine {
                     .collect(),
                 (None, _) => BTreeSet::new(),
             };
+            used.extend(reserved.v4.iter().copied().map(IpAddr::V4));
+            used.extend(reserved.v6.iter().copied().map(IpAddr::V6));
             used.extend(
                 inner
                     .runtime_ipam
@@ -525,9 +531,12 @@ impl Inner {
                 "--ipv6 is supported on bridge and macvlan networks only (not {kind})"
             ));
         }
-        // A LAN's subnet is given, as for IPv4. A runtime's pool (no kind)
-        // is a bridge's: dnet's Docker driver makes no dual-stack macvlan.
-        let lan = kind.is_some_and(|k| driver::caps(k).lan_subnet);
+        // As for IPv4: a LAN's subnet is given, and a runtime's pool (no
+        // kind) is taken as a LAN's when it is given.
+        let lan = match kind {
+            Some(k) => driver::caps(k).lan_subnet,
+            None => req.subnet6.is_some(),
+        };
         let (others, routes) = self
             .taken::<Ipv6Addr>(lan, held, |n| n.ipam6.map(|i| i.subnet))
             .await?;
