@@ -136,10 +136,8 @@ impl Report {
             "{{\"requests\":{},\"errors\":{},\"first_error\":{},\"seconds\":{:.6},\"rate\":{:.3},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1}}}",
             self.requests,
             self.errors,
-            match &self.first_error {
-                Some(e) => format!("{e:?}"),
-                None => "null".into(),
-            },
+            // A JSON string (or null), escaped as JSON escapes it.
+            serde_json::to_string(&self.first_error).expect("a string serializes"),
             self.seconds,
             if self.seconds > 0.0 {
                 self.requests as f64 / self.seconds
@@ -224,5 +222,27 @@ fn client(
         first_error,
         seconds,
         lat_us,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Report;
+
+    #[test]
+    fn the_report_is_json_whatever_its_first_error_says() {
+        let mut r = Report {
+            requests: 2,
+            errors: 1,
+            first_error: Some("connect: \"refused\"\\ after\t1 ms\u{1}".into()),
+            seconds: 1.0,
+            lat_us: vec![10, 20],
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).expect("JSON");
+        assert_eq!(v["first_error"], "connect: \"refused\"\\ after\t1 ms\u{1}");
+        assert_eq!(v["errors"], 1);
+        r.first_error = None;
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).expect("JSON");
+        assert!(v["first_error"].is_null(), "{v}");
     }
 }
