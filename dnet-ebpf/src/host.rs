@@ -74,7 +74,8 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             let svc = match e {
                 Some(_) => None,
                 None if (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
-                    && ct::opens_flow(key.proto, l4.tcp_flags) =>
+                    && ct::opens_flow(key.proto, l4.tcp_flags)
+                    && l4.frag != l4::FRAG_LATER =>
                 {
                     nat::service(key.daddr_be, key.dport_be, key.proto)
                 }
@@ -114,9 +115,8 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             nat::translate_and_deliver(ctx, &l4, &key, &e)
         }
         Parsed::IcmpError(off) => icmp_error::icmp_error(ctx, off, None),
-        // Fragments and other protocols are the host's (a translated flow
-        // never fragments: containers get the uplink's MTU and do PMTU
-        // discovery).
+        // Other protocols, and fragments of no translated datagram, are
+        // the host's.
         _ => Ok(TC_ACT_OK),
     }
 }

@@ -50,7 +50,25 @@ pub struct L4 {
     pub tcp_flags: u8,
     /// ICMP type (0 for other protocols).
     pub icmp_type: u8,
+    /// [`FRAG_NONE`], or which fragment of a datagram this is (IPv4).
+    pub frag: u8,
+    /// The datagram's IP identification (a fragment's).
+    pub frag_id_be: u16,
 }
+
+/// A whole datagram.
+pub const FRAG_NONE: u8 = 0;
+/// A datagram's first fragment: its transport header is here, and the
+/// flow's translation records its ports for the rest ([`crate::frag`]).
+pub const FRAG_FIRST: u8 = 1;
+/// A later fragment: no transport header, its ports found through the
+/// first's record. Only its addresses are translated, and it opens no
+/// flow.
+pub const FRAG_LATER: u8 = 2;
+
+/// The largest IPv4 datagram: what a first fragment's transport header is
+/// checked against (the datagram goes on past the fragment).
+const MAX_DATAGRAM: usize = 65535;
 
 /// What [`parse`] found in an IPv4 packet.
 pub enum Parsed {
@@ -59,7 +77,8 @@ pub enum Parsed {
     /// An ICMP error (destination unreachable, time exceeded, parameter
     /// problem): the offset of its ICMP header.
     IcmpError(usize),
-    /// A fragment other than the first, or a first fragment: no usable ports.
+    /// A TCP fragment, an ICMP error's, or a later fragment whose first
+    /// was not translated: no usable ports.
     Fragment,
     /// Another protocol or ICMP type.
     Other,
@@ -121,18 +140,10 @@ impl IcmpFamily for [u8; 16] {
     }
 }
 
-#[inline(always)]
-fn is_fragment(ip: &Ipv4Hdr) -> bool {
-    // MF set, or a fragment offset: only whole datagrams carry both ports.
-    u16::from_be(ip.frag_off_be) & 0x3fff != 0
-}
-
-/// The tuple of the IPv4 packet whose header is at `ip_off` ([`tuple`]).
+/// The tuple of the IPv4 packet whose header is at `ip_off` ([`tuple`]);
+/// a fragment's as [`fragment`] finds it.
 #[inline(always)]
 pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
-    if is_fragment(ip) {
-        return Parsed::Fragment;
-    }
     let mut key = CtKey {
         saddr_be: ip.saddr_be,
         daddr_be: ip.daddr_be,
@@ -141,6 +152,10 @@ pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
         proto: ip.proto,
         _pad: [0; 3],
     };
+    // MF set, or a fragment offset.
+    if u16::from_be(ip.frag_off_be) & 0x3fff != 0 {
+        return fragment(ctx, ip_off, ip, key);
+    }
     let seg_len = ip.tot_len().saturating_sub(ip.hlen());
     match tuple(ctx, ip_off + ip.hlen(), seg_len, &mut key) {
         Tuple::Flow(l4) => Parsed::Flow(key, l4),
@@ -149,6 +164,51 @@ pub fn parse(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr) -> Parsed {
         Tuple::Other => Parsed::Other,
         Tuple::Truncated => Parsed::Truncated,
     }
+}
+
+/// The tuple of a UDP or ICMP echo fragment: a first one's from its
+/// transport header, which the datagram's length (not the fragment's)
+/// bounds; a later one's from its first's record ([`crate::frag`]).
+#[inline(always)]
+fn fragment(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr, mut key: CtKey) -> Parsed {
+    if ip.proto == IPPROTO_TCP {
+        return Parsed::Fragment;
+    }
+    let off = ip_off + ip.hlen();
+    if u16::from_be(ip.frag_off_be) & 0x1fff == 0 {
+        // Its transport header (8 bytes for UDP and ICMP) must lie inside
+        // the fragment, as the whole one's inside the datagram.
+        if ip.tot_len().saturating_sub(ip.hlen()) < 8 {
+            return Parsed::Truncated;
+        }
+        return match tuple(ctx, off, MAX_DATAGRAM, &mut key) {
+            Tuple::Flow(mut l4) => {
+                l4.frag = FRAG_FIRST;
+                l4.frag_id_be = ip.id_be;
+                Parsed::Flow(key, l4)
+            }
+            Tuple::Truncated => Parsed::Truncated,
+            _ => Parsed::Fragment,
+        };
+    }
+    let Some(p) = crate::frag::ports(ip.saddr_be, ip.daddr_be, ip.id_be, ip.proto) else {
+        return Parsed::Fragment;
+    };
+    key.sport_be = p.sport_be;
+    key.dport_be = p.dport_be;
+    Parsed::Flow(
+        key,
+        L4 {
+            off,
+            csum_off: 0,
+            sport_off: 0,
+            dport_off: 0,
+            tcp_flags: CT_SEEN,
+            icmp_type: p.icmp_type,
+            frag: FRAG_LATER,
+            frag_id_be: ip.id_be,
+        },
+    )
 }
 
 /// The ports (or echo identifier) of the transport header at `off`, into
@@ -189,6 +249,8 @@ pub fn tuple<A: IcmpFamily>(
             dport_off: off + 2,
             tcp_flags: h[13] & TCP_TRACKED,
             icmp_type: 0,
+            frag: FRAG_NONE,
+            frag_id_be: 0,
         });
     }
     if proto == IPPROTO_UDP {
@@ -210,6 +272,8 @@ pub fn tuple<A: IcmpFamily>(
             dport_off: off + 2,
             tcp_flags: CT_SEEN,
             icmp_type: 0,
+            frag: FRAG_NONE,
+            frag_id_be: 0,
         });
     }
     if proto != A::IPPROTO {
@@ -241,6 +305,8 @@ pub fn tuple<A: IcmpFamily>(
         dport_off: off + 4,
         tcp_flags: CT_SEEN,
         icmp_type: ty,
+        frag: FRAG_NONE,
+        frag_id_be: 0,
     })
 }
 

@@ -8,7 +8,7 @@
 //! ports, rewriting, delivery), `nat6` (NAT66: IPv6 to the world and
 //! its answers), `routed6` (routed IPv6 networks, untranslated), `hairpin6` (containers to
 //! ports published on the uplink's IPv6 address), `fib` (routing where the datapath
-//! forwards), `icmp_error` (ICMP errors about translated flows),
+//! forwards), `frag` (the later fragments of translated datagrams), `icmp_error` (ICMP errors about translated flows),
 //! `icmp_reply` (the ICMP errors dnet sends at its own hop), `icmp6_error`
 //! and `icmp6_reply` (the same for IPv6), `lxc` (the
 //! container-facing programs), `fanout` (broadcast copies to a network's
@@ -28,6 +28,7 @@ pub mod ct;
 pub mod eth;
 pub mod fanout;
 pub mod fib;
+pub mod frag;
 pub mod hairpin6;
 pub mod host;
 pub mod icmp6_error;

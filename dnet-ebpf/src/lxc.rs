@@ -350,6 +350,7 @@ fn from_container_ipv4(
         if let Parsed::Flow(key, l4) = &parsed
             && (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP)
             && ct::opens_flow(key.proto, l4.tcp_flags)
+            && l4.frag != l4::FRAG_LATER
             && let Some(svc) = nat::service(daddr, key.dport_be, key.proto)
         {
             if ipc.ttl <= 1 {
@@ -401,6 +402,10 @@ fn from_container_ipv4(
             }
             if !ct::opens_flow(key.proto, l4.tcp_flags) {
                 return Err(DropReason::CtNoFlow);
+            }
+            // Its flow is gone (or its first fragment never came).
+            if l4.frag == l4::FRAG_LATER {
+                return Err(DropReason::Fragment);
             }
             // A packet that dies or does not fit here takes no port.
             if ipc.ttl <= 1 {

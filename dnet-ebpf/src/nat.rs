@@ -312,7 +312,13 @@ pub fn rewrite(
     key: &CtKey,
     e: &Xlate,
 ) -> Result<(), DropReason> {
-    let icmp = key.proto == IPPROTO_ICMP;
+    // A later fragment has no transport header: its addresses only (the
+    // first's checksum update covers the whole datagram's pseudo-header).
+    let later = l4.frag == l4::FRAG_LATER;
+    if l4.frag == l4::FRAG_FIRST {
+        crate::frag::record(key, l4.frag_id_be, l4.icmp_type);
+    }
+    let icmp = key.proto == IPPROTO_ICMP || later;
     let mangled = l4::mangled(key.proto);
     if e.flags & CT_F_SNAT != 0 {
         if e.new_saddr_be != key.saddr_be {
@@ -327,14 +333,16 @@ pub fn rewrite(
             }
             err(ctx.store(ip_off + 12, &e.new_saddr_be, 0))?;
         }
-        l4::replace_port(
-            ctx,
-            l4.csum_off,
-            l4.sport_off,
-            key.sport_be,
-            e.new_sport_be,
-            mangled,
-        )?;
+        if !later {
+            l4::replace_port(
+                ctx,
+                l4.csum_off,
+                l4.sport_off,
+                key.sport_be,
+                e.new_sport_be,
+                mangled,
+            )?;
+        }
     }
     if e.flags & CT_F_DNAT != 0 {
         if e.new_daddr_be != key.daddr_be {
@@ -349,14 +357,16 @@ pub fn rewrite(
             }
             err(ctx.store(ip_off + 16, &e.new_daddr_be, 0))?;
         }
-        l4::replace_port(
-            ctx,
-            l4.csum_off,
-            l4.dport_off,
-            key.dport_be,
-            e.new_dport_be,
-            mangled,
-        )?;
+        if !later {
+            l4::replace_port(
+                ctx,
+                l4.csum_off,
+                l4.dport_off,
+                key.dport_be,
+                e.new_dport_be,
+                mangled,
+            )?;
+        }
     }
     Ok(())
 }

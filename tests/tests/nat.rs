@@ -128,6 +128,53 @@ fn containers_reach_the_world_as_the_uplink_address() {
     assert_no_netfilter(&sb, 81, &["172.17.", "dport=80 ", "dport=53 ", "type=8 "]);
 }
 
+/// Datagrams larger than the uplink's MTU (1,500) cross the NAT in
+/// fragments, both ways: UDP out and back, a big ping, and a published
+/// UDP port from the world with an answer as big.
+#[test]
+fn datagrams_larger_than_the_mtu_cross_the_nat_in_fragments_both_ways() {
+    let mut sb = Sandbox::new();
+    let w = sb.world_netns_path();
+    sb.spawn_in(&w, &ct(), &["serve", "udp-echo", "7"]);
+    wait_listening(&w, "udp", 7);
+    sb.sleeper("a", &[]);
+    let world = format!("{WORLD_IP}:7");
+    let o = sb.conntest_in("a", &["echo", &world, "--size", "4000"]);
+    assert!(ok(&o), "a -> the world and back: {}", out(&o));
+    let o = sb.conntest_in("a", &["ping", &WORLD_IP.to_string(), "--size", "3000"]);
+    assert!(ok(&o), "a big ping: {}", out(&o));
+    let ctb = ct();
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "e",
+        "-p",
+        "7007:7/udp",
+        "--",
+        &ctb,
+        "serve",
+        "udp-echo",
+        "7",
+    ]);
+    sb.wait_server("e", "udp", 7);
+    let o = sb.in_world(
+        &ct(),
+        &["echo", &format!("{UPLINK_IP}:7007"), "--size", "6000"],
+    );
+    assert!(
+        ok(&o),
+        "the world -> e's published port and back: {}",
+        out(&o)
+    );
+    for c in ["a", "e"] {
+        assert_eq!(sb.drops(c, "fragment"), 0, "{c}");
+    }
+    // One flow each (the fragments of a datagram follow its first).
+    let f = sb.flows();
+    assert_eq!(f.iter().filter(|x| x["proto"] == "udp").count(), 2, "{f:?}");
+}
+
 #[test]
 fn published_ports_reach_the_container_with_the_clients_address() {
     let mut sb = Sandbox::new();

@@ -681,6 +681,19 @@ impl Datapath {
         conntrack_of(&self.maps.ct6, m::CT6)
     }
 
+    /// Forgets every fragmented datagram the datapath follows (`DNET_FRAGS`,
+    /// 12-byte keys and 8-byte values, per load): tests that replay frames
+    /// start from none.
+    #[cfg(test)]
+    pub fn forget_fragments(&mut self) {
+        let map = self.ebpf.map_mut("DNET_FRAGS").expect("DNET_FRAGS");
+        let mut h: aya::maps::HashMap<_, [u8; 12], [u8; 8]> = map.try_into().expect("a hash");
+        let keys: Vec<[u8; 12]> = h.keys().map(|k| k.expect("a key")).collect();
+        for k in keys {
+            h.remove(&k).expect("remove");
+        }
+    }
+
     /// Removes conntrack entries; missing ones are fine. A flow's first
     /// entry goes before its reply entry, whatever the order of `keys`:
     /// while the first is there, the datapath holds its reply tuple (and

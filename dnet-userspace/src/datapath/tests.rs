@@ -1381,24 +1381,6 @@ fn when_nat_ports_run_out_a_new_flow_fails_and_old_ones_go_on() {
 }
 
 #[test]
-fn fragments_on_the_nat_path_are_dropped_with_their_reason() {
-    in_fresh_netns(|| {
-        let fx = nat_fixture(50000, 50009);
-        let mut frame = udp_to(fx.a.mac, GW_MAC, ("172.17.0.2", 4000), (WORLD, 53), false);
-        frame[20] = 0x20; // MF
-        let c = csum::checksum(&{
-            let mut h = frame[14..34].to_vec();
-            h[10] = 0;
-            h[11] = 0;
-            h
-        });
-        frame[24..26].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(run(&fx.dp, &frame).0, SHOT);
-        assert_eq!(drops(&fx.dp, 1, DropReason::Fragment), 1);
-    });
-}
-
-#[test]
 fn a_closed_tcp_flows_port_serves_the_next_flow_after_its_last_ack() {
     in_fresh_netns(|| {
         let fx = nat_fixture(50000, 50001);
@@ -2351,6 +2333,9 @@ mod fuzz;
 
 /// Frames the property test found the datapath wrong on.
 mod found;
+
+/// IPv4 fragments of translated datagrams.
+mod frag;
 
 mod dnat6;
 /// Hairpin over IPv6 (issue 13).

@@ -24,6 +24,11 @@
 //!                [--hold-while PATH]      (at most), or while PATH exists
 //!                [--again]                then one more request on each,
 //!                                         all answered
+//!   conntest serve udp-echo [IP:]PORT     sends every datagram back whole
+//!   conntest echo IP:PORT [--size N]      one UDP datagram of N bytes (up to
+//!                                         three tries), larger than the MTU
+//!                                         if need be (fragmented); exit 0
+//!                                         when the same bytes come back
 //!   conntest probe IP:PORT [--ttl N]      one UDP datagram (up to three tries);
 //!                [--size N] [--df]        prints the server's answer or the
 //!                                         ICMP error that came back
@@ -124,6 +129,12 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         ["dns", "serve", a, ip, ..] => dns::serve(addr(a)?, ip.parse()?),
         ["serve", "tcp", a, ..] => serve_tcp(addr(a)?),
         ["serve", "udp", a, ..] => serve_udp(addr(a)?),
+        ["serve", "udp-echo", a, ..] => serve_udp_echo(addr(a)?),
+        ["echo", a, ..] => {
+            let size: usize = flag(args, "--size", 4000)?;
+            println!("{}", echo(addr(a)?, size, timeout)?);
+            Ok(())
+        }
         ["tcp", a, ..] => {
             println!("{}", tcp_once(addr(a)?, timeout)?);
             Ok(())
@@ -253,6 +264,36 @@ fn serve_udp(a: SocketAddr) -> anyhow::Result<()> {
         let (_, peer) = s.recv_from(&mut buf)?;
         let _ = s.send_to(format!("{peer}\n").as_bytes(), peer);
     }
+}
+
+fn serve_udp_echo(a: SocketAddr) -> anyhow::Result<()> {
+    let s = UdpSocket::bind(a)?;
+    let mut buf = [0u8; 65536];
+    loop {
+        let (n, peer) = s.recv_from(&mut buf)?;
+        let _ = s.send_to(&buf[..n], peer);
+    }
+}
+
+/// One datagram of `size` patterned bytes to an echo server, which must
+/// send the same bytes back.
+fn echo(a: SocketAddr, size: usize, timeout: Duration) -> anyhow::Result<String> {
+    let s = UdpSocket::bind(if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    s.connect(a)?;
+    s.set_read_timeout(Some(timeout / 3))?;
+    let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..3 {
+        s.send(&payload)?;
+        if let Ok(n) = s.recv(&mut buf) {
+            anyhow::ensure!(
+                buf[..n] == payload[..],
+                "{n} bytes came back, not the {size} sent"
+            );
+            return Ok(format!("echoed {size} bytes"));
+        }
+    }
+    anyhow::bail!("no echo from {a}")
 }
 
 fn tcp_once(a: SocketAddr, timeout: Duration) -> anyhow::Result<String> {

@@ -920,6 +920,8 @@ struct Ip4 {
     /// Version 4, IHL 5+, a total length that covers the header and fits.
     valid: bool,
     frag: bool,
+    /// MF set at offset 0: the first fragment of a datagram.
+    first_frag: bool,
     /// The header checksum is right.
     ip_ok: bool,
 }
@@ -941,6 +943,7 @@ fn ip4_at(f: &[u8], off: usize) -> Option<Ip4> {
         tot,
         valid,
         frag: u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0,
+        first_frag: u16::from_be_bytes([h[6], h[7]]) & 0x3fff == 0x2000,
         ip_ok,
     })
 }
@@ -962,10 +965,18 @@ fn segment<'a>(f: &'a [u8], off: usize, h: &Ip4) -> Option<&'a [u8]> {
     (h.valid && !h.frag).then(|| &f[off + h.hlen..off + h.tot])
 }
 
-/// The quoted header of an ICMP error (and the quote), if `f` is one.
+/// The transport bytes of a valid IPv4 packet at `off` that carry its
+/// tuple: a whole packet's segment, or a UDP or ICMP first fragment's part
+/// of its datagram (dnet follows no TCP fragment).
+fn head_segment<'a>(f: &'a [u8], off: usize, h: &Ip4) -> Option<&'a [u8]> {
+    (h.valid && (!h.frag || (h.first_frag && h.proto != 6))).then(|| &f[off + h.hlen..off + h.tot])
+}
+
+/// The quoted header of an ICMP error (and the quote), if `f` is one (a
+/// whole datagram: dnet translates no fragmented error).
 fn quote_of<'a>(f: &'a [u8], h: &Ip4) -> Option<(Ip4, &'a [u8])> {
     let m = f.get(14 + h.hlen..)?;
-    if h.proto != 1 || m.len() < 28 || !matches!(m[0], 3 | 11 | 12) {
+    if h.frag || h.proto != 1 || m.len() < 28 || !matches!(m[0], 3 | 11 | 12) {
         return None;
     }
     Some((ip4_at(m, 8)?, &m[8..]))
@@ -1009,13 +1020,14 @@ fn tuple(h: &Ip4, seg: &[u8]) -> Option<CtKey> {
 
 /// Whether a frame may open a flow: a whole, unfragmented IPv4 packet
 /// whose transport header is whole and honest (a TCP data offset of 5 to
-/// the segment's length, a UDP length of 8 to the datagram's), and that is
+/// the segment's length, a UDP length of 8 to the datagram's; a UDP or
+/// ICMP first fragment's header whole, its UDP length at least 8), and that is
 /// a TCP SYN (no ACK, RST or FIN), a UDP datagram or a ping. The sender,
 /// the destination and the TTL (one to spare where dnet routes) are judged
 /// by the caller.
 fn may_open(f: &[u8]) -> Option<(Ip4, CtKey)> {
     let h = ip4(f)?;
-    let seg = segment(f, 14, &h)?;
+    let seg = head_segment(f, 14, &h)?;
     let k = tuple(&h, seg)?;
     let honest = match h.proto {
         6 => {
@@ -1026,7 +1038,7 @@ fn may_open(f: &[u8]) -> Option<(Ip4, CtKey)> {
         }
         17 => {
             let len = u16::from_be_bytes([seg[4], seg[5]]) as usize;
-            (8..=seg.len()).contains(&len)
+            len >= 8 && (h.first_frag || len <= seg.len())
         }
         1 => seg[0] == 8,
         _ => false,
@@ -1467,6 +1479,7 @@ fn check_step(w: &World, s: &Step, inp: &[u8]) -> Result<(), String> {
 
 /// The table back to the seeded flows.
 fn restore(w: &mut World) {
+    w.fx.dp.forget_fragments();
     let now: Vec<CtKey> =
         w.fx.dp
             .conntrack()
