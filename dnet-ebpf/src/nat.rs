@@ -318,12 +318,14 @@ pub fn rewrite(
     if l4.frag == l4::FRAG_FIRST {
         crate::frag::record(key, l4.frag_id_be, l4.icmp_type);
     }
-    let icmp = key.proto == IPPROTO_ICMP || later;
+    // No pseudo-header in the L4 checksum to fold an address change into:
+    // ICMP's, and a later fragment's (it has no transport header).
+    let no_pseudo = key.proto == IPPROTO_ICMP || later;
     let mangled = l4::mangled(key.proto);
     if e.flags & CT_F_SNAT != 0 {
         if e.new_saddr_be != key.saddr_be {
             err(ctx.l3_csum_replace(ip_off + 10, key.saddr_be as u64, e.new_saddr_be as u64, 4))?;
-            if !icmp {
+            if !no_pseudo {
                 err(ctx.l4_csum_replace(
                     l4.csum_off,
                     key.saddr_be as u64,
@@ -347,7 +349,7 @@ pub fn rewrite(
     if e.flags & CT_F_DNAT != 0 {
         if e.new_daddr_be != key.daddr_be {
             err(ctx.l3_csum_replace(ip_off + 10, key.daddr_be as u64, e.new_daddr_be as u64, 4))?;
-            if !icmp {
+            if !no_pseudo {
                 err(ctx.l4_csum_replace(
                     l4.csum_off,
                     key.daddr_be as u64,
