@@ -963,18 +963,53 @@ fn docker_macvlan_network() {
     ];
     let e = env.network_refused("br", &lan);
     assert!(e.contains("overlaps the route"), "{e}");
-    let mut args = vec!["-o", "driver=macvlan", "-o", "parent=eth0"];
+    // Host access needs dnet's IPAM: Docker's would not know the host's
+    // address.
+    let e = env.network_refused(
+        "ha",
+        &[
+            "-o",
+            "driver=macvlan",
+            "-o",
+            "parent=eth0",
+            "-o",
+            "host_access=true",
+            "--subnet",
+            "198.18.0.0/24",
+            "--gateway",
+            "198.18.0.1",
+        ],
+    );
+    assert!(e.contains("needs dnet's IPAM"), "{e}");
+    let mut args = vec![
+        "-o",
+        "driver=macvlan",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "host_access=true",
+    ];
     args.extend(lan);
     let id = env.network("lan2", &args);
     let net = env.dnet_network(&id).expect("the dnet network of Docker's");
     assert_eq!(net["driver"], "macvlan", "{net}");
     assert_eq!(net["ipam"]["ip_range"], "198.18.0.64/26", "{net}");
+    // The host's address is the range's first; the container's the next.
+    assert_eq!(net["host_address"], "198.18.0.64", "{net}");
     env.run("m3", "lan2", &[]);
-    assert_eq!(env.eth0("m3").0, "198.18.0.64/24");
+    assert_eq!(env.eth0("m3").0, "198.18.0.65/24");
     let o = env
         .sb
-        .in_world("ping", &["-c", "1", "-W", "2", "198.18.0.64"]);
+        .in_world("ping", &["-c", "1", "-W", "2", "198.18.0.65"]);
     assert!(ok(&o), "the world -> m3: {}", out(&o));
+    // With host access the host reaches Docker's container through its own
+    // macvlan interface, and the container the host at its address there.
+    let o = env
+        .sb
+        .in_host("ping", &["-c", "1", "-W", "2", "198.18.0.65"]);
+    assert!(ok(&o), "the host -> m3: {}", out(&o));
+    let o = env.exec("m3", &["ping", "-c", "1", "-W", "2", "198.18.0.64"]);
+    assert!(ok(&o), "m3 -> the host: {}", out(&o));
     env.docker(&["rm", "-f", "m3"]);
     env.docker(&["network", "rm", "lan2"]);
     env.assert_clean();

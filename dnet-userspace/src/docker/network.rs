@@ -47,6 +47,9 @@ const OPTION_MAP: &[(&str, &str)] = &[
 const MACVLAN_OPTION_MAP: &[(&str, &str)] = &[
     ("parent", "parent"),
     ("macvlan_mode", "macvlan_mode"),
+    // dnet's own (Docker's macvlan driver has none): the network's checks
+    // ask for dnet's IPAM with it.
+    ("host_access", "host_access"),
     ("com.docker.network.driver.mtu", "mtu"),
     ("mtu", "mtu"),
 ];
@@ -118,7 +121,7 @@ pub fn network_request(r: &CreateNetwork) -> Result<NetworkCreate> {
     let (map, takes) = if driver == "macvlan" {
         (
             MACVLAN_OPTION_MAP,
-            "-o parent=IFACE, -o macvlan_mode=MODE and -o com.docker.network.driver.mtu=N",
+            "-o parent=IFACE, -o macvlan_mode=MODE, -o host_access=true and -o com.docker.network.driver.mtu=N",
         )
     } else {
         (
@@ -461,11 +464,14 @@ mod tests {
     #[test]
     fn a_macvlan_network_request_takes_dockers_macvlan_options() {
         let r = network_request(&create(serde_json::json!({
-            GENERIC: {"driver": "macvlan", "parent": "eth0", "macvlan_mode": "bridge"},
+            GENERIC: {"driver": "macvlan", "parent": "eth0", "macvlan_mode": "bridge", "host_access": "true"},
         })))
         .unwrap();
         assert_eq!(r.driver.as_deref(), Some("macvlan"));
-        assert_eq!(r.options, vec!["macvlan_mode=bridge", "parent=eth0"]);
+        assert_eq!(
+            r.options,
+            vec!["host_access=true", "macvlan_mode=bridge", "parent=eth0"]
+        );
         // `--ipv6` with the LAN's IPv6 subnet: a dual-stack macvlan network
         // (the engine checks the subnet against the parent's LAN).
         let mut c = create(serde_json::json!({

@@ -381,6 +381,13 @@ impl Driver for Macvlan {
                     "host_access=true needs macvlan_mode=bridge: in {mode} mode the host's own macvlan interface could not reach the containers either"
                 ));
             }
+            if let Some(rt) = net.runtime.as_ref().filter(|_| !net.runtime_ipam) {
+                return Err(invalid!(
+                    "host_access=true on a {} network needs dnet's IPAM (--ipam-driver set to dnet's driver): {}'s own IPAM does not know the host's address on the network and could hand it to a container",
+                    rt.runtime,
+                    rt.runtime
+                ));
+            }
             let name = host_link_name(net);
             if ctx.nl.link(&name).await?.is_some() {
                 return Err(conflict!("an interface named {name} already exists"));
@@ -634,6 +641,16 @@ impl Driver for Macvlan {
     /// the datapath counts bridge endpoints itself only because there it
     /// also decides their drops. Nothing of dnet drops a macvlan frame, so
     /// the drops are the kernel's, named by direction.
+    /// Another runtime's endpoint: the host's routes to it with host
+    /// access (an older build made none; one lost meanwhile comes back).
+    /// Its child is the runtime's, and `endpoint_ok` cannot judge it.
+    async fn refresh(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
+        let (true, Ok(s), Some(ip)) = (for_runtime(a), settings(a.network), a.endpoint.ip) else {
+            return Ok(());
+        };
+        add_host_routes(ctx, a, &s, ip, a.v6().map(|(_, ip6)| ip6)).await
+    }
+
     async fn stats(&self, _ctx: &Ctx, a: &Attachment<'_>) -> Result<Option<Counters>> {
         let Some(ifname) = a.endpoint.ifname.as_deref() else {
             return Ok(None);
@@ -848,8 +865,9 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
             }
             return Err(e);
         }
-        // The runtime sets the address, the link state and the routes.
-        return Ok(());
+        // The runtime sets the address, the link state and the routes in
+        // the container; the host's routes to it are dnet's.
+        return add_host_routes(ctx, a, &s, ip, a.v6().map(|(_, ip6)| ip6)).await;
     }
     named?;
     cnl.add_address(link.index, ip, ipam.subnet.prefix(), None, false)
@@ -863,26 +881,39 @@ async fn attach(ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
         configure_container_ipv6(&cnl, link.index, i6, ip6, a.primary, Subnet6Route::OnLink)
             .await?;
     }
-    if s.host_access {
-        let host = a
-            .network
-            .host_address
-            .ok_or_else(|| invalid!("network {} has no host address", a.network.name))?;
-        let l = ctx
-            .nl
-            .link(&host_link_name(a.network))
-            .await?
-            .ok_or_else(|| {
-                conflict!(
-                    "the host's interface on {} for network {} is missing",
-                    s.parent,
-                    a.network.name
-                )
-            })?;
-        ctx.nl.add_route(host_route(ip, l.index, host)).await?;
-        if let (Some((_, ip6)), Some(host6)) = (v6, a.network.host_address6) {
-            ctx.nl.add_route(host_route(ip6, l.index, host6)).await?;
-        }
+    add_host_routes(ctx, a, &s, ip, v6.map(|(_, ip6)| ip6)).await
+}
+
+/// With host access, the host's routes to the endpoint's addresses
+/// (`ip`, and `ip6` on a dual-stack network) through its own interface.
+async fn add_host_routes(
+    ctx: &Ctx,
+    a: &Attachment<'_>,
+    s: &Settings<'_>,
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+) -> Result<()> {
+    if !s.host_access {
+        return Ok(());
+    }
+    let host = a
+        .network
+        .host_address
+        .ok_or_else(|| invalid!("network {} has no host address", a.network.name))?;
+    let l = ctx
+        .nl
+        .link(&host_link_name(a.network))
+        .await?
+        .ok_or_else(|| {
+            conflict!(
+                "the host's interface on {} for network {} is missing",
+                s.parent,
+                a.network.name
+            )
+        })?;
+    ctx.nl.add_route(host_route(ip, l.index, host)).await?;
+    if let (Some(ip6), Some(host6)) = (ip6, a.network.host_address6) {
+        ctx.nl.add_route(host_route(ip6, l.index, host6)).await?;
     }
     Ok(())
 }
@@ -895,7 +926,8 @@ async fn endpoint_problem(ctx: &Ctx, a: &Attachment<'_>) -> Option<&'static str>
         return Some("settings");
     };
     if for_runtime(a) {
-        // The child is in the runtime's container, which dnet cannot see.
+        // The child is in the runtime's container, which dnet cannot see
+        // (and a problem here would make the engine forget the endpoint).
         return None;
     }
     let ep = a.endpoint;
@@ -959,25 +991,37 @@ async fn endpoint_problem(ctx: &Ctx, a: &Attachment<'_>) -> Option<&'static str>
             return Some("IPv6 default route");
         }
     }
-    if s.host_access {
-        let Ok(Some(h)) = ctx.nl.link(&host_link_name(a.network)).await else {
-            return Some("host interface");
-        };
-        let routed = ctx.nl.routes().await.is_ok_and(|rs| {
+    host_routes_problem(ctx, a, &s, ip).await
+}
+
+/// With host access: the host's interface, and its routes to the
+/// endpoint's addresses (`ip`, and its IPv6 one where the host has one).
+async fn host_routes_problem(
+    ctx: &Ctx,
+    a: &Attachment<'_>,
+    s: &Settings<'_>,
+    ip: Ipv4Addr,
+) -> Option<&'static str> {
+    if !s.host_access {
+        return None;
+    }
+    let Ok(Some(h)) = ctx.nl.link(&host_link_name(a.network)).await else {
+        return Some("host interface");
+    };
+    let routed = ctx.nl.routes().await.is_ok_and(|rs| {
+        rs.iter()
+            .any(|r| r.dst == ip && r.prefix == 32 && r.oif == Some(h.index))
+    });
+    if !routed {
+        return Some("host route");
+    }
+    if let (Some(ip6), Some(_)) = (a.endpoint.ip6, a.network.host_address6) {
+        let routed = ctx.nl.routes6().await.is_ok_and(|rs| {
             rs.iter()
-                .any(|r| r.dst == ip && r.prefix == 32 && r.oif == Some(h.index))
+                .any(|r| r.dst == ip6 && r.prefix == 128 && r.oif == Some(h.index))
         });
         if !routed {
-            return Some("host route");
-        }
-        if let (Some(ip6), Some(_)) = (ep.ip6, a.network.host_address6) {
-            let routed = ctx.nl.routes6().await.is_ok_and(|rs| {
-                rs.iter()
-                    .any(|r| r.dst == ip6 && r.prefix == 128 && r.oif == Some(h.index))
-            });
-            if !routed {
-                return Some("IPv6 host route");
-            }
+            return Some("IPv6 host route");
         }
     }
     None

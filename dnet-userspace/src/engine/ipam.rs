@@ -352,6 +352,13 @@ impl Engine {
 }
 
 impl Inner {
+    /// `subnet` is a pool dnet's IPAM handed out that is no network yet.
+    pub(super) fn is_pending_pool(&self, subnet: Ipv4Network) -> bool {
+        self.runtime_ipam
+            .pending
+            .contains_key(&IpNetwork::V4(subnet))
+    }
+
     /// A network made from pending pools: they are a network now. Was it
     /// made from one?
     pub(super) fn pools_became_network(&mut self, net: &Network) -> bool {

@@ -261,8 +261,10 @@ impl Inner {
             dp_id,
             host_address: None,
             host_address6: None,
+            // Another runtime's network made from pools dnet's IPAM handed
+            // out: known before the driver validates it.
+            runtime_ipam: runtime.is_some() && ipam.is_some_and(|i| self.is_pending_pool(i.subnet)),
             runtime,
-            runtime_ipam: false,
         };
         let driver = driver::driver(driver_kind);
         driver.validate(&self.ctx, &self.state, &mut net).await?;
