@@ -630,6 +630,16 @@ impl Driver for Macvlan {
         }
     }
 
+    /// Another runtime's endpoint: the host's routes to it with host
+    /// access (an older build made none; one lost meanwhile comes back).
+    /// Its child is the runtime's, and `endpoint_ok` cannot judge it.
+    async fn refresh(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
+        let (true, Ok(s), Some(ip)) = (for_runtime(a), settings(a.network), a.endpoint.ip) else {
+            return Ok(());
+        };
+        add_host_routes(ctx, a, &s, ip, a.v6().map(|(_, ip6)| ip6)).await
+    }
+
     /// Read from the kernel's own counters of the child, over netlink in the
     /// container's namespace, rather than from a counting TC program on it.
     /// The macvlan driver already counts, per CPU, every frame the child
@@ -641,16 +651,6 @@ impl Driver for Macvlan {
     /// the datapath counts bridge endpoints itself only because there it
     /// also decides their drops. Nothing of dnet drops a macvlan frame, so
     /// the drops are the kernel's, named by direction.
-    /// Another runtime's endpoint: the host's routes to it with host
-    /// access (an older build made none; one lost meanwhile comes back).
-    /// Its child is the runtime's, and `endpoint_ok` cannot judge it.
-    async fn refresh(&self, ctx: &mut Ctx, a: &Attachment<'_>) -> Result<()> {
-        let (true, Ok(s), Some(ip)) = (for_runtime(a), settings(a.network), a.endpoint.ip) else {
-            return Ok(());
-        };
-        add_host_routes(ctx, a, &s, ip, a.v6().map(|(_, ip6)| ip6)).await
-    }
-
     async fn stats(&self, _ctx: &Ctx, a: &Attachment<'_>) -> Result<Option<Counters>> {
         let Some(ifname) = a.endpoint.ifname.as_deref() else {
             return Ok(None);
