@@ -196,18 +196,22 @@ pub fn disable_ipv6(conf: &str) -> Result<(), NetnsError> {
     sysctl6(conf, "disable_ipv6", "1")
 }
 
+/// The `net/ipv6/conf` keys a quiet IPv6 interface has at 0: it takes
+/// no router advertisements, autoconfiguration or redirects, runs no
+/// duplicate address detection and sends no router solicitations.
+pub const QUIET_IPV6: [&str; 5] = [
+    "accept_ra",
+    "autoconf",
+    "accept_dad",
+    "router_solicitations",
+    "accept_redirects",
+];
+
 /// What a dual-stack container's namespace needs before its interface
 /// arrives (a new namespace has the kernel's defaults, not the host's):
-/// no router advertisements, autoconfiguration, duplicate address
-/// detection, router solicitations nor redirects on interfaces made later.
+/// interfaces made later are quiet ([`QUIET_IPV6`]).
 pub fn container_ipv6_defaults() -> Result<(), NetnsError> {
-    for key in [
-        "accept_ra",
-        "autoconf",
-        "accept_dad",
-        "router_solicitations",
-        "accept_redirects",
-    ] {
+    for key in QUIET_IPV6 {
         sysctl6("default", key, "0")?;
     }
     Ok(())

@@ -488,13 +488,7 @@ impl Driver for Macvlan {
             // once, and nothing taken from the LAN's routers (no RA, no
             // autoconfiguration, no redirects) nor asked of them.
             Some(addr6) => {
-                for key in [
-                    "accept_ra",
-                    "autoconf",
-                    "accept_dad",
-                    "router_solicitations",
-                    "accept_redirects",
-                ] {
+                for key in netns::QUIET_IPV6 {
                     netns::sysctl6(&name, key, "0")?;
                 }
                 netns::sysctl6(&name, "disable_ipv6", "0")?;
