@@ -108,8 +108,18 @@ pub const PROG_SLOT_HAIRPIN6: u32 = 9;
 /// runs out here, from the uplink's IPv6 address (`host6_icmp6_reply`),
 /// tail-called by `host6_from_uplink`, `host6_publish` and `host6_routed`.
 pub const PROG_SLOT_ICMP6_REPLY_FROM_UPLINK: u32 = 10;
+/// Slot of [`PROGS`]: a container's IPv6 fragment bound for NAT66
+/// (`lxc6_nat_frag`), tail-called by `lxc6_nat_from_container`.
+pub const PROG_SLOT_NAT6_FRAG_FROM_CONTAINER: u32 = 11;
+/// Slot of [`PROGS`]: the world's IPv6 fragment to the uplink's IPv6
+/// address (`host6_frag`), tail-called by `host6_from_uplink`.
+pub const PROG_SLOT_FRAG6_FROM_UPLINK: u32 = 12;
+/// Slot of [`PROGS`]: the world's first IPv6 fragment of a new flow to a
+/// port published over IPv6 (`host6_frag_publish`), tail-called by
+/// `host6_frag`.
+pub const PROG_SLOT_FRAG6_PUBLISHED: u32 = 13;
 /// Size of [`PROGS`].
-pub const PROGS_SLOTS: u32 = 11;
+pub const PROGS_SLOTS: u32 = 14;
 
 /// Every map the datapath declares (but [`PROGS`] and scratch maps).
 pub const ALL: [&str; 22] = [
@@ -172,7 +182,7 @@ mod tests {
 
     /// Every `PROG_SLOT_*` with its name. A slot shared by two programs
     /// would make a tail call jump to the wrong one.
-    const SLOTS: [(&str, u32); 11] = [
+    const SLOTS: [(&str, u32); 14] = [
         ("PROG_SLOT_FROM_CONTAINER6", PROG_SLOT_FROM_CONTAINER6),
         (
             "PROG_SLOT_NAT6_FROM_CONTAINER",
@@ -202,6 +212,12 @@ mod tests {
             "PROG_SLOT_ICMP6_REPLY_FROM_UPLINK",
             PROG_SLOT_ICMP6_REPLY_FROM_UPLINK,
         ),
+        (
+            "PROG_SLOT_NAT6_FRAG_FROM_CONTAINER",
+            PROG_SLOT_NAT6_FRAG_FROM_CONTAINER,
+        ),
+        ("PROG_SLOT_FRAG6_FROM_UPLINK", PROG_SLOT_FRAG6_FROM_UPLINK),
+        ("PROG_SLOT_FRAG6_PUBLISHED", PROG_SLOT_FRAG6_PUBLISHED),
     ];
 
     #[test]

@@ -125,7 +125,7 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     let at = nat6::l4_at(ctx, s, ip, end)?;
     let key = &mut s.key;
     // Fragments and other protocols: the host's, as IPv4's.
-    let l4::Tuple::Flow(l4) = nat6::parse(ctx, ip, &at, end, key) else {
+    let l4::Tuple::Flow(l4) = nat6::parse::<{ nat6::WHOLE }>(ctx, ip, &at, end, key) else {
         return Ok(TC_ACT_OK);
     };
     let seg = l4::seg_to(ctx, Some(&l4), key.proto, || end)?;

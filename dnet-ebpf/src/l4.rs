@@ -191,7 +191,8 @@ fn fragment(ctx: &TcContext, ip_off: usize, ip: &Ipv4Hdr, mut key: CtKey) -> Par
             _ => Parsed::Fragment,
         };
     }
-    let Some(p) = crate::frag::ports(ip.saddr_be, ip.daddr_be, ip.id_be, ip.proto) else {
+    let Some(p) = crate::frag::ports(ip.saddr_be, ip.daddr_be, u32::from(ip.id_be), ip.proto)
+    else {
         return Parsed::Fragment;
     };
     key.sport_be = p.sport_be;

@@ -29,6 +29,7 @@ pub mod eth;
 pub mod fanout;
 pub mod fib;
 pub mod frag;
+pub mod frag6;
 pub mod hairpin6;
 pub mod host;
 pub mod icmp6_error;

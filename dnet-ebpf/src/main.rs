@@ -31,7 +31,7 @@ pub fn lxc6_from_container(ctx: TcContext) -> i32 {
 /// `lxc6_from_container` (slot `PROG_SLOT_NAT6_FROM_CONTAINER`).
 #[classifier]
 pub fn lxc6_nat_from_container(ctx: TcContext) -> i32 {
-    dnet_ebpf::nat6::from_container_tail(&ctx)
+    dnet_ebpf::nat6::from_container_tail::<{ dnet_ebpf::nat6::WHOLE }>(&ctx)
 }
 
 /// Hairpin over IPv6 (a container to `[uplink6]:H`, and the answers to
@@ -46,14 +46,14 @@ pub fn lxc6_hairpin(ctx: TcContext) -> i32 {
 /// `host_from_uplink` (slot `PROG_SLOT_FROM_UPLINK6`).
 #[classifier]
 pub fn host6_from_uplink(ctx: TcContext) -> i32 {
-    dnet_ebpf::nat6::from_uplink_tail(&ctx)
+    dnet_ebpf::nat6::from_uplink_tail::<{ dnet_ebpf::nat6::WHOLE }>(&ctx)
 }
 
 /// A new flow from the world to a port published over IPv6: tail-called
 /// by `host6_from_uplink` (slot `PROG_SLOT_PUBLISHED6`).
 #[classifier]
 pub fn host6_publish(ctx: TcContext) -> i32 {
-    dnet_ebpf::nat6::publish_tail(&ctx)
+    dnet_ebpf::nat6::publish_tail::<{ dnet_ebpf::nat6::WHOLE }>(&ctx)
 }
 
 /// A routed IPv6 network's packet from a container to the world:
@@ -101,6 +101,27 @@ pub fn lxc6_icmp6_reply(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn host6_icmp6_reply(ctx: TcContext) -> i32 {
     dnet_ebpf::icmp6_reply::from_uplink_tail(&ctx)
+}
+
+/// A container's IPv6 fragment bound for NAT66: tail-called by
+/// `lxc6_nat_from_container` (slot `PROG_SLOT_NAT6_FRAG_FROM_CONTAINER`).
+#[classifier]
+pub fn lxc6_nat_frag(ctx: TcContext) -> i32 {
+    dnet_ebpf::frag6::from_container_tail(&ctx)
+}
+
+/// The world's IPv6 fragment to the uplink's IPv6 address: tail-called by
+/// `host6_from_uplink` (slot `PROG_SLOT_FRAG6_FROM_UPLINK`).
+#[classifier]
+pub fn host6_frag(ctx: TcContext) -> i32 {
+    dnet_ebpf::frag6::from_uplink_tail(&ctx)
+}
+
+/// The world's first IPv6 fragment of a new flow to a port published over
+/// IPv6: tail-called by `host6_frag` (slot `PROG_SLOT_FRAG6_PUBLISHED`).
+#[classifier]
+pub fn host6_frag_publish(ctx: TcContext) -> i32 {
+    dnet_ebpf::nat6::publish_tail::<{ dnet_ebpf::nat6::FIRST_FRAGMENT }>(&ctx)
 }
 
 /// tc egress of a container's host-side veth (a cls_bpf filter): traffic

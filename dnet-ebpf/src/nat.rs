@@ -316,7 +316,7 @@ pub fn rewrite(
     // first's checksum update covers the whole datagram's pseudo-header).
     let later = l4.frag == l4::FRAG_LATER;
     if l4.frag == l4::FRAG_FIRST {
-        crate::frag::record(key, l4.frag_id_be, l4.icmp_type);
+        crate::frag::record(key, u32::from(l4.frag_id_be), l4.icmp_type);
     }
     // No pseudo-header in the L4 checksum to fold an address change into:
     // ICMP's, and a later fragment's (it has no transport header).

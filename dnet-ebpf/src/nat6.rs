@@ -42,8 +42,9 @@ use dnet_common::{
     Config, CtEntry6, CtKey6, DropReason, Endpoint,
     ipv6::NET6_F_NAT,
     maps::{
-        PROG_SLOT_ICMP6_ERROR_FROM_UPLINK, PROG_SLOT_ICMP6_REPLY,
-        PROG_SLOT_ICMP6_REPLY_FROM_UPLINK, PROG_SLOT_PUBLISHED6, PROG_SLOT_ROUTED6_FROM_UPLINK,
+        PROG_SLOT_FRAG6_FROM_UPLINK, PROG_SLOT_FRAG6_PUBLISHED, PROG_SLOT_ICMP6_ERROR_FROM_UPLINK,
+        PROG_SLOT_ICMP6_REPLY, PROG_SLOT_ICMP6_REPLY_FROM_UPLINK,
+        PROG_SLOT_NAT6_FRAG_FROM_CONTAINER, PROG_SLOT_PUBLISHED6, PROG_SLOT_ROUTED6_FROM_UPLINK,
     },
     nat::{CT_F_DNAT, CT_F_HOST, CT_F_REPLY_TO_ENDPOINT, CT_F_SNAT, CT_F_TO_ENDPOINT},
 };
@@ -53,7 +54,7 @@ use crate::{
     err,
     eth::ETH_HLEN,
     fib::{self, KeptRoute, Route},
-    icmp6_reply,
+    frag6, icmp6_reply,
     ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
     l4::{self, IPPROTO_TCP, IPPROTO_UDP, L4, Tuple},
     lxc,
@@ -71,11 +72,21 @@ pub const ICMPV6_ECHO_REPLY: u8 = 129;
 /// A NAT66 flow's translation.
 pub type Xlate6 = XlateOf<[u8; 16]>;
 
+/// Which packets a program instance translates as datagrams: whole ones
+/// ([`WHOLE`]), or first fragments ([`FIRST_FRAGMENT`], the instances
+/// `frag6` runs). Each instance has one kind, so that the verifier walks
+/// what follows the parse for one kind per program (for both kinds it
+/// outgrows its budget).
+pub const WHOLE: bool = false;
+pub const FIRST_FRAGMENT: bool = true;
+
 /// The tuple (into `key`) of the IPv6 packet whose fixed header is `ip`,
 /// its upper-layer header at `at` (from `ipv6::walk`), its payload ending
-/// at `end`: IPv4's parser (`l4::tuple`), after IPv6's fragments.
+/// at `end`: IPv4's parser (`l4::tuple`), after IPv6's fragments. `FRAG`:
+/// which kind of packet is read ([`WHOLE`], [`FIRST_FRAGMENT`]); the other
+/// kind, and a later fragment, are `Fragment`.
 #[inline(always)]
-pub fn parse(
+pub fn parse<const FRAG: bool>(
     ctx: &TcContext,
     ip: &Ipv6Hdr,
     at: &ipv6::L4At,
@@ -88,16 +99,30 @@ pub fn parse(
     key.dport_be = 0;
     key.proto = at.proto;
     key._pad = [0; 3];
-    // The walk stops at a fragment header for a later fragment; a first
-    // fragment is caught by its fragment header right after the fixed one
+    // The walk stops at a fragment header for a later fragment: no
+    // transport header (`frag6` follows it by its first's record). A
+    // first fragment has its fragment header right after the fixed one
     // (where Linux puts it). One with the fragment header deeper in the
-    // chain passes as whole: its later fragments are caught, so its
-    // datagram never completes beyond dnet.
-    if at.proto == NEXTHDR_FRAGMENT || ip.nexthdr == NEXTHDR_FRAGMENT {
+    // chain is read as whole: its later fragments are not followed, so
+    // its datagram never completes beyond dnet.
+    if !FRAG {
+        if at.proto == NEXTHDR_FRAGMENT || ip.nexthdr == NEXTHDR_FRAGMENT {
+            return Tuple::Fragment;
+        }
+        return l4::tuple(ctx, at.off, end.saturating_sub(at.off), key);
+    }
+    // A first fragment's transport header is read as a whole datagram's,
+    // bounded by the largest datagram rather than the fragment. TCP's is
+    // not followed (`fragment`), as IPv4's.
+    if at.proto == NEXTHDR_FRAGMENT || ip.nexthdr != NEXTHDR_FRAGMENT || at.proto == IPPROTO_TCP {
         return Tuple::Fragment;
     }
-    l4::tuple(ctx, at.off, end.saturating_sub(at.off), key)
+    l4::tuple(ctx, at.off, MAX_DATAGRAM6, key)
 }
+
+/// The largest IPv6 payload without a jumbogram's option: what a first
+/// fragment's transport header is checked against.
+const MAX_DATAGRAM6: usize = 65535;
 
 /// Rewrites the packet's addresses and ports as `e` says, keeping the L4
 /// checksum right: for IPv6 it covers the pseudo-header, so an address
@@ -205,11 +230,11 @@ pub(crate) fn config6() -> Option<&'static Config> {
 /// `lxc6_nat_from_container`: tail-called by `lxc6_from_container` for a
 /// packet of a NAT66 network bound beyond the host.
 #[inline(always)]
-pub fn from_container_tail(ctx: &TcContext) -> i32 {
+pub fn from_container_tail<const FRAG: bool>(ctx: &TcContext) -> i32 {
     let Some(ep) = lxc::endpoint_of(lxc::ifindex(ctx)) else {
         return drop(0, DropReason::UnknownEndpoint);
     };
-    match from_container(ctx, &ep) {
+    match from_container::<FRAG>(ctx, &ep) {
         Ok(v) => v,
         // Refused before anything was rewritten: the container is told
         // by a program of its own (`icmp6_reply`, from its gateway).
@@ -224,7 +249,7 @@ pub fn from_container_tail(ctx: &TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
+fn from_container<const FRAG: bool>(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     // What its caller checked that this program relies on, checked again
     // (it must not trust that it was reached that way only): the source
     // MAC and IPv6 address are the endpoint's, its network is NAT66.
@@ -248,9 +273,17 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     let s = scratch().ok_or(DropReason::Malformed)?;
     let at = l4_at(ctx, s, ip, end)?;
     let key = &mut s.key;
-    let l4 = match parse(ctx, ip, &at, end, key) {
+    let l4 = match parse::<FRAG>(ctx, ip, &at, end, key) {
         Tuple::Flow(l4) => l4,
-        Tuple::Fragment => return Err(DropReason::Fragment),
+        // Fragments are followed by a program of their own (`frag6`).
+        Tuple::Fragment => {
+            if !FRAG {
+                // SAFETY: the tail call jumps to `lxc6_nat_frag` with the
+                // same context, or returns when the slot is empty.
+                unsafe { PROGS.tail_call(ctx, PROG_SLOT_NAT6_FRAG_FROM_CONTAINER) };
+            }
+            return Err(DropReason::Fragment);
+        }
         Tuple::Truncated => return Err(DropReason::Malformed),
         // ICMPv6 errors go to `icmp6_error` from `lxc6_from_container`.
         Tuple::IcmpError(_) | Tuple::Other => return Err(DropReason::NatUnsupported),
@@ -328,6 +361,9 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
         return Err(DropReason::TtlExceeded);
     }
     rewrite(ctx, &l4, key, &e)?;
+    if FRAG {
+        frag6::record_first(ctx, key, l4.icmp_type);
+    }
     count_translated(ep.slot);
     fib::forward6_kept(ctx, &s.route)
 }
@@ -435,20 +471,29 @@ pub(crate) fn scratch() -> Option<&'static mut Nat6Scratch> {
 
 /// `host6_from_uplink`: tail-called by `host_from_uplink` for IPv6.
 #[inline(always)]
-pub fn from_uplink_tail(ctx: &TcContext) -> i32 {
-    match from_uplink(ctx) {
+pub fn from_uplink_tail<const FRAG: bool>(ctx: &TcContext) -> i32 {
+    match from_uplink::<FRAG>(ctx) {
         Ok(v) => v,
         Err(reason) => drop(0, reason),
     }
 }
 
 #[inline(always)]
-fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
+fn from_uplink<const FRAG: bool>(ctx: &TcContext) -> Result<i32, DropReason> {
     let s = scratch().ok_or(DropReason::Malformed)?;
-    let Some((p, _)) = uplink_flow(ctx, s)? else {
-        // Not a flow: an ICMPv6 error about one is translated by a
-        // program of its own (`icmp6_error`), which leaves the rest to
-        // the host.
+    let Some((p, _)) = uplink_flow::<FRAG>(ctx, s)? else {
+        if FRAG {
+            return Ok(TC_ACT_OK);
+        }
+        // Not a flow: a fragment of one, or an ICMPv6 error about one, is
+        // translated by a program of its own (`frag6`, `icmp6_error`),
+        // which leaves the rest to the host.
+        if ctx.load::<u8>(ETH_HLEN + 6) == Ok(NEXTHDR_FRAGMENT) {
+            // SAFETY: the tail call jumps to `host6_frag` with the same
+            // context, or returns when the slot is empty.
+            unsafe { PROGS.tail_call(ctx, PROG_SLOT_FRAG6_FROM_UPLINK) };
+            return Ok(TC_ACT_OK);
+        }
         // SAFETY: the tail call jumps to `host6_icmp6_error` with the
         // same context, or returns when the slot is empty.
         unsafe { PROGS.tail_call(ctx, PROG_SLOT_ICMP6_ERROR_FROM_UPLINK) };
@@ -460,9 +505,15 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         // A new flow to a published port is made in a program of its own
         // (this one's stack is full).
         if may_be_published(key, &p.l4) {
-            // SAFETY: the tail call jumps to `host6_publish` with the same
-            // context, or returns when the slot is empty.
-            unsafe { PROGS.tail_call(ctx, PROG_SLOT_PUBLISHED6) };
+            let slot = if FRAG {
+                PROG_SLOT_FRAG6_PUBLISHED
+            } else {
+                PROG_SLOT_PUBLISHED6
+            };
+            // SAFETY: the tail call jumps to `host6_publish` (or
+            // `host6_frag_publish`) with the same context, or returns when
+            // the slot is empty.
+            unsafe { PROGS.tail_call(ctx, slot) };
         }
         return Ok(TC_ACT_OK);
     };
@@ -482,6 +533,9 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     let ep = ipv6::endpoint6_at(&e.new_daddr_be).ok_or(DropReason::NoEndpoint)?;
     rewrite(ctx, &p.l4, key, &e)?;
+    if FRAG {
+        frag6::record_first(ctx, key, p.l4.icmp_type);
+    }
     nat::into_endpoint(ctx, &ep, fib::dec_hop_limit)
 }
 
@@ -526,7 +580,7 @@ pub fn to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let Ok(at) = l4_at(ctx, s, ip, end) else {
         return Ok(TC_ACT_OK);
     };
-    let Tuple::Flow(l4) = parse(ctx, ip, &at, end, &mut s.key) else {
+    let Tuple::Flow(l4) = parse::<WHOLE>(ctx, ip, &at, end, &mut s.key) else {
         return Ok(TC_ACT_OK);
     };
     if at.proto != IPPROTO_ICMPV6 || l4.icmp_type != ICMPV6_ECHO_REQUEST {
@@ -553,7 +607,7 @@ struct UplinkFlow {
 /// The checks both uplink programs make before a packet can be dnet's,
 /// and its tuple (into `s.key`): `None` for a packet that is the host's.
 #[inline(always)]
-fn uplink_flow(
+fn uplink_flow<const FRAG: bool>(
     ctx: &TcContext,
     s: &mut Nat6Scratch,
 ) -> Result<Option<(UplinkFlow, &'static Config)>, DropReason> {
@@ -585,7 +639,7 @@ fn uplink_flow(
     let Ok(at) = l4_at(ctx, s, ip, end) else {
         return Ok(None);
     };
-    let Tuple::Flow(l4) = parse(ctx, ip, &at, end, &mut s.key) else {
+    let Tuple::Flow(l4) = parse::<FRAG>(ctx, ip, &at, end, &mut s.key) else {
         return Ok(None);
     };
     Ok(Some((
@@ -611,8 +665,8 @@ fn may_be_published(key: &CtKey6, l4: &L4) -> bool {
 /// may open a flow to a published port: the flow, and the packet into
 /// its container.
 #[inline(always)]
-pub fn publish_tail(ctx: &TcContext) -> i32 {
-    match publish(ctx) {
+pub fn publish_tail<const FRAG: bool>(ctx: &TcContext) -> i32 {
+    match publish::<FRAG>(ctx) {
         Ok(v) => v,
         // A new flow that dies here took no entry; its sender is told.
         Err(DropReason::TtlExceeded) => drop(0, expired(ctx)),
@@ -621,11 +675,11 @@ pub fn publish_tail(ctx: &TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn publish(ctx: &TcContext) -> Result<i32, DropReason> {
+fn publish<const FRAG: bool>(ctx: &TcContext) -> Result<i32, DropReason> {
     // Checked again: this program must not trust that it was reached
     // from `host6_from_uplink` only.
     let s = scratch().ok_or(DropReason::Malformed)?;
-    let Some((p, cfg)) = uplink_flow(ctx, s)? else {
+    let Some((p, cfg)) = uplink_flow::<FRAG>(ctx, s)? else {
         return Ok(TC_ACT_OK);
     };
     let key = &s.key;
@@ -636,6 +690,9 @@ fn publish(ctx: &TcContext) -> Result<i32, DropReason> {
         Published::Refused(verdict) => return Ok(verdict),
     };
     rewrite(ctx, &p.l4, key, &e)?;
+    if FRAG {
+        frag6::record_first(ctx, key, p.l4.icmp_type);
+    }
     nat::into_endpoint(ctx, &ep, fib::dec_hop_limit)
 }
 

@@ -135,7 +135,7 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
         _ => return Err(DropReason::NoRoute),
     }
     s.route.set(&route);
-    match nat6::parse(ctx, ip, &at, end, &mut s.key) {
+    match nat6::parse::<{ nat6::WHOLE }>(ctx, ip, &at, end, &mut s.key) {
         // The container's answer to the world's echo request, which came
         // in untracked (`into_routed`): out untracked too.
         Tuple::Flow(l4) if s.key.proto == IPPROTO_ICMPV6 && l4.icmp_type == ICMPV6_ECHO_REPLY => {}
@@ -271,7 +271,7 @@ fn into_routed(ctx: &TcContext, ip: &Ipv6Hdr, ep: &Endpoint) -> Result<i32, Drop
     let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
     let s = nat6::scratch().ok_or(DropReason::Malformed)?;
     let at = nat6::l4_at(ctx, s, ip, end)?;
-    let l4 = match nat6::parse(ctx, ip, &at, end, &mut s.key) {
+    let l4 = match nat6::parse::<{ nat6::WHOLE }>(ctx, ip, &at, end, &mut s.key) {
         Tuple::Flow(l4) => l4,
         Tuple::Fragment => return Err(DropReason::Fragment),
         Tuple::Truncated => return Err(DropReason::Malformed),

@@ -916,6 +916,64 @@ fn a_dual_stack_container_reaches_the_world_over_ipv6_as_the_uplink() {
     }
 }
 
+/// IPv6 fragments across NAT66 (issue 13), as IPv4's cross the NAT:
+/// datagrams larger than the path MTU go out and come back in fragments,
+/// a 4,000-byte UDP echo and a 3,000-byte ping from a container to the
+/// world, and a 6,000-byte echo from the world through a port published
+/// over IPv6; nothing is dropped for being a fragment, and each datagram's
+/// fragments follow its first's flow.
+#[test]
+fn ipv6_datagrams_larger_than_the_mtu_cross_nat66_in_fragments_both_ways() {
+    let mut sb = dual_stack_sandbox();
+    sb.route6_via_world();
+    let w = sb.world_netns_path();
+    let ct = conntest_bin();
+    let ct = ct.to_str().unwrap();
+    sb.spawn_in(&w, ct, &["serve", "udp-echo", "[::]:7"]);
+    wait_listening(&w, "udp", 7);
+    sb.dual_stack_network("frag6", "10.74.0.0/24", "fd00:74::/64");
+    sb.sleeper("a", &["--network", "frag6"]);
+    let world = format!("[{WORLD6}]:7");
+    let o = sb.conntest_in("a", &["echo", &world, "--size", "4000"]);
+    assert!(ok(&o), "a -> the world and back: {}", out(&o));
+    let o = sb.dnet(&[
+        "exec", "a", "--", "ping", "-6", "-n", "-c", "1", "-W", "3", "-s", "3000", WORLD6,
+    ]);
+    assert!(ok(&o), "a big ping: {}", out(&o));
+    sb.dnet_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "e",
+        "--network",
+        "frag6",
+        "-p",
+        "7007:7/udp",
+        "--",
+        ct,
+        "serve",
+        "udp-echo",
+        "[::]:7",
+    ]);
+    sb.wait_server("e", "udp", 7);
+    let o = sb.in_world(
+        ct,
+        &["echo", &format!("[{UPLINK6}]:7007"), "--size", "6000"],
+    );
+    assert!(
+        ok(&o),
+        "the world -> e's port published over IPv6 and back: {}",
+        out(&o)
+    );
+    for c in ["a", "e"] {
+        assert_eq!(sb.drops(c, "fragment"), 0, "{c}");
+    }
+    // One flow per datagram's tuple: the fragments followed their first.
+    let f = sb.flows();
+    assert_eq!(f.iter().filter(|x| x["proto"] == "udp").count(), 2, "{f:?}");
+    assert!(f.iter().any(|x| x["proto"] == "icmpv6"), "{f:?}");
+}
+
 #[test]
 fn nat66_follows_an_ipv6_address_the_uplink_gets_after_the_daemon_started() {
     let mut sb = Sandbox::new();

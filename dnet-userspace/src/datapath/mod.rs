@@ -83,6 +83,15 @@ pub const PROG_ICMP6_REPLY: &str = "lxc6_icmp6_reply";
 pub const PROG_ICMP6_REPLY_FROM_UPLINK: &str = "host6_icmp6_reply";
 /// Hairpin over IPv6, tail-called by [`PROG_FROM_CONTAINER6`].
 pub const PROG_HAIRPIN6: &str = "lxc6_hairpin";
+/// Containers' IPv6 fragments bound for NAT66, tail-called by
+/// [`PROG_NAT6_FROM_CONTAINER`].
+pub const PROG_NAT6_FRAG: &str = "lxc6_nat_frag";
+/// The world's IPv6 fragments to the uplink's IPv6 address, tail-called by
+/// [`PROG_FROM_UPLINK6`].
+pub const PROG_FRAG6_FROM_UPLINK: &str = "host6_frag";
+/// The world's first IPv6 fragments of new flows to ports published over
+/// IPv6, tail-called by [`PROG_FRAG6_FROM_UPLINK`].
+pub const PROG_FRAG6_PUBLISHED: &str = "host6_frag_publish";
 pub const PROG_FROM_UPLINK: &str = "host_from_uplink";
 pub const PROG_TO_UPLINK: &str = "host_to_uplink";
 /// The socket hooks, with the operation each is attached to.
@@ -96,10 +105,13 @@ pub const SOCK_PROGS: [&str; 8] = [
     "sock_recvmsg6",
     "sock_getpeername6",
 ];
-const TC_PROGS: [&str; 15] = [
+const TC_PROGS: [&str; 18] = [
     PROG_FROM_CONTAINER,
     PROG_FROM_CONTAINER6,
     PROG_NAT6_FROM_CONTAINER,
+    PROG_NAT6_FRAG,
+    PROG_FRAG6_FROM_UPLINK,
+    PROG_FRAG6_PUBLISHED,
     PROG_HAIRPIN6,
     PROG_FROM_UPLINK6,
     PROG_PUBLISHED6,
@@ -681,14 +693,14 @@ impl Datapath {
         conntrack_of(&self.maps.ct6, m::CT6)
     }
 
-    /// Forgets every fragmented datagram the datapath follows (`DNET_FRAGS`,
-    /// 12-byte keys and 8-byte values, per load): tests that replay frames
-    /// start from none.
+    /// Forgets every fragmented IPv4 datagram the datapath follows
+    /// (`DNET_FRAGS`, 16-byte keys and 8-byte values, per load): tests that
+    /// replay frames start from none.
     #[cfg(test)]
     pub fn forget_fragments(&mut self) {
         let map = self.ebpf.map_mut("DNET_FRAGS").expect("DNET_FRAGS");
-        let mut h: aya::maps::HashMap<_, [u8; 12], [u8; 8]> = map.try_into().expect("a hash");
-        let keys: Vec<[u8; 12]> = h.keys().map(|k| k.expect("a key")).collect();
+        let mut h: aya::maps::HashMap<_, [u8; 16], [u8; 8]> = map.try_into().expect("a hash");
+        let keys: Vec<[u8; 16]> = h.keys().map(|k| k.expect("a key")).collect();
         for k in keys {
             h.remove(&k).expect("remove");
         }
@@ -1293,6 +1305,9 @@ impl Datapath {
                     PROG_FROM_CONTAINER6 => "tail call of lxc_from_container (IPv6)",
                     PROG_NAT6_FROM_CONTAINER => "tail call of lxc6_from_container (NAT66)",
                     PROG_HAIRPIN6 => "tail call of lxc6_from_container (hairpin)",
+                    PROG_NAT6_FRAG => "tail call of lxc6_nat_from_container (fragments)",
+                    PROG_FRAG6_FROM_UPLINK => "tail call of host6_from_uplink (fragments)",
+                    PROG_FRAG6_PUBLISHED => "tail call of host6_frag (published ports)",
                     PROG_FROM_UPLINK6 => "tail call of host_from_uplink (IPv6)",
                     PROG_PUBLISHED6 => "tail call of host6_from_uplink (published ports)",
                     PROG_ROUTED6_FROM_CONTAINER => "tail call of lxc6_from_container (routed IPv6)",
@@ -1366,6 +1381,9 @@ fn set_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
         ),
         (m::PROG_SLOT_ICMP6_REPLY, PROG_ICMP6_REPLY),
         (m::PROG_SLOT_HAIRPIN6, PROG_HAIRPIN6),
+        (m::PROG_SLOT_NAT6_FRAG_FROM_CONTAINER, PROG_NAT6_FRAG),
+        (m::PROG_SLOT_FRAG6_FROM_UPLINK, PROG_FRAG6_FROM_UPLINK),
+        (m::PROG_SLOT_FRAG6_PUBLISHED, PROG_FRAG6_PUBLISHED),
         (
             m::PROG_SLOT_ICMP6_REPLY_FROM_UPLINK,
             PROG_ICMP6_REPLY_FROM_UPLINK,

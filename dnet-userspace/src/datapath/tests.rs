@@ -2336,6 +2336,8 @@ mod found;
 
 /// IPv4 fragments of translated datagrams.
 mod frag;
+/// IPv6 fragments of NAT66 datagrams (issue 13).
+mod frag6;
 
 mod dnat6;
 /// Hairpin over IPv6 (issue 13).

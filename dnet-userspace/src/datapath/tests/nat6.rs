@@ -285,23 +285,6 @@ fn without_an_ipv6_uplink_address_nothing_leaves_untranslated() {
 }
 
 #[test]
-fn nat66_fragments_are_dropped_with_their_reason() {
-    in_fresh_netns(|| {
-        let fx = nat6_fixture();
-        // A first fragment: a fragment header (offset 0, more to come)
-        // before UDP.
-        let mut l4 = vec![UDP, 0, 0, 1, 0, 0, 0, 7];
-        l4.extend_from_slice(&4000u16.to_be_bytes());
-        l4.extend_from_slice(&53u16.to_be_bytes());
-        l4.extend_from_slice(&[0, 12, 0, 0]);
-        l4.extend_from_slice(b"dnet");
-        let frame = frame6(fx.a.mac, GW_MAC, ip6(A6), ip6(SERVER6), 64, 0, 44, l4, None);
-        assert_eq!(run(&fx.dp, &frame).0, SHOT);
-        assert_eq!(drops(&fx.dp, 1, DropReason::Fragment), 1);
-    });
-}
-
-#[test]
 fn a_nat66_flow_that_cannot_leave_takes_no_entry() {
     in_fresh_netns(|| {
         let fx = nat6_fixture();
