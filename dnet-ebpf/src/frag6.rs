@@ -24,8 +24,12 @@
 //! Linux and every stack that fragments at the source put it; the later
 //! fragments of a datagram whose fragment header lies deeper in the chain
 //! are dropped (`fragment`), as TCP's are. A later fragment opens no flow.
-//! Routed networks and hairpin do not follow fragments (`fragment`, and
-//! the host's, as before).
+//!
+//! A routed network's fragments are followed within its own programs
+//! (`routed6`, which are small enough to walk both kinds), by the same
+//! record: a first fragment records its ports once let through, and a
+//! later one goes where its first went ([`later`], [`rewrite_addrs`]).
+//! Hairpin over IPv6 does not follow fragments (the host's, as before).
 
 use aya_ebpf::{bindings::BPF_F_RECOMPUTE_CSUM, maps::lpm_trie::Key, programs::TcContext};
 use dnet_common::{
@@ -90,10 +94,10 @@ pub fn record_first(ctx: &TcContext, key: &CtKey6, icmp_type: u8) {
 }
 
 /// The tuple of a later fragment (fixed header `ip`), as its datagram's
-/// first fragment recorded it, into `key`; `None` when it is no later
-/// fragment or its datagram has no record.
+/// first fragment recorded it, into `key`, and the first's ICMPv6 type;
+/// `None` when it is no later fragment or its datagram has no record.
 #[inline(always)]
-fn later(ctx: &TcContext, ip: &Ipv6Hdr, key: &mut CtKey6) -> Option<()> {
+pub(crate) fn later(ctx: &TcContext, ip: &Ipv6Hdr, key: &mut CtKey6) -> Option<u8> {
     let (proto, off, id_be) = header(ctx)?;
     if off == 0 {
         return None;
@@ -105,7 +109,7 @@ fn later(ctx: &TcContext, ip: &Ipv6Hdr, key: &mut CtKey6) -> Option<()> {
     key.dport_be = p.dport_be;
     key.proto = proto;
     key._pad = [0; 3];
-    Some(())
+    Some(p.icmp_type)
 }
 
 /// A later fragment's addresses rewritten as its flow's `e` says (`key`:
@@ -113,7 +117,7 @@ fn later(ctx: &TcContext, ip: &Ipv6Hdr, key: &mut CtKey6) -> Option<()> {
 /// but `skb->csum`'s (`BPF_F_RECOMPUTE_CSUM`) follows: the first
 /// fragment's L4 checksum update covered the datagram's pseudo-header.
 #[inline(always)]
-fn rewrite_addrs(ctx: &TcContext, key: &CtKey6, e: &Xlate6) -> Result<(), DropReason> {
+pub(crate) fn rewrite_addrs(ctx: &TcContext, key: &CtKey6, e: &Xlate6) -> Result<(), DropReason> {
     if e.flags & CT_F_SNAT != 0 && !addr_eq(&e.new_saddr_be, &key.saddr_be) {
         err(ctx.store(ETH_HLEN + 8, &e.new_saddr_be, BPF_F_RECOMPUTE_CSUM as u64))?;
     }

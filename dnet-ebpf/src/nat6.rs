@@ -22,8 +22,9 @@
 //! for IPv4.
 //!
 //! Tracked: TCP, UDP, ICMPv6 echo (its identifier as a port, as IPv4's).
-//! Fragments are dropped from containers (`fragment`) and left to the host
-//! on the uplink, as for IPv4. ICMPv6 errors about NAT66 flows are
+//! Fragments go on to programs of their own (`frag6`), which translate a
+//! first fragment with this module's `FIRST_FRAGMENT` instances and a
+//! later one by its first's record. ICMPv6 errors about NAT66 flows are
 //! translated either way by `icmp6_error`; a container's packet that does
 //! not fit the uplink's route, or whose hop limit runs out here, is
 //! answered from its gateway by `icmp6_reply` (packet too big, time

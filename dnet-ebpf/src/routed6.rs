@@ -12,7 +12,9 @@
 //! with an identity translation, so the same conntrack rules (TCP windows,
 //! the containers' flow limits) hold. The world's echo requests and the
 //! container's replies are not tracked (the world could fill the table
-//! with them).
+//! with them). Fragments follow their datagram's first (`frag6`): a first
+//! fragment is judged as a whole datagram and records its ports, a later
+//! one goes where its first went.
 //!
 //! Two programs of their own (tail calls; their callers' stacks are full):
 //! - `lxc6_routed_from_container` (slot `PROG_SLOT_ROUTED6_FROM_CONTAINER`),
@@ -44,8 +46,8 @@ use crate::{
     ct::{self, InsertError, XlateOf},
     eth::{ETH_HLEN, ETH_P_IPV6, EthHdr},
     fib::{self, Route},
-    icmp6_reply,
-    ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, addr_eq},
+    frag6, icmp6_reply,
+    ipv6::{self, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6Hdr, NEXTHDR_FRAGMENT, addr_eq},
     l4::{IPPROTO_TCP, IPPROTO_UDP, Tuple},
     lxc,
     maps::PROGS,
@@ -135,10 +137,29 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
         _ => return Err(DropReason::NoRoute),
     }
     s.route.set(&route);
-    match nat6::parse::<{ nat6::WHOLE }>(ctx, ip, &at, end, &mut s.key) {
+    // A fragment: a later one follows its first's record (`frag6`), a
+    // first one is read as a whole datagram and records its ports.
+    let mut first = false;
+    let t = match nat6::parse::<{ nat6::WHOLE }>(ctx, ip, &at, end, &mut s.key) {
+        Tuple::Fragment if at.proto == NEXTHDR_FRAGMENT => {
+            let ty = frag6::later(ctx, ip, &mut s.key).ok_or(DropReason::Fragment)?;
+            later_out(ctx, s, ty)?;
+            return fib::forward6_kept(ctx, &s.route);
+        }
+        Tuple::Fragment => {
+            first = true;
+            nat6::parse::<{ nat6::FIRST_FRAGMENT }>(ctx, ip, &at, end, &mut s.key)
+        }
+        t => t,
+    };
+    match t {
         // The container's answer to the world's echo request, which came
         // in untracked (`into_routed`): out untracked too.
-        Tuple::Flow(l4) if s.key.proto == IPPROTO_ICMPV6 && l4.icmp_type == ICMPV6_ECHO_REPLY => {}
+        Tuple::Flow(l4) if s.key.proto == IPPROTO_ICMPV6 && l4.icmp_type == ICMPV6_ECHO_REPLY => {
+            if first {
+                frag6::record_first(ctx, &s.key, l4.icmp_type);
+            }
+        }
         Tuple::Flow(l4) => {
             let key = &s.key;
             let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
@@ -155,6 +176,9 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
             // opened to a port published on the uplink's address answers
             // from there.
             nat6::rewrite(ctx, &l4, &s.key, &e)?;
+            if first {
+                frag6::record_first(ctx, &s.key, l4.icmp_type);
+            }
         }
         Tuple::Fragment => return Err(DropReason::Fragment),
         Tuple::Truncated => return Err(DropReason::Malformed),
@@ -163,6 +187,19 @@ fn from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
         Tuple::IcmpError(_) | Tuple::Other => {}
     }
     fib::forward6_kept(ctx, &s.route)
+}
+
+/// A container's later fragment (its tuple in `s.key`, its first's ICMPv6
+/// type `ty`): its flow's addresses, or untracked as its first was (an
+/// answer to the world's echo request); nothing else goes out.
+#[inline(always)]
+fn later_out(ctx: &TcContext, s: &mut Nat6Scratch, ty: u8) -> Result<(), DropReason> {
+    let seg = crate::l4::seg_to(ctx, None, s.key.proto, || 0)?;
+    match ct::lookup(&s.key, seg)? {
+        Some(e) => frag6::rewrite_addrs(ctx, &s.key, &e),
+        None if s.key.proto == IPPROTO_ICMPV6 && ty == ICMPV6_ECHO_REPLY => Ok(()),
+        None => Err(DropReason::Fragment),
+    }
 }
 
 /// A new flow the container opens (`s.key`), untranslated: its answers
@@ -271,7 +308,22 @@ fn into_routed(ctx: &TcContext, ip: &Ipv6Hdr, ep: &Endpoint) -> Result<i32, Drop
     let end = ETH_HLEN + IPV6_HLEN + ip.payload_len();
     let s = nat6::scratch().ok_or(DropReason::Malformed)?;
     let at = nat6::l4_at(ctx, s, ip, end)?;
-    let l4 = match nat6::parse::<{ nat6::WHOLE }>(ctx, ip, &at, end, &mut s.key) {
+    // A fragment: a later one follows its first's record (`frag6`), a
+    // first one is read as a whole datagram and records its ports once let
+    // in.
+    let mut first = false;
+    let t = match nat6::parse::<{ nat6::WHOLE }>(ctx, ip, &at, end, &mut s.key) {
+        Tuple::Fragment if at.proto == NEXTHDR_FRAGMENT => {
+            let ty = frag6::later(ctx, ip, &mut s.key).ok_or(DropReason::Fragment)?;
+            return later_in(ctx, s, ip, ep, ty);
+        }
+        Tuple::Fragment => {
+            first = true;
+            nat6::parse::<{ nat6::FIRST_FRAGMENT }>(ctx, ip, &at, end, &mut s.key)
+        }
+        t => t,
+    };
+    let l4 = match t {
         Tuple::Flow(l4) => l4,
         Tuple::Fragment => return Err(DropReason::Fragment),
         Tuple::Truncated => return Err(DropReason::Malformed),
@@ -288,6 +340,9 @@ fn into_routed(ctx: &TcContext, ip: &Ipv6Hdr, ep: &Endpoint) -> Result<i32, Drop
     // entry for each would let anyone fill the table shared by every
     // container's flows, the world having source addresses enough.
     if key.proto == IPPROTO_ICMPV6 && l4.icmp_type == ICMPV6_ECHO_REQUEST {
+        if first {
+            frag6::record_first(ctx, key, l4.icmp_type);
+        }
         return nat::into_endpoint_as(ctx, ep, fib::dec_hop_limit, false);
     }
     let seg = crate::l4::seg_to(ctx, Some(&l4), key.proto, || end)?;
@@ -321,6 +376,38 @@ fn into_routed(ctx: &TcContext, ip: &Ipv6Hdr, ep: &Endpoint) -> Result<i32, Drop
     // Identity (the flow translates nothing), but for a flow the container
     // opened towards a port published on the uplink's address.
     nat6::rewrite(ctx, &l4, &s.key, &e)?;
+    if first {
+        frag6::record_first(ctx, &s.key, l4.icmp_type);
+    }
+    nat::into_endpoint_as(ctx, ep, fib::dec_hop_limit, false)
+}
+
+/// The world's later fragment (its tuple in `s.key`, its first's ICMPv6
+/// type `ty`) to `ep`: in when its first was let in, by the flow it
+/// belongs to or untracked as an echo request.
+#[inline(always)]
+fn later_in(
+    ctx: &TcContext,
+    s: &mut Nat6Scratch,
+    ip: &Ipv6Hdr,
+    ep: &Endpoint,
+    ty: u8,
+) -> Result<i32, DropReason> {
+    let seg = crate::l4::seg_to(ctx, None, s.key.proto, || 0)?;
+    let e = match ct::lookup(&s.key, seg)? {
+        Some(e) if e.flags & CT_F_TO_ENDPOINT != 0 && addr_eq(&e.new_daddr_be, &ip.daddr) => {
+            Some(e)
+        }
+        None if s.key.proto == IPPROTO_ICMPV6 && ty == ICMPV6_ECHO_REQUEST => None,
+        _ => return Err(DropReason::Fragment),
+    };
+    // Read before the rewrite, which moves the packet's bytes.
+    if ip.hop_limit <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    if let Some(e) = e {
+        frag6::rewrite_addrs(ctx, &s.key, &e)?;
+    }
     nat::into_endpoint_as(ctx, ep, fib::dec_hop_limit, false)
 }
 

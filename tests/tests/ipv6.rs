@@ -1213,7 +1213,9 @@ fn a_routed_ipv6_network_reaches_the_world_and_is_reached_on_its_published_ports
     let ct = conntest_bin();
     let ct = ct.to_str().unwrap();
     sb.spawn_in(&w, ct, &["serve", "tcp", "[::]:80"]);
+    sb.spawn_in(&w, ct, &["serve", "udp-echo", "[::]:7"]);
     wait_listening(&w, "tcp", 80);
+    wait_listening(&w, "udp", 7);
     sb.dnet_ok(&[
         "network",
         "create",
@@ -1269,6 +1271,19 @@ fn a_routed_ipv6_network_reaches_the_world_and_is_reached_on_its_published_ports
     // Echo is let in; a port the container did not publish is not.
     let o = sb.in_world("ping", &["-6", "-n", "-c", "1", "-W", "2", &web6]);
     assert!(ok(&o), "the world pings {web6}: {}", out(&o));
+    // Datagrams larger than the MTU cross in fragments both ways: a
+    // 4,000-byte UDP echo from the container, a 3,000-byte ping from the
+    // world.
+    let o = sb.conntest_in("cli", &["echo", &format!("[{WORLD6}]:7"), "--size", "4000"]);
+    assert!(ok(&o), "a fragmented echo to the world: {}", out(&o));
+    let o = sb.in_world(
+        "ping",
+        &["-6", "-n", "-c", "1", "-W", "2", "-s", "3000", &web6],
+    );
+    assert!(ok(&o), "a fragmented ping from the world: {}", out(&o));
+    for c in ["cli", "web"] {
+        assert_eq!(sb.drops(c, "fragment"), 0, "{c}");
+    }
     // A ping whose hop limit runs out at dnet's hop is answered "time
     // exceeded" from the uplink's address, as a router's (traceroute).
     let o = sb.in_world(

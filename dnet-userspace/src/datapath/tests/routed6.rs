@@ -17,7 +17,7 @@ use super::{
 
 /// The NAT fixture (an uplink, a world beyond it), network 1 dual-stack
 /// and routed, with `flags1` on network 1.
-fn routed6_fixture(flags1: u32) -> Fixture {
+pub(super) fn routed6_fixture(flags1: u32) -> Fixture {
     let mut fx = nat_fixture_on(flags1, 50000, 50009);
     dual_stack(&mut fx, 0);
     fx
@@ -25,7 +25,7 @@ fn routed6_fixture(flags1: u32) -> Fixture {
 
 /// Container A's port `port` published, as the daemon does on a routed
 /// network: at the container's own address and port.
-fn publish_at_a(dp: &mut Datapath, port: u16, proto: u8) {
+pub(super) fn publish_at_a(dp: &mut Datapath, port: u16, proto: u8) {
     dp.set_service6(
         &ServiceKey6 {
             addr: ip6(A6).octets(),
