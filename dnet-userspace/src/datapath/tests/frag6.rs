@@ -86,6 +86,16 @@ fn fragments6(
     )
 }
 
+/// Both fragments of a datagram through `prog`, each redirected (into a
+/// container or out of the uplink): what came out.
+fn through(dp: &Datapath, prog: &str, (first, later): (&[u8], &[u8])) -> (Vec<u8>, Vec<u8>) {
+    let (v, out1) = run_prog(dp, prog, first);
+    assert_eq!(v, REDIRECT, "the first fragment");
+    let (v, out2) = run_prog(dp, prog, later);
+    assert_eq!(v, REDIRECT, "the later fragment follows its first");
+    (out1, out2)
+}
+
 /// The addresses and fragment identification of an output fragment.
 fn header6(f: &[u8]) -> (Ipv6Addr, Ipv6Addr, u32) {
     assert_eq!(
@@ -139,10 +149,7 @@ fn a_fragmented_nat66_datagram_is_translated_both_ways_fragment_by_fragment() {
             0x1234_5678,
             1000,
         );
-        let (v, out1) = run(&fx.dp, &first);
-        assert_eq!(v, REDIRECT, "the first fragment opens the flow");
-        let (v, out2) = run(&fx.dp, &later);
-        assert_eq!(v, REDIRECT, "the later one follows it");
+        let (out1, out2) = through(&fx.dp, PROG_FROM_CONTAINER, (&first, &later));
         assert_eq!(&out2[DATA_AT..], &later[DATA_AT..], "its data untouched");
         assert_eq!(out2[21], 63, "routed: hop limit down by one");
         let (s, d, sport, dport) = reassembled(&out1, &out2);
@@ -160,10 +167,7 @@ fn a_fragmented_nat66_datagram_is_translated_both_ways_fragment_by_fragment() {
             0x8765_4321,
             3000,
         );
-        let (v, in1) = run_prog(&fx.dp, PROG_FROM_UPLINK, &first);
-        assert_eq!(v, REDIRECT);
-        let (v, in2) = run_prog(&fx.dp, PROG_FROM_UPLINK, &later);
-        assert_eq!(v, REDIRECT);
+        let (in1, in2) = through(&fx.dp, PROG_FROM_UPLINK, (&first, &later));
         assert_eq!(&in2[..6], &fx.a.mac, "into A");
         assert_eq!(reassembled(&in1, &in2), (ip6(SERVER6), ip6(A6), 53, 4000));
         assert_eq!(fx.dp.conntrack6().unwrap().len(), 2, "still one flow");
@@ -230,10 +234,7 @@ fn a_fragmented_datagram_to_a_port_published_over_ipv6_reaches_the_container_and
         // The later fragment first: no record yet, the host's.
         assert_eq!(run_prog(&fx.dp, PROG_FROM_UPLINK, &later).0, OK);
         assert!(fx.dp.conntrack6().unwrap().is_empty(), "no flow from it");
-        let (v, in1) = run_prog(&fx.dp, PROG_FROM_UPLINK, &first);
-        assert_eq!(v, REDIRECT, "the first fragment opens the flow");
-        let (v, in2) = run_prog(&fx.dp, PROG_FROM_UPLINK, &later);
-        assert_eq!(v, REDIRECT);
+        let (in1, in2) = through(&fx.dp, PROG_FROM_UPLINK, (&first, &later));
         assert_eq!(
             reassembled(&in1, &in2),
             (ip6(SERVER6), ip6(A6), 5353, 80),
@@ -244,10 +245,7 @@ fn a_fragmented_datagram_to_a_port_published_over_ipv6_reaches_the_container_and
         // The container's fragmented answer leaves as [uplink6]:8080.
         let (first, later) =
             udp6_fragments((fx.a.mac, GW_MAC), (A6, 80), (SERVER6, 5353), 0x42, 1200);
-        let (v, out1) = run(&fx.dp, &first);
-        assert_eq!(v, REDIRECT);
-        let (v, out2) = run(&fx.dp, &later);
-        assert_eq!(v, REDIRECT);
+        let (out1, out2) = through(&fx.dp, PROG_FROM_CONTAINER, (&first, &later));
         assert_eq!(
             reassembled(&out1, &out2),
             (ip6(UPLINK6), ip6(SERVER6), 8080, 5353)
@@ -261,10 +259,7 @@ fn a_routed_networks_fragmented_datagrams_go_out_and_in_untranslated() {
         let fx = routed6_fixture(0);
         let (first, later) =
             udp6_fragments((fx.a.mac, GW_MAC), (A6, 4000), (SERVER6, 53), 0x77, 1000);
-        let (v, out1) = run(&fx.dp, &first);
-        assert_eq!(v, REDIRECT, "the first fragment opens the flow");
-        let (v, out2) = run(&fx.dp, &later);
-        assert_eq!(v, REDIRECT, "the later one follows it");
+        let (out1, out2) = through(&fx.dp, PROG_FROM_CONTAINER, (&first, &later));
         assert_eq!(
             reassembled(&out1, &out2),
             (ip6(A6), ip6(SERVER6), 4000, 53),
@@ -279,10 +274,7 @@ fn a_routed_networks_fragmented_datagrams_go_out_and_in_untranslated() {
             0x88,
             2000,
         );
-        let (v, in1) = run_prog(&fx.dp, PROG_FROM_UPLINK, &first);
-        assert_eq!(v, REDIRECT);
-        let (v, in2) = run_prog(&fx.dp, PROG_FROM_UPLINK, &later);
-        assert_eq!(v, REDIRECT);
+        let (in1, in2) = through(&fx.dp, PROG_FROM_UPLINK, (&first, &later));
         assert_eq!(&in2[..6], &fx.a.mac, "into A");
         assert_eq!(reassembled(&in1, &in2), (ip6(SERVER6), ip6(A6), 53, 4000));
         assert_eq!(fx.dp.conntrack6().unwrap().len(), 2, "one flow");
@@ -298,17 +290,11 @@ fn a_routed_container_answers_a_fragmented_ping_with_a_fragmented_reply() {
         // by its first's record.
         let (first, later) =
             echo6_fragments((WORLD_MAC, up0_mac()), SERVER6, A6, 128, 9, 0x1, 1000);
-        let (v, in1) = run_prog(&fx.dp, PROG_FROM_UPLINK, &first);
-        assert_eq!(v, REDIRECT);
-        let (v, in2) = run_prog(&fx.dp, PROG_FROM_UPLINK, &later);
-        assert_eq!(v, REDIRECT);
+        let (in1, in2) = through(&fx.dp, PROG_FROM_UPLINK, (&first, &later));
         assert_eq!(reassembled_as(ICMPV6, &in1, &in2).1, ip6(A6));
         // The container's reply goes out the same way.
         let (first, later) = echo6_fragments((fx.a.mac, GW_MAC), A6, SERVER6, 129, 9, 0x2, 1000);
-        let (v, out1) = run(&fx.dp, &first);
-        assert_eq!(v, REDIRECT);
-        let (v, out2) = run(&fx.dp, &later);
-        assert_eq!(v, REDIRECT);
+        let (out1, out2) = through(&fx.dp, PROG_FROM_CONTAINER, (&first, &later));
         assert_eq!(reassembled_as(ICMPV6, &out1, &out2).0, ip6(A6));
         assert!(fx.dp.conntrack6().unwrap().is_empty(), "echo is untracked");
     });
@@ -333,10 +319,7 @@ fn the_world_gets_no_fragment_into_a_routed_container_but_of_what_it_lets_in() {
         publish_at_a(&mut fx.dp, 80, UDP);
         let (first, later) =
             udp6_fragments((WORLD_MAC, up0_mac()), (SERVER6, 5353), (A6, 80), 0x4, 1000);
-        let (v, in1) = run_prog(&fx.dp, PROG_FROM_UPLINK, &first);
-        assert_eq!(v, REDIRECT);
-        let (v, in2) = run_prog(&fx.dp, PROG_FROM_UPLINK, &later);
-        assert_eq!(v, REDIRECT);
+        let (in1, in2) = through(&fx.dp, PROG_FROM_UPLINK, (&first, &later));
         assert_eq!(reassembled(&in1, &in2), (ip6(SERVER6), ip6(A6), 5353, 80));
         // A container's later fragment of no datagram it sent: dropped.
         let (_, later) = udp6_fragments((fx.a.mac, GW_MAC), (A6, 4000), (SERVER6, 53), 0x5, 1000);
