@@ -143,3 +143,45 @@ fn a_later_fragment_without_its_first_and_tcp_fragments_are_dropped() {
         assert_eq!(fx.dp.conntrack().unwrap().len(), 2, "only the UDP flow");
     });
 }
+
+#[test]
+fn a_fragmented_datagram_to_a_published_port_crosses_hairpin_and_back() {
+    in_fresh_netns(|| {
+        let mut fx = nat_fixture(50000, 50009);
+        // UDP 8080 on every address to A's port 80.
+        let key = ServiceKey {
+            addr_be: 0,
+            port_be: 8080u16.to_be(),
+            proto: 17,
+            _pad: 0,
+        };
+        let svc = Service {
+            backend_be: ipv4_be(ip(A)),
+            backend_port_be: 80u16.to_be(),
+            _pad: 0,
+        };
+        fx.dp.set_service(&key, &svc).unwrap();
+        // A to its own published port, in two fragments.
+        let (first, later) =
+            udp_fragments((fx.a.mac, GW_MAC), (A, 4000), (UPLINK, 8080), 0x99, 1000);
+        let (v, out1) = run(&fx.dp, &first);
+        assert_eq!(v, REDIRECT, "the first fragment opens the hairpin flow");
+        let (v, out2) = run(&fx.dp, &later);
+        assert_eq!(v, REDIRECT, "the later one follows it");
+        let gw = "172.17.0.1";
+        assert_eq!(header_checked(&out2).1, ip(A), "into A");
+        let (sport, dport) = reassembled(&out1, &out2);
+        assert_eq!(dport, 80, "DNAT to A's port 80");
+        assert_eq!(header_checked(&out1).0, ip(gw), "from the gateway");
+        // A's fragmented answer to the gateway goes back as the published
+        // port.
+        let (first, later) = udp_fragments((fx.a.mac, GW_MAC), (A, 80), (gw, sport), 0x9a, 1000);
+        let (v, back1) = run(&fx.dp, &first);
+        assert_eq!(v, REDIRECT);
+        let (v, back2) = run(&fx.dp, &later);
+        assert_eq!(v, REDIRECT);
+        assert_eq!(reassembled(&back1, &back2), (8080, 4000));
+        assert_eq!(header_checked(&back2).0, ip(UPLINK));
+        assert_eq!(drops(&fx.dp, 1, DropReason::Fragment), 0);
+    });
+}
